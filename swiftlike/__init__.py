@@ -1,0 +1,40 @@
+"""swiftlike: a post-training workbench for large language models.
+
+    import swiftlike as wb
+    result = wb.sft(model="Qwen/Qwen3-0.6B", miniature=True, dataset=["data.jsonl"], lora=True)
+
+Heavy libraries (torch, transformers) load on first use, so `import swiftlike` and `wb --help` stay fast.
+"""
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+
+def sft(config=None, **kwargs):
+    """Run supervised fine-tuning. Keyword names are the CLI flag names; returns a TrainResult
+    (output_dir, checkpoint, metrics, log_history)."""
+    from .config import SFTConfig, build_config
+    from .pipelines.sft import run_sft
+
+    if config is not None and kwargs:
+        raise TypeError("pass either a config object or keyword arguments, not both")
+    cfg = config.validate() if config is not None else build_config(SFTConfig, kwargs, where="argument")
+    return run_sft(cfg)
+
+
+def get_template(name_or_model_id: str, tokenizer, loss_scope: str = "assistant"):
+    """A chat template by name (`qwen3`) or registered model id, bound to `tokenizer`."""
+    from .templates import get_template as _get
+
+    return _get(name_or_model_id, tokenizer, loss_scope)
+
+
+def load_model(model: str, *, miniature: bool = False, adapters: str | None = None, torch_dtype: str = "auto",
+               hub: str = "huggingface"):
+    """(model, tokenizer, template) ready for inference; see `wb infer` for the same from the CLI."""
+    from .pipelines.infer import load_for_inference
+
+    return load_for_inference(model=model, adapters=adapters, miniature=miniature, torch_dtype=torch_dtype, hub=hub)
+
+
+__all__ = ["__version__", "get_template", "load_model", "sft"]

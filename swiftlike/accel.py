@@ -1,0 +1,192 @@
+"""Accelerator layer: the only module that talks to torch.cuda / torch_npu / mps / xpu.
+
+Everything device-, dtype- or process-group-related goes through here so the rest of the
+code stays device-agnostic.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import random
+from dataclasses import dataclass
+
+import torch
+
+
+def _npu_available() -> bool:
+    if importlib.util.find_spec("torch_npu") is None:
+        return False
+    import torch_npu  # noqa: F401  (registers torch.npu)
+
+    return bool(getattr(torch, "npu", None) and torch.npu.is_available())
+
+
+def device_type() -> str:
+    """Best available device type: cuda, npu, xpu, mps or cpu (override with WB_DEVICE)."""
+    forced = os.environ.get("WB_DEVICE")
+    if forced:
+        return forced
+    if torch.cuda.is_available():
+        return "cuda"
+    if _npu_available():
+        return "npu"
+    if hasattr(torch, "xpu") and torch.xpu.is_available():
+        return "xpu"
+    if torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def is_main_process() -> bool:
+    return rank() == 0
+
+
+def device() -> torch.device:
+    kind = device_type()
+    if kind in ("cuda", "npu", "xpu"):
+        return torch.device(kind, local_rank())
+    return torch.device(kind)
+
+
+def bf16_supported(kind: str | None = None) -> bool:
+    kind = kind or device_type()
+    if kind == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if kind == "npu":
+        return True
+    if kind == "xpu":
+        return True
+    # CPU supports bf16 numerically but is far slower than fp32 on most hosts; MPS support varies.
+    return False
+
+
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+
+
+def resolve_dtype(name: str | None, kind: str | None = None) -> torch.dtype:
+    """`auto` (or None) picks bf16 where the device supports it, fp16 on MPS, else fp32."""
+    if name and name != "auto":
+        if name not in _DTYPES:
+            from .errors import UserError
+
+            raise UserError(f"--torch_dtype {name!r} is not one of auto, {', '.join(sorted(_DTYPES))}")
+        return _DTYPES[name]
+    kind = kind or device_type()
+    if bf16_supported(kind):
+        return torch.bfloat16
+    if kind == "mps":
+        return torch.float16
+    return torch.float32
+
+
+def dist_backend(kind: str | None = None) -> str:
+    return {"cuda": "nccl", "npu": "hccl", "xpu": "xccl"}.get(kind or device_type(), "gloo")
+
+
+def init_distributed() -> bool:
+    """Join the process group when launched by torchrun; returns True when distributed."""
+    if world_size() <= 1:
+        return False
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        kind = device_type()
+        if kind == "cuda":
+            torch.cuda.set_device(local_rank())
+        elif kind == "npu":
+            torch.npu.set_device(local_rank())
+        dist.init_process_group(backend=dist_backend(kind))
+    return True
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)  # seeds every device's default generator too
+    try:
+        import numpy as np
+
+        np.random.seed(seed % 2**32)
+    except ImportError:
+        pass
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    kind = device_type()
+    if kind == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    elif kind == "npu":
+        state["npu"] = torch.npu.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and device_type() == "cuda":
+        torch.cuda.set_rng_state_all(state["cuda"])
+    if "npu" in state and device_type() == "npu":
+        torch.npu.set_rng_state_all(state["npu"])
+
+
+def peak_memory_bytes() -> int | None:
+    """Peak accelerator memory allocated by this process, or None on CPU/MPS."""
+    kind = device_type()
+    if kind == "cuda":
+        return torch.cuda.max_memory_allocated()
+    if kind == "npu":
+        return torch.npu.max_memory_allocated()
+    return None
+
+
+def empty_cache() -> None:
+    kind = device_type()
+    if kind == "cuda":
+        torch.cuda.empty_cache()
+    elif kind == "npu":
+        torch.npu.empty_cache()
+    elif kind == "mps":
+        torch.mps.empty_cache()
+
+
+@dataclass
+class EnvReport:
+    device: str
+    device_name: str
+    device_count: int
+    dtype: str
+    backend: str
+    torch_version: str
+
+    def lines(self) -> list[str]:
+        return [f"{k:14s} {v}" for k, v in self.__dict__.items()]
+
+
+def env_report() -> EnvReport:
+    kind = device_type()
+    count, name = 1, "cpu"
+    if kind == "cuda":
+        count, name = torch.cuda.device_count(), torch.cuda.get_device_name(0)
+    elif kind == "npu":
+        count, name = torch.npu.device_count(), torch.npu.get_device_name(0)
+    elif kind == "xpu":
+        count, name = torch.xpu.device_count(), torch.xpu.get_device_name(0)
+    elif kind == "mps":
+        name = "Apple MPS"
+    else:
+        name = f"cpu ({os.cpu_count()} cores)"
+    return EnvReport(kind, name, count, str(resolve_dtype("auto", kind)).replace("torch.", ""),
+                     dist_backend(kind), torch.__version__)

@@ -1,0 +1,161 @@
+"""`wb`: the command-line entry point. Flags are generated from the config dataclasses.
+
+Heavy imports happen inside the command functions so `wb --help` returns at once.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import os
+import socket
+import subprocess
+import sys
+
+from ..config import InferConfig, SFTConfig, build_config, field_types, load_recipe
+from ..errors import UserError
+
+COMMANDS = {
+    "sft": (SFTConfig, "Supervised fine-tuning (LoRA, QLoRA or full) on chat data."),
+    "infer": (InferConfig, "Answer a query, or chat, with a model or a checkpoint from `wb sft`."),
+}
+
+
+def _bool(value: str) -> bool:
+    v = value.lower()
+    if v in ("true", "1", "yes"):
+        return True
+    if v in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+
+
+def _add_config_flags(parser: argparse.ArgumentParser, cls) -> None:
+    parser.add_argument("--config", metavar="RECIPE.yaml", default=argparse.SUPPRESS,
+                        help="YAML recipe with option names as keys; flags given on the command line override it.")
+    types = field_types(cls)
+    for f in dataclasses.fields(cls):
+        typ = str(types[f.name])
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        help_text = f.metadata.get("help", "")
+        if default not in (None, "", [], False):
+            help_text += f" (default: {' '.join(map(str, default)) if isinstance(default, list) else default})"
+        kw = dict(default=argparse.SUPPRESS, help=help_text, dest=f.name)
+        if "bool" in typ:
+            parser.add_argument(f"--{f.name}", nargs="?", const=True, type=_bool, metavar="BOOL", **kw)
+        elif "list" in typ:
+            parser.add_argument(f"--{f.name}", nargs="+", metavar="VALUE", **kw)
+        elif "int" in typ:
+            parser.add_argument(f"--{f.name}", type=int, metavar="N", **kw)
+        elif "float" in typ:
+            parser.add_argument(f"--{f.name}", type=float, metavar="X", **kw)
+        else:
+            parser.add_argument(f"--{f.name}", metavar=f.metadata.get("metavar", "VALUE"),
+                                choices=f.metadata.get("choices"), **kw)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="wb", description="swiftlike: post-training workbench for LLMs.",
+                                     allow_abbrev=False)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (cls, help_text) in COMMANDS.items():
+        _add_config_flags(sub.add_parser(name, help=help_text, description=help_text, allow_abbrev=False), cls)
+    env = sub.add_parser("env", help="Show the devices, dtypes and library versions found.")
+    env.add_argument("--json", action="store_true", help="Print machine-readable JSON.")
+    models = sub.add_parser("models", help="List registered models and their templates.")
+    models.add_argument("--family", help="Only this family (e.g. qwen3).")
+    return parser
+
+
+def _reject_unknown(unknown: list[str], parser: argparse.ArgumentParser) -> None:
+    flags = [a for a in unknown if a.startswith("--")]
+    if not flags and not unknown:
+        return
+    if not flags:
+        raise UserError(f"unexpected argument {unknown[0]!r}")
+    flag = flags[0].split("=")[0]
+    known = [o for a in parser._actions for o in a.option_strings if o.startswith("--")]
+    close = difflib.get_close_matches(flag, known, n=1, cutoff=0.6)
+    raise UserError(f"unknown flag {flag}" + (f"; did you mean {close[0]}?" if close else ""))
+
+
+def _maybe_relaunch(argv: list[str], nproc: int) -> int | None:
+    """Run the same command under torchrun when more than one process is asked for."""
+    if nproc <= 1 or "LOCAL_RANK" in os.environ:
+        return None
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={port}",
+           "-m", "swiftlike.cli.main", *argv]
+    print(f"[wb] launching {nproc} processes: {' '.join(cmd)}", file=sys.stderr)
+    return subprocess.call(cmd)
+
+
+def _run(argv: list[str]) -> int:
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    sub = parser._subparsers._group_actions[0].choices.get(args.command) if args.command else None
+    _reject_unknown(unknown, sub or parser)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    if args.command == "env":
+        from .info import print_env
+
+        return print_env(args.json)
+    if args.command == "models":
+        from .info import print_models
+
+        return print_models(args.family)
+    cls = COMMANDS[args.command][0]
+    values = vars(args).copy()
+    values.pop("command")
+    recipe = values.pop("config", None)
+    merged = {**(load_recipe(recipe) if recipe else {}), **values}
+    where = f"key in {recipe}" if recipe else "option"
+    for key in merged:
+        if key not in field_types(cls):
+            from ..config import unknown_key_error
+
+            raise unknown_key_error(key, cls, where)
+    cfg = build_config(cls, merged)
+    if args.command == "sft":
+        nproc = cfg.nproc_per_node if cfg.nproc_per_node > 1 else int(os.environ.get("NPROC_PER_NODE", "1"))
+        code = _maybe_relaunch(argv, nproc)
+        if code is not None:
+            return code
+        from ..pipelines.sft import run_sft
+
+        run_sft(cfg)
+    else:
+        from ..pipelines.infer import run_infer
+
+        run_infer(cfg)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    try:
+        code = _run(argv)
+    except UserError as e:
+        if debug:
+            raise
+        print(f"wb: error: {e}", file=sys.stderr)
+        code = 2
+    except KeyboardInterrupt:
+        print("wb: interrupted", file=sys.stderr)
+        code = 130
+    if __name__ == "__main__":
+        sys.exit(code)
+    return code
+
+
+def entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    main()

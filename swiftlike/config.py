@@ -1,0 +1,190 @@
+"""One dataclass per command. Flags, YAML recipes and Python keyword arguments all land here.
+
+Field names follow Hugging Face `TrainingArguments` where one exists so users' habits carry over.
+Every field carries its help text in `metadata["help"]`; the CLI is generated from these classes.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+
+from .errors import UserError
+
+
+def _f(default, help: str, **kw):
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help, **kw})
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class ModelArgs:
+    model: str = _f("", "Hub id (Qwen/Qwen3-8B), local directory, or a checkpoint directory.")
+    hub: str = _f("huggingface", "Where hub ids are downloaded from: huggingface or modelscope.",
+                  choices=("huggingface", "modelscope"))
+    miniature: bool = _f(False, "Build a randomly initialised 2-layer, narrow model of the same architecture, "
+                                "tokenizer and template (offline, seconds) to try a pipeline before renting GPUs.")
+    template: str | None = _f(None, "Template name override (default: the registry's template for --model).")
+    torch_dtype: str = _f("auto", "auto (bf16 where supported, else fp32), bfloat16, float16 or float32.")
+    attn_implementation: str | None = _f(None, "sdpa, eager or flash_attention_2 (default: transformers' choice).")
+    trust_remote_code: bool = _f(False, "Allow model repositories to run their own Python code (off by default).")
+    debug: bool = _f(False, "Show full tracebacks instead of one-line errors.")
+
+
+@dataclass
+class SFTConfig(ModelArgs):
+    dataset: list = _f([], "Training data files (.jsonl/.json) in messages, alpaca or ShareGPT format; repeatable.")
+    max_length: int = _f(2048, "Longest encoded sequence in tokens; longer rows are dropped and counted.")
+    loss_scope: str = _f("assistant", "Which tokens are trained: assistant (every assistant turn), "
+                                      "last_assistant, or all.", choices=("assistant", "last_assistant", "all"))
+    padding_free: bool = _f(True, "Concatenate each batch into one row without padding (sequence-aware attention).")
+    # training mode
+    lora: bool = _f(False, "Train LoRA adapters (the default mode).")
+    qlora: bool = _f(False, "Train LoRA adapters on a 4-bit NF4 base (bitsandbytes).")
+    full: bool = _f(False, "Train all parameters.")
+    lora_rank: int = _f(8, "LoRA rank r.")
+    lora_alpha: int = _f(32, "LoRA alpha (scaling = alpha / r, or alpha / sqrt(r) with --use_rslora).")
+    lora_dropout: float = _f(0.05, "Dropout on the LoRA input.")
+    target_modules: list = _f(["all-linear"], "Modules that get adapters: all-linear, or names such as q_proj v_proj.")
+    use_dora: bool = _f(False, "Weight-decomposed LoRA (DoRA).")
+    use_rslora: bool = _f(False, "Rank-stabilised LoRA scaling.")
+    # optimisation (Hugging Face TrainingArguments names)
+    output_dir: str = _f("", "Where checkpoints go (default: output/<model>-<timestamp>).")
+    learning_rate: float | None = _f(None, "Peak learning rate (default 1e-4 for LoRA/QLoRA, 1e-5 for full).")
+    num_train_epochs: float = _f(1.0, "Passes over the data (ignored when --max_steps > 0).")
+    max_steps: int = _f(-1, "Optimizer steps to run; overrides --num_train_epochs when > 0.")
+    per_device_train_batch_size: int = _f(4, "Sequences per device per micro-batch.")
+    gradient_accumulation_steps: int = _f(1, "Micro-batches per optimizer step.")
+    lr_scheduler_type: str = _f("cosine", "Learning-rate schedule: cosine, linear, constant, constant_with_warmup.",
+                                choices=("cosine", "linear", "constant", "constant_with_warmup"))
+    warmup_ratio: float = _f(0.0, "Fraction of steps spent warming up the learning rate.")
+    warmup_steps: int = _f(0, "Warm-up steps (overrides --warmup_ratio when > 0).")
+    weight_decay: float = _f(0.0, "AdamW weight decay.")
+    max_grad_norm: float = _f(1.0, "Gradient clipping norm (0 disables).")
+    gradient_checkpointing: bool = _f(False, "Recompute activations in backward to save memory.")
+    seed: int = _f(42, "Seed for initialisation, data order and dropout.")
+    logging_steps: int = _f(10, "Log every N optimizer steps.")
+    save_steps: int = _f(500, "Save a checkpoint every N optimizer steps (and always at the end).")
+    save_total_limit: int | None = _f(None, "Keep at most this many checkpoints (oldest deleted).")
+    resume: bool = _f(False, "Continue from the latest checkpoint in --output_dir.")
+    resume_from_checkpoint: str | None = _f(None, "Continue from this checkpoint directory.")
+    report_to: str = _f("none", "Experiment tracker: tensorboard, wandb, swanlab or none.",
+                        choices=("tensorboard", "wandb", "swanlab", "none"))
+    nproc_per_node: int = _f(1, "Processes on this machine; >1 relaunches under torchrun (or set NPROC_PER_NODE).")
+
+    @property
+    def train_type(self) -> str:
+        return "qlora" if self.qlora else "full" if self.full else "lora"
+
+    def validate(self) -> "SFTConfig":
+        if not self.model:
+            raise UserError("--model is required (a hub id such as Qwen/Qwen3-0.6B, or a local directory)")
+        if not self.dataset:
+            raise UserError("--dataset is required (a .jsonl or .json file)")
+        modes = [m for m in ("lora", "qlora", "full") if getattr(self, m)]
+        if len(modes) > 1:
+            raise UserError(f"choose one training mode, got {' and '.join('--' + m for m in modes)}")
+        if self.learning_rate is None:
+            self.learning_rate = 1e-5 if self.full else 1e-4
+        for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "max_length", "lora_rank",
+                     "logging_steps", "save_steps"):
+            if getattr(self, name) < 1:
+                raise UserError(f"--{name} must be at least 1, got {getattr(self, name)}")
+        if not self.output_dir:
+            short = Path(self.model.rstrip("/")).name or "model"
+            self.output_dir = str(Path("output") / f"{short}-{time.strftime('%Y%m%d-%H%M%S')}")
+        return self
+
+
+@dataclass
+class InferConfig(ModelArgs):
+    adapters: str | None = _f(None, "A LoRA checkpoint directory from `wb sft` (its args.json names the base).")
+    query: str | None = _f(None, "One question to answer; without it an interactive chat starts.")
+    system: str | None = _f(None, "System prompt.")
+    max_new_tokens: int = _f(512, "Longest answer in tokens.")
+    temperature: float = _f(0.0, "Sampling temperature; 0 means greedy decoding.")
+    top_p: float = _f(1.0, "Nucleus sampling threshold (with temperature > 0).")
+    enable_thinking: bool | None = _f(None, "Hybrid-thinking models: false pre-fills an empty think block.")
+    seed: int = _f(42, "Seed for sampling.")
+
+    def validate(self) -> "InferConfig":
+        if not self.model and not self.adapters:
+            raise UserError("give --model (a model or full checkpoint) or --adapters (a LoRA checkpoint)")
+        return self
+
+
+# -- building configs from flags, YAML and kwargs ----------------------------------------------
+def field_types(cls) -> dict[str, Any]:
+    hints = get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def unknown_key_error(key: str, cls, where: str) -> UserError:
+    names = [f.name for f in dataclasses.fields(cls)]
+    close = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return UserError(f"unknown {where} {key!r}{hint}")
+
+
+def load_recipe(path: str) -> dict:
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"recipe not found: {path}")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise UserError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: a recipe is a mapping of option names to values")
+    return data
+
+
+def coerce(value: Any, typ: Any, name: str) -> Any:
+    """Make YAML/JSON values match the field type (lists from scalars, numbers from strings)."""
+    base = str(typ)
+    if value is None:
+        return None
+    if "list" in base:
+        return list(value) if isinstance(value, (list, tuple)) else [value]
+    if typ is bool or base.startswith("bool"):
+        if isinstance(value, bool):
+            return value
+        if str(value).lower() in ("true", "1", "yes"):
+            return True
+        if str(value).lower() in ("false", "0", "no"):
+            return False
+        raise UserError(f"{name}: expected true or false, got {value!r}")
+    for cast in (int, float):
+        if typ is cast or base.startswith(cast.__name__):
+            try:
+                return cast(value)
+            except (TypeError, ValueError):
+                raise UserError(f"{name}: expected {cast.__name__}, got {value!r}") from None
+    return value
+
+
+def build_config(cls, values: dict, where: str = "option"):
+    types = field_types(cls)
+    kwargs = {}
+    for key, value in values.items():
+        if key not in types:
+            raise unknown_key_error(key, cls, where)
+        kwargs[key] = coerce(value, types[key], key)
+    cfg = cls(**kwargs)
+    for f in dataclasses.fields(cls):
+        choices = f.metadata.get("choices")
+        if choices and getattr(cfg, f.name) not in choices:
+            raise UserError(f"{f.name}: {getattr(cfg, f.name)!r} is not one of {', '.join(choices)}")
+    return cfg.validate()
+
+
+def save_args(cfg, path: Path, extra: dict | None = None) -> None:
+    data = {**dataclasses.asdict(cfg), **(extra or {})}
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

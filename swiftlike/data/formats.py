@@ -1,0 +1,151 @@
+"""Detect a row's format and turn it into the canonical row: {"messages": [...], "tools": [...]}.
+
+Formats: OpenAI messages, alpaca (instruction/input/output/system/history) and ShareGPT
+(conversations with from/value). A row that fits none names the fields it has.
+"""
+from __future__ import annotations
+
+import json
+
+ROLES = ("system", "user", "assistant", "tool")
+_SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+                   "system": "system", "observation": "tool", "tool": "tool", "function_call": "assistant"}
+
+
+class RowError(ValueError):
+    """A problem with one row; the caller adds file and line."""
+
+
+def detect_format(row: dict) -> str:
+    if "messages" in row:
+        return "messages"
+    if "conversations" in row:
+        return "sharegpt"
+    if "instruction" in row and "output" in row:
+        return "alpaca"
+    raise RowError(f"unknown format (fields: {', '.join(sorted(row)) or 'none'}); expected messages, "
+                   "conversations (ShareGPT) or instruction/output (alpaca)")
+
+
+def to_canonical(row: dict) -> dict:
+    fmt = detect_format(row)
+    if fmt == "messages":
+        messages = [_message(m, i) for i, m in enumerate(_as_list(row["messages"], "messages"))]
+    elif fmt == "sharegpt":
+        messages = _sharegpt(row)
+    else:
+        messages = _alpaca(row)
+    if not any(m["role"] == "assistant" for m in messages):
+        raise RowError("no assistant turn to train on")
+    out = {"messages": messages}
+    tools = _tools(row.get("tools"))
+    if tools:
+        out["tools"] = tools
+    return out
+
+
+def _as_list(value, name: str) -> list:
+    if not isinstance(value, list):
+        raise RowError(f"'{name}' must be a list, got {type(value).__name__}")
+    if not value:
+        raise RowError(f"'{name}' is empty")
+    return value
+
+
+def _text(value, where: str, allow_none: bool = False) -> str | None:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and all(isinstance(p, dict) and p.get("type") == "text" for p in value):
+        return "".join(p.get("text", "") for p in value)
+    raise RowError(f"{where} must be a string, got {type(value).__name__}")
+
+
+def _message(m, i: int) -> dict:
+    if not isinstance(m, dict):
+        raise RowError(f"message {i} must be an object, got {type(m).__name__}")
+    role = m.get("role")
+    if role not in ROLES:
+        raise RowError(f"message {i} has unknown role {role!r} (expected one of {', '.join(ROLES)})")
+    tool_calls = m.get("tool_calls") or None
+    content = _text(m.get("content"), f"message {i} content", allow_none=tool_calls is not None)
+    out = {"role": role, "content": content if content is not None else ""}
+    reasoning = m.get("reasoning", m.get("reasoning_content"))
+    if reasoning is not None:
+        out["reasoning"] = _text(reasoning, f"message {i} reasoning")
+    if tool_calls is not None:
+        if role != "assistant" or not isinstance(tool_calls, list):
+            raise RowError(f"message {i}: tool_calls must be a list on an assistant message")
+        out["tool_calls"] = [_tool_call(c, i) for c in tool_calls]
+    if "loss" in m and m["loss"] is not None:
+        if not isinstance(m["loss"], bool):
+            raise RowError(f"message {i}: loss must be true or false")
+        out["loss"] = m["loss"]
+    return out
+
+
+def _tool_call(call, i: int) -> dict:
+    fn = call.get("function", call) if isinstance(call, dict) else None
+    if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+        raise RowError(f"message {i}: each tool call needs a function name")
+    args = fn.get("arguments", {})
+    if isinstance(args, str):
+        try:
+            args = json.loads(args)
+        except json.JSONDecodeError:
+            pass  # kept verbatim; templates render string arguments as given
+    return {"type": "function", "function": {"name": fn["name"], "arguments": args}}
+
+
+def _tools(value) -> list | None:
+    if value in (None, "", []):
+        return None
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            raise RowError("'tools' is a string that is not JSON") from None
+    if not isinstance(value, list):
+        raise RowError(f"'tools' must be a list, got {type(value).__name__}")
+    return [t if "type" in t else {"type": "function", "function": t} for t in value]
+
+
+def _sharegpt(row: dict) -> list[dict]:
+    messages = []
+    if isinstance(row.get("system"), str) and row["system"]:
+        messages.append({"role": "system", "content": row["system"]})
+    for i, turn in enumerate(_as_list(row["conversations"], "conversations")):
+        if not isinstance(turn, dict):
+            raise RowError(f"turn {i} must be an object, got {type(turn).__name__}")
+        src = turn.get("from", turn.get("role"))
+        role = _SHAREGPT_ROLES.get(src)
+        if role is None:
+            raise RowError(f"turn {i} has unknown speaker {src!r} (expected one of {', '.join(_SHAREGPT_ROLES)})")
+        value = _text(turn.get("value", turn.get("content")), f"turn {i} value")
+        if src == "function_call":
+            try:
+                call = json.loads(value)
+            except json.JSONDecodeError:
+                raise RowError(f"turn {i}: function_call value is not JSON") from None
+            calls = call if isinstance(call, list) else [call]
+            messages.append({"role": "assistant", "content": "", "tool_calls": [_tool_call(c, i) for c in calls]})
+        else:
+            messages.append({"role": role, "content": value})
+    return messages
+
+
+def _alpaca(row: dict) -> list[dict]:
+    messages = []
+    if row.get("system"):
+        messages.append({"role": "system", "content": _text(row["system"], "system")})
+    for j, pair in enumerate(row.get("history") or []):
+        if not (isinstance(pair, (list, tuple)) and len(pair) == 2):
+            raise RowError(f"history item {j} must be a [question, answer] pair")
+        messages += [{"role": "user", "content": _text(pair[0], f"history {j} question")},
+                     {"role": "assistant", "content": _text(pair[1], f"history {j} answer")}]
+    instruction = _text(row["instruction"], "instruction")
+    extra = _text(row.get("input") or "", "input")
+    messages.append({"role": "user", "content": f"{instruction}\n{extra}" if extra else instruction})
+    messages.append({"role": "assistant", "content": _text(row["output"], "output")})
+    return messages

@@ -1,0 +1,1 @@
+"""Pipelines: one function per command, composing config -> models/templates/data -> train/infer."""

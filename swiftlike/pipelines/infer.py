@@ -1,0 +1,120 @@
+"""`wb infer`: answer a query (or chat) with a base model, a full checkpoint, or a LoRA checkpoint."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from .. import accel
+from ..config import InferConfig
+from ..errors import UserError
+from ..hub import download, is_local
+from ..models import build_miniature, load_model, load_tokenizer
+from ..models.loader import model_meta, quiet_libraries
+from ..templates import get_template
+
+
+def _read_args(ckpt: str) -> dict:
+    path = Path(ckpt) / "args.json"
+    if not path.is_file():
+        raise UserError(f"{ckpt}: no args.json; is this a checkpoint written by `wb sft`?")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _template_name(explicit: str | None, args: dict | None, model: str) -> str:
+    if explicit:
+        return explicit
+    if args and args.get("template"):
+        return args["template"]
+    meta = model_meta(model)
+    if meta is None:
+        raise UserError(f"{model!r} is not in the registry; name its template with --template")
+    return meta.template
+
+
+def load_for_inference(model: str = "", adapters: str | None = None, miniature: bool = False,
+                       torch_dtype: str = "auto", hub: str = "huggingface", template: str | None = None,
+                       trust_remote_code: bool = False, attn_implementation: str | None = None):
+    """(model, tokenizer, template), rebuilt from a checkpoint's args.json where there is one."""
+    quiet_libraries()
+    dtype = accel.resolve_dtype(torch_dtype)
+    args = None
+    if adapters:
+        if not Path(adapters).is_dir():
+            raise UserError(f"--adapters {adapters}: no such directory")
+        args = _read_args(adapters)
+        base = model or args.get("base_model_dir") or args["model"]
+        if not is_local(base):
+            base = download(base, args.get("hub", hub))
+        tokenizer = load_tokenizer(adapters)
+        net = load_model(base, dtype, attn_implementation=attn_implementation, trust_remote_code=trust_remote_code)
+        from peft import PeftModel
+
+        net = PeftModel.from_pretrained(net, adapters)
+        name = _template_name(template, args, args["model"])
+    elif is_local(model) and (Path(model) / "args.json").is_file():
+        args = _read_args(model)
+        tokenizer = load_tokenizer(model)
+        net = load_model(model, dtype, attn_implementation=attn_implementation, trust_remote_code=trust_remote_code)
+        name = _template_name(template, args, args["model"])
+    else:
+        tokenizer = load_tokenizer(model, hub, trust_remote_code)
+        if miniature:
+            net = build_miniature(model, hub, dtype=dtype).to(accel.device())
+        else:
+            path = model if is_local(model) else download(model, hub)
+            net = load_model(path, dtype, attn_implementation=attn_implementation, trust_remote_code=trust_remote_code)
+        name = _template_name(template, None, model)
+    net.eval()
+    return net, tokenizer, get_template(name, tokenizer)
+
+
+@torch.inference_mode()
+def generate(model, tokenizer, template, messages: list[dict], max_new_tokens: int = 512, temperature: float = 0.0,
+             top_p: float = 1.0, enable_thinking: bool | None = None) -> str:
+    opts = {} if enable_thinking is None else {"enable_thinking": enable_thinking}
+    ids = torch.tensor([template.encode_prompt(messages, **opts)], device=next(model.parameters()).device)
+    sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else \
+        {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+    out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                         eos_token_id=template.stop_token_ids or tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id, **sampling)
+    return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+
+
+def show(answer: str) -> str:
+    """The answer as a user reads it: reasoning (if any) marked, empty think blocks dropped."""
+    from ..templates.chatml import split_reasoning
+
+    reasoning, content = split_reasoning({"content": answer}, strict=True)
+    return f"[thinking] {reasoning.strip()}\n{content}" if reasoning.strip() else content
+
+
+def run_infer(cfg: InferConfig) -> str | None:
+    accel.seed_everything(cfg.seed)
+    model, tokenizer, template = load_for_inference(cfg.model, cfg.adapters, cfg.miniature, cfg.torch_dtype, cfg.hub,
+                                                    cfg.template, cfg.trust_remote_code, cfg.attn_implementation)
+    system = [{"role": "system", "content": cfg.system}] if cfg.system else []
+    kw = dict(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+              enable_thinking=cfg.enable_thinking)
+    if cfg.query is not None:
+        answer = generate(model, tokenizer, template, system + [{"role": "user", "content": cfg.query}], **kw)
+        print(show(answer))
+        return answer
+    history = list(system)
+    print("[wb] chat: type a message; 'clear' resets the conversation, 'exit' quits.")
+    while True:
+        try:
+            query = input("user> ")
+        except EOFError:
+            return None
+        if query.strip() in ("exit", "quit"):
+            return None
+        if query.strip() == "clear":
+            history = list(system)
+            continue
+        history.append({"role": "user", "content": query})
+        answer = generate(model, tokenizer, template, history, **kw)
+        print(f"assistant> {show(answer)}")
+        history.append({"role": "assistant", "content": answer})

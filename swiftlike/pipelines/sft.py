@@ -1,0 +1,127 @@
+"""`wb sft`: supervised fine-tuning with LoRA, QLoRA or full parameters."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from functools import partial
+from pathlib import Path
+
+from .. import __version__, accel
+from ..config import SFTConfig
+from ..data.collate import collate_padded, collate_padding_free
+from ..data.dataset import encode_rows, load_rows
+from ..errors import UserError
+from ..hub import download, is_local
+from ..models import attach_lora, build_miniature, load_model, load_tokenizer
+from ..models.loader import model_meta, quiet_libraries
+from ..templates import get_template
+from ..train.checkpoint import latest_checkpoint
+from ..train.trainer import LoopSettings, Trainer, TrainResult
+
+BASE_MODEL_DIR = "base_model"
+
+
+def resolve_template_name(cfg) -> str:
+    if cfg.template:
+        return cfg.template
+    meta = model_meta(cfg.model)
+    if meta is None:
+        raise UserError(f"{cfg.model!r} is not in the registry; name its template with --template "
+                        "(see `wb models`)")
+    return meta.template
+
+
+def _resume_point(cfg: SFTConfig) -> Path | None:
+    if cfg.resume_from_checkpoint:
+        path = Path(cfg.resume_from_checkpoint)
+        if not path.is_dir():
+            raise UserError(f"--resume_from_checkpoint {path}: no such checkpoint directory")
+        return path
+    if cfg.resume:
+        ckpt = latest_checkpoint(cfg.output_dir)
+        if ckpt is None:
+            raise UserError(f"--resume: no checkpoint in {cfg.output_dir}")
+        return ckpt
+    return None
+
+
+def _base_weights(cfg: SFTConfig, tokenizer, out: Path) -> str:
+    """Local directory with the base weights; a miniature is built once and kept in the run directory."""
+    if not cfg.miniature:
+        return str(Path(cfg.model).expanduser()) if is_local(cfg.model) else download(cfg.model, cfg.hub)
+    base = out / BASE_MODEL_DIR
+    if accel.is_main_process() and not (base / "config.json").is_file():
+        model = build_miniature(cfg.model, cfg.hub, seed=cfg.seed)
+        model.save_pretrained(base, safe_serialization=True)
+        tokenizer.save_pretrained(base)
+    if accel.world_size() > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+    return str(base)
+
+
+def run_sft(cfg: SFTConfig) -> TrainResult:
+    quiet_libraries()
+    accel.init_distributed()
+    main = accel.is_main_process()
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    resume_from = _resume_point(cfg)
+    accel.seed_everything(cfg.seed)
+
+    tokenizer = load_tokenizer(cfg.model, cfg.hub, cfg.trust_remote_code)
+    template_name = resolve_template_name(cfg)
+    template = get_template(template_name, tokenizer, cfg.loss_scope)
+    rows, stats = encode_rows(load_rows(cfg.dataset), template, cfg.max_length)
+    if main:
+        print(f"[wb] data: {stats.report()}".replace("\n", "\n[wb] data: "))
+
+    dtype = accel.resolve_dtype(cfg.torch_dtype)
+    base_dir = _base_weights(cfg, tokenizer, out)
+    full_resume = cfg.full and resume_from is not None
+    model = load_model(str(resume_from) if full_resume else base_dir, dtype, quantize_4bit=cfg.qlora,
+                       attn_implementation=cfg.attn_implementation, trust_remote_code=cfg.trust_remote_code)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    if cfg.full:
+        model.requires_grad_(True)
+    else:
+        model = attach_lora(model, cfg, cfg.gradient_checkpointing)
+        if resume_from is not None:
+            _load_adapter(model, resume_from)
+    if main:
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in model.parameters())
+        print(f"[wb] model: {cfg.model}{' (miniature)' if cfg.miniature else ''}, {cfg.train_type}, "
+              f"template {template_name}, {accel.device_type()} {str(dtype).replace('torch.', '')}, "
+              f"trainable {trainable:,} / {total:,} parameters")
+
+    args = {**dataclasses.asdict(cfg), "train_type": cfg.train_type, "template": template_name,
+            "base_model_dir": str(Path(base_dir).resolve()), "swiftlike_version": __version__}
+    args_json = json.dumps(args, indent=2, ensure_ascii=False) + "\n"
+    if main:
+        (out / "args.json").write_text(args_json, encoding="utf-8")
+
+    collate = collate_padding_free if cfg.padding_free else partial(collate_padded, pad_id=tokenizer.pad_token_id)
+    settings = LoopSettings(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(LoopSettings)})
+    trainer = Trainer(model, tokenizer, rows, collate, settings, args_json, resume_from)
+    if main and resume_from is not None:
+        print(f"[wb] resuming from {resume_from} (step {trainer.step} of {trainer.total_steps})")
+    result = trainer.train()
+    if main:
+        m = result.metrics
+        print(f"[wb] done: {m['steps']} steps, {m['trained_tokens']:,} trained tokens in {m['train_seconds']}s; "
+              f"loss {m['first_loss']:.4f} -> {m['final_loss']:.4f}; checkpoint {result.checkpoint}")
+    return result
+
+
+def _load_adapter(model, ckpt: Path) -> None:
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    weights = ckpt / "adapter_model.safetensors"
+    if not weights.is_file():
+        raise UserError(f"{ckpt}: no adapter_model.safetensors to resume a LoRA run from")
+    set_peft_model_state_dict(model, load_file(str(weights)))

@@ -1,0 +1,24 @@
+"""Templates: a family's chat format as data + one renderer; `get_template` binds it to a tokenizer."""
+from __future__ import annotations
+
+from ..errors import UserError
+from . import qwen3
+from .base import IGNORE_INDEX, Template, TemplateSpec
+
+TEMPLATES: dict[str, TemplateSpec] = {s.name: s for s in qwen3.SPECS}
+
+
+def get_template(name_or_model_id: str, tokenizer, loss_scope: str = "assistant") -> Template:
+    """A template by name (`qwen3`) or by any registered model id (`Qwen/Qwen3-8B`)."""
+    spec = TEMPLATES.get(name_or_model_id)
+    if spec is None:
+        from ..registry import find_model
+
+        meta = find_model(name_or_model_id)
+        if meta is None:
+            raise UserError(f"unknown template or model {name_or_model_id!r}; templates: {', '.join(sorted(TEMPLATES))}")
+        spec = TEMPLATES[meta.template]
+    return Template(spec, tokenizer, loss_scope)
+
+
+__all__ = ["IGNORE_INDEX", "TEMPLATES", "Template", "TemplateSpec", "get_template"]

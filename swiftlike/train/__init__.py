@@ -1,0 +1,1 @@
+"""Training: loss, loop, checkpoints and trackers."""

@@ -1,0 +1,195 @@
+"""The SFT training loop: explicit, token-normalised, resumable, single- or multi-process."""
+from __future__ import annotations
+
+import json
+import math
+from contextlib import nullcontext
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .. import accel
+from .checkpoint import latest_checkpoint, load_training_state, save_checkpoint
+from .loss import CausalLMLoss
+from .tracking import Tracker
+
+
+@dataclass
+class LoopSettings:
+    output_dir: str
+    learning_rate: float
+    max_steps: int
+    num_train_epochs: float
+    per_device_train_batch_size: int
+    gradient_accumulation_steps: int
+    lr_scheduler_type: str
+    warmup_ratio: float
+    warmup_steps: int
+    weight_decay: float
+    max_grad_norm: float
+    seed: int
+    logging_steps: int
+    save_steps: int
+    save_total_limit: int | None
+    report_to: str
+
+
+@dataclass
+class TrainResult:
+    output_dir: str
+    checkpoint: str
+    metrics: dict
+    log_history: list = field(default_factory=list)
+
+
+def plan_steps(n_rows: int, s: LoopSettings) -> tuple[int, int]:
+    """(steps per epoch, total steps). An incomplete last step of an epoch is dropped."""
+    rows_per_step = s.per_device_train_batch_size * s.gradient_accumulation_steps * accel.world_size()
+    per_epoch = max(1, n_rows // rows_per_step)
+    total = s.max_steps if s.max_steps > 0 else max(1, math.ceil(s.num_train_epochs * per_epoch))
+    return per_epoch, total
+
+
+def step_rows(step: int, n_rows: int, per_epoch: int, s: LoopSettings) -> list[list[int]]:
+    """This rank's micro-batches (row indices) for a global optimizer step; the order is seeded per epoch."""
+    bs, accum, world = s.per_device_train_batch_size, s.gradient_accumulation_steps, accel.world_size()
+    epoch, k = divmod(step, per_epoch)
+    order = torch.randperm(n_rows, generator=torch.Generator().manual_seed(s.seed + epoch)).tolist()
+    rows_per_step = bs * accum * world
+    chunk = order[k * rows_per_step:(k + 1) * rows_per_step]
+    if len(chunk) < rows_per_step:  # fewer rows than one step: cycle
+        chunk = (chunk * math.ceil(rows_per_step / max(1, len(chunk))))[:rows_per_step]
+    mine = chunk[accel.rank() * bs * accum:(accel.rank() + 1) * bs * accum]
+    return [mine[i * bs:(i + 1) * bs] for i in range(accum)]
+
+
+class Trainer:
+    def __init__(self, model, tokenizer, rows: list[dict], collate, settings: LoopSettings, args_json: str,
+                 resume_from: Path | None = None):
+        self.model, self.tokenizer, self.rows, self.collate, self.s = model, tokenizer, rows, collate, settings
+        self.args_json = args_json
+        self.device = next(p.device for p in model.parameters())
+        self.loss_module = CausalLMLoss(model)
+        self.distributed = accel.world_size() > 1
+        if self.distributed:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            self.loss_module = DDP(self.loss_module)
+        params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
+        self.per_epoch, self.total_steps = plan_steps(len(rows), settings)
+        from transformers import get_scheduler
+
+        warmup = settings.warmup_steps or int(settings.warmup_ratio * self.total_steps)
+        self.scheduler = get_scheduler(settings.lr_scheduler_type, self.optimizer, num_warmup_steps=warmup,
+                                       num_training_steps=self.total_steps)
+        self.step, self.trained_tokens, self.log_history = 0, 0, []
+        if resume_from is not None:
+            self._restore(resume_from)
+
+    # -- one optimizer step ------------------------------------------------------------------
+    def _batch_to_device(self, batch: dict) -> dict:
+        return {k: v.to(self.device) for k, v in batch.items()}
+
+    def train_step(self, micro_batches: list[dict]) -> tuple[float, float, int]:
+        """Token-normalised over every micro-batch and rank, so batch 8 x accum 1 == batch 1 x accum 8."""
+        counts = torch.tensor([float((b["targets"] != -100).sum()) for b in micro_batches])
+        total = counts.sum()
+        if self.distributed:
+            import torch.distributed as dist
+
+            dist.all_reduce(total)
+        scale = accel.world_size() / total.clamp(min=1.0)  # DDP averages gradients over ranks
+        loss_sum = 0.0
+        self.loss_module.train()
+        for i, batch in enumerate(micro_batches):
+            batch = self._batch_to_device(batch)
+            sync = (not self.distributed) or i == len(micro_batches) - 1
+            ctx = self.loss_module.no_sync() if not sync else nullcontext()
+            with ctx:
+                part, _ = self.loss_module(**batch)
+                (part * scale.to(part.device)).backward()
+            loss_sum += part.detach().item()
+        grad_norm = 0.0
+        if self.s.max_grad_norm > 0:
+            params = [p for g in self.optimizer.param_groups for p in g["params"]]
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, self.s.max_grad_norm))
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.distributed:
+            import torch.distributed as dist
+
+            t = torch.tensor([loss_sum])
+            dist.all_reduce(t)
+            loss_sum = float(t)
+        return loss_sum / max(float(total), 1.0), grad_norm, int(total)
+
+    # -- the loop ----------------------------------------------------------------------------
+    def train(self) -> TrainResult:
+        from tqdm.auto import tqdm
+
+        main = accel.is_main_process()
+        tracker = Tracker(self.s.report_to if main else "none", self.s.output_dir, json.loads(self.args_json))
+        bar = tqdm(total=self.total_steps, initial=self.step, desc="train", disable=not main, dynamic_ncols=True)
+        window_tokens, window_start, start = 0, time.perf_counter(), time.perf_counter()
+        losses = []
+        checkpoint = None
+        while self.step < self.total_steps:
+            groups = step_rows(self.step, len(self.rows), self.per_epoch, self.s)
+            loss, grad_norm, tokens = self.train_step([self.collate([self.rows[i] for i in g]) for g in groups])
+            self.step += 1
+            self.trained_tokens += tokens
+            window_tokens += tokens
+            losses.append(loss)
+            elapsed = time.perf_counter() - window_start
+            tps = window_tokens / elapsed if elapsed > 0 else 0.0
+            lr = self.scheduler.get_last_lr()[0]
+            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tps:.0f}")
+            bar.update(1)
+            if self.step % self.s.logging_steps == 0 or self.step == self.total_steps:
+                entry = {"step": self.step, "epoch": round(self.step / self.per_epoch, 4), "loss": round(loss, 6),
+                         "learning_rate": lr, "grad_norm": round(grad_norm, 6), "tokens_per_second": round(tps, 1),
+                         "trained_tokens": self.trained_tokens}
+                self.log_history.append(entry)
+                tracker.log({k: v for k, v in entry.items() if k != "step"}, self.step)
+                if main:
+                    bar.write(json.dumps(entry))
+                window_tokens, window_start = 0, time.perf_counter()
+            if self.step % self.s.save_steps == 0 or self.step == self.total_steps:
+                checkpoint = self.save()
+        bar.close()
+        tracker.close()
+        seconds = time.perf_counter() - start
+        metrics = {"steps": self.step, "trained_tokens": self.trained_tokens, "train_seconds": round(seconds, 2),
+                   "first_loss": losses[0] if losses else None, "final_loss": losses[-1] if losses else None}
+        return TrainResult(self.s.output_dir, str(checkpoint or latest_checkpoint(self.s.output_dir)), metrics,
+                           self.log_history)
+
+    # -- checkpoints -------------------------------------------------------------------------
+    def save(self) -> Path | None:
+        path = None
+        if accel.is_main_process():
+            state = {"global_step": self.step, "total_steps": self.total_steps, "trained_tokens": self.trained_tokens,
+                     "log_history": self.log_history}
+            training_state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                              "rng": accel.rng_state(), "step": self.step, "trained_tokens": self.trained_tokens}
+            path = save_checkpoint(self.s.output_dir, self.step, self.model, self.tokenizer, self.args_json, state,
+                                   training_state, self.s.save_total_limit)
+        if self.distributed:
+            import torch.distributed as dist
+
+            dist.barrier()
+        return path
+
+    def _restore(self, ckpt: Path) -> None:
+        state = load_training_state(ckpt)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        accel.set_rng_state(state["rng"])
+        self.step, self.trained_tokens = state["step"], state["trained_tokens"]
+        history = json.loads((Path(ckpt) / "trainer_state.json").read_text())
+        self.log_history = history.get("log_history", [])
+

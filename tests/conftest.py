@@ -1,0 +1,17 @@
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+DATA = Path(__file__).parent / "data"
+QWEN3_TOKENIZER = Path(__file__).parents[1] / "swiftlike" / "assets" / "tokenizers" / "qwen3"
+
+
+@pytest.fixture(scope="session")
+def qwen3_tokenizer():
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(QWEN3_TOKENIZER)

@@ -1,0 +1,98 @@
+"""CLI behaviour: fast help, helpful flags, and one-line errors (exit 2) for bad input."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from swiftlike.cli.main import build_parser, main
+
+MODEL = ["--model", "Qwen/Qwen3-0.6B", "--miniature"]
+
+
+def test_help_does_not_import_heavy_libraries():
+    code = ("import sys; from swiftlike.cli.main import build_parser; build_parser().format_help(); "
+            "print(sorted(m for m in ('torch', 'transformers', 'peft') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_every_flag_has_help():
+    parser = build_parser()
+    subs = parser._subparsers._group_actions[0].choices
+    for name, sub in subs.items():
+        for action in sub._actions:
+            if action.option_strings and action.dest != "help":
+                assert action.help and len(action.help) > 10, f"wb {name} {action.option_strings[0]}"
+
+
+def test_wb_help_runs():
+    out = subprocess.run([sys.executable, "-m", "swiftlike.cli.main", "sft", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "--lora_rank" in out.stdout and "--resume_from_checkpoint" in out.stdout
+
+
+def _error(capsys, argv):
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
+def test_missing_dataset(capsys, tmp_path):
+    err = _error(capsys, ["sft", *MODEL, "--dataset", str(tmp_path / "nope.jsonl")])
+    assert err == f"wb: error: dataset not found: {tmp_path / 'nope.jsonl'}"
+
+
+def test_bad_jsonl_line_names_file_and_line(capsys, tmp_path):
+    p = tmp_path / "d.jsonl"
+    p.write_text('{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}\n{oops\n')
+    err = _error(capsys, ["sft", *MODEL, "--dataset", str(p), "--output_dir", str(tmp_path / "o")])
+    assert err.startswith(f"wb: error: {p}:2: not valid JSON")
+
+
+def test_unknown_format_names_row_and_fields(capsys, tmp_path):
+    p = tmp_path / "d.jsonl"
+    p.write_text('{"question": "a", "answer": "b"}\n')
+    err = _error(capsys, ["sft", *MODEL, "--dataset", str(p), "--output_dir", str(tmp_path / "o")])
+    assert f"{p}:1: unknown format (fields: answer, question)" in err
+
+
+def test_empty_after_filtering(capsys, tmp_path):
+    p = tmp_path / "d.jsonl"
+    p.write_text(json.dumps({"messages": [{"role": "user", "content": "a " * 50},
+                                          {"role": "assistant", "content": "b " * 50}]}) + "\n")
+    err = _error(capsys, ["sft", *MODEL, "--dataset", str(p), "--max_length", "16", "--output_dir", str(tmp_path / "o")])
+    assert "no rows left to train on: rows read 1, kept 0, dropped 1 (longer than max_length 16)" in err
+
+
+def test_unknown_model_without_network(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    err = _error(capsys, ["sft", "--model", "nobody/no-such-model", "--dataset", "examples/data/identity.jsonl",
+                          "--output_dir", str(tmp_path / "o")])
+    assert "cannot get 'nobody/no-such-model' from huggingface" in err and "--miniature" in err
+
+
+def test_lora_with_full(capsys):
+    err = _error(capsys, ["sft", *MODEL, "--dataset", "x.jsonl", "--lora", "--full"])
+    assert err == "wb: error: choose one training mode, got --lora and --full"
+
+
+def test_recipe_unknown_key_suggests(capsys, tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model: Qwen/Qwen3-0.6B\nlearning_rat: 0.1\n")
+    err = _error(capsys, ["sft", "--config", str(recipe)])
+    assert err == f"wb: error: unknown key in {recipe} 'learning_rat'; did you mean 'learning_rate'?"
+
+
+def test_unknown_flag_suggests(capsys):
+    err = _error(capsys, ["sft", *MODEL, "--lora_rnak", "4"])
+    assert err == "wb: error: unknown flag --lora_rnak; did you mean --lora_rank?"
+
+
+def test_models_and_env(capsys):
+    assert main(["models", "--family", "qwen3"]) == 0
+    out = capsys.readouterr().out
+    assert "Qwen/Qwen3-8B" in out and "qwen3_thinking_2507" in out
+    assert main(["env", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["device"] == "cpu"

@@ -1,0 +1,188 @@
+"""Training behaviour end to end on miniature Qwen3 models (CPU, seeded)."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import swiftlike as wb
+from swiftlike.cli.main import main
+
+DATA = "examples/data/identity.jsonl"
+BASE = dict(model="Qwen/Qwen3-0.6B", miniature=True, dataset=[DATA], logging_steps=1)
+
+
+def _adapter(ckpt) -> dict:
+    return load_file(str(Path(ckpt) / "adapter_model.safetensors"))
+
+
+def _assert_same(a: dict, b: dict, atol=0.0):
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=atol, rtol=0 if atol == 0 else 1e-5, msg=k)
+
+
+def _assert_equivalent_runs(history_a, history_b, weights_a, weights_b):
+    """Same losses and gradient norms step by step, up to float32 rounding (summation order differs).
+
+    Weights get a looser bound: Adam divides by sqrt(v), so in entries whose gradient is ~0 (LoRA A
+    while B is still near zero) it turns rounding noise into updates of up to lr in size.
+    """
+    for key in ("loss", "grad_norm"):
+        assert [h[key] for h in history_a] == pytest.approx([h[key] for h in history_b], rel=1e-4), key
+    _assert_same(weights_a, weights_b, atol=1e-3)
+
+
+def _without_timing(history):
+    return [{k: v for k, v in h.items() if k != "tokens_per_second"} for h in history]
+
+
+@pytest.mark.slow
+def test_lora_learns_and_writes_hf_layout(tmp_path):
+    result = wb.sft(**BASE, lora=True, learning_rate=1e-2, max_steps=40, output_dir=str(tmp_path / "run"))
+    assert result.metrics["final_loss"] < 0.4 * result.metrics["first_loss"]
+    ckpt = Path(result.checkpoint)
+    assert ckpt.name == "checkpoint-40"
+    for name in ("adapter_model.safetensors", "adapter_config.json", "tokenizer_config.json", "args.json",
+                 "trainer_state.json", "trainer_state.pt"):
+        assert (ckpt / name).is_file(), name
+    args = json.loads((ckpt / "args.json").read_text())
+    assert args["train_type"] == "lora" and args["template"] == "qwen3" and args["lora_rank"] == 8
+    assert json.loads((tmp_path / "run" / "args.json").read_text()) == args
+    config = json.loads((ckpt / "adapter_config.json").read_text())
+    assert config["r"] == 8 and config["lora_alpha"] == 32
+    assert {m.rsplit(".", 1)[-1] for m in config["target_modules"]} == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                             "down_proj"}
+
+
+@pytest.mark.slow
+def test_every_trainable_parameter_changes_and_frozen_ones_do_not(tmp_path):
+    from swiftlike.config import SFTConfig, build_config
+    from swiftlike.data.collate import collate_padding_free
+    from swiftlike.data.dataset import encode_rows, load_rows
+    from swiftlike.models import attach_lora, build_miniature, load_tokenizer
+    from swiftlike.templates import get_template
+    from swiftlike.train.trainer import LoopSettings, Trainer
+    import dataclasses
+
+    cfg = build_config(SFTConfig, dict(BASE, lora=True, output_dir=str(tmp_path), learning_rate=1e-2))
+    tok = load_tokenizer(cfg.model)
+    rows, _ = encode_rows(load_rows(cfg.dataset), get_template("qwen3", tok), 512)
+    model = attach_lora(build_miniature(cfg.model), cfg)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    settings = LoopSettings(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(LoopSettings)})
+    trainer = Trainer(model, tok, rows, collate_padding_free, settings, "{}")
+    trainer.train_step([collate_padding_free(rows[:4])])
+    trainer.train_step([collate_padding_free(rows[4:8])])
+    for name, p in model.named_parameters():
+        changed = not torch.equal(before[name], p.detach())
+        assert changed == p.requires_grad, name
+
+
+@pytest.mark.slow
+def test_resume_reaches_the_same_weights(tmp_path):
+    common = dict(BASE, lora=True, learning_rate=1e-2, max_steps=6, save_steps=3, per_device_train_batch_size=2)
+    out = tmp_path / "run"
+    wb.sft(**common, output_dir=str(out))
+    uninterrupted = _adapter(out / "checkpoint-6")
+    history = json.loads((out / "checkpoint-6" / "trainer_state.json").read_text())["log_history"]
+    shutil.rmtree(out / "checkpoint-6")
+    resumed = wb.sft(**common, output_dir=str(out), resume=True)
+    _assert_same(uninterrupted, _adapter(resumed.checkpoint))
+    assert _without_timing(resumed.log_history) == _without_timing(history)
+
+
+@pytest.mark.slow
+def test_killed_run_leaves_only_complete_checkpoints_and_resumes(tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "swiftlike.cli.main", "sft", "--model", "Qwen/Qwen3-0.6B", "--miniature",
+           "--dataset", DATA, "--lora", "--max_steps", "400", "--save_steps", "1", "--output_dir", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (out / "checkpoint-3").exists():
+        time.sleep(0.05)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    ckpts = sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    assert len(ckpts) >= 3
+    for ckpt in ckpts:
+        for name in ("adapter_model.safetensors", "args.json", "trainer_state.json", "trainer_state.pt"):
+            assert (ckpt / name).is_file(), f"{ckpt.name}/{name}"
+    step = int(ckpts[-1].name.split("-")[1])
+    resumed = wb.sft(model="Qwen/Qwen3-0.6B", miniature=True, dataset=[DATA], lora=True, max_steps=step + 2,
+                     save_steps=1, output_dir=str(out), resume=True)
+    assert resumed.metrics["steps"] == step + 2
+
+
+@pytest.mark.slow
+def test_gradient_accumulation_is_invariant(tmp_path):
+    common = dict(BASE, lora=True, lora_dropout=0.0, learning_rate=1e-2, max_steps=3)
+    a = wb.sft(**common, per_device_train_batch_size=4, gradient_accumulation_steps=1, output_dir=str(tmp_path / "a"))
+    b = wb.sft(**common, per_device_train_batch_size=1, gradient_accumulation_steps=4, output_dir=str(tmp_path / "b"))
+    _assert_equivalent_runs(a.log_history, b.log_history, _adapter(a.checkpoint), _adapter(b.checkpoint))
+
+
+@pytest.mark.slow
+def test_padding_free_equals_padded(tmp_path):
+    common = dict(BASE, lora=True, lora_dropout=0.0, learning_rate=1e-2, max_steps=3)
+    a = wb.sft(**common, padding_free=True, output_dir=str(tmp_path / "a"))
+    b = wb.sft(**common, padding_free=False, output_dir=str(tmp_path / "b"))
+    _assert_equivalent_runs(a.log_history, b.log_history, _adapter(a.checkpoint), _adapter(b.checkpoint))
+
+
+@pytest.mark.slow
+def test_full_mode_trains_all_parameters(tmp_path):
+    result = wb.sft(**BASE, full=True, learning_rate=1e-3, max_steps=8, output_dir=str(tmp_path / "run"))
+    ckpt = Path(result.checkpoint)
+    assert (ckpt / "model.safetensors").is_file() and (ckpt / "config.json").is_file()
+    assert result.metrics["final_loss"] < result.metrics["first_loss"]
+    args = json.loads((ckpt / "args.json").read_text())
+    assert args["train_type"] == "full" and args["learning_rate"] == 1e-3
+
+
+@pytest.mark.slow
+def test_qlora_trains_on_a_4bit_base(tmp_path):
+    pytest.importorskip("bitsandbytes")
+    result = wb.sft(**BASE, qlora=True, learning_rate=1e-2, max_steps=4, output_dir=str(tmp_path / "run"))
+    assert result.metrics["final_loss"] < result.metrics["first_loss"]
+    assert (Path(result.checkpoint) / "adapter_model.safetensors").is_file()
+    assert json.loads((Path(result.checkpoint) / "args.json").read_text())["train_type"] == "qlora"
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_process_with_twice_the_batch(tmp_path):
+    flags = ["--model", "Qwen/Qwen3-0.6B", "--miniature", "--dataset", DATA, "--lora", "--lora_dropout", "0",
+             "--learning_rate", "1e-2", "--max_steps", "4", "--logging_steps", "1"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    two = subprocess.run([sys.executable, "-m", "swiftlike.cli.main", "sft", *flags, "--nproc_per_node", "2",
+                          "--per_device_train_batch_size", "2", "--output_dir", str(tmp_path / "two")],
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert two.returncode == 0, two.stderr[-3000:]
+    one = wb.sft(**BASE, lora=True, lora_dropout=0.0, learning_rate=1e-2, max_steps=4, per_device_train_batch_size=4,
+                 output_dir=str(tmp_path / "one"))
+    two_history = json.loads((tmp_path / "two" / "checkpoint-4" / "trainer_state.json").read_text())["log_history"]
+    _assert_equivalent_runs(two_history, one.log_history, _adapter(tmp_path / "two" / "checkpoint-4"),
+                            _adapter(one.checkpoint))
+
+
+@pytest.mark.slow
+def test_recipe_with_flag_override_and_infer(tmp_path, capsys):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"model: Qwen/Qwen3-0.6B\nminiature: true\ndataset: {DATA}\nlora: true\n"
+                      f"learning_rate: 0.01\nmax_steps: 50\noutput_dir: {tmp_path / 'run'}\n")
+    assert main(["sft", "--config", str(recipe), "--max_steps", "60", "--logging_steps", "60"]) == 0
+    ckpt = tmp_path / "run" / "checkpoint-60"
+    args = json.loads((ckpt / "args.json").read_text())
+    assert args["max_steps"] == 60 and args["learning_rate"] == 0.01
+    capsys.readouterr()
+    assert main(["infer", "--adapters", str(ckpt), "--query", "Who are you?", "--max_new_tokens", "24"]) == 0
+    answer = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "Wren" in answer
