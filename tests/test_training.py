@@ -186,3 +186,21 @@ def test_recipe_with_flag_override_and_infer(tmp_path, capsys):
     assert main(["infer", "--adapters", str(ckpt), "--query", "Who are you?", "--max_new_tokens", "24"]) == 0
     answer = capsys.readouterr().out.strip().splitlines()[-1]
     assert "Wren" in answer
+
+
+@pytest.mark.slow
+def test_tensorboard_logging_and_interactive_chat(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("tensorboard")
+    out = tmp_path / "run"
+    wb.sft(**BASE, lora=True, max_steps=2, report_to="tensorboard", output_dir=str(out))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out / "runs"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("loss")] == [1, 2]
+    assert "learning_rate" in events.Tags()["scalars"]
+    answers = iter(["Hi", "clear", "Hello again", "exit"])
+    monkeypatch.setattr("builtins.input", lambda prompt="": next(answers))
+    capsys.readouterr()
+    assert main(["infer", "--adapters", str(out / "checkpoint-2"), "--max_new_tokens", "4"]) == 0
+    assert capsys.readouterr().out.count("assistant> ") == 2

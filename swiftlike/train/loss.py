@@ -1,34 +1,85 @@
 """Causal-LM loss computed only where there is something to learn.
 
 The model's decoder produces hidden states; full-vocabulary logits are formed only for positions
-with a target, a chunk at a time, and recomputed in backward instead of being stored. With a
-150k vocabulary that removes the largest tensor of a training step.
+with a target, a chunk at a time. The gradient of each chunk is computed right away in forward
+(softmax minus one-hot, times the output weight), so backward neither stores logits nor recomputes
+them: with a 150k vocabulary the output layer dominates a small model's step, and this does its
+work once (two matmuls per chunk, three with a trainable output layer).
 """
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from ..templates import IGNORE_INDEX
 
-
-def _chunk_ce(lm_head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(lm_head(hidden).float(), targets, reduction="sum")
+LOGITS_PER_CHUNK = 1 << 24  # ~16M logits (64 MB in fp32) per chunk; smaller chunks are also cache-friendlier
 
 
-def chunked_cross_entropy(lm_head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor,
-                          chunk_size: int = 1024) -> torch.Tensor:
-    """Sum of token cross-entropies of `lm_head(hidden)` against `targets` (rows already selected)."""
+class _LinearCrossEntropy(torch.autograd.Function):
+    """sum_i CE(hidden_i @ weight.T + bias, target_i), with gradients computed in forward."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, chunk_size: int):
+        needs = ctx.needs_input_grad
+        grad_hidden = torch.zeros_like(hidden) if needs[0] else None
+        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if needs[1] else None
+        grad_bias = torch.zeros_like(bias, dtype=torch.float32) if bias is not None and needs[2] else None
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        for start in range(0, hidden.shape[0], chunk_size):
+            h = hidden[start:start + chunk_size]
+            t = targets[start:start + chunk_size]
+            logits = (h @ weight.T if bias is None else torch.addmm(bias, h, weight.T)).float()
+            rows = torch.arange(t.shape[0], device=t.device)
+            target_logit = logits[rows, t]
+            peak = logits.amax(dim=-1)
+            exp = logits.sub_(peak[:, None]).exp_()  # in place: one pass, no second exp for the softmax
+            sum_exp = exp.sum(dim=-1)
+            total += (sum_exp.log() + peak - target_logit).sum()
+            if grad_hidden is None and grad_weight is None and grad_bias is None:
+                continue
+            grad = exp.div_(sum_exp[:, None])  # softmax
+            grad[rows, t] -= 1.0
+            if grad_hidden is not None:
+                grad_hidden[start:start + chunk_size] = (grad.to(weight.dtype) @ weight).to(hidden.dtype)
+            if grad_weight is not None:
+                grad_weight += grad.T @ h.float()
+            if grad_bias is not None:
+                grad_bias += grad.sum(0)
+        ctx.save_for_backward(*(g for g in (grad_hidden, grad_weight, grad_bias) if g is not None))
+        ctx.has = (grad_hidden is not None, grad_weight is not None, grad_bias is not None)
+        ctx.dtypes = (weight.dtype, bias.dtype if bias is not None else None)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        saved = iter(ctx.saved_tensors)
+        gh = next(saved) * grad_output if ctx.has[0] else None
+        gw = (next(saved) * grad_output).to(ctx.dtypes[0]) if ctx.has[1] else None
+        gb = (next(saved) * grad_output).to(ctx.dtypes[1]) if ctx.has[2] else None
+        return gh, gw, gb, None, None
+
+
+def linear_cross_entropy(lm_head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor,
+                         chunk_size: int = 128) -> torch.Tensor:
+    """Sum of token cross-entropies of `lm_head(hidden)` against `targets` (rows already selected).
+
+    Plain `nn.Linear` heads take the fused path; any other head (e.g. an adapter-wrapped one) falls
+    back to chunks of the module's own forward under activation checkpointing.
+    """
+    if type(lm_head) is nn.Linear:
+        return _LinearCrossEntropy.apply(hidden, lm_head.weight, lm_head.bias, targets, chunk_size)
+    from torch.utils.checkpoint import checkpoint
+
     total = hidden.new_zeros((), dtype=torch.float32)
     for start in range(0, hidden.shape[0], chunk_size):
         h, t = hidden[start:start + chunk_size], targets[start:start + chunk_size]
-        if torch.is_grad_enabled():
-            total = total + checkpoint(_chunk_ce, lm_head, h, t, use_reentrant=False)
-        else:
-            total = total + _chunk_ce(lm_head, h, t)
+        total = total + checkpoint(_module_ce, lm_head, h, t, use_reentrant=False)
     return total
+
+
+def _module_ce(lm_head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return nn.functional.cross_entropy(lm_head(hidden).float(), targets, reduction="sum")
 
 
 def packed_attention_mask(seq_lens: torch.Tensor, dtype: torch.dtype, boolean: bool) -> torch.Tensor:
@@ -48,10 +99,11 @@ class CausalLMLoss(nn.Module):
     Kept as a module so DistributedDataParallel hooks see the forward pass.
     """
 
-    def __init__(self, model: nn.Module, chunk_size: int = 1024):
+    def __init__(self, model: nn.Module, chunk_size: int | None = None):
         super().__init__()
         self.model = model
-        self.chunk_size = chunk_size
+        vocab = self.causal_lm.get_output_embeddings().weight.shape[0]
+        self.chunk_size = chunk_size or max(16, LOGITS_PER_CHUNK // vocab)
 
     @property
     def causal_lm(self) -> nn.Module:
@@ -67,5 +119,5 @@ class CausalLMLoss(nn.Module):
         hidden = lm.get_decoder()(input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask,
                                   use_cache=False).last_hidden_state
         keep = targets != IGNORE_INDEX
-        loss_sum = chunked_cross_entropy(lm.get_output_embeddings(), hidden[keep], targets[keep], self.chunk_size)
+        loss_sum = linear_cross_entropy(lm.get_output_embeddings(), hidden[keep], targets[keep], self.chunk_size)
         return loss_sum, keep.sum()

@@ -86,6 +86,7 @@ class Trainer:
         self.scheduler = get_scheduler(settings.lr_scheduler_type, self.optimizer, num_warmup_steps=warmup,
                                        num_training_steps=self.total_steps)
         self.step, self.trained_tokens, self.log_history = 0, 0, []
+        self.input_tokens = 0  # every non-padding token processed in this session (for throughput)
         if resume_from is not None:
             self._restore(resume_from)
 
@@ -119,13 +120,17 @@ class Trainer:
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        if self.distributed:
-            import torch.distributed as dist
-
-            t = torch.tensor([loss_sum])
-            dist.all_reduce(t)
-            loss_sum = float(t)
+        loss_sum = self._global_sum(loss_sum)
         return loss_sum / max(float(total), 1.0), grad_norm, int(total)
+
+    def _global_sum(self, value: float) -> float:
+        if not self.distributed:
+            return value
+        import torch.distributed as dist
+
+        t = torch.tensor([float(value)], dtype=torch.float64)
+        dist.all_reduce(t)
+        return float(t)
 
     # -- the loop ----------------------------------------------------------------------------
     def train(self) -> TrainResult:
@@ -133,13 +138,19 @@ class Trainer:
 
         main = accel.is_main_process()
         tracker = Tracker(self.s.report_to if main else "none", self.s.output_dir, json.loads(self.args_json))
-        bar = tqdm(total=self.total_steps, initial=self.step, desc="train", disable=not main, dynamic_ncols=True)
+        import sys
+
+        # redraw often on a terminal; in log files (CI, clusters) only every 10 s
+        interval = 0.1 if sys.stderr.isatty() else 10.0
+        bar = tqdm(total=self.total_steps, initial=self.step, desc="train", disable=not main, dynamic_ncols=True,
+                   mininterval=interval)
         window_tokens, window_start, start = 0, time.perf_counter(), time.perf_counter()
         losses = []
         checkpoint = None
         while self.step < self.total_steps:
             groups = step_rows(self.step, len(self.rows), self.per_epoch, self.s)
             loss, grad_norm, tokens = self.train_step([self.collate([self.rows[i] for i in g]) for g in groups])
+            self.input_tokens += int(self._global_sum(sum(len(self.rows[i]["input_ids"]) for g in groups for i in g)))
             self.step += 1
             self.trained_tokens += tokens
             window_tokens += tokens
@@ -163,7 +174,8 @@ class Trainer:
         bar.close()
         tracker.close()
         seconds = time.perf_counter() - start
-        metrics = {"steps": self.step, "trained_tokens": self.trained_tokens, "train_seconds": round(seconds, 2),
+        metrics = {"steps": self.step, "trained_tokens": self.trained_tokens, "input_tokens": self.input_tokens,
+                   "train_seconds": round(seconds, 2),
                    "first_loss": losses[0] if losses else None, "final_loss": losses[-1] if losses else None}
         return TrainResult(self.s.output_dir, str(checkpoint or latest_checkpoint(self.s.output_dir)), metrics,
                            self.log_history)

@@ -1,0 +1,80 @@
+"""Shared pieces of the benchmarks: the miniature model, the synthetic chat data, the machine's matmul rate."""
+from __future__ import annotations
+
+import json
+import math
+import random
+import resource
+import time
+from pathlib import Path
+
+TOKENIZER = Path(__file__).resolve().parents[1] / "swiftlike" / "assets" / "tokenizers" / "qwen3"
+
+WORDS = ("the of and to in is was for on that with as by at from his an were are which this be or had not but "
+         "model data train token learning rate batch layer weight value network memory speed result paper method "
+         "river mountain city garden window music color history science letter number question answer reason "
+         "because however therefore example simple quickly carefully between during without within around").split()
+
+
+def build_model_dir(path: Path, hidden: int = 256, layers: int = 4, seed: int = 0) -> Path:
+    """A randomly initialised Qwen3 of the given size with the real 151k-vocabulary tokenizer."""
+    import torch
+    from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
+
+    if (path / "config.json").is_file():
+        return path
+    config = Qwen3Config(vocab_size=151936, hidden_size=hidden, intermediate_size=hidden * 3, num_hidden_layers=layers,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=hidden // 4, tie_word_embeddings=True,
+                         max_position_embeddings=4096, bos_token_id=151643, eos_token_id=151645)
+    torch.manual_seed(seed)
+    Qwen3ForCausalLM(config).save_pretrained(path)
+    AutoTokenizer.from_pretrained(TOKENIZER).save_pretrained(path)
+    return path
+
+
+def _sentence(rng: random.Random, n_words: int) -> str:
+    words = [rng.choice(WORDS) for _ in range(max(1, n_words))]
+    out, i = [], 0
+    while i < len(words):
+        k = rng.randint(6, 16)
+        chunk = words[i:i + k]
+        out.append(chunk[0].capitalize() + " " + " ".join(chunk[1:]) + ".")
+        i += k
+    return " ".join(out)
+
+
+def chat_rows(n: int = 2000, seed: int = 0, mean_tokens: float = 115, max_tokens: int = 850) -> list[dict]:
+    """Chat rows with lognormal response lengths (long tail), ~1.25 tokens per word."""
+    rng = random.Random(seed)
+    sigma = 0.9
+    mu = math.log(mean_tokens) - sigma ** 2 / 2
+    rows = []
+    for _ in range(n):
+        tokens = min(max_tokens, max(4, int(rng.lognormvariate(mu, sigma))))
+        prompt = _sentence(rng, rng.randint(8, 30)).rstrip(".") + "?"
+        rows.append({"messages": [{"role": "user", "content": prompt},
+                                  {"role": "assistant", "content": _sentence(rng, int(tokens / 1.25))}]})
+    return rows
+
+
+def write_jsonl(rows: list[dict], path: Path) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def matmul_flops(n: int = 2048, repeats: int = 10) -> float:
+    """This machine's fp32 matmul rate in FLOP/s (best of `repeats`)."""
+    import torch
+
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.matmul(a, b)
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        torch.matmul(a, b)
+        best = min(best, time.perf_counter() - t)
+    return 2 * n ** 3 / best
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

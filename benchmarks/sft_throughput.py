@@ -1,0 +1,119 @@
+"""SFT throughput: `wb sft` vs TRL's SFTTrainer on the same miniature Qwen3, data and LoRA settings.
+
+    python benchmarks/sft_throughput.py [--steps 30] [--rows 2000] [--repeats 1]
+
+Each run is a separate process (so peak RSS is its own); runs alternate ours/TRL. Reported per run:
+non-padding tokens processed per second in the training loop, peak RSS, wall time; then the ratios
+and model FLOPs utilisation against this machine's fp32 matmul rate measured in the same run.
+Needs `pip install -e ".[bench]"`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import build_model_dir, chat_rows, matmul_flops, peak_rss_mb, write_jsonl  # noqa: E402
+
+
+def run_ours(model_dir: str, data: str, steps: int, batch: int, out: str) -> dict:
+    import swiftlike as wb
+
+    t = time.perf_counter()
+    result = wb.sft(model=model_dir, template="qwen3", dataset=[data], lora=True, max_steps=steps,
+                    per_device_train_batch_size=batch, learning_rate=1e-4, max_length=1024, torch_dtype="float32",
+                    logging_steps=steps, save_steps=10 ** 9, output_dir=out)
+    m = result.metrics
+    return {"tokens": m["input_tokens"], "train_seconds": m["train_seconds"], "wall_seconds": time.perf_counter() - t}
+
+
+def run_trl(model_dir: str, data: str, steps: int, batch: int, out: str) -> dict:
+    from datasets import load_dataset
+    from peft import LoraConfig
+    from trl import SFTConfig, SFTTrainer
+
+    t = time.perf_counter()
+    args = SFTConfig(output_dir=out, max_steps=steps, per_device_train_batch_size=batch, learning_rate=1e-4,
+                     max_length=1024, logging_steps=1, save_strategy="no", report_to="none", use_cpu=True,
+                     bf16=False, fp16=False, dataloader_num_workers=0, seed=42)
+    peft = LoraConfig(r=8, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM")
+    trainer = SFTTrainer(model=model_dir, args=args, train_dataset=load_dataset("json", data_files=data)["train"],
+                         peft_config=peft)
+    t_train = time.perf_counter()
+    trainer.train()
+    train_seconds = time.perf_counter() - t_train
+    tokens = max(h.get("num_tokens", 0) for h in trainer.state.log_history)
+    return {"tokens": tokens, "train_seconds": train_seconds, "wall_seconds": time.perf_counter() - t}
+
+
+def child(which: str, model_dir: str, data: str, steps: int, batch: int) -> None:
+    with tempfile.TemporaryDirectory() as out:
+        res = (run_ours if which == "ours" else run_trl)(model_dir, data, steps, batch, out)
+    res["tokens_per_second"] = res["tokens"] / res["train_seconds"]
+    res["peak_rss_mb"] = peak_rss_mb()
+    print("RESULT " + json.dumps(res))
+
+
+def flops_per_token(model_dir: str) -> float:
+    """Forward + backward-to-activations of every matmul weight (LoRA: no weight gradients), 4 FLOPs per weight."""
+    cfg = json.loads((Path(model_dir) / "config.json").read_text())
+    h, i, layers, v = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"], cfg["vocab_size"]
+    q = cfg["num_attention_heads"] * cfg["head_dim"]
+    kv = cfg["num_key_value_heads"] * cfg["head_dim"]
+    per_layer = h * q + 2 * h * kv + q * h + 3 * h * i
+    return 4.0 * (layers * per_layer + h * v)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--rows", type=int, default=2000)
+    ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--only", choices=("ours", "trl"), help="run one side only")
+    ap.add_argument("--child", choices=("ours", "trl"), help=argparse.SUPPRESS)
+    ap.add_argument("--model-dir", help=argparse.SUPPRESS)
+    ap.add_argument("--data", help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.child:
+        return child(a.child, a.model_dir, a.data, a.steps, a.batch)
+
+    work = Path(tempfile.mkdtemp(prefix="wb-bench-"))
+    model_dir = str(build_model_dir(work / "model"))
+    data = str(write_jsonl(chat_rows(a.rows), work / "chat.jsonl"))
+    rate = matmul_flops()
+    fpt = flops_per_token(model_dir)
+    sides = [a.only] if a.only else ["ours", "trl"]
+    results: dict[str, list] = {s: [] for s in sides}
+    for r in range(a.repeats):
+        for side in sides:
+            cmd = [sys.executable, __file__, "--child", side, "--model-dir", model_dir, "--data", data,
+                   "--steps", str(a.steps), "--batch", str(a.batch)]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
+            if proc.returncode != 0 or line is None:
+                sys.exit(f"{side} failed:\n{proc.stderr[-3000:]}")
+            res = json.loads(line[7:])
+            res["mfu"] = fpt * res["tokens_per_second"] / rate
+            results[side].append(res)
+            print(f"[{side} #{r + 1}] {res['tokens_per_second']:.1f} tok/s, peak RSS {res['peak_rss_mb']:.0f} MB, "
+                  f"train {res['train_seconds']:.1f}s, wall {res['wall_seconds']:.1f}s, MFU {100 * res['mfu']:.1f}%",
+                  flush=True)
+    print(f"\nmachine fp32 matmul rate: {rate / 1e9:.1f} GFLOP/s; model FLOPs per token {fpt / 1e6:.1f} MFLOP "
+          f"(ceiling {rate / fpt:.0f} tok/s)")
+    best = {s: max(results[s], key=lambda x: x["tokens_per_second"]) for s in sides}
+    for s in sides:
+        print(f"{s:5s} best: {best[s]['tokens_per_second']:.1f} tok/s, peak RSS {best[s]['peak_rss_mb']:.0f} MB, "
+              f"MFU {100 * best[s]['mfu']:.1f}%")
+    if len(sides) == 2:
+        print(f"ratio ours/TRL: throughput {best['ours']['tokens_per_second'] / best['trl']['tokens_per_second']:.2f}x, "
+              f"peak RSS {best['ours']['peak_rss_mb'] / best['trl']['peak_rss_mb']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,61 @@
+"""The Python API and the example recipes."""
+from pathlib import Path
+
+import pytest
+
+import swiftlike as wb
+from swiftlike.config import SFTConfig, build_config, load_recipe
+from swiftlike.errors import UserError
+
+ROOT = Path(__file__).parents[1]
+
+
+@pytest.mark.parametrize("recipe", sorted((ROOT / "examples").glob("*.yaml")), ids=lambda p: p.name)
+def test_example_recipes_are_valid(recipe):
+    cfg = build_config(SFTConfig, load_recipe(str(recipe)))
+    assert cfg.model and cfg.dataset
+
+
+def test_api_rejects_unknown_keyword():
+    with pytest.raises(UserError, match="unknown argument 'lora_rnk'; did you mean 'lora_rank'"):
+        wb.sft(model="Qwen/Qwen3-0.6B", dataset=["x.jsonl"], lora_rnk=4)
+
+
+def test_api_config_object_defaults():
+    cfg = SFTConfig(model="Qwen/Qwen3-0.6B", dataset=["x.jsonl"], full=True).validate()
+    assert cfg.learning_rate == 1e-5 and cfg.train_type == "full"
+    assert SFTConfig(model="m", dataset=["x"]).validate().learning_rate == 1e-4
+
+
+@pytest.mark.slow
+def test_load_model_and_generate_from_a_full_checkpoint(tmp_path):
+    from swiftlike.pipelines.infer import generate
+
+    result = wb.sft(model="Qwen/Qwen3-0.6B", miniature=True, dataset=["examples/data/identity.jsonl"], full=True,
+                    learning_rate=3e-3, max_steps=2, output_dir=str(tmp_path))
+    model, tokenizer, template = wb.load_model(result.checkpoint)
+    assert template.name == "qwen3"
+    text = generate(model, tokenizer, template, [{"role": "user", "content": "Hi"}], max_new_tokens=5)
+    assert isinstance(text, str)
+    lora_dir = tmp_path / "lora"
+    lora = wb.sft(model="Qwen/Qwen3-0.6B", miniature=True, dataset=["examples/data/identity.jsonl"], lora=True,
+                  max_steps=1, output_dir=str(lora_dir))
+    model, _, template = wb.load_model("", adapters=lora.checkpoint)
+    assert type(model).__name__ == "PeftModelForCausalLM" and template.name == "qwen3"
+
+
+@pytest.mark.slow
+def test_example_notebook_runs(tmp_path, monkeypatch, capsys):
+    import json
+
+    nb = json.loads((ROOT / "examples" / "quickstart.ipynb").read_text())
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "examples" / "data").mkdir(parents=True)
+    (tmp_path / "examples" / "data" / "identity.jsonl").write_text((ROOT / "examples/data/identity.jsonl").read_text())
+    scope: dict = {}
+    for cell in nb["cells"]:
+        if cell["cell_type"] == "code":
+            exec("".join(cell["source"]), scope)
+    out = capsys.readouterr().out
+    assert "<think>\n\n</think>\n\nI am Wren.<|im_end|>" in out
+    assert scope["result"].metrics["final_loss"] < 0.4 * scope["result"].metrics["first_loss"]

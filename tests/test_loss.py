@@ -1,0 +1,77 @@
+"""The loss module equals transformers' own causal-LM loss; chunking and packing change nothing."""
+import pytest
+import torch
+
+from swiftlike.data.collate import collate_padded, collate_padding_free
+from swiftlike.models import build_miniature
+from swiftlike.templates import IGNORE_INDEX
+from swiftlike.train.loss import CausalLMLoss, linear_cross_entropy
+
+
+def _rows():
+    g = torch.Generator().manual_seed(0)
+    rows = []
+    for n in (7, 12, 5):
+        ids = torch.randint(0, 5000, (n,), generator=g).tolist()
+        labels = [IGNORE_INDEX] * 3 + ids[3:]
+        rows.append({"input_ids": ids, "labels": labels})
+    return rows
+
+
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("chunk", [1, 5, 37, 100])
+def test_fused_linear_cross_entropy_matches_plain_loss_and_gradients(bias, chunk):
+    torch.manual_seed(0)
+    head = torch.nn.Linear(16, 50, bias=bias)
+    h = torch.randn(37, 16, requires_grad=True)
+    t = torch.randint(0, 50, (37,))
+    ref = torch.nn.functional.cross_entropy(head(h), t, reduction="sum")
+    ref_grads = torch.autograd.grad(ref * 0.5, [h, *head.parameters()])
+    ours = linear_cross_entropy(head, h, t, chunk)
+    grads = torch.autograd.grad(ours * 0.5, [h, *head.parameters()])
+    torch.testing.assert_close(ours, ref)
+    for a, b in zip(grads, ref_grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_frozen_head_gets_no_gradient_and_no_grad_mode_works():
+    head = torch.nn.Linear(8, 20, bias=False).requires_grad_(False)
+    h = torch.randn(5, 8, requires_grad=True)
+    t = torch.randint(0, 20, (5,))
+    linear_cross_entropy(head, h, t).backward()
+    assert head.weight.grad is None and h.grad is not None
+    with torch.no_grad():
+        torch.testing.assert_close(linear_cross_entropy(head, h, t),
+                                   torch.nn.functional.cross_entropy(head(h), t, reduction="sum"))
+
+
+def test_loss_equals_transformers_loss_per_sequence():
+    model = build_miniature("Qwen/Qwen3-0.6B").eval()
+    loss_module = CausalLMLoss(model)
+    for row in _rows():
+        ids = torch.tensor([row["input_ids"]])
+        ref = model(input_ids=ids, labels=torch.tensor([row["labels"]])).loss
+        batch = collate_padding_free([row])
+        total, n = loss_module(**batch)
+        torch.testing.assert_close(total / n, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_packed_padded_and_separate_sequences_agree():
+    model = build_miniature("Qwen/Qwen3-0.6B").eval()
+    loss_module = CausalLMLoss(model)
+    rows = _rows()
+    packed, n_packed = loss_module(**collate_padding_free(rows))
+    padded, n_padded = loss_module(**collate_padded(rows, pad_id=0))
+    separate = [loss_module(**collate_padding_free([r])) for r in rows]
+    assert int(n_packed) == int(n_padded) == sum(len(r["input_ids"]) - 3 for r in rows) == 15
+    torch.testing.assert_close(packed, padded, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(packed, sum(s for s, _ in separate), rtol=1e-5, atol=1e-5)
+    assert int(n_packed) == sum(int(n) for _, n in separate)
+
+
+def test_targets_never_cross_sequence_borders():
+    rows = _rows()
+    batch = collate_padding_free(rows)
+    borders = torch.cumsum(batch["seq_lens"], 0) - 1
+    assert (batch["targets"][0, borders] == IGNORE_INDEX).all()
+    assert batch["position_ids"][0].tolist() == [i for r in rows for i in range(len(r["input_ids"]))]
