@@ -72,6 +72,8 @@ class SFTConfig(ModelArgs):
     save_steps: int = _f(500, "Save a checkpoint every N optimizer steps (and always at the end).")
     save_total_limit: int | None = _f(None, "Keep at most this many checkpoints (oldest deleted).")
     resume: bool = _f(False, "Continue from the latest checkpoint in --output_dir.")
+    overwrite_output_dir: bool = _f(False, "Start afresh in an --output_dir that already holds checkpoints "
+                                           "(they are replaced as new ones are written).")
     resume_from_checkpoint: str | None = _f(None, "Continue from this checkpoint directory.")
     report_to: str = _f("none", "Experiment tracker: tensorboard, wandb, swanlab or none.",
                         choices=("tensorboard", "wandb", "swanlab", "none"))

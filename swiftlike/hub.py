@@ -14,9 +14,11 @@ def is_local(model: str) -> bool:
     return Path(model).expanduser().is_dir()
 
 
-def download(model_id: str, hub: str = "huggingface", config_only: bool = False) -> str:
-    """Snapshot a hub repository (weights only when needed) and return its local directory."""
-    patterns = CONFIG_FILES if config_only else CONFIG_FILES + ["*.safetensors", "*.safetensors.index.json", "*.py"]
+def download(model_id: str, hub: str = "huggingface", config_only: bool = False, with_code: bool = False) -> str:
+    """Snapshot a hub repository (weights only when needed; Python files only for trust_remote_code)."""
+    patterns = CONFIG_FILES if config_only else CONFIG_FILES + ["*.safetensors", "*.safetensors.index.json"]
+    if with_code:
+        patterns = patterns + ["*.py"]
     try:
         if hub == "modelscope":
             try:

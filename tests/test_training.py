@@ -204,3 +204,18 @@ def test_tensorboard_logging_and_interactive_chat(tmp_path, monkeypatch, capsys)
     capsys.readouterr()
     assert main(["infer", "--adapters", str(out / "checkpoint-2"), "--max_new_tokens", "4"]) == 0
     assert capsys.readouterr().out.count("assistant> ") == 2
+
+
+@pytest.mark.slow
+def test_existing_checkpoints_are_never_silently_overwritten(tmp_path, capsys):
+    out = tmp_path / "run"
+    wb.sft(**BASE, lora=True, max_steps=1, output_dir=str(out))
+    capsys.readouterr()
+    argv = ["sft", "--model", "Qwen/Qwen3-0.6B", "--miniature", "--dataset", DATA, "--max_steps", "2",
+            "--output_dir", str(out)]
+    assert main(argv) == 2
+    assert capsys.readouterr().err.strip() == (f"wb: error: {out} already holds checkpoint-1; add --resume to continue "
+                                               "it, --overwrite_output_dir to start again there, or choose another "
+                                               "--output_dir")
+    assert main(argv + ["--overwrite_output_dir"]) == 0
+    assert (out / "checkpoint-2").is_dir()

@@ -46,7 +46,7 @@ def load_for_inference(model: str = "", adapters: str | None = None, miniature: 
         args = _read_args(adapters)
         base = model or args.get("base_model_dir") or args["model"]
         if not is_local(base):
-            base = download(base, args.get("hub", hub))
+            base = download(base, args.get("hub", hub), with_code=trust_remote_code)
         tokenizer = load_tokenizer(adapters)
         net = load_model(base, dtype, attn_implementation=attn_implementation, trust_remote_code=trust_remote_code)
         from peft import PeftModel
@@ -63,7 +63,7 @@ def load_for_inference(model: str = "", adapters: str | None = None, miniature: 
         if miniature:
             net = build_miniature(model, hub, dtype=dtype).to(accel.device())
         else:
-            path = model if is_local(model) else download(model, hub)
+            path = model if is_local(model) else download(model, hub, with_code=trust_remote_code)
             net = load_model(path, dtype, attn_implementation=attn_implementation, trust_remote_code=trust_remote_code)
         name = _template_name(template, None, model)
     net.eval()

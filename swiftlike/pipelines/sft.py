@@ -15,7 +15,7 @@ from ..hub import download, is_local
 from ..models import attach_lora, build_miniature, load_model, load_tokenizer
 from ..models.loader import model_meta, quiet_libraries
 from ..templates import get_template
-from ..train.checkpoint import latest_checkpoint
+from ..train.checkpoint import latest_checkpoint, write_atomic
 from ..train.trainer import LoopSettings, Trainer, TrainResult
 
 BASE_MODEL_DIR = "base_model"
@@ -37,18 +37,23 @@ def _resume_point(cfg: SFTConfig) -> Path | None:
         if not path.is_dir():
             raise UserError(f"--resume_from_checkpoint {path}: no such checkpoint directory")
         return path
+    ckpt = latest_checkpoint(cfg.output_dir)
     if cfg.resume:
-        ckpt = latest_checkpoint(cfg.output_dir)
         if ckpt is None:
             raise UserError(f"--resume: no checkpoint in {cfg.output_dir}")
         return ckpt
+    if ckpt is not None and not cfg.overwrite_output_dir:
+        raise UserError(f"{cfg.output_dir} already holds {ckpt.name}; add --resume to continue it, "
+                        "--overwrite_output_dir to start again there, or choose another --output_dir")
     return None
 
 
 def _base_weights(cfg: SFTConfig, tokenizer, out: Path) -> str:
     """Local directory with the base weights; a miniature is built once and kept in the run directory."""
     if not cfg.miniature:
-        return str(Path(cfg.model).expanduser()) if is_local(cfg.model) else download(cfg.model, cfg.hub)
+        if is_local(cfg.model):
+            return str(Path(cfg.model).expanduser())
+        return download(cfg.model, cfg.hub, with_code=cfg.trust_remote_code)
     base = out / BASE_MODEL_DIR
     if accel.is_main_process() and not (base / "config.json").is_file():
         model = build_miniature(cfg.model, cfg.hub, seed=cfg.seed)
@@ -102,7 +107,7 @@ def run_sft(cfg: SFTConfig) -> TrainResult:
             "base_model_dir": str(Path(base_dir).resolve()), "swiftlike_version": __version__}
     args_json = json.dumps(args, indent=2, ensure_ascii=False) + "\n"
     if main:
-        (out / "args.json").write_text(args_json, encoding="utf-8")
+        write_atomic(out / "args.json", args_json)
 
     collate = collate_padding_free if cfg.padding_free else partial(collate_padded, pad_id=tokenizer.pad_token_id)
     settings = LoopSettings(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(LoopSettings)})

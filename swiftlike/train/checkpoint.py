@@ -56,6 +56,13 @@ def save_checkpoint(output_dir: str | Path, step: int, model, tokenizer, args_js
     return final
 
 
+def write_atomic(path: Path, text: str) -> None:
+    """Write a text file so readers see the old or the new content, never a part."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
 def load_training_state(ckpt: Path) -> dict:
     path = Path(ckpt) / STATE_FILE
     if not path.is_file():
