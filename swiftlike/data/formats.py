@@ -78,6 +78,8 @@ def _message(m, i: int) -> dict:
         if role != "assistant" or not isinstance(tool_calls, list):
             raise RowError(f"message {i}: tool_calls must be a list on an assistant message")
         out["tool_calls"] = [_tool_call(c, i) for c in tool_calls]
+    if role == "tool" and m.get("tool_call_id") is not None:
+        out["tool_call_id"] = str(m["tool_call_id"])
     if "loss" in m and m["loss"] is not None:
         if not isinstance(m["loss"], bool):
             raise RowError(f"message {i}: loss must be true or false")
@@ -95,7 +97,10 @@ def _tool_call(call, i: int) -> dict:
             args = json.loads(args)
         except json.JSONDecodeError:
             pass  # kept verbatim; templates render string arguments as given
-    return {"type": "function", "function": {"name": fn["name"], "arguments": args}}
+    out = {"type": "function", "function": {"name": fn["name"], "arguments": args}}
+    if isinstance(call, dict) and call.get("id") is not None:
+        out["id"] = str(call["id"])
+    return out
 
 
 def _tools(value) -> list | None:

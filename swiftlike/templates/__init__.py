@@ -1,11 +1,13 @@
-"""Templates: a family's chat format as data + one renderer; `get_template` binds it to a tokenizer."""
+"""Templates: a family's chat format as data + a renderer; `get_template` binds it to a tokenizer."""
 from __future__ import annotations
 
 from ..errors import UserError
-from . import qwen3
+from . import deepseek, gemma, internlm, llama, minicpm, mistral, phi, qwen2, qwen3, yi
 from .base import IGNORE_INDEX, Template, TemplateSpec
+from .errors import TemplateError
 
-TEMPLATES: dict[str, TemplateSpec] = {s.name: s for s in qwen3.SPECS}
+TEMPLATES: dict[str, TemplateSpec] = {
+    s.name: s for mod in (qwen3, qwen2, llama, mistral, gemma, phi, deepseek, internlm, yi, minicpm) for s in mod.SPECS}
 
 
 def get_template(name_or_model_id: str, tokenizer, loss_scope: str = "assistant") -> Template:
@@ -21,4 +23,4 @@ def get_template(name_or_model_id: str, tokenizer, loss_scope: str = "assistant"
     return Template(spec, tokenizer, loss_scope)
 
 
-__all__ = ["IGNORE_INDEX", "TEMPLATES", "Template", "TemplateSpec", "get_template"]
+__all__ = ["IGNORE_INDEX", "TEMPLATES", "Template", "TemplateError", "TemplateSpec", "get_template"]

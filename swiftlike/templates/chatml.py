@@ -1,9 +1,13 @@
-"""ChatML family renderer (Qwen3 and its 2507 revisions), written to match the official Jinja.
+"""ChatML renderers for the Qwen families, written to match the official Jinja templates.
 
-Options read from the spec (declared per template in the family modules):
+`render_chatml` (Qwen3 and its 2507 revisions) reads these options from the spec:
   generation_suffix   text after '<|im_start|>assistant\\n' in the generation prompt
   hybrid_thinking     honour enable_thinking=False by pre-filling an empty think block
   strict_strings      2507 revisions: non-string content renders as '' and reasoning must be a str
+`render_qwen2` (Qwen2.5, QwQ) reads:
+  default_system      system text used when the conversation has none (Qwen2.5), or None
+  think_history       QwQ: earlier assistant turns keep only the text after '</think>'
+  inline_reasoning    QwQ: a message's `reasoning` is written into its content as <think>...</think>
 """
 from __future__ import annotations
 
@@ -112,4 +116,52 @@ def render_chatml(spec: TemplateSpec, messages: list[dict], tools: list | None,
         if opt.get("hybrid_thinking") and enable_thinking is False:
             suffix += EMPTY_THINK
         segs.append(("<|im_start|>assistant\n" + suffix, False))
+    return segs
+
+
+def _inline_reasoning(m: dict) -> str:
+    """Templates without a reasoning field (QwQ, DeepSeek-R1) expect it inline in the content."""
+    content = m.get("content") or ""
+    if m.get("reasoning"):
+        return "<think>\n" + m["reasoning"].strip("\n") + "\n</think>\n\n" + content.lstrip("\n")
+    return content
+
+
+def render_qwen2(spec: TemplateSpec, messages: list[dict], tools: list | None,
+                 add_generation_prompt: bool, **_) -> Segments:
+    opt = spec.options
+    default_system = opt.get("default_system")
+    segs: Segments = []
+    first_is_system = bool(messages) and messages[0]["role"] == "system"
+    system = messages[0].get("content") or "" if first_is_system else default_system
+    if tools:
+        segs.append(("<|im_start|>system\n" + (system or "") + "\n\n" + _TOOLS_HEAD
+                     + "".join("\n" + tojson(t) for t in tools) + _TOOLS_TAIL, False))
+    elif system is not None:
+        segs.append(("<|im_start|>system\n" + system + "<|im_end|>\n", False))
+    n = len(messages)
+    for i, m in enumerate(messages):
+        role, trained = m["role"], m.get("loss")
+        if role == "user" or (role == "system" and i > 0):
+            segs.append((f"<|im_start|>{role}\n" + (m.get("content") or "") + "<|im_end|>\n", bool(trained)))
+        elif role == "assistant":
+            content = _inline_reasoning(m) if opt.get("inline_reasoning") else m.get("content") or ""
+            if opt.get("think_history") and i != n - 1:
+                content = content.split("</think>")[-1].lstrip("\n")
+            if m.get("tool_calls"):
+                head = "<|im_start|>assistant"
+                body = ("\n" + content if m.get("content") or m.get("reasoning") else "") + "".join(
+                    '\n<tool_call>\n{"name": "' + (c.get("function") or c)["name"] + '", "arguments": '
+                    + tojson((c.get("function") or c).get("arguments")) + "}\n</tool_call>" for c in m["tool_calls"])
+            else:
+                head, body = "<|im_start|>assistant\n", content
+            segs += [(head, False), (body + "<|im_end|>", trained is not False), ("\n", False)]
+        elif role == "tool":
+            text = "<|im_start|>user" if i == 0 or messages[i - 1]["role"] != "tool" else ""
+            text += "\n<tool_response>\n" + (m.get("content") or "") + "\n</tool_response>"
+            if i == n - 1 or messages[i + 1]["role"] != "tool":
+                text += "<|im_end|>\n"
+            segs.append((text, bool(trained)))
+    if add_generation_prompt:
+        segs.append(("<|im_start|>assistant\n" + opt.get("generation_suffix", ""), False))
     return segs
