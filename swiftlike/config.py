@@ -120,6 +120,22 @@ class InferConfig(ModelArgs):
         return self
 
 
+@dataclass
+class PreviewConfig(ModelArgs):
+    dataset: list = _f([], "Data files to preview (.jsonl/.json); repeatable.")
+    n: int = _f(3, "How many rows to show.")
+    json: bool = _f(False, "Print input_ids and labels as JSON lines instead of highlighted text.")
+    loss_scope: str = _f("assistant", "Which tokens are trained: assistant, last_assistant or all.",
+                         choices=("assistant", "last_assistant", "all"))
+
+    def validate(self) -> "PreviewConfig":
+        if not self.model or not self.dataset:
+            raise UserError("wb data preview needs --model and --dataset")
+        if self.n < 1:
+            raise UserError(f"--n must be at least 1, got {self.n}")
+        return self
+
+
 # -- building configs from flags, YAML and kwargs ----------------------------------------------
 def field_types(cls) -> dict[str, Any]:
     hints = get_type_hints(cls)

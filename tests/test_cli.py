@@ -96,3 +96,32 @@ def test_models_and_env(capsys):
     assert "Qwen/Qwen3-8B" in out and "qwen3_thinking_2507" in out
     assert main(["env", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["device"] == "cpu"
+
+
+def test_row_the_template_rejects_is_named(capsys, tmp_path):
+    p = tmp_path / "d.jsonl"
+    ok = {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}
+    bad = {"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "a"},
+                        {"role": "assistant", "content": "b"}]}
+    p.write_text(json.dumps(ok) + "\n" + json.dumps(bad) + "\n")
+    err = _error(capsys, ["sft", "--model", "Qwen/Qwen3-0.6B", "--miniature", "--template", "gemma2",
+                          "--dataset", str(p), "--output_dir", str(tmp_path / "o")])
+    assert err == f"wb: error: {p}:2: System role not supported"
+
+
+def test_data_preview_highlights_trained_spans(capsys):
+    assert main(["data", "preview", "--model", "Qwen/Qwen3-0.6B", "--dataset", "tests/data/sharegpt_fastchat_sample.json",
+                 "--n", "1"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("── tests/data/sharegpt_fastchat_sample.json row 0 · template qwen3")
+    assert "<|im_start|>assistant\n⟦I am Vicuna, a language model" in out
+    assert "⟦<think>\n\n</think>\n\nYou too!<|im_end|>⟧\n" in out
+    assert main(["data", "preview", "--model", "Qwen/Qwen3-0.6B", "--dataset", "examples/data/identity.jsonl",
+                 "--n", "2", "--json"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(lines) == 2 and lines[0]["source"] == "examples/data/identity.jsonl:1"
+    assert len(lines[0]["input_ids"]) == len(lines[0]["labels"])
+
+
+def test_data_without_action(capsys):
+    assert _error(capsys, ["data"]) == "wb: error: wb data needs an action: preview"

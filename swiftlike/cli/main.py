@@ -12,7 +12,7 @@ import socket
 import subprocess
 import sys
 
-from ..config import InferConfig, SFTConfig, build_config, field_types, load_recipe
+from ..config import InferConfig, PreviewConfig, SFTConfig, build_config, field_types, load_recipe
 from ..errors import UserError
 
 COMMANDS = {
@@ -60,6 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (cls, help_text) in COMMANDS.items():
         _add_config_flags(sub.add_parser(name, help=help_text, description=help_text, allow_abbrev=False), cls)
+    data = sub.add_parser("data", help="Inspect data as a model will see it.")
+    data_sub = data.add_subparsers(dest="data_command", metavar="ACTION")
+    _add_config_flags(data_sub.add_parser(
+        "preview", help="Show rendered rows with the trained spans highlighted (or --json ids and labels).",
+        allow_abbrev=False), PreviewConfig)
     env = sub.add_parser("env", help="Show the devices, dtypes and library versions found.")
     env.add_argument("--json", action="store_true", help="Print machine-readable JSON.")
     models = sub.add_parser("models", help="List registered models and their templates.")
@@ -96,6 +101,8 @@ def _run(argv: list[str]) -> int:
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     sub = parser._subparsers._group_actions[0].choices.get(args.command) if args.command else None
+    if args.command == "data" and getattr(args, "data_command", None):
+        sub = sub._subparsers._group_actions[0].choices[args.data_command]
     _reject_unknown(unknown, sub or parser)
     if args.command is None:
         parser.print_help()
@@ -108,9 +115,15 @@ def _run(argv: list[str]) -> int:
         from .info import print_models
 
         return print_models(args.family)
-    cls = COMMANDS[args.command][0]
+    if args.command == "data":
+        if not args.data_command:
+            raise UserError("wb data needs an action: preview")
+        cls = PreviewConfig
+    else:
+        cls = COMMANDS[args.command][0]
     values = vars(args).copy()
     values.pop("command")
+    values.pop("data_command", None)
     recipe = values.pop("config", None)
     merged = {**(load_recipe(recipe) if recipe else {}), **values}
     where = f"key in {recipe}" if recipe else "option"
@@ -128,6 +141,10 @@ def _run(argv: list[str]) -> int:
         from ..pipelines.sft import run_sft
 
         run_sft(cfg)
+    elif args.command == "data":
+        from ..pipelines.preview import run_preview
+
+        run_preview(cfg)
     else:
         from ..pipelines.infer import run_infer
 

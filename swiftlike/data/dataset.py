@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from ..errors import UserError
 from .files import read_rows
+from ..templates.errors import TemplateError
 from .formats import RowError, to_canonical
 
 ENCODE_CHUNK = 512
@@ -30,7 +31,8 @@ class DataStats:
         return "\n".join(lines)
 
 
-def load_rows(paths: list[str]) -> list[dict]:
+def load_rows(paths: list[str], sources: list | None = None) -> list[dict]:
+    """Canonical rows of every file; `sources`, when given, receives each row's 'file:line'."""
     rows = []
     for path in paths:
         for where, raw in read_rows(path):
@@ -38,15 +40,31 @@ def load_rows(paths: list[str]) -> list[dict]:
                 rows.append(to_canonical(raw))
             except RowError as e:
                 raise UserError(f"{where}: {e}") from None
+            if sources is not None:
+                sources.append(where)
     return rows
 
 
-def encode_rows(rows: list[dict], template, max_length: int) -> tuple[list[dict], DataStats]:
+def _encode_chunk(template, rows: list[dict], sources: list | None, offset: int) -> list[dict]:
+    try:
+        return template.encode_batch(rows)
+    except TemplateError:
+        for i, row in enumerate(rows):  # find the row the template rejects, to name it
+            try:
+                template.encode(row)
+            except TemplateError as e:
+                where = sources[offset + i] if sources else f"row {offset + i}"
+                raise UserError(f"{where}: {e}") from None
+        raise
+
+
+def encode_rows(rows: list[dict], template, max_length: int, sources: list | None = None
+                ) -> tuple[list[dict], DataStats]:
     """Encode canonical rows; drop (and count) rows over max_length or with nothing to train."""
     stats = DataStats(rows_read=len(rows))
     encoded = []
     for start in range(0, len(rows), ENCODE_CHUNK):
-        for enc in template.encode_batch(rows[start:start + ENCODE_CHUNK]):
+        for enc in _encode_chunk(template, rows[start:start + ENCODE_CHUNK], sources, start):
             trained = sum(1 for x in enc["labels"][1:] if x != -100)
             if enc["length"] > max_length:
                 stats.dropped[f"longer than max_length {max_length}"] += 1

@@ -28,9 +28,7 @@ def _template_name(explicit: str | None, args: dict | None, model: str) -> str:
     if args and args.get("template"):
         return args["template"]
     meta = model_meta(model)
-    if meta is None:
-        raise UserError(f"{model!r} is not in the registry; name its template with --template")
-    return meta.template
+    return meta.template if meta is not None else model  # unregistered: the tokenizer's own chat template
 
 
 def load_for_inference(model: str = "", adapters: str | None = None, miniature: bool = False,
@@ -80,15 +78,22 @@ def generate(model, tokenizer, template, messages: list[dict], max_new_tokens: i
     out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
                          eos_token_id=template.stop_token_ids or tokenizer.eos_token_id,
                          pad_token_id=tokenizer.pad_token_id, **sampling)
-    return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+    new = out[0, ids.shape[1]:].tolist()
+    stops = set(template.stop_token_ids) | {tokenizer.pad_token_id, tokenizer.eos_token_id}
+    while new and new[-1] in stops:  # the stop token ends the turn; it is not part of the answer
+        new.pop()
+    # special tokens stay: tool-call markers such as [TOOL_CALLS] are special in some vocabularies
+    return tokenizer.decode(new, skip_special_tokens=False)
 
 
-def show(answer: str) -> str:
-    """The answer as a user reads it: reasoning (if any) marked, empty think blocks dropped."""
-    from ..templates.chatml import split_reasoning
-
-    reasoning, content = split_reasoning({"content": answer}, strict=True)
-    return f"[thinking] {reasoning.strip()}\n{content}" if reasoning.strip() else content
+def show(template, answer: str) -> str:
+    """The answer as a user reads it: reasoning marked, tool calls as JSON, empty think blocks dropped."""
+    message = template.parse_response(answer)
+    parts = [f"[thinking] {message['reasoning'].strip()}"] if message.get("reasoning") else []
+    if message["content"]:
+        parts.append(message["content"])
+    parts += [f"[tool call] {json.dumps(c['function'], ensure_ascii=False)}" for c in message.get("tool_calls", [])]
+    return "\n".join(parts)
 
 
 def run_infer(cfg: InferConfig) -> str | None:
@@ -100,7 +105,7 @@ def run_infer(cfg: InferConfig) -> str | None:
               enable_thinking=cfg.enable_thinking)
     if cfg.query is not None:
         answer = generate(model, tokenizer, template, system + [{"role": "user", "content": cfg.query}], **kw)
-        print(show(answer))
+        print(show(template, answer))
         return answer
     history = list(system)
     print("[wb] chat: type a message; 'clear' resets the conversation, 'exit' quits.")
@@ -116,5 +121,5 @@ def run_infer(cfg: InferConfig) -> str | None:
             continue
         history.append({"role": "user", "content": query})
         answer = generate(model, tokenizer, template, history, **kw)
-        print(f"assistant> {show(answer)}")
+        print(f"assistant> {show(template, answer)}")
         history.append({"role": "assistant", "content": answer})

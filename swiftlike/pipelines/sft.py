@@ -22,13 +22,11 @@ BASE_MODEL_DIR = "base_model"
 
 
 def resolve_template_name(cfg) -> str:
+    """--template, else the registry's template, else the model id (its tokenizer's own chat template)."""
     if cfg.template:
         return cfg.template
     meta = model_meta(cfg.model)
-    if meta is None:
-        raise UserError(f"{cfg.model!r} is not in the registry; name its template with --template "
-                        "(see `wb models`)")
-    return meta.template
+    return meta.template if meta is not None else cfg.model
 
 
 def _resume_point(cfg: SFTConfig) -> Path | None:
@@ -78,7 +76,8 @@ def run_sft(cfg: SFTConfig) -> TrainResult:
     tokenizer = load_tokenizer(cfg.model, cfg.hub, cfg.trust_remote_code)
     template_name = resolve_template_name(cfg)
     template = get_template(template_name, tokenizer, cfg.loss_scope)
-    rows, stats = encode_rows(load_rows(cfg.dataset), template, cfg.max_length)
+    sources: list[str] = []
+    rows, stats = encode_rows(load_rows(cfg.dataset, sources), template, cfg.max_length, sources)
     if main:
         print(f"[wb] data: {stats.report()}".replace("\n", "\n[wb] data: "))
 

@@ -1,5 +1,5 @@
 """Model registry. Families are declared as data, one module each."""
-from . import qwen3  # noqa: F401  (registers the family)
-from .core import MODELS, ModelMeta, find_model, models, register, suggest
+from . import deepseek, gemma, internlm, llama, minicpm, mistral, phi, qwen2, qwen3, yi  # noqa: F401  (register)
+from .core import MODELS, ModelMeta, find_model, models, register, register_family, suggest
 
-__all__ = ["MODELS", "ModelMeta", "find_model", "models", "register", "suggest"]
+__all__ = ["MODELS", "ModelMeta", "find_model", "models", "register", "register_family", "suggest"]

@@ -18,7 +18,8 @@ class ModelMeta:
 
     @property
     def all_ids(self) -> tuple[str, ...]:
-        return (self.model_id, self.modelscope_id) if self.modelscope_id else (self.model_id,)
+        same = self.modelscope_id.lower() in ("", self.model_id.lower())
+        return (self.model_id,) if same else (self.model_id, self.modelscope_id)
 
 
 MODELS: dict[str, ModelMeta] = {}
@@ -29,6 +30,18 @@ def register(meta: ModelMeta) -> None:
         if mid.lower() in MODELS:
             raise ValueError(f"model id registered twice: {mid}")
         MODELS[mid.lower()] = meta
+
+
+def register_family(family: str, model_type: str, architecture: str, template: str, ids: list[str],
+                    modelscope_org: str | None = None, requires: tuple[str, ...] = ()) -> None:
+    """Register several ids that share type, architecture and template (no bundled config or tokenizer).
+
+    `modelscope_org` names the ModelScope organisation where it differs from the Hugging Face one.
+    """
+    for model_id in ids:
+        ms = f"{modelscope_org}/{model_id.split('/', 1)[1]}" if modelscope_org else ""
+        register(ModelMeta(model_id=model_id, model_type=model_type, architecture=architecture, template=template,
+                           family=family, tokenizer="", modelscope_id=ms, requires=requires))
 
 
 def find_model(model_id: str) -> ModelMeta | None:

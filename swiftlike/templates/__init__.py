@@ -5,6 +5,7 @@ from ..errors import UserError
 from . import deepseek, gemma, internlm, llama, minicpm, mistral, phi, qwen2, qwen3, yi
 from .base import IGNORE_INDEX, Template, TemplateSpec
 from .errors import TemplateError
+from .jinja import jinja_spec
 
 TEMPLATES: dict[str, TemplateSpec] = {
     s.name: s for mod in (qwen3, qwen2, llama, mistral, gemma, phi, deepseek, internlm, yi, minicpm) for s in mod.SPECS}
@@ -17,9 +18,13 @@ def get_template(name_or_model_id: str, tokenizer, loss_scope: str = "assistant"
         from ..registry import find_model
 
         meta = find_model(name_or_model_id)
-        if meta is None:
-            raise UserError(f"unknown template or model {name_or_model_id!r}; templates: {', '.join(sorted(TEMPLATES))}")
-        spec = TEMPLATES[meta.template]
+        if meta is not None:
+            spec = TEMPLATES[meta.template]
+        elif getattr(tokenizer, "chat_template", None):
+            spec = jinja_spec(tokenizer, name_or_model_id)
+        else:
+            raise UserError(f"unknown template or model {name_or_model_id!r} and its tokenizer has no chat "
+                            f"template; templates: {', '.join(sorted(TEMPLATES))}")
     return Template(spec, tokenizer, loss_scope)
 
 

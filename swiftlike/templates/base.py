@@ -71,6 +71,22 @@ class Template:
             out.append({"input_ids": ids, "labels": labels, "length": len(ids)})
         return out
 
+    def parse_response(self, text: str) -> dict:
+        """Generated text -> an assistant message: reasoning split off, tool calls parsed (OpenAI style)."""
+        from .chatml import split_reasoning
+        from .toolcalls import parse_tool_calls
+
+        reasoning, content = split_reasoning({"content": text}, strict=True)
+        if "<think>" not in text and "</think>" not in text:
+            reasoning, content = "", text
+        content, calls = parse_tool_calls(content, self.spec.options.get("tool_format"))
+        message = {"role": "assistant", "content": content}
+        if reasoning.strip():
+            message["reasoning"] = reasoning
+        if calls:
+            message["tool_calls"] = calls
+        return message
+
     def encode_prompt(self, messages: Sequence[dict], tools: list | None = None, **opts) -> list[int]:
         """Ids of a conversation followed by the generation prompt (for inference)."""
         return self._tokenize([self.render_text(messages, tools, True, **opts)])[0][0]

@@ -172,10 +172,11 @@ def render_v31(spec: TemplateSpec, messages: list[dict], tools: list | None, add
 
 
 _STOP = (EOS,)
-DEEPSEEK_V3 = TemplateSpec("deepseek_v3", render_v3, _STOP, {}, "DeepSeek-V3 (0324 revision)")
-DEEPSEEK_V3_1 = TemplateSpec("deepseek_v3_1", render_v31, _STOP, {},
+DEEPSEEK_V3 = TemplateSpec("deepseek_v3", render_v3, _STOP, {"tool_format": "deepseek"},
+                           "DeepSeek-V3 (0324 revision)")
+DEEPSEEK_V3_1 = TemplateSpec("deepseek_v3_1", render_v31, _STOP, {"tool_format": "deepseek_v3_1"},
                              "DeepSeek-V3.1 hybrid thinking (thinking=True opens <think>)")
-DEEPSEEK_R1 = TemplateSpec("deepseek_r1", render_r1, _STOP, {},
+DEEPSEEK_R1 = TemplateSpec("deepseek_r1", render_r1, _STOP, {"tool_format": "deepseek"},
                            "DeepSeek-R1 (January 2025 revision): generation prompt <｜Assistant｜>")
 DEEPSEEK_R1_DISTILL = TemplateSpec("deepseek_r1_distill", render_r1, _STOP,
                                    {"distill": True, "think_opener": "<think>\n"},

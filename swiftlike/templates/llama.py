@@ -70,10 +70,10 @@ LLAMA3 = TemplateSpec(
     {"bos": _BOS, "header": "<|start_header_id|>{role}<|end_header_id|>\n\n", "end": "<|eot_id|>", "trim": True},
     "Llama-3 Instruct: role headers, trimmed content, <|eot_id|>")
 LLAMA3_1 = TemplateSpec(
-    "llama3_1", render_llama31, _STOP, {"date_string": "26 Jul 2024"},
+    "llama3_1", render_llama31, _STOP, {"tool_format": "llama3_json", "date_string": "26 Jul 2024"},
     "Llama-3.1 / 3.3 Instruct: system header with cutoff and the fixed date 26 Jul 2024; JSON tool calls")
 LLAMA3_2 = TemplateSpec(
-    "llama3_2", render_llama31, _STOP, {},
+    "llama3_2", render_llama31, _STOP, {"tool_format": "llama3_json"},
     "Llama-3.2 Instruct: as 3.1 with today's date (pass date_string= to fix it)")
 
 SPECS = [LLAMA3, LLAMA3_1, LLAMA3_2]

@@ -92,9 +92,9 @@ def render_mistral_v1(spec: TemplateSpec, messages: list[dict], tools: list | No
 _STOP = ("</s>",)
 MISTRAL_V1 = TemplateSpec("mistral_v1", render_mistral_v1, _STOP, {},
                           "Mistral/Mixtral v0.1: [INST] ... [/INST] answer</s>; strictly alternating, no system")
-MISTRAL_V3 = TemplateSpec("mistral_v3", render_mistral, _STOP, {"sep": " "},
+MISTRAL_V3 = TemplateSpec("mistral_v3", render_mistral, _STOP, {"tool_format": "mistral", "sep": " "},
                           "Mistral-7B-Instruct-v0.3: [INST] with spaces, [AVAILABLE_TOOLS]/[TOOL_CALLS]/[TOOL_RESULTS]")
-MISTRAL_NEMO = TemplateSpec("mistral_nemo", render_mistral, _STOP, {"sep": ""},
+MISTRAL_NEMO = TemplateSpec("mistral_nemo", render_mistral, _STOP, {"tool_format": "mistral", "sep": ""},
                             "Mistral-Nemo (v3-tekken): no spaces around [INST]")
 
 SPECS = [MISTRAL_V1, MISTRAL_V3, MISTRAL_NEMO]

@@ -9,13 +9,14 @@ from .chatml import render_chatml
 _STOP = ("<|im_end|>", "<|endoftext|>")
 
 QWEN3 = TemplateSpec(
-    "qwen3", render_chatml, _STOP, {"hybrid_thinking": True},
+    "qwen3", render_chatml, _STOP, {"tool_format": "hermes", "hybrid_thinking": True},
     "Qwen3 hybrid thinking; enable_thinking=False pre-fills an empty think block at inference")
 QWEN3_INSTRUCT_2507 = TemplateSpec(
-    "qwen3_instruct_2507", render_chatml, _STOP, {"strict_strings": True},
+    "qwen3_instruct_2507", render_chatml, _STOP, {"tool_format": "hermes", "strict_strings": True},
     "Qwen3-*-Instruct-2507 (non-thinking)")
 QWEN3_THINKING_2507 = TemplateSpec(
-    "qwen3_thinking_2507", render_chatml, _STOP, {"strict_strings": True, "generation_suffix": "<think>\n"},
+    "qwen3_thinking_2507", render_chatml, _STOP, {"tool_format": "hermes", "strict_strings": True,
+                                                           "generation_suffix": "<think>\n"},
     "Qwen3-*-Thinking-2507 (the generation prompt opens <think>)")
 
 SPECS = [QWEN3, QWEN3_INSTRUCT_2507, QWEN3_THINKING_2507]

@@ -1,0 +1,36 @@
+"""The model registry: lookups, template references, and the generated docs."""
+from pathlib import Path
+
+import pytest
+
+from swiftlike.registry import find_model, models, suggest
+from swiftlike.registry.table import models_markdown
+from swiftlike.templates import TEMPLATES
+
+FAMILIES = {"qwen3", "qwen2_5", "qwq", "llama3", "mistral", "gemma", "phi", "deepseek", "internlm", "yi", "minicpm"}
+
+
+def test_models_doc_is_current():
+    doc = Path(__file__).parents[1] / "docs" / "models.md"
+    assert doc.read_text(encoding="utf-8") == models_markdown(), "run: python scripts/gen_models_doc.py"
+
+
+def test_every_model_names_a_known_template_and_every_family_is_there():
+    assert {m.family for m in models()} == FAMILIES
+    for m in models():
+        assert m.template in TEMPLATES, m.model_id
+
+
+@pytest.mark.parametrize("model_id, template", [
+    ("Qwen/Qwen2.5-7B-Instruct", "qwen2_5"), ("meta-llama/Llama-3.3-70B-Instruct", "llama3_1"),
+    ("LLM-Research/Meta-Llama-3-8B-Instruct", "llama3"), ("google/gemma-3-1b-it", "gemma3"),
+    ("deepseek-ai/DeepSeek-R1-Distill-Llama-8B", "deepseek_r1_distill"), ("mistralai/Mistral-Nemo-Instruct-2407",
+                                                                          "mistral_nemo"),
+])
+def test_lookup_by_hub_and_modelscope_ids(model_id, template):
+    assert find_model(model_id).template == template
+
+
+def test_unknown_model_suggests_neighbours():
+    assert find_model("Qwen/Qwen3-9B") is None
+    assert "Qwen/Qwen3-8B" in suggest("Qwen/Qwen3-9B")
