@@ -7,7 +7,7 @@ from swiftlike.registry import find_model, models, suggest
 from swiftlike.registry.table import models_markdown
 from swiftlike.templates import TEMPLATES
 
-FAMILIES = {"qwen3", "qwen2_5", "qwq", "llama3", "mistral", "gemma", "phi", "deepseek", "internlm", "yi", "minicpm"}
+FAMILIES = {"qwen3", "qwen2_5", "qwq", "llama3", "mistral", "gemma", "phi", "deepseek", "glm", "internlm", "yi", "minicpm"}
 
 
 def test_models_doc_is_current():
@@ -34,3 +34,23 @@ def test_lookup_by_hub_and_modelscope_ids(model_id, template):
 def test_unknown_model_suggests_neighbours():
     assert find_model("Qwen/Qwen3-9B") is None
     assert "Qwen/Qwen3-8B" in suggest("Qwen/Qwen3-9B")
+
+
+def test_local_model_without_chat_template_resolves_by_architecture(tmp_path, qwen3_tokenizer):
+    import copy
+    import json
+
+    from swiftlike.config import SFTConfig
+    from swiftlike.errors import UserError
+    from swiftlike.pipelines.sft import resolve_template_name
+
+    tok = copy.copy(qwen3_tokenizer)
+    tok.chat_template = None
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["Gemma2ForCausalLM"]}))
+    cfg = SFTConfig(model=str(tmp_path), dataset=["x"])
+    assert resolve_template_name(cfg, tok) == "gemma2"
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["Qwen2ForCausalLM"]}))
+    with pytest.raises(UserError, match="models of its architecture use: deepseek_r1_distill, qwen2_5, qwq"):
+        resolve_template_name(cfg, tok)
+    tok.chat_template = "{{ messages }}"
+    assert resolve_template_name(cfg, tok) == str(tmp_path)

@@ -35,6 +35,7 @@ OFFICIAL = {
     "internlm2_5": ("internlm2.5-chat_xinference.jinja", "<s>", "</s>", {}),
     "yi1_5": ("yi-1.5-chat.jinja", None, "<|endoftext|>", {}),
     "minicpm4": ("minicpm4.jinja", None, "</s>", {}),
+    "glm4": ("glm-4-9b-chat.jinja", None, "<|endoftext|>", {}),
     "qwen3": ("qwen3.jinja", None, "<|im_end|>", {}),
     "qwen3_instruct_2507": ("qwen3-instruct-2507.jinja", None, "<|im_end|>", {}),
     "qwen3_thinking_2507": ("qwen3-thinking-2507.jinja", None, "<|im_end|>", {}),
@@ -76,6 +77,17 @@ CASES = {
 }
 
 
+def glm_native(messages, tools):
+    """GLM-4's own message form: observation role, tool calls as function-named assistant items, tools in a message."""
+    from swiftlike.templates.glm import glm_items
+
+    items = [{"role": role, "metadata": metadata, "content": content}
+             for role, metadata, content, _ in glm_items(messages)]
+    if tools and items:
+        items[0]["tools"] = tools
+    return items
+
+
 def official_messages(template, messages):
     msgs = copy.deepcopy(messages)
     for i, m in enumerate(msgs):
@@ -93,6 +105,8 @@ def official_messages(template, messages):
 def official(template, messages, tools, add_generation_prompt=False, **kw):
     path, bos, eos, extra = OFFICIAL[template]
     chat_template = (DATA / "chat_templates" / path).read_text()
+    if template == "glm4":
+        messages, tools = glm_native(messages, tools), None
     rendered, _ = render_jinja_template([official_messages(template, messages)], tools=tools,
                                         chat_template=chat_template, add_generation_prompt=add_generation_prompt,
                                         bos_token=bos, eos_token=eos, **extra, **kw)
@@ -122,6 +136,8 @@ def _mistral_system_in_final_user(template, messages, tools):
 def _expected(template, case, messages, tools):
     """The official text, or for documented deviations the text we render instead (see the modules)."""
     last = messages[-1]
+    if template == "glm4" and last["role"] == "assistant" and (last["content"] or last.get("tool_calls")):
+        return official(template, messages, tools) + "<|user|>"  # the trained stop token (see templates/glm.py)
     if template == "llama3":  # the reference copy always appends the generation header
         return official(template, messages, tools).removesuffix("<|start_header_id|>assistant<|end_header_id|>\n\n")
     if template in ("mistral_v3", "mistral_nemo") and messages[0]["role"] == "system" and last["role"] != "user":
@@ -185,7 +201,9 @@ def test_generation_prompt_matches_official(template, case):
 def test_every_assistant_turn_is_trained_with_its_end_marker(template):
     messages, _ = CASES["multi_turn"]
     tpl = get_template(template, tokenizer=_NoTokenizer())
-    trained = [t for t, flag in tpl.render(messages) if flag]
+    from test_tool_calls import trained_runs
+
+    trained = trained_runs(tpl.render(messages))
     ends = {s for s in tpl.spec.stop_words}
     assert len(trained) == 2, trained
     for text, answer in zip(trained, ("2", "4")):

@@ -8,7 +8,20 @@ CALLS = [{"type": "function", "id": "call00001", "function": {"name": "get_weath
          {"type": "function", "id": "call00002", "function": {"name": "get_time", "arguments": {"tz": "CET", "n": 2}}}]
 WITH_TOOLS = sorted(n for n, s in TEMPLATES.items() if s.options.get("tool_format"))
 END = {"hermes": "<|im_end|>", "llama3_json": "<|eot_id|>", "mistral": "</s>", "deepseek": "<｜end▁of▁sentence｜>",
-       "deepseek_v3_1": "<｜end▁of▁sentence｜>"}
+       "deepseek_v3_1": "<｜end▁of▁sentence｜>", "glm4": "<|user|>"}
+
+
+def trained_runs(segments):
+    """Adjacent trained segments joined: the text the model produces for each turn."""
+    runs, previous = [], False
+    for text, trained in segments:
+        if trained:
+            if previous:
+                runs[-1] += text
+            else:
+                runs.append(text)
+        previous = trained
+    return runs
 
 
 class _NoTokenizer:
@@ -22,7 +35,7 @@ def test_round_trip(name):
     calls = CALLS[:1] if name.startswith("llama3") else CALLS  # Llama-3.1 supports one call per turn
     messages = [{"role": "user", "content": "Weather and time in Zürich?"},
                 {"role": "assistant", "content": "", "tool_calls": calls}]
-    generated = [t for t, trained in template.render(messages) if trained][-1]
+    generated = trained_runs(template.render(messages))[-1]
     fmt = template.spec.options["tool_format"]
     generated = generated.removesuffix(END[fmt]).removesuffix("<｜tool▁calls▁end｜>")
     message = template.parse_response(generated)

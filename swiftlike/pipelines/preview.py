@@ -36,7 +36,7 @@ def highlight(tokenizer, enc: dict, color: bool) -> str:
 def run_preview(cfg: PreviewConfig, stream=None) -> None:
     stream = stream or sys.stdout
     tokenizer = load_tokenizer(cfg.model, cfg.hub, cfg.trust_remote_code)
-    name = resolve_template_name(cfg)
+    name = resolve_template_name(cfg, tokenizer)
     template = get_template(name, tokenizer, cfg.loss_scope)
     sources: list[str] = []
     rows = load_rows(cfg.dataset, sources)[: cfg.n]

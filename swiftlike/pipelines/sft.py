@@ -21,12 +21,32 @@ from ..train.trainer import LoopSettings, Trainer, TrainResult
 BASE_MODEL_DIR = "base_model"
 
 
-def resolve_template_name(cfg) -> str:
-    """--template, else the registry's template, else the model id (its tokenizer's own chat template)."""
+def resolve_template_name(cfg, tokenizer=None) -> str:
+    """--template; else the registry's template; else the model's own chat template; else, for a local
+    directory whose architecture maps to exactly one registered template, that template."""
     if cfg.template:
         return cfg.template
     meta = model_meta(cfg.model)
-    return meta.template if meta is not None else cfg.model
+    if meta is not None:
+        return meta.template
+    if tokenizer is None or getattr(tokenizer, "chat_template", None):
+        return cfg.model
+    candidates = _templates_for_architecture(cfg.model)
+    if len(candidates) == 1:
+        return candidates[0]
+    hint = f"models of its architecture use: {', '.join(candidates)}" if candidates else "see `wb models`"
+    raise UserError(f"{cfg.model!r} is not in the registry and its tokenizer has no chat template; choose one with "
+                    f"--template ({hint})")
+
+
+def _templates_for_architecture(model: str) -> list[str]:
+    from ..registry import models
+
+    config = Path(model) / "config.json"
+    if not config.is_file():
+        return []
+    archs = json.loads(config.read_text(encoding="utf-8")).get("architectures") or []
+    return sorted({m.template for m in models() if m.architecture in archs})
 
 
 def _resume_point(cfg: SFTConfig) -> Path | None:
@@ -74,7 +94,7 @@ def run_sft(cfg: SFTConfig) -> TrainResult:
     accel.seed_everything(cfg.seed)
 
     tokenizer = load_tokenizer(cfg.model, cfg.hub, cfg.trust_remote_code)
-    template_name = resolve_template_name(cfg)
+    template_name = resolve_template_name(cfg, tokenizer)
     template = get_template(template_name, tokenizer, cfg.loss_scope)
     sources: list[str] = []
     rows, stats = encode_rows(load_rows(cfg.dataset, sources), template, cfg.max_length, sources)

@@ -77,8 +77,22 @@ def _deepseek_v31(text: str):
     return text.split("<｜tool▁calls▁begin｜>")[0].strip(), [_call(name, args) for name, args in found]
 
 
+def _glm4(text: str):
+    """GLM-4 writes each call as "{function name}\n{json arguments}", calls separated by <|assistant|>."""
+    calls = []
+    for part in text.split("<|assistant|>"):
+        name, sep, args = part.partition("\n")
+        if not sep or not name.strip() or " " in name.strip():
+            return text, []
+        try:
+            calls.append(_call(name.strip(), json.loads(args)))
+        except json.JSONDecodeError:
+            return text, []
+    return "", calls
+
+
 PARSERS = {"hermes": _hermes, "llama3_json": _llama_json, "mistral": _mistral, "deepseek": _deepseek,
-           "deepseek_v3_1": _deepseek_v31}
+           "deepseek_v3_1": _deepseek_v31, "glm4": _glm4}
 
 
 def parse_tool_calls(text: str, fmt: str | None) -> tuple[str, list[dict]]:
