@@ -13,6 +13,7 @@ from transformers.utils.chat_template_utils import render_jinja_template
 from conftest import DATA
 from swiftlike.templates import TEMPLATES, TemplateError, get_template
 
+TODAY = __import__("time").strftime("%Y-%m-%d")  # the official template reads strftime_now
 # template -> (official file, bos, eos, official extra kwargs)
 OFFICIAL = {
     "qwen2_5": ("qwen2.5-instruct.jinja", None, "<|im_end|>", {}),
@@ -23,6 +24,7 @@ OFFICIAL = {
     "mistral_v1": ("mixtral-8x7b-instruct-v0.1.jinja", "<s>", "</s>", {}),
     "mistral_v3": ("mistral-7b-instruct-v0.3_xinference.jinja", "<s>", "</s>", {}),
     "mistral_nemo": ("mistral-nemo-instruct-2407.jinja", "<s>", "</s>", {}),
+    "mistral_small": ("mistral-small-3.2-24b-instruct-2506.jinja", "<s>", "</s>", {}),
     "gemma2": ("gemma-2-it.jinja", "<bos>", "<eos>", {}),
     "gemma3": ("gemma-3-it.jinja", "<bos>", "<eos>", {}),
     "phi3_5": ("phi-3.5-mini-instruct.jinja", "<s>", "<|endoftext|>", {}),
@@ -40,7 +42,7 @@ OFFICIAL = {
     "qwen3_instruct_2507": ("qwen3-instruct-2507.jinja", None, "<|im_end|>", {}),
     "qwen3_thinking_2507": ("qwen3-thinking-2507.jinja", None, "<|im_end|>", {}),
 }
-OPTS = {"llama3_2": {"date_string": "01 Jan 2025"}}
+OPTS = {"llama3_2": {"date_string": "01 Jan 2025"}, "mistral_small": {"date_string": TODAY}}
 INLINE_REASONING = {"qwq", "deepseek_r1", "deepseek_r1_distill", "deepseek_v3_1"}  # templates that read <think> inline
 STRING_ARGUMENTS = {"deepseek_r1", "deepseek_r1_distill", "deepseek_v3", "deepseek_v3_1"}
 
@@ -213,3 +215,17 @@ def test_every_assistant_turn_is_trained_with_its_end_marker(template):
 
 def test_every_registered_template_has_an_official_reference():
     assert set(TEMPLATES) == set(OFFICIAL)
+
+
+@pytest.mark.parametrize("template", ["qwen2_5", "qwq"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_qwen_vocabulary_templates_match_token_for_token(qwen3_tokenizer, template, case):
+    """Qwen2.5 and QwQ share the Qwen3 vocabulary: compare ids with the real tokenizer too."""
+    messages, tools = CASES[case]
+    tpl = get_template(template, qwen3_tokenizer)
+    enc = tpl.encode({"messages": messages, "tools": tools})
+    assert enc["input_ids"] == qwen3_tokenizer(_expected(template, case, messages, tools),
+                                               add_special_tokens=False)["input_ids"]
+    im_end = qwen3_tokenizer.convert_tokens_to_ids("<|im_end|>")
+    trained_ends = [i for i, (t, lab) in enumerate(zip(enc["input_ids"], enc["labels"])) if t == im_end and lab == t]
+    assert len(trained_ends) == sum(m["role"] == "assistant" for m in messages)

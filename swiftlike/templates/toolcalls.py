@@ -91,8 +91,32 @@ def _glm4(text: str):
     return "", calls
 
 
+_SMALL = re.compile(r"\[TOOL_CALLS\](.*?)\[CALL_ID\](.*?)\[ARGS\]")
+
+
+def _mistral_small(text: str):
+    """Mistral-Small-3.x: [TOOL_CALLS]name[CALL_ID]id[ARGS]{json}, repeated."""
+    head, sep, _ = text.partition("[TOOL_CALLS]")
+    if not sep:
+        return text, []
+    calls, decoder = [], json.JSONDecoder()
+    pos = len(head)
+    while pos < len(text):
+        m = _SMALL.match(text, pos)
+        if not m:
+            return text, []
+        try:
+            args, end = decoder.raw_decode(text, m.end())
+        except json.JSONDecodeError:
+            return text, []
+        calls.append(_call(m.group(1), args, m.group(2)))
+        pos = end
+    return head.strip(), calls
+
+
 PARSERS = {"hermes": _hermes, "llama3_json": _llama_json, "mistral": _mistral, "deepseek": _deepseek,
-           "deepseek_v3_1": _deepseek_v31, "glm4": _glm4}
+           "deepseek_v3_1": _deepseek_v31, "glm4": _glm4,
+           "mistral_small": _mistral_small}
 
 
 def parse_tool_calls(text: str, fmt: str | None) -> tuple[str, list[dict]]:
