@@ -38,8 +38,13 @@ class ModelArgs:
 
 @dataclass
 class SFTConfig(ModelArgs):
-    dataset: list = _f([], "Training data files (.jsonl/.json) in messages, alpaca or ShareGPT format; repeatable.")
-    max_length: int = _f(2048, "Longest encoded sequence in tokens; longer rows are dropped and counted.")
+    dataset: list = _f([], "Training data: .jsonl/.json/.csv/.parquet files, folders, or hf::org/name[:subset]"
+                           "[:split] / ms::org/name; append #N to take N rows (seeded); repeat to mix.")
+    max_length: int = _f(2048, "Longest encoded sequence in tokens (see --truncation_strategy).")
+    truncation_strategy: str = _f("drop", "Rows longer than --max_length: drop (counted in the report), or keep "
+                                          "the left / right part.", choices=("drop", "left", "right"))
+    skip_bad_rows: bool = _f(False, "Count and skip rows that are malformed or that the template rejects "
+                                    "instead of stopping with an error.")
     loss_scope: str = _f("assistant", "Which tokens are trained: assistant (every assistant turn), "
                                       "last_assistant, or all.", choices=("assistant", "last_assistant", "all"))
     padding_free: bool = _f(True, "Concatenate each batch into one row without padding (sequence-aware attention).")

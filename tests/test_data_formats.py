@@ -78,3 +78,15 @@ def test_encode_drops_and_counts_long_rows(qwen3_tokenizer):
     assert len(encoded) == 2
     assert stats.dropped == {"longer than max_length 64": 1}
     assert "rows read 3, kept 2, dropped 1 (longer than max_length 64)" in stats.report()
+
+
+def test_query_response_and_prompt_completion():
+    assert to_canonical({"query": "q", "response": "r", "history": [["q0", "r0"]], "system": "s"})["messages"] == [
+        {"role": "system", "content": "s"}, {"role": "user", "content": "q0"}, {"role": "assistant", "content": "r0"},
+        {"role": "user", "content": "q"}, {"role": "assistant", "content": "r"}]
+    assert to_canonical({"prompt": "p", "completion": "c"})["messages"] == [
+        {"role": "user", "content": "p"}, {"role": "assistant", "content": "c"}]
+    conversational = {"prompt": [{"role": "system", "content": "s"}, {"role": "user", "content": "p"}],
+                      "completion": [{"role": "assistant", "content": "c"}]}
+    assert to_canonical(conversational)["messages"] == [
+        {"role": "system", "content": "s"}, {"role": "user", "content": "p"}, {"role": "assistant", "content": "c"}]

@@ -1,15 +1,17 @@
-"""Load, normalize and encode training data; report what was kept and what was dropped."""
+"""Load, normalize and encode training data; report what was kept and what was dropped, and why."""
 from __future__ import annotations
 
+import random
 from collections import Counter
 from dataclasses import dataclass, field
 
 from ..errors import UserError
-from .files import read_rows
 from ..templates.errors import TemplateError
+from .files import read_rows
 from .formats import RowError, to_canonical
 
 ENCODE_CHUNK = 512
+TRUNCATION = ("drop", "left", "right")
 
 
 @dataclass
@@ -18,11 +20,13 @@ class DataStats:
     dropped: Counter = field(default_factory=Counter)
     lengths: list = field(default_factory=list)
     trained_tokens: int = 0
+    truncated: int = 0
 
     def report(self) -> str:
         kept = len(self.lengths)
         lines = [f"rows read {self.rows_read}, kept {kept}"
-                 + "".join(f", dropped {n} ({why})" for why, n in self.dropped.items())]
+                 + "".join(f", dropped {n} ({why})" for why, n in self.dropped.items())
+                 + (f", truncated {self.truncated}" if self.truncated else "")]
         if kept:
             s = sorted(self.lengths)
             pct = {p: s[min(kept - 1, int(p / 100 * kept))] for p in (50, 90, 99)}
@@ -31,49 +35,105 @@ class DataStats:
         return "\n".join(lines)
 
 
-def load_rows(paths: list[str], sources: list | None = None) -> list[dict]:
-    """Canonical rows of every file; `sources`, when given, receives each row's 'file:line'."""
-    rows = []
-    for path in paths:
+def parse_selection(spec: str) -> tuple[str, int | None]:
+    """'data.jsonl#500' -> ('data.jsonl', 500); without '#N' the whole source."""
+    source, sep, count = spec.rpartition("#")
+    if not sep:
+        return spec, None
+    if not count.isdigit() or int(count) < 1:
+        raise UserError(f"--dataset {spec}: '#' must be followed by a positive row count")
+    return source, int(count)
+
+
+def _select(items: list, n: int | None, rng: random.Random) -> list:
+    """n rows: a seeded sample without replacement, or all rows plus a sample with replacement above the size."""
+    if n is None:
+        return items
+    if n <= len(items):
+        return rng.sample(items, n)
+    return items + [rng.choice(items) for _ in range(n - len(items))]
+
+
+def load_rows(specs: list[str], sources: list | None = None, skip_bad_rows: bool = False,
+              stats: DataStats | None = None, seed: int = 42) -> list[dict]:
+    """Canonical rows of every source (with '#N' selection); `sources` receives each row's origin.
+
+    A bad row is an error naming its origin, or with `skip_bad_rows` a counted entry in `stats.dropped`.
+    """
+    rng = random.Random(seed)
+    rows, origins = [], []
+    for spec in specs:
+        path, count = parse_selection(spec)
+        items = []
         for where, raw in read_rows(path):
             try:
-                rows.append(to_canonical(raw))
+                items.append((where, to_canonical(raw)))
             except RowError as e:
-                raise UserError(f"{where}: {e}") from None
-            if sources is not None:
-                sources.append(where)
+                if not skip_bad_rows:
+                    raise UserError(f"{where}: {e}") from None
+                if stats is not None:
+                    stats.dropped[f"bad row: {str(e).split(' (')[0]}"] += 1
+        if not items:
+            raise UserError(f"{path}: no usable rows")
+        for where, row in _select(items, count, rng):
+            origins.append(where)
+            rows.append(row)
+    if sources is not None:
+        sources.extend(origins)
     return rows
 
 
-def _encode_chunk(template, rows: list[dict], sources: list | None, offset: int) -> list[dict]:
+def _encode_chunk(template, rows: list[dict], sources: list | None, offset: int, skip: bool,
+                  stats: DataStats) -> list[dict | None]:
     try:
         return template.encode_batch(rows)
     except TemplateError:
-        for i, row in enumerate(rows):  # find the row the template rejects, to name it
+        out = []
+        for i, row in enumerate(rows):  # find the rows the template rejects, to name or count them
             try:
-                template.encode(row)
+                out.append(template.encode(row))
             except TemplateError as e:
-                where = sources[offset + i] if sources else f"row {offset + i}"
-                raise UserError(f"{where}: {e}") from None
-        raise
+                if not skip:
+                    where = sources[offset + i] if sources else f"row {offset + i}"
+                    raise UserError(f"{where}: {e}") from None
+                stats.dropped[f"rejected by the template: {e}"] += 1
+                out.append(None)
+        return out
 
 
-def encode_rows(rows: list[dict], template, max_length: int, sources: list | None = None
-                ) -> tuple[list[dict], DataStats]:
-    """Encode canonical rows; drop (and count) rows over max_length or with nothing to train."""
-    stats = DataStats(rows_read=len(rows))
+def _truncate(enc: dict, max_length: int, strategy: str) -> dict:
+    cut = slice(-max_length, None) if strategy == "left" else slice(0, max_length)
+    ids, labels = enc["input_ids"][cut], enc["labels"][cut]
+    return {"input_ids": ids, "labels": labels, "length": len(ids)}
+
+
+def encode_rows(rows: list[dict], template, max_length: int, sources: list | None = None,
+                truncation_strategy: str = "drop", skip_bad_rows: bool = False,
+                stats: DataStats | None = None) -> tuple[list[dict], DataStats]:
+    """Encode canonical rows; rows over max_length are dropped (counted) or truncated left/right."""
+    if truncation_strategy not in TRUNCATION:
+        raise UserError(f"--truncation_strategy {truncation_strategy!r} is not one of {', '.join(TRUNCATION)}")
+    stats = stats or DataStats()
+    stats.rows_read = len(rows) + sum(n for why, n in stats.dropped.items() if why.startswith("bad row"))
     encoded = []
     for start in range(0, len(rows), ENCODE_CHUNK):
-        for enc in _encode_chunk(template, rows[start:start + ENCODE_CHUNK], sources, start):
-            trained = sum(1 for x in enc["labels"][1:] if x != -100)
+        chunk = _encode_chunk(template, rows[start:start + ENCODE_CHUNK], sources, start, skip_bad_rows, stats)
+        for enc in chunk:
+            if enc is None:
+                continue
             if enc["length"] > max_length:
-                stats.dropped[f"longer than max_length {max_length}"] += 1
-            elif trained == 0:
+                if truncation_strategy == "drop":
+                    stats.dropped[f"longer than max_length {max_length}"] += 1
+                    continue
+                enc = _truncate(enc, max_length, truncation_strategy)
+                stats.truncated += 1
+            trained = sum(1 for x in enc["labels"][1:] if x != -100)
+            if trained == 0:
                 stats.dropped["no trained tokens"] += 1
-            else:
-                encoded.append(enc)
-                stats.lengths.append(enc["length"])
-                stats.trained_tokens += trained
+                continue
+            encoded.append(enc)
+            stats.lengths.append(enc["length"])
+            stats.trained_tokens += trained
     if not encoded:
         raise UserError(f"no rows left to train on: {stats.report().splitlines()[0]}")
     return encoded, stats

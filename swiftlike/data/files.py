@@ -1,30 +1,47 @@
-"""Read local data files row by row, keeping the file and line of every row for error messages."""
+"""Read data sources row by row, keeping where every row came from ('file:line', 'file row N') for errors.
+
+Sources: local .jsonl, .json (a list or {"data": [...]}), .csv, .parquet, folders of them, and hub datasets
+as `hf::org/name[:subset][:split]` or `ms::org/name[:subset][:split]` (ModelScope).
+"""
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 from typing import Iterator
 
 from ..errors import UserError
 
-SUFFIXES = (".jsonl", ".json")
+SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 
 
-def read_rows(path: str) -> Iterator[tuple[str, dict]]:
-    """Yield (where, row) with `where` like 'data.jsonl:12' or 'data.json row 3'."""
-    p = Path(path)
+def read_rows(source: str) -> Iterator[tuple[str, dict]]:
+    """Yield (where, row) for every row of a source."""
+    if source.startswith(("hf::", "ms::")):
+        yield from _hub(source)
+        return
+    p = Path(source)
     if not p.exists():
-        raise UserError(f"dataset not found: {path}")
-    if p.is_dir() or p.suffix not in SUFFIXES:
-        raise UserError(f"{path}: expected a .jsonl or .json file")
+        raise UserError(f"dataset not found: {source}")
+    if p.is_dir():
+        files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix in SUFFIXES)
+        if not files:
+            raise UserError(f"{source}: no {', '.join(SUFFIXES)} files in this folder")
+        for f in files:
+            yield from read_rows(str(f))
+        return
+    if p.suffix not in SUFFIXES:
+        raise UserError(f"{source}: expected a {', '.join(SUFFIXES)} file or a folder of them")
+    if p.suffix == ".parquet":
+        yield from _parquet(source)
+        return
     try:
         text = p.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
-        raise UserError(f"{path}: not UTF-8 text (byte {e.start})") from None
-    if p.suffix == ".jsonl":
-        yield from _jsonl(path, text)
-    else:
-        yield from _json(path, text)
+        line = p.read_bytes()[: e.start].count(b"\n") + 1
+        raise UserError(f"{source}:{line}: not UTF-8 text (byte {e.start})") from None
+    reader = {".jsonl": _jsonl, ".json": _json, ".csv": _csv}[p.suffix]
+    yield from reader(source, text)
 
 
 def _jsonl(path: str, text: str):
@@ -53,3 +70,62 @@ def _json(path: str, text: str):
         if not isinstance(row, dict):
             raise UserError(f"{path} row {i}: expected a JSON object, got {type(row).__name__}")
         yield f"{path} row {i}", row
+
+
+def _csv(path: str, text: str):
+    reader = csv.DictReader(text.splitlines())
+    if not reader.fieldnames:
+        raise UserError(f"{path}: no header row")
+    for row in reader:
+        if None in row:  # more cells than header columns
+            raise UserError(f"{path}:{reader.line_num}: {len(row[None])} more cells than the header has columns")
+        missing = [k for k, v in row.items() if v is None]
+        if missing:
+            raise UserError(f"{path}:{reader.line_num}: missing columns {', '.join(missing)}")
+        yield f"{path}:{reader.line_num}", {k: _maybe_json(v) for k, v in row.items()}
+
+
+def _maybe_json(cell: str):
+    """CSV cells holding JSON lists/objects (messages, history) are decoded; everything else stays text."""
+    if cell[:1] in "[{":
+        try:
+            return json.loads(cell)
+        except json.JSONDecodeError:
+            return cell
+    return cell
+
+
+def _parquet(path: str):
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise UserError(f"{path}: reading parquet needs pyarrow (pip install pyarrow)") from None
+    try:
+        table = pq.read_table(path)
+    except Exception as e:
+        raise UserError(f"{path}: not a readable parquet file ({str(e).splitlines()[0]})") from None
+    for i, row in enumerate(table.to_pylist()):
+        yield f"{path} row {i}", row
+
+
+def _hub(source: str):
+    hub, _, rest = source.partition("::")
+    name, subset, split = (rest.split(":") + [None, None])[:3]
+    split = split or "train"
+    try:
+        if hub == "hf":
+            from datasets import load_dataset
+
+            data = load_dataset(name, subset, split=split)
+        else:
+            from modelscope import MsDataset
+
+            data = MsDataset.load(name, subset_name=subset, split=split)
+    except ImportError as e:
+        raise UserError(f"{source}: needs {e.name} (pip install {'datasets' if hub == 'hf' else 'modelscope'})") \
+            from None
+    except Exception as e:  # network, missing repo, bad subset: one clear line
+        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise UserError(f"cannot load dataset {source}: {reason}") from None
+    for i, row in enumerate(data):
+        yield f"{source} row {i}", dict(row)

@@ -1,7 +1,9 @@
 """Detect a row's format and turn it into the canonical row: {"messages": [...], "tools": [...]}.
 
-Formats: OpenAI messages, alpaca (instruction/input/output/system/history) and ShareGPT
-(conversations with from/value). A row that fits none names the fields it has.
+Formats: OpenAI messages, ShareGPT (conversations with from/value), alpaca
+(instruction/input/output/system/history), query/response(/history/system) and prompt/completion
+(strings, or message lists as in TRL's conversational prompt-completion). A row that fits none names
+the fields it has.
 """
 from __future__ import annotations
 
@@ -23,8 +25,12 @@ def detect_format(row: dict) -> str:
         return "sharegpt"
     if "instruction" in row and "output" in row:
         return "alpaca"
+    if "query" in row and "response" in row:
+        return "query_response"
+    if "prompt" in row and "completion" in row:
+        return "prompt_completion"
     raise RowError(f"unknown format (fields: {', '.join(sorted(row)) or 'none'}); expected messages, "
-                   "conversations (ShareGPT) or instruction/output (alpaca)")
+                   "conversations (ShareGPT), instruction/output (alpaca), query/response or prompt/completion")
 
 
 def to_canonical(row: dict) -> dict:
@@ -33,8 +39,12 @@ def to_canonical(row: dict) -> dict:
         messages = [_message(m, i) for i, m in enumerate(_as_list(row["messages"], "messages"))]
     elif fmt == "sharegpt":
         messages = _sharegpt(row)
-    else:
+    elif fmt == "alpaca":
         messages = _alpaca(row)
+    elif fmt == "query_response":
+        messages = _turns(row, _text(row["query"], "query"), _text(row["response"], "response"))
+    else:
+        messages = _prompt_completion(row)
     if not any(m["role"] == "assistant" for m in messages):
         raise RowError("no assistant turn to train on")
     out = {"messages": messages}
@@ -140,7 +150,8 @@ def _sharegpt(row: dict) -> list[dict]:
     return messages
 
 
-def _alpaca(row: dict) -> list[dict]:
+def _turns(row: dict, query: str, response: str) -> list[dict]:
+    """system + history pairs + the final query/response (alpaca and query/response rows)."""
     messages = []
     if row.get("system"):
         messages.append({"role": "system", "content": _text(row["system"], "system")})
@@ -149,8 +160,20 @@ def _alpaca(row: dict) -> list[dict]:
             raise RowError(f"history item {j} must be a [question, answer] pair")
         messages += [{"role": "user", "content": _text(pair[0], f"history {j} question")},
                      {"role": "assistant", "content": _text(pair[1], f"history {j} answer")}]
+    messages += [{"role": "user", "content": query}, {"role": "assistant", "content": response}]
+    return messages
+
+
+def _alpaca(row: dict) -> list[dict]:
     instruction = _text(row["instruction"], "instruction")
     extra = _text(row.get("input") or "", "input")
-    messages.append({"role": "user", "content": f"{instruction}\n{extra}" if extra else instruction})
-    messages.append({"role": "assistant", "content": _text(row["output"], "output")})
-    return messages
+    return _turns(row, f"{instruction}\n{extra}" if extra else instruction, _text(row["output"], "output"))
+
+
+def _prompt_completion(row: dict) -> list[dict]:
+    prompt, completion = row["prompt"], row["completion"]
+    if isinstance(prompt, list) or isinstance(completion, list):
+        head = [_message(m, i) for i, m in enumerate(_as_list(prompt, "prompt"))]
+        tail = [_message(m, len(head) + i) for i, m in enumerate(_as_list(completion, "completion"))]
+        return head + tail
+    return _turns(row, _text(prompt, "prompt"), _text(completion, "completion"))

@@ -9,7 +9,7 @@ from pathlib import Path
 from .. import __version__, accel
 from ..config import SFTConfig
 from ..data.collate import collate_padded, collate_padding_free
-from ..data.dataset import encode_rows, load_rows
+from ..data.dataset import DataStats, encode_rows, load_rows
 from ..errors import UserError
 from ..hub import download, is_local
 from ..models import attach_lora, build_miniature, load_model, load_tokenizer
@@ -97,7 +97,10 @@ def run_sft(cfg: SFTConfig) -> TrainResult:
     template_name = resolve_template_name(cfg, tokenizer)
     template = get_template(template_name, tokenizer, cfg.loss_scope)
     sources: list[str] = []
-    rows, stats = encode_rows(load_rows(cfg.dataset, sources), template, cfg.max_length, sources)
+    stats = DataStats()
+    raw = load_rows(cfg.dataset, sources, cfg.skip_bad_rows, stats, cfg.seed)
+    rows, stats = encode_rows(raw, template, cfg.max_length, sources, cfg.truncation_strategy, cfg.skip_bad_rows,
+                              stats)
     if main:
         print(f"[wb] data: {stats.report()}".replace("\n", "\n[wb] data: "))
 

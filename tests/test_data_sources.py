@@ -1,0 +1,100 @@
+"""Data sources, selection, bad-row handling and truncation."""
+import json
+
+import pytest
+
+from swiftlike.data.dataset import DataStats, encode_rows, load_rows
+from swiftlike.errors import UserError
+from swiftlike.templates import get_template
+
+ROW = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
+
+
+def _jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def test_csv_parquet_and_folders(tmp_path):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "a.csv").write_text('instruction,input,output\nSay hi,,hi\n"Add","1, 2",3\n')
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_pylist([{"query": "q", "response": "r"}]), tmp_path / "d" / "b.parquet")
+    sources = []
+    rows = load_rows([str(tmp_path / "d")], sources)
+    assert [r["messages"][0]["content"] for r in rows] == ["Say hi", "Add\n1, 2", "q"]
+    assert sources == [f"{tmp_path / 'd' / 'a.csv'}:2", f"{tmp_path / 'd' / 'a.csv'}:3",
+                       f"{tmp_path / 'd' / 'b.parquet'} row 0"]
+
+
+def test_csv_with_messages_column_and_missing_cells(tmp_path):
+    p = tmp_path / "m.csv"
+    p.write_text('messages\n"[{""role"": ""user"", ""content"": ""a""}, {""role"": ""assistant"", ""content"": ""b""}]"\n')
+    assert load_rows([str(p)])[0]["messages"][1] == {"role": "assistant", "content": "b"}
+    bad = tmp_path / "bad.csv"
+    bad.write_text("instruction,input,output\nonly one cell\n")
+    with pytest.raises(UserError, match=r"bad.csv:2: missing columns input, output"):
+        load_rows([str(bad)])
+
+
+def test_non_utf8_names_the_line(tmp_path):
+    p = tmp_path / "x.jsonl"
+    p.write_bytes(json.dumps(ROW).encode() + b"\n" + b'{"messages": "\xff"}\n')
+    with pytest.raises(UserError, match=r"x.jsonl:2: not UTF-8 text"):
+        load_rows([str(p)])
+
+
+def test_selection_samples_and_oversamples_with_a_seed(tmp_path):
+    rows = [{"messages": [{"role": "user", "content": str(i)}, {"role": "assistant", "content": "x"}]}
+            for i in range(10)]
+    path = _jsonl(tmp_path / "d.jsonl", rows)
+    a = load_rows([f"{path}#4"], seed=1)
+    assert len(a) == 4 and len({r["messages"][0]["content"] for r in a}) == 4
+    assert a == load_rows([f"{path}#4"], seed=1) != load_rows([f"{path}#4"], seed=2)
+    more = load_rows([f"{path}#25"])
+    assert len(more) == 25 and {r["messages"][0]["content"] for r in more} == {str(i) for i in range(10)}
+    mixed = load_rows([f"{path}#3", path])
+    assert len(mixed) == 13
+    with pytest.raises(UserError, match="must be followed by a positive row count"):
+        load_rows([f"{path}#zero"])
+
+
+def test_skip_bad_rows_counts_every_skip(tmp_path, qwen3_tokenizer):
+    path = _jsonl(tmp_path / "d.jsonl", [ROW, {"question": "?"}, {"messages": [{"role": "user", "content": "x"}]}, ROW])
+    with pytest.raises(UserError, match="d.jsonl:2: unknown format"):
+        load_rows([path])
+    stats = DataStats()
+    rows = load_rows([path], skip_bad_rows=True, stats=stats)
+    encoded, stats = encode_rows(rows, get_template("qwen3", qwen3_tokenizer), 512, stats=stats)
+    assert len(encoded) == 2
+    assert stats.rows_read == 4
+    assert stats.dropped == {"bad row: unknown format": 1, "bad row: no assistant turn to train on": 1}
+    assert stats.report().startswith("rows read 4, kept 2, dropped 1 (bad row: unknown format)")
+
+
+def test_template_rejections_are_counted_when_skipping(qwen3_tokenizer):
+    system = {"messages": [{"role": "system", "content": "s"}] + ROW["messages"]}
+    template = get_template("gemma2", qwen3_tokenizer)
+    with pytest.raises(UserError, match="row 1: System role not supported"):
+        encode_rows([ROW, system], template, 512)
+    encoded, stats = encode_rows([ROW, system], template, 512, skip_bad_rows=True)
+    assert len(encoded) == 1 and stats.dropped == {"rejected by the template: System role not supported": 1}
+
+
+@pytest.mark.parametrize("strategy", ["left", "right"])
+def test_truncation_keeps_one_side(qwen3_tokenizer, strategy):
+    template = get_template("qwen3", qwen3_tokenizer)
+    long = {"messages": [{"role": "user", "content": "hi " * 20}, {"role": "assistant", "content": "yo " * 40}]}
+    full = template.encode(long)
+    encoded, stats = encode_rows([long], template, 32, truncation_strategy=strategy)
+    expected = full["input_ids"][-32:] if strategy == "left" else full["input_ids"][:32]
+    assert encoded[0]["input_ids"] == expected and stats.truncated == 1
+
+
+def test_unreachable_hub_dataset_is_one_line(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    with pytest.raises(UserError, match=r"^cannot load dataset hf::nobody/no-such-dataset: "):
+        load_rows(["hf::nobody/no-such-dataset"])
