@@ -43,11 +43,20 @@ class SFTConfig(ModelArgs):
     max_length: int = _f(2048, "Longest encoded sequence in tokens (see --truncation_strategy).")
     truncation_strategy: str = _f("drop", "Rows longer than --max_length: drop (counted in the report), or keep "
                                           "the left / right part.", choices=("drop", "left", "right"))
+    dataset_num_proc: int = _f(1, "Processes that encode the data in parallel.")
+    dataset_cache: bool = _f(True, "Reuse encoded data from an earlier run with identical inputs (data bytes, "
+                                   "template, tokenizer, encoding options); false re-encodes.")
+    cache_dir: str | None = _f(None, "Where encoded data is cached (default: $WB_CACHE_DIR or ~/.cache/swiftlike).")
     skip_bad_rows: bool = _f(False, "Count and skip rows that are malformed or that the template rejects "
                                     "instead of stopping with an error.")
     loss_scope: str = _f("assistant", "Which tokens are trained: assistant (every assistant turn), "
                                       "last_assistant, or all.", choices=("assistant", "last_assistant", "all"))
     padding_free: bool = _f(True, "Concatenate each batch into one row without padding (sequence-aware attention).")
+    packing: bool = _f(False, "Bin sequences into rows of up to --max_length tokens (best-fit decreasing); each "
+                              "micro-batch takes --per_device_train_batch_size such rows.")
+    val_dataset: list = _f([], "Validation data (same forms as --dataset); its loss is logged as eval_loss.")
+    split_ratio: float = _f(0.0, "Fraction of the training rows held out (seeded) for validation.")
+    eval_steps: int | None = _f(None, "Evaluate every N optimizer steps (default: at every save and at the end).")
     # training mode
     lora: bool = _f(False, "Train LoRA adapters (the default mode).")
     qlora: bool = _f(False, "Train LoRA adapters on a 4-bit NF4 base (bitsandbytes).")
@@ -102,6 +111,10 @@ class SFTConfig(ModelArgs):
                      "logging_steps", "save_steps"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name} must be at least 1, got {getattr(self, name)}")
+        if not 0.0 <= self.split_ratio < 1.0:
+            raise UserError(f"--split_ratio must be in [0, 1), got {self.split_ratio}")
+        if self.packing and not self.padding_free:
+            raise UserError("--packing needs padding-free batches (drop --padding_free false)")
         if not self.output_dir:
             short = Path(self.model.rstrip("/")).name or "model"
             self.output_dir = str(Path("output") / f"{short}-{time.strftime('%Y%m%d-%H%M%S')}")

@@ -10,10 +10,15 @@ def _targets(labels: list[int]) -> list[int]:
     return labels[1:] + [IGNORE_INDEX]
 
 
-def collate_padding_free(rows: list[dict]) -> dict:
+def _sequences(rows: list) -> list[dict]:
+    """Rows may be packed (a list of sequences): flatten them."""
+    return [seq for r in rows for seq in (r if isinstance(r, list) else [r])]
+
+
+def collate_padding_free(rows: list) -> dict:
     """All sequences in one row: ids, per-sequence position_ids, shifted targets, sequence lengths."""
     ids, pos, tgt, lens = [], [], [], []
-    for r in rows:
+    for r in _sequences(rows):
         n = len(r["input_ids"])
         ids += r["input_ids"]
         pos += range(n)

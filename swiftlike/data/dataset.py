@@ -21,10 +21,11 @@ class DataStats:
     lengths: list = field(default_factory=list)
     trained_tokens: int = 0
     truncated: int = 0
+    cached: bool = False
 
     def report(self) -> str:
         kept = len(self.lengths)
-        lines = [f"rows read {self.rows_read}, kept {kept}"
+        lines = [("(from the encoding cache) " if self.cached else "") + f"rows read {self.rows_read}, kept {kept}"
                  + "".join(f", dropped {n} ({why})" for why, n in self.dropped.items())
                  + (f", truncated {self.truncated}" if self.truncated else "")]
         if kept:
@@ -83,12 +84,13 @@ def load_rows(specs: list[str], sources: list | None = None, skip_bad_rows: bool
     return rows
 
 
-def _encode_chunk(template, rows: list[dict], sources: list | None, offset: int, skip: bool,
-                  stats: DataStats) -> list[dict | None]:
+def _encode_chunk(template, rows: list[dict], sources: list | None, offset: int, skip: bool
+                  ) -> tuple[list[dict | None], Counter]:
+    """Encoded rows (None where the template rejects a skipped row) and the rejection counts."""
     try:
-        return template.encode_batch(rows)
+        return template.encode_batch(rows), Counter()
     except TemplateError:
-        out = []
+        out, rejected = [], Counter()
         for i, row in enumerate(rows):  # find the rows the template rejects, to name or count them
             try:
                 out.append(template.encode(row))
@@ -96,9 +98,31 @@ def _encode_chunk(template, rows: list[dict], sources: list | None, offset: int,
                 if not skip:
                     where = sources[offset + i] if sources else f"row {offset + i}"
                     raise UserError(f"{where}: {e}") from None
-                stats.dropped[f"rejected by the template: {e}"] += 1
+                rejected[f"rejected by the template: {e}"] += 1
                 out.append(None)
-        return out
+        return out, rejected
+
+
+_WORK: dict = {}  # what forked encoding workers share (set before the pool starts)
+
+
+def _encode_job(start: int):
+    w = _WORK
+    return _encode_chunk(w["template"], w["rows"][start:start + ENCODE_CHUNK], w["sources"], start, w["skip"])
+
+
+def _encode_all(template, rows: list[dict], sources: list | None, skip: bool, num_proc: int):
+    starts = range(0, len(rows), ENCODE_CHUNK)
+    if num_proc <= 1 or len(starts) < 2:
+        return [_encode_chunk(template, rows[s:s + ENCODE_CHUNK], sources, s, skip) for s in starts]
+    import multiprocessing as mp
+
+    _WORK.update(template=template, rows=rows, sources=sources, skip=skip)
+    try:
+        with mp.get_context("fork").Pool(num_proc) as pool:
+            return pool.map(_encode_job, starts)
+    finally:
+        _WORK.clear()
 
 
 def _truncate(enc: dict, max_length: int, strategy: str) -> dict:
@@ -109,15 +133,16 @@ def _truncate(enc: dict, max_length: int, strategy: str) -> dict:
 
 def encode_rows(rows: list[dict], template, max_length: int, sources: list | None = None,
                 truncation_strategy: str = "drop", skip_bad_rows: bool = False,
-                stats: DataStats | None = None) -> tuple[list[dict], DataStats]:
-    """Encode canonical rows; rows over max_length are dropped (counted) or truncated left/right."""
+                stats: DataStats | None = None, num_proc: int = 1) -> tuple[list[dict], DataStats]:
+    """Encode canonical rows (in `num_proc` processes); rows over max_length are dropped (counted) or
+    truncated left/right."""
     if truncation_strategy not in TRUNCATION:
         raise UserError(f"--truncation_strategy {truncation_strategy!r} is not one of {', '.join(TRUNCATION)}")
     stats = stats or DataStats()
     stats.rows_read = len(rows) + sum(n for why, n in stats.dropped.items() if why.startswith("bad row"))
     encoded = []
-    for start in range(0, len(rows), ENCODE_CHUNK):
-        chunk = _encode_chunk(template, rows[start:start + ENCODE_CHUNK], sources, start, skip_bad_rows, stats)
+    for chunk, rejected in _encode_all(template, rows, sources, skip_bad_rows, num_proc):
+        stats.dropped.update(rejected)
         for enc in chunk:
             if enc is None:
                 continue

@@ -9,6 +9,7 @@ from pathlib import Path
 from .. import __version__, accel
 from ..config import SFTConfig
 from ..data.collate import collate_padded, collate_padding_free
+from ..data.packing import pack
 from ..data.dataset import DataStats, encode_rows, load_rows
 from ..errors import UserError
 from ..hub import download, is_local
@@ -84,6 +85,48 @@ def _base_weights(cfg: SFTConfig, tokenizer, out: Path) -> str:
     return str(base)
 
 
+def _encoded(cfg: SFTConfig, template, specs: list[str]) -> tuple[list[dict], DataStats, bool]:
+    """Encoded rows of some sources: from the cache when the same inputs were encoded before."""
+    from ..data import cache
+
+    settings = {k: getattr(cfg, k) for k in ("max_length", "truncation_strategy", "skip_bad_rows", "seed")}
+    root, key = cache.cache_root(cfg.cache_dir), None
+    if cfg.dataset_cache:
+        key = cache.fingerprint(specs, template, settings)
+        hit = cache.load(root, key)
+        if hit is not None:
+            return (*hit, True)
+    sources: list[str] = []
+    stats = DataStats()
+    raw = load_rows(specs, sources, cfg.skip_bad_rows, stats, cfg.seed)
+    rows, stats = encode_rows(raw, template, cfg.max_length, sources, cfg.truncation_strategy, cfg.skip_bad_rows,
+                              stats, cfg.dataset_num_proc)
+    if key is not None and accel.is_main_process():
+        cache.save(root, key, rows, stats)
+    return rows, stats, False
+
+
+def prepare_data(cfg: SFTConfig, template) -> tuple[list[dict], list[dict], DataStats]:
+    """Encoded training rows, validation rows (--val_dataset or a seeded --split_ratio) and the data report."""
+    rows, stats, cached = _encoded(cfg, template, cfg.dataset)
+    stats.cached = cached
+    eval_rows: list[dict] = []
+    if cfg.val_dataset:
+        eval_rows, _, _ = _encoded(cfg, template, cfg.val_dataset)
+    elif cfg.split_ratio > 0:
+        import random
+
+        order = list(range(len(rows)))
+        random.Random(cfg.seed).shuffle(order)
+        n_eval = max(1, int(len(rows) * cfg.split_ratio))
+        if n_eval >= len(rows):
+            raise UserError(f"--split_ratio {cfg.split_ratio} leaves no training rows out of {len(rows)}")
+        held = set(order[:n_eval])
+        eval_rows = [rows[i] for i in sorted(held)]
+        rows = [r for i, r in enumerate(rows) if i not in held]
+    return rows, eval_rows, stats
+
+
 def run_sft(cfg: SFTConfig) -> TrainResult:
     quiet_libraries()
     accel.init_distributed()
@@ -96,13 +139,16 @@ def run_sft(cfg: SFTConfig) -> TrainResult:
     tokenizer = load_tokenizer(cfg.model, cfg.hub, cfg.trust_remote_code)
     template_name = resolve_template_name(cfg, tokenizer)
     template = get_template(template_name, tokenizer, cfg.loss_scope)
-    sources: list[str] = []
-    stats = DataStats()
-    raw = load_rows(cfg.dataset, sources, cfg.skip_bad_rows, stats, cfg.seed)
-    rows, stats = encode_rows(raw, template, cfg.max_length, sources, cfg.truncation_strategy, cfg.skip_bad_rows,
-                              stats)
+    rows, eval_rows, stats = prepare_data(cfg, template)
     if main:
         print(f"[wb] data: {stats.report()}".replace("\n", "\n[wb] data: "))
+        if eval_rows:
+            print(f"[wb] data: {len(eval_rows)} validation rows")
+    if cfg.packing:
+        rows = pack(rows, cfg.max_length)
+        if main:
+            fill = sum(r["length"] for packed in rows for r in packed) / (len(rows) * cfg.max_length)
+            print(f"[wb] data: packed into {len(rows)} rows of up to {cfg.max_length} tokens ({fill:.0%} full)")
 
     dtype = accel.resolve_dtype(cfg.torch_dtype)
     base_dir = _base_weights(cfg, tokenizer, out)
@@ -133,7 +179,7 @@ def run_sft(cfg: SFTConfig) -> TrainResult:
 
     collate = collate_padding_free if cfg.padding_free else partial(collate_padded, pad_id=tokenizer.pad_token_id)
     settings = LoopSettings(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(LoopSettings)})
-    trainer = Trainer(model, tokenizer, rows, collate, settings, args_json, resume_from)
+    trainer = Trainer(model, tokenizer, rows, collate, settings, args_json, resume_from, eval_rows)
     if main and resume_from is not None:
         print(f"[wb] resuming from {resume_from} (step {trainer.step} of {trainer.total_steps})")
     result = trainer.train()

@@ -34,6 +34,7 @@ class LoopSettings:
     save_steps: int
     save_total_limit: int | None
     report_to: str
+    eval_steps: int | None = None
 
 
 @dataclass
@@ -42,6 +43,11 @@ class TrainResult:
     checkpoint: str
     metrics: dict
     log_history: list = field(default_factory=list)
+
+
+def row_tokens(row) -> int:
+    """Tokens in a row, or in a packed row (a list of sequences)."""
+    return sum(r["length"] for r in row) if isinstance(row, list) else row["length"]
 
 
 def plan_steps(n_rows: int, s: LoopSettings) -> tuple[int, int]:
@@ -66,9 +72,10 @@ def step_rows(step: int, n_rows: int, per_epoch: int, s: LoopSettings) -> list[l
 
 
 class Trainer:
-    def __init__(self, model, tokenizer, rows: list[dict], collate, settings: LoopSettings, args_json: str,
-                 resume_from: Path | None = None):
+    def __init__(self, model, tokenizer, rows: list, collate, settings: LoopSettings, args_json: str,
+                 resume_from: Path | None = None, eval_rows: list | None = None):
         self.model, self.tokenizer, self.rows, self.collate, self.s = model, tokenizer, rows, collate, settings
+        self.eval_rows = eval_rows or []
         self.args_json = args_json
         self.device = next(p.device for p in model.parameters())
         self.loss_module = CausalLMLoss(model)
@@ -132,6 +139,19 @@ class Trainer:
         dist.all_reduce(t)
         return float(t)
 
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        """Token-weighted mean loss over the validation rows (each process takes every world_size-th batch)."""
+        self.loss_module.eval()
+        bs, total, count = self.s.per_device_train_batch_size, 0.0, 0.0
+        batches = [self.eval_rows[i:i + bs] for i in range(0, len(self.eval_rows), bs)]
+        for batch in batches[accel.rank()::accel.world_size()]:
+            part, n = self.loss_module(**self._batch_to_device(self.collate(batch)))
+            total += float(part)
+            count += float(n)
+        self.loss_module.train()
+        return self._global_sum(total) / max(self._global_sum(count), 1.0)
+
     # -- the loop ----------------------------------------------------------------------------
     def train(self) -> TrainResult:
         from tqdm.auto import tqdm
@@ -150,7 +170,7 @@ class Trainer:
         while self.step < self.total_steps:
             groups = step_rows(self.step, len(self.rows), self.per_epoch, self.s)
             loss, grad_norm, tokens = self.train_step([self.collate([self.rows[i] for i in g]) for g in groups])
-            self.input_tokens += int(self._global_sum(sum(len(self.rows[i]["input_ids"]) for g in groups for i in g)))
+            self.input_tokens += int(self._global_sum(sum(row_tokens(self.rows[i]) for g in groups for i in g)))
             self.step += 1
             self.trained_tokens += tokens
             window_tokens += tokens
@@ -169,6 +189,14 @@ class Trainer:
                 if main:
                     bar.write(json.dumps(entry))
                 window_tokens, window_start = 0, time.perf_counter()
+            eval_every = self.s.eval_steps or self.s.save_steps
+            if self.eval_rows and (self.step % eval_every == 0 or self.step == self.total_steps):
+                eval_loss = self.evaluate()
+                entry = {"step": self.step, "eval_loss": round(eval_loss, 6)}
+                self.log_history.append(entry)
+                tracker.log({"eval_loss": eval_loss}, self.step)
+                if main:
+                    bar.write(json.dumps(entry))
             if self.step % self.s.save_steps == 0 or self.step == self.total_steps:
                 checkpoint = self.save()
         bar.close()
@@ -177,6 +205,9 @@ class Trainer:
         metrics = {"steps": self.step, "trained_tokens": self.trained_tokens, "input_tokens": self.input_tokens,
                    "train_seconds": round(seconds, 2),
                    "first_loss": losses[0] if losses else None, "final_loss": losses[-1] if losses else None}
+        evals = [h["eval_loss"] for h in self.log_history if "eval_loss" in h]
+        if evals:
+            metrics["eval_loss"] = evals[-1]
         return TrainResult(self.s.output_dir, str(checkpoint or latest_checkpoint(self.s.output_dir)), metrics,
                            self.log_history)
 
