@@ -37,9 +37,21 @@ class ModelArgs:
 
 
 @dataclass
-class SFTConfig(ModelArgs):
-    dataset: list = _f([], "Training data: .jsonl/.json/.csv/.parquet files, folders, or hf::org/name[:subset]"
-                           "[:split] / ms::org/name; append #N to take N rows (seeded); repeat to mix.")
+class DataArgs:
+    dataset: list = _f([], "Data: .jsonl/.json/.csv/.parquet files, folders, hf::org/name[:subset][:split] / "
+                           "ms::org/name, or a named dataset (`wb datasets`); append #N to take N rows (seeded); "
+                           "repeat to mix.")
+    columns: dict | None = _f(None, "Rename source columns before format detection, as JSON: "
+                                    "'{\"question\": \"query\", \"answer\": \"response\"}'.")
+    model_name: str | None = _f(None, "Fills {{name}} in datasets that name the model (e.g. identity).")
+    model_author: str | None = _f(None, "Fills {{author}} in datasets that name the model's author.")
+
+    def data_names(self) -> dict:
+        return {"name": self.model_name, "author": self.model_author}
+
+
+@dataclass
+class SFTConfig(ModelArgs, DataArgs):
     max_length: int = _f(2048, "Longest encoded sequence in tokens (see --truncation_strategy).")
     truncation_strategy: str = _f("drop", "Rows longer than --max_length: drop (counted in the report), or keep "
                                           "the left / right part.", choices=("drop", "left", "right"))
@@ -139,8 +151,7 @@ class InferConfig(ModelArgs):
 
 
 @dataclass
-class PreviewConfig(ModelArgs):
-    dataset: list = _f([], "Data files to preview (.jsonl/.json); repeatable.")
+class PreviewConfig(ModelArgs, DataArgs):
     n: int = _f(3, "How many rows to show.")
     json: bool = _f(False, "Print input_ids and labels as JSON lines instead of highlighted text.")
     loss_scope: str = _f("assistant", "Which tokens are trained: assistant, last_assistant or all.",
@@ -187,6 +198,15 @@ def coerce(value: Any, typ: Any, name: str) -> Any:
     base = str(typ)
     if value is None:
         return None
+    if "dict" in base:
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError:
+                raise UserError(f"{name}: not valid JSON: {value!r}") from None
+        if not isinstance(value, dict):
+            raise UserError(f"{name}: expected a JSON object, got {value!r}")
+        return value
     if "list" in base:
         return list(value) if isinstance(value, (list, tuple)) else [value]
     if typ is bool or base.startswith("bool"):

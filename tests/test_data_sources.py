@@ -98,3 +98,37 @@ def test_unreachable_hub_dataset_is_one_line(monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     with pytest.raises(UserError, match=r"^cannot load dataset hf::nobody/no-such-dataset: "):
         load_rows(["hf::nobody/no-such-dataset"])
+
+
+def test_named_datasets_columns_and_placeholders(tmp_path, capsys):
+    names = {"name": "Wren", "author": "the swiftlike team"}
+    sources = []
+    rows = load_rows(["identity#3"], sources, names=names)
+    assert all("{{" not in json.dumps(r, ensure_ascii=False) for r in rows)
+    assert any("Wren" in json.dumps(r) or "the swiftlike team" in json.dumps(r) for r in rows)
+    assert all(s.startswith("identity:") for s in sources)
+    with pytest.raises(UserError, match="give --model_name and --model_author"):
+        load_rows(["identity"])
+    with pytest.raises(UserError, match="'arithmetic' is for grpo training, not sft"):
+        load_rows(["arithmetic"])
+    assert load_rows(["arithmetic#2"], task="grpo")[0]["solution"]
+    assert len(load_rows(["preference-demo"], task="preference")) == 12
+    p = tmp_path / "qa.jsonl"
+    p.write_text(json.dumps({"question": "q", "answer": "a"}) + "\n")
+    assert load_rows([str(p)], columns={"question": "query", "answer": "response"})[0]["messages"] == [
+        {"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
+
+
+def test_wb_datasets_and_columns_flag(tmp_path, capsys):
+    from swiftlike.cli.main import main
+
+    assert main(["datasets", "--task", "grpo"]) == 0
+    out = capsys.readouterr().out
+    assert "arithmetic" in out and "gsm8k-grpo" in out and "identity" not in out
+    p = tmp_path / "qa.jsonl"
+    p.write_text(json.dumps({"question": "q", "answer": "a"}) + "\n")
+    assert main(["data", "preview", "--model", "Qwen/Qwen3-0.6B", "--dataset", str(p), "--columns",
+                 '{"question": "query", "answer": "response"}']) == 0
+    assert "⟦<think>\n\n</think>\n\na<|im_end|>⟧" in capsys.readouterr().out
+    assert main(["data", "preview", "--model", "Qwen/Qwen3-0.6B", "--dataset", str(p), "--columns", "{oops"]) == 2
+    assert capsys.readouterr().err.strip() == "wb: error: columns: not valid JSON: '{oops'"

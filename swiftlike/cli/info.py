@@ -39,3 +39,15 @@ def print_models(family: str | None) -> int:
     for m in rows:
         print(f"{m.model_id:{width}s}  {m.family:8s} {m.model_type:11s} {m.template}")
     return 0
+
+
+def print_datasets(task: str | None) -> int:
+    from ..data.registry import DATASETS
+
+    rows = [d for d in DATASETS.values() if task is None or d.task == task]
+    width = max(len(d.name) for d in rows)
+    print(f"{'name':{width}s}  {'task':10s} {'source':62s} description")
+    for d in rows:
+        source = d.source if "::" in d.source else f"(shipped) {d.source}"
+        print(f"{d.name:{width}s}  {d.task:10s} {source:62s} {d.description}")
+    return 0

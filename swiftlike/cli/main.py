@@ -65,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(data_sub.add_parser(
         "preview", help="Show rendered rows with the trained spans highlighted (or --json ids and labels).",
         allow_abbrev=False), PreviewConfig)
+    datasets = sub.add_parser("datasets", help="List named datasets (the project's demos and known hub sets).")
+    datasets.add_argument("--task", choices=("sft", "preference", "kto", "grpo"), help="Only datasets for this task.")
     env = sub.add_parser("env", help="Show the devices, dtypes and library versions found.")
     env.add_argument("--json", action="store_true", help="Print machine-readable JSON.")
     models = sub.add_parser("models", help="List registered models and their templates.")
@@ -111,6 +113,10 @@ def _run(argv: list[str]) -> int:
         from .info import print_env
 
         return print_env(args.json)
+    if args.command == "datasets":
+        from .info import print_datasets
+
+        return print_datasets(args.task)
     if args.command == "models":
         from .info import print_models
 

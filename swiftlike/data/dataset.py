@@ -55,25 +55,69 @@ def _select(items: list, n: int | None, rng: random.Random) -> list:
     return items + [rng.choice(items) for _ in range(n - len(items))]
 
 
+def _fill_placeholders(row, values: dict):
+    if isinstance(row, str):
+        for key, value in values.items():
+            row = row.replace("{{" + key + "}}", value)
+        return row
+    if isinstance(row, list):
+        return [_fill_placeholders(x, values) for x in row]
+    if isinstance(row, dict):
+        return {k: _fill_placeholders(v, values) for k, v in row.items()}
+    return row
+
+
+def _resolve(path: str, task: str, names: dict | None):
+    """(source, column mapping, placeholder values, display name) for a path or a registered dataset name."""
+    from pathlib import Path
+
+    from .registry import DATASETS, lookup
+
+    meta = None if Path(path).exists() or "::" in path else lookup(path)
+    if meta is None:
+        if not Path(path).exists() and "::" not in path and "/" not in path and "." not in path:
+            raise UserError(f"dataset not found: {path} (not a file, and not a named dataset: "
+                            f"{', '.join(sorted(DATASETS))})")
+        return path, {}, None, path
+    if meta.task != task:
+        raise UserError(f"dataset {meta.name!r} is for {meta.task} training, not {task}")
+    values = None
+    if meta.placeholders:
+        values = {k: (names or {}).get(k) for k in ("name", "author")}
+        if not all(values.values()):
+            raise UserError(f"dataset {meta.name!r} names the model: give --model_name and --model_author")
+    return meta.path, meta.columns, values, meta.name
+
+
 def load_rows(specs: list[str], sources: list | None = None, skip_bad_rows: bool = False,
-              stats: DataStats | None = None, seed: int = 42) -> list[dict]:
+              stats: DataStats | None = None, seed: int = 42, task: str = "sft", columns: dict | None = None,
+              names: dict | None = None) -> list[dict]:
     """Canonical rows of every source (with '#N' selection); `sources` receives each row's origin.
 
-    A bad row is an error naming its origin, or with `skip_bad_rows` a counted entry in `stats.dropped`.
+    `columns` renames source columns first; `names` ({"name", "author"}) fills registered datasets'
+    placeholders. A bad row is an error naming its origin, or with `skip_bad_rows` a counted entry in
+    `stats.dropped`.
     """
     rng = random.Random(seed)
     rows, origins = [], []
     for spec in specs:
         path, count = parse_selection(spec)
+        source, mapping, values, shown = _resolve(path, task, names)
+        mapping = {**mapping, **(columns or {})}
         items = []
-        for where, raw in read_rows(path):
+        for where, raw in read_rows(source):
+            where = where.replace(source, shown, 1)
+            if mapping:
+                raw = {mapping.get(k, k): v for k, v in raw.items()}
             try:
-                items.append((where, to_canonical(raw)))
+                row = to_canonical(raw, task)
             except RowError as e:
                 if not skip_bad_rows:
                     raise UserError(f"{where}: {e}") from None
                 if stats is not None:
                     stats.dropped[f"bad row: {str(e).split(' (')[0]}"] += 1
+                continue
+            items.append((where, _fill_placeholders(row, values) if values else row))
         if not items:
             raise UserError(f"{path}: no usable rows")
         for where, row in _select(items, count, rng):

@@ -33,7 +33,18 @@ def detect_format(row: dict) -> str:
                    "conversations (ShareGPT), instruction/output (alpaca), query/response or prompt/completion")
 
 
-def to_canonical(row: dict) -> dict:
+TASKS = ("sft", "preference", "kto", "grpo")
+
+
+def to_canonical(row: dict, task: str = "sft") -> dict:
+    """The canonical row for a task: sft {messages, tools?}; preference {messages, rejected_messages};
+    kto {messages, label}; grpo {messages (the prompt), **extra columns}."""
+    if task == "preference":
+        return _preference(row)
+    if task == "kto":
+        return _kto(row)
+    if task == "grpo":
+        return _grpo(row)
     fmt = detect_format(row)
     if fmt == "messages":
         messages = [_message(m, i) for i, m in enumerate(_as_list(row["messages"], "messages"))]
@@ -177,3 +188,83 @@ def _prompt_completion(row: dict) -> list[dict]:
         tail = [_message(m, len(head) + i) for i, m in enumerate(_as_list(completion, "completion"))]
         return head + tail
     return _turns(row, _text(prompt, "prompt"), _text(completion, "completion"))
+
+
+def _completion(value, where: str) -> list[dict]:
+    """A completion given as a string, a ShareGPT {from, value} object, a message or a list of messages."""
+    if isinstance(value, str):
+        return [{"role": "assistant", "content": value}]
+    if isinstance(value, dict) and "value" in value:
+        return [{"role": "assistant", "content": _text(value["value"], f"{where} value")}]
+    if isinstance(value, dict):
+        value = [value]
+    if isinstance(value, list):
+        return [_message(m, i) for i, m in enumerate(_as_list(value, where))]
+    raise RowError(f"'{where}' must be a string, a message or a list of messages, got {type(value).__name__}")
+
+
+def _prompt(row: dict) -> list[dict]:
+    """The prompt of a preference/KTO/GRPO row: messages, ShareGPT conversations, or a prompt string/list."""
+    if "conversations" in row:
+        return _sharegpt({**row, "conversations": _as_list(row["conversations"], "conversations")})
+    if "messages" in row:
+        return [_message(m, i) for i, m in enumerate(_as_list(row["messages"], "messages"))]
+    if "prompt" in row:
+        prompt = row["prompt"]
+        if isinstance(prompt, str):
+            system = [{"role": "system", "content": row["system"]}] if row.get("system") else []
+            return system + [{"role": "user", "content": prompt}]
+        return [_message(m, i) for i, m in enumerate(_as_list(prompt, "prompt"))]
+    raise RowError(f"no prompt (fields: {', '.join(sorted(row))}); expected messages, conversations or prompt")
+
+
+def _preference(row: dict) -> dict:
+    if "rejected" not in row and "rejected_response" not in row:
+        raise RowError(f"no 'rejected' or 'rejected_response' (fields: {', '.join(sorted(row))})")
+    # TRL's implicit-prompt form has no prompt field: chosen/rejected are whole conversations sharing it
+    explicit = any(k in row for k in ("messages", "conversations", "prompt"))
+    prompt = _prompt(row) if explicit else []
+    if "chosen" in row:
+        chosen = _completion(row["chosen"], "chosen")
+    else:  # ms-swift form: messages end with the chosen answer, rejected_response holds the other
+        if not prompt or prompt[-1]["role"] != "assistant":
+            raise RowError("with 'rejected_response', messages must end with the chosen assistant turn")
+        prompt, chosen = prompt[:-1], prompt[-1:]
+    rejected = _completion(row.get("rejected", row.get("rejected_response")), "rejected")
+    if not prompt:
+        shared = 0
+        while shared < min(len(chosen), len(rejected)) - 1 and chosen[shared] == rejected[shared]:
+            shared += 1
+        prompt, chosen, rejected = chosen[:shared], chosen[shared:], rejected[shared:]
+    if not any(m["role"] == "assistant" for m in chosen) or not any(m["role"] == "assistant" for m in rejected):
+        raise RowError("chosen and rejected must each end in an assistant answer")
+    if chosen == rejected:
+        raise RowError("chosen equals rejected")
+    out = {"messages": prompt + chosen, "rejected_messages": prompt + rejected}
+    tools = _tools(row.get("tools"))
+    if tools:
+        out["tools"] = tools
+    return out
+
+
+def _kto(row: dict) -> dict:
+    label = row.get("label", row.get("kto_tag"))
+    if not isinstance(label, bool):
+        raise RowError(f"KTO rows need a boolean 'label', got {label!r}")
+    if "completion" in row:
+        messages = _prompt(row) + _completion(row["completion"], "completion")
+    else:
+        messages = to_canonical(row)["messages"]
+    if messages[-1]["role"] != "assistant":
+        raise RowError("a KTO row must end with the assistant answer that is labelled")
+    return {"messages": messages, "label": label}
+
+
+def _grpo(row: dict) -> dict:
+    prompt = _prompt(row)
+    if prompt and prompt[-1]["role"] == "assistant":
+        prompt = prompt[:-1]  # a reference answer in the data is not part of the prompt
+    if not prompt or prompt[-1]["role"] != "user":
+        raise RowError("a GRPO prompt must end with a user message")
+    extra = {k: v for k, v in row.items() if k not in ("messages", "conversations", "prompt", "system")}
+    return {"messages": prompt, **extra}

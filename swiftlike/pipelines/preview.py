@@ -39,7 +39,7 @@ def run_preview(cfg: PreviewConfig, stream=None) -> None:
     name = resolve_template_name(cfg, tokenizer)
     template = get_template(name, tokenizer, cfg.loss_scope)
     sources: list[str] = []
-    rows = load_rows(cfg.dataset, sources)[: cfg.n]
+    rows = load_rows(cfg.dataset, sources, columns=cfg.columns, names=cfg.data_names())[: cfg.n]
     color = stream.isatty()
     for where, row in zip(sources, rows):
         enc = template.encode(row)

@@ -89,7 +89,8 @@ def _encoded(cfg: SFTConfig, template, specs: list[str]) -> tuple[list[dict], Da
     """Encoded rows of some sources: from the cache when the same inputs were encoded before."""
     from ..data import cache
 
-    settings = {k: getattr(cfg, k) for k in ("max_length", "truncation_strategy", "skip_bad_rows", "seed")}
+    settings = {k: getattr(cfg, k) for k in ("max_length", "truncation_strategy", "skip_bad_rows", "seed", "columns",
+                                             "model_name", "model_author")}
     root, key = cache.cache_root(cfg.cache_dir), None
     if cfg.dataset_cache:
         key = cache.fingerprint(specs, template, settings)
@@ -98,7 +99,7 @@ def _encoded(cfg: SFTConfig, template, specs: list[str]) -> tuple[list[dict], Da
             return (*hit, True)
     sources: list[str] = []
     stats = DataStats()
-    raw = load_rows(specs, sources, cfg.skip_bad_rows, stats, cfg.seed)
+    raw = load_rows(specs, sources, cfg.skip_bad_rows, stats, cfg.seed, "sft", cfg.columns, cfg.data_names())
     rows, stats = encode_rows(raw, template, cfg.max_length, sources, cfg.truncation_strategy, cfg.skip_bad_rows,
                               stats, cfg.dataset_num_proc)
     if key is not None and accel.is_main_process():
