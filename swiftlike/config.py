@@ -53,8 +53,9 @@ class DataArgs:
 @dataclass
 class SFTConfig(ModelArgs, DataArgs):
     max_length: int = _f(2048, "Longest encoded sequence in tokens (see --truncation_strategy).")
-    truncation_strategy: str = _f("drop", "Rows longer than --max_length: drop (counted in the report), or keep "
-                                          "the left / right part.", choices=("drop", "left", "right"))
+    truncation_strategy: str = _f("drop", "Rows longer than --max_length: drop (counted in the report), keep the "
+                                          "left / right part, or split into consecutive pieces (the default of "
+                                          "wb pt).", choices=("drop", "left", "right", "split"))
     dataset_num_proc: int = _f(1, "Processes that encode the data in parallel.")
     dataset_cache: bool = _f(True, "Reuse encoded data from an earlier run with identical inputs (data bytes, "
                                    "template, tokenizer, encoding options); false re-encodes.")
@@ -131,6 +132,15 @@ class SFTConfig(ModelArgs, DataArgs):
             short = Path(self.model.rstrip("/")).name or "model"
             self.output_dir = str(Path("output") / f"{short}-{time.strftime('%Y%m%d-%H%M%S')}")
         return self
+
+
+@dataclass
+class PTConfig(SFTConfig):
+    """`wb pt`: the same options; rows are {"text": ...} and every token is trained."""
+
+    truncation_strategy: str = _f("split", "Texts longer than --max_length: split into consecutive pieces (default), "
+                                           "drop, or keep the left / right part.",
+                                  choices=("split", "drop", "left", "right"))
 
 
 @dataclass

@@ -61,7 +61,8 @@ def load(root: Path, key: str) -> tuple[list[dict], DataStats] | None:
             for i, lab, n in zip(table["input_ids"], table["labels"], table["length"])]
     meta = json.loads((folder / "stats.json").read_text())
     stats = DataStats(rows_read=meta["rows_read"], dropped=Counter(meta["dropped"]), lengths=meta["lengths"],
-                      trained_tokens=meta["trained_tokens"], truncated=meta["truncated"])
+                      trained_tokens=meta["trained_tokens"], truncated=meta["truncated"],
+                      truncation_word=meta.get("truncation_word", "truncated"))
     return rows, stats
 
 
@@ -75,7 +76,8 @@ def save(root: Path, key: str, rows: list[dict], stats: DataStats) -> None:
                        "length": [r["length"] for r in rows]}).save_to_disk(str(tmp / "rows"))
     (tmp / "stats.json").write_text(json.dumps({"rows_read": stats.rows_read, "dropped": dict(stats.dropped),
                                                 "lengths": stats.lengths, "trained_tokens": stats.trained_tokens,
-                                                "truncated": stats.truncated}))
+                                                "truncated": stats.truncated,
+                                                "truncation_word": stats.truncation_word}))
     final = root / key
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)

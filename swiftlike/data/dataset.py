@@ -11,7 +11,7 @@ from .files import read_rows
 from .formats import RowError, to_canonical
 
 ENCODE_CHUNK = 512
-TRUNCATION = ("drop", "left", "right")
+TRUNCATION = ("drop", "left", "right", "split")
 
 
 @dataclass
@@ -21,13 +21,14 @@ class DataStats:
     lengths: list = field(default_factory=list)
     trained_tokens: int = 0
     truncated: int = 0
+    truncation_word: str = "truncated"  # "split" when long texts become several pieces
     cached: bool = False
 
     def report(self) -> str:
         kept = len(self.lengths)
         lines = [("(from the encoding cache) " if self.cached else "") + f"rows read {self.rows_read}, kept {kept}"
                  + "".join(f", dropped {n} ({why})" for why, n in self.dropped.items())
-                 + (f", truncated {self.truncated}" if self.truncated else "")]
+                 + (f", {self.truncation_word} {self.truncated}" if self.truncated else "")]
         if kept:
             s = sorted(self.lengths)
             pct = {p: s[min(kept - 1, int(p / 100 * kept))] for p in (50, 90, 99)}
@@ -175,6 +176,13 @@ def _truncate(enc: dict, max_length: int, strategy: str) -> dict:
     return {"input_ids": ids, "labels": labels, "length": len(ids)}
 
 
+def _split(enc: dict, max_length: int) -> list[dict]:
+    """Consecutive pieces of at most max_length tokens (pretraining text keeps every token)."""
+    ids, labels = enc["input_ids"], enc["labels"]
+    return [{"input_ids": ids[i:i + max_length], "labels": labels[i:i + max_length],
+             "length": len(ids[i:i + max_length])} for i in range(0, len(ids), max_length)]
+
+
 def encode_rows(rows: list[dict], template, max_length: int, sources: list | None = None,
                 truncation_strategy: str = "drop", skip_bad_rows: bool = False,
                 stats: DataStats | None = None, num_proc: int = 1) -> tuple[list[dict], DataStats]:
@@ -183,6 +191,8 @@ def encode_rows(rows: list[dict], template, max_length: int, sources: list | Non
     if truncation_strategy not in TRUNCATION:
         raise UserError(f"--truncation_strategy {truncation_strategy!r} is not one of {', '.join(TRUNCATION)}")
     stats = stats or DataStats()
+    if truncation_strategy == "split":
+        stats.truncation_word = "split"
     stats.rows_read = len(rows) + sum(n for why, n in stats.dropped.items() if why.startswith("bad row"))
     encoded = []
     for chunk, rejected in _encode_all(template, rows, sources, skip_bad_rows, num_proc):
@@ -190,19 +200,22 @@ def encode_rows(rows: list[dict], template, max_length: int, sources: list | Non
         for enc in chunk:
             if enc is None:
                 continue
+            pieces = [enc]
             if enc["length"] > max_length:
                 if truncation_strategy == "drop":
                     stats.dropped[f"longer than max_length {max_length}"] += 1
                     continue
-                enc = _truncate(enc, max_length, truncation_strategy)
                 stats.truncated += 1
-            trained = sum(1 for x in enc["labels"][1:] if x != -100)
-            if trained == 0:
-                stats.dropped["no trained tokens"] += 1
-                continue
-            encoded.append(enc)
-            stats.lengths.append(enc["length"])
-            stats.trained_tokens += trained
+                pieces = _split(enc, max_length) if truncation_strategy == "split" else \
+                    [_truncate(enc, max_length, truncation_strategy)]
+            for piece in pieces:
+                trained = sum(1 for x in piece["labels"][1:] if x != -100)
+                if trained == 0:
+                    stats.dropped["no trained tokens"] += 1
+                    continue
+                encoded.append(piece)
+                stats.lengths.append(piece["length"])
+                stats.trained_tokens += trained
     if not encoded:
         raise UserError(f"no rows left to train on: {stats.report().splitlines()[0]}")
     return encoded, stats

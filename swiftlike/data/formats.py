@@ -33,7 +33,7 @@ def detect_format(row: dict) -> str:
                    "conversations (ShareGPT), instruction/output (alpaca), query/response or prompt/completion")
 
 
-TASKS = ("sft", "preference", "kto", "grpo")
+TASKS = ("sft", "pt", "preference", "kto", "grpo")
 
 
 def to_canonical(row: dict, task: str = "sft") -> dict:
@@ -45,6 +45,13 @@ def to_canonical(row: dict, task: str = "sft") -> dict:
         return _kto(row)
     if task == "grpo":
         return _grpo(row)
+    if task == "pt":
+        if "text" not in row:
+            raise RowError(f"pretraining rows need a 'text' field (fields: {', '.join(sorted(row)) or 'none'})")
+        text = _text(row["text"], "text")
+        if not text.strip():
+            raise RowError("'text' is empty")
+        return {"text": text}
     fmt = detect_format(row)
     if fmt == "messages":
         messages = [_message(m, i) for i, m in enumerate(_as_list(row["messages"], "messages"))]

@@ -16,6 +16,7 @@ from ..hub import download, is_local
 from ..models import attach_lora, build_miniature, load_model, load_tokenizer
 from ..models.loader import model_meta, quiet_libraries
 from ..templates import get_template
+from ..templates.text import TextTemplate
 from ..train.checkpoint import latest_checkpoint, write_atomic
 from ..train.trainer import LoopSettings, Trainer, TrainResult
 
@@ -85,6 +86,12 @@ def _base_weights(cfg: SFTConfig, tokenizer, out: Path) -> str:
     return str(base)
 
 
+def _task(cfg) -> str:
+    from ..config import PTConfig
+
+    return "pt" if isinstance(cfg, PTConfig) else "sft"
+
+
 def _encoded(cfg: SFTConfig, template, specs: list[str]) -> tuple[list[dict], DataStats, bool]:
     """Encoded rows of some sources: from the cache when the same inputs were encoded before."""
     from ..data import cache
@@ -99,7 +106,7 @@ def _encoded(cfg: SFTConfig, template, specs: list[str]) -> tuple[list[dict], Da
             return (*hit, True)
     sources: list[str] = []
     stats = DataStats()
-    raw = load_rows(specs, sources, cfg.skip_bad_rows, stats, cfg.seed, "sft", cfg.columns, cfg.data_names())
+    raw = load_rows(specs, sources, cfg.skip_bad_rows, stats, cfg.seed, _task(cfg), cfg.columns, cfg.data_names())
     rows, stats = encode_rows(raw, template, cfg.max_length, sources, cfg.truncation_strategy, cfg.skip_bad_rows,
                               stats, cfg.dataset_num_proc)
     if key is not None and accel.is_main_process():
@@ -138,8 +145,12 @@ def run_sft(cfg: SFTConfig) -> TrainResult:
     accel.seed_everything(cfg.seed)
 
     tokenizer = load_tokenizer(cfg.model, cfg.hub, cfg.trust_remote_code)
-    template_name = resolve_template_name(cfg, tokenizer)
-    template = get_template(template_name, tokenizer, cfg.loss_scope)
+    if _task(cfg) == "pt":  # plain text; the chat template (if known) is kept for inference afterwards
+        meta = model_meta(cfg.model)
+        template, template_name = TextTemplate(tokenizer), cfg.template or (meta.template if meta else cfg.model)
+    else:
+        template_name = resolve_template_name(cfg, tokenizer)
+        template = get_template(template_name, tokenizer, cfg.loss_scope)
     rows, eval_rows, stats = prepare_data(cfg, template)
     if main:
         print(f"[wb] data: {stats.report()}".replace("\n", "\n[wb] data: "))
@@ -172,7 +183,7 @@ def run_sft(cfg: SFTConfig) -> TrainResult:
               f"template {template_name}, {accel.device_type()} {str(dtype).replace('torch.', '')}, "
               f"trainable {trainable:,} / {total:,} parameters")
 
-    args = {**dataclasses.asdict(cfg), "train_type": cfg.train_type, "template": template_name,
+    args = {**dataclasses.asdict(cfg), "task": _task(cfg), "train_type": cfg.train_type, "template": template_name,
             "base_model_dir": str(Path(base_dir).resolve()), "swiftlike_version": __version__}
     args_json = json.dumps(args, indent=2, ensure_ascii=False) + "\n"
     if main:
