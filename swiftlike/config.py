@@ -60,6 +60,9 @@ class SFTConfig(ModelArgs, DataArgs):
     dataset_cache: bool = _f(True, "Reuse encoded data from an earlier run with identical inputs (data bytes, "
                                    "template, tokenizer, encoding options); false re-encodes.")
     cache_dir: str | None = _f(None, "Where encoded data is cached (default: $WB_CACHE_DIR or ~/.cache/swiftlike).")
+    lazy_tokenize: bool = _f(False, "Encode each micro-batch when it is drawn instead of the whole dataset first.")
+    streaming: bool = _f(False, "Read the data as training goes (huge or hub datasets): a seeded shuffle buffer, "
+                                "encoding per batch; needs --max_steps.")
     skip_bad_rows: bool = _f(False, "Count and skip rows that are malformed or that the template rejects "
                                     "instead of stopping with an error.")
     loss_scope: str = _f("assistant", "Which tokens are trained: assistant (every assistant turn), "
@@ -126,6 +129,13 @@ class SFTConfig(ModelArgs, DataArgs):
                 raise UserError(f"--{name} must be at least 1, got {getattr(self, name)}")
         if not 0.0 <= self.split_ratio < 1.0:
             raise UserError(f"--split_ratio must be in [0, 1), got {self.split_ratio}")
+        if self.streaming and self.max_steps <= 0:
+            raise UserError("--streaming needs --max_steps (a stream has no length to count epochs by)")
+        if (self.streaming or self.lazy_tokenize) and self.packing:
+            raise UserError("--packing needs the encoded lengths up front; it does not combine with --streaming "
+                            "or --lazy_tokenize")
+        if self.streaming and self.split_ratio:
+            raise UserError("--split_ratio needs the whole dataset; with --streaming give --val_dataset")
         if self.packing and not self.padding_free:
             raise UserError("--packing needs padding-free batches (drop --padding_free false)")
         if not self.output_dir:

@@ -103,22 +103,7 @@ def load_rows(specs: list[str], sources: list | None = None, skip_bad_rows: bool
     rows, origins = [], []
     for spec in specs:
         path, count = parse_selection(spec)
-        source, mapping, values, shown = _resolve(path, task, names)
-        mapping = {**mapping, **(columns or {})}
-        items = []
-        for where, raw in read_rows(source):
-            where = where.replace(source, shown, 1)
-            if mapping:
-                raw = {mapping.get(k, k): v for k, v in raw.items()}
-            try:
-                row = to_canonical(raw, task)
-            except RowError as e:
-                if not skip_bad_rows:
-                    raise UserError(f"{where}: {e}") from None
-                if stats is not None:
-                    stats.dropped[f"bad row: {str(e).split(' (')[0]}"] += 1
-                continue
-            items.append((where, _fill_placeholders(row, values) if values else row))
+        items = list(_canonical(path, task, columns, names, skip_bad_rows, stats))
         if not items:
             raise UserError(f"{path}: no usable rows")
         for where, row in _select(items, count, rng):
@@ -127,6 +112,38 @@ def load_rows(specs: list[str], sources: list | None = None, skip_bad_rows: bool
     if sources is not None:
         sources.extend(origins)
     return rows
+
+
+def _canonical(path: str, task: str, columns: dict | None, names: dict | None, skip_bad_rows: bool,
+               stats: DataStats | None, streaming: bool = False):
+    """(where, canonical row) for every usable row of one source."""
+    source, mapping, values, shown = _resolve(path, task, names)
+    mapping = {**mapping, **(columns or {})}
+    for where, raw in read_rows(source, streaming):
+        where = where.replace(source, shown, 1)
+        if mapping:
+            raw = {mapping.get(k, k): v for k, v in raw.items()}
+        try:
+            row = to_canonical(raw, task)
+        except RowError as e:
+            if not skip_bad_rows:
+                raise UserError(f"{where}: {e}") from None
+            if stats is not None:
+                stats.dropped[f"bad row: {str(e).split(' (')[0]}"] += 1
+            continue
+        yield where, _fill_placeholders(row, values) if values else row
+
+
+def iter_rows(specs: list[str], task: str = "sft", columns: dict | None = None, names: dict | None = None,
+              skip_bad_rows: bool = False):
+    """Canonical rows of every source, read as they are consumed (for --streaming)."""
+    for spec in specs:
+        path, count = parse_selection(spec)
+        if count is not None:
+            raise UserError(f"--dataset {spec}: '#N' selection needs the whole source; it does not combine with "
+                            "--streaming")
+        for _, row in _canonical(path, task, columns, names, skip_bad_rows, None, streaming=True):
+            yield row
 
 
 def _encode_chunk(template, rows: list[dict], sources: list | None, offset: int, skip: bool

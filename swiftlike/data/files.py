@@ -15,10 +15,10 @@ from ..errors import UserError
 SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 
 
-def read_rows(source: str) -> Iterator[tuple[str, dict]]:
-    """Yield (where, row) for every row of a source."""
+def read_rows(source: str, streaming: bool = False) -> Iterator[tuple[str, dict]]:
+    """Yield (where, row) for every row of a source (hub datasets streamed when asked)."""
     if source.startswith(("hf::", "ms::")):
-        yield from _hub(source)
+        yield from _hub(source, streaming)
         return
     p = Path(source)
     if not p.exists():
@@ -108,7 +108,7 @@ def _parquet(path: str):
         yield f"{path} row {i}", row
 
 
-def _hub(source: str):
+def _hub(source: str, streaming: bool = False):
     hub, _, rest = source.partition("::")
     name, subset, split = (rest.split(":") + [None, None])[:3]
     split = split or "train"
@@ -116,11 +116,11 @@ def _hub(source: str):
         if hub == "hf":
             from datasets import load_dataset
 
-            data = load_dataset(name, subset, split=split)
+            data = load_dataset(name, subset, split=split, streaming=streaming)
         else:
             from modelscope import MsDataset
 
-            data = MsDataset.load(name, subset_name=subset, split=split)
+            data = MsDataset.load(name, subset_name=subset, split=split, use_streaming=streaming)
     except ImportError as e:
         raise UserError(f"{source}: needs {e.name} (pip install {'datasets' if hub == 'hf' else 'modelscope'})") \
             from None

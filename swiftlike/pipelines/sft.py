@@ -10,7 +10,8 @@ from .. import __version__, accel
 from ..config import SFTConfig
 from ..data.collate import collate_padded, collate_padding_free
 from ..data.packing import pack
-from ..data.dataset import DataStats, encode_rows, load_rows
+from ..data.dataset import DataStats, encode_rows, iter_rows, load_rows
+from ..data.stream import LazyCollate, RowStream
 from ..errors import UserError
 from ..hub import download, is_local
 from ..models import attach_lora, build_miniature, load_model, load_tokenizer
@@ -115,8 +116,16 @@ def _encoded(cfg: SFTConfig, template, specs: list[str]) -> tuple[list[dict], Da
 
 
 def prepare_data(cfg: SFTConfig, template) -> tuple[list[dict], list[dict], DataStats]:
-    """Encoded training rows, validation rows (--val_dataset or a seeded --split_ratio) and the data report."""
-    rows, stats, cached = _encoded(cfg, template, cfg.dataset)
+    """Training rows (encoded, or canonical with --lazy_tokenize), validation rows (--val_dataset or a seeded
+    --split_ratio, always encoded) and the data report."""
+    if cfg.lazy_tokenize:
+        stats = DataStats()
+        rows = load_rows(cfg.dataset, None, cfg.skip_bad_rows, stats, cfg.seed, _task(cfg), cfg.columns,
+                         cfg.data_names())
+        stats.rows_read = len(rows) + sum(stats.dropped.values())
+        cached = False
+    else:
+        rows, stats, cached = _encoded(cfg, template, cfg.dataset)
     stats.cached = cached
     eval_rows: list[dict] = []
     if cfg.val_dataset:
@@ -151,11 +160,21 @@ def run_sft(cfg: SFTConfig) -> TrainResult:
     else:
         template_name = resolve_template_name(cfg, tokenizer)
         template = get_template(template_name, tokenizer, cfg.loss_scope)
-    rows, eval_rows, stats = prepare_data(cfg, template)
-    if main:
-        print(f"[wb] data: {stats.report()}".replace("\n", "\n[wb] data: "))
-        if eval_rows:
-            print(f"[wb] data: {len(eval_rows)} validation rows")
+    if cfg.streaming:
+        specs = list(cfg.dataset)
+        rows = RowStream(lambda: iter_rows(specs, _task(cfg), cfg.columns, cfg.data_names(), cfg.skip_bad_rows),
+                         cfg.seed)
+        eval_rows = _encoded(cfg, template, cfg.val_dataset)[0] if cfg.val_dataset else []
+        if main:
+            print(f"[wb] data: streaming {', '.join(specs)}; rows are encoded as batches are drawn")
+    else:
+        rows, eval_rows, stats = prepare_data(cfg, template)
+        if main:
+            report = stats.report() if not cfg.lazy_tokenize else f"rows read {stats.rows_read}" + "".join(
+                f", dropped {n} ({why})" for why, n in stats.dropped.items()) + " (encoded lazily, batch by batch)"
+            print(f"[wb] data: {report}".replace("\n", "\n[wb] data: "))
+    if main and eval_rows:
+        print(f"[wb] data: {len(eval_rows)} validation rows")
     if cfg.packing:
         rows = pack(rows, cfg.max_length)
         if main:
@@ -190,8 +209,11 @@ def run_sft(cfg: SFTConfig) -> TrainResult:
         write_atomic(out / "args.json", args_json)
 
     collate = collate_padding_free if cfg.padding_free else partial(collate_padded, pad_id=tokenizer.pad_token_id)
+    train_collate = LazyCollate(template, cfg.max_length, cfg.truncation_strategy, collate, cfg.skip_bad_rows) \
+        if cfg.streaming or cfg.lazy_tokenize else collate
     settings = LoopSettings(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(LoopSettings)})
-    trainer = Trainer(model, tokenizer, rows, collate, settings, args_json, resume_from, eval_rows)
+    trainer = Trainer(model, tokenizer, rows, train_collate, settings, args_json, resume_from, eval_rows,
+                      eval_collate=collate)
     if main and resume_from is not None:
         print(f"[wb] resuming from {resume_from} (step {trainer.step} of {trainer.total_steps})")
     result = trainer.train()

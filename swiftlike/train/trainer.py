@@ -45,15 +45,21 @@ class TrainResult:
     log_history: list = field(default_factory=list)
 
 
-def row_tokens(row) -> int:
-    """Tokens in a row, or in a packed row (a list of sequences)."""
-    return sum(r["length"] for r in row) if isinstance(row, list) else row["length"]
+def batch_tokens(batch: dict) -> int:
+    """Non-padding tokens of a collated batch."""
+    return int(batch["attention_mask"].sum()) if "attention_mask" in batch else int(batch["input_ids"].numel())
 
 
-def plan_steps(n_rows: int, s: LoopSettings) -> tuple[int, int]:
-    """(steps per epoch, total steps). An incomplete last step of an epoch is dropped."""
-    rows_per_step = s.per_device_train_batch_size * s.gradient_accumulation_steps * accel.world_size()
-    per_epoch = max(1, n_rows // rows_per_step)
+def rows_per_step(s: LoopSettings) -> int:
+    return s.per_device_train_batch_size * s.gradient_accumulation_steps * accel.world_size()
+
+
+def plan_steps(n_rows: int | None, s: LoopSettings) -> tuple[int, int]:
+    """(steps per epoch, total steps). An incomplete last step of an epoch is dropped. A stream (n_rows None)
+    has no epochs: it runs --max_steps."""
+    if n_rows is None:
+        return s.max_steps, s.max_steps
+    per_epoch = max(1, n_rows // rows_per_step(s))
     total = s.max_steps if s.max_steps > 0 else max(1, math.ceil(s.num_train_epochs * per_epoch))
     return per_epoch, total
 
@@ -63,19 +69,19 @@ def step_rows(step: int, n_rows: int, per_epoch: int, s: LoopSettings) -> list[l
     bs, accum, world = s.per_device_train_batch_size, s.gradient_accumulation_steps, accel.world_size()
     epoch, k = divmod(step, per_epoch)
     order = torch.randperm(n_rows, generator=torch.Generator().manual_seed(s.seed + epoch)).tolist()
-    rows_per_step = bs * accum * world
-    chunk = order[k * rows_per_step:(k + 1) * rows_per_step]
-    if len(chunk) < rows_per_step:  # fewer rows than one step: cycle
-        chunk = (chunk * math.ceil(rows_per_step / max(1, len(chunk))))[:rows_per_step]
+    per_step = bs * accum * world
+    chunk = order[k * per_step:(k + 1) * per_step]
+    if len(chunk) < per_step:  # fewer rows than one step: cycle
+        chunk = (chunk * math.ceil(per_step / max(1, len(chunk))))[:per_step]
     mine = chunk[accel.rank() * bs * accum:(accel.rank() + 1) * bs * accum]
     return [mine[i * bs:(i + 1) * bs] for i in range(accum)]
 
 
 class Trainer:
     def __init__(self, model, tokenizer, rows: list, collate, settings: LoopSettings, args_json: str,
-                 resume_from: Path | None = None, eval_rows: list | None = None):
+                 resume_from: Path | None = None, eval_rows: list | None = None, eval_collate=None):
         self.model, self.tokenizer, self.rows, self.collate, self.s = model, tokenizer, rows, collate, settings
-        self.eval_rows = eval_rows or []
+        self.eval_rows, self.eval_collate = eval_rows or [], eval_collate or collate
         self.args_json = args_json
         self.device = next(p.device for p in model.parameters())
         self.loss_module = CausalLMLoss(model)
@@ -86,7 +92,8 @@ class Trainer:
             self.loss_module = DDP(self.loss_module)
         params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
-        self.per_epoch, self.total_steps = plan_steps(len(rows), settings)
+        self.streaming = not isinstance(rows, list)
+        self.per_epoch, self.total_steps = plan_steps(None if self.streaming else len(rows), settings)
         from transformers import get_scheduler
 
         warmup = settings.warmup_steps or int(settings.warmup_ratio * self.total_steps)
@@ -96,6 +103,16 @@ class Trainer:
         self.input_tokens = 0  # every non-padding token processed in this session (for throughput)
         if resume_from is not None:
             self._restore(resume_from)
+
+    def _step_rows(self) -> list[list]:
+        """This process's micro-batches (rows) for the current optimizer step."""
+        if not self.streaming:
+            groups = step_rows(self.step, len(self.rows), self.per_epoch, self.s)
+            return [[self.rows[i] for i in g] for g in groups]
+        n, bs, accum = rows_per_step(self.s), self.s.per_device_train_batch_size, self.s.gradient_accumulation_steps
+        rows = self.rows.take(self.step * n, n)
+        mine = rows[accel.rank() * bs * accum:(accel.rank() + 1) * bs * accum]
+        return [mine[i * bs:(i + 1) * bs] for i in range(accum)]
 
     # -- one optimizer step ------------------------------------------------------------------
     def _batch_to_device(self, batch: dict) -> dict:
@@ -146,7 +163,7 @@ class Trainer:
         bs, total, count = self.s.per_device_train_batch_size, 0.0, 0.0
         batches = [self.eval_rows[i:i + bs] for i in range(0, len(self.eval_rows), bs)]
         for batch in batches[accel.rank()::accel.world_size()]:
-            part, n = self.loss_module(**self._batch_to_device(self.collate(batch)))
+            part, n = self.loss_module(**self._batch_to_device(self.eval_collate(batch)))
             total += float(part)
             count += float(n)
         self.loss_module.train()
@@ -168,9 +185,9 @@ class Trainer:
         losses = []
         checkpoint = None
         while self.step < self.total_steps:
-            groups = step_rows(self.step, len(self.rows), self.per_epoch, self.s)
-            loss, grad_norm, tokens = self.train_step([self.collate([self.rows[i] for i in g]) for g in groups])
-            self.input_tokens += int(self._global_sum(sum(row_tokens(self.rows[i]) for g in groups for i in g)))
+            batches = [self.collate(rows) for rows in self._step_rows()]
+            loss, grad_norm, tokens = self.train_step(batches)
+            self.input_tokens += int(self._global_sum(sum(batch_tokens(b) for b in batches)))
             self.step += 1
             self.trained_tokens += tokens
             window_tokens += tokens
@@ -181,11 +198,12 @@ class Trainer:
             bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tps:.0f}")
             bar.update(1)
             if self.step % self.s.logging_steps == 0 or self.step == self.total_steps:
-                entry = {"step": self.step, "epoch": round(self.step / self.per_epoch, 4), "loss": round(loss, 6),
+                epoch = None if self.streaming else round(self.step / self.per_epoch, 4)
+                entry = {"step": self.step, "epoch": epoch, "loss": round(loss, 6),
                          "learning_rate": lr, "grad_norm": round(grad_norm, 6), "tokens_per_second": round(tps, 1),
                          "trained_tokens": self.trained_tokens}
                 self.log_history.append(entry)
-                tracker.log({k: v for k, v in entry.items() if k != "step"}, self.step)
+                tracker.log({k: v for k, v in entry.items() if k != "step" and v is not None}, self.step)
                 if main:
                     bar.write(json.dumps(entry))
                 window_tokens, window_start = 0, time.perf_counter()
@@ -205,6 +223,11 @@ class Trainer:
         metrics = {"steps": self.step, "trained_tokens": self.trained_tokens, "input_tokens": self.input_tokens,
                    "train_seconds": round(seconds, 2),
                    "first_loss": losses[0] if losses else None, "final_loss": losses[-1] if losses else None}
+        dropped = getattr(self.collate, "dropped", None)
+        if dropped:
+            metrics["dropped_while_training"] = dict(dropped)
+            if main:
+                print("[wb] data: dropped while training: " + ", ".join(f"{n} ({why})" for why, n in dropped.items()))
         evals = [h["eval_loss"] for h in self.log_history if "eval_loss" in h]
         if evals:
             metrics["eval_loss"] = evals[-1]
