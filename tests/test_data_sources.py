@@ -132,3 +132,14 @@ def test_wb_datasets_and_columns_flag(tmp_path, capsys):
     assert "⟦<think>\n\n</think>\n\na<|im_end|>⟧" in capsys.readouterr().out
     assert main(["data", "preview", "--model", "Qwen/Qwen3-0.6B", "--dataset", str(p), "--columns", "{oops"]) == 2
     assert capsys.readouterr().err.strip() == "wb: error: columns: not valid JSON: '{oops'"
+
+
+def test_empty_file_and_empty_text(tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n\n")
+    with pytest.raises(UserError, match=r"empty.jsonl: no usable rows"):
+        load_rows([str(empty)])
+    blank = tmp_path / "blank.jsonl"
+    blank.write_text(json.dumps({"text": "   "}) + "\n")
+    with pytest.raises(UserError, match=r"blank.jsonl:1: 'text' is empty"):
+        load_rows([str(blank)], task="pt")

@@ -136,6 +136,7 @@ def test_padding_free_equals_padded(tmp_path):
     a = wb.sft(**common, padding_free=True, output_dir=str(tmp_path / "a"))
     b = wb.sft(**common, padding_free=False, output_dir=str(tmp_path / "b"))
     _assert_equivalent_runs(a.log_history, b.log_history, _adapter(a.checkpoint), _adapter(b.checkpoint))
+    assert a.metrics["padding_efficiency"] == 1.0 > b.metrics["padding_efficiency"]
 
 
 @pytest.mark.slow

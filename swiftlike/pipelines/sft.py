@@ -219,7 +219,8 @@ def run_sft(cfg: SFTConfig) -> TrainResult:
     result = trainer.train()
     if main:
         m = result.metrics
-        print(f"[wb] done: {m['steps']} steps, {m['trained_tokens']:,} trained tokens in {m['train_seconds']}s; "
+        print(f"[wb] done: {m['steps']} steps, {m['trained_tokens']:,} trained tokens in {m['train_seconds']}s "
+              f"(padding efficiency {m['padding_efficiency']:.0%}); "
               f"loss {m['first_loss']:.4f} -> {m['final_loss']:.4f}; checkpoint {result.checkpoint}")
     return result
 

@@ -101,6 +101,7 @@ class Trainer:
                                        num_training_steps=self.total_steps)
         self.step, self.trained_tokens, self.log_history = 0, 0, []
         self.input_tokens = 0  # every non-padding token processed in this session (for throughput)
+        self.slot_tokens = 0  # every position processed, padding included
         if resume_from is not None:
             self._restore(resume_from)
 
@@ -188,6 +189,7 @@ class Trainer:
             batches = [self.collate(rows) for rows in self._step_rows()]
             loss, grad_norm, tokens = self.train_step(batches)
             self.input_tokens += int(self._global_sum(sum(batch_tokens(b) for b in batches)))
+            self.slot_tokens += int(self._global_sum(sum(b["input_ids"].numel() for b in batches)))
             self.step += 1
             self.trained_tokens += tokens
             window_tokens += tokens
@@ -221,6 +223,7 @@ class Trainer:
         tracker.close()
         seconds = time.perf_counter() - start
         metrics = {"steps": self.step, "trained_tokens": self.trained_tokens, "input_tokens": self.input_tokens,
+                   "padding_efficiency": round(self.input_tokens / max(self.slot_tokens, 1), 4),
                    "train_seconds": round(seconds, 2),
                    "first_loss": losses[0] if losses else None, "final_loss": losses[-1] if losses else None}
         dropped = getattr(self.collate, "dropped", None)
