@@ -11,6 +11,7 @@ from jinja2.exceptions import TemplateError as JinjaError
 from transformers.utils.chat_template_utils import render_jinja_template
 
 from conftest import DATA
+from test_template_parity_qwen3 import WEATHER
 from swiftlike.templates import TEMPLATES, TemplateError, get_template
 
 TODAY = __import__("time").strftime("%Y-%m-%d")  # the official template reads strftime_now
@@ -46,9 +47,6 @@ OPTS = {"llama3_2": {"date_string": "01 Jan 2025"}, "mistral_small": {"date_stri
 INLINE_REASONING = {"qwq", "deepseek_r1", "deepseek_r1_distill", "deepseek_v3_1"}  # templates that read <think> inline
 STRING_ARGUMENTS = {"deepseek_r1", "deepseek_r1_distill", "deepseek_v3", "deepseek_v3_1"}
 
-WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "Weather for a city",
-                                            "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
-                                                           "required": ["city"]}}}
 CALL = {"type": "function", "id": "call00001", "function": {"name": "get_weather", "arguments": {"city": "Zürich"}}}
 
 CASES = {

@@ -17,6 +17,16 @@ _ALTERNATE = "After the optional system message, conversation roles must alterna
 _IDS = "Tool call IDs should be alphanumeric strings with length 9!"
 
 
+def _check_alternation(messages: list[dict]) -> None:
+    """After the system message, user and assistant turns alternate (tool calls and results aside)."""
+    index = 0
+    for m in messages:
+        if not (m["role"] == "tool" or m.get("tool_calls")):
+            if (m["role"] == "user") != (index % 2 == 0):
+                raise TemplateError(_ALTERNATE)
+            index += 1
+
+
 def _tools_block(tools: list, sep: str) -> str:
     out = []
     for tool in tools:
@@ -33,12 +43,7 @@ def render_mistral(spec: TemplateSpec, messages: list[dict], tools: list | None,
     system = None
     if messages and messages[0]["role"] == "system":
         system, messages = messages[0].get("content") or "", messages[1:]
-    index = 0
-    for m in messages:
-        if not (m["role"] == "tool" or m.get("tool_calls")):
-            if (m["role"] == "user") != (index % 2 == 0):
-                raise TemplateError(_ALTERNATE)
-            index += 1
+    _check_alternation(messages)
     users = [m for m in messages if m["role"] == "user"]
     last_user = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=-1)
     segs: Segments = [("<s>", False)]
@@ -104,12 +109,7 @@ def render_mistral_small(spec: TemplateSpec, messages: list[dict], tools: list |
     if messages and messages[0]["role"] == "system":
         system, messages = messages[0].get("content") or "", messages[1:]
     users = [m for m in messages if m["role"] == "user"]
-    index = 0
-    for m in messages:
-        if not (m["role"] == "tool" or m.get("tool_calls")):
-            if (m["role"] == "user") != (index % 2 == 0):
-                raise TemplateError(_ALTERNATE)
-            index += 1
+    _check_alternation(messages)
     segs: Segments = [("<s>[SYSTEM_PROMPT]" + system + "[/SYSTEM_PROMPT]", False)]
     for m in messages:
         role, trained = m["role"], m.get("loss")
