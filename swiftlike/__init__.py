@@ -22,6 +22,17 @@ def sft(config=None, **kwargs):
     return run_sft(cfg)
 
 
+def dpo(config=None, **kwargs):
+    """Preference training (DPO, IPO, hinge, robust, SimPO, ORPO, CPO); keyword names are `wb dpo`'s flags."""
+    from .config import DPOConfig, build_config
+    from .pipelines.sft import run_sft
+
+    if config is not None and kwargs:
+        raise TypeError("pass either a config object or keyword arguments, not both")
+    cfg = config.validate() if config is not None else build_config(DPOConfig, kwargs, where="argument")
+    return run_sft(cfg)
+
+
 def get_template(name_or_model_id: str, tokenizer, loss_scope: str = "assistant"):
     """A chat template by name (`qwen3`) or registered model id, bound to `tokenizer`."""
     from .templates import get_template as _get
@@ -37,4 +48,4 @@ def load_model(model: str, *, miniature: bool = False, adapters: str | None = No
     return load_for_inference(model=model, adapters=adapters, miniature=miniature, torch_dtype=torch_dtype, hub=hub)
 
 
-__all__ = ["__version__", "get_template", "load_model", "sft"]
+__all__ = ["__version__", "dpo", "get_template", "load_model", "sft"]

@@ -154,6 +154,30 @@ class PTConfig(SFTConfig):
 
 
 @dataclass
+class DPOConfig(SFTConfig):
+    """`wb dpo`: pairwise preference training on prompt + chosen/rejected rows."""
+
+    loss_type: str = _f("sigmoid", "sigmoid (DPO), ipo, hinge, robust, or the reference-free simpo, orpo, cpo.",
+                        choices=("sigmoid", "ipo", "hinge", "robust", "simpo", "orpo", "cpo"))
+    beta: float = _f(0.1, "Strength of the preference term (DPO's beta; ORPO's lambda).")
+    label_smoothing: float = _f(0.0, "Assumed label-flip rate for sigmoid/robust/simpo/cpo (conservative DPO).")
+    rpo_alpha: float | None = _f(None, "Weight of an NLL term on the chosen completion (default: 1 for cpo/orpo, "
+                                       "0 otherwise).")
+    simpo_gamma: float = _f(0.5, "SimPO's target reward margin.")
+
+    def validate(self) -> "DPOConfig":
+        super().validate()
+        if self.packing or self.streaming or self.lazy_tokenize or not self.padding_free:
+            raise UserError("wb dpo batches chosen and rejected together padding-free: --packing, --streaming, "
+                            "--lazy_tokenize and --padding_free false are not supported")
+        if self.loss_type == "robust" and not 0 <= self.label_smoothing < 0.5:
+            raise UserError("--loss_type robust needs 0 <= --label_smoothing < 0.5")
+        if self.beta <= 0:
+            raise UserError(f"--beta must be positive, got {self.beta}")
+        return self
+
+
+@dataclass
 class InferConfig(ModelArgs):
     adapters: str | None = _f(None, "A LoRA checkpoint directory from `wb sft` (its args.json names the base).")
     query: str | None = _f(None, "One question to answer; without it an interactive chat starts.")

@@ -52,7 +52,7 @@ def test_loss_equals_transformers_loss_per_sequence():
         ids = torch.tensor([row["input_ids"]])
         ref = model(input_ids=ids, labels=torch.tensor([row["labels"]])).loss
         batch = collate_padding_free([row])
-        total, n = loss_module(**batch)
+        total, n, _ = loss_module(**batch)
         torch.testing.assert_close(total / n, ref, rtol=1e-5, atol=1e-6)
 
 
@@ -60,9 +60,9 @@ def test_packed_padded_and_separate_sequences_agree():
     model = build_miniature("Qwen/Qwen3-0.6B").eval()
     loss_module = CausalLMLoss(model)
     rows = _rows()
-    packed, n_packed = loss_module(**collate_padding_free(rows))
-    padded, n_padded = loss_module(**collate_padded(rows, pad_id=0))
-    separate = [loss_module(**collate_padding_free([r])) for r in rows]
+    packed, n_packed, _ = loss_module(**collate_padding_free(rows))
+    padded, n_padded, _ = loss_module(**collate_padded(rows, pad_id=0))
+    separate = [loss_module(**collate_padding_free([r]))[:2] for r in rows]
     assert int(n_packed) == int(n_padded) == sum(len(r["input_ids"]) - 3 for r in rows) == 15
     torch.testing.assert_close(packed, padded, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(packed, sum(s for s, _ in separate), rtol=1e-5, atol=1e-5)

@@ -32,8 +32,8 @@ def test_packed_rows_give_the_same_loss_as_separate_sequences():
     packed = pack(rows, 16)
     assert all(sum(r["length"] for r in b) <= 16 for b in packed)
     loss = CausalLMLoss(build_miniature("Qwen/Qwen3-0.6B").eval())
-    packed_sum, packed_n = loss(**collate_padding_free(packed))
-    padded_sum, padded_n = loss(**collate_padded(rows, pad_id=0))
+    packed_sum, packed_n, _ = loss(**collate_padding_free(packed))
+    padded_sum, padded_n, _ = loss(**collate_padded(rows, pad_id=0))
     assert int(packed_n) == int(padded_n)
     torch.testing.assert_close(packed_sum, padded_sum, rtol=1e-5, atol=1e-5)
 

@@ -10,6 +10,7 @@ from .. import __version__, accel
 from ..config import SFTConfig
 from ..data.collate import collate_padded, collate_padding_free
 from ..data.packing import pack
+from ..data.pairs import collate_pairs
 from ..data.dataset import DataStats, encode_rows, iter_rows, load_rows
 from ..data.stream import LazyCollate, RowStream
 from ..errors import UserError
@@ -88,9 +89,9 @@ def _base_weights(cfg: SFTConfig, tokenizer, out: Path) -> str:
 
 
 def _task(cfg) -> str:
-    from ..config import PTConfig
+    from ..config import DPOConfig, PTConfig
 
-    return "pt" if isinstance(cfg, PTConfig) else "sft"
+    return "pt" if isinstance(cfg, PTConfig) else "dpo" if isinstance(cfg, DPOConfig) else "sft"
 
 
 def _encoded(cfg: SFTConfig, template, specs: list[str]) -> tuple[list[dict], DataStats, bool]:
@@ -115,10 +116,21 @@ def _encoded(cfg: SFTConfig, template, specs: list[str]) -> tuple[list[dict], Da
     return rows, stats, False
 
 
+def _encoded_pairs(cfg, template, specs: list[str]) -> tuple[list[dict], DataStats]:
+    from ..data.pairs import encode_pairs
+
+    stats = DataStats()
+    raw = load_rows(specs, None, cfg.skip_bad_rows, stats, cfg.seed, "preference", cfg.columns, cfg.data_names())
+    return encode_pairs(raw, template, cfg.max_length, stats)
+
+
 def prepare_data(cfg: SFTConfig, template) -> tuple[list[dict], list[dict], DataStats]:
     """Training rows (encoded, or canonical with --lazy_tokenize), validation rows (--val_dataset or a seeded
     --split_ratio, always encoded) and the data report."""
-    if cfg.lazy_tokenize:
+    if _task(cfg) == "dpo":
+        rows, stats = _encoded_pairs(cfg, template, cfg.dataset)
+        cached = False
+    elif cfg.lazy_tokenize:
         stats = DataStats()
         rows = load_rows(cfg.dataset, None, cfg.skip_bad_rows, stats, cfg.seed, _task(cfg), cfg.columns,
                          cfg.data_names())
@@ -129,7 +141,8 @@ def prepare_data(cfg: SFTConfig, template) -> tuple[list[dict], list[dict], Data
     stats.cached = cached
     eval_rows: list[dict] = []
     if cfg.val_dataset:
-        eval_rows, _, _ = _encoded(cfg, template, cfg.val_dataset)
+        eval_rows = _encoded_pairs(cfg, template, cfg.val_dataset)[0] if _task(cfg) == "dpo" else \
+            _encoded(cfg, template, cfg.val_dataset)[0]
     elif cfg.split_ratio > 0:
         import random
 
@@ -212,17 +225,35 @@ def run_sft(cfg: SFTConfig) -> TrainResult:
     train_collate = LazyCollate(template, cfg.max_length, cfg.truncation_strategy, collate, cfg.skip_bad_rows) \
         if cfg.streaming or cfg.lazy_tokenize else collate
     settings = LoopSettings(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(LoopSettings)})
+    objective = None
+    if _task(cfg) == "dpo":
+        objective = _preference_objective(cfg, model)
+        train_collate = collate = collate_pairs
     trainer = Trainer(model, tokenizer, rows, train_collate, settings, args_json, resume_from, eval_rows,
-                      eval_collate=collate)
+                      eval_collate=collate, objective=objective)
     if main and resume_from is not None:
         print(f"[wb] resuming from {resume_from} (step {trainer.step} of {trainer.total_steps})")
     result = trainer.train()
     if main:
         m = result.metrics
-        print(f"[wb] done: {m['steps']} steps, {m['trained_tokens']:,} trained tokens in {m['train_seconds']}s "
+        trained = f"{m['trained_pairs']:,} pairs" if "trained_pairs" in m else f"{m['trained_tokens']:,} trained tokens"
+        print(f"[wb] done: {m['steps']} steps, {trained} in {m['train_seconds']}s "
               f"(padding efficiency {m['padding_efficiency']:.0%}); "
               f"loss {m['first_loss']:.4f} -> {m['final_loss']:.4f}; checkpoint {result.checkpoint}")
     return result
+
+
+def _preference_objective(cfg, model):
+    """DPO's objective; a full-parameter run with a reference-based loss keeps a frozen copy as the reference."""
+    import copy
+
+    from ..train.dpo import REFERENCE_FREE, PreferenceObjective
+
+    ref = None
+    if cfg.full and cfg.loss_type not in REFERENCE_FREE:
+        ref = copy.deepcopy(model).eval().requires_grad_(False)
+    return PreferenceObjective(model, cfg.loss_type, cfg.beta, cfg.label_smoothing, cfg.simpo_gamma, cfg.rpo_alpha,
+                               ref)
 
 
 def _load_adapter(model, ckpt: Path) -> None:

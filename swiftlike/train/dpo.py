@@ -106,3 +106,83 @@ def rewards(p: PairLogps, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
     if p.ref_chosen is None:
         return beta * p.chosen.detach(), beta * p.rejected.detach()
     return beta * (p.chosen - p.ref_chosen).detach(), beta * (p.rejected - p.ref_rejected).detach()
+
+
+# -- the training objective ----------------------------------------------------------------------
+def _chunk_logps(lm_head, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    logits = lm_head(hidden).float()
+    return logits.gather(-1, targets[:, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+
+def token_logps(lm_head, hidden: torch.Tensor, targets: torch.Tensor, chunk_size: int) -> torch.Tensor:
+    """log p(target) per selected position, a chunk of logits at a time (recomputed in backward, not stored)."""
+    from torch.utils.checkpoint import checkpoint
+
+    parts = []
+    for start in range(0, hidden.shape[0], chunk_size):
+        h, t = hidden[start:start + chunk_size], targets[start:start + chunk_size]
+        parts.append(checkpoint(_chunk_logps, lm_head, h, t, use_reentrant=False) if torch.is_grad_enabled()
+                     else _chunk_logps(lm_head, h, t))
+    return torch.cat(parts) if parts else hidden.new_zeros(0)
+
+
+def nll_weight(loss_type: str, rpo_alpha: float | None) -> float:
+    """Weight of the chosen-completion NLL term: CPO and ORPO include one (1.0), DPO variants only with rpo_alpha."""
+    if rpo_alpha is not None:
+        return rpo_alpha
+    return 1.0 if loss_type in ("cpo", "orpo") else 0.0
+
+
+class PreferenceObjective(torch.nn.Module):
+    """Chosen and rejected completions of a batch in ONE padding-free forward; the reference log-probs come
+    from the same model with its adapter disabled (LoRA), a frozen copy (full), or nothing (reference-free)."""
+
+    def __init__(self, model, loss_type: str, beta: float, label_smoothing: float = 0.0, simpo_gamma: float = 0.5,
+                 rpo_alpha: float | None = None, ref_model=None):
+        super().__init__()
+        from .loss import CausalLMLoss
+
+        self.policy = CausalLMLoss(model)
+        self.ref = CausalLMLoss(ref_model) if ref_model is not None else None
+        self.loss_type, self.beta, self.label_smoothing, self.simpo_gamma = loss_type, beta, label_smoothing, simpo_gamma
+        self.nll = nll_weight(loss_type, rpo_alpha)
+
+    unit = "pairs"
+
+    @staticmethod
+    def weight(batch: dict) -> float:
+        return float(batch["n_pairs"])
+
+    def _sequence_logps(self, module, input_ids, targets, position_ids, seq_lens) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden = module.hidden_states(input_ids, position_ids, None, seq_lens)[0]
+        keep = targets[0] != -100
+        seq_of = torch.repeat_interleave(torch.arange(len(seq_lens), device=seq_lens.device), seq_lens)[keep]
+        lp = token_logps(module.causal_lm.get_output_embeddings(), hidden[keep], targets[0][keep], module.chunk_size)
+        sums = torch.zeros(len(seq_lens), dtype=lp.dtype, device=lp.device).index_add(0, seq_of, lp)
+        counts = torch.bincount(seq_of, minlength=len(seq_lens)).to(lp.dtype)
+        return sums, counts
+
+    def _reference(self, input_ids, targets, position_ids, seq_lens):
+        with torch.no_grad():
+            if self.ref is not None:
+                return self._sequence_logps(self.ref, input_ids, targets, position_ids, seq_lens)[0]
+            with self.policy.model.disable_adapter():
+                return self._sequence_logps(self.policy, input_ids, targets, position_ids, seq_lens)[0]
+
+    def forward(self, input_ids, targets, position_ids, seq_lens, n_pairs):
+        n = int(n_pairs)
+        sums, counts = self._sequence_logps(self.policy, input_ids, targets, position_ids, seq_lens)
+        p = PairLogps(sums[:n], sums[n:], counts[:n], counts[n:])
+        if self.loss_type not in REFERENCE_FREE:
+            ref = self._reference(input_ids, targets, position_ids, seq_lens)
+            p.ref_chosen, p.ref_rejected = ref[:n], ref[n:]
+        losses = preference_loss(p, self.loss_type, self.beta, self.label_smoothing, self.simpo_gamma)
+        total = losses.sum()
+        if self.nll:
+            total = total + self.nll * (-p.chosen / p.chosen_tokens.clamp(min=1)).sum()
+        chosen_r, rejected_r = rewards(p, self.beta)
+        metrics = {"rewards/chosen": chosen_r.sum(), "rewards/rejected": rejected_r.sum(),
+                   "rewards/margins": (chosen_r - rejected_r).sum(),
+                   "rewards/accuracies": (chosen_r > rejected_r).float().sum(),
+                   "logps/chosen": p.chosen.detach().sum(), "logps/rejected": p.rejected.detach().sum()}
+        return total, n_pairs, {k: v.item() for k, v in metrics.items()}

@@ -111,13 +111,23 @@ class CausalLMLoss(nn.Module):
         return m.get_base_model() if hasattr(m, "get_base_model") else m
 
     def forward(self, input_ids, targets, position_ids=None, attention_mask=None, seq_lens=None):
+        """(summed loss, tokens, extra metric sums)."""
+        lm = self.causal_lm
+        # flash-attention reads sequence borders from position_ids; sdpa/eager need the mask
+        hidden = self.hidden_states(input_ids, position_ids, attention_mask, seq_lens)
+        keep = targets != IGNORE_INDEX
+        loss_sum = linear_cross_entropy(lm.get_output_embeddings(), hidden[keep], targets[keep], self.chunk_size)
+        return loss_sum, keep.sum(), {}
+
+    @staticmethod
+    def weight(batch: dict) -> float:
+        """What the loss is averaged over: trained tokens."""
+        return float((batch["targets"] != IGNORE_INDEX).sum())
+
+    def hidden_states(self, input_ids, position_ids=None, attention_mask=None, seq_lens=None) -> torch.Tensor:
         lm = self.causal_lm
         impl = getattr(lm.config, "_attn_implementation", "sdpa") or "sdpa"
         if seq_lens is not None and "flash" not in impl:
-            # flash-attention reads sequence borders from position_ids; sdpa/eager need the mask
             attention_mask = packed_attention_mask(seq_lens, lm.dtype, boolean=impl == "sdpa")
-        hidden = lm.get_decoder()(input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask,
-                                  use_cache=False).last_hidden_state
-        keep = targets != IGNORE_INDEX
-        loss_sum = linear_cross_entropy(lm.get_output_embeddings(), hidden[keep], targets[keep], self.chunk_size)
-        return loss_sum, keep.sum()
+        return lm.get_decoder()(input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask,
+                                use_cache=False).last_hidden_state

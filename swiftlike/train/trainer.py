@@ -79,12 +79,15 @@ def step_rows(step: int, n_rows: int, per_epoch: int, s: LoopSettings) -> list[l
 
 class Trainer:
     def __init__(self, model, tokenizer, rows: list, collate, settings: LoopSettings, args_json: str,
-                 resume_from: Path | None = None, eval_rows: list | None = None, eval_collate=None):
+                 resume_from: Path | None = None, eval_rows: list | None = None, eval_collate=None,
+                 objective=None):
         self.model, self.tokenizer, self.rows, self.collate, self.s = model, tokenizer, rows, collate, settings
         self.eval_rows, self.eval_collate = eval_rows or [], eval_collate or collate
         self.args_json = args_json
         self.device = next(p.device for p in model.parameters())
-        self.loss_module = CausalLMLoss(model)
+        # the objective: forward(**batch) -> (summed loss, weight, metric sums); weight(batch) is known up front
+        self.objective = objective or CausalLMLoss(model)
+        self.loss_module = self.objective
         self.distributed = accel.world_size() > 1
         if self.distributed:
             from torch.nn.parallel import DistributedDataParallel as DDP
@@ -119,25 +122,28 @@ class Trainer:
     def _batch_to_device(self, batch: dict) -> dict:
         return {k: v.to(self.device) for k, v in batch.items()}
 
-    def train_step(self, micro_batches: list[dict]) -> tuple[float, float, int]:
-        """Token-normalised over every micro-batch and rank, so batch 8 x accum 1 == batch 1 x accum 8."""
-        counts = torch.tensor([float((b["targets"] != -100).sum()) for b in micro_batches])
+    def train_step(self, micro_batches: list[dict]) -> tuple[float, float, int, dict]:
+        """Normalised by the objective's weight (trained tokens for SFT, pairs for DPO) over every micro-batch
+        and rank, so batch 8 x accum 1 == batch 1 x accum 8."""
+        counts = torch.tensor([self.objective.weight(b) for b in micro_batches], dtype=torch.float64)
         total = counts.sum()
         if self.distributed:
             import torch.distributed as dist
 
             dist.all_reduce(total)
         scale = accel.world_size() / total.clamp(min=1.0)  # DDP averages gradients over ranks
-        loss_sum = 0.0
+        loss_sum, extras = 0.0, {}
         self.loss_module.train()
         for i, batch in enumerate(micro_batches):
             batch = self._batch_to_device(batch)
             sync = (not self.distributed) or i == len(micro_batches) - 1
             ctx = self.loss_module.no_sync() if not sync else nullcontext()
             with ctx:
-                part, _ = self.loss_module(**batch)
-                (part * scale.to(part.device)).backward()
+                part, _, metrics = self.loss_module(**batch)
+                (part * scale.to(part.device, part.dtype)).backward()
             loss_sum += part.detach().item()
+            for k, v in metrics.items():
+                extras[k] = extras.get(k, 0.0) + float(v)
         grad_norm = 0.0
         if self.s.max_grad_norm > 0:
             params = [p for g in self.optimizer.param_groups for p in g["params"]]
@@ -146,7 +152,8 @@ class Trainer:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         loss_sum = self._global_sum(loss_sum)
-        return loss_sum / max(float(total), 1.0), grad_norm, int(total)
+        means = {k: self._global_sum(v) / max(float(total), 1.0) for k, v in sorted(extras.items())}
+        return loss_sum / max(float(total), 1.0), grad_norm, int(total), means
 
     def _global_sum(self, value: float) -> float:
         if not self.distributed:
@@ -164,7 +171,7 @@ class Trainer:
         bs, total, count = self.s.per_device_train_batch_size, 0.0, 0.0
         batches = [self.eval_rows[i:i + bs] for i in range(0, len(self.eval_rows), bs)]
         for batch in batches[accel.rank()::accel.world_size()]:
-            part, n = self.loss_module(**self._batch_to_device(self.eval_collate(batch)))
+            part, n, _ = self.loss_module(**self._batch_to_device(self.eval_collate(batch)))
             total += float(part)
             count += float(n)
         self.loss_module.train()
@@ -175,6 +182,7 @@ class Trainer:
         from tqdm.auto import tqdm
 
         main = accel.is_main_process()
+        unit = getattr(self.objective, "unit", "tokens")  # what the loss is averaged over: tokens or pairs
         tracker = Tracker(self.s.report_to if main else "none", self.s.output_dir, json.loads(self.args_json))
         import sys
 
@@ -187,7 +195,7 @@ class Trainer:
         checkpoint = None
         while self.step < self.total_steps:
             batches = [self.collate(rows) for rows in self._step_rows()]
-            loss, grad_norm, tokens = self.train_step(batches)
+            loss, grad_norm, tokens, step_metrics = self.train_step(batches)
             self.input_tokens += int(self._global_sum(sum(batch_tokens(b) for b in batches)))
             self.slot_tokens += int(self._global_sum(sum(b["input_ids"].numel() for b in batches)))
             self.step += 1
@@ -197,13 +205,13 @@ class Trainer:
             elapsed = time.perf_counter() - window_start
             tps = window_tokens / elapsed if elapsed > 0 else 0.0
             lr = self.scheduler.get_last_lr()[0]
-            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tps:.0f}")
+            bar.set_postfix({"loss": f"{loss:.4f}", "lr": f"{lr:.2e}", f"{unit[:3]}/s": f"{tps:.1f}"})
             bar.update(1)
             if self.step % self.s.logging_steps == 0 or self.step == self.total_steps:
                 epoch = None if self.streaming else round(self.step / self.per_epoch, 4)
                 entry = {"step": self.step, "epoch": epoch, "loss": round(loss, 6),
-                         "learning_rate": lr, "grad_norm": round(grad_norm, 6), "tokens_per_second": round(tps, 1),
-                         "trained_tokens": self.trained_tokens}
+                         "learning_rate": lr, "grad_norm": round(grad_norm, 6), f"{unit}_per_second": round(tps, 1),
+                         f"trained_{unit}": self.trained_tokens, **{k: round(v, 6) for k, v in step_metrics.items()}}
                 self.log_history.append(entry)
                 tracker.log({k: v for k, v in entry.items() if k != "step" and v is not None}, self.step)
                 if main:
@@ -222,7 +230,7 @@ class Trainer:
         bar.close()
         tracker.close()
         seconds = time.perf_counter() - start
-        metrics = {"steps": self.step, "trained_tokens": self.trained_tokens, "input_tokens": self.input_tokens,
+        metrics = {"steps": self.step, f"trained_{unit}": self.trained_tokens, "input_tokens": self.input_tokens,
                    "padding_efficiency": round(self.input_tokens / max(self.slot_tokens, 1), 4),
                    "train_seconds": round(seconds, 2),
                    "first_loss": losses[0] if losses else None, "final_loss": losses[-1] if losses else None}

@@ -1,0 +1,74 @@
+"""wb dpo end to end: learning, masks, reference handling, bad input."""
+import json
+import math
+
+import pytest
+import torch
+
+import swiftlike as wb
+from swiftlike.cli.main import main
+from swiftlike.data.dataset import load_rows
+from swiftlike.data.pairs import collate_pairs, encode_pairs
+from swiftlike.models import build_miniature
+from swiftlike.templates import get_template
+from swiftlike.train.dpo import PreferenceObjective
+
+BASE = dict(model="Qwen/Qwen3-0.6B", miniature=True, dataset=["preference-demo"], logging_steps=1)
+
+
+def test_only_completion_tokens_are_scored(qwen3_tokenizer):
+    rows = load_rows(["preference-demo#2"], task="preference")
+    pairs, _ = encode_pairs(rows, get_template("qwen3", qwen3_tokenizer), 512)
+    model = build_miniature("Qwen/Qwen3-0.6B").eval()
+    objective = PreferenceObjective(model, "simpo", beta=2.0)
+    batch = collate_pairs(pairs)
+    sums, counts = objective._sequence_logps(objective.policy, batch["input_ids"], batch["targets"],
+                                             batch["position_ids"], batch["seq_lens"])
+    for k, enc in enumerate([p["chosen"] for p in pairs] + [p["rejected"] for p in pairs]):
+        ids = torch.tensor([enc["input_ids"]])
+        logps = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), -1)
+        labels = enc["labels"][1:]
+        scored = [i for i, lab in enumerate(labels) if lab != -100]
+        text = qwen3_tokenizer.decode([labels[i] for i in scored])
+        assert text.endswith("<|im_end|>") and "<|im_start|>user" not in text  # the completion only
+        expected = sum(logps[i, labels[i]] for i in scored)
+        torch.testing.assert_close(sums[k], expected, rtol=1e-4, atol=1e-4)
+        assert int(counts[k]) == len(scored)
+
+
+@pytest.mark.slow
+def test_dpo_lora_raises_margins_and_accuracy(tmp_path):
+    result = wb.dpo(**BASE, lora=True, learning_rate=1e-2, max_steps=20, per_device_train_batch_size=4,
+                    output_dir=str(tmp_path))
+    history = result.log_history
+    assert history[0]["loss"] == pytest.approx(math.log(2), abs=1e-4)  # policy == reference at the start
+    assert history[-1]["rewards/margins"] > history[0]["rewards/margins"] + 1.0
+    assert history[-1]["rewards/accuracies"] >= 0.75
+    assert result.metrics["trained_pairs"] == 80
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("loss_type", ["sigmoid", "ipo", "orpo", "simpo"])
+def test_full_runs_with_frozen_reference_or_none(tmp_path, loss_type):
+    result = wb.dpo(**BASE, full=True, loss_type=loss_type, learning_rate=1e-3, max_steps=6,
+                    per_device_train_batch_size=4, output_dir=str(tmp_path))
+    history = result.log_history
+    if loss_type in ("sigmoid", "ipo"):  # reference-based: the frozen copy equals the policy at step 1
+        assert history[0]["rewards/margins"] == pytest.approx(0.0, abs=1e-5)
+    assert history[-1]["rewards/margins"] > history[0]["rewards/margins"]
+    args = json.loads((tmp_path / "checkpoint-6" / "args.json").read_text())
+    assert args["task"] == "dpo" and args["loss_type"] == loss_type
+
+
+def test_bad_preference_input(tmp_path, capsys):
+    p = tmp_path / "d.jsonl"
+    p.write_text(json.dumps({"prompt": "q", "chosen": "a", "rejected": "b"}) + "\n"
+                 + json.dumps({"prompt": "q", "chosen": "a"}) + "\n")
+    argv = ["dpo", "--model", "Qwen/Qwen3-0.6B", "--miniature", "--dataset", str(p), "--output_dir", str(tmp_path / "o")]
+    assert main(argv) == 2
+    assert capsys.readouterr().err.strip() == \
+        f"wb: error: {p}:2: no 'rejected' or 'rejected_response' (fields: chosen, prompt)"
+    assert main(argv[:-2] + ["--packing", "--output_dir", str(tmp_path / "o2")]) == 2
+    assert "--packing" in capsys.readouterr().err
+    assert main(argv[:-2] + ["--max_length", "8", "--skip_bad_rows", "--output_dir", str(tmp_path / "o3")]) == 2
+    assert "no pairs left to train on" in capsys.readouterr().err
