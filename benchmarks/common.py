@@ -78,3 +78,17 @@ def matmul_flops(n: int = 2048, repeats: int = 10) -> float:
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def preference_rows(n: int = 2000, seed: int = 0, mean_tokens: float = 115, max_tokens: int = 850) -> list[dict]:
+    """Conversational preference pairs: a prompt and two answers with independent lognormal lengths."""
+    rng = random.Random(seed)
+    sigma = 0.9
+    mu = math.log(mean_tokens) - sigma ** 2 / 2
+
+    def answer():
+        tokens = min(max_tokens, max(4, int(rng.lognormvariate(mu, sigma))))
+        return [{"role": "assistant", "content": _sentence(rng, int(tokens / 1.25))}]
+
+    return [{"prompt": [{"role": "user", "content": _sentence(rng, rng.randint(8, 30)).rstrip(".") + "?"}],
+             "chosen": answer(), "rejected": answer()} for _ in range(n)]

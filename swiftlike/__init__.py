@@ -13,24 +13,33 @@ __version__ = "0.1.0"
 def sft(config=None, **kwargs):
     """Run supervised fine-tuning. Keyword names are the CLI flag names; returns a TrainResult
     (output_dir, checkpoint, metrics, log_history)."""
-    from .config import SFTConfig, build_config
+    return _train("SFTConfig", config, kwargs)
+
+
+def _train(config_class: str, config, kwargs):
+    from . import config as configs
     from .pipelines.sft import run_sft
 
     if config is not None and kwargs:
         raise TypeError("pass either a config object or keyword arguments, not both")
-    cfg = config.validate() if config is not None else build_config(SFTConfig, kwargs, where="argument")
+    cls = getattr(configs, config_class)
+    cfg = config.validate() if config is not None else configs.build_config(cls, kwargs, where="argument")
     return run_sft(cfg)
 
 
 def dpo(config=None, **kwargs):
     """Preference training (DPO, IPO, hinge, robust, SimPO, ORPO, CPO); keyword names are `wb dpo`'s flags."""
-    from .config import DPOConfig, build_config
-    from .pipelines.sft import run_sft
+    return _train("DPOConfig", config, kwargs)
 
-    if config is not None and kwargs:
-        raise TypeError("pass either a config object or keyword arguments, not both")
-    cfg = config.validate() if config is not None else build_config(DPOConfig, kwargs, where="argument")
-    return run_sft(cfg)
+
+def kto(config=None, **kwargs):
+    """Unpaired preference training (KTO); keyword names are `wb kto`'s flags."""
+    return _train("KTOConfig", config, kwargs)
+
+
+def pt(config=None, **kwargs):
+    """Continued pretraining on {"text": ...} rows; keyword names are `wb pt`'s flags."""
+    return _train("PTConfig", config, kwargs)
 
 
 def get_template(name_or_model_id: str, tokenizer, loss_scope: str = "assistant"):
@@ -48,4 +57,4 @@ def load_model(model: str, *, miniature: bool = False, adapters: str | None = No
     return load_for_inference(model=model, adapters=adapters, miniature=miniature, torch_dtype=torch_dtype, hub=hub)
 
 
-__all__ = ["__version__", "dpo", "get_template", "load_model", "sft"]
+__all__ = ["__version__", "dpo", "get_template", "kto", "load_model", "pt", "sft"]

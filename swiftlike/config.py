@@ -178,6 +178,25 @@ class DPOConfig(SFTConfig):
 
 
 @dataclass
+class KTOConfig(SFTConfig):
+    """`wb kto`: unpaired preference training on answers labelled desirable (true) or undesirable (false)."""
+
+    beta: float = _f(0.1, "Strength of the KTO value function.")
+    desirable_weight: float = _f(1.0, "Loss weight of desirable examples (raise it when they are the minority).")
+    undesirable_weight: float = _f(1.0, "Loss weight of undesirable examples.")
+
+    def validate(self) -> "KTOConfig":
+        super().validate()
+        if self.packing or self.streaming or self.lazy_tokenize or not self.padding_free:
+            raise UserError("wb kto batches examples padding-free: --packing, --streaming, --lazy_tokenize and "
+                            "--padding_free false are not supported")
+        if self.per_device_train_batch_size < 2:
+            raise UserError("wb kto needs --per_device_train_batch_size >= 2 (the KL estimate pairs prompts with "
+                            "other rows' answers)")
+        return self
+
+
+@dataclass
 class InferConfig(ModelArgs):
     adapters: str | None = _f(None, "A LoRA checkpoint directory from `wb sft` (its args.json names the base).")
     query: str | None = _f(None, "One question to answer; without it an interactive chat starts.")

@@ -12,14 +12,15 @@ import socket
 import subprocess
 import sys
 
-from ..config import (DPOConfig, InferConfig, PreviewConfig, PTConfig, SFTConfig, build_config, field_types,
-                      load_recipe)
+from ..config import (DPOConfig, InferConfig, KTOConfig, PreviewConfig, PTConfig, SFTConfig, build_config,
+                      field_types, load_recipe)
 from ..errors import UserError
 
 COMMANDS = {
     "sft": (SFTConfig, "Supervised fine-tuning (LoRA, QLoRA or full) on chat data."),
     "pt": (PTConfig, "Continued pretraining on plain text ({\"text\": ...} rows); every token is trained."),
     "dpo": (DPOConfig, "Preference training: DPO and its IPO/hinge/robust variants, SimPO, ORPO, CPO."),
+    "kto": (KTOConfig, "Unpaired preference training (KTO) on answers labelled desirable or undesirable."),
     "infer": (InferConfig, "Answer a query, or chat, with a model or a checkpoint from `wb sft`."),
 }
 
@@ -142,7 +143,7 @@ def _run(argv: list[str]) -> int:
 
             raise unknown_key_error(key, cls, where)
     cfg = build_config(cls, merged)
-    if args.command in ("sft", "pt", "dpo"):
+    if args.command in ("sft", "pt", "dpo", "kto"):
         nproc = cfg.nproc_per_node if cfg.nproc_per_node > 1 else int(os.environ.get("NPROC_PER_NODE", "1"))
         code = _maybe_relaunch(argv, nproc)
         if code is not None:

@@ -48,3 +48,49 @@ def collate_pairs(pairs: list[dict]) -> dict:
     batch = collate_padding_free([p["chosen"] for p in pairs] + [p["rejected"] for p in pairs])
     batch["n_pairs"] = torch.tensor(len(pairs))
     return batch
+
+
+# -- KTO: single answers with a desirable/undesirable label ------------------------------------------
+def encode_kto(rows: list[dict], template, max_length: int, stats: DataStats | None = None
+               ) -> tuple[list[dict], DataStats]:
+    """Each row keeps its prompt and answer messages so batches can pair prompts with other rows' answers."""
+    stats = stats or DataStats()
+    stats.rows_read = len(rows) + sum(n for why, n in stats.dropped.items() if why.startswith("bad row"))
+    examples = []
+    for start in range(0, len(rows), 256):
+        chunk = rows[start:start + 256]
+        marked = [{"messages": _with_prompt_untrained(r["messages"], len(r["messages"]) - 1)} for r in chunk]
+        for row, enc in zip(chunk, template.encode_batch(marked)):
+            if enc["length"] > max_length:
+                stats.dropped[f"longer than max_length {max_length}"] += 1
+            elif not any(x != -100 for x in enc["labels"][1:]):
+                stats.dropped["nothing to score"] += 1
+            else:
+                examples.append({"enc": enc, "prompt": row["messages"][:-1], "answer": row["messages"][-1],
+                                 "label": row["label"], "length": enc["length"]})
+                stats.lengths.append(enc["length"])
+                stats.trained_tokens += sum(1 for x in enc["labels"] if x != -100)
+    if not examples:
+        raise UserError(f"no examples left to train on: {stats.report().splitlines()[0]}")
+    labels = [e["label"] for e in examples]
+    if all(labels) or not any(labels):
+        raise UserError("KTO needs both desirable (label true) and undesirable (label false) examples; "
+                        f"all {len(labels)} are {'desirable' if labels[0] else 'undesirable'}")
+    return examples, stats
+
+
+class KTOCollate:
+    """Matched sequences, then mismatched ones (prompt_i with answer_{i-1}) for the KL estimate."""
+
+    def __init__(self, template):
+        self.template = template
+
+    def __call__(self, examples: list[dict]) -> dict:
+        n = len(examples)
+        mismatched = [{"messages": _with_prompt_untrained(examples[i]["prompt"] + [examples[i - 1]["answer"]],
+                                                          len(examples[i]["prompt"]))} for i in range(n)]
+        kl = self.template.encode_batch(mismatched) if n > 1 else [examples[0]["enc"]]
+        batch = collate_padding_free([e["enc"] for e in examples] + kl)
+        batch["n_pairs"] = torch.tensor(n)
+        batch["labels"] = torch.tensor([bool(e["label"]) for e in examples])
+        return batch

@@ -10,7 +10,7 @@ from .. import __version__, accel
 from ..config import SFTConfig
 from ..data.collate import collate_padded, collate_padding_free
 from ..data.packing import pack
-from ..data.pairs import collate_pairs
+from ..data.pairs import KTOCollate, collate_pairs
 from ..data.dataset import DataStats, encode_rows, iter_rows, load_rows
 from ..data.stream import LazyCollate, RowStream
 from ..errors import UserError
@@ -89,9 +89,12 @@ def _base_weights(cfg: SFTConfig, tokenizer, out: Path) -> str:
 
 
 def _task(cfg) -> str:
-    from ..config import DPOConfig, PTConfig
+    from ..config import DPOConfig, KTOConfig, PTConfig
 
-    return "pt" if isinstance(cfg, PTConfig) else "dpo" if isinstance(cfg, DPOConfig) else "sft"
+    for cls, task in ((PTConfig, "pt"), (DPOConfig, "dpo"), (KTOConfig, "kto")):
+        if isinstance(cfg, cls):
+            return task
+    return "sft"
 
 
 def _encoded(cfg: SFTConfig, template, specs: list[str]) -> tuple[list[dict], DataStats, bool]:
@@ -117,17 +120,19 @@ def _encoded(cfg: SFTConfig, template, specs: list[str]) -> tuple[list[dict], Da
 
 
 def _encoded_pairs(cfg, template, specs: list[str]) -> tuple[list[dict], DataStats]:
-    from ..data.pairs import encode_pairs
+    """Preference pairs (wb dpo) or labelled single answers (wb kto)."""
+    from ..data.pairs import encode_kto, encode_pairs
 
     stats = DataStats()
-    raw = load_rows(specs, None, cfg.skip_bad_rows, stats, cfg.seed, "preference", cfg.columns, cfg.data_names())
-    return encode_pairs(raw, template, cfg.max_length, stats)
+    task = "kto" if _task(cfg) == "kto" else "preference"
+    raw = load_rows(specs, None, cfg.skip_bad_rows, stats, cfg.seed, task, cfg.columns, cfg.data_names())
+    return (encode_kto if task == "kto" else encode_pairs)(raw, template, cfg.max_length, stats)
 
 
 def prepare_data(cfg: SFTConfig, template) -> tuple[list[dict], list[dict], DataStats]:
     """Training rows (encoded, or canonical with --lazy_tokenize), validation rows (--val_dataset or a seeded
     --split_ratio, always encoded) and the data report."""
-    if _task(cfg) == "dpo":
+    if _task(cfg) in ("dpo", "kto"):
         rows, stats = _encoded_pairs(cfg, template, cfg.dataset)
         cached = False
     elif cfg.lazy_tokenize:
@@ -141,7 +146,7 @@ def prepare_data(cfg: SFTConfig, template) -> tuple[list[dict], list[dict], Data
     stats.cached = cached
     eval_rows: list[dict] = []
     if cfg.val_dataset:
-        eval_rows = _encoded_pairs(cfg, template, cfg.val_dataset)[0] if _task(cfg) == "dpo" else \
+        eval_rows = _encoded_pairs(cfg, template, cfg.val_dataset)[0] if _task(cfg) in ("dpo", "kto") else \
             _encoded(cfg, template, cfg.val_dataset)[0]
     elif cfg.split_ratio > 0:
         import random
@@ -229,6 +234,9 @@ def run_sft(cfg: SFTConfig) -> TrainResult:
     if _task(cfg) == "dpo":
         objective = _preference_objective(cfg, model)
         train_collate = collate = collate_pairs
+    elif _task(cfg) == "kto":
+        objective = _preference_objective(cfg, model)
+        train_collate = collate = KTOCollate(template)
     trainer = Trainer(model, tokenizer, rows, train_collate, settings, args_json, resume_from, eval_rows,
                       eval_collate=collate, objective=objective)
     if main and resume_from is not None:
@@ -236,7 +244,8 @@ def run_sft(cfg: SFTConfig) -> TrainResult:
     result = trainer.train()
     if main:
         m = result.metrics
-        trained = f"{m['trained_pairs']:,} pairs" if "trained_pairs" in m else f"{m['trained_tokens']:,} trained tokens"
+        unit = next(k for k in m if k.startswith("trained_"))
+        trained = f"{m[unit]:,} {unit.removeprefix('trained_').replace('tokens', 'trained tokens')}"
         print(f"[wb] done: {m['steps']} steps, {trained} in {m['train_seconds']}s "
               f"(padding efficiency {m['padding_efficiency']:.0%}); "
               f"loss {m['first_loss']:.4f} -> {m['final_loss']:.4f}; checkpoint {result.checkpoint}")
@@ -247,11 +256,14 @@ def _preference_objective(cfg, model):
     """DPO's objective; a full-parameter run with a reference-based loss keeps a frozen copy as the reference."""
     import copy
 
-    from ..train.dpo import REFERENCE_FREE, PreferenceObjective
+    from ..train.dpo import REFERENCE_FREE, KTOObjective, PreferenceObjective
 
+    loss_type = getattr(cfg, "loss_type", "kto")
     ref = None
-    if cfg.full and cfg.loss_type not in REFERENCE_FREE:
+    if cfg.full and loss_type not in REFERENCE_FREE:
         ref = copy.deepcopy(model).eval().requires_grad_(False)
+    if loss_type == "kto":
+        return KTOObjective(model, cfg.beta, cfg.desirable_weight, cfg.undesirable_weight, ref)
     return PreferenceObjective(model, cfg.loss_type, cfg.beta, cfg.label_smoothing, cfg.simpo_gamma, cfg.rpo_alpha,
                                ref)
 

@@ -186,3 +186,53 @@ class PreferenceObjective(torch.nn.Module):
                    "rewards/accuracies": (chosen_r > rejected_r).float().sum(),
                    "logps/chosen": p.chosen.detach().sum(), "logps/rejected": p.rejected.detach().sum()}
         return total, n_pairs, {k: v.item() for k, v in metrics.items()}
+
+
+# -- KTO: unpaired preferences --------------------------------------------------------------------
+def kto_loss(logps: torch.Tensor, ref_logps: torch.Tensor, labels: torch.Tensor, kl: torch.Tensor, beta: float,
+             desirable_weight: float = 1.0, undesirable_weight: float = 1.0) -> torch.Tensor:
+    """Per-example KTO loss (Eq. 7 of the KTO paper): desirable answers are pushed above the reference point
+    `kl`, undesirable ones below it."""
+    ratio = logps - ref_logps
+    desirable = desirable_weight * (1 - torch.sigmoid(beta * (ratio - kl)))
+    undesirable = undesirable_weight * (1 - torch.sigmoid(beta * (kl - ratio)))
+    return torch.where(labels, desirable, undesirable)
+
+
+class KTOObjective(PreferenceObjective):
+    """Matched (prompt_i, answer_i) and mismatched (prompt_i, answer_{i-1}) sequences in one forward; the
+    mismatched ones estimate the KL reference point, detached, as in the KTO paper."""
+
+    unit = "examples"
+
+    def __init__(self, model, beta: float, desirable_weight: float = 1.0, undesirable_weight: float = 1.0,
+                 ref_model=None):
+        super().__init__(model, "sigmoid", beta, ref_model=ref_model)
+        self.desirable_weight, self.undesirable_weight = desirable_weight, undesirable_weight
+
+    @staticmethod
+    def weight(batch: dict) -> float:
+        return float(batch["n_pairs"])
+
+    def forward(self, input_ids, targets, position_ids, seq_lens, n_pairs, labels):
+        n = int(n_pairs)
+        sums, _ = self._sequence_logps(self.policy, input_ids, targets, position_ids, seq_lens)
+        ref = self._reference(input_ids, targets, position_ids, seq_lens)
+        kl = (sums[n:] - ref[n:]).detach().mean().clamp(min=0)
+        losses = kto_loss(sums[:n], ref[:n], labels, kl, self.beta, self.desirable_weight, self.undesirable_weight)
+        reward = self.beta * (sums[:n] - ref[:n]).detach()
+        metrics = {"kl": float(kl) * n,
+                   "rewards/desirable": float(reward[labels].sum()), "rewards/undesirable": float(reward[~labels].sum()),
+                   "count/desirable": float(labels.sum()), "count/undesirable": float((~labels).sum())}
+        return losses.sum(), n_pairs, metrics
+
+    @staticmethod
+    def finalize_metrics(means: dict) -> dict:
+        """Per-class reward means from the per-example averages the trainer computes."""
+        out = {"kl": means["kl"]}
+        for side in ("desirable", "undesirable"):
+            if means[f"count/{side}"] > 0:
+                out[f"rewards/{side}"] = means[f"rewards/{side}"] / means[f"count/{side}"]
+        if len(out) == 3:
+            out["rewards/margins"] = out["rewards/desirable"] - out["rewards/undesirable"]
+        return out

@@ -153,6 +153,9 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         loss_sum = self._global_sum(loss_sum)
         means = {k: self._global_sum(v) / max(float(total), 1.0) for k, v in sorted(extras.items())}
+        finalize = getattr(self.objective, "finalize_metrics", None)
+        if finalize is not None and means:
+            means = finalize(means)
         return loss_sum / max(float(total), 1.0), grad_norm, int(total), means
 
     def _global_sum(self, value: float) -> float:

@@ -1,0 +1,82 @@
+"""DPO throughput: `wb dpo` vs TRL's DPOTrainer on the same miniature Qwen3, preference pairs and LoRA settings.
+
+    python benchmarks/dpo_throughput.py [--steps 20] [--batch 4] [--rows 2000]
+
+Each side in its own process (peak RSS is its own); reported: trained pairs per second in the training loop,
+peak RSS, and the ratios. Both: LoRA r=8/alpha 32/dropout 0.05 on all linear layers, sigmoid DPO, beta 0.1,
+fp32, max_length 1024, reference = the adapter-disabled model. Needs `pip install -e ".[bench]"`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import build_model_dir, peak_rss_mb, preference_rows, write_jsonl  # noqa: E402
+
+
+def run_ours(model_dir: str, data: str, steps: int, batch: int, out: str) -> dict:
+    import swiftlike as wb
+
+    result = wb.dpo(model=model_dir, template="qwen3", dataset=[data], lora=True, max_steps=steps,
+                    per_device_train_batch_size=batch, learning_rate=5e-5, max_length=1024, torch_dtype="float32",
+                    logging_steps=steps, save_steps=10 ** 9, output_dir=out, dataset_cache=False)
+    return {"pairs": result.metrics["trained_pairs"], "train_seconds": result.metrics["train_seconds"]}
+
+
+def run_trl(model_dir: str, data: str, steps: int, batch: int, out: str) -> dict:
+    from datasets import load_dataset
+    from peft import LoraConfig
+    from trl import DPOConfig, DPOTrainer
+
+    args = DPOConfig(output_dir=out, max_steps=steps, per_device_train_batch_size=batch, learning_rate=5e-5,
+                     max_length=1024, logging_steps=steps, save_strategy="no", report_to="none", use_cpu=True,
+                     bf16=False, fp16=False, beta=0.1, seed=42)
+    peft = LoraConfig(r=8, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM")
+    trainer = DPOTrainer(model=model_dir, args=args, train_dataset=load_dataset("json", data_files=data)["train"],
+                         peft_config=peft)
+    t = time.perf_counter()
+    trainer.train()
+    return {"pairs": steps * batch, "train_seconds": time.perf_counter() - t}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--rows", type=int, default=2000)
+    ap.add_argument("--child", choices=("ours", "trl"), help=argparse.SUPPRESS)
+    ap.add_argument("--model-dir", help=argparse.SUPPRESS)
+    ap.add_argument("--data", help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.child:
+        with tempfile.TemporaryDirectory() as out:
+            res = (run_ours if a.child == "ours" else run_trl)(a.model_dir, a.data, a.steps, a.batch, out)
+        res["pairs_per_second"] = res["pairs"] / res["train_seconds"]
+        res["peak_rss_mb"] = peak_rss_mb()
+        print("RESULT " + json.dumps(res))
+        return
+    work = Path(tempfile.mkdtemp(prefix="wb-dpo-bench-"))
+    model_dir = str(build_model_dir(work / "model"))
+    data = str(write_jsonl(preference_rows(a.rows), work / "pairs.jsonl"))
+    res = {}
+    for side in ("ours", "trl"):
+        proc = subprocess.run([sys.executable, __file__, "--child", side, "--model-dir", model_dir, "--data", data,
+                               "--steps", str(a.steps), "--batch", str(a.batch)], capture_output=True, text=True)
+        line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
+        if proc.returncode != 0 or line is None:
+            sys.exit(f"{side} failed:\n{proc.stderr[-3000:]}")
+        res[side] = json.loads(line[7:])
+        print(f"[{side}] {res[side]['pairs_per_second']:.2f} pairs/s, peak RSS {res[side]['peak_rss_mb']:.0f} MB, "
+              f"train {res[side]['train_seconds']:.1f}s", flush=True)
+    print(f"ratio ours/TRL: throughput {res['ours']['pairs_per_second'] / res['trl']['pairs_per_second']:.2f}x, "
+          f"peak RSS {res['ours']['peak_rss_mb'] / res['trl']['peak_rss_mb']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
