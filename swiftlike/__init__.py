@@ -37,6 +37,11 @@ def kto(config=None, **kwargs):
     return _train("KTOConfig", config, kwargs)
 
 
+def rm(config=None, **kwargs):
+    """Reward-model training (Bradley-Terry on a sequence-classification head); keyword names are `wb rm`'s flags."""
+    return _train("RMConfig", config, kwargs)
+
+
 def pt(config=None, **kwargs):
     """Continued pretraining on {"text": ...} rows; keyword names are `wb pt`'s flags."""
     return _train("PTConfig", config, kwargs)
@@ -57,4 +62,4 @@ def load_model(model: str, *, miniature: bool = False, adapters: str | None = No
     return load_for_inference(model=model, adapters=adapters, miniature=miniature, torch_dtype=torch_dtype, hub=hub)
 
 
-__all__ = ["__version__", "dpo", "get_template", "kto", "load_model", "pt", "sft"]
+__all__ = ["__version__", "dpo", "get_template", "kto", "load_model", "pt", "rm", "sft"]

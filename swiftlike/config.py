@@ -197,9 +197,25 @@ class KTOConfig(SFTConfig):
 
 
 @dataclass
+class RMConfig(SFTConfig):
+    """`wb rm`: a reward model (sequence-classification head, Bradley-Terry loss) from preference pairs."""
+
+    center_rewards_coefficient: float | None = _f(None, "Adds c x (r_chosen + r_rejected)^2 to keep rewards "
+                                                        "centred near zero (e.g. 0.01).")
+
+    def validate(self) -> "RMConfig":
+        super().validate()
+        if self.packing or self.streaming or self.lazy_tokenize or not self.padding_free:
+            raise UserError("wb rm batches chosen and rejected together padding-free: --packing, --streaming, "
+                            "--lazy_tokenize and --padding_free false are not supported")
+        return self
+
+
+@dataclass
 class InferConfig(ModelArgs):
     adapters: str | None = _f(None, "A LoRA checkpoint directory from `wb sft` (its args.json names the base).")
     query: str | None = _f(None, "One question to answer; without it an interactive chat starts.")
+    response: str | None = _f(None, "Reward models (`wb rm` checkpoints): the answer to --query to score.")
     system: str | None = _f(None, "System prompt.")
     max_new_tokens: int = _f(512, "Longest answer in tokens.")
     temperature: float = _f(0.0, "Sampling temperature; 0 means greedy decoding.")

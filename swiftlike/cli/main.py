@@ -12,8 +12,8 @@ import socket
 import subprocess
 import sys
 
-from ..config import (DPOConfig, InferConfig, KTOConfig, PreviewConfig, PTConfig, SFTConfig, build_config,
-                      field_types, load_recipe)
+from ..config import (DPOConfig, InferConfig, KTOConfig, PreviewConfig, PTConfig, RMConfig, SFTConfig,
+                      build_config, field_types, load_recipe)
 from ..errors import UserError
 
 COMMANDS = {
@@ -21,6 +21,7 @@ COMMANDS = {
     "pt": (PTConfig, "Continued pretraining on plain text ({\"text\": ...} rows); every token is trained."),
     "dpo": (DPOConfig, "Preference training: DPO and its IPO/hinge/robust variants, SimPO, ORPO, CPO."),
     "kto": (KTOConfig, "Unpaired preference training (KTO) on answers labelled desirable or undesirable."),
+    "rm": (RMConfig, "Reward-model training: a scalar head on the base model, Bradley-Terry loss on pairs."),
     "infer": (InferConfig, "Answer a query, or chat, with a model or a checkpoint from `wb sft`."),
 }
 
@@ -143,7 +144,7 @@ def _run(argv: list[str]) -> int:
 
             raise unknown_key_error(key, cls, where)
     cfg = build_config(cls, merged)
-    if args.command in ("sft", "pt", "dpo", "kto"):
+    if args.command in ("sft", "pt", "dpo", "kto", "rm"):
         nproc = cfg.nproc_per_node if cfg.nproc_per_node > 1 else int(os.environ.get("NPROC_PER_NODE", "1"))
         code = _maybe_relaunch(argv, nproc)
         if code is not None:

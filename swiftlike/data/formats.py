@@ -248,6 +248,10 @@ def _preference(row: dict) -> dict:
     if chosen == rejected:
         raise RowError("chosen equals rejected")
     out = {"messages": prompt + chosen, "rejected_messages": prompt + rejected}
+    if row.get("margin") is not None:  # reward-model margin (how much better chosen is)
+        if not isinstance(row["margin"], (int, float)) or isinstance(row["margin"], bool):
+            raise RowError(f"'margin' must be a number, got {row['margin']!r}")
+        out["margin"] = float(row["margin"])
     tools = _tools(row.get("tools"))
     if tools:
         out["tools"] = tools

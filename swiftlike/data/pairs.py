@@ -29,13 +29,14 @@ def encode_pairs(rows: list[dict], template, max_length: int, stats: DataStats |
                 prompt_len += 1
             chosen_rows.append({"messages": _with_prompt_untrained(a, prompt_len), "tools": row.get("tools")})
             rejected_rows.append({"messages": _with_prompt_untrained(b, prompt_len), "tools": row.get("tools")})
-        for c, r in zip(template.encode_batch(chosen_rows), template.encode_batch(rejected_rows)):
+        for row, c, r in zip(chunk, template.encode_batch(chosen_rows), template.encode_batch(rejected_rows)):
             if max(c["length"], r["length"]) > max_length:
                 stats.dropped[f"longer than max_length {max_length}"] += 1
             elif not any(x != -100 for x in c["labels"][1:]) or not any(x != -100 for x in r["labels"][1:]):
                 stats.dropped["nothing to score"] += 1
             else:
-                pairs.append({"chosen": c, "rejected": r, "length": c["length"] + r["length"]})
+                pairs.append({"chosen": c, "rejected": r, "length": c["length"] + r["length"],
+                              **({"margin": row["margin"]} if "margin" in row else {})})
                 stats.lengths.append(c["length"] + r["length"])
                 stats.trained_tokens += sum(1 for x in c["labels"] + r["labels"] if x != -100)
     if not pairs:
@@ -47,6 +48,8 @@ def collate_pairs(pairs: list[dict]) -> dict:
     """One padding-free row: the chosen sequences, then the rejected ones."""
     batch = collate_padding_free([p["chosen"] for p in pairs] + [p["rejected"] for p in pairs])
     batch["n_pairs"] = torch.tensor(len(pairs))
+    if any("margin" in p for p in pairs):
+        batch["margin"] = torch.tensor([p.get("margin", 0.0) for p in pairs])
     return batch
 
 

@@ -71,9 +71,11 @@ def build_miniature(model: str, hub: str = "huggingface", seed: int = 42, dtype:
 
 
 def load_model(path: str, dtype: torch.dtype, *, quantize_4bit: bool = False, attn_implementation: str | None = None,
-               trust_remote_code: bool = False, device: torch.device | None = None):
-    """Weights from a local directory (already downloaded), optionally quantized to 4-bit NF4."""
-    from transformers import AutoModelForCausalLM
+               trust_remote_code: bool = False, device: torch.device | None = None, reward_head: bool = False,
+               pad_token_id: int | None = None):
+    """Weights from a local directory (already downloaded), optionally quantized to 4-bit NF4. With
+    `reward_head` the model gets a one-output sequence-classification head (new, or the checkpoint's own)."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     device = device or accel.device()
     kwargs = dict(dtype=dtype, trust_remote_code=trust_remote_code)
@@ -89,7 +91,12 @@ def load_model(path: str, dtype: torch.dtype, *, quantize_4bit: bool = False, at
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=dtype)
         kwargs["device_map"] = {"": device}
-    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    if reward_head:
+        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, **kwargs)
+        if model.config.pad_token_id is None:
+            model.config.pad_token_id = pad_token_id
+    else:
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     return model if quantize_4bit else model.to(device)
 
 
@@ -105,7 +112,7 @@ def quiet_libraries() -> None:
     hf_logging.disable_progress_bar()
 
 
-def attach_lora(model, cfg, gradient_checkpointing: bool = False):
+def attach_lora(model, cfg, gradient_checkpointing: bool = False, task_type: str = "CAUSAL_LM"):
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     if getattr(model, "is_loaded_in_4bit", False):
@@ -113,7 +120,7 @@ def attach_lora(model, cfg, gradient_checkpointing: bool = False):
     targets = cfg.target_modules
     lora = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                       target_modules="all-linear" if targets in (["all-linear"], "all-linear") else targets,
-                      use_dora=cfg.use_dora, use_rslora=cfg.use_rslora, task_type="CAUSAL_LM")
+                      use_dora=cfg.use_dora, use_rslora=cfg.use_rslora, task_type=task_type)
     try:
         return get_peft_model(model, lora)
     except ValueError as e:

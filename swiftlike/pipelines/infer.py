@@ -46,7 +46,8 @@ def load_for_inference(model: str = "", adapters: str | None = None, miniature: 
         if not is_local(base):
             base = download(base, args.get("hub", hub), with_code=trust_remote_code)
         tokenizer = load_tokenizer(adapters)
-        net = load_model(base, dtype, attn_implementation=attn_implementation, trust_remote_code=trust_remote_code)
+        net = load_model(base, dtype, attn_implementation=attn_implementation, trust_remote_code=trust_remote_code,
+                         reward_head=args.get("task") == "rm", pad_token_id=tokenizer.pad_token_id)
         from peft import PeftModel
 
         net = PeftModel.from_pretrained(net, adapters)
@@ -54,7 +55,8 @@ def load_for_inference(model: str = "", adapters: str | None = None, miniature: 
     elif is_local(model) and (Path(model) / "args.json").is_file():
         args = _read_args(model)
         tokenizer = load_tokenizer(model)
-        net = load_model(model, dtype, attn_implementation=attn_implementation, trust_remote_code=trust_remote_code)
+        net = load_model(model, dtype, attn_implementation=attn_implementation, trust_remote_code=trust_remote_code,
+                         reward_head=args.get("task") == "rm", pad_token_id=tokenizer.pad_token_id)
         name = _template_name(template, args, args["model"])
     else:
         tokenizer = load_tokenizer(model, hub, trust_remote_code)
@@ -65,7 +67,21 @@ def load_for_inference(model: str = "", adapters: str | None = None, miniature: 
             net = load_model(path, dtype, attn_implementation=attn_implementation, trust_remote_code=trust_remote_code)
         name = _template_name(template, None, model)
     net.eval()
+    net.swiftlike_task = (args or {}).get("task", "sft")
     return net, tokenizer, get_template(name, tokenizer)
+
+
+@torch.inference_mode()
+def reward_score(model, template, messages: list[dict]) -> float:
+    """A reward model's score for a conversation ending in the answer to judge."""
+    from ..train.dpo import RewardObjective
+
+    ids = template.encode({"messages": messages})["input_ids"]
+    device = next(model.parameters()).device
+    scores = RewardObjective(model).scores(torch.tensor([ids], device=device),
+                                           torch.arange(len(ids), device=device)[None],
+                                           torch.tensor([len(ids)], device=device))
+    return float(scores[0])
 
 
 @torch.inference_mode()
@@ -101,6 +117,13 @@ def run_infer(cfg: InferConfig) -> str | None:
     model, tokenizer, template = load_for_inference(cfg.model, cfg.adapters, cfg.miniature, cfg.torch_dtype, cfg.hub,
                                                     cfg.template, cfg.trust_remote_code, cfg.attn_implementation)
     system = [{"role": "system", "content": cfg.system}] if cfg.system else []
+    if getattr(model, "swiftlike_task", "sft") == "rm":
+        if cfg.query is None or cfg.response is None:
+            raise UserError("a reward model scores answers: give --query and --response")
+        score = reward_score(model, template, system + [{"role": "user", "content": cfg.query},
+                                                        {"role": "assistant", "content": cfg.response}])
+        print(f"{score:.6f}")
+        return f"{score:.6f}"
     kw = dict(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
               enable_thinking=cfg.enable_thinking)
     if cfg.query is not None:

@@ -89,9 +89,9 @@ def _base_weights(cfg: SFTConfig, tokenizer, out: Path) -> str:
 
 
 def _task(cfg) -> str:
-    from ..config import DPOConfig, KTOConfig, PTConfig
+    from ..config import DPOConfig, KTOConfig, PTConfig, RMConfig
 
-    for cls, task in ((PTConfig, "pt"), (DPOConfig, "dpo"), (KTOConfig, "kto")):
+    for cls, task in ((PTConfig, "pt"), (DPOConfig, "dpo"), (KTOConfig, "kto"), (RMConfig, "rm")):
         if isinstance(cfg, cls):
             return task
     return "sft"
@@ -124,7 +124,7 @@ def _encoded_pairs(cfg, template, specs: list[str]) -> tuple[list[dict], DataSta
     from ..data.pairs import encode_kto, encode_pairs
 
     stats = DataStats()
-    task = "kto" if _task(cfg) == "kto" else "preference"
+    task = "kto" if _task(cfg) == "kto" else "preference"  # dpo and rm read pairs
     raw = load_rows(specs, None, cfg.skip_bad_rows, stats, cfg.seed, task, cfg.columns, cfg.data_names())
     return (encode_kto if task == "kto" else encode_pairs)(raw, template, cfg.max_length, stats)
 
@@ -132,7 +132,7 @@ def _encoded_pairs(cfg, template, specs: list[str]) -> tuple[list[dict], DataSta
 def prepare_data(cfg: SFTConfig, template) -> tuple[list[dict], list[dict], DataStats]:
     """Training rows (encoded, or canonical with --lazy_tokenize), validation rows (--val_dataset or a seeded
     --split_ratio, always encoded) and the data report."""
-    if _task(cfg) in ("dpo", "kto"):
+    if _task(cfg) in ("dpo", "kto", "rm"):
         rows, stats = _encoded_pairs(cfg, template, cfg.dataset)
         cached = False
     elif cfg.lazy_tokenize:
@@ -146,7 +146,7 @@ def prepare_data(cfg: SFTConfig, template) -> tuple[list[dict], list[dict], Data
     stats.cached = cached
     eval_rows: list[dict] = []
     if cfg.val_dataset:
-        eval_rows = _encoded_pairs(cfg, template, cfg.val_dataset)[0] if _task(cfg) in ("dpo", "kto") else \
+        eval_rows = _encoded_pairs(cfg, template, cfg.val_dataset)[0] if _task(cfg) in ("dpo", "kto", "rm") else \
             _encoded(cfg, template, cfg.val_dataset)[0]
     elif cfg.split_ratio > 0:
         import random
@@ -202,15 +202,17 @@ def run_sft(cfg: SFTConfig) -> TrainResult:
     dtype = accel.resolve_dtype(cfg.torch_dtype)
     base_dir = _base_weights(cfg, tokenizer, out)
     full_resume = cfg.full and resume_from is not None
+    reward = _task(cfg) == "rm"
     model = load_model(str(resume_from) if full_resume else base_dir, dtype, quantize_4bit=cfg.qlora,
-                       attn_implementation=cfg.attn_implementation, trust_remote_code=cfg.trust_remote_code)
+                       attn_implementation=cfg.attn_implementation, trust_remote_code=cfg.trust_remote_code,
+                       reward_head=reward, pad_token_id=tokenizer.pad_token_id)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
     if cfg.full:
         model.requires_grad_(True)
     else:
-        model = attach_lora(model, cfg, cfg.gradient_checkpointing)
+        model = attach_lora(model, cfg, cfg.gradient_checkpointing, "SEQ_CLS" if reward else "CAUSAL_LM")
         if resume_from is not None:
             _load_adapter(model, resume_from)
     if main:
@@ -237,6 +239,11 @@ def run_sft(cfg: SFTConfig) -> TrainResult:
     elif _task(cfg) == "kto":
         objective = _preference_objective(cfg, model)
         train_collate = collate = KTOCollate(template)
+    elif reward:
+        from ..train.dpo import RewardObjective
+
+        objective = RewardObjective(model, cfg.center_rewards_coefficient)
+        train_collate = collate = collate_pairs
     trainer = Trainer(model, tokenizer, rows, train_collate, settings, args_json, resume_from, eval_rows,
                       eval_collate=collate, objective=objective)
     if main and resume_from is not None:

@@ -169,8 +169,8 @@ class PreferenceObjective(torch.nn.Module):
             with self.policy.model.disable_adapter():
                 return self._sequence_logps(self.policy, input_ids, targets, position_ids, seq_lens)[0]
 
-    def forward(self, input_ids, targets, position_ids, seq_lens, n_pairs):
-        n = int(n_pairs)
+    def forward(self, input_ids, targets, position_ids, seq_lens, n_pairs, margin=None):
+        n = int(n_pairs)  # (a reward-model margin column in the data is not used by these losses)
         sums, counts = self._sequence_logps(self.policy, input_ids, targets, position_ids, seq_lens)
         p = PairLogps(sums[:n], sums[n:], counts[:n], counts[n:])
         if self.loss_type not in REFERENCE_FREE:
@@ -236,3 +236,56 @@ class KTOObjective(PreferenceObjective):
         if len(out) == 3:
             out["rewards/margins"] = out["rewards/desirable"] - out["rewards/undesirable"]
         return out
+
+
+# -- reward models: Bradley-Terry on a sequence-classification head ------------------------------
+def reward_model_loss(chosen: torch.Tensor, rejected: torch.Tensor, margin: torch.Tensor | None = None,
+                      center_coefficient: float | None = None) -> torch.Tensor:
+    """Per-pair Bradley-Terry loss -log σ(r_chosen - r_rejected - margin), plus the optional reward-centering
+    term c·(r_chosen + r_rejected)² that keeps rewards near zero."""
+    diff = chosen - rejected - (margin if margin is not None else 0.0)
+    loss = -F.logsigmoid(diff)
+    if center_coefficient:
+        loss = loss + center_coefficient * (chosen + rejected) ** 2
+    return loss
+
+
+class RewardObjective(torch.nn.Module):
+    """Scores chosen and rejected conversations in one padding-free forward: the head reads each sequence's
+    last token."""
+
+    unit = "pairs"
+
+    def __init__(self, model, center_coefficient: float | None = None):
+        super().__init__()
+        self.model, self.center = model, center_coefficient
+
+    @property
+    def classifier(self):
+        m = self.model
+        return m.get_base_model() if hasattr(m, "get_base_model") else m
+
+    @staticmethod
+    def weight(batch: dict) -> float:
+        return float(batch["n_pairs"])
+
+    def scores(self, input_ids, position_ids, seq_lens) -> torch.Tensor:
+        from .loss import packed_attention_mask
+
+        net = self.classifier
+        impl = getattr(net.config, "_attn_implementation", "sdpa") or "sdpa"
+        mask = None if "flash" in impl else packed_attention_mask(seq_lens, net.dtype, boolean=impl == "sdpa")
+        hidden = net.get_decoder()(input_ids=input_ids, position_ids=position_ids, attention_mask=mask,
+                                   use_cache=False).last_hidden_state[0]
+        last = torch.cumsum(seq_lens, 0) - 1
+        return net.score(hidden[last]).squeeze(-1).float()
+
+    def forward(self, input_ids, targets, position_ids, seq_lens, n_pairs, margin=None):
+        n = int(n_pairs)
+        r = self.scores(input_ids, position_ids, seq_lens)
+        chosen, rejected = r[:n], r[n:]
+        losses = reward_model_loss(chosen, rejected, margin, self.center)
+        metrics = {"accuracy": float((chosen > rejected).float().sum()),
+                   "margin": float((chosen - rejected).detach().sum()),
+                   "mean_reward": float((chosen + rejected).detach().sum() / 2)}
+        return losses.sum(), n_pairs, metrics

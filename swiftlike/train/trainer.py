@@ -168,17 +168,25 @@ class Trainer:
         return float(t)
 
     @torch.no_grad()
-    def evaluate(self) -> float:
-        """Token-weighted mean loss over the validation rows (each process takes every world_size-th batch)."""
+    def evaluate(self) -> dict:
+        """Weighted mean loss (and the objective's metrics) over the validation rows; each process takes every
+        world_size-th batch."""
         self.loss_module.eval()
-        bs, total, count = self.s.per_device_train_batch_size, 0.0, 0.0
+        bs, total, count, sums = self.s.per_device_train_batch_size, 0.0, 0.0, {}
         batches = [self.eval_rows[i:i + bs] for i in range(0, len(self.eval_rows), bs)]
         for batch in batches[accel.rank()::accel.world_size()]:
-            part, n, _ = self.loss_module(**self._batch_to_device(self.eval_collate(batch)))
+            part, n, metrics = self.loss_module(**self._batch_to_device(self.eval_collate(batch)))
             total += float(part)
             count += float(n)
+            for k, v in metrics.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
         self.loss_module.train()
-        return self._global_sum(total) / max(self._global_sum(count), 1.0)
+        count = max(self._global_sum(count), 1.0)
+        means = {k: self._global_sum(v) / count for k, v in sorted(sums.items())}
+        finalize = getattr(self.objective, "finalize_metrics", None)
+        if finalize is not None and means:
+            means = finalize(means)
+        return {"eval_loss": self._global_sum(total) / count, **{f"eval_{k}": v for k, v in means.items()}}
 
     # -- the loop ----------------------------------------------------------------------------
     def train(self) -> TrainResult:
@@ -222,10 +230,10 @@ class Trainer:
                 window_tokens, window_start = 0, time.perf_counter()
             eval_every = self.s.eval_steps or self.s.save_steps
             if self.eval_rows and (self.step % eval_every == 0 or self.step == self.total_steps):
-                eval_loss = self.evaluate()
-                entry = {"step": self.step, "eval_loss": round(eval_loss, 6)}
+                scores = self.evaluate()
+                entry = {"step": self.step, **{k: round(v, 6) for k, v in scores.items()}}
                 self.log_history.append(entry)
-                tracker.log({"eval_loss": eval_loss}, self.step)
+                tracker.log(scores, self.step)
                 if main:
                     bar.write(json.dumps(entry))
             if self.step % self.s.save_steps == 0 or self.step == self.total_steps:
@@ -242,9 +250,9 @@ class Trainer:
             metrics["dropped_while_training"] = dict(dropped)
             if main:
                 print("[wb] data: dropped while training: " + ", ".join(f"{n} ({why})" for why, n in dropped.items()))
-        evals = [h["eval_loss"] for h in self.log_history if "eval_loss" in h]
+        evals = [h for h in self.log_history if "eval_loss" in h]
         if evals:
-            metrics["eval_loss"] = evals[-1]
+            metrics.update({k: v for k, v in evals[-1].items() if k != "step"})
         return TrainResult(self.s.output_dir, str(checkpoint or latest_checkpoint(self.s.output_dir)), metrics,
                            self.log_history)
 
