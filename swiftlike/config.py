@@ -164,6 +164,8 @@ class DPOConfig(SFTConfig):
     rpo_alpha: float | None = _f(None, "Weight of an NLL term on the chosen completion (default: 1 for cpo/orpo, "
                                        "0 otherwise).")
     simpo_gamma: float = _f(0.5, "SimPO's target reward margin.")
+    precompute_ref_logps: bool = _f(False, "Score every pair with the reference once before training; full-"
+                                           "parameter runs then keep no reference copy in memory.")
 
     def validate(self) -> "DPOConfig":
         super().validate()

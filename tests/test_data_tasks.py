@@ -34,7 +34,6 @@ def test_preference_forms(raw):
 
 @pytest.mark.parametrize("raw, message", [
     ({"prompt": "q", "chosen": "a"}, "no 'rejected' or 'rejected_response'"),
-    ({"prompt": "q", "chosen": "a", "rejected": "a"}, "chosen equals rejected"),
     ({"messages": PROMPT, "rejected_response": "5"}, "must end with the chosen assistant turn"),
 ])
 def test_bad_preference_rows(raw, message):
@@ -59,3 +58,14 @@ def test_grpo_keeps_extra_columns_and_drops_reference_answers():
     assert to_canonical(raw, "grpo") == {"messages": PROMPT, "answer": "4"}
     with pytest.raises(RowError, match="must end with a user message"):
         to_canonical({"messages": [{"role": "system", "content": "s"}]}, "grpo")
+
+
+def test_identical_pairs_are_counted_not_fatal(tmp_path):
+    from swiftlike.data.dataset import DataStats, load_rows
+
+    p = tmp_path / "d.jsonl"
+    p.write_text(json.dumps({"prompt": "q", "chosen": "a", "rejected": "a"}) + "\n"
+                 + json.dumps({"prompt": "q", "chosen": "a", "rejected": "b"}) + "\n")
+    stats = DataStats()
+    assert len(load_rows([str(p)], task="preference", stats=stats)) == 1
+    assert stats.dropped == {"chosen equals rejected": 1}

@@ -72,3 +72,13 @@ def test_bad_preference_input(tmp_path, capsys):
     assert "--packing" in capsys.readouterr().err
     assert main(argv[:-2] + ["--max_length", "8", "--skip_bad_rows", "--output_dir", str(tmp_path / "o3")]) == 2
     assert "no pairs left to train on" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_precomputed_reference_matches_the_live_one(tmp_path):
+    common = dict(BASE, full=True, learning_rate=1e-3, max_steps=4, per_device_train_batch_size=4)
+    live = wb.dpo(**common, output_dir=str(tmp_path / "live"))
+    pre = wb.dpo(**common, precompute_ref_logps=True, output_dir=str(tmp_path / "pre"))
+    for a, b in zip(live.log_history, pre.log_history):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4, abs=1e-5)
+        assert a["rewards/margins"] == pytest.approx(b["rewards/margins"], rel=1e-3, abs=1e-4)

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from ..errors import UserError
 from ..templates.errors import TemplateError
 from .files import read_rows
-from .formats import RowError, to_canonical
+from .formats import RowError, UselessRow, to_canonical
 
 ENCODE_CHUNK = 512
 TRUNCATION = ("drop", "left", "right", "split")
@@ -125,6 +125,10 @@ def _canonical(path: str, task: str, columns: dict | None, names: dict | None, s
             raw = {mapping.get(k, k): v for k, v in raw.items()}
         try:
             row = to_canonical(raw, task)
+        except UselessRow as e:
+            if stats is not None:
+                stats.dropped[str(e)] += 1
+            continue
         except RowError as e:
             if not skip_bad_rows:
                 raise UserError(f"{where}: {e}") from None
@@ -210,7 +214,7 @@ def encode_rows(rows: list[dict], template, max_length: int, sources: list | Non
     stats = stats or DataStats()
     if truncation_strategy == "split":
         stats.truncation_word = "split"
-    stats.rows_read = len(rows) + sum(n for why, n in stats.dropped.items() if why.startswith("bad row"))
+    stats.rows_read = len(rows) + sum(stats.dropped.values())
     encoded = []
     for chunk, rejected in _encode_all(template, rows, sources, skip_bad_rows, num_proc):
         stats.dropped.update(rejected)

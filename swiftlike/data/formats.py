@@ -18,6 +18,10 @@ class RowError(ValueError):
     """A problem with one row; the caller adds file and line."""
 
 
+class UselessRow(RowError):
+    """A well-formed row that cannot teach anything (e.g. chosen equals rejected): always counted and skipped."""
+
+
 def detect_format(row: dict) -> str:
     if "messages" in row:
         return "messages"
@@ -246,7 +250,7 @@ def _preference(row: dict) -> dict:
     if not any(m["role"] == "assistant" for m in chosen) or not any(m["role"] == "assistant" for m in rejected):
         raise RowError("chosen and rejected must each end in an assistant answer")
     if chosen == rejected:
-        raise RowError("chosen equals rejected")
+        raise UselessRow("chosen equals rejected")
     out = {"messages": prompt + chosen, "rejected_messages": prompt + rejected}
     if row.get("margin") is not None:  # reward-model margin (how much better chosen is)
         if not isinstance(row["margin"], (int, float)) or isinstance(row["margin"], bool):

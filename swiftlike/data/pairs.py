@@ -17,7 +17,7 @@ def encode_pairs(rows: list[dict], template, max_length: int, stats: DataStats |
     """{"chosen": enc, "rejected": enc} per pair; pairs longer than max_length (either side) are dropped and
     counted, as are pairs whose completions have nothing to score."""
     stats = stats or DataStats()
-    stats.rows_read = len(rows) + sum(n for why, n in stats.dropped.items() if why.startswith("bad row"))
+    stats.rows_read = len(rows) + sum(stats.dropped.values())
     pairs = []
     for start in range(0, len(rows), 256):
         chunk = rows[start:start + 256]
@@ -50,6 +50,8 @@ def collate_pairs(pairs: list[dict]) -> dict:
     batch["n_pairs"] = torch.tensor(len(pairs))
     if any("margin" in p for p in pairs):
         batch["margin"] = torch.tensor([p.get("margin", 0.0) for p in pairs])
+    if pairs and all("ref" in p for p in pairs):  # --precompute_ref_logps
+        batch["ref_logps"] = torch.tensor([p["ref"][0] for p in pairs] + [p["ref"][1] for p in pairs])
     return batch
 
 
@@ -58,7 +60,7 @@ def encode_kto(rows: list[dict], template, max_length: int, stats: DataStats | N
                ) -> tuple[list[dict], DataStats]:
     """Each row keeps its prompt and answer messages so batches can pair prompts with other rows' answers."""
     stats = stats or DataStats()
-    stats.rows_read = len(rows) + sum(n for why, n in stats.dropped.items() if why.startswith("bad row"))
+    stats.rows_read = len(rows) + sum(stats.dropped.values())
     examples = []
     for start in range(0, len(rows), 256):
         chunk = rows[start:start + 256]

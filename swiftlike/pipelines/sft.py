@@ -234,10 +234,15 @@ def run_sft(cfg: SFTConfig) -> TrainResult:
     settings = LoopSettings(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(LoopSettings)})
     objective = None
     if _task(cfg) == "dpo":
-        objective = _preference_objective(cfg, model)
+        objective = _preference_objective(cfg, model, base_dir, dtype)
         train_collate = collate = collate_pairs
+        if cfg.precompute_ref_logps and cfg.loss_type not in ("simpo", "orpo", "cpo"):
+            if cfg.full and resume_from is not None:
+                raise UserError("a resumed full-parameter run no longer holds its reference model; resume it "
+                                "without --precompute_ref_logps (the reference is then loaded from the base weights)")
+            _precompute_reference(objective, rows + eval_rows, cfg.per_device_train_batch_size, main)
     elif _task(cfg) == "kto":
-        objective = _preference_objective(cfg, model)
+        objective = _preference_objective(cfg, model, base_dir, dtype)
         train_collate = collate = KTOCollate(template)
     elif reward:
         from ..train.dpo import RewardObjective
@@ -259,20 +264,33 @@ def run_sft(cfg: SFTConfig) -> TrainResult:
     return result
 
 
-def _preference_objective(cfg, model):
-    """DPO's objective; a full-parameter run with a reference-based loss keeps a frozen copy as the reference."""
-    import copy
-
+def _preference_objective(cfg, model, base_dir: str, dtype):
+    """DPO/KTO objective; a full-parameter run with a reference-based loss keeps a frozen reference loaded from
+    the base weights (also when resuming, where the policy has already moved)."""
     from ..train.dpo import REFERENCE_FREE, KTOObjective, PreferenceObjective
 
     loss_type = getattr(cfg, "loss_type", "kto")
     ref = None
-    if cfg.full and loss_type not in REFERENCE_FREE:
-        ref = copy.deepcopy(model).eval().requires_grad_(False)
+    if cfg.full and loss_type not in REFERENCE_FREE and not getattr(cfg, "precompute_ref_logps", False):
+        ref = load_model(base_dir, dtype, attn_implementation=cfg.attn_implementation,
+                         trust_remote_code=cfg.trust_remote_code).eval().requires_grad_(False)
     if loss_type == "kto":
         return KTOObjective(model, cfg.beta, cfg.desirable_weight, cfg.undesirable_weight, ref)
     return PreferenceObjective(model, cfg.loss_type, cfg.beta, cfg.label_smoothing, cfg.simpo_gamma, cfg.rpo_alpha,
                                ref)
+
+
+def _precompute_reference(objective, pairs: list[dict], batch_size: int, main: bool) -> None:
+    """Store the reference log-probs on every pair (the policy before its first update is the reference)."""
+    from tqdm.auto import tqdm
+
+    device = next(objective.parameters()).device
+    for start in tqdm(range(0, len(pairs), batch_size), desc="reference log-probs", disable=not main):
+        chunk = pairs[start:start + batch_size]
+        batch = {k: v.to(device) for k, v in collate_pairs(chunk).items()}
+        ref = objective.precompute(batch).tolist()
+        for i, pair in enumerate(chunk):
+            pair["ref"] = (ref[i], ref[len(chunk) + i])
 
 
 def _load_adapter(model, ckpt: Path) -> None:

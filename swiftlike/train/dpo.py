@@ -8,6 +8,7 @@ against within 1e-5.
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -166,15 +167,23 @@ class PreferenceObjective(torch.nn.Module):
         with torch.no_grad():
             if self.ref is not None:
                 return self._sequence_logps(self.ref, input_ids, targets, position_ids, seq_lens)[0]
-            with self.policy.model.disable_adapter():
+            # LoRA: the adapter-disabled model; a full model with no frozen copy is only asked before its first
+            # update (--precompute_ref_logps), when it is still the reference
+            model = self.policy.model
+            ctx = model.disable_adapter() if hasattr(model, "disable_adapter") else nullcontext()
+            with ctx:
                 return self._sequence_logps(self.policy, input_ids, targets, position_ids, seq_lens)[0]
 
-    def forward(self, input_ids, targets, position_ids, seq_lens, n_pairs, margin=None):
+    def precompute(self, batch: dict) -> torch.Tensor:
+        """Reference log-probs of a batch's sequences (chosen, then rejected), computed once before training."""
+        return self._reference(batch["input_ids"], batch["targets"], batch["position_ids"], batch["seq_lens"])
+
+    def forward(self, input_ids, targets, position_ids, seq_lens, n_pairs, margin=None, ref_logps=None):
         n = int(n_pairs)  # (a reward-model margin column in the data is not used by these losses)
         sums, counts = self._sequence_logps(self.policy, input_ids, targets, position_ids, seq_lens)
         p = PairLogps(sums[:n], sums[n:], counts[:n], counts[n:])
         if self.loss_type not in REFERENCE_FREE:
-            ref = self._reference(input_ids, targets, position_ids, seq_lens)
+            ref = ref_logps if ref_logps is not None else self._reference(input_ids, targets, position_ids, seq_lens)
             p.ref_chosen, p.ref_rejected = ref[:n], ref[n:]
         losses = preference_loss(p, self.loss_type, self.beta, self.label_smoothing, self.simpo_gamma)
         total = losses.sum()
