@@ -82,3 +82,23 @@ def test_precomputed_reference_matches_the_live_one(tmp_path):
     for a, b in zip(live.log_history, pre.log_history):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-4, abs=1e-5)
         assert a["rewards/margins"] == pytest.approx(b["rewards/margins"], rel=1e-3, abs=1e-4)
+
+
+@pytest.mark.slow
+def test_two_process_dpo_matches_one_process(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    flags = ["--model", "Qwen/Qwen3-0.6B", "--miniature", "--dataset", "preference-demo", "--lora", "--lora_dropout",
+             "0", "--learning_rate", "1e-2", "--max_steps", "3", "--logging_steps", "1"]
+    two = subprocess.run([sys.executable, "-m", "swiftlike.cli.main", "dpo", *flags, "--nproc_per_node", "2",
+                          "--per_device_train_batch_size", "2", "--output_dir", str(tmp_path / "two")],
+                         env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=600)
+    assert two.returncode == 0, two.stderr[-3000:]
+    one = wb.dpo(**BASE, lora=True, lora_dropout=0.0, learning_rate=1e-2, max_steps=3, per_device_train_batch_size=4,
+                 output_dir=str(tmp_path / "one"))
+    two_history = json.loads((tmp_path / "two" / "checkpoint-3" / "trainer_state.json").read_text())["log_history"]
+    for a, b in zip(two_history, one.log_history):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
+        assert a["rewards/margins"] == pytest.approx(b["rewards/margins"], rel=1e-3, abs=1e-5)
