@@ -92,3 +92,15 @@ def preference_rows(n: int = 2000, seed: int = 0, mean_tokens: float = 115, max_
 
     return [{"prompt": [{"role": "user", "content": _sentence(rng, rng.randint(8, 30)).rstrip(".") + "?"}],
              "chosen": answer(), "rejected": answer()} for _ in range(n)]
+
+
+def run_child(script: str, args: list[str]) -> dict:
+    """Run `script --child ...` in its own process (its peak RSS is its own) and return its RESULT line."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, script, *args], capture_output=True, text=True)
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
+    if proc.returncode != 0 or line is None:
+        sys.exit(f"{' '.join(args[:2])} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(line[7:])

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import build_model_dir, chat_rows, peak_rss_mb, write_jsonl  # noqa: E402
+from common import build_model_dir, chat_rows, peak_rss_mb, run_child, write_jsonl  # noqa: E402
 
 
 def ours(model_dir: str, data: str, out: str) -> float:
@@ -70,12 +69,7 @@ def main() -> None:
         data = str(write_jsonl(chat_rows(n, seed=n), work / f"chat{n}.jsonl"))
         res = {}
         for side in ("ours", "trl"):
-            proc = subprocess.run([sys.executable, __file__, "--child", side, "--model-dir", model_dir, "--data", data],
-                                  capture_output=True, text=True)
-            line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
-            if proc.returncode != 0 or line is None:
-                sys.exit(f"{side} failed:\n{proc.stderr[-3000:]}")
-            res[side] = json.loads(line[7:])
+            res[side] = run_child(__file__, ["--child", side, "--model-dir", model_dir, "--data", data])
             print(f"[{n} rows] {side:4s}: {n / res[side]['seconds']:8.0f} rows/s ({res[side]['seconds']:.1f}s), "
                   f"peak RSS {res[side]['peak_rss_mb']:.0f} MB", flush=True)
         print(f"[{n} rows] ratio ours/TRL: {res['trl']['seconds'] / res['ours']['seconds']:.1f}x rows/s, "

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import build_model_dir, peak_rss_mb, preference_rows, write_jsonl  # noqa: E402
+from common import build_model_dir, peak_rss_mb, preference_rows, run_child, write_jsonl  # noqa: E402
 
 
 def run_ours(model_dir: str, data: str, steps: int, batch: int, out: str) -> dict:
@@ -66,12 +65,8 @@ def main() -> None:
     data = str(write_jsonl(preference_rows(a.rows), work / "pairs.jsonl"))
     res = {}
     for side in ("ours", "trl"):
-        proc = subprocess.run([sys.executable, __file__, "--child", side, "--model-dir", model_dir, "--data", data,
-                               "--steps", str(a.steps), "--batch", str(a.batch)], capture_output=True, text=True)
-        line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
-        if proc.returncode != 0 or line is None:
-            sys.exit(f"{side} failed:\n{proc.stderr[-3000:]}")
-        res[side] = json.loads(line[7:])
+        res[side] = run_child(__file__, ["--child", side, "--model-dir", model_dir, "--data", data,
+                                         "--steps", str(a.steps), "--batch", str(a.batch)])
         print(f"[{side}] {res[side]['pairs_per_second']:.2f} pairs/s, peak RSS {res[side]['peak_rss_mb']:.0f} MB, "
               f"train {res[side]['train_seconds']:.1f}s", flush=True)
     print(f"ratio ours/TRL: throughput {res['ours']['pairs_per_second'] / res['trl']['pairs_per_second']:.2f}x, "

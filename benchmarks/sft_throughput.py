@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import build_model_dir, chat_rows, matmul_flops, peak_rss_mb, write_jsonl  # noqa: E402
+from common import build_model_dir, chat_rows, matmul_flops, peak_rss_mb, run_child, write_jsonl  # noqa: E402
 
 
 def run_ours(model_dir: str, data: str, steps: int, batch: int, out: str) -> dict:
@@ -92,13 +91,8 @@ def main() -> None:
     results: dict[str, list] = {s: [] for s in sides}
     for r in range(a.repeats):
         for side in sides:
-            cmd = [sys.executable, __file__, "--child", side, "--model-dir", model_dir, "--data", data,
-                   "--steps", str(a.steps), "--batch", str(a.batch)]
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-            line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
-            if proc.returncode != 0 or line is None:
-                sys.exit(f"{side} failed:\n{proc.stderr[-3000:]}")
-            res = json.loads(line[7:])
+            res = run_child(__file__, ["--child", side, "--model-dir", model_dir, "--data", data,
+                                       "--steps", str(a.steps), "--batch", str(a.batch)])
             res["mfu"] = fpt * res["tokens_per_second"] / rate
             results[side].append(res)
             print(f"[{side} #{r + 1}] {res['tokens_per_second']:.1f} tok/s, peak RSS {res['peak_rss_mb']:.0f} MB, "

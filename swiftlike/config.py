@@ -153,6 +153,13 @@ class PTConfig(SFTConfig):
                                   choices=("split", "drop", "left", "right"))
 
 
+def require_eager_padding_free(cfg: SFTConfig, command: str) -> None:
+    """Pairwise/grouped methods encode their batches up front and lay them out padding-free."""
+    if cfg.packing or cfg.streaming or cfg.lazy_tokenize or not cfg.padding_free:
+        raise UserError(f"wb {command} batches its sequences together padding-free: --packing, --streaming, "
+                        "--lazy_tokenize and --padding_free false are not supported")
+
+
 @dataclass
 class DPOConfig(SFTConfig):
     """`wb dpo`: pairwise preference training on prompt + chosen/rejected rows."""
@@ -169,9 +176,7 @@ class DPOConfig(SFTConfig):
 
     def validate(self) -> "DPOConfig":
         super().validate()
-        if self.packing or self.streaming or self.lazy_tokenize or not self.padding_free:
-            raise UserError("wb dpo batches chosen and rejected together padding-free: --packing, --streaming, "
-                            "--lazy_tokenize and --padding_free false are not supported")
+        require_eager_padding_free(self, "dpo")
         if self.loss_type == "robust" and not 0 <= self.label_smoothing < 0.5:
             raise UserError("--loss_type robust needs 0 <= --label_smoothing < 0.5")
         if self.beta <= 0:
@@ -189,9 +194,7 @@ class KTOConfig(SFTConfig):
 
     def validate(self) -> "KTOConfig":
         super().validate()
-        if self.packing or self.streaming or self.lazy_tokenize or not self.padding_free:
-            raise UserError("wb kto batches examples padding-free: --packing, --streaming, --lazy_tokenize and "
-                            "--padding_free false are not supported")
+        require_eager_padding_free(self, "kto")
         if self.per_device_train_batch_size < 2:
             raise UserError("wb kto needs --per_device_train_batch_size >= 2 (the KL estimate pairs prompts with "
                             "other rows' answers)")
@@ -207,9 +210,7 @@ class RMConfig(SFTConfig):
 
     def validate(self) -> "RMConfig":
         super().validate()
-        if self.packing or self.streaming or self.lazy_tokenize or not self.padding_free:
-            raise UserError("wb rm batches chosen and rejected together padding-free: --packing, --streaming, "
-                            "--lazy_tokenize and --padding_free false are not supported")
+        require_eager_padding_free(self, "rm")
         return self
 
 

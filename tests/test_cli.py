@@ -3,7 +3,6 @@ import json
 import subprocess
 import sys
 
-import pytest
 
 from swiftlike.cli.main import build_parser, main
 

@@ -2,7 +2,7 @@
 import json
 
 from swiftlike.config import SFTConfig
-from swiftlike.data.dataset import encode_rows, load_rows
+from swiftlike.data.dataset import encode_rows
 from swiftlike.pipelines.sft import prepare_data
 from swiftlike.templates import get_template
 
