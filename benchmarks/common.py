@@ -94,6 +94,13 @@ def preference_rows(n: int = 2000, seed: int = 0, mean_tokens: float = 115, max_
              "chosen": answer(), "rejected": answer()} for _ in range(n)]
 
 
+def peer_lora():
+    """The LoRA settings both sides use (swiftlike's defaults), as a PEFT config for the TRL side."""
+    from peft import LoraConfig
+
+    return LoraConfig(r=8, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM")
+
+
 def run_child(script: str, args: list[str]) -> dict:
     """Run `script --child ...` in its own process (its peak RSS is its own) and return its RESULT line."""
     import subprocess

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import build_model_dir, peak_rss_mb, preference_rows, run_child, write_jsonl  # noqa: E402
+from common import build_model_dir, peak_rss_mb, peer_lora, preference_rows, run_child, write_jsonl  # noqa: E402
 
 
 def run_ours(model_dir: str, data: str, steps: int, batch: int, out: str) -> dict:
@@ -30,15 +30,13 @@ def run_ours(model_dir: str, data: str, steps: int, batch: int, out: str) -> dic
 
 def run_trl(model_dir: str, data: str, steps: int, batch: int, out: str) -> dict:
     from datasets import load_dataset
-    from peft import LoraConfig
     from trl import DPOConfig, DPOTrainer
 
     args = DPOConfig(output_dir=out, max_steps=steps, per_device_train_batch_size=batch, learning_rate=5e-5,
                      max_length=1024, logging_steps=steps, save_strategy="no", report_to="none", use_cpu=True,
                      bf16=False, fp16=False, beta=0.1, seed=42)
-    peft = LoraConfig(r=8, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM")
     trainer = DPOTrainer(model=model_dir, args=args, train_dataset=load_dataset("json", data_files=data)["train"],
-                         peft_config=peft)
+                         peft_config=peer_lora())
     t = time.perf_counter()
     trainer.train()
     return {"pairs": steps * batch, "train_seconds": time.perf_counter() - t}

@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import build_model_dir, chat_rows, matmul_flops, peak_rss_mb, run_child, write_jsonl  # noqa: E402
+from common import (build_model_dir, chat_rows, matmul_flops, peak_rss_mb, peer_lora, run_child,  # noqa: E402
+                    write_jsonl)
 
 
 def run_ours(model_dir: str, data: str, steps: int, batch: int, out: str) -> dict:
@@ -33,16 +34,14 @@ def run_ours(model_dir: str, data: str, steps: int, batch: int, out: str) -> dic
 
 def run_trl(model_dir: str, data: str, steps: int, batch: int, out: str) -> dict:
     from datasets import load_dataset
-    from peft import LoraConfig
     from trl import SFTConfig, SFTTrainer
 
     t = time.perf_counter()
     args = SFTConfig(output_dir=out, max_steps=steps, per_device_train_batch_size=batch, learning_rate=1e-4,
                      max_length=1024, logging_steps=1, save_strategy="no", report_to="none", use_cpu=True,
                      bf16=False, fp16=False, dataloader_num_workers=0, seed=42)
-    peft = LoraConfig(r=8, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM")
     trainer = SFTTrainer(model=model_dir, args=args, train_dataset=load_dataset("json", data_files=data)["train"],
-                         peft_config=peft)
+                         peft_config=peer_lora())
     t_train = time.perf_counter()
     trainer.train()
     train_seconds = time.perf_counter() - t_train
