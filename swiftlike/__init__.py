@@ -47,6 +47,26 @@ def pt(config=None, **kwargs):
     return _train("PTConfig", config, kwargs)
 
 
+def grpo(config=None, **kwargs):
+    """Reinforcement tuning with group-relative advantages; keyword names are `wb grpo`'s flags, and
+    `reward_funcs` may hold Python callables beside names: fn(completions, **columns) -> list of floats."""
+    from . import config as configs
+    from .pipelines.grpo import run_grpo
+
+    if config is not None and kwargs:
+        raise TypeError("pass either a config object or keyword arguments, not both")
+    cfg = config.validate() if config is not None else configs.build_config(configs.GRPOConfig, kwargs,
+                                                                            where="argument")
+    return run_grpo(cfg)
+
+
+def register_reward(name: str):
+    """Decorator: make a reward function available to `wb grpo --reward_funcs NAME` (and wb.grpo)."""
+    from .rewards import register_reward as _register
+
+    return _register(name)
+
+
 def get_template(name_or_model_id: str, tokenizer, loss_scope: str = "assistant"):
     """A chat template by name (`qwen3`) or registered model id, bound to `tokenizer`."""
     from .templates import get_template as _get
@@ -62,4 +82,4 @@ def load_model(model: str, *, miniature: bool = False, adapters: str | None = No
     return load_for_inference(model=model, adapters=adapters, miniature=miniature, torch_dtype=torch_dtype, hub=hub)
 
 
-__all__ = ["__version__", "dpo", "get_template", "kto", "load_model", "pt", "rm", "sft"]
+__all__ = ["__version__", "dpo", "get_template", "grpo", "kto", "load_model", "pt", "register_reward", "rm", "sft"]

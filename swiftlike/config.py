@@ -214,6 +214,126 @@ class RMConfig(SFTConfig):
         return self
 
 
+GRPO_LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "bnpo")
+
+
+@dataclass
+class GRPOConfig(SFTConfig):
+    """`wb grpo`: group-relative policy optimisation with reward functions on prompts."""
+
+    # options of supervised training that do not apply: prompts are encoded as they are drawn
+    NOT_OPTIONS = ("max_length", "truncation_strategy", "dataset_num_proc", "dataset_cache", "cache_dir",
+                   "lazy_tokenize", "streaming", "loss_scope", "padding_free", "packing", "val_dataset",
+                   "split_ratio", "eval_steps")
+
+    per_device_train_batch_size: int = _f(8, "Completions per device per micro-batch; the completions of one "
+                                             "optimizer step (x accumulation x processes) must be a multiple of "
+                                             "--num_generations, and groups stay on one process.")
+    lora_dropout: float = _f(0.0, "Dropout on the LoRA input (0: the sampling and training policies agree).")
+    logging_steps: int = _f(1, "Log every N optimizer steps.")
+    save_steps: int = _f(100, "Save a checkpoint every N optimizer steps (and always at the end).")
+    # sampling
+    num_generations: int = _f(8, "Completions sampled per prompt (the group advantages are computed over).")
+    max_prompt_length: int = _f(512, "Prompts longer than this many tokens are dropped (counted in the report).")
+    max_completion_length: int = _f(256, "Longest completion in tokens.")
+    temperature: float = _f(1.0, "Sampling temperature.")
+    top_p: float = _f(1.0, "Nucleus sampling threshold.")
+    top_k: int = _f(0, "Sample among the k most likely tokens (0: no limit).")
+    repetition_penalty: float = _f(1.0, "Penalty on tokens already present (1: none).")
+    enable_thinking: bool | None = _f(None, "Hybrid-thinking models: false pre-fills an empty think block in the "
+                                            "prompt.")
+    # rewards
+    reward_funcs: list = _f([], "Reward functions: accuracy, format, length, cosine, repetition, tool_call_valid, a "
+                                "registered name, or path/to/file.py:function (repeat to combine).")
+    reward_weights: list = _f([], "One weight per reward function (and the reward model last); default all 1.")
+    reward_model: str | None = _f(None, "A `wb rm` checkpoint whose score is one more reward.")
+    format_pattern: str = _f(r"^\s*<think>.*?</think>\s*\S.*$", "Regular expression the `format` reward "
+                                                                  "matches the whole completion against.")
+    soft_cache_length: int = _f(0, "`length` reward: the penalty ramps to -1 over this many tokens before "
+                                   "--max_completion_length (default a quarter of it).")
+    cosine_max_len: int | None = _f(None, "`cosine` reward: the length at which the schedule ends (default "
+                                          "--max_completion_length).")
+    repetition_ngram: int = _f(3, "`repetition` reward: n-gram size.")
+    repetition_max_penalty: float = _f(-1.0, "`repetition` reward: the penalty when every n-gram repeats.")
+    # the objective
+    loss_type: str = _f("grpo", "grpo (per-completion mean), dr_grpo (no length or std normalisation), dapo "
+                                "(token-level mean), bnpo (per-micro-batch token mean).", choices=GRPO_LOSS_TYPES)
+    scale_rewards: str = _f("group", "Divide advantages by the std of the group, of the batch, or none "
+                                     "(Dr. GRPO).", choices=("group", "batch", "none"))
+    epsilon: float = _f(0.2, "Clipping range of the importance ratio (the lower side, and the upper one unless "
+                             "--epsilon_high).")
+    epsilon_high: float | None = _f(None, "Upper clipping range (DAPO's clip-higher, e.g. 0.28).")
+    beta: float = _f(0.0, "KL penalty to the reference model (LoRA: the adapter-disabled model); 0 loads no "
+                          "reference.")
+    importance_sampling_level: str = _f("token", "token (GRPO) or sequence (GSPO: one ratio per completion).",
+                                        choices=("token", "sequence"))
+    num_iterations: int = _f(1, "Optimizer steps per generation batch (the mu of PPO); >1 keeps the sampling "
+                                "policy's log-probs for the ratio.")
+    mask_truncated_completions: bool = _f(False, "Leave completions cut at --max_completion_length out of the "
+                                                 "loss (DAPO).")
+    log_completions: bool = _f(True, "Append each logged step's prompts, completions and rewards to "
+                                     "<output_dir>/completions.jsonl.")
+    # generation backends
+    generation_batch_size: int = _f(0, "transformers backend: at most this many sequences per generate call "
+                                       "(0: all of a step's at once).")
+    use_vllm: bool = _f(False, "Generate with vLLM (GPU): in this process (--vllm_mode colocate) or a "
+                               "`wb rollout` server (--vllm_mode server).")
+    vllm_mode: str = _f("colocate", "colocate or server.", choices=("colocate", "server"))
+    vllm_server_host: str = _f("127.0.0.1", "Host of the `wb rollout` server.")
+    vllm_server_port: int = _f(8000, "Port of the `wb rollout` server.")
+    vllm_gpu_memory_utilization: float = _f(0.3, "Colocated vLLM: fraction of GPU memory its engine may take.")
+    vllm_max_model_len: int | None = _f(None, "Colocated vLLM: context length (default prompt + completion "
+                                              "lengths).")
+
+    def validate(self) -> "GRPOConfig":
+        super().validate()
+        if not self.reward_funcs and not self.reward_model:
+            raise UserError("wb grpo needs --reward_funcs (e.g. accuracy format) or --reward_model")
+        n_rewards = len(self.reward_funcs) + (1 if self.reward_model else 0)
+        if self.reward_weights and len(self.reward_weights) != n_rewards:
+            raise UserError(f"--reward_weights has {len(self.reward_weights)} values for {n_rewards} reward "
+                            "functions")
+        self.reward_weights = [float(w) for w in self.reward_weights]
+        if self.num_generations < 2:
+            raise UserError("--num_generations must be at least 2 (advantages compare completions of a prompt)")
+        local = self.per_device_train_batch_size * self.gradient_accumulation_steps
+        if local % self.num_generations:
+            raise UserError(f"--per_device_train_batch_size x --gradient_accumulation_steps ({local}) must be a "
+                            f"multiple of --num_generations ({self.num_generations}): each process scores whole "
+                            "groups")
+        for name in ("max_prompt_length", "max_completion_length", "num_iterations"):
+            if getattr(self, name) < 1:
+                raise UserError(f"--{name} must be at least 1, got {getattr(self, name)}")
+        if self.temperature <= 0:
+            raise UserError("--temperature must be positive: GRPO compares sampled completions")
+        if self.beta < 0:
+            raise UserError(f"--beta must be >= 0, got {self.beta}")
+        return self
+
+    @property
+    def prompts_per_step(self) -> int:
+        return self.per_device_train_batch_size * self.gradient_accumulation_steps // self.num_generations
+
+
+@dataclass
+class RolloutConfig(ModelArgs):
+    """`wb rollout`: serve generations to GRPO trainers (`wb grpo --use_vllm --vllm_mode server`)."""
+
+    backend: str = _f("auto", "vllm (GPU), transformers (any machine), or auto: vllm when it is installed and a "
+                              "GPU is present.", choices=("auto", "vllm", "transformers"))
+    host: str = _f("127.0.0.1", "Address to listen on (0.0.0.0 exposes the server to the network).")
+    port: int = _f(8000, "Port to listen on.")
+    gpu_memory_utilization: float = _f(0.9, "vLLM: fraction of GPU memory its engine may take.")
+    max_model_len: int | None = _f(None, "vLLM: context length (default the model's).")
+    tensor_parallel_size: int = _f(1, "vLLM: GPUs one engine spans.")
+    seed: int = _f(42, "Seed (also of a --miniature model: use the trainer's).")
+
+    def validate(self) -> "RolloutConfig":
+        if not self.model:
+            raise UserError("--model is required: the base model the trainer starts from")
+        return self
+
+
 @dataclass
 class InferConfig(ModelArgs):
     adapters: str | None = _f(None, "A LoRA checkpoint directory from `wb sft` (its args.json names the base).")
@@ -248,13 +368,22 @@ class PreviewConfig(ModelArgs, DataArgs):
 
 
 # -- building configs from flags, YAML and kwargs ----------------------------------------------
+def options(cls) -> list[dataclasses.Field]:
+    """The fields a command takes as options (a subclass may set aside some of its parent's: NOT_OPTIONS)."""
+    hidden = set(getattr(cls, "NOT_OPTIONS", ()))
+    return [f for f in dataclasses.fields(cls) if f.name not in hidden]
+
+
 def field_types(cls) -> dict[str, Any]:
     hints = get_type_hints(cls)
-    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+    return {f.name: hints[f.name] for f in options(cls)}
 
 
 def unknown_key_error(key: str, cls, where: str) -> UserError:
-    names = [f.name for f in dataclasses.fields(cls)]
+    hidden = set(getattr(cls, "NOT_OPTIONS", ()))
+    if key in hidden:
+        return UserError(f"{key!r} does not apply to this command")
+    names = [f.name for f in options(cls)]
     close = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
     hint = f"; did you mean {close[0]!r}?" if close else ""
     return UserError(f"unknown {where} {key!r}{hint}")

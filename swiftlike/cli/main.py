@@ -12,7 +12,8 @@ import socket
 import subprocess
 import sys
 
-from ..config import (DPOConfig, InferConfig, KTOConfig, PreviewConfig, PTConfig, RMConfig, SFTConfig,
+from ..config import (DPOConfig, GRPOConfig, InferConfig, KTOConfig, PreviewConfig, PTConfig, RMConfig,
+                      RolloutConfig, SFTConfig, options,
                       build_config, field_types, load_recipe)
 from ..errors import UserError
 
@@ -22,6 +23,9 @@ COMMANDS = {
     "dpo": (DPOConfig, "Preference training: DPO and its IPO/hinge/robust variants, SimPO, ORPO, CPO."),
     "kto": (KTOConfig, "Unpaired preference training (KTO) on answers labelled desirable or undesirable."),
     "rm": (RMConfig, "Reward-model training: a scalar head on the base model, Bradley-Terry loss on pairs."),
+    "grpo": (GRPOConfig, "Reinforcement tuning with group-relative advantages (GRPO, Dr. GRPO, DAPO, BNPO, GSPO) "
+                         "and reward functions."),
+    "rollout": (RolloutConfig, "Serve generations to `wb grpo --use_vllm --vllm_mode server` (vLLM or transformers)."),
     "infer": (InferConfig, "Answer a query, or chat, with a model or a checkpoint from `wb sft`."),
 }
 
@@ -39,7 +43,7 @@ def _add_config_flags(parser: argparse.ArgumentParser, cls) -> None:
     parser.add_argument("--config", metavar="RECIPE.yaml", default=argparse.SUPPRESS,
                         help="YAML recipe with option names as keys; flags given on the command line override it.")
     types = field_types(cls)
-    for f in dataclasses.fields(cls):
+    for f in options(cls):
         typ = str(types[f.name])
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         help_text = f.metadata.get("help", "")
@@ -144,14 +148,23 @@ def _run(argv: list[str]) -> int:
 
             raise unknown_key_error(key, cls, where)
     cfg = build_config(cls, merged)
-    if args.command in ("sft", "pt", "dpo", "kto", "rm"):
+    if args.command in ("sft", "pt", "dpo", "kto", "rm", "grpo"):
         nproc = cfg.nproc_per_node if cfg.nproc_per_node > 1 else int(os.environ.get("NPROC_PER_NODE", "1"))
         code = _maybe_relaunch(argv, nproc)
         if code is not None:
             return code
-        from ..pipelines.sft import run_sft
+        if args.command == "grpo":
+            from ..pipelines.grpo import run_grpo
 
-        run_sft(cfg)
+            run_grpo(cfg)
+        else:
+            from ..pipelines.sft import run_sft
+
+            run_sft(cfg)
+    elif args.command == "rollout":
+        from ..pipelines.rollout import run_rollout
+
+        run_rollout(cfg)
     elif args.command == "data":
         from ..pipelines.preview import run_preview
 

@@ -201,30 +201,11 @@ def run_sft(cfg: SFTConfig) -> TrainResult:
 
     dtype = accel.resolve_dtype(cfg.torch_dtype)
     base_dir = _base_weights(cfg, tokenizer, out)
-    full_resume = cfg.full and resume_from is not None
     reward = _task(cfg) == "rm"
-    model = load_model(str(resume_from) if full_resume else base_dir, dtype, quantize_4bit=cfg.qlora,
-                       attn_implementation=cfg.attn_implementation, trust_remote_code=cfg.trust_remote_code,
-                       reward_head=reward, pad_token_id=tokenizer.pad_token_id)
-    if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.enable_input_require_grads()
-    if cfg.full:
-        model.requires_grad_(True)
-    else:
-        model = attach_lora(model, cfg, cfg.gradient_checkpointing, "SEQ_CLS" if reward else "CAUSAL_LM")
-        if resume_from is not None:
-            _load_adapter(model, resume_from)
+    model = build_trainable(cfg, tokenizer, base_dir, resume_from, dtype, reward)
     if main:
-        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        total = sum(p.numel() for p in model.parameters())
-        print(f"[wb] model: {cfg.model}{' (miniature)' if cfg.miniature else ''}, {cfg.train_type}, "
-              f"template {template_name}, {accel.device_type()} {str(dtype).replace('torch.', '')}, "
-              f"trainable {trainable:,} / {total:,} parameters")
-
-    args = {**dataclasses.asdict(cfg), "task": _task(cfg), "train_type": cfg.train_type, "template": template_name,
-            "base_model_dir": str(Path(base_dir).resolve()), "swiftlike_version": __version__}
-    args_json = json.dumps(args, indent=2, ensure_ascii=False) + "\n"
+        describe_model(cfg, model, template_name, dtype)
+    args_json = run_args(cfg, _task(cfg), template_name, base_dir)
     if main:
         write_atomic(out / "args.json", args_json)
 
@@ -262,6 +243,43 @@ def run_sft(cfg: SFTConfig) -> TrainResult:
               f"(padding efficiency {m['padding_efficiency']:.0%}); "
               f"loss {m['first_loss']:.4f} -> {m['final_loss']:.4f}; checkpoint {result.checkpoint}")
     return result
+
+
+def build_trainable(cfg: SFTConfig, tokenizer, base_dir: str, resume_from: Path | None, dtype, reward: bool = False):
+    """The model to train: base weights (or a resumed full checkpoint), then LoRA adapters or all parameters."""
+    full_resume = cfg.full and resume_from is not None
+    model = load_model(str(resume_from) if full_resume else base_dir, dtype, quantize_4bit=cfg.qlora,
+                       attn_implementation=cfg.attn_implementation, trust_remote_code=cfg.trust_remote_code,
+                       reward_head=reward, pad_token_id=tokenizer.pad_token_id)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    if cfg.full:
+        model.requires_grad_(True)
+    else:
+        model = attach_lora(model, cfg, cfg.gradient_checkpointing, "SEQ_CLS" if reward else "CAUSAL_LM")
+        if resume_from is not None:
+            _load_adapter(model, resume_from)
+    return model
+
+
+def describe_model(cfg: SFTConfig, model, template_name: str, dtype) -> None:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    print(f"[wb] model: {cfg.model}{' (miniature)' if cfg.miniature else ''}, {cfg.train_type}, "
+          f"template {template_name}, {accel.device_type()} {str(dtype).replace('torch.', '')}, "
+          f"trainable {trainable:,} / {total:,} parameters")
+
+
+def run_args(cfg: SFTConfig, task: str, template_name: str, base_dir: str) -> str:
+    """args.json: every option plus what later commands (infer, export) need to rebuild the model."""
+    args = {**dataclasses.asdict(cfg), "task": task, "train_type": cfg.train_type, "template": template_name,
+            "base_model_dir": str(Path(base_dir).resolve()), "swiftlike_version": __version__}
+    for hidden in getattr(cfg, "NOT_OPTIONS", ()):
+        args.pop(hidden, None)
+    args["reward_funcs"] = [f if isinstance(f, str) else getattr(f, "__name__", repr(f))
+                            for f in args.get("reward_funcs", [])]
+    return json.dumps(args, indent=2, ensure_ascii=False) + "\n"
 
 
 def _preference_objective(cfg, model, base_dir: str, dtype):

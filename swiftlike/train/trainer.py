@@ -96,7 +96,7 @@ class Trainer:
         params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
         self.streaming = not isinstance(rows, list)
-        self.per_epoch, self.total_steps = plan_steps(None if self.streaming else len(rows), settings)
+        self.per_epoch, self.total_steps = self.plan()
         from transformers import get_scheduler
 
         warmup = settings.warmup_steps or int(settings.warmup_ratio * self.total_steps)
@@ -107,6 +107,14 @@ class Trainer:
         self.slot_tokens = 0  # every position processed, padding included
         if resume_from is not None:
             self._restore(resume_from)
+
+    def plan(self) -> tuple[int, int]:
+        """(optimizer steps per epoch, total steps)."""
+        return plan_steps(None if self.streaming else len(self.rows), self.s)
+
+    def next_batches(self) -> tuple[list[dict], dict]:
+        """The current optimizer step's micro-batches, and metrics of making them (none here)."""
+        return [self.collate(rows) for rows in self._step_rows()], {}
 
     def _step_rows(self) -> list[list]:
         """This process's micro-batches (rows) for the current optimizer step."""
@@ -205,8 +213,9 @@ class Trainer:
         losses = []
         checkpoint = None
         while self.step < self.total_steps:
-            batches = [self.collate(rows) for rows in self._step_rows()]
+            batches, batch_metrics = self.next_batches()
             loss, grad_norm, tokens, step_metrics = self.train_step(batches)
+            step_metrics = {**batch_metrics, **step_metrics}
             self.input_tokens += int(self._global_sum(sum(batch_tokens(b) for b in batches)))
             self.slot_tokens += int(self._global_sum(sum(b["input_ids"].numel() for b in batches)))
             self.step += 1

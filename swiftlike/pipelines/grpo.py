@@ -1,0 +1,137 @@
+"""`wb grpo`: sample completions of prompts, score them with reward functions, and train on group-relative
+advantages (GRPO and its variants), with LoRA, QLoRA or full parameters."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from .. import accel
+from ..config import GRPOConfig
+from ..data.dataset import DataStats, load_rows
+from ..errors import UserError
+from ..models import load_model, load_tokenizer
+from ..models.loader import quiet_libraries
+from ..rewards import RewardContext, resolve, wrap
+from ..rollout import Sampling
+from ..templates import get_template
+from ..train.checkpoint import write_atomic
+from ..train.grpo import GRPOObjective
+from ..train.grpo_trainer import GRPOTrainer, RolloutSettings
+from ..train.trainer import LoopSettings, TrainResult
+from .sft import _base_weights, _resume_point, build_trainable, describe_model, resolve_template_name, run_args
+
+
+def encode_prompts(rows: list[dict], template, max_prompt_length: int, stats: DataStats,
+                   enable_thinking: bool | None = None) -> list[dict]:
+    """Each row with its prompt ids (the conversation plus the generation prompt); longer prompts dropped and
+    counted."""
+    opts = {} if enable_thinking is None else {"enable_thinking": enable_thinking}
+    out = []
+    for row in rows:
+        ids = template.encode_prompt(row["messages"], row.get("tools"), **opts)
+        if len(ids) > max_prompt_length:
+            stats.dropped[f"prompt longer than --max_prompt_length {max_prompt_length}"] = \
+                stats.dropped.get(f"prompt longer than --max_prompt_length {max_prompt_length}", 0) + 1
+            continue
+        out.append({**row, "prompt_ids": ids})
+    return out
+
+
+def make_rollout(cfg: GRPOConfig, model, tokenizer, base_dir: str):
+    """The generation backend the options ask for."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if not cfg.use_vllm:
+        from ..rollout.hf import HFRollout
+
+        return HFRollout(model, pad, cfg.generation_batch_size)
+    if cfg.vllm_mode == "server":
+        from ..rollout.client import ServerRollout
+
+        return ServerRollout(f"http://{cfg.vllm_server_host}:{cfg.vllm_server_port}")
+    if accel.device_type() != "cuda":
+        raise UserError("--use_vllm with --vllm_mode colocate needs a CUDA GPU; use the default transformers "
+                        "backend here, or a `wb rollout` server on a GPU machine (--vllm_mode server)")
+    from ..rollout.vllm_engine import VLLMRollout
+
+    return VLLMRollout(base_dir, cfg.torch_dtype, cfg.vllm_gpu_memory_utilization,
+                       cfg.vllm_max_model_len or cfg.max_prompt_length + cfg.max_completion_length,
+                       seed=cfg.seed, distributed=accel.world_size() > 1)
+
+
+def reward_functions(cfg: GRPOConfig, template) -> list:
+    ctx = RewardContext(template=template, max_completion_length=cfg.max_completion_length,
+                        format_pattern=cfg.format_pattern, soft_cache_length=cfg.soft_cache_length,
+                        cosine_max_len=cfg.cosine_max_len, repetition_ngram=cfg.repetition_ngram,
+                        repetition_max_penalty=cfg.repetition_max_penalty)
+    rewards = resolve(cfg.reward_funcs, ctx)
+    if cfg.reward_model:
+        from ..rewards.model import RewardModelReward
+
+        rewards.append(wrap("reward_model", RewardModelReward(cfg.reward_model)))
+    return rewards
+
+
+def run_grpo(cfg: GRPOConfig) -> TrainResult:
+    quiet_libraries()
+    accel.init_distributed()
+    main = accel.is_main_process()
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    resume_from = _resume_point(cfg)
+    accel.seed_everything(cfg.seed)
+
+    tokenizer = load_tokenizer(cfg.model, cfg.hub, cfg.trust_remote_code)
+    template_name = resolve_template_name(cfg, tokenizer)
+    template = get_template(template_name, tokenizer)
+    stop_ids = tuple(template.stop_token_ids) or ((tokenizer.eos_token_id,) if tokenizer.eos_token_id is not None
+                                                  else ())
+    if not stop_ids:
+        raise UserError(f"template {template_name} names no stop token and the tokenizer has no eos token")
+    rewards = reward_functions(cfg, template)
+
+    stats = DataStats()
+    rows = load_rows(cfg.dataset, None, cfg.skip_bad_rows, stats, cfg.seed, "grpo", cfg.columns, cfg.data_names())
+    prompts = encode_prompts(rows, template, cfg.max_prompt_length, stats, cfg.enable_thinking)
+    if not prompts:
+        raise UserError("no prompts left to train on" + "".join(f"; dropped {n} ({why})"
+                                                              for why, n in stats.dropped.items()))
+    if main:
+        dropped = "".join(f", dropped {n} ({why})" for why, n in stats.dropped.items())
+        print(f"[wb] data: {len(prompts)} prompts{dropped}; {cfg.prompts_per_step * accel.world_size()} prompts x "
+              f"{cfg.num_generations} completions per generation batch")
+
+    dtype = accel.resolve_dtype(cfg.torch_dtype)
+    base_dir = _base_weights(cfg, tokenizer, out)
+    model = build_trainable(cfg, tokenizer, base_dir, resume_from, dtype)
+    if main:
+        describe_model(cfg, model, template_name, dtype)
+    args_json = run_args(cfg, "grpo", template_name, base_dir)
+    if main:
+        write_atomic(out / "args.json", args_json)
+
+    ref = None
+    if cfg.full and cfg.beta != 0.0:  # LoRA's reference is the adapter-disabled model
+        ref = load_model(base_dir, dtype, attn_implementation=cfg.attn_implementation,
+                         trust_remote_code=cfg.trust_remote_code).eval().requires_grad_(False)
+    objective = GRPOObjective(model, cfg.loss_type, cfg.epsilon, cfg.epsilon_high, cfg.beta,
+                              cfg.importance_sampling_level, cfg.max_completion_length, ref)
+    sampling = Sampling(max_tokens=cfg.max_completion_length, temperature=cfg.temperature, top_p=cfg.top_p,
+                        top_k=cfg.top_k, repetition_penalty=cfg.repetition_penalty, stop_token_ids=stop_ids)
+    rs = RolloutSettings(cfg.num_generations, cfg.num_iterations, sampling, cfg.scale_rewards, cfg.reward_weights,
+                         cfg.mask_truncated_completions, cfg.log_completions)
+    settings = LoopSettings(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(LoopSettings)})
+    rollout = make_rollout(cfg, model, tokenizer, base_dir)
+    if main:
+        print(f"[wb] grpo: {cfg.loss_type} loss, generation with {rollout.name}, rewards "
+              f"{', '.join(r.name for r in rewards)}; beta {cfg.beta}, {cfg.num_iterations} iteration(s) per batch")
+    trainer = GRPOTrainer(model, tokenizer, prompts, settings, args_json, resume_from, objective=objective,
+                          rollout=rollout, rewards=rewards, rs=rs)
+    if main and resume_from is not None:
+        print(f"[wb] resuming from {resume_from} (step {trainer.step} of {trainer.total_steps})")
+    result = trainer.train()
+    if main:
+        logged = [h for h in result.log_history if "reward" in h]
+        trend = f"; reward {logged[0]['reward']:.3f} -> {logged[-1]['reward']:.3f}" if logged else ""
+        print(f"[wb] done: {result.metrics['steps']} steps in {result.metrics['train_seconds']}s{trend}; "
+              f"checkpoint {result.checkpoint}")
+    return result

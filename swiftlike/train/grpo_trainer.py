@@ -1,0 +1,188 @@
+"""The GRPO loop: the generic trainer, whose micro-batches come from sampling and scoring completions.
+
+One generation batch (this process's prompts x --num_generations completions) serves --num_iterations
+optimizer steps. Groups never span processes, so group advantages are computed locally.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .. import accel
+from ..rewards import score
+from ..rollout import Sampling
+from .grpo import group_advantages, nan_std
+from .trainer import Trainer
+
+
+@dataclass
+class RolloutSettings:
+    num_generations: int
+    num_iterations: int
+    sampling: Sampling
+    scale_rewards: str = "group"
+    reward_weights: list = field(default_factory=list)
+    mask_truncated_completions: bool = False
+    log_completions: bool = True
+
+
+def collate_completions(samples: list[dict]) -> dict:
+    """Prompt + completion sequences in one padding-free row; targets are the completion tokens."""
+    ids, pos, tgt, lens, comp_lens = [], [], [], [], []
+    for s in samples:
+        p, c = s["prompt_ids"], s["completion_ids"]
+        n = len(p) + len(c)
+        ids += p + c
+        pos += range(n)
+        trained = [] if s["masked"] else c
+        tgt += [-100] * (len(p) - 1) + trained + [-100] * (n - len(p) + 1 - len(trained))
+        lens.append(n)
+        comp_lens.append(len(trained))
+    return {"input_ids": torch.tensor([ids]), "position_ids": torch.tensor([pos]), "targets": torch.tensor([tgt]),
+            "seq_lens": torch.tensor(lens), "completion_lens": torch.tensor(comp_lens),
+            "advantages": torch.tensor([s["advantage"] for s in samples], dtype=torch.float32)}
+
+
+class GRPOTrainer(Trainer):
+    def __init__(self, model, tokenizer, prompts: list[dict], settings, args_json: str, resume_from=None, *,
+                 objective, rollout, rewards: list, rs: RolloutSettings):
+        self.rollout, self.rewards, self.rs = rollout, rewards, rs
+        self._buffer: list[dict] | None = None
+        self._buffer_metrics: dict = {}
+        super().__init__(model, tokenizer, prompts, None, settings, args_json, resume_from, objective=objective)
+        self.stop_ids = set(rs.sampling.stop_token_ids)
+
+    # -- which prompts, when -------------------------------------------------------------------
+    @property
+    def prompts_per_generation(self) -> int:
+        """Prompts of one generation batch, over every process."""
+        return self.s.per_device_train_batch_size * self.s.gradient_accumulation_steps * accel.world_size() \
+            // self.rs.num_generations
+
+    def plan(self) -> tuple[int, int]:
+        per_epoch = max(1, len(self.rows) // self.prompts_per_generation) * self.rs.num_iterations
+        total = self.s.max_steps if self.s.max_steps > 0 else max(1, math.ceil(self.s.num_train_epochs * per_epoch))
+        return per_epoch, total
+
+    def _generation_prompts(self, generation: int) -> list[dict]:
+        n, per_gen = len(self.rows), self.prompts_per_generation
+        gens_per_epoch = max(1, n // per_gen)
+        epoch, k = divmod(generation, gens_per_epoch)
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(self.s.seed + epoch)).tolist()
+        chunk = order[k * per_gen:(k + 1) * per_gen]
+        if len(chunk) < per_gen:  # fewer prompts than one generation batch: cycle
+            chunk = (chunk * math.ceil(per_gen / max(1, len(chunk))))[:per_gen]
+        local = per_gen // accel.world_size()
+        return [self.rows[i] for i in chunk[accel.rank() * local:(accel.rank() + 1) * local]]
+
+    # -- one generation batch -------------------------------------------------------------------
+    def next_batches(self) -> tuple[list[dict], dict]:
+        if self._buffer is None or self.step % self.rs.num_iterations == 0:
+            self._buffer, self._buffer_metrics = self._generate_and_score(self.step // self.rs.num_iterations)
+        return self._buffer, dict(self._buffer_metrics)
+
+    def _generate_and_score(self, generation: int) -> tuple[list[dict], dict]:
+        rows, g = self._generation_prompts(generation), self.rs.num_generations
+        t0 = time.perf_counter()
+        self.rollout.sync_weights(self.model)
+        sampling = Sampling(**{**self.rs.sampling.__dict__,
+                               "seed": self.s.seed + 1_000_003 * generation + accel.rank()})
+        completion_ids = self.rollout.generate([r["prompt_ids"] for r in rows], g, sampling)
+        t1 = time.perf_counter()
+
+        texts = self.tokenizer.batch_decode([[t for t in c if t not in self.stop_ids] for c in completion_ids],
+                                            skip_special_tokens=True)
+        kwargs = {"completions": texts, "prompts": [r["messages"] for r in rows for _ in range(g)],
+                  "completion_ids": completion_ids}
+        for key in rows[0]:
+            if key not in ("messages", "prompt_ids"):
+                kwargs[key] = [r.get(key) for r in rows for _ in range(g)]
+        table = torch.tensor(score(self.rewards, kwargs, len(texts)), dtype=torch.float32)
+        weights = torch.tensor(self.rs.reward_weights or [1.0] * len(self.rewards), dtype=torch.float32)
+        rewards = (table * weights).nansum(dim=1)
+        rewards[torch.isnan(table).all(dim=1)] = float("nan")
+        batch_std = self._global_nan_std(rewards) if self.rs.scale_rewards == "batch" else None
+        advantages, zero_std = group_advantages(rewards, g, self.rs.scale_rewards, batch_std)
+        t2 = time.perf_counter()
+
+        truncated = [not c or c[-1] not in self.stop_ids for c in completion_ids]
+        samples = [{"prompt_ids": rows[i // g]["prompt_ids"], "completion_ids": c, "advantage": float(a),
+                    "masked": self.rs.mask_truncated_completions and truncated[i]}
+                   for i, (c, a) in enumerate(zip(completion_ids, advantages.tolist()))]
+        bs = self.s.per_device_train_batch_size
+        batches = [collate_completions(samples[i:i + bs]) for i in range(0, len(samples), bs)]
+        self._attach_logps(batches)
+        t3 = time.perf_counter()
+
+        lengths = torch.tensor([len(c) for c in completion_ids], dtype=torch.float32)
+        metrics = {"reward": self._global_mean(rewards), "reward_std": self._global_nan_std(rewards).item(),
+                   "frac_reward_zero_std": self._global_mean(zero_std.float()),
+                   "advantages/abs_mean": self._global_mean(advantages.abs()),
+                   "completions/mean_length": self._global_mean(lengths),
+                   "completions/max_length": self._global_max(lengths),
+                   "completions/clipped_ratio": self._global_mean(torch.tensor(truncated, dtype=torch.float32)),
+                   "time/generate": round(t1 - t0, 3), "time/score": round(t2 - t1, 3),
+                   "time/logps": round(t3 - t2, 3)}
+        for j, reward in enumerate(self.rewards):
+            metrics[f"rewards/{reward.name}/mean"] = self._global_mean(table[:, j])
+            metrics[f"rewards/{reward.name}/std"] = self._global_nan_std(table[:, j]).item()
+        if self.rs.log_completions and accel.is_main_process() and self.step % self.s.logging_steps == 0:
+            self._log_completions(rows, texts, table, rewards, advantages)
+        return batches, metrics
+
+    @torch.no_grad()
+    def _attach_logps(self, batches: list[dict]) -> None:
+        """Sampling-policy log-probs when a generation batch is reused; reference log-probs once for all
+        its iterations."""
+        obj = self.objective
+        for b in batches:
+            args = [b[k].to(self.device) for k in ("input_ids", "targets", "position_ids", "seq_lens")]
+            if self.rs.num_iterations > 1:
+                b["old_logps"] = obj.policy_logps(*args).float().cpu()
+            if obj.beta != 0.0:
+                b["ref_logps"] = obj.reference_logps(*args).float().cpu()
+
+    def train_step(self, micro_batches):
+        start = time.perf_counter()
+        loss, grad_norm, total, means = super().train_step(micro_batches)
+        means["time/train"] = round(time.perf_counter() - start, 3)
+        return loss, grad_norm, total, means
+
+    # -- metrics over processes -----------------------------------------------------------------
+    def _global_mean(self, x: torch.Tensor) -> float:
+        keep = ~torch.isnan(x)
+        return self._global_sum(float(x[keep].sum())) / max(self._global_sum(float(keep.sum())), 1.0)
+
+    def _global_max(self, x: torch.Tensor) -> float:
+        value = torch.tensor([float(x.max()) if len(x) else 0.0])
+        if self.distributed:
+            import torch.distributed as dist
+
+            dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        return float(value)
+
+    def _global_nan_std(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.distributed:
+            return nan_std(x)
+        import torch.distributed as dist
+
+        gathered = [torch.empty_like(x) for _ in range(accel.world_size())]
+        dist.all_gather(gathered, x.contiguous())
+        return nan_std(torch.cat(gathered))
+
+    def _log_completions(self, rows, texts, table, rewards, advantages) -> None:
+        g = self.rs.num_generations
+        lines = []
+        for i, text in enumerate(texts):
+            prompt = rows[i // g]["messages"][-1]["content"]
+            per_func = {r.name: (None if math.isnan(v) else v) for r, v in zip(self.rewards, table[i].tolist())}
+            lines.append(json.dumps({"step": self.step, "prompt": prompt, "completion": text, "rewards": per_func,
+                                     "reward": None if math.isnan(float(rewards[i])) else float(rewards[i]),
+                                     "advantage": float(advantages[i])}, ensure_ascii=False))
+        with open(Path(self.s.output_dir) / "completions.jsonl", "a", encoding="utf-8") as f:
+            f.write("\n".join(lines) + "\n")

@@ -1,0 +1,186 @@
+"""Generation backends: stop-token cuts, the weight-sync payload, the `wb rollout` server and its client, and
+the vLLM adapters that can be checked without a GPU."""
+import threading
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from swiftlike.rollout import Sampling, cut_at_stop
+
+
+def test_cut_at_stop_keeps_the_stop_token_and_nothing_after():
+    assert cut_at_stop([5, 6, 9, 7, 9], {9}, 10) == [5, 6, 9]
+    assert cut_at_stop([5, 6, 7], {9}, 10) == [5, 6, 7]
+    assert cut_at_stop([5, 6, 7, 8], {9}, 2) == [5, 6]
+
+
+@pytest.fixture(scope="module")
+def miniature():
+    from swiftlike.models import build_miniature
+
+    return build_miniature("Qwen/Qwen3-0.6B").eval()
+
+
+def test_hf_rollout_groups_and_stops(miniature):
+    from swiftlike.rollout.hf import HFRollout
+
+    rollout = HFRollout(miniature, pad_token_id=0)
+    prompts = [[100, 200, 300], [400, 500]]                     # different lengths: left padding
+    free = rollout.generate(prompts, 2, Sampling(max_tokens=6, temperature=1e-4, seed=0))
+    assert len(free) == 4 and all(len(c) == 6 for c in free)
+    assert free[0] == free[1] and free[2] == free[3]            # near-greedy: a group's samples agree
+    stop = free[0][2]
+    cut = rollout.generate(prompts, 2, Sampling(max_tokens=6, temperature=1e-4, seed=0, stop_token_ids=(stop,)))
+    assert cut[0] == free[0][:free[0].index(stop) + 1]          # ends at the first stop token, which is kept
+    for c in cut:
+        assert stop not in c[:-1] and (c[-1] == stop or len(c) == 6)
+
+
+def test_hf_rollout_batches_equal_one_call(miniature):
+    from swiftlike.rollout.hf import HFRollout
+
+    prompts = [[100, 200, 300], [400, 500], [7, 8, 9, 10]]
+    s = Sampling(max_tokens=5, temperature=1e-4, seed=0)
+    assert HFRollout(miniature, 0, max_batch=2).generate(prompts, 2, s) == HFRollout(miniature, 0).generate(prompts, 2, s)
+
+
+def _lora_model(seed=0):
+    from peft import LoraConfig, get_peft_model
+
+    from swiftlike.models import build_miniature
+
+    model = get_peft_model(build_miniature("Qwen/Qwen3-0.6B", seed=seed),
+                           LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", lora_dropout=0.0))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)                                # as if trained
+    return model.eval()
+
+
+def _logits(model, ids=(1, 50, 900, 3000, 7)):
+    with torch.no_grad():
+        return model(torch.tensor([ids])).logits
+
+
+def test_policy_weights_reproduce_the_lora_model():
+    from swiftlike.models import build_miniature
+    from swiftlike.rollout.weights import from_bytes, policy_weights, to_bytes
+
+    policy = _lora_model()
+    base = build_miniature("Qwen/Qwen3-0.6B", seed=0)            # what an engine holds: the base weights
+    sent = from_bytes(to_bytes(policy_weights(policy)))
+    assert all("lora" not in k and "base_layer" not in k for k in sent)
+    assert set(sent) <= set(dict(base.named_parameters()))
+    assert any(k.endswith("q_proj.weight") for k in sent) and "model.embed_tokens.weight" not in sent
+    base.load_state_dict(sent, strict=False)
+    assert torch.allclose(_logits(base.eval()), _logits(policy), atol=1e-4)
+
+
+def test_first_sync_sends_everything():
+    from swiftlike.models import build_miniature
+    from swiftlike.rollout.weights import policy_weights
+
+    policy = _lora_model()
+    other = build_miniature("Qwen/Qwen3-0.6B", seed=7)            # a server started from other weights
+    sent = dict(policy_weights(policy, everything=True))
+    assert set(sent) == set(dict(other.named_parameters()))       # (a tied output layer is the embedding)
+    other.load_state_dict(sent, strict=False)
+    assert torch.allclose(_logits(other.eval()), _logits(policy), atol=1e-4)
+
+
+def test_full_model_sends_its_trainable_parameters():
+    from swiftlike.models import build_miniature
+    from swiftlike.rollout.weights import policy_weights
+
+    model = build_miniature("Qwen/Qwen3-0.6B")
+    model.requires_grad_(False).model.norm.requires_grad_(True)
+    assert [n for n, _ in policy_weights(model)] == ["model.norm.weight"]
+
+
+def test_weight_chunks():
+    from swiftlike.rollout.client import weight_chunks
+
+    ws = [(f"w{i}", torch.zeros(10)) for i in range(5)]             # 40 bytes each
+    assert [len(c) for c in weight_chunks(ws, limit=100)] == [3, 2]
+
+
+def test_generate_request_is_json():
+    import json
+
+    from swiftlike.rollout.client import generate_request
+
+    req = generate_request([(1, 2)], 3, Sampling(max_tokens=4, stop_token_ids=(9,), seed=1))
+    assert json.loads(json.dumps(req)) == {"prompts": [[1, 2]], "n": 3, "sampling": {
+        "max_tokens": 4, "temperature": 1.0, "top_p": 1.0, "top_k": 0, "repetition_penalty": 1.0,
+        "stop_token_ids": [9], "seed": 1}}
+
+
+def test_server_generates_and_takes_weights():
+    from swiftlike.models import build_miniature
+    from swiftlike.rollout.client import ServerRollout
+    from swiftlike.rollout.hf import HFRollout
+    from swiftlike.rollout.server import HFEngine, serve
+
+    engine = HFEngine(build_miniature("Qwen/Qwen3-0.6B", seed=3).eval(), pad_token_id=0)
+    started = threading.Event()
+    holder = {}
+
+    def ready(server):
+        holder["server"] = server
+        started.set()
+
+    threading.Thread(target=serve, args=(engine, "mini", "127.0.0.1", 0, ready), daemon=True).start()
+    assert started.wait(30)
+    server = holder["server"]
+    try:
+        client = ServerRollout(f"http://127.0.0.1:{server.server_port}", wait=10)
+        assert client.info == {"status": "ok", "backend": "transformers", "model": "mini"}
+        policy = _lora_model()
+        client.sync_weights(policy)                                  # first sync: every weight
+        assert torch.allclose(_logits(engine.model), _logits(policy), atol=1e-4)
+        s = Sampling(max_tokens=5, temperature=1e-4, seed=0, stop_token_ids=(2,))
+        remote = client.generate([[100, 200, 300], [400, 500]], 2, s)
+        assert remote == HFRollout(engine.model, 0).generate([[100, 200, 300], [400, 500]], 2, s)
+        with torch.no_grad():                                        # a later sync sends the adapted modules
+            for name, p in policy.named_parameters():
+                if "lora_B" in name:
+                    p.mul_(-1)
+        client.sync_weights(policy)
+        assert torch.allclose(_logits(engine.model), _logits(policy), atol=1e-4)
+        from swiftlike.errors import UserError
+
+        with pytest.raises(UserError, match="HTTP 400"):
+            client._call("POST", "/generate", b"{}")
+    finally:
+        server.shutdown()
+
+
+def test_client_reports_a_missing_server():
+    from swiftlike.errors import UserError
+    from swiftlike.rollout.client import ServerRollout
+
+    with pytest.raises(UserError, match="not answering.*wb rollout"):
+        ServerRollout("http://127.0.0.1:9", wait=0)
+
+
+def test_vllm_outputs_are_cut_like_the_other_backends():
+    from swiftlike.rollout.vllm_engine import completion_ids
+
+    out = [SimpleNamespace(outputs=[SimpleNamespace(token_ids=[4, 5], finish_reason="stop", stop_reason=9),
+                                    SimpleNamespace(token_ids=[4, 9], finish_reason="stop", stop_reason=9),
+                                    SimpleNamespace(token_ids=[4, 5, 6], finish_reason="length", stop_reason=None)])]
+    assert completion_ids(out, Sampling(max_tokens=3, stop_token_ids=(9,))) == [[4, 5, 9], [4, 9], [4, 5, 6]]
+
+
+def test_vllm_backend_explains_how_to_install():
+    from swiftlike.errors import UserError
+    from swiftlike.rollout.vllm_engine import VLLMRollout
+
+    try:
+        import vllm  # noqa: F401
+        pytest.skip("vLLM is installed here")
+    except ImportError:
+        with pytest.raises(UserError, match="pip install vllm"):
+            VLLMRollout("/nonexistent")
