@@ -1,0 +1,132 @@
+"""One GRPO step (generation + scoring + update): `wb grpo` vs TRL's GRPOTrainer on the same miniature Qwen3,
+prompts, reward function and LoRA settings.
+
+    python benchmarks/grpo_step.py [--steps 6] [--prompts 8] [--generations 4] [--new-tokens 32]
+
+Each side runs in its own process. Both: LoRA r=8/alpha 32/dropout 0.05 on all linear layers, the `grpo` loss,
+beta 0 (no reference model), one iteration per generation batch, temperature 1, fp32, transformers
+generation. The random miniature almost never samples its end-of-turn token, so completions run to --new-tokens
+on both sides (the mean length is printed to show it). Reported: seconds per step, split into generation and the rest (scoring and
+training), and the ratios. Needs `pip install -e ".[bench]"`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import build_model_dir, peak_rss_mb, peer_lora, run_child, write_jsonl  # noqa: E402
+
+
+def _text(completion) -> str:
+    return completion if isinstance(completion, str) else completion[-1]["content"]
+
+
+def reward_len(completions, **_):
+    """A cheap, deterministic reward that differs between completions."""
+    return [float(len(_text(c)) % 7) for c in completions]
+
+
+def prompt_rows(n: int) -> list[dict]:
+    return [{"prompt": [{"role": "user", "content": f"What is {i} + {2 * i + 1}? Put the final answer after ####."}]}
+            for i in range(n)]
+
+
+def run_ours(model_dir, data, steps, prompts, gens, new_tokens, out) -> dict:
+    import swiftlike as wb
+    from swiftlike.rollout import hf
+
+    timer = {"generate": 0.0}
+    original = hf.HFRollout.generate
+
+    def timed(self, *a, **k):
+        t = time.perf_counter()
+        try:
+            return original(self, *a, **k)
+        finally:
+            timer["generate"] += time.perf_counter() - t
+
+    hf.HFRollout.generate = timed
+    result = wb.grpo(model=model_dir, template="qwen3", dataset=[data], lora=True, lora_dropout=0.05,
+                     reward_funcs=[reward_len], num_generations=gens, per_device_train_batch_size=prompts * gens,
+                     max_completion_length=new_tokens, max_steps=steps, learning_rate=1e-5, torch_dtype="float32",
+                     logging_steps=steps, save_steps=10 ** 9, log_completions=False, output_dir=out)
+    lengths = [h["completions/mean_length"] for h in result.log_history if "completions/mean_length" in h]
+    return {"seconds": result.metrics["train_seconds"], "generate_seconds": timer["generate"],
+            "mean_length": lengths[-1]}
+
+
+def run_trl(model_dir, data, steps, prompts, gens, new_tokens, out) -> dict:
+    from datasets import load_dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import GRPOConfig, GRPOTrainer
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype="float32")
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    args = GRPOConfig(output_dir=out, max_steps=steps, per_device_train_batch_size=prompts * gens,
+                      num_generations=gens, max_completion_length=new_tokens, learning_rate=1e-5, beta=0.0,
+                      loss_type="grpo", temperature=1.0, logging_steps=steps, save_strategy="no", report_to="none",
+                      use_cpu=True, bf16=False, fp16=False, seed=42, log_completions=False)
+    trainer = GRPOTrainer(model=model, reward_funcs=reward_len, args=args, processing_class=tokenizer,
+                          train_dataset=load_dataset("json", data_files=data)["train"], peft_config=peer_lora())
+    timer = {"generate": 0.0}
+    original = trainer._generate
+
+    def timed(*a, **k):
+        t = time.perf_counter()
+        try:
+            return original(*a, **k)
+        finally:
+            timer["generate"] += time.perf_counter() - t
+
+    trainer._generate = timed
+    t = time.perf_counter()
+    trainer.train()
+    lengths = [h["completions/mean_length"] for h in trainer.state.log_history if "completions/mean_length" in h]
+    return {"seconds": time.perf_counter() - t, "generate_seconds": timer["generate"], "mean_length": lengths[-1]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--prompts", type=int, default=8)
+    ap.add_argument("--generations", type=int, default=4)
+    ap.add_argument("--new-tokens", type=int, default=32)
+    ap.add_argument("--child", choices=("ours", "trl"), help=argparse.SUPPRESS)
+    ap.add_argument("--model-dir", help=argparse.SUPPRESS)
+    ap.add_argument("--data", help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    shape = [str(a.steps), str(a.prompts), str(a.generations), str(a.new_tokens)]
+    if a.child:
+        with tempfile.TemporaryDirectory() as out:
+            res = (run_ours if a.child == "ours" else run_trl)(a.model_dir, a.data, a.steps, a.prompts,
+                                                                a.generations, a.new_tokens, out)
+        res["peak_rss_mb"] = peak_rss_mb()
+        print("RESULT " + json.dumps(res))
+        return
+    work = Path(tempfile.mkdtemp(prefix="wb-grpo-bench-"))
+    model_dir = str(build_model_dir(work / "model"))
+    data = str(write_jsonl(prompt_rows(max(64, a.prompts * a.steps)), work / "prompts.jsonl"))
+    res = {}
+    for side in ("ours", "trl"):
+        r = run_child(__file__, ["--child", side, "--model-dir", model_dir, "--data", data, "--steps", shape[0],
+                                 "--prompts", shape[1], "--generations", shape[2], "--new-tokens", shape[3]])
+        r["per_step"] = r["seconds"] / a.steps
+        r["generate_per_step"] = r["generate_seconds"] / a.steps
+        r["rest_per_step"] = r["per_step"] - r["generate_per_step"]
+        res[side] = r
+        print(f"[{side}] {r['per_step']:.2f} s/step (generation {r['generate_per_step']:.2f} s, scoring + training "
+              f"{r['rest_per_step']:.2f} s), completions of {r['mean_length']:.0f} tokens, peak RSS "
+              f"{r['peak_rss_mb']:.0f} MB", flush=True)
+    o, t = res["ours"], res["trl"]
+    print(f"speed-up ours vs TRL: step {t['per_step'] / o['per_step']:.2f}x, generation "
+          f"{t['generate_per_step'] / o['generate_per_step']:.2f}x, scoring + training "
+          f"{t['rest_per_step'] / o['rest_per_step']:.2f}x; peak RSS {o['peak_rss_mb'] / t['peak_rss_mb']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
