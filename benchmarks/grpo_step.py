@@ -5,7 +5,7 @@ prompts, reward function and LoRA settings.
 
 Each side runs in its own process. Both: LoRA r=8/alpha 32/dropout 0.05 on all linear layers, the `grpo` loss,
 beta 0 (no reference model), one iteration per generation batch, temperature 1, fp32, transformers
-generation. The random miniature almost never samples its end-of-turn token, so completions run to --new-tokens
+generation, on the GPU when there is one (both sides). The random miniature almost never samples its end-of-turn token, so completions run to --new-tokens
 on both sides (the mean length is printed to show it). Reported: seconds per step, split into generation and the rest (scoring and
 training), and the ratios. Needs `pip install -e ".[bench]"`.
 """
@@ -61,6 +61,7 @@ def run_ours(model_dir, data, steps, prompts, gens, new_tokens, out) -> dict:
 
 
 def run_trl(model_dir, data, steps, prompts, gens, new_tokens, out) -> dict:
+    import torch
     from datasets import load_dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import GRPOConfig, GRPOTrainer
@@ -70,7 +71,7 @@ def run_trl(model_dir, data, steps, prompts, gens, new_tokens, out) -> dict:
     args = GRPOConfig(output_dir=out, max_steps=steps, per_device_train_batch_size=prompts * gens,
                       num_generations=gens, max_completion_length=new_tokens, learning_rate=1e-5, beta=0.0,
                       loss_type="grpo", temperature=1.0, logging_steps=steps, save_strategy="no", report_to="none",
-                      use_cpu=True, bf16=False, fp16=False, seed=42, log_completions=False)
+                      use_cpu=not torch.cuda.is_available(), bf16=False, fp16=False, seed=42, log_completions=False)
     trainer = GRPOTrainer(model=model, reward_funcs=reward_len, args=args, processing_class=tokenizer,
                           train_dataset=load_dataset("json", data_files=data)["train"], peft_config=peer_lora())
     timer = {"generate": 0.0}

@@ -177,13 +177,19 @@ def test_server_backend_end_to_end(tmp_path):
         server.wait(30)
 
 
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 @pytest.mark.parametrize("extra,message", [
     ([], "needs --reward_funcs"),
     (["--reward_funcs", "accuracy", "--num_generations", "3"], "must be a multiple of --num_generations"),
     (["--reward_funcs", "accuracy", "--reward_weights", "1", "2"], "2 values for 1 reward functions"),
     (["--reward_funcs", "acuracy"], "unknown reward function 'acuracy'"),
     (["--reward_funcs", "accuracy", "--packing"], "unknown flag --packing"),
-    (["--reward_funcs", "accuracy", "--use_vllm"], "needs a CUDA GPU"),
+    (["--reward_funcs", "accuracy", "--use_vllm"], "needs a CUDA GPU" if not _cuda() else "pip install vllm"),
     (["--reward_funcs", "accuracy", "--num_generations", "1"], "at least 2"),
 ])
 def test_bad_options_are_one_line_errors(tmp_path, capsys, extra, message):
@@ -223,3 +229,22 @@ def test_long_prompts_are_dropped_and_counted(tmp_path, capsys):
     assert "4 prompts, dropped 1 (prompt longer than --max_prompt_length 64)" in capsys.readouterr().out
     assert main(args + ["--dataset", str(data), "--max_prompt_length", "4", "--output_dir", str(tmp_path / "b")]) == 2
     assert "no prompts left to train on; dropped 5 (prompt longer" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_two_processes_share_the_prompts(tmp_path):
+    """Each process samples and scores its own whole groups; metrics and batch-scaled advantages are global."""
+    out = tmp_path / "ddp"
+    f = tmp_path / "r.py"
+    f.write_text("def rank_free(completions, completion_ids, **kw):\n    return [float(ids[0] % 5) for ids in completion_ids]\n")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-m", "swiftlike.cli.main", *BASE, "--reward_funcs", f"{f}:rank_free",
+                           "--scale_rewards", "batch", "--max_steps", "2", "--nproc_per_node", "2",
+                           "--output_dir", str(out)], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "4 prompts x 4 completions per generation batch" in proc.stdout
+    log = _log(out)
+    assert [h["trained_completions"] for h in log] == [16, 32]          # 8 completions on each of 2 processes
+    assert all(0 <= h["rewards/rank_free/mean"] <= 4 for h in log)
+    lines = (out / "completions.jsonl").read_text().splitlines()
+    assert len(lines) == 2 * 8                                            # written by the first process only

@@ -157,7 +157,7 @@ def test_pad_by_sequence():
 
 
 def test_objective_logps_equal_a_plain_forward():
-    """Completion log-probs from the padding-free forward equal those of one model call per sequence."""
+    """Completion log-probs from the batched (right-padded) forward equal those of one model call per sequence."""
     from swiftlike.models import build_miniature
     from swiftlike.train.grpo_trainer import collate_completions
 
@@ -166,7 +166,7 @@ def test_objective_logps_equal_a_plain_forward():
                {"prompt_ids": [12, 13], "completion_ids": [14, 15], "advantage": -1.0, "masked": False}]
     batch = collate_completions(samples)
     obj = GRPOObjective(model)
-    flat = obj.policy_logps(batch["input_ids"], batch["targets"], batch["position_ids"], batch["seq_lens"])
+    flat = obj.policy_logps(batch["input_ids"], batch["targets"], batch["position_ids"], batch["attention_mask"])
     expected = []
     for s in samples:
         ids = torch.tensor([s["prompt_ids"] + s["completion_ids"]])
@@ -175,6 +175,8 @@ def test_objective_logps_equal_a_plain_forward():
         expected += [logits[p - 1 + k, t] for k, t in enumerate(s["completion_ids"])]
     assert torch.allclose(flat, torch.stack(expected), atol=1e-5)
     assert batch["completion_lens"].tolist() == [4, 2]
+    # prompts and padding are never targets: exactly the completion tokens are, in order
+    assert batch["targets"][batch["targets"] != -100].tolist() == [8, 9, 10, 11, 14, 15]
 
 
 def test_masked_completion_trains_nothing():

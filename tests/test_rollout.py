@@ -184,3 +184,34 @@ def test_vllm_backend_explains_how_to_install():
     except ImportError:
         with pytest.raises(UserError, match="pip install vllm"):
             VLLMRollout("/nonexistent")
+
+
+def test_sampler_draws_from_the_softmax():
+    from swiftlike.rollout.hf import sample_next
+
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0, -30.0]]).repeat(20000, 1)
+    g = torch.Generator().manual_seed(0)
+    freq = torch.bincount(sample_next(logits, Sampling(temperature=1.0), g), minlength=5).float() / 20000
+    assert torch.allclose(freq, torch.softmax(logits[0], -1), atol=0.01)
+    hot = torch.bincount(sample_next(logits, Sampling(temperature=0.5), g), minlength=5).float() / 20000
+    assert torch.allclose(hot, torch.softmax(logits[0] / 0.5, -1), atol=0.01)
+
+
+def test_sampler_top_k_and_top_p():
+    from swiftlike.rollout.hf import sample_next
+
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]])).repeat(20000, 1)
+    g = torch.Generator().manual_seed(1)
+    k2 = torch.bincount(sample_next(logits, Sampling(top_k=2), g), minlength=4).float() / 20000
+    assert k2[2:].sum() == 0 and abs(k2[0] - 0.5 / 0.8) < 0.015
+    p = torch.bincount(sample_next(logits, Sampling(top_p=0.7), g), minlength=4).float() / 20000
+    assert p[2:].sum() == 0 and abs(p[0] - 0.5 / 0.8) < 0.015       # 0.5 + 0.3 reach 0.7: two tokens kept
+    p9 = torch.bincount(sample_next(logits, Sampling(top_p=0.9), g), minlength=4).float() / 20000
+    assert p9[3] == 0 and p9[2] > 0.1
+
+
+def test_repetition_penalty():
+    from swiftlike.rollout.hf import penalize_repeats
+
+    out = penalize_repeats(torch.tensor([[2.0, -2.0, 1.0]]), torch.tensor([[0, 1]]), 2.0)
+    assert out.tolist() == [[1.0, -4.0, 1.0]]

@@ -2,7 +2,7 @@
 
 The loss is written over (sequences, completion tokens) tensors with a mask, the layout of the papers (and of
 TRL, which tests compare against token for token). The objective computes the policy's log-probs of the
-completion tokens from one padding-free forward and pads only those (small) vectors.
+completion tokens only (the output layer never sees prompt or padding positions).
 
 Loss types and what a micro-batch's loss is normalised by (the trainer then averages over micro-batches
 and ranks with the weight each reports):
@@ -108,7 +108,7 @@ def pad_by_sequence(values: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.
 
 
 class GRPOObjective(torch.nn.Module):
-    """Completions of a micro-batch in one padding-free forward; old log-probs are the sampling policy's
+    """Completions of a micro-batch in one forward (rows right-padded); old log-probs are the sampling policy's
     (stored when a generation batch is reused, else the current log-probs detached); the reference is the
     adapter-disabled model (LoRA) or a frozen copy (full)."""
 
@@ -132,37 +132,36 @@ class GRPOObjective(torch.nn.Module):
             return float(batch["completion_lens"].sum())
         return float(len(batch["completion_lens"]))
 
-    def token_logps(self, module, input_ids, targets, position_ids, seq_lens) -> torch.Tensor:
+    def token_logps(self, module, input_ids, targets, position_ids, attention_mask) -> torch.Tensor:
         """log p of every completion token (flat, sequence after sequence)."""
         from .dpo import token_logps
 
-        hidden = module.hidden_states(input_ids, position_ids, None, seq_lens)[0]
-        keep = targets[0] != -100
-        return token_logps(module.causal_lm.get_output_embeddings(), hidden[keep], targets[0][keep],
-                           module.chunk_size)
+        hidden = module.hidden_states(input_ids, position_ids, attention_mask)
+        keep = targets != -100
+        return token_logps(module.causal_lm.get_output_embeddings(), hidden[keep], targets[keep], module.chunk_size)
 
     @torch.no_grad()
-    def reference_logps(self, input_ids, targets, position_ids, seq_lens) -> torch.Tensor:
+    def reference_logps(self, input_ids, targets, position_ids, attention_mask) -> torch.Tensor:
         if self.ref is not None:
-            return self.token_logps(self.ref, input_ids, targets, position_ids, seq_lens)
+            return self.token_logps(self.ref, input_ids, targets, position_ids, attention_mask)
         model = self.policy.model
         ctx = model.disable_adapter() if hasattr(model, "disable_adapter") else nullcontext()
         with ctx:
-            return self.token_logps(self.policy, input_ids, targets, position_ids, seq_lens)
+            return self.token_logps(self.policy, input_ids, targets, position_ids, attention_mask)
 
     @torch.no_grad()
-    def policy_logps(self, input_ids, targets, position_ids, seq_lens) -> torch.Tensor:
-        return self.token_logps(self.policy, input_ids, targets, position_ids, seq_lens)
+    def policy_logps(self, input_ids, targets, position_ids, attention_mask) -> torch.Tensor:
+        return self.token_logps(self.policy, input_ids, targets, position_ids, attention_mask)
 
-    def forward(self, input_ids, targets, position_ids, seq_lens, completion_lens, advantages, old_logps=None,
+    def forward(self, input_ids, targets, position_ids, attention_mask, completion_lens, advantages, old_logps=None,
                 ref_logps=None):
-        flat = self.token_logps(self.policy, input_ids, targets, position_ids, seq_lens)
+        flat = self.token_logps(self.policy, input_ids, targets, position_ids, attention_mask)
         logps, mask = pad_by_sequence(flat, completion_lens)
         old = pad_by_sequence(old_logps, completion_lens)[0] if old_logps is not None else logps.detach()
         ref = None
         if self.beta != 0.0:
             if ref_logps is None:
-                ref_logps = self.reference_logps(input_ids, targets, position_ids, seq_lens)
+                ref_logps = self.reference_logps(input_ids, targets, position_ids, attention_mask)
             ref = pad_by_sequence(ref_logps, completion_lens)[0]
         loss, ratio, kl = per_token_loss(logps, old, advantages.to(logps.dtype), mask, epsilon_low=self.epsilon_low,
                                          epsilon_high=self.epsilon_high, beta=self.beta, ref_logps=ref,

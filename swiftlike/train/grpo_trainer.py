@@ -31,20 +31,26 @@ class RolloutSettings:
     log_completions: bool = True
 
 
-def collate_completions(samples: list[dict]) -> dict:
-    """Prompt + completion sequences in one padding-free row; targets are the completion tokens."""
-    ids, pos, tgt, lens, comp_lens = [], [], [], [], []
-    for s in samples:
+def collate_completions(samples: list[dict], pad_id: int = 0) -> dict:
+    """Prompt + completion rows, right-padded: completions of one generation batch have similar lengths, so
+    little is padded, and attention stays per row (a padding-free row of many sequences would need a
+    quadratic mask without flash attention). Targets are the completion tokens, sequence after sequence."""
+    width = max(len(s["prompt_ids"]) + len(s["completion_ids"]) for s in samples)
+    ids = torch.full((len(samples), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(samples), width), dtype=torch.long)
+    tgt = torch.full((len(samples), width), -100, dtype=torch.long)
+    comp_lens = []
+    for i, s in enumerate(samples):
         p, c = s["prompt_ids"], s["completion_ids"]
         n = len(p) + len(c)
-        ids += p + c
-        pos += range(n)
-        trained = [] if s["masked"] else c
-        tgt += [-100] * (len(p) - 1) + trained + [-100] * (n - len(p) + 1 - len(trained))
-        lens.append(n)
-        comp_lens.append(len(trained))
-    return {"input_ids": torch.tensor([ids]), "position_ids": torch.tensor([pos]), "targets": torch.tensor([tgt]),
-            "seq_lens": torch.tensor(lens), "completion_lens": torch.tensor(comp_lens),
+        ids[i, :n] = torch.tensor(p + c)
+        mask[i, :n] = 1
+        trained = 0 if s["masked"] else len(c)
+        if trained:
+            tgt[i, len(p) - 1:len(p) - 1 + trained] = torch.tensor(c)
+        comp_lens.append(trained)
+    return {"input_ids": ids, "attention_mask": mask, "position_ids": torch.arange(width).expand(len(samples), -1),
+            "targets": tgt, "completion_lens": torch.tensor(comp_lens),
             "advantages": torch.tensor([s["advantage"] for s in samples], dtype=torch.float32)}
 
 
@@ -115,7 +121,8 @@ class GRPOTrainer(Trainer):
                     "masked": self.rs.mask_truncated_completions and truncated[i]}
                    for i, (c, a) in enumerate(zip(completion_ids, advantages.tolist()))]
         bs = self.s.per_device_train_batch_size
-        batches = [collate_completions(samples[i:i + bs]) for i in range(0, len(samples), bs)]
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        batches = [collate_completions(samples[i:i + bs], pad) for i in range(0, len(samples), bs)]
         self._attach_logps(batches)
         t3 = time.perf_counter()
 
@@ -141,7 +148,7 @@ class GRPOTrainer(Trainer):
         its iterations."""
         obj = self.objective
         for b in batches:
-            args = [b[k].to(self.device) for k in ("input_ids", "targets", "position_ids", "seq_lens")]
+            args = [b[k].to(self.device) for k in ("input_ids", "targets", "position_ids", "attention_mask")]
             if self.rs.num_iterations > 1:
                 b["old_logps"] = obj.policy_logps(*args).float().cpu()
             if obj.beta != 0.0:
