@@ -293,7 +293,10 @@ class GRPOConfig(SFTConfig):
         if self.reward_weights and len(self.reward_weights) != n_rewards:
             raise UserError(f"--reward_weights has {len(self.reward_weights)} values for {n_rewards} reward "
                             "functions")
-        self.reward_weights = [float(w) for w in self.reward_weights]
+        try:
+            self.reward_weights = [float(w) for w in self.reward_weights]
+        except (TypeError, ValueError):
+            raise UserError(f"--reward_weights must be numbers, got {self.reward_weights}") from None
         if self.num_generations < 2:
             raise UserError("--num_generations must be at least 2 (advantages compare completions of a prompt)")
         local = self.per_device_train_batch_size * self.gradient_accumulation_steps

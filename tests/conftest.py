@@ -18,3 +18,13 @@ def qwen3_tokenizer():
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(QWEN3_TOKENIZER)
+
+
+def _one_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available() and torch.cuda.device_count() < 2
+
+
+# Two processes on one machine: gloo on CPU; NCCL needs a GPU per process
+two_processes = pytest.mark.skipif(_one_gpu(), reason="two processes need two GPUs on a CUDA machine (NCCL)")

@@ -12,6 +12,7 @@ from swiftlike.data.pairs import collate_pairs, encode_pairs
 from swiftlike.models import build_miniature
 from swiftlike.templates import get_template
 from swiftlike.train.dpo import PreferenceObjective
+from conftest import two_processes
 
 BASE = dict(model="Qwen/Qwen3-0.6B", miniature=True, dataset=["preference-demo"], logging_steps=1)
 
@@ -85,6 +86,7 @@ def test_precomputed_reference_matches_the_live_one(tmp_path):
 
 
 @pytest.mark.slow
+@two_processes
 def test_two_process_dpo_matches_one_process(tmp_path):
     import os
     import subprocess

@@ -13,6 +13,7 @@ import pytest
 
 import swiftlike as wb
 from swiftlike.cli.main import main
+from conftest import two_processes
 
 ROOT = Path(__file__).parents[1]
 BASE = ["grpo", "--model", "Qwen/Qwen3-0.6B", "--miniature", "--dataset", "arithmetic#16",
@@ -188,6 +189,7 @@ def _cuda() -> bool:
     (["--reward_funcs", "accuracy", "--num_generations", "3"], "must be a multiple of --num_generations"),
     (["--reward_funcs", "accuracy", "--reward_weights", "1", "2"], "2 values for 1 reward functions"),
     (["--reward_funcs", "acuracy"], "unknown reward function 'acuracy'"),
+    (["--reward_funcs", "accuracy", "--reward_weights", "high"], "--reward_weights must be numbers"),
     (["--reward_funcs", "accuracy", "--packing"], "unknown flag --packing"),
     (["--reward_funcs", "accuracy", "--use_vllm"], "needs a CUDA GPU" if not _cuda() else "pip install vllm"),
     (["--reward_funcs", "accuracy", "--num_generations", "1"], "at least 2"),
@@ -232,6 +234,7 @@ def test_long_prompts_are_dropped_and_counted(tmp_path, capsys):
 
 
 @pytest.mark.slow
+@two_processes
 def test_two_processes_share_the_prompts(tmp_path):
     """Each process samples and scores its own whole groups; metrics and batch-scaled advantages are global."""
     out = tmp_path / "ddp"
