@@ -75,3 +75,28 @@ def test_targets_never_cross_sequence_borders():
     borders = torch.cumsum(batch["seq_lens"], 0) - 1
     assert (batch["targets"][0, borders] == IGNORE_INDEX).all()
     assert batch["position_ids"][0].tolist() == [i for r in rows for i in range(len(r["input_ids"]))]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_token_logps_fused_path_matches_autograd(dtype):
+    """The frozen-head path (gradient formed in forward) equals log_softmax + autograd, values and gradients."""
+    from swiftlike.train.loss import token_logps
+
+    g = torch.Generator().manual_seed(0)
+    head = torch.nn.Linear(16, 50, bias=False).to(dtype).requires_grad_(False)
+    with torch.no_grad():
+        head.weight.copy_(torch.randn(50, 16, generator=g, dtype=dtype))
+    hidden = torch.randn(13, 16, generator=g, dtype=dtype)
+    targets = torch.randint(0, 50, (13,), generator=g)
+    upstream = torch.randn(13, generator=g, dtype=torch.float32)
+    a, b = hidden.clone().requires_grad_(True), hidden.clone().requires_grad_(True)
+    fused = token_logps(head, a, targets, chunk_size=4)
+    (fused * upstream).sum().backward()
+    plain = torch.log_softmax(head(b).float(), -1).gather(-1, targets[:, None]).squeeze(-1)
+    (plain * upstream).sum().backward()
+    assert torch.allclose(fused, plain, atol=1e-5)
+    assert torch.allclose(a.grad, b.grad, atol=1e-5)
+    head.weight.requires_grad_(True)                      # a trainable head takes the recomputing path
+    c = hidden.clone().requires_grad_(True)
+    (token_logps(head, c, targets, chunk_size=4) * upstream).sum().backward()
+    assert torch.allclose(c.grad, b.grad, atol=1e-5) and head.weight.grad is not None

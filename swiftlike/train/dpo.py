@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .loss import token_logps
+
 REFERENCE_FREE = ("simpo", "orpo", "cpo")
 LOSS_TYPES = ("sigmoid", "ipo", "hinge", "robust") + REFERENCE_FREE
 
@@ -110,23 +112,6 @@ def rewards(p: PairLogps, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 # -- the training objective ----------------------------------------------------------------------
-def _chunk_logps(lm_head, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    logits = lm_head(hidden).float()
-    return logits.gather(-1, targets[:, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
-
-
-def token_logps(lm_head, hidden: torch.Tensor, targets: torch.Tensor, chunk_size: int) -> torch.Tensor:
-    """log p(target) per selected position, a chunk of logits at a time (recomputed in backward, not stored)."""
-    from torch.utils.checkpoint import checkpoint
-
-    parts = []
-    for start in range(0, hidden.shape[0], chunk_size):
-        h, t = hidden[start:start + chunk_size], targets[start:start + chunk_size]
-        parts.append(checkpoint(_chunk_logps, lm_head, h, t, use_reentrant=False) if torch.is_grad_enabled()
-                     else _chunk_logps(lm_head, h, t))
-    return torch.cat(parts) if parts else hidden.new_zeros(0)
-
-
 def nll_weight(loss_type: str, rpo_alpha: float | None) -> float:
     """Weight of the chosen-completion NLL term: CPO and ORPO include one (1.0), DPO variants only with rpo_alpha."""
     if rpo_alpha is not None:

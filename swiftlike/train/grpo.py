@@ -134,7 +134,7 @@ class GRPOObjective(torch.nn.Module):
 
     def token_logps(self, module, input_ids, targets, position_ids, attention_mask) -> torch.Tensor:
         """log p of every completion token (flat, sequence after sequence)."""
-        from .dpo import token_logps
+        from .loss import token_logps
 
         hidden = module.hidden_states(input_ids, position_ids, attention_mask)
         keep = targets != -100
