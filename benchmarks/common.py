@@ -101,6 +101,15 @@ def peer_lora():
     return LoraConfig(r=8, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM")
 
 
+def add_child_args(parser) -> None:
+    """The hidden flags a benchmark passes to its own child processes (one per side)."""
+    import argparse
+
+    parser.add_argument("--child", choices=("ours", "trl"), help=argparse.SUPPRESS)
+    parser.add_argument("--model-dir", help=argparse.SUPPRESS)
+    parser.add_argument("--data", help=argparse.SUPPRESS)
+
+
 def run_child(script: str, args: list[str]) -> dict:
     """Run `script --child ...` in its own process (its peak RSS is its own) and return its RESULT line."""
     import subprocess

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import build_model_dir, chat_rows, peak_rss_mb, run_child, write_jsonl  # noqa: E402
+from common import add_child_args, build_model_dir, chat_rows, peak_rss_mb, run_child, write_jsonl  # noqa: E402
 
 
 def ours(model_dir: str, data: str, out: str) -> float:
@@ -54,9 +54,7 @@ def trl(model_dir: str, data: str, out: str) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[2000, 50000])
-    ap.add_argument("--child", choices=("ours", "trl"), help=argparse.SUPPRESS)
-    ap.add_argument("--model-dir", help=argparse.SUPPRESS)
-    ap.add_argument("--data", help=argparse.SUPPRESS)
+    add_child_args(ap)
     a = ap.parse_args()
     if a.child:
         with tempfile.TemporaryDirectory() as out:

@@ -16,7 +16,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import build_model_dir, peak_rss_mb, peer_lora, preference_rows, run_child, write_jsonl  # noqa: E402
+from common import (add_child_args, build_model_dir, peak_rss_mb, peer_lora, preference_rows, run_child,  # noqa: E402
+                    write_jsonl)
 
 
 def run_ours(model_dir: str, data: str, steps: int, batch: int, out: str) -> dict:
@@ -47,9 +48,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--rows", type=int, default=2000)
-    ap.add_argument("--child", choices=("ours", "trl"), help=argparse.SUPPRESS)
-    ap.add_argument("--model-dir", help=argparse.SUPPRESS)
-    ap.add_argument("--data", help=argparse.SUPPRESS)
+    add_child_args(ap)
     a = ap.parse_args()
     if a.child:
         with tempfile.TemporaryDirectory() as out:

@@ -4,10 +4,11 @@ prompts, reward function and LoRA settings.
     python benchmarks/grpo_step.py [--steps 6] [--prompts 8] [--generations 4] [--new-tokens 32]
 
 Each side runs in its own process. Both: LoRA r=8/alpha 32/dropout 0.05 on all linear layers, the `grpo` loss,
-beta 0 (no reference model), one iteration per generation batch, temperature 1, fp32, transformers
-generation, on the GPU when there is one (both sides). The random miniature almost never samples its end-of-turn token, so completions run to --new-tokens
-on both sides (the mean length is printed to show it). Reported: seconds per step, split into generation and the rest (scoring and
-training), and the ratios. Needs `pip install -e ".[bench]"`.
+beta 0 (no reference model), one iteration per generation batch, temperature 1, fp32, transformers generation,
+on the GPU when there is one (both sides). The random miniature almost never samples its end-of-turn token, so
+completions run to --new-tokens on both sides (the mean length is printed to show it). Reported: seconds per
+step, split into generation and the rest (scoring and training), and the ratios. Needs
+`pip install -e ".[bench]"`.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import build_model_dir, peak_rss_mb, peer_lora, run_child, write_jsonl  # noqa: E402
+from common import add_child_args, build_model_dir, peak_rss_mb, peer_lora, run_child, write_jsonl  # noqa: E402
 
 
 def _text(completion) -> str:
@@ -97,9 +98,7 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=8)
     ap.add_argument("--generations", type=int, default=4)
     ap.add_argument("--new-tokens", type=int, default=32)
-    ap.add_argument("--child", choices=("ours", "trl"), help=argparse.SUPPRESS)
-    ap.add_argument("--model-dir", help=argparse.SUPPRESS)
-    ap.add_argument("--data", help=argparse.SUPPRESS)
+    add_child_args(ap)
     a = ap.parse_args()
     shape = [str(a.steps), str(a.prompts), str(a.generations), str(a.new_tokens)]
     if a.child:

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (build_model_dir, chat_rows, matmul_flops, peak_rss_mb, peer_lora, run_child,  # noqa: E402
+from common import (add_child_args, build_model_dir, chat_rows, matmul_flops, peak_rss_mb, peer_lora, run_child,  # noqa: E402
                     write_jsonl)
 
 
@@ -74,9 +74,7 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=2000)
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--only", choices=("ours", "trl"), help="run one side only")
-    ap.add_argument("--child", choices=("ours", "trl"), help=argparse.SUPPRESS)
-    ap.add_argument("--model-dir", help=argparse.SUPPRESS)
-    ap.add_argument("--data", help=argparse.SUPPRESS)
+    add_child_args(ap)
     a = ap.parse_args()
     if a.child:
         return child(a.child, a.model_dir, a.data, a.steps, a.batch)

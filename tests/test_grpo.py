@@ -239,7 +239,8 @@ def test_two_processes_share_the_prompts(tmp_path):
     """Each process samples and scores its own whole groups; metrics and batch-scaled advantages are global."""
     out = tmp_path / "ddp"
     f = tmp_path / "r.py"
-    f.write_text("def rank_free(completions, completion_ids, **kw):\n    return [float(ids[0] % 5) for ids in completion_ids]\n")
+    f.write_text("def rank_free(completions, completion_ids, **kw):\n"
+                 "    return [float(ids[0] % 5) for ids in completion_ids]\n")
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run([sys.executable, "-m", "swiftlike.cli.main", *BASE, "--reward_funcs", f"{f}:rank_free",
                            "--scale_rewards", "batch", "--max_steps", "2", "--nproc_per_node", "2",

@@ -17,7 +17,8 @@ from swiftlike.cli.main import main
 from conftest import two_processes
 
 DATA = "examples/data/identity.jsonl"
-BASE = dict(model="Qwen/Qwen3-0.6B", miniature=True, dataset=[DATA], logging_steps=1)
+BASE = dict(model="Qwen/Qwen3-0.6B", miniature=True, dataset=[DATA], logging_steps=1,
+            torch_dtype="float32")  # equivalence checks need fp32 (auto picks bf16 on GPUs)
 
 
 def _adapter(ckpt) -> dict:

@@ -3,14 +3,12 @@ advantages (GRPO and its variants), with LoRA, QLoRA or full parameters."""
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 from .. import accel
 from ..config import GRPOConfig
 from ..data.dataset import DataStats, load_rows
 from ..errors import UserError
 from ..models import load_model, load_tokenizer
-from ..models.loader import quiet_libraries
 from ..rewards import RewardContext, resolve, wrap
 from ..rollout import Sampling
 from ..templates import get_template
@@ -18,7 +16,7 @@ from ..train.checkpoint import write_atomic
 from ..train.grpo import GRPOObjective
 from ..train.grpo_trainer import GRPOTrainer, RolloutSettings
 from ..train.trainer import LoopSettings, TrainResult
-from .sft import _base_weights, _resume_point, build_trainable, describe_model, resolve_template_name, run_args
+from .sft import _base_weights, build_trainable, describe_model, resolve_template_name, run_args, start_run
 
 
 def encode_prompts(rows: list[dict], template, max_prompt_length: int, stats: DataStats,
@@ -72,13 +70,7 @@ def reward_functions(cfg: GRPOConfig, template) -> list:
 
 
 def run_grpo(cfg: GRPOConfig) -> TrainResult:
-    quiet_libraries()
-    accel.init_distributed()
-    main = accel.is_main_process()
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    resume_from = _resume_point(cfg)
-    accel.seed_everything(cfg.seed)
+    main, out, resume_from = start_run(cfg)
 
     tokenizer = load_tokenizer(cfg.model, cfg.hub, cfg.trust_remote_code)
     template_name = resolve_template_name(cfg, tokenizer)

@@ -162,14 +162,19 @@ def prepare_data(cfg: SFTConfig, template) -> tuple[list[dict], list[dict], Data
     return rows, eval_rows, stats
 
 
-def run_sft(cfg: SFTConfig) -> TrainResult:
+def start_run(cfg: SFTConfig) -> tuple[bool, Path, Path | None]:
+    """Process group, output directory, what to resume from, seeds: (is main process, output dir, checkpoint)."""
     quiet_libraries()
     accel.init_distributed()
-    main = accel.is_main_process()
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     resume_from = _resume_point(cfg)
     accel.seed_everything(cfg.seed)
+    return accel.is_main_process(), out, resume_from
+
+
+def run_sft(cfg: SFTConfig) -> TrainResult:
+    main, out, resume_from = start_run(cfg)
 
     tokenizer = load_tokenizer(cfg.model, cfg.hub, cfg.trust_remote_code)
     if _task(cfg) == "pt":  # plain text; the chat template (if known) is kept for inference afterwards

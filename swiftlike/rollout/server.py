@@ -69,8 +69,8 @@ def make_handler(engine, model_name: str):
                 with lock:
                     if self.path == "/generate":
                         req = json.loads(body)
-                        sampling = Sampling(**{**req.get("sampling", {}),
-                                               "stop_token_ids": tuple(req.get("sampling", {}).get("stop_token_ids", ()))})
+                        given = req.get("sampling", {})
+                        sampling = Sampling(**{**given, "stop_token_ids": tuple(given.get("stop_token_ids", ()))})
                         ids = engine.generate(req["prompts"], int(req.get("n", 1)), sampling)
                         self._reply(200, {"completion_ids": ids})
                     elif self.path == "/update_weights":
