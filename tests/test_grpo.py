@@ -252,3 +252,12 @@ def test_two_processes_share_the_prompts(tmp_path):
     assert all(0 <= h["rewards/rank_free/mean"] <= 4 for h in log)
     lines = (out / "completions.jsonl").read_text().splitlines()
     assert len(lines) == 2 * 8                                            # written by the first process only
+
+
+def test_qlora_with_gradient_checkpointing_and_kl(tmp_path):
+    pytest.importorskip("bitsandbytes")
+    r = wb.grpo(model="Qwen/Qwen3-0.6B", miniature=True, dataset=["arithmetic#8"], reward_funcs=["repetition"],
+                qlora=True, gradient_checkpointing=True, beta=0.1, num_generations=2, per_device_train_batch_size=4,
+                max_completion_length=6, max_steps=2, output_dir=str(tmp_path / "q"))
+    assert (Path(r.checkpoint) / "adapter_model.safetensors").is_file()
+    assert all("kl" in h for h in r.log_history)

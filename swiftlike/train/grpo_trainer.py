@@ -105,9 +105,9 @@ class GRPOTrainer(Trainer):
                                             skip_special_tokens=True)
         kwargs = {"completions": texts, "prompts": [r["messages"] for r in rows for _ in range(g)],
                   "completion_ids": completion_ids}
-        for key in rows[0]:
-            if key not in ("messages", "prompt_ids"):
-                kwargs[key] = [r.get(key) for r in rows for _ in range(g)]
+        columns = dict.fromkeys(k for r in rows for k in r if k not in ("messages", "prompt_ids"))
+        for key in columns:  # every column of any row (mixed datasets: None where a row lacks it)
+            kwargs[key] = [r.get(key) for r in rows for _ in range(g)]
         table = torch.tensor(score(self.rewards, kwargs, len(texts)), dtype=torch.float32)
         weights = torch.tensor(self.rs.reward_weights or [1.0] * len(self.rewards), dtype=torch.float32)
         rewards = (table * weights).nansum(dim=1)
