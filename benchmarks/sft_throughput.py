@@ -32,13 +32,19 @@ def run_ours(model_dir: str, data: str, steps: int, batch: int, out: str) -> dic
     return {"tokens": m["input_tokens"], "train_seconds": m["train_seconds"], "wall_seconds": time.perf_counter() - t}
 
 
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def run_trl(model_dir: str, data: str, steps: int, batch: int, out: str) -> dict:
     from datasets import load_dataset
     from trl import SFTConfig, SFTTrainer
 
     t = time.perf_counter()
     args = SFTConfig(output_dir=out, max_steps=steps, per_device_train_batch_size=batch, learning_rate=1e-4,
-                     max_length=1024, logging_steps=1, save_strategy="no", report_to="none", use_cpu=True,
+                     max_length=1024, logging_steps=1, save_strategy="no", report_to="none", use_cpu=not _cuda(),
                      bf16=False, fp16=False, dataloader_num_workers=0, seed=42)
     trainer = SFTTrainer(model=model_dir, args=args, train_dataset=load_dataset("json", data_files=data)["train"],
                          peft_config=peer_lora())
