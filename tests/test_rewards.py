@@ -166,6 +166,15 @@ def test_registered_name_and_unknown_name():
         resolve(["acuracy"], RewardContext())
 
 
+def test_a_failing_function_is_named(tmp_path):
+    def broken(completions, solution):
+        return [float(s) for s in solution]
+
+    r = resolve([broken], RewardContext())[0]
+    with pytest.raises(UserError, match="reward function 'broken' failed: ValueError: could not convert"):
+        r({"completions": ["a"], "solution": ["seven"]})
+
+
 def test_score_table_none_and_errors():
     rs = resolve([lambda completions, **_: [1, None], lambda completions, **_: [0.5, 2]], RewardContext())
     table = score(rs, {"completions": ["a", "b"]}, 2)

@@ -42,10 +42,15 @@ class Reward:
 
     def __call__(self, kwargs: dict) -> list:
         args = kwargs if self.accepts_all else {k: v for k, v in kwargs.items() if k in self.params}
-        out = self.fn(**args)
-        if inspect.isawaitable(out):
-            out = _run(out)
-        return list(out)
+        try:
+            out = self.fn(**args)
+            if inspect.isawaitable(out):
+                out = _run(out)
+            return list(out)
+        except UserError:
+            raise
+        except Exception as e:  # the user's code: name it in one line (--debug shows the chained traceback)
+            raise UserError(f"reward function {self.name!r} failed: {type(e).__name__}: {e}") from e
 
 
 def _run(awaitable):
