@@ -261,3 +261,33 @@ def test_qlora_with_gradient_checkpointing_and_kl(tmp_path):
                 max_completion_length=6, max_steps=2, output_dir=str(tmp_path / "q"))
     assert (Path(r.checkpoint) / "adapter_model.safetensors").is_file()
     assert all("kl" in h for h in r.log_history)
+
+
+def test_tool_calling_prompts_and_reward(tmp_path):
+    """Rows with `tools`: the prompt shows the tools (template), and tool_call_valid scores against them."""
+    tools = [{"type": "function", "function": {"name": "get_weather", "description": "Weather of a city",
+                                               "parameters": {"type": "object", "properties": {
+                                                   "city": {"type": "string"}}}}}]
+    data = tmp_path / "tools.jsonl"
+    data.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"Weather in city {i}?"}],
+                                        "tools": tools}) + "\n" for i in range(4)))
+    seen = {}
+
+    def spy(prompts, tools, **_):
+        seen["tools"] = tools
+        return [0.0] * len(prompts)
+
+    r = wb.grpo(model="Qwen/Qwen3-0.6B", miniature=True, dataset=[str(data)], reward_funcs=["tool_call_valid", spy],
+                num_generations=2, per_device_train_batch_size=4, max_completion_length=6, max_steps=1,
+                output_dir=str(tmp_path / "t"))
+    assert seen["tools"][0] == tools and len(seen["tools"]) == 4
+    assert [h["rewards/tool_call_valid/mean"] for h in r.log_history] == [0.0]   # a random model calls no tool
+    from swiftlike.pipelines.grpo import encode_prompts
+    from swiftlike.data.dataset import DataStats
+    from swiftlike.templates import get_template
+    from swiftlike.models import load_tokenizer
+
+    tok = load_tokenizer("Qwen/Qwen3-0.6B")
+    row = encode_prompts([{"messages": [{"role": "user", "content": "Hi"}], "tools": tools}],
+                         get_template("qwen3", tok), 512, DataStats())[0]
+    assert "get_weather" in tok.decode(row["prompt_ids"]) and "<tools>" in tok.decode(row["prompt_ids"])
