@@ -1,10 +1,13 @@
-"""`wb sft`: supervised fine-tuning with LoRA, QLoRA or full parameters."""
+"""`wb sft`, `wb pt`, `wb dpo`, `wb kto`, `wb rm`: one pipeline (data -> model -> trainer), with what differs per
+command declared in METHODS (its rows, batching and objective). `wb grpo` (pipelines/grpo.py) reuses the pieces."""
 from __future__ import annotations
 
 import dataclasses
 import json
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Callable
 
 from .. import __version__, accel
 from ..config import SFTConfig
@@ -20,6 +23,7 @@ from ..models.loader import model_meta, quiet_libraries
 from ..templates import get_template
 from ..templates.text import TextTemplate
 from ..train.checkpoint import latest_checkpoint, write_atomic
+from ..train.dpo import REFERENCE_FREE
 from ..train.trainer import LoopSettings, Trainer, TrainResult
 
 BASE_MODEL_DIR = "base_model"
@@ -88,6 +92,27 @@ def _base_weights(cfg: SFTConfig, tokenizer, out: Path) -> str:
     return str(base)
 
 
+@dataclass(frozen=True)
+class Method:
+    """What sets one training command apart: the rows it reads, how they are batched, what is optimised."""
+
+    rows: str                                  # the canonical rows load_rows produces: sft | pt | preference | kto
+    pairwise: bool = False                     # encoded as pairs / labelled answers, batched by `collate`
+    reward_head: bool = False                  # a sequence-classification head instead of the LM head
+    objective: Callable | None = None          # (cfg, model, base_dir, dtype) -> objective; None: causal-LM loss
+    collate: Callable | None = None            # (template) -> the batching of its rows
+
+
+def _reward_objective(cfg, model, base_dir, dtype):
+    from ..train.dpo import RewardObjective
+
+    return RewardObjective(model, cfg.center_rewards_coefficient)
+
+
+def _pairs_collate(template):
+    return collate_pairs
+
+
 def _task(cfg) -> str:
     from ..config import DPOConfig, KTOConfig, PTConfig, RMConfig
 
@@ -111,7 +136,8 @@ def _encoded(cfg: SFTConfig, template, specs: list[str]) -> tuple[list[dict], Da
             return (*hit, True)
     sources: list[str] = []
     stats = DataStats()
-    raw = load_rows(specs, sources, cfg.skip_bad_rows, stats, cfg.seed, _task(cfg), cfg.columns, cfg.data_names())
+    raw = load_rows(specs, sources, cfg.skip_bad_rows, stats, cfg.seed, METHODS[_task(cfg)].rows, cfg.columns,
+                    cfg.data_names())
     rows, stats = encode_rows(raw, template, cfg.max_length, sources, cfg.truncation_strategy, cfg.skip_bad_rows,
                               stats, cfg.dataset_num_proc)
     if key is not None and accel.is_main_process():
@@ -124,20 +150,21 @@ def _encoded_pairs(cfg, template, specs: list[str]) -> tuple[list[dict], DataSta
     from ..data.pairs import encode_kto, encode_pairs
 
     stats = DataStats()
-    task = "kto" if _task(cfg) == "kto" else "preference"  # dpo and rm read pairs
-    raw = load_rows(specs, None, cfg.skip_bad_rows, stats, cfg.seed, task, cfg.columns, cfg.data_names())
-    return (encode_kto if task == "kto" else encode_pairs)(raw, template, cfg.max_length, stats)
+    rows = METHODS[_task(cfg)].rows
+    raw = load_rows(specs, None, cfg.skip_bad_rows, stats, cfg.seed, rows, cfg.columns, cfg.data_names())
+    return (encode_kto if rows == "kto" else encode_pairs)(raw, template, cfg.max_length, stats)
 
 
 def prepare_data(cfg: SFTConfig, template) -> tuple[list[dict], list[dict], DataStats]:
     """Training rows (encoded, or canonical with --lazy_tokenize), validation rows (--val_dataset or a seeded
     --split_ratio, always encoded) and the data report."""
-    if _task(cfg) in ("dpo", "kto", "rm"):
+    pairwise = METHODS[_task(cfg)].pairwise
+    if pairwise:
         rows, stats = _encoded_pairs(cfg, template, cfg.dataset)
         cached = False
     elif cfg.lazy_tokenize:
         stats = DataStats()
-        rows = load_rows(cfg.dataset, None, cfg.skip_bad_rows, stats, cfg.seed, _task(cfg), cfg.columns,
+        rows = load_rows(cfg.dataset, None, cfg.skip_bad_rows, stats, cfg.seed, METHODS[_task(cfg)].rows, cfg.columns,
                          cfg.data_names())
         stats.rows_read = len(rows) + sum(stats.dropped.values())
         cached = False
@@ -146,7 +173,7 @@ def prepare_data(cfg: SFTConfig, template) -> tuple[list[dict], list[dict], Data
     stats.cached = cached
     eval_rows: list[dict] = []
     if cfg.val_dataset:
-        eval_rows = _encoded_pairs(cfg, template, cfg.val_dataset)[0] if _task(cfg) in ("dpo", "kto", "rm") else \
+        eval_rows = _encoded_pairs(cfg, template, cfg.val_dataset)[0] if pairwise else \
             _encoded(cfg, template, cfg.val_dataset)[0]
     elif cfg.split_ratio > 0:
         import random
@@ -175,9 +202,10 @@ def start_run(cfg: SFTConfig) -> tuple[bool, Path, Path | None]:
 
 def run_sft(cfg: SFTConfig) -> TrainResult:
     main, out, resume_from = start_run(cfg)
+    method = METHODS[_task(cfg)]
 
     tokenizer = load_tokenizer(cfg.model, cfg.hub, cfg.trust_remote_code)
-    if _task(cfg) == "pt":  # plain text; the chat template (if known) is kept for inference afterwards
+    if method.rows == "pt":  # plain text; the chat template (if known) is kept for inference afterwards
         meta = model_meta(cfg.model)
         template, template_name = TextTemplate(tokenizer), cfg.template or (meta.template if meta else cfg.model)
     else:
@@ -185,7 +213,7 @@ def run_sft(cfg: SFTConfig) -> TrainResult:
         template = get_template(template_name, tokenizer, cfg.loss_scope)
     if cfg.streaming:
         specs = list(cfg.dataset)
-        rows = RowStream(lambda: iter_rows(specs, _task(cfg), cfg.columns, cfg.data_names(), cfg.skip_bad_rows),
+        rows = RowStream(lambda: iter_rows(specs, method.rows, cfg.columns, cfg.data_names(), cfg.skip_bad_rows),
                          cfg.seed)
         eval_rows = _encoded(cfg, template, cfg.val_dataset)[0] if cfg.val_dataset else []
         if main:
@@ -206,8 +234,7 @@ def run_sft(cfg: SFTConfig) -> TrainResult:
 
     dtype = accel.resolve_dtype(cfg.torch_dtype)
     base_dir = _base_weights(cfg, tokenizer, out)
-    reward = _task(cfg) == "rm"
-    model = build_trainable(cfg, tokenizer, base_dir, resume_from, dtype, reward)
+    model = build_trainable(cfg, tokenizer, base_dir, resume_from, dtype, method.reward_head)
     if main:
         describe_model(cfg, model, template_name, dtype)
     args_json = run_args(cfg, _task(cfg), template_name, base_dir)
@@ -218,23 +245,14 @@ def run_sft(cfg: SFTConfig) -> TrainResult:
     train_collate = LazyCollate(template, cfg.max_length, cfg.truncation_strategy, collate, cfg.skip_bad_rows) \
         if cfg.streaming or cfg.lazy_tokenize else collate
     settings = LoopSettings(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(LoopSettings)})
-    objective = None
-    if _task(cfg) == "dpo":
-        objective = _preference_objective(cfg, model, base_dir, dtype)
-        train_collate = collate = collate_pairs
-        if cfg.precompute_ref_logps and cfg.loss_type not in ("simpo", "orpo", "cpo"):
-            if cfg.full and resume_from is not None:
-                raise UserError("a resumed full-parameter run no longer holds its reference model; resume it "
-                                "without --precompute_ref_logps (the reference is then loaded from the base weights)")
-            _precompute_reference(objective, rows + eval_rows, cfg.per_device_train_batch_size, main)
-    elif _task(cfg) == "kto":
-        objective = _preference_objective(cfg, model, base_dir, dtype)
-        train_collate = collate = KTOCollate(template)
-    elif reward:
-        from ..train.dpo import RewardObjective
-
-        objective = RewardObjective(model, cfg.center_rewards_coefficient)
-        train_collate = collate = collate_pairs
+    objective = method.objective(cfg, model, base_dir, dtype) if method.objective else None
+    if method.collate is not None:
+        train_collate = collate = method.collate(template)
+    if getattr(cfg, "precompute_ref_logps", False) and cfg.loss_type not in REFERENCE_FREE:
+        if cfg.full and resume_from is not None:
+            raise UserError("a resumed full-parameter run no longer holds its reference model; resume it "
+                            "without --precompute_ref_logps (the reference is then loaded from the base weights)")
+        _precompute_reference(objective, rows + eval_rows, cfg.per_device_train_batch_size, main)
     trainer = Trainer(model, tokenizer, rows, train_collate, settings, args_json, resume_from, eval_rows,
                       eval_collate=collate, objective=objective)
     if main and resume_from is not None:
@@ -324,3 +342,12 @@ def _load_adapter(model, ckpt: Path) -> None:
     if not weights.is_file():
         raise UserError(f"{ckpt}: no adapter_model.safetensors to resume a LoRA run from")
     set_peft_model_state_dict(model, load_file(str(weights)))
+
+
+METHODS = {
+    "sft": Method("sft"),
+    "pt": Method("pt"),
+    "dpo": Method("preference", pairwise=True, objective=_preference_objective, collate=_pairs_collate),
+    "kto": Method("kto", pairwise=True, objective=_preference_objective, collate=KTOCollate),
+    "rm": Method("preference", pairwise=True, reward_head=True, objective=_reward_objective, collate=_pairs_collate),
+}
