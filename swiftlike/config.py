@@ -223,8 +223,7 @@ class GRPOConfig(SFTConfig):
 
     # options of supervised training that do not apply: prompts are encoded as they are drawn
     NOT_OPTIONS = ("max_length", "truncation_strategy", "dataset_num_proc", "dataset_cache", "cache_dir",
-                   "lazy_tokenize", "streaming", "loss_scope", "padding_free", "packing", "val_dataset",
-                   "split_ratio", "eval_steps")
+                   "lazy_tokenize", "streaming", "loss_scope", "padding_free", "packing")
 
     per_device_train_batch_size: int = _f(8, "Completions per device per micro-batch; the completions of one "
                                              "optimizer step (x accumulation x processes) must be a multiple of "
@@ -242,6 +241,8 @@ class GRPOConfig(SFTConfig):
     repetition_penalty: float = _f(1.0, "Penalty on tokens already present (1: none).")
     enable_thinking: bool | None = _f(None, "Hybrid-thinking models: false pre-fills an empty think block in the "
                                             "prompt.")
+    eval_temperature: float = _f(0.0, "Temperature of the one completion per validation prompt (--val_dataset or "
+                                      "--split_ratio); 0 is greedy.")
     # rewards
     reward_funcs: list = _f([], "Reward functions: accuracy, format, length, cosine, repetition, tool_call_valid, a "
                                 "registered name, or path/to/file.py:function (repeat to combine).")
@@ -309,6 +310,8 @@ class GRPOConfig(SFTConfig):
                 raise UserError(f"--{name} must be at least 1, got {getattr(self, name)}")
         if self.temperature <= 0:
             raise UserError("--temperature must be positive: GRPO compares sampled completions")
+        if self.eval_temperature < 0:
+            raise UserError(f"--eval_temperature must be >= 0, got {self.eval_temperature}")
         if self.beta < 0:
             raise UserError(f"--beta must be >= 0, got {self.beta}")
         return self

@@ -291,3 +291,22 @@ def test_tool_calling_prompts_and_reward(tmp_path):
     row = encode_prompts([{"messages": [{"role": "user", "content": "Hi"}], "tools": tools}],
                          get_template("qwen3", tok), 512, DataStats())[0]
     assert "get_weather" in tok.decode(row["prompt_ids"]) and "<tools>" in tok.decode(row["prompt_ids"])
+
+
+def test_validation_reward_is_logged(tmp_path):
+    r = wb.grpo(model="Qwen/Qwen3-0.6B", miniature=True, dataset=["arithmetic#20"], reward_funcs=["length", "format"],
+                split_ratio=0.2, eval_steps=1, num_generations=2, per_device_train_batch_size=4,
+                max_completion_length=6, max_steps=2, output_dir=str(tmp_path / "v"))
+    evals = [h for h in r.log_history if "eval_reward" in h]
+    assert [h["step"] for h in evals] == [1, 2]
+    assert evals[-1]["eval_rewards/length/mean"] == -1.0            # greedy, full-length completions
+    assert "eval_completions/mean_length" in evals[-1] and r.metrics["eval_reward"] == evals[-1]["eval_reward"]
+
+
+def test_greedy_sampling():
+    from swiftlike.rollout import Sampling
+    from swiftlike.rollout.hf import sample_next
+
+    import torch
+
+    assert sample_next(torch.tensor([[0.1, 3.0, 0.2], [5.0, 0.0, 1.0]]), Sampling(temperature=0)).tolist() == [1, 0]

@@ -35,6 +35,24 @@ def encode_prompts(rows: list[dict], template, max_prompt_length: int, stats: Da
     return out
 
 
+def _prompts(cfg: GRPOConfig, specs: list, template, stats: DataStats) -> list[dict]:
+    rows = load_rows(specs, None, cfg.skip_bad_rows, stats, cfg.seed, "grpo", cfg.columns, cfg.data_names())
+    return encode_prompts(rows, template, cfg.max_prompt_length, stats, cfg.enable_thinking)
+
+
+def _split(prompts: list[dict], ratio: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """A seeded share of the prompts held out for validation."""
+    import random
+
+    order = list(range(len(prompts)))
+    random.Random(seed).shuffle(order)
+    n_eval = max(1, int(len(prompts) * ratio))
+    if n_eval >= len(prompts):
+        raise UserError(f"--split_ratio {ratio} leaves no training prompts out of {len(prompts)}")
+    held = set(order[:n_eval])
+    return [p for i, p in enumerate(prompts) if i not in held], [prompts[i] for i in sorted(held)]
+
+
 def make_rollout(cfg: GRPOConfig, model, tokenizer, base_dir: str):
     """The generation backend the options ask for."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -82,15 +100,18 @@ def run_grpo(cfg: GRPOConfig) -> TrainResult:
     rewards = reward_functions(cfg, template)
 
     stats = DataStats()
-    rows = load_rows(cfg.dataset, None, cfg.skip_bad_rows, stats, cfg.seed, "grpo", cfg.columns, cfg.data_names())
-    prompts = encode_prompts(rows, template, cfg.max_prompt_length, stats, cfg.enable_thinking)
+    prompts = _prompts(cfg, cfg.dataset, template, stats)
     if not prompts:
         raise UserError("no prompts left to train on" + "".join(f"; dropped {n} ({why})"
                                                               for why, n in stats.dropped.items()))
+    eval_prompts = _prompts(cfg, cfg.val_dataset, template, DataStats()) if cfg.val_dataset else []
+    if cfg.split_ratio > 0 and not cfg.val_dataset:
+        prompts, eval_prompts = _split(prompts, cfg.split_ratio, cfg.seed)
     if main:
         dropped = "".join(f", dropped {n} ({why})" for why, n in stats.dropped.items())
-        print(f"[wb] data: {len(prompts)} prompts{dropped}; {cfg.prompts_per_step * accel.world_size()} prompts x "
-              f"{cfg.num_generations} completions per generation batch")
+        held = f", {len(eval_prompts)} for validation" if eval_prompts else ""
+        print(f"[wb] data: {len(prompts)} prompts{dropped}{held}; {cfg.prompts_per_step * accel.world_size()} "
+              f"prompts x {cfg.num_generations} completions per generation batch")
 
     dtype = accel.resolve_dtype(cfg.torch_dtype)
     base_dir = _base_weights(cfg, tokenizer, out)
@@ -110,14 +131,14 @@ def run_grpo(cfg: GRPOConfig) -> TrainResult:
     sampling = Sampling(max_tokens=cfg.max_completion_length, temperature=cfg.temperature, top_p=cfg.top_p,
                         top_k=cfg.top_k, repetition_penalty=cfg.repetition_penalty, stop_token_ids=stop_ids)
     rs = RolloutSettings(cfg.num_generations, cfg.num_iterations, sampling, cfg.scale_rewards, cfg.reward_weights,
-                         cfg.mask_truncated_completions, cfg.log_completions)
+                         cfg.mask_truncated_completions, cfg.log_completions, cfg.eval_temperature)
     settings = LoopSettings(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(LoopSettings)})
     rollout = make_rollout(cfg, model, tokenizer, base_dir)
     if main:
         print(f"[wb] grpo: {cfg.loss_type} loss, generation with {rollout.name}, rewards "
               f"{', '.join(r.name for r in rewards)}; beta {cfg.beta}, {cfg.num_iterations} iteration(s) per batch")
     trainer = GRPOTrainer(model, tokenizer, prompts, settings, args_json, resume_from, objective=objective,
-                          rollout=rollout, rewards=rewards, rs=rs)
+                          rollout=rollout, rewards=rewards, rs=rs, eval_prompts=eval_prompts)
     if main and resume_from is not None:
         print(f"[wb] resuming from {resume_from} (step {trainer.step} of {trainer.total_steps})")
     result = trainer.train()

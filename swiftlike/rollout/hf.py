@@ -17,7 +17,10 @@ from . import Sampling, cut_at_stop
 
 
 def sample_next(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator | None = None) -> torch.Tensor:
-    """One token per row from softmax(logits / temperature), restricted by top-k and top-p."""
+    """One token per row from softmax(logits / temperature), restricted by top-k and top-p; temperature 0 is
+    greedy."""
+    if sampling.temperature <= 0:
+        return logits.argmax(dim=-1)
     logits = logits.float() / sampling.temperature
     if 0 < sampling.top_k < logits.shape[-1]:
         kth = torch.topk(logits, sampling.top_k, dim=-1).values[:, -1:]

@@ -29,6 +29,7 @@ class RolloutSettings:
     reward_weights: list = field(default_factory=list)
     mask_truncated_completions: bool = False
     log_completions: bool = True
+    eval_temperature: float = 0.0
 
 
 def collate_completions(samples: list[dict], pad_id: int = 0) -> dict:
@@ -56,12 +57,20 @@ def collate_completions(samples: list[dict], pad_id: int = 0) -> dict:
 
 class GRPOTrainer(Trainer):
     def __init__(self, model, tokenizer, prompts: list[dict], settings, args_json: str, resume_from=None, *,
-                 objective, rollout, rewards: list, rs: RolloutSettings):
+                 objective, rollout, rewards: list, rs: RolloutSettings, eval_prompts: list[dict] | None = None):
         self.rollout, self.rewards, self.rs = rollout, rewards, rs
         self._buffer: list[dict] | None = None
         self._buffer_metrics: dict = {}
-        super().__init__(model, tokenizer, prompts, None, settings, args_json, resume_from, objective=objective)
+        self._synced_at: int | None = None
+        super().__init__(model, tokenizer, prompts, None, settings, args_json, resume_from, eval_prompts,
+                         objective=objective)
         self.stop_ids = set(rs.sampling.stop_token_ids)
+
+    def _sync(self) -> None:
+        """The generation backend samples from the current weights (once per optimizer step at most)."""
+        if self._synced_at != self.step:
+            self.rollout.sync_weights(self.model)
+            self._synced_at = self.step
 
     # -- which prompts, when -------------------------------------------------------------------
     @property
@@ -95,23 +104,13 @@ class GRPOTrainer(Trainer):
     def _generate_and_score(self, generation: int) -> tuple[list[dict], dict]:
         rows, g = self._generation_prompts(generation), self.rs.num_generations
         t0 = time.perf_counter()
-        self.rollout.sync_weights(self.model)
+        self._sync()
         sampling = Sampling(**{**self.rs.sampling.__dict__,
                                "seed": self.s.seed + 1_000_003 * generation + accel.rank()})
         completion_ids = self.rollout.generate([r["prompt_ids"] for r in rows], g, sampling)
         t1 = time.perf_counter()
 
-        texts = self.tokenizer.batch_decode([[t for t in c if t not in self.stop_ids] for c in completion_ids],
-                                            skip_special_tokens=True)
-        kwargs = {"completions": texts, "prompts": [r["messages"] for r in rows for _ in range(g)],
-                  "completion_ids": completion_ids}
-        columns = dict.fromkeys(k for r in rows for k in r if k not in ("messages", "prompt_ids"))
-        for key in columns:  # every column of any row (mixed datasets: None where a row lacks it)
-            kwargs[key] = [r.get(key) for r in rows for _ in range(g)]
-        table = torch.tensor(score(self.rewards, kwargs, len(texts)), dtype=torch.float32)
-        weights = torch.tensor(self.rs.reward_weights or [1.0] * len(self.rewards), dtype=torch.float32)
-        rewards = (table * weights).nansum(dim=1)
-        rewards[torch.isnan(table).all(dim=1)] = float("nan")
+        texts, table, rewards = self._score(rows, completion_ids, g)
         batch_std = self._global_nan_std(rewards) if self.rs.scale_rewards == "batch" else None
         advantages, zero_std = group_advantages(rewards, g, self.rs.scale_rewards, batch_std)
         t2 = time.perf_counter()
@@ -141,6 +140,41 @@ class GRPOTrainer(Trainer):
         if self.rs.log_completions and accel.is_main_process() and self.step % self.s.logging_steps == 0:
             self._log_completions(rows, texts, table, rewards, advantages)
         return batches, metrics
+
+    def _score(self, rows: list[dict], completion_ids: list[list[int]], g: int):
+        """(texts, [completion][function] rewards, weighted rewards; NaN where no function could score)."""
+        texts = self.tokenizer.batch_decode([[t for t in c if t not in self.stop_ids] for c in completion_ids],
+                                            skip_special_tokens=True)
+        kwargs = {"completions": texts, "prompts": [r["messages"] for r in rows for _ in range(g)],
+                  "completion_ids": completion_ids}
+        columns = dict.fromkeys(k for r in rows for k in r if k not in ("messages", "prompt_ids"))
+        for key in columns:  # every column of any row (mixed datasets: None where a row lacks it)
+            kwargs[key] = [r.get(key) for r in rows for _ in range(g)]
+        if texts:
+            table = torch.tensor(score(self.rewards, kwargs, len(texts)), dtype=torch.float32)
+        else:
+            table = torch.zeros((0, len(self.rewards)))
+        weights = torch.tensor(self.rs.reward_weights or [1.0] * len(self.rewards), dtype=torch.float32)
+        rewards = (table * weights).nansum(dim=1)
+        rewards[torch.isnan(table).all(dim=1)] = float("nan")
+        return texts, table, rewards
+
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        """One completion per validation prompt (--eval_temperature, greedy by default), scored: the mean
+        reward and each function's, over every process."""
+        rows = self.eval_rows[accel.rank()::accel.world_size()]
+        self._sync()
+        sampling = Sampling(**{**self.rs.sampling.__dict__, "temperature": self.rs.eval_temperature,
+                               "seed": self.s.seed})
+        ids = self.rollout.generate([r["prompt_ids"] for r in rows], 1, sampling) if rows else []
+        _, table, rewards = self._score(rows, ids, 1)
+        out = {"eval_reward": self._global_mean(rewards),
+               "eval_completions/mean_length": self._global_mean(torch.tensor([len(c) for c in ids],
+                                                                              dtype=torch.float32))}
+        for j, reward in enumerate(self.rewards):
+            out[f"eval_rewards/{reward.name}/mean"] = self._global_mean(table[:, j])
+        return out
 
     @torch.no_grad()
     def _attach_logps(self, batches: list[dict]) -> None:

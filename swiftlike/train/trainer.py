@@ -259,7 +259,7 @@ class Trainer:
             metrics["dropped_while_training"] = dict(dropped)
             if main:
                 print("[wb] data: dropped while training: " + ", ".join(f"{n} ({why})" for why, n in dropped.items()))
-        evals = [h for h in self.log_history if "eval_loss" in h]
+        evals = [h for h in self.log_history if any(k.startswith("eval_") for k in h)]
         if evals:
             metrics.update({k: v for k, v in evals[-1].items() if k != "step"})
         return TrainResult(self.s.output_dir, str(checkpoint or latest_checkpoint(self.s.output_dir)), metrics,
