@@ -82,6 +82,10 @@ class SFTConfig(ModelArgs, DataArgs):
     lora_dropout: float = _f(0.05, "Dropout on the LoRA input.")
     target_modules: list = _f(["all-linear"], "Modules that get adapters: all-linear, or names such as q_proj v_proj.")
     use_dora: bool = _f(False, "Weight-decomposed LoRA (DoRA).")
+    adapters: str | None = _f(None, "Start from this LoRA checkpoint (e.g. a `wb sft` one) on the --model base and "
+                                    "train its adapters further (their rank and targets win over the LoRA flags, "
+                                    "--lora_dropout applies); "
+                                    "DPO, KTO and GRPO with --beta use it, frozen, as the reference.")
     use_rslora: bool = _f(False, "Rank-stabilised LoRA scaling.")
     # optimisation (Hugging Face TrainingArguments names)
     output_dir: str = _f("", "Where checkpoints go (default: output/<model>-<timestamp>).")
@@ -121,6 +125,12 @@ class SFTConfig(ModelArgs, DataArgs):
         modes = [m for m in ("lora", "qlora", "full") if getattr(self, m)]
         if len(modes) > 1:
             raise UserError(f"choose one training mode, got {' and '.join('--' + m for m in modes)}")
+        if self.adapters is not None:
+            if self.full:
+                raise UserError("--adapters continues LoRA adapters; it does not combine with --full")
+            if not (Path(self.adapters) / "adapter_config.json").is_file():
+                raise UserError(f"--adapters {self.adapters}: no adapter_config.json there (a LoRA checkpoint "
+                                "directory is expected)")
         if self.learning_rate is None:
             self.learning_rate = 1e-5 if self.full else 1e-4
         for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "max_length", "lora_rank",

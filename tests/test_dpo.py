@@ -104,3 +104,14 @@ def test_two_process_dpo_matches_one_process(tmp_path):
     for a, b in zip(two_history, one.log_history):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
         assert a["rewards/margins"] == pytest.approx(b["rewards/margins"], rel=1e-3, abs=1e-5)
+
+
+@pytest.mark.slow
+def test_dpo_from_sft_adapters_uses_them_as_reference(tmp_path):
+    sft = wb.sft(model="Qwen/Qwen3-0.6B", miniature=True, dataset=["examples/data/identity.jsonl"], lora=True,
+                 learning_rate=1e-2, max_steps=3, output_dir=str(tmp_path / "sft"))
+    result = wb.dpo(**BASE, adapters=sft.checkpoint, lora_dropout=0.0, learning_rate=1e-2, max_steps=3,
+                    per_device_train_batch_size=4, output_dir=str(tmp_path / "dpo"))
+    history = result.log_history
+    assert history[0]["loss"] == pytest.approx(math.log(2), abs=1e-4)   # policy == reference (the SFT adapters)
+    assert history[-1]["rewards/margins"] != 0

@@ -310,3 +310,41 @@ def test_greedy_sampling():
     import torch
 
     assert sample_next(torch.tensor([[0.1, 3.0, 0.2], [5.0, 0.0, 1.0]]), Sampling(temperature=0)).tolist() == [1, 0]
+
+
+@pytest.mark.slow
+def test_sft_then_grpo_from_the_adapters(tmp_path):
+    """The common chain: `wb sft` LoRA, then `wb grpo --adapters` trains those adapters further, with the SFT
+    policy (not the bare base) as the KL reference; the checkpoint holds only the trained adapter."""
+    from safetensors.torch import load_file
+
+    sft = wb.sft(model="Qwen/Qwen3-0.6B", miniature=True, dataset=["examples/data/identity.jsonl"], lora=True,
+                 lora_rank=4, learning_rate=1e-2, max_steps=3, output_dir=str(tmp_path / "sft"))
+    start = load_file(str(Path(sft.checkpoint) / "adapter_model.safetensors"))
+    def varied(completion_ids, **_):
+        return [float(ids[0] % 3) for ids in completion_ids]
+
+    r = wb.grpo(model="Qwen/Qwen3-0.6B", miniature=True, dataset=["arithmetic#8"], adapters=sft.checkpoint,
+                reward_funcs=[varied], beta=0.1, num_generations=2, per_device_train_batch_size=4,
+                max_completion_length=6, learning_rate=1e-2, max_steps=2, output_dir=str(tmp_path / "grpo"))
+    kls = [h["kl"] for h in r.log_history]
+    assert kls[0] == pytest.approx(0.0, abs=1e-6)       # the reference is the SFT policy, not the base model
+    assert kls[1] > 0                                    # ... and stays put while the adapters move
+    ckpt = Path(r.checkpoint)
+    assert not (ckpt / "ref").exists()
+    trained = load_file(str(ckpt / "adapter_model.safetensors"))
+    assert set(trained) == set(start)                   # the same adapters (rank 4 from the SFT run)
+    assert any(not torch_equal(trained[k], start[k]) for k in start)
+    assert main(["infer", "--adapters", str(ckpt), "--query", "Hi", "--max_new_tokens", "3"]) == 0
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return torch.equal(a, b)
+
+
+def test_adapters_must_be_a_lora_checkpoint(tmp_path, capsys):
+    assert main(BASE + ["--reward_funcs", "length", "--adapters", str(tmp_path), "--output_dir",
+                        str(tmp_path / "o")]) == 2
+    assert "no adapter_config.json there" in capsys.readouterr().err

@@ -115,7 +115,7 @@ def run_grpo(cfg: GRPOConfig) -> TrainResult:
 
     dtype = accel.resolve_dtype(cfg.torch_dtype)
     base_dir = _base_weights(cfg, tokenizer, out)
-    model = build_trainable(cfg, tokenizer, base_dir, resume_from, dtype)
+    model = build_trainable(cfg, tokenizer, base_dir, resume_from, dtype, reference=cfg.beta != 0.0)
     if main:
         describe_model(cfg, model, template_name, dtype)
     args_json = run_args(cfg, "grpo", template_name, base_dir)

@@ -234,7 +234,8 @@ def run_sft(cfg: SFTConfig) -> TrainResult:
 
     dtype = accel.resolve_dtype(cfg.torch_dtype)
     base_dir = _base_weights(cfg, tokenizer, out)
-    model = build_trainable(cfg, tokenizer, base_dir, resume_from, dtype, method.reward_head)
+    reference = _task(cfg) == "kto" or (_task(cfg) == "dpo" and cfg.loss_type not in REFERENCE_FREE)
+    model = build_trainable(cfg, tokenizer, base_dir, resume_from, dtype, method.reward_head, reference)
     if main:
         describe_model(cfg, model, template_name, dtype)
     args_json = run_args(cfg, _task(cfg), template_name, base_dir)
@@ -268,8 +269,10 @@ def run_sft(cfg: SFTConfig) -> TrainResult:
     return result
 
 
-def build_trainable(cfg: SFTConfig, tokenizer, base_dir: str, resume_from: Path | None, dtype, reward: bool = False):
-    """The model to train: base weights (or a resumed full checkpoint), then LoRA adapters or all parameters."""
+def build_trainable(cfg: SFTConfig, tokenizer, base_dir: str, resume_from: Path | None, dtype, reward: bool = False,
+                    reference: bool = False):
+    """The model to train: base weights (or a resumed full checkpoint), then LoRA adapters (new, or --adapters;
+    `reference` keeps a frozen copy of the latter) or all parameters."""
     full_resume = cfg.full and resume_from is not None
     model = load_model(str(resume_from) if full_resume else base_dir, dtype, quantize_4bit=cfg.qlora,
                        attn_implementation=cfg.attn_implementation, trust_remote_code=cfg.trust_remote_code,
@@ -279,10 +282,35 @@ def build_trainable(cfg: SFTConfig, tokenizer, base_dir: str, resume_from: Path 
         model.enable_input_require_grads()
     if cfg.full:
         model.requires_grad_(True)
+    elif cfg.adapters:
+        model = _start_from_adapters(model, cfg, reference)
+        if resume_from is not None:
+            _load_adapter(model, resume_from)
     else:
         model = attach_lora(model, cfg, cfg.gradient_checkpointing, "SEQ_CLS" if reward else "CAUSAL_LM")
         if resume_from is not None:
             _load_adapter(model, resume_from)
+    return model
+
+
+def _start_from_adapters(model, cfg: SFTConfig, reference: bool):
+    """The adapters of an earlier run, trainable; with `reference` also a frozen copy named "ref"."""
+    from peft import PeftModel, prepare_model_for_kbit_training
+
+    if getattr(model, "is_loaded_in_4bit", False):
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
+    try:
+        model = PeftModel.from_pretrained(model, cfg.adapters, is_trainable=True)
+        if reference:
+            model.load_adapter(cfg.adapters, adapter_name="ref", is_trainable=False)
+    except (ValueError, RuntimeError, KeyError) as e:
+        raise UserError(f"--adapters {cfg.adapters} does not fit {cfg.model}: {str(e).splitlines()[0]}") from None
+    model.set_adapter("default")
+    import torch
+
+    for name, module in model.named_modules():  # --lora_dropout applies (GRPO wants 0: sampling == training)
+        if ".lora_dropout." in name and isinstance(module, torch.nn.Dropout):
+            module.p = cfg.lora_dropout
     return model
 
 

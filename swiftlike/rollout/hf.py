@@ -51,7 +51,9 @@ class HFRollout:
     def __init__(self, model, pad_token_id: int, max_batch: int = 0):
         self.model, self.pad_id, self.max_batch = model, pad_token_id, max_batch
         core = model.get_base_model() if hasattr(model, "get_base_model") else model
-        self._keep_kw = "logits_to_keep" in inspect.signature(core.forward).parameters
+        params = inspect.signature(core.forward).parameters
+        self._keep_kw = "logits_to_keep" in params
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"  # renamed in transformers 5.2x
 
     def sync_weights(self, model) -> None:
         """The policy generates itself: nothing to copy."""
@@ -76,9 +78,9 @@ class HFRollout:
 
     def _forward(self, ids, mask, positions, cache):
         kw = {"logits_to_keep": 1} if self._keep_kw else {}
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                         use_cache=True, **kw)
-        return out.logits[:, -1, :], out.past_key_values
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                         **{self._cache_kw: cache}, **kw)
+        return out.logits[:, -1, :], out[self._cache_kw]
 
     def _batch(self, rows: list[list[int]], sampling: Sampling, device, generator) -> list[list[int]]:
         from transformers import DynamicCache

@@ -40,7 +40,10 @@ def save_checkpoint(output_dir: str | Path, step: int, model, tokenizer, args_js
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    model.save_pretrained(tmp, safe_serialization=True)
+    if "ref" in getattr(model, "peft_config", {}):  # a frozen reference copy of the starting adapter stays out
+        model.save_pretrained(tmp, safe_serialization=True, selected_adapters=["default"])
+    else:
+        model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
     (tmp / "args.json").write_text(args_json, encoding="utf-8")
     (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")

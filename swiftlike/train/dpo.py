@@ -8,13 +8,12 @@ against within 1e-5.
 """
 from __future__ import annotations
 
-from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from .loss import token_logps
+from .loss import as_reference, token_logps
 
 REFERENCE_FREE = ("simpo", "orpo", "cpo")
 LOSS_TYPES = ("sigmoid", "ipo", "hinge", "robust") + REFERENCE_FREE
@@ -154,9 +153,7 @@ class PreferenceObjective(torch.nn.Module):
                 return self._sequence_logps(self.ref, input_ids, targets, position_ids, seq_lens)[0]
             # LoRA: the adapter-disabled model; a full model with no frozen copy is only asked before its first
             # update (--precompute_ref_logps), when it is still the reference
-            model = self.policy.model
-            ctx = model.disable_adapter() if hasattr(model, "disable_adapter") else nullcontext()
-            with ctx:
+            with as_reference(self.policy.model):
                 return self._sequence_logps(self.policy, input_ids, targets, position_ids, seq_lens)[0]
 
     def precompute(self, batch: dict) -> torch.Tensor:

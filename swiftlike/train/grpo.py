@@ -13,9 +13,9 @@ and ranks with the weight each reports):
 """
 from __future__ import annotations
 
-from contextlib import nullcontext
-
 import torch
+
+from .loss import as_reference
 
 LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "bnpo")
 SCALE_REWARDS = ("group", "batch", "none")
@@ -144,9 +144,7 @@ class GRPOObjective(torch.nn.Module):
     def reference_logps(self, input_ids, targets, position_ids, attention_mask) -> torch.Tensor:
         if self.ref is not None:
             return self.token_logps(self.ref, input_ids, targets, position_ids, attention_mask)
-        model = self.policy.model
-        ctx = model.disable_adapter() if hasattr(model, "disable_adapter") else nullcontext()
-        with ctx:
+        with as_reference(self.policy.model):
             return self.token_logps(self.policy, input_ids, targets, position_ids, attention_mask)
 
     @torch.no_grad()

@@ -8,6 +8,8 @@ work once (two matmuls per chunk, three with a trainable output layer).
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 from torch import nn
 
@@ -141,6 +143,31 @@ def packed_attention_mask(seq_lens: torch.Tensor, dtype: torch.dtype, boolean: b
     if boolean:
         return allowed[None, None]
     return torch.zeros((n, n), dtype=dtype, device=seq_lens.device).masked_fill(~allowed, torch.finfo(dtype).min)[None, None]
+
+
+@contextmanager
+def as_reference(model):
+    """Run a PEFT policy as its reference: its frozen "ref" adapter (a run started from --adapters) or, for new
+    adapters, the base model with adapters disabled. A plain model is its own (frozen-copy-less) reference.
+    The reference is evaluated without dropout."""
+    peft_config = getattr(model, "peft_config", None)
+    was_training = model.training
+    model.eval()
+    try:
+        if peft_config is None:
+            yield
+        elif "ref" in peft_config:
+            previous = model.active_adapter
+            model.set_adapter("ref", inference_mode=True)
+            try:
+                yield
+            finally:
+                model.set_adapter(previous)
+        else:
+            with model.disable_adapter():
+                yield
+    finally:
+        model.train(was_training)
 
 
 class CausalLMLoss(nn.Module):
