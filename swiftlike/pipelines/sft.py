@@ -298,7 +298,8 @@ def _start_from_adapters(model, cfg: SFTConfig, reference: bool):
     from peft import PeftModel, prepare_model_for_kbit_training
 
     if getattr(model, "is_loaded_in_4bit", False):
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing,
+                                                gradient_checkpointing_kwargs={"use_reentrant": False})
     try:
         model = PeftModel.from_pretrained(model, cfg.adapters, is_trainable=True)
         if reference:
