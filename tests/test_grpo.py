@@ -80,6 +80,7 @@ def test_variants_with_kl_iterations_and_sequence_ratios(tmp_path):
                 max_completion_length=8, beta=0.04, num_iterations=2, importance_sampling_level="sequence",
                 loss_type="dapo", epsilon_high=0.28, learning_rate=1e-2, max_steps=4, output_dir=str(out))
     assert calls == [8, 8]                                            # 4 steps, 2 generation batches
+    assert [h["time/generate"] > 0 for h in r.log_history] == [True, False, True, False]
     steps = [h for h in r.log_history if "kl" in h]
     assert len(steps) == 4 and all(h["kl"] >= 0 for h in steps)
     assert steps[0]["kl"] == pytest.approx(0.0, abs=1e-6)             # the policy starts as the reference

@@ -97,9 +97,12 @@ class GRPOTrainer(Trainer):
 
     # -- one generation batch -------------------------------------------------------------------
     def next_batches(self) -> tuple[list[dict], dict]:
+        """A fresh generation batch every --num_iterations steps; in between the same one (its rollout metrics
+        repeat, its time/* are 0: nothing was generated for that step)."""
         if self._buffer is None or self.step % self.rs.num_iterations == 0:
             self._buffer, self._buffer_metrics = self._generate_and_score(self.step // self.rs.num_iterations)
-        return self._buffer, dict(self._buffer_metrics)
+            return self._buffer, dict(self._buffer_metrics)
+        return self._buffer, {k: (0.0 if k.startswith("time/") else v) for k, v in self._buffer_metrics.items()}
 
     def _generate_and_score(self, generation: int) -> tuple[list[dict], dict]:
         rows, g = self._generation_prompts(generation), self.rs.num_generations
