@@ -18,12 +18,17 @@ def sft(config=None, **kwargs):
 
 def _train(config_class: str, config, kwargs):
     from . import config as configs
-    from .pipelines.sft import run_sft
 
     if config is not None and kwargs:
         raise TypeError("pass either a config object or keyword arguments, not both")
     cls = getattr(configs, config_class)
     cfg = config.validate() if config is not None else configs.build_config(cls, kwargs, where="argument")
+    if isinstance(cfg, configs.GRPOConfig):
+        from .pipelines.grpo import run_grpo
+
+        return run_grpo(cfg)
+    from .pipelines.sft import run_sft
+
     return run_sft(cfg)
 
 
@@ -50,14 +55,7 @@ def pt(config=None, **kwargs):
 def grpo(config=None, **kwargs):
     """Reinforcement tuning with group-relative advantages; keyword names are `wb grpo`'s flags, and
     `reward_funcs` may hold Python callables beside names: fn(completions, **columns) -> list of floats."""
-    from . import config as configs
-    from .pipelines.grpo import run_grpo
-
-    if config is not None and kwargs:
-        raise TypeError("pass either a config object or keyword arguments, not both")
-    cfg = config.validate() if config is not None else configs.build_config(configs.GRPOConfig, kwargs,
-                                                                            where="argument")
-    return run_grpo(cfg)
+    return _train("GRPOConfig", config, kwargs)
 
 
 def register_reward(name: str):

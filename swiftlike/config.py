@@ -225,6 +225,7 @@ class RMConfig(SFTConfig):
 
 
 GRPO_LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "bnpo")
+GRPO_SCALE_REWARDS = ("group", "batch", "none")
 
 
 @dataclass
@@ -270,7 +271,7 @@ class GRPOConfig(SFTConfig):
     loss_type: str = _f("grpo", "grpo (per-completion mean), dr_grpo (no length or std normalisation), dapo "
                                 "(token-level mean), bnpo (per-micro-batch token mean).", choices=GRPO_LOSS_TYPES)
     scale_rewards: str = _f("group", "Divide advantages by the std of the group, of the batch, or none "
-                                     "(Dr. GRPO).", choices=("group", "batch", "none"))
+                                     "(Dr. GRPO).", choices=GRPO_SCALE_REWARDS)
     epsilon: float = _f(0.2, "Clipping range of the importance ratio (the lower side, and the upper one unless "
                              "--epsilon_high).")
     epsilon_high: float | None = _f(None, "Upper clipping range (DAPO's clip-higher, e.g. 0.28).")

@@ -24,10 +24,14 @@ class DataStats:
     truncation_word: str = "truncated"  # "split" when long texts become several pieces
     cached: bool = False
 
+    def drops(self, sep: str = ", ") -> str:
+        """'<sep>dropped N (why)' for every reason rows were dropped."""
+        return "".join(f"{sep}dropped {n} ({why})" for why, n in self.dropped.items())
+
     def report(self) -> str:
         kept = len(self.lengths)
         lines = [("(from the encoding cache) " if self.cached else "") + f"rows read {self.rows_read}, kept {kept}"
-                 + "".join(f", dropped {n} ({why})" for why, n in self.dropped.items())
+                 + self.drops()
                  + (f", {self.truncation_word} {self.truncated}" if self.truncated else "")]
         if kept:
             s = sorted(self.lengths)
@@ -35,6 +39,19 @@ class DataStats:
             lines.append(f"tokens {sum(s)} (trained {self.trained_tokens}); length p50 {pct[50]} p90 {pct[90]} "
                          f"p99 {pct[99]} max {s[-1]}")
         return "\n".join(lines)
+
+
+def hold_out(rows: list, ratio: float, seed: int, what: str = "rows") -> tuple[list, list]:
+    """(kept, held out): a seeded share `ratio` of the rows set aside for validation, both in data order."""
+    import random
+
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    n_eval = max(1, int(len(rows) * ratio))
+    if n_eval >= len(rows):
+        raise UserError(f"--split_ratio {ratio} leaves no training {what} out of {len(rows)}")
+    held = set(order[:n_eval])
+    return [r for i, r in enumerate(rows) if i not in held], [rows[i] for i in sorted(held)]
 
 
 def parse_selection(spec: str) -> tuple[str, int | None]:

@@ -112,12 +112,28 @@ def quiet_libraries() -> None:
     hf_logging.disable_progress_bar()
 
 
-def attach_lora(model, cfg, gradient_checkpointing: bool = False, task_type: str = "CAUSAL_LM"):
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+def padding_id(tokenizer) -> int:
+    """The id that fills padding: the pad token, else the eos token, else 0 (padding is masked either way)."""
+    for tid in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if tid is not None:
+            return tid
+    return 0
 
-    if getattr(model, "is_loaded_in_4bit", False):
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
-                                                gradient_checkpointing_kwargs={"use_reentrant": False})
+
+def prepare_4bit(model, gradient_checkpointing: bool):
+    """A 4-bit (QLoRA) base made ready for adapters (norms in fp32, input gradients); others unchanged."""
+    if not getattr(model, "is_loaded_in_4bit", False):
+        return model
+    from peft import prepare_model_for_kbit_training
+
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
+                                           gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def attach_lora(model, cfg, gradient_checkpointing: bool = False, task_type: str = "CAUSAL_LM"):
+    from peft import LoraConfig, get_peft_model
+
+    model = prepare_4bit(model, gradient_checkpointing)
     targets = cfg.target_modules
     lora = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                       target_modules="all-linear" if targets in (["all-linear"], "all-linear") else targets,

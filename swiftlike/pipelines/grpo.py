@@ -6,9 +6,10 @@ import dataclasses
 
 from .. import accel
 from ..config import GRPOConfig
-from ..data.dataset import DataStats, load_rows
+from ..data.dataset import DataStats, hold_out, load_rows
 from ..errors import UserError
-from ..models import load_model, load_tokenizer
+from ..models import load_tokenizer
+from ..models.loader import padding_id
 from ..rewards import RewardContext, resolve, wrap
 from ..rollout import Sampling
 from ..templates import get_template
@@ -16,7 +17,8 @@ from ..train.checkpoint import write_atomic
 from ..train.grpo import GRPOObjective
 from ..train.grpo_trainer import GRPOTrainer, RolloutSettings
 from ..train.trainer import LoopSettings, TrainResult
-from .sft import _base_weights, build_trainable, describe_model, resolve_template_name, run_args, start_run
+from .sft import (_base_weights, build_trainable, describe_model, frozen_reference, resolve_template_name, run_args,
+                  start_run)
 
 
 def encode_prompts(rows: list[dict], template, max_prompt_length: int, stats: DataStats,
@@ -28,8 +30,7 @@ def encode_prompts(rows: list[dict], template, max_prompt_length: int, stats: Da
     for row in rows:
         ids = template.encode_prompt(row["messages"], row.get("tools"), **opts)
         if len(ids) > max_prompt_length:
-            stats.dropped[f"prompt longer than --max_prompt_length {max_prompt_length}"] = \
-                stats.dropped.get(f"prompt longer than --max_prompt_length {max_prompt_length}", 0) + 1
+            stats.dropped[f"prompt longer than --max_prompt_length {max_prompt_length}"] += 1
             continue
         out.append({**row, "prompt_ids": ids})
     return out
@@ -40,26 +41,12 @@ def _prompts(cfg: GRPOConfig, specs: list, template, stats: DataStats) -> list[d
     return encode_prompts(rows, template, cfg.max_prompt_length, stats, cfg.enable_thinking)
 
 
-def _split(prompts: list[dict], ratio: float, seed: int) -> tuple[list[dict], list[dict]]:
-    """A seeded share of the prompts held out for validation."""
-    import random
-
-    order = list(range(len(prompts)))
-    random.Random(seed).shuffle(order)
-    n_eval = max(1, int(len(prompts) * ratio))
-    if n_eval >= len(prompts):
-        raise UserError(f"--split_ratio {ratio} leaves no training prompts out of {len(prompts)}")
-    held = set(order[:n_eval])
-    return [p for i, p in enumerate(prompts) if i not in held], [prompts[i] for i in sorted(held)]
-
-
 def make_rollout(cfg: GRPOConfig, model, tokenizer, base_dir: str):
     """The generation backend the options ask for."""
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     if not cfg.use_vllm:
         from ..rollout.hf import HFRollout
 
-        return HFRollout(model, pad, cfg.generation_batch_size)
+        return HFRollout(model, padding_id(tokenizer), cfg.generation_batch_size)
     if cfg.vllm_mode == "server":
         from ..rollout.client import ServerRollout
 
@@ -102,15 +89,13 @@ def run_grpo(cfg: GRPOConfig) -> TrainResult:
     stats = DataStats()
     prompts = _prompts(cfg, cfg.dataset, template, stats)
     if not prompts:
-        raise UserError("no prompts left to train on" + "".join(f"; dropped {n} ({why})"
-                                                              for why, n in stats.dropped.items()))
+        raise UserError("no prompts left to train on" + stats.drops("; "))
     eval_prompts = _prompts(cfg, cfg.val_dataset, template, DataStats()) if cfg.val_dataset else []
     if cfg.split_ratio > 0 and not cfg.val_dataset:
-        prompts, eval_prompts = _split(prompts, cfg.split_ratio, cfg.seed)
+        prompts, eval_prompts = hold_out(prompts, cfg.split_ratio, cfg.seed, "prompts")
     if main:
-        dropped = "".join(f", dropped {n} ({why})" for why, n in stats.dropped.items())
         held = f", {len(eval_prompts)} for validation" if eval_prompts else ""
-        print(f"[wb] data: {len(prompts)} prompts{dropped}{held}; {cfg.prompts_per_step * accel.world_size()} "
+        print(f"[wb] data: {len(prompts)} prompts{stats.drops()}{held}; {cfg.prompts_per_step * accel.world_size()} "
               f"prompts x {cfg.num_generations} completions per generation batch")
 
     dtype = accel.resolve_dtype(cfg.torch_dtype)
@@ -122,10 +107,8 @@ def run_grpo(cfg: GRPOConfig) -> TrainResult:
     if main:
         write_atomic(out / "args.json", args_json)
 
-    ref = None
-    if cfg.full and cfg.beta != 0.0:  # LoRA's reference is the adapter-disabled model
-        ref = load_model(base_dir, dtype, attn_implementation=cfg.attn_implementation,
-                         trust_remote_code=cfg.trust_remote_code).eval().requires_grad_(False)
+    # LoRA's reference is the adapter-disabled model (or the --adapters copy); a full run's a frozen copy
+    ref = frozen_reference(cfg, base_dir, dtype) if cfg.full and cfg.beta != 0.0 else None
     objective = GRPOObjective(model, cfg.loss_type, cfg.epsilon, cfg.epsilon_high, cfg.beta,
                               cfg.importance_sampling_level, cfg.max_completion_length, ref)
     sampling = Sampling(max_tokens=cfg.max_completion_length, temperature=cfg.temperature, top_p=cfg.top_p,

@@ -6,7 +6,7 @@ from ..config import RolloutConfig
 from ..errors import UserError
 from ..hub import download, is_local
 from ..models import build_miniature, load_model, load_tokenizer
-from ..models.loader import quiet_libraries
+from ..models.loader import padding_id, quiet_libraries
 
 
 def _vllm_available() -> bool:
@@ -37,8 +37,7 @@ def make_engine(cfg: RolloutConfig):
         path = cfg.model if is_local(cfg.model) else download(cfg.model, cfg.hub, with_code=cfg.trust_remote_code)
         model = load_model(path, dtype, attn_implementation=cfg.attn_implementation,
                            trust_remote_code=cfg.trust_remote_code)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    return HFEngine(model.eval(), pad)
+    return HFEngine(model.eval(), padding_id(tokenizer))
 
 
 def run_rollout(cfg: RolloutConfig, ready=None) -> None:

@@ -14,12 +14,12 @@ from ..config import SFTConfig
 from ..data.collate import collate_padded, collate_padding_free
 from ..data.packing import pack
 from ..data.pairs import KTOCollate, collate_pairs
-from ..data.dataset import DataStats, encode_rows, iter_rows, load_rows
+from ..data.dataset import DataStats, encode_rows, hold_out, iter_rows, load_rows
 from ..data.stream import LazyCollate, RowStream
 from ..errors import UserError
 from ..hub import download, is_local
 from ..models import attach_lora, build_miniature, load_model, load_tokenizer
-from ..models.loader import model_meta, quiet_libraries
+from ..models.loader import model_meta, prepare_4bit, quiet_libraries
 from ..templates import get_template
 from ..templates.text import TextTemplate
 from ..train.checkpoint import latest_checkpoint, write_atomic
@@ -176,16 +176,7 @@ def prepare_data(cfg: SFTConfig, template) -> tuple[list[dict], list[dict], Data
         eval_rows = _encoded_pairs(cfg, template, cfg.val_dataset)[0] if pairwise else \
             _encoded(cfg, template, cfg.val_dataset)[0]
     elif cfg.split_ratio > 0:
-        import random
-
-        order = list(range(len(rows)))
-        random.Random(cfg.seed).shuffle(order)
-        n_eval = max(1, int(len(rows) * cfg.split_ratio))
-        if n_eval >= len(rows):
-            raise UserError(f"--split_ratio {cfg.split_ratio} leaves no training rows out of {len(rows)}")
-        held = set(order[:n_eval])
-        eval_rows = [rows[i] for i in sorted(held)]
-        rows = [r for i, r in enumerate(rows) if i not in held]
+        rows, eval_rows = hold_out(rows, cfg.split_ratio, cfg.seed)
     return rows, eval_rows, stats
 
 
@@ -221,8 +212,8 @@ def run_sft(cfg: SFTConfig) -> TrainResult:
     else:
         rows, eval_rows, stats = prepare_data(cfg, template)
         if main:
-            report = stats.report() if not cfg.lazy_tokenize else f"rows read {stats.rows_read}" + "".join(
-                f", dropped {n} ({why})" for why, n in stats.dropped.items()) + " (encoded lazily, batch by batch)"
+            report = stats.report() if not cfg.lazy_tokenize else \
+                f"rows read {stats.rows_read}{stats.drops()} (encoded lazily, batch by batch)"
             print(f"[wb] data: {report}".replace("\n", "\n[wb] data: "))
     if main and eval_rows:
         print(f"[wb] data: {len(eval_rows)} validation rows")
@@ -234,8 +225,7 @@ def run_sft(cfg: SFTConfig) -> TrainResult:
 
     dtype = accel.resolve_dtype(cfg.torch_dtype)
     base_dir = _base_weights(cfg, tokenizer, out)
-    reference = _task(cfg) == "kto" or (_task(cfg) == "dpo" and cfg.loss_type not in REFERENCE_FREE)
-    model = build_trainable(cfg, tokenizer, base_dir, resume_from, dtype, method.reward_head, reference)
+    model = build_trainable(cfg, tokenizer, base_dir, resume_from, dtype, method.reward_head, _uses_reference(cfg))
     if main:
         describe_model(cfg, model, template_name, dtype)
     args_json = run_args(cfg, _task(cfg), template_name, base_dir)
@@ -249,7 +239,7 @@ def run_sft(cfg: SFTConfig) -> TrainResult:
     objective = method.objective(cfg, model, base_dir, dtype) if method.objective else None
     if method.collate is not None:
         train_collate = collate = method.collate(template)
-    if getattr(cfg, "precompute_ref_logps", False) and cfg.loss_type not in REFERENCE_FREE:
+    if getattr(cfg, "precompute_ref_logps", False) and _uses_reference(cfg):
         if cfg.full and resume_from is not None:
             raise UserError("a resumed full-parameter run no longer holds its reference model; resume it "
                             "without --precompute_ref_logps (the reference is then loaded from the base weights)")
@@ -281,25 +271,22 @@ def build_trainable(cfg: SFTConfig, tokenizer, base_dir: str, resume_from: Path 
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
     if cfg.full:
-        model.requires_grad_(True)
-    elif cfg.adapters:
+        return model.requires_grad_(True)
+    if cfg.adapters:
         model = _start_from_adapters(model, cfg, reference)
-        if resume_from is not None:
-            _load_adapter(model, resume_from)
     else:
         model = attach_lora(model, cfg, cfg.gradient_checkpointing, "SEQ_CLS" if reward else "CAUSAL_LM")
-        if resume_from is not None:
-            _load_adapter(model, resume_from)
+    if resume_from is not None:
+        _load_adapter(model, resume_from)
     return model
 
 
 def _start_from_adapters(model, cfg: SFTConfig, reference: bool):
     """The adapters of an earlier run, trainable; with `reference` also a frozen copy named "ref"."""
-    from peft import PeftModel, prepare_model_for_kbit_training
+    import torch
+    from peft import PeftModel
 
-    if getattr(model, "is_loaded_in_4bit", False):
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing,
-                                                gradient_checkpointing_kwargs={"use_reentrant": False})
+    model = prepare_4bit(model, cfg.gradient_checkpointing)
     try:
         model = PeftModel.from_pretrained(model, cfg.adapters, is_trainable=True)
         if reference:
@@ -307,8 +294,6 @@ def _start_from_adapters(model, cfg: SFTConfig, reference: bool):
     except (ValueError, RuntimeError, KeyError) as e:
         raise UserError(f"--adapters {cfg.adapters} does not fit {cfg.model}: {str(e).splitlines()[0]}") from None
     model.set_adapter("default")
-    import torch
-
     for name, module in model.named_modules():  # --lora_dropout applies (GRPO wants 0: sampling == training)
         if ".lora_dropout." in name and isinstance(module, torch.nn.Dropout):
             module.p = cfg.lora_dropout
@@ -334,16 +319,26 @@ def run_args(cfg: SFTConfig, task: str, template_name: str, base_dir: str) -> st
     return json.dumps(args, indent=2, ensure_ascii=False) + "\n"
 
 
+def frozen_reference(cfg: SFTConfig, base_dir: str, dtype):
+    """A full-parameter run's reference: the base weights, frozen (the policy moves away from them)."""
+    return load_model(base_dir, dtype, attn_implementation=cfg.attn_implementation,
+                      trust_remote_code=cfg.trust_remote_code).eval().requires_grad_(False)
+
+
+def _uses_reference(cfg) -> bool:
+    """DPO (but not its reference-free variants) and KTO compare the policy with a reference."""
+    return _task(cfg) == "kto" or (_task(cfg) == "dpo" and cfg.loss_type not in REFERENCE_FREE)
+
+
 def _preference_objective(cfg, model, base_dir: str, dtype):
     """DPO/KTO objective; a full-parameter run with a reference-based loss keeps a frozen reference loaded from
     the base weights (also when resuming, where the policy has already moved)."""
-    from ..train.dpo import REFERENCE_FREE, KTOObjective, PreferenceObjective
+    from ..train.dpo import KTOObjective, PreferenceObjective
 
     loss_type = getattr(cfg, "loss_type", "kto")
     ref = None
-    if cfg.full and loss_type not in REFERENCE_FREE and not getattr(cfg, "precompute_ref_logps", False):
-        ref = load_model(base_dir, dtype, attn_implementation=cfg.attn_implementation,
-                         trust_remote_code=cfg.trust_remote_code).eval().requires_grad_(False)
+    if cfg.full and _uses_reference(cfg) and not getattr(cfg, "precompute_ref_logps", False):
+        ref = frozen_reference(cfg, base_dir, dtype)
     if loss_type == "kto":
         return KTOObjective(model, cfg.beta, cfg.desirable_weight, cfg.undesirable_weight, ref)
     return PreferenceObjective(model, cfg.loss_type, cfg.beta, cfg.label_smoothing, cfg.simpo_gamma, cfg.rpo_alpha,

@@ -32,15 +32,13 @@ class RewardModelReward:
 
     @torch.inference_mode()
     def __call__(self, completions: list[str], prompts: list[list[dict]], **_) -> list[float]:
+        from ..data.collate import collate_padding_free
+
         out: list[float] = []
         for start in range(0, len(completions), self.batch_size):
-            ids, pos, lens = [], [], []
-            for prompt, text in zip(prompts[start:start + self.batch_size],
-                                    completions[start:start + self.batch_size]):
-                seq = self.template.encode({"messages": [*prompt, {"role": "assistant", "content": text}]})
-                ids += seq["input_ids"]
-                pos += range(len(seq["input_ids"]))
-                lens.append(len(seq["input_ids"]))
-            t = lambda v: torch.tensor(v, device=self.device)  # noqa: E731
-            out += self.scorer.scores(t([ids]), t([pos]), t(lens)).tolist()
+            rows = self.template.encode_batch([{"messages": [*p, {"role": "assistant", "content": c}]} for p, c in
+                                               zip(prompts[start:start + self.batch_size],
+                                                   completions[start:start + self.batch_size])])
+            batch = {k: v.to(self.device) for k, v in collate_padding_free(rows).items()}
+            out += self.scorer.scores(batch["input_ids"], batch["position_ids"], batch["seq_lens"]).tolist()
         return out

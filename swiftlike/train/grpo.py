@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import torch
 
+from ..config import GRPO_LOSS_TYPES as LOSS_TYPES, GRPO_SCALE_REWARDS as SCALE_REWARDS
 from .loss import as_reference
 
-LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "bnpo")
-SCALE_REWARDS = ("group", "batch", "none")
 STD_EPS = 1e-4
 
 

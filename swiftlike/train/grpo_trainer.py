@@ -14,10 +14,11 @@ from pathlib import Path
 import torch
 
 from .. import accel
+from ..models.loader import padding_id
 from ..rewards import score
 from ..rollout import Sampling
 from .grpo import group_advantages, nan_std
-from .trainer import Trainer
+from .trainer import Trainer, epoch_chunk
 
 
 @dataclass
@@ -85,14 +86,9 @@ class GRPOTrainer(Trainer):
         return per_epoch, total
 
     def _generation_prompts(self, generation: int) -> list[dict]:
-        n, per_gen = len(self.rows), self.prompts_per_generation
-        gens_per_epoch = max(1, n // per_gen)
-        epoch, k = divmod(generation, gens_per_epoch)
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(self.s.seed + epoch)).tolist()
-        chunk = order[k * per_gen:(k + 1) * per_gen]
-        if len(chunk) < per_gen:  # fewer prompts than one generation batch: cycle
-            chunk = (chunk * math.ceil(per_gen / max(1, len(chunk))))[:per_gen]
-        local = per_gen // accel.world_size()
+        """This process's share of the generation-th batch of prompts."""
+        chunk = epoch_chunk(generation, len(self.rows), self.prompts_per_generation, self.s.seed)
+        local = self.prompts_per_generation // accel.world_size()
         return [self.rows[i] for i in chunk[accel.rank() * local:(accel.rank() + 1) * local]]
 
     # -- one generation batch -------------------------------------------------------------------
@@ -123,7 +119,7 @@ class GRPOTrainer(Trainer):
                     "masked": self.rs.mask_truncated_completions and truncated[i]}
                    for i, (c, a) in enumerate(zip(completion_ids, advantages.tolist()))]
         bs = self.s.per_device_train_batch_size
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        pad = padding_id(self.tokenizer)
         batches = [collate_completions(samples[i:i + bs], pad) for i in range(0, len(samples), bs)]
         self._attach_logps(batches)
         t3 = time.perf_counter()

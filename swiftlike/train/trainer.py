@@ -64,15 +64,21 @@ def plan_steps(n_rows: int | None, s: LoopSettings) -> tuple[int, int]:
     return per_epoch, total
 
 
-def step_rows(step: int, n_rows: int, per_epoch: int, s: LoopSettings) -> list[list[int]]:
-    """This rank's micro-batches (row indices) for a global optimizer step; the order is seeded per epoch."""
-    bs, accum, world = s.per_device_train_batch_size, s.gradient_accumulation_steps, accel.world_size()
-    epoch, k = divmod(step, per_epoch)
-    order = torch.randperm(n_rows, generator=torch.Generator().manual_seed(s.seed + epoch)).tolist()
-    per_step = bs * accum * world
-    chunk = order[k * per_step:(k + 1) * per_step]
-    if len(chunk) < per_step:  # fewer rows than one step: cycle
-        chunk = (chunk * math.ceil(per_step / max(1, len(chunk))))[:per_step]
+def epoch_chunk(index: int, n_rows: int, size: int, seed: int) -> list[int]:
+    """Row indices of the index-th chunk of `size` rows, in an order seeded per epoch (an epoch's incomplete last
+    chunk is dropped; with fewer rows than one chunk they are cycled)."""
+    epoch, k = divmod(index, max(1, n_rows // size))
+    order = torch.randperm(n_rows, generator=torch.Generator().manual_seed(seed + epoch)).tolist()
+    chunk = order[k * size:(k + 1) * size]
+    if len(chunk) < size:
+        chunk = (chunk * math.ceil(size / max(1, len(chunk))))[:size]
+    return chunk
+
+
+def step_rows(step: int, n_rows: int, s: LoopSettings) -> list[list[int]]:
+    """This rank's micro-batches (row indices) for a global optimizer step."""
+    bs, accum = s.per_device_train_batch_size, s.gradient_accumulation_steps
+    chunk = epoch_chunk(step, n_rows, rows_per_step(s), s.seed)
     mine = chunk[accel.rank() * bs * accum:(accel.rank() + 1) * bs * accum]
     return [mine[i * bs:(i + 1) * bs] for i in range(accum)]
 
@@ -119,7 +125,7 @@ class Trainer:
     def _step_rows(self) -> list[list]:
         """This process's micro-batches (rows) for the current optimizer step."""
         if not self.streaming:
-            groups = step_rows(self.step, len(self.rows), self.per_epoch, self.s)
+            groups = step_rows(self.step, len(self.rows), self.s)
             return [[self.rows[i] for i in g] for g in groups]
         n, bs, accum = rows_per_step(self.s), self.s.per_device_train_batch_size, self.s.gradient_accumulation_steps
         rows = self.rows.take(self.step * n, n)
