@@ -61,7 +61,7 @@ def test_openai_messages_with_reasoning_and_parts():
     ({"prompt": "x"}, "unknown format (fields: prompt)"),
     ({"messages": "hi"}, "'messages' must be a list, got str"),
     ({"messages": [{"role": "bot", "content": "x"}]}, "message 0 has unknown role 'bot'"),
-    ({"messages": [{"role": "user", "content": 3}]}, "message 0 content must be a string, got int"),
+    ({"messages": [{"role": "user", "content": 3}]}, "message 0 content must be a string or a list of parts, got int"),
     ({"messages": [{"role": "user", "content": "x"}]}, "no assistant turn to train on"),
     ({"conversations": [{"from": "robot", "value": "x"}]}, "turn 0 has unknown speaker 'robot'"),
 ])

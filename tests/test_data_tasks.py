@@ -33,7 +33,7 @@ def test_preference_forms(raw):
 
 
 @pytest.mark.parametrize("raw, message", [
-    ({"prompt": "q", "chosen": "a"}, "no 'rejected' or 'rejected_response'"),
+    ({"prompt": "q", "chosen": "a"}, "no 'rejected', 'rejected_response' or 'rejected_messages'"),
     ({"messages": PROMPT, "rejected_response": "5"}, "must end with the chosen assistant turn"),
 ])
 def test_bad_preference_rows(raw, message):

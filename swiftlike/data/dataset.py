@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import random
+import re
+import sys
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -73,6 +75,9 @@ def _select(items: list, n: int | None, rng: random.Random) -> list:
     return items + [rng.choice(items) for _ in range(n - len(items))]
 
 
+_PLACEHOLDER = re.compile(r"\{\{(name|author)\}\}")
+
+
 def _fill_placeholders(row, values: dict):
     if isinstance(row, str):
         for key, value in values.items():
@@ -136,6 +141,8 @@ def _canonical(path: str, task: str, columns: dict | None, names: dict | None, s
     """(where, canonical row) for every usable row of one source."""
     source, mapping, values, shown = _resolve(path, task, names)
     mapping = {**mapping, **(columns or {})}
+    values = values or {k: v for k, v in (names or {}).items() if v}  # --model_name/--model_author fill any file
+    unfilled = 0
     for where, raw in read_rows(source, streaming):
         where = where.replace(source, shown, 1)
         if mapping:
@@ -152,7 +159,13 @@ def _canonical(path: str, task: str, columns: dict | None, names: dict | None, s
             if stats is not None:
                 stats.dropped[f"bad row: {str(e).split(' (')[0]}"] += 1
             continue
-        yield where, _fill_placeholders(row, values) if values else row
+        row = _fill_placeholders(row, values) if values else row
+        if _PLACEHOLDER.search(repr(row)):
+            unfilled += 1
+        yield where, row
+    if unfilled:
+        print(f"[wb] warning: {shown}: {unfilled} rows contain {{{{name}}}} / {{{{author}}}} placeholders that "
+              "are trained as written; give --model_name and --model_author to fill them", file=sys.stderr)
 
 
 def iter_rows(specs: list[str], task: str = "sft", columns: dict | None = None, names: dict | None = None,

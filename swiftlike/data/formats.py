@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 
-ROLES = ("system", "user", "assistant", "tool")
+from ..templates.messages import MessageError, message_content, normalize_message, tool_call
+
 _SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                    "system": "system", "observation": "tool", "tool": "tool", "function_call": "assistant"}
 
@@ -33,8 +34,11 @@ def detect_format(row: dict) -> str:
         return "query_response"
     if "prompt" in row and "completion" in row:
         return "prompt_completion"
+    if "question" in row and "answer" in row:
+        return "question_answer"
     raise RowError(f"unknown format (fields: {', '.join(sorted(row)) or 'none'}); expected messages, "
-                   "conversations (ShareGPT), instruction/output (alpaca), query/response or prompt/completion")
+                   "conversations (ShareGPT), instruction/output (alpaca), query/response, prompt/completion or "
+                   "question/answer (GSM8K)")
 
 
 TASKS = ("sft", "pt", "preference", "kto", "grpo")
@@ -65,6 +69,8 @@ def to_canonical(row: dict, task: str = "sft") -> dict:
         messages = _alpaca(row)
     elif fmt == "query_response":
         messages = _turns(row, _text(row["query"], "query"), _text(row["response"], "response"))
+    elif fmt == "question_answer":
+        messages = _turns(row, _text(row["question"], "question"), _text(row["answer"], "answer"))
     else:
         messages = _prompt_completion(row)
     if not any(m["role"] == "assistant" for m in messages):
@@ -84,55 +90,36 @@ def _as_list(value, name: str) -> list:
     return value
 
 
-def _text(value, where: str, allow_none: bool = False) -> str | None:
-    if value is None and allow_none:
-        return None
+def _text(value, where: str) -> str:
+    """A string field (alpaca, query/response, ShareGPT values); a list of text parts is joined."""
     if isinstance(value, str):
         return value
-    if isinstance(value, list) and all(isinstance(p, dict) and p.get("type") == "text" for p in value):
-        return "".join(p.get("text", "") for p in value)
+    if isinstance(value, list):
+        text, reasoning, calls = _parts(value, where)
+        if reasoning is None and not calls:
+            return text
     raise RowError(f"{where} must be a string, got {type(value).__name__}")
 
 
+def _parts(value: list, where: str):
+    try:
+        return message_content(value, 0)
+    except MessageError as e:
+        raise RowError(str(e).replace("message 0", where)) from None
+
+
 def _message(m, i: int) -> dict:
-    if not isinstance(m, dict):
-        raise RowError(f"message {i} must be an object, got {type(m).__name__}")
-    role = m.get("role")
-    if role not in ROLES:
-        raise RowError(f"message {i} has unknown role {role!r} (expected one of {', '.join(ROLES)})")
-    tool_calls = m.get("tool_calls") or None
-    content = _text(m.get("content"), f"message {i} content", allow_none=tool_calls is not None)
-    out = {"role": role, "content": content if content is not None else ""}
-    reasoning = m.get("reasoning", m.get("reasoning_content"))
-    if reasoning is not None:
-        out["reasoning"] = _text(reasoning, f"message {i} reasoning")
-    if tool_calls is not None:
-        if role != "assistant" or not isinstance(tool_calls, list):
-            raise RowError(f"message {i}: tool_calls must be a list on an assistant message")
-        out["tool_calls"] = [_tool_call(c, i) for c in tool_calls]
-    if role == "tool" and m.get("tool_call_id") is not None:
-        out["tool_call_id"] = str(m["tool_call_id"])
-    if "loss" in m and m["loss"] is not None:
-        if not isinstance(m["loss"], bool):
-            raise RowError(f"message {i}: loss must be true or false")
-        out["loss"] = m["loss"]
-    return out
+    try:
+        return normalize_message(m, i)
+    except MessageError as e:
+        raise RowError(str(e)) from None
 
 
 def _tool_call(call, i: int) -> dict:
-    fn = call.get("function", call) if isinstance(call, dict) else None
-    if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
-        raise RowError(f"message {i}: each tool call needs a function name")
-    args = fn.get("arguments", {})
-    if isinstance(args, str):
-        try:
-            args = json.loads(args)
-        except json.JSONDecodeError:
-            pass  # kept verbatim; templates render string arguments as given
-    out = {"type": "function", "function": {"name": fn["name"], "arguments": args}}
-    if isinstance(call, dict) and call.get("id") is not None:
-        out["id"] = str(call["id"])
-    return out
+    try:
+        return tool_call(call, i)
+    except MessageError as e:
+        raise RowError(str(e)) from None
 
 
 def _tools(value) -> list | None:
@@ -220,18 +207,26 @@ def _prompt(row: dict) -> list[dict]:
         return _sharegpt({**row, "conversations": _as_list(row["conversations"], "conversations")})
     if "messages" in row:
         return [_message(m, i) for i, m in enumerate(_as_list(row["messages"], "messages"))]
-    if "prompt" in row:
-        prompt = row["prompt"]
+    for key in ("prompt", "question"):  # question: GSM8K's own layout
+        if key not in row:
+            continue
+        prompt = row[key]
         if isinstance(prompt, str):
             system = [{"role": "system", "content": row["system"]}] if row.get("system") else []
             return system + [{"role": "user", "content": prompt}]
-        return [_message(m, i) for i, m in enumerate(_as_list(prompt, "prompt"))]
-    raise RowError(f"no prompt (fields: {', '.join(sorted(row))}); expected messages, conversations or prompt")
+        return [_message(m, i) for i, m in enumerate(_as_list(prompt, key))]
+    raise RowError(f"no prompt (fields: {', '.join(sorted(row))}); expected messages, conversations, prompt or "
+                   "question")
 
 
 def _preference(row: dict) -> dict:
+    if "chosen_messages" in row or "rejected_messages" in row:  # LLaMA-Factory v1: two whole conversations
+        row = {k: v for k, v in row.items() if k not in ("chosen_messages", "rejected_messages")} | {
+            "chosen": row.get("chosen_messages"), "rejected": row.get("rejected_messages")}
+        if not isinstance(row["chosen"], list) or not isinstance(row["rejected"], list):
+            raise RowError("chosen_messages and rejected_messages must both be lists of messages")
     if "rejected" not in row and "rejected_response" not in row:
-        raise RowError(f"no 'rejected' or 'rejected_response' (fields: {', '.join(sorted(row))})")
+        raise RowError(f"no 'rejected', 'rejected_response' or 'rejected_messages' (fields: {', '.join(sorted(row))})")
     # TRL's implicit-prompt form has no prompt field: chosen/rejected are whole conversations sharing it
     explicit = any(k in row for k in ("messages", "conversations", "prompt"))
     prompt = _prompt(row) if explicit else []
@@ -282,4 +277,8 @@ def _grpo(row: dict) -> dict:
     if not prompt or prompt[-1]["role"] != "user":
         raise RowError("a GRPO prompt must end with a user message")
     extra = {k: v for k, v in row.items() if k not in ("messages", "conversations", "prompt", "system")}
+    if "question" in row and "prompt" not in row and "messages" not in row and "conversations" not in row:
+        extra.pop("question")  # GSM8K's layout: the question is the prompt, its answer the solution
+        if "answer" in extra and "solution" not in extra:
+            extra["solution"] = extra.pop("answer")
     return {"messages": prompt, **extra}

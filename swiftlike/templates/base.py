@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
+from .messages import normalize_messages
+
 IGNORE_INDEX = -100
 
 # A rendered conversation: consecutive (text, trained) pieces.
@@ -50,7 +52,9 @@ class Template:
     # -- text -------------------------------------------------------------------------------
     def render(self, messages: Sequence[dict], tools: list | None = None,
                add_generation_prompt: bool = False, **opts) -> Segments:
-        segments = self.spec.render(self.spec, list(messages), tools, add_generation_prompt, **opts)
+        """Text pieces and whether each is trained; messages are read as the data layer reads them
+        (templates/messages.py: `reasoning_content`, typed content parts, `loss_weight`, ...)."""
+        segments = self.spec.render(self.spec, normalize_messages(messages), tools, add_generation_prompt, **opts)
         return _apply_loss_scope(segments, self.loss_scope)
 
     def render_text(self, messages: Sequence[dict], tools: list | None = None,

@@ -1,0 +1,155 @@
+"""One normalisation of a chat message, shared by the data layer and the templates' public methods.
+
+A message is {role, content, reasoning?, tool_calls?, tool_call_id?, loss?}. Accepted on input:
+- content as a string, or as a list of typed parts: text (`text` or `value`, the OpenAI and LLaMA-Factory v1
+  spellings), reasoning / thinking (into `reasoning`), tool_call (a JSON string or object, into `tool_calls`);
+- `reasoning` or `reasoning_content` (the key the official Qwen3 chat template reads);
+- `loss` (true / false), or `loss_weight` / `weight` (1 / 0: LLaMA-Factory v1, OpenAI fine-tuning files).
+Media parts (image, audio, video, file) and unknown part types or keys are refused, never read as "".
+"""
+from __future__ import annotations
+
+import json
+
+from .errors import TemplateError
+
+ROLES = ("system", "user", "assistant", "tool")
+MEDIA_PARTS = ("image", "image_url", "input_image", "video", "video_url", "audio", "input_audio", "audio_url", "file")
+_REASONING_PARTS = ("reasoning", "thinking")
+# Keys some exporters add that change nothing a template renders (OpenAI's name/refusal/annotations, ids).
+_IGNORED_KEYS = ("name", "id", "refusal", "annotations")
+_KEYS = ("role", "content", "reasoning", "reasoning_content", "tool_calls", "tool_call_id", "loss", "loss_weight",
+         "weight") + _IGNORED_KEYS
+
+
+class MessageError(TemplateError):
+    """A message that cannot be read as given (the data layer adds file and row)."""
+
+
+def normalize_messages(messages) -> list[dict]:
+    if not isinstance(messages, (list, tuple)):
+        raise MessageError(f"messages must be a list, got {type(messages).__name__}")
+    return [normalize_message(m, i) for i, m in enumerate(messages)]
+
+
+def normalize_message(m, i: int = 0) -> dict:
+    """The canonical form of message `i` (idempotent: a canonical message comes back equal)."""
+    if not isinstance(m, dict):
+        raise MessageError(f"message {i} must be an object, got {type(m).__name__}")
+    role = m.get("role")
+    if role not in ROLES:
+        raise MessageError(f"message {i} has unknown role {role!r} (expected one of {', '.join(ROLES)})")
+    unknown = [k for k in m if k not in _KEYS]
+    if unknown:
+        raise MessageError(f"message {i} has unknown key {unknown[0]!r} (known: {', '.join(_KEYS)})")
+    text, part_reasoning, part_calls = message_content(m.get("content"), i)
+    calls = m.get("tool_calls") or None
+    if calls is not None and part_calls:
+        raise MessageError(f"message {i} has tool calls both in 'tool_calls' and in its content parts")
+    if calls is not None and not isinstance(calls, list):
+        raise MessageError(f"message {i}: tool_calls must be a list, got {type(calls).__name__}")
+    calls = [tool_call(c, i) for c in calls] if calls is not None else part_calls
+    if text is None and not calls:
+        raise MessageError(f"message {i} has no content")
+    out = {"role": role, "content": text or ""}
+    reasoning = m.get("reasoning", m.get("reasoning_content"))
+    if reasoning is not None and part_reasoning is not None:
+        raise MessageError(f"message {i} has reasoning both as a key and as content parts")
+    if reasoning is not None:
+        if not isinstance(reasoning, str):
+            raise MessageError(f"message {i} reasoning must be a string, got {type(reasoning).__name__}")
+        out["reasoning"] = reasoning
+    elif part_reasoning is not None:
+        out["reasoning"] = part_reasoning
+    if calls:
+        if role != "assistant":
+            raise MessageError(f"message {i}: tool calls belong to an assistant message, not {role}")
+        out["tool_calls"] = calls
+    if role == "tool" and m.get("tool_call_id") is not None:
+        out["tool_call_id"] = str(m["tool_call_id"])
+    loss = _loss(m, i)
+    if loss is not None:
+        out["loss"] = loss
+    return out
+
+
+def message_content(value, i: int) -> tuple[str | None, str | None, list]:
+    """(text, reasoning or None, tool calls) of a message's content."""
+    if value is None or isinstance(value, str):
+        return value, None, []
+    if not isinstance(value, list):
+        raise MessageError(f"message {i} content must be a string or a list of parts, got {type(value).__name__}")
+    texts, reasoning, calls = [], [], []
+    for j, part in enumerate(value):
+        where = f"message {i} part {j}"
+        if isinstance(part, str):  # a bare string part (some exporters)
+            texts.append(part)
+            continue
+        if not isinstance(part, dict):
+            raise MessageError(f"{where} must be an object, got {type(part).__name__}")
+        kind = part.get("type", "text" if "text" in part else None)
+        if kind == "text":
+            texts.append(_part_text(part, where, "text"))
+        elif kind in _REASONING_PARTS:
+            reasoning.append(_part_text(part, where, kind))
+        elif kind == "tool_call":
+            calls.append(tool_call(_part_call(part, where), i))
+        elif kind in MEDIA_PARTS:
+            raise MessageError(f"{where} is {kind!r} content: multimodal training is not supported yet (text-only "
+                               "models; only text, reasoning and tool_call parts are read)")
+        else:
+            raise MessageError(f"{where} has unknown type {kind!r} (expected text, reasoning or tool_call)")
+    return "".join(texts), ("".join(reasoning) if reasoning else None), calls
+
+
+def _part_text(part: dict, where: str, kind: str) -> str:
+    for key in (kind, "text", "value"):
+        if isinstance(part.get(key), str):
+            return part[key]
+    raise MessageError(f"{where}: a {kind} part needs its text as a string under 'text' or 'value'")
+
+
+def _part_call(part: dict, where: str) -> dict:
+    value = part.get("value", part.get("tool_call", part.get("function")))
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            raise MessageError(f"{where}: tool_call value is not JSON") from None
+    if not isinstance(value, dict):
+        raise MessageError(f"{where}: a tool_call part needs a JSON object with name and arguments")
+    return value
+
+
+def tool_call(call, i: int) -> dict:
+    """An OpenAI-style call {type: function, function: {name, arguments}, id?}; arguments parsed from JSON."""
+    fn = call.get("function", call) if isinstance(call, dict) else None
+    if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+        raise MessageError(f"message {i}: each tool call needs a function name")
+    args = fn.get("arguments", {})
+    if isinstance(args, str):
+        try:
+            args = json.loads(args)
+        except json.JSONDecodeError:
+            pass  # kept verbatim; templates render string arguments as given
+    out = {"type": "function", "function": {"name": fn["name"], "arguments": args}}
+    if isinstance(call, dict) and call.get("id") is not None:
+        out["id"] = str(call["id"])
+    return out
+
+
+def _loss(m: dict, i: int) -> bool | None:
+    """True / False when the message says whether it is trained; None: the template's default."""
+    if m.get("loss") is not None:
+        if not isinstance(m["loss"], bool):
+            raise MessageError(f"message {i}: loss must be true or false")
+        return m["loss"]
+    for key in ("loss_weight", "weight"):
+        weight = m.get(key)
+        if weight is None:
+            continue
+        if isinstance(weight, bool) or weight not in (0, 1):
+            raise MessageError(f"message {i}: {key} must be 0 or 1 (got {weight!r}); fractional loss weights are "
+                               "not supported")
+        return weight == 1
+    return None
