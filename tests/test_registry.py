@@ -31,6 +31,23 @@ def test_lookup_by_hub_and_modelscope_ids(model_id, template):
     assert find_model(model_id).template == template
 
 
+def test_every_model_declares_its_miniature_as_data():
+    from swiftlike.models.loader import ASSETS
+    from swiftlike.registry import TOKENIZERS
+
+    for m in models():
+        if m.no_miniature:
+            assert not m.config and m.miniature_kind == "none", m.model_id
+            continue
+        assert m.config["model_type"] and m.config["architectures"], m.model_id
+        assert m.tokenizer or m.miniature_tokenizer in TOKENIZERS, m.model_id
+        if not m.tokenizer:                                  # the tokenizer carries the family's chat template
+            assert (ASSETS / "chat_templates" / f"{m.template}.jinja").is_file(), m.template
+    assert find_model("THUDM/glm-4-9b-chat-hf").model_type == "glm"          # transformers' GlmForCausalLM
+    assert {m.miniature_kind for m in models("qwen2_5")} == {"own tokenizer"}
+    assert find_model("meta-llama/Llama-3.1-8B-Instruct").miniature_kind == "stand-in tokenizer"
+
+
 def test_unknown_model_suggests_neighbours():
     assert find_model("Qwen/Qwen3-9B") is None
     assert "Qwen/Qwen3-8B" in suggest("Qwen/Qwen3-9B")

@@ -1,7 +1,10 @@
 """Tokenizer and model loading: hub or local weights, miniatures, QLoRA quantization, LoRA adapters."""
 from __future__ import annotations
 
+import functools
 import json
+import logging
+import sys
 from pathlib import Path
 
 import torch
@@ -10,6 +13,7 @@ from .. import accel
 from ..errors import UserError
 from ..hub import download, is_local
 from ..registry import ModelMeta, find_model
+from ..registry.core import TOKENIZERS, TokenizerSpec
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 
@@ -17,6 +21,9 @@ ASSETS = Path(__file__).resolve().parents[1] / "assets"
 MINIATURE = dict(num_hidden_layers=2, hidden_size=64, intermediate_size=128, num_attention_heads=4,
                  num_key_value_heads=2, head_dim=16, initializer_range=0.2)
 MINIATURE_MOE = dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=64)
+MINIATURE_VISION = dict(num_hidden_layers=1, hidden_size=32, intermediate_size=64, num_attention_heads=2, head_dim=16)
+# bundled byte-level BPE vocabularies (vocab.json + merges.txt) and the tokenizer class that reads them
+_BASE_TOKENIZERS = {"qwen3": "Qwen2Tokenizer", "gpt2": "GPT2Tokenizer"}
 
 
 def model_meta(model: str) -> ModelMeta | None:
@@ -29,52 +36,192 @@ def model_meta(model: str) -> ModelMeta | None:
     return meta
 
 
-def config_dir(model: str, hub: str) -> str:
+def config_dir(model: str, hub: str, miniature: bool = False) -> str:
     """A directory holding the model's config and tokenizer (no weights needed)."""
     if is_local(model):
         return str(Path(model).expanduser())
-    return download(model, hub, config_only=True)
+    return download(model, hub, config_only=True, miniature=miniature)
 
 
-def load_tokenizer(model: str, hub: str = "huggingface", trust_remote_code: bool = False):
+def load_tokenizer(model: str, hub: str = "huggingface", trust_remote_code: bool = False, miniature: bool = False):
+    """The model's tokenizer. For a miniature of a registered id nothing is downloaded: the bundled tokenizer is
+    the family's own, or a stand-in vocabulary with the family's special tokens and chat template (said once)."""
     from transformers import AutoTokenizer
 
     meta = find_model(model)
-    if meta and meta.tokenizer and not is_local(model):
-        path = ASSETS / "tokenizers" / meta.tokenizer  # bundled: no hub round-trip for registered families
+    if meta and miniature and not meta.tokenizer and not is_local(model):
+        tok = miniature_tokenizer(meta)
+        if accel.is_main_process():
+            for line in miniature_notes(meta):
+                print(f"[wb] miniature: {line}", flush=True)
     else:
-        path = config_dir(model, hub)
-    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        if meta and meta.tokenizer and not is_local(model):
+            path = ASSETS / "tokenizers" / meta.tokenizer  # bundled: no hub round-trip for registered families
+        else:
+            path = config_dir(model, hub, miniature)
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return tok
 
 
-def build_miniature(model: str, hub: str = "huggingface", seed: int = 42, dtype: torch.dtype = torch.float32):
-    """A randomly initialised, 2-layer, narrow model of the same architecture (seeded)."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+def _no_miniature(meta: ModelMeta) -> UserError:
+    return UserError(f"no miniature of {meta.model_id}: {meta.no_miniature or 'the registry holds no config for it'}")
+
+
+def miniature_notes(meta: ModelMeta) -> list[str]:
+    """What a registered id's miniature does not share with the real model (printed at start-up)."""
+    notes = [meta.miniature_note] if meta.miniature_note else []
+    spec = meta.miniature_tokenizer_spec
+    if spec is not None and not spec.own:
+        notes.append(f"{spec.label} template and special tokens over a stand-in vocabulary (GPT-2's byte-level BPE, "
+                     f"not {spec.label}'s): ordinary text gets other token ids than in the real model")
+    return notes
+
+
+def miniature_tokenizer(meta: ModelMeta):
+    """The tokenizer of a registered id's miniature, built offline from bundled files."""
+    if meta.tokenizer:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(ASSETS / "tokenizers" / meta.tokenizer)
+    spec = meta.miniature_tokenizer_spec
+    if meta.no_miniature or not meta.config or spec is None:
+        raise _no_miniature(meta)
+    return bundled_tokenizer(spec, meta.template)
+
+
+@functools.lru_cache(maxsize=None)
+def _base_vocabulary(base: str) -> tuple[dict, tuple]:
+    folder = ASSETS / "tokenizers" / base
+    vocab = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
+    lines = (folder / "merges.txt").read_text(encoding="utf-8").splitlines()
+    merges = tuple(tuple(line.split(" ")) for line in lines if line and not line.startswith("#version"))
+    return vocab, merges
+
+
+def bundled_tokenizer(spec: TokenizerSpec, template: str | None = None):
+    """A bundled BPE vocabulary plus the spec's added tokens (appended in order; a token the vocabulary already
+    holds keeps its id), its bos/eos/pad/unk, and the chat template of `template` where one is bundled."""
+    import transformers
+    from tokenizers import AddedToken
+
+    base_vocab, merges = _base_vocabulary(spec.base)
+    vocab = dict(base_vocab)
+    for token in spec.added:
+        vocab.setdefault(token, len(vocab))
+    cls = getattr(transformers, _BASE_TOKENIZERS[spec.base])
+    tok = cls(vocab=vocab, merges=list(merges), unk_token=spec.unk, bos_token=spec.bos, eos_token=spec.eos,
+              pad_token=spec.pad, add_bos_token=spec.add_bos, add_prefix_space=False, errors="replace",
+              clean_up_tokenization_spaces=False, extra_special_tokens=list(spec.extra_special))
+    tok.add_tokens([AddedToken(t, special=t not in spec.plain, normalized=False) for t in spec.added])
+    jinja = ASSETS / "chat_templates" / f"{template}.jinja"
+    if template and jinja.is_file():
+        tok.chat_template = jinja.read_text(encoding="utf-8")
+    return tok
+
+
+@functools.lru_cache(maxsize=None)
+def _tokenizer_ids(name: str) -> tuple[int, int | None, int | None, int | None]:
+    """(length, bos id, eos id, pad id) of a bundled tokenizer spec; pad falls back to eos as in load_tokenizer."""
+    tok = bundled_tokenizer(TOKENIZERS[name])
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    return len(tok), tok.bos_token_id, tok.eos_token_id, pad
+
+
+def miniature_config(model: str, hub: str = "huggingface"):
+    """The config of a miniature: the registry's config facts (the hub's config.json for an unregistered id) with
+    the sizes shrunk and the structure kept (attention kind MHA/GQA/MQA, layer types, MoE and latent-attention
+    layout, RoPE kind, vision tower); the vocabulary fitted to a stand-in tokenizer."""
+    from transformers import AutoConfig
 
     meta = find_model(model)
-    if meta is not None and meta.config:
+    if meta is not None and (meta.no_miniature or not meta.config):
+        raise _no_miniature(meta)
+    if meta is not None:
         cfg_dict = dict(meta.config)
-        config = AutoConfig.for_model(cfg_dict.pop("model_type"), **cfg_dict)
+        config = AutoConfig.for_model(cfg_dict.pop("model_type"), **_with_rope_factors(cfg_dict))
     else:
-        config = AutoConfig.from_pretrained(config_dir(model, hub))
-    shrink = dict(MINIATURE, **(MINIATURE_MOE if hasattr(config, "num_experts") else {}))
+        config = AutoConfig.from_pretrained(config_dir(model, hub, miniature=True))
+    text = config.get_text_config()
+    heads, kv_heads = getattr(text, "num_attention_heads", None), getattr(text, "num_key_value_heads", None)
+    shrink = dict(MINIATURE, **(MINIATURE_MOE if hasattr(text, "num_experts") else {}))
     for key, value in shrink.items():
-        if hasattr(config, key):
-            setattr(config, key, value)
-    if hasattr(config, "layer_types"):
-        config.layer_types = config.layer_types[: config.num_hidden_layers]
-    torch.manual_seed(seed)
-    return AutoModelForCausalLM.from_config(config, dtype=dtype)
+        if hasattr(text, key):
+            setattr(text, key, value)
+    if text is not config and hasattr(config, "initializer_range"):
+        config.initializer_range = MINIATURE["initializer_range"]
+    if kv_heads is not None and kv_heads in (1, heads):  # multi-query and multi-head attention stay so
+        text.num_key_value_heads = 1 if kv_heads == 1 else text.num_attention_heads
+    for key, value in (meta.miniature_shrink if meta is not None else {}).items():
+        setattr(text, key, value)
+    vision = getattr(config, "vision_config", None)
+    for key, value in MINIATURE_VISION.items():
+        if vision is not None and hasattr(vision, key):
+            setattr(vision, key, value)
+    if getattr(text, "layer_types", None):
+        text.layer_types = _miniature_layer_types(text.layer_types, text.num_hidden_layers)
+    _fit_rope_factors(text)
+    spec = meta.miniature_tokenizer_spec if meta is not None else None
+    if spec is not None and not spec.own:
+        length, bos, eos, pad = _tokenizer_ids(spec.name)
+        text.vocab_size = -(-length // 64) * 64
+        for cfg in {id(text): text, id(config): config}.values():
+            cfg.bos_token_id, cfg.eos_token_id, cfg.pad_token_id = bos, eos, pad
+    return config
+
+
+def build_miniature(model: str, hub: str = "huggingface", seed: int = 42, dtype: torch.dtype = torch.float32):
+    """A randomly initialised, 2-layer, narrow model of the same architecture (seeded)."""
+    from transformers import AutoModelForCausalLM
+
+    config = miniature_config(model, hub)
+    with torch.random.fork_rng(devices=[]):  # the caller's random state is the same whether or not one is built
+        torch.manual_seed(seed)
+        return AutoModelForCausalLM.from_config(config, dtype=dtype)
+
+
+def _miniature_layer_types(types: list[str], n: int) -> list[str]:
+    """The first n layer types, the last of them replaced where needed so that every kind stays represented
+    (Gemma-3's five sliding-window layers per global one become: sliding, global)."""
+    out = list(types[:n])
+    missing = [t for t in dict.fromkeys(types) if t not in out][-n:]
+    if missing:
+        out[n - len(missing):] = missing
+    return out
+
+
+def _rotary_half(get) -> int:
+    """Half the rotary dimension (the length of LongRoPE's factor lists)."""
+    head_dim = get("head_dim") or get("hidden_size") // get("num_attention_heads")
+    rope = get("rope_parameters") or get("rope_scaling") or {}
+    return int(head_dim * (rope.get("partial_rotary_factor") or get("partial_rotary_factor") or 1.0)) // 2
+
+
+def _with_rope_factors(cfg: dict) -> dict:
+    """LongRoPE needs per-dimension factors; the registry records the kind only (the real factors are fitted to the
+    real head size and a miniature cannot use them), so unit factors of the right length are filled in."""
+    rope = cfg.get("rope_scaling")
+    if not rope or rope.get("rope_type") != "longrope" or "long_factor" in rope:
+        return cfg
+    half = _rotary_half(cfg.get)
+    return dict(cfg, rope_scaling=dict(rope, long_factor=[1.0] * half, short_factor=[1.0] * half))
+
+
+def _fit_rope_factors(config) -> None:
+    """Per-dimension RoPE factors (LongRoPE) resized to the miniature's head size (unit factors)."""
+    rope = getattr(config, "rope_parameters", None)
+    if isinstance(rope, dict) and isinstance(rope.get("long_factor"), list):
+        half = _rotary_half(lambda key: getattr(config, key, None))
+        rope["long_factor"], rope["short_factor"] = [1.0] * half, [1.0] * half
 
 
 def load_model(path: str, dtype: torch.dtype, *, quantize_4bit: bool = False, attn_implementation: str | None = None,
                trust_remote_code: bool = False, device: torch.device | None = None, reward_head: bool = False,
-               pad_token_id: int | None = None):
+               pad_token_id: int | None = None, announce_head: bool = True):
     """Weights from a local directory (already downloaded), optionally quantized to 4-bit NF4. With
-    `reward_head` the model gets a one-output sequence-classification head (new, or the checkpoint's own)."""
+    `reward_head` the model gets a one-output sequence-classification head (new, or the checkpoint's own), said
+    in one line unless `announce_head` is false (the caller loads the head from adapters and says so)."""
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     device = device or accel.device()
@@ -92,12 +239,47 @@ def load_model(path: str, dtype: torch.dtype, *, quantize_4bit: bool = False, at
             bnb_4bit_compute_dtype=dtype)
         kwargs["device_map"] = {"": device}
     if reward_head:
-        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, **kwargs)
+        model = _load_reward_model(AutoModelForSequenceClassification, path, kwargs, announce_head)
         if model.config.pad_token_id is None:
             model.config.pad_token_id = pad_token_id
     else:
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     return model if quantize_4bit else model.to(device)
+
+
+class _HeldLoadReport(logging.Filter):
+    """Holds back transformers' load report (a table of missing and unexpected weights) while a reward model loads."""
+
+    def __init__(self):
+        super().__init__()
+        self.held: list[logging.LogRecord] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "LOAD REPORT" in record.getMessage():
+            self.held.append(record)
+            return False
+        return True
+
+
+def _load_reward_model(auto_cls, path: str, kwargs: dict, announce: bool):
+    """A sequence-classification model without transformers' load report: a missing `score` head (new, randomly
+    initialised, as on every base model) is expected and said in one line; anything else wrong is reported."""
+    log = logging.getLogger("transformers.modeling_utils")
+    hold = _HeldLoadReport()
+    log.addFilter(hold)
+    try:
+        model, info = auto_cls.from_pretrained(path, num_labels=1, output_loading_info=True, **kwargs)
+    finally:
+        log.removeFilter(hold)
+    missing = set(info.get("missing_keys") or ())
+    new_head = {k for k in missing if k.split(".")[0] == "score"}
+    if missing - new_head or info.get("mismatched_keys"):  # not the head: the user should see the whole report
+        for record in hold.held:
+            log.handle(record)
+    if announce and accel.is_main_process():
+        print(f"[wb] reward head: new (not in {path}; a randomly initialised score layer that training learns)"
+              if new_head else f"[wb] reward head: loaded from {path}", file=sys.stderr)
+    return model
 
 
 def quiet_libraries() -> None:
@@ -135,10 +317,25 @@ def attach_lora(model, cfg, gradient_checkpointing: bool = False, task_type: str
 
     model = prepare_4bit(model, gradient_checkpointing)
     targets = cfg.target_modules
-    lora = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules="all-linear" if targets in (["all-linear"], "all-linear") else targets,
+    all_linear = targets in (["all-linear"], "all-linear")
+    dropout = cfg.lora_dropout
+    if dropout and all_linear and _fused_experts(model):
+        dropout = 0.0
+        if accel.is_main_process():
+            print(f"[wb] lora: dropout 0 instead of {cfg.lora_dropout}: all-linear includes the MoE experts, whose "
+                  "fused weights LoRA adapts without dropout", flush=True)
+    lora = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=dropout,
+                      target_modules="all-linear" if all_linear else targets,
                       use_dora=cfg.use_dora, use_rslora=cfg.use_rslora, task_type=task_type)
     try:
         return get_peft_model(model, lora)
     except ValueError as e:
-        raise UserError(f"cannot attach LoRA: {e}") from None
+        hint = "; leave the MoE experts out of --target_modules or pass --lora_dropout 0" \
+            if "lora_dropout != 0" in str(e) else ""
+        raise UserError(f"cannot attach LoRA: {e}{hint}") from None
+
+
+def _fused_experts(model) -> bool:
+    """MoE experts stored as 3-D weights (transformers 5: Qwen3-MoE, Mixtral, DeepSeek-V3): PEFT's all-linear adapts
+    them as parameters, which supports no dropout."""
+    return any(p.dim() == 3 for name, p in model.named_parameters() if ".experts." in name)
