@@ -100,3 +100,53 @@ def test_token_logps_fused_path_matches_autograd(dtype):
     c = hidden.clone().requires_grad_(True)
     (token_logps(head, c, targets, chunk_size=4) * upstream).sum().backward()
     assert torch.allclose(c.grad, b.grad, atol=1e-5) and head.weight.grad is not None
+
+
+@pytest.mark.parametrize("frozen", [False, True])
+def test_soft_capped_logits_fused_paths_match_plain_autograd(frozen):
+    """Gemma-2 caps its final logits (cap * tanh(z / cap)); the fused loss and log-prob paths apply it too."""
+    from swiftlike.train.loss import token_logps
+
+    torch.manual_seed(0)
+    head = torch.nn.Linear(16, 50, bias=False).requires_grad_(not frozen)
+    h = torch.randn(9, 16, requires_grad=True) * 4
+    h.retain_grad()
+    t = torch.randint(0, 50, (9,))
+    capped = torch.tanh(head(h) / 3.0) * 3.0
+    ref_ce = torch.nn.functional.cross_entropy(capped, t, reduction="sum")
+    ref_lp = torch.log_softmax(capped, -1).gather(-1, t[:, None]).squeeze(-1)
+    params = [h] + ([] if frozen else [head.weight])
+    ref_grads = torch.autograd.grad(ref_ce + ref_lp.square().sum(), params)
+    ours_ce = linear_cross_entropy(head, h, t, 4, softcap=3.0)
+    ours_lp = token_logps(head, h, t, 4, softcap=3.0)
+    torch.testing.assert_close(ours_ce, ref_ce)
+    torch.testing.assert_close(ours_lp, ref_lp)
+    for a, b in zip(torch.autograd.grad(ours_ce + ours_lp.square().sum(), params), ref_grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_gemma2_loss_equals_the_models_own_soft_capped_loss():
+    model = build_miniature("google/gemma-2-2b-it")
+    assert model.config.final_logit_softcapping
+    rows = _rows()
+    batch = collate_padded(rows, pad_id=0)
+    ours, n, _ = CausalLMLoss(model)(**batch)
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    ref = torch.nn.functional.cross_entropy(out.logits.flatten(0, 1).float(), batch["targets"].flatten(),
+                                            ignore_index=IGNORE_INDEX, reduction="sum")
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("model_id", ["google/gemma-3-1b-it", "google/gemma-2-2b-it"])
+def test_padding_free_honours_sliding_windows(model_id):
+    """Sequences longer than the sliding window: packed hidden states equal each sequence run on its own."""
+    model = build_miniature(model_id)
+    model.config.sliding_window = 6
+    model.get_decoder().config.sliding_window = 6
+    assert "sliding_attention" in model.get_decoder().config.layer_types
+    rows = _rows()
+    loss = CausalLMLoss(model)
+    packed = collate_padding_free(rows)
+    hidden = loss.hidden_states(packed["input_ids"], packed["position_ids"], seq_lens=packed["seq_lens"])[0]
+    alone = torch.cat([loss.hidden_states(torch.tensor([r["input_ids"]]))[0] for r in rows])
+    torch.testing.assert_close(hidden, alone, rtol=1e-4, atol=1e-4)

@@ -142,7 +142,8 @@ class PreferenceObjective(torch.nn.Module):
         hidden = module.hidden_states(input_ids, position_ids, None, seq_lens)[0]
         keep = targets[0] != -100
         seq_of = torch.repeat_interleave(torch.arange(len(seq_lens), device=seq_lens.device), seq_lens)[keep]
-        lp = token_logps(module.causal_lm.get_output_embeddings(), hidden[keep], targets[0][keep], module.chunk_size)
+        lp = token_logps(module.causal_lm.get_output_embeddings(), hidden[keep], targets[0][keep], module.chunk_size,
+                         module.softcap)
         sums = torch.zeros(len(seq_lens), dtype=lp.dtype, device=lp.device).index_add(0, seq_of, lp)
         counts = torch.bincount(seq_of, minlength=len(seq_lens)).to(lp.dtype)
         return sums, counts
@@ -261,11 +262,10 @@ class RewardObjective(torch.nn.Module):
         return float(batch["n_pairs"])
 
     def scores(self, input_ids, position_ids, seq_lens) -> torch.Tensor:
-        from .loss import packed_attention_mask
+        from .loss import packed_masks
 
         net = self.classifier
-        impl = getattr(net.config, "_attn_implementation", "sdpa") or "sdpa"
-        mask = None if "flash" in impl else packed_attention_mask(seq_lens, net.dtype, boolean=impl == "sdpa")
+        mask = packed_masks(net.get_decoder().config, seq_lens, net.dtype)
         hidden = net.get_decoder()(input_ids=input_ids, position_ids=position_ids, attention_mask=mask,
                                    use_cache=False).last_hidden_state[0]
         last = torch.cumsum(seq_lens, 0) - 1

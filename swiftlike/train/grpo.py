@@ -137,7 +137,8 @@ class GRPOObjective(torch.nn.Module):
 
         hidden = module.hidden_states(input_ids, position_ids, attention_mask)
         keep = targets != -100
-        return token_logps(module.causal_lm.get_output_embeddings(), hidden[keep], targets[keep], module.chunk_size)
+        return token_logps(module.causal_lm.get_output_embeddings(), hidden[keep], targets[keep], module.chunk_size,
+                           module.softcap)
 
     @torch.no_grad()
     def reference_logps(self, input_ids, targets, position_ids, attention_mask) -> torch.Tensor:

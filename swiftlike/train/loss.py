@@ -18,11 +18,21 @@ from ..templates import IGNORE_INDEX
 LOGITS_PER_CHUNK = 1 << 24  # ~16M logits (64 MB in fp32) per chunk; smaller chunks are also cache-friendlier
 
 
+def _logits(h, weight, bias, softcap: float | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """fp32 logits of a chunk, soft-capped (cap * tanh(z / cap), Gemma-2) when the model does so, and
+    d capped / d z (None without a cap)."""
+    logits = (h @ weight.T if bias is None else torch.addmm(bias, h, weight.T)).float()
+    if not softcap:
+        return logits, None
+    t = torch.tanh(logits / softcap)
+    return t * softcap, 1.0 - t * t
+
+
 class _LinearCrossEntropy(torch.autograd.Function):
     """sum_i CE(hidden_i @ weight.T + bias, target_i), with gradients computed in forward."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, chunk_size: int):
+    def forward(ctx, hidden, weight, bias, targets, chunk_size: int, softcap: float | None = None):
         needs = ctx.needs_input_grad
         grad_hidden = torch.zeros_like(hidden) if needs[0] else None
         grad_weight = torch.zeros_like(weight, dtype=torch.float32) if needs[1] else None
@@ -31,7 +41,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         for start in range(0, hidden.shape[0], chunk_size):
             h = hidden[start:start + chunk_size]
             t = targets[start:start + chunk_size]
-            logits = (h @ weight.T if bias is None else torch.addmm(bias, h, weight.T)).float()
+            logits, dcap = _logits(h, weight, bias, softcap)
             rows = torch.arange(t.shape[0], device=t.device)
             target_logit = logits[rows, t]
             peak = logits.amax(dim=-1)
@@ -42,6 +52,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 continue
             grad = exp.div_(sum_exp[:, None])  # softmax
             grad[rows, t] -= 1.0
+            if dcap is not None:
+                grad.mul_(dcap)
             if grad_hidden is not None:
                 grad_hidden[start:start + chunk_size] = (grad.to(weight.dtype) @ weight).to(hidden.dtype)
             if grad_weight is not None:
@@ -59,29 +71,35 @@ class _LinearCrossEntropy(torch.autograd.Function):
         gh = next(saved) * grad_output if ctx.has[0] else None
         gw = (next(saved) * grad_output).to(ctx.dtypes[0]) if ctx.has[1] else None
         gb = (next(saved) * grad_output).to(ctx.dtypes[1]) if ctx.has[2] else None
-        return gh, gw, gb, None, None
+        return gh, gw, gb, None, None, None
 
 
 def linear_cross_entropy(lm_head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor,
-                         chunk_size: int = 128) -> torch.Tensor:
-    """Sum of token cross-entropies of `lm_head(hidden)` against `targets` (rows already selected).
+                         chunk_size: int = 128, softcap: float | None = None) -> torch.Tensor:
+    """Sum of token cross-entropies of `lm_head(hidden)` (soft-capped when `softcap`) against `targets` (rows
+    already selected).
 
     Plain `nn.Linear` heads take the fused path; any other head (e.g. an adapter-wrapped one) falls
     back to chunks of the module's own forward under activation checkpointing.
     """
     if type(lm_head) is nn.Linear:
-        return _LinearCrossEntropy.apply(hidden, lm_head.weight, lm_head.bias, targets, chunk_size)
+        return _LinearCrossEntropy.apply(hidden, lm_head.weight, lm_head.bias, targets, chunk_size, softcap)
     from torch.utils.checkpoint import checkpoint
 
     total = hidden.new_zeros((), dtype=torch.float32)
     for start in range(0, hidden.shape[0], chunk_size):
         h, t = hidden[start:start + chunk_size], targets[start:start + chunk_size]
-        total = total + checkpoint(_module_ce, lm_head, h, t, use_reentrant=False)
+        total = total + checkpoint(_module_ce, lm_head, h, t, softcap, use_reentrant=False)
     return total
 
 
-def _module_ce(lm_head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    return nn.functional.cross_entropy(lm_head(hidden).float(), targets, reduction="sum")
+def _module_logits(lm_head: nn.Module, hidden: torch.Tensor, softcap: float | None) -> torch.Tensor:
+    logits = lm_head(hidden).float()
+    return torch.tanh(logits / softcap) * softcap if softcap else logits
+
+
+def _module_ce(lm_head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor, softcap=None) -> torch.Tensor:
+    return nn.functional.cross_entropy(_module_logits(lm_head, hidden, softcap), targets, reduction="sum")
 
 
 class _LinearLogProbs(torch.autograd.Function):
@@ -91,17 +109,21 @@ class _LinearLogProbs(torch.autograd.Function):
     incoming gradient instead of recomputing the logits (a third of the output layer's work saved)."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, chunk_size: int):
+    def forward(ctx, hidden, weight, bias, targets, chunk_size: int, softcap: float | None = None):
         out = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
         grad = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
         for start in range(0, hidden.shape[0], chunk_size):
             h, t = hidden[start:start + chunk_size], targets[start:start + chunk_size]
-            logits = (h @ weight.T if bias is None else torch.addmm(bias, h, weight.T)).float()
+            logits, dcap = _logits(h, weight, bias, softcap)
             lse = torch.logsumexp(logits, dim=-1)
             out[start:start + chunk_size] = logits.gather(-1, t[:, None]).squeeze(-1) - lse
             if grad is not None:
-                probs = logits.sub_(lse[:, None]).exp_()
-                grad[start:start + chunk_size] = (weight[t] - (probs.to(weight.dtype) @ weight)).to(hidden.dtype)
+                # d log p(t) / d z = onehot(t) - softmax, times d capped / d z under a soft cap
+                dz = logits.sub_(lse[:, None]).exp_().neg_()
+                dz[torch.arange(t.shape[0], device=t.device), t] += 1.0
+                if dcap is not None:
+                    dz.mul_(dcap)
+                grad[start:start + chunk_size] = (dz.to(weight.dtype) @ weight).to(hidden.dtype)
         if grad is not None:
             ctx.save_for_backward(grad)
         return out
@@ -109,40 +131,68 @@ class _LinearLogProbs(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output):
         (grad,) = ctx.saved_tensors
-        return grad * grad_output[:, None].to(grad.dtype), None, None, None, None
+        return grad * grad_output[:, None].to(grad.dtype), None, None, None, None, None
 
 
-def _chunk_logps(lm_head, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    logits = lm_head(hidden).float()
+def _chunk_logps(lm_head, hidden: torch.Tensor, targets: torch.Tensor, softcap=None) -> torch.Tensor:
+    logits = _module_logits(lm_head, hidden, softcap)
     return logits.gather(-1, targets[:, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
 
 
-def token_logps(lm_head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor, chunk_size: int) -> torch.Tensor:
+def token_logps(lm_head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor, chunk_size: int,
+                softcap: float | None = None) -> torch.Tensor:
     """log p(target) per selected position, a chunk of logits at a time, never storing logits. A frozen plain
     linear head takes the fused path; a trainable or wrapped one recomputes each chunk in backward."""
     frozen = type(lm_head) is nn.Linear and not lm_head.weight.requires_grad and \
         (lm_head.bias is None or not lm_head.bias.requires_grad)
     if frozen:
-        return _LinearLogProbs.apply(hidden, lm_head.weight, lm_head.bias, targets, chunk_size)
+        return _LinearLogProbs.apply(hidden, lm_head.weight, lm_head.bias, targets, chunk_size, softcap)
     from torch.utils.checkpoint import checkpoint
 
     parts = []
     for start in range(0, hidden.shape[0], chunk_size):
         h, t = hidden[start:start + chunk_size], targets[start:start + chunk_size]
-        parts.append(checkpoint(_chunk_logps, lm_head, h, t, use_reentrant=False) if torch.is_grad_enabled()
-                     else _chunk_logps(lm_head, h, t))
+        parts.append(checkpoint(_chunk_logps, lm_head, h, t, softcap, use_reentrant=False) if torch.is_grad_enabled()
+                     else _chunk_logps(lm_head, h, t, softcap))
     return torch.cat(parts) if parts else hidden.new_zeros(0)
 
 
-def packed_attention_mask(seq_lens: torch.Tensor, dtype: torch.dtype, boolean: bool) -> torch.Tensor:
-    """Block-diagonal causal mask (1, 1, L, L) for sequences concatenated in one row."""
+def packed_attention_mask(seq_lens: torch.Tensor, dtype: torch.dtype, boolean: bool,
+                          window: int | None = None) -> torch.Tensor:
+    """Block-diagonal causal mask (1, 1, L, L) for sequences concatenated in one row; with `window` a query
+    sees only the last `window` positions (sliding-window attention, as transformers masks it)."""
     seq_ids = torch.repeat_interleave(torch.arange(len(seq_lens), device=seq_lens.device), seq_lens)
     n = seq_ids.shape[0]
     idx = torch.arange(n, device=seq_lens.device)
     allowed = (seq_ids[:, None] == seq_ids[None, :]) & (idx[:, None] >= idx[None, :])
+    if window:
+        allowed &= (idx[:, None] - idx[None, :]) < window
     if boolean:
         return allowed[None, None]
     return torch.zeros((n, n), dtype=dtype, device=seq_lens.device).masked_fill(~allowed, torch.finfo(dtype).min)[None, None]
+
+
+def packed_masks(config, seq_lens: torch.Tensor, dtype: torch.dtype):
+    """The attention mask(s) of a padding-free row for this model: None for flash-attention (it reads the
+    borders from position_ids and applies sliding windows itself); a block mask for sdpa/eager, and for models
+    with sliding-window layers one mask per layer type, as transformers' decoders accept them."""
+    impl = getattr(config, "_attn_implementation", "sdpa") or "sdpa"
+    if "flash" in impl:
+        return None
+    boolean = impl == "sdpa"
+    full = packed_attention_mask(seq_lens, dtype, boolean)
+    window = getattr(config, "sliding_window", None)
+    types = set(getattr(config, "layer_types", None) or ())
+    if window and "sliding_attention" in types:
+        return {"full_attention": full, "sliding_attention": packed_attention_mask(seq_lens, dtype, boolean, window)}
+    if window and not types and getattr(config, "use_sliding_window", True):  # one window for every layer
+        return packed_attention_mask(seq_lens, dtype, boolean, window)
+    return full
+
+
+def logit_softcap(config) -> float | None:
+    """Final-logit soft-capping (Gemma-2: logits = cap * tanh(logits / cap)), which the fused loss must apply."""
+    return getattr(config, "final_logit_softcapping", None) or None
 
 
 @contextmanager
@@ -181,6 +231,12 @@ class CausalLMLoss(nn.Module):
         self.model = model
         vocab = self.causal_lm.get_output_embeddings().weight.shape[0]
         self.chunk_size = chunk_size or max(16, LOGITS_PER_CHUNK // vocab)
+        self.softcap = logit_softcap(self.decoder_config)
+
+    @property
+    def decoder_config(self):
+        """The language model's own config (a multimodal model's text config)."""
+        return self.causal_lm.get_decoder().config
 
     @property
     def causal_lm(self) -> nn.Module:
@@ -193,7 +249,8 @@ class CausalLMLoss(nn.Module):
         # flash-attention reads sequence borders from position_ids; sdpa/eager need the mask
         hidden = self.hidden_states(input_ids, position_ids, attention_mask, seq_lens)
         keep = targets != IGNORE_INDEX
-        loss_sum = linear_cross_entropy(lm.get_output_embeddings(), hidden[keep], targets[keep], self.chunk_size)
+        loss_sum = linear_cross_entropy(lm.get_output_embeddings(), hidden[keep], targets[keep], self.chunk_size,
+                                        self.softcap)
         return loss_sum, keep.sum(), {}
 
     @staticmethod
@@ -203,8 +260,7 @@ class CausalLMLoss(nn.Module):
 
     def hidden_states(self, input_ids, position_ids=None, attention_mask=None, seq_lens=None) -> torch.Tensor:
         lm = self.causal_lm
-        impl = getattr(lm.config, "_attn_implementation", "sdpa") or "sdpa"
-        if seq_lens is not None and "flash" not in impl:
-            attention_mask = packed_attention_mask(seq_lens, lm.dtype, boolean=impl == "sdpa")
+        if seq_lens is not None:
+            attention_mask = packed_masks(self.decoder_config, seq_lens, lm.dtype)
         return lm.get_decoder()(input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask,
                                 use_cache=False).last_hidden_state
