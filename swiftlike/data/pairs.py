@@ -12,32 +12,40 @@ def _with_prompt_untrained(messages: list[dict], prompt_len: int) -> list[dict]:
     return [dict(m, loss=False) if i < prompt_len else m for i, m in enumerate(messages)]
 
 
+def pair_rows(row: dict) -> tuple[dict, dict]:
+    """The chosen and the rejected conversation of a preference row as template rows, the messages they share
+    (the prompt) marked untrained."""
+    a, b = row["messages"], row["rejected_messages"]
+    prompt_len = 0
+    while prompt_len < min(len(a), len(b)) and a[prompt_len] == b[prompt_len]:
+        prompt_len += 1
+    return ({"messages": _with_prompt_untrained(a, prompt_len), "tools": row.get("tools")},
+            {"messages": _with_prompt_untrained(b, prompt_len), "tools": row.get("tools")})
+
+
 def encode_pairs(rows: list[dict], template, max_length: int, stats: DataStats | None = None
                  ) -> tuple[list[dict], DataStats]:
-    """{"chosen": enc, "rejected": enc} per pair; pairs longer than max_length (either side) are dropped and
-    counted, as are pairs whose completions have nothing to score."""
+    """{"chosen": enc, "rejected": enc} per pair. --max_length limits each sequence (chosen with the prompt,
+    rejected with the prompt), not their sum: a pair with either side longer is dropped and counted, as is a pair
+    whose completions have nothing to score. The report counts pairs and gives each pair's length as its longer
+    side, the number --max_length is compared with."""
     stats = stats or DataStats()
     stats.rows_read = len(rows) + sum(stats.dropped.values())
+    stats.unit, stats.length_of, stats.tokens = "pairs", "the longer of chosen and rejected, prompt included", 0
     pairs = []
     for start in range(0, len(rows), 256):
         chunk = rows[start:start + 256]
-        chosen_rows, rejected_rows = [], []
-        for row in chunk:
-            a, b = row["messages"], row["rejected_messages"]
-            prompt_len = 0
-            while prompt_len < min(len(a), len(b)) and a[prompt_len] == b[prompt_len]:
-                prompt_len += 1
-            chosen_rows.append({"messages": _with_prompt_untrained(a, prompt_len), "tools": row.get("tools")})
-            rejected_rows.append({"messages": _with_prompt_untrained(b, prompt_len), "tools": row.get("tools")})
+        chosen_rows, rejected_rows = map(list, zip(*(pair_rows(row) for row in chunk)))
         for row, c, r in zip(chunk, template.encode_batch(chosen_rows), template.encode_batch(rejected_rows)):
             if max(c["length"], r["length"]) > max_length:
-                stats.dropped[f"longer than max_length {max_length}"] += 1
+                stats.dropped[f"chosen or rejected with the prompt longer than max_length {max_length}"] += 1
             elif not any(x != -100 for x in c["labels"][1:]) or not any(x != -100 for x in r["labels"][1:]):
                 stats.dropped["nothing to score"] += 1
             else:
                 pairs.append({"chosen": c, "rejected": r, "length": c["length"] + r["length"],
                               **({"margin": row["margin"]} if "margin" in row else {})})
-                stats.lengths.append(c["length"] + r["length"])
+                stats.lengths.append(max(c["length"], r["length"]))
+                stats.tokens += c["length"] + r["length"]
                 stats.trained_tokens += sum(1 for x in c["labels"] + r["labels"] if x != -100)
     if not pairs:
         raise UserError(f"no pairs left to train on: {stats.report().splitlines()[0]}")
@@ -56,15 +64,22 @@ def collate_pairs(pairs: list[dict]) -> dict:
 
 
 # -- KTO: single answers with a desirable/undesirable label ------------------------------------------
+def kto_row(row: dict) -> dict:
+    """A KTO row as a template row: only its last message, the labelled answer, is trained."""
+    return {"messages": _with_prompt_untrained(row["messages"], len(row["messages"]) - 1)}
+
+
 def encode_kto(rows: list[dict], template, max_length: int, stats: DataStats | None = None
                ) -> tuple[list[dict], DataStats]:
-    """Each row keeps its prompt and answer messages so batches can pair prompts with other rows' answers."""
+    """Each row keeps its prompt and answer messages so batches can pair prompts with other rows' answers.
+    --max_length limits each example (prompt + answer)."""
     stats = stats or DataStats()
     stats.rows_read = len(rows) + sum(stats.dropped.values())
+    stats.length_of = "prompt + answer"
     examples = []
     for start in range(0, len(rows), 256):
         chunk = rows[start:start + 256]
-        marked = [{"messages": _with_prompt_untrained(r["messages"], len(r["messages"]) - 1)} for r in chunk]
+        marked = [kto_row(r) for r in chunk]
         for row, enc in zip(chunk, template.encode_batch(marked)):
             if enc["length"] > max_length:
                 stats.dropped[f"longer than max_length {max_length}"] += 1

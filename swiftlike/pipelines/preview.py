@@ -1,14 +1,20 @@
-"""`wb data preview`: show exactly what a model will be trained on."""
+"""`wb data preview`: show exactly what a model will be trained on, for every training command's data.
+
+Each task is encoded by the code its training command runs: `template.encode` (sft; pt with the text template),
+`data.pairs.pair_rows` (dpo, rm), `data.pairs.kto_row` (kto) and `pipelines.grpo.encode_prompts` (grpo).
+"""
 from __future__ import annotations
 
 import json
 import sys
 
 from ..config import PreviewConfig
-from ..data.dataset import load_rows
+from ..data.dataset import DataStats, load_rows, parse_selection
+from ..data.formats import SHAREGPT_ROLES
+from ..errors import UserError
 from ..models import load_tokenizer
-from ..templates import IGNORE_INDEX, get_template
-from .sft import resolve_template_name
+from ..templates import IGNORE_INDEX, TemplateError, get_template
+from .sft import METHODS, resolve_template_name
 
 _GREEN, _RESET = "\033[32m", "\033[0m"
 
@@ -33,20 +39,175 @@ def highlight(tokenizer, enc: dict, color: bool) -> str:
     return "".join(out)
 
 
+# -- which command's data ------------------------------------------------------------------------
+_REGISTRY_TASKS = {"sft": "sft", "preference": "dpo", "kto": "kto", "grpo": "grpo"}
+_ANSWER_ROLES = {speaker for speaker, role in SHAREGPT_ROLES.items() if role == "assistant"}  # roles that answer
+
+
+def _looks_like(row: dict) -> tuple[str, str]:
+    """(task, why) for one raw row: the rules of `--task auto`."""
+    keys = set(row)
+    if keys & {"chosen", "rejected", "rejected_response", "chosen_messages", "rejected_messages"}:
+        return "dpo", "chosen/rejected columns"
+    if keys & {"label", "kto_tag"}:
+        return "kto", "a label column"
+    if "text" in keys and not keys & {"messages", "conversations", "instruction", "query", "prompt"}:
+        return "pt", "a text column only"
+    turns = row.get("messages", row.get("conversations"))
+    if isinstance(turns, list) and turns and all(isinstance(t, dict) for t in turns) and not any(
+            t.get("role", t.get("from")) in _ANSWER_ROLES for t in turns):
+        return "grpo", "conversations without an assistant answer"
+    if "prompt" in keys and not keys & {"completion", "response", "output"}:
+        return "grpo", "a prompt without an answer"
+    return "sft", "conversations with answers"
+
+
+def infer_task(specs: list[str], columns: dict | None = None) -> tuple[str, str]:
+    """(task, why) from the first row of every source (a named dataset says its task); an error when sources
+    disagree."""
+    from pathlib import Path
+
+    from ..data.files import read_rows
+    from ..data.registry import lookup
+
+    found: dict[str, tuple[str, str]] = {}
+    for spec in specs:
+        path = parse_selection(spec)[0]
+        local = Path(path).exists() or "::" in path
+        meta = None if local else lookup(path)  # a file wins over a dataset name, as when training
+        if meta is None and not local:
+            continue  # not found: loading the rows says so
+        if meta is not None:
+            found[path] = (_REGISTRY_TASKS.get(meta.task, "sft"), f"the named dataset {meta.name} is {meta.task} data")
+            continue
+        mapping = columns or {}
+        first = next((row for _, row in read_rows(path, streaming=True) if isinstance(row, dict)), None)
+        if first is not None:
+            found[path] = _looks_like({mapping.get(k, k): v for k, v in first.items()})
+    tasks = {task for task, _ in found.values()}
+    if len(tasks) > 1:
+        seen = ", ".join(f"{path}: {task}" for path, (task, _) in found.items())
+        raise UserError(f"the --dataset sources look like data of different commands ({seen}); choose one with --task")
+    return next(iter(found.values()), ("sft", "no rows to look at"))
+
+
+# -- one row of each task ------------------------------------------------------------------------
+def _trained(labels: list[int]) -> int:
+    return sum(1 for x in labels if x != IGNORE_INDEX)
+
+
+def _first_trained(labels: list[int]) -> int:
+    return next((i for i, x in enumerate(labels) if x != IGNORE_INDEX), len(labels))
+
+
+def _shared_prompt(c: dict, r: dict) -> int:
+    """Tokens the chosen and rejected sequences share before either is trained: the prompt, shown once."""
+    n = 0
+    limit = min(len(c["input_ids"]), len(r["input_ids"]), _first_trained(c["labels"]), _first_trained(r["labels"]))
+    while n < limit and c["input_ids"][n] == r["input_ids"][n]:
+        n += 1
+    return n
+
+
+def _reward_columns(row: dict) -> dict:
+    """The columns GRPO's reward functions receive by name beside completions and prompts (GRPOTrainer._score):
+    every column but the prompt messages."""
+    return {k: v for k, v in row.items() if k not in ("messages", "prompt_ids")}
+
+
+def _part(ids: list[int], labels: list[int]) -> dict:
+    return {"input_ids": ids, "labels": labels}
+
+
+def _encode(task: str, template, row: dict, cfg: PreviewConfig) -> dict:
+    """The JSON object of one row (see docs/data.md, "Previewing")."""
+    if task in ("sft", "pt"):
+        enc = template.encode(row)
+        return _part(enc["input_ids"], enc["labels"])
+    if task == "kto":
+        from ..data.pairs import kto_row
+
+        enc = template.encode(kto_row(row))
+        return {"label": row["label"], **_part(enc["input_ids"], enc["labels"])}
+    if task in ("dpo", "rm"):
+        from ..data.pairs import pair_rows
+
+        c, r = template.encode_batch(list(pair_rows(row)))
+        n = _shared_prompt(c, r)
+        out = {"prompt_ids": c["input_ids"][:n], "chosen": _part(c["input_ids"], c["labels"]),
+               "rejected": _part(r["input_ids"], r["labels"])}
+        return {**out, "margin": row["margin"]} if "margin" in row else out
+    from .grpo import encode_prompts
+
+    prompt = encode_prompts([row], template, sys.maxsize, DataStats(), cfg.enable_thinking)[0]
+    return {"prompt_ids": prompt["prompt_ids"], "columns": _reward_columns(row)}
+
+
+def _dumps(value) -> str:
+    return json.dumps(value, ensure_ascii=False, default=str)  # dataset cells may be dates, decimals, ...
+
+
+def _last_token_only(ids: list[int]) -> list[int]:
+    return [IGNORE_INDEX] * (len(ids) - 1) + ids[-1:]
+
+
+def _show(task: str, tokenizer, enc: dict, color: bool, head: str) -> str:
+    """A row as text: a header line, then the rendered tokens with the trained ones highlighted."""
+    mark = "green" if color else "⟦ ⟧"
+    if task in ("sft", "pt", "kto"):
+        label = f"label {str(enc['label']).lower()} ({'desirable' if enc['label'] else 'undesirable'}) · " \
+            if task == "kto" else ""
+        return (f"{head} · {label}{len(enc['input_ids'])} tokens, {_trained(enc['labels'])} trained ({mark})\n"
+                + highlight(tokenizer, enc, color))
+    if task == "grpo":
+        columns = ", ".join(f"{k}={_dumps(v)}" for k, v in enc["columns"].items())
+        return (f"{head} · prompt {len(enc['prompt_ids'])} tokens, up to the generation prompt (completions are "
+                f"sampled after it)\n{tokenizer.decode(enc['prompt_ids'])}\n"
+                f"[reward functions also receive: {columns or 'no other columns'}]")
+    n = len(enc["prompt_ids"])
+    sides = []
+    for side in ("chosen", "rejected"):
+        ids, labels = enc[side]["input_ids"], enc[side]["labels"]
+        shown = _last_token_only(ids) if task == "rm" else labels
+        sides.append((side, {"input_ids": ids[n:], "labels": shown[n:]}, len(ids), _trained(labels)))
+    if task == "rm":
+        sizes = " · ".join(f"{side} {length} tokens" for side, _, length, _ in sides)
+        what = f"the reward head reads the last token of each, {mark}"
+    else:
+        sizes = " · ".join(f"{side} {length} tokens, {t} trained" for side, _, length, t in sides)
+        what = mark
+    margin = f" · margin {enc['margin']}" if "margin" in enc else ""
+    lines = [f"{head} · {sizes} with the prompt{margin} ({what})", f"[prompt: {n} tokens, in both]",
+             tokenizer.decode(enc["prompt_ids"])]
+    for side, part, _, _ in sides:
+        lines += [f"[{side}]", highlight(tokenizer, part, color)]
+    return "\n".join(lines)
+
+
 def run_preview(cfg: PreviewConfig, stream=None) -> None:
     stream = stream or sys.stdout
-    tokenizer = load_tokenizer(cfg.model, cfg.hub, cfg.trust_remote_code)
-    name = resolve_template_name(cfg, tokenizer)
-    template = get_template(name, tokenizer, cfg.loss_scope)
+    task, why = infer_task(cfg.dataset, cfg.columns) if cfg.task == "auto" else (cfg.task, "")
+    tokenizer = load_tokenizer(cfg.model, cfg.hub, cfg.trust_remote_code, miniature=cfg.miniature)
+    if task == "pt":  # as wb pt: plain text, every token trained
+        from ..templates.text import TextTemplate
+
+        template = TextTemplate(tokenizer)
+    else:  # wb grpo renders prompts with the template's defaults (it takes no --loss_scope)
+        template = get_template(resolve_template_name(cfg, tokenizer), tokenizer,
+                                "assistant" if task == "grpo" else cfg.loss_scope)
     sources: list[str] = []
-    rows = load_rows(cfg.dataset, sources, columns=cfg.columns, names=cfg.data_names())[: cfg.n]
+    rows = load_rows(cfg.dataset, sources, columns=cfg.columns, names=cfg.data_names(),
+                     task="grpo" if task == "grpo" else METHODS[task].rows)[: cfg.n]
+    if why:  # on stderr: --json output stays one object per line
+        print(f"[wb] preview: {task} data ({why}); choose another with --task", file=sys.stderr)
     color = stream.isatty()
     for where, row in zip(sources, rows):
-        enc = template.encode(row)
-        trained = sum(1 for x in enc["labels"] if x != IGNORE_INDEX)
+        try:
+            enc = _encode(task, template, row, cfg)
+        except TemplateError as e:  # the one-line error training gives for the row
+            raise UserError(f"{where}: {e}") from None
         if cfg.json:
-            stream.write(json.dumps({"source": where, "input_ids": enc["input_ids"], "labels": enc["labels"]}) + "\n")
+            stream.write(_dumps({"source": where, "task": task, **enc}) + "\n")
             continue
-        legend = "green" if color else "⟦ ⟧"
-        stream.write(f"── {where} · template {template.name} · {enc['length']} tokens, {trained} trained ({legend})\n")
-        stream.write(highlight(tokenizer, enc, color) + "\n\n")
+        head = f"── {where} · template {template.name} · {task}"
+        stream.write(_show(task, tokenizer, enc, color, head) + "\n\n")

@@ -1,0 +1,174 @@
+"""What the command line says: suggestions only for near misses, quiet exits into closed pipes, a pair report in
+the unit --max_length limits, and one line about a reward model's head instead of transformers' load report."""
+import logging
+import subprocess
+import sys
+
+import pytest
+
+from swiftlike.cli.main import main
+
+MODEL = ["--model", "Qwen/Qwen3-0.6B", "--miniature"]
+
+
+def _error(capsys, argv) -> str:
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    return err
+
+
+@pytest.mark.parametrize("flag, message", [
+    ("--learning_rat", "unknown flag --learning_rat; did you mean --learning_rate?"),
+    ("--lora_rnak", "unknown flag --lora_rnak; did you mean --lora_rank?"),
+    ("--num_train_epoch", "unknown flag --num_train_epoch; did you mean --num_train_epochs?"),
+    ("--deepspeed", "unknown flag --deepspeed; see wb sft --help"),   # not --seed
+    ("--dry_run", "unknown flag --dry_run; see wb sft --help"),       # not --lora_rank
+    ("--lr", "unknown flag --lr; see wb sft --help"),                 # not --lora
+])
+def test_unknown_flags_get_a_suggestion_only_when_close(capsys, flag, message):
+    assert _error(capsys, ["sft", *MODEL, flag, "1"]) == f"wb: error: {message}"
+
+
+def test_unknown_flag_of_data_preview(capsys):
+    err = _error(capsys, ["data", "preview", "--model", "m", "--dataset", "d", "--deepspeed"])
+    assert err == "wb: error: unknown flag --deepspeed; see wb data preview --help"
+
+
+@pytest.mark.parametrize("key, hint", [("learning_rat", "; did you mean 'learning_rate'?"),
+                                       ("deepspeed", "; see wb dpo --help")])
+def test_recipe_keys_share_the_cutoff(capsys, tmp_path, key, hint):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"model: Qwen/Qwen3-0.6B\n{key}: 1\n")
+    assert _error(capsys, ["dpo", "--config", str(recipe)]) == f"wb: error: unknown key in {recipe} {key!r}{hint}"
+
+
+def test_python_keywords_share_the_cutoff():
+    import swiftlike as wb
+    from swiftlike.errors import UserError
+
+    with pytest.raises(UserError, match=r"^unknown argument 'deepspeed'$"):
+        wb.sft(model="Qwen/Qwen3-0.6B", dataset=["d.jsonl"], deepspeed="ds.json")
+
+
+def _closed_pipe(code: str) -> tuple[int, str]:
+    """Run `code` with its standard output a pipe whose reader has gone (as `| head -1` leaves it)."""
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()
+    err = proc.stderr.read()
+    return proc.wait(), err
+
+
+def test_closed_pipe_exits_quietly():
+    code, err = _closed_pipe("import sys, time; time.sleep(1); from swiftlike.cli.main import main; "
+                             "sys.exit(main(['env', '--json']))")
+    assert (code, err) == (1, "")
+
+
+def test_other_broken_pipes_still_raise():
+    """A BrokenPipeError that is not about standard output (a socket, a worker) is a real error."""
+    code = ("import sys; from swiftlike.cli import main as m\n"
+            "def run(argv): raise BrokenPipeError(32, 'connection to the rollout server')\n"
+            "m._run = run\nsys.exit(m.main([]))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 1 and "BrokenPipeError: [Errno 32] connection to the rollout server" in out.stderr
+
+
+def test_pair_report_is_in_the_unit_max_length_limits(qwen3_tokenizer):
+    from swiftlike.data.dataset import DataStats, load_rows
+    from swiftlike.data.pairs import encode_pairs
+    from swiftlike.templates import get_template
+
+    template = get_template("qwen3", qwen3_tokenizer)
+    stats = DataStats()
+    pairs, stats = encode_pairs(load_rows(["preference-demo"], task="preference", stats=stats), template, 32, stats)
+    first, second = stats.report().splitlines()
+    assert first == "pairs read 12, kept 6, dropped 6 (chosen or rejected with the prompt longer than max_length 32)"
+    longest = max(max(p["chosen"]["length"], p["rejected"]["length"]) for p in pairs)
+    tokens = sum(p["chosen"]["length"] + p["rejected"]["length"] for p in pairs)
+    assert longest <= 32
+    assert second.startswith(f"tokens {tokens} (trained {stats.trained_tokens}); length (the longer of chosen and "
+                             f"rejected, prompt included) p50 ")
+    assert second.endswith(f" max {longest}")
+
+
+class _Records(logging.Handler):
+    def __init__(self):
+        super().__init__()
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+@pytest.fixture
+def transformers_log():
+    handler = _Records()
+    log = logging.getLogger("transformers")
+    log.addHandler(handler)
+    yield handler.messages
+    log.removeHandler(handler)
+
+
+def _said(capsys) -> list[str]:
+    """Lines of standard error that are not progress bars."""
+    err = capsys.readouterr().err
+    assert "LOAD REPORT" not in err and "MISSING" not in err
+    return [line for line in err.splitlines() if line.strip() and "it/s]" not in line]
+
+
+def test_reward_head_is_one_line_new_or_loaded(tmp_path, capsys, transformers_log):
+    import torch
+
+    from swiftlike.models import build_miniature
+    from swiftlike.models.loader import load_model
+
+    base = tmp_path / "base"
+    build_miniature("Qwen/Qwen3-0.6B").save_pretrained(base)
+    model = load_model(str(base), torch.float32, reward_head=True, pad_token_id=0)
+    assert not [m for m in transformers_log if "LOAD REPORT" in m]
+    assert _said(capsys) == [f"[wb] reward head: new (not in {base}; a randomly initialised score layer that "
+                             "training learns)"]
+    full = tmp_path / "full"
+    model.save_pretrained(full)
+    load_model(str(full), torch.float32, reward_head=True, pad_token_id=0)
+    assert _said(capsys) == [f"[wb] reward head: loaded from {full}"]
+    load_model(str(base), torch.float32, reward_head=True, pad_token_id=0, announce_head=False)
+    assert _said(capsys) == []
+    assert not [m for m in transformers_log if "LOAD REPORT" in m]
+
+
+def test_reward_head_report_stays_when_other_weights_are_missing(tmp_path, capsys, transformers_log):
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from swiftlike.models import build_miniature
+    from swiftlike.models.loader import load_model
+
+    base = tmp_path / "base"
+    build_miniature("Qwen/Qwen3-0.6B").save_pretrained(base)
+    weights = base / "model.safetensors"
+    state = load_file(str(weights))
+    save_file({k: v for k, v in state.items() if "layers.1.mlp.down_proj" not in k}, str(weights),
+              metadata={"format": "pt"})
+    load_model(str(base), torch.float32, reward_head=True, pad_token_id=0)
+    (report,) = [m for m in transformers_log if "LOAD REPORT" in m]
+    assert "layers.1.mlp.down_proj.weight" in report
+
+
+@pytest.mark.slow
+def test_reward_model_run_and_inference_say_it_once(tmp_path, capsys, transformers_log):
+    import swiftlike as wb
+
+    out = tmp_path / "rm"
+    wb.rm(model="Qwen/Qwen3-0.6B", miniature=True, dataset=["preference-demo"], lora=True, max_steps=1,
+          output_dir=str(out))
+    err = capsys.readouterr().err
+    assert err.count("[wb] reward head:") == 1
+    assert f"[wb] reward head: new (not in {out / 'base_model'}" in err
+    ckpt = out / "checkpoint-1"
+    assert main(["infer", "--adapters", str(ckpt), "--query", "q", "--response", "a"]) == 0
+    captured = capsys.readouterr()
+    float(captured.out.strip())  # standard output is the score alone
+    assert captured.err.count("[wb] reward head:") == 1 and f"[wb] reward head: loaded from {ckpt}\n" in captured.err
+    assert not [m for m in transformers_log if "LOAD REPORT" in m]
