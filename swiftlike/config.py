@@ -27,8 +27,9 @@ class ModelArgs:
     model: str = _f("", "Hub id (Qwen/Qwen3-8B), local directory, or a checkpoint directory.")
     hub: str = _f("huggingface", "Where hub ids are downloaded from: huggingface or modelscope.",
                   choices=("huggingface", "modelscope"))
-    miniature: bool = _f(False, "Build a randomly initialised 2-layer, narrow model of the same architecture, "
-                                "tokenizer and template (offline, seconds) to try a pipeline before renting GPUs.")
+    miniature: bool = _f(False, "Build a randomly initialised 2-layer, narrow model of the same architecture and "
+                                "template, with the family's own tokenizer or a labelled stand-in vocabulary "
+                                "(offline, seconds), to try a pipeline before renting GPUs.")
     template: str | None = _f(None, "Template name override (default: the registry's template for --model).")
     torch_dtype: str = _f("auto", "auto (bf16 where supported, else fp32), bfloat16, float16 or float32.")
     attn_implementation: str | None = _f(None, "sdpa, eager or flash_attention_2 (default: transformers' choice).")
@@ -50,6 +51,11 @@ class DataArgs:
         return {"name": self.model_name, "author": self.model_author}
 
 
+def default_learning_rate(full: bool, miniature: bool) -> float:
+    """1e-4 for LoRA/QLoRA, 1e-5 for full; a random miniature (tiny and untrained) needs 100x to learn visibly."""
+    return (1e-5 if full else 1e-4) * (100 if miniature else 1)
+
+
 @dataclass
 class SFTConfig(ModelArgs, DataArgs):
     max_length: int = _f(2048, "Longest encoded sequence in tokens (see --truncation_strategy).")
@@ -63,8 +69,8 @@ class SFTConfig(ModelArgs, DataArgs):
     lazy_tokenize: bool = _f(False, "Encode each micro-batch when it is drawn instead of the whole dataset first.")
     streaming: bool = _f(False, "Read the data as training goes (huge or hub datasets): a seeded shuffle buffer, "
                                 "encoding per batch; needs --max_steps.")
-    skip_bad_rows: bool = _f(False, "Count and skip rows that are malformed or that the template rejects "
-                                    "instead of stopping with an error.")
+    skip_bad_rows: bool = _f(False, "Count and skip rows (and .jsonl lines) that are malformed or that the "
+                                    "template rejects instead of stopping with an error.")
     loss_scope: str = _f("assistant", "Which tokens are trained: assistant (every assistant turn), "
                                       "last_assistant, or all.", choices=("assistant", "last_assistant", "all"))
     padding_free: bool = _f(True, "Concatenate each batch into one row without padding (sequence-aware attention).")
@@ -89,7 +95,8 @@ class SFTConfig(ModelArgs, DataArgs):
     use_rslora: bool = _f(False, "Rank-stabilised LoRA scaling.")
     # optimisation (Hugging Face TrainingArguments names)
     output_dir: str = _f("", "Where checkpoints go (default: output/<model>-<timestamp>).")
-    learning_rate: float | None = _f(None, "Peak learning rate (default 1e-4 for LoRA/QLoRA, 1e-5 for full).")
+    learning_rate: float | None = _f(None, "Peak learning rate (default 1e-4 for LoRA/QLoRA, 1e-5 for full; with "
+                                           "--miniature 1e-2 and 1e-3, where a random miniature visibly learns).")
     num_train_epochs: float = _f(1.0, "Passes over the data (ignored when --max_steps > 0).")
     max_steps: int = _f(-1, "Optimizer steps to run; overrides --num_train_epochs when > 0.")
     per_device_train_batch_size: int = _f(4, "Sequences per device per micro-batch.")
@@ -109,6 +116,8 @@ class SFTConfig(ModelArgs, DataArgs):
     overwrite_output_dir: bool = _f(False, "Start afresh in an --output_dir that already holds checkpoints "
                                            "(they are replaced as new ones are written).")
     resume_from_checkpoint: str | None = _f(None, "Continue from this checkpoint directory.")
+    save_on_interrupt: bool = _f(True, "On Ctrl-C, finish the current step and save a checkpoint (atomically) "
+                                       "before stopping; a second Ctrl-C stops at once.")
     report_to: str = _f("none", "Experiment tracker: tensorboard, wandb, swanlab or none.",
                         choices=("tensorboard", "wandb", "swanlab", "none"))
     nproc_per_node: int = _f(1, "Processes on this machine; >1 relaunches under torchrun (or set NPROC_PER_NODE).")
@@ -132,7 +141,11 @@ class SFTConfig(ModelArgs, DataArgs):
                 raise UserError(f"--adapters {self.adapters}: no adapter_config.json there (a LoRA checkpoint "
                                 "directory is expected)")
         if self.learning_rate is None:
-            self.learning_rate = 1e-5 if self.full else 1e-4
+            self.learning_rate = default_learning_rate(self.full, self.miniature)
+            if self.miniature:
+                self.learning_rate_note = (f"learning rate {self.learning_rate:g}: the --miniature default, at which a "
+                                           f"random miniature visibly learns (real models default to "
+                                           f"{default_learning_rate(self.full, False):g})")
         for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "max_length", "lora_rank",
                      "logging_steps", "save_steps"):
             if getattr(self, name) < 1:
@@ -369,12 +382,21 @@ class InferConfig(ModelArgs):
         return self
 
 
+PREVIEW_TASKS = ("auto", "sft", "pt", "dpo", "kto", "rm", "grpo")
+
+
 @dataclass
 class PreviewConfig(ModelArgs, DataArgs):
+    task: str = _f("auto", "Which command's data to show: sft, pt, dpo, kto, rm or grpo; auto infers it from the "
+                           "first row of each source (chosen/rejected: dpo, label: kto, text only: pt, a prompt "
+                           "without an answer: grpo, else sft).", choices=PREVIEW_TASKS)
     n: int = _f(3, "How many rows to show.")
-    json: bool = _f(False, "Print input_ids and labels as JSON lines instead of highlighted text.")
+    json: bool = _f(False, "Print ids and labels as JSON lines instead of highlighted text (one object per row; "
+                           "its keys depend on the task, see docs/data.md).")
     loss_scope: str = _f("assistant", "Which tokens are trained: assistant, last_assistant or all.",
                          choices=("assistant", "last_assistant", "all"))
+    enable_thinking: bool | None = _f(None, "GRPO prompts of hybrid-thinking models: false pre-fills an empty think "
+                                            "block (as wb grpo --enable_thinking false).")
 
     def validate(self) -> "PreviewConfig":
         if not self.model or not self.dataset:
@@ -396,14 +418,24 @@ def field_types(cls) -> dict[str, Any]:
     return {f.name: hints[f.name] for f in options(cls)}
 
 
-def unknown_key_error(key: str, cls, where: str) -> UserError:
+def unknown_key_error(key: str, cls, where: str, see: str = "") -> UserError:
     hidden = set(getattr(cls, "NOT_OPTIONS", ()))
     if key in hidden:
         return UserError(f"{key!r} does not apply to this command")
-    names = [f.name for f in options(cls)]
-    close = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
+    close = closest_name(key, [f.name for f in options(cls)])
+    hint = f"; did you mean {close!r}?" if close else (f"; see {see}" if see else "")
     return UserError(f"unknown {where} {key!r}{hint}")
+
+
+SUGGESTION_CUTOFF = 0.75  # difflib ratio: typos (learning_rat, lora_rnak) pass; deepspeed -> seed does not
+
+
+def closest_name(name: str, names: list[str]) -> str | None:
+    """The valid name `name` is most likely a typo of, or None when none is close: leading dashes are ignored
+    and the similarity (difflib's ratio) must reach SUGGESTION_CUTOFF."""
+    bare = {n.lstrip("-"): n for n in names}
+    close = difflib.get_close_matches(name.lstrip("-"), list(bare), n=1, cutoff=SUGGESTION_CUTOFF)
+    return bare[close[0]] if close else None
 
 
 def load_recipe(path: str) -> dict:

@@ -39,27 +39,14 @@ def test_load_model_and_generate_from_a_full_checkpoint(tmp_path):
                     learning_rate=3e-3, max_steps=2, output_dir=str(tmp_path))
     model, tokenizer, template = wb.load_model(result.checkpoint)
     assert template.name == "qwen3"
-    text = generate(model, tokenizer, template, [{"role": "user", "content": "Hi"}], max_new_tokens=5)
+    chat = [{"role": "user", "content": "Hi"}]
+    text = generate(model, tokenizer, template, chat, max_new_tokens=5, raw=True)
     assert isinstance(text, str)
+    message = generate(model, tokenizer, template, chat, max_new_tokens=5)
+    assert message == template.parse_response(text) and message["role"] == "assistant"
+    assert "<think>" not in message["content"] and "</think>" not in message["content"]  # as wb infer shows it
     lora_dir = tmp_path / "lora"
     lora = wb.sft(model="Qwen/Qwen3-0.6B", miniature=True, dataset=["examples/data/identity.jsonl"], lora=True,
                   max_steps=1, output_dir=str(lora_dir))
     model, _, template = wb.load_model("", adapters=lora.checkpoint)
     assert type(model).__name__ == "PeftModelForCausalLM" and template.name == "qwen3"
-
-
-@pytest.mark.slow
-def test_example_notebook_runs(tmp_path, monkeypatch, capsys):
-    import json
-
-    nb = json.loads((ROOT / "examples" / "quickstart.ipynb").read_text())
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "examples" / "data").mkdir(parents=True)
-    (tmp_path / "examples" / "data" / "identity.jsonl").write_text((ROOT / "examples/data/identity.jsonl").read_text())
-    scope: dict = {}
-    for cell in nb["cells"]:
-        if cell["cell_type"] == "code":
-            exec("".join(cell["source"]), scope)
-    out = capsys.readouterr().out
-    assert "<think>\n\n</think>\n\nI am Wren.<|im_end|>" in out
-    assert scope["result"].metrics["final_loss"] < 0.4 * scope["result"].metrics["first_loss"]

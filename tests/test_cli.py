@@ -52,9 +52,9 @@ def test_bad_jsonl_line_names_file_and_line(capsys, tmp_path):
 
 def test_unknown_format_names_row_and_fields(capsys, tmp_path):
     p = tmp_path / "d.jsonl"
-    p.write_text('{"question": "a", "answer": "b"}\n')
+    p.write_text('{"ask": "a", "reply": "b"}\n')
     err = _error(capsys, ["sft", *MODEL, "--dataset", str(p), "--output_dir", str(tmp_path / "o")])
-    assert f"{p}:1: unknown format (fields: answer, question)" in err
+    assert f"{p}:1: unknown format (fields: ask, reply)" in err
 
 
 def test_empty_after_filtering(capsys, tmp_path):

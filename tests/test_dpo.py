@@ -68,7 +68,7 @@ def test_bad_preference_input(tmp_path, capsys):
     argv = ["dpo", "--model", "Qwen/Qwen3-0.6B", "--miniature", "--dataset", str(p), "--output_dir", str(tmp_path / "o")]
     assert main(argv) == 2
     assert capsys.readouterr().err.strip() == \
-        f"wb: error: {p}:2: no 'rejected' or 'rejected_response' (fields: chosen, prompt)"
+        f"wb: error: {p}:2: no 'rejected', 'rejected_response' or 'rejected_messages' (fields: chosen, prompt)"
     assert main(argv[:-2] + ["--packing", "--output_dir", str(tmp_path / "o2")]) == 2
     assert "--packing" in capsys.readouterr().err
     assert main(argv[:-2] + ["--max_length", "8", "--skip_bad_rows", "--output_dir", str(tmp_path / "o3")]) == 2

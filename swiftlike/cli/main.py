@@ -6,15 +6,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import difflib
 import os
+import signal
 import socket
 import subprocess
 import sys
 
 from ..config import (DPOConfig, GRPOConfig, InferConfig, KTOConfig, PreviewConfig, PTConfig, RMConfig,
                       RolloutConfig, SFTConfig, options,
-                      build_config, field_types, load_recipe)
+                      build_config, closest_name, field_types, load_recipe)
 from ..errors import UserError
 
 COMMANDS = {
@@ -91,8 +91,8 @@ def _reject_unknown(unknown: list[str], parser: argparse.ArgumentParser) -> None
         raise UserError(f"unexpected argument {unknown[0]!r}")
     flag = flags[0].split("=")[0]
     known = [o for a in parser._actions for o in a.option_strings if o.startswith("--")]
-    close = difflib.get_close_matches(flag, known, n=1, cutoff=0.6)
-    raise UserError(f"unknown flag {flag}" + (f"; did you mean {close[0]}?" if close else ""))
+    close = closest_name(flag, known)
+    raise UserError(f"unknown flag {flag}" + (f"; did you mean {close}?" if close else f"; see {parser.prog} --help"))
 
 
 def _maybe_relaunch(argv: list[str], nproc: int) -> int | None:
@@ -105,7 +105,20 @@ def _maybe_relaunch(argv: list[str], nproc: int) -> int | None:
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={port}",
            "-m", "swiftlike.cli.main", *argv]
     print(f"[wb] launching {nproc} processes: {' '.join(cmd)}", file=sys.stderr)
-    return subprocess.call(cmd)
+    proc = subprocess.Popen(cmd)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:  # torchrun stops its workers (they run in a session of their own): wait for it
+        try:
+            try:
+                return proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:  # the signal reached only us: pass it on
+                proc.send_signal(signal.SIGINT)
+                return proc.wait()
+        except KeyboardInterrupt:  # a second Ctrl-C: stop now
+            proc.kill()
+            proc.wait()
+            raise
 
 
 def _run(argv: list[str]) -> int:
@@ -146,7 +159,7 @@ def _run(argv: list[str]) -> int:
         if key not in field_types(cls):
             from ..config import unknown_key_error
 
-            raise unknown_key_error(key, cls, where)
+            raise unknown_key_error(key, cls, where, see=f"{sub.prog} --help")
     cfg = build_config(cls, merged)
     if args.command in ("sft", "pt", "dpo", "kto", "rm", "grpo"):
         nproc = cfg.nproc_per_node if cfg.nproc_per_node > 1 else int(os.environ.get("NPROC_PER_NODE", "1"))
@@ -181,6 +194,12 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in argv
     try:
         code = _run(argv)
+        sys.stdout.flush()  # a reader that went away (`wb env --json | head -1`) shows here, not at exit
+    except BrokenPipeError:
+        if not _stdout_closed():
+            raise
+        _silence_stdout()
+        code = 1
     except UserError as e:
         if debug:
             raise
@@ -192,6 +211,28 @@ def main(argv: list[str] | None = None) -> int:
     if __name__ == "__main__":
         sys.exit(code)
     return code
+
+
+def _stdout_closed() -> bool:
+    """Whether standard output is a pipe nobody reads any more (a BrokenPipeError can also come from a socket)."""
+    try:
+        import select
+
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll() (Windows) or no file descriptor: assume it is
+        return True
+
+
+def _silence_stdout() -> None:
+    """What is still buffered for the closed pipe goes to devnull, so the flush at exit raises nothing
+    (the recipe of Python's signal documentation, "Note on SIGPIPE")."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (AttributeError, OSError, ValueError):
+        pass
 
 
 def entry() -> None:

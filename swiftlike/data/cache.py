@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
 
 from .. import __version__
@@ -56,7 +57,8 @@ def load(root: Path, key: str) -> tuple[list[dict], DataStats] | None:
         return None
     from datasets import load_from_disk
 
-    table = load_from_disk(str(folder / "rows"))
+    with _quiet():
+        table = load_from_disk(str(folder / "rows"))
     rows = [{"input_ids": i, "labels": lab, "length": n}
             for i, lab, n in zip(table["input_ids"], table["labels"], table["length"])]
     meta = json.loads((folder / "stats.json").read_text())
@@ -72,8 +74,9 @@ def save(root: Path, key: str, rows: list[dict], stats: DataStats) -> None:
 
     tmp = root / f".tmp-{key}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    Dataset.from_dict({"input_ids": [r["input_ids"] for r in rows], "labels": [r["labels"] for r in rows],
-                       "length": [r["length"] for r in rows]}).save_to_disk(str(tmp / "rows"))
+    with _quiet():
+        Dataset.from_dict({"input_ids": [r["input_ids"] for r in rows], "labels": [r["labels"] for r in rows],
+                           "length": [r["length"] for r in rows]}).save_to_disk(str(tmp / "rows"))
     (tmp / "stats.json").write_text(json.dumps({"rows_read": stats.rows_read, "dropped": dict(stats.dropped),
                                                 "lengths": stats.lengths, "trained_tokens": stats.trained_tokens,
                                                 "truncated": stats.truncated,
@@ -81,3 +84,17 @@ def save(root: Path, key: str, rows: list[dict], stats: DataStats) -> None:
     final = root / key
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
+
+
+@contextmanager
+def _quiet():
+    """The datasets library's own progress bars ("Saving the dataset") say nothing about our encoding."""
+    import datasets
+
+    enabled = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if enabled:
+            datasets.enable_progress_bars()

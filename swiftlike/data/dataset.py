@@ -7,9 +7,10 @@ import sys
 from collections import Counter
 from dataclasses import dataclass, field
 
+from ..accel import is_main_process
 from ..errors import UserError
 from ..templates.errors import TemplateError
-from .files import read_rows
+from .files import BadLine, read_rows
 from .formats import RowError, UselessRow, to_canonical
 
 ENCODE_CHUNK = 512
@@ -25,6 +26,9 @@ class DataStats:
     truncated: int = 0
     truncation_word: str = "truncated"  # "split" when long texts become several pieces
     cached: bool = False
+    unit: str = "rows"          # what rows_read, kept and the drops count (preference data: "pairs")
+    length_of: str = ""         # what one entry of `lengths` measures, when not simply a row's tokens
+    tokens: int | None = None   # total tokens, when it is not the sum of `lengths` (pairs: chosen + rejected)
 
     def drops(self, sep: str = ", ") -> str:
         """'<sep>dropped N (why)' for every reason rows were dropped."""
@@ -32,13 +36,16 @@ class DataStats:
 
     def report(self) -> str:
         kept = len(self.lengths)
-        lines = [("(from the encoding cache) " if self.cached else "") + f"rows read {self.rows_read}, kept {kept}"
+        lines = [("(from the encoding cache) " if self.cached else "") + f"{self.unit} read {self.rows_read}, "
+                 f"kept {kept}"
                  + self.drops()
                  + (f", {self.truncation_word} {self.truncated}" if self.truncated else "")]
         if kept:
             s = sorted(self.lengths)
             pct = {p: s[min(kept - 1, int(p / 100 * kept))] for p in (50, 90, 99)}
-            lines.append(f"tokens {sum(s)} (trained {self.trained_tokens}); length p50 {pct[50]} p90 {pct[90]} "
+            tokens = sum(s) if self.tokens is None else self.tokens
+            of = f" ({self.length_of})" if self.length_of else ""
+            lines.append(f"tokens {tokens} (trained {self.trained_tokens}); length{of} p50 {pct[50]} p90 {pct[90]} "
                          f"p99 {pct[99]} max {s[-1]}")
         return "\n".join(lines)
 
@@ -145,9 +152,11 @@ def _canonical(path: str, task: str, columns: dict | None, names: dict | None, s
     unfilled = 0
     for where, raw in read_rows(source, streaming):
         where = where.replace(source, shown, 1)
-        if mapping:
+        if mapping and not isinstance(raw, BadLine):
             raw = {mapping.get(k, k): v for k, v in raw.items()}
         try:
+            if isinstance(raw, BadLine):
+                raise RowError(str(raw))
             row = to_canonical(raw, task)
         except UselessRow as e:
             if stats is not None:
@@ -163,7 +172,7 @@ def _canonical(path: str, task: str, columns: dict | None, names: dict | None, s
         if _PLACEHOLDER.search(repr(row)):
             unfilled += 1
         yield where, row
-    if unfilled:
+    if unfilled and is_main_process():
         print(f"[wb] warning: {shown}: {unfilled} rows contain {{{{name}}}} / {{{{author}}}} placeholders that "
               "are trained as written; give --model_name and --model_author to fill them", file=sys.stderr)
 

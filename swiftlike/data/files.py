@@ -15,8 +15,9 @@ from ..errors import UserError
 SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 
 
-def read_rows(source: str, streaming: bool = False) -> Iterator[tuple[str, dict]]:
-    """Yield (where, row) for every row of a source (hub datasets streamed when asked)."""
+def read_rows(source: str, streaming: bool = False) -> Iterator[tuple[str, "dict | BadLine"]]:
+    """Yield (where, row) for every row of a source (hub datasets streamed when asked); an unreadable .jsonl
+    line comes as a BadLine in place of its row."""
     if source.startswith(("hf::", "ms::")):
         yield from _hub(source, streaming)
         return
@@ -44,6 +45,11 @@ def read_rows(source: str, streaming: bool = False) -> Iterator[tuple[str, dict]
     yield from reader(source, text)
 
 
+class BadLine(ValueError):
+    """A line of a .jsonl file that is not a JSON object: yielded in place of the row, so that
+    --skip_bad_rows can count it and the default can stop at it, naming the line."""
+
+
 def _jsonl(path: str, text: str):
     for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():
@@ -51,9 +57,9 @@ def _jsonl(path: str, text: str):
         try:
             row = json.loads(line)
         except json.JSONDecodeError as e:
-            raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
-        if not isinstance(row, dict):
-            raise UserError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+            row = BadLine(f"not valid JSON ({e.msg} at column {e.colno})")
+        if not isinstance(row, (dict, BadLine)):
+            row = BadLine(f"expected a JSON object, got {type(row).__name__}")
         yield f"{path}:{lineno}", row
 
 

@@ -11,7 +11,7 @@ import json
 
 from ..templates.messages import MessageError, message_content, normalize_message, tool_call
 
-_SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                    "system": "system", "observation": "tool", "tool": "tool", "function_call": "assistant"}
 
 
@@ -143,9 +143,9 @@ def _sharegpt(row: dict) -> list[dict]:
         if not isinstance(turn, dict):
             raise RowError(f"turn {i} must be an object, got {type(turn).__name__}")
         src = turn.get("from", turn.get("role"))
-        role = _SHAREGPT_ROLES.get(src)
+        role = SHAREGPT_ROLES.get(src)
         if role is None:
-            raise RowError(f"turn {i} has unknown speaker {src!r} (expected one of {', '.join(_SHAREGPT_ROLES)})")
+            raise RowError(f"turn {i} has unknown speaker {src!r} (expected one of {', '.join(SHAREGPT_ROLES)})")
         value = _text(turn.get("value", turn.get("content")), f"turn {i} value")
         if src == "function_call":
             try:

@@ -17,8 +17,8 @@ from ..train.checkpoint import write_atomic
 from ..train.grpo import GRPOObjective
 from ..train.grpo_trainer import GRPOTrainer, RolloutSettings
 from ..train.trainer import LoopSettings, TrainResult
-from .sft import (_base_weights, build_trainable, describe_model, frozen_reference, resolve_template_name, run_args,
-                  start_run)
+from .sft import (_base_weights, build_trainable, cleans_up_on_failure, describe_model, frozen_reference,
+                  resolve_template_name, resume_line, run_args, start_run)
 
 
 def encode_prompts(rows: list[dict], template, max_prompt_length: int, stats: DataStats,
@@ -74,10 +74,11 @@ def reward_functions(cfg: GRPOConfig, template) -> list:
     return rewards
 
 
+@cleans_up_on_failure
 def run_grpo(cfg: GRPOConfig) -> TrainResult:
     main, out, resume_from = start_run(cfg)
 
-    tokenizer = load_tokenizer(cfg.model, cfg.hub, cfg.trust_remote_code)
+    tokenizer = load_tokenizer(cfg.model, cfg.hub, cfg.trust_remote_code, miniature=cfg.miniature)
     template_name = resolve_template_name(cfg, tokenizer)
     template = get_template(template_name, tokenizer)
     stop_ids = tuple(template.stop_token_ids) or ((tokenizer.eos_token_id,) if tokenizer.eos_token_id is not None
@@ -123,9 +124,9 @@ def run_grpo(cfg: GRPOConfig) -> TrainResult:
     trainer = GRPOTrainer(model, tokenizer, prompts, settings, args_json, resume_from, objective=objective,
                           rollout=rollout, rewards=rewards, rs=rs, eval_prompts=eval_prompts)
     if main and resume_from is not None:
-        print(f"[wb] resuming from {resume_from} (step {trainer.step} of {trainer.total_steps})")
+        print(resume_line(resume_from, trainer))
     result = trainer.train()
-    if main:
+    if main and not result.already_finished:
         logged = [h for h in result.log_history if "reward" in h]
         trend = f"; reward {logged[0]['reward']:.3f} -> {logged[-1]['reward']:.3f}" if logged else ""
         print(f"[wb] done: {result.metrics['steps']} steps in {result.metrics['train_seconds']}s{trend}; "

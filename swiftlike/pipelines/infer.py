@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -46,11 +47,14 @@ def load_for_inference(model: str = "", adapters: str | None = None, miniature: 
         if not is_local(base):
             base = download(base, args.get("hub", hub), with_code=trust_remote_code)
         tokenizer = load_tokenizer(adapters)
+        reward = args.get("task") == "rm"
         net = load_model(base, dtype, attn_implementation=attn_implementation, trust_remote_code=trust_remote_code,
-                         reward_head=args.get("task") == "rm", pad_token_id=tokenizer.pad_token_id)
+                         reward_head=reward, pad_token_id=tokenizer.pad_token_id, announce_head=False)
         from peft import PeftModel
 
         net = PeftModel.from_pretrained(net, adapters)
+        if reward and accel.is_main_process():  # the base has no head; the adapters hold it (modules_to_save)
+            print(f"[wb] reward head: loaded from {adapters}", file=sys.stderr)
         name = _template_name(template, args, args["model"])
     elif is_local(model) and (Path(model) / "args.json").is_file():
         args = _read_args(model)
@@ -59,7 +63,7 @@ def load_for_inference(model: str = "", adapters: str | None = None, miniature: 
                          reward_head=args.get("task") == "rm", pad_token_id=tokenizer.pad_token_id)
         name = _template_name(template, args, args["model"])
     else:
-        tokenizer = load_tokenizer(model, hub, trust_remote_code)
+        tokenizer = load_tokenizer(model, hub, trust_remote_code, miniature=miniature)
         if miniature:
             net = build_miniature(model, hub, dtype=dtype).to(accel.device())
         else:
@@ -86,7 +90,9 @@ def reward_score(model, template, messages: list[dict]) -> float:
 
 @torch.inference_mode()
 def generate(model, tokenizer, template, messages: list[dict], max_new_tokens: int = 512, temperature: float = 0.0,
-             top_p: float = 1.0, enable_thinking: bool | None = None) -> str:
+             top_p: float = 1.0, enable_thinking: bool | None = None, raw: bool = False) -> dict | str:
+    """The reply as an assistant message ({role, content, reasoning?, tool_calls?}: reasoning split off, empty
+    think blocks dropped, tool calls parsed), or with `raw` the generated text up to the stop token."""
     opts = {} if enable_thinking is None else {"enable_thinking": enable_thinking}
     ids = torch.tensor([template.encode_prompt(messages, **opts)], device=next(model.parameters()).device)
     sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else \
@@ -99,12 +105,12 @@ def generate(model, tokenizer, template, messages: list[dict], max_new_tokens: i
     while new and new[-1] in stops:  # the stop token ends the turn; it is not part of the answer
         new.pop()
     # special tokens stay: tool-call markers such as [TOOL_CALLS] are special in some vocabularies
-    return tokenizer.decode(new, skip_special_tokens=False)
+    text = tokenizer.decode(new, skip_special_tokens=False)
+    return text if raw else template.parse_response(text)
 
 
-def show(template, answer: str) -> str:
-    """The answer as a user reads it: reasoning marked, tool calls as JSON, empty think blocks dropped."""
-    message = template.parse_response(answer)
+def show(message: dict) -> str:
+    """An assistant message as a user reads it: reasoning marked, tool calls as JSON."""
     parts = [f"[thinking] {message['reasoning'].strip()}"] if message.get("reasoning") else []
     if message["content"]:
         parts.append(message["content"])
@@ -128,8 +134,8 @@ def run_infer(cfg: InferConfig) -> str | None:
               enable_thinking=cfg.enable_thinking)
     if cfg.query is not None:
         answer = generate(model, tokenizer, template, system + [{"role": "user", "content": cfg.query}], **kw)
-        print(show(template, answer))
-        return answer
+        print(show(answer))
+        return answer["content"]
     history = list(system)
     print("[wb] chat: type a message; 'clear' resets the conversation, 'exit' quits.")
     while True:
@@ -144,5 +150,5 @@ def run_infer(cfg: InferConfig) -> str | None:
             continue
         history.append({"role": "user", "content": query})
         answer = generate(model, tokenizer, template, history, **kw)
-        print(f"assistant> {show(template, answer)}")
-        history.append({"role": "assistant", "content": answer})
+        print(f"assistant> {show(answer)}")
+        history.append(answer)

@@ -29,7 +29,7 @@ def make_engine(cfg: RolloutConfig):
                            cfg.tensor_parallel_size, cfg.seed)
     from ..rollout.server import HFEngine
 
-    tokenizer = load_tokenizer(cfg.model, cfg.hub, cfg.trust_remote_code)
+    tokenizer = load_tokenizer(cfg.model, cfg.hub, cfg.trust_remote_code, miniature=cfg.miniature)
     dtype = accel.resolve_dtype(cfg.torch_dtype)
     if cfg.miniature:
         model = build_miniature(cfg.model, cfg.hub, seed=cfg.seed, dtype=dtype).to(accel.device())

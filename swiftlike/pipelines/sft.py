@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -23,6 +24,7 @@ from ..models.loader import model_meta, prepare_4bit, quiet_libraries
 from ..templates import get_template
 from ..templates.text import TextTemplate
 from ..train.checkpoint import latest_checkpoint, write_atomic
+from ..train.tracking import check_tracker
 from ..train.dpo import REFERENCE_FREE
 from ..train.trainer import LoopSettings, Trainer, TrainResult
 
@@ -81,10 +83,22 @@ def _base_weights(cfg: SFTConfig, tokenizer, out: Path) -> str:
             return str(Path(cfg.model).expanduser())
         return download(cfg.model, cfg.hub, with_code=cfg.trust_remote_code)
     base = out / BASE_MODEL_DIR
-    if accel.is_main_process() and not (base / "config.json").is_file():
+    identity = {"model": cfg.model, "seed": cfg.seed}
+    marker = base / "miniature.json"
+    built = json.loads(marker.read_text()) if marker.is_file() else None
+    resuming = cfg.resume or cfg.resume_from_checkpoint
+    reuse = built == identity or (resuming and built is None and (base / "config.json").is_file())  # older runs
+    if accel.is_main_process() and not reuse:
+        if resuming and built is not None:
+            raise UserError(f"{base} is the miniature of another model or seed than --model {cfg.model} --seed "
+                            f"{cfg.seed}; resume with the model and seed the run was started with")
+        import shutil
+
+        shutil.rmtree(base, ignore_errors=True)  # a miniature of another model: never train its weights
         model = build_miniature(cfg.model, cfg.hub, seed=cfg.seed)
         model.save_pretrained(base, safe_serialization=True)
         tokenizer.save_pretrained(base)
+        write_atomic(marker, json.dumps(identity) + "\n")
     if accel.world_size() > 1:
         import torch.distributed as dist
 
@@ -183,6 +197,7 @@ def prepare_data(cfg: SFTConfig, template) -> tuple[list[dict], list[dict], Data
 def start_run(cfg: SFTConfig) -> tuple[bool, Path, Path | None]:
     """Process group, output directory, what to resume from, seeds: (is main process, output dir, checkpoint)."""
     quiet_libraries()
+    check_tracker(cfg.report_to)
     accel.init_distributed()
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -191,11 +206,33 @@ def start_run(cfg: SFTConfig) -> tuple[bool, Path, Path | None]:
     return accel.is_main_process(), out, resume_from
 
 
+def cleans_up_on_failure(run: Callable) -> Callable:
+    """A run that fails (or is interrupted) before its first checkpoint leaves no output directory it created:
+    only what the run itself wrote there (args.json, a miniature's base_model) is removed with it."""
+    import functools
+    import shutil
+
+    @functools.wraps(run)
+    def wrapped(cfg):
+        out = Path(cfg.output_dir)
+        existed = out.exists()
+        try:
+            return run(cfg)
+        except BaseException:
+            regenerable = {"args.json", BASE_MODEL_DIR}
+            if not existed and out.is_dir() and accel.is_main_process() and all(
+                    p.name in regenerable or p.name.startswith(".") for p in out.iterdir()):
+                shutil.rmtree(out, ignore_errors=True)
+            raise
+    return wrapped
+
+
+@cleans_up_on_failure
 def run_sft(cfg: SFTConfig) -> TrainResult:
     main, out, resume_from = start_run(cfg)
     method = METHODS[_task(cfg)]
 
-    tokenizer = load_tokenizer(cfg.model, cfg.hub, cfg.trust_remote_code)
+    tokenizer = load_tokenizer(cfg.model, cfg.hub, cfg.trust_remote_code, miniature=cfg.miniature)
     if method.rows == "pt":  # plain text; the chat template (if known) is kept for inference afterwards
         meta = model_meta(cfg.model)
         template, template_name = TextTemplate(tokenizer), cfg.template or (meta.template if meta else cfg.model)
@@ -247,9 +284,9 @@ def run_sft(cfg: SFTConfig) -> TrainResult:
     trainer = Trainer(model, tokenizer, rows, train_collate, settings, args_json, resume_from, eval_rows,
                       eval_collate=collate, objective=objective)
     if main and resume_from is not None:
-        print(f"[wb] resuming from {resume_from} (step {trainer.step} of {trainer.total_steps})")
+        print(resume_line(resume_from, trainer))
     result = trainer.train()
-    if main:
+    if main and not result.already_finished:
         m = result.metrics
         unit = next(k for k in m if k.startswith("trained_"))
         trained = f"{m[unit]:,} {unit.removeprefix('trained_').replace('tokens', 'trained tokens')}"
@@ -259,14 +296,25 @@ def run_sft(cfg: SFTConfig) -> TrainResult:
     return result
 
 
+def resume_line(ckpt: Path, trainer) -> str:
+    if trainer.step >= trainer.total_steps:
+        return (f"[wb] {ckpt} already ran all {trainer.total_steps} planned steps: nothing to train. To train further, "
+                f"resume with a higher --max_steps (e.g. --max_steps {2 * trainer.total_steps}) or "
+                "--num_train_epochs.")
+    return f"[wb] resuming from {ckpt} (step {trainer.step} of {trainer.total_steps})"
+
+
 def build_trainable(cfg: SFTConfig, tokenizer, base_dir: str, resume_from: Path | None, dtype, reward: bool = False,
                     reference: bool = False):
     """The model to train: base weights (or a resumed full checkpoint), then LoRA adapters (new, or --adapters;
     `reference` keeps a frozen copy of the latter) or all parameters."""
     full_resume = cfg.full and resume_from is not None
+    head_from = None if cfg.full else (resume_from or (cfg.adapters if _is_reward_checkpoint(cfg.adapters) else None))
     model = load_model(str(resume_from) if full_resume else base_dir, dtype, quantize_4bit=cfg.qlora,
                        attn_implementation=cfg.attn_implementation, trust_remote_code=cfg.trust_remote_code,
-                       reward_head=reward, pad_token_id=tokenizer.pad_token_id)
+                       reward_head=reward, pad_token_id=tokenizer.pad_token_id, announce_head=head_from is None)
+    if reward and head_from is not None and accel.is_main_process():
+        print(f"[wb] reward head: loaded from {head_from}", file=sys.stderr)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
@@ -279,6 +327,12 @@ def build_trainable(cfg: SFTConfig, tokenizer, base_dir: str, resume_from: Path 
     if resume_from is not None:
         _load_adapter(model, resume_from)
     return model
+
+
+def _is_reward_checkpoint(path: str | None) -> bool:
+    """A LoRA checkpoint of `wb rm`: its adapter holds the score head (modules_to_save)."""
+    args = Path(path or "") / "args.json"
+    return path is not None and args.is_file() and json.loads(args.read_text(encoding="utf-8")).get("task") == "rm"
 
 
 def _start_from_adapters(model, cfg: SFTConfig, reference: bool):
@@ -306,6 +360,8 @@ def describe_model(cfg: SFTConfig, model, template_name: str, dtype) -> None:
     print(f"[wb] model: {cfg.model}{' (miniature)' if cfg.miniature else ''}, {cfg.train_type}, "
           f"template {template_name}, {accel.device_type()} {str(dtype).replace('torch.', '')}, "
           f"trainable {trainable:,} / {total:,} parameters")
+    if getattr(cfg, "learning_rate_note", None):
+        print(f"[wb] {cfg.learning_rate_note}")
 
 
 def run_args(cfg: SFTConfig, task: str, template_name: str, base_dir: str) -> str:

@@ -136,8 +136,12 @@ class GRPOTrainer(Trainer):
         for j, reward in enumerate(self.rewards):
             metrics[f"rewards/{reward.name}/mean"] = self._global_mean(table[:, j])
             metrics[f"rewards/{reward.name}/std"] = self._global_nan_std(table[:, j]).item()
-        if self.rs.log_completions and accel.is_main_process() and self.step % self.s.logging_steps == 0:
-            self._log_completions(rows, texts, table, rewards, advantages)
+        # numbered as the log lines are: this batch trains steps self.step + 1 .. + num_iterations, and is written
+        # under the first of them that is logged
+        trains = range(self.step + 1, min(self.step + self.rs.num_iterations, self.total_steps) + 1)
+        logged = [s for s in trains if s % self.s.logging_steps == 0 or s == self.total_steps]
+        if self.rs.log_completions and accel.is_main_process() and logged:
+            self._log_completions(logged[0], rows, texts, table, rewards, advantages)
         return batches, metrics
 
     def _score(self, rows: list[dict], completion_ids: list[list[int]], g: int):
@@ -215,13 +219,13 @@ class GRPOTrainer(Trainer):
         dist.all_gather(gathered, x.contiguous())
         return nan_std(torch.cat(gathered))
 
-    def _log_completions(self, rows, texts, table, rewards, advantages) -> None:
+    def _log_completions(self, step: int, rows, texts, table, rewards, advantages) -> None:
         g = self.rs.num_generations
         lines = []
         for i, text in enumerate(texts):
             prompt = rows[i // g]["messages"][-1]["content"]
             per_func = {r.name: (None if math.isnan(v) else v) for r, v in zip(self.rewards, table[i].tolist())}
-            lines.append(json.dumps({"step": self.step, "prompt": prompt, "completion": text, "rewards": per_func,
+            lines.append(json.dumps({"step": step, "prompt": prompt, "completion": text, "rewards": per_func,
                                      "reward": None if math.isnan(float(rewards[i])) else float(rewards[i]),
                                      "advantage": float(advantages[i])}, ensure_ascii=False))
         with open(Path(self.s.output_dir) / "completions.jsonl", "a", encoding="utf-8") as f:

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import json
 import math
-from contextlib import nullcontext
+import os
+from contextlib import contextmanager, nullcontext
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +15,15 @@ from .. import accel
 from .checkpoint import latest_checkpoint, load_training_state, save_checkpoint
 from .loss import CausalLMLoss
 from .tracking import Tracker
+
+
+class _Stopped(KeyboardInterrupt):
+    """Ctrl-C honoured between two steps (the checkpoint, if asked for, is saved)."""
+
+
+def short(value: float) -> float:
+    """A logged number to 6 significant digits (0.0025, not 0.0025000000000000014)."""
+    return float(f"{value:.6g}")
 
 
 @dataclass
@@ -35,6 +45,7 @@ class LoopSettings:
     save_total_limit: int | None
     report_to: str
     eval_steps: int | None = None
+    save_on_interrupt: bool = True
 
 
 @dataclass
@@ -43,6 +54,7 @@ class TrainResult:
     checkpoint: str
     metrics: dict
     log_history: list = field(default_factory=list)
+    already_finished: bool = False  # resumed from a checkpoint that had run every planned step
 
 
 def batch_tokens(batch: dict) -> int:
@@ -109,6 +121,8 @@ class Trainer:
         self.scheduler = get_scheduler(settings.lr_scheduler_type, self.optimizer, num_warmup_steps=warmup,
                                        num_training_steps=self.total_steps)
         self.step, self.trained_tokens, self.log_history = 0, 0, []
+        self.first_loss = self.final_loss = None  # of the whole run (a resumed run keeps its first session's)
+        self._stop_requested = False
         self.input_tokens = 0  # every non-padding token processed in this session (for throughput)
         self.slot_tokens = 0  # every position processed, padding included
         if resume_from is not None:
@@ -208,17 +222,31 @@ class Trainer:
 
         main = accel.is_main_process()
         unit = getattr(self.objective, "unit", "tokens")  # what the loss is averaged over: tokens or pairs
-        tracker = Tracker(self.s.report_to if main else "none", self.s.output_dir, json.loads(self.args_json))
+        finished_before = self.step >= self.total_steps
+        report_to = self.s.report_to if main and not finished_before else "none"  # no empty tracker runs
+        tracker = Tracker(report_to, self.s.output_dir, json.loads(self.args_json))
         import sys
 
         # redraw often on a terminal; in log files (CI, clusters) only every 10 s
         interval = 0.1 if sys.stderr.isatty() else 10.0
         bar = tqdm(total=self.total_steps, initial=self.step, desc="train", disable=not main, dynamic_ncols=True,
                    mininterval=interval)
-        window_tokens, window_start, start = 0, time.perf_counter(), time.perf_counter()
-        losses = []
+        start = time.perf_counter()
+        try:
+            with self._interruptible(bar):
+                checkpoint = self._loop(bar, tracker, unit)
+        finally:  # flushed also when interrupted or failing: the scalars up to the last checkpoint are kept
+            bar.close()
+            tracker.close()
+        return self._result(checkpoint, time.perf_counter() - start, finished_before)
+
+    def _loop(self, bar, tracker, unit: str) -> Path | None:
+        main = accel.is_main_process()
+        window_tokens, window_start = 0, time.perf_counter()
         checkpoint = None
         while self.step < self.total_steps:
+            if self._stop_requested:
+                self._stop(bar)
             batches, batch_metrics = self.next_batches()
             loss, grad_norm, tokens, step_metrics = self.train_step(batches)
             step_metrics = {**batch_metrics, **step_metrics}
@@ -227,7 +255,8 @@ class Trainer:
             self.step += 1
             self.trained_tokens += tokens
             window_tokens += tokens
-            losses.append(loss)
+            self.first_loss = loss if self.first_loss is None else self.first_loss
+            self.final_loss = loss
             elapsed = time.perf_counter() - window_start
             tps = window_tokens / elapsed if elapsed > 0 else 0.0
             lr = self.scheduler.get_last_lr()[0]
@@ -235,9 +264,9 @@ class Trainer:
             bar.update(1)
             if self.step % self.s.logging_steps == 0 or self.step == self.total_steps:
                 epoch = None if self.streaming else round(self.step / self.per_epoch, 4)
-                entry = {"step": self.step, "epoch": epoch, "loss": round(loss, 6),
-                         "learning_rate": lr, "grad_norm": round(grad_norm, 6), f"{unit}_per_second": round(tps, 1),
-                         f"trained_{unit}": self.trained_tokens, **{k: round(v, 6) for k, v in step_metrics.items()}}
+                entry = {"step": self.step, "epoch": epoch, "loss": short(loss), "learning_rate": short(lr),
+                         "grad_norm": short(grad_norm), f"{unit}_per_second": round(tps, 1),
+                         f"trained_{unit}": self.trained_tokens, **{k: short(v) for k, v in step_metrics.items()}}
                 self.log_history.append(entry)
                 tracker.log({k: v for k, v in entry.items() if k != "step" and v is not None}, self.step)
                 if main:
@@ -246,20 +275,24 @@ class Trainer:
             eval_every = self.s.eval_steps or self.s.save_steps
             if self.eval_rows and (self.step % eval_every == 0 or self.step == self.total_steps):
                 scores = self.evaluate()
-                entry = {"step": self.step, **{k: round(v, 6) for k, v in scores.items()}}
+                entry = {"step": self.step, **{k: short(v) for k, v in scores.items()}}
                 self.log_history.append(entry)
                 tracker.log(scores, self.step)
                 if main:
                     bar.write(json.dumps(entry))
             if self.step % self.s.save_steps == 0 or self.step == self.total_steps:
                 checkpoint = self.save()
-        bar.close()
-        tracker.close()
-        seconds = time.perf_counter() - start
+        return checkpoint
+
+    def _result(self, checkpoint: Path | None, seconds: float, finished_before: bool) -> TrainResult:
+        main = accel.is_main_process()
+        unit = getattr(self.objective, "unit", "tokens")
+        logged = [h["loss"] for h in self.log_history if "loss" in h]
         metrics = {"steps": self.step, f"trained_{unit}": self.trained_tokens, "input_tokens": self.input_tokens,
                    "padding_efficiency": round(self.input_tokens / max(self.slot_tokens, 1), 4),
                    "train_seconds": round(seconds, 2),
-                   "first_loss": losses[0] if losses else None, "final_loss": losses[-1] if losses else None}
+                   "first_loss": self.first_loss if self.first_loss is not None else (logged or [None])[0],
+                   "final_loss": self.final_loss if not finished_before else (logged or [None])[-1]}
         dropped = getattr(self.collate, "dropped", None)
         if dropped:
             metrics["dropped_while_training"] = dict(dropped)
@@ -269,14 +302,65 @@ class Trainer:
         if evals:
             metrics.update({k: v for k, v in evals[-1].items() if k != "step"})
         return TrainResult(self.s.output_dir, str(checkpoint or latest_checkpoint(self.s.output_dir)), metrics,
-                           self.log_history)
+                           self.log_history, already_finished=finished_before)
+
+    # -- Ctrl-C --------------------------------------------------------------------------------
+    @contextmanager
+    def _interruptible(self, bar):
+        """First Ctrl-C: finish the current step, save a checkpoint (--save_on_interrupt) and stop; a second one
+        stops at once. Either way the last line says what `--resume` continues from. (One process only: under
+        torchrun the launcher owns the signal; a line still names the latest checkpoint.)"""
+        import signal
+        import threading
+
+        handled = accel.world_size() == 1 and threading.current_thread() is threading.main_thread()
+        previous = signal.getsignal(signal.SIGINT) if handled else None
+
+        def request_stop(signum, frame):
+            if self._stop_requested:
+                raise KeyboardInterrupt
+            self._stop_requested = True
+            # os.write, not print: the signal may arrive in the middle of a buffered write to stdout
+            os.write(2, ("\n[wb] interrupt: finishing this step" + (" and saving a checkpoint" if
+                                                                   self.s.save_on_interrupt else "")
+                         + "; press Ctrl-C again to stop at once\n").encode())
+
+        if handled:
+            signal.signal(signal.SIGINT, request_stop)
+        try:
+            yield
+        except KeyboardInterrupt as e:
+            bar.close()
+            if accel.is_main_process() and not isinstance(e, _Stopped):
+                print(f"[wb] interrupted at step {self.step} of {self.total_steps}; {self._resume_hint()}")
+            raise
+        finally:
+            if handled:
+                signal.signal(signal.SIGINT, previous)
+
+    def _stop(self, bar) -> None:
+        """A requested stop between steps: save (atomically, as every checkpoint) and raise KeyboardInterrupt."""
+        bar.close()
+        saved = latest_checkpoint(self.s.output_dir)
+        if self.s.save_on_interrupt and self.step > 0 and (saved is None or saved.name != f"checkpoint-{self.step}"):
+            self.save()
+        if accel.is_main_process():
+            print(f"[wb] stopped at step {self.step} of {self.total_steps}; {self._resume_hint()}")
+        self._stop_requested = False
+        raise _Stopped
+
+    def _resume_hint(self) -> str:
+        ckpt = latest_checkpoint(self.s.output_dir)
+        if ckpt is None:
+            return "no checkpoint yet: nothing to resume"
+        return f"--resume continues from {ckpt}"
 
     # -- checkpoints -------------------------------------------------------------------------
     def save(self) -> Path | None:
         path = None
         if accel.is_main_process():
             state = {"global_step": self.step, "total_steps": self.total_steps, "trained_tokens": self.trained_tokens,
-                     "log_history": self.log_history}
+                     "first_loss": self.first_loss, "log_history": self.log_history}
             training_state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                               "rng": accel.rng_state(), "step": self.step, "trained_tokens": self.trained_tokens}
             path = save_checkpoint(self.s.output_dir, self.step, self.model, self.tokenizer, self.args_json, state,
@@ -295,4 +379,6 @@ class Trainer:
         self.step, self.trained_tokens = state["step"], state["trained_tokens"]
         history = json.loads((Path(ckpt) / "trainer_state.json").read_text())
         self.log_history = history.get("log_history", [])
+        logged = [h["loss"] for h in self.log_history if "loss" in h]  # checkpoints older than "first_loss"
+        self.first_loss = history.get("first_loss", logged[0] if logged else None)
 

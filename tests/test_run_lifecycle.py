@@ -1,0 +1,158 @@
+"""What a user meets around a run: resuming a finished run, Ctrl-C, failed runs, bad lines, log lines, defaults."""
+import json
+import os
+import signal
+
+import pytest
+
+import swiftlike as wb
+from swiftlike.cli.main import main
+from swiftlike.config import SFTConfig
+from swiftlike.data.dataset import DataStats, load_rows
+from swiftlike.errors import UserError
+from swiftlike.train import trainer as trainer_module
+
+IDENTITY = "examples/data/identity.jsonl"
+BASE = ["sft", "--model", "Qwen/Qwen3-0.6B", "--miniature", "--dataset", IDENTITY, "--lora"]
+
+
+def _state(ckpt) -> dict:
+    return json.loads((ckpt / "trainer_state.json").read_text())
+
+
+@pytest.mark.slow
+def test_resume_of_a_finished_run_says_so(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(BASE + ["--max_steps", "2", "--output_dir", str(out)]) == 0
+    first = capsys.readouterr().out
+    assert main(BASE + ["--max_steps", "2", "--output_dir", str(out), "--resume"]) == 0
+    captured = capsys.readouterr()
+    assert "already ran all 2 planned steps: nothing to train" in captured.out
+    assert "--max_steps 4" in captured.out and "Traceback" not in captured.err
+    # training further: the summary's first loss is the run's first, not the first after resuming
+    assert main(BASE + ["--max_steps", "4", "--output_dir", str(out), "--resume"]) == 0
+    done = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[wb] done")][0]
+    first_loss = [line for line in first.splitlines() if line.startswith("[wb] done")][0].split("loss ")[1][:7]
+    assert done.split("loss ")[1].startswith(first_loss)
+    assert _state(out / "checkpoint-4")["first_loss"] == pytest.approx(float(first_loss), abs=1e-4)
+
+
+def _interrupt_at(monkeypatch, steps: tuple[int, ...]):
+    """Deliver SIGINT (as Ctrl-C does) while the trainer is drawing the batches of these steps (0-based)."""
+    original = trainer_module.Trainer.next_batches
+
+    def next_batches(self):
+        if self.step in steps:
+            os.kill(os.getpid(), signal.SIGINT)
+        return original(self)
+
+    monkeypatch.setattr(trainer_module.Trainer, "next_batches", next_batches)
+
+
+@pytest.mark.slow
+def test_ctrl_c_finishes_the_step_saves_and_resume_continues(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    _interrupt_at(monkeypatch, (2,))
+    with pytest.raises(KeyboardInterrupt):
+        wb.sft(model="Qwen/Qwen3-0.6B", miniature=True, dataset=[IDENTITY], lora=True, max_steps=6, save_steps=100,
+               output_dir=str(out))
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[-1] == f"[wb] stopped at step 3 of 6; --resume continues from {out / 'checkpoint-3'}"
+    assert (out / "checkpoint-3" / "adapter_model.safetensors").is_file()
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []  # written atomically
+    monkeypatch.undo()
+    result = wb.sft(model="Qwen/Qwen3-0.6B", miniature=True, dataset=[IDENTITY], lora=True, max_steps=6,
+                    save_steps=100, output_dir=str(out), resume=True)
+    assert result.metrics["steps"] == 6 and result.checkpoint.endswith("checkpoint-6")
+
+
+@pytest.mark.slow
+def test_second_ctrl_c_stops_at_once_and_names_the_resume_point(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    _interrupt_at(monkeypatch, (2, 3))  # the second arrives before the requested stop is honoured
+    monkeypatch.setattr(trainer_module.Trainer, "_stop", lambda self, bar: None)
+    with pytest.raises(KeyboardInterrupt):
+        wb.sft(model="Qwen/Qwen3-0.6B", miniature=True, dataset=[IDENTITY], lora=True, max_steps=6, save_steps=2,
+               output_dir=str(out))
+    assert capsys.readouterr().out.splitlines()[-1] == \
+        f"[wb] interrupted at step 3 of 6; --resume continues from {out / 'checkpoint-2'}"
+
+
+@pytest.mark.slow
+def test_ctrl_c_without_saving_before_any_checkpoint(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    _interrupt_at(monkeypatch, (1,))
+    assert main(BASE + ["--max_steps", "6", "--save_on_interrupt", "false", "--output_dir", str(out)]) == 130
+    assert "[wb] stopped at step 2 of 6; no checkpoint yet: nothing to resume" in capsys.readouterr().out
+    assert not out.exists()  # nothing worth keeping: the directory this run created is gone
+
+
+def test_failed_run_leaves_no_directory_it_created(tmp_path, capsys):
+    out = tmp_path / "new"
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"messages": [{"role": "user", "content": "only a question"}]}\n')
+    assert main(BASE + ["--dataset", str(bad), "--output_dir", str(out)]) == 2
+    assert not out.exists()
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / "notes.txt").write_text("mine")
+    assert main(BASE + ["--dataset", str(bad), "--output_dir", str(kept)]) == 2
+    assert (kept / "notes.txt").read_text() == "mine"
+    assert "no assistant turn" in capsys.readouterr().err
+
+
+def test_skip_bad_rows_skips_lines_that_are_not_json(tmp_path):
+    path = tmp_path / "d.jsonl"
+    good = json.dumps({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]})
+    path.write_text(f"{good}\n{{oops\n[1, 2]\n{good}\n")
+    stats = DataStats()
+    rows = load_rows([str(path)], skip_bad_rows=True, stats=stats)
+    assert len(rows) == 2
+    assert stats.dropped == {"bad row: not valid JSON": 1, "bad row: expected a JSON object, got list": 1}
+    with pytest.raises(UserError, match=rf"^{path}:2: not valid JSON \(Expecting property name"):
+        load_rows([str(path)])
+
+
+def test_logged_numbers_are_short_and_lines_are_whole(tmp_path, capsys):
+    result = wb.sft(model="Qwen/Qwen3-0.6B", miniature=True, dataset=[IDENTITY], lora=True, max_steps=3,
+                    logging_steps=1, learning_rate=3e-3, warmup_steps=1, output_dir=str(tmp_path / "r"))
+    for entry in result.log_history:
+        for key, value in entry.items():
+            if isinstance(value, float):
+                assert len(repr(value).replace("-", "").replace(".", "").lstrip("0").split("e")[0]) <= 6, (key, value)
+    out = capsys.readouterr()
+    logged = [line for line in out.out.splitlines() if line.startswith('{"step"')]
+    assert [json.loads(line)["step"] for line in logged] == [1, 2, 3]
+    assert "Saving the dataset" not in out.err  # the datasets library's own bars are silenced
+
+
+def test_miniature_defaults_to_a_learning_rate_that_learns(tmp_path, capsys):
+    assert SFTConfig(model="m", dataset=["x"], miniature=True).validate().learning_rate == 1e-2
+    assert SFTConfig(model="m", dataset=["x"], miniature=True, full=True).validate().learning_rate == 1e-3
+    assert SFTConfig(model="m", dataset=["x"], miniature=True, learning_rate=5e-4).validate().learning_rate == 5e-4
+    result = wb.sft(model="Qwen/Qwen3-0.6B", miniature=True, dataset=[IDENTITY], lora=True, max_steps=30,
+                    output_dir=str(tmp_path / "r"))
+    assert "[wb] learning rate 0.01: the --miniature default" in capsys.readouterr().out
+    assert result.metrics["final_loss"] < 0.5 * result.metrics["first_loss"]
+
+
+def test_missing_tracker_fails_before_any_work(tmp_path, capsys, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
+    assert main(BASE + ["--report_to", "wandb", "--output_dir", str(tmp_path / "o")]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.strip() == "wb: error: --report_to wandb needs wandb: pip install wandb"
+    assert "[wb] data" not in captured.out and not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow
+def test_a_miniature_of_another_model_is_rebuilt_not_trained(tmp_path):
+    out = tmp_path / "run"
+    assert main(BASE + ["--max_steps", "1", "--output_dir", str(out)]) == 0
+    assert json.loads((out / "base_model" / "config.json").read_text())["model_type"] == "qwen3"
+    other = ["sft", "--model", "meta-llama/Llama-3.2-1B-Instruct", "--miniature", "--dataset", IDENTITY, "--lora"]
+    assert main(other + ["--max_steps", "1", "--output_dir", str(out), "--overwrite_output_dir"]) == 0
+    assert json.loads((out / "base_model" / "config.json").read_text())["model_type"] == "llama"
+    assert main(BASE + ["--max_steps", "2", "--output_dir", str(out), "--resume"]) == 2  # not Llama's weights
