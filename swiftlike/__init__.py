@@ -75,7 +75,7 @@ def get_template(name_or_model_id: str, tokenizer, loss_scope: str = "assistant"
 def load_model(model: str, *, miniature: bool = False, adapters: str | None = None, torch_dtype: str = "auto",
                hub: str = "huggingface"):
     """(model, tokenizer, template) ready for inference; see `wb infer` for the same from the CLI."""
-    from .pipelines.infer import load_for_inference
+    from .models.resolve import load_for_inference
 
     return load_for_inference(model=model, adapters=adapters, miniature=miniature, torch_dtype=torch_dtype, hub=hub)
 

@@ -26,16 +26,6 @@ MINIATURE_VISION = dict(num_hidden_layers=1, hidden_size=32, intermediate_size=6
 _BASE_TOKENIZERS = {"qwen3": "Qwen2Tokenizer", "gpt2": "GPT2Tokenizer"}
 
 
-def model_meta(model: str) -> ModelMeta | None:
-    """Registry entry for a hub id, or for a local directory whose args.json names one."""
-    meta = find_model(model)
-    if meta is None and is_local(model):
-        args = Path(model) / "args.json"
-        if args.is_file():
-            meta = find_model(json.loads(args.read_text()).get("model", ""))
-    return meta
-
-
 def config_dir(model: str, hub: str, miniature: bool = False) -> str:
     """A directory holding the model's config and tokenizer (no weights needed)."""
     if is_local(model):

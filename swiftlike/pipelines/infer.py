@@ -10,69 +10,7 @@ import torch
 from .. import accel
 from ..config import InferConfig
 from ..errors import UserError
-from ..hub import download, is_local
-from ..models import build_miniature, load_model, load_tokenizer
-from ..models.loader import model_meta, quiet_libraries
-from ..templates import get_template
-
-
-def _read_args(ckpt: str) -> dict:
-    path = Path(ckpt) / "args.json"
-    if not path.is_file():
-        raise UserError(f"{ckpt}: no args.json; is this a checkpoint written by `wb sft`?")
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
-def _template_name(explicit: str | None, args: dict | None, model: str) -> str:
-    if explicit:
-        return explicit
-    if args and args.get("template"):
-        return args["template"]
-    meta = model_meta(model)
-    return meta.template if meta is not None else model  # unregistered: the tokenizer's own chat template
-
-
-def load_for_inference(model: str = "", adapters: str | None = None, miniature: bool = False,
-                       torch_dtype: str = "auto", hub: str = "huggingface", template: str | None = None,
-                       trust_remote_code: bool = False, attn_implementation: str | None = None):
-    """(model, tokenizer, template), rebuilt from a checkpoint's args.json where there is one."""
-    quiet_libraries()
-    dtype = accel.resolve_dtype(torch_dtype)
-    args = None
-    if adapters:
-        if not Path(adapters).is_dir():
-            raise UserError(f"--adapters {adapters}: no such directory")
-        args = _read_args(adapters)
-        base = model or args.get("base_model_dir") or args["model"]
-        if not is_local(base):
-            base = download(base, args.get("hub", hub), with_code=trust_remote_code)
-        tokenizer = load_tokenizer(adapters)
-        reward = args.get("task") == "rm"
-        net = load_model(base, dtype, attn_implementation=attn_implementation, trust_remote_code=trust_remote_code,
-                         reward_head=reward, pad_token_id=tokenizer.pad_token_id, announce_head=False)
-        from peft import PeftModel
-
-        net = PeftModel.from_pretrained(net, adapters)
-        if reward and accel.is_main_process():  # the base has no head; the adapters hold it (modules_to_save)
-            print(f"[wb] reward head: loaded from {adapters}", file=sys.stderr)
-        name = _template_name(template, args, args["model"])
-    elif is_local(model) and (Path(model) / "args.json").is_file():
-        args = _read_args(model)
-        tokenizer = load_tokenizer(model)
-        net = load_model(model, dtype, attn_implementation=attn_implementation, trust_remote_code=trust_remote_code,
-                         reward_head=args.get("task") == "rm", pad_token_id=tokenizer.pad_token_id)
-        name = _template_name(template, args, args["model"])
-    else:
-        tokenizer = load_tokenizer(model, hub, trust_remote_code, miniature=miniature)
-        if miniature:
-            net = build_miniature(model, hub, dtype=dtype).to(accel.device())
-        else:
-            path = model if is_local(model) else download(model, hub, with_code=trust_remote_code)
-            net = load_model(path, dtype, attn_implementation=attn_implementation, trust_remote_code=trust_remote_code)
-        name = _template_name(template, None, model)
-    net.eval()
-    net.swiftlike_task = (args or {}).get("task", "sft")
-    return net, tokenizer, get_template(name, tokenizer)
+from ..models.resolve import load_for_inference  # noqa: F401  (importable from here, as before)
 
 
 @torch.inference_mode()

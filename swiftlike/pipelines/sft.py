@@ -18,9 +18,9 @@ from ..data.pairs import KTOCollate, collate_pairs
 from ..data.dataset import DataStats, encode_rows, hold_out, iter_rows, load_rows
 from ..data.stream import LazyCollate, RowStream
 from ..errors import UserError
-from ..hub import download, is_local
 from ..models import attach_lora, build_miniature, load_model, load_tokenizer
-from ..models.loader import model_meta, prepare_4bit, quiet_libraries
+from ..models.loader import prepare_4bit, quiet_libraries
+from ..models.resolve import ModelRef, base_weights, resolve, template_name
 from ..templates import get_template
 from ..templates.text import TextTemplate
 from ..train.checkpoint import latest_checkpoint, write_atomic
@@ -31,32 +31,14 @@ from ..train.trainer import LoopSettings, Trainer, TrainResult
 BASE_MODEL_DIR = "base_model"
 
 
+def model_ref(cfg) -> ModelRef:
+    """What a training command's --model / --miniature / --hub / --template point to."""
+    return resolve(cfg.model, miniature=cfg.miniature, hub=cfg.hub, template=cfg.template)
+
+
 def resolve_template_name(cfg, tokenizer=None) -> str:
-    """--template; else the registry's template; else the model's own chat template; else, for a local
-    directory whose architecture maps to exactly one registered template, that template."""
-    if cfg.template:
-        return cfg.template
-    meta = model_meta(cfg.model)
-    if meta is not None:
-        return meta.template
-    if tokenizer is None or getattr(tokenizer, "chat_template", None):
-        return cfg.model
-    candidates = _templates_for_architecture(cfg.model)
-    if len(candidates) == 1:
-        return candidates[0]
-    hint = f"models of its architecture use: {', '.join(candidates)}" if candidates else "see `wb models`"
-    raise UserError(f"{cfg.model!r} is not in the registry and its tokenizer has no chat template; choose one with "
-                    f"--template ({hint})")
-
-
-def _templates_for_architecture(model: str) -> list[str]:
-    from ..registry import models
-
-    config = Path(model) / "config.json"
-    if not config.is_file():
-        return []
-    archs = json.loads(config.read_text(encoding="utf-8")).get("architectures") or []
-    return sorted({m.template for m in models() if m.architecture in archs})
+    """The template a training command renders with (models/resolve.py decides)."""
+    return template_name(model_ref(cfg), tokenizer)
 
 
 def _resume_point(cfg: SFTConfig) -> Path | None:
@@ -79,9 +61,7 @@ def _resume_point(cfg: SFTConfig) -> Path | None:
 def _base_weights(cfg: SFTConfig, tokenizer, out: Path) -> str:
     """Local directory with the base weights; a miniature is built once and kept in the run directory."""
     if not cfg.miniature:
-        if is_local(cfg.model):
-            return str(Path(cfg.model).expanduser())
-        return download(cfg.model, cfg.hub, with_code=cfg.trust_remote_code)
+        return base_weights(model_ref(cfg), cfg.trust_remote_code)
     base = out / BASE_MODEL_DIR
     identity = {"model": cfg.model, "seed": cfg.seed}
     marker = base / "miniature.json"
@@ -234,11 +214,10 @@ def run_sft(cfg: SFTConfig) -> TrainResult:
 
     tokenizer = load_tokenizer(cfg.model, cfg.hub, cfg.trust_remote_code, miniature=cfg.miniature)
     if method.rows == "pt":  # plain text; the chat template (if known) is kept for inference afterwards
-        meta = model_meta(cfg.model)
-        template, template_name = TextTemplate(tokenizer), cfg.template or (meta.template if meta else cfg.model)
+        template, name = TextTemplate(tokenizer), model_ref(cfg).template or cfg.model
     else:
-        template_name = resolve_template_name(cfg, tokenizer)
-        template = get_template(template_name, tokenizer, cfg.loss_scope)
+        name = resolve_template_name(cfg, tokenizer)
+        template = get_template(name, tokenizer, cfg.loss_scope)
     if cfg.streaming:
         specs = list(cfg.dataset)
         rows = RowStream(lambda: iter_rows(specs, method.rows, cfg.columns, cfg.data_names(), cfg.skip_bad_rows),
@@ -264,8 +243,8 @@ def run_sft(cfg: SFTConfig) -> TrainResult:
     base_dir = _base_weights(cfg, tokenizer, out)
     model = build_trainable(cfg, tokenizer, base_dir, resume_from, dtype, method.reward_head, _uses_reference(cfg))
     if main:
-        describe_model(cfg, model, template_name, dtype)
-    args_json = run_args(cfg, _task(cfg), template_name, base_dir)
+        describe_model(cfg, model, name, dtype)
+    args_json = run_args(cfg, _task(cfg), name, base_dir)
     if main:
         write_atomic(out / "args.json", args_json)
 

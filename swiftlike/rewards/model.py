@@ -14,13 +14,13 @@ class RewardModelReward:
     __name__ = "reward_model"
 
     def __init__(self, path: str, batch_size: int = 16, torch_dtype: str = "auto"):
-        from ..pipelines.infer import _read_args, load_for_inference
+        from ..models.resolve import load_for_inference, read_args
         from ..train.dpo import RewardObjective
 
         ckpt = Path(path)
         if not ckpt.is_dir():
             raise UserError(f"--reward_model {path}: no such directory")
-        args = _read_args(path)
+        args = read_args(path)
         if args.get("task") != "rm":
             raise UserError(f"--reward_model {path}: a checkpoint of `wb {args.get('task', 'sft')}`, not of `wb rm`")
         lora = (ckpt / "adapter_config.json").is_file()

@@ -1,0 +1,155 @@
+"""What a `--model` / `--adapters` / `--miniature` / `--template` combination points to: one answer for every
+command (training, preview, infer, deploy, rollout, reward models).
+
+    resolve(model, adapters, miniature, hub, template) -> ModelRef      (reads args.json; downloads nothing)
+    template_name(ref, tokenizer)                       -> the template to render with
+    load_reference_tokenizer(ref)                       -> the tokenizer the run was trained with
+    base_weights(ref)                                   -> a local directory of the base weights (downloads)
+    load_for_inference(...)                             -> (model, tokenizer, template), rebuilt as trained
+
+A model reference is a hub id, a local model directory, a LoRA checkpoint (`--adapters`, its args.json names the
+base), a full-parameter checkpoint or export (a directory with weights and args.json), or a miniature.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .. import accel
+from ..errors import UserError
+from ..hub import download, is_local
+from ..registry import ModelMeta, find_model
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    model: str                   # the hub id or directory named; for a LoRA checkpoint the model it was trained on
+    base: str                    # the base weights: a local directory, or a hub id still to download
+    adapters: str | None = None  # a LoRA checkpoint / PEFT adapter directory on top of `base`
+    template: str | None = None  # --template, else the checkpoint's, else the registry's; None: decided by the tokenizer
+    task: str = "sft"            # the command that trained it (a reward model: "rm")
+    args: dict = field(default_factory=dict)  # the checkpoint's args.json ({} for a plain model)
+    miniature: bool = False
+    hub: str = "huggingface"
+
+    @property
+    def meta(self) -> ModelMeta | None:
+        return find_model(self.model)
+
+    @property
+    def checkpoint(self) -> str | None:
+        """The directory written by swiftlike (adapters or full weights), whose tokenizer the run used."""
+        if self.adapters:
+            return self.adapters
+        return self.base if self.args else None
+
+
+def read_args(directory: str) -> dict:
+    path = Path(directory) / "args.json"
+    if not path.is_file():
+        raise UserError(f"{directory}: no args.json; is this a checkpoint written by swiftlike (`wb sft`, `wb dpo`, "
+                        "...)?")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+
+
+def resolve(model: str = "", adapters: str | None = None, miniature: bool = False, hub: str = "huggingface",
+            template: str | None = None) -> ModelRef:
+    if adapters:
+        if not Path(adapters).is_dir():
+            raise UserError(f"--adapters {adapters}: no such directory")
+        args = read_args(adapters)
+        base = model or args.get("base_model_dir") or args["model"]
+        return ModelRef(model=args["model"], base=base, adapters=adapters, task=args.get("task", "sft"), args=args,
+                        template=template or args.get("template") or _registry_template(args["model"]),
+                        miniature=False, hub=args.get("hub", hub))
+    if not model:
+        raise UserError("--model is required (a hub id such as Qwen/Qwen3-0.6B, a local directory or a checkpoint), "
+                        "or --adapters with a LoRA checkpoint")
+    local = is_local(model)
+    if local and (Path(model) / "args.json").is_file():  # a full-parameter checkpoint or an export
+        args = read_args(model)
+        return ModelRef(model=args.get("model", model), base=str(Path(model).expanduser()), task=args.get("task", "sft"),
+                        args=args, template=template or args.get("template") or _registry_template(args.get("model")),
+                        hub=args.get("hub", hub))
+    return ModelRef(model=model, base=str(Path(model).expanduser()) if local else model,
+                    template=template or _registry_template(model), miniature=miniature, hub=hub)
+
+
+def _registry_template(model_id: str | None) -> str | None:
+    meta = find_model(model_id or "")
+    return meta.template if meta is not None else None
+
+
+def template_name(ref: ModelRef, tokenizer=None) -> str:
+    """The known template; else the model's own chat template (the tokenizer's); else, for a local directory whose
+    architecture maps to exactly one registered template, that template."""
+    if ref.template:
+        return ref.template
+    if tokenizer is None or getattr(tokenizer, "chat_template", None):
+        return ref.model
+    candidates = _templates_for_architecture(ref.base)
+    if len(candidates) == 1:
+        return candidates[0]
+    hint = f"models of its architecture use: {', '.join(candidates)}" if candidates else "see `wb models`"
+    raise UserError(f"{ref.model!r} is not in the registry and its tokenizer has no chat template; choose one with "
+                    f"--template ({hint})")
+
+
+def _templates_for_architecture(directory: str) -> list[str]:
+    from ..registry import models
+
+    config = Path(directory) / "config.json"
+    if not config.is_file():
+        return []
+    archs = json.loads(config.read_text(encoding="utf-8")).get("architectures") or []
+    return sorted({m.template for m in models() if m.architecture in archs})
+
+
+def load_reference_tokenizer(ref: ModelRef, trust_remote_code: bool = False):
+    """A checkpoint's own tokenizer (saved with it), else the model's (bundled, hub or local)."""
+    from .loader import load_tokenizer
+
+    if ref.checkpoint:
+        return load_tokenizer(ref.checkpoint)
+    return load_tokenizer(ref.model, ref.hub, trust_remote_code, miniature=ref.miniature)
+
+
+def base_weights(ref: ModelRef, trust_remote_code: bool = False) -> str:
+    """A local directory holding the base weights (downloaded, and cached by the hub library, when needed)."""
+    if is_local(ref.base):
+        return str(Path(ref.base).expanduser())
+    return download(ref.base, ref.hub, with_code=trust_remote_code)
+
+
+def load_for_inference(model: str = "", adapters: str | None = None, miniature: bool = False,
+                       torch_dtype: str = "auto", hub: str = "huggingface", template: str | None = None,
+                       trust_remote_code: bool = False, attn_implementation: str | None = None):
+    """(model, tokenizer, template), rebuilt from a checkpoint's args.json where there is one."""
+    from ..templates import get_template
+    from .loader import build_miniature, load_model, quiet_libraries
+
+    quiet_libraries()
+    dtype = accel.resolve_dtype(torch_dtype)
+    ref = resolve(model, adapters, miniature, hub, template)
+    tokenizer = load_reference_tokenizer(ref, trust_remote_code)
+    reward = ref.task == "rm"
+    if ref.miniature:
+        net = build_miniature(ref.model, ref.hub, dtype=dtype).to(accel.device())
+    else:
+        net = load_model(base_weights(ref, trust_remote_code), dtype, attn_implementation=attn_implementation,
+                         trust_remote_code=trust_remote_code, reward_head=reward, pad_token_id=tokenizer.pad_token_id,
+                         announce_head=not ref.adapters)
+    if ref.adapters:
+        from peft import PeftModel
+
+        net = PeftModel.from_pretrained(net, ref.adapters)
+        if reward and accel.is_main_process():  # the base has no head; the adapters hold it (modules_to_save)
+            print(f"[wb] reward head: loaded from {ref.adapters}", file=sys.stderr)
+    net.eval()
+    net.swiftlike_task = ref.task
+    return net, tokenizer, get_template(template_name(ref, tokenizer), tokenizer)
