@@ -4,9 +4,9 @@ from __future__ import annotations
 from .. import accel
 from ..config import RolloutConfig
 from ..errors import UserError
-from ..hub import download, is_local
-from ..models import build_miniature, load_model, load_tokenizer
+from ..models import build_miniature, load_model
 from ..models.loader import padding_id, quiet_libraries
+from ..models.resolve import base_weights, load_reference_tokenizer, resolve
 
 
 def _vllm_available() -> bool:
@@ -17,6 +17,7 @@ def _vllm_available() -> bool:
 
 def make_engine(cfg: RolloutConfig):
     backend = cfg.backend
+    ref = resolve(cfg.model, miniature=cfg.miniature, hub=cfg.hub)
     if backend == "auto":
         backend = "vllm" if _vllm_available() else "transformers"
     if backend == "vllm":
@@ -24,18 +25,16 @@ def make_engine(cfg: RolloutConfig):
             raise UserError("--miniature models are served with --backend transformers")
         from ..rollout.vllm_engine import VLLMRollout
 
-        path = cfg.model if is_local(cfg.model) else download(cfg.model, cfg.hub, with_code=cfg.trust_remote_code)
-        return VLLMRollout(path, cfg.torch_dtype, cfg.gpu_memory_utilization, cfg.max_model_len,
+        return VLLMRollout(base_weights(ref, cfg.trust_remote_code), cfg.torch_dtype, cfg.gpu_memory_utilization, cfg.max_model_len,
                            cfg.tensor_parallel_size, cfg.seed)
     from ..rollout.server import HFEngine
 
-    tokenizer = load_tokenizer(cfg.model, cfg.hub, cfg.trust_remote_code, miniature=cfg.miniature)
+    tokenizer = load_reference_tokenizer(ref, cfg.trust_remote_code)
     dtype = accel.resolve_dtype(cfg.torch_dtype)
     if cfg.miniature:
         model = build_miniature(cfg.model, cfg.hub, seed=cfg.seed, dtype=dtype).to(accel.device())
     else:
-        path = cfg.model if is_local(cfg.model) else download(cfg.model, cfg.hub, with_code=cfg.trust_remote_code)
-        model = load_model(path, dtype, attn_implementation=cfg.attn_implementation,
+        model = load_model(base_weights(ref, cfg.trust_remote_code), dtype, attn_implementation=cfg.attn_implementation,
                            trust_remote_code=cfg.trust_remote_code)
     return HFEngine(model.eval(), padding_id(tokenizer))
 
