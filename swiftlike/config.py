@@ -386,6 +386,29 @@ PREVIEW_TASKS = ("auto", "sft", "pt", "dpo", "kto", "rm", "grpo")
 
 
 @dataclass
+class ExportConfig(ModelArgs):
+    """`wb export`: a checkpoint as a standard Hugging Face model (LoRA adapters merged)."""
+
+    NOT_OPTIONS = ("miniature", "attn_implementation")
+
+    adapters: str | None = _f(None, "A LoRA checkpoint (its args.json names the base); with --merge its adapters are "
+                                    "folded into the base weights.")
+    merge: bool = _f(False, "Fold LoRA / DoRA / rsLoRA / QLoRA adapters into the base weights (QLoRA: into the "
+                            "4-bit base dequantized to --torch_dtype).")
+    output_dir: str = _f("", "Where the export goes (default: next to the checkpoint, <name>-merged).")
+    overwrite_output_dir: bool = _f(False, "Replace an --output_dir that is not empty.")
+    max_shard_size: str = _f("5GB", "Largest safetensors shard (e.g. 2GB, 500MB).")
+    to: str = _f("hf", "hf: a Hugging Face model directory; gguf: a GGUF file (llama.cpp, Ollama) and an Ollama "
+                       "Modelfile (Qwen3, Qwen2/2.5, Llama-3).", choices=("hf", "gguf"))
+    gguf_type: str = _f("f16", "GGUF weight type: f16 or q8_0.", choices=("f16", "q8_0"))
+
+    def validate(self) -> "ExportConfig":
+        if not self.model and not self.adapters:
+            raise UserError("give --adapters (a LoRA checkpoint, with --merge) or --model (a full checkpoint)")
+        return self
+
+
+@dataclass
 class PreviewConfig(ModelArgs, DataArgs):
     task: str = _f("auto", "Which command's data to show: sft, pt, dpo, kto, rm or grpo; auto infers it from the "
                            "first row of each source (chosen/rejected: dpo, label: kto, text only: pt, a prompt "

@@ -1,0 +1,12 @@
+"""`wb export`: a checkpoint leaves the workbench in a form the user's serving stack loads.
+
+merge.py  LoRA / DoRA / rsLoRA / QLoRA adapters folded into the base weights (reward heads kept)
+write.py  the Hugging Face directory: weights, config, generation stop tokens, tokenizer with its chat template,
+          args.json, model card; written atomically
+gguf.py   GGUF (f16, q8_0) for Qwen3, Qwen2 and Llama with llama.cpp's tokenizer metadata, and an Ollama Modelfile
+"""
+from .merge import merged_model
+from .write import atomic_directory, model_card, prepare_output, with_chat_template, write_hf, write_metadata
+
+__all__ = ["atomic_directory", "merged_model", "model_card", "prepare_output", "with_chat_template", "write_hf",
+           "write_metadata"]

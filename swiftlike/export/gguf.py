@@ -1,0 +1,157 @@
+"""GGUF (llama.cpp, Ollama, LM Studio) from a merged model, written with the maintained `gguf` package; only the
+mapping from a Hugging Face model is ours: hyperparameters, tensor names (gguf's own name map), the Q/K row
+order llama.cpp expects for Llama, and the tokenizer metadata (tokens, types, merges, special ids, chat template).
+
+Written architectures: Qwen3, Qwen2 / Qwen2.5 (and QwQ, R1-Distill-Qwen), Llama without RoPE scaling (Llama-3).
+Llama-3.1+ (llama3 RoPE scaling, a rope_freqs tensor), Gemma, Phi, Mistral and MoE models are refused: their
+GGUF cannot be verified here by an independent reader (transformers' GGUF loader).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import UserError
+
+GGUF_TYPES = ("f16", "q8_0")
+# model_type -> (gguf architecture, llama.cpp pre-tokenizer name)
+_ARCH = {"qwen3": ("QWEN3", "qwen2"), "qwen2": ("QWEN2", "qwen2"), "llama": ("LLAMA", "llama-bpe")}
+
+
+def check_supported(config) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("gguf") is None:
+        raise UserError("--to gguf needs the gguf package: pip install 'swiftlike[gguf]'")
+    model_type = config.model_type
+    if model_type not in _ARCH:
+        raise UserError(f"--to gguf writes {', '.join(sorted(_ARCH))} models, not {model_type}; export the merged "
+                        "Hugging Face model and convert it with llama.cpp's convert_hf_to_gguf.py")
+    if model_type == "llama" and _rope_scaling(config):
+        raise UserError("--to gguf: Llama with RoPE scaling (Llama-3.1 and later) is not written yet; export the "
+                        "merged Hugging Face model and convert it with llama.cpp's convert_hf_to_gguf.py")
+
+
+def _rope_scaling(config) -> dict | None:
+    rope = getattr(config, "rope_scaling", None) or getattr(config, "rope_parameters", None) or {}
+    kind = rope.get("rope_type", rope.get("type", "default"))
+    return None if kind in (None, "default") else rope
+
+
+def _rope_theta(config) -> float:
+    rope = getattr(config, "rope_parameters", None) or {}
+    return float(rope.get("rope_theta") or getattr(config, "rope_theta", None) or 10000.0)
+
+
+def write_gguf(model, tokenizer, template, path: Path, gguf_type: str, name: str) -> Path:
+    import gguf
+
+    config = model.config
+    check_supported(config)
+    arch_name, pre = _ARCH[config.model_type]
+    arch = getattr(gguf.MODEL_ARCH, arch_name)
+    writer = gguf.GGUFWriter(str(path), gguf.MODEL_ARCH_NAMES[arch])
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    writer.add_name(name)
+    writer.add_context_length(config.max_position_embeddings)
+    writer.add_embedding_length(config.hidden_size)
+    writer.add_block_count(config.num_hidden_layers)
+    writer.add_feed_forward_length(config.intermediate_size)
+    writer.add_head_count(config.num_attention_heads)
+    writer.add_head_count_kv(config.num_key_value_heads)
+    writer.add_key_length(head_dim)
+    writer.add_value_length(head_dim)
+    writer.add_rope_dimension_count(head_dim)
+    writer.add_rope_freq_base(_rope_theta(config))
+    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
+    writer.add_vocab_size(config.vocab_size)
+    writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if gguf_type == "f16" else gguf.LlamaFileType.MOSTLY_Q8_0)
+    _add_tokenizer(writer, gguf, tokenizer, template, config.vocab_size, pre)
+    _add_tensors(writer, gguf, model, arch, gguf_type)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file(progress=False)
+    writer.close()
+    return path
+
+
+def _add_tensors(writer, gguf, model, arch, gguf_type: str) -> None:
+    config = model.config
+    names = gguf.get_tensor_name_map(arch, config.num_hidden_layers)
+    tied = getattr(config, "tie_word_embeddings", False)
+    for hf_name, tensor in model.state_dict().items():
+        if tied and hf_name == "lm_head.weight":
+            continue  # llama.cpp reads the output layer from token_embd when it is tied
+        name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+        if name is None:
+            raise UserError(f"--to gguf: no GGUF name for tensor {hf_name} of {config.model_type}")
+        data = tensor.detach().to(torch.float32)
+        if config.model_type == "llama" and hf_name.endswith(("q_proj.weight", "k_proj.weight")):
+            heads = config.num_attention_heads if "q_proj" in hf_name else config.num_key_value_heads
+            data = _interleave_rope_rows(data, heads)
+        array = data.numpy()
+        if array.ndim == 1:  # norms and biases stay f32, as llama.cpp keeps them
+            writer.add_tensor(name, array.astype(np.float32))
+        elif gguf_type == "q8_0" and array.shape[-1] % 32 == 0:
+            quant = gguf.GGMLQuantizationType.Q8_0
+            writer.add_tensor(name, gguf.quants.quantize(array, quant), raw_shape=gguf.quant_shape_to_byte_shape(
+                array.shape, quant), raw_dtype=quant)
+        else:
+            writer.add_tensor(name, array.astype(np.float16))
+
+
+def _interleave_rope_rows(weight: torch.Tensor, heads: int) -> torch.Tensor:
+    """Hugging Face Llama stores each head's rotary halves one after the other; llama.cpp expects them
+    interleaved (pairs of adjacent rows)."""
+    rows = weight.shape[0]
+    return weight.reshape(heads, 2, rows // heads // 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
+
+
+def _add_tokenizer(writer, gguf, tokenizer, template, vocab_size: int, pre: str) -> None:
+    backend = json.loads(tokenizer.backend_tokenizer.to_str())
+    if backend["model"]["type"] != "BPE":
+        raise UserError(f"--to gguf writes byte-level BPE tokenizers, not {backend['model']['type']}")
+    by_id = {i: t for t, i in tokenizer.get_vocab().items()}
+    added = {t["id"]: t for t in backend.get("added_tokens", [])}
+    tokens, types = [], []
+    for i in range(vocab_size):
+        token = by_id.get(i)
+        if token is None:
+            tokens.append(f"[PAD{i}]")
+            types.append(gguf.TokenType.UNUSED)
+        else:
+            tokens.append(token)
+            extra = added.get(i)
+            types.append(gguf.TokenType.NORMAL if extra is None else
+                         gguf.TokenType.CONTROL if extra.get("special") else gguf.TokenType.USER_DEFINED)
+    merges = [m if isinstance(m, str) else " ".join(m) for m in backend["model"].get("merges", [])]
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("gpt2" if _gpt2_pre_tokenizer(backend) else pre)
+    writer.add_token_list(tokens)
+    writer.add_token_types(types)
+    writer.add_token_merges(merges)
+    stops = list(template.stop_token_ids) or [tokenizer.eos_token_id]
+    writer.add_eos_token_id(stops[0])
+    if tokenizer.bos_token_id is not None:
+        writer.add_bos_token_id(tokenizer.bos_token_id)
+    if tokenizer.pad_token_id is not None:
+        writer.add_pad_token_id(tokenizer.pad_token_id)
+    writer.add_add_bos_token(bool(getattr(tokenizer, "add_bos_token", False)))
+    if getattr(tokenizer, "chat_template", None):
+        writer.add_chat_template(tokenizer.chat_template)
+
+
+def _gpt2_pre_tokenizer(backend: dict) -> bool:
+    """GPT-2's own splitting (a ByteLevel pre-tokenizer with its built-in regex): miniature stand-in vocabularies."""
+    pre = backend.get("pre_tokenizer") or {}
+    return pre.get("type") == "ByteLevel" and pre.get("use_regex", True)
+
+
+def modelfile(gguf_name: str, template, tokenizer) -> str:
+    """An Ollama Modelfile: the GGUF, the chat template (from the GGUF's own metadata) and the stop strings."""
+    stops = [tokenizer.convert_ids_to_tokens(i) for i in template.stop_token_ids]
+    lines = [f"FROM ./{gguf_name}"] + [f'PARAMETER stop "{s}"' for s in stops if s]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,117 @@
+"""Write an export: a standard Hugging Face model directory that loads without swiftlike.
+
+    model.safetensors (sharded above --max_shard_size), config.json,
+    generation_config.json   eos_token_id = the template's stop tokens (generate, vLLM and TGI stop where our
+                             template ends a turn),
+    tokenizer files          with a chat_template that renders what our template renders,
+    args.json, README.md     the run's settings and a model card.
+
+The directory is built under a hidden temporary name and renamed into place when complete, so a killed export
+never leaves a directory that looks like a model.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+
+from .. import __version__
+from ..errors import UserError
+from ..models.loader import ASSETS
+
+
+def prepare_output(output_dir: str, overwrite: bool) -> Path:
+    out = Path(output_dir)
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise UserError(f"{out} already exists and is not empty; add --overwrite_output_dir to replace it, or "
+                            "choose another --output_dir")
+    return out
+
+
+def official_chat_template(template_name: str, tokenizer) -> str | None:
+    """The chat template to ship: the tokenizer's own (a real model's is the official one), else the official Jinja
+    bundled for the template."""
+    own = getattr(tokenizer, "chat_template", None)
+    if own:
+        return own
+    bundled = ASSETS / "chat_templates" / f"{template_name}.jinja"
+    return bundled.read_text(encoding="utf-8") if bundled.is_file() else None
+
+
+@contextmanager
+def atomic_directory(out: Path):
+    """A hidden temporary directory that becomes `out` only when everything in it was written."""
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except OSError as e:  # disk full, permissions: nothing half-written is left behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise UserError(f"{out}: cannot write the export: {e.strerror or e}") from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def with_chat_template(tokenizer, template):
+    """The tokenizer, carrying the chat template that renders as our template does (see official_chat_template)."""
+    chat_template = official_chat_template(template.name, tokenizer)
+    if chat_template:
+        tokenizer.chat_template = chat_template
+    return tokenizer
+
+
+def write_hf(model, tokenizer, template, directory: Path, max_shard_size: str) -> None:
+    model.config.use_cache = True
+    _set_generation_stops(model, template, tokenizer)
+    model.save_pretrained(directory, safe_serialization=True, max_shard_size=max_shard_size)
+    with_chat_template(tokenizer, template).save_pretrained(directory)
+
+
+def write_metadata(directory: Path, args: dict, card: str) -> None:
+    (directory / "args.json").write_text(json.dumps(args, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    (directory / "README.md").write_text(card, encoding="utf-8")
+
+
+def _set_generation_stops(model, template, tokenizer) -> None:
+    from transformers import GenerationConfig
+
+    stops = list(template.stop_token_ids) or ([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [])
+    gen = getattr(model, "generation_config", None) or GenerationConfig.from_model_config(model.config)
+    gen.eos_token_id = stops[0] if len(stops) == 1 else stops
+    if gen.pad_token_id is None and tokenizer.pad_token_id is not None:
+        gen.pad_token_id = tokenizer.pad_token_id
+    model.generation_config = gen
+
+
+def model_card(ref, args: dict, merged: bool) -> str:
+    """README.md: what the export is, how it was trained, how to load it."""
+    metrics = args.get("final_metrics") or {}
+    lines = [
+        "---", f"base_model: {ref.model}", "library_name: transformers", "tags: [swiftlike]", "---", "",
+        f"# {Path(args.get('output_dir') or 'export').name}", "",
+        f"Exported by swiftlike {__version__} from `{ref.adapters or ref.base}`"
+        + (" (LoRA adapters merged into the base weights)." if merged else "."), "",
+        "| | |", "|---|---|",
+        f"| base model | `{ref.model}` |",
+        f"| method | `wb {ref.task}`, {args.get('train_type', 'full')} |",
+        f"| template | `{args.get('template', '')}` |",
+        f"| data | {', '.join(f'`{d}`' for d in args.get('dataset', [])) or 'unknown'} |",
+    ]
+    for key in ("learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size",
+                "gradient_accumulation_steps", "lora_rank", "lora_alpha", "max_length", "seed"):
+        if args.get(key) is not None:
+            lines.append(f"| {key} | {args[key]} |")
+    for key, value in metrics.items():
+        lines.append(f"| {key} | {value} |")
+    lines += ["", "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer",
+              "tokenizer = AutoTokenizer.from_pretrained(PATH)", "model = AutoModelForCausalLM.from_pretrained(PATH)",
+              "```", ""]
+    return "\n".join(lines)

@@ -1,0 +1,71 @@
+"""`wb export`: rebuild the model a checkpoint describes and write it as a standard Hugging Face model."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .. import accel
+from ..config import ExportConfig
+from ..errors import UserError
+from ..export import (atomic_directory, merged_model, model_card, prepare_output, with_chat_template, write_hf,
+                      write_metadata)
+from ..models.loader import quiet_libraries
+from ..models.resolve import base_weights, load_reference_tokenizer, resolve, template_name
+from ..templates import get_template
+
+
+def run_export(cfg: ExportConfig) -> Path:
+    quiet_libraries()
+    ref = resolve(cfg.model, cfg.adapters, False, cfg.hub, cfg.template)
+    if ref.adapters and not cfg.merge:
+        raise UserError("--adapters: add --merge to fold the LoRA adapters into the base weights (an adapter "
+                        "checkpoint is already in the PEFT format for serving stacks that load adapters)")
+    out = prepare_output(cfg.output_dir or _default_output(ref, cfg.to), cfg.overwrite_output_dir)
+    if cfg.to == "gguf":  # refused before any weights are merged
+        from transformers import AutoConfig
+
+        from ..export.gguf import check_supported
+
+        check_supported(AutoConfig.from_pretrained(base_weights(ref, cfg.trust_remote_code)))
+    dtype = accel.resolve_dtype(cfg.torch_dtype)
+    tokenizer = load_reference_tokenizer(ref, cfg.trust_remote_code)
+    template = get_template(template_name(ref, tokenizer), tokenizer)
+    kind = f"GGUF {cfg.gguf_type}" if cfg.to == "gguf" else str(dtype).replace("torch.", "")
+    print(f"[wb] export: {ref.adapters or ref.base} -> {out} ({kind}{', adapters merged' if ref.adapters else ''})",
+          flush=True)
+    model = merged_model(ref, dtype, tokenizer.pad_token_id, cfg.trust_remote_code)
+    args = {**ref.args, "template": template.name, "exported_from": ref.adapters or ref.base,
+            "export": {"merge": bool(ref.adapters), "torch_dtype": str(dtype).replace("torch.", ""), "to": cfg.to,
+                       **({"gguf_type": cfg.gguf_type} if cfg.to == "gguf" else {})},
+            "final_metrics": _final_metrics(ref.checkpoint)}
+    args.pop("base_model_dir", None)  # the export is its own base
+    with atomic_directory(out) as tmp:
+        if cfg.to == "gguf":
+            from ..export.gguf import modelfile, write_gguf
+
+            name = f"{out.name}-{cfg.gguf_type}.gguf"
+            write_gguf(model, with_chat_template(tokenizer, template), template, tmp / name, cfg.gguf_type, out.name)
+            (tmp / "Modelfile").write_text(modelfile(name, template, tokenizer), encoding="utf-8")
+        else:
+            write_hf(model, tokenizer, template, tmp, cfg.max_shard_size)
+        write_metadata(tmp, args, model_card(ref, args, bool(ref.adapters)))
+    loads = "llama.cpp / `ollama create NAME -f Modelfile`" if cfg.to == "gguf" else \
+        f"AutoModelForCausalLM / AutoTokenizer; `wb infer --model {out}`"
+    print(f"[wb] export: wrote {out} (loads with {loads})")
+    return out
+
+
+def _default_output(ref, to: str) -> str:
+    source = Path(ref.adapters or ref.base)
+    return str(source.parent / f"{source.name}-{'gguf' if to == 'gguf' else 'merged'}")
+
+
+def _final_metrics(checkpoint: str | None) -> dict:
+    state = Path(checkpoint or "") / "trainer_state.json"
+    if not checkpoint or not state.is_file():
+        return {}
+    history = json.loads(state.read_text(encoding="utf-8")).get("log_history", [])
+    logged = [h for h in history if "loss" in h]
+    last = {k: v for k, v in (logged[-1] if logged else {}).items() if k in ("step", "loss", "epoch")}
+    evals = [h for h in history if "eval_loss" in h]
+    return {**last, **({"eval_loss": evals[-1]["eval_loss"]} if evals else {})}

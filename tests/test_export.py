@@ -1,0 +1,189 @@
+"""`wb export --merge`: the merged model equals base + adapter, and reloads with plain transformers (a process that
+never imports swiftlike), stopping where our template ends a turn and rendering chats as our template does."""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import swiftlike as wb
+from swiftlike.cli.main import main
+from swiftlike.models.resolve import load_for_inference
+
+IDENTITY = "examples/data/identity.jsonl"
+PROMPT = [{"role": "user", "content": "Who are you?"}]
+
+
+def _train(tmp_path, name, **kw):
+    kw = {"lora": True, "max_steps": 3, **kw}
+    run = wb.sft(model="Qwen/Qwen3-0.6B", miniature=True, dataset=[IDENTITY], output_dir=str(tmp_path / name), **kw)
+    return run.checkpoint
+
+
+def _export(tmp_path, ckpt, name="merged", *extra) -> str:
+    out = tmp_path / name
+    assert main(["export", "--adapters", ckpt, "--merge", "--torch_dtype", "float32", "--output_dir", str(out),
+                 *extra]) == 0
+    return str(out)
+
+
+def _logits(model, ids):
+    with torch.no_grad():
+        return model(input_ids=torch.tensor([ids])).logits[0].float()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", [{}, {"use_dora": True}, {"use_rslora": True, "lora_rank": 4}])
+def test_merged_logits_equal_base_plus_adapter(tmp_path, variant):
+    from transformers import AutoModelForCausalLM
+
+    ckpt = _train(tmp_path, "run", **variant)
+    out = _export(tmp_path, ckpt)
+    adapted, tokenizer, template = load_for_inference(adapters=ckpt, torch_dtype="float32")
+    ids = template.encode_prompt(PROMPT)
+    merged = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+    assert not any("lora" in n for n, _ in merged.named_parameters())
+    torch.testing.assert_close(_logits(merged, ids), _logits(adapted, ids), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_qlora_merges_into_its_dequantized_base(tmp_path):
+    pytest.importorskip("bitsandbytes")
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from swiftlike.export.merge import _load_dequantized_nf4
+    from swiftlike.models import load_model
+
+    ckpt = _train(tmp_path, "q", lora=False, qlora=True)
+    out = _export(tmp_path, ckpt)
+    base = json.loads((tmp_path / "q" / "checkpoint-3" / "args.json").read_text())["base_model_dir"]
+    kw = dict(device=torch.device("cpu"))
+    dequantized = load_model(base, torch.float32, **kw)
+    _load_dequantized_nf4(dequantized, base, torch.float32, kw)
+    original = load_model(base, torch.float32, **kw)
+    q_proj = "model.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(dict(dequantized.named_parameters())[q_proj], dict(original.named_parameters())[q_proj])
+    reference = PeftModel.from_pretrained(dequantized, ckpt).eval()            # NF4 base, adapter unmerged
+    _, _, template = load_for_inference(adapters=ckpt, torch_dtype="float32")
+    ids = template.encode_prompt(PROMPT)
+    merged = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+    torch.testing.assert_close(_logits(merged, ids), _logits(reference, ids), rtol=1e-5, atol=1e-5)
+    # and within bitsandbytes' own (bf16 on CPU) accuracy of the 4-bit model the adapter was trained with
+    quantized = PeftModel.from_pretrained(load_model(base, torch.float32, quantize_4bit=True), ckpt).eval()
+    assert (_logits(merged, ids) - _logits(quantized, ids)).abs().max() < 0.5
+    assert json.loads((tmp_path / "merged" / "config.json").read_text()).get("quantization_config") is None
+
+
+_RELOAD = r"""
+import json, sys
+from transformers import AutoModelForCausalLM, AutoTokenizer
+path, messages = sys.argv[1], json.loads(sys.argv[2])
+tok = AutoTokenizer.from_pretrained(path)
+model = AutoModelForCausalLM.from_pretrained(path)
+ids = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
+ids = ids["input_ids"] if isinstance(ids, dict) else ids
+import torch
+out = model.generate(input_ids=torch.tensor([ids]), max_new_tokens=24, do_sample=False)
+assert not any(m.startswith("swiftlike") for m in sys.modules), "swiftlike was imported"
+print(json.dumps({"prompt": ids, "new": out[0, len(ids):].tolist()}))
+"""
+
+
+@pytest.mark.slow
+def test_export_reloads_with_plain_transformers_and_answers_as_wb_infer(tmp_path, capsys):
+    ckpt = _train(tmp_path, "run", max_steps=30)
+    out = _export(tmp_path, ckpt)
+    assert main(["infer", "--adapters", ckpt, "--query", PROMPT[0]["content"], "--max_new_tokens", "24"]) == 0
+    ours = capsys.readouterr().out.strip().splitlines()[-1]
+    proc = subprocess.run([sys.executable, "-c", _RELOAD, out, json.dumps(PROMPT)], capture_output=True, text=True,
+                          check=True, env={"HF_HUB_OFFLINE": "1", "PATH": ""})
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    _, tokenizer, template = load_for_inference(adapters=ckpt, torch_dtype="float32")
+    assert got["prompt"] == template.encode_prompt(PROMPT)          # the exported chat template renders as ours
+    assert got["new"][-1] in template.stop_token_ids                  # generate stops at the template's turn end
+    answer = template.parse_response(tokenizer.decode(got["new"][:-1]))["content"]
+    assert answer == ours and "Wren" in answer
+
+
+@pytest.mark.parametrize("model_id", ["Qwen/Qwen3-8B", "meta-llama/Llama-3.2-1B-Instruct", "google/gemma-2-2b-it",
+                                      "microsoft/phi-4", "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B"])
+def test_shipped_chat_template_renders_generation_prompts_as_ours(model_id):
+    """What export ships as chat_template (the tokenizer's own, else the bundled official Jinja) equals our
+    rendering of generation prompts, for families with their own and with stand-in tokenizers."""
+    from swiftlike.export.write import official_chat_template
+    from swiftlike.models import load_tokenizer
+    from swiftlike.templates import get_template
+
+    tokenizer = load_tokenizer(model_id, miniature=True)
+    template = get_template(model_id, tokenizer)
+    jinja = official_chat_template(template.name, tokenizer)
+    for chat in ([{"role": "user", "content": "Hi"}],
+                 [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"},
+                  {"role": "user", "content": "and 3+3?"}]):
+        official = tokenizer.apply_chat_template(chat, chat_template=jinja, add_generation_prompt=True,
+                                                 tokenize=False)
+        assert template.render_text(chat, add_generation_prompt=True) == official
+
+
+@pytest.mark.slow
+def test_reward_model_export_keeps_its_head(tmp_path, capsys):
+    from transformers import AutoModelForSequenceClassification
+
+    run = wb.rm(model="Qwen/Qwen3-0.6B", miniature=True, dataset=["preference-demo"], lora=True, max_steps=2,
+                output_dir=str(tmp_path / "rm"))
+    out = _export(tmp_path, run.checkpoint)
+    query, response = "What is the capital of France?", "Paris."
+    assert main(["infer", "--adapters", run.checkpoint, "--query", query, "--response", response]) == 0
+    ours = float(capsys.readouterr().out.strip().splitlines()[-1])
+    _, _, template = load_for_inference(adapters=run.checkpoint, torch_dtype="float32")
+    ids = template.encode({"messages": [{"role": "user", "content": query},
+                                        {"role": "assistant", "content": response}]})["input_ids"]
+    model = AutoModelForSequenceClassification.from_pretrained(out, dtype=torch.float32).eval()
+    with torch.no_grad():
+        score = float(model(input_ids=torch.tensor([ids])).logits[0, 0])
+    assert score == pytest.approx(ours, abs=1e-4)
+
+
+@pytest.mark.slow
+def test_full_checkpoint_exports_as_is(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    run = wb.sft(model="Qwen/Qwen3-0.6B", miniature=True, dataset=[IDENTITY], full=True, max_steps=2,
+                 output_dir=str(tmp_path / "full"))
+    out = tmp_path / "exported"
+    assert main(["export", "--model", run.checkpoint, "--output_dir", str(out)]) == 0
+    a = AutoModelForCausalLM.from_pretrained(run.checkpoint, dtype=torch.float32)
+    b = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+    for (na, pa), (nb, pb) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert na == nb and torch.equal(pa, pb)
+    assert (out / "README.md").is_file() and json.loads((out / "args.json").read_text())["task"] == "sft"
+
+
+def test_bad_input_one_line_each(tmp_path, capsys):
+    (tmp_path / "no_args").mkdir()
+    assert main(["export", "--adapters", str(tmp_path / "no_args"), "--merge"]) == 2
+    assert "no args.json" in capsys.readouterr().err
+    assert main(["export"]) == 2
+    assert "give --adapters" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_refusals_and_no_half_written_export(tmp_path, capsys, monkeypatch):
+    ckpt = _train(tmp_path, "run", max_steps=1)
+    assert main(["export", "--adapters", ckpt, "--output_dir", str(tmp_path / "o")]) == 2
+    assert "add --merge" in capsys.readouterr().err
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "model.safetensors").write_text("someone's model")
+    assert main(["export", "--adapters", ckpt, "--merge", "--output_dir", str(taken)]) == 2
+    assert "--overwrite_output_dir" in capsys.readouterr().err
+    assert (taken / "model.safetensors").read_text() == "someone's model"
+
+    def disk_full(self, *a, **k):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr("transformers.PreTrainedModel.save_pretrained", disk_full)
+    assert main(["export", "--adapters", ckpt, "--merge", "--output_dir", str(tmp_path / "new")]) == 2
+    assert f"{tmp_path / 'new'}: cannot write the export: No space left on device" in capsys.readouterr().err
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith((".new", "new"))] == []

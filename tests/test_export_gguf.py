@@ -1,0 +1,88 @@
+"""`wb export --to gguf`: verified with readers that are not ours — the `gguf` package's reader, and transformers'
+GGUF loader (`from_pretrained(dir, gguf_file=...)`): logits and chat token ids equal the merged model's."""
+import pytest
+import torch
+
+import swiftlike as wb
+from swiftlike.cli.main import main
+from swiftlike.models import build_miniature, load_tokenizer
+from swiftlike.templates import get_template
+
+gguf = pytest.importorskip("gguf")
+CHAT = [{"role": "user", "content": "Who are you? 你好 🙂  two  spaces"}]
+
+
+def _miniature(model_id: str):
+    model = build_miniature(model_id)
+    if model.config.model_type == "qwen3":
+        # transformers' GGUF reader takes Qwen3's head_dim as its default 128 (every real Qwen3 has 128), so the
+        # model it rebuilds only matches one with that head size
+        from transformers import AutoModelForCausalLM
+
+        config = model.config
+        config.head_dim = 128
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    tokenizer = load_tokenizer(model_id, miniature=True)
+    return model.eval(), tokenizer, get_template(model_id, tokenizer)
+
+
+BOUNDS = {"f16": 0.05, "q8_0": 0.1}
+
+
+@pytest.mark.slow  # transformers' GGUF reader takes ~20 s for a 151k-token vocabulary
+@pytest.mark.parametrize("model_id, gguf_type", [("Qwen/Qwen3-0.6B", "f16"), ("Qwen/Qwen2.5-0.5B-Instruct", "f16"),
+                                                 ("meta-llama/Meta-Llama-3-8B-Instruct", "f16"),
+                                                 ("meta-llama/Meta-Llama-3-8B-Instruct", "q8_0")])
+def test_gguf_reloads_with_transformers(tmp_path, model_id, gguf_type):
+    """f16: logits within f16 rounding (abs 0.05 on logits of magnitude ~8); q8_0: within 10% of the largest logit.
+    Token ids of a chat (unicode, repeated spaces) are identical through the GGUF's own tokenizer."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from swiftlike.export.gguf import write_gguf
+
+    model, tokenizer, template = _miniature(model_id)
+    path = write_gguf(model, tokenizer, template, tmp_path / "m.gguf", gguf_type, "test")
+    reread = gguf.GGUFReader(str(path))
+    assert reread.fields["general.architecture"].contents() == model.config.model_type
+    assert reread.fields["tokenizer.ggml.eos_token_id"].contents() == template.stop_token_ids[0]
+    loaded = AutoModelForCausalLM.from_pretrained(str(tmp_path), gguf_file=path.name, dtype=torch.float32)
+    ids = template.encode_prompt(CHAT)
+    with torch.no_grad():
+        ours = model(input_ids=torch.tensor([ids])).logits[0]
+        theirs = loaded(input_ids=torch.tensor([ids])).logits[0]
+    limit = BOUNDS[gguf_type] * (1.0 if gguf_type == "f16" else float(ours.abs().max()))
+    assert float((ours - theirs).abs().max()) < limit
+    text = template.render_text(CHAT, add_generation_prompt=True)
+    gguf_tokenizer = AutoTokenizer.from_pretrained(str(tmp_path), gguf_file=path.name)
+    assert gguf_tokenizer(text, add_special_tokens=False)["input_ids"] == tokenizer(text, add_special_tokens=False)[
+        "input_ids"]
+
+
+@pytest.mark.slow
+def test_cli_writes_gguf_modelfile_and_card(tmp_path):
+    run = wb.sft(model="Qwen/Qwen2.5-0.5B-Instruct", miniature=True, dataset=["examples/data/identity.jsonl"],
+                 lora=True, max_steps=2, output_dir=str(tmp_path / "run"))
+    out = tmp_path / "gguf"
+    assert main(["export", "--adapters", run.checkpoint, "--merge", "--to", "gguf", "--gguf_type", "q8_0",
+                 "--output_dir", str(out)]) == 0
+    files = sorted(p.name for p in out.iterdir())
+    assert files == ["Modelfile", "README.md", "args.json", "gguf-q8_0.gguf"]
+    modelfile = (out / "Modelfile").read_text()
+    assert modelfile.startswith("FROM ./gguf-q8_0.gguf") and 'PARAMETER stop "<|im_end|>"' in modelfile
+    reread = gguf.GGUFReader(str(out / "gguf-q8_0.gguf"))
+    assert "<|im_start|>" in reread.fields["tokenizer.chat_template"].contents()
+
+
+@pytest.mark.parametrize("model_id, message", [
+    ("google/gemma-2-2b-it", "--to gguf writes llama, qwen2, qwen3 models, not gemma2"),
+    ("meta-llama/Llama-3.2-1B-Instruct", "Llama with RoPE scaling (Llama-3.1 and later) is not written yet"),
+])
+def test_unsupported_architectures_are_refused_before_merging(tmp_path, capsys, model_id, message):
+    model = build_miniature(model_id)
+    model.save_pretrained(tmp_path / "m")
+    load_tokenizer(model_id, miniature=True).save_pretrained(tmp_path / "m")
+    (tmp_path / "m" / "args.json").write_text('{"model": "%s", "task": "sft"}' % model_id)
+    assert main(["export", "--model", str(tmp_path / "m"), "--to", "gguf", "--output_dir", str(tmp_path / "o")]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
