@@ -401,10 +401,16 @@ class ExportConfig(ModelArgs):
     to: str = _f("hf", "hf: a Hugging Face model directory; gguf: a GGUF file (llama.cpp, Ollama) and an Ollama "
                        "Modelfile (Qwen3, Qwen2/2.5, Llama-3).", choices=("hf", "gguf"))
     gguf_type: str = _f("f16", "GGUF weight type: f16 or q8_0.", choices=("f16", "q8_0"))
+    push_to_hub: bool = _f(False, "Upload the export (with its model card) to --hub_model_id on --hub.")
+    hub_model_id: str | None = _f(None, "Repository to upload to, ORG/NAME (created when missing).")
+    hub_private: bool = _f(False, "Create the repository private.")
+    hub_token: str | None = _f(None, "Access token (default: the hub library's login, HF_TOKEN or MODELSCOPE_API_TOKEN).")
 
     def validate(self) -> "ExportConfig":
         if not self.model and not self.adapters:
             raise UserError("give --adapters (a LoRA checkpoint, with --merge) or --model (a full checkpoint)")
+        if self.push_to_hub and (not self.hub_model_id or self.hub_model_id.count("/") != 1):
+            raise UserError("--push_to_hub needs --hub_model_id ORG/NAME")
         return self
 
 

@@ -187,3 +187,20 @@ def test_refusals_and_no_half_written_export(tmp_path, capsys, monkeypatch):
     assert main(["export", "--adapters", ckpt, "--merge", "--output_dir", str(tmp_path / "new")]) == 2
     assert f"{tmp_path / 'new'}: cannot write the export: No space left on device" in capsys.readouterr().err
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith((".new", "new"))] == []
+
+
+@pytest.mark.slow
+def test_push_to_hub_offline_is_one_line_and_keeps_the_export(tmp_path, capsys, monkeypatch):
+    """Offline (as here) the upload fails with one line; the folder that would be uploaded is complete, with its
+    model card. A real upload was not run (no hub access from this machine)."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    ckpt = _train(tmp_path, "run", max_steps=1)
+    capsys.readouterr()
+    out = tmp_path / "up"
+    assert main(["export", "--adapters", ckpt, "--merge", "--output_dir", str(out), "--push_to_hub",
+                 "--hub_model_id", "me/wren"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"wb: error: cannot upload {out} to huggingface me/wren (offline")
+    assert {"README.md", "args.json", "config.json", "model.safetensors"} <= {p.name for p in out.iterdir()}
+    assert main(["export", "--adapters", ckpt, "--merge", "--push_to_hub"]) == 2
+    assert "--push_to_hub needs --hub_model_id ORG/NAME" in capsys.readouterr().err

@@ -52,6 +52,10 @@ def run_export(cfg: ExportConfig) -> Path:
     loads = "llama.cpp / `ollama create NAME -f Modelfile`" if cfg.to == "gguf" else \
         f"AutoModelForCausalLM / AutoTokenizer; `wb infer --model {out}`"
     print(f"[wb] export: wrote {out} (loads with {loads})")
+    if cfg.push_to_hub:
+        from ..export.upload import push
+
+        print(f"[wb] export: uploaded to {push(out, cfg.hub_model_id, cfg.hub, cfg.hub_private, cfg.hub_token)}")
     return out
 
 
