@@ -367,19 +367,111 @@ class RolloutConfig(ModelArgs):
 @dataclass
 class InferConfig(ModelArgs):
     adapters: str | None = _f(None, "A LoRA checkpoint directory from `wb sft` (its args.json names the base).")
-    query: str | None = _f(None, "One question to answer; without it an interactive chat starts.")
+    query: str | None = _f(None, "One question to answer; without it (and without --dataset) an interactive chat "
+                                 "starts.")
     response: str | None = _f(None, "Reward models (`wb rm` checkpoints): the answer to --query to score.")
     system: str | None = _f(None, "System prompt.")
+    dataset: list = _f([], "Batch inference over data: .jsonl/.json/.csv/.parquet files, folders or "
+                           "hf::org/name[:subset][:split], in any format `wb sft` reads or prompts alone; the "
+                           "prompt is the conversation before its final assistant turn (kept as the reference). "
+                           "Append #N to take N rows (seeded). Needs --output.")
+    columns: dict | None = _f(None, "Rename source columns before format detection, as JSON: "
+                                    "'{\"question\": \"query\"}'.")
+    output: str | None = _f(None, "Batch inference: the .jsonl file results are appended to, a row as soon as it "
+                                  "is finished; rows already there are skipped, so a stopped run continues.")
     max_new_tokens: int = _f(512, "Longest answer in tokens.")
     temperature: float = _f(0.0, "Sampling temperature; 0 means greedy decoding.")
-    top_p: float = _f(1.0, "Nucleus sampling threshold (with temperature > 0).")
+    top_p: float = _f(1.0, "Nucleus sampling threshold, in (0, 1] (with temperature > 0).")
+    top_k: int = _f(0, "Sample among the k most likely tokens (0: no limit; with temperature > 0).")
+    repetition_penalty: float = _f(1.0, "Penalty on tokens already in the prompt or answer (1: none).")
+    stop: list = _f([], "Stop strings: an answer ends before the first of them it generates (not included).")
+    num_return_sequences: int = _f(1, "Answers per prompt (--query and --dataset; chat gives one).")
     enable_thinking: bool | None = _f(None, "Hybrid-thinking models: false pre-fills an empty think block.")
-    seed: int = _f(42, "Seed for sampling.")
+    seed: int = _f(42, "Seed for sampling: the same seed gives the same answers, whatever else is batched "
+                       "alongside.")
+    infer_backend: str = _f("transformers", "transformers (continuous batching on any device) or vllm (GPU; "
+                                            "pip install vllm).", choices=("transformers", "vllm"))
+    max_batch_size: int = _f(32, "Answers generated together in the running batch (vLLM: max_num_seqs).")
+    vllm_gpu_memory_utilization: float = _f(0.9, "vLLM: fraction of GPU memory its engine may take.")
+    vllm_max_model_len: int | None = _f(None, "vLLM: context length (default the model's).")
+    vllm_tensor_parallel_size: int = _f(1, "vLLM: GPUs one engine spans.")
 
     def validate(self) -> "InferConfig":
         if not self.model and not self.adapters:
             raise UserError("give --model (a model or full checkpoint) or --adapters (a LoRA checkpoint)")
+        if self.dataset and not self.output:
+            raise UserError("--dataset needs --output FILE.jsonl (where the answers go)")
+        if self.output and not self.dataset:
+            raise UserError("--output is for batch inference: give --dataset too")
+        if self.dataset and self.query is not None:
+            raise UserError("give --query or --dataset, not both")
+        if self.max_batch_size < 1:
+            raise UserError(f"--max_batch_size must be at least 1, got {self.max_batch_size}")
         return self
+
+
+@dataclass
+class DeployConfig(ModelArgs):
+    """`wb deploy`: an OpenAI-compatible HTTP server for a model and its LoRA adapters."""
+
+    adapters: list = _f([], "LoRA checkpoints to serve beside the base, as name=path (a request's `model` picks one "
+                            "by name) or a bare path (named after its directory); without --model the base is the "
+                            "one their args.json names.", metavar="NAME=PATH")
+    served_model_name: str | None = _f(None, "The name the base model is served under (default: --model as given, "
+                                             "or the adapters' base model id).")
+    host: str = _f("127.0.0.1", "Address to listen on (0.0.0.0 exposes the server to the network).")
+    port: int = _f(8000, "Port to listen on (0: a free port, printed at start-up).")
+    api_key: str | None = _f(None, "Clients must send 'Authorization: Bearer KEY' on every route but /health "
+                                   "(default: $WB_API_KEY; neither set: no key needed).")
+    infer_backend: str = _f("transformers", "transformers (continuous batching on any device) or vllm (GPU; "
+                                            "pip install vllm).", choices=("transformers", "vllm"))
+    max_batch_size: int = _f(32, "Completions decoded together (continuous batching); 1 serves them one at a time "
+                                 "(vLLM: max_num_seqs).")
+    max_model_len: int | None = _f(None, "Longest prompt + completion in tokens (default: the model's "
+                                         "max_position_embeddings); longer requests are refused with 400.")
+    vllm_gpu_memory_utilization: float = _f(0.9, "vLLM: fraction of GPU memory its engine may take.")
+    vllm_tensor_parallel_size: int = _f(1, "vLLM: GPUs one engine spans.")
+    max_tokens_limit: int | None = _f(None, "Ceiling on a request's max_tokens (400 above it); requests without "
+                                            "max_tokens get up to this many (default: what the context leaves).")
+    max_request_bytes: int = _f(4 << 20, "Largest request body accepted, in bytes; larger ones get 413.")
+    drain_timeout: float = _f(30.0, "On SIGTERM or Ctrl-C: seconds in-flight requests get to finish before they "
+                                    "are cancelled.")
+    access_log: bool = _f(True, "Log one line per request.")
+
+    def validate(self) -> "DeployConfig":
+        import os
+
+        if not self.model and not self.adapters:
+            raise UserError("give --model (a model or full checkpoint) and/or --adapters NAME=PATH (LoRA checkpoints)")
+        self.adapter_paths()
+        for name, low in (("port", 0), ("max_batch_size", 1), ("max_model_len", 2), ("max_tokens_limit", 1),
+                          ("max_request_bytes", 1024), ("drain_timeout", 0)):
+            value = getattr(self, name)
+            if value is not None and value < low:
+                raise UserError(f"--{name} must be at least {low}, got {value}")
+        if self.port > 65535:
+            raise UserError(f"--port must be at most 65535, got {self.port}")
+        if self.api_key is None:
+            self.api_key = os.environ.get("WB_API_KEY") or None
+        return self
+
+    def adapter_paths(self) -> dict[str, str]:
+        """{served name: LoRA checkpoint directory}, from NAME=PATH or PATH values."""
+        out: dict[str, str] = {}
+        for value in self.adapters:
+            value = str(value)
+            name, sep, path = value.partition("=")
+            if not sep or Path(value).is_dir():
+                name, path = Path(value.rstrip("/")).name, value
+            if not name or not path:
+                raise UserError(f"--adapters {value!r}: expected NAME=PATH")
+            if not (Path(path) / "adapter_config.json").is_file():
+                raise UserError(f"--adapters {value}: no adapter_config.json in {path} (a LoRA checkpoint "
+                                "directory is expected)")
+            if name in out or name in ("base", self.served_model_name or self.model):
+                raise UserError(f"--adapters: the name {name!r} is taken; give each adapter its own name")
+            out[name] = path
+        return out
 
 
 PREVIEW_TASKS = ("auto", "sft", "pt", "dpo", "kto", "rm", "grpo")

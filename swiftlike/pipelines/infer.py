@@ -1,4 +1,5 @@
-"""`wb infer`: answer a query (or chat) with a base model, a full checkpoint, or a LoRA checkpoint."""
+"""`wb infer`: answer a query, chat, or answer a whole dataset (`--dataset --output`, resumable) with a base model,
+a full checkpoint or export, or a LoRA checkpoint, on the batched engine of swiftlike/infer/."""
 from __future__ import annotations
 
 import json
@@ -26,25 +27,28 @@ def reward_score(model, template, messages: list[dict]) -> float:
     return float(scores[0])
 
 
-@torch.inference_mode()
 def generate(model, tokenizer, template, messages: list[dict], max_new_tokens: int = 512, temperature: float = 0.0,
-             top_p: float = 1.0, enable_thinking: bool | None = None, raw: bool = False) -> dict | str:
+             top_p: float = 1.0, enable_thinking: bool | None = None, raw: bool = False, **sampling) -> dict | str:
     """The reply as an assistant message ({role, content, reasoning?, tool_calls?}: reasoning split off, empty
-    think blocks dropped, tool calls parsed), or with `raw` the generated text up to the stop token."""
-    opts = {} if enable_thinking is None else {"enable_thinking": enable_thinking}
-    ids = torch.tensor([template.encode_prompt(messages, **opts)], device=next(model.parameters()).device)
-    sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else \
-        {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
-    out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                         eos_token_id=template.stop_token_ids or tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id, **sampling)
-    new = out[0, ids.shape[1]:].tolist()
-    stops = set(template.stop_token_ids) | {tokenizer.pad_token_id, tokenizer.eos_token_id}
-    while new and new[-1] in stops:  # the stop token ends the turn; it is not part of the answer
-        new.pop()
+    think blocks dropped, tool calls parsed), or with `raw` the generated text up to the stop token. `sampling`:
+    more SamplingParams fields (top_k, repetition_penalty, stop, seed)."""
+    from ..infer import SamplingParams
+    from ..infer.engine import TransformersEngine
+
+    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, **sampling)
+    ids = template.encode_prompt(messages, **_thinking(enable_thinking))
+    was_training = model.training
+    try:
+        with TransformersEngine(model, tokenizer, template, max_batch_size=1) as engine:
+            text = engine.generate([ids], params)[0][0].text
+    finally:
+        model.train(was_training)
     # special tokens stay: tool-call markers such as [TOOL_CALLS] are special in some vocabularies
-    text = tokenizer.decode(new, skip_special_tokens=False)
     return text if raw else template.parse_response(text)
+
+
+def _thinking(enable_thinking: bool | None) -> dict:
+    return {} if enable_thinking is None else {"enable_thinking": enable_thinking}
 
 
 def show(message: dict) -> str:
@@ -57,36 +61,265 @@ def show(message: dict) -> str:
 
 
 def run_infer(cfg: InferConfig) -> str | None:
+    """`wb infer`: score (reward models), answer --query, run --dataset into --output, or chat."""
     accel.seed_everything(cfg.seed)
-    model, tokenizer, template = load_for_inference(cfg.model, cfg.adapters, cfg.miniature, cfg.torch_dtype, cfg.hub,
-                                                    cfg.template, cfg.trust_remote_code, cfg.attn_implementation)
-    system = [{"role": "system", "content": cfg.system}] if cfg.system else []
-    if getattr(model, "swiftlike_task", "sft") == "rm":
-        if cfg.query is None or cfg.response is None:
-            raise UserError("a reward model scores answers: give --query and --response")
-        score = reward_score(model, template, system + [{"role": "user", "content": cfg.query},
-                                                        {"role": "assistant", "content": cfg.response}])
-        print(f"{score:.6f}")
-        return f"{score:.6f}"
-    kw = dict(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-              enable_thinking=cfg.enable_thinking)
-    if cfg.query is not None:
-        answer = generate(model, tokenizer, template, system + [{"role": "user", "content": cfg.query}], **kw)
-        print(show(answer))
-        return answer["content"]
-    history = list(system)
-    print("[wb] chat: type a message; 'clear' resets the conversation, 'exit' quits.")
+    params = sampling_params(cfg)  # bad values fail before any model is loaded
+    if cfg.infer_backend == "vllm":
+        engine = open_vllm_engine(cfg)
+    else:
+        from ..infer.engine import TransformersEngine
+
+        model, tokenizer, template = load_for_inference(cfg.model, cfg.adapters, cfg.miniature, cfg.torch_dtype,
+                                                        cfg.hub, cfg.template, cfg.trust_remote_code,
+                                                        cfg.attn_implementation)
+        if getattr(model, "swiftlike_task", "sft") == "rm":
+            return score_answer(model, template, cfg)
+        engine = TransformersEngine(model, tokenizer, template, max_batch_size=cfg.max_batch_size)
+    with engine:
+        if cfg.dataset:
+            return infer_dataset(engine, cfg, params)
+        if cfg.query is not None:
+            return answer_query(engine, cfg, params)
+        return chat(engine, cfg, params)
+
+
+def sampling_params(cfg: InferConfig, seed: int | None = None):
+    from ..infer import SamplingParams
+
+    return SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                          top_k=cfg.top_k, repetition_penalty=cfg.repetition_penalty, stop=tuple(cfg.stop),
+                          seed=cfg.seed if seed is None else seed, n=cfg.num_return_sequences).validate()
+
+
+def score_answer(model, template, cfg: InferConfig) -> str:
+    if cfg.query is None or cfg.response is None:
+        raise UserError("a reward model scores answers: give --query and --response")
+    score = reward_score(model, template, _system(cfg.system) + [{"role": "user", "content": cfg.query},
+                                                                 {"role": "assistant", "content": cfg.response}])
+    print(f"{score:.6f}")
+    return f"{score:.6f}"
+
+
+def _system(text: str | None) -> list[dict]:
+    return [{"role": "system", "content": text}] if text else []
+
+
+def answer_query(engine, cfg: InferConfig, params) -> str:
+    """Print the answer(s) to --query; return the first one's content."""
+    messages = _system(cfg.system) + [{"role": "user", "content": cfg.query}]
+    ids = engine.template.encode_prompt(messages, **_thinking(cfg.enable_thinking))
+    answers = [engine.template.parse_response(c.text) for c in engine.generate([ids], params)[0]]
+    for i, answer in enumerate(answers):
+        print((f"[{i + 1}/{len(answers)}] " if len(answers) > 1 else "") + show(answer))
+    return answers[0]["content"]
+
+
+CHAT_HELP = ("[wb] chat: type a message; /clear resets the conversation, /system TEXT sets the system prompt, "
+             "exit quits.")
+
+
+def chat(engine, cfg: InferConfig, params) -> None:
+    """Interactive chat: the answer is printed as it is generated; Ctrl-C stops an answer."""
+    from dataclasses import replace
+
+    system, history, turn = cfg.system, [], 0
+    print(CHAT_HELP)
     while True:
         try:
             query = input("user> ")
         except EOFError:
+            print()
             return None
-        if query.strip() in ("exit", "quit"):
+        command = query.strip()
+        if command in ("exit", "quit", "/exit", "/quit"):
             return None
-        if query.strip() == "clear":
-            history = list(system)
+        if command in ("/clear", "clear"):
+            history = []
+            print("[wb] conversation cleared")
+            continue
+        if command == "/system" or command.startswith("/system "):
+            system = command[len("/system"):].strip() or None
+            print(f"[wb] system prompt {'set' if system else 'removed'}")
+            continue
+        if not command:
             continue
         history.append({"role": "user", "content": query})
-        answer = generate(model, tokenizer, template, history, **kw)
-        print(f"assistant> {show(answer)}")
+        ids = engine.template.encode_prompt(_system(system) + history, **_thinking(cfg.enable_thinking))
+        answer = _stream_answer(engine, ids, replace(params, n=1, seed=params.seed + turn))
+        turn += 1
+        if answer is None:  # stopped with Ctrl-C: the question stays unanswered
+            history.pop()
+            continue
         history.append(answer)
+
+
+def _stream_answer(engine, ids: list[int], params) -> dict | None:
+    request = engine.submit(ids, params)
+    print("assistant> ", end="", flush=True)
+    try:
+        for delta in request:
+            print(delta.text, end="", flush=True)
+    except KeyboardInterrupt:
+        request.cancel()
+        print("\n[wb] stopped")
+        return None
+    print()
+    answer = engine.template.parse_response(request.result()[0].text)
+    for call in answer.get("tool_calls", []):
+        print(f"[tool call] {json.dumps(call['function'], ensure_ascii=False)}")
+    return answer
+
+
+def infer_dataset(engine, cfg: InferConfig, params) -> str:
+    """Answer every row of --dataset into --output (.jsonl), each row written and flushed as soon as it is
+    finished; rows already in the output are skipped, so an interrupted run continues where it stopped."""
+    from ..infer.prompts import read_prompts
+
+    rows = read_prompts(cfg.dataset, cfg.columns, cfg.seed)
+    out = Path(cfg.output)
+    done = answered_rows(out)
+    todo = [row for row in rows if row.key not in done]
+    if done:
+        print(f"[wb] {out}: {len(rows) - len(todo)} of {len(rows)} rows already answered, skipped", file=sys.stderr)
+    if not todo:
+        return str(out)
+    prompts = [_encode_row(engine.template, row, cfg.enable_thinking) for row in todo]  # errors before any work
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _answer_rows(engine, params, todo, prompts, out)
+    return str(out)
+
+
+def answered_rows(path: Path) -> set[str]:
+    """The rows a previous run wrote; a last line cut short by a crash is removed."""
+    if not path.is_file():
+        return set()
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        data = data[:data.rfind(b"\n") + 1]
+        path.write_bytes(data)
+    keys = set()
+    for line in data.decode("utf-8").splitlines():
+        try:
+            keys.add(json.loads(line)["row"])
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise UserError(f"{path}: not an output of `wb infer --dataset` (a line without \"row\"); choose "
+                            "another --output") from None
+    return keys
+
+
+def _encode_row(template, row, enable_thinking: bool | None) -> list[int]:
+    from ..templates.errors import TemplateError
+
+    try:
+        return template.encode_prompt(row.messages, row.tools, **_thinking(enable_thinking))
+    except TemplateError as e:
+        raise UserError(f"{row.key}: {e}") from None
+
+
+def _row_seed(seed: int, key: str) -> int:
+    """A seed per row, the same in a resumed run as in an uninterrupted one."""
+    import zlib
+
+    return zlib.crc32(f"{seed}:{key}".encode())
+
+
+def _answer_rows(engine, params, rows: list, prompts: list[list[int]], out: Path) -> None:
+    import queue
+    import time
+    from dataclasses import replace
+
+    from tqdm import tqdm
+
+    finished: queue.Queue = queue.Queue()
+    ahead = 4 * getattr(engine, "max_batch_size", 32)  # rows submitted before their turn: bounded memory
+    pending, order = {}, iter(range(len(rows)))
+    written = tokens = 0
+    start = time.perf_counter()
+
+    def submit_more():
+        while len(pending) < ahead and (i := next(order, None)) is not None:
+            request = engine.submit(prompts[i], replace(params, seed=_row_seed(params.seed, rows[i].key)))
+            pending[request] = rows[i]
+            request.add_done_callback(finished.put)
+
+    bar = tqdm(total=len(rows), unit="row", desc="wb infer", file=sys.stderr, dynamic_ncols=True)
+    try:
+        with out.open("a", encoding="utf-8") as f:
+            submit_more()
+            while pending:
+                request = finished.get()
+                row = pending.pop(request)
+                completions = request.result()
+                f.write(json.dumps(result_line(engine.template, row, completions, len(request.prompt_ids)),
+                                   ensure_ascii=False) + "\n")
+                f.flush()
+                written += 1
+                tokens += sum(len(c.token_ids) for c in completions)
+                bar.update(1)
+                bar.set_postfix_str(f"{tokens / (time.perf_counter() - start):.1f} tok/s", refresh=False)
+                submit_more()
+    except KeyboardInterrupt:
+        for request in pending:
+            request.cancel()
+        bar.close()
+        print(f"[wb] interrupted: {written} rows written to {out}; run the same command again to continue",
+              file=sys.stderr)
+        raise
+    bar.close()
+    seconds = time.perf_counter() - start
+    print(f"[wb] {written} rows answered into {out} in {seconds:.1f} s: {written / seconds:.2f} rows/s, "
+          f"{tokens / seconds:.1f} tokens/s", file=sys.stderr)
+
+
+def result_line(template, row, completions: list, prompt_tokens: int) -> dict:
+    """One output line: the row's key and prompt, the answer(s), the reference and the row's other columns."""
+    line = {"row": row.key, "messages": row.messages}
+    if row.tools:
+        line["tools"] = row.tools
+    answers = [_answer_fields(template, c) for c in completions]
+    if len(answers) == 1:
+        line.update(answers[0])
+    else:
+        line["responses"] = answers
+    if row.reference is not None:
+        line["reference"] = row.reference.get("content", "")
+        if row.reference.get("tool_calls"):
+            line["reference_tool_calls"] = row.reference["tool_calls"]
+    line["usage"] = {"prompt_tokens": prompt_tokens,
+                     "completion_tokens": sum(len(c.token_ids) for c in completions)}
+    for key, value in row.extra.items():
+        line.setdefault(key, value)
+    return line
+
+
+def _answer_fields(template, completion) -> dict:
+    message = template.parse_response(completion.text)
+    fields = {"response": message["content"]}
+    for key in ("reasoning", "tool_calls"):
+        if message.get(key):
+            fields[key] = message[key]
+    fields["finish_reason"] = completion.finish_reason
+    return fields
+
+
+def open_vllm_engine(cfg: InferConfig):
+    """The vLLM engine for --infer_backend vllm: base weights from disk, a LoRA checkpoint as a LoRARequest."""
+    from ..infer.vllm import VLLMEngine, require_vllm
+    from ..models.resolve import base_weights, load_reference_tokenizer, resolve, template_name
+    from ..templates import get_template
+
+    require_vllm()  # a one-line error before anything is resolved or downloaded
+    ref = resolve(cfg.model, cfg.adapters, cfg.miniature, cfg.hub, cfg.template)
+    if ref.miniature:
+        raise UserError("--infer_backend vllm loads model files; a --miniature exists only in memory (use the "
+                        "transformers backend, or a checkpoint trained on the miniature)")
+    if ref.task == "rm":
+        raise UserError("reward models score with the transformers backend: drop --infer_backend vllm")
+    tokenizer = load_reference_tokenizer(ref, cfg.trust_remote_code)
+    template = get_template(template_name(ref, tokenizer), tokenizer)
+    adapters = {Path(ref.adapters).name: ref.adapters} if ref.adapters else {}
+    return VLLMEngine(base_weights(ref, cfg.trust_remote_code), tokenizer, template, adapters=adapters,
+                      max_batch_size=cfg.max_batch_size, dtype=cfg.torch_dtype,
+                      gpu_memory_utilization=cfg.vllm_gpu_memory_utilization, max_model_len=cfg.vllm_max_model_len,
+                      tensor_parallel_size=cfg.vllm_tensor_parallel_size, seed=cfg.seed,
+                      trust_remote_code=cfg.trust_remote_code)

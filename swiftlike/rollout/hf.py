@@ -1,48 +1,18 @@
 """Rollouts with the policy itself: prompts left-padded into one batch, a KV-cached decode loop, sampling.
 
-The loop is ours rather than transformers' `generate` for one measured reason: `generate` samples with
-`torch.multinomial`, which on CPU draws one exponential variate per vocabulary entry per step (151,936 x
-batch for Qwen) and took over half of a GRPO rollout's time in benchmarks/grpo_step.py. Inverse-CDF
-sampling (cumulative sum, one uniform draw per row, binary search) draws from the same distribution with
-one random number per row (CUDA keeps `torch.multinomial`, which is fast there). The prefill computes
-logits for the last position only.
+The sampling (inverse-CDF on CPU: why, in infer/sampling.py), the model call and the left padding are the
+inference engine's own (swiftlike/infer/); what is GRPO's here is the loop over one fixed batch with one
+generator, completions cut after (and keeping) their stop token.
 """
 from __future__ import annotations
 
-import inspect
-
 import torch
 
+from ..infer.decode import ModelCall, left_pad
+from ..infer.sampling import penalize_repeats, sample_next
 from . import Sampling, cut_at_stop
 
-
-def sample_next(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator | None = None) -> torch.Tensor:
-    """One token per row from softmax(logits / temperature), restricted by top-k and top-p; temperature 0 is
-    greedy."""
-    if sampling.temperature <= 0:
-        return logits.argmax(dim=-1)
-    logits = logits.float() / sampling.temperature
-    if 0 < sampling.top_k < logits.shape[-1]:
-        kth = torch.topk(logits, sampling.top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    probs = torch.softmax(logits, dim=-1)
-    if sampling.top_p < 1.0:
-        sorted_probs, order = torch.sort(probs, dim=-1, descending=True)
-        before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs    # mass of the more likely tokens
-        sorted_probs = sorted_probs.masked_fill(before >= sampling.top_p, 0.0)
-        probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
-    if probs.is_cuda:  # a fast kernel there
-        return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
-    cdf = torch.cumsum(probs, dim=-1)
-    u = torch.rand((logits.shape[0], 1), generator=generator, device=logits.device, dtype=cdf.dtype) * cdf[:, -1:]
-    return torch.searchsorted(cdf, u).squeeze(-1).clamp(max=logits.shape[-1] - 1)
-
-
-def penalize_repeats(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
-    """CTRL's repetition penalty on every token already in the row (prompt included)."""
-    picked = logits.gather(-1, seen)
-    picked = torch.where(picked > 0, picked / penalty, picked * penalty)
-    return logits.scatter(-1, seen, picked)
+__all__ = ["HFRollout", "penalize_repeats", "sample_next"]
 
 
 class HFRollout:
@@ -50,10 +20,7 @@ class HFRollout:
 
     def __init__(self, model, pad_token_id: int, max_batch: int = 0):
         self.model, self.pad_id, self.max_batch = model, pad_token_id, max_batch
-        core = model.get_base_model() if hasattr(model, "get_base_model") else model
-        params = inspect.signature(core.forward).parameters
-        self._keep_kw = "logits_to_keep" in params
-        self._cache_kw = "cache" if "cache" in params else "past_key_values"  # renamed in transformers 5.2x
+        self._call = ModelCall(model)
 
     def sync_weights(self, model) -> None:
         """The policy generates itself: nothing to copy."""
@@ -76,26 +43,13 @@ class HFRollout:
         finally:
             self.model.train(was_training)
 
-    def _forward(self, ids, mask, positions, cache):
-        kw = {"logits_to_keep": 1} if self._keep_kw else {}
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
-                         **{self._cache_kw: cache}, **kw)
-        return out.logits[:, -1, :], out[self._cache_kw]
-
     def _batch(self, rows: list[list[int]], sampling: Sampling, device, generator) -> list[list[int]]:
         from transformers import DynamicCache
 
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, r in enumerate(rows):
-            ids[i, width - len(r):] = torch.tensor(r)
-            mask[i, width - len(r):] = 1
-        ids, mask = ids.to(device), mask.to(device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        ids, mask, positions = left_pad(rows, self.pad_id, device)
         stops = torch.tensor(sorted(sampling.stop_token_ids), dtype=torch.long, device=device)
         cache = DynamicCache(config=getattr(self.model, "config", None))
-        logits, cache = self._forward(ids, mask, positions, cache)
+        logits, cache = self._call(ids, mask, positions, cache)
         seen = ids
         done = torch.zeros(len(rows), dtype=torch.bool, device=device)
         generated = []
@@ -112,7 +66,7 @@ class HFRollout:
             positions = positions[:, -1:] + 1
             if sampling.repetition_penalty != 1.0:
                 seen = torch.cat([seen, token[:, None]], dim=1)
-            logits, cache = self._forward(token[:, None], mask, positions, cache)
+            logits, cache = self._call(token[:, None], mask, positions, cache)
         out = torch.stack(generated, dim=1).tolist() if generated else [[] for _ in rows]
         stop_set = set(sampling.stop_token_ids)
         return [cut_at_stop(row, stop_set, sampling.max_tokens) for row in out]

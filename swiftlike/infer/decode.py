@@ -1,0 +1,37 @@
+"""The model calls of a KV-cached decode loop, shared by the engine and GRPO's rollout loop (rollout/hf.py)."""
+from __future__ import annotations
+
+import inspect
+
+import torch
+
+
+class ModelCall:
+    """model(ids, mask, positions, cache) -> (logits of the last position, cache), with the keyword names this
+    transformers version uses; the output layer runs for the last position only where the model allows it."""
+
+    def __init__(self, model):
+        self.model = model
+        core = model.get_base_model() if hasattr(model, "get_base_model") else model
+        params = inspect.signature(core.forward).parameters
+        self.keep_kw = "logits_to_keep" in params
+        self.cache_kw = "cache" if "cache" in params else "past_key_values"  # renamed in transformers 5.2x
+
+    def __call__(self, ids, mask, positions, cache, **extra):
+        kw = {"logits_to_keep": 1} if self.keep_kw else {}
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                         **{self.cache_kw: cache}, **kw, **extra)
+        return out.logits[:, -1, :], out[self.cache_kw]
+
+
+def left_pad(rows: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(ids, attention mask, position ids) of rows padded on the left to the longest."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
+        mask[i, width - len(r):] = 1
+    ids, mask = ids.to(device), mask.to(device)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    return ids, mask, positions
