@@ -12,8 +12,8 @@ import socket
 import subprocess
 import sys
 
-from ..config import (DPOConfig, ExportConfig, GRPOConfig, InferConfig, KTOConfig, PreviewConfig, PTConfig,
-                      RMConfig, RolloutConfig, SFTConfig, options,
+from ..config import (DeployConfig, DPOConfig, ExportConfig, GRPOConfig, InferConfig, KTOConfig, PreviewConfig,
+                      PTConfig, RMConfig, RolloutConfig, SFTConfig, options,
                       build_config, closest_name, field_types, load_recipe)
 from ..errors import UserError
 
@@ -28,6 +28,7 @@ COMMANDS = {
     "rollout": (RolloutConfig, "Serve generations to `wb grpo --use_vllm --vllm_mode server` (vLLM or transformers)."),
     "infer": (InferConfig, "Answer a query, or chat, with a model or a checkpoint from `wb sft`."),
     "export": (ExportConfig, "Write a checkpoint as a standard Hugging Face model (LoRA adapters merged)."),
+    "deploy": (DeployConfig, "Serve a model and its LoRA adapters over an OpenAI-compatible HTTP API."),
 }
 
 
@@ -179,6 +180,10 @@ def _run(argv: list[str]) -> int:
         from ..pipelines.rollout import run_rollout
 
         run_rollout(cfg)
+    elif args.command == "deploy":
+        from ..pipelines.deploy import run_deploy
+
+        run_deploy(cfg)
     elif args.command == "export":
         from ..pipelines.export import run_export
 

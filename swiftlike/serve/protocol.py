@@ -1,0 +1,221 @@
+"""OpenAI request bodies -> what the engine needs, and engine output -> OpenAI response objects.
+
+Parsing is by hand rather than by schema so that every refusal names the offending field (`param`) in the
+error body, and unknown fields are ignored as the OpenAI API ignores them (clients send `user`, `store`, ...).
+"""
+from __future__ import annotations
+
+import json
+import math
+import secrets
+from dataclasses import dataclass, field
+
+from .errors import ApiError
+
+MAX_N = 64              # choices per request: a bound on what one request may ask of the batch
+MAX_TOP_LOGPROBS = 20   # as OpenAI
+UNSUPPORTED = {         # fields whose non-default values we cannot honour: refused rather than ignored
+    "frequency_penalty": 0, "presence_penalty": 0, "logit_bias": None, "suffix": None, "echo": False,
+}
+
+
+@dataclass
+class GenerationRequest:
+    """What /v1/chat/completions and /v1/completions have in common."""
+
+    model: str
+    sampling: dict                   # SamplingParams keywords except max_new_tokens
+    max_tokens: int | None           # None: as many as the context (and --max_tokens_limit) allow
+    stream: bool = False
+    include_usage: bool = False
+
+
+@dataclass
+class ChatRequest(GenerationRequest):
+    messages: list = field(default_factory=list)
+    tools: list | None = None        # rendered into the prompt and parsed out of the answer
+    template_kwargs: dict = field(default_factory=dict)
+
+
+@dataclass
+class CompletionRequest(GenerationRequest):
+    prompts: list = field(default_factory=list)   # each a string or a list of token ids
+
+
+def parse_json(raw: bytes) -> dict:
+    try:
+        body = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ApiError(400, f"the request body is not valid JSON ({e})", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, f"the request body must be a JSON object, got {type(body).__name__}",
+                       code="invalid_json")
+    return body
+
+
+def _get(body: dict, key: str, kinds: tuple, what: str, default=None):
+    value = body.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
+        raise ApiError(400, f"'{key}' must be {what}, got {json.dumps(value)[:80]}", param=key)
+    return value
+
+
+def _number(body, key, default, lo=None, hi=None, lo_open=False, integer=False):
+    value = _get(body, key, (int,) if integer else (int, float), "an integer" if integer else "a number", default)
+    if value is None:
+        return None
+    if not math.isfinite(value):
+        raise ApiError(400, f"'{key}' must be a finite number, got {value}", param=key)
+    low_bad = lo is not None and (value <= lo if lo_open else value < lo)
+    if low_bad or hi is not None and value > hi:
+        bounds = f"{'(' if lo_open else '['}{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}]"
+        raise ApiError(400, f"'{key}' must be in {bounds}, got {value}", param=key)
+    return value
+
+
+def _common(body: dict, chat: bool) -> tuple[str, dict, int | None, bool, bool]:
+    model = _get(body, "model", (str,), "a string")
+    if not model:
+        raise ApiError(400, "you must provide a model parameter", param="model")
+    for key, default in UNSUPPORTED.items():
+        if body.get(key) not in (None, default):
+            raise ApiError(400, f"'{key}' is not supported by this server", param=key, code="unsupported")
+    max_tokens = _number(body, "max_tokens", None, lo=1, integer=True)
+    if chat:
+        max_tokens = _number(body, "max_completion_tokens", max_tokens, lo=1, integer=True)
+    stop = body.get("stop")
+    stop = [stop] if isinstance(stop, str) else stop
+    if stop is not None and (not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop)):
+        raise ApiError(400, "'stop' must be a non-empty string or a list of them", param="stop")
+    top_k = _number(body, "top_k", 0, lo=-1, integer=True)     # vLLM's extension; -1 and 0 mean no limit
+    sampling = {
+        "temperature": float(_number(body, "temperature", 1.0, lo=0)),
+        "top_p": float(_number(body, "top_p", 1.0, lo=0, hi=1, lo_open=True)),
+        "top_k": max(top_k, 0),
+        "repetition_penalty": float(_number(body, "repetition_penalty", 1.0, lo=0, lo_open=True)),
+        "stop": tuple(stop or ()),
+        "seed": _number(body, "seed", None, lo=0, hi=2 ** 63 - 1 - MAX_N, integer=True),  # per-choice seeds follow
+        "n": _number(body, "n", 1, lo=1, hi=MAX_N, integer=True),
+    }
+    if chat:
+        wanted = _get(body, "logprobs", (bool,), "true or false", False)
+        top = _number(body, "top_logprobs", 0, lo=0, hi=MAX_TOP_LOGPROBS, integer=True)
+        if top and not wanted:
+            raise ApiError(400, "'top_logprobs' needs 'logprobs': true", param="top_logprobs")
+    else:  # the completions API: logprobs is the number of alternatives per token
+        top = _number(body, "logprobs", None, lo=0, hi=5, integer=True)
+        wanted, top = top is not None, top or 0
+    sampling.update(logprobs=wanted, top_logprobs=top)
+    stream = _get(body, "stream", (bool,), "true or false", False)
+    options = _get(body, "stream_options", (dict,), "an object", {})
+    include_usage = bool(stream and _get(options, "include_usage", (bool,), "true or false", False))
+    return model, sampling, max_tokens, stream, include_usage
+
+
+def parse_chat_request(body: dict) -> ChatRequest:
+    model, sampling, max_tokens, stream, include_usage = _common(body, chat=True)
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise ApiError(400, "'messages' must be a non-empty list of messages", param="messages")
+    # OpenAI's newer name for the system role; templates know the system role
+    messages = [{**m, "role": "system"} if isinstance(m, dict) and m.get("role") == "developer" else m
+                for m in messages]
+    tools = _get(body, "tools", (list,), "a list", None)
+    for i, tool in enumerate(tools or []):
+        fn = tool.get("function") if isinstance(tool, dict) else None
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or tool.get("type") != "function":
+            raise ApiError(400, f"tools[{i}] must be {{\"type\": \"function\", \"function\": {{\"name\": ...}}}}",
+                           param="tools")
+    choice = body.get("tool_choice") or "auto"
+    if choice == "none":
+        tools = None                 # not offered to the model, so nothing is parsed as a call either
+    elif choice != "auto":
+        raise ApiError(400, "'tool_choice' may be \"auto\" or \"none\" (forced tool calls need constrained "
+                            "decoding, which this server does not do)", param="tool_choice", code="unsupported")
+    fmt = _get(body, "response_format", (dict,), "an object", {"type": "text"})
+    if fmt.get("type", "text") != "text":
+        raise ApiError(400, f"response_format {fmt.get('type')!r} is not supported (only \"text\")",
+                       param="response_format", code="unsupported")
+    kwargs = _get(body, "chat_template_kwargs", (dict,), "an object", {})
+    return ChatRequest(model=model, sampling=sampling, max_tokens=max_tokens, stream=stream,
+                       include_usage=include_usage, messages=messages, tools=tools or None, template_kwargs=kwargs)
+
+
+def parse_completion_request(body: dict) -> CompletionRequest:
+    model, sampling, max_tokens, stream, include_usage = _common(body, chat=False)
+    prompt = body.get("prompt")
+    if isinstance(prompt, str) or _token_ids(prompt):
+        prompts = [prompt]
+    elif isinstance(prompt, list) and prompt and all(isinstance(p, str) or _token_ids(p) for p in prompt):
+        prompts = prompt
+    else:
+        raise ApiError(400, "'prompt' must be a string, a list of strings, a list of token ids, or a list of "
+                            "those", param="prompt")
+    return CompletionRequest(model=model, sampling=sampling, max_tokens=max_tokens, stream=stream,
+                             include_usage=include_usage, prompts=prompts)
+
+
+def _token_ids(value) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(t, int) and not isinstance(t, bool) and t >= 0
+                                                          for t in value)
+
+
+# -- responses -------------------------------------------------------------------------------------
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{secrets.token_hex(12)}"
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
+def openai_tool_calls(calls: list[dict]) -> list[dict]:
+    """Parsed calls (arguments as objects) -> OpenAI's (arguments as a JSON string, an id each)."""
+    out = []
+    for call in calls:
+        fn = call["function"]
+        args = fn.get("arguments")
+        out.append({"id": call.get("id") or new_id("call"), "type": "function",
+                    "function": {"name": fn["name"],
+                                 "arguments": args if isinstance(args, str) else json.dumps(args, ensure_ascii=False)}})
+    return out
+
+
+def chat_message(parsed: dict) -> dict:
+    """A parsed assistant message -> the `message` of a chat completion choice."""
+    calls = parsed.get("tool_calls")
+    out = {"role": "assistant", "content": parsed["content"] if parsed["content"] or not calls else None}
+    if parsed.get("reasoning"):
+        out["reasoning_content"] = parsed["reasoning"]
+    if calls:
+        out["tool_calls"] = openai_tool_calls(calls)
+    return out
+
+
+def _bytes(token: str) -> list[int]:
+    return list(token.encode("utf-8", errors="replace"))
+
+
+def chat_logprobs(entries: list[dict] | None) -> dict | None:
+    """Engine per-token log-probs -> a chat choice's `logprobs`."""
+    if entries is None:
+        return None
+    return {"content": [{"token": e["token"], "logprob": e["logprob"], "bytes": _bytes(e["token"]),
+                         "top_logprobs": [{"token": t["token"], "logprob": t["logprob"], "bytes": _bytes(t["token"])}
+                                          for t in e.get("top") or []]} for e in entries]}
+
+
+def completion_logprobs(entries: list[dict] | None, offset: int = 0) -> dict | None:
+    """Engine per-token log-probs -> a (legacy) completion choice's `logprobs`; offsets count from `offset`."""
+    if entries is None:
+        return None
+    offsets, pos = [], offset
+    for e in entries:
+        offsets.append(pos)
+        pos += len(e["token"])
+    return {"tokens": [e["token"] for e in entries], "token_logprobs": [e["logprob"] for e in entries],
+            "top_logprobs": [{t["token"]: t["logprob"] for t in e.get("top") or []} for e in entries],
+            "text_offset": offsets}
