@@ -297,6 +297,7 @@ def _error(response: Reply, status: int) -> dict:
      "presence_penalty"),
     ({"model": "mini", "messages": [{"role": "user", "content": "x " * 300}]}, "messages"),   # > the context
     ({"model": "mini", "messages": [{"role": "user", "content": "x " * 200}], "max_tokens": 60}, "max_tokens"),
+    ({"model": "mini", "messages": [{"role": "user", "content": "x"}], "temperature": 10 ** 400}, "temperature"),
 ])
 def test_bad_requests_are_4xx_with_an_openai_error_body(fake, body, param):
     _, server, _ = fake
@@ -306,8 +307,11 @@ def test_bad_requests_are_4xx_with_an_openai_error_body(fake, body, param):
 def test_malformed_oversize_and_unknown_routes(fake):
     _, server, client = fake
     url, chat = server.url, "/v1/chat/completions"
-    for bad in (b'{"model": "mini", "messages": [', b"[1, 2]", b"\xff\xfe"):
+    for bad in (b'{"model": "mini", "messages": [', b"[1, 2]", b"\xff\xfe", b'{"n": ' + b"9" * 5000 + b"}",
+                b"[" * 3000 + b"]" * 3000):  # the last two: Python's own limits, not a 500
         assert _error(_http(url, "POST", chat, bad), 400)["code"] == "invalid_json"
+    many = {"model": "mini", "prompt": ["x"] * 100, "n": 3}
+    assert "at most 256 completions" in _error(_http(url, "POST", "/v1/completions", many), 400)["message"]
     big = {"model": "mini", "messages": [{"role": "user", "content": "x" * 10_000}]}
     assert _error(_http(url, "POST", chat, big), 413)["code"] == "request_too_large"
     with pytest.raises(openai.APIStatusError) as e:                    # the client sees it as such, no retry
@@ -666,3 +670,23 @@ def test_a_dropped_stream_frees_its_slot_in_the_real_engine(checkpoints):
             assert engine.stats() == {"running": 0, "waiting": 0}
     finally:
         engine.close()
+
+
+@pytest.mark.parametrize("args, config, message", [
+    ({"task": "rm"}, {}, "is a reward model (`wb rm`)"),
+    ({"template": "chatml"}, {}, "was trained with template chatml, the server renders every request with qwen3"),
+    ({}, {"use_dora": True}, "is a DoRA adapter, which PEFT cannot mix"),
+])
+def test_adapters_that_cannot_be_served_beside_the_base_are_refused(tmp_path, args, config, message):
+    from swiftlike.errors import UserError
+    from swiftlike.pipelines.deploy import BaseModel, check_adapters
+
+    adapter = tmp_path / "a"
+    adapter.mkdir()
+    (adapter / "args.json").write_text(json.dumps({"model": "Qwen/Qwen3-0.6B", "task": "sft", "template": "qwen3",
+                                                   "miniature": True, **args}))
+    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "x", **config}))
+    base = BaseModel("Qwen/Qwen3-0.6B", frozenset({"Qwen/Qwen3-0.6B"}), True,
+                     {"model": "Qwen/Qwen3-0.6B", "miniature": True, "template": None, "hub": "huggingface"})
+    with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        check_adapters(base, {"a": str(adapter)})

@@ -180,6 +180,9 @@ def test_refusals_and_no_half_written_export(tmp_path, capsys, monkeypatch):
     assert main(["export", "--adapters", ckpt, "--merge", "--output_dir", str(taken)]) == 2
     assert "--overwrite_output_dir" in capsys.readouterr().err
     assert (taken / "model.safetensors").read_text() == "someone's model"
+    run_dir = str(tmp_path / "run")  # holds the checkpoint itself: never replaced, even when asked to
+    assert main(["export", "--adapters", ckpt, "--merge", "--output_dir", run_dir, "--overwrite_output_dir"]) == 2
+    assert "which is exported from" in capsys.readouterr().err and (tmp_path / "run" / "checkpoint-1").is_dir()
 
     def disk_full(self, *a, **k):
         raise OSError(28, "No space left on device")
@@ -204,3 +207,21 @@ def test_push_to_hub_offline_is_one_line_and_keeps_the_export(tmp_path, capsys, 
     assert {"README.md", "args.json", "config.json", "model.safetensors"} <= {p.name for p in out.iterdir()}
     assert main(["export", "--adapters", ckpt, "--merge", "--push_to_hub"]) == 2
     assert "--push_to_hub needs --hub_model_id ORG/NAME" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_run_trained_with_another_template_ships_that_template(tmp_path, capsys):
+    from transformers import AutoTokenizer
+
+    from swiftlike.models.loader import ASSETS
+
+    run = wb.sft(model="Qwen/Qwen2.5-0.5B-Instruct", miniature=True, dataset=[IDENTITY], lora=True, max_steps=1,
+                 template="qwq", output_dir=str(tmp_path / "qwq"))
+    out = _export(tmp_path, run.checkpoint)
+    shipped = AutoTokenizer.from_pretrained(out).chat_template
+    assert shipped == (ASSETS / "chat_templates" / "qwq.jinja").read_text(encoding="utf-8")
+    other = wb.sft(model="Qwen/Qwen2.5-0.5B-Instruct", miniature=True, dataset=[IDENTITY], lora=True, max_steps=1,
+                   template="qwen3_instruct_2507", output_dir=str(tmp_path / "q3"))
+    capsys.readouterr()
+    assert main(["export", "--adapters", other.checkpoint, "--merge", "--output_dir", str(tmp_path / "o")]) == 2
+    assert "no chat template ships with swiftlike" in capsys.readouterr().err

@@ -22,8 +22,16 @@ from ..errors import UserError
 from ..models.loader import ASSETS
 
 
-def prepare_output(output_dir: str, overwrite: bool) -> Path:
+def prepare_output(output_dir: str, overwrite: bool, sources: tuple = ()) -> Path:
+    """The export's directory: refused when it is not empty (unless `overwrite`), is a file, or is or contains
+    what the export is read from (replacing it would delete the checkpoint)."""
     out = Path(output_dir)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--output_dir {out} is a file, not a directory")
+    for source in sources:
+        if source and Path(source).exists() and (out.resolve() == Path(source).resolve()
+                                                 or out.resolve() in Path(source).resolve().parents):
+            raise UserError(f"--output_dir {out} holds {source}, which is exported from: choose another directory")
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise UserError(f"{out} already exists and is not empty; add --overwrite_output_dir to replace it, or "
@@ -31,14 +39,20 @@ def prepare_output(output_dir: str, overwrite: bool) -> Path:
     return out
 
 
-def official_chat_template(template_name: str, tokenizer) -> str | None:
-    """The chat template to ship: the tokenizer's own (a real model's is the official one), else the official Jinja
-    bundled for the template."""
+def official_chat_template(template_name: str, tokenizer, native: bool = True) -> str | None:
+    """The chat template to ship: the tokenizer's own when the run used the model's own template (a real model's is
+    the official one), else the official Jinja bundled for the template the run trained with."""
     own = getattr(tokenizer, "chat_template", None)
-    if own:
+    if own and native:
         return own
     bundled = ASSETS / "chat_templates" / f"{template_name}.jinja"
-    return bundled.read_text(encoding="utf-8") if bundled.is_file() else None
+    if bundled.is_file():
+        return bundled.read_text(encoding="utf-8")
+    if not native:
+        raise UserError(f"the run trained with template {template_name}, for which no chat template ships with "
+                        "swiftlike; the export would render prompts unlike training (export with the model's own "
+                        "--template, or set the tokenizer's chat_template yourself)")
+    return own
 
 
 @contextmanager
@@ -60,9 +74,9 @@ def atomic_directory(out: Path):
         raise
 
 
-def with_chat_template(tokenizer, template):
+def with_chat_template(tokenizer, template, native: bool = True):
     """The tokenizer, carrying the chat template that renders as our template does (see official_chat_template)."""
-    chat_template = official_chat_template(template.name, tokenizer)
+    chat_template = official_chat_template(template.name, tokenizer, native)
     if chat_template:
         tokenizer.chat_template = chat_template
     return tokenizer
@@ -72,7 +86,7 @@ def write_hf(model, tokenizer, template, directory: Path, max_shard_size: str) -
     model.config.use_cache = True
     _set_generation_stops(model, template, tokenizer)
     model.save_pretrained(directory, safe_serialization=True, max_shard_size=max_shard_size)
-    with_chat_template(tokenizer, template).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)  # carrying its chat template (with_chat_template)
 
 
 def write_metadata(directory: Path, args: dict, card: str) -> None:

@@ -223,8 +223,14 @@ class TransformersEngine(Engine):
             if not backlog or free <= 0 or (self._rows and backlog > free and free < self.refill):
                 return
             rows = [self._waiting.popleft() for _ in range(min(free, backlog))]
-        for group in _prefill_groups(rows):
-            self._prefill(group)
+        groups = _prefill_groups(rows)
+        for k, group in enumerate(groups):
+            try:
+                self._prefill(group)
+            except BaseException:
+                for later in groups[k + 1:]:  # admitted but not prefilled: failed with the running rows, never lost
+                    self._rows += later
+                raise
 
     def _prefill(self, rows: list[_Row]) -> None:
         self._rows += rows  # before the prefill: a failure fails them too

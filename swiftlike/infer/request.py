@@ -41,8 +41,13 @@ class Request:
                 self._left -= 1
             self._wake()
             callbacks = list(self._callbacks) if self.done else []
-        for callback in callbacks:
-            callback(self)
+        for callback in callbacks:  # in the engine thread: one that raises must not stop the others or the engine
+            try:
+                callback(self)
+            except Exception as e:  # noqa: BLE001
+                import sys
+
+                print(f"[wb] a request's done-callback raised {type(e).__name__}: {e}", file=sys.stderr)
 
     def fail(self, error: BaseException) -> None:
         """The engine could not serve this request: readers raise `error`."""

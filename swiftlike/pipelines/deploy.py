@@ -58,6 +58,9 @@ def served_base(cfg: DeployConfig, adapters: dict[str, str]) -> BaseModel:
 
 
 def check_adapters(base: BaseModel, adapters: dict[str, str]) -> None:
+    """Every adapter was trained on the served base, writes answers (not a `wb rm` head), renders with the template
+    every request is rendered with, and can share a batch (PEFT mixes no DoRA adapters in one batch)."""
+    served = _served_template(base)
     for name, path in adapters.items():
         trained = adapter_base(path)
         if not trained.identities & base.identities or trained.miniature != base.miniature:
@@ -65,6 +68,25 @@ def check_adapters(base: BaseModel, adapters: dict[str, str]) -> None:
             raise UserError(f"adapter {name!r} ({path}) was trained on {trained.name}"
                             f"{mini if trained.miniature else ''}, not on the served base {base.name}"
                             f"{mini if base.miniature else ''}; serve each base with its own `wb deploy`")
+        args = read_args(path) if (Path(path) / "args.json").is_file() else {}
+        if args.get("task") == "rm":
+            raise UserError(f"adapter {name!r} ({path}) is a reward model (`wb rm`): it scores answers, it does not "
+                            "write them")
+        if served and args.get("template") and args["template"] != served:
+            raise UserError(f"adapter {name!r} ({path}) was trained with template {args['template']}, the server "
+                            f"renders every request with {served}; serve it with its own `wb deploy` (or --template)")
+        config = json.loads((Path(path) / "adapter_config.json").read_text(encoding="utf-8"))
+        if config.get("use_dora"):
+            raise UserError(f"adapter {name!r} ({path}) is a DoRA adapter, which PEFT cannot mix with other models "
+                            "in one batch: merge it with `wb export --adapters PATH --merge` and serve the export")
+
+
+def _served_template(base: BaseModel) -> str | None:
+    load = base.load
+    if not load:
+        return None
+    return resolve(load["model"], None, load.get("miniature", False), load.get("hub", "huggingface"),
+                   load.get("template")).template
 
 
 def build_engine(cfg: DeployConfig, base: BaseModel, adapters: dict[str, str]):
@@ -146,7 +168,11 @@ def run_deploy(cfg: DeployConfig) -> None:
     check_adapters(base, adapters)
     sock = _reserve(cfg.host, cfg.port)
     quiet_libraries()
-    engine = build_engine(cfg, base, adapters)
+    try:
+        engine = build_engine(cfg, base, adapters)
+    except BaseException:
+        sock.close()
+        raise
     try:
         settings = ServeSettings(model_name=cfg.served_model_name or base.name,
                                  max_model_len=context_length(cfg, engine), api_key=cfg.api_key,

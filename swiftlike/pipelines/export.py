@@ -20,7 +20,8 @@ def run_export(cfg: ExportConfig) -> Path:
     if ref.adapters and not cfg.merge:
         raise UserError("--adapters: add --merge to fold the LoRA adapters into the base weights (an adapter "
                         "checkpoint is already in the PEFT format for serving stacks that load adapters)")
-    out = prepare_output(cfg.output_dir or _default_output(ref, cfg.to), cfg.overwrite_output_dir)
+    out = prepare_output(cfg.output_dir or _default_output(ref, cfg.to), cfg.overwrite_output_dir,
+                         (ref.adapters, ref.base))
     if cfg.to == "gguf":  # refused before any weights are merged
         from transformers import AutoConfig
 
@@ -30,6 +31,8 @@ def run_export(cfg: ExportConfig) -> Path:
     dtype = accel.resolve_dtype(cfg.torch_dtype)
     tokenizer = load_reference_tokenizer(ref, cfg.trust_remote_code)
     template = get_template(template_name(ref, tokenizer), tokenizer)
+    native = ref.meta is None or ref.meta.template == template.name  # else the bundled Jinja of the run's template
+    tokenizer = with_chat_template(tokenizer, template, native)
     kind = f"GGUF {cfg.gguf_type}" if cfg.to == "gguf" else str(dtype).replace("torch.", "")
     print(f"[wb] export: {ref.adapters or ref.base} -> {out} ({kind}{', adapters merged' if ref.adapters else ''})",
           flush=True)
@@ -44,7 +47,7 @@ def run_export(cfg: ExportConfig) -> Path:
             from ..export.gguf import modelfile, write_gguf
 
             name = f"{out.name}-{cfg.gguf_type}.gguf"
-            write_gguf(model, with_chat_template(tokenizer, template), template, tmp / name, cfg.gguf_type, out.name)
+            write_gguf(model, tokenizer, template, tmp / name, cfg.gguf_type, out.name)
             (tmp / "Modelfile").write_text(modelfile(name, template, tokenizer), encoding="utf-8")
         else:
             write_hf(model, tokenizer, template, tmp, cfg.max_shard_size)

@@ -47,6 +47,9 @@ def parse_json(raw: bytes) -> dict:
         body = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ApiError(400, f"the request body is not valid JSON ({e})", code="invalid_json") from None
+    except (ValueError, RecursionError) as e:  # integers of thousands of digits, nesting deeper than Python's stack
+        raise ApiError(400, f"the request body cannot be read ({type(e).__name__}: {str(e)[:120]})",
+                       code="invalid_json") from None
     if not isinstance(body, dict):
         raise ApiError(400, f"the request body must be a JSON object, got {type(body).__name__}",
                        code="invalid_json")
@@ -66,8 +69,12 @@ def _number(body, key, default, lo=None, hi=None, lo_open=False, integer=False):
     value = _get(body, key, (int,) if integer else (int, float), "an integer" if integer else "a number", default)
     if value is None:
         return None
-    if not math.isfinite(value):
-        raise ApiError(400, f"'{key}' must be a finite number, got {value}", param=key)
+    try:
+        finite = math.isfinite(value)
+    except OverflowError:  # an integer too large for a float
+        finite = False
+    if not finite:
+        raise ApiError(400, f"'{key}' must be a finite number, got {str(value)[:40]}", param=key)
     low_bad = lo is not None and (value <= lo if lo_open else value < lo)
     if low_bad or hi is not None and value > hi:
         bounds = f"{'(' if lo_open else '['}{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}]"
@@ -143,6 +150,9 @@ def parse_chat_request(body: dict) -> ChatRequest:
                        include_usage=include_usage, messages=messages, tools=tools or None, template_kwargs=kwargs)
 
 
+MAX_COMPLETIONS_PER_REQUEST = 256
+
+
 def parse_completion_request(body: dict) -> CompletionRequest:
     model, sampling, max_tokens, stream, include_usage = _common(body, chat=False)
     prompt = body.get("prompt")
@@ -153,6 +163,9 @@ def parse_completion_request(body: dict) -> CompletionRequest:
     else:
         raise ApiError(400, "'prompt' must be a string, a list of strings, a list of token ids, or a list of "
                             "those", param="prompt")
+    if len(prompts) * sampling["n"] > MAX_COMPLETIONS_PER_REQUEST:  # one request must not flood the engine
+        raise ApiError(400, f"one request may ask for at most {MAX_COMPLETIONS_PER_REQUEST} completions (prompts x n), "
+                            f"got {len(prompts)} x {sampling['n']}", param="prompt")
     return CompletionRequest(model=model, sampling=sampling, max_tokens=max_tokens, stream=stream,
                              include_usage=include_usage, prompts=prompts)
 
