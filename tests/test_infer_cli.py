@@ -192,3 +192,12 @@ def test_named_datasets_are_read_by_name(tmp_path, capsys):
     assert main(["infer", *MODEL, "--dataset", "arithmetic#3", "--output", str(out), "--max_new_tokens", "2"]) == 0
     lines = _lines(out)
     assert len(lines) == 3 and all("solution" in line and line["row"].startswith("arithmetic:") for line in lines)
+
+
+def test_a_prompt_longer_than_the_context_stops_before_any_answer(tmp_path, capsys):
+    long = {"messages": [{"role": "user", "content": "word " * 50_000}]}
+    data = _write(tmp_path / "d.jsonl", [ROWS[0], long])
+    out = tmp_path / "o.jsonl"
+    err = _error(capsys, ["infer", *MODEL, "--dataset", data, "--output", str(out)])
+    assert err.startswith(f"wb: error: {data}:2: the prompt has ") and "the model's context is 40960" in err
+    assert not out.exists()  # not half a run that every resume would stop in again

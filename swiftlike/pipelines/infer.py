@@ -184,6 +184,10 @@ def infer_dataset(engine, cfg: InferConfig, params) -> str:
     if not todo:
         return str(out)
     prompts = [_encode_row(engine.template, row, cfg.enable_thinking) for row in todo]  # errors before any work
+    limit = getattr(engine, "max_model_len", None)
+    for row, prompt in zip(todo, prompts):
+        if limit and len(prompt) >= limit:
+            raise UserError(f"{row.key}: the prompt has {len(prompt)} tokens; the model's context is {limit}")
     out.parent.mkdir(parents=True, exist_ok=True)
     _answer_rows(engine, params, todo, prompts, out)
     return str(out)
