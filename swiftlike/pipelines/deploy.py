@@ -107,31 +107,14 @@ def build_engine(cfg: DeployConfig, base: BaseModel, adapters: dict[str, str]):
 def _vllm_engine(cfg: DeployConfig, base: BaseModel, adapters: dict[str, str]):
     """vLLM serves the base weights from disk and each adapter as a LoRARequest; its context is pinned to the
     server's (--max_model_len, else the model's) so that both refuse the same prompts."""
-    from transformers import AutoConfig
+    from .infer import vllm_engine
 
-    from ..infer.vllm import VLLMEngine, require_vllm
-    from ..models.resolve import base_weights, load_reference_tokenizer, template_name
-    from ..templates import get_template
-
-    require_vllm()  # a one-line error before anything is downloaded
     load = base.load
     ref = resolve(load["model"], None, load.get("miniature", False), load["hub"], load["template"])
-    if ref.miniature:
-        raise UserError("--infer_backend vllm loads model files; a --miniature exists only in memory (use the "
-                        "transformers backend, or serve the base_model directory a miniature run saved)")
-    if ref.task == "rm":
-        raise UserError(f"{base.name} is a reward model (`wb rm`): it scores answers, it does not write them")
-    tokenizer = load_reference_tokenizer(ref, cfg.trust_remote_code)
-    weights = base_weights(ref, cfg.trust_remote_code)
-    config = AutoConfig.from_pretrained(weights, trust_remote_code=cfg.trust_remote_code)
-    known = getattr(config.get_text_config(), "max_position_embeddings", None)
-    if cfg.max_model_len and known and cfg.max_model_len > known:
-        raise UserError(f"--max_model_len {cfg.max_model_len} is longer than the model's context ({known} tokens)")
-    return VLLMEngine(weights, tokenizer, get_template(template_name(ref, tokenizer), tokenizer), adapters=adapters,
-                      default_model="base", max_batch_size=cfg.max_batch_size, dtype=cfg.torch_dtype,
-                      gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
-                      max_model_len=cfg.max_model_len or known, tensor_parallel_size=cfg.vllm_tensor_parallel_size,
-                      trust_remote_code=cfg.trust_remote_code)
+    return vllm_engine(ref, adapters, cfg.trust_remote_code, max_model_len=cfg.max_model_len, default_model="base",
+                       max_batch_size=cfg.max_batch_size, dtype=cfg.torch_dtype,
+                       gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
+                       tensor_parallel_size=cfg.vllm_tensor_parallel_size)
 
 
 def context_length(cfg: DeployConfig, engine) -> int:

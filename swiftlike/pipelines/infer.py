@@ -308,22 +308,40 @@ def _answer_fields(template, completion) -> dict:
 
 def open_vllm_engine(cfg: InferConfig):
     """The vLLM engine for --infer_backend vllm: base weights from disk, a LoRA checkpoint as a LoRARequest."""
-    from ..infer.vllm import VLLMEngine, require_vllm
-    from ..models.resolve import base_weights, load_reference_tokenizer, resolve, template_name
+    from ..models.resolve import resolve
+
+    ref = resolve(cfg.model, cfg.adapters, cfg.miniature, cfg.hub, cfg.template)
+    adapters = {Path(ref.adapters).name: ref.adapters} if ref.adapters else {}
+    return vllm_engine(ref, adapters, cfg.trust_remote_code, max_batch_size=cfg.max_batch_size,
+                       dtype=cfg.torch_dtype, gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
+                       max_model_len=cfg.vllm_max_model_len, tensor_parallel_size=cfg.vllm_tensor_parallel_size,
+                       seed=cfg.seed)
+
+
+def vllm_engine(ref, adapters: dict[str, str], trust_remote_code: bool, max_model_len: int | None = None,
+                **options):
+    """A vLLM engine for a resolved model reference (`wb infer` and `wb deploy`): the base weights from disk,
+    rendered with the reference's template, adapters as LoRARequests, the context pinned to --max_model_len or
+    the model's own."""
+    from transformers import AutoConfig
+
+    from ..infer import vllm as backend
+    from ..models.resolve import base_weights, load_reference_tokenizer, template_name
     from ..templates import get_template
 
-    require_vllm()  # a one-line error before anything is resolved or downloaded
-    ref = resolve(cfg.model, cfg.adapters, cfg.miniature, cfg.hub, cfg.template)
+    backend.require_vllm()  # a one-line error before anything is downloaded
     if ref.miniature:
         raise UserError("--infer_backend vllm loads model files; a --miniature exists only in memory (use the "
-                        "transformers backend, or a checkpoint trained on the miniature)")
+                        "transformers backend, or the base_model directory a miniature run saved)")
     if ref.task == "rm":
-        raise UserError("reward models score with the transformers backend: drop --infer_backend vllm")
-    tokenizer = load_reference_tokenizer(ref, cfg.trust_remote_code)
-    template = get_template(template_name(ref, tokenizer), tokenizer)
-    adapters = {Path(ref.adapters).name: ref.adapters} if ref.adapters else {}
-    return VLLMEngine(base_weights(ref, cfg.trust_remote_code), tokenizer, template, adapters=adapters,
-                      max_batch_size=cfg.max_batch_size, dtype=cfg.torch_dtype,
-                      gpu_memory_utilization=cfg.vllm_gpu_memory_utilization, max_model_len=cfg.vllm_max_model_len,
-                      tensor_parallel_size=cfg.vllm_tensor_parallel_size, seed=cfg.seed,
-                      trust_remote_code=cfg.trust_remote_code)
+        raise UserError(f"{ref.model} is a reward model (`wb rm`): it scores answers with the transformers backend, "
+                        "not vLLM")
+    tokenizer = load_reference_tokenizer(ref, trust_remote_code)
+    weights = base_weights(ref, trust_remote_code)
+    config = AutoConfig.from_pretrained(weights, trust_remote_code=trust_remote_code)
+    known = getattr(config.get_text_config(), "max_position_embeddings", None)
+    if max_model_len and known and max_model_len > known:
+        raise UserError(f"--max_model_len {max_model_len} is longer than the model's context ({known} tokens)")
+    return backend.VLLMEngine(weights, tokenizer, get_template(template_name(ref, tokenizer), tokenizer),
+                              adapters=adapters, max_model_len=max_model_len or known,
+                              trust_remote_code=trust_remote_code, **options)

@@ -310,8 +310,7 @@ def build_trainable(cfg: SFTConfig, tokenizer, base_dir: str, resume_from: Path 
 
 def _is_reward_checkpoint(path: str | None) -> bool:
     """A LoRA checkpoint of `wb rm`: its adapter holds the score head (modules_to_save)."""
-    args = Path(path or "") / "args.json"
-    return path is not None and args.is_file() and json.loads(args.read_text(encoding="utf-8")).get("task") == "rm"
+    return path is not None and (Path(path) / "args.json").is_file() and resolve(adapters=path).task == "rm"
 
 
 def _start_from_adapters(model, cfg: SFTConfig, reference: bool):
