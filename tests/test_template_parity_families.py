@@ -4,17 +4,31 @@ the assistant turns with their end-of-turn marker. Qwen3 is also checked token f
 test_template_parity_qwen3.py. Deliberate, documented deviations are tested explicitly below.
 """
 import copy
+import datetime
 import json
 
 import pytest
 from jinja2.exceptions import TemplateError as JinjaError
+from transformers.utils import chat_template_utils
 from transformers.utils.chat_template_utils import render_jinja_template
 
 from conftest import DATA
 from test_template_parity_qwen3 import WEATHER
 from swiftlike.templates import TEMPLATES, TemplateError, get_template
 
-TODAY = __import__("time").strftime("%Y-%m-%d")  # the official template reads strftime_now
+FIXED_DAY = datetime.datetime(2025, 6, 20)  # one date for both sides, so a run crossing midnight still compares
+
+
+class _FixedClock(datetime.datetime):
+    @classmethod
+    def now(cls, tz=None):
+        return FIXED_DAY
+
+
+@pytest.fixture(autouse=True)
+def _official_today(monkeypatch):
+    """The official Mistral-Small template reads strftime_now (transformers' datetime.now) at render time."""
+    monkeypatch.setattr(chat_template_utils, "datetime", _FixedClock)
 # template -> (official file, bos, eos, official extra kwargs)
 OFFICIAL = {
     "qwen2_5": ("qwen2.5-instruct.jinja", None, "<|im_end|>", {}),
@@ -43,7 +57,7 @@ OFFICIAL = {
     "qwen3_instruct_2507": ("qwen3-instruct-2507.jinja", None, "<|im_end|>", {}),
     "qwen3_thinking_2507": ("qwen3-thinking-2507.jinja", None, "<|im_end|>", {}),
 }
-OPTS = {"llama3_2": {"date_string": "01 Jan 2025"}, "mistral_small": {"date_string": TODAY}}
+OPTS = {"llama3_2": {"date_string": "01 Jan 2025"}, "mistral_small": {"date_string": FIXED_DAY.strftime("%Y-%m-%d")}}
 INLINE_REASONING = {"qwq", "deepseek_r1", "deepseek_r1_distill", "deepseek_v3_1"}  # templates that read <think> inline
 STRING_ARGUMENTS = {"deepseek_r1", "deepseek_r1_distill", "deepseek_v3", "deepseek_v3_1"}
 
