@@ -493,6 +493,14 @@ class ExportConfig(ModelArgs):
     to: str = _f("hf", "hf: a Hugging Face model directory; gguf: a GGUF file (llama.cpp, Ollama) and an Ollama "
                        "Modelfile (Qwen3, Qwen2/2.5, Llama-3).", choices=("hf", "gguf"))
     gguf_type: str = _f("f16", "GGUF weight type: f16 or q8_0.", choices=("f16", "q8_0"))
+    quant_method: str | None = _f(None, "Write quantized weights that transformers reloads: bnb (bitsandbytes "
+                                        "NF4 / LLM.int8) or torchao (int4 / int8 weight-only). gptq, awq and fp8 "
+                                        "are refused (they need a CUDA GPU and gptqmodel / llm-compressor).",
+                                  choices=("bnb", "torchao", "gptq", "awq", "fp8"))
+    quant_bits: int = _f(4, "Bits per weight for --quant_method: 4 or 8.", choices=(4, 8))
+    dataset: list = _f(["gsm8k-test#32"], "Calibration rows for --quant_method (chat or instruction data; #N takes "
+                                          "N rows): the perplexity of the quantized and the unquantized model on "
+                                          "them goes into the model card.")
     push_to_hub: bool = _f(False, "Upload the export (with its model card) to --hub_model_id on --hub.")
     hub_model_id: str | None = _f(None, "Repository to upload to, ORG/NAME (created when missing).")
     hub_private: bool = _f(False, "Create the repository private.")
@@ -503,6 +511,8 @@ class ExportConfig(ModelArgs):
             raise UserError("give --adapters (a LoRA checkpoint, with --merge) or --model (a full checkpoint)")
         if self.push_to_hub and (not self.hub_model_id or self.hub_model_id.count("/") != 1):
             raise UserError("--push_to_hub needs --hub_model_id ORG/NAME")
+        if self.quant_method and self.to == "gguf":
+            raise UserError("--quant_method writes a Hugging Face model; a GGUF export quantizes with --gguf_type q8_0")
         return self
 
 
@@ -617,8 +627,9 @@ def build_config(cls, values: dict, where: str = "option"):
     cfg = cls(**kwargs)
     for f in dataclasses.fields(cls):
         choices = f.metadata.get("choices")
-        if choices and getattr(cfg, f.name) not in choices:
-            raise UserError(f"{f.name}: {getattr(cfg, f.name)!r} is not one of {', '.join(choices)}")
+        value = getattr(cfg, f.name)
+        if choices and value not in choices and not (value is None and f.default is None):
+            raise UserError(f"{f.name}: {value!r} is not one of {', '.join(map(str, choices))}")
     return cfg.validate()
 
 

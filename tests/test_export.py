@@ -184,6 +184,17 @@ def test_refusals_and_no_half_written_export(tmp_path, capsys, monkeypatch):
     assert main(["export", "--adapters", ckpt, "--merge", "--output_dir", run_dir, "--overwrite_output_dir"]) == 2
     assert "which is exported from" in capsys.readouterr().err and (tmp_path / "run" / "checkpoint-1").is_dir()
 
+    from safetensors.torch import load_file, save_file
+
+    diverged = tmp_path / "diverged"
+    __import__("shutil").copytree(ckpt, diverged)
+    weights = load_file(diverged / "adapter_model.safetensors")
+    name = sorted(weights)[0]
+    weights[name] = torch.full_like(weights[name], float("nan"))
+    save_file(weights, diverged / "adapter_model.safetensors")
+    assert main(["export", "--adapters", str(diverged), "--merge", "--output_dir", str(tmp_path / "nan")]) == 2
+    assert "holds NaN or inf values" in capsys.readouterr().err and not (tmp_path / "nan").exists()
+
     def disk_full(self, *a, **k):
         raise OSError(28, "No space left on device")
     monkeypatch.setattr("transformers.PreTrainedModel.save_pretrained", disk_full)

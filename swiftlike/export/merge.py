@@ -31,7 +31,12 @@ def merged_model(ref: ModelRef, dtype: torch.dtype, pad_token_id: int | None, tr
         model = PeftModel.from_pretrained(model, ref.adapters)
     except (ValueError, RuntimeError, KeyError) as e:
         raise UserError(f"--adapters {ref.adapters} does not fit {base}: {str(e).splitlines()[0]}") from None
-    return model.merge_and_unload(safe_merge=True)
+    trained = ((name, p) for name, p in model.named_parameters() if "lora_" in name or "modules_to_save" in name)
+    bad = next((name for name, p in trained if not torch.isfinite(p).all()), None)
+    if bad:
+        raise UserError(f"--adapters {ref.adapters} holds NaN or inf values ({bad}): the run diverged; nothing was "
+                        "exported")
+    return model.merge_and_unload()  # in place (PEFT's safe_merge would hold a second copy of each weight)
 
 
 def _load_dequantized_nf4(model, base: str, dtype: torch.dtype, kw: dict) -> None:

@@ -125,6 +125,15 @@ def model_card(ref, args: dict, merged: bool) -> str:
             lines.append(f"| {key} | {args[key]} |")
     for key, value in metrics.items():
         lines.append(f"| {key} | {value} |")
+    quant = (args.get("export") or {}).get("quantization")
+    if quant:
+        lines += ["", "## Quantization", "",
+                  f"{quant['method']} {quant['bits']}-bit weights. Perplexity on {quant['rows']} rows of "
+                  f"`{quant['calibration']}` (the trained tokens of each row), measured by reloading this directory "
+                  "with transformers:", "",
+                  "| model | perplexity |", "|---|---|",
+                  f"| unquantized | {quant['perplexity_unquantized']} |",
+                  f"| quantized | {quant['perplexity_quantized']} |"]
     lines += ["", "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer",
               "tokenizer = AutoTokenizer.from_pretrained(PATH)", "model = AutoModelForCausalLM.from_pretrained(PATH)",
               "```", ""]

@@ -277,7 +277,8 @@ def quiet_libraries() -> None:
     import logging
     import warnings
 
-    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    for name in ("bitsandbytes", "torchao", "torch.utils._pytree"):  # torchao: CUDA kernels it cannot load, enum
+        logging.getLogger(name).setLevel(logging.ERROR)                # registrations torch deprecates
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     from transformers.utils import logging as hf_logging
 

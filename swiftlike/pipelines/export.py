@@ -2,16 +2,22 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 from .. import accel
 from ..config import ExportConfig
 from ..errors import UserError
+from ..data.dataset import encode_rows, load_rows
 from ..export import (atomic_directory, merged_model, model_card, prepare_output, with_chat_template, write_hf,
                       write_metadata)
+from ..export.quantize import check_method, quantize_directory, reload
 from ..models.loader import quiet_libraries
+from ..models.perplexity import perplexity
 from ..models.resolve import base_weights, load_reference_tokenizer, resolve, template_name
 from ..templates import get_template
+
+CALIBRATION_LENGTH = 1024  # tokens per calibration row (longer rows are cut)
 
 
 def run_export(cfg: ExportConfig) -> Path:
@@ -22,7 +28,12 @@ def run_export(cfg: ExportConfig) -> Path:
                         "checkpoint is already in the PEFT format for serving stacks that load adapters)")
     out = prepare_output(cfg.output_dir or _default_output(ref, cfg.to), cfg.overwrite_output_dir,
                          (ref.adapters, ref.base))
-    if cfg.to == "gguf":  # refused before any weights are merged
+    if cfg.quant_method:  # refused before any weights are merged
+        if ref.task == "rm":
+            raise UserError("--quant_method: a reward model exports merged, unquantized (its score head is not a "
+                            "language model to measure); drop --quant_method")
+        check_method(cfg.quant_method, cfg.quant_bits)
+    if cfg.to == "gguf":
         from transformers import AutoConfig
 
         from ..export.gguf import check_supported
@@ -33,7 +44,10 @@ def run_export(cfg: ExportConfig) -> Path:
     template = get_template(template_name(ref, tokenizer), tokenizer)
     native = ref.meta is None or ref.meta.template == template.name  # else the bundled Jinja of the run's template
     tokenizer = with_chat_template(tokenizer, template, native)
+    calibration = _calibration(cfg.dataset, template) if cfg.quant_method else None
     kind = f"GGUF {cfg.gguf_type}" if cfg.to == "gguf" else str(dtype).replace("torch.", "")
+    if cfg.quant_method:
+        kind = f"{cfg.quant_method} {cfg.quant_bits}-bit, computing in {kind}"
     print(f"[wb] export: {ref.adapters or ref.base} -> {out} ({kind}{', adapters merged' if ref.adapters else ''})",
           flush=True)
     model = merged_model(ref, dtype, tokenizer.pad_token_id, cfg.trust_remote_code)
@@ -49,6 +63,8 @@ def run_export(cfg: ExportConfig) -> Path:
             name = f"{out.name}-{cfg.gguf_type}.gguf"
             write_gguf(model, tokenizer, template, tmp / name, cfg.gguf_type, out.name)
             (tmp / "Modelfile").write_text(modelfile(name, template, tokenizer), encoding="utf-8")
+        elif cfg.quant_method:
+            args["export"]["quantization"] = _quantize(model, tokenizer, template, tmp, cfg, dtype, calibration)
         else:
             write_hf(model, tokenizer, template, tmp, cfg.max_shard_size)
         write_metadata(tmp, args, model_card(ref, args, bool(ref.adapters)))
@@ -60,6 +76,32 @@ def run_export(cfg: ExportConfig) -> Path:
 
         print(f"[wb] export: uploaded to {push(out, cfg.hub_model_id, cfg.hub, cfg.hub_private, cfg.hub_token)}")
     return out
+
+
+def _calibration(dataset: list[str], template) -> tuple[str, list[dict]]:
+    rows = load_rows(dataset)
+    encoded, _ = encode_rows(rows, template, CALIBRATION_LENGTH, truncation_strategy="right")
+    return ", ".join(dataset), encoded
+
+
+def _quantize(model, tokenizer, template, tmp: Path, cfg: ExportConfig, dtype, calibration) -> dict:
+    """Write the unquantized export to tmp/.unquantized, quantize it into tmp, reload what was written as a user
+    would, and measure both models on the calibration rows."""
+    data, encoded = calibration
+    before = perplexity(model, encoded)
+    write_hf(model, tokenizer, template, tmp / ".unquantized", cfg.max_shard_size)
+    print(f"[wb] export: quantizing ({cfg.quant_method}, {cfg.quant_bits}-bit)", flush=True)
+    quantize_directory(tmp / ".unquantized", tmp, cfg.quant_method, cfg.quant_bits, dtype, cfg.max_shard_size)
+    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(tmp / ".unquantized")
+    try:
+        after = perplexity(reload(tmp), encoded)
+    except Exception as e:  # what was written must load: otherwise nothing is exported
+        raise UserError(f"the {cfg.quant_method} {cfg.quant_bits}-bit export does not reload with transformers: "
+                        f"{str(e).splitlines()[0]}") from None
+    print(f"[wb] export: perplexity on {data}: {before:.4g} unquantized, {after:.4g} quantized", flush=True)
+    return {"method": cfg.quant_method, "bits": cfg.quant_bits, "calibration": data, "rows": len(encoded),
+            "perplexity_unquantized": round(before, 4), "perplexity_quantized": round(after, 4)}
 
 
 def _default_output(ref, to: str) -> str:
