@@ -56,6 +56,9 @@ def default_learning_rate(full: bool, miniature: bool) -> float:
     return (1e-5 if full else 1e-4) * (100 if miniature else 1)
 
 
+EVAL_METRICS = ("math", "choice", "exact_match", "f1", "rouge", "perplexity")
+
+
 @dataclass
 class SFTConfig(ModelArgs, DataArgs):
     max_length: int = _f(2048, "Longest encoded sequence in tokens (see --truncation_strategy).")
@@ -79,6 +82,15 @@ class SFTConfig(ModelArgs, DataArgs):
     val_dataset: list = _f([], "Validation data (same forms as --dataset); its loss is logged as eval_loss.")
     split_ratio: float = _f(0.0, "Fraction of the training rows held out (seeded) for validation.")
     eval_steps: int | None = _f(None, "Evaluate every N optimizer steps (default: at every save and at the end).")
+    eval_after_train: bool = _f(False, "After training, score the final checkpoint and the base model the same way "
+                                       "on --eval_dataset (`wb eval`), print both with the difference, and write "
+                                       "them to <output_dir>/eval and the tracker.")
+    eval_dataset: list = _f([], "--eval_after_train data: named (gsm8k-test, mcq-demo) or files with reference "
+                                "answers; #N takes N rows.")
+    eval_limit: int | None = _f(None, "--eval_after_train: the first N rows of each --eval_dataset.")
+    eval_metric: str | None = _f(None, "--eval_after_train metric (default: the named dataset's).",
+                                 choices=EVAL_METRICS)
+    eval_max_new_tokens: int = _f(512, "--eval_after_train: longest answer in tokens.")
     # training mode
     lora: bool = _f(False, "Train LoRA adapters (the default mode).")
     qlora: bool = _f(False, "Train LoRA adapters on a 4-bit NF4 base (bitsandbytes).")
@@ -161,6 +173,11 @@ class SFTConfig(ModelArgs, DataArgs):
             raise UserError("--split_ratio needs the whole dataset; with --streaming give --val_dataset")
         if self.packing and not self.padding_free:
             raise UserError("--packing needs padding-free batches (drop --padding_free false)")
+        if self.eval_after_train and not self.eval_dataset:
+            raise UserError("--eval_after_train needs --eval_dataset (e.g. gsm8k-test, mcq-demo, or a file)")
+        if self.eval_dataset and not self.eval_after_train:
+            raise UserError("--eval_dataset is scored after training: add --eval_after_train (validation loss "
+                            "during training comes from --val_dataset)")
         if not self.output_dir:
             short = Path(self.model.rstrip("/")).name or "model"
             self.output_dir = str(Path("output") / f"{short}-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -234,6 +251,9 @@ class RMConfig(SFTConfig):
     def validate(self) -> "RMConfig":
         super().validate()
         require_eager_padding_free(self, "rm")
+        if self.eval_after_train:
+            raise UserError("--eval_after_train scores generated answers; a reward model scores answers instead "
+                            "(check it with `wb infer --query --response`)")
         return self
 
 
@@ -407,6 +427,62 @@ class InferConfig(ModelArgs):
             raise UserError("give --query or --dataset, not both")
         if self.max_batch_size < 1:
             raise UserError(f"--max_batch_size must be at least 1, got {self.max_batch_size}")
+        return self
+
+
+@dataclass
+class EvalConfig(ModelArgs):
+    """`wb eval`: score a model, checkpoint(s), an export or an OpenAI-compatible endpoint on evaluation data."""
+
+    adapters: list = _f([], "LoRA checkpoints to evaluate (several: one comparison table); their args.json names "
+                            "the base.")
+    with_base: bool = _f(False, "Also evaluate the base model the checkpoint(s) were trained from, and print the "
+                                "difference.")
+    api_url: str | None = _f(None, "Evaluate an OpenAI-compatible endpoint instead of a local model, e.g. "
+                                   "http://127.0.0.1:8000/v1 (a `wb deploy` server, vLLM, a hosted API).")
+    api_key: str | None = _f(None, "Bearer token for --api_url.")
+    api_model: str | None = _f(None, "Model name sent to --api_url (default: the first one its /models lists).")
+    eval_dataset: list = _f([], "Evaluation data: a named dataset (gsm8k-test, mcq-demo; `wb datasets`) or a file "
+                                "in any format the data layer reads (prompt + reference answer, MMLU-style "
+                                "question/choices/answer), hf::org/name[:subset][:split]; #N takes N rows "
+                                "(seeded); repeat for several.")
+    metric: str | None = _f(None, "How answers are scored: math, choice, exact_match, f1, rouge or perplexity "
+                                  "(default: the named dataset's; files need one).", choices=EVAL_METRICS)
+    limit: int | None = _f(None, "Evaluate the first N rows of each dataset.")
+    seed: int = _f(42, "Seed for '#N' row selection and for sampling (with --temperature > 0).")
+    eval_batch_size: int = _f(32, "Answers generated together (requests in flight with --api_url).")
+    max_new_tokens: int = _f(512, "Longest answer in tokens.")
+    temperature: float = _f(0.0, "Sampling temperature; 0 (default) is greedy, so the same command gives the same "
+                                 "numbers.")
+    enable_thinking: bool | None = _f(None, "Hybrid-thinking models: false pre-fills an empty think block.")
+    max_length: int = _f(2048, "perplexity: longest row in tokens (longer rows are cut).")
+    eval_backend: str = _f("native", "native (this package's tasks and metrics) or evalscope (EvalScope's "
+                                     "general_mcq / general_qa against --api_url or a `wb deploy` server this "
+                                     "command starts; EvalScope lives in its own environment, see "
+                                     "--evalscope_python).", choices=("native", "evalscope"))
+    evalscope_python: str | None = _f(None, "The Python of the environment EvalScope is installed in (default: "
+                                            "$WB_EVALSCOPE_PYTHON, else this one); docs/eval.md says how.")
+    output_dir: str = _f("", "Where results.json and the per-row predictions go (default: output/eval-<timestamp>).")
+
+    def validate(self) -> "EvalConfig":
+        if not self.eval_dataset:
+            raise UserError("give --eval_dataset (a named dataset such as gsm8k-test or mcq-demo, or a file)")
+        if self.api_url and (self.model or self.adapters or self.miniature):
+            raise UserError("give --api_url or a local model (--model / --adapters), not both")
+        if not self.api_url and not self.model and not self.adapters:
+            raise UserError("give --model, --adapters or --api_url")
+        if self.with_base and not self.adapters:
+            raise UserError("--with_base compares checkpoints with their base: give --adapters")
+        if self.api_url and self.metric == "perplexity":
+            raise UserError("--metric perplexity needs the model's probabilities: evaluate a local model, not "
+                            "--api_url")
+        for name, value in (("eval_batch_size", self.eval_batch_size), ("max_new_tokens", self.max_new_tokens)):
+            if value < 1:
+                raise UserError(f"--{name} must be at least 1, got {value}")
+        if self.limit is not None and self.limit < 1:
+            raise UserError(f"--limit must be at least 1, got {self.limit}")
+        if not self.output_dir:
+            self.output_dir = str(Path("output") / f"eval-{time.strftime('%Y%m%d-%H%M%S')}")
         return self
 
 

@@ -12,7 +12,7 @@ import socket
 import subprocess
 import sys
 
-from ..config import (DeployConfig, DPOConfig, ExportConfig, GRPOConfig, InferConfig, KTOConfig, PreviewConfig,
+from ..config import (DeployConfig, DPOConfig, EvalConfig, ExportConfig, GRPOConfig, InferConfig, KTOConfig, PreviewConfig,
                       PTConfig, RMConfig, RolloutConfig, SFTConfig, options,
                       build_config, closest_name, field_types, load_recipe)
 from ..errors import UserError
@@ -29,6 +29,8 @@ COMMANDS = {
     "infer": (InferConfig, "Answer a query, or chat, with a model or a checkpoint from `wb sft`."),
     "export": (ExportConfig, "Write a checkpoint as a standard Hugging Face model (LoRA adapters merged)."),
     "deploy": (DeployConfig, "Serve a model and its LoRA adapters over an OpenAI-compatible HTTP API."),
+    "eval": (EvalConfig, "Score a model, checkpoints or an OpenAI-compatible endpoint on evaluation data (math, "
+                         "multiple choice, QA, perplexity)."),
 }
 
 
@@ -188,6 +190,10 @@ def _run(argv: list[str]) -> int:
         from ..pipelines.export import run_export
 
         run_export(cfg)
+    elif args.command == "eval":
+        from ..pipelines.eval import run_eval
+
+        run_eval(cfg)
     elif args.command == "data":
         from ..pipelines.preview import run_preview
 

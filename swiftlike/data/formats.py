@@ -34,11 +34,13 @@ def detect_format(row: dict) -> str:
         return "query_response"
     if "prompt" in row and "completion" in row:
         return "prompt_completion"
+    if "question" in row and "choices" in row and "answer" in row:
+        return "multiple_choice"
     if "question" in row and "answer" in row:
         return "question_answer"
     raise RowError(f"unknown format (fields: {', '.join(sorted(row)) or 'none'}); expected messages, "
-                   "conversations (ShareGPT), instruction/output (alpaca), query/response, prompt/completion or "
-                   "question/answer (GSM8K)")
+                   "conversations (ShareGPT), instruction/output (alpaca), query/response, prompt/completion, "
+                   "question/choices/answer (MMLU) or question/answer (GSM8K)")
 
 
 TASKS = ("sft", "pt", "preference", "kto", "grpo")
@@ -69,6 +71,8 @@ def to_canonical(row: dict, task: str = "sft") -> dict:
         messages = _alpaca(row)
     elif fmt == "query_response":
         messages = _turns(row, _text(row["query"], "query"), _text(row["response"], "response"))
+    elif fmt == "multiple_choice":
+        messages = _turns(row, *multiple_choice(row))
     elif fmt == "question_answer":
         messages = _turns(row, _text(row["question"], "question"), _text(row["answer"], "answer"))
     else:
@@ -80,6 +84,32 @@ def to_canonical(row: dict, task: str = "sft") -> dict:
     if tools:
         out["tools"] = tools
     return out
+
+
+CHOICE_LETTERS = "ABCDEFGHIJ"
+CHOICE_INSTRUCTION = "Answer with the letter of the correct option."
+
+
+def multiple_choice(row: dict) -> tuple[str, str]:
+    """(prompt, answer letter) of an MMLU-style row: question, choices (a list), answer (0-based index or letter).
+    The prompt lists the options as `A. ...` lines and ends with CHOICE_INSTRUCTION."""
+    question = _text(row["question"], "question")
+    choices = [_text(c, f"choice {i}") for i, c in enumerate(_as_list(row["choices"], "choices"))]
+    if not 2 <= len(choices) <= len(CHOICE_LETTERS):
+        raise RowError(f"'choices' must hold 2 to {len(CHOICE_LETTERS)} options, got {len(choices)}")
+    letters = CHOICE_LETTERS[:len(choices)]
+    answer = row["answer"]
+    if isinstance(answer, str) and answer.strip().isdigit():
+        answer = int(answer.strip())
+    if isinstance(answer, int) and not isinstance(answer, bool) and 0 <= answer < len(choices):
+        letter = letters[answer]
+    elif isinstance(answer, str) and answer.strip().upper() in letters and answer.strip():
+        letter = answer.strip().upper()
+    else:
+        raise RowError(f"'answer' must be a choice index 0-{len(choices) - 1} or a letter {letters[0]}-{letters[-1]}, "
+                       f"got {answer!r}")
+    options = "\n".join(f"{letter}. {choice}" for letter, choice in zip(letters, choices))
+    return f"{question}\n{options}\n{CHOICE_INSTRUCTION}", letter
 
 
 def _as_list(value, name: str) -> list:

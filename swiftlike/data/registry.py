@@ -19,6 +19,7 @@ class DatasetMeta:
     columns: dict = field(default_factory=dict)  # source column -> canonical field
     placeholders: bool = False  # {{name}} / {{author}} filled from --model_name / --model_author
     license: str = ""
+    metric: str = ""            # wb eval's default metric for the dataset
 
     @property
     def path(self) -> str:
@@ -40,13 +41,16 @@ DATASETS = {d.name: d for d in [
                 license="Apache-2.0 (written for swiftlike)"),
     DatasetMeta("gsm8k-test", "gsm8k_test.jsonl", "sft",
                 "The first 512 GSM8K test problems with worked answers ending in `#### n` (evaluation, calibration)",
-                columns={"question": "query", "answer": "response"}, license="MIT"),
+                columns={"question": "query", "answer": "response"}, license="MIT", metric="math"),
+    DatasetMeta("mcq-demo", "mcq_demo.jsonl", "sft",
+                "60 four-option questions in ten school subjects, MMLU layout (question, choices, answer index)",
+                license="Apache-2.0 (written for swiftlike)", metric="choice"),
     DatasetMeta("alpaca-gpt4", "hf::vicgalle/alpaca-gpt4", "sft", "52k GPT-4 answers to the Alpaca instructions",
                 license="CC BY-NC 4.0"),
     DatasetMeta("ultrafeedback-binarized", "hf::HuggingFaceH4/ultrafeedback_binarized:default:train_prefs",
                 "preference", "UltraFeedback pairs (chosen/rejected message lists)", license="MIT"),
     DatasetMeta("gsm8k", "hf::openai/gsm8k:main", "sft", "Grade-school math word problems with worked answers",
-                columns={"question": "query", "answer": "response"}, license="MIT"),
+                columns={"question": "query", "answer": "response"}, license="MIT", metric="math"),
     DatasetMeta("gsm8k-grpo", "hf::openai/gsm8k:main", "grpo", "GSM8K questions as prompts, answers as `solution`",
                 columns={"question": "prompt", "answer": "solution"}, license="MIT"),
 ]}

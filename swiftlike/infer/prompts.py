@@ -16,7 +16,7 @@ from ..errors import UserError
 
 # fields a format consumes; any other column travels with the row to the output
 FORMAT_FIELDS = {"messages", "conversations", "instruction", "input", "output", "query", "response", "history",
-                 "system", "prompt", "completion", "question", "answer", "tools"}
+                 "system", "prompt", "completion", "question", "choices", "answer", "tools"}
 
 
 @dataclass
@@ -26,6 +26,7 @@ class PromptRow:
     tools: list | None = None
     reference: dict | None = None  # the final assistant turn of the data, when there is one
     extra: dict = field(default_factory=dict)
+    raw: dict = field(default_factory=dict)  # the row as read (after column renaming)
 
 
 def read_prompts(specs: list[str], columns: dict | None = None, seed: int = 42) -> list[PromptRow]:
@@ -69,7 +70,7 @@ def prompt_row(where: str, raw: dict) -> PromptRow:
     if not any(m["role"] in ("user", "tool") for m in messages):
         raise UserError(f"{where}: no prompt (no user turn before the answer)")
     extra = {k: v for k, v in raw.items() if k not in FORMAT_FIELDS}
-    return PromptRow(where, messages, canonical.get("tools"), reference, extra)
+    return PromptRow(where, messages, canonical.get("tools"), reference, extra, raw)
 
 
 def _canonical(raw: dict) -> dict:

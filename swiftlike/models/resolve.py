@@ -80,6 +80,19 @@ def resolve(model: str = "", adapters: str | None = None, miniature: bool = Fals
                     template=template or _registry_template(model), miniature=miniature, hub=hub)
 
 
+def trained_from(checkpoint: str, template: str | None = None) -> ModelRef:
+    """The model a checkpoint (LoRA or full) was trained from, with the template the run trained with: what
+    `--with_base` and eval-after-train compare a checkpoint against."""
+    args = read_args(checkpoint)
+    saved = args.get("base_model_dir")
+    base = saved if saved and Path(saved).is_dir() else args.get("model")
+    if not base:
+        raise UserError(f"{checkpoint}/args.json does not name the model it was trained from")
+    return ModelRef(model=args.get("model", base), base=base, task="sft", miniature=False,
+                    template=template or args.get("template") or _registry_template(args.get("model")),
+                    hub=args.get("hub", "huggingface"))
+
+
 def _registry_template(model_id: str | None) -> str | None:
     meta = find_model(model_id or "")
     return meta.template if meta is not None else None

@@ -17,6 +17,7 @@ from ..train.checkpoint import write_atomic
 from ..train.grpo import GRPOObjective
 from ..train.grpo_trainer import GRPOTrainer, RolloutSettings
 from ..train.trainer import LoopSettings, TrainResult
+from .eval import after_training
 from .sft import (_base_weights, build_trainable, cleans_up_on_failure, describe_model, frozen_reference,
                   resolve_template_name, resume_line, run_args, start_run)
 
@@ -77,6 +78,7 @@ def reward_functions(cfg: GRPOConfig, template) -> list:
 @cleans_up_on_failure
 def run_grpo(cfg: GRPOConfig) -> TrainResult:
     main, out, resume_from = start_run(cfg)
+    evaluate_after = after_training(cfg)  # its datasets checked before any training
 
     tokenizer = load_tokenizer(cfg.model, cfg.hub, cfg.trust_remote_code, miniature=cfg.miniature)
     template_name = resolve_template_name(cfg, tokenizer)
@@ -123,6 +125,7 @@ def run_grpo(cfg: GRPOConfig) -> TrainResult:
               f"{', '.join(r.name for r in rewards)}; beta {cfg.beta}, {cfg.num_iterations} iteration(s) per batch")
     trainer = GRPOTrainer(model, tokenizer, prompts, settings, args_json, resume_from, objective=objective,
                           rollout=rollout, rewards=rewards, rs=rs, eval_prompts=eval_prompts)
+    trainer.after_train = evaluate_after
     if main and resume_from is not None:
         print(resume_line(resume_from, trainer))
     result = trainer.train()

@@ -27,6 +27,7 @@ from ..train.checkpoint import latest_checkpoint, write_atomic
 from ..train.tracking import check_tracker
 from ..train.dpo import REFERENCE_FREE
 from ..train.trainer import LoopSettings, Trainer, TrainResult
+from .eval import after_training
 
 BASE_MODEL_DIR = "base_model"
 
@@ -210,6 +211,7 @@ def cleans_up_on_failure(run: Callable) -> Callable:
 @cleans_up_on_failure
 def run_sft(cfg: SFTConfig) -> TrainResult:
     main, out, resume_from = start_run(cfg)
+    evaluate_after = after_training(cfg)  # its datasets checked before any training
     method = METHODS[_task(cfg)]
 
     tokenizer = load_tokenizer(cfg.model, cfg.hub, cfg.trust_remote_code, miniature=cfg.miniature)
@@ -262,6 +264,7 @@ def run_sft(cfg: SFTConfig) -> TrainResult:
         _precompute_reference(objective, rows + eval_rows, cfg.per_device_train_batch_size, main)
     trainer = Trainer(model, tokenizer, rows, train_collate, settings, args_json, resume_from, eval_rows,
                       eval_collate=collate, objective=objective)
+    trainer.after_train = evaluate_after
     if main and resume_from is not None:
         print(resume_line(resume_from, trainer))
     result = trainer.train()

@@ -55,6 +55,7 @@ class TrainResult:
     metrics: dict
     log_history: list = field(default_factory=list)
     already_finished: bool = False  # resumed from a checkpoint that had run every planned step
+    evaluation: dict = field(default_factory=dict)  # --eval_after_train: what was measured, as logged
 
 
 def batch_tokens(batch: dict) -> int:
@@ -102,6 +103,7 @@ class Trainer:
         self.model, self.tokenizer, self.rows, self.collate, self.s = model, tokenizer, rows, collate, settings
         self.eval_rows, self.eval_collate = eval_rows or [], eval_collate or collate
         self.args_json = args_json
+        self.after_train = None  # called with the final checkpoint (main process), returns metrics to log
         self.device = next(p.device for p in model.parameters())
         # the objective: forward(**batch) -> (summed loss, weight, metric sums); weight(batch) is known up front
         self.objective = objective or CausalLMLoss(model)
@@ -232,13 +234,24 @@ class Trainer:
         bar = tqdm(total=self.total_steps, initial=self.step, desc="train", disable=not main, dynamic_ncols=True,
                    mininterval=interval)
         start = time.perf_counter()
+        evaluation = {}
         try:
             with self._interruptible(bar):
                 checkpoint = self._loop(bar, tracker, unit)
+            seconds = time.perf_counter() - start
+            bar.close()
+            if self.after_train is not None and main and checkpoint is not None:
+                self.optimizer.zero_grad(set_to_none=True)  # training is over: free what only it needed
+                self.optimizer.state.clear()
+                accel.empty_cache()
+                evaluation = self.after_train(checkpoint)
+                tracker.log(evaluation, self.step)
         finally:  # flushed also when interrupted or failing: the scalars up to the last checkpoint are kept
             bar.close()
             tracker.close()
-        return self._result(checkpoint, time.perf_counter() - start, finished_before)
+        result = self._result(checkpoint, seconds, finished_before)
+        result.evaluation = evaluation
+        return result
 
     def _loop(self, bar, tracker, unit: str) -> Path | None:
         main = accel.is_main_process()
