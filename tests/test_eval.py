@@ -145,7 +145,7 @@ def test_an_endpoint_scores_as_the_local_model(tmp_path):
 @pytest.mark.slow
 def test_several_checkpoints_and_their_base_in_one_table_and_eval_after_train(tmp_path, capsys):
     run = wb.sft(model="Qwen/Qwen3-0.6B", miniature=True, dataset=[IDENTITY], lora=True, max_steps=30,
-                 output_dir=str(tmp_path / "run"), save_steps=10, eval_after_train=True,
+                 output_dir=str(tmp_path / "run"), save_steps=10, eval_after_train=True, report_to="tensorboard",
                  eval_dataset=[f"{IDENTITY}#8"], eval_metric="rouge", eval_max_new_tokens=24)
     results = json.loads((tmp_path / "run" / "eval" / "results.json").read_text())
     base, final = (m["tasks"][0]["score"] for m in results["models"])
@@ -154,6 +154,12 @@ def test_several_checkpoints_and_their_base_in_one_table_and_eval_after_train(tm
     assert run.evaluation == {f"eval_base/{IDENTITY}#8/rouge": base, f"eval/{IDENTITY}#8/rouge": final}
     table = capsys.readouterr().out
     assert f"[{final - base:+.4f}]" in table
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "run" / "runs"))
+    events.Reload()
+    logged = events.Scalars(f"eval/{IDENTITY}#8/rouge")
+    assert [e.step for e in logged] == [30] and logged[0].value == pytest.approx(final)
     # wb eval: two checkpoints and their base, one table
     out, many = _eval(tmp_path, "many", "--adapters", str(tmp_path / "run" / "checkpoint-10"),
                       str(tmp_path / "run" / "checkpoint-30"), "--with_base", "--eval_dataset", f"{IDENTITY}#8",
