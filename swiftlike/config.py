@@ -473,9 +473,6 @@ class EvalConfig(ModelArgs):
             raise UserError("give --model, --adapters or --api_url")
         if self.with_base and not self.adapters:
             raise UserError("--with_base compares checkpoints with their base: give --adapters")
-        if self.api_url and self.metric == "perplexity":
-            raise UserError("--metric perplexity needs the model's probabilities: evaluate a local model, not "
-                            "--api_url")
         for name, value in (("eval_batch_size", self.eval_batch_size), ("max_new_tokens", self.max_new_tokens)):
             if value < 1:
                 raise UserError(f"--{name} must be at least 1, got {value}")

@@ -54,6 +54,12 @@ def test_exact_match_f1_and_rouge_l_by_hand():
     assert rouge_l("same words", "Same Words") == 1.0 and rouge_l("x", "y") == 0.0
 
 
+def test_every_metric_the_flags_offer_exists():
+    from swiftlike.config import EVAL_METRICS
+
+    assert set(EVAL_METRICS) == set(METRICS) | {"perplexity"}
+
+
 def test_mean_and_standard_error():
     assert mean_and_stderr([1.0]) == (1.0, 0.0)
     mean, stderr = mean_and_stderr([1.0, 0.0, 1.0, 0.0])

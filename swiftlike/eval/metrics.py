@@ -81,8 +81,7 @@ def extract_choice(text: str) -> str | None:
 
 
 def choice_reference(reference: str) -> str:
-    letter = extract_choice(reference) or reference.strip()[:1].upper()
-    return letter
+    return extract_choice(reference) or reference.strip()[:1].upper()
 
 
 METRICS = {m.name: m for m in [
@@ -95,4 +94,3 @@ METRICS = {m.name: m for m in [
     Metric("f1", lambda text: text.strip(), token_f1, "token F1 of the normalised texts (SQuAD)"),
     Metric("rouge", lambda text: text.strip(), rouge_l, "ROUGE-L F1 over lower-cased words"),
 ]}
-ALL_METRICS = (*METRICS, "perplexity")

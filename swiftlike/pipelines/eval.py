@@ -51,9 +51,9 @@ def base_candidate(checkpoint: str, template: str | None = None) -> Candidate:
 
 
 def _label(path: str) -> str:
-    """A short, readable name: run/checkpoint-30 -> run/checkpoint-30's last two parts, a hub id as it is."""
-    parts = Path(path.rstrip("/")).parts
-    return "/".join(parts[-2:]) if len(parts) > 1 and parts[-1].startswith("checkpoint") else (parts[-1] if parts else path)
+    """A short, readable name: runs/x/checkpoint-30 -> x/checkpoint-30, Qwen/Qwen3-8B -> Qwen3-8B."""
+    parts = Path(path.rstrip("/")).parts or (path,)
+    return "/".join(parts[-2:]) if parts[-1].startswith("checkpoint") else parts[-1]
 
 
 def _unique(labels: list[str]) -> list[str]:
@@ -73,9 +73,9 @@ def _slug(text: str) -> str:
 
 def dataset_tasks(cfg: EvalConfig) -> list[tuple[str, str]]:
     """(dataset spec, metric) for every --eval_dataset; refused before any model is loaded."""
+    from ..config import EVAL_METRICS
     from ..data.dataset import parse_selection
     from ..data.registry import lookup
-    from ..eval.metrics import ALL_METRICS
 
     out = []
     for spec in cfg.eval_dataset:
@@ -83,10 +83,8 @@ def dataset_tasks(cfg: EvalConfig) -> list[tuple[str, str]]:
         meta = None if Path(source).exists() else lookup(source)
         metric = cfg.metric or (meta.metric if meta else None)
         if not metric:
-            raise UserError(f"--eval_dataset {spec}: give --metric ({', '.join(ALL_METRICS)}); only named datasets "
+            raise UserError(f"--eval_dataset {spec}: give --metric ({', '.join(EVAL_METRICS)}); only named datasets "
                             "carry a default")
-        if metric not in ALL_METRICS:
-            raise UserError(f"--metric {metric!r} is not one of {', '.join(ALL_METRICS)}")
         if metric == "perplexity" and cfg.api_url:
             raise UserError("--metric perplexity needs the model's probabilities: evaluate a local model, not "
                             "--api_url")
