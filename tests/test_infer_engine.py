@@ -331,6 +331,19 @@ def test_vllm_request_translation_and_outputs(fake_vllm, tmp_path):
         engine.close()
 
 
+def test_vllm_engine_that_fails_to_start_leaves_no_thread(fake_vllm, tmp_path, monkeypatch):
+    import threading
+
+    from swiftlike.infer.vllm import VLLMEngine
+
+    def refuse(args):
+        raise RuntimeError("CUDA out of memory")
+    monkeypatch.setattr(_FakeAsyncEngine, "from_engine_args", staticmethod(refuse))
+    with pytest.raises(RuntimeError, match="out of memory"):
+        VLLMEngine(str(tmp_path), _Tok(), types.SimpleNamespace(stop_token_ids=[2]))
+    assert not [t for t in threading.enumerate() if t.name == "wb-vllm"]
+
+
 def test_vllm_missing_is_one_line(monkeypatch):
     from swiftlike.infer.vllm import require_vllm
 

@@ -107,7 +107,12 @@ class VLLMEngine(Engine):
         async def start():
             return vllm.AsyncLLMEngine.from_engine_args(args)
 
-        self._engine = asyncio.run_coroutine_threadsafe(start(), self._loop).result()
+        try:
+            self._engine = asyncio.run_coroutine_threadsafe(start(), self._loop).result()
+        except BaseException:  # no engine: its loop thread stops with it
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=10)
+            raise
 
     def submit(self, prompt_ids: list[int], params: SamplingParams, adapter: str | None = None) -> Request:
         params.validate()

@@ -25,7 +25,7 @@ class Guard:
         if self.expected is not None and scope["path"] not in self.open_paths:
             given = headers.get(b"authorization", b"")
             if not hmac.compare_digest(given, self.expected):
-                await _drain(receive)
+                await _drain(receive, cap=self.max_body)  # a client without the key gets no more reading than that
                 what = "no API key given" if not given else "incorrect API key"
                 return await _reply(send, 401, f"{what}: send 'Authorization: Bearer <key>'", "invalid_api_key")
         declared = headers.get(b"content-length")
@@ -61,9 +61,9 @@ class Guard:
         return f"the request body is larger than this server's limit of {self.max_body:,} bytes"
 
 
-async def _drain(receive, seen: int = 0) -> None:
+async def _drain(receive, seen: int = 0, cap: int = DRAIN_CAP) -> None:
     more = True
-    while more and seen < DRAIN_CAP:
+    while more and seen < cap:
         message = await receive()
         if message["type"] == "http.disconnect":
             return
