@@ -133,16 +133,42 @@ class SFTConfig(ModelArgs, DataArgs):
     report_to: str = _f("none", "Experiment tracker: tensorboard, wandb, swanlab or none.",
                         choices=("tensorboard", "wandb", "swanlab", "none"))
     nproc_per_node: int = _f(1, "Processes on this machine; >1 relaunches under torchrun (or set NPROC_PER_NODE).")
+    # memory planning: --dry_run estimates, from the model's config alone (docs/distributed.md)
+    dry_run: bool = _f(False, "Print the estimated per-device memory of this run (weights, gradients, optimizer "
+                              "states, activations, peak) from the model's config alone and stop: no weights, data "
+                              "or output directory; registered models need no network.")
+    gpu_memory: str | None = _f(None, "--dry_run: the card to check the estimate against, e.g. 80GB (10^9 bytes), "
+                                      "24GiB (2^30 bytes; a bare number is GiB).")
+    plan_zero: str = _f("none", "--dry_run: plan with this ZeRO stage (zero1: optimizer states sharded, zero2: and "
+                                "gradients, zero3: and weights; FSDP full sharding plans as zero3). It only shapes "
+                                "the estimate: training does not shard until the DeepSpeed/FSDP engines land.",
+                        choices=("none", "zero1", "zero2", "zero3"))
+    plan_devices: int | None = _f(None, "--dry_run: ranks that share the model states under --plan_zero, or run "
+                                        "data-parallel (default: --nproc_per_node).")
 
     @property
     def train_type(self) -> str:
         return "qlora" if self.qlora else "full" if self.full else "lora"
 
+    def _check_plan_options(self) -> None:
+        planning = [n for n in ("gpu_memory", "plan_devices") if getattr(self, n) is not None]
+        planning += ["plan_zero"] if self.plan_zero != "none" else []
+        if planning and not self.dry_run:
+            raise UserError(f"--{planning[0]} only shapes the --dry_run estimate; add --dry_run")
+        if self.gpu_memory is not None:
+            from .train.memory_plan import parse_size
+
+            if parse_size(self.gpu_memory) is None:
+                raise UserError(f"--gpu_memory {self.gpu_memory!r}: expected a size such as 80GB or 24GiB")
+        if self.plan_devices is not None and self.plan_devices < 1:
+            raise UserError(f"--plan_devices must be at least 1, got {self.plan_devices}")
+
     def validate(self) -> "SFTConfig":
         if not self.model:
             raise UserError("--model is required (a hub id such as Qwen/Qwen3-0.6B, or a local directory)")
-        if not self.dataset:
+        if not self.dataset and not self.dry_run:
             raise UserError("--dataset is required (a .jsonl or .json file)")
+        self._check_plan_options()
         modes = [m for m in ("lora", "qlora", "full") if getattr(self, m)]
         if len(modes) > 1:
             raise UserError(f"choose one training mode, got {' and '.join('--' + m for m in modes)}")
@@ -332,7 +358,7 @@ class GRPOConfig(SFTConfig):
 
     def validate(self) -> "GRPOConfig":
         super().validate()
-        if not self.reward_funcs and not self.reward_model:
+        if not self.reward_funcs and not self.reward_model and not self.dry_run:
             raise UserError("wb grpo needs --reward_funcs (e.g. accuracy format) or --reward_model")
         n_rewards = len(self.reward_funcs) + (1 if self.reward_model else 0)
         if self.reward_weights and len(self.reward_weights) != n_rewards:

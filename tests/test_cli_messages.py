@@ -23,7 +23,7 @@ def _error(capsys, argv) -> str:
     ("--lora_rnak", "unknown flag --lora_rnak; did you mean --lora_rank?"),
     ("--num_train_epoch", "unknown flag --num_train_epoch; did you mean --num_train_epochs?"),
     ("--deepspeed", "unknown flag --deepspeed; see wb sft --help"),   # not --seed
-    ("--dry_run", "unknown flag --dry_run; see wb sft --help"),       # not --lora_rank
+    ("--warp_speed", "unknown flag --warp_speed; see wb sft --help"), # not --warmup_steps
     ("--lr", "unknown flag --lr; see wb sft --help"),                 # not --lora
 ])
 def test_unknown_flags_get_a_suggestion_only_when_close(capsys, flag, message):

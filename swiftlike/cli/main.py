@@ -167,7 +167,7 @@ def _run(argv: list[str]) -> int:
     cfg = build_config(cls, merged)
     if args.command in ("sft", "pt", "dpo", "kto", "rm", "grpo"):
         nproc = cfg.nproc_per_node if cfg.nproc_per_node > 1 else int(os.environ.get("NPROC_PER_NODE", "1"))
-        code = _maybe_relaunch(argv, nproc)
+        code = None if cfg.dry_run else _maybe_relaunch(argv, nproc)  # a plan needs no processes
         if code is not None:
             return code
         if args.command == "grpo":

@@ -129,8 +129,7 @@ def miniature_config(model: str, hub: str = "huggingface"):
     if meta is not None and (meta.no_miniature or not meta.config):
         raise _no_miniature(meta)
     if meta is not None:
-        cfg_dict = dict(meta.config)
-        config = AutoConfig.for_model(cfg_dict.pop("model_type"), **_with_rope_factors(cfg_dict))
+        config = registered_config(meta)
     else:
         config = AutoConfig.from_pretrained(config_dir(model, hub, miniature=True))
     text = config.get_text_config()
@@ -159,6 +158,32 @@ def miniature_config(model: str, hub: str = "huggingface"):
         for cfg in {id(text): text, id(config): config}.values():
             cfg.bos_token_id, cfg.eos_token_id, cfg.pad_token_id = bos, eos, pad
     return config
+
+
+def registered_config(meta: ModelMeta):
+    """A transformers config from the registry's facts, built from a deep copy: transformers normalises nested
+    dicts (rope parameters, sub-configs) in place, which must never change the registry itself."""
+    import copy
+
+    from transformers import AutoConfig
+
+    cfg_dict = copy.deepcopy(dict(meta.config))
+    return AutoConfig.for_model(cfg_dict.pop("model_type"), **_with_rope_factors(cfg_dict))
+
+
+def model_config(model: str, hub: str = "huggingface", trust_remote_code: bool = False):
+    """The model's config without its weights: a registered id's from the registry (offline), a local directory's
+    or checkpoint's config.json, else the hub's config.json (one line when it cannot be fetched)."""
+    from transformers import AutoConfig
+
+    meta = find_model(model)
+    if meta is not None and meta.config and not is_local(model):
+        return registered_config(meta)
+    path = config_dir(model, hub)
+    try:
+        return AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, KeyError) as e:
+        raise UserError(f"cannot read the config of {model}: {str(e).strip().splitlines()[0][:200]}") from None
 
 
 def build_miniature(model: str, hub: str = "huggingface", seed: int = 42, dtype: torch.dtype = torch.float32):

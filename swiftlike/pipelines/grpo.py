@@ -77,6 +77,10 @@ def reward_functions(cfg: GRPOConfig, template) -> list:
 
 @cleans_up_on_failure
 def run_grpo(cfg: GRPOConfig) -> TrainResult:
+    if cfg.dry_run:  # the memory plan only (a MemoryPlan): nothing loaded or written
+        from .dry_run import dry_run
+
+        return dry_run(cfg, "grpo")
     main, out, resume_from = start_run(cfg)
     evaluate_after = after_training(cfg)  # its datasets checked before any training
 

@@ -210,6 +210,10 @@ def cleans_up_on_failure(run: Callable) -> Callable:
 
 @cleans_up_on_failure
 def run_sft(cfg: SFTConfig) -> TrainResult:
+    if cfg.dry_run:  # the memory plan only (a MemoryPlan): nothing loaded or written
+        from .dry_run import dry_run
+
+        return dry_run(cfg, _task(cfg))
     main, out, resume_from = start_run(cfg)
     evaluate_after = after_training(cfg)  # its datasets checked before any training
     method = METHODS[_task(cfg)]

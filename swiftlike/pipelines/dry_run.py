@@ -1,0 +1,175 @@
+"""`--dry_run` on a training command: its per-device memory plan (train/memory_plan.py), printed and returned.
+
+Only the model's config is read (the registry's for registered ids, so no network): no weights, no data, and no
+output directory is created.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import replace
+from pathlib import Path
+
+from ..errors import UserError
+from ..hub import is_local
+from ..models.loader import miniature_config, model_config, quiet_libraries
+from ..registry import find_model
+from ..train.dpo import REFERENCE_FREE
+from ..train.memory_plan import (FORMULA_TYPES, MEASURED_TYPES, MemoryPlan, Setup, architecture,
+                                 fmt_params, gib, parse_size, plan, with_setup)
+
+PHASES = {"forward and loss": "the activations kept for backward and the loss's buffers; gradients only where "
+                               "they accumulate or DDP / ZeRO keep buffers",
+          "end of backward": "every gradient, with the first layer's activations still alive",
+          "optimizer step": "every gradient and AdamW's temporaries",
+          "recomputing a layer": "the layer checkpoints, one recomputed layer and its gradients in flight",
+          "generation": "the KV cache of the rollouts"}
+
+
+def dry_run(cfg, task: str) -> MemoryPlan:
+    """The memory plan of training `cfg` (a validated SFTConfig or subclass) as `task`, printed as a table."""
+    quiet_libraries()
+    try:
+        config = miniature_config(cfg.model, cfg.hub) if cfg.miniature else \
+            model_config(cfg.model, cfg.hub, cfg.trust_remote_code)
+    except UserError as e:
+        if find_model(cfg.model) is not None or is_local(cfg.model):
+            raise
+        raise UserError(f"--dry_run needs the config of {cfg.model!r}, which is neither a registered model (`wb "
+                        f"models` lists those that plan offline) nor a local directory; {e}") from None
+    arch = architecture(config)
+    params = None
+    if arch.model_type not in FORMULA_TYPES or config.get_text_config() is not config:
+        params = _parameters_on_meta_device(config, cfg.model)
+        arch = replace(arch, params_by="meta device",
+                       notes=arch.notes + ("no formula for this architecture: parameters counted by building it on "
+                                           "the meta device; activations as a Llama-style decoder of its widths",))
+    setup = setup_for(cfg, task, arch)
+    capacity = parse_size(cfg.gpu_memory) if cfg.gpu_memory else None
+    result = plan(arch, setup, cfg.model + (" miniature" if cfg.miniature else ""), capacity, params)
+    if arch.model_type not in MEASURED_TYPES:
+        measured = ", ".join(MEASURED_TYPES)
+        result.notes.append(f"the activation formula was checked against measured peaks for {measured} decoders; "
+                            f"{arch.model_type} is derived the same way but not measured")
+    print(render(result))
+    return result
+
+
+def setup_for(cfg, task: str, arch) -> Setup:
+    """The options of a training command that memory depends on."""
+    rank, targets, dropout = cfg.lora_rank, tuple(cfg.target_modules), cfg.lora_dropout
+    if cfg.adapters:  # continued adapters keep their own rank and targets
+        saved = json.loads((Path(cfg.adapters) / "adapter_config.json").read_text(encoding="utf-8"))
+        rank = saved.get("r", rank)
+        t = saved.get("target_modules") or targets
+        targets = (t,) if isinstance(t, str) else tuple(t)
+    if arch.experts and targets == ("all-linear",):
+        dropout = 0.0  # attach_lora: peft adapts fused experts without dropout
+    dtype = "bfloat16" if cfg.torch_dtype == "auto" else cfg.torch_dtype
+    attn = cfg.attn_implementation or ("eager" if arch.attn_softcap else "sdpa")
+    # a full-parameter run keeps a frozen copy of the model as the reference (LoRA's is the adapter-free model)
+    if task in ("dpo", "kto"):
+        reference = task == "kto" or cfg.loss_type not in REFERENCE_FREE
+        reference = reference and not getattr(cfg, "precompute_ref_logps", False)  # (wb dpo's option)
+    else:
+        reference = task == "grpo" and cfg.beta != 0.0
+    reference = reference and cfg.train_type == "full"
+    devices = cfg.plan_devices or (cfg.nproc_per_node if cfg.nproc_per_node > 1 else
+                                   int(os.environ.get("NPROC_PER_NODE", "1")))
+    common = dict(task=task, method=cfg.train_type, dtype=dtype, batch=cfg.per_device_train_batch_size,
+                  accumulation=cfg.gradient_accumulation_steps, gradient_checkpointing=cfg.gradient_checkpointing,
+                  attn=attn, lora_rank=rank, lora_dropout=dropout, target_modules=targets, zero=cfg.plan_zero,
+                  devices=devices, reference_copy=reference)
+    if task != "grpo":
+        return Setup(seq_len=cfg.max_length, padding_free=cfg.padding_free, **common)
+    sequences = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps
+    server = cfg.use_vllm and cfg.vllm_mode == "server"
+    return Setup(seq_len=cfg.max_prompt_length + cfg.max_completion_length, padding_free=False,
+                 generation_sequences=0 if cfg.use_vllm else (cfg.generation_batch_size or sequences),
+                 prompt_len=cfg.max_prompt_length, completion_len=cfg.max_completion_length,
+                 vllm_fraction=cfg.vllm_gpu_memory_utilization if cfg.use_vllm and not server else 0.0, **common)
+
+
+def _parameters_on_meta_device(config, model: str) -> int:
+    """Exact parameter count of an architecture without a formula: built on the meta device (no memory)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    try:
+        with torch.device("meta"):
+            net = AutoModelForCausalLM.from_config(config)
+    except (ValueError, KeyError, ImportError, OSError) as e:
+        raise UserError(f"cannot plan {model}: transformers cannot build its architecture "
+                        f"({str(e).strip().splitlines()[0][:160]})") from None
+    return sum(p.numel() for p in net.parameters())
+
+
+def _training_line(p: MemoryPlan) -> str:
+    s = p.setup
+    method = s.method if s.method == "full" else \
+        f"{s.method} r={s.lora_rank} on {' '.join(s.target_modules)}"
+    seqs = "pairs" if s.task in ("dpo", "rm") else "examples" if s.task == "kto" else \
+        "completions" if s.task == "grpo" else "sequences"
+    shard = "no ZeRO" if s.zero == "none" else s.zero.replace("zero", "ZeRO-")
+    return (f"{s.task}, {method}, {s.dtype}, batch {s.batch} {seqs} x {s.seq_len} tokens"
+            + (f" x {s.accumulation} accumulated" if s.accumulation > 1 else "")
+            + f", AdamW, {'gradient checkpointing' if s.gradient_checkpointing else 'no gradient checkpointing'}, "
+            f"{s.attn}{' padding-free' if s.padding_free and s.task != 'grpo' else ''}, {shard} on {s.devices} "
+            f"device{'s' if s.devices > 1 else ''}")
+
+
+def render(p: MemoryPlan) -> str:
+    a = p.arch
+    counted = "counted from its config" if a.params_by == "formula" else "counted on the meta device"
+    lines = ["[wb] dry run: memory per device, estimated from the model's config (no weights, data or output "
+             "directory)",
+             f"  model      {p.model} ({a.model_type}): {fmt_params(p.params)} parameters ({counted}), {a.layers} "
+             f"layers, hidden {a.hidden:,}, vocabulary {a.vocab:,}",
+             f"  training   {_training_line(p)}; {fmt_params(p.trainable)} trainable"]
+    names = {"weights": "weights", "reference": "reference model", "gradients": "gradients",
+             "optimizer": "optimizer states", "activations": "activations", "generation": "generation",
+             "workspace": "workspace"}
+    for part in p.parts:
+        lines.append(f"  {names[part.name]:<18}{gib(part.bytes):>13}   {part.detail}")
+    largest = max(p.phases, key=p.phases.get)
+    lines.append(f"  {'peak':<18}{gib(p.peak):>13}   weights, optimizer states and workspace + the largest phase of "
+                 f"a step: {largest} ({PHASES[largest]})")
+    if p.capacity is not None:
+        usable = p.capacity * (1 - p.setup.vllm_fraction)
+        where = f"{gib(usable)} of it beside colocated vLLM" if p.setup.vllm_fraction else gib(p.capacity)
+        margin = "with 10% allocator slack and 1 GiB for the CUDA context"
+        if p.fits:
+            lines.append(f"  fits {_card(p)} ({where}): yes, {gib(usable - p.needed)} to spare {margin}")
+        else:
+            lines.append(f"  fits {_card(p)} ({where}): no, {gib(p.needed - usable)} short {margin}" + _hints(p))
+    for note in p.notes:
+        lines.append(f"  note: {note}")
+    return "\n".join(lines)
+
+
+def _card(p: MemoryPlan) -> str:
+    from ..train.memory_plan import GiB
+
+    size = p.capacity
+    return f"{size / GiB:g}GiB" if size % GiB == 0 else f"{size / 1e9:g}GB"
+
+
+def _hints(p: MemoryPlan) -> str:
+    """Options that lower the peak, each with the peak it gives."""
+    s = p.setup
+    tries = []
+    if not s.gradient_checkpointing:
+        tries.append(("--gradient_checkpointing", dict(gradient_checkpointing=True)))
+    if s.attn == "sdpa" and p.detail.get("mask_layer", 0) * p.arch.layers > 0.1 * p.peak:
+        tries.append(("--attn_implementation flash_attention_2", dict(attn="flash_attention_2")))
+    if s.method != "full" and s.lora_dropout > 0:
+        tries.append(("--lora_dropout 0", dict(lora_dropout=0.0)))
+    if s.method == "full":
+        tries.append(("--lora", dict(method="lora")))
+    if s.batch > 1:
+        tries.append((f"--per_device_train_batch_size 1 --gradient_accumulation_steps {s.batch * s.accumulation}",
+                      dict(batch=1, accumulation=s.batch * s.accumulation)))
+    if s.method == "full" and s.zero != "zero3" and s.devices > 1:
+        tries.append(("--plan_zero zero3", dict(zero="zero3")))
+    shown = [f"{flag} ({gib(with_setup(p, **change).peak)})" for flag, change in tries]
+    return "; peak with " + ", ".join(shown) if shown else ""

@@ -1,0 +1,593 @@
+"""Per-device memory of a training run, from the model's config alone (`--dry_run`; docs/distributed.md).
+
+Nothing here loads weights or data. `architecture(config)` reads the sizes that memory depends on,
+`parameter_count` / `lora_parameter_count` count parameters by formula (tests/test_memory_plan.py checks them
+against models built from configs), and `plan(arch, Setup(...))` adds up:
+
+  weights      every parameter in its stored dtype (QLoRA: 4-bit NF4 linear layers, the rest upcast to fp32 as
+               peft's prepare_model_for_kbit_training does), plus a full-parameter run's frozen reference
+  gradients    one per trainable parameter, in its dtype (LoRA adapters are float32: peft upcasts them)
+  optimizer    torch AdamW's exp_avg and exp_avg_sq in the parameter's dtype (no master copy) without ZeRO; with a
+               ZeRO stage, DeepSpeed's mixed-precision accounting (fp32 master + moments: 12 bytes a parameter),
+               sharded as the stage shards it
+  activations  what autograd keeps for backward, per token and layer (`layer_bytes_per_token`), the attention
+               masks (quadratic in the tokens of a row), the final norm, and the fused loss's own buffers
+               (train/loss.py: chunks of fp32 logits, the hidden-state gradient, and with a trainable output
+               layer its fp32 weight gradient)
+
+The peak is not the sum: gradients are set to None after each optimizer step, so during the forward and at the
+start of backward the activations are alive but the gradients are not (unless gradients accumulate over
+micro-batches); at the optimizer step the gradients and the step's temporaries are. The peak is weights +
+optimizer states + the cuBLAS workspaces + the largest of those phases (`MemoryPlan.phases`).
+benchmarks/memory_plan.py measures real steps against it.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, replace
+
+GiB = 1 << 30
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+LOGITS_PER_CHUNK = 1 << 24  # train/loss.py's chunk of output-layer logits (kept in step by a test)
+NF4_BLOCK = 64  # bitsandbytes 4-bit: one absmax per 64 weights
+NF4_DOUBLE_QUANT_BLOCK = 256  # with double quantization: absmax as 8-bit, one fp32 scale per 256 absmax
+# bytes per 4-bit parameter: 4 bits + an 8-bit absmax per 64 weights + an fp32 scale per 64 * 256 weights
+NF4_BYTES = 0.5 + 1 / NF4_BLOCK + 4 / (NF4_BLOCK * NF4_DOUBLE_QUANT_BLOCK)
+CUDA_CONTEXT = 1 * GiB  # the CUDA context and kernels: what a card loses before the first tensor
+CUBLAS_WORKSPACE = 64 << 20  # cuBLAS + cuBLASLt workspaces, allocated through torch's allocator on first use
+FRAGMENTATION = 0.10  # torch's caching allocator reserved up to 16% more than it handed out (docs)
+ZERO_STAGES = ("none", "zero1", "zero2", "zero3")
+GEMMA_NORM = ("gemma", "gemma2", "gemma3", "gemma3_text")  # norms computed in fp32: (1 + w) * x.float()
+FORMULA_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3", "glm",
+                 "internlm3", "qwen3_moe", "mixtral", "deepseek_v3")
+MEASURED_TYPES = ("llama", "mistral", "qwen2", "qwen3")  # activation formula checked against measured peaks
+
+
+# -- the architecture ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Linear:
+    """One linear map of a decoder layer: `count` of them (MoE experts) from `fan_in` to `fan_out` features."""
+
+    name: str
+    fan_in: int
+    fan_out: int
+    count: int = 1
+    bias: bool = False
+    group: str = ""       # linears reading the same input tensor (q/k/v; gate/up)
+    fused_experts: bool = False  # a 3-D expert parameter (transformers 5), which peft adapts per expert
+    all_linear: bool = True      # adapted by target_modules all-linear
+
+    @property
+    def params(self) -> int:
+        return self.count * (self.fan_in * self.fan_out + (self.fan_out if self.bias else 0))
+
+
+@dataclass(frozen=True)
+class Arch:
+    """What memory depends on, read from a transformers config (the text model's for multimodal ones)."""
+
+    model_type: str
+    hidden: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    vocab: int
+    tied: bool
+    intermediate: int
+    q_dim: int                      # query width (heads x head_dim; MLA: heads x (nope + rope))
+    k_dim: int                      # key width
+    v_dim: int                      # value width
+    norms_per_layer: int = 2
+    qk_norm: bool = False
+    attn_softcap: bool = False      # Gemma-2's soft-capped attention scores: eager attention
+    dense_linears: tuple = ()       # the linears of a layer with a dense MLP
+    moe_linears: tuple = ()         # the linears of a mixture-of-experts layer
+    moe_layers: int = 0
+    experts: int = 0
+    experts_per_token: int = 0
+    moe_intermediate: int = 0
+    shared_intermediate: int = 0
+    layer_norm_params: int = 0      # norm weights of one layer
+    params_by: str = "formula"      # how the parameter count was made: formula or "meta device" (built empty)
+    notes: tuple = ()
+
+    @property
+    def dense_layers(self) -> int:
+        return self.layers - self.moe_layers
+
+
+def _get(cfg, *names, default=None):
+    for name in names:
+        value = getattr(cfg, name, None)
+        if value is not None:
+            return value
+    return default
+
+
+def architecture(config) -> Arch:
+    """The Arch of a transformers config (AutoConfig / PretrainedConfig)."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    model_type = getattr(text, "model_type", "") or getattr(config, "model_type", "")
+    h = text.hidden_size
+    heads = text.num_attention_heads
+    kv = _get(text, "num_key_value_heads", default=heads)
+    d = _get(text, "head_dim", default=h // heads)
+    inter = _get(text, "intermediate_size", default=4 * h)
+    vocab = text.vocab_size
+    tied = bool(_get(config, "tie_word_embeddings", default=True)) if text is not config else \
+        bool(_get(text, "tie_word_embeddings", default=True))
+    attn_bias = bool(_get(text, "attention_bias", default=False))
+    mlp_bias = bool(_get(text, "mlp_bias", default=False))
+    q_dim, k_dim, v_dim = heads * d, kv * d, kv * d
+    qkv_bias = attn_bias or model_type == "qwen2"
+    o_bias = attn_bias and model_type in ("llama", "mistral", "internlm3", "qwen3", "qwen3_moe", "mixtral",
+                                          "gemma", "gemma2", "gemma3_text")
+    notes = []
+    # attention
+    if model_type == "deepseek_v3":
+        nope, rope, vd = text.qk_nope_head_dim, text.qk_rope_head_dim, text.v_head_dim
+        qr, kvr = text.q_lora_rank, text.kv_lora_rank
+        q_dim, k_dim, v_dim = heads * (nope + rope), heads * (nope + rope), heads * vd
+        attn = ([Linear("q_a_proj", h, qr, bias=attn_bias), Linear("q_b_proj", qr, q_dim)] if qr else
+                [Linear("q_proj", h, q_dim)])
+        attn += [Linear("kv_a_proj_with_mqa", h, kvr + rope, bias=attn_bias),
+                 Linear("kv_b_proj", kvr, heads * (nope + vd)), Linear("o_proj", heads * vd, h, bias=attn_bias)]
+        norm_params = 2 * h + (qr or 0) + kvr
+        notes.append("multi-head latent attention: activations approximated as standard attention of the same widths")
+    elif model_type == "phi3":
+        attn = [Linear("qkv_proj", h, q_dim + 2 * k_dim), Linear("o_proj", q_dim, h)]
+        norm_params = 2 * h
+    else:
+        attn = [Linear("q_proj", h, q_dim, bias=qkv_bias, group="qkv"),
+                Linear("k_proj", h, k_dim, bias=qkv_bias, group="qkv"),
+                Linear("v_proj", h, v_dim, bias=qkv_bias, group="qkv"),
+                Linear("o_proj", q_dim, h, bias=o_bias)]
+        norm_params = 2 * h
+    qk_norm = model_type in ("qwen3", "qwen3_moe", "gemma3_text")
+    norms = 4 if model_type in ("gemma2", "gemma3_text") else 2
+    norm_params += (norms - 2) * h + (2 * d if qk_norm else 0)
+    # MLP
+    if model_type in ("phi3", "glm"):
+        dense = [Linear("gate_up_proj", h, 2 * inter), Linear("down_proj", inter, h)]
+    else:
+        dense = [Linear("gate_proj", h, inter, bias=mlp_bias, group="up"),
+                 Linear("up_proj", h, inter, bias=mlp_bias, group="up"),
+                 Linear("down_proj", inter, h, bias=mlp_bias)]
+    experts = _get(text, "num_experts", "num_local_experts", "n_routed_experts", default=0) or 0
+    moe_layers, moe, top_k, m_inter, shared = 0, [], 0, 0, 0
+    if experts:
+        top_k = text.num_experts_per_tok
+        m_inter = _get(text, "moe_intermediate_size", default=inter)
+        if model_type == "qwen3_moe":
+            sparse = [i for i in range(text.num_hidden_layers) if i not in (text.mlp_only_layers or [])
+                      and (i + 1) % text.decoder_sparse_step == 0]
+            moe_layers = len(sparse)
+        elif model_type == "deepseek_v3":
+            moe_layers = text.num_hidden_layers - text.first_k_dense_replace
+        else:
+            moe_layers = text.num_hidden_layers
+        moe = [Linear("gate", h, experts, fused_experts=False, group="router"),
+               Linear("experts.gate_up_proj", h, 2 * m_inter, count=experts, fused_experts=True),
+               Linear("experts.down_proj", m_inter, h, count=experts, fused_experts=True)]
+        if model_type == "deepseek_v3":
+            shared = m_inter * (text.n_shared_experts or 0)
+            if shared:
+                moe += [Linear("shared_experts.gate_proj", h, shared, group="shared"),
+                        Linear("shared_experts.up_proj", h, shared, group="shared"),
+                        Linear("shared_experts.down_proj", shared, h)]
+        # peft's all-linear leaves a MoE model's gate_proj/up_proj/down_proj linears (dense layers, shared experts)
+        # alone: those names stand for the fused experts' parts in its weight conversion
+        dense = [replace(lin, all_linear=False) if lin.name in ("gate_proj", "up_proj", "down_proj") else lin
+                 for lin in dense]
+        moe = [replace(lin, all_linear=False) if not lin.fused_experts and
+               lin.name.rsplit(".", 1)[-1] in ("gate_proj", "up_proj", "down_proj") else lin for lin in moe]
+        notes.append("mixture of experts: activations approximate (routed tokens per expert as if balanced)")
+    return Arch(model_type=model_type, hidden=h, layers=text.num_hidden_layers, heads=heads, kv_heads=kv,
+                head_dim=d, vocab=vocab, tied=tied, intermediate=inter, q_dim=q_dim, k_dim=k_dim, v_dim=v_dim,
+                norms_per_layer=norms, qk_norm=qk_norm,
+                attn_softcap=bool(_get(text, "attn_logit_softcapping", default=None)),
+                dense_linears=tuple(attn + dense), moe_linears=tuple(attn + moe) if experts else (),
+                moe_layers=moe_layers, experts=experts, experts_per_token=top_k, moe_intermediate=m_inter,
+                shared_intermediate=shared, layer_norm_params=norm_params, notes=tuple(notes))
+
+
+def parameter_count(arch: Arch, reward_head: bool = False) -> int:
+    """All parameters: embeddings, decoder layers, final norm, output layer (none when tied; a one-output score
+    layer for a reward model)."""
+    dense = sum(lin.params for lin in arch.dense_linears) + arch.layer_norm_params
+    moe = sum(lin.params for lin in arch.moe_linears) + arch.layer_norm_params if arch.moe_layers else 0
+    head = arch.hidden if reward_head else (0 if arch.tied else arch.vocab * arch.hidden)
+    return arch.vocab * arch.hidden + arch.dense_layers * dense + arch.moe_layers * moe + arch.hidden + head
+
+
+def quantized_parameter_count(arch: Arch) -> int:
+    """Parameters QLoRA stores in 4 bits: the decoder's nn.Linear layers. bitsandbytes replaces nn.Linear modules
+    only, so a MoE model's fused 3-D experts and its router weight keep the compute dtype (and peft's
+    prepare_model_for_kbit_training then upcasts them to float32, with the embeddings and norms)."""
+    def linear(lins) -> int:
+        return sum(lin.params for lin in lins if not lin.fused_experts and lin.group != "router")
+    return arch.dense_layers * linear(arch.dense_linears) + arch.moe_layers * linear(arch.moe_linears)
+
+
+def _adapted(lin: Linear, targets) -> bool:
+    if targets in (None, "all-linear", ["all-linear"], ("all-linear",)):
+        return lin.all_linear
+    short = lin.name.rsplit(".", 1)[-1]
+    return any(t == lin.name or t == short or (t.startswith("experts") and lin.name.startswith(t)) for t in targets)
+
+
+def lora_parameter_count(arch: Arch, rank: int, targets=("all-linear",)) -> int:
+    """LoRA parameters: r x (in + out) per adapted linear map. peft adapts a fused 3-D expert parameter with rank
+    r per expert (lora_A: r*E x in, lora_B: out x r*E), the fused gate_up one with rank 2r (the gate's and the up
+    projection's adapters, as peft converts them), and a router weight as one matrix."""
+    def per_layer(linears) -> int:
+        total = 0
+        for lin in linears:
+            if not _adapted(lin, targets):
+                continue
+            r = 2 * rank if lin.name.endswith("gate_up_proj") and lin.fused_experts else rank
+            total += lin.count * r * (lin.fan_in + lin.fan_out)
+        return total
+    return arch.dense_layers * per_layer(arch.dense_linears) + arch.moe_layers * per_layer(arch.moe_linears)
+
+
+# -- the run ----------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Setup:
+    """How the model is trained: what `wb sft/pt/dpo/kto/rm/grpo` options decide (pipelines/dry_run.py)."""
+
+    task: str = "sft"                  # sft | pt | dpo | kto | rm | grpo
+    method: str = "lora"               # full | lora | qlora
+    dtype: str = "bfloat16"
+    batch: int = 4                     # per_device_train_batch_size
+    seq_len: int = 2048                # longest sequence (GRPO: prompt + completion)
+    accumulation: int = 1
+    gradient_checkpointing: bool = False
+    attn: str = "sdpa"                 # sdpa | flash_attention_2 | eager
+    padding_free: bool = True
+    lora_rank: int = 8
+    lora_dropout: float = 0.05
+    target_modules: tuple = ("all-linear",)
+    zero: str = "none"
+    devices: int = 1
+    device: str = "cuda"               # cuda (what a card runs) or cpu (how the tests measure)
+    reference_copy: bool = False       # a full-parameter run that keeps a frozen reference model
+    # GRPO generation (the transformers backend)
+    generation_sequences: int = 0      # sequences decoded together
+    prompt_len: int = 0
+    completion_len: int = 0
+    vllm_fraction: float = 0.0         # colocated vLLM: the share of the card its engine takes
+
+
+@dataclass
+class Part:
+    name: str
+    bytes: float
+    detail: str = ""
+
+
+@dataclass
+class MemoryPlan:
+    """The estimate for one device. `parts` splits it; `peak` is what the card must hold at once."""
+
+    model: str
+    arch: Arch
+    setup: Setup
+    params: int
+    trainable: int
+    parts: list = field(default_factory=list)
+    peak: float = 0.0
+    phases: dict = field(default_factory=dict)   # phase name -> bytes above weights + optimizer states
+    capacity: float | None = None                # the card (--gpu_memory), bytes
+    notes: list = field(default_factory=list)
+    detail: dict = field(default_factory=dict)   # the activation terms, for tests and docs
+
+    def part(self, name: str) -> float:
+        return sum(p.bytes for p in self.parts if p.name == name)
+
+    @property
+    def fits(self) -> bool | None:
+        if self.capacity is None:
+            return None
+        return self.needed <= self.capacity * (1 - self.setup.vllm_fraction)
+
+    @property
+    def needed(self) -> float:
+        """What the card must have: the peak, the allocator's slack over it, the CUDA context."""
+        return self.peak * (1 + FRAGMENTATION) + CUDA_CONTEXT
+
+    def as_dict(self) -> dict:
+        return {"model": self.model, "params": self.params, "trainable": self.trainable,
+                "parts": {p.name: p.bytes for p in self.parts}, "peak": self.peak, "phases": dict(self.phases),
+                "capacity": self.capacity, "fits": self.fits, "notes": list(self.notes)}
+
+
+def tokens_per_micro_batch(s: Setup) -> tuple[int, int, int]:
+    """(tokens, attention rows, tokens per row) of one micro-batch, at the longest sequences. Pairwise methods
+    (dpo, rm: chosen + rejected; kto: matched + mismatched answers) run two sequences per example; padding-free
+    batches are one row holding all of them."""
+    seqs = s.batch * (2 if s.task in ("dpo", "kto", "rm") else 1)
+    tokens = seqs * s.seq_len
+    if s.padding_free and s.task != "grpo":
+        return tokens, 1, tokens
+    return tokens, seqs, s.seq_len
+
+
+def _linear_input_bytes(lins, s: Setup, a: int, full: bool, kept: bool = False) -> float:
+    """Bytes per token kept for the input of linear maps that read one tensor (q/k/v, gate/up): the tensor once
+    when their weights train (nothing when something else keeps it already: `kept`); under LoRA each adapted
+    map's own float32 copy of it (peft casts the input to the adapter's dtype), or its dropout mask and output,
+    plus lora_A's output (r floats)."""
+    fan_in = lins[0].fan_in
+    if full:
+        return 0.0 if kept else a * fan_in
+    adapted = [lin for lin in lins if _adapted(lin, s.target_modules)]
+    if not adapted:
+        return 0.0
+    total = 4.0 * s.lora_rank * len(adapted)
+    if s.lora_dropout > 0:
+        mask = 1 if s.device != "cpu" else 4  # CUDA's fused dropout keeps a bool mask; CPU's a float one
+        return total + len(adapted) * (mask + 4) * fan_in
+    if a == 4:  # no cast: the adapters keep the input itself
+        return total + (0 if kept else 4 * fan_in)
+    return total + 4 * fan_in * len(adapted)
+
+
+def _norm_bytes(width: int, a: int, full: bool, gemma: bool) -> float:
+    """RMSNorm keeps its input upcast to fp32 and the per-row rsqrt; with a trainable weight also the normalised
+    tensor (in the model's dtype; Gemma's in fp32)."""
+    return 4 * width + (((4 if gemma else a) * width) if full else 0)
+
+
+def layer_bytes_per_token(arch: Arch, s: Setup, moe: bool = False) -> float:
+    """Bytes autograd keeps for backward per token in one decoder layer (docs/distributed.md derives each term).
+    Attention masks are separate: `mask_bytes`."""
+    full = s.method == "full"
+    a = 4 if s.method == "qlora" else DTYPE_BYTES[s.dtype]  # QLoRA: embeddings and norms upcast, so is the stream
+    gemma = arch.model_type in GEMMA_NORM
+    h = arch.hidden
+    total = arch.norms_per_layer * (_norm_bytes(h, a, full, gemma) + 4)
+    linears = arch.moe_linears if moe else arch.dense_linears
+    groups: dict[str, list] = {}
+    for lin in linears:
+        if lin.fused_experts or lin.group == "router":
+            continue
+        groups.setdefault(lin.group or lin.name, []).append(lin)
+    # o_proj reads the attention output, which the attention kernel keeps anyway (its layout is already the one
+    # o_proj reads, so transformers' transpose + contiguous copies nothing)
+    total += sum(_linear_input_bytes(lins, s, a, full, kept=name == "o_proj") for name, lins in groups.items())
+    if arch.qk_norm:
+        total += _norm_bytes(arch.q_dim, a, full, gemma) + _norm_bytes(arch.k_dim, a, full, gemma) \
+            + 4 * (arch.heads + arch.kv_heads)
+    # attention: queries, keys and values as the kernel keeps them, its output, log-sum-exp per head
+    repeat = s.attn != "flash_attention_2" and arch.kv_heads < arch.heads  # transformers repeats kv heads for masks
+    kv = 2 * arch.q_dim if repeat else arch.k_dim + arch.v_dim
+    total += a * (arch.q_dim + kv) + a * arch.q_dim + 4 * arch.heads
+    # MLP: gate output (the activation's input), activation output and up output (the product's inputs)
+    if moe:
+        k, m = arch.experts_per_token, arch.moe_intermediate
+        # per routed token: its gathered input, gate_up output, activation, product, expert output; router softmax
+        total += k * a * (2 * h + 4 * m) + 4 * arch.experts + a * h
+        if arch.shared_intermediate:
+            total += 3 * a * arch.shared_intermediate
+    else:
+        total += 3 * a * arch.intermediate
+    return total
+
+
+def backward_bytes_per_token(arch: Arch, s: Setup) -> float:
+    """Gradients in flight while backward passes one layer's MLP (its widest part): of the down projection's input,
+    its activation and up inputs (3 x intermediate in the compute dtype); under LoRA the adapter's float32 branch
+    adds its own (and its dropout's) gradient of that input."""
+    a = 4 if s.method == "qlora" else DTYPE_BYTES[s.dtype]
+    width = max(arch.intermediate if arch.dense_layers else 0,
+                arch.moe_intermediate * arch.experts_per_token + arch.shared_intermediate)
+    if s.method == "full":
+        return 3 * a * width
+    down = [lin for lin in arch.dense_linears if lin.name == "down_proj"]
+    if not down or not _adapted(down[0], s.target_modules):
+        return 3 * a * width
+    return (a + 4 + (4 if s.lora_dropout > 0 else (a if a != 4 else 0))) * width
+
+
+def mask_bytes(s: Setup, a: int, rows: int, per_row: int) -> tuple[float, float]:
+    """(bytes per layer, bytes once) of attention masks. sdpa is given a boolean block mask (padding-free: the
+    whole micro-batch is one row, so it is quadratic in its tokens) and keeps a copy converted to the compute
+    dtype for backward in every layer; eager attention keeps its fp32 softmax (and a copy in the compute dtype)
+    per head; flash-attention needs none."""
+    square = rows * per_row * per_row
+    if s.attn == "flash_attention_2":
+        return 0.0, 0.0
+    if s.attn == "eager":
+        return 0.0, square  # the per-head scores are added per layer by the caller
+    return a * square, square
+
+
+def plan(arch: Arch, s: Setup, model: str = "", capacity: float | None = None, params: int | None = None) -> MemoryPlan:
+    """The per-device memory of training `arch` as `s` says."""
+    if s.zero not in ZERO_STAGES:
+        raise ValueError(f"unknown ZeRO stage {s.zero!r}")
+    reward = s.task == "rm"
+    n_params = params if params is not None else parameter_count(arch, reward_head=reward)
+    b = DTYPE_BYTES[s.dtype]
+    a = 4 if s.method == "qlora" else b
+    n_dev = max(1, s.devices)
+    full = s.method == "full"
+    if full:
+        trainable, train_bytes = n_params, b
+    else:
+        trainable, train_bytes = lora_parameter_count(arch, s.lora_rank, s.target_modules), 4
+        if reward:
+            trainable += arch.hidden  # the score layer trains beside the adapters (modules_to_save)
+    p = MemoryPlan(model=model, arch=arch, setup=s, params=n_params, trainable=trainable, capacity=capacity,
+                   notes=list(arch.notes))
+
+    # weights
+    if s.method == "qlora":
+        quantized = quantized_parameter_count(arch)
+        base = quantized * NF4_BYTES + (n_params - quantized) * 4
+        rest = "embeddings, norms" + (", experts" if arch.experts else "")
+        detail = (f"{fmt_params(quantized)} in 4-bit NF4 ({NF4_BYTES * 8:.3f} bits each with double-quantized "
+                  f"scales), {fmt_params(n_params - quantized)} ({rest}) upcast to float32")
+    else:
+        base = n_params * b
+        detail = f"{fmt_params(n_params)} parameters in {s.dtype}"
+    if not full:
+        base += trainable * 4
+        detail += f" + {fmt_params(trainable)} LoRA in float32"
+    zero3 = s.zero == "zero3"
+    weights = base / n_dev if zero3 else base
+    if zero3 and n_dev > 1:
+        # ZeRO-3 gathers one layer's full weights at a time, and prefetches the next
+        largest = max(sum(l.params for l in arch.dense_linears), sum(l.params for l in arch.moe_linears),
+                      arch.vocab * arch.hidden)
+        weights += 2 * largest * b
+        detail += f", sharded over {n_dev} ranks (+ 2 gathered layers)"
+    p.parts.append(Part("weights", weights, detail))
+    if s.reference_copy:
+        p.parts.append(Part("reference", n_params * b / (n_dev if zero3 else 1),
+                            "a frozen copy of the model: the reference of full-parameter DPO/KTO/GRPO"))
+
+    # gradients and optimizer states
+    if s.zero == "none":
+        grads = trainable * train_bytes
+        states = 2 * trainable * train_bytes
+        g_detail = f"{fmt_params(trainable)} trainable in {'float32' if train_bytes == 4 else s.dtype}"
+        s_detail = "AdamW exp_avg + exp_avg_sq in the parameters' dtype"
+        if n_dev > 1:
+            grads *= 2
+            g_detail += ", twice: DistributedDataParallel's gradient buckets"
+    else:
+        k = 12 if train_bytes < 4 else 8  # fp32 master copy + two fp32 moments (no copy when already fp32)
+        grads = trainable * train_bytes / (n_dev if s.zero in ("zero2", "zero3") else 1)
+        states = trainable * k / n_dev
+        g_detail = f"{fmt_params(trainable)} trainable" + (f", sharded over {n_dev}" if s.zero != "zero1" else "")
+        s_detail = f"ZeRO accounting: {k} bytes a trainable parameter" + \
+            (" (fp32 master + AdamW moments)" if k == 12 else " (fp32 AdamW moments)") + f" / {n_dev} ranks"
+    p.parts.append(Part("gradients", grads, g_detail))
+    p.parts.append(Part("optimizer", states, s_detail))
+
+    # activations of one micro-batch
+    tokens, rows, per_row = tokens_per_micro_batch(s)
+    per_layer = layer_bytes_per_token(arch, s)
+    per_moe_layer = layer_bytes_per_token(arch, s, moe=True) if arch.moe_layers else 0.0
+    mask_layer, mask_once = mask_bytes(s, a, rows, per_row)
+    if s.attn == "eager":  # fp32 softmax per head, its copy in the compute dtype, the soft-capped scores
+        per_score = 4 + (a if a != 4 else 0) + (a if arch.attn_softcap else 0)
+        mask_layer += arch.heads * rows * per_row * per_row * per_score
+    one_layer = tokens * max(per_layer, per_moe_layer) + mask_layer
+    backward = tokens * backward_bytes_per_token(arch, s)
+    if s.gradient_checkpointing:  # each layer keeps its input; backward recomputes one layer at a time
+        layers_saved = arch.layers * tokens * a * arch.hidden
+        act_detail = f"{arch.layers} layer inputs x {tokens:,} tokens (checkpointed) + one layer recomputed"
+    else:
+        layers_saved = tokens * (arch.dense_layers * per_layer + arch.moe_layers * per_moe_layer) \
+            + arch.layers * mask_layer
+        act_detail = f"{arch.layers} layers x {tokens:,} tokens, {per_layer / 1024:.1f} KiB a token and layer"
+    final = mask_once + tokens * (_norm_bytes(arch.hidden, a, full, arch.model_type in GEMMA_NORM) + 4 + 8)
+    masks = (1 if s.gradient_checkpointing else arch.layers) * mask_layer + mask_once
+    if masks:
+        act_detail += f"; attention masks {masks / GiB:.2f} GiB"
+    # the fused loss (train/loss.py): the hidden-state gradient kept for backward, chunks of fp32 logits, and with
+    # a trainable output layer its fp32 weight gradient (and, in turn, a temporary of the same size)
+    vocab_h = arch.vocab * arch.hidden
+    rows_per_chunk = min(tokens, max(16, LOGITS_PER_CHUNK // arch.vocab))
+    chunk = rows_per_chunk * arch.vocab
+    head_grad = 0.0  # the output layer's gradient once backward has passed it
+    if reward:
+        loss_fwd = loss_bwd = 0.0
+    else:
+        kept = tokens * a * arch.hidden  # d loss / d hidden of every trained position (at most all of them)
+        # the loop's previous fp32 chunk is still referenced while the next one is formed (and, below fp32, the
+        # next one's matmul output in the compute dtype before its upcast)
+        logits = chunk * ((8 if tokens > rows_per_chunk else 4) + (a if a != 4 else 0))
+        loss_fwd = kept + 2 * tokens * a * arch.hidden + logits  # + the final hidden states and their selection
+        loss_bwd = 2 * kept
+        if full and s.task in ("sft", "pt"):
+            loss_fwd = kept + 2 * tokens * a * arch.hidden + 4 * vocab_h + max(logits, 4 * vocab_h + 4 * chunk)
+            loss_bwd = 2 * kept + 8 * vocab_h + (a * vocab_h if a != 4 else 0)
+            head_grad = a * vocab_h
+        elif full:  # token_logps: a trainable head's chunks are recomputed in backward
+            loss_bwd += 3 * logits
+            head_grad = a * vocab_h
+    loss = max(loss_fwd, loss_bwd)
+    recompute = head_grad + layers_saved + mask_once + one_layer + backward
+    p.parts.append(Part("activations", max(layers_saved + final + loss,
+                                           recompute if s.gradient_checkpointing else 0.0), act_detail))
+    p.detail = {"layers": layers_saved, "final": final, "loss_fwd": loss_fwd, "loss_bwd": loss_bwd,
+                "one_layer": one_layer, "per_layer_token": per_layer, "mask_layer": mask_layer,
+                "mask_once": mask_once, "tokens": tokens}
+
+    # the phases of a step, above weights + optimizer states
+    persistent = grads if (s.accumulation > 1 or s.zero != "none") else 0.0
+    if n_dev > 1 and s.zero == "none" and s.accumulation == 1:
+        persistent = grads / 2  # DDP's buckets stay; the parameters' own gradients come and go
+    step_temp = (trainable * train_bytes if s.device != "cpu" else _largest_trainable(arch, s) * train_bytes) \
+        if s.zero == "none" else 0.0
+    tied_temp = a * vocab_h if (full and arch.tied) else 0.0
+    p.phases = {"forward and loss": persistent + layers_saved + final + loss,
+                "end of backward": max(grads, persistent) + one_layer + backward + tied_temp,
+                "optimizer step": max(grads, persistent) + step_temp}
+    if s.gradient_checkpointing:
+        p.phases["recomputing a layer"] = persistent + recompute
+    if s.task == "grpo" and s.generation_sequences:
+        gen = generation_bytes(arch, s)
+        p.phases["generation"] = persistent + gen
+        p.parts.append(Part("generation", gen, f"KV cache of {s.generation_sequences} sequences x "
+                                               f"({s.prompt_len} + {s.completion_len}) tokens, prefill"))
+    if s.device == "cuda":
+        p.parts.append(Part("workspace", CUBLAS_WORKSPACE, "cuBLAS and cuBLASLt workspaces"))
+    p.peak = p.part("weights") + p.part("reference") + p.part("workspace") + states + max(p.phases.values())
+    if s.method == "qlora":
+        p.notes.append("QLoRA runs the residual stream in float32 (peft upcasts embeddings and norms)")
+        if arch.experts:
+            p.notes.append("QLoRA quantizes nn.Linear layers only: the fused experts stay unquantized, in float32")
+    return p
+
+
+def _largest_trainable(arch: Arch, s: Setup) -> int:
+    """CPU's AdamW steps one parameter at a time: its temporary is the largest trainable one."""
+    if s.method != "full":
+        return max(s.lora_rank * (lin.fan_in + lin.fan_out) * lin.count for lin in arch.dense_linears)
+    return max([arch.vocab * arch.hidden] + [lin.fan_in * lin.fan_out * lin.count
+                                             for lin in arch.dense_linears + arch.moe_linears])
+
+
+def generation_bytes(arch: Arch, s: Setup) -> float:
+    """GRPO rollouts with the policy (rollout/hf.py): the KV cache of every sequence decoded together at full length
+    (keys and values of every layer's kv heads; growing it copies one layer's), the prompt's prefill through one
+    layer's MLP, and the last position's logits."""
+    a = 4 if s.method == "qlora" else DTYPE_BYTES[s.dtype]
+    n, length = s.generation_sequences, s.prompt_len + s.completion_len
+    kv = (arch.layers + 1) * (arch.k_dim + arch.v_dim) * a * n * length  # + one layer's copy as the cache grows
+    prefill = 3 * a * n * s.prompt_len * max(arch.intermediate, arch.moe_intermediate * arch.experts_per_token)
+    return kv + prefill + n * arch.vocab * (a + 4)
+
+
+# -- sizes --------------------------------------------------------------------------------------------------------
+_UNITS = {"": GiB, "b": 1, "k": 1e3, "kb": 1e3, "m": 1e6, "mb": 1e6, "g": 1e9, "gb": 1e9, "t": 1e12, "tb": 1e12,
+          "kib": 1 << 10, "mib": 1 << 20, "gib": GiB, "tib": 1 << 40}
+
+
+def parse_size(text: str) -> float | None:
+    """Bytes of '80GB' (10^9), '24GiB' (2^30), '80' (GiB), '1.5TB'; None when it is not a size."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", str(text))
+    if not m or m.group(2).lower() not in _UNITS:
+        return None
+    value = float(m.group(1)) * _UNITS[m.group(2).lower()]
+    return value if value > 0 else None
+
+
+def gib(value: float) -> str:
+    return f"{value / GiB:,.2f} GiB"
+
+
+def fmt_params(n: int) -> str:
+    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n:,}"
+
+
+def with_setup(p: MemoryPlan, **changes) -> MemoryPlan:
+    """The same model planned with other options (what a hint compares)."""
+    return plan(p.arch, replace(p.setup, **changes), p.model, p.capacity, p.params)
+
