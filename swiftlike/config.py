@@ -590,7 +590,7 @@ class ExportConfig(ModelArgs):
     overwrite_output_dir: bool = _f(False, "Replace an --output_dir that is not empty.")
     max_shard_size: str = _f("5GB", "Largest safetensors shard (e.g. 2GB, 500MB).")
     to: str = _f("hf", "hf: a Hugging Face model directory; gguf: a GGUF file (llama.cpp, Ollama) and an Ollama "
-                       "Modelfile (Qwen3, Qwen2/2.5, Llama-3).", choices=("hf", "gguf"))
+                       "Modelfile (Qwen3, Qwen2/2.5, Llama-3 and 3.1-3.3).", choices=("hf", "gguf"))
     gguf_type: str = _f("f16", "GGUF weight type: f16 or q8_0.", choices=("f16", "q8_0"))
     quant_method: str | None = _f(None, "Write quantized weights that transformers reloads: bnb (bitsandbytes "
                                         "NF4 / LLM.int8) or torchao (int4 / int8 weight-only). gptq, awq and fp8 "

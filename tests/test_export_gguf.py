@@ -74,9 +74,51 @@ def test_cli_writes_gguf_modelfile_and_card(tmp_path):
     assert "<|im_start|>" in reread.fields["tokenizer.chat_template"].contents()
 
 
+@pytest.mark.slow
+def test_llama3_rope_scaling_becomes_rope_freqs(tmp_path):
+    """Llama-3.1+: the "llama3" RoPE scaling is written as llama.cpp's rope_freqs tensor. Its values divide the
+    base frequencies into exactly transformers' llama3 frequencies, and the GGUF's weights under the run's config
+    give the merged model's logits on a prompt long enough for the scaling to matter (without it: 0.5 apart)."""
+    from transformers import AutoModelForCausalLM
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    from swiftlike.export.gguf import write_gguf
+
+    model, tokenizer, template = _miniature("meta-llama/Llama-3.2-1B-Instruct")
+    config, head_dim = model.config, model.config.head_dim
+    path = write_gguf(model, tokenizer, template, tmp_path / "m.gguf", "f16", "test")
+    reader = gguf.GGUFReader(str(path))
+    assert reader.fields["tokenizer.ggml.pre"].contents() == "gpt-2"  # llama.cpp's name; it refuses "gpt2"
+    tensors = {t.name: t for t in reader.tensors}
+    factors = torch.tensor(tensors["rope_freqs.weight"].data, dtype=torch.float64)
+    base = 1.0 / config.rope_parameters["rope_theta"] ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+    llama3, _ = ROPE_INIT_FUNCTIONS["llama3"](config, "cpu")
+    torch.testing.assert_close(base / factors, llama3.double(), rtol=1e-6, atol=0)
+    assert factors.min() == 1.0 and factors.max() == config.rope_parameters["factor"]
+    ids = template.encode_prompt([{"role": "user", "content": "Who are you? " * 20}])
+    with torch.no_grad():
+        ours = model(input_ids=torch.tensor([ids])).logits[0]
+        scaled = AutoModelForCausalLM.from_pretrained(str(tmp_path), gguf_file=path.name, dtype=torch.float32,
+                                                      config=config)(input_ids=torch.tensor([ids])).logits[0]
+        plain = AutoModelForCausalLM.from_pretrained(str(tmp_path), gguf_file=path.name, dtype=torch.float32)(
+            input_ids=torch.tensor([ids])).logits[0]
+    assert float((ours - scaled).abs().max()) < 0.05
+    assert float((ours - plain).abs().max()) > 0.1  # transformers' reader alone ignores rope_freqs
+
+
+def test_other_rope_scalings_are_refused():
+    from transformers import LlamaConfig
+
+    from swiftlike.errors import UserError
+    from swiftlike.export.gguf import check_supported
+
+    config = LlamaConfig(rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0})
+    with pytest.raises(UserError, match="'linear' RoPE scaling is not written"):
+        check_supported(config)
+
+
 @pytest.mark.parametrize("model_id, message", [
     ("google/gemma-2-2b-it", "--to gguf writes llama, qwen2, qwen3 models, not gemma2"),
-    ("meta-llama/Llama-3.2-1B-Instruct", "Llama with RoPE scaling (Llama-3.1 and later) is not written yet"),
 ])
 def test_unsupported_architectures_are_refused_before_merging(tmp_path, capsys, model_id, message):
     model = build_miniature(model_id)

@@ -4,7 +4,8 @@ merge.py  LoRA / DoRA / rsLoRA / QLoRA adapters folded into the base weights (re
 write.py  the Hugging Face directory: weights, config, generation stop tokens, tokenizer with its chat template,
           args.json, model card; written atomically
 quantize.py  bitsandbytes (NF4, int8) and torchao (int4, int8) weights that transformers reloads as written
-gguf.py   GGUF (f16, q8_0) for Qwen3, Qwen2 and Llama with llama.cpp's tokenizer metadata, and an Ollama Modelfile
+gguf.py   GGUF (f16, q8_0) for Qwen3, Qwen2 and Llama-3/3.x with llama.cpp's tokenizer metadata, and an Ollama
+          Modelfile
 """
 from .merge import merged_model
 from .write import atomic_directory, model_card, prepare_output, with_chat_template, write_hf, write_metadata

@@ -2,9 +2,9 @@
 mapping from a Hugging Face model is ours: hyperparameters, tensor names (gguf's own name map), the Q/K row
 order llama.cpp expects for Llama, and the tokenizer metadata (tokens, types, merges, special ids, chat template).
 
-Written architectures: Qwen3, Qwen2 / Qwen2.5 (and QwQ, R1-Distill-Qwen), Llama without RoPE scaling (Llama-3).
-Llama-3.1+ (llama3 RoPE scaling, a rope_freqs tensor), Gemma, Phi, Mistral and MoE models are refused: their
-GGUF cannot be verified here by an independent reader (transformers' GGUF loader).
+Written architectures: Qwen3, Qwen2 / Qwen2.5 (and QwQ, R1-Distill-Qwen), Llama-3 and Llama-3.1+ (their "llama3"
+RoPE scaling becomes llama.cpp's per-frequency `rope_freqs` tensor). Gemma, Phi, Mistral, MoE models and other
+RoPE scalings are refused: their GGUF cannot be verified here by an independent reader.
 """
 from __future__ import annotations
 
@@ -30,15 +30,33 @@ def check_supported(config) -> None:
     if model_type not in _ARCH:
         raise UserError(f"--to gguf writes {', '.join(sorted(_ARCH))} models, not {model_type}; export the merged "
                         "Hugging Face model and convert it with llama.cpp's convert_hf_to_gguf.py")
-    if model_type == "llama" and _rope_scaling(config):
-        raise UserError("--to gguf: Llama with RoPE scaling (Llama-3.1 and later) is not written yet; export the "
-                        "merged Hugging Face model and convert it with llama.cpp's convert_hf_to_gguf.py")
+    rope = _rope_scaling(config)
+    if rope is not None and rope.get("rope_type", rope.get("type")) != "llama3":
+        raise UserError(f"--to gguf: {rope.get('rope_type', rope.get('type'))!r} RoPE scaling is not written (only "
+                        "Llama-3.1's llama3 scaling); export the merged Hugging Face model and convert it with "
+                        "llama.cpp's convert_hf_to_gguf.py")
 
 
 def _rope_scaling(config) -> dict | None:
     rope = getattr(config, "rope_scaling", None) or getattr(config, "rope_parameters", None) or {}
     kind = rope.get("rope_type", rope.get("type", "default"))
     return None if kind in (None, "default") else rope
+
+
+def rope_factors(config, head_dim: int) -> np.ndarray | None:
+    """llama.cpp's `rope_freqs` for Llama-3.1's "llama3" scaling: per rotary frequency, the number its base
+    frequency is divided by — 1 for short wavelengths (under original_context / high_freq_factor), `factor` for
+    long ones (over original_context / low_freq_factor), and in between a blend smooth in the wavelength."""
+    rope = _rope_scaling(config)
+    if rope is None:
+        return None
+    factor, low, high = float(rope["factor"]), float(rope["low_freq_factor"]), float(rope["high_freq_factor"])
+    context = float(rope["original_max_position_embeddings"])
+    wavelength = 2 * np.pi * _rope_theta(config) ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
+    smooth = (context / wavelength - low) / (high - low)
+    blended = 1.0 / ((1.0 - smooth) / factor + smooth)
+    factors = np.where(wavelength < context / high, 1.0, np.where(wavelength > context / low, factor, blended))
+    return factors.astype(np.float32)
 
 
 def _rope_theta(config) -> float:
@@ -70,6 +88,9 @@ def write_gguf(model, tokenizer, template, path: Path, gguf_type: str, name: str
     writer.add_vocab_size(config.vocab_size)
     writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if gguf_type == "f16" else gguf.LlamaFileType.MOSTLY_Q8_0)
     _add_tokenizer(writer, gguf, tokenizer, template, config.vocab_size, pre)
+    factors = rope_factors(config, head_dim)
+    if factors is not None:
+        writer.add_tensor(gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight", factors)
     _add_tensors(writer, gguf, model, arch, gguf_type)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
@@ -129,7 +150,7 @@ def _add_tokenizer(writer, gguf, tokenizer, template, vocab_size: int, pre: str)
                          gguf.TokenType.CONTROL if extra.get("special") else gguf.TokenType.USER_DEFINED)
     merges = [m if isinstance(m, str) else " ".join(m) for m in backend["model"].get("merges", [])]
     writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre("gpt2" if _gpt2_pre_tokenizer(backend) else pre)
+    writer.add_tokenizer_pre("gpt-2" if _gpt2_pre_tokenizer(backend) else pre)  # llama.cpp's name for it
     writer.add_token_list(tokens)
     writer.add_token_types(types)
     writer.add_token_merges(merges)
