@@ -27,6 +27,7 @@ class Metric:
     extract: Callable[[str], str | None]       # the part of the prediction that is scored
     score: Callable[[str | None, str], float]  # (extracted, reference) -> [0, 1]
     description: str
+    binary: bool = False                       # a row is right or wrong (predictions also say `correct`)
 
 
 def normalize(text: str) -> str:
@@ -86,11 +87,11 @@ def choice_reference(reference: str) -> str:
 
 METRICS = {m.name: m for m in [
     Metric("math", extract_answer, lambda got, ref: float(same_answer(got, ref)),
-           "final answer (\\boxed{}, ####, else last number) numerically equal to the reference's"),
+           "final answer (\\boxed{}, ####, else last number) numerically equal to the reference's", binary=True),
     Metric("choice", extract_choice, lambda got, ref: float(got is not None and got == choice_reference(ref)),
-           "the option letter picked equals the reference letter"),
+           "the option letter picked equals the reference letter", binary=True),
     Metric("exact_match", lambda text: text.strip(), lambda got, ref: float(normalize(got or "") == normalize(ref)),
-           "equal after normalising case, punctuation, articles and spaces"),
+           "equal after normalising case, punctuation, articles and spaces", binary=True),
     Metric("f1", lambda text: text.strip(), token_f1, "token F1 of the normalised texts (SQuAD)"),
     Metric("rouge", lambda text: text.strip(), rouge_l, "ROUGE-L F1 over lower-cased words"),
 ]}

@@ -43,10 +43,11 @@ def evaluate(rows: list, backend, metric_name: str, gen, dataset: str, progress=
         extracted = metric.extract(answer)
         score = metric.score(extracted, reference)
         scores.append(score)
-        predictions.append({"key": row.key, "prompt": row.messages, "prediction": answer, "extracted": extracted,
-                            "reference": reference, "score": score, **({"correct": bool(score)} if
-                                                                       metric_name in ("math", "choice",
-                                                                                       "exact_match") else {})})
+        record = {"key": row.key, "prompt": row.messages, "prediction": answer, "extracted": extracted,
+                  "reference": reference, "score": score}
+        if metric.binary:
+            record["correct"] = bool(score)
+        predictions.append(record)
         if progress is not None:
             progress.update(1)
     score, stderr = mean_and_stderr(scores)

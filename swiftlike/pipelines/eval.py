@@ -17,6 +17,7 @@ from pathlib import Path
 from .. import accel
 from ..config import EvalConfig
 from ..errors import UserError
+from ..train.checkpoint import write_atomic
 
 
 @dataclass
@@ -195,7 +196,7 @@ def run_evalscope(cfg: EvalConfig) -> dict:
         model, tokenizer, template, identity = _load(cand, cfg)
         key = secrets.token_hex(16)  # the server lives as long as the evaluation, for EvalScope alone
         with TransformersEngine(model, tokenizer, template, max_batch_size=cfg.eval_batch_size) as engine:
-            settings = ServeSettings(model_name=_slug(cand.label), max_model_len=context_limit(model),
+            settings = ServeSettings(model_name=_slug(cand.label), max_model_len=engine.max_model_len or 32768,
                                      api_key=key, max_tokens_limit=cfg.max_new_tokens, max_request_bytes=1 << 24)
             served = engine.default_model if cand.adapters else settings.model_name  # the adapters, not the base
             with BackgroundServer(create_app(engine, settings)) as server:
@@ -207,10 +208,6 @@ def run_evalscope(cfg: EvalConfig) -> dict:
     print(table(results), flush=True)
     print(f"[wb] eval: results in {out / 'results.json'}, EvalScope's reports under {out / 'evalscope'}", flush=True)
     return results
-
-
-def context_limit(model) -> int:
-    return int(getattr(model.config, "max_position_embeddings", None) or 32768)
 
 
 def _evalscope_rows(kind: str, rows: list) -> list[dict]:
@@ -251,7 +248,9 @@ def _evaluate_backend(backend, local, tasks, rows, cfg: EvalConfig, out: Path) -
             with tqdm(total=len(rows[spec]), desc=f"eval {backend.label} {spec}", unit="row") as bar:
                 result = evaluate(rows[spec], backend, metric, gen, spec, bar)
         entry["tasks"].append(result.summary())
-        _write_predictions(out / "predictions" / _slug(backend.label) / f"{_slug(spec)}.jsonl", result.predictions)
+        path = out / "predictions" / _slug(backend.label) / f"{_slug(spec)}.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in result.predictions))
     return entry
 
 
@@ -287,16 +286,7 @@ def _settings(cfg: EvalConfig) -> dict:
 
 
 def _write_json(path: Path, data) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    tmp.replace(path)
-
-
-def _write_predictions(path: Path, predictions: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in predictions), encoding="utf-8")
-    tmp.replace(path)
+    write_atomic(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
 def table(results: dict) -> str:
