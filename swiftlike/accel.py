@@ -45,6 +45,11 @@ def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def local_world_size() -> int:
+    """Processes on this node (torchrun's LOCAL_WORLD_SIZE)."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", str(world_size())))
+
+
 def rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
@@ -110,6 +115,26 @@ def init_distributed() -> bool:
             torch.npu.set_device(local_rank())
         dist.init_process_group(backend=dist_backend(kind))
     return True
+
+
+def init_process_group_anyway() -> None:
+    """A process group also for one process (DeepSpeed and FSDP2 need one even then)."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        return
+    if world_size() > 1:
+        init_distributed()
+        return
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_WORLD_SIZE", "1"),
+                       ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", str(port))):
+        os.environ.setdefault(key, value)
+    dist.init_process_group(backend=dist_backend(), world_size=1, rank=0)
 
 
 def seed_everything(seed: int) -> None:

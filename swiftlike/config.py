@@ -133,6 +133,19 @@ class SFTConfig(ModelArgs, DataArgs):
     report_to: str = _f("none", "Experiment tracker: tensorboard, wandb, swanlab or none.",
                         choices=("tensorboard", "wandb", "swanlab", "none"))
     nproc_per_node: int = _f(1, "Processes on this machine; >1 relaunches under torchrun (or set NPROC_PER_NODE).")
+    # engines and multi-node launch (docs/distributed.md)
+    deepspeed: str | None = _f(None, "Train under DeepSpeed: zero1, zero2, zero3, zero2_offload, zero3_offload "
+                                     "(presets shipped in swiftlike/assets/configs/) or a DeepSpeed JSON file; every "
+                                     "\"auto\" is filled from this run's options.")
+    fsdp: str | None = _f(None, "Train under PyTorch FSDP2 (fully_shard per decoder layer): full_shard, "
+                                "hybrid_shard (shard within a node, replicate across nodes), full_shard_offload "
+                                "(parameters and optimizer states in CPU memory) or a JSON file with sharding, "
+                                "reshard_after_forward, cpu_offload.")
+    nnodes: int = _f(1, "Machines in the run (or NNODES); with --nproc_per_node each relaunches under torchrun.")
+    node_rank: int = _f(0, "This machine's index, 0..nnodes-1 (or NODE_RANK).")
+    master_addr: str = _f("127.0.0.1", "Address of node 0, reachable from every node (or MASTER_ADDR).")
+    master_port: int | None = _f(None, "Port on node 0 (or MASTER_PORT; default: a free port when --nnodes 1, "
+                                       "29500 otherwise).")
     # memory planning: --dry_run estimates, from the model's config alone (docs/distributed.md)
     dry_run: bool = _f(False, "Print the estimated per-device memory of this run (weights, gradients, optimizer "
                               "states, activations, peak) from the model's config alone and stop: no weights, data "
@@ -140,8 +153,8 @@ class SFTConfig(ModelArgs, DataArgs):
     gpu_memory: str | None = _f(None, "--dry_run: the card to check the estimate against, e.g. 80GB (10^9 bytes), "
                                       "24GiB (2^30 bytes; a bare number is GiB).")
     plan_zero: str = _f("none", "--dry_run: plan with this ZeRO stage (zero1: optimizer states sharded, zero2: and "
-                                "gradients, zero3: and weights; FSDP full sharding plans as zero3). It only shapes "
-                                "the estimate: training does not shard until the DeepSpeed/FSDP engines land.",
+                                "gradients, zero3: and weights; FSDP full sharding plans as zero3); default: the "
+                                "stage of --deepspeed / --fsdp.",
                         choices=("none", "zero1", "zero2", "zero3"))
     plan_devices: int | None = _f(None, "--dry_run: ranks that share the model states under --plan_zero, or run "
                                         "data-parallel (default: --nproc_per_node).")
@@ -163,12 +176,46 @@ class SFTConfig(ModelArgs, DataArgs):
         if self.plan_devices is not None and self.plan_devices < 1:
             raise UserError(f"--plan_devices must be at least 1, got {self.plan_devices}")
 
+    def _check_engine_options(self) -> None:
+        from .train import engines
+
+        if self.deepspeed and self.fsdp:
+            raise UserError("--deepspeed and --fsdp are two engines; choose one")
+        if self.deepspeed and not self.dry_run:
+            import importlib.util
+
+            if importlib.util.find_spec("deepspeed") is None:
+                raise UserError("--deepspeed needs DeepSpeed: pip install 'swiftlike[deepspeed]' (or use --fsdp, "
+                                "which needs nothing more than torch)")
+        if self.deepspeed:
+            stage = engines.zero_stage(engines.deepspeed_config(self.deepspeed))
+            if self.qlora and stage == 3:
+                raise UserError("--qlora under ZeRO-3 is not supported: 4-bit weights cannot be partitioned by "
+                                "ZeRO-3 here; use --deepspeed zero2 (or zero1), or --lora")
+        if self.fsdp:
+            engines.fsdp_config(self.fsdp)
+            if self.qlora:
+                raise UserError("--qlora under --fsdp is not supported yet (FSDP2 cannot shard bitsandbytes 4-bit "
+                                "weights here); use --deepspeed zero2, or --lora")
+        if self.plan_zero == "none" and self.dry_run:
+            if self.deepspeed:
+                stage = engines.zero_stage(engines.deepspeed_config(self.deepspeed))
+                self.plan_zero = f"zero{stage}" if stage else "none"
+            elif self.fsdp:
+                self.plan_zero = "zero3"
+        for name, low in (("nnodes", 1), ("node_rank", 0)):
+            if getattr(self, name) < low:
+                raise UserError(f"--{name} must be at least {low}, got {getattr(self, name)}")
+        if self.node_rank >= self.nnodes:
+            raise UserError(f"--node_rank {self.node_rank} is not below --nnodes {self.nnodes}")
+
     def validate(self) -> "SFTConfig":
         if not self.model:
             raise UserError("--model is required (a hub id such as Qwen/Qwen3-0.6B, or a local directory)")
         if not self.dataset and not self.dry_run:
             raise UserError("--dataset is required (a .jsonl or .json file)")
         self._check_plan_options()
+        self._check_engine_options()
         modes = [m for m in ("lora", "qlora", "full") if getattr(self, m)]
         if len(modes) > 1:
             raise UserError(f"choose one training mode, got {' and '.join('--' + m for m in modes)}")
@@ -360,6 +407,15 @@ class GRPOConfig(SFTConfig):
         super().validate()
         if not self.reward_funcs and not self.reward_model and not self.dry_run:
             raise UserError("wb grpo needs --reward_funcs (e.g. accuracy format) or --reward_model")
+        if self.deepspeed:
+            from .train.engines import deepspeed_config, zero_stage
+
+            if zero_stage(deepspeed_config(self.deepspeed)) == 3:
+                raise UserError("wb grpo under ZeRO-3 is not supported yet (generation and the reference read "
+                                "partitioned weights outside forward); use --deepspeed zero2 or --fsdp full_shard")
+        if self.use_vllm and self.fsdp:
+            raise UserError("--use_vllm with --fsdp is not supported yet (the sharded weights would have to be "
+                            "gathered for every sync); use --deepspeed zero2, or drop --use_vllm")
         n_rewards = len(self.reward_funcs) + (1 if self.reward_model else 0)
         if self.reward_weights and len(self.reward_weights) != n_rewards:
             raise UserError(f"--reward_weights has {len(self.reward_weights)} values for {n_rewards} reward "

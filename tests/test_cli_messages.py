@@ -22,7 +22,7 @@ def _error(capsys, argv) -> str:
     ("--learning_rat", "unknown flag --learning_rat; did you mean --learning_rate?"),
     ("--lora_rnak", "unknown flag --lora_rnak; did you mean --lora_rank?"),
     ("--num_train_epoch", "unknown flag --num_train_epoch; did you mean --num_train_epochs?"),
-    ("--deepspeed", "unknown flag --deepspeed; see wb sft --help"),   # not --seed
+    ("--megatron", "unknown flag --megatron; see wb sft --help"),     # nothing close
     ("--warp_speed", "unknown flag --warp_speed; see wb sft --help"), # not --warmup_steps
     ("--lr", "unknown flag --lr; see wb sft --help"),                 # not --lora
 ])
@@ -36,7 +36,7 @@ def test_unknown_flag_of_data_preview(capsys):
 
 
 @pytest.mark.parametrize("key, hint", [("learning_rat", "; did you mean 'learning_rate'?"),
-                                       ("deepspeed", "; see wb dpo --help")])
+                                       ("megatron", "; see wb dpo --help")])
 def test_recipe_keys_share_the_cutoff(capsys, tmp_path, key, hint):
     recipe = tmp_path / "r.yaml"
     recipe.write_text(f"model: Qwen/Qwen3-0.6B\n{key}: 1\n")
@@ -47,8 +47,8 @@ def test_python_keywords_share_the_cutoff():
     import swiftlike as wb
     from swiftlike.errors import UserError
 
-    with pytest.raises(UserError, match=r"^unknown argument 'deepspeed'$"):
-        wb.sft(model="Qwen/Qwen3-0.6B", dataset=["d.jsonl"], deepspeed="ds.json")
+    with pytest.raises(UserError, match=r"^unknown argument 'megatron'$"):
+        wb.sft(model="Qwen/Qwen3-0.6B", dataset=["d.jsonl"], megatron="mcore.json")
 
 
 def _closed_pipe(code: str) -> tuple[int, str]:

@@ -99,16 +99,36 @@ def _reject_unknown(unknown: list[str], parser: argparse.ArgumentParser) -> None
     raise UserError(f"unknown flag {flag}" + (f"; did you mean {close}?" if close else f"; see {parser.prog} --help"))
 
 
-def _maybe_relaunch(argv: list[str], nproc: int) -> int | None:
-    """Run the same command under torchrun when more than one process is asked for."""
-    if nproc <= 1 or "LOCAL_RANK" in os.environ:
+def launch_plan(cfg) -> dict:
+    """Processes per node and the rendezvous of a training command: its flags, else torchrun's usual environment
+    variables (NPROC_PER_NODE, NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT)."""
+    env = os.environ
+    nnodes = cfg.nnodes if cfg.nnodes > 1 else int(env.get("NNODES", "1"))
+    plan = {"nproc_per_node": cfg.nproc_per_node if cfg.nproc_per_node > 1 else int(env.get("NPROC_PER_NODE", "1")),
+            "nnodes": nnodes, "node_rank": cfg.node_rank or int(env.get("NODE_RANK", "0")),
+            "master_addr": cfg.master_addr if cfg.master_addr != "127.0.0.1" else env.get("MASTER_ADDR", "127.0.0.1"),
+            "master_port": cfg.master_port or int(env.get("MASTER_PORT", "0")) or (29500 if nnodes > 1 else None)}
+    if not 0 <= plan["node_rank"] < nnodes:
+        raise UserError(f"node rank {plan['node_rank']} is not in 0..{nnodes - 1} (--node_rank / NODE_RANK)")
+    return plan
+
+
+def _maybe_relaunch(argv: list[str], plan: dict) -> int | None:
+    """Run the same command under torchrun when more than one process (or node) is asked for."""
+    nproc, nnodes = plan["nproc_per_node"], plan["nnodes"]
+    if (nproc <= 1 and nnodes <= 1) or "LOCAL_RANK" in os.environ:
         return None
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={port}",
-           "-m", "swiftlike.cli.main", *argv]
-    print(f"[wb] launching {nproc} processes: {' '.join(cmd)}", file=sys.stderr)
+    port = plan["master_port"]
+    if port is None:  # one node: any free port
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={port}"]
+    if nnodes > 1:
+        cmd += [f"--nnodes={nnodes}", f"--node_rank={plan['node_rank']}", f"--master_addr={plan['master_addr']}"]
+    cmd += ["-m", "swiftlike.cli.main", *argv]
+    what = f"{nproc} processes" + (f" on node {plan['node_rank']} of {nnodes}" if nnodes > 1 else "")
+    print(f"[wb] launching {what}: {' '.join(cmd)}", file=sys.stderr)
     proc = subprocess.Popen(cmd)
     try:
         return proc.wait()
@@ -166,8 +186,7 @@ def _run(argv: list[str]) -> int:
             raise unknown_key_error(key, cls, where, see=f"{sub.prog} --help")
     cfg = build_config(cls, merged)
     if args.command in ("sft", "pt", "dpo", "kto", "rm", "grpo"):
-        nproc = cfg.nproc_per_node if cfg.nproc_per_node > 1 else int(os.environ.get("NPROC_PER_NODE", "1"))
-        code = None if cfg.dry_run else _maybe_relaunch(argv, nproc)  # a plan needs no processes
+        code = None if cfg.dry_run else _maybe_relaunch(argv, launch_plan(cfg))  # a plan needs no processes
         if code is not None:
             return code
         if args.command == "grpo":

@@ -4,6 +4,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -302,9 +303,13 @@ def quiet_libraries() -> None:
     import logging
     import warnings
 
-    for name in ("bitsandbytes", "torchao", "torch.utils._pytree"):  # torchao: CUDA kernels it cannot load, enum
-        logging.getLogger(name).setLevel(logging.ERROR)                # registrations torch deprecates
+    for name in ("bitsandbytes", "torchao", "torch.utils._pytree", "DeepSpeed"):  # torchao: CUDA kernels it cannot
+        logging.getLogger(name).setLevel(logging.ERROR)  # load, enum registrations torch deprecates; DeepSpeed: info
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    # DeepSpeed and FSDP call the collectives torch renamed; nothing for a user to change
+    warnings.filterwarnings("ignore", message=r".*torch\.distributed\.\w+` is deprecated", category=FutureWarning)
+    if accel.device_type() == "cpu":
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # DeepSpeed would warn that it found no GPU
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()

@@ -19,7 +19,7 @@ from ..train.grpo_trainer import GRPOTrainer, RolloutSettings
 from ..train.trainer import LoopSettings, TrainResult
 from .eval import after_training
 from .sft import (_base_weights, build_trainable, cleans_up_on_failure, describe_model, frozen_reference,
-                  resolve_template_name, resume_line, run_args, start_run)
+                  resolve_template_name, resume_line, run_args, start_run, training_engine)
 
 
 def encode_prompts(rows: list[dict], template, max_prompt_length: int, stats: DataStats,
@@ -47,7 +47,8 @@ def make_rollout(cfg: GRPOConfig, model, tokenizer, base_dir: str):
     if not cfg.use_vllm:
         from ..rollout.hf import HFRollout
 
-        return HFRollout(model, padding_id(tokenizer), cfg.generation_batch_size)
+        # FSDP shards the weights: every rank must run as many forwards (ZeRO-3 is refused in the config)
+        return HFRollout(model, padding_id(tokenizer), cfg.generation_batch_size, synced=bool(cfg.fsdp))
     if cfg.vllm_mode == "server":
         from ..rollout.client import ServerRollout
 
@@ -107,6 +108,7 @@ def run_grpo(cfg: GRPOConfig) -> TrainResult:
 
     dtype = accel.resolve_dtype(cfg.torch_dtype)
     base_dir = _base_weights(cfg, tokenizer, out)
+    engine, zero3 = training_engine(cfg, base_dir, dtype)  # noqa: F841 (zero3 must live while the model does)
     model = build_trainable(cfg, tokenizer, base_dir, resume_from, dtype, reference=cfg.beta != 0.0)
     if main:
         describe_model(cfg, model, template_name, dtype)
@@ -128,7 +130,7 @@ def run_grpo(cfg: GRPOConfig) -> TrainResult:
         print(f"[wb] grpo: {cfg.loss_type} loss, generation with {rollout.name}, rewards "
               f"{', '.join(r.name for r in rewards)}; beta {cfg.beta}, {cfg.num_iterations} iteration(s) per batch")
     trainer = GRPOTrainer(model, tokenizer, prompts, settings, args_json, resume_from, objective=objective,
-                          rollout=rollout, rewards=rewards, rs=rs, eval_prompts=eval_prompts)
+                          rollout=rollout, rewards=rewards, rs=rs, eval_prompts=eval_prompts, engine=engine)
     trainer.after_train = evaluate_after
     if main and resume_from is not None:
         print(resume_line(resume_from, trainer))

@@ -247,6 +247,7 @@ def run_sft(cfg: SFTConfig) -> TrainResult:
 
     dtype = accel.resolve_dtype(cfg.torch_dtype)
     base_dir = _base_weights(cfg, tokenizer, out)
+    engine, zero3 = training_engine(cfg, base_dir, dtype)  # noqa: F841 (zero3 must live while the model does)
     model = build_trainable(cfg, tokenizer, base_dir, resume_from, dtype, method.reward_head, _uses_reference(cfg))
     if main:
         describe_model(cfg, model, name, dtype)
@@ -267,7 +268,7 @@ def run_sft(cfg: SFTConfig) -> TrainResult:
                             "without --precompute_ref_logps (the reference is then loaded from the base weights)")
         _precompute_reference(objective, rows + eval_rows, cfg.per_device_train_batch_size, main)
     trainer = Trainer(model, tokenizer, rows, train_collate, settings, args_json, resume_from, eval_rows,
-                      eval_collate=collate, objective=objective)
+                      eval_collate=collate, objective=objective, engine=engine)
     trainer.after_train = evaluate_after
     if main and resume_from is not None:
         print(resume_line(resume_from, trainer))
@@ -280,6 +281,28 @@ def run_sft(cfg: SFTConfig) -> TrainResult:
               f"(padding efficiency {m['padding_efficiency']:.0%}); "
               f"loss {m['first_loss']:.4f} -> {m['final_loss']:.4f}; checkpoint {result.checkpoint}")
     return result
+
+
+def training_engine(cfg: SFTConfig, base_dir: str, dtype):
+    """The engine the trainer runs under (None: DDP, or one process) and, under ZeRO-3, the object that keeps
+    transformers building models partitioned (deepspeed.zero.Init) while it is alive: hold it as long as the model."""
+    from ..train import engines
+
+    if not (cfg.deepspeed or cfg.fsdp):
+        return None, None
+    accel.init_process_group_anyway()
+    if cfg.fsdp:
+        return partial(engines.build_engine, "fsdp", fsdp=engines.fsdp_config(cfg.fsdp), dtype=dtype), None
+    import deepspeed
+    from transformers import AutoConfig
+
+    deepspeed.init_distributed(dist_backend=accel.dist_backend())  # joins the group above: its world size
+    text = AutoConfig.from_pretrained(base_dir, trust_remote_code=cfg.trust_remote_code).get_text_config()
+    config = engines.fill_deepspeed_config(
+        engines.deepspeed_config(cfg.deepspeed), micro_batch=cfg.per_device_train_batch_size,
+        accumulation=cfg.gradient_accumulation_steps, max_grad_norm=cfg.max_grad_norm, dtype=dtype,
+        hidden_size=text.hidden_size)
+    return partial(engines.build_engine, "deepspeed", deepspeed=config), engines.zero3_loading(config)
 
 
 def resume_line(ckpt: Path, trainer) -> str:
@@ -340,11 +363,15 @@ def _start_from_adapters(model, cfg: SFTConfig, reference: bool):
 
 
 def describe_model(cfg: SFTConfig, model, template_name: str, dtype) -> None:
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
+    from ..train.engines import numel
+
+    trainable = sum(numel(p) for p in model.parameters() if p.requires_grad)
+    total = sum(numel(p) for p in model.parameters())
     print(f"[wb] model: {cfg.model}{' (miniature)' if cfg.miniature else ''}, {cfg.train_type}, "
           f"template {template_name}, {accel.device_type()} {str(dtype).replace('torch.', '')}, "
-          f"trainable {trainable:,} / {total:,} parameters")
+          f"trainable {trainable:,} / {total:,} parameters"
+          + (f"; engine deepspeed {cfg.deepspeed}" if cfg.deepspeed else f"; engine fsdp {cfg.fsdp}" if cfg.fsdp
+             else f"; {accel.world_size()} processes (DDP)" if accel.world_size() > 1 else ""))
     if getattr(cfg, "learning_rate_note", None):
         print(f"[wb] {cfg.learning_rate_note}")
 

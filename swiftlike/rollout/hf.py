@@ -18,8 +18,10 @@ __all__ = ["HFRollout", "penalize_repeats", "sample_next"]
 class HFRollout:
     name = "transformers"
 
-    def __init__(self, model, pad_token_id: int, max_batch: int = 0):
-        self.model, self.pad_id, self.max_batch = model, pad_token_id, max_batch
+    def __init__(self, model, pad_token_id: int, max_batch: int = 0, synced: bool = False):
+        """`synced`: every rank runs the same number of decode steps (until all are done), as a model sharded
+        by ZeRO-3 or FSDP needs: each forward gathers weights from every rank."""
+        self.model, self.pad_id, self.max_batch, self.synced = model, pad_token_id, max_batch, synced
         self._call = ModelCall(model)
 
     def sync_weights(self, model) -> None:
@@ -43,6 +45,14 @@ class HFRollout:
         finally:
             self.model.train(was_training)
 
+    def _all_done(self, done: torch.Tensor) -> bool:
+        finished = torch.tensor([int(bool(done.all()))])
+        if self.synced:
+            import torch.distributed as dist
+
+            dist.all_reduce(finished, op=dist.ReduceOp.MIN)
+        return bool(finished)
+
     def _batch(self, rows: list[list[int]], sampling: Sampling, device, generator) -> list[list[int]]:
         from transformers import DynamicCache
 
@@ -60,7 +70,7 @@ class HFRollout:
             token = torch.where(done, torch.full_like(token, self.pad_id), token)
             generated.append(token)
             done |= torch.isin(token, stops)
-            if bool(done.all()):
+            if self._all_done(done):
                 break
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
             positions = positions[:, -1:] + 1

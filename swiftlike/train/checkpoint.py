@@ -32,18 +32,33 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
     return ckpts[-1] if ckpts else None
 
 
-def save_checkpoint(output_dir: str | Path, step: int, model, tokenizer, args_json: str, state: dict,
-                    training_state: dict, save_total_limit: int | None = None) -> Path:
-    root = Path(output_dir)
+def prepare_checkpoint_dir(output_dir: str | Path, step: int) -> Path:
+    """The hidden directory a checkpoint is built in, the same on every rank (each may write its own shards
+    there); rank 0 creates it afresh, every rank returns once it exists."""
+    from .. import accel
+
+    tmp = Path(output_dir) / f".tmp-checkpoint-{step}"
+    if accel.is_main_process():
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+    if accel.world_size() > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+    return tmp
+
+
+def save_checkpoint(tmp: Path, step: int, model, tokenizer, args_json: str, state: dict, training_state: dict,
+                    save_total_limit: int | None = None, weights: dict | None = None) -> Path:
+    """Complete the checkpoint built in `tmp` (prepare_checkpoint_dir) and rename it to checkpoint-<step>.
+    `weights`: the full state dict when the model's own parameters are sharded (DeepSpeed ZeRO-3, FSDP)."""
+    root = tmp.parent
     final = root / f"checkpoint-{step}"
-    tmp = root / f".tmp-checkpoint-{step}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
+    kwargs = {"safe_serialization": True} if weights is None else {"safe_serialization": True, "state_dict": weights}
     if "ref" in getattr(model, "peft_config", {}):  # a frozen reference copy of the starting adapter stays out
-        model.save_pretrained(tmp, safe_serialization=True, selected_adapters=["default"])
-    else:
-        model.save_pretrained(tmp, safe_serialization=True)
+        kwargs["selected_adapters"] = ["default"]
+    model.save_pretrained(tmp, **kwargs)
     tokenizer.save_pretrained(tmp)
     (tmp / "args.json").write_text(args_json, encoding="utf-8")
     (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
@@ -74,7 +89,7 @@ def load_training_state(ckpt: Path) -> dict:
 
 
 def _fsync_dir(path: Path) -> None:
-    for f in path.iterdir():
+    for f in path.rglob("*"):
         if f.is_file():
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())

@@ -58,13 +58,14 @@ def collate_completions(samples: list[dict], pad_id: int = 0) -> dict:
 
 class GRPOTrainer(Trainer):
     def __init__(self, model, tokenizer, prompts: list[dict], settings, args_json: str, resume_from=None, *,
-                 objective, rollout, rewards: list, rs: RolloutSettings, eval_prompts: list[dict] | None = None):
+                 objective, rollout, rewards: list, rs: RolloutSettings, eval_prompts: list[dict] | None = None,
+                 engine=None):
         self.rollout, self.rewards, self.rs = rollout, rewards, rs
         self._buffer: list[dict] | None = None
         self._buffer_metrics: dict = {}
         self._synced_at: int | None = None
         super().__init__(model, tokenizer, prompts, None, settings, args_json, resume_from, eval_prompts,
-                         objective=objective)
+                         objective=objective, engine=engine)
         self.stop_ids = set(rs.sampling.stop_token_ids)
 
     def _sync(self) -> None:
@@ -106,7 +107,8 @@ class GRPOTrainer(Trainer):
         self._sync()
         sampling = Sampling(**{**self.rs.sampling.__dict__,
                                "seed": self.s.seed + 1_000_003 * generation + accel.rank()})
-        completion_ids = self.rollout.generate([r["prompt_ids"] for r in rows], g, sampling)
+        with self.engine.outside_forward():
+            completion_ids = self.rollout.generate([r["prompt_ids"] for r in rows], g, sampling)
         t1 = time.perf_counter()
 
         texts, table, rewards = self._score(rows, completion_ids, g)
@@ -121,7 +123,8 @@ class GRPOTrainer(Trainer):
         bs = self.s.per_device_train_batch_size
         pad = padding_id(self.tokenizer)
         batches = [collate_completions(samples[i:i + bs], pad) for i in range(0, len(samples), bs)]
-        self._attach_logps(batches)
+        with self.engine.outside_forward():
+            self._attach_logps(batches)
         t3 = time.perf_counter()
 
         lengths = torch.tensor([len(c) for c in completion_ids], dtype=torch.float32)
@@ -170,7 +173,12 @@ class GRPOTrainer(Trainer):
         self._sync()
         sampling = Sampling(**{**self.rs.sampling.__dict__, "temperature": self.rs.eval_temperature,
                                "seed": self.s.seed})
-        ids = self.rollout.generate([r["prompt_ids"] for r in rows], 1, sampling) if rows else []
+        prompts = [r["prompt_ids"] for r in rows]
+        if getattr(self.rollout, "synced", False):  # every rank decodes as many prompts (a sharded model)
+            prompts += [self.eval_rows[0]["prompt_ids"]] * (math.ceil(len(self.eval_rows) / accel.world_size())
+                                                            - len(rows))
+        with self.engine.outside_forward():
+            ids = self.rollout.generate(prompts, 1, sampling)[:len(rows)] if prompts else []
         _, table, rewards = self._score(rows, ids, 1)
         out = {"eval_reward": self._global_mean(rewards),
                "eval_completions/mean_length": self._global_mean(torch.tensor([len(c) for c in ids],

@@ -229,7 +229,8 @@ class CausalLMLoss(nn.Module):
     def __init__(self, model: nn.Module, chunk_size: int | None = None):
         super().__init__()
         self.model = model
-        vocab = self.causal_lm.get_output_embeddings().weight.shape[0]
+        weight = self.causal_lm.get_output_embeddings().weight
+        vocab = getattr(weight, "ds_shape", weight.shape)[0]  # a ZeRO-3 partitioned weight is empty here
         self.chunk_size = chunk_size or max(16, LOGITS_PER_CHUNK // vocab)
         self.softcap = logit_softcap(self.decoder_config)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,7 +12,8 @@ from pathlib import Path
 import torch
 
 from .. import accel
-from .checkpoint import latest_checkpoint, load_training_state, save_checkpoint
+from .checkpoint import latest_checkpoint, load_training_state, prepare_checkpoint_dir, save_checkpoint
+from .engines import DDPEngine, EngineFactory, EngineSettings
 from .loss import CausalLMLoss
 from .tracking import Tracker
 
@@ -99,7 +100,7 @@ def step_rows(step: int, n_rows: int, s: LoopSettings) -> list[list[int]]:
 class Trainer:
     def __init__(self, model, tokenizer, rows: list, collate, settings: LoopSettings, args_json: str,
                  resume_from: Path | None = None, eval_rows: list | None = None, eval_collate=None,
-                 objective=None):
+                 objective=None, engine: EngineFactory | None = None):
         self.model, self.tokenizer, self.rows, self.collate, self.s = model, tokenizer, rows, collate, settings
         self.eval_rows, self.eval_collate = eval_rows or [], eval_collate or collate
         self.args_json = args_json
@@ -107,14 +108,12 @@ class Trainer:
         self.device = next(p.device for p in model.parameters())
         # the objective: forward(**batch) -> (summed loss, weight, metric sums); weight(batch) is known up front
         self.objective = objective or CausalLMLoss(model)
-        self.loss_module = self.objective
         self.distributed = accel.world_size() > 1
-        if self.distributed:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-
-            self.loss_module = DDP(self.loss_module)
-        params = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
+        es = EngineSettings(settings.learning_rate, settings.weight_decay, settings.max_grad_norm,
+                            settings.gradient_accumulation_steps)
+        # DDP (or one process), DeepSpeed or FSDP2: wraps the objective and owns the optimizer
+        self.engine = (engine or DDPEngine)(self.objective, model, es)
+        self.loss_module, self.optimizer = self.engine.module, self.engine.optimizer
         self.streaming = not isinstance(rows, list)
         self.per_epoch, self.total_steps = self.plan()
         from transformers import get_scheduler
@@ -165,22 +164,13 @@ class Trainer:
         loss_sum, extras = 0.0, {}
         self.loss_module.train()
         for i, batch in enumerate(micro_batches):
-            batch = self._batch_to_device(batch)
-            sync = (not self.distributed) or i == len(micro_batches) - 1
-            ctx = self.loss_module.no_sync() if not sync else nullcontext()
-            with ctx:
-                part, _, metrics = self.loss_module(**batch)
-                (part * scale.to(part.device, part.dtype)).backward()
+            part, metrics = self.engine.forward_backward(self._batch_to_device(batch), scale,
+                                                         last=i == len(micro_batches) - 1)
             loss_sum += part.detach().item()
             for k, v in metrics.items():
                 extras[k] = extras.get(k, 0.0) + float(v)
-        grad_norm = 0.0
-        if self.s.max_grad_norm > 0:
-            params = [p for g in self.optimizer.param_groups for p in g["params"]]
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, self.s.max_grad_norm))
-        self.optimizer.step()
+        grad_norm = self.engine.step()
         self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
         loss_sum = self._global_sum(loss_sum)
         means = {k: self._global_sum(v) / max(float(total), 1.0) for k, v in sorted(extras.items())}
         finalize = getattr(self.objective, "finalize_metrics", None)
@@ -241,8 +231,7 @@ class Trainer:
             seconds = time.perf_counter() - start
             bar.close()
             if self.after_train is not None and main and checkpoint is not None:
-                self.optimizer.zero_grad(set_to_none=True)  # training is over: free what only it needed
-                self.optimizer.state.clear()
+                self.engine.release()  # training is over: free what only it needed
                 accel.empty_cache()
                 evaluation = self.after_train(checkpoint)
                 tracker.log(evaluation, self.step)
@@ -370,14 +359,19 @@ class Trainer:
 
     # -- checkpoints -------------------------------------------------------------------------
     def save(self) -> Path | None:
+        """Every rank takes part (engines gather sharded weights and states); rank 0 writes the checkpoint."""
+        tmp = prepare_checkpoint_dir(self.s.output_dir, self.step)
+        weights = self.engine.model_state_dict()
+        optimizer = self.engine.optimizer_state()
+        self.engine.save_engine_state(tmp)
         path = None
         if accel.is_main_process():
             state = {"global_step": self.step, "total_steps": self.total_steps, "trained_tokens": self.trained_tokens,
                      "first_loss": self.first_loss, "log_history": self.log_history}
-            training_state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            training_state = {"optimizer": optimizer, "scheduler": self.scheduler.state_dict(),
                               "rng": accel.rng_state(), "step": self.step, "trained_tokens": self.trained_tokens}
-            path = save_checkpoint(self.s.output_dir, self.step, self.model, self.tokenizer, self.args_json, state,
-                                   training_state, self.s.save_total_limit)
+            path = save_checkpoint(tmp, self.step, self.model, self.tokenizer, self.args_json, state,
+                                   training_state, self.s.save_total_limit, weights)
         if self.distributed:
             import torch.distributed as dist
 
@@ -386,7 +380,7 @@ class Trainer:
 
     def _restore(self, ckpt: Path) -> None:
         state = load_training_state(ckpt)
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.engine.load_optimizer_state(state["optimizer"], ckpt)
         self.scheduler.load_state_dict(state["scheduler"])
         accel.set_rng_state(state["rng"])
         self.step, self.trained_tokens = state["step"], state["trained_tokens"]

@@ -1,0 +1,399 @@
+"""How a training step runs across processes: DDP (and the single process), DeepSpeed ZeRO-1/2/3, FSDP2.
+
+An engine owns what differs between them: wrapping the objective, building the optimizer at the right moment
+(FSDP2 replaces parameters, DeepSpeed wraps the optimizer), backward and gradient synchronisation per
+micro-batch, the optimizer step, and gathering full weights and optimizer state for a checkpoint. The loop
+(train/trainer.py) is the same for all of them; the loss stays token-normalised over every micro-batch and rank.
+
+Presets live in swiftlike/assets/configs/ (zero*.json, fsdp_*.json); a user's own JSON file works too.
+Every "auto" in a DeepSpeed config is filled from our options here, before deepspeed.initialize.
+"""
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .. import accel
+from ..errors import UserError
+
+PRESETS = Path(__file__).resolve().parents[1] / "assets" / "configs"
+DEEPSPEED_PRESETS = ("zero1", "zero2", "zero3", "zero2_offload", "zero3_offload")
+FSDP_PRESETS = ("full_shard", "hybrid_shard", "full_shard_offload")
+FSDP_KEYS = {"sharding": ("full_shard", "hybrid_shard"), "reshard_after_forward": (True, False),
+             "cpu_offload": (True, False)}
+# what our own optimizer and scheduler do; a DeepSpeed config may not build its own
+_FOREIGN_SECTIONS = ("optimizer", "scheduler")
+
+
+def _read_json(flag: str, value: str, preset: Path | None) -> dict:
+    path = preset if preset is not None else Path(value)
+    if not path.is_file():
+        raise UserError(f"{flag} {value}: no such preset or file")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{flag} {value}: not JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{flag} {value}: a JSON object is expected, got {type(data).__name__}")
+    return data
+
+
+def _named_or_file(flag: str, value: str, names: tuple[str, ...], prefix: str) -> dict:
+    if value in names:
+        return _read_json(flag, value, PRESETS / f"{prefix}{value}.json")
+    if not value.endswith(".json") and "/" not in value:
+        raise UserError(f"{flag} {value}: unknown preset; choose one of {', '.join(names)} or give a .json file")
+    return _read_json(flag, value, None)
+
+
+def deepspeed_config(value: str) -> dict:
+    """A --deepspeed preset or file, checked: a ZeRO stage we run, no optimizer/scheduler of its own."""
+    config = _named_or_file("--deepspeed", value, DEEPSPEED_PRESETS, "")
+    for section in _FOREIGN_SECTIONS:
+        if section in config:
+            raise UserError(f"--deepspeed {value}: remove its {section!r} section; the run's own AdamW and "
+                            "--lr_scheduler_type are used (set --learning_rate, --weight_decay, --warmup_steps)")
+    zero = config.get("zero_optimization", {})
+    if zero.get("stage", 0) not in (0, 1, 2, 3):
+        raise UserError(f"--deepspeed {value}: zero_optimization.stage must be 0, 1, 2 or 3, got {zero['stage']!r}")
+    if zero.get("offload_param", {}).get("device", "none") not in ("none", None) and zero.get("stage") != 3:
+        raise UserError(f"--deepspeed {value}: offload_param needs ZeRO stage 3 (it has stage {zero.get('stage')})")
+    if zero.get("offload_param", {}).get("device") == "nvme" or zero.get("offload_optimizer", {}).get("device") \
+            == "nvme":
+        raise UserError(f"--deepspeed {value}: NVMe offload is not supported; use device 'cpu'")
+    return config
+
+
+def fsdp_config(value: str) -> dict:
+    """A --fsdp preset or file: {sharding: full_shard|hybrid_shard, reshard_after_forward, cpu_offload}."""
+    config = _named_or_file("--fsdp", value, FSDP_PRESETS, "fsdp_")
+    for key, allowed in FSDP_KEYS.items():
+        if key in config and config[key] not in allowed:
+            raise UserError(f"--fsdp {value}: {key} must be one of {', '.join(map(str, allowed))}, got {config[key]!r}")
+    unknown = sorted(set(config) - set(FSDP_KEYS))
+    if unknown:
+        raise UserError(f"--fsdp {value}: unknown key {unknown[0]!r} (known: {', '.join(FSDP_KEYS)})")
+    return {"sharding": "full_shard", "reshard_after_forward": True, "cpu_offload": False, **config}
+
+
+def zero_stage(config: dict | None) -> int:
+    return int((config or {}).get("zero_optimization", {}).get("stage", 0))
+
+
+def fill_deepspeed_config(config: dict, *, micro_batch: int, accumulation: int, max_grad_norm: float,
+                          dtype: torch.dtype, hidden_size: int) -> dict:
+    """The config with every "auto" replaced by the run's value; an explicit value that contradicts the run's
+    options is refused (DeepSpeed would otherwise train another batch size than the one asked for)."""
+    config = json.loads(json.dumps(config))
+    ours = {"train_micro_batch_size_per_gpu": micro_batch, "gradient_accumulation_steps": accumulation,
+            "train_batch_size": micro_batch * accumulation * accel.world_size(), "gradient_clipping": max_grad_norm}
+    for key, value in ours.items():
+        given = config.get(key, "auto")
+        if given != "auto" and float(given) != float(value):
+            raise UserError(f"--deepspeed: {key} is {given} in the config but {value} from this run's options; "
+                            "set it to \"auto\" (or match the options)")
+        config[key] = value
+    for name, wanted in (("bf16", dtype == torch.bfloat16), ("fp16", dtype == torch.float16)):
+        section = config.setdefault(name, {})
+        if section.get("enabled", "auto") == "auto":
+            section["enabled"] = wanted
+        elif bool(section["enabled"]) != wanted:
+            raise UserError(f"--deepspeed: {name}.enabled is {section['enabled']} in the config but the run's dtype "
+                            f"is {str(dtype).replace('torch.', '')}; set it to \"auto\" or choose --torch_dtype")
+    zero = config.setdefault("zero_optimization", {})
+    sizes = {"reduce_bucket_size": hidden_size * hidden_size, "allgather_bucket_size": hidden_size * hidden_size,
+             "stage3_prefetch_bucket_size": int(0.9 * hidden_size * hidden_size),
+             "stage3_param_persistence_threshold": 10 * hidden_size}
+    for key, value in sizes.items():
+        if zero.get(key) == "auto":
+            zero[key] = value
+    if zero.get("offload_optimizer", {}).get("device") == "cpu" and accel.device_type() == "cpu":
+        config["zero_force_ds_cpu_optimizer"] = False  # on a CPU host the states are already in CPU memory
+    left = _autos(config)
+    if left:
+        raise UserError(f"--deepspeed: {left[0]} is \"auto\" but swiftlike has no value for it; give one")
+    return config
+
+
+def _autos(node, path: str = "") -> list[str]:
+    if isinstance(node, dict):
+        return [p for k, v in node.items() for p in _autos(v, f"{path}.{k}" if path else k)]
+    return [path] if node == "auto" else []
+
+
+def zero3_loading(config: dict | None):
+    """While loading weights under ZeRO-3, transformers builds the model inside deepspeed.zero.Init, so no rank
+    ever holds all of it: the returned object must stay alive as long as the model is trained."""
+    if zero_stage(config) != 3:
+        return None
+    from transformers.integrations import HfDeepSpeedConfig
+
+    return HfDeepSpeedConfig(config)
+
+
+def numel(p: torch.Tensor) -> int:
+    """Parameter count, also of a ZeRO-3 partitioned parameter (whose local tensor is empty)."""
+    return int(getattr(p, "ds_numel", p.numel()))
+
+
+def _prefix_of(root: torch.nn.Module, model: torch.nn.Module) -> str:
+    for name, module in root.named_modules():
+        if module is model:
+            return f"{name}." if name else ""
+    raise ValueError("the model is not part of the objective")
+
+
+def _model_weights(state: dict | None, root: torch.nn.Module, model: torch.nn.Module) -> dict | None:
+    """The model's part of the objective's gathered state dict, under the model's own names; a tied weight
+    (lm_head sharing the embeddings) is kept once, as save_pretrained writes it."""
+    if state is None:
+        return None
+    prefix, seen, aliases = _prefix_of(root, model), set(), set()
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in seen:
+            aliases.add(name)
+        seen.add(id(p))
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix) and k[len(prefix):] not in aliases}
+
+
+def _barrier() -> None:
+    if accel.world_size() > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+@dataclass
+class EngineSettings:
+    learning_rate: float
+    weight_decay: float
+    max_grad_norm: float
+    gradient_accumulation_steps: int
+
+
+class DDPEngine:
+    """One process, or DistributedDataParallel over torchrun's processes."""
+
+    name = "ddp"
+
+    def __init__(self, objective: torch.nn.Module, model: torch.nn.Module, s: EngineSettings):
+        self.objective, self.model, self.s = objective, model, s
+        self.distributed = accel.world_size() > 1
+        self.module = self.wrap(objective)
+        params = [p for p in self.module.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=s.learning_rate, weight_decay=s.weight_decay)
+
+    def wrap(self, objective):
+        if not self.distributed:
+            return objective
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        return DDP(objective)
+
+    def forward_backward(self, batch: dict, scale: torch.Tensor, last: bool) -> tuple[torch.Tensor, dict]:
+        """Forward one micro-batch and add its gradient, scaled; ranks synchronise on the last one."""
+        with self.module.no_sync() if self.distributed and not last else nullcontext():
+            part, _, metrics = self.module(**batch)
+            (part * scale.to(part.device, part.dtype)).backward()
+        return part, metrics
+
+    def step(self) -> float:
+        """Clip, step the optimizer, clear gradients; the gradient norm before clipping (0 without clipping)."""
+        norm = 0.0
+        if self.s.max_grad_norm > 0:
+            params = [p for g in self.optimizer.param_groups for p in g["params"]]
+            norm = float(_full(torch.nn.utils.clip_grad_norm_(params, self.s.max_grad_norm)))
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return norm
+
+    def model_state_dict(self) -> dict | None:
+        """Full weights to save (collective), or None: the model's own parameters are complete on rank 0."""
+        return None
+
+    def optimizer_state(self) -> dict | None:
+        """The optimizer state to put in trainer_state.pt (collective), None where the engine saves its own."""
+        return self.optimizer.state_dict()
+
+    def load_optimizer_state(self, state: dict | None, ckpt: Path) -> None:
+        self.optimizer.load_state_dict(state)
+
+    def save_engine_state(self, directory: Path) -> None:
+        """Anything every rank writes itself (collective); the directory exists on every rank."""
+
+    def outside_forward(self):
+        """A context in which the model may be used outside the objective's forward (generation, log-probs read
+        before a step): the engine makes the weights it shards whole there."""
+        return nullcontext()
+
+    def release(self) -> None:
+        """Training is over: free what only the optimizer needed."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer.state.clear()
+
+
+def _full(value):
+    """A DTensor's full value (FSDP2 gradient norms), or the value."""
+    return value.full_tensor() if hasattr(value, "full_tensor") else value
+
+
+class DeepSpeedEngine(DDPEngine):
+    """DeepSpeed ZeRO-1/2/3 with our AdamW as its client optimizer (no JIT-built DeepSpeed optimizer)."""
+
+    name = "deepspeed"
+
+    def __init__(self, objective, model, s: EngineSettings, config: dict):
+        self.config = config
+        self.stage = zero_stage(config)
+        super().__init__(objective, model, s)
+        import deepspeed
+
+        offloaded = config.get("zero_optimization", {}).get("offload_optimizer", {}).get("device") == "cpu"
+        if offloaded and accel.device_type() != "cpu":  # offloaded states step on the CPU: DeepSpeed's fast Adam
+            from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+            self.optimizer = DeepSpeedCPUAdam([p for p in objective.parameters() if p.requires_grad],
+                                              lr=s.learning_rate, weight_decay=s.weight_decay, adamw_mode=True)
+        self.engine, self.wrapped, _, _ = deepspeed.initialize(model=objective, optimizer=self.optimizer,
+                                                               config=config)
+        self.module = self.engine
+
+    def wrap(self, objective):
+        return objective  # deepspeed.initialize wraps it once the optimizer exists
+
+    def forward_backward(self, batch, scale, last):
+        part, _, metrics = self.engine(**batch)
+        # the engine divides by its accumulation steps; our scale already normalises over every micro-batch
+        self.engine.backward(part * scale.to(part.device, part.dtype) * self.s.gradient_accumulation_steps)
+        self.engine.step()  # only the accumulation boundary steps the optimizer (and clips)
+        return part, metrics
+
+    def step(self) -> float:
+        norm = self.engine.get_global_grad_norm()
+        return float(norm) if norm is not None and self.s.max_grad_norm > 0 else 0.0
+
+    def model_state_dict(self):
+        if self.stage != 3:
+            return None
+        peft = hasattr(self.model, "peft_config")
+        state = self.engine._zero3_consolidated_16bit_state_dict(exclude_frozen_parameters=peft)
+        return _model_weights(state, self.objective, self.model)
+
+    def optimizer_state(self):
+        return None
+
+    def save_engine_state(self, directory: Path) -> None:
+        self.engine.save_checkpoint(str(directory), tag="deepspeed", save_latest=False,
+                                    exclude_frozen_parameters=hasattr(self.model, "peft_config"))
+        if accel.is_main_process():  # its scripts to rebuild weights from shards: the checkpoint has them whole
+            for script in ("zero_to_fp32.py", "zero_to_torch.py"):
+                (directory / script).unlink(missing_ok=True)
+
+    def load_optimizer_state(self, state, ckpt: Path) -> None:
+        if not (Path(ckpt) / "deepspeed").is_dir():
+            raise UserError(f"{ckpt}: not a DeepSpeed checkpoint (no deepspeed/ folder); resume it with the engine "
+                            "it was trained with")
+        self.engine.load_checkpoint(str(ckpt), tag="deepspeed", load_module_strict=False,
+                                    load_optimizer_states=True, load_lr_scheduler_states=False)
+
+    def release(self) -> None:
+        self.engine.zero_grad()
+
+
+class FSDPEngine(DDPEngine):
+    """FSDP2: every decoder layer sharded (fully_shard), then the objective as the root (embeddings, norm, head)."""
+
+    name = "fsdp"
+
+    def __init__(self, objective, model, s: EngineSettings, config: dict, dtype: torch.dtype):
+        self.config, self.dtype = config, dtype
+        super().__init__(objective, model, s)
+
+    def wrap(self, objective):
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
+
+        world, kind = accel.world_size(), accel.device_type()
+        if self.config["sharding"] == "hybrid_shard":  # shard inside a node, replicate across nodes
+            local = accel.local_world_size()
+            mesh = init_device_mesh(kind, (world // local, local), mesh_dim_names=("replicate", "shard"))
+        else:
+            mesh = init_device_mesh(kind, (world,))
+        offload = self.config["cpu_offload"] and kind != "cpu"  # on a CPU host everything is in CPU memory already
+        kwargs = dict(mesh=mesh, reshard_after_forward=self.config["reshard_after_forward"],
+                      offload_policy=CPUOffloadPolicy() if offload else OffloadPolicy())
+        if self.dtype != torch.float32:  # compute in the run's dtype, reduce gradients in fp32
+            kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=self.dtype, reduce_dtype=torch.float32)
+        for layer in decoder_layers(objective):
+            fully_shard(layer, **kwargs)
+        fully_shard(objective, **kwargs)
+        # the objective is the root even when a layer runs first (generation outside its forward)
+        objective._get_fsdp_state()._lazy_init()
+        return objective
+
+    def forward_backward(self, batch, scale, last):
+        self.module.set_requires_gradient_sync(last)
+        part, _, metrics = self.module(**batch)
+        (part * scale.to(part.device, part.dtype)).backward()
+        return part, metrics
+
+    @contextmanager
+    def outside_forward(self):
+        """The root's own weights (embeddings, final norm, output layer) whole; the decoder layers gather theirs
+        in their forward as always."""
+        self.module.unshard()
+        try:
+            yield
+        finally:
+            self.module.reshard()
+
+    def _options(self, **kw):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+        return StateDictOptions(full_state_dict=True, **kw)
+
+    def model_state_dict(self):
+        from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+        peft = hasattr(self.model, "peft_config")
+        state = get_model_state_dict(self.module, options=self._options(cpu_offload=True, ignore_frozen_params=peft))
+        return _model_weights(state, self.objective, self.model) if accel.is_main_process() else None
+
+    def optimizer_state(self):
+        from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+        return get_optimizer_state_dict(self.module, self.optimizer, options=self._options(cpu_offload=True))
+
+    def load_optimizer_state(self, state, ckpt: Path) -> None:
+        from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
+
+        if not state or "param_groups" not in state or not all(isinstance(k, str) for k in state.get("state", {})):
+            raise UserError(f"{ckpt}: its optimizer state was not saved under --fsdp; resume it with the engine "
+                            "it was trained with")
+        set_optimizer_state_dict(self.module, self.optimizer, optim_state_dict=state, options=self._options())
+
+
+def decoder_layers(root: torch.nn.Module) -> list[torch.nn.Module]:
+    """The transformer blocks of every model inside `root` (policy, frozen reference), by the class names
+    transformers declares unsplittable (`_no_split_modules`)."""
+    from transformers import PreTrainedModel
+
+    names = {n for m in root.modules() if isinstance(m, PreTrainedModel) for n in (m._no_split_modules or ())}
+    return [m for m in root.modules() if type(m).__name__ in names]
+
+
+def build_engine(kind: str, objective, model, s: EngineSettings, *, deepspeed: dict | None = None,
+                 fsdp: dict | None = None, dtype: torch.dtype = torch.float32) -> DDPEngine:
+    if kind == "deepspeed":
+        return DeepSpeedEngine(objective, model, s, deepspeed)
+    if kind == "fsdp":
+        return FSDPEngine(objective, model, s, fsdp, dtype)
+    return DDPEngine(objective, model, s)
+
+
+EngineFactory = Callable[[torch.nn.Module, torch.nn.Module, EngineSettings], DDPEngine]

@@ -1,0 +1,277 @@
+"""Training under DeepSpeed ZeRO-2/3 and FSDP2 on CPU (gloo, two processes) equals one process with the same global
+batch from the same weights; checkpoints are whole and load; resume equals an uninterrupted run; two "nodes" on
+127.0.0.1; bad engine options are one-line errors. (docs/distributed.md)"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from swiftlike.errors import UserError
+from swiftlike.train import engines
+
+pytest.importorskip("deepspeed")
+
+REPO = Path(__file__).resolve().parents[1]
+IDENTITY = str(REPO / "examples" / "data" / "identity.jsonl")
+PAIRS = str(REPO / "swiftlike" / "assets" / "datasets" / "preference_demo.jsonl")
+STEP = re.compile(r'\{"step": \d+, "epoch"[^\n]*?\}(?=\s|$)')
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def wb(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    r = subprocess.run([sys.executable, "-m", "swiftlike.cli.main", *args], cwd=cwd, env=ENV, capture_output=True,
+                       text=True, timeout=600)
+    if check and r.returncode != 0:
+        raise AssertionError(f"wb {' '.join(args)} failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-6000:]}")
+    return r
+
+
+def steps(r: subprocess.CompletedProcess) -> list[dict]:
+    return [json.loads(m) for m in STEP.findall(r.stdout + r.stderr)]
+
+
+def losses(r) -> list[float]:
+    return [s["loss"] for s in steps(r)]
+
+
+def common(out: str, *extra: str, steps_: int = 3) -> list[str]:
+    return ["--model", "Qwen/Qwen3-0.6B", "--miniature", "--max_steps", str(steps_), "--logging_steps", "1",
+            "--lora_dropout", "0", "--output_dir", out, *extra]
+
+
+def weights(ckpt: Path) -> dict[str, torch.Tensor]:
+    name = "adapter_model.safetensors" if (ckpt / "adapter_model.safetensors").is_file() else "model.safetensors"
+    return load_file(str(ckpt / name))
+
+
+def assert_same_weights(a: Path, b: Path, atol: float = 1e-3) -> None:
+    """Same names and shapes, values within `atol`: the miniature's learning rate is 1e-2, and Adam turns a
+    gradient entry near zero that differs in its last bits (another summation order) into a step up to lr."""
+    wa, wb_ = weights(a), weights(b)
+    assert sorted(wa) == sorted(wb_)
+    for k in wa:
+        assert wb_[k].numel() > 0 and wb_[k].shape == wa[k].shape, k  # never an empty (unsharded) tensor
+        assert torch.allclose(wa[k], wb_[k], atol=atol), (k, (wa[k] - wb_[k]).abs().max())
+
+
+# -- configs ---------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("preset", engines.DEEPSPEED_PRESETS)
+def test_every_auto_of_a_preset_is_filled_from_the_run(preset):
+    raw = engines.deepspeed_config(preset)
+    filled = engines.fill_deepspeed_config(raw, micro_batch=2, accumulation=3, max_grad_norm=0.5,
+                                           dtype=torch.bfloat16, hidden_size=64)
+    assert "auto" not in json.dumps(filled)
+    assert filled["train_micro_batch_size_per_gpu"] == 2 and filled["gradient_accumulation_steps"] == 3
+    assert filled["train_batch_size"] == 6 and filled["gradient_clipping"] == 0.5
+    assert filled["bf16"]["enabled"] is True and filled["fp16"]["enabled"] is False
+    assert filled["zero_optimization"]["reduce_bucket_size"] == 64 * 64
+    assert engines.zero_stage(filled) == int(preset[4])
+
+
+def test_explicit_values_must_agree_with_the_run(tmp_path):
+    cfg = {"train_micro_batch_size_per_gpu": 8, "zero_optimization": {"stage": 2}}
+    with pytest.raises(UserError, match="train_micro_batch_size_per_gpu is 8 in the config but 2"):
+        engines.fill_deepspeed_config(cfg, micro_batch=2, accumulation=1, max_grad_norm=1.0, dtype=torch.float32,
+                                      hidden_size=64)
+    with pytest.raises(UserError, match="bf16.enabled is True in the config but the run's dtype is float32"):
+        engines.fill_deepspeed_config({"bf16": {"enabled": True}}, micro_batch=2, accumulation=1, max_grad_norm=1.0,
+                                      dtype=torch.float32, hidden_size=64)
+    with pytest.raises(UserError, match='zero_optimization.sub_group_size is "auto"'):
+        engines.fill_deepspeed_config({"zero_optimization": {"stage": 3, "sub_group_size": "auto"}}, micro_batch=2,
+                                      accumulation=1, max_grad_norm=1.0, dtype=torch.float32, hidden_size=64)
+
+
+def _bad(tmp_path, *args) -> str:
+    r = wb("sft", "--model", "Qwen/Qwen3-0.6B", "--miniature", "--dataset", IDENTITY, "--output_dir",
+           str(tmp_path / "run"), *args, cwd=tmp_path, check=False)
+    assert r.returncode == 2, r.stderr[-2000:]
+    lines = [line for line in r.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert not (tmp_path / "run").exists()
+    return lines[0]
+
+
+def test_bad_engine_options_are_one_line_errors(tmp_path):
+    (tmp_path / "broken.json").write_text("{not json")
+    (tmp_path / "own_optimizer.json").write_text(json.dumps({"optimizer": {"type": "AdamW"}}))
+    (tmp_path / "offload2.json").write_text(json.dumps({"zero_optimization": {"stage": 2,
+                                                                              "offload_param": {"device": "cpu"}}}))
+    (tmp_path / "fsdp.json").write_text(json.dumps({"sharding": "full_shard", "mixed": True}))
+    assert "choose one" in _bad(tmp_path, "--deepspeed", "zero2", "--fsdp", "full_shard")
+    assert "zero1, zero2, zero3, zero2_offload, zero3_offload" in _bad(tmp_path, "--deepspeed", "zero4")
+    assert "no such preset or file" in _bad(tmp_path, "--deepspeed", "missing.json")
+    assert "not JSON" in _bad(tmp_path, "--deepspeed", "broken.json")
+    assert "remove its 'optimizer' section" in _bad(tmp_path, "--deepspeed", "own_optimizer.json")
+    assert "offload_param needs ZeRO stage 3" in _bad(tmp_path, "--deepspeed", "offload2.json")
+    assert "--qlora under ZeRO-3" in _bad(tmp_path, "--qlora", "--deepspeed", "zero3")
+    assert "--qlora under --fsdp" in _bad(tmp_path, "--qlora", "--fsdp", "full_shard")
+    assert "full_shard, hybrid_shard, full_shard_offload" in _bad(tmp_path, "--fsdp", "sharded")
+    assert "unknown key 'mixed'" in _bad(tmp_path, "--fsdp", "fsdp.json")
+    assert "--node_rank 2 is not below --nnodes 2" in _bad(tmp_path, "--nnodes", "2", "--node_rank", "2")
+
+
+def test_grpo_refuses_zero3_with_the_alternatives(tmp_path):
+    r = wb("grpo", "--model", "Qwen/Qwen3-0.6B", "--miniature", "--dataset", "arithmetic#4", "--reward_funcs",
+           "accuracy", "--deepspeed", "zero3", cwd=tmp_path, check=False)
+    assert r.returncode == 2 and "use --deepspeed zero2 or --fsdp full_shard" in r.stderr
+
+
+def test_dry_run_plans_with_the_engine_stage(tmp_path):
+    r = wb("sft", "--model", "Qwen/Qwen3-8B", "--full", "--dry_run", "--deepspeed", "zero3", "--plan_devices", "8",
+           cwd=tmp_path)
+    plain = wb("sft", "--model", "Qwen/Qwen3-8B", "--full", "--dry_run", "--plan_zero", "zero3", "--plan_devices",
+               "8", cwd=tmp_path)
+    assert r.stdout == plain.stdout and "ZeRO-3 on 8 devices" in r.stdout
+
+
+# -- two processes equal one ------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def single(tmp_path_factory):
+    """One process, batch 2 x accumulation 2: the reference for two processes x batch 2 (LoRA and full)."""
+    root = tmp_path_factory.mktemp("single")
+    runs = {}
+    for mode in ("lora", "full"):
+        r = wb("sft", *common(mode, f"--{mode}", "--dataset", IDENTITY, "--per_device_train_batch_size", "2",
+                              "--gradient_accumulation_steps", "2"), cwd=root)
+        runs[mode] = (losses(r), root / mode / "checkpoint-3")
+    return runs
+
+
+ENGINES = [("lora", []), ("lora", ["--deepspeed", "zero2"]), ("lora", ["--deepspeed", "zero3"]),
+           ("lora", ["--fsdp", "full_shard"]), ("full", ["--deepspeed", "zero3"]), ("full", ["--fsdp", "full_shard"]),
+           ("lora", ["--fsdp", "hybrid_shard"]), ("full", ["--deepspeed", "zero3_offload"])]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode,engine", ENGINES, ids=lambda v: "-".join(v) if isinstance(v, list) else v)
+def test_sft_two_processes_equal_one(single, tmp_path, mode, engine):
+    # ZeRO-2 runs batch 1 x accumulation 2 per rank: the engine's own accumulation is exercised too
+    batch = ["--per_device_train_batch_size", "1", "--gradient_accumulation_steps", "2"] if "zero2" in engine else \
+        ["--per_device_train_batch_size", "2"]
+    r = wb("sft", *common("run", f"--{mode}", "--dataset", IDENTITY, "--nproc_per_node", "2", *batch, *engine),
+           cwd=tmp_path)
+    ref_losses, ref_ckpt = single[mode]
+    assert losses(r) == pytest.approx(ref_losses, rel=2e-5)
+    ckpt = tmp_path / "run" / "checkpoint-3"
+    assert_same_weights(ref_ckpt, ckpt)
+    assert not list(ckpt.glob("zero_to_*.py"))
+    if engine in (["--deepspeed", "zero3"], ["--fsdp", "full_shard"]):  # what the engine saved loads as usual
+        flag = "--adapters" if mode == "lora" else "--model"
+        answer = wb("infer", flag, str(ckpt), "--query", "Who are you?", "--max_new_tokens", "4", cwd=tmp_path)
+        assert answer.stdout.strip()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode,engine", [("lora", ["--deepspeed", "zero3"]), ("full", ["--fsdp", "full_shard"])],
+                         ids=["lora-zero3", "full-fsdp"])
+def test_dpo_two_processes_equal_one(tmp_path, mode, engine):
+    args = ["--dataset", PAIRS, f"--{mode}"]
+    one = wb("dpo", *common("one", *args, "--per_device_train_batch_size", "2", "--gradient_accumulation_steps",
+                            "2", steps_=2), cwd=tmp_path)
+    two = wb("dpo", *common("two", *args, "--per_device_train_batch_size", "2", "--nproc_per_node", "2", *engine,
+                            steps_=2), cwd=tmp_path)
+    assert losses(two) == pytest.approx(losses(one), rel=2e-5) and len(losses(one)) == 2
+    assert_same_weights(tmp_path / "one" / "checkpoint-2", tmp_path / "two" / "checkpoint-2")
+
+
+@pytest.mark.slow
+def test_qlora_under_zero2_equals_one_process(tmp_path):
+    pytest.importorskip("bitsandbytes")
+    args = ["--dataset", IDENTITY, "--qlora", "--per_device_train_batch_size", "2"]
+    one = wb("sft", *common("one", *args, "--gradient_accumulation_steps", "2", steps_=2), cwd=tmp_path)
+    two = wb("sft", *common("two", *args, "--nproc_per_node", "2", "--deepspeed", "zero2", steps_=2), cwd=tmp_path)
+    assert losses(two) == pytest.approx(losses(one), rel=2e-5) and len(losses(one)) == 2
+    assert_same_weights(tmp_path / "one" / "checkpoint-2", tmp_path / "two" / "checkpoint-2")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", [["--deepspeed", "zero2"], ["--fsdp", "full_shard"]], ids=["zero2", "fsdp"])
+def test_resume_equals_an_uninterrupted_run(tmp_path, engine):
+    args = ["--dataset", IDENTITY, "--per_device_train_batch_size", "2", "--nproc_per_node", "2", "--save_steps",
+            "2", *engine]
+    straight = wb("sft", *common("straight", *args, steps_=4), cwd=tmp_path)
+    import shutil
+
+    shutil.copytree(tmp_path / "straight", tmp_path / "resumed")
+    shutil.rmtree(tmp_path / "resumed" / "checkpoint-4")
+    resumed = wb("sft", *common("resumed", *args, "--resume", steps_=4), cwd=tmp_path)
+    assert "resuming from" in resumed.stdout + resumed.stderr
+    assert losses(resumed) == pytest.approx(losses(straight)[2:], rel=1e-6)
+    assert_same_weights(tmp_path / "straight" / "checkpoint-4", tmp_path / "resumed" / "checkpoint-4", atol=1e-6)
+
+
+@pytest.mark.slow
+def test_grpo_under_fsdp_equals_ddp(tmp_path):
+    (tmp_path / "reward.py").write_text("def chars(completions, **kw):\n"
+                                        "    return [float(len(c) % 7) for c in completions]\n")
+    args = ["--dataset", "arithmetic#16", "--reward_funcs", f"{tmp_path / 'reward.py'}:chars", "--num_generations",
+            "2", "--max_completion_length", "8", "--per_device_train_batch_size", "2", "--nproc_per_node", "2",
+            "--beta", "0.04"]
+    ddp = steps(wb("grpo", *common("ddp", *args, steps_=2), cwd=tmp_path))
+    fsdp = steps(wb("grpo", *common("fsdp", *args, "--fsdp", "full_shard", steps_=2), cwd=tmp_path))
+    assert len(fsdp) == 2 and fsdp[0]["reward_std"] > 0  # rewards differ: a real gradient
+    for key in ("loss", "reward", "grad_norm"):  # the first step samples from identical weights
+        assert fsdp[0][key] == pytest.approx(ddp[0][key], rel=1e-4, abs=1e-6), key
+
+
+def _free_port() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return str(s.getsockname()[1])
+
+
+def _try_out(out: Path) -> list[str]:
+    """Flags that turn examples/cluster/recipe.yaml (Qwen3-8B, 8 GPUs a node) into a miniature try-out here."""
+    return ["--model", "Qwen/Qwen3-0.6B", "--miniature", "--nproc_per_node", "1", "--max_steps", "3",
+            "--logging_steps", "1", "--output_dir", str(out), "--learning_rate", "1e-3"]
+
+
+def _env(**extra: str) -> dict:
+    return {**ENV, "PATH": f"{Path(sys.executable).parent}:{ENV['PATH']}", **extra}
+
+
+@pytest.mark.slow
+def test_two_nodes_script_equals_one_process(tmp_path):
+    """examples/cluster/two_nodes.sh, run once per "node" on 127.0.0.1 (ZeRO-3, full, as the recipe says)."""
+    env = _env(MASTER_ADDR="127.0.0.1", MASTER_PORT=_free_port())
+    procs = [subprocess.Popen(["bash", "examples/cluster/two_nodes.sh", *_try_out(tmp_path / "run")], cwd=REPO,
+                              env={**env, "NODE_RANK": str(rank)}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True) for rank in (0, 1)]
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    assert "on node 0 of 2" in outputs[0] and "on node 1 of 2" in outputs[1]
+    assert "engine deepspeed zero3" in outputs[0]
+    # one process with the same global batch: 2 nodes x batch 2 x accumulation 4 = batch 2 x accumulation 8
+    one = wb("sft", "--config", "examples/cluster/recipe.yaml", *_try_out(tmp_path / "one"),
+             "--gradient_accumulation_steps", "8", "--deepspeed", "zero2", cwd=REPO)
+    assert [json.loads(m)["loss"] for m in STEP.findall(outputs[0])] == pytest.approx(losses(one), rel=2e-5)
+    assert_same_weights(tmp_path / "one" / "checkpoint-3", tmp_path / "run" / "checkpoint-3")
+
+
+@pytest.mark.slow
+def test_slurm_script_runs_under_a_stand_in_srun(tmp_path):
+    """examples/cluster/slurm.sh with stand-ins for srun (every task started here, SLURM_NODEID set) and
+    scontrol (the first host is 127.0.0.1): what Slurm itself does is not tested."""
+    bin_ = tmp_path / "bin"
+    bin_.mkdir()
+    (bin_ / "srun").write_text("#!/usr/bin/env bash\nwhile [[ $1 == --* ]]; do shift; done\npids=()\n"
+                               "for ((i = 0; i < SLURM_NNODES; i++)); do SLURM_NODEID=$i \"$@\" & pids+=($!); done\n"
+                               "rc=0; for p in \"${pids[@]}\"; do wait \"$p\" || rc=1; done; exit $rc\n")
+    (bin_ / "scontrol").write_text("#!/usr/bin/env bash\necho 127.0.0.1\n")
+    for tool in bin_.iterdir():
+        tool.chmod(0o755)
+    env = _env(PATH=f"{bin_}:{Path(sys.executable).parent}:{ENV['PATH']}", SLURM_JOB_NODELIST="node[1-2]",
+               SLURM_NNODES="2", MASTER_PORT=_free_port())
+    r = subprocess.run(["bash", "examples/cluster/slurm.sh", *_try_out(tmp_path / "run"), "--max_steps", "2"],
+                       cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "on node 1 of 2" in r.stderr and (tmp_path / "run" / "checkpoint-2" / "model.safetensors").is_file()
