@@ -407,15 +407,12 @@ class GRPOConfig(SFTConfig):
         super().validate()
         if not self.reward_funcs and not self.reward_model and not self.dry_run:
             raise UserError("wb grpo needs --reward_funcs (e.g. accuracy format) or --reward_model")
-        if self.deepspeed:
+        if self.use_vllm and (self.fsdp or self.deepspeed):
             from .train.engines import deepspeed_config, zero_stage
 
-            if zero_stage(deepspeed_config(self.deepspeed)) == 3:
-                raise UserError("wb grpo under ZeRO-3 is not supported yet (generation and the reference read "
-                                "partitioned weights outside forward); use --deepspeed zero2 or --fsdp full_shard")
-        if self.use_vllm and self.fsdp:
-            raise UserError("--use_vllm with --fsdp is not supported yet (the sharded weights would have to be "
-                            "gathered for every sync); use --deepspeed zero2, or drop --use_vllm")
+            if self.fsdp or zero_stage(deepspeed_config(self.deepspeed)) == 3:
+                raise UserError("--use_vllm with sharded weights (--fsdp, ZeRO-3) is not supported yet (they would "
+                                "have to be gathered for every sync); use --deepspeed zero2, or drop --use_vllm")
         n_rewards = len(self.reward_funcs) + (1 if self.reward_model else 0)
         if self.reward_weights and len(self.reward_weights) != n_rewards:
             raise UserError(f"--reward_weights has {len(self.reward_weights)} values for {n_rewards} reward "

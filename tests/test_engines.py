@@ -119,10 +119,11 @@ def test_bad_engine_options_are_one_line_errors(tmp_path):
     assert "--node_rank 2 is not below --nnodes 2" in _bad(tmp_path, "--nnodes", "2", "--node_rank", "2")
 
 
-def test_grpo_refuses_zero3_with_the_alternatives(tmp_path):
+@pytest.mark.parametrize("engine", [["--fsdp", "full_shard"], ["--deepspeed", "zero3"]], ids=["fsdp", "zero3"])
+def test_grpo_refuses_vllm_with_sharded_weights(tmp_path, engine):
     r = wb("grpo", "--model", "Qwen/Qwen3-0.6B", "--miniature", "--dataset", "arithmetic#4", "--reward_funcs",
-           "accuracy", "--deepspeed", "zero3", cwd=tmp_path, check=False)
-    assert r.returncode == 2 and "use --deepspeed zero2 or --fsdp full_shard" in r.stderr
+           "accuracy", "--use_vllm", *engine, cwd=tmp_path, check=False)
+    assert r.returncode == 2 and "use --deepspeed zero2, or drop --use_vllm" in r.stderr
 
 
 def test_dry_run_plans_with_the_engine_stage(tmp_path):
@@ -171,14 +172,31 @@ def test_sft_two_processes_equal_one(single, tmp_path, mode, engine):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode,engine", [("lora", ["--deepspeed", "zero3"]), ("full", ["--fsdp", "full_shard"])],
-                         ids=["lora-zero3", "full-fsdp"])
-def test_dpo_two_processes_equal_one(tmp_path, mode, engine):
-    args = ["--dataset", PAIRS, f"--{mode}"]
+@pytest.mark.parametrize("mode,engine,reference", [
+    ("lora", ["--deepspeed", "zero3"], []), ("full", ["--fsdp", "full_shard"], []),
+    # the reference log-probs computed once up front, outside a training step, through the engine
+    ("lora", ["--deepspeed", "zero3"], ["--precompute_ref_logps"]),
+    ("full", ["--fsdp", "full_shard"], ["--precompute_ref_logps"])],
+    ids=["lora-zero3", "full-fsdp", "lora-zero3-precomputed", "full-fsdp-precomputed"])
+def test_dpo_two_processes_equal_one(tmp_path, mode, engine, reference):
+    args = ["--dataset", PAIRS, f"--{mode}", *reference]
     one = wb("dpo", *common("one", *args, "--per_device_train_batch_size", "2", "--gradient_accumulation_steps",
                             "2", steps_=2), cwd=tmp_path)
     two = wb("dpo", *common("two", *args, "--per_device_train_batch_size", "2", "--nproc_per_node", "2", *engine,
                             steps_=2), cwd=tmp_path)
+    assert losses(two) == pytest.approx(losses(one), rel=2e-5) and len(losses(one)) == 2
+    assert_same_weights(tmp_path / "one" / "checkpoint-2", tmp_path / "two" / "checkpoint-2")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command,data,engine", [
+    ("pt", str(REPO / "tests" / "data" / "c4_sample.jsonl"), ["--fsdp", "full_shard"]),
+    ("kto", str(REPO / "swiftlike" / "assets" / "datasets" / "kto_demo.jsonl"), ["--deepspeed", "zero3"]),
+    ("rm", PAIRS, ["--deepspeed", "zero2"])], ids=["pt-fsdp", "kto-zero3", "rm-zero2"])
+def test_other_commands_two_processes_equal_one(tmp_path, command, data, engine):
+    args = ["--dataset", data, "--lora", "--per_device_train_batch_size", "2", "--max_length", "256"]
+    one = wb(command, *common("one", *args, "--gradient_accumulation_steps", "2", steps_=2), cwd=tmp_path)
+    two = wb(command, *common("two", *args, "--nproc_per_node", "2", *engine, steps_=2), cwd=tmp_path)
     assert losses(two) == pytest.approx(losses(one), rel=2e-5) and len(losses(one)) == 2
     assert_same_weights(tmp_path / "one" / "checkpoint-2", tmp_path / "two" / "checkpoint-2")
 
@@ -209,18 +227,28 @@ def test_resume_equals_an_uninterrupted_run(tmp_path, engine):
     assert_same_weights(tmp_path / "straight" / "checkpoint-4", tmp_path / "resumed" / "checkpoint-4", atol=1e-6)
 
 
-@pytest.mark.slow
-def test_grpo_under_fsdp_equals_ddp(tmp_path):
-    (tmp_path / "reward.py").write_text("def chars(completions, **kw):\n"
-                                        "    return [float(len(c) % 7) for c in completions]\n")
-    args = ["--dataset", "arithmetic#16", "--reward_funcs", f"{tmp_path / 'reward.py'}:chars", "--num_generations",
+@pytest.fixture(scope="module")
+def grpo_ddp(tmp_path_factory):
+    root = tmp_path_factory.mktemp("grpo")
+    (root / "reward.py").write_text("def chars(completions, **kw):\n"
+                                    "    return [float(len(c) % 7) for c in completions]\n")
+    # two iterations over one generation batch: the sampling policy's and the reference's log-probs are computed
+    # outside a training step (through the engine), and step 2 trains on step 1's completions
+    args = ["--dataset", "arithmetic#16", "--reward_funcs", f"{root / 'reward.py'}:chars", "--num_generations",
             "2", "--max_completion_length", "8", "--per_device_train_batch_size", "2", "--nproc_per_node", "2",
-            "--beta", "0.04"]
-    ddp = steps(wb("grpo", *common("ddp", *args, steps_=2), cwd=tmp_path))
-    fsdp = steps(wb("grpo", *common("fsdp", *args, "--fsdp", "full_shard", steps_=2), cwd=tmp_path))
-    assert len(fsdp) == 2 and fsdp[0]["reward_std"] > 0  # rewards differ: a real gradient
-    for key in ("loss", "reward", "grad_norm"):  # the first step samples from identical weights
-        assert fsdp[0][key] == pytest.approx(ddp[0][key], rel=1e-4, abs=1e-6), key
+            "--beta", "0.04", "--num_iterations", "2"]
+    return args, steps(wb("grpo", *common("ddp", *args, steps_=2), cwd=root))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", [["--fsdp", "full_shard"], ["--deepspeed", "zero3"]], ids=["fsdp", "zero3"])
+def test_grpo_under_a_sharded_engine_equals_ddp(grpo_ddp, tmp_path, engine):
+    args, ddp = grpo_ddp
+    sharded = steps(wb("grpo", *common("run", *args, *engine, steps_=2), cwd=tmp_path))
+    assert len(sharded) == 2 and sharded[0]["reward_std"] > 0  # rewards differ: a real gradient
+    for i in (0, 1):
+        for key in ("loss", "reward", "grad_norm", "kl"):
+            assert sharded[i][key] == pytest.approx(ddp[i][key], rel=1e-4, abs=1e-6), (i, key)
 
 
 def _free_port() -> str:

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from conftest import DATA
-from swiftlike.data.dataset import load_rows
+from swiftlike.data.dataset import encode_rows, load_rows
 from swiftlike.data.formats import RowError, to_canonical
 from swiftlike.errors import UserError
 from swiftlike.templates import IGNORE_INDEX, get_template
@@ -82,10 +82,9 @@ def test_v1_preference_rows(qwen3_tokenizer):
 
 
 @pytest.mark.parametrize("part, message", [
-    ({"type": "image", "image": "cat.png"}, "message 0 part 1 is 'image' content: multimodal training is not "
-                                            "supported yet"),
-    ({"type": "image_url", "image_url": {"url": "x"}}, "part 1 is 'image_url' content: multimodal"),
-    ({"type": "input_audio", "input_audio": {}}, "part 1 is 'input_audio' content: multimodal"),
+    ({"type": "video", "video": "cat.mp4"}, "message 0 part 1 is 'video' content: video, audio and file parts are "
+                                            "not supported yet"),
+    ({"type": "input_audio", "input_audio": {}}, "part 1 is 'input_audio' content: video, audio"),
     ({"type": "hologram", "value": "x"}, "message 0 part 1 has unknown type 'hologram'"),
     ({"type": "text", "content": "x"}, "message 0 part 1: a text part needs its text as a string under 'text' or "
                                        "'value'"),
@@ -98,14 +97,22 @@ def test_unreadable_parts_are_refused_with_the_part_named(part, message):
         to_canonical(row)
 
 
-def test_refusal_names_file_and_row(tmp_path):
+def test_refusal_names_file_and_row(tmp_path, qwen3_tokenizer):
     path = tmp_path / "d.jsonl"
     good = {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}
-    bad = {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "u"}}]},
+    bad = {"messages": [{"role": "user", "content": [{"type": "video", "video": "v.mp4"}]},
                         {"role": "assistant", "content": "b"}]}
     path.write_text(json.dumps(good) + "\n" + json.dumps(bad) + "\n")
-    with pytest.raises(UserError, match=rf"{path}:2: message 0 part 0 is 'image_url' content"):
+    with pytest.raises(UserError, match=rf"{path}:2: message 0 part 0 is 'video' content"):
         load_rows([str(path)])
+    # an image part is read, and a text-only model's template refuses it, naming file and row
+    image = {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "u.png"}}]},
+                          {"role": "assistant", "content": "b"}]}
+    path.write_text(json.dumps(good) + "\n" + json.dumps(image) + "\n")
+    sources = []
+    rows = load_rows([str(path)], sources)
+    with pytest.raises(UserError, match=rf"{path}:2: template qwen3 is text-only and cannot read images"):
+        encode_rows(rows, get_template("qwen3", qwen3_tokenizer), 64, sources)
 
 
 @pytest.mark.parametrize("weight, loss", [(0, False), (0.0, False), (1, True), (1.0, True)])

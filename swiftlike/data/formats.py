@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 
-from ..templates.messages import MessageError, message_content, normalize_message, tool_call
+from ..templates.messages import IMAGE, MessageError, message_content, normalize_message, tool_call
 
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                    "system": "system", "observation": "tool", "tool": "tool", "function_call": "assistant"}
@@ -49,12 +49,13 @@ TASKS = ("sft", "pt", "preference", "kto", "grpo")
 def to_canonical(row: dict, task: str = "sft") -> dict:
     """The canonical row for a task: sft {messages, tools?}; preference {messages, rejected_messages};
     kto {messages, label}; grpo {messages (the prompt), **extra columns}."""
-    if task == "preference":
-        return _preference(row)
-    if task == "kto":
-        return _kto(row)
-    if task == "grpo":
-        return _grpo(row)
+    if task in ("preference", "kto", "grpo"):
+        out = {"preference": _preference, "kto": _kto, "grpo": _grpo}[task](row)
+        if row.get("images") or any("images" in m for key in ("messages", "rejected_messages")
+                                    for m in out.get(key, ())):
+            raise RowError(f"images in {task} rows are not read yet (wb sft reads them); remove them or train "
+                           "with wb sft")
+        return out
     if task == "pt":
         if "text" not in row:
             raise RowError(f"pretraining rows need a 'text' field (fields: {', '.join(sorted(row)) or 'none'})")
@@ -80,9 +81,44 @@ def to_canonical(row: dict, task: str = "sft") -> dict:
     if not any(m["role"] == "assistant" for m in messages):
         raise RowError("no assistant turn to train on")
     out = {"messages": messages}
+    images = _images(row, messages)
+    if images:
+        out["images"] = images
     tools = _tools(row.get("tools"))
     if tools:
         out["tools"] = tools
+    return out
+
+
+def _images(row: dict, messages: list[dict]) -> list[str]:
+    """A row's images in order: from image content parts, or from the `images` column (the ms-swift /
+    LLaMA-Factory form: <image> placeholders in the text), checked against the placeholders."""
+    from_parts = [s for m in messages for s in m.pop("images", ())]
+    column = row.get("images")
+    if column is not None and from_parts:
+        raise RowError("images both in the 'images' column and in content parts; give them one way")
+    images = from_parts or _image_column(column)
+    if images:
+        placed = sum(m["content"].count(IMAGE) for m in messages if m["role"] in ("user", "tool"))
+        if placed != len(images):
+            raise RowError(f"{placed} {IMAGE} placeholder(s) in the messages but {len(images)} image(s)")
+    return images
+
+
+def _image_column(value) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list):
+        raise RowError(f"'images' must be a list of paths, URLs or data URIs, got {type(value).__name__}")
+    out = []
+    for i, item in enumerate(value):
+        if isinstance(item, dict):  # ms-swift's {"path": ...}; an HF datasets Image without a path has only bytes
+            item = item.get("path") or item.get("url")
+        if not isinstance(item, str) or not item:
+            raise RowError(f"'images' item {i} must be a path, URL or data URI")
+        out.append(item)
     return out
 
 
@@ -125,8 +161,8 @@ def _text(value, where: str) -> str:
     if isinstance(value, str):
         return value
     if isinstance(value, list):
-        text, reasoning, calls = _parts(value, where)
-        if reasoning is None and not calls:
+        text, reasoning, calls, images = _parts(value, where)
+        if reasoning is None and not calls and not images:
             return text
     raise RowError(f"{where} must be a string, got {type(value).__name__}")
 

@@ -47,8 +47,11 @@ def make_rollout(cfg: GRPOConfig, model, tokenizer, base_dir: str):
     if not cfg.use_vllm:
         from ..rollout.hf import HFRollout
 
-        # FSDP shards the weights: every rank must run as many forwards (ZeRO-3 is refused in the config)
-        return HFRollout(model, padding_id(tokenizer), cfg.generation_batch_size, synced=bool(cfg.fsdp))
+        from ..train.engines import deepspeed_config, zero_stage
+
+        # sharded weights (FSDP, ZeRO-3): every forward gathers from every rank, so all run as many
+        sharded = bool(cfg.fsdp) or (bool(cfg.deepspeed) and zero_stage(deepspeed_config(cfg.deepspeed)) == 3)
+        return HFRollout(model, padding_id(tokenizer), cfg.generation_batch_size, synced=sharded)
     if cfg.vllm_mode == "server":
         from ..rollout.client import ServerRollout
 

@@ -262,13 +262,14 @@ def run_sft(cfg: SFTConfig) -> TrainResult:
     objective = method.objective(cfg, model, base_dir, dtype) if method.objective else None
     if method.collate is not None:
         train_collate = collate = method.collate(template)
-    if getattr(cfg, "precompute_ref_logps", False) and _uses_reference(cfg):
-        if cfg.full and resume_from is not None:
-            raise UserError("a resumed full-parameter run no longer holds its reference model; resume it "
-                            "without --precompute_ref_logps (the reference is then loaded from the base weights)")
-        _precompute_reference(objective, rows + eval_rows, cfg.per_device_train_batch_size, main)
+    precompute = getattr(cfg, "precompute_ref_logps", False) and _uses_reference(cfg)
+    if precompute and cfg.full and resume_from is not None:
+        raise UserError("a resumed full-parameter run no longer holds its reference model; resume it "
+                        "without --precompute_ref_logps (the reference is then loaded from the base weights)")
     trainer = Trainer(model, tokenizer, rows, train_collate, settings, args_json, resume_from, eval_rows,
                       eval_collate=collate, objective=objective, engine=engine)
+    if precompute:  # before the first update (a resumed LoRA run's reference is its adapter-disabled base)
+        _precompute_reference(trainer, rows + eval_rows, cfg.per_device_train_batch_size, main)
     trainer.after_train = evaluate_after
     if main and resume_from is not None:
         print(resume_line(resume_from, trainer))
@@ -413,15 +414,15 @@ def _preference_objective(cfg, model, base_dir: str, dtype):
                                ref)
 
 
-def _precompute_reference(objective, pairs: list[dict], batch_size: int, main: bool) -> None:
-    """Store the reference log-probs on every pair (the policy before its first update is the reference)."""
+def _precompute_reference(trainer: Trainer, pairs: list[dict], batch_size: int, main: bool) -> None:
+    """Store the reference log-probs on every pair (the policy before its first update is the reference); every
+    rank computes all of them (under a sharded engine each forward is a collective)."""
     from tqdm.auto import tqdm
 
-    device = next(objective.parameters()).device
     for start in tqdm(range(0, len(pairs), batch_size), desc="reference log-probs", disable=not main):
         chunk = pairs[start:start + batch_size]
-        batch = {k: v.to(device) for k, v in collate_pairs(chunk).items()}
-        ref = objective.precompute(batch).tolist()
+        batch = {k: v.to(trainer.device) for k, v in collate_pairs(chunk).items()}
+        ref = trainer.engine.call("precompute", batch).tolist()
         for i, pair in enumerate(chunk):
             pair["ref"] = (ref[i], ref[len(chunk) + i])
 

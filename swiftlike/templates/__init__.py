@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 from ..errors import UserError
-from . import deepseek, gemma, glm, internlm, llama, minicpm, mistral, phi, qwen2, qwen3, yi
+from . import deepseek, gemma, glm, internlm, llama, minicpm, mistral, phi, qwen2, qwen3, qwen_vl, yi
 from .base import IGNORE_INDEX, Template, TemplateSpec
 from .errors import TemplateError
 from .jinja import jinja_spec
 
-TEMPLATES: dict[str, TemplateSpec] = {
-    s.name: s for mod in (qwen3, qwen2, llama, mistral, gemma, phi, deepseek, glm, internlm, yi, minicpm) for s in mod.SPECS}
+_FAMILIES = (qwen3, qwen2, qwen_vl, llama, mistral, gemma, phi, deepseek, glm, internlm, yi, minicpm)
+TEMPLATES: dict[str, TemplateSpec] = {s.name: s for mod in _FAMILIES for s in mod.SPECS}
 
 
 def get_template(name_or_model_id: str, tokenizer, loss_scope: str = "assistant") -> Template:

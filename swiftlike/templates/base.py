@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from .messages import normalize_messages
+from .errors import TemplateError
+from .messages import IMAGE, normalize_messages
 
 IGNORE_INDEX = -100
 
@@ -50,12 +51,37 @@ class Template:
         return self.spec.name
 
     # -- text -------------------------------------------------------------------------------
+    @property
+    def vision(self) -> dict | None:
+        """What a vision-language template writes for an image (None: a text-only template)."""
+        return self.spec.options.get("vision")
+
     def render(self, messages: Sequence[dict], tools: list | None = None,
-               add_generation_prompt: bool = False, **opts) -> Segments:
+               add_generation_prompt: bool = False, images: Sequence[str] | None = None, **opts) -> Segments:
         """Text pieces and whether each is trained; messages are read as the data layer reads them
-        (templates/messages.py: `reasoning_content`, typed content parts, `loss_weight`, ...)."""
-        segments = self.spec.render(self.spec, normalize_messages(messages), tools, add_generation_prompt, **opts)
+        (templates/messages.py: `reasoning_content`, typed content parts, `loss_weight`, ...). `images`: a row's
+        image list for the IMAGE placeholders in its messages (the ms-swift / LLaMA-Factory form)."""
+        messages = self._with_images(normalize_messages(messages), images)
+        segments = self.spec.render(self.spec, messages, tools, add_generation_prompt, **opts)
         return _apply_loss_scope(segments, self.loss_scope)
+
+    def _with_images(self, messages: list[dict], images: Sequence[str] | None) -> list[dict]:
+        """Messages whose IMAGE placeholders are this template's image text; refused when they cannot be."""
+        given = len(images or ()) + sum(len(m.get("images", ())) for m in messages)
+        if self.vision is None:
+            if given:
+                raise TemplateError(f"template {self.name} is text-only and cannot read images; train a "
+                                    "vision-language model (e.g. Qwen/Qwen2.5-VL-7B-Instruct, Qwen/Qwen3-VL-8B-Instruct)")
+            return messages
+        placed = sum(m["content"].count(IMAGE) for m in messages if m["role"] in ("user", "tool"))
+        stray = [i for i, m in enumerate(messages) if m["role"] not in ("user", "tool") and IMAGE in m["content"]]
+        if stray and (given or placed):
+            raise TemplateError(f"message {stray[0]} ({messages[stray[0]]['role']}) holds an {IMAGE} placeholder; "
+                                "images belong to user or tool messages")
+        if placed != given:
+            raise TemplateError(f"{placed} {IMAGE} placeholder(s) in the messages but {given} image(s) given")
+        return [{**m, "content": m["content"].replace(IMAGE, self.vision["image"])}
+                if m["role"] in ("user", "tool") and IMAGE in m["content"] else m for m in messages]
 
     def render_text(self, messages: Sequence[dict], tools: list | None = None,
                     add_generation_prompt: bool = False, **opts) -> str:
@@ -66,7 +92,7 @@ class Template:
         return self.encode_batch([row], **opts)[0]
 
     def encode_batch(self, rows: Sequence[dict], **opts) -> list[dict]:
-        rendered = [self.render(r["messages"], r.get("tools"), False, **opts) for r in rows]
+        rendered = [self.render(r["messages"], r.get("tools"), False, r.get("images"), **opts) for r in rows]
         texts = ["".join(t for t, _ in segs) for segs in rendered]
         encodings = self._tokenize(texts)
         out = []

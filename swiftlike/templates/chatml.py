@@ -4,6 +4,8 @@
   generation_suffix   text after '<|im_start|>assistant\\n' in the generation prompt
   hybrid_thinking     honour enable_thinking=False by pre-filling an empty think block
   strict_strings      2507 revisions: non-string content renders as '' and reasoning must be a str
+  plain_assistant     Qwen3-VL-Instruct: assistant content as given (no think block, reasoning not rendered)
+  drop_later_system   Qwen3-VL-Instruct: a system message other than the first renders nothing
 `render_qwen2` (Qwen2.5, QwQ) reads:
   default_system      system text used when the conversation has none (Qwen2.5), or None
   think_history       QwQ: earlier assistant turns keep only the text after '</think>'
@@ -92,11 +94,15 @@ def render_chatml(spec: TemplateSpec, messages: list[dict], tools: list | None,
     for i, m in enumerate(messages):
         role = m["role"]
         trained = m.get("loss")
+        if role == "system" and i > 0 and opt.get("drop_later_system"):
+            continue
         if role == "user" or (role == "system" and i > 0):
             segs.append((f"<|im_start|>{role}\n" + _text(m.get("content"), strict) + "<|im_end|>\n", bool(trained)))
         elif role == "assistant":
             reasoning, content = split_reasoning(m, strict)
-            if i > last_query and (i == n - 1 or reasoning):
+            if opt.get("plain_assistant"):
+                body = content = _text(m.get("content"), strict)
+            elif i > last_query and (i == n - 1 or reasoning):
                 body = "<think>\n" + reasoning.strip("\n") + "\n</think>\n\n" + content.lstrip("\n")
             else:
                 body = content

@@ -1,11 +1,14 @@
 """One normalisation of a chat message, shared by the data layer and the templates' public methods.
 
-A message is {role, content, reasoning?, tool_calls?, tool_call_id?, loss?}. Accepted on input:
+A message is {role, content, reasoning?, tool_calls?, tool_call_id?, images?, loss?}. Accepted on input:
 - content as a string, or as a list of typed parts: text (`text` or `value`, the OpenAI and LLaMA-Factory v1
-  spellings), reasoning / thinking (into `reasoning`), tool_call (a JSON string or object, into `tool_calls`);
+  spellings), reasoning / thinking (into `reasoning`), tool_call (a JSON string or object, into `tool_calls`),
+  image (`{"type": "image", "image": SRC}`, Qwen's form; `{"type": "image_url", "image_url": {"url": SRC}}`,
+  OpenAI's; `input_image`): the image becomes an IMAGE marker in the text and its source is appended to `images`
+  (a vision-language template renders the marker as the model's image tokens; a text-only one refuses it);
 - `reasoning` or `reasoning_content` (the key the official Qwen3 chat template reads);
 - `loss` (true / false), or `loss_weight` / `weight` (1 / 0: LLaMA-Factory v1, OpenAI fine-tuning files).
-Media parts (image, audio, video, file) and unknown part types or keys are refused, never read as "".
+Video, audio and file parts and unknown part types or keys are refused, never read as "".
 """
 from __future__ import annotations
 
@@ -14,12 +17,14 @@ import json
 from .errors import TemplateError
 
 ROLES = ("system", "user", "assistant", "tool")
-MEDIA_PARTS = ("image", "image_url", "input_image", "video", "video_url", "audio", "input_audio", "audio_url", "file")
+IMAGE = "<image>"  # where an image stands in a message's text (also the ms-swift / LLaMA-Factory placeholder)
+IMAGE_PARTS = ("image", "image_url", "input_image")
+MEDIA_PARTS = ("video", "video_url", "audio", "input_audio", "audio_url", "file")
 _REASONING_PARTS = ("reasoning", "thinking")
 # Keys some exporters add that change nothing a template renders (OpenAI's name/refusal/annotations, ids).
 _IGNORED_KEYS = ("name", "id", "refusal", "annotations")
-_KEYS = ("role", "content", "reasoning", "reasoning_content", "tool_calls", "tool_call_id", "loss", "loss_weight",
-         "weight") + _IGNORED_KEYS
+_KEYS = ("role", "content", "reasoning", "reasoning_content", "tool_calls", "tool_call_id", "images", "loss",
+         "loss_weight", "weight") + _IGNORED_KEYS
 
 
 class MessageError(TemplateError):
@@ -42,7 +47,7 @@ def normalize_message(m, i: int = 0) -> dict:
     unknown = [k for k in m if k not in _KEYS]
     if unknown:
         raise MessageError(f"message {i} has unknown key {unknown[0]!r} (known: {', '.join(_KEYS)})")
-    text, part_reasoning, part_calls = message_content(m.get("content"), i)
+    text, part_reasoning, part_calls, part_images = message_content(m.get("content"), i)
     calls = m.get("tool_calls") or None
     if calls is not None and part_calls:
         raise MessageError(f"message {i} has tool calls both in 'tool_calls' and in its content parts")
@@ -67,19 +72,32 @@ def normalize_message(m, i: int = 0) -> dict:
         out["tool_calls"] = calls
     if role == "tool" and m.get("tool_call_id") is not None:
         out["tool_call_id"] = str(m["tool_call_id"])
+    images = m.get("images")
+    if images is not None and part_images:
+        raise MessageError(f"message {i} has images both in 'images' and in its content parts")
+    images = part_images or images
+    if images:
+        if not isinstance(images, list) or not all(isinstance(s, str) for s in images):
+            raise MessageError(f"message {i}: images must be a list of paths, URLs or data URIs")
+        if role not in ("user", "tool"):
+            raise MessageError(f"message {i}: images belong to user or tool messages, not {role}")
+        if out["content"].count(IMAGE) != len(images):
+            raise MessageError(f"message {i} has {len(images)} image(s) but {out['content'].count(IMAGE)} "
+                               f"{IMAGE} placeholder(s) in its text")
+        out["images"] = list(images)
     loss = _loss(m, i)
     if loss is not None:
         out["loss"] = loss
     return out
 
 
-def message_content(value, i: int) -> tuple[str | None, str | None, list]:
-    """(text, reasoning or None, tool calls) of a message's content."""
+def message_content(value, i: int) -> tuple[str | None, str | None, list, list]:
+    """(text, reasoning or None, tool calls, image sources) of a message's content."""
     if value is None or isinstance(value, str):
-        return value, None, []
+        return value, None, [], []
     if not isinstance(value, list):
         raise MessageError(f"message {i} content must be a string or a list of parts, got {type(value).__name__}")
-    texts, reasoning, calls = [], [], []
+    texts, reasoning, calls, images = [], [], [], []
     for j, part in enumerate(value):
         where = f"message {i} part {j}"
         if isinstance(part, str):  # a bare string part (some exporters)
@@ -94,12 +112,27 @@ def message_content(value, i: int) -> tuple[str | None, str | None, list]:
             reasoning.append(_part_text(part, where, kind))
         elif kind == "tool_call":
             calls.append(tool_call(_part_call(part, where), i))
+        elif kind in IMAGE_PARTS:
+            texts.append(IMAGE)
+            images.append(_image_source(part, kind, where))
         elif kind in MEDIA_PARTS:
-            raise MessageError(f"{where} is {kind!r} content: multimodal training is not supported yet (text-only "
-                               "models; only text, reasoning and tool_call parts are read)")
+            raise MessageError(f"{where} is {kind!r} content: video, audio and file parts are not supported yet "
+                               "(text and image parts are)")
         else:
-            raise MessageError(f"{where} has unknown type {kind!r} (expected text, reasoning or tool_call)")
-    return "".join(texts), ("".join(reasoning) if reasoning else None), calls
+            raise MessageError(f"{where} has unknown type {kind!r} (expected text, image, reasoning or tool_call)")
+    return "".join(texts), ("".join(reasoning) if reasoning else None), calls, images
+
+
+def _image_source(part: dict, kind: str, where: str) -> str:
+    """A path, URL or data URI from an image part: Qwen's {"image": SRC}, OpenAI's {"image_url": {"url": SRC}}
+    (or a bare string there), {"input_image": ...} / {"image_url": ...} likewise."""
+    for key in (kind, "image", "image_url", "url"):
+        value = part.get(key)
+        if isinstance(value, dict):
+            value = value.get("url")
+        if isinstance(value, str) and value:
+            return value
+    raise MessageError(f"{where}: an {kind} part needs its source (a path, URL or data URI) under {kind!r}")
 
 
 def _part_text(part: dict, where: str, kind: str) -> str:

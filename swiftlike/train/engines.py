@@ -227,9 +227,15 @@ class DDPEngine:
         """Anything every rank writes itself (collective); the directory exists on every rank."""
 
     def outside_forward(self):
-        """A context in which the model may be used outside the objective's forward (generation, log-probs read
-        before a step): the engine makes the weights it shards whole there."""
+        """A context in which the model generates outside the objective's forward: the engine makes the weights
+        it shards whole there, where its own hooks do not."""
         return nullcontext()
+
+    def call(self, method: str, *args):
+        """One of the objective's no-grad passes outside a training step (reference or sampling-policy
+        log-probs), with the weights it reads made available."""
+        with self.outside_forward():
+            return getattr(self.objective, method)(*args)
 
     def release(self) -> None:
         """Training is over: free what only the optimizer needed."""
@@ -300,6 +306,17 @@ class DeepSpeedEngine(DDPEngine):
                             "it was trained with")
         self.engine.load_checkpoint(str(ckpt), tag="deepspeed", load_module_strict=False,
                                     load_optimizer_states=True, load_lr_scheduler_states=False)
+
+    def call(self, method: str, *args):
+        """Under ZeRO-3 these passes read the output layer's weight outside its module's forward (the fused loss);
+        they run as the engine's forward, where DeepSpeed gathers every partitioned weight that is read."""
+        if self.stage != 3:
+            return super().call(method, *args)
+        self.objective.forward = getattr(self.objective, method)  # for this call only
+        try:
+            return self.engine(*args)
+        finally:
+            del self.objective.forward
 
     def release(self) -> None:
         self.engine.zero_grad()

@@ -123,8 +123,7 @@ class GRPOTrainer(Trainer):
         bs = self.s.per_device_train_batch_size
         pad = padding_id(self.tokenizer)
         batches = [collate_completions(samples[i:i + bs], pad) for i in range(0, len(samples), bs)]
-        with self.engine.outside_forward():
-            self._attach_logps(batches)
+        self._attach_logps(batches)
         t3 = time.perf_counter()
 
         lengths = torch.tensor([len(c) for c in completion_ids], dtype=torch.float32)
@@ -191,13 +190,12 @@ class GRPOTrainer(Trainer):
     def _attach_logps(self, batches: list[dict]) -> None:
         """Sampling-policy log-probs when a generation batch is reused; reference log-probs once for all
         its iterations."""
-        obj = self.objective
         for b in batches:
             args = [b[k].to(self.device) for k in ("input_ids", "targets", "position_ids", "attention_mask")]
             if self.rs.num_iterations > 1:
-                b["old_logps"] = obj.policy_logps(*args).float().cpu()
-            if obj.beta != 0.0:
-                b["ref_logps"] = obj.reference_logps(*args).float().cpu()
+                b["old_logps"] = self.engine.call("policy_logps", *args).float().cpu()
+            if self.objective.beta != 0.0:
+                b["ref_logps"] = self.engine.call("reference_logps", *args).float().cpu()
 
     def train_step(self, micro_batches):
         start = time.perf_counter()
