@@ -105,6 +105,13 @@ class SFTConfig(ModelArgs, DataArgs):
                                     "--lora_dropout applies); "
                                     "DPO, KTO and GRPO with --beta use it, frozen, as the reference.")
     use_rslora: bool = _f(False, "Rank-stabilised LoRA scaling.")
+    # vision-language models (docs/multimodal.md)
+    max_pixels: int | None = _f(None, "Images are resized to at most this many pixels (default: the model's "
+                                      "processor, e.g. 12845056 for Qwen2.5-VL); fewer pixels, fewer image tokens.")
+    min_pixels: int | None = _f(None, "Images are resized to at least this many pixels (default: the model's).")
+    freeze_vit: bool = _f(True, "Keep the vision encoder frozen (no LoRA on it, no gradient under --full).")
+    freeze_aligner: bool = _f(True, "Keep the vision-to-language projection (the merger) frozen.")
+    freeze_llm: bool = _f(False, "Keep the language model frozen (train the vision side only).")
     # optimisation (Hugging Face TrainingArguments names)
     output_dir: str = _f("", "Where checkpoints go (default: output/<model>-<timestamp>).")
     learning_rate: float | None = _f(None, "Peak learning rate (default 1e-4 for LoRA/QLoRA, 1e-5 for full; with "
@@ -235,6 +242,13 @@ class SFTConfig(ModelArgs, DataArgs):
                      "logging_steps", "save_steps"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("max_pixels", "min_pixels"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise UserError(f"--{name} must be a positive number of pixels, got {getattr(self, name)}")
+        if self.max_pixels and self.min_pixels and self.min_pixels > self.max_pixels:
+            raise UserError(f"--min_pixels {self.min_pixels} is above --max_pixels {self.max_pixels}")
+        if self.freeze_vit and self.freeze_aligner and self.freeze_llm:
+            raise UserError("--freeze_vit, --freeze_aligner and --freeze_llm together leave nothing to train")
         if not 0.0 <= self.split_ratio < 1.0:
             raise UserError(f"--split_ratio must be in [0, 1), got {self.split_ratio}")
         if self.streaming and self.max_steps <= 0:

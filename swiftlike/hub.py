@@ -7,7 +7,7 @@ from pathlib import Path
 from .errors import UserError
 
 CONFIG_FILES = ["config.json", "generation_config.json", "tokenizer*", "vocab*", "merges.txt", "special_tokens_map.json",
-                "*.model", "chat_template*"]
+                "*.model", "chat_template*", "preprocessor_config.json", "video_preprocessor_config.json"]
 
 
 def is_local(model: str) -> bool:

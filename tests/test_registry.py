@@ -7,7 +7,8 @@ from swiftlike.registry import find_model, models, suggest
 from swiftlike.registry.table import models_markdown
 from swiftlike.templates import TEMPLATES
 
-FAMILIES = {"qwen3", "qwen2_5", "qwq", "llama3", "mistral", "gemma", "phi", "deepseek", "glm", "internlm", "yi", "minicpm"}
+FAMILIES = {"qwen3", "qwen2_5", "qwq", "qwen_vl", "llama3", "mistral", "gemma", "phi", "deepseek", "glm", "internlm", "yi",
+            "minicpm"}
 
 
 def test_models_doc_is_current():

@@ -40,3 +40,19 @@ def collate_padded(rows: list[dict], pad_id: int) -> dict:
         tgt[i, :n] = torch.tensor(_targets(r["labels"]))
         mask[i, :n] = 1
     return {"input_ids": ids, "attention_mask": mask, "targets": tgt}
+
+
+class ImageCollate:
+    """A batch of vision-language rows: the text batch (padded or padding-free) plus the pixels and grids of its
+    images in order, and mm_token_type_ids (1 at image tokens), from which Qwen-VL computes M-RoPE positions."""
+
+    def __init__(self, collate, processing, image_pad_id: int):
+        self.collate, self.processing, self.pad_id = collate, processing, image_pad_id
+
+    def __call__(self, rows: list) -> dict:
+        batch = self.collate(rows)
+        batch["mm_token_type_ids"] = (batch["input_ids"] == self.pad_id).int()
+        sources = [s for seq in _sequences(rows) for s in seq.get("images", ())]
+        if sources:
+            batch.update(self.processing.batch(sources))
+        return batch

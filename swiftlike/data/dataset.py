@@ -6,12 +6,14 @@ import re
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from ..accel import is_main_process
 from ..errors import UserError
 from ..templates.errors import TemplateError
 from .files import BadLine, read_rows
 from .formats import RowError, UselessRow, to_canonical
+from .images import ImageError, expand, resolve_source
 
 ENCODE_CHUNK = 512
 TRUNCATION = ("drop", "left", "right", "split")
@@ -158,6 +160,9 @@ def _canonical(path: str, task: str, columns: dict | None, names: dict | None, s
             if isinstance(raw, BadLine):
                 raise RowError(str(raw))
             row = to_canonical(raw, task)
+            if row.get("images"):  # paths relative to the data file's folder
+                base = Path(source).parent if Path(source).is_file() else None
+                row["images"] = [resolve_source(s, base) for s in row["images"]]
         except UselessRow as e:
             if stats is not None:
                 stats.dropped[str(e)] += 1
@@ -189,17 +194,29 @@ def iter_rows(specs: list[str], task: str = "sft", columns: dict | None = None, 
             yield row
 
 
+def encode_images(template, row: dict, encoded: dict) -> dict:
+    """A row with images: its image tokens expanded to each image's size (data/images.py)."""
+    if not row.get("images"):
+        return encoded
+    processing = getattr(template, "image_processing", None)
+    if processing is None:
+        raise ImageError(f"template {template.name} has no image processor for this row's images")
+    tok, vision = template.tokenizer, template.vision
+    span = tuple(tok.convert_tokens_to_ids(t) for t in vision["span"])
+    return expand(encoded, row["images"], processing, tok.convert_tokens_to_ids(vision["image_pad"]), span)
+
+
 def _encode_chunk(template, rows: list[dict], sources: list | None, offset: int, skip: bool
                   ) -> tuple[list[dict | None], Counter]:
     """Encoded rows (None where the template rejects a skipped row) and the rejection counts."""
     try:
-        return template.encode_batch(rows), Counter()
-    except TemplateError:
+        return [encode_images(template, r, e) for r, e in zip(rows, template.encode_batch(rows))], Counter()
+    except (TemplateError, ImageError):
         out, rejected = [], Counter()
         for i, row in enumerate(rows):  # find the rows the template rejects, to name or count them
             try:
-                out.append(template.encode(row))
-            except TemplateError as e:
+                out.append(encode_images(template, row, template.encode(row)))
+            except (TemplateError, ImageError) as e:
                 if not skip:
                     where = sources[offset + i] if sources else f"row {offset + i}"
                     raise UserError(f"{where}: {e}") from None
@@ -264,6 +281,9 @@ def encode_rows(rows: list[dict], template, max_length: int, sources: list | Non
             if enc["length"] > max_length:
                 if truncation_strategy == "drop":
                     stats.dropped[f"longer than max_length {max_length}"] += 1
+                    continue
+                if enc.get("images"):  # a cut through an image span would leave its pixels without tokens
+                    stats.dropped[f"longer than max_length {max_length} (rows with images are never cut)"] += 1
                     continue
                 stats.truncated += 1
                 pieces = _split(enc, max_length) if truncation_strategy == "split" else \

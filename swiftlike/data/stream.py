@@ -58,22 +58,24 @@ class LazyCollate:
 
     def encode(self, rows: list[dict]) -> list[dict]:
         from ..templates.errors import TemplateError
+        from .dataset import encode_images
+        from .images import ImageError
 
         try:
-            encoded = self.template.encode_batch(rows)
-        except TemplateError as e:
+            encoded = [encode_images(self.template, r, e) for r, e in zip(rows, self.template.encode_batch(rows))]
+        except (TemplateError, ImageError) as e:
             if not self.skip:
                 raise UserError(f"a streamed row: {e}") from None
             encoded = []
             for row in rows:
                 try:
-                    encoded.append(self.template.encode(row))
-                except TemplateError as err:
+                    encoded.append(encode_images(self.template, row, self.template.encode(row)))
+                except (TemplateError, ImageError) as err:
                     self.dropped[f"rejected by the template: {err}"] += 1
         out = []
         for enc in encoded:
             if enc["length"] > self.max_length:
-                if self.strategy == "drop":
+                if self.strategy == "drop" or enc.get("images"):
                     self.dropped[f"longer than max_length {self.max_length}"] += 1
                     continue
                 out += _split(enc, self.max_length) if self.strategy == "split" else \

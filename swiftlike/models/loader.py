@@ -149,6 +149,8 @@ def miniature_config(model: str, hub: str = "huggingface"):
     for key, value in MINIATURE_VISION.items():
         if vision is not None and hasattr(vision, key):
             setattr(vision, key, value)
+    if vision is not None and hasattr(vision, "depth"):  # Qwen-VL's vision tower
+        _fit_qwen_vision(vision, text)
     if getattr(text, "layer_types", None):
         text.layer_types = _miniature_layer_types(text.layer_types, text.num_hidden_layers)
     _fit_rope_factors(text)
@@ -189,12 +191,48 @@ def model_config(model: str, hub: str = "huggingface", trust_remote_code: bool =
 
 def build_miniature(model: str, hub: str = "huggingface", seed: int = 42, dtype: torch.dtype = torch.float32):
     """A randomly initialised, 2-layer, narrow model of the same architecture (seeded)."""
-    from transformers import AutoModelForCausalLM
-
     config = miniature_config(model, hub)
     with torch.random.fork_rng(devices=[]):  # the caller's random state is the same whether or not one is built
         torch.manual_seed(seed)
-        return AutoModelForCausalLM.from_config(config, dtype=dtype)
+        return auto_class(config).from_config(config, dtype=dtype)
+
+
+def auto_class(config):
+    """The transformers auto class that builds this config's generating model: causal LM, or image-text-to-text
+    for the vision-language models that have no causal-LM mapping (Qwen2.5-VL, Qwen3-VL)."""
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
+
+    if type(config) in AutoModelForCausalLM._model_mapping:
+        return AutoModelForCausalLM
+    if type(config) in AutoModelForImageTextToText._model_mapping:
+        return AutoModelForImageTextToText
+    return AutoModelForCausalLM  # its own error names the config
+
+
+def is_vision_language(config) -> bool:
+    """A model that reads images (Qwen-VL): its config has a vision tower and it is built image-text-to-text."""
+    from transformers import AutoModelForImageTextToText
+
+    return getattr(config, "vision_config", None) is not None and auto_class(config) is AutoModelForImageTextToText
+
+
+def _fit_qwen_vision(vision, text) -> None:
+    """A one-block Qwen-VL vision tower that fits the miniature's text model, with the constraints checked that a
+    wrong value breaks silently or late: the merger's output is the text width, M-RoPE's sections add up to half the
+    head size, the indexes of full-attention (Qwen2.5-VL) and deepstack (Qwen3-VL) blocks are within the depth."""
+    vision.depth, vision.num_heads, vision.out_hidden_size = 1, 2, text.hidden_size
+    if getattr(vision, "fullatt_block_indexes", None):
+        vision.fullatt_block_indexes = [0]
+    if getattr(vision, "deepstack_visual_indexes", None):
+        vision.deepstack_visual_indexes = [0]
+    rope = getattr(text, "rope_parameters", None) or getattr(text, "rope_scaling", None) or {}
+    if "mrope_section" in rope:
+        half = (getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads) // 2
+        rope["mrope_section"] = [half - 2 * (half * 3 // 8), half * 3 // 8, half * 3 // 8]  # t, h, w
+        if sum(rope["mrope_section"]) != half or min(rope["mrope_section"]) < 1:
+            raise ValueError(f"miniature M-RoPE sections {rope['mrope_section']} do not add up to {half}")
+    if vision.out_hidden_size != text.hidden_size:
+        raise ValueError("miniature vision tower's output width differs from the text model's")
 
 
 def _miniature_layer_types(types: list[str], n: int) -> list[str]:
@@ -238,7 +276,7 @@ def load_model(path: str, dtype: torch.dtype, *, quantize_4bit: bool = False, at
     """Weights from a local directory (already downloaded), optionally quantized to 4-bit NF4. With
     `reward_head` the model gets a one-output sequence-classification head (new, or the checkpoint's own), said
     in one line unless `announce_head` is false (the caller loads the head from adapters and says so)."""
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+    from transformers import AutoModelForSequenceClassification
 
     device = device or accel.device()
     kwargs = dict(dtype=dtype, trust_remote_code=trust_remote_code)
@@ -259,7 +297,10 @@ def load_model(path: str, dtype: torch.dtype, *, quantize_4bit: bool = False, at
         if model.config.pad_token_id is None:
             model.config.pad_token_id = pad_token_id
     else:
-        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+        model = auto_class(config).from_pretrained(path, **kwargs)
     return model if quantize_4bit else model.to(device)
 
 
@@ -345,6 +386,8 @@ def attach_lora(model, cfg, gradient_checkpointing: bool = False, task_type: str
         if accel.is_main_process():
             print(f"[wb] lora: dropout 0 instead of {cfg.lora_dropout}: all-linear includes the MoE experts, whose "
                   "fused weights LoRA adapts without dropout", flush=True)
+    if all_linear and vision_parts(model):
+        targets, all_linear = vision_language_targets(model, cfg), False
     lora = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=dropout,
                       target_modules="all-linear" if all_linear else targets,
                       use_dora=cfg.use_dora, use_rslora=cfg.use_rslora, task_type=task_type)
@@ -354,6 +397,41 @@ def attach_lora(model, cfg, gradient_checkpointing: bool = False, task_type: str
         hint = "; leave the MoE experts out of --target_modules or pass --lora_dropout 0" \
             if "lora_dropout != 0" in str(e) else ""
         raise UserError(f"cannot attach LoRA: {e}{hint}") from None
+
+
+def vision_parts(model) -> dict[str, str]:
+    """Parameter name -> part of a vision-language model: "vit" (the vision encoder), "aligner" (the merger that
+    projects image features into the language model) or "llm"; empty for a text-only model."""
+    names = [n for n, _ in model.named_parameters()]
+    if not any(".visual." in f".{n}" for n in names):
+        return {}
+    return {n: ("aligner" if "merger" in n else "vit") if ".visual." in f".{n}" else "llm" for n in names}
+
+
+def _trains(part: str, cfg) -> bool:
+    return not {"vit": cfg.freeze_vit, "aligner": cfg.freeze_aligner, "llm": cfg.freeze_llm}[part]
+
+
+def vision_language_targets(model, cfg) -> list[str]:
+    """all-linear on a vision-language model: the linear layers of the parts that train (the language model, and
+    the vision encoder / merger only with --freeze_vit / --freeze_aligner false); never the output layer."""
+    parts = vision_parts(model)
+    out = [name for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)
+           and not name.endswith("lm_head") and _trains(parts.get(f"{name}.weight", "llm"), cfg)]
+    if not out:
+        raise UserError("no linear layer left for LoRA: every part of the model is frozen (--freeze_vit, "
+                        "--freeze_aligner, --freeze_llm)")
+    return out
+
+
+def freeze_vision_parts(model, cfg):
+    """Full training of a vision-language model: the frozen parts (--freeze_vit, --freeze_aligner, --freeze_llm)
+    get no gradient. A text-only model is returned as it is."""
+    parts = vision_parts(model)
+    for name, p in model.named_parameters():
+        if name in parts:
+            p.requires_grad_(_trains(parts[name], cfg))
+    return model
 
 
 def _fused_experts(model) -> bool:

@@ -93,11 +93,12 @@ def setup_for(cfg, task: str, arch) -> Setup:
 def _parameters_on_meta_device(config, model: str) -> int:
     """Exact parameter count of an architecture without a formula: built on the meta device (no memory)."""
     import torch
-    from transformers import AutoModelForCausalLM
+
+    from ..models.loader import auto_class
 
     try:
         with torch.device("meta"):
-            net = AutoModelForCausalLM.from_config(config)
+            net = auto_class(config).from_config(config)
     except (ValueError, KeyError, ImportError, OSError) as e:
         raise UserError(f"cannot plan {model}: transformers cannot build its architecture "
                         f"({str(e).strip().splitlines()[0][:160]})") from None

@@ -12,15 +12,17 @@ from typing import Callable
 
 from .. import __version__, accel
 from ..config import SFTConfig
-from ..data.collate import collate_padded, collate_padding_free
+from ..data.collate import ImageCollate, collate_padded, collate_padding_free
+from ..data.images import PREPROCESSOR_CONFIG, ImageProcessing
 from ..data.packing import pack
 from ..data.pairs import KTOCollate, collate_pairs
 from ..data.dataset import DataStats, encode_rows, hold_out, iter_rows, load_rows
 from ..data.stream import LazyCollate, RowStream
 from ..errors import UserError
 from ..models import attach_lora, build_miniature, load_model, load_tokenizer
-from ..models.loader import prepare_4bit, quiet_libraries
+from ..models.loader import freeze_vision_parts, prepare_4bit, quiet_libraries
 from ..models.resolve import ModelRef, base_weights, resolve, template_name
+from ..registry import find_model
 from ..templates import get_template
 from ..templates.text import TextTemplate
 from ..train.checkpoint import latest_checkpoint, write_atomic
@@ -79,6 +81,9 @@ def _base_weights(cfg: SFTConfig, tokenizer, out: Path) -> str:
         model = build_miniature(cfg.model, cfg.hub, seed=cfg.seed)
         model.save_pretrained(base, safe_serialization=True)
         tokenizer.save_pretrained(base)
+        meta = find_model(cfg.model)
+        if meta is not None and meta.processor:  # a vision-language model's image processor
+            write_atomic(base / PREPROCESSOR_CONFIG, json.dumps(meta.processor, indent=2) + "\n")
         write_atomic(marker, json.dumps(identity) + "\n")
     if accel.world_size() > 1:
         import torch.distributed as dist
@@ -124,7 +129,7 @@ def _encoded(cfg: SFTConfig, template, specs: list[str]) -> tuple[list[dict], Da
     settings = {k: getattr(cfg, k) for k in ("max_length", "truncation_strategy", "skip_bad_rows", "seed", "columns",
                                              "model_name", "model_author")}
     root, key = cache.cache_root(cfg.cache_dir), None
-    if cfg.dataset_cache:
+    if cfg.dataset_cache and template.vision is None:  # (image files are not part of the cache key)
         key = cache.fingerprint(specs, template, settings)
         hit = cache.load(root, key)
         if hit is not None:
@@ -224,6 +229,10 @@ def run_sft(cfg: SFTConfig) -> TrainResult:
     else:
         name = resolve_template_name(cfg, tokenizer)
         template = get_template(name, tokenizer, cfg.loss_scope)
+    base_dir = None
+    if template.vision is not None:  # the model's image processor decides how many tokens each image becomes
+        base_dir = _base_weights(cfg, tokenizer, out)
+        template.image_processing = ImageProcessing.from_dir(base_dir, cfg.min_pixels, cfg.max_pixels)
     if cfg.streaming:
         specs = list(cfg.dataset)
         rows = RowStream(lambda: iter_rows(specs, method.rows, cfg.columns, cfg.data_names(), cfg.skip_bad_rows),
@@ -246,7 +255,7 @@ def run_sft(cfg: SFTConfig) -> TrainResult:
             print(f"[wb] data: packed into {len(rows)} rows of up to {cfg.max_length} tokens ({fill:.0%} full)")
 
     dtype = accel.resolve_dtype(cfg.torch_dtype)
-    base_dir = _base_weights(cfg, tokenizer, out)
+    base_dir = base_dir or _base_weights(cfg, tokenizer, out)
     engine, zero3 = training_engine(cfg, base_dir, dtype)  # noqa: F841 (zero3 must live while the model does)
     model = build_trainable(cfg, tokenizer, base_dir, resume_from, dtype, method.reward_head, _uses_reference(cfg))
     if main:
@@ -256,6 +265,9 @@ def run_sft(cfg: SFTConfig) -> TrainResult:
         write_atomic(out / "args.json", args_json)
 
     collate = collate_padding_free if cfg.padding_free else partial(collate_padded, pad_id=tokenizer.pad_token_id)
+    if template.vision is not None:
+        collate = ImageCollate(collate, template.image_processing,
+                               tokenizer.convert_tokens_to_ids(template.vision["image_pad"]))
     train_collate = LazyCollate(template, cfg.max_length, cfg.truncation_strategy, collate, cfg.skip_bad_rows) \
         if cfg.streaming or cfg.lazy_tokenize else collate
     settings = LoopSettings(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(LoopSettings)})
@@ -271,6 +283,8 @@ def run_sft(cfg: SFTConfig) -> TrainResult:
     if precompute:  # before the first update (a resumed LoRA run's reference is its adapter-disabled base)
         _precompute_reference(trainer, rows + eval_rows, cfg.per_device_train_batch_size, main)
     trainer.after_train = evaluate_after
+    if template.vision is not None:  # checkpoints carry the image processing they were trained with
+        trainer.extra_files[PREPROCESSOR_CONFIG] = json.dumps(template.image_processing.saved_config(), indent=2)
     if main and resume_from is not None:
         print(resume_line(resume_from, trainer))
     result = trainer.train()
@@ -329,7 +343,7 @@ def build_trainable(cfg: SFTConfig, tokenizer, base_dir: str, resume_from: Path 
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
     if cfg.full:
-        return model.requires_grad_(True)
+        return freeze_vision_parts(model.requires_grad_(True), cfg)
     if cfg.adapters:
         model = _start_from_adapters(model, cfg, reference)
     else:

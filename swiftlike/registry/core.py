@@ -54,6 +54,7 @@ class ModelMeta:
     family: str
     tokenizer: str                      # bundled tokenizer asset (for --miniature offline), or ""
     config: dict = field(default_factory=dict)  # HF config fields; enough to build a miniature offline
+    processor: dict = field(default_factory=dict)  # a vision-language model's preprocessor_config.json
     modelscope_id: str = ""             # ModelScope id where it differs
     requires: tuple[str, ...] = ()      # pip requirement strings
     miniature_tokenizer: str = ""       # TokenizerSpec that --miniature builds where `tokenizer` is ""

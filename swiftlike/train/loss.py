@@ -244,11 +244,12 @@ class CausalLMLoss(nn.Module):
         m = self.model
         return m.get_base_model() if hasattr(m, "get_base_model") else m
 
-    def forward(self, input_ids, targets, position_ids=None, attention_mask=None, seq_lens=None):
-        """(summed loss, tokens, extra metric sums)."""
+    def forward(self, input_ids, targets, position_ids=None, attention_mask=None, seq_lens=None, **images):
+        """(summed loss, tokens, extra metric sums). `images`: a vision-language batch's pixel_values,
+        image_grid_thw and mm_token_type_ids (data/collate.py ImageCollate)."""
         lm = self.causal_lm
         # flash-attention reads sequence borders from position_ids; sdpa/eager need the mask
-        hidden = self.hidden_states(input_ids, position_ids, attention_mask, seq_lens)
+        hidden = self.hidden_states(input_ids, position_ids, attention_mask, seq_lens, **images)
         keep = targets != IGNORE_INDEX
         loss_sum = linear_cross_entropy(lm.get_output_embeddings(), hidden[keep], targets[keep], self.chunk_size,
                                         self.softcap)
@@ -259,9 +260,38 @@ class CausalLMLoss(nn.Module):
         """What the loss is averaged over: trained tokens."""
         return float((batch["targets"] != IGNORE_INDEX).sum())
 
-    def hidden_states(self, input_ids, position_ids=None, attention_mask=None, seq_lens=None) -> torch.Tensor:
+    def hidden_states(self, input_ids, position_ids=None, attention_mask=None, seq_lens=None,
+                      **images) -> torch.Tensor:
         lm = self.causal_lm
         if seq_lens is not None:
             attention_mask = packed_masks(self.decoder_config, seq_lens, lm.dtype)
+        if "mm_token_type_ids" in images:  # a vision-language model: images merged in, M-RoPE positions
+            if seq_lens is not None:
+                position_ids = packed_mrope_positions(lm.model, input_ids, position_ids, seq_lens, images)
+            return lm.model(input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask,
+                            use_cache=False, **images).last_hidden_state
         return lm.get_decoder()(input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask,
                                 use_cache=False).last_hidden_state
+
+
+def packed_mrope_positions(vl_model, input_ids, position_ids, seq_lens, images: dict) -> torch.Tensor:
+    """(4, 1, L) positions of a padding-free vision-language row: the text positions (restarting at 0 in every
+    sequence, from which the attention kernels read the borders), then the model's own M-RoPE positions
+    (`get_rope_index`) computed per sequence, each with its own images, and concatenated."""
+    types, grids = images["mm_token_type_ids"][0], images.get("image_grid_thw")
+    merge = vl_model.config.vision_config.spatial_merge_size ** 2
+    per_image = (grids.prod(-1) // merge).tolist() if grids is not None else []
+    parts, start, k = [], 0, 0
+    for n in seq_lens.tolist():
+        ids, tt = input_ids[:, start:start + n], types[None, start:start + n]
+        image_tokens, first = int(tt.sum()), k
+        while image_tokens > 0:
+            image_tokens -= per_image[k]
+            k += 1
+        if k > first:
+            pos, _ = vl_model.get_rope_index(ids, tt, image_grid_thw=grids[first:k])
+        else:  # text only: the same position on every axis
+            pos = torch.arange(n, device=ids.device).view(1, 1, n).expand(3, 1, n)
+        parts.append(pos)
+        start += n
+    return torch.cat([position_ids[None].to(parts[0].dtype), torch.cat(parts, dim=-1)], dim=0)

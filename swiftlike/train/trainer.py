@@ -105,6 +105,7 @@ class Trainer:
         self.eval_rows, self.eval_collate = eval_rows or [], eval_collate or collate
         self.args_json = args_json
         self.after_train = None  # called with the final checkpoint (main process), returns metrics to log
+        self.extra_files: dict[str, str] = {}  # written into every checkpoint (a VL model's preprocessor config)
         self.device = next(p.device for p in model.parameters())
         # the objective: forward(**batch) -> (summed loss, weight, metric sums); weight(batch) is known up front
         self.objective = objective or CausalLMLoss(model)
@@ -366,6 +367,8 @@ class Trainer:
         self.engine.save_engine_state(tmp)
         path = None
         if accel.is_main_process():
+            for name, text in self.extra_files.items():
+                (tmp / name).write_text(text + "\n", encoding="utf-8")
             state = {"global_step": self.step, "total_steps": self.total_steps, "trained_tokens": self.trained_tokens,
                      "first_loss": self.first_loss, "log_history": self.log_history}
             training_state = {"optimizer": optimizer, "scheduler": self.scheduler.state_dict(),

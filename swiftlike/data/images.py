@@ -1,0 +1,170 @@
+"""Images of vision-language rows: where they are, how many tokens each becomes, and their pixels.
+
+A row's images are sources (a path relative to its data file, an http(s) URL, a data: URI). When a row is encoded
+the template writes one image-pad token per image; `expand` opens each image (its header: the size is all that
+matters), asks the model's image processor how large it will be resized (transformers' `smart_resize` within the
+pixel bounds) and repeats the pad token grid_t * grid_h * grid_w / merge_size^2 times, as the official processors do.
+Image spans are never trained. The pixels themselves are produced when a batch is drawn (`ImageProcessing.batch`),
+so the encoded data holds no image tensors.
+"""
+from __future__ import annotations
+
+import base64
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..errors import UserError
+from ..templates import IGNORE_INDEX
+
+PREPROCESSOR_CONFIG = "preprocessor_config.json"
+_REMOTE = ("http://", "https://")
+
+
+class ImageError(ValueError):
+    """An image that cannot be used (the data layer adds file and row)."""
+
+
+def resolve_source(src: str, base: Path | None) -> str:
+    """A path relative to the data file's folder made absolute; URLs, data URIs and absolute paths as given."""
+    if src.startswith(_REMOTE) or src.startswith("data:") or base is None or Path(src).is_absolute():
+        return src
+    return str(base / src)
+
+
+def open_image(src: str):
+    """The image at a source, as RGB; ImageError naming the source when it cannot be read."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        if src.startswith("data:"):
+            head, _, payload = src.partition(",")
+            if ";base64" not in head:
+                raise ImageError(f"image {src[:40]}...: only base64 data URIs are read")
+            data = io.BytesIO(base64.b64decode(payload, validate=True))
+        elif src.startswith(_REMOTE):
+            import urllib.request
+
+            with urllib.request.urlopen(src, timeout=30) as response:  # noqa: S310 (the user's own data)
+                data = io.BytesIO(response.read())
+        else:
+            if not Path(src).is_file():
+                raise ImageError(f"image {src}: no such file")
+            data = src
+        image = Image.open(data)
+        image.load()
+        return image.convert("RGB")
+    except ImageError:
+        raise
+    except (OSError, UnidentifiedImageError, ValueError) as e:
+        shown = src if not src.startswith("data:") else src[:40] + "..."
+        raise ImageError(f"image {shown}: cannot be read ({str(e).splitlines()[0]})") from None
+
+
+@dataclass
+class ImageProcessing:
+    """A Qwen-VL image processor (its preprocessor_config.json) with the run's pixel bounds."""
+
+    config: dict
+    min_pixels: int | None = None
+    max_pixels: int | None = None
+
+    @classmethod
+    def from_dir(cls, path: str | Path, min_pixels: int | None = None, max_pixels: int | None = None):
+        file = Path(path) / PREPROCESSOR_CONFIG
+        if not file.is_file():
+            raise UserError(f"{path}: no {PREPROCESSOR_CONFIG}, which a vision-language model needs for its images")
+        return cls(json.loads(file.read_text(encoding="utf-8")), min_pixels, max_pixels)
+
+    @property
+    def bounds(self) -> tuple[int, int]:
+        """(min, max) pixels of a resized image: the run's, else the model's (Qwen2.5-VL spells them min_pixels /
+        max_pixels, Qwen3-VL size.shortest_edge / size.longest_edge, both counting pixels)."""
+        size = self.config.get("size") or {}
+        low = self.min_pixels or self.config.get("min_pixels") or size.get("shortest_edge") or 56 * 56
+        high = self.max_pixels or self.config.get("max_pixels") or size.get("longest_edge") or 28 * 28 * 1280
+        return int(low), int(high)
+
+    @property
+    def patch(self) -> int:
+        return int(self.config.get("patch_size", 14))
+
+    @property
+    def merge(self) -> int:
+        return int(self.config.get("merge_size", 2))
+
+    def saved_config(self) -> dict:
+        """The config with the run's bounds, as exports and checkpoints write it."""
+        low, high = self.bounds
+        out = {k: v for k, v in self.config.items() if k not in ("min_pixels", "max_pixels")}
+        out["size"] = {"shortest_edge": low, "longest_edge": high}
+        return out
+
+    def grid(self, width: int, height: int, src: str = "") -> tuple[int, int, int]:
+        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize  # (no torchvision)
+
+        low, high = self.bounds
+        try:
+            h, w = smart_resize(height, width, factor=self.patch * self.merge, min_pixels=low, max_pixels=high)
+        except ValueError as e:
+            raise ImageError(f"image {src} ({width}x{height}): {e}") from None
+        return 1, h // self.patch, w // self.patch
+
+    def tokens(self, grid) -> int:
+        return grid[0] * grid[1] * grid[2] // (self.merge * self.merge)
+
+    def processor(self):
+        from transformers.models.qwen2_vl import Qwen2VLImageProcessorPil
+
+        kwargs = {k: v for k, v in self.saved_config().items() if k not in ("processor_class", "image_processor_type")}
+        return Qwen2VLImageProcessorPil(**kwargs)
+
+    def batch(self, sources: list[str]) -> dict:
+        """pixel_values and image_grid_thw of a batch's images, in order."""
+        out = self.processor()(images=[open_image(s) for s in sources], return_tensors="pt")
+        return {"pixel_values": out["pixel_values"], "image_grid_thw": out["image_grid_thw"]}
+
+
+def image_size(src: str) -> tuple[int, int]:
+    """(width, height) of an image, reading no more than its header where it can."""
+    from PIL import Image
+
+    if src.startswith(("data:",) + _REMOTE):
+        return open_image(src).size
+    if not Path(src).is_file():
+        raise ImageError(f"image {src}: no such file")
+    try:
+        with Image.open(src) as image:
+            return image.size
+    except OSError as e:
+        raise ImageError(f"image {src}: cannot be read ({str(e).splitlines()[0]})") from None
+
+
+def expand(encoded: dict, images: list[str], processing: ImageProcessing, pad_id: int,
+           span: tuple[int, int]) -> dict:
+    """The encoded row with each image-pad token repeated to its image's token count, every image span
+    (vision start .. vision end) untrained, and the row's images and grids recorded."""
+    ids, labels = encoded["input_ids"], encoded["labels"]
+    grids = [processing.grid(*image_size(src), src=src) for src in images]
+    out_ids, out_labels, k = [], [], 0
+    for token, label in zip(ids, labels):
+        if token == pad_id:
+            n = processing.tokens(grids[k])
+            out_ids += [pad_id] * n
+            out_labels += [IGNORE_INDEX] * n
+            k += 1
+        else:
+            out_ids.append(token)
+            out_labels.append(IGNORE_INDEX if token in span else label)
+    if k != len(images):
+        raise ImageError(f"{k} image token(s) in the encoded text but {len(images)} image(s)")
+    return {**encoded, "input_ids": out_ids, "labels": out_labels, "length": len(out_ids), "images": list(images),
+            "image_grid": [list(g) for g in grids]}
+
+
+def mm_token_type_ids(input_ids: torch.Tensor, pad_id: int) -> torch.Tensor:
+    """1 where an image token stands, 0 elsewhere (what Qwen-VL's M-RoPE positions are computed from)."""
+    return (input_ids == pad_id).int()

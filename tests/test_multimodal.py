@@ -1,0 +1,229 @@
+"""Vision-language training on Qwen2.5-VL and Qwen3-VL miniatures: image tokens as many as the official processor
+makes, padding-free (packed) batches equal padded ones with M-RoPE positions equal to the model's own per
+sequence, a miniature that learns to name colours from images, the parts LoRA and --full train, and bad image input
+as one-line errors. Images are generated here (docs/multimodal.md)."""
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from swiftlike.data.collate import ImageCollate, collate_padded, collate_padding_free
+from swiftlike.data.dataset import encode_rows, load_rows
+from swiftlike.data.images import ImageProcessing, expand
+from swiftlike.models.loader import build_miniature, vision_language_targets
+from swiftlike.registry import find_model
+from swiftlike.templates import get_template
+from swiftlike.train.loss import CausalLMLoss, packed_mrope_positions
+
+MODELS = ["Qwen/Qwen2.5-VL-3B-Instruct", "Qwen/Qwen3-VL-4B-Instruct"]
+COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def processing(model: str, **bounds) -> ImageProcessing:
+    return ImageProcessing(dict(find_model(model).processor), **bounds)
+
+
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("size", [(640, 480), (64, 64), (100, 1000), (1500, 333), (28, 28)])
+def test_image_tokens_equal_the_official_processor(model, size):
+    proc = processing(model)
+    official = proc.processor()(images=[Image.new("RGB", size, (1, 2, 3))], return_tensors="pt")["image_grid_thw"][0]
+    grid = proc.grid(*size)
+    assert list(grid) == official.tolist()
+    if size == (640, 480):  # the measured counts of the official processors
+        assert proc.tokens(grid) == {"Qwen/Qwen2.5-VL-3B-Instruct": 391, "Qwen/Qwen3-VL-4B-Instruct": 300}[model]
+
+
+def test_an_image_the_processor_cannot_resize_is_refused_by_name():
+    from swiftlike.data.images import ImageError
+
+    with pytest.raises(ImageError, match=r"image strip.png \(20000x40\): .*aspect ratio"):
+        processing(MODELS[1]).grid(20000, 40, src="strip.png")
+
+
+def test_pixel_bounds_change_the_token_count():
+    big = processing(MODELS[0]).grid(640, 480)
+    small = processing(MODELS[0], max_pixels=128 * 28 * 28).grid(640, 480)
+    assert processing(MODELS[0]).tokens(small) <= 128 < processing(MODELS[0]).tokens(big)
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    root = tmp_path_factory.mktemp("images")
+    out = {}
+    for name, rgb in COLOURS.items():
+        for w, h in ((64, 64), (96, 64), (64, 128)):
+            path = root / f"{name}_{w}x{h}.png"
+            Image.new("RGB", (w, h), rgb).save(path)
+            out[(name, w, h)] = path
+    return root, out
+
+
+def _rows(images):
+    _, paths = images
+    rows = [{"messages": [{"role": "user", "content": "<image>What colour is this?"},
+                          {"role": "assistant", "content": f"It is {name}."}], "images": [str(p)]}
+            for (name, _, _), p in paths.items()]
+    rows.insert(2, {"messages": [{"role": "user", "content": "Say hi."}, {"role": "assistant", "content": "Hi."}]})
+    two = list(paths.values())[:2]
+    rows.insert(5, {"messages": [{"role": "user", "content": "Compare <image> with <image>."},
+                                 {"role": "assistant", "content": "Different."}], "images": [str(p) for p in two]})
+    return rows
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_packed_equals_padded_with_images_and_text_only_rows(model, qwen3_tokenizer, images):
+    template = get_template(find_model(model).template, qwen3_tokenizer)
+    template.image_processing = processing(model)
+    encoded, _ = encode_rows(_rows(images), template, 4096)
+    pad_id = qwen3_tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    net = build_miniature(model).eval()
+    loss = CausalLMLoss(net)
+    packed = ImageCollate(collate_padding_free, template.image_processing, pad_id)(encoded)
+    padded = ImageCollate(lambda r: collate_padded(r, qwen3_tokenizer.pad_token_id), template.image_processing,
+                          pad_id)(encoded)
+    with torch.no_grad():
+        a, n_a, _ = loss(**packed)
+        b, n_b, _ = loss(**padded)
+    assert int(n_a) == int(n_b) > 0
+    assert float(a) == pytest.approx(float(b), rel=1e-5)
+    # the M-RoPE positions of every packed sequence are the model's own for that sequence alone
+    positions = packed_mrope_positions(net.model, packed["input_ids"], packed["position_ids"], packed["seq_lens"],
+                                       packed)
+    start, k = 0, 0
+    grids = packed["image_grid_thw"]
+    for row in encoded:
+        n, m = row["length"], len(row.get("images", []))
+        ids = packed["input_ids"][:, start:start + n]
+        if m:
+            own, _ = net.model.get_rope_index(ids, packed["mm_token_type_ids"][:, start:start + n],
+                                              image_grid_thw=grids[k:k + m])
+            assert torch.equal(positions[1:, :, start:start + n], own)
+        assert positions[0, 0, start:start + n].tolist() == list(range(n))
+        start, k = start + n, k + m
+
+
+def test_image_spans_are_never_trained(qwen3_tokenizer, images):
+    template = get_template("qwen3_vl", qwen3_tokenizer, "all")  # every text token trained
+    template.image_processing = processing(MODELS[1])
+    row = _rows(images)[0]
+    enc = template.encode(row)
+    pad = qwen3_tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    span = tuple(qwen3_tokenizer.convert_tokens_to_ids(t) for t in ("<|vision_start|>", "<|vision_end|>"))
+    out = expand(enc, row["images"], template.image_processing, pad, span)
+    assert out["input_ids"].count(pad) == template.image_processing.tokens(out["image_grid"][0]) > 1
+    assert all(label == -100 for token, label in zip(out["input_ids"], out["labels"]) if token in (pad, *span))
+
+
+def test_lora_targets_and_full_training_respect_the_freeze_flags():
+    from types import SimpleNamespace
+
+    from swiftlike.models.loader import freeze_vision_parts
+
+    net = build_miniature(MODELS[0])
+    flags = dict(freeze_vit=True, freeze_aligner=True, freeze_llm=False)
+    default = vision_language_targets(net, SimpleNamespace(**flags))
+    assert default and all("visual" not in n for n in default) and not any(n.endswith("lm_head") for n in default)
+    with_vit = vision_language_targets(net, SimpleNamespace(**{**flags, "freeze_vit": False}))
+    assert any(".blocks." in n for n in with_vit) and not any("merger" in n for n in with_vit)
+    freeze_vision_parts(net.requires_grad_(True), SimpleNamespace(**{**flags, "freeze_aligner": False}))
+    trains = {n for n, p in net.named_parameters() if p.requires_grad}
+    assert any("merger" in n for n in trains) and not any(".blocks." in n for n in trains)
+    assert any("language_model" in n for n in trains)
+
+
+def wb(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "swiftlike.cli.main", *args], cwd=cwd, env=ENV, capture_output=True,
+                          text=True, timeout=900)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", MODELS)
+def test_a_miniature_learns_to_name_colours_from_images(model, tmp_path, images):
+    """SFT from the CLI (full language model; the vision tower and merger stay frozen by default: a random
+    miniature's frozen output layer makes one-token answers slow to learn with LoRA); the trained model then
+    answers each colour's images, of three sizes, with that colour."""
+    root, paths = images
+    data = tmp_path / "colours.jsonl"
+    with data.open("w") as f:
+        for (name, _, _), p in paths.items():
+            f.write(json.dumps({"messages": [{"role": "user", "content": [{"type": "image", "image": p.name},
+                                                                          {"type": "text", "text": "Colour?"}]},
+                                             {"role": "assistant", "content": name}]}) + "\n")
+    for p in paths.values():  # relative paths are read from the data file's folder
+        (tmp_path / p.name).write_bytes(p.read_bytes())
+    r = wb("sft", "--model", model, "--miniature", "--dataset", str(data), "--max_steps", "80", "--logging_steps",
+           "10", "--per_device_train_batch_size", "3", "--full", "--output_dir", "run", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    losses = [json.loads(m)["loss"] for m in re.findall(r'\{"step": \d+, "epoch"[^\n]*?\}(?=\s|$)',
+                                                         r.stdout + r.stderr)]
+    assert len(losses) == 8 and losses[-1] < 0.2 * losses[0], losses
+    ckpt = tmp_path / "run" / "checkpoint-80"
+    assert json.loads((ckpt / "preprocessor_config.json").read_text())["patch_size"] == \
+        find_model(model).processor["patch_size"]
+    from safetensors.torch import load_file
+    from transformers import AutoModelForImageTextToText, AutoTokenizer
+
+    trained, base = load_file(str(ckpt / "model.safetensors")), load_file(str(tmp_path / "run" / "base_model" /
+                                                                               "model.safetensors"))
+    visual = [k for k in base if "visual" in k]
+    assert visual and all(torch.equal(trained[k], base[k]) for k in visual)  # --freeze_vit, --freeze_aligner
+    net = AutoModelForImageTextToText.from_pretrained(ckpt).eval()
+
+    tok = AutoTokenizer.from_pretrained(ckpt)
+    template = get_template(find_model(model).template, tok)
+    proc = ImageProcessing.from_dir(ckpt)
+    pad = tok.convert_tokens_to_ids("<|image_pad|>")
+    span = tuple(tok.convert_tokens_to_ids(t) for t in ("<|vision_start|>", "<|vision_end|>"))
+    answers = {}
+    for (name, w, h), p in paths.items():
+        messages = [{"role": "user", "content": [{"type": "image", "image": str(p)}, {"type": "text", "text": "Colour?"}]}]
+        ids = template.encode_prompt(messages)
+        enc = expand({"input_ids": ids, "labels": ids, "length": len(ids)}, [str(p)], proc, pad, span)
+        input_ids = torch.tensor([enc["input_ids"]])
+        with torch.no_grad():
+            out = net.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
+                               mm_token_type_ids=(input_ids == pad).int(), **proc.batch([str(p)]),
+                               max_new_tokens=2, do_sample=False)
+        answers[(name, w, h)] = tok.decode(out[0, input_ids.shape[1]:]).split("<|im_end|>")[0].strip()
+    assert all(answer == name for (name, _, _), answer in answers.items()), answers
+
+
+def test_bad_image_input_is_one_line_naming_file_row_and_image(tmp_path, qwen3_tokenizer):
+    good = tmp_path / "ok.png"
+    Image.new("RGB", (64, 64)).save(good)
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    rows = [{"messages": [{"role": "user", "content": "<image>x"}, {"role": "assistant", "content": "y"}],
+             "images": ["ok.png"]},
+            {"messages": [{"role": "user", "content": "<image>x"}, {"role": "assistant", "content": "y"}],
+             "images": ["missing.png"]},
+            {"messages": [{"role": "user", "content": "<image>x"}, {"role": "assistant", "content": "y"}],
+             "images": ["broken.png"]},
+            {"messages": [{"role": "user", "content": "<image>x"}, {"role": "assistant", "content": "y"}],
+             "images": ["ok.png"]}]
+    data = tmp_path / "d.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    template = get_template("qwen3_vl", qwen3_tokenizer)
+    template.image_processing = processing(MODELS[1])
+    sources = []
+    loaded = load_rows([str(data)], sources)
+    from swiftlike.errors import UserError
+
+    with pytest.raises(UserError, match=rf"{data}:2: image {tmp_path / 'missing.png'}: no such file"):
+        encode_rows(loaded, template, 4096, sources)
+    encoded, stats = encode_rows(loaded, template, 4096, sources, skip_bad_rows=True)
+    assert len(encoded) == 2 and sum(stats.dropped.values()) == 2
+    assert any("broken.png: cannot be read" in reason for reason in stats.dropped)
+    # through the CLI: one line, exit 2
+    r = wb("sft", "--model", MODELS[1], "--miniature", "--dataset", str(data), "--output_dir", "run", cwd=tmp_path)
+    assert r.returncode == 2 and "missing.png: no such file" in r.stderr and "Traceback" not in r.stderr
+    r = wb("sft", "--model", "Qwen/Qwen3-0.6B", "--miniature", "--dataset", str(data), "--output_dir", "run",
+           cwd=tmp_path)
+    assert r.returncode == 2 and "template qwen3 is text-only and cannot read images" in r.stderr
