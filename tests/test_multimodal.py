@@ -227,3 +227,68 @@ def test_bad_image_input_is_one_line_naming_file_row_and_image(tmp_path, qwen3_t
     r = wb("sft", "--model", "Qwen/Qwen3-0.6B", "--miniature", "--dataset", str(data), "--output_dir", "run",
            cwd=tmp_path)
     assert r.returncode == 2 and "template qwen3 is text-only and cannot read images" in r.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", MODELS)
+def test_a_merged_vl_export_reloads_with_plain_transformers(model, tmp_path, images):
+    """wb export --merge of a VL LoRA checkpoint: a separate process without swiftlike loads the model, tokenizer and
+    image processor from the folder; with an image its logits equal base + adapter, and the exported chat template
+    renders image parts as our template does."""
+    _, paths = images
+    data = tmp_path / "d.jsonl"
+    data.write_text("\n".join(json.dumps({"messages": [{"role": "user", "content": "<image>Colour?"},
+                                                       {"role": "assistant", "content": name}],
+                                          "images": [str(p)]}) for (name, _, _), p in paths.items()) + "\n")
+    r = wb("sft", "--model", model, "--miniature", "--dataset", str(data), "--max_steps", "3", "--max_pixels",
+           "9000", "--output_dir", "run", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    ckpt = tmp_path / "run" / "checkpoint-3"
+    r = wb("export", "--adapters", str(ckpt), "--merge", "--torch_dtype", "float32", "--output_dir", "merged",
+           cwd=tmp_path)
+    assert r.returncode == 0 and "AutoModelForImageTextToText" in r.stdout, r.stderr[-3000:]
+    out = tmp_path / "merged"
+    assert json.loads((out / "preprocessor_config.json").read_text())["size"]["longest_edge"] == 9000
+    image = str(paths[("red", 96, 64)])
+    messages = [{"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": "Colour?"}]}]
+    probe = f"""
+import json, sys, torch
+from PIL import Image
+from transformers import AutoModelForImageTextToText, AutoTokenizer
+from transformers.models.qwen2_vl import Qwen2VLImageProcessorPil
+out = sys.argv[1]
+tok = AutoTokenizer.from_pretrained(out)
+cfg = {{k: v for k, v in json.load(open(out + "/preprocessor_config.json")).items()
+        if k not in ("processor_class", "image_processor_type")}}
+pixels = Qwen2VLImageProcessorPil(**cfg)(images=[Image.open({image!r}).convert("RGB")], return_tensors="pt")
+text = tok.apply_chat_template({messages!r}, tokenize=False, add_generation_prompt=True)
+n = int(pixels["image_grid_thw"].prod()) // 4
+ids = tok(text.replace("<|image_pad|>", "<|image_pad|>" * n), add_special_tokens=False)["input_ids"]
+model = AutoModelForImageTextToText.from_pretrained(out).eval()
+input_ids = torch.tensor([ids])
+with torch.no_grad():
+    logits = model(input_ids=input_ids, mm_token_type_ids=(input_ids == tok.convert_tokens_to_ids("<|image_pad|>")).int(),
+                   **pixels).logits[0, -1]
+print(json.dumps({{"text": text, "ids": ids, "logits": logits.tolist()}}))
+"""
+    shown = subprocess.run([sys.executable, "-c", probe, str(out)], capture_output=True, text=True, env=ENV,
+                           timeout=600)
+    assert shown.returncode == 0, shown.stderr[-3000:]
+    theirs = json.loads(shown.stdout.strip().splitlines()[-1])
+    from peft import PeftModel
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(ckpt)
+    template = get_template(find_model(model).template, tok)
+    assert theirs["text"] == template.render_text(messages, add_generation_prompt=True)
+    proc = ImageProcessing.from_dir(ckpt)
+    pad = tok.convert_tokens_to_ids("<|image_pad|>")
+    span = tuple(tok.convert_tokens_to_ids(t) for t in ("<|vision_start|>", "<|vision_end|>"))
+    ids = template.encode_prompt(messages)
+    enc = expand({"input_ids": ids, "labels": ids, "length": len(ids)}, [image], proc, pad, span)
+    assert enc["input_ids"] == theirs["ids"]
+    base = PeftModel.from_pretrained(build_miniature(model), ckpt).eval()
+    input_ids = torch.tensor([enc["input_ids"]])
+    with torch.no_grad():
+        ours = base(input_ids=input_ids, mm_token_type_ids=(input_ids == pad).int(), **proc.batch([image])).logits[0, -1]
+    assert torch.allclose(ours, torch.tensor(theirs["logits"]), atol=1e-4)

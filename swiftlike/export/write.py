@@ -105,7 +105,7 @@ def _set_generation_stops(model, template, tokenizer) -> None:
     model.generation_config = gen
 
 
-def model_card(ref, args: dict, merged: bool) -> str:
+def model_card(ref, args: dict, merged: bool, auto_class: str = "AutoModelForCausalLM") -> str:
     """README.md: what the export is, how it was trained, how to load it."""
     metrics = args.get("final_metrics") or {}
     lines = [
@@ -134,7 +134,7 @@ def model_card(ref, args: dict, merged: bool) -> str:
                   "| model | perplexity |", "|---|---|",
                   f"| unquantized | {quant['perplexity_unquantized']} |",
                   f"| quantized | {quant['perplexity_quantized']} |"]
-    lines += ["", "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer",
-              "tokenizer = AutoTokenizer.from_pretrained(PATH)", "model = AutoModelForCausalLM.from_pretrained(PATH)",
+    lines += ["", "```python", f"from transformers import {auto_class}, AutoTokenizer",
+              "tokenizer = AutoTokenizer.from_pretrained(PATH)", f"model = {auto_class}.from_pretrained(PATH)",
               "```", ""]
     return "\n".join(lines)

@@ -9,6 +9,7 @@ from .. import accel
 from ..config import ExportConfig
 from ..errors import UserError
 from ..data.dataset import encode_rows, load_rows
+from ..data.images import PREPROCESSOR_CONFIG
 from ..export import (atomic_directory, merged_model, model_card, prepare_output, with_chat_template, write_hf,
                       write_metadata)
 from ..export.quantize import check_method, quantize_directory, reload
@@ -42,7 +43,13 @@ def run_export(cfg: ExportConfig) -> Path:
     dtype = accel.resolve_dtype(cfg.torch_dtype)
     tokenizer = load_reference_tokenizer(ref, cfg.trust_remote_code)
     template = get_template(template_name(ref, tokenizer), tokenizer)
-    native = ref.meta is None or ref.meta.template == template.name  # else the bundled Jinja of the run's template
+    vision = template.vision is not None
+    if vision and cfg.quant_method:  # (--to gguf refuses them above, by architecture)
+        raise UserError("--quant_method does not write vision-language models yet; export the merged model (--merge) "
+                        "and quantize it with its own tools")
+    processor = _processor_config(ref, cfg.trust_remote_code) if vision else None
+    # else the bundled Jinja of the run's template; always for a VL model, whose tokenizer may carry a text-only one
+    native = (ref.meta is None or ref.meta.template == template.name) and not vision
     tokenizer = with_chat_template(tokenizer, template, native)
     calibration = _calibration(cfg.dataset, template) if cfg.quant_method else None
     kind = f"GGUF {cfg.gguf_type}" if cfg.to == "gguf" else str(dtype).replace("torch.", "")
@@ -67,9 +74,12 @@ def run_export(cfg: ExportConfig) -> Path:
             args["export"]["quantization"] = _quantize(model, tokenizer, template, tmp, cfg, dtype, calibration)
         else:
             write_hf(model, tokenizer, template, tmp, cfg.max_shard_size)
-        write_metadata(tmp, args, model_card(ref, args, bool(ref.adapters)))
+            if processor is not None:  # the image processing the model was trained with
+                shutil.copyfile(processor, tmp / PREPROCESSOR_CONFIG)
+        auto = "AutoModelForImageTextToText" if vision else "AutoModelForCausalLM"
+        write_metadata(tmp, args, model_card(ref, args, bool(ref.adapters), auto))
     loads = "llama.cpp / `ollama create NAME -f Modelfile`" if cfg.to == "gguf" else \
-        f"AutoModelForCausalLM / AutoTokenizer; `wb infer --model {out}`"
+        f"{auto} / AutoTokenizer{' / AutoImageProcessor' if vision else ''}; `wb infer --model {out}`"
     print(f"[wb] export: wrote {out} (loads with {loads})")
     if cfg.push_to_hub:
         from ..export.upload import push
@@ -102,6 +112,15 @@ def _quantize(model, tokenizer, template, tmp: Path, cfg: ExportConfig, dtype, c
     print(f"[wb] export: perplexity on {data}: {before:.4g} unquantized, {after:.4g} quantized", flush=True)
     return {"method": cfg.quant_method, "bits": cfg.quant_bits, "calibration": data, "rows": len(encoded),
             "perplexity_unquantized": round(before, 4), "perplexity_quantized": round(after, 4)}
+
+
+def _processor_config(ref, trust_remote_code: bool) -> Path:
+    """A vision-language checkpoint's preprocessor_config.json (with the run's pixel bounds), else its base's."""
+    for folder in (ref.adapters, ref.base, base_weights(ref, trust_remote_code)):
+        if folder and (Path(folder) / PREPROCESSOR_CONFIG).is_file():
+            return Path(folder) / PREPROCESSOR_CONFIG
+    raise UserError(f"{ref.adapters or ref.base}: no {PREPROCESSOR_CONFIG} in the checkpoint or its base model; a "
+                    "vision-language export needs its image processor")
 
 
 def _default_output(ref, to: str) -> str:

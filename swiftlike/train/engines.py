@@ -161,13 +161,6 @@ def _model_weights(state: dict | None, root: torch.nn.Module, model: torch.nn.Mo
     return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix) and k[len(prefix):] not in aliases}
 
 
-def _barrier() -> None:
-    if accel.world_size() > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
-
-
 @dataclass
 class EngineSettings:
     learning_rate: float
