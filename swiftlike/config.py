@@ -694,6 +694,9 @@ class PreviewConfig(ModelArgs, DataArgs):
                          choices=("assistant", "last_assistant", "all"))
     enable_thinking: bool | None = _f(None, "GRPO prompts of hybrid-thinking models: false pre-fills an empty think "
                                             "block (as wb grpo --enable_thinking false).")
+    max_pixels: int | None = _f(None, "Vision-language models: images resized to at most this many pixels (as "
+                                      "when training).")
+    min_pixels: int | None = _f(None, "Vision-language models: images resized to at least this many pixels.")
 
     def validate(self) -> "PreviewConfig":
         if not self.model or not self.dataset:

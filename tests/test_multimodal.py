@@ -86,14 +86,30 @@ def test_packed_equals_padded_with_images_and_text_only_rows(model, qwen3_tokeni
     pad_id = qwen3_tokenizer.convert_tokens_to_ids("<|image_pad|>")
     net = build_miniature(model).eval()
     loss = CausalLMLoss(net)
-    packed = ImageCollate(collate_padding_free, template.image_processing, pad_id)(encoded)
+    span = tuple(qwen3_tokenizer.convert_tokens_to_ids(t) for t in ("<|vision_start|>", "<|vision_end|>"))
+    packed = ImageCollate(collate_padding_free, template.image_processing, pad_id, span)(encoded)
     padded = ImageCollate(lambda r: collate_padded(r, qwen3_tokenizer.pad_token_id), template.image_processing,
-                          pad_id)(encoded)
+                          pad_id, span)(encoded)
     with torch.no_grad():
         a, n_a, _ = loss(**packed)
         b, n_b, _ = loss(**padded)
     assert int(n_a) == int(n_b) > 0
     assert float(a) == pytest.approx(float(b), rel=1e-5)
+    # a batch without images (it gets a blank image in an untrained sequence of its own, so that the vision tower
+    # runs on every batch): packed == padded == the model's own loss without it
+    text = [r for r in encoded if not r.get("images")] * 2
+    plain = collate_padded(text, qwen3_tokenizer.pad_token_id)
+    with torch.no_grad():
+        blank = ImageCollate(collate_padding_free, template.image_processing, pad_id, span)(text)
+        assert "pixel_values" in blank and int(blank["mm_token_type_ids"].sum()) > 0
+        c, n_c, _ = loss(**blank)
+        d, n_d, _ = loss(**ImageCollate(lambda r: collate_padded(r, qwen3_tokenizer.pad_token_id),
+                                        template.image_processing, pad_id, span)(text))
+        logits = net(input_ids=plain["input_ids"], attention_mask=plain["attention_mask"]).logits
+        own = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), plain["targets"].flatten(),
+                                                ignore_index=-100, reduction="sum")
+    assert int(n_c) == int(n_d) == int((plain["targets"] != -100).sum())
+    assert float(c) == pytest.approx(float(d), rel=1e-5) and float(d) == pytest.approx(float(own), rel=1e-5)
     # the M-RoPE positions of every packed sequence are the model's own for that sequence alone
     positions = packed_mrope_positions(net.model, packed["input_ids"], packed["position_ids"], packed["seq_lens"],
                                        packed)
@@ -292,3 +308,49 @@ print(json.dumps({{"text": text, "ids": ids, "logits": logits.tolist()}}))
     with torch.no_grad():
         ours = base(input_ids=input_ids, mm_token_type_ids=(input_ids == pad).int(), **proc.batch([image])).logits[0, -1]
     assert torch.allclose(ours, torch.tensor(theirs["logits"]), atol=1e-4)
+
+
+def test_data_preview_marks_each_image_with_its_token_count(tmp_path, images, capsys):
+    from swiftlike.cli.main import main
+
+    _, paths = images
+    data = tmp_path / "d.jsonl"
+    red = paths[("red", 64, 64)]
+    data.write_text(json.dumps({"messages": [{"role": "user", "content": "<image>Colour?"},
+                                             {"role": "assistant", "content": "red"}], "images": [str(red)]}) + "\n")
+    assert main(["data", "preview", "--model", MODELS[1], "--miniature", "--dataset", str(data)]) == 0
+    shown = capsys.readouterr().out
+    # 64x64 grows to Qwen3-VL's minimum of 65536 pixels: 256x256, a 16x16 grid of 16-pixel patches, 64 tokens
+    assert "<|vision_start|>⟪image red_64x64.png: 64 tokens, grid 1x16x16⟫<|vision_end|>Colour?" in shown
+    assert "1 image(s)" in shown and "⟦red<|im_end|>⟧" in shown
+    assert main(["data", "preview", "--model", MODELS[1], "--miniature", "--dataset", str(data), "--json",
+                 "--max_pixels", "4096"]) == 0
+    row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert row["images"] == [str(red)] and row["image_grid"] == [[1, 4, 4]]
+    assert row["input_ids"].count(151655) == 4
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", [["--freeze_vit", "false"], ["--deepspeed", "zero3"]], ids=["ddp-vit", "zero3"])
+def test_two_processes_one_with_images_one_text_only(tmp_path, images, engine):
+    """Each step one rank draws the image row and the other the text-only row: the text-only batch carries a blank
+    image in an untrained sequence of its own, so that both ranks run the same modules in the same order (DDP with
+    a trainable vision side reduces its gradients, ZeRO-3 gathers weights module by module); the losses equal one
+    process's."""
+    pytest.importorskip("deepspeed")
+    _, paths = images
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps({"messages": [{"role": "user", "content": "<image>Colour?"},
+                                             {"role": "assistant", "content": "red"}],
+                                "images": [str(paths[("red", 64, 64)])]}) + "\n"
+                    + json.dumps({"messages": [{"role": "user", "content": "Say hi."},
+                                               {"role": "assistant", "content": "Hi."}]}) + "\n")
+    common = ["sft", "--model", MODELS[1], "--miniature", "--dataset", str(data), "--max_steps", "3",
+              "--logging_steps", "1", "--lora_dropout", "0", "--per_device_train_batch_size", "1", *engine]
+    one = wb(*common, "--gradient_accumulation_steps", "2", "--output_dir", "one", cwd=tmp_path)
+    two = subprocess.run([sys.executable, "-m", "swiftlike.cli.main", *common, "--nproc_per_node", "2",
+                          "--output_dir", "two"], cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0 and two.returncode == 0, two.stderr[-3000:]
+    step = re.compile(r'\{"step": \d+, "epoch"[^\n]*?\}(?=\s|$)')
+    losses = [[json.loads(m)["loss"] for m in step.findall(r.stdout + r.stderr)] for r in (one, two)]
+    assert len(losses[0]) == 3 and losses[1] == pytest.approx(losses[0], rel=1e-4)

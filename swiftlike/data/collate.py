@@ -44,15 +44,45 @@ def collate_padded(rows: list[dict], pad_id: int) -> dict:
 
 class ImageCollate:
     """A batch of vision-language rows: the text batch (padded or padding-free) plus the pixels and grids of its
-    images in order, and mm_token_type_ids (1 at image tokens), from which Qwen-VL computes M-RoPE positions."""
+    images in order, and mm_token_type_ids (1 at image tokens), from which Qwen-VL computes M-RoPE positions.
 
-    def __init__(self, collate, processing, image_pad_id: int):
-        self.collate, self.processing, self.pad_id = collate, processing, image_pad_id
+    A batch without images gets one blank image in a sequence of its own (untrained, attending only to itself):
+    the model then runs its vision tower on every batch, so that every process runs the same modules in the same
+    order — ZeRO-3 and FSDP gather weights collectively module by module, DDP reduces the gradients of a trainable
+    vision side — and the loss is unchanged."""
+
+    def __init__(self, collate, processing, image_pad_id: int, span: tuple[int, int]):
+        self.collate, self.processing, self.pad_id, self.span = collate, processing, image_pad_id, span
 
     def __call__(self, rows: list) -> dict:
         batch = self.collate(rows)
-        batch["mm_token_type_ids"] = (batch["input_ids"] == self.pad_id).int()
         sources = [s for seq in _sequences(rows) for s in seq.get("images", ())]
         if sources:
             batch.update(self.processing.batch(sources))
+        else:
+            batch = self._with_blank_image(batch)
+        batch["mm_token_type_ids"] = (batch["input_ids"] == self.pad_id).int()
         return batch
+
+    def _with_blank_image(self, batch: dict) -> dict:
+        from PIL import Image
+
+        side = self.processing.patch * self.processing.merge
+        pixels = self.processing.batch_of([Image.new("RGB", (side, side))])
+        n = self.processing.tokens(pixels["image_grid_thw"][0].tolist())
+        ids = torch.tensor([self.span[0], *[self.pad_id] * n, self.span[1]])
+        untrained = torch.full_like(ids, IGNORE_INDEX)
+        if "seq_lens" in batch:  # padding-free: one more sequence
+            batch = {**batch, "input_ids": torch.cat([batch["input_ids"], ids[None]], 1),
+                     "position_ids": torch.cat([batch["position_ids"], torch.arange(len(ids))[None]], 1),
+                     "targets": torch.cat([batch["targets"], untrained[None]], 1),
+                     "seq_lens": torch.cat([batch["seq_lens"], torch.tensor([len(ids)])])}
+        else:  # padded: one more row
+            width = max(batch["input_ids"].shape[1], len(ids))
+            grow = lambda t, fill: torch.nn.functional.pad(t, (0, width - t.shape[1]), value=fill)  # noqa: E731
+            row = lambda t, fill: torch.nn.functional.pad(t, (0, width - len(t)), value=fill)[None]  # noqa: E731
+            batch = {**batch, "input_ids": torch.cat([grow(batch["input_ids"], 0), row(ids, 0)]),
+                     "attention_mask": torch.cat([grow(batch["attention_mask"], 0),
+                                                  row(torch.ones_like(ids), 0)]),
+                     "targets": torch.cat([grow(batch["targets"], IGNORE_INDEX), row(untrained, IGNORE_INDEX)])}
+        return {**batch, **pixels}

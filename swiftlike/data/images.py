@@ -86,6 +86,8 @@ class ImageProcessing:
         size = self.config.get("size") or {}
         low = self.min_pixels or self.config.get("min_pixels") or size.get("shortest_edge") or 56 * 56
         high = self.max_pixels or self.config.get("max_pixels") or size.get("longest_edge") or 28 * 28 * 1280
+        if low > high:  # a run's bound below the model's other one moves it too: the run's bound holds
+            low, high = (high, high) if self.max_pixels else (low, low)
         return int(low), int(high)
 
     @property
@@ -124,7 +126,10 @@ class ImageProcessing:
 
     def batch(self, sources: list[str]) -> dict:
         """pixel_values and image_grid_thw of a batch's images, in order."""
-        out = self.processor()(images=[open_image(s) for s in sources], return_tensors="pt")
+        return self.batch_of([open_image(s) for s in sources])
+
+    def batch_of(self, images: list) -> dict:
+        out = self.processor()(images=images, return_tensors="pt")
         return {"pixel_values": out["pixel_values"], "image_grid_thw": out["image_grid_thw"]}
 
 

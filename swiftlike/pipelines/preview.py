@@ -9,7 +9,8 @@ import json
 import sys
 
 from ..config import PreviewConfig
-from ..data.dataset import DataStats, load_rows, parse_selection
+from ..data.dataset import DataStats, encode_images, load_rows, parse_selection
+from ..data.images import ImageError, ImageProcessing
 from ..data.formats import SHAREGPT_ROLES
 from ..errors import UserError
 from ..models import load_tokenizer
@@ -30,11 +31,25 @@ def _runs(ids: list[int], labels: list[int]) -> list[tuple[list[int], bool]]:
     return runs
 
 
-def highlight(tokenizer, enc: dict, color: bool) -> str:
-    """The encoded text with trained spans in green (terminal) or between ⟦ ⟧ (elsewhere)."""
+def highlight(tokenizer, enc: dict, color: bool, image_pad: int | None = None) -> str:
+    """The encoded text with trained spans in green (terminal) or between ⟦ ⟧ (elsewhere); each image's run of
+    `image_pad` tokens shown as one marked span with its source and token count."""
+    import itertools
+    from pathlib import Path
+
+    images = iter(zip(enc.get("images", ()), enc.get("image_grid", ())))
     out = []
     for ids, trained in _runs(enc["input_ids"], enc["labels"]):
-        text = tokenizer.decode(ids)
+        pieces = []
+        for is_image, group in itertools.groupby(ids, key=lambda t: image_pad is not None and t == image_pad):
+            group = list(group)
+            if is_image:
+                src, grid = next(images, ("?", ()))
+                name = Path(src).name if not src.startswith("data:") else "data URI"
+                pieces.append(f"⟪image {name}: {len(group)} tokens, grid {'x'.join(map(str, grid))}⟫")
+            else:
+                pieces.append(tokenizer.decode(group))
+        text = "".join(pieces)
         out.append((f"{_GREEN}{text}{_RESET}" if color else f"⟦{text}⟧") if trained else text)
     return "".join(out)
 
@@ -122,8 +137,9 @@ def _part(ids: list[int], labels: list[int]) -> dict:
 def _encode(task: str, template, row: dict, cfg: PreviewConfig) -> dict:
     """The JSON object of one row (see docs/data.md, "Previewing")."""
     if task in ("sft", "pt"):
-        enc = template.encode(row)
-        return _part(enc["input_ids"], enc["labels"])
+        enc = encode_images(template, row, template.encode(row))
+        images = {k: enc[k] for k in ("images", "image_grid") if k in enc}
+        return {**_part(enc["input_ids"], enc["labels"]), **images}
     if task == "kto":
         from ..data.pairs import kto_row
 
@@ -157,8 +173,10 @@ def _show(task: str, tokenizer, enc: dict, color: bool, head: str) -> str:
     if task in ("sft", "pt", "kto"):
         label = f"label {str(enc['label']).lower()} ({'desirable' if enc['label'] else 'undesirable'}) · " \
             if task == "kto" else ""
-        return (f"{head} · {label}{len(enc['input_ids'])} tokens, {_trained(enc['labels'])} trained ({mark})\n"
-                + highlight(tokenizer, enc, color))
+        images = f", {len(enc['images'])} image(s) ⟪ ⟫" if enc.get("images") else ""
+        pad = tokenizer.convert_tokens_to_ids("<|image_pad|>") if enc.get("images") else None
+        return (f"{head} · {label}{len(enc['input_ids'])} tokens{images}, {_trained(enc['labels'])} trained "
+                f"({mark})\n" + highlight(tokenizer, enc, color, pad))
     if task == "grpo":
         columns = ", ".join(f"{k}={_dumps(v)}" for k, v in enc["columns"].items())
         return (f"{head} · prompt {len(enc['prompt_ids'])} tokens, up to the generation prompt (completions are "
@@ -184,6 +202,18 @@ def _show(task: str, tokenizer, enc: dict, color: bool, head: str) -> str:
     return "\n".join(lines)
 
 
+def _image_processing(cfg: PreviewConfig) -> ImageProcessing:
+    """A registered model's image processor from the registry (offline), else its preprocessor_config.json."""
+    from ..models.loader import config_dir
+    from ..registry import find_model
+
+    meta = find_model(cfg.model)
+    if meta is not None and meta.processor:
+        return ImageProcessing(dict(meta.processor), cfg.min_pixels, cfg.max_pixels)
+    return ImageProcessing.from_dir(config_dir(cfg.model, cfg.hub, miniature=cfg.miniature), cfg.min_pixels,
+                                    cfg.max_pixels)
+
+
 def run_preview(cfg: PreviewConfig, stream=None) -> None:
     stream = stream or sys.stdout
     task, why = infer_task(cfg.dataset, cfg.columns) if cfg.task == "auto" else (cfg.task, "")
@@ -195,6 +225,8 @@ def run_preview(cfg: PreviewConfig, stream=None) -> None:
     else:  # wb grpo renders prompts with the template's defaults (it takes no --loss_scope)
         template = get_template(resolve_template_name(cfg, tokenizer), tokenizer,
                                 "assistant" if task == "grpo" else cfg.loss_scope)
+    if template.vision is not None:  # images become as many tokens as the model's processor makes of them
+        template.image_processing = _image_processing(cfg)
     sources: list[str] = []
     rows = load_rows(cfg.dataset, sources, columns=cfg.columns, names=cfg.data_names(),
                      task="grpo" if task == "grpo" else METHODS[task].rows)[: cfg.n]
@@ -204,7 +236,7 @@ def run_preview(cfg: PreviewConfig, stream=None) -> None:
     for where, row in zip(sources, rows):
         try:
             enc = _encode(task, template, row, cfg)
-        except TemplateError as e:  # the one-line error training gives for the row
+        except (TemplateError, ImageError) as e:  # the one-line error training gives for the row
             raise UserError(f"{where}: {e}") from None
         if cfg.json:
             stream.write(_dumps({"source": where, "task": task, **enc}) + "\n")
