@@ -112,6 +112,10 @@ class SFTConfig(ModelArgs, DataArgs):
     freeze_vit: bool = _f(True, "Keep the vision encoder frozen (no LoRA on it, no gradient under --full).")
     freeze_aligner: bool = _f(True, "Keep the vision-to-language projection (the merger) frozen.")
     freeze_llm: bool = _f(False, "Keep the language model frozen (train the vision side only).")
+    vit_lr: float | None = _f(None, "Learning rate of the vision encoder when it trains (--freeze_vit false); "
+                                    "default --learning_rate. The schedule applies to it alike.")
+    aligner_lr: float | None = _f(None, "Learning rate of the merger when it trains (--freeze_aligner false); "
+                                        "default --learning_rate.")
     # optimisation (Hugging Face TrainingArguments names)
     output_dir: str = _f("", "Where checkpoints go (default: output/<model>-<timestamp>).")
     learning_rate: float | None = _f(None, "Peak learning rate (default 1e-4 for LoRA/QLoRA, 1e-5 for full; with "
@@ -247,6 +251,10 @@ class SFTConfig(ModelArgs, DataArgs):
                 raise UserError(f"--{name} must be a positive number of pixels, got {getattr(self, name)}")
         if self.max_pixels and self.min_pixels and self.min_pixels > self.max_pixels:
             raise UserError(f"--min_pixels {self.min_pixels} is above --max_pixels {self.max_pixels}")
+        for name, frozen in (("vit_lr", "freeze_vit"), ("aligner_lr", "freeze_aligner")):
+            if getattr(self, name) is not None and (getattr(self, name) <= 0 or getattr(self, frozen)):
+                raise UserError(f"--{name} must be positive and needs --{frozen} false (a frozen part has no "
+                                f"learning rate), got --{name} {getattr(self, name)}")
         if self.freeze_vit and self.freeze_aligner and self.freeze_llm:
             raise UserError("--freeze_vit, --freeze_aligner and --freeze_llm together leave nothing to train")
         if not 0.0 <= self.split_ratio < 1.0:

@@ -354,3 +354,23 @@ def test_two_processes_one_with_images_one_text_only(tmp_path, images, engine):
     step = re.compile(r'\{"step": \d+, "epoch"[^\n]*?\}(?=\s|$)')
     losses = [[json.loads(m)["loss"] for m in step.findall(r.stdout + r.stderr)] for r in (one, two)]
     assert len(losses[0]) == 3 and losses[1] == pytest.approx(losses[0], rel=1e-4)
+
+
+def test_vit_and_aligner_learning_rates_are_their_own_param_groups(tmp_path):
+    from types import SimpleNamespace
+
+    from swiftlike.models.loader import freeze_vision_parts
+    from swiftlike.train.engines import DDPEngine, EngineSettings
+
+    net = build_miniature(MODELS[1])
+    freeze_vision_parts(net.requires_grad_(True), SimpleNamespace(freeze_vit=False, freeze_aligner=False,
+                                                                  freeze_llm=False))
+    engine = DDPEngine(CausalLMLoss(net), net, EngineSettings(1e-4, 0.0, 1.0, 1, {"vit": 1e-6, "aligner": 1e-5}))
+    groups = {g["lr"]: g["params"] for g in engine.optimizer.param_groups}
+    assert list(groups) == [1e-4, 1e-6, 1e-5]  # the run's first: the one the logs show
+    names = {id(p): n for n, p in net.named_parameters()}
+    assert all(".visual." in names[id(p)] and "merger" not in names[id(p)] for p in groups[1e-6])
+    assert all("merger" in names[id(p)] for p in groups[1e-5])
+    assert sum(len(g) for g in groups.values()) == sum(p.requires_grad for p in net.parameters())
+    r = wb("sft", "--model", MODELS[1], "--miniature", "--dataset", "x.jsonl", "--vit_lr", "1e-5", cwd=tmp_path)
+    assert r.returncode == 2 and "--vit_lr must be positive and needs --freeze_vit false" in r.stderr

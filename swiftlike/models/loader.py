@@ -399,13 +399,20 @@ def attach_lora(model, cfg, gradient_checkpointing: bool = False, task_type: str
         raise UserError(f"cannot attach LoRA: {e}{hint}") from None
 
 
+def vision_part(name: str) -> str:
+    """The part of a (vision-language) model a parameter or module belongs to: "vit" (the vision encoder),
+    "aligner" (the merger that projects image features into the language model) or "llm"."""
+    if ".visual." not in f".{name}":
+        return "llm"
+    return "aligner" if "merger" in name else "vit"
+
+
 def vision_parts(model) -> dict[str, str]:
-    """Parameter name -> part of a vision-language model: "vit" (the vision encoder), "aligner" (the merger that
-    projects image features into the language model) or "llm"; empty for a text-only model."""
+    """Parameter name -> vision_part of a vision-language model; empty for a text-only model."""
     names = [n for n, _ in model.named_parameters()]
     if not any(".visual." in f".{n}" for n in names):
         return {}
-    return {n: ("aligner" if "merger" in n else "vit") if ".visual." in f".{n}" else "llm" for n in names}
+    return {n: vision_part(n) for n in names}
 
 
 def _trains(part: str, cfg) -> bool:

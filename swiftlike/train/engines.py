@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -167,6 +167,19 @@ class EngineSettings:
     weight_decay: float
     max_grad_norm: float
     gradient_accumulation_steps: int
+    part_lr: dict = field(default_factory=dict)  # a vision-language model's "vit" / "aligner" learning rates
+
+
+def param_groups(module: torch.nn.Module, s: EngineSettings) -> list[dict]:
+    """The trainable parameters grouped by learning rate: the vision encoder's (--vit_lr) and the merger's
+    (--aligner_lr) where given, the run's elsewhere (its group first: the one the logs show)."""
+    from ..models.loader import vision_part
+
+    groups: dict[float, list] = {s.learning_rate: []}
+    for name, p in module.named_parameters():
+        if p.requires_grad:
+            groups.setdefault(s.part_lr.get(vision_part(name), s.learning_rate), []).append(p)
+    return [{"params": ps, "lr": lr} for lr, ps in groups.items() if ps]
 
 
 class DDPEngine:
@@ -178,8 +191,8 @@ class DDPEngine:
         self.objective, self.model, self.s = objective, model, s
         self.distributed = accel.world_size() > 1
         self.module = self.wrap(objective)
-        params = [p for p in self.module.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=s.learning_rate, weight_decay=s.weight_decay)
+        self.optimizer = torch.optim.AdamW(param_groups(self.module, s), lr=s.learning_rate,
+                                           weight_decay=s.weight_decay)
 
     def wrap(self, objective):
         if not self.distributed:
@@ -256,8 +269,8 @@ class DeepSpeedEngine(DDPEngine):
         if offloaded and accel.device_type() != "cpu":  # offloaded states step on the CPU: DeepSpeed's fast Adam
             from deepspeed.ops.adam import DeepSpeedCPUAdam
 
-            self.optimizer = DeepSpeedCPUAdam([p for p in objective.parameters() if p.requires_grad],
-                                              lr=s.learning_rate, weight_decay=s.weight_decay, adamw_mode=True)
+            self.optimizer = DeepSpeedCPUAdam(param_groups(objective, s), lr=s.learning_rate,
+                                              weight_decay=s.weight_decay, adamw_mode=True)
         self.engine, self.wrapped, _, _ = deepspeed.initialize(model=objective, optimizer=self.optimizer,
                                                                config=config)
         self.module = self.engine

@@ -47,6 +47,8 @@ class LoopSettings:
     report_to: str
     eval_steps: int | None = None
     save_on_interrupt: bool = True
+    vit_lr: float | None = None      # vision-language models: the vision encoder's learning rate
+    aligner_lr: float | None = None  # and the merger's
 
 
 @dataclass
@@ -110,8 +112,9 @@ class Trainer:
         # the objective: forward(**batch) -> (summed loss, weight, metric sums); weight(batch) is known up front
         self.objective = objective or CausalLMLoss(model)
         self.distributed = accel.world_size() > 1
+        parts = {"vit": settings.vit_lr, "aligner": settings.aligner_lr}
         es = EngineSettings(settings.learning_rate, settings.weight_decay, settings.max_grad_norm,
-                            settings.gradient_accumulation_steps)
+                            settings.gradient_accumulation_steps, {k: v for k, v in parts.items() if v})
         # DDP (or one process), DeepSpeed or FSDP2: wraps the objective and owns the optimizer
         self.engine = (engine or DDPEngine)(self.objective, model, es)
         self.loss_module, self.optimizer = self.engine.module, self.engine.optimizer
