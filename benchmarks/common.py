@@ -1,10 +1,13 @@
 """Shared pieces of the benchmarks: the miniature model, the synthetic chat data, the machine's matmul rate."""
 from __future__ import annotations
 
+import atexit
 import json
 import math
 import random
 import resource
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -14,6 +17,13 @@ WORDS = ("the of and to in is was for on that with as by at from his an were are
          "model data train token learning rate batch layer weight value network memory speed result paper method "
          "river mountain city garden window music color history science letter number question answer reason "
          "because however therefore example simple quickly carefully between during without within around").split()
+
+
+def scratch_dir(prefix: str) -> Path:
+    """A temporary directory removed when the benchmark process exits (models and checkpoints are large)."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
 
 
 def build_model_dir(path: Path, hidden: int = 256, layers: int = 4, seed: int = 0) -> Path:

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import add_child_args, build_model_dir, chat_rows, peak_rss_mb, run_child, write_jsonl  # noqa: E402
+from common import scratch_dir, add_child_args, build_model_dir, chat_rows, peak_rss_mb, run_child, write_jsonl  # noqa: E402
 
 
 def ours(model_dir: str, data: str, out: str) -> float:
@@ -61,7 +61,7 @@ def main() -> None:
             seconds = (ours if a.child == "ours" else trl)(a.model_dir, a.data, out)
         print("RESULT " + json.dumps({"seconds": seconds, "peak_rss_mb": peak_rss_mb()}))
         return
-    work = Path(tempfile.mkdtemp(prefix="wb-dataprep-"))
+    work = scratch_dir("wb-dataprep-")
     model_dir = str(build_model_dir(work / "model"))
     for n in a.sizes:
         data = str(write_jsonl(chat_rows(n, seed=n), work / f"chat{n}.jsonl"))

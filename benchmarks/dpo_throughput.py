@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (add_child_args, build_model_dir, peak_rss_mb, peer_lora, preference_rows, run_child,  # noqa: E402
+from common import (scratch_dir, add_child_args, build_model_dir, peak_rss_mb, peer_lora, preference_rows, run_child,  # noqa: E402
                     write_jsonl)
 
 
@@ -57,7 +57,7 @@ def main() -> None:
         res["peak_rss_mb"] = peak_rss_mb()
         print("RESULT " + json.dumps(res))
         return
-    work = Path(tempfile.mkdtemp(prefix="wb-dpo-bench-"))
+    work = scratch_dir("wb-dpo-bench-")
     model_dir = str(build_model_dir(work / "model"))
     data = str(write_jsonl(preference_rows(a.rows), work / "pairs.jsonl"))
     res = {}

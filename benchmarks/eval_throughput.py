@@ -27,13 +27,12 @@ import hashlib
 import json
 import os
 import sys
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import build_model_dir, peak_rss_mb, run_child  # noqa: E402
+from common import scratch_dir, build_model_dir, peak_rss_mb, run_child  # noqa: E402
 
 END = 151645  # <|im_end|>
 DATA = Path(__file__).resolve().parents[1] / "swiftlike" / "assets" / "datasets" / "gsm8k_test.jsonl"
@@ -118,7 +117,7 @@ def ours(model_dir: str, rows: int, max_new: int, batch: int) -> dict:
     TransformersEngine.submit, run.evaluate = recording_submit, timed_evaluate
     cfg = EvalConfig(model=model_dir, template="qwen3", eval_dataset=["gsm8k-test"], limit=rows,
                      max_new_tokens=max_new, eval_batch_size=batch, torch_dtype="float32",
-                     output_dir=tempfile.mkdtemp(prefix="wb-eval-bench-out-")).validate()
+                     output_dir=str(scratch_dir("wb-eval-bench-out-"))).validate()
     start = time.perf_counter()
     results = run_eval(cfg)
     seconds = time.perf_counter() - start
@@ -142,7 +141,7 @@ def lm_eval_side(model_dir: str, rows: int, max_new: int, batch: int) -> dict:
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
-    task_dir = Path(tempfile.mkdtemp(prefix="wb-eval-bench-task-"))
+    task_dir = scratch_dir("wb-eval-bench-task-")
     (task_dir / f"{TASK}.yaml").write_text(TASK_YAML.format(task=TASK, data=json.dumps(str(DATA)), max_new=max_new))
     answers, timer = [], {"generate": 0.0, "decoded": 0}
     generate_until, model_generate = HFLM.generate_until, HFLM._model_generate
@@ -204,7 +203,7 @@ def main() -> None:
 
     import torch
 
-    work = Path(tempfile.mkdtemp(prefix="wb-eval-bench-"))
+    work = scratch_dir("wb-eval-bench-")
     model_dir = str(build_model_dir(work / "model"))
     print(f"{a.rows} GSM8K rows, zero-shot, greedy, up to {a.max_new_tokens} new tokens, batch {a.batch}, fp32; "
           f"torch threads {torch.get_num_threads()}; {a.repeats} run(s) of each side", flush=True)

@@ -13,12 +13,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import build_model_dir, chat_rows, peak_rss_mb, run_child, write_jsonl  # noqa: E402
+from common import scratch_dir, build_model_dir, chat_rows, peak_rss_mb, run_child, write_jsonl  # noqa: E402
 
 
 def ours(ckpt: str, out: str) -> float:
@@ -56,13 +55,13 @@ def main() -> None:
     ap.add_argument("--data", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
-        out = tempfile.mkdtemp(prefix="wb-export-out-") + "/merged"
+        out = str(scratch_dir("wb-export-out-")) + "/merged"
         seconds = (ours if a.child == "ours" else peft)(a.data, out)
         print("RESULT " + json.dumps({"seconds": seconds, "peak_rss_mb": peak_rss_mb(), "weights_mb": _weights_mb(out)}))
         return
     import swiftlike as wb
 
-    work = Path(tempfile.mkdtemp(prefix="wb-export-"))
+    work = scratch_dir("wb-export-")
     model_dir = str(build_model_dir(work / "model", hidden=a.hidden, layers=a.layers))
     data = str(write_jsonl(chat_rows(8), work / "chat.jsonl"))
     ckpt = wb.sft(model=model_dir, template="qwen3", dataset=[data], lora=True, max_steps=1, max_length=256,

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import add_child_args, build_model_dir, peak_rss_mb, peer_lora, run_child, write_jsonl  # noqa: E402
+from common import scratch_dir, add_child_args, build_model_dir, peak_rss_mb, peer_lora, run_child, write_jsonl  # noqa: E402
 
 
 def _text(completion) -> str:
@@ -108,7 +108,7 @@ def main() -> None:
         res["peak_rss_mb"] = peak_rss_mb()
         print("RESULT " + json.dumps(res))
         return
-    work = Path(tempfile.mkdtemp(prefix="wb-grpo-bench-"))
+    work = scratch_dir("wb-grpo-bench-")
     model_dir = str(build_model_dir(work / "model"))
     data = str(write_jsonl(prompt_rows(max(64, a.prompts * a.steps)), work / "prompts.jsonl"))
     res = {}

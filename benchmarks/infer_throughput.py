@@ -20,12 +20,11 @@ import json
 import math
 import random
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import WORDS, build_model_dir, matmul_flops, write_jsonl  # noqa: E402
+from common import scratch_dir, WORDS, build_model_dir, matmul_flops, write_jsonl  # noqa: E402
 
 END = 151645           # <|im_end|>, the qwen3 template's stop token
 END_EVERY = 40         # answers end when hash(position, token) % END_EVERY == 0
@@ -139,7 +138,7 @@ def main() -> None:
 
     from swiftlike.templates import get_template
 
-    work = Path(tempfile.mkdtemp(prefix="wb-infer-bench-"))
+    work = scratch_dir("wb-infer-bench-")
     model_dir = build_model_dir(work / "model")
     rows = prompt_rows(args.prompts)
     data = write_jsonl(rows, work / "prompts.jsonl")

@@ -121,6 +121,12 @@ def model_config(spec):
 def measure(spec, method: str, seq_len: int, batch: int, checkpointing: bool = False, dropout: float = 0.05,
             accumulation: int = 1, device: str = "cpu") -> dict:
     """Measured and estimated peak (bytes) of the second of two training steps."""
+    with tempfile.TemporaryDirectory(prefix="wb-memplan-") as work:
+        return _measure(Path(work), spec, method, seq_len, batch, checkpointing, dropout, accumulation, device)
+
+
+def _measure(work: Path, spec, method: str, seq_len: int, batch: int, checkpointing: bool, dropout: float,
+             accumulation: int, device: str) -> dict:
     from types import SimpleNamespace
 
     import torch
@@ -136,10 +142,10 @@ def measure(spec, method: str, seq_len: int, batch: int, checkpointing: bool = F
     dtype_name = "float32" if device == "cpu" else "bfloat16"
     config = model_config(spec)
     torch.manual_seed(0)
-    base = tempfile.mkdtemp(prefix="wb-memplan-")
+    base = str(work / "base")
     AutoModelForCausalLM.from_config(config, dtype=dtype).save_pretrained(base)
     gc.collect()
-    cfg = SFTConfig(model=base, dataset=["-"], output_dir=tempfile.mkdtemp(prefix="wb-memplan-out-"),
+    cfg = SFTConfig(model=base, dataset=["-"], output_dir=str(work / "out"),
                     full=method == "full", qlora=method == "qlora", lora=method == "lora",
                     gradient_checkpointing=checkpointing, lora_dropout=dropout, torch_dtype=dtype_name)
     tokenizer = SimpleNamespace(pad_token_id=0)

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (add_child_args, build_model_dir, chat_rows, matmul_flops, peak_rss_mb, peer_lora, run_child,  # noqa: E402
+from common import (scratch_dir, add_child_args, build_model_dir, chat_rows, matmul_flops, peak_rss_mb, peer_lora, run_child,  # noqa: E402
                     write_jsonl)
 
 
@@ -85,7 +85,7 @@ def main() -> None:
     if a.child:
         return child(a.child, a.model_dir, a.data, a.steps, a.batch)
 
-    work = Path(tempfile.mkdtemp(prefix="wb-bench-"))
+    work = scratch_dir("wb-bench-")
     model_dir = str(build_model_dir(work / "model"))
     data = str(write_jsonl(chat_rows(a.rows), work / "chat.jsonl"))
     rate = matmul_flops()

@@ -1,4 +1,6 @@
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -8,6 +10,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # encoded-data cache of the test session: never the user's own
 os.environ["WB_CACHE_DIR"] = tempfile.mkdtemp(prefix="wb-test-cache-")
+atexit.register(shutil.rmtree, os.environ["WB_CACHE_DIR"], ignore_errors=True)
 
 DATA = Path(__file__).parent / "data"
 QWEN3_TOKENIZER = Path(__file__).parents[1] / "swiftlike" / "assets" / "tokenizers" / "qwen3"
