@@ -117,6 +117,15 @@ def init_distributed() -> bool:
     return True
 
 
+def free_port() -> int:
+    """A TCP port nobody listens on now (for a one-machine process group's rendezvous)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def init_process_group_anyway() -> None:
     """A process group also for one process (DeepSpeed and FSDP2 need one even then)."""
     import torch.distributed as dist
@@ -126,11 +135,7 @@ def init_process_group_anyway() -> None:
     if world_size() > 1:
         init_distributed()
         return
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_WORLD_SIZE", "1"),
                        ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", str(port))):
         os.environ.setdefault(key, value)

@@ -34,7 +34,7 @@ def processing(model: str, **bounds) -> ImageProcessing:
 @pytest.mark.parametrize("size", [(640, 480), (64, 64), (100, 1000), (1500, 333), (28, 28)])
 def test_image_tokens_equal_the_official_processor(model, size):
     proc = processing(model)
-    official = proc.processor()(images=[Image.new("RGB", size, (1, 2, 3))], return_tensors="pt")["image_grid_thw"][0]
+    official = proc.processor(images=[Image.new("RGB", size, (1, 2, 3))], return_tensors="pt")["image_grid_thw"][0]
     grid = proc.grid(*size)
     assert list(grid) == official.tolist()
     if size == (640, 480):  # the measured counts of the official processors

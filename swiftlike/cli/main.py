@@ -8,7 +8,6 @@ import argparse
 import dataclasses
 import os
 import signal
-import socket
 import subprocess
 import sys
 
@@ -120,9 +119,9 @@ def _maybe_relaunch(argv: list[str], plan: dict) -> int | None:
         return None
     port = plan["master_port"]
     if port is None:  # one node: any free port
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+        from ..accel import free_port
+
+        port = free_port()
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={port}"]
     if nnodes > 1:
         cmd += [f"--nnodes={nnodes}", f"--node_rank={plan['node_rank']}", f"--master_addr={plan['master_addr']}"]

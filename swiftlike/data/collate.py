@@ -1,6 +1,8 @@
 """Batch encoded rows. Targets are shifted per sequence, so no position predicts across a boundary."""
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from ..templates import IGNORE_INDEX
@@ -64,13 +66,18 @@ class ImageCollate:
         batch["mm_token_type_ids"] = (batch["input_ids"] == self.pad_id).int()
         return batch
 
-    def _with_blank_image(self, batch: dict) -> dict:
+    @functools.cached_property
+    def _blank(self) -> tuple[dict, torch.Tensor]:
+        """The smallest image's pixels and token ids (vision start, its pads, vision end)."""
         from PIL import Image
 
         side = self.processing.patch * self.processing.merge
         pixels = self.processing.batch_of([Image.new("RGB", (side, side))])
         n = self.processing.tokens(pixels["image_grid_thw"][0].tolist())
-        ids = torch.tensor([self.span[0], *[self.pad_id] * n, self.span[1]])
+        return pixels, torch.tensor([self.span[0], *[self.pad_id] * n, self.span[1]])
+
+    def _with_blank_image(self, batch: dict) -> dict:
+        pixels, ids = self._blank
         untrained = torch.full_like(ids, IGNORE_INDEX)
         if "seq_lens" in batch:  # padding-free: one more sequence
             batch = {**batch, "input_ids": torch.cat([batch["input_ids"], ids[None]], 1),

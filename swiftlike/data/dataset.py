@@ -201,9 +201,8 @@ def encode_images(template, row: dict, encoded: dict) -> dict:
     processing = getattr(template, "image_processing", None)
     if processing is None:
         raise ImageError(f"template {template.name} has no image processor for this row's images")
-    tok, vision = template.tokenizer, template.vision
-    span = tuple(tok.convert_tokens_to_ids(t) for t in vision["span"])
-    return expand(encoded, row["images"], processing, tok.convert_tokens_to_ids(vision["image_pad"]), span)
+    pad_id, span = template.image_token_ids
+    return expand(encoded, row["images"], processing, pad_id, span)
 
 
 def _encode_chunk(template, rows: list[dict], sources: list | None, offset: int, skip: bool

@@ -10,12 +10,11 @@ so the encoded data holds no image tensors.
 from __future__ import annotations
 
 import base64
+import functools
 import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
 
 from ..errors import UserError
 from ..templates import IGNORE_INDEX
@@ -118,6 +117,7 @@ class ImageProcessing:
     def tokens(self, grid) -> int:
         return grid[0] * grid[1] * grid[2] // (self.merge * self.merge)
 
+    @functools.cached_property
     def processor(self):
         from transformers.models.qwen2_vl import Qwen2VLImageProcessorPil
 
@@ -129,7 +129,7 @@ class ImageProcessing:
         return self.batch_of([open_image(s) for s in sources])
 
     def batch_of(self, images: list) -> dict:
-        out = self.processor()(images=images, return_tensors="pt")
+        out = self.processor(images=images, return_tensors="pt")
         return {"pixel_values": out["pixel_values"], "image_grid_thw": out["image_grid_thw"]}
 
 
@@ -168,8 +168,3 @@ def expand(encoded: dict, images: list[str], processing: ImageProcessing, pad_id
         raise ImageError(f"{k} image token(s) in the encoded text but {len(images)} image(s)")
     return {**encoded, "input_ids": out_ids, "labels": out_labels, "length": len(out_ids), "images": list(images),
             "image_grid": [list(g) for g in grids]}
-
-
-def mm_token_type_ids(input_ids: torch.Tensor, pad_id: int) -> torch.Tensor:
-    """1 where an image token stands, 0 elsewhere (what Qwen-VL's M-RoPE positions are computed from)."""
-    return (input_ids == pad_id).int()

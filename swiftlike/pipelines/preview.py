@@ -167,14 +167,15 @@ def _last_token_only(ids: list[int]) -> list[int]:
     return [IGNORE_INDEX] * (len(ids) - 1) + ids[-1:]
 
 
-def _show(task: str, tokenizer, enc: dict, color: bool, head: str) -> str:
+def _show(task: str, template, enc: dict, color: bool, head: str) -> str:
     """A row as text: a header line, then the rendered tokens with the trained ones highlighted."""
+    tokenizer = template.tokenizer
     mark = "green" if color else "⟦ ⟧"
     if task in ("sft", "pt", "kto"):
         label = f"label {str(enc['label']).lower()} ({'desirable' if enc['label'] else 'undesirable'}) · " \
             if task == "kto" else ""
         images = f", {len(enc['images'])} image(s) ⟪ ⟫" if enc.get("images") else ""
-        pad = tokenizer.convert_tokens_to_ids("<|image_pad|>") if enc.get("images") else None
+        pad = template.image_token_ids[0] if enc.get("images") else None
         return (f"{head} · {label}{len(enc['input_ids'])} tokens{images}, {_trained(enc['labels'])} trained "
                 f"({mark})\n" + highlight(tokenizer, enc, color, pad))
     if task == "grpo":
@@ -242,4 +243,4 @@ def run_preview(cfg: PreviewConfig, stream=None) -> None:
             stream.write(_dumps({"source": where, "task": task, **enc}) + "\n")
             continue
         head = f"── {where} · template {template.name} · {task}"
-        stream.write(_show(task, tokenizer, enc, color, head) + "\n\n")
+        stream.write(_show(task, template, enc, color, head) + "\n\n")

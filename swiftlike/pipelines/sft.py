@@ -266,9 +266,7 @@ def run_sft(cfg: SFTConfig) -> TrainResult:
 
     collate = collate_padding_free if cfg.padding_free else partial(collate_padded, pad_id=tokenizer.pad_token_id)
     if template.vision is not None:
-        collate = ImageCollate(collate, template.image_processing,
-                               tokenizer.convert_tokens_to_ids(template.vision["image_pad"]),
-                               tuple(tokenizer.convert_tokens_to_ids(t) for t in template.vision["span"]))
+        collate = ImageCollate(collate, template.image_processing, *template.image_token_ids)
     train_collate = LazyCollate(template, cfg.max_length, cfg.truncation_strategy, collate, cfg.skip_bad_rows) \
         if cfg.streaming or cfg.lazy_tokenize else collate
     settings = LoopSettings(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(LoopSettings)})

@@ -8,6 +8,7 @@ That makes `input_ids` equal to `tokenizer(official_text)` by construction.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -55,6 +56,14 @@ class Template:
     def vision(self) -> dict | None:
         """What a vision-language template writes for an image (None: a text-only template)."""
         return self.spec.options.get("vision")
+
+    @functools.cached_property
+    def image_token_ids(self) -> tuple[int, tuple[int, int]] | None:
+        """(the image pad token's id, (span start id, span end id)) of a vision-language template, else None."""
+        if self.vision is None:
+            return None
+        ids = self.tokenizer.convert_tokens_to_ids
+        return ids(self.vision["image_pad"]), tuple(ids(t) for t in self.vision["span"])
 
     def render(self, messages: Sequence[dict], tools: list | None = None,
                add_generation_prompt: bool = False, images: Sequence[str] | None = None, **opts) -> Segments:
