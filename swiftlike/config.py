@@ -491,6 +491,8 @@ class InferConfig(ModelArgs):
     query: str | None = _f(None, "One question to answer; without it (and without --dataset) an interactive chat "
                                  "starts.")
     response: str | None = _f(None, "Reward models (`wb rm` checkpoints): the answer to --query to score.")
+    image: list = _f([], "Vision-language models: an image for --query (or the first message of a chat), before "
+                         "its text: a path, an http(s) URL or a data URI; repeat for several, in order.")
     system: str | None = _f(None, "System prompt.")
     dataset: list = _f([], "Batch inference over data: .jsonl/.json/.csv/.parquet files, folders or "
                            "hf::org/name[:subset][:split], in any format `wb sft` reads or prompts alone; the "
@@ -526,6 +528,8 @@ class InferConfig(ModelArgs):
             raise UserError("--output is for batch inference: give --dataset too")
         if self.dataset and self.query is not None:
             raise UserError("give --query or --dataset, not both")
+        if self.image and self.dataset:
+            raise UserError("--image is for --query or a chat; a --dataset row names its own images")
         if self.max_batch_size < 1:
             raise UserError(f"--max_batch_size must be at least 1, got {self.max_batch_size}")
         return self
@@ -607,7 +611,8 @@ class DeployConfig(ModelArgs):
     vllm_tensor_parallel_size: int = _f(1, "vLLM: GPUs one engine spans.")
     max_tokens_limit: int | None = _f(None, "Ceiling on a request's max_tokens (400 above it); requests without "
                                             "max_tokens get up to this many (default: what the context leaves).")
-    max_request_bytes: int = _f(4 << 20, "Largest request body accepted, in bytes; larger ones get 413.")
+    max_request_bytes: int = _f(32 << 20, "Largest request body accepted, in bytes; larger ones get 413 (images "
+                                          "travel as base64 data URIs).")
     drain_timeout: float = _f(30.0, "On SIGTERM or Ctrl-C: seconds in-flight requests get to finish before they "
                                     "are cancelled.")
     access_log: bool = _f(True, "Log one line per request.")

@@ -5,9 +5,12 @@ import tempfile
 from pathlib import Path
 
 import pytest
+import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if not torch.cuda.is_available():  # DeepSpeed (imported by accelerate) would print to stdout that it found no GPU
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
 # encoded-data cache of the test session: never the user's own
 os.environ["WB_CACHE_DIR"] = tempfile.mkdtemp(prefix="wb-test-cache-")
 atexit.register(shutil.rmtree, os.environ["WB_CACHE_DIR"], ignore_errors=True)

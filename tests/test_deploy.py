@@ -156,7 +156,7 @@ class FakeEngine:
             text = f"You said: {last}"
         return text.upper() if adapter == "shout" else text
 
-    def submit(self, prompt_ids, params: SamplingParams, adapter=None):
+    def submit(self, prompt_ids, params: SamplingParams, adapter=None, images=None):
         return FakeRequest(self, prompt_ids, params, adapter)
 
     def close(self):

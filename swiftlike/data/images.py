@@ -27,6 +27,11 @@ class ImageError(ValueError):
     """An image that cannot be used (the data layer adds file and row)."""
 
 
+def is_file(src: str) -> bool:
+    """Whether a source names a file (not a URL or a data URI)."""
+    return not (src.startswith(_REMOTE) or src.startswith("data:"))
+
+
 def resolve_source(src: str, base: Path | None) -> str:
     """A path relative to the data file's folder made absolute; URLs, data URIs and absolute paths as given."""
     if src.startswith(_REMOTE) or src.startswith("data:") or base is None or Path(src).is_absolute():

@@ -32,12 +32,14 @@ class LocalBackend:
         self.engine, self.label, self.identity = engine, label, identity
 
     def answers(self, prompts: list[tuple[list[dict], list | None]], gen: Generation) -> Iterator[str]:
-        from ..infer import SamplingParams
+        from ..infer import SamplingParams, vision
 
         template = self.engine.template
         params = SamplingParams(max_new_tokens=gen.max_new_tokens, temperature=gen.temperature, seed=gen.seed)
-        ids = [template.encode_prompt(messages, tools, **gen.template_kwargs()) for messages, tools in prompts]
-        requests = [self.engine.submit(prompt, params) for prompt in ids]
+        opts = gen.template_kwargs()
+        encoded = [vision.encode_prompt(template, messages, tools, **opts) for messages, tools in prompts]
+        requests = [self.engine.submit(ids, params, images=vision.pixels(template, sources))
+                    for ids, sources in encoded]
         for request in requests:
             yield template.parse_response(request.result()[0].text)["content"]
 

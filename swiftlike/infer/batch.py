@@ -29,13 +29,19 @@ class RunningBatch:
 
         return DynamicCache()  # plain full-attention layers: sliding windows are masked by position
 
-    def prefill(self, rows: list[list[int]], expand: list[int] | None = None, **extra) -> torch.Tensor:
+    def prefill(self, rows: list[list[int]], expand: list[int] | None = None, images: dict | None = None,
+                **extra) -> torch.Tensor:
         """Add prompts to the batch; return the logits of their last positions (rows x vocabulary). With
         `expand`, the rows joined are rows[expand[0]], rows[expand[1]], ... (a prompt prefilled once for
-        several completions)."""
+        several completions). `images`: the rows' pixels (vision-language models), whose M-RoPE positions
+        decide where each row's generated tokens go on: one past its largest position, on every axis."""
         ids, mask, positions = left_pad(rows, self.pad_id, self.device)
+        if images is not None:
+            positions, more = self.call.image_inputs(ids, mask, images)
+            extra = {**extra, **more}
         logits, cache = self.call(ids, mask, positions, self._new_cache(), **extra)
-        positions = positions[:, -1] + 1
+        last = positions[..., -1]  # the last column is every row's last prompt token (left padding)
+        positions = (last.amax(0) if last.dim() == 2 else last) + 1
         if expand is not None and expand != list(range(len(rows))):
             index = torch.tensor(expand, dtype=torch.long, device=self.device)
             logits, mask, positions = logits[index], mask[index], positions[index]

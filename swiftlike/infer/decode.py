@@ -16,6 +16,22 @@ class ModelCall:
         params = inspect.signature(core.forward).parameters
         self.keep_kw = "logits_to_keep" in params
         self.cache_kw = "cache" if "cache" in params else "past_key_values"  # renamed in transformers 5.2x
+        # a Qwen-VL model: its M-RoPE positions come from the images' grids (get_rope_index)
+        self.rope_index = getattr(getattr(core, "model", None), "get_rope_index", None)
+        self.image_token_id = getattr(core.config, "image_token_id", None)
+
+    @property
+    def reads_images(self) -> bool:
+        return self.rope_index is not None and self.image_token_id is not None
+
+    def image_inputs(self, ids, mask, images: dict) -> tuple[torch.Tensor, dict]:
+        """(M-RoPE positions (3 x rows x width), the model's image keywords) of left-padded rows whose image
+        tokens are already expanded; `images`: their pixel_values and image_grid_thw, in row order."""
+        types = ((ids == self.image_token_id) & mask.bool()).int()
+        grids = images["image_grid_thw"].to(ids.device)
+        positions, _ = self.rope_index(ids, types, image_grid_thw=grids, attention_mask=mask)
+        return positions, {"pixel_values": images["pixel_values"].to(ids.device), "image_grid_thw": grids,
+                           "mm_token_type_ids": types}
 
     def __call__(self, ids, mask, positions, cache, **extra):
         kw = {"logits_to_keep": 1} if self.keep_kw else {}

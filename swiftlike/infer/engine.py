@@ -125,15 +125,18 @@ class TransformersEngine(Engine):
         return {"adapter_names": names}
 
     # -- requests ----------------------------------------------------------------------------------
-    def submit(self, prompt_ids: list[int], params: SamplingParams, adapter: str | None = None) -> Request:
+    def submit(self, prompt_ids: list[int], params: SamplingParams, adapter: str | None = None,
+               images: dict | None = None) -> Request:
         params.validate()
         if not prompt_ids:
             raise UserError("the prompt is empty")
+        if images is not None and not self._batch.call.reads_images:
+            raise UserError("this model reads no images; serve a vision-language model (e.g. Qwen2.5-VL, Qwen3-VL)")
         if self.max_model_len and len(prompt_ids) >= self.max_model_len:
             raise UserError(f"the prompt has {len(prompt_ids)} tokens; the model's context is "
                             f"{self.max_model_len}")
         peft_name = self._peft_name(adapter)
-        request = Request(prompt_ids, params, adapter, on_cancel=self._cancel)
+        request = Request(prompt_ids, params, adapter, on_cancel=self._cancel, images=images)
         rows = [_Row(request, i, peft_name, self._generator(params, i), TextStream(self.tokenizer, params.stop),
                      logprobs=[] if params.logprobs else None) for i in range(params.n)]
         with self._cond:
@@ -241,7 +244,10 @@ class TransformersEngine(Engine):
                 unique[key] = len(prompts)
                 prompts.append(row)
             expand.append(unique[key])
-        logits = self._batch.prefill([r.request.prompt_ids for r in prompts], expand=expand,
+        images = [r.request.images for r in prompts if r.request.images is not None]
+        if images:  # in row order: the order the model meets the image tokens in
+            images = {key: torch.cat([i[key] for i in images]) for key in ("pixel_values", "image_grid_thw")}
+        logits = self._batch.prefill([r.request.prompt_ids for r in prompts], expand=expand, images=images or None,
                                      **self._adapter_kwargs([r.adapter for r in prompts]))
         self._logits = logits if len(self._rows) == len(rows) else torch.cat([self._logits, logits])
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from ..data.dataset import parse_selection
 from ..data.files import BadLine, read_rows
@@ -16,7 +17,7 @@ from ..errors import UserError
 
 # fields a format consumes; any other column travels with the row to the output
 FORMAT_FIELDS = {"messages", "conversations", "instruction", "input", "output", "query", "response", "history",
-                 "system", "prompt", "completion", "question", "choices", "answer", "tools"}
+                 "system", "prompt", "completion", "question", "choices", "answer", "tools", "images"}
 
 
 @dataclass
@@ -27,13 +28,13 @@ class PromptRow:
     reference: dict | None = None  # the final assistant turn of the data, when there is one
     extra: dict = field(default_factory=dict)
     raw: dict = field(default_factory=dict)  # the row as read (after column renaming)
+    images: list = field(default_factory=list)  # image sources, in the order of the <image> markers in messages
+    base: Path | None = None      # the folder relative image paths are read from (the data file's)
 
 
 def read_prompts(specs: list[str], columns: dict | None = None, seed: int = 42) -> list[PromptRow]:
     """The prompt of every row of every source ('#N' takes N rows, seeded); a row without one is an error
     naming its file and line."""
-    from pathlib import Path
-
     from ..data.registry import lookup
 
     out = []
@@ -41,14 +42,15 @@ def read_prompts(specs: list[str], columns: dict | None = None, seed: int = 42) 
         source, count = parse_selection(spec)
         meta = None if Path(source).exists() or "::" in source else lookup(source)  # a named dataset (wb datasets)
         mapping = {**(meta.columns if meta else {}), **(columns or {})}
-        rows = []
-        for where, raw in read_rows(meta.path if meta else source):
+        path = meta.path if meta else source
+        rows, base = [], Path(path).parent if Path(path).is_file() else None
+        for where, raw in read_rows(path):
             where = where.replace(meta.path, source, 1) if meta else where  # "arithmetic:13", as in training
             if isinstance(raw, BadLine):
                 raise UserError(f"{where}: {raw}")
             if mapping:
                 raw = {mapping.get(k, k): v for k, v in raw.items()}
-            rows.append(prompt_row(where, raw))
+            rows.append(prompt_row(where, raw, base))
         if not rows:
             raise UserError(f"{source}: no rows")
         if count is not None and count < len(rows):
@@ -58,7 +60,7 @@ def read_prompts(specs: list[str], columns: dict | None = None, seed: int = 42) 
     return out
 
 
-def prompt_row(where: str, raw: dict) -> PromptRow:
+def prompt_row(where: str, raw: dict, base: Path | None = None) -> PromptRow:
     try:
         canonical = _canonical(raw)
     except RowError as e:
@@ -70,7 +72,7 @@ def prompt_row(where: str, raw: dict) -> PromptRow:
     if not any(m["role"] in ("user", "tool") for m in messages):
         raise UserError(f"{where}: no prompt (no user turn before the answer)")
     extra = {k: v for k, v in raw.items() if k not in FORMAT_FIELDS}
-    return PromptRow(where, messages, canonical.get("tools"), reference, extra, raw)
+    return PromptRow(where, messages, canonical.get("tools"), reference, extra, raw, canonical.get("images", []), base)
 
 
 def _canonical(raw: dict) -> dict:

@@ -17,8 +17,9 @@ class Request:
     """One submitted prompt and its `params.n` completions."""
 
     def __init__(self, prompt_ids: list[int], params: SamplingParams, adapter: str | None = None,
-                 on_cancel: Callable[["Request"], None] | None = None):
+                 on_cancel: Callable[["Request"], None] | None = None, images: dict | None = None):
         self.prompt_ids, self.params, self.adapter = list(prompt_ids), params, adapter
+        self.images = images  # pixel_values and image_grid_thw of a vision-language prompt's images
         self._on_cancel = on_cancel
         self._cond = threading.Condition()
         self._deltas: list[Delta] = []
@@ -154,13 +155,16 @@ class Engine:
     model_names: list[str] = ["base"]
     default_model: str = "base"
 
-    def submit(self, prompt_ids: list[int], params: SamplingParams, adapter: str | None = None) -> Request:
+    def submit(self, prompt_ids: list[int], params: SamplingParams, adapter: str | None = None,
+               images: dict | None = None) -> Request:
+        """Start generating; `images`: the pixels of a vision-language prompt's images (infer/vision.py)."""
         raise NotImplementedError
 
-    def generate(self, prompts: list[list[int]], params: SamplingParams,
-                 adapter: str | None = None) -> list[list[Completion]]:
+    def generate(self, prompts: list[list[int]], params: SamplingParams, adapter: str | None = None,
+                 images: list[dict | None] | None = None) -> list[list[Completion]]:
         """n completions per prompt; the prompts run batched together. Blocks until all are finished."""
-        requests = [self.submit(p, params, adapter) for p in prompts]
+        images = images or [None] * len(prompts)
+        requests = [self.submit(p, params, adapter, images=i) for p, i in zip(prompts, images)]
         try:
             return [r.result() for r in requests]
         except BaseException:

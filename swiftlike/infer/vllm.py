@@ -114,10 +114,14 @@ class VLLMEngine(Engine):
             self._thread.join(timeout=10)
             raise
 
-    def submit(self, prompt_ids: list[int], params: SamplingParams, adapter: str | None = None) -> Request:
+    def submit(self, prompt_ids: list[int], params: SamplingParams, adapter: str | None = None,
+               images: dict | None = None) -> Request:
         params.validate()
         if not prompt_ids:
             raise UserError("the prompt is empty")
+        if images is not None:
+            raise UserError("prompts with images run on --infer_backend transformers (vLLM's image inputs are not "
+                            "wired into swiftlike yet)")
         name = self.default_model if adapter is None else adapter
         if name not in self.model_names:
             raise UserError(f"unknown model {name!r}; this engine serves {', '.join(self.model_names)}")

@@ -150,11 +150,12 @@ def load_for_inference(model: str = "", adapters: str | None = None, miniature: 
     dtype = accel.resolve_dtype(torch_dtype)
     ref = resolve(model, adapters, miniature, hub, template)
     tokenizer = load_reference_tokenizer(ref, trust_remote_code)
-    reward = ref.task == "rm"
+    reward, weights = ref.task == "rm", None
     if ref.miniature:
         net = build_miniature(ref.model, ref.hub, dtype=dtype).to(accel.device())
     else:
-        net = load_model(base_weights(ref, trust_remote_code), dtype, attn_implementation=attn_implementation,
+        weights = base_weights(ref, trust_remote_code)
+        net = load_model(weights, dtype, attn_implementation=attn_implementation,
                          trust_remote_code=trust_remote_code, reward_head=reward, pad_token_id=tokenizer.pad_token_id,
                          announce_head=not ref.adapters)
     if ref.adapters:
@@ -165,4 +166,21 @@ def load_for_inference(model: str = "", adapters: str | None = None, miniature: 
             print(f"[wb] reward head: loaded from {ref.adapters}", file=sys.stderr)
     net.eval()
     net.swiftlike_task = ref.task
-    return net, tokenizer, get_template(template_name(ref, tokenizer), tokenizer)
+    template = get_template(template_name(ref, tokenizer), tokenizer)
+    if template.vision is not None:
+        template.image_processing = image_processing(ref, weights)
+    return net, tokenizer, template
+
+
+def image_processing(ref: ModelRef, weights: str | None):
+    """A vision-language model's image processor as trained: the checkpoint's preprocessor_config.json (its
+    --max_pixels / --min_pixels), else the base weights', else the registry's (a miniature)."""
+    from ..data.images import PREPROCESSOR_CONFIG, ImageProcessing
+
+    for directory in (ref.checkpoint, weights):
+        if directory and (Path(directory) / PREPROCESSOR_CONFIG).is_file():
+            return ImageProcessing.from_dir(directory)
+    if ref.meta is not None and ref.meta.processor:
+        return ImageProcessing(dict(ref.meta.processor))
+    raise UserError(f"{ref.checkpoint or weights or ref.model}: no {PREPROCESSOR_CONFIG}, which a vision-language "
+                    "model needs for its images")

@@ -104,25 +104,40 @@ def _system(text: str | None) -> list[dict]:
     return [{"role": "system", "content": text}] if text else []
 
 
+def _user(text: str, images: list[str]) -> dict:
+    """A user message: its images (as image parts, read relative to the working directory), then its text."""
+    if not images:
+        return {"role": "user", "content": text}
+    parts = [{"type": "image", "image": i} for i in images]
+    return {"role": "user", "content": [*parts, {"type": "text", "text": text}]}
+
+
+def _prompt(engine, messages: list[dict], cfg: InferConfig) -> tuple[list[int], dict | None]:
+    """A conversation's prompt ids and its images' pixels (vision-language models)."""
+    from ..infer import vision
+
+    ids, sources = vision.encode_prompt(engine.template, messages, **_thinking(cfg.enable_thinking))
+    return ids, vision.pixels(engine.template, sources)
+
+
 def answer_query(engine, cfg: InferConfig, params) -> str:
     """Print the answer(s) to --query; return the first one's content."""
-    messages = _system(cfg.system) + [{"role": "user", "content": cfg.query}]
-    ids = engine.template.encode_prompt(messages, **_thinking(cfg.enable_thinking))
-    answers = [engine.template.parse_response(c.text) for c in engine.generate([ids], params)[0]]
+    ids, images = _prompt(engine, _system(cfg.system) + [_user(cfg.query, cfg.image)], cfg)
+    answers = [engine.template.parse_response(c.text) for c in engine.generate([ids], params, images=[images])[0]]
     for i, answer in enumerate(answers):
         print((f"[{i + 1}/{len(answers)}] " if len(answers) > 1 else "") + show(answer))
     return answers[0]["content"]
 
 
 CHAT_HELP = ("[wb] chat: type a message; /clear resets the conversation, /system TEXT sets the system prompt, "
-             "exit quits.")
+             "/image PATH adds an image to your next message (vision-language models), exit quits.")
 
 
 def chat(engine, cfg: InferConfig, params) -> None:
     """Interactive chat: the answer is printed as it is generated; Ctrl-C stops an answer."""
     from dataclasses import replace
 
-    system, history, turn = cfg.system, [], 0
+    system, history, turn, images = cfg.system, [], 0, list(cfg.image)
     print(CHAT_HELP)
     while True:
         try:
@@ -134,8 +149,16 @@ def chat(engine, cfg: InferConfig, params) -> None:
         if command in ("exit", "quit", "/exit", "/quit"):
             return None
         if command in ("/clear", "clear"):
-            history = []
+            history, images = [], []
             print("[wb] conversation cleared")
+            continue
+        if command == "/image" or command.startswith("/image "):
+            path = command[len("/image"):].strip()
+            if not path:
+                print("[wb] /image needs a path, URL or data URI")
+                continue
+            images.append(path)
+            print(f"[wb] image {len(images)} added to your next message")
             continue
         if command == "/system" or command.startswith("/system "):
             system = command[len("/system"):].strip() or None
@@ -143,9 +166,16 @@ def chat(engine, cfg: InferConfig, params) -> None:
             continue
         if not command:
             continue
-        history.append({"role": "user", "content": query})
-        ids = engine.template.encode_prompt(_system(system) + history, **_thinking(cfg.enable_thinking))
-        answer = _stream_answer(engine, ids, replace(params, n=1, seed=params.seed + turn))
+        history.append(_user(query, images))
+        try:
+            ids, pixels = _prompt(engine, _system(system) + history, cfg)
+        except UserError as e:  # an unreadable image, an image for a text-only model: say so, keep chatting
+            print(f"[wb] {e}")
+            history.pop()
+            images = []
+            continue
+        images = []
+        answer = _stream_answer(engine, ids, replace(params, n=1, seed=params.seed + turn), pixels)
         turn += 1
         if answer is None:  # stopped with Ctrl-C: the question stays unanswered
             history.pop()
@@ -153,8 +183,8 @@ def chat(engine, cfg: InferConfig, params) -> None:
         history.append(answer)
 
 
-def _stream_answer(engine, ids: list[int], params) -> dict | None:
-    request = engine.submit(ids, params)
+def _stream_answer(engine, ids: list[int], params, images: dict | None = None) -> dict | None:
+    request = engine.submit(ids, params, images=images)
     print("assistant> ", end="", flush=True)
     try:
         for delta in request:
@@ -183,13 +213,14 @@ def infer_dataset(engine, cfg: InferConfig, params) -> str:
         print(f"[wb] {out}: {len(rows) - len(todo)} of {len(rows)} rows already answered, skipped", file=sys.stderr)
     if not todo:
         return str(out)
-    prompts = [_encode_row(engine.template, row, cfg.enable_thinking) for row in todo]  # errors before any work
+    encoded = [_encode_row(engine.template, row, cfg.enable_thinking) for row in todo]  # errors before any work
+    prompts, images = [ids for ids, _ in encoded], [sources for _, sources in encoded]
     limit = getattr(engine, "max_model_len", None)
     for row, prompt in zip(todo, prompts):
         if limit and len(prompt) >= limit:
             raise UserError(f"{row.key}: the prompt has {len(prompt)} tokens; the model's context is {limit}")
     out.parent.mkdir(parents=True, exist_ok=True)
-    _answer_rows(engine, params, todo, prompts, out)
+    _answer_rows(engine, params, todo, prompts, images, out)
     return str(out)
 
 
@@ -211,12 +242,14 @@ def answered_rows(path: Path) -> set[str]:
     return keys
 
 
-def _encode_row(template, row, enable_thinking: bool | None) -> list[int]:
-    from ..templates.errors import TemplateError
+def _encode_row(template, row, enable_thinking: bool | None) -> tuple[list[int], list[str]]:
+    """A row's prompt ids and image sources (their pixels are read when the row is submitted)."""
+    from ..infer import vision
 
     try:
-        return template.encode_prompt(row.messages, row.tools, **_thinking(enable_thinking))
-    except TemplateError as e:
+        return vision.encode_prompt(template, row.messages, row.tools, images=row.images, base=row.base,
+                                    **_thinking(enable_thinking))
+    except UserError as e:
         raise UserError(f"{row.key}: {e}") from None
 
 
@@ -227,12 +260,14 @@ def _row_seed(seed: int, key: str) -> int:
     return zlib.crc32(f"{seed}:{key}".encode())
 
 
-def _answer_rows(engine, params, rows: list, prompts: list[list[int]], out: Path) -> None:
+def _answer_rows(engine, params, rows: list, prompts: list[list[int]], images: list[list[str]], out: Path) -> None:
     import queue
     import time
     from dataclasses import replace
 
     from tqdm import tqdm
+
+    from ..infer import vision
 
     finished: queue.Queue = queue.Queue()
     ahead = 4 * getattr(engine, "max_batch_size", 32)  # rows submitted before their turn: bounded memory
@@ -242,7 +277,12 @@ def _answer_rows(engine, params, rows: list, prompts: list[list[int]], out: Path
 
     def submit_more():
         while len(pending) < ahead and (i := next(order, None)) is not None:
-            request = engine.submit(prompts[i], replace(params, seed=_row_seed(params.seed, rows[i].key)))
+            try:
+                pixels = vision.pixels(engine.template, images[i])
+            except UserError as e:
+                raise UserError(f"{rows[i].key}: {e}") from None
+            request = engine.submit(prompts[i], replace(params, seed=_row_seed(params.seed, rows[i].key)),
+                                    images=pixels)
             pending[request] = rows[i]
             request.add_done_callback(finished.put)
 
@@ -278,6 +318,8 @@ def _answer_rows(engine, params, rows: list, prompts: list[list[int]], out: Path
 def result_line(template, row, completions: list, prompt_tokens: int) -> dict:
     """One output line: the row's key and prompt, the answer(s), the reference and the row's other columns."""
     line = {"row": row.key, "messages": row.messages}
+    if row.images:  # as the row names them, in the order of the <image> markers in messages
+        line["images"] = row.images
     if row.tools:
         line["tools"] = row.tools
     answers = [_answer_fields(template, c) for c in completions]
@@ -308,8 +350,10 @@ def _answer_fields(template, completion) -> dict:
 
 def open_vllm_engine(cfg: InferConfig):
     """The vLLM engine for --infer_backend vllm: base weights from disk, a LoRA checkpoint as a LoRARequest."""
+    from ..models.loader import quiet_libraries
     from ..models.resolve import resolve
 
+    quiet_libraries()  # before transformers imports accelerate (and so DeepSpeed, which would print to stdout)
     ref = resolve(cfg.model, cfg.adapters, cfg.miniature, cfg.hub, cfg.template)
     adapters = {Path(ref.adapters).name: ref.adapters} if ref.adapters else {}
     return vllm_engine(ref, adapters, cfg.trust_remote_code, max_batch_size=cfg.max_batch_size,

@@ -21,6 +21,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import UserError
+from ..infer import vision
 from .errors import ApiError, error_body
 from .guard import Guard
 from .protocol import (ChatRequest, CompletionRequest, GenerationRequest, chat_logprobs, chat_message,
@@ -175,10 +176,13 @@ class Service:
         return self.adapters[name]
 
     # -- prompts and limits -------------------------------------------------------------------------
-    def chat_prompt(self, req: ChatRequest) -> list[int]:
+    def chat_prompt(self, req: ChatRequest) -> tuple[list[int], dict | None]:
+        """The prompt ids and the pixels of its images (image_url parts, vision-language models)."""
         try:
-            return self.template.encode_prompt(req.messages, req.tools, **req.template_kwargs)
-        except UserError as e:  # TemplateError / MessageError: what the official template would refuse
+            ids, sources = vision.encode_prompt(self.template, req.messages, req.tools, files=False,
+                                                **req.template_kwargs)
+            return ids, vision.pixels(self.template, sources)
+        except UserError as e:  # TemplateError / MessageError / an image: what the official template would refuse
             raise ApiError(400, str(e), param="messages", code="invalid_messages") from None
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise ApiError(400, f"the messages could not be rendered with the {self.template.name} template "
@@ -212,13 +216,14 @@ class Service:
                            code="context_length_exceeded")
         return asked
 
-    def submit(self, prompts: list[list[int]], req: GenerationRequest, prompt_param: str) -> Generation:
+    def submit(self, prompts: list[list[int]], req: GenerationRequest, prompt_param: str,
+               images: list[dict | None] | None = None) -> Generation:
         adapter, handles = self.adapter(req.model), []
         try:  # every limit is checked before anything is submitted
             params = [self.sampling_cls(max_new_tokens=self.max_new_tokens(len(p), req, prompt_param),
                                         **req.sampling).validate() for p in prompts]
-            for prompt, sampling in zip(prompts, params):
-                handles.append(self.engine.submit(prompt, sampling, adapter))
+            for prompt, sampling, pixels in zip(prompts, params, images or [None] * len(prompts)):
+                handles.append(self.engine.submit(prompt, sampling, adapter, images=pixels))
         except UserError as e:   # what the engine refuses (it checks what it knows: context, adapters)
             Generation(handles).cancel()
             raise ApiError(400, str(e)) from None
@@ -228,11 +233,11 @@ class Service:
     async def chat(self, body: dict, receive):
         req = parse_chat_request(body)
         self.adapter(req.model)
-        prompt = await asyncio.to_thread(self.chat_prompt, req)
+        prompt, images = await asyncio.to_thread(self.chat_prompt, req)
         parser = self.template if req.tools else self.plain
         in_think = prompt_opens_think(self.tokenizer, prompt)
         ident, n = new_id("chatcmpl"), req.sampling["n"]
-        gen = self.submit([prompt], req, "messages")   # from here on, the requests are cancelled if unanswered
+        gen = self.submit([prompt], req, "messages", [images])  # from here on, unanswered requests are cancelled
         if req.stream:
             streams = [ChoiceStream(parser, self.tool_format if req.tools else None, in_think) for _ in range(n)]
             return EventStream(self._chat_events(gen, req, ident, len(prompt), streams), gen.cancel)
