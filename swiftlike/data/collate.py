@@ -53,12 +53,13 @@ class ImageCollate:
     order — ZeRO-3 and FSDP gather weights collectively module by module, DDP reduces the gradients of a trainable
     vision side — and the loss is unchanged."""
 
-    def __init__(self, collate, processing, image_pad_id: int, span: tuple[int, int]):
+    def __init__(self, collate, processing, image_pad_id: int, span: tuple[int, int], sequences=None):
         self.collate, self.processing, self.pad_id, self.span = collate, processing, image_pad_id, span
+        self.sequences = sequences or _sequences  # the batch's sequences in the order `collate` lays them out
 
     def __call__(self, rows: list) -> dict:
         batch = self.collate(rows)
-        sources = [s for seq in _sequences(rows) for s in seq.get("images", ())]
+        sources = [s for seq in self.sequences(rows) for s in seq.get("images", ())]
         if sources:
             batch.update(self.processing.batch(sources))
         else:

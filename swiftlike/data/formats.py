@@ -51,10 +51,11 @@ def to_canonical(row: dict, task: str = "sft") -> dict:
     kto {messages, label}; grpo {messages (the prompt), **extra columns}."""
     if task in ("preference", "kto", "grpo"):
         out = {"preference": _preference, "kto": _kto, "grpo": _grpo}[task](row)
-        if row.get("images") or any("images" in m for key in ("messages", "rejected_messages")
-                                    for m in out.get(key, ())):
-            raise RowError(f"images in {task} rows are not read yet (wb sft reads them); remove them or train "
-                           "with wb sft")
+        if task == "preference":
+            return _pair_images(row, out)
+        if row.get("images") or any("images" in m for m in out.get("messages", ())):
+            raise RowError(f"images in {task} rows are not read yet (wb sft and wb dpo read them); remove them or "
+                           "train with wb sft / wb dpo")
         return out
     if task == "pt":
         if "text" not in row:
@@ -103,6 +104,21 @@ def _images(row: dict, messages: list[dict]) -> list[str]:
         if placed != len(images):
             raise RowError(f"{placed} {IMAGE} placeholder(s) in the messages but {len(images)} image(s)")
     return images
+
+
+def _pair_images(row: dict, out: dict) -> dict:
+    """A preference row's images: the prompt's, which chosen and rejected share (in parts or the column)."""
+    sides = [[s for m in out[key] for s in m.get("images", ())] for key in ("messages", "rejected_messages")]
+    if sides[0] != sides[1]:
+        raise RowError("chosen and rejected have different images; images belong to the prompt they share")
+    if not sides[0] and row.get("images") is None:
+        return out
+    out["rejected_messages"] = [{k: v for k, v in m.items() if k != "images"} for m in out["rejected_messages"]]
+    images = _images(row, out["messages"])  # (takes the parts' images off the chosen side's messages)
+    _images({"images": images}, out["rejected_messages"])  # the same placeholder count on the rejected side
+    if images:
+        out["images"] = images
+    return out
 
 
 def _image_column(value) -> list[str]:

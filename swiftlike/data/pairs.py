@@ -4,8 +4,10 @@ from __future__ import annotations
 import torch
 
 from ..errors import UserError
+from ..templates.errors import TemplateError
 from .collate import collate_padding_free
-from .dataset import DataStats
+from .dataset import DataStats, encode_images
+from .images import ImageError
 
 
 def _with_prompt_untrained(messages: list[dict], prompt_len: int) -> list[dict]:
@@ -19,16 +21,18 @@ def pair_rows(row: dict) -> tuple[dict, dict]:
     prompt_len = 0
     while prompt_len < min(len(a), len(b)) and a[prompt_len] == b[prompt_len]:
         prompt_len += 1
-    return ({"messages": _with_prompt_untrained(a, prompt_len), "tools": row.get("tools")},
-            {"messages": _with_prompt_untrained(b, prompt_len), "tools": row.get("tools")})
+    shared = {k: row[k] for k in ("tools", "images") if row.get(k)}  # images: the prompt's, on both sides
+    return ({"messages": _with_prompt_untrained(a, prompt_len), **shared},
+            {"messages": _with_prompt_untrained(b, prompt_len), **shared})
 
 
-def encode_pairs(rows: list[dict], template, max_length: int, stats: DataStats | None = None
-                 ) -> tuple[list[dict], DataStats]:
+def encode_pairs(rows: list[dict], template, max_length: int, stats: DataStats | None = None,
+                 sources: list[str] | None = None) -> tuple[list[dict], DataStats]:
     """{"chosen": enc, "rejected": enc} per pair. --max_length limits each sequence (chosen with the prompt,
     rejected with the prompt), not their sum: a pair with either side longer is dropped and counted, as is a pair
     whose completions have nothing to score. The report counts pairs and gives each pair's length as its longer
-    side, the number --max_length is compared with."""
+    side, the number --max_length is compared with. A pair's images (its prompt's) are expanded on both sides,
+    before the length is compared; `sources` name the rows in errors."""
     stats = stats or DataStats()
     stats.rows_read = len(rows) + sum(stats.dropped.values())
     stats.unit, stats.length_of, stats.tokens = "pairs", "the longer of chosen and rejected, prompt included", 0
@@ -36,7 +40,12 @@ def encode_pairs(rows: list[dict], template, max_length: int, stats: DataStats |
     for start in range(0, len(rows), 256):
         chunk = rows[start:start + 256]
         chosen_rows, rejected_rows = map(list, zip(*(pair_rows(row) for row in chunk)))
-        for row, c, r in zip(chunk, template.encode_batch(chosen_rows), template.encode_batch(rejected_rows)):
+        for i, (row, c, r) in enumerate(zip(chunk, template.encode_batch(chosen_rows),
+                                            template.encode_batch(rejected_rows))):
+            try:
+                c, r = encode_images(template, row, c), encode_images(template, row, r)
+            except (ImageError, TemplateError) as e:
+                raise UserError(f"{sources[start + i] if sources else f'pair {start + i}'}: {e}") from None
             if max(c["length"], r["length"]) > max_length:
                 stats.dropped[f"chosen or rejected with the prompt longer than max_length {max_length}"] += 1
             elif not any(x != -100 for x in c["labels"][1:]) or not any(x != -100 for x in r["labels"][1:]):
@@ -52,9 +61,14 @@ def encode_pairs(rows: list[dict], template, max_length: int, stats: DataStats |
     return pairs, stats
 
 
+def pair_sequences(pairs: list[dict]) -> list[dict]:
+    """The chosen sequences, then the rejected ones: how a batch of pairs is laid out."""
+    return [p["chosen"] for p in pairs] + [p["rejected"] for p in pairs]
+
+
 def collate_pairs(pairs: list[dict]) -> dict:
     """One padding-free row: the chosen sequences, then the rejected ones."""
-    batch = collate_padding_free([p["chosen"] for p in pairs] + [p["rejected"] for p in pairs])
+    batch = collate_padding_free(pair_sequences(pairs))
     batch["n_pairs"] = torch.tensor(len(pairs))
     if any("margin" in p for p in pairs):
         batch["margin"] = torch.tensor([p.get("margin", 0.0) for p in pairs])

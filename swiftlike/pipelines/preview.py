@@ -14,6 +14,7 @@ from ..data.images import ImageError, ImageProcessing
 from ..data.formats import SHAREGPT_ROLES
 from ..errors import UserError
 from ..models import load_tokenizer
+from ..models.loader import quiet_libraries
 from ..templates import IGNORE_INDEX, TemplateError, get_template
 from .sft import METHODS, resolve_template_name
 
@@ -148,10 +149,11 @@ def _encode(task: str, template, row: dict, cfg: PreviewConfig) -> dict:
     if task in ("dpo", "rm"):
         from ..data.pairs import pair_rows
 
-        c, r = template.encode_batch(list(pair_rows(row)))
+        c, r = (encode_images(template, row, e) for e in template.encode_batch(list(pair_rows(row))))
         n = _shared_prompt(c, r)
         out = {"prompt_ids": c["input_ids"][:n], "chosen": _part(c["input_ids"], c["labels"]),
-               "rejected": _part(r["input_ids"], r["labels"])}
+               "rejected": _part(r["input_ids"], r["labels"]),
+               **{k: c[k] for k in ("images", "image_grid") if k in c}}
         return {**out, "margin": row["margin"]} if "margin" in row else out
     from .grpo import encode_prompts
 
@@ -196,8 +198,11 @@ def _show(task: str, template, enc: dict, color: bool, head: str) -> str:
         sizes = " · ".join(f"{side} {length} tokens, {t} trained" for side, _, length, t in sides)
         what = mark
     margin = f" · margin {enc['margin']}" if "margin" in enc else ""
-    lines = [f"{head} · {sizes} with the prompt{margin} ({what})", f"[prompt: {n} tokens, in both]",
-             tokenizer.decode(enc["prompt_ids"])]
+    images = f", {len(enc['images'])} image(s) ⟪ ⟫" if enc.get("images") else ""
+    prompt = {"input_ids": enc["prompt_ids"], "labels": [IGNORE_INDEX] * n,
+              **{k: enc[k] for k in ("images", "image_grid") if k in enc}}
+    lines = [f"{head} · {sizes} with the prompt{margin} ({what})", f"[prompt: {n} tokens{images}, in both]",
+             highlight(tokenizer, prompt, color, template.image_token_ids[0] if images else None)]
     for side, part, _, _ in sides:
         lines += [f"[{side}]", highlight(tokenizer, part, color)]
     return "\n".join(lines)
@@ -217,6 +222,7 @@ def _image_processing(cfg: PreviewConfig) -> ImageProcessing:
 
 def run_preview(cfg: PreviewConfig, stream=None) -> None:
     stream = stream or sys.stdout
+    quiet_libraries()
     task, why = infer_task(cfg.dataset, cfg.columns) if cfg.task == "auto" else (cfg.task, "")
     tokenizer = load_tokenizer(cfg.model, cfg.hub, cfg.trust_remote_code, miniature=cfg.miniature)
     if task == "pt":  # as wb pt: plain text, every token trained

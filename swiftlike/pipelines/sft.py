@@ -15,7 +15,7 @@ from ..config import SFTConfig
 from ..data.collate import ImageCollate, collate_padded, collate_padding_free
 from ..data.images import PREPROCESSOR_CONFIG, ImageProcessing
 from ..data.packing import pack
-from ..data.pairs import KTOCollate, collate_pairs
+from ..data.pairs import KTOCollate, collate_pairs, pair_sequences
 from ..data.dataset import DataStats, encode_rows, hold_out, iter_rows, load_rows
 from ..data.stream import LazyCollate, RowStream
 from ..errors import UserError
@@ -110,7 +110,9 @@ def _reward_objective(cfg, model, base_dir, dtype):
 
 
 def _pairs_collate(template):
-    return collate_pairs
+    if template.vision is None:
+        return collate_pairs
+    return ImageCollate(collate_pairs, template.image_processing, *template.image_token_ids, sequences=pair_sequences)
 
 
 def _task(cfg) -> str:
@@ -149,10 +151,15 @@ def _encoded_pairs(cfg, template, specs: list[str]) -> tuple[list[dict], DataSta
     """Preference pairs (wb dpo) or labelled single answers (wb kto)."""
     from ..data.pairs import encode_kto, encode_pairs
 
-    stats = DataStats()
+    stats, sources = DataStats(), []
     rows = METHODS[_task(cfg)].rows
-    raw = load_rows(specs, None, cfg.skip_bad_rows, stats, cfg.seed, rows, cfg.columns, cfg.data_names())
-    return (encode_kto if rows == "kto" else encode_pairs)(raw, template, cfg.max_length, stats)
+    raw = load_rows(specs, sources, cfg.skip_bad_rows, stats, cfg.seed, rows, cfg.columns, cfg.data_names())
+    if rows == "kto":
+        return encode_kto(raw, template, cfg.max_length, stats)
+    if METHODS[_task(cfg)].reward_head and (i := next((i for i, r in enumerate(raw) if r.get("images")), None)) \
+            is not None:
+        raise UserError(f"{sources[i]}: images in wb rm rows are not read yet (wb sft and wb dpo read them)")
+    return encode_pairs(raw, template, cfg.max_length, stats, sources)
 
 
 def prepare_data(cfg: SFTConfig, template) -> tuple[list[dict], list[dict], DataStats]:
@@ -434,7 +441,7 @@ def _precompute_reference(trainer: Trainer, pairs: list[dict], batch_size: int, 
 
     for start in tqdm(range(0, len(pairs), batch_size), desc="reference log-probs", disable=not main):
         chunk = pairs[start:start + batch_size]
-        batch = {k: v.to(trainer.device) for k, v in collate_pairs(chunk).items()}
+        batch = {k: v.to(trainer.device) for k, v in trainer.collate(chunk).items()}
         ref = trainer.engine.call("precompute", batch).tolist()
         for i, pair in enumerate(chunk):
             pair["ref"] = (ref[i], ref[len(chunk) + i])

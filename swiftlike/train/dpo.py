@@ -17,6 +17,7 @@ from .loss import as_reference, token_logps
 
 REFERENCE_FREE = ("simpo", "orpo", "cpo")
 LOSS_TYPES = ("sigmoid", "ipo", "hinge", "robust") + REFERENCE_FREE
+IMAGE_INPUTS = ("pixel_values", "image_grid_thw", "mm_token_type_ids")  # a vision-language batch's (ImageCollate)
 
 
 @dataclass
@@ -138,8 +139,11 @@ class PreferenceObjective(torch.nn.Module):
     def weight(batch: dict) -> float:
         return float(batch["n_pairs"])
 
-    def _sequence_logps(self, module, input_ids, targets, position_ids, seq_lens) -> tuple[torch.Tensor, torch.Tensor]:
-        hidden = module.hidden_states(input_ids, position_ids, None, seq_lens)[0]
+    def _sequence_logps(self, module, input_ids, targets, position_ids, seq_lens, **images
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed log-probs and scored-token counts of every sequence. `images`: a vision-language batch's
+        pixels (data/collate.py ImageCollate; a text-only batch's blank image is a last, unscored sequence)."""
+        hidden = module.hidden_states(input_ids, position_ids, None, seq_lens, **images)[0]
         keep = targets[0] != -100
         seq_of = torch.repeat_interleave(torch.arange(len(seq_lens), device=seq_lens.device), seq_lens)[keep]
         lp = token_logps(module.causal_lm.get_output_embeddings(), hidden[keep], targets[0][keep], module.chunk_size,
@@ -148,26 +152,28 @@ class PreferenceObjective(torch.nn.Module):
         counts = torch.bincount(seq_of, minlength=len(seq_lens)).to(lp.dtype)
         return sums, counts
 
-    def _reference(self, input_ids, targets, position_ids, seq_lens):
+    def _reference(self, input_ids, targets, position_ids, seq_lens, **images):
         with torch.no_grad():
             if self.ref is not None:
-                return self._sequence_logps(self.ref, input_ids, targets, position_ids, seq_lens)[0]
+                return self._sequence_logps(self.ref, input_ids, targets, position_ids, seq_lens, **images)[0]
             # LoRA: the adapter-disabled model; a full model with no frozen copy is only asked before its first
             # update (--precompute_ref_logps), when it is still the reference
             with as_reference(self.policy.model):
-                return self._sequence_logps(self.policy, input_ids, targets, position_ids, seq_lens)[0]
+                return self._sequence_logps(self.policy, input_ids, targets, position_ids, seq_lens, **images)[0]
 
     def precompute(self, batch: dict) -> torch.Tensor:
         """Reference log-probs of a batch's sequences (chosen, then rejected), computed once before training."""
-        return self._reference(batch["input_ids"], batch["targets"], batch["position_ids"], batch["seq_lens"])
+        return self._reference(batch["input_ids"], batch["targets"], batch["position_ids"], batch["seq_lens"],
+                               **{k: batch[k] for k in IMAGE_INPUTS if k in batch})
 
-    def forward(self, input_ids, targets, position_ids, seq_lens, n_pairs, margin=None, ref_logps=None):
+    def forward(self, input_ids, targets, position_ids, seq_lens, n_pairs, margin=None, ref_logps=None, **images):
         n = int(n_pairs)  # (a reward-model margin column in the data is not used by these losses)
-        sums, counts = self._sequence_logps(self.policy, input_ids, targets, position_ids, seq_lens)
-        p = PairLogps(sums[:n], sums[n:], counts[:n], counts[n:])
+        sums, counts = self._sequence_logps(self.policy, input_ids, targets, position_ids, seq_lens, **images)
+        p = PairLogps(sums[:n], sums[n:2 * n], counts[:n], counts[n:2 * n])
         if self.loss_type not in REFERENCE_FREE:
-            ref = ref_logps if ref_logps is not None else self._reference(input_ids, targets, position_ids, seq_lens)
-            p.ref_chosen, p.ref_rejected = ref[:n], ref[n:]
+            ref = ref_logps if ref_logps is not None else \
+                self._reference(input_ids, targets, position_ids, seq_lens, **images)
+            p.ref_chosen, p.ref_rejected = ref[:n], ref[n:2 * n]
         losses = preference_loss(p, self.loss_type, self.beta, self.label_smoothing, self.simpo_gamma)
         total = losses.sum()
         if self.nll:
