@@ -53,9 +53,13 @@ def to_canonical(row: dict, task: str = "sft") -> dict:
         out = {"preference": _preference, "kto": _kto, "grpo": _grpo}[task](row)
         if task == "preference":
             return _pair_images(row, out)
+        if task == "grpo":  # the prompt's images (reward functions receive them as the `images` column)
+            out.pop("images", None)
+            images = _images(row, out["messages"])
+            return {**out, "images": images} if images else out
         if row.get("images") or any("images" in m for m in out.get("messages", ())):
-            raise RowError(f"images in {task} rows are not read yet (wb sft and wb dpo read them); remove them or "
-                           "train with wb sft / wb dpo")
+            raise RowError("images in kto rows are not read yet (wb sft, wb dpo and wb grpo read them); remove "
+                           "them or train with one of those")
         return out
     if task == "pt":
         if "text" not in row:

@@ -20,6 +20,7 @@ from ..errors import UserError
 from ..templates import IGNORE_INDEX
 
 PREPROCESSOR_CONFIG = "preprocessor_config.json"
+IMAGE_INPUTS = ("pixel_values", "image_grid_thw", "mm_token_type_ids")  # what a vision-language batch adds
 _REMOTE = ("http://", "https://")
 
 
@@ -136,6 +137,13 @@ class ImageProcessing:
     def batch_of(self, images: list) -> dict:
         out = self.processor(images=images, return_tensors="pt")
         return {"pixel_values": out["pixel_values"], "image_grid_thw": out["image_grid_thw"]}
+
+
+def cat_images(images: list[dict]) -> dict:
+    """Several sequences' pixels as one batch's, in order (the order the model meets the image tokens in)."""
+    import torch
+
+    return {key: torch.cat([i[key] for i in images]) for key in ("pixel_values", "image_grid_thw")}
 
 
 def image_size(src: str) -> tuple[int, int]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from .decode import ModelCall, left_pad
+from .decode import ModelCall, left_pad, next_positions
 
 
 class RunningBatch:
@@ -40,8 +40,7 @@ class RunningBatch:
             positions, more = self.call.image_inputs(ids, mask, images)
             extra = {**extra, **more}
         logits, cache = self.call(ids, mask, positions, self._new_cache(), **extra)
-        last = positions[..., -1]  # the last column is every row's last prompt token (left padding)
-        positions = (last.amax(0) if last.dim() == 2 else last) + 1
+        positions = next_positions(positions)
         if expand is not None and expand != list(range(len(rows))):
             index = torch.tensor(expand, dtype=torch.long, device=self.device)
             logits, mask, positions = logits[index], mask[index], positions[index]

@@ -40,6 +40,13 @@ class ModelCall:
         return out.logits[:, -1, :], out[self.cache_kw]
 
 
+def next_positions(positions: torch.Tensor) -> torch.Tensor:
+    """Each left-padded row's next position id (rows,): one past its last token's; under M-RoPE (3 x rows x
+    width) one past the last token's largest axis, as generated text goes on on every axis."""
+    last = positions[..., -1]
+    return (last.amax(0) if last.dim() == 2 else last) + 1
+
+
 def left_pad(rows: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(ids, attention mask, position ids) of rows padded on the left to the longest."""
     width = max(len(r) for r in rows)

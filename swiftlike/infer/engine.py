@@ -23,6 +23,7 @@ import torch
 
 from ..errors import UserError
 from .batch import RunningBatch
+from ..data.images import cat_images
 from .decode import ModelCall
 from .params import Completion, Delta, SamplingParams
 from .request import Engine, Request
@@ -245,9 +246,8 @@ class TransformersEngine(Engine):
                 prompts.append(row)
             expand.append(unique[key])
         images = [r.request.images for r in prompts if r.request.images is not None]
-        if images:  # in row order: the order the model meets the image tokens in
-            images = {key: torch.cat([i[key] for i in images]) for key in ("pixel_values", "image_grid_thw")}
-        logits = self._batch.prefill([r.request.prompt_ids for r in prompts], expand=expand, images=images or None,
+        logits = self._batch.prefill([r.request.prompt_ids for r in prompts], expand=expand,
+                                     images=cat_images(images) if images else None,
                                      **self._adapter_kwargs([r.adapter for r in prompts]))
         self._logits = logits if len(self._rows) == len(rows) else torch.cat([self._logits, logits])
 

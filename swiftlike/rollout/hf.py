@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from ..infer.decode import ModelCall, left_pad
+from ..data.images import cat_images
+from ..infer.decode import ModelCall, left_pad, next_positions
 from ..infer.sampling import penalize_repeats, sample_next
 from . import Sampling, cut_at_stop
 
@@ -28,8 +29,11 @@ class HFRollout:
         """The policy generates itself: nothing to copy."""
 
     @torch.no_grad()
-    def generate(self, prompts: list[list[int]], n: int, sampling: Sampling) -> list[list[int]]:
+    def generate(self, prompts: list[list[int]], n: int, sampling: Sampling,
+                 images: list[dict | None] | None = None) -> list[list[int]]:
+        """n completions per prompt; `images`: each prompt's pixels (vision-language models), or None."""
         rows = [p for p in prompts for _ in range(n)]
+        pixels = [i for i in (images or [None] * len(prompts)) for _ in range(n)]
         step = self.max_batch or len(rows)
         device = next(self.model.parameters()).device
         generator = None
@@ -40,7 +44,8 @@ class HFRollout:
         try:
             out = []
             for start in range(0, len(rows), step):
-                out += self._batch(rows[start:start + step], sampling, device, generator)
+                out += self._batch(rows[start:start + step], sampling, device, generator,
+                                   [i for i in pixels[start:start + step] if i is not None])
             return out
         finally:
             self.model.train(was_training)
@@ -53,13 +58,18 @@ class HFRollout:
             dist.all_reduce(finished, op=dist.ReduceOp.MIN)
         return bool(finished)
 
-    def _batch(self, rows: list[list[int]], sampling: Sampling, device, generator) -> list[list[int]]:
+    def _batch(self, rows: list[list[int]], sampling: Sampling, device, generator, images: list[dict]
+               ) -> list[list[int]]:
         from transformers import DynamicCache
 
         ids, mask, positions = left_pad(rows, self.pad_id, device)
         stops = torch.tensor(sorted(sampling.stop_token_ids), dtype=torch.long, device=device)
         cache = DynamicCache(config=getattr(self.model, "config", None))
-        logits, cache = self._call(ids, mask, positions, cache)
+        extra = {}
+        if images:  # M-RoPE positions from the images' grids; decoding goes on one past each row's largest
+            positions, extra = self._call.image_inputs(ids, mask, cat_images(images))
+        logits, cache = self._call(ids, mask, positions, cache, **extra)
+        positions = next_positions(positions)[:, None] - 1  # the last prompt token's (the loop adds one)
         seen = ids
         done = torch.zeros(len(rows), dtype=torch.bool, device=device)
         generated = []

@@ -13,11 +13,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..data.images import IMAGE_INPUTS
 from .loss import as_reference, token_logps
 
 REFERENCE_FREE = ("simpo", "orpo", "cpo")
 LOSS_TYPES = ("sigmoid", "ipo", "hinge", "robust") + REFERENCE_FREE
-IMAGE_INPUTS = ("pixel_values", "image_grid_thw", "mm_token_type_ids")  # a vision-language batch's (ImageCollate)
 
 
 @dataclass

@@ -237,11 +237,11 @@ class DDPEngine:
         it shards whole there, where its own hooks do not."""
         return nullcontext()
 
-    def call(self, method: str, *args):
+    def call(self, method: str, *args, **kwargs):
         """One of the objective's no-grad passes outside a training step (reference or sampling-policy
         log-probs), with the weights it reads made available."""
         with self.outside_forward():
-            return getattr(self.objective, method)(*args)
+            return getattr(self.objective, method)(*args, **kwargs)
 
     def release(self) -> None:
         """Training is over: free what only the optimizer needed."""
@@ -313,14 +313,14 @@ class DeepSpeedEngine(DDPEngine):
         self.engine.load_checkpoint(str(ckpt), tag="deepspeed", load_module_strict=False,
                                     load_optimizer_states=True, load_lr_scheduler_states=False)
 
-    def call(self, method: str, *args):
+    def call(self, method: str, *args, **kwargs):
         """Under ZeRO-3 these passes read the output layer's weight outside its module's forward (the fused loss);
         they run as the engine's forward, where DeepSpeed gathers every partitioned weight that is read."""
         if self.stage != 3:
-            return super().call(method, *args)
+            return super().call(method, *args, **kwargs)
         self.objective.forward = getattr(self.objective, method)  # for this call only
         try:
-            return self.engine(*args)
+            return self.engine(*args, **kwargs)
         finally:
             del self.objective.forward
 

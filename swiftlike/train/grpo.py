@@ -131,35 +131,36 @@ class GRPOObjective(torch.nn.Module):
             return float(batch["completion_lens"].sum())
         return float(len(batch["completion_lens"]))
 
-    def token_logps(self, module, input_ids, targets, position_ids, attention_mask) -> torch.Tensor:
-        """log p of every completion token (flat, sequence after sequence)."""
+    def token_logps(self, module, input_ids, targets, position_ids, attention_mask, **images) -> torch.Tensor:
+        """log p of every completion token (flat, sequence after sequence). `images`: a vision-language batch's
+        pixels (grpo_trainer.collate_completions)."""
         from .loss import token_logps
 
-        hidden = module.hidden_states(input_ids, position_ids, attention_mask)
+        hidden = module.hidden_states(input_ids, position_ids, attention_mask, **images)
         keep = targets != -100
         return token_logps(module.causal_lm.get_output_embeddings(), hidden[keep], targets[keep], module.chunk_size,
                            module.softcap)
 
     @torch.no_grad()
-    def reference_logps(self, input_ids, targets, position_ids, attention_mask) -> torch.Tensor:
+    def reference_logps(self, input_ids, targets, position_ids, attention_mask, **images) -> torch.Tensor:
         if self.ref is not None:
-            return self.token_logps(self.ref, input_ids, targets, position_ids, attention_mask)
+            return self.token_logps(self.ref, input_ids, targets, position_ids, attention_mask, **images)
         with as_reference(self.policy.model):
-            return self.token_logps(self.policy, input_ids, targets, position_ids, attention_mask)
+            return self.token_logps(self.policy, input_ids, targets, position_ids, attention_mask, **images)
 
     @torch.no_grad()
-    def policy_logps(self, input_ids, targets, position_ids, attention_mask) -> torch.Tensor:
-        return self.token_logps(self.policy, input_ids, targets, position_ids, attention_mask)
+    def policy_logps(self, input_ids, targets, position_ids, attention_mask, **images) -> torch.Tensor:
+        return self.token_logps(self.policy, input_ids, targets, position_ids, attention_mask, **images)
 
     def forward(self, input_ids, targets, position_ids, attention_mask, completion_lens, advantages, old_logps=None,
-                ref_logps=None):
-        flat = self.token_logps(self.policy, input_ids, targets, position_ids, attention_mask)
+                ref_logps=None, **images):
+        flat = self.token_logps(self.policy, input_ids, targets, position_ids, attention_mask, **images)
         logps, mask = pad_by_sequence(flat, completion_lens)
         old = pad_by_sequence(old_logps, completion_lens)[0] if old_logps is not None else logps.detach()
         ref = None
         if self.beta != 0.0:
             if ref_logps is None:
-                ref_logps = self.reference_logps(input_ids, targets, position_ids, attention_mask)
+                ref_logps = self.reference_logps(input_ids, targets, position_ids, attention_mask, **images)
             ref = pad_by_sequence(ref_logps, completion_lens)[0]
         loss, ratio, kl = per_token_loss(logps, old, advantages.to(logps.dtype), mask, epsilon_low=self.epsilon_low,
                                          epsilon_high=self.epsilon_high, beta=self.beta, ref_logps=ref,

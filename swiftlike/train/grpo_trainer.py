@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from .. import accel
+from ..data.images import IMAGE_INPUTS, cat_images
 from ..models.loader import padding_id
 from ..rewards import score
 from ..rollout import Sampling
@@ -33,10 +34,12 @@ class RolloutSettings:
     eval_temperature: float = 0.0
 
 
-def collate_completions(samples: list[dict], pad_id: int = 0) -> dict:
+def collate_completions(samples: list[dict], pad_id: int = 0, image_pad_id: int | None = None) -> dict:
     """Prompt + completion rows, right-padded: completions of one generation batch have similar lengths, so
     little is padded, and attention stays per row (a padding-free row of many sequences would need a
-    quadratic mask without flash attention). Targets are the completion tokens, sequence after sequence."""
+    quadratic mask without flash attention). Targets are the completion tokens, sequence after sequence.
+    Samples with `pixels` (a vision-language prompt's images) add them in row order, with mm_token_type_ids,
+    from which the model computes its M-RoPE positions."""
     width = max(len(s["prompt_ids"]) + len(s["completion_ids"]) for s in samples)
     ids = torch.full((len(samples), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(samples), width), dtype=torch.long)
@@ -51,9 +54,14 @@ def collate_completions(samples: list[dict], pad_id: int = 0) -> dict:
         if trained:
             tgt[i, len(p) - 1:len(p) - 1 + trained] = torch.tensor(c)
         comp_lens.append(trained)
-    return {"input_ids": ids, "attention_mask": mask, "position_ids": torch.arange(width).expand(len(samples), -1),
-            "targets": tgt, "completion_lens": torch.tensor(comp_lens),
-            "advantages": torch.tensor([s["advantage"] for s in samples], dtype=torch.float32)}
+    batch = {"input_ids": ids, "attention_mask": mask, "position_ids": torch.arange(width).expand(len(samples), -1),
+             "targets": tgt, "completion_lens": torch.tensor(comp_lens),
+             "advantages": torch.tensor([s["advantage"] for s in samples], dtype=torch.float32)}
+    pixels = [s["pixels"] for s in samples if s.get("pixels") is not None]
+    if pixels:
+        batch.update(cat_images(pixels))
+        batch["mm_token_type_ids"] = ((ids == image_pad_id) & mask.bool()).int()
+    return batch
 
 
 class GRPOTrainer(Trainer):
@@ -61,6 +69,7 @@ class GRPOTrainer(Trainer):
                  objective, rollout, rewards: list, rs: RolloutSettings, eval_prompts: list[dict] | None = None,
                  engine=None):
         self.rollout, self.rewards, self.rs = rollout, rewards, rs
+        self.images = None  # a vision-language run's (ImageProcessing, image pad token id)
         self._buffer: list[dict] | None = None
         self._buffer_metrics: dict = {}
         self._synced_at: int | None = None
@@ -107,8 +116,9 @@ class GRPOTrainer(Trainer):
         self._sync()
         sampling = Sampling(**{**self.rs.sampling.__dict__,
                                "seed": self.s.seed + 1_000_003 * generation + accel.rank()})
+        pixels = self._pixels(rows)
         with self.engine.outside_forward():
-            completion_ids = self.rollout.generate([r["prompt_ids"] for r in rows], g, sampling)
+            completion_ids = self.rollout.generate([r["prompt_ids"] for r in rows], g, sampling, **pixels)
         t1 = time.perf_counter()
 
         texts, table, rewards = self._score(rows, completion_ids, g)
@@ -118,11 +128,12 @@ class GRPOTrainer(Trainer):
 
         truncated = [not c or c[-1] not in self.stop_ids for c in completion_ids]
         samples = [{"prompt_ids": rows[i // g]["prompt_ids"], "completion_ids": c, "advantage": float(a),
-                    "masked": self.rs.mask_truncated_completions and truncated[i]}
+                    "masked": self.rs.mask_truncated_completions and truncated[i],
+                    "pixels": pixels["images"][i // g] if pixels else None}
                    for i, (c, a) in enumerate(zip(completion_ids, advantages.tolist()))]
         bs = self.s.per_device_train_batch_size
-        pad = padding_id(self.tokenizer)
-        batches = [collate_completions(samples[i:i + bs], pad) for i in range(0, len(samples), bs)]
+        pad, image_pad = padding_id(self.tokenizer), self.images[1] if self.images else None
+        batches = [collate_completions(samples[i:i + bs], pad, image_pad) for i in range(0, len(samples), bs)]
         self._attach_logps(batches)
         t3 = time.perf_counter()
 
@@ -145,6 +156,12 @@ class GRPOTrainer(Trainer):
         if self.rs.log_completions and accel.is_main_process() and logged:
             self._log_completions(logged[0], rows, texts, table, rewards, advantages)
         return batches, metrics
+
+    def _pixels(self, rows: list[dict]) -> dict:
+        """{"images": each prompt's pixels or None} for the rollout, when any prompt has images; else {}."""
+        if self.images is None or not any(r.get("images") for r in rows):
+            return {}
+        return {"images": [self.images[0].batch(r["images"]) if r.get("images") else None for r in rows]}
 
     def _score(self, rows: list[dict], completion_ids: list[list[int]], g: int):
         """(texts, [completion][function] rewards, weighted rewards; NaN where no function could score)."""
@@ -176,8 +193,10 @@ class GRPOTrainer(Trainer):
         if getattr(self.rollout, "synced", False):  # every rank decodes as many prompts (a sharded model)
             prompts += [self.eval_rows[0]["prompt_ids"]] * (math.ceil(len(self.eval_rows) / accel.world_size())
                                                             - len(rows))
+        padding = [self.eval_rows[0]] * (len(prompts) - len(rows))
         with self.engine.outside_forward():
-            ids = self.rollout.generate(prompts, 1, sampling)[:len(rows)] if prompts else []
+            ids = self.rollout.generate(prompts, 1, sampling, **self._pixels(rows + padding))[:len(rows)] \
+                if prompts else []
         _, table, rewards = self._score(rows, ids, 1)
         out = {"eval_reward": self._global_mean(rewards),
                "eval_completions/mean_length": self._global_mean(torch.tensor([len(c) for c in ids],
@@ -192,10 +211,11 @@ class GRPOTrainer(Trainer):
         its iterations."""
         for b in batches:
             args = [b[k].to(self.device) for k in ("input_ids", "targets", "position_ids", "attention_mask")]
+            images = {k: b[k].to(self.device) for k in IMAGE_INPUTS if k in b}
             if self.rs.num_iterations > 1:
-                b["old_logps"] = self.engine.call("policy_logps", *args).float().cpu()
+                b["old_logps"] = self.engine.call("policy_logps", *args, **images).float().cpu()
             if self.objective.beta != 0.0:
-                b["ref_logps"] = self.engine.call("reference_logps", *args).float().cpu()
+                b["ref_logps"] = self.engine.call("reference_logps", *args, **images).float().cpu()
 
     def train_step(self, micro_batches):
         start = time.perf_counter()

@@ -268,6 +268,8 @@ class CausalLMLoss(nn.Module):
         if "mm_token_type_ids" in images:  # a vision-language model: images merged in, M-RoPE positions
             if seq_lens is not None:
                 position_ids = packed_mrope_positions(lm.model, input_ids, position_ids, seq_lens, images)
+            else:  # padded rows: the model's own M-RoPE positions, from mm_token_type_ids and the mask
+                position_ids = None
             return lm.model(input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask,
                             use_cache=False, **images).last_hidden_state
         return lm.get_decoder()(input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask,
