@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import scratch_dir, add_child_args, build_model_dir, chat_rows, peak_rss_mb, run_child, write_jsonl  # noqa: E402
+from common import (add_child_args, build_model_dir, chat_rows, peak_rss_mb, run_child, scratch_dir,  # noqa: E402
+                    write_jsonl)
 
 
 def ours(model_dir: str, data: str, out: str) -> float:

@@ -32,7 +32,7 @@ from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import scratch_dir, build_model_dir, peak_rss_mb, run_child  # noqa: E402
+from common import build_model_dir, peak_rss_mb, run_child, scratch_dir  # noqa: E402
 
 END = 151645  # <|im_end|>
 DATA = Path(__file__).resolve().parents[1] / "swiftlike" / "assets" / "datasets" / "gsm8k_test.jsonl"

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import scratch_dir, build_model_dir, chat_rows, peak_rss_mb, run_child, write_jsonl  # noqa: E402
+from common import build_model_dir, chat_rows, peak_rss_mb, run_child, scratch_dir, write_jsonl  # noqa: E402
 
 
 def ours(ckpt: str, out: str) -> float:

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import scratch_dir, WORDS, build_model_dir, matmul_flops, write_jsonl  # noqa: E402
+from common import WORDS, build_model_dir, matmul_flops, scratch_dir, write_jsonl  # noqa: E402
 
 END = 151645           # <|im_end|>, the qwen3 template's stop token
 END_EVERY = 40         # answers end when hash(position, token) % END_EVERY == 0

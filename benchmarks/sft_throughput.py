@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (scratch_dir, add_child_args, build_model_dir, chat_rows, matmul_flops, peak_rss_mb, peer_lora, run_child,  # noqa: E402
-                    write_jsonl)
+from common import (add_child_args, build_model_dir, chat_rows, matmul_flops, peak_rss_mb, peer_lora, run_child,  # noqa: E402
+                    scratch_dir, write_jsonl)
 
 
 def run_ours(model_dir: str, data: str, steps: int, batch: int, out: str) -> dict:
