@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..data.images import cat_images
 from ..errors import UserError
 from .batch import RunningBatch
-from ..data.images import cat_images
 from .decode import ModelCall
 from .params import Completion, Delta, SamplingParams
 from .request import Engine, Request
