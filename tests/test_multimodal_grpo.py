@@ -105,3 +105,19 @@ def test_wb_grpo_on_image_prompts_gives_rewards_the_images(tmp_path, pictures):
     assert len(steps) == 2 and all(torch.isfinite(torch.tensor(h["loss"])) for h in steps)
     assert steps[0]["kl"] == pytest.approx(0.0, abs=1e-6)  # the policy starts as its reference, images included
     assert (Path(r.checkpoint) / "preprocessor_config.json").is_file()
+
+
+def test_mixed_image_and_text_prompts_are_refused_where_ranks_must_agree(monkeypatch):
+    from types import SimpleNamespace
+
+    from swiftlike.errors import UserError
+    from swiftlike.pipelines.grpo import _check_mixed_images
+
+    prompts = [{"images": ["a.png"]}, {}]
+    cfg = SimpleNamespace(fsdp="full_shard", deepspeed=None, freeze_vit=True, freeze_aligner=True)
+    _check_mixed_images(cfg, prompts)  # one process: nothing to agree on
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(UserError, match="1 of 2 prompts have images: with several processes under ZeRO-3"):
+        _check_mixed_images(cfg, prompts)
+    _check_mixed_images(cfg, prompts[:1])  # images everywhere: every rank runs the vision tower
+    _check_mixed_images(SimpleNamespace(fsdp=None, deepspeed=None, freeze_vit=True, freeze_aligner=True), prompts)

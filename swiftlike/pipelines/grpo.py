@@ -59,11 +59,8 @@ def make_rollout(cfg: GRPOConfig, model, tokenizer, base_dir: str):
     if not cfg.use_vllm:
         from ..rollout.hf import HFRollout
 
-        from ..train.engines import deepspeed_config, zero_stage
-
         # sharded weights (FSDP, ZeRO-3): every forward gathers from every rank, so all run as many
-        sharded = bool(cfg.fsdp) or (bool(cfg.deepspeed) and zero_stage(deepspeed_config(cfg.deepspeed)) == 3)
-        return HFRollout(model, padding_id(tokenizer), cfg.generation_batch_size, synced=sharded)
+        return HFRollout(model, padding_id(tokenizer), cfg.generation_batch_size, synced=_sharded(cfg))
     if cfg.vllm_mode == "server":
         from ..rollout.client import ServerRollout
 
@@ -89,6 +86,24 @@ def reward_functions(cfg: GRPOConfig, template) -> list:
 
         rewards.append(wrap("reward_model", RewardModelReward(cfg.reward_model)))
     return rewards
+
+
+def _sharded(cfg: GRPOConfig) -> bool:
+    from ..train.engines import deepspeed_config, zero_stage
+
+    return bool(cfg.fsdp) or (bool(cfg.deepspeed) and zero_stage(deepspeed_config(cfg.deepspeed)) == 3)
+
+
+def _check_mixed_images(cfg: GRPOConfig, prompts: list[dict]) -> None:
+    """Several processes that gather weights (ZeRO-3, FSDP) or reduce a trainable vision side's gradients must
+    all run the vision tower, or none: a generation batch without images skips it, so image and text prompts
+    cannot share such a run (SFT and DPO batches carry a blank image instead)."""
+    with_images = sum(1 for p in prompts if p.get("images"))
+    if accel.world_size() > 1 and 0 < with_images < len(prompts) and \
+            (_sharded(cfg) or not cfg.freeze_vit or not cfg.freeze_aligner):
+        raise UserError(f"{with_images} of {len(prompts)} prompts have images: with several processes under ZeRO-3, "
+                        "FSDP or a trainable vision side, wb grpo needs images in every prompt or in none; train "
+                        "image and text prompts in separate runs")
 
 
 @cleans_up_on_failure
@@ -120,6 +135,7 @@ def run_grpo(cfg: GRPOConfig) -> TrainResult:
     eval_prompts = _prompts(cfg, cfg.val_dataset, template, DataStats()) if cfg.val_dataset else []
     if cfg.split_ratio > 0 and not cfg.val_dataset:
         prompts, eval_prompts = hold_out(prompts, cfg.split_ratio, cfg.seed, "prompts")
+    _check_mixed_images(cfg, prompts + eval_prompts)
     if main:
         held = f", {len(eval_prompts)} for validation" if eval_prompts else ""
         print(f"[wb] data: {len(prompts)} prompts{stats.drops()}{held}; {cfg.prompts_per_step * accel.world_size()} "
