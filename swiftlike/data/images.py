@@ -40,6 +40,16 @@ def resolve_source(src: str, base: Path | None) -> str:
     return str(base / src)
 
 
+@functools.lru_cache(maxsize=16)
+def _download(url: str) -> bytes:
+    """An image URL's bytes; the last few are kept, so that an image's size and its pixels (read at different
+    moments of one prompt's encoding) cost one download."""
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=30) as response:  # noqa: S310 (the user's own data)
+        return response.read()
+
+
 def open_image(src: str):
     """The image at a source, as RGB; ImageError naming the source when it cannot be read."""
     from PIL import Image, UnidentifiedImageError
@@ -51,10 +61,7 @@ def open_image(src: str):
                 raise ImageError(f"image {src[:40]}...: only base64 data URIs are read")
             data = io.BytesIO(base64.b64decode(payload, validate=True))
         elif src.startswith(_REMOTE):
-            import urllib.request
-
-            with urllib.request.urlopen(src, timeout=30) as response:  # noqa: S310 (the user's own data)
-                data = io.BytesIO(response.read())
+            data = io.BytesIO(_download(src))
         else:
             if not Path(src).is_file():
                 raise ImageError(f"image {src}: no such file")
