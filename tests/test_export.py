@@ -35,16 +35,45 @@ def _logits(model, ids):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("variant", [{}, {"use_dora": True}, {"use_rslora": True, "lora_rank": 4}])
-def test_merged_logits_equal_base_plus_adapter(tmp_path, variant):
+def test_merged_logits_equal_base_plus_adapter(tmp_path, variant, capsys):
+    """LoRA and rsLoRA stream shard by shard (export/stream.py); DoRA merges in memory (merge.py)."""
     from transformers import AutoModelForCausalLM
 
     ckpt = _train(tmp_path, "run", **variant)
+    capsys.readouterr()
     out = _export(tmp_path, ckpt)
+    assert ("merging in memory (DoRA" in capsys.readouterr().out) == bool(variant.get("use_dora"))
     adapted, tokenizer, template = load_for_inference(adapters=ckpt, torch_dtype="float32")
     ids = template.encode_prompt(PROMPT)
     merged = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
     assert not any("lora" in n for n, _ in merged.named_parameters())
     torch.testing.assert_close(_logits(merged, ids), _logits(adapted, ids), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_the_streamed_merge_equals_the_in_memory_merge_shard_by_shard(tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    from swiftlike.export import merged_model
+    from swiftlike.models.resolve import resolve
+
+    ckpt = _train(tmp_path, "run")
+    out = tmp_path / "streamed"
+    assert main(["export", "--adapters", ckpt, "--merge", "--torch_dtype", "float32", "--max_shard_size", "10MB",
+                 "--output_dir", str(out)]) == 0
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    files = sorted(set(index["weight_map"].values()))
+    shards = {f: load_file(str(out / f)) for f in files}
+    # up to 10 MB a shard; a larger tensor (the 39 MB embedding) is a shard of its own
+    assert len(files) > 1 and all(len(t) == 1 or (out / f).stat().st_size <= 10e6 for f, t in shards.items())
+    streamed = {k: v for t in shards.values() for k, v in t.items()}
+    in_memory = merged_model(resolve(adapters=ckpt), torch.float32, None).state_dict()
+    assert set(streamed) <= set(in_memory) and "model.layers.0.self_attn.q_proj.weight" in streamed
+    for name, tensor in streamed.items():
+        torch.testing.assert_close(tensor, in_memory[name], rtol=0, atol=2e-6)
+    config = json.loads((out / "config.json").read_text())
+    assert config["dtype"] == "float32" and config["use_cache"] is True
+    assert json.loads((out / "generation_config.json").read_text())["eos_token_id"] == [151645, 151643]
 
 
 @pytest.mark.slow
@@ -197,7 +226,7 @@ def test_refusals_and_no_half_written_export(tmp_path, capsys, monkeypatch):
 
     def disk_full(self, *a, **k):
         raise OSError(28, "No space left on device")
-    monkeypatch.setattr("transformers.PreTrainedModel.save_pretrained", disk_full)
+    monkeypatch.setattr("swiftlike.export.stream.save_file", disk_full)
     assert main(["export", "--adapters", ckpt, "--merge", "--output_dir", str(tmp_path / "new")]) == 2
     assert f"{tmp_path / 'new'}: cannot write the export: No space left on device" in capsys.readouterr().err
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith((".new", "new"))] == []

@@ -1,14 +1,17 @@
 """`wb export`: a checkpoint leaves the workbench in a form the user's serving stack loads.
 
-merge.py  LoRA / DoRA / rsLoRA / QLoRA adapters folded into the base weights (reward heads kept)
+stream.py a plain LoRA / rsLoRA merge read and written shard by shard (memory: one output shard, not the model)
+merge.py  LoRA / DoRA / rsLoRA / QLoRA adapters folded into the base weights in memory (reward heads kept)
 write.py  the Hugging Face directory: weights, config, generation stop tokens, tokenizer with its chat template,
           args.json, model card; written atomically
 quantize.py  bitsandbytes (NF4, int8) and torchao (int4, int8) weights that transformers reloads as written
 gguf.py   GGUF (f16, q8_0) for Qwen3, Qwen2 and Llama-3/3.x with llama.cpp's tokenizer metadata, and an Ollama
           Modelfile
 """
-from .merge import merged_model
-from .write import atomic_directory, model_card, prepare_output, with_chat_template, write_hf, write_metadata
+from .merge import merged_model, trained_on_4bit
+from .stream import parse_size, stream_merge, stream_plan
+from .write import (atomic_directory, model_card, prepare_output, with_chat_template, write_config, write_hf,
+                    write_metadata)
 
-__all__ = ["atomic_directory", "merged_model", "model_card", "prepare_output", "with_chat_template", "write_hf",
-           "write_metadata"]
+__all__ = ["atomic_directory", "merged_model", "model_card", "parse_size", "prepare_output", "stream_merge",
+           "stream_plan", "trained_on_4bit", "with_chat_template", "write_config", "write_hf", "write_metadata"]

@@ -23,7 +23,7 @@ def merged_model(ref: ModelRef, dtype: torch.dtype, pad_token_id: int | None, tr
     if not ref.adapters:
         return load_model(base, dtype, **kw)
     model = load_model(base, dtype, **kw)
-    if ref.args.get("train_type") == "qlora" or ref.args.get("qlora"):
+    if trained_on_4bit(ref.args):
         _load_dequantized_nf4(model, base, dtype, kw)
     from peft import PeftModel
 
@@ -37,6 +37,11 @@ def merged_model(ref: ModelRef, dtype: torch.dtype, pad_token_id: int | None, tr
         raise UserError(f"--adapters {ref.adapters} holds NaN or inf values ({bad}): the run diverged; nothing was "
                         "exported")
     return model.merge_and_unload()  # in place (PEFT's safe_merge would hold a second copy of each weight)
+
+
+def trained_on_4bit(args: dict) -> bool:
+    """Whether a checkpoint's args.json says QLoRA (its adapter was trained against NF4 weights)."""
+    return args.get("train_type") == "qlora" or bool(args.get("qlora"))
 
 
 def _load_dequantized_nf4(model, base: str, dtype: torch.dtype, kw: dict) -> None:

@@ -84,9 +84,26 @@ def with_chat_template(tokenizer, template, native: bool = True):
 
 def write_hf(model, tokenizer, template, directory: Path, max_shard_size: str) -> None:
     model.config.use_cache = True
-    _set_generation_stops(model, template, tokenizer)
+    model.generation_config = generation_config(model.config, getattr(model, "generation_config", None), template,
+                                                tokenizer)
     model.save_pretrained(directory, safe_serialization=True, max_shard_size=max_shard_size)
     tokenizer.save_pretrained(directory)  # carrying its chat template (with_chat_template)
+
+
+def write_config(base: str, dtype, tokenizer, template, directory: Path) -> None:
+    """config.json and generation_config.json of weights written without a model object (export/stream.py):
+    the base's, in the export dtype, stopping at the template's stop tokens."""
+    from transformers import AutoConfig, GenerationConfig
+
+    config = AutoConfig.from_pretrained(base)
+    config.dtype, config.use_cache = dtype, True
+    try:
+        gen = GenerationConfig.from_pretrained(base)
+    except OSError:  # the base has none
+        gen = None
+    config.save_pretrained(directory)
+    generation_config(config, gen, template, tokenizer).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
 
 
 def write_metadata(directory: Path, args: dict, card: str) -> None:
@@ -94,15 +111,16 @@ def write_metadata(directory: Path, args: dict, card: str) -> None:
     (directory / "README.md").write_text(card, encoding="utf-8")
 
 
-def _set_generation_stops(model, template, tokenizer) -> None:
+def generation_config(config, gen, template, tokenizer):
+    """`gen` (or one made from the model's config) whose eos_token_id is the template's stop tokens."""
     from transformers import GenerationConfig
 
     stops = list(template.stop_token_ids) or ([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [])
-    gen = getattr(model, "generation_config", None) or GenerationConfig.from_model_config(model.config)
+    gen = gen or GenerationConfig.from_model_config(config)
     gen.eos_token_id = stops[0] if len(stops) == 1 else stops
     if gen.pad_token_id is None and tokenizer.pad_token_id is not None:
         gen.pad_token_id = tokenizer.pad_token_id
-    model.generation_config = gen
+    return gen
 
 
 def model_card(ref, args: dict, merged: bool, auto_class: str = "AutoModelForCausalLM") -> str:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 from .. import accel
@@ -10,8 +11,8 @@ from ..config import ExportConfig
 from ..errors import UserError
 from ..data.dataset import encode_rows, load_rows
 from ..data.images import PREPROCESSOR_CONFIG
-from ..export import (atomic_directory, merged_model, model_card, prepare_output, with_chat_template, write_hf,
-                      write_metadata)
+from ..export import (atomic_directory, merged_model, model_card, parse_size, prepare_output, stream_merge, stream_plan,
+                      trained_on_4bit, with_chat_template, write_config, write_hf, write_metadata)
 from ..export.quantize import check_method, quantize_directory, reload
 from ..models.loader import quiet_libraries
 from ..models.perplexity import perplexity
@@ -57,14 +58,17 @@ def run_export(cfg: ExportConfig) -> Path:
         kind = f"{cfg.quant_method} {cfg.quant_bits}-bit, computing in {kind}"
     print(f"[wb] export: {ref.adapters or ref.base} -> {out} ({kind}{', adapters merged' if ref.adapters else ''})",
           flush=True)
-    model = merged_model(ref, dtype, tokenizer.pad_token_id, cfg.trust_remote_code)
+    streamed = _stream_plan(ref, cfg, vision)
+    model = None if streamed else merged_model(ref, dtype, tokenizer.pad_token_id, cfg.trust_remote_code)
     args = {**ref.args, "template": template.name, "exported_from": ref.adapters or ref.base,
             "export": {"merge": bool(ref.adapters), "torch_dtype": str(dtype).replace("torch.", ""), "to": cfg.to,
                        **({"gguf_type": cfg.gguf_type} if cfg.to == "gguf" else {})},
             "final_metrics": _final_metrics(ref.checkpoint)}
     args.pop("base_model_dir", None)  # the export is its own base
     with atomic_directory(out) as tmp:
-        if cfg.to == "gguf":
+        if streamed:
+            _write_streamed(streamed, ref, cfg, dtype, tokenizer, template, tmp)
+        elif cfg.to == "gguf":
             from ..export.gguf import modelfile, write_gguf
 
             name = f"{out.name}-{cfg.gguf_type}.gguf"
@@ -86,6 +90,28 @@ def run_export(cfg: ExportConfig) -> Path:
 
         print(f"[wb] export: uploaded to {push(out, cfg.hub_model_id, cfg.hub, cfg.hub_private, cfg.hub_token)}")
     return out
+
+
+def _stream_plan(ref, cfg: ExportConfig, vision: bool):
+    """The streaming merge's plan (export/stream.py) for a plain LoRA adapter exported as a Hugging Face model;
+    None where the merge runs in memory."""
+    if not ref.adapters or cfg.to != "hf" or cfg.quant_method or vision or ref.task == "rm" or \
+            trained_on_4bit(ref.args):
+        return None
+    plan = stream_plan(ref.adapters, base_weights(ref, cfg.trust_remote_code))
+    if isinstance(plan, str):
+        print(f"[wb] export: merging in memory ({plan}: not streamed shard by shard)", flush=True)
+        return None
+    return plan
+
+
+def _write_streamed(plan, ref, cfg: ExportConfig, dtype, tokenizer, template, tmp: Path) -> None:
+    from tqdm import tqdm
+
+    pairs, shards = plan
+    with tqdm(desc="wb export", unit="tensor", file=sys.stderr, dynamic_ncols=True, disable=None) as bar:  # (a tty)
+        stream_merge(pairs, shards, dtype, tmp, parse_size(cfg.max_shard_size), bar)
+    write_config(base_weights(ref, cfg.trust_remote_code), dtype, tokenizer, template, tmp)
 
 
 def _calibration(dataset: list[str], template) -> tuple[str, list[dict]]:

@@ -1,0 +1,151 @@
+"""A LoRA merge that streams: base tensors are read one at a time from the safetensors shards, the adapter's
+update is added to the weights it targets, and output shards are written as they fill. Peak memory is one output
+shard (`--max_shard_size`) plus the adapter, not the model, so a model larger than the machine's memory exports.
+
+W' = W + scale * B @ A with PEFT's scale (lora_alpha / r, or / sqrt(r) under rsLoRA), computed in fp32 and cast to
+the export dtype once. What this plain form does not cover goes through the in-memory merge (merge.py): DoRA
+(its magnitude vector rescales whole rows), a QLoRA base (the adapter was trained against NF4 weights), per-module
+rank or alpha patterns, LoRA on embeddings or fan-in-fan-out layers, saved modules (a reward head), vision-language
+models (transformers renames their checkpoint keys on loading), and bases that are not safetensors.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+
+from ..errors import UserError
+
+ADAPTER_PREFIX = "base_model.model."
+INDEX = "model.safetensors.index.json"
+
+
+def stream_plan(adapter_dir: str, base_dir: str) -> tuple[dict, list[Path]] | str:
+    """({base weight name: (A, B, scale)}, the base's shards) when the merge can stream, else why not."""
+    config = json.loads((Path(adapter_dir) / "adapter_config.json").read_text(encoding="utf-8"))
+    if config.get("peft_type", "LORA") != "LORA":
+        return f"a {config.get('peft_type')} adapter"
+    for key, why in (("use_dora", "DoRA"), ("fan_in_fan_out", "fan-in-fan-out layers"),
+                     ("rank_pattern", "rank patterns"), ("alpha_pattern", "alpha patterns"),
+                     ("modules_to_save", "saved modules")):
+        if config.get(key):
+            return why
+    shards = _shards(Path(base_dir))
+    if not shards:
+        return "a base without safetensors weights"
+    from safetensors.torch import load_file
+
+    weights = load_file(str(Path(adapter_dir) / "adapter_model.safetensors"))
+    r, alpha = config["r"], config["lora_alpha"]
+    scale = alpha / math.sqrt(r) if config.get("use_rslora") else alpha / r
+    pairs: dict[str, list] = {}
+    for name, tensor in weights.items():
+        if not name.startswith(ADAPTER_PREFIX) or not name.endswith((".lora_A.weight", ".lora_B.weight")):
+            return f"adapter tensor {name}"
+        module, _, part = name[len(ADAPTER_PREFIX):].rpartition(".lora_")
+        pairs.setdefault(module + ".weight", [None, None, scale])[part.startswith("B")] = tensor
+    base_names = set()
+    for shard in shards:
+        base_names |= set(_keys(shard))
+    missing = sorted(set(pairs) - base_names)
+    if missing:
+        return f"adapter weights for {missing[0]}, which the base checkpoint does not name"
+    bad = next((n for n, (a, b, _) in pairs.items() if a is None or b is None), None)
+    if bad:
+        raise UserError(f"--adapters {adapter_dir}: {bad} has only one of lora_A / lora_B; the adapter is damaged")
+    bad = next((n for n, (a, b, _) in pairs.items() if not (torch.isfinite(a).all() and torch.isfinite(b).all())),
+               None)
+    if bad:
+        raise UserError(f"--adapters {adapter_dir} holds NaN or inf values ({bad}): the run diverged; nothing was "
+                        "exported")
+    return pairs, shards
+
+
+def stream_merge(pairs: dict, shards: list[Path], dtype: torch.dtype, directory: Path, max_shard_size: int,
+                 progress=None) -> int:
+    """Write the merged weights into `directory` (model.safetensors, or shards and their index); the number of
+    tensors written."""
+    from safetensors import safe_open
+
+    written, shard, size, files, index, total = 0, {}, 0, [], {}, 0
+
+    def flush():
+        nonlocal shard, size
+        if shard:
+            name = f"model-{len(files) + 1:05d}.safetensors"
+            save_file(shard, str(directory / name), metadata={"format": "pt"})
+            files.append(name)
+            index.update(dict.fromkeys(shard, name))
+            shard, size = {}, 0
+
+    for path in shards:
+        with safe_open(str(path), framework="pt") as f:
+            for key in f.keys():
+                tensor = f.get_tensor(key)
+                if key in pairs:
+                    a, b, scale = pairs[key]
+                    tensor = (tensor.float() + scale * (b.float() @ a.float())).to(dtype)
+                elif tensor.is_floating_point():
+                    tensor = tensor.to(dtype)
+                nbytes = tensor.numel() * tensor.element_size()
+                if shard and size + nbytes > max_shard_size:
+                    flush()
+                shard[key], size, total = tensor.contiguous(), size + nbytes, total + nbytes
+                written += 1
+                if progress is not None:
+                    progress.update(1)
+    flush()
+    _name_shards(directory, files, index, total)
+    return written
+
+
+def save_file(tensors: dict, path: str, metadata: dict) -> None:
+    from safetensors.torch import save_file as save
+
+    save(tensors, path, metadata=metadata)
+
+
+def parse_size(text: str) -> int:
+    """'5GB', '500MB', '2GiB', a number of bytes -> bytes (as transformers reads --max_shard_size)."""
+    units = {"GIB": 2 ** 30, "MIB": 2 ** 20, "KIB": 2 ** 10, "GB": 10 ** 9, "MB": 10 ** 6, "KB": 10 ** 3, "B": 1}
+    s = str(text).strip().upper()
+    for unit, factor in units.items():
+        if s.endswith(unit):
+            try:
+                return int(float(s[:-len(unit)]) * factor)
+            except ValueError:
+                break
+    try:
+        return int(s)
+    except ValueError:
+        raise UserError(f"--max_shard_size {text!r} is not a size such as 5GB, 500MB or 2GiB") from None
+
+
+def _shards(base: Path) -> list[Path]:
+    index = base / INDEX
+    if index.is_file():
+        names = json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()
+        return [base / n for n in sorted(set(names))]
+    single = base / "model.safetensors"
+    return [single] if single.is_file() else []
+
+
+def _keys(path: Path) -> list[str]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return list(f.keys())
+
+
+def _name_shards(directory: Path, files: list[str], index: dict, total: int) -> None:
+    """One file is model.safetensors; several are model-0000k-of-0000n.safetensors with their index."""
+    if len(files) == 1:
+        (directory / files[0]).rename(directory / "model.safetensors")
+        return
+    names = {f: f"model-{i + 1:05d}-of-{len(files):05d}.safetensors" for i, f in enumerate(files)}
+    for old, new in names.items():
+        (directory / old).rename(directory / new)
+    body = {"metadata": {"total_size": total}, "weight_map": {k: names[v] for k, v in sorted(index.items())}}
+    (directory / INDEX).write_text(json.dumps(body, indent=2) + "\n", encoding="utf-8")
