@@ -87,6 +87,14 @@ def matmul_flops(n: int = 2048, repeats: int = 10) -> float:
 
 
 def peak_rss_mb() -> float:
+    """This process's peak resident memory in MB: VmHWM where /proc has it (Linux), else ru_maxrss. (ru_maxrss is
+    carried over fork and exec on Linux, so a child started by a large parent would report the parent's RSS.)"""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 

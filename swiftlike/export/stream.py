@@ -81,21 +81,23 @@ def stream_merge(pairs: dict, shards: list[Path], dtype: torch.dtype, directory:
             shard, size = {}, 0
 
     for path in shards:
-        with safe_open(str(path), framework="pt") as f:
-            for key in f.keys():
+        for key in _keys(path):
+            # the file is opened per tensor: safetensors maps it into memory, and pages read through a mapping
+            # stay resident until it closes, which would hold the whole base by the end of a shard
+            with safe_open(str(path), framework="pt") as f:
                 tensor = f.get_tensor(key)
-                if key in pairs:
-                    a, b, scale = pairs[key]
-                    tensor = (tensor.float() + scale * (b.float() @ a.float())).to(dtype)
-                elif tensor.is_floating_point():
-                    tensor = tensor.to(dtype)
-                nbytes = tensor.numel() * tensor.element_size()
-                if shard and size + nbytes > max_shard_size:
-                    flush()
-                shard[key], size, total = tensor.contiguous(), size + nbytes, total + nbytes
-                written += 1
-                if progress is not None:
-                    progress.update(1)
+            if key in pairs:
+                a, b, scale = pairs[key]
+                tensor = (tensor.float() + scale * (b.float() @ a.float())).to(dtype)
+            elif tensor.is_floating_point():
+                tensor = tensor.to(dtype)
+            nbytes = tensor.numel() * tensor.element_size()
+            if shard and size + nbytes > max_shard_size:
+                flush()
+            shard[key], size, total = tensor.contiguous(), size + nbytes, total + nbytes
+            written += 1
+            if progress is not None:
+                progress.update(1)
     flush()
     _name_shards(directory, files, index, total)
     return written
