@@ -36,13 +36,13 @@ def _logits(model, ids):
 @pytest.mark.slow
 @pytest.mark.parametrize("variant", [{}, {"use_dora": True}, {"use_rslora": True, "lora_rank": 4}])
 def test_merged_logits_equal_base_plus_adapter(tmp_path, variant, capsys):
-    """LoRA and rsLoRA stream shard by shard (export/stream.py); DoRA merges in memory (merge.py)."""
+    """LoRA, DoRA and rsLoRA stream shard by shard (export/stream.py)."""
     from transformers import AutoModelForCausalLM
 
     ckpt = _train(tmp_path, "run", **variant)
     capsys.readouterr()
     out = _export(tmp_path, ckpt)
-    assert ("merging in memory (DoRA" in capsys.readouterr().out) == bool(variant.get("use_dora"))
+    assert "merging in memory" not in capsys.readouterr().out
     adapted, tokenizer, template = load_for_inference(adapters=ckpt, torch_dtype="float32")
     ids = template.encode_prompt(PROMPT)
     merged = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
@@ -51,13 +51,19 @@ def test_merged_logits_equal_base_plus_adapter(tmp_path, variant, capsys):
 
 
 @pytest.mark.slow
-def test_the_streamed_merge_equals_the_in_memory_merge_shard_by_shard(tmp_path, capsys):
+@pytest.mark.parametrize("variant", [{}, {"use_dora": True}, {"lora": False, "qlora": True}],
+                         ids=["lora", "dora", "qlora"])
+def test_the_streamed_merge_equals_the_in_memory_merge_shard_by_shard(tmp_path, variant):
+    """The streamed tensors equal PEFT's in-memory merge (merge.py), the DoRA row rescaling and QLoRA's NF4 base
+    (every weight transformers quantizes, through NF4 and back) included."""
+    if variant.get("qlora"):
+        pytest.importorskip("bitsandbytes")
     from safetensors.torch import load_file
 
     from swiftlike.export import merged_model
     from swiftlike.models.resolve import resolve
 
-    ckpt = _train(tmp_path, "run")
+    ckpt = _train(tmp_path, "run", **variant)
     out = tmp_path / "streamed"
     assert main(["export", "--adapters", ckpt, "--merge", "--torch_dtype", "float32", "--max_shard_size", "10MB",
                  "--output_dir", str(out)]) == 0

@@ -2,10 +2,12 @@
 update is added to the weights it targets, and output shards are written as they fill. Peak memory is one output
 shard (`--max_shard_size`) plus the adapter, not the model, so a model larger than the machine's memory exports.
 
-W' = W + scale * B @ A with PEFT's scale (lora_alpha / r, or / sqrt(r) under rsLoRA), computed in fp32 and cast to
-the export dtype once. What this plain form does not cover goes through the in-memory merge (merge.py): DoRA
-(its magnitude vector rescales whole rows), a QLoRA base (the adapter was trained against NF4 weights), per-module
-rank or alpha patterns, LoRA on embeddings or fan-in-fan-out layers, saved modules (a reward head), vision-language
+W' = W + scale * B @ A with PEFT's scale (lora_alpha / r, or / sqrt(r) under rsLoRA); under DoRA each row is then
+rescaled to its learned magnitude, W' = m / ||W + scale * B @ A||_row * (W + scale * B @ A), as PEFT merges it;
+computed in fp32 and cast to the export dtype once. A QLoRA adapter was trained against the NF4 base, so every weight
+transformers quantizes when it loads the base in 4 bits (the same set: `nf4_weights`) goes through NF4 and back
+first, tensor by tensor. What this form does not cover goes through the in-memory merge (merge.py): per-module rank
+or alpha patterns, LoRA on embeddings or fan-in-fan-out layers, saved modules (a reward head), vision-language
 models (transformers renames their checkpoint keys on loading), and bases that are not safetensors.
 """
 from __future__ import annotations
@@ -27,9 +29,8 @@ def stream_plan(adapter_dir: str, base_dir: str) -> tuple[dict, list[Path]] | st
     config = json.loads((Path(adapter_dir) / "adapter_config.json").read_text(encoding="utf-8"))
     if config.get("peft_type", "LORA") != "LORA":
         return f"a {config.get('peft_type')} adapter"
-    for key, why in (("use_dora", "DoRA"), ("fan_in_fan_out", "fan-in-fan-out layers"),
-                     ("rank_pattern", "rank patterns"), ("alpha_pattern", "alpha patterns"),
-                     ("modules_to_save", "saved modules")):
+    for key, why in (("fan_in_fan_out", "fan-in-fan-out layers"), ("rank_pattern", "rank patterns"),
+                     ("alpha_pattern", "alpha patterns"), ("modules_to_save", "saved modules")):
         if config.get(key):
             return why
     shards = _shards(Path(base_dir))
@@ -40,33 +41,60 @@ def stream_plan(adapter_dir: str, base_dir: str) -> tuple[dict, list[Path]] | st
     weights = load_file(str(Path(adapter_dir) / "adapter_model.safetensors"))
     r, alpha = config["r"], config["lora_alpha"]
     scale = alpha / math.sqrt(r) if config.get("use_rslora") else alpha / r
-    pairs: dict[str, list] = {}
+    dora = bool(config.get("use_dora"))
+    pairs: dict[str, list] = {}  # base weight -> [A, B, scale, DoRA magnitude or None]
     for name, tensor in weights.items():
-        if not name.startswith(ADAPTER_PREFIX) or not name.endswith((".lora_A.weight", ".lora_B.weight")):
+        parts = (".lora_A.weight", ".lora_B.weight") + ((".lora_magnitude_vector",) if dora else ())
+        if not name.startswith(ADAPTER_PREFIX) or not name.endswith(parts):
             return f"adapter tensor {name}"
         module, _, part = name[len(ADAPTER_PREFIX):].rpartition(".lora_")
-        pairs.setdefault(module + ".weight", [None, None, scale])[part.startswith("B")] = tensor
+        pairs.setdefault(module + ".weight", [None, None, scale, None])[{"A": 0, "B": 1, "m": 3}[part[0]]] = tensor
     base_names = set()
     for shard in shards:
         base_names |= set(_keys(shard))
     missing = sorted(set(pairs) - base_names)
     if missing:
         return f"adapter weights for {missing[0]}, which the base checkpoint does not name"
-    bad = next((n for n, (a, b, _) in pairs.items() if a is None or b is None), None)
+    bad = next((n for n, (a, b, _, m) in pairs.items() if a is None or b is None or (dora and m is None)), None)
     if bad:
-        raise UserError(f"--adapters {adapter_dir}: {bad} has only one of lora_A / lora_B; the adapter is damaged")
-    bad = next((n for n, (a, b, _) in pairs.items() if not (torch.isfinite(a).all() and torch.isfinite(b).all())),
-               None)
+        raise UserError(f"--adapters {adapter_dir}: {bad} lacks part of its lora_A / lora_B"
+                        f"{' / magnitude' if dora else ''}; the adapter is damaged")
+    bad = next((n for n, parts in pairs.items() if not all(torch.isfinite(t).all() for t in parts[:2] + parts[3:]
+                                                           if t is not None)), None)
     if bad:
         raise UserError(f"--adapters {adapter_dir} holds NaN or inf values ({bad}): the run diverged; nothing was "
                         "exported")
     return pairs, shards
 
 
+def nf4_weights(base_dir: str, dtype: torch.dtype) -> set[str]:
+    """The weights transformers quantizes when it loads this base in 4 bits as QLoRA training does (models/loader.py):
+    its own choice of modules, applied to an empty (meta) copy of the model."""
+    from transformers import AutoConfig, AutoModelForCausalLM, BitsAndBytesConfig
+    from transformers.quantizers.auto import AutoHfQuantizer
+
+    config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                bnb_4bit_compute_dtype=dtype)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(base_dir))
+    AutoHfQuantizer.from_config(config)._process_model_before_weight_loading(model, device_map=None)
+    return {f"{name}.weight" for name, module in model.named_modules() if type(module).__name__ == "Linear4bit"}
+
+
+def _through_nf4(weight: torch.Tensor) -> torch.Tensor:
+    """The weight as QLoRA saw it: NF4 with double quantization (bitsandbytes' defaults, 64-wide blocks) and back."""
+    import bitsandbytes.functional as bnbf
+
+    from .. import accel
+
+    q, state = bnbf.quantize_4bit(weight.to(accel.device()), blocksize=64, compress_statistics=True, quant_type="nf4")
+    return bnbf.dequantize_4bit(q, state).to("cpu", weight.dtype)
+
+
 def stream_merge(pairs: dict, shards: list[Path], dtype: torch.dtype, directory: Path, max_shard_size: int,
-                 progress=None) -> int:
+                 progress=None, nf4: set[str] = frozenset()) -> int:
     """Write the merged weights into `directory` (model.safetensors, or shards and their index); the number of
-    tensors written."""
+    tensors written. `nf4`: the weights a QLoRA adapter was trained against in 4 bits (nf4_weights)."""
     from safetensors import safe_open
 
     written, shard, size, files, index, total = 0, {}, 0, [], {}, 0
@@ -86,9 +114,14 @@ def stream_merge(pairs: dict, shards: list[Path], dtype: torch.dtype, directory:
             # stay resident until it closes, which would hold the whole base by the end of a shard
             with safe_open(str(path), framework="pt") as f:
                 tensor = f.get_tensor(key)
+            if key in nf4:
+                tensor = _through_nf4(tensor.to(dtype))
             if key in pairs:
-                a, b, scale = pairs[key]
-                tensor = (tensor.float() + scale * (b.float() @ a.float())).to(dtype)
+                a, b, scale, magnitude = pairs[key]
+                tensor = tensor.float() + scale * (b.float() @ a.float())
+                if magnitude is not None:  # DoRA
+                    tensor = (magnitude.float() / torch.linalg.norm(tensor, dim=1))[:, None] * tensor
+                tensor = tensor.to(dtype)
             elif tensor.is_floating_point():
                 tensor = tensor.to(dtype)
             nbytes = tensor.numel() * tensor.element_size()

@@ -1,6 +1,7 @@
 """`wb export`: rebuild the model a checkpoint describes and write it as a standard Hugging Face model."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 import sys
@@ -11,8 +12,8 @@ from ..config import ExportConfig
 from ..errors import UserError
 from ..data.dataset import encode_rows, load_rows
 from ..data.images import PREPROCESSOR_CONFIG
-from ..export import (atomic_directory, merged_model, model_card, parse_size, prepare_output, stream_merge, stream_plan,
-                      trained_on_4bit, with_chat_template, write_config, write_hf, write_metadata)
+from ..export import (atomic_directory, merged_model, model_card, nf4_weights, parse_size, prepare_output, stream_merge,
+                      stream_plan, trained_on_4bit, with_chat_template, write_config, write_hf, write_metadata)
 from ..export.quantize import check_method, quantize_directory, reload
 from ..models.loader import quiet_libraries
 from ..models.perplexity import perplexity
@@ -95,8 +96,7 @@ def run_export(cfg: ExportConfig) -> Path:
 def _stream_plan(ref, cfg: ExportConfig, vision: bool):
     """The streaming merge's plan (export/stream.py) for a plain LoRA adapter exported as a Hugging Face model;
     None where the merge runs in memory."""
-    if not ref.adapters or cfg.to != "hf" or cfg.quant_method or vision or ref.task == "rm" or \
-            trained_on_4bit(ref.args):
+    if not ref.adapters or cfg.to != "hf" or cfg.quant_method or vision or ref.task == "rm":
         return None
     plan = stream_plan(ref.adapters, base_weights(ref, cfg.trust_remote_code))
     if isinstance(plan, str):
@@ -109,9 +109,16 @@ def _write_streamed(plan, ref, cfg: ExportConfig, dtype, tokenizer, template, tm
     from tqdm import tqdm
 
     pairs, shards = plan
+    base = base_weights(ref, cfg.trust_remote_code)
+    nf4 = set()
+    if trained_on_4bit(ref.args):  # QLoRA: into the NF4 base it was trained against, dequantized
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise UserError("merging a QLoRA adapter needs bitsandbytes to reproduce its 4-bit base: "
+                            "pip install 'swiftlike[qlora]'")
+        nf4 = nf4_weights(base, dtype)
     with tqdm(desc="wb export", unit="tensor", file=sys.stderr, dynamic_ncols=True, disable=None) as bar:  # (a tty)
-        stream_merge(pairs, shards, dtype, tmp, parse_size(cfg.max_shard_size), bar)
-    write_config(base_weights(ref, cfg.trust_remote_code), dtype, tokenizer, template, tmp)
+        stream_merge(pairs, shards, dtype, tmp, parse_size(cfg.max_shard_size), bar, nf4)
+    write_config(base, dtype, tokenizer, template, tmp)
 
 
 def _calibration(dataset: list[str], template) -> tuple[str, list[dict]]:
