@@ -25,7 +25,8 @@ INDEX = "model.safetensors.index.json"
 
 
 def stream_plan(adapter_dir: str, base_dir: str) -> tuple[dict, list[Path]] | str:
-    """({base weight name: (A, B, scale)}, the base's shards) when the merge can stream, else why not."""
+    """({base weight name: [A, B, scale, DoRA magnitude or None]}, the base's shards) when the merge can stream,
+    else why not."""
     config = json.loads((Path(adapter_dir) / "adapter_config.json").read_text(encoding="utf-8"))
     if config.get("peft_type", "LORA") != "LORA":
         return f"a {config.get('peft_type')} adapter"
@@ -36,13 +37,15 @@ def stream_plan(adapter_dir: str, base_dir: str) -> tuple[dict, list[Path]] | st
     shards = _shards(Path(base_dir))
     if not shards:
         return "a base without safetensors weights"
+    if not (Path(adapter_dir) / "adapter_model.safetensors").is_file():
+        return "an adapter not saved as safetensors"
     from safetensors.torch import load_file
 
     weights = load_file(str(Path(adapter_dir) / "adapter_model.safetensors"))
     r, alpha = config["r"], config["lora_alpha"]
     scale = alpha / math.sqrt(r) if config.get("use_rslora") else alpha / r
     dora = bool(config.get("use_dora"))
-    pairs: dict[str, list] = {}  # base weight -> [A, B, scale, DoRA magnitude or None]
+    pairs: dict[str, list] = {}
     for name, tensor in weights.items():
         parts = (".lora_A.weight", ".lora_B.weight") + ((".lora_magnitude_vector",) if dora else ())
         if not name.startswith(ADAPTER_PREFIX) or not name.endswith(parts):
