@@ -58,8 +58,11 @@ def test_a_pairs_images_belong_to_the_prompt_both_sides_share(pictures):
     with pytest.raises(RowError, match=r"1 <image> placeholder\(s\) in the messages but 2 image\(s\)"):
         to_canonical({"prompt": "<image>hi", "chosen": "A", "rejected": "B", "images": ["a.png", "b.png"]},
                      "preference")
-    with pytest.raises(RowError, match="images in kto rows are not read yet"):
-        to_canonical({"prompt": "<image>hi", "completion": "A", "label": True, "images": ["a.png"]}, "kto")
+    kto = to_canonical({"messages": [{"role": "user", "content": [{"type": "image", "image": "a.png"}, "hi"]},
+                                     {"role": "assistant", "content": "A"}], "label": True}, "kto")
+    assert kto["images"] == ["a.png"] and kto["messages"][0]["content"] == "<image>hi"
+    assert to_canonical({"prompt": "<image>hi", "completion": "A", "label": False, "images": ["b.png"]},
+                        "kto")["images"] == ["b.png"]
 
 
 @pytest.mark.parametrize("model", MODELS)
@@ -93,6 +96,47 @@ def test_packed_pair_logps_equal_each_sequence_alone(model, pictures, qwen3_toke
         assert float(alone[0]) == pytest.approx(float(sums[2]), rel=1e-4, abs=1e-3)
 
 
+@pytest.mark.parametrize("model", MODELS)
+def test_kto_matched_and_mismatched_sequences_keep_their_prompts_images(model, pictures, qwen3_tokenizer):
+    """KTO's KL sequences pair prompt i (with its images) with answer i-1: every sequence's log-prob sum equals the
+    model's on that sequence alone; a text-only batch carries the blank image as a last sequence."""
+    from swiftlike.data.collate import collate_padding_free
+    from swiftlike.data.pairs import KTOCollate, encode_kto
+    from swiftlike.train.dpo import KTOObjective
+
+    template = get_template(find_model(model).template, qwen3_tokenizer)
+    template.image_processing = ImageProcessing(dict(find_model(model).processor))
+    pad, span = template.image_token_ids
+    rows = [to_canonical(r, "kto") for r in (
+        {"prompt": "<image>Colour?", "completion": "red", "label": True, "images": [str(pictures / "red.png")]},
+        {"prompt": "Say hi.", "completion": "Hi!", "label": False},
+        {"prompt": "<image> and <image>?", "completion": "blue, green", "label": True,
+         "images": [str(pictures / "blue.png"), str(pictures / "green.png")]})]
+    examples, _ = encode_kto(rows, template, 4096)
+    collate = KTOCollate(template, ImageCollate(collate_padding_free, template.image_processing, pad, span))
+    batch = collate(examples)
+    assert len(batch["seq_lens"]) == 6 and int(batch["image_grid_thw"].shape[0]) == 6  # 3 images, twice
+    net = build_miniature(model).eval()
+    objective = KTOObjective(net, 0.1)
+    inputs = {k: v for k, v in batch.items() if k not in ("n_pairs", "labels")}
+    with torch.no_grad():
+        sums, _ = objective._sequence_logps(objective.policy, **inputs)
+        starts = torch.cumsum(batch["seq_lens"], 0) - batch["seq_lens"]
+        images = [r.get("images", []) for r in rows] * 2  # matched, then mismatched: prompt i keeps its images
+        for i, (start, n) in enumerate(zip(starts.tolist(), batch["seq_lens"].tolist())):
+            ids = batch["input_ids"][:, start:start + n]
+            pixels = template.image_processing.batch(images[i]) if images[i] else {}
+            logits = net(input_ids=ids, mm_token_type_ids=(ids == pad).int(), **pixels).logits[0, :-1].float()
+            labels = batch["targets"][0, start:start + n - 1]
+            keep = labels != -100
+            own = logits.log_softmax(-1)[keep].gather(-1, labels[keep, None]).sum()
+            assert float(sums[i]) == pytest.approx(float(own), rel=1e-4, abs=1e-3), i
+        text = collate([examples[1], examples[1]])
+        assert "pixel_values" in text and len(text["seq_lens"]) == 5  # 2 matched, 2 mismatched, the blank image
+        loss, n, metrics = objective(**text)
+        assert int(n) == 2 and torch.isfinite(loss)
+
+
 @pytest.mark.slow
 def test_wb_dpo_trains_on_image_and_text_pairs(tmp_path, pictures):
     data = tmp_path / "pairs.jsonl"
@@ -117,3 +161,21 @@ def test_wb_dpo_trains_on_image_and_text_pairs(tmp_path, pictures):
                         "--dataset", str(bad), "--lora", "--max_steps", "1", "--output_dir", "bad"],
                        cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=600)
     assert r.returncode == 2 and f"{bad}:1: image {tmp_path / 'gone.png'}: no such file" in r.stderr, r.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_wb_kto_trains_on_image_and_text_answers(tmp_path, pictures):
+    data = tmp_path / "kto.jsonl"
+    (tmp_path / "red.png").write_bytes((pictures / "red.png").read_bytes())
+    rows = [{"prompt": "<image>Colour?", "completion": "red", "label": True, "images": ["red.png"]},
+            {"prompt": "<image>Colour?", "completion": "blue", "label": False, "images": ["red.png"]},
+            {"prompt": "Say hi.", "completion": "Hi!", "label": True}]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    r = subprocess.run([sys.executable, "-m", "swiftlike.cli.main", "kto", "--model", MODELS[0], "--miniature",
+                        "--dataset", str(data), "--lora", "--max_steps", "3", "--per_device_train_batch_size", "2",
+                        "--logging_steps", "1", "--output_dir", "run"],
+                       cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    logs = [json.loads(m) for m in re.findall(r'\{"step": \d+, "epoch"[^\n]*?\}(?=\s|$)', r.stdout + r.stderr)]
+    assert len(logs) == 3 and all(torch.isfinite(torch.tensor(e["loss"])) for e in logs)
+    assert (tmp_path / "run" / "checkpoint-3" / "preprocessor_config.json").is_file()

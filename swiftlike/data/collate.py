@@ -58,8 +58,11 @@ class ImageCollate:
         self.sequences = sequences or _sequences  # the batch's sequences in the order `collate` lays them out
 
     def __call__(self, rows: list) -> dict:
-        batch = self.collate(rows)
-        sources = [s for seq in self.sequences(rows) for s in seq.get("images", ())]
+        return self.add_images(self.collate(rows), self.sequences(rows))
+
+    def add_images(self, batch: dict, sequences: list[dict]) -> dict:
+        """A collated batch with the pixels of its sequences' images (in the batch's order), or a blank image."""
+        sources = [s for seq in sequences for s in seq.get("images", ())]
         if sources:
             batch.update(self.processing.batch(sources))
         else:

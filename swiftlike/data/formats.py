@@ -57,9 +57,6 @@ def to_canonical(row: dict, task: str = "sft") -> dict:
             out.pop("images", None)
             images = _images(row, out["messages"])
             return {**out, "images": images} if images else out
-        if row.get("images") or any("images" in m for m in out.get("messages", ())):
-            raise RowError("images in kto rows are not read yet (wb sft, wb dpo and wb grpo read them); remove "
-                           "them or train with one of those")
         return out
     if task == "pt":
         if "text" not in row:
@@ -349,11 +346,13 @@ def _kto(row: dict) -> dict:
         raise RowError(f"KTO rows need a boolean 'label', got {label!r}")
     if "completion" in row:
         messages = _prompt(row) + _completion(row["completion"], "completion")
+        images = _images(row, messages)
     else:
-        messages = to_canonical(row)["messages"]
+        canonical = to_canonical(row)
+        messages, images = canonical["messages"], canonical.get("images", [])
     if messages[-1]["role"] != "assistant":
         raise RowError("a KTO row must end with the assistant answer that is labelled")
-    return {"messages": messages, "label": label}
+    return {"messages": messages, "label": label, **({"images": images} if images else {})}
 
 
 def _grpo(row: dict) -> dict:

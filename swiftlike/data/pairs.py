@@ -80,13 +80,14 @@ def collate_pairs(pairs: list[dict]) -> dict:
 # -- KTO: single answers with a desirable/undesirable label ------------------------------------------
 def kto_row(row: dict) -> dict:
     """A KTO row as a template row: only its last message, the labelled answer, is trained."""
-    return {"messages": _with_prompt_untrained(row["messages"], len(row["messages"]) - 1)}
+    images = {"images": row["images"]} if row.get("images") else {}  # the prompt's
+    return {"messages": _with_prompt_untrained(row["messages"], len(row["messages"]) - 1), **images}
 
 
-def encode_kto(rows: list[dict], template, max_length: int, stats: DataStats | None = None
-               ) -> tuple[list[dict], DataStats]:
-    """Each row keeps its prompt and answer messages so batches can pair prompts with other rows' answers.
-    --max_length limits each example (prompt + answer)."""
+def encode_kto(rows: list[dict], template, max_length: int, stats: DataStats | None = None,
+               sources: list[str] | None = None) -> tuple[list[dict], DataStats]:
+    """Each row keeps its prompt and answer messages (and its prompt's images) so batches can pair prompts with
+    other rows' answers. --max_length limits each example (prompt + answer, images expanded)."""
     stats = stats or DataStats()
     stats.rows_read = len(rows) + sum(stats.dropped.values())
     stats.length_of = "prompt + answer"
@@ -94,14 +95,19 @@ def encode_kto(rows: list[dict], template, max_length: int, stats: DataStats | N
     for start in range(0, len(rows), 256):
         chunk = rows[start:start + 256]
         marked = [kto_row(r) for r in chunk]
-        for row, enc in zip(chunk, template.encode_batch(marked)):
+        for i, (row, enc) in enumerate(zip(chunk, template.encode_batch(marked))):
+            try:
+                enc = encode_images(template, row, enc)
+            except (ImageError, TemplateError) as e:
+                raise UserError(f"{sources[start + i] if sources else f'row {start + i}'}: {e}") from None
             if enc["length"] > max_length:
                 stats.dropped[f"longer than max_length {max_length}"] += 1
             elif not any(x != -100 for x in enc["labels"][1:]):
                 stats.dropped["nothing to score"] += 1
             else:
                 examples.append({"enc": enc, "prompt": row["messages"][:-1], "answer": row["messages"][-1],
-                                 "label": row["label"], "length": enc["length"]})
+                                 "label": row["label"], "length": enc["length"],
+                                 **({"images": row["images"]} if row.get("images") else {})})
                 stats.lengths.append(enc["length"])
                 stats.trained_tokens += sum(1 for x in enc["labels"] if x != -100)
     if not examples:
@@ -114,17 +120,21 @@ def encode_kto(rows: list[dict], template, max_length: int, stats: DataStats | N
 
 
 class KTOCollate:
-    """Matched sequences, then mismatched ones (prompt_i with answer_{i-1}) for the KL estimate."""
+    """Matched sequences, then mismatched ones (prompt_i, with its images, and answer_{i-1}) for the KL estimate.
+    `images`: a vision-language run's ImageCollate, which adds the sequences' pixels (data/collate.py)."""
 
-    def __init__(self, template):
-        self.template = template
+    def __init__(self, template, images=None):
+        self.template, self.images = template, images
 
     def __call__(self, examples: list[dict]) -> dict:
         n = len(examples)
         mismatched = [{"messages": _with_prompt_untrained(examples[i]["prompt"] + [examples[i - 1]["answer"]],
-                                                          len(examples[i]["prompt"]))} for i in range(n)]
-        kl = self.template.encode_batch(mismatched) if n > 1 else [examples[0]["enc"]]
-        batch = collate_padding_free([e["enc"] for e in examples] + kl)
+                                                          len(examples[i]["prompt"])),
+                       **({"images": examples[i]["images"]} if examples[i].get("images") else {})} for i in range(n)]
+        kl = [encode_images(self.template, row, enc) for row, enc in
+              zip(mismatched, self.template.encode_batch(mismatched))] if n > 1 else [examples[0]["enc"]]
+        sequences = [e["enc"] for e in examples] + kl
+        batch = collate_padding_free(sequences)
         batch["n_pairs"] = torch.tensor(n)
         batch["labels"] = torch.tensor([bool(e["label"]) for e in examples])
-        return batch
+        return self.images.add_images(batch, sequences) if self.images is not None else batch

@@ -144,8 +144,9 @@ def _encode(task: str, template, row: dict, cfg: PreviewConfig) -> dict:
     if task == "kto":
         from ..data.pairs import kto_row
 
-        enc = template.encode(kto_row(row))
-        return {"label": row["label"], **_part(enc["input_ids"], enc["labels"])}
+        enc = encode_images(template, row, template.encode(kto_row(row)))
+        images = {k: enc[k] for k in ("images", "image_grid") if k in enc}
+        return {"label": row["label"], **_part(enc["input_ids"], enc["labels"]), **images}
     if task in ("dpo", "rm"):
         from ..data.pairs import pair_rows
 

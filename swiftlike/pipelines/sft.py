@@ -115,6 +115,12 @@ def _pairs_collate(template):
     return ImageCollate(collate_pairs, template.image_processing, *template.image_token_ids, sequences=pair_sequences)
 
 
+def _kto_collate(template):
+    images = None if template.vision is None else \
+        ImageCollate(collate_padding_free, template.image_processing, *template.image_token_ids)
+    return KTOCollate(template, images)
+
+
 def _task(cfg) -> str:
     from ..config import DPOConfig, KTOConfig, PTConfig, RMConfig
 
@@ -155,7 +161,7 @@ def _encoded_pairs(cfg, template, specs: list[str]) -> tuple[list[dict], DataSta
     rows = METHODS[_task(cfg)].rows
     raw = load_rows(specs, sources, cfg.skip_bad_rows, stats, cfg.seed, rows, cfg.columns, cfg.data_names())
     if rows == "kto":
-        return encode_kto(raw, template, cfg.max_length, stats)
+        return encode_kto(raw, template, cfg.max_length, stats, sources)
     if METHODS[_task(cfg)].reward_head and (i := next((i for i, r in enumerate(raw) if r.get("images")), None)) \
             is not None:
         raise UserError(f"{sources[i]}: images in wb rm rows are not read yet (wb sft and wb dpo read them)")
@@ -461,6 +467,6 @@ METHODS = {
     "sft": Method("sft"),
     "pt": Method("pt"),
     "dpo": Method("preference", pairwise=True, objective=_preference_objective, collate=_pairs_collate),
-    "kto": Method("kto", pairwise=True, objective=_preference_objective, collate=KTOCollate),
+    "kto": Method("kto", pairwise=True, objective=_preference_objective, collate=_kto_collate),
     "rm": Method("preference", pairwise=True, reward_head=True, objective=_reward_objective, collate=_pairs_collate),
 }

@@ -212,11 +212,11 @@ class KTOObjective(PreferenceObjective):
     def weight(batch: dict) -> float:
         return float(batch["n_pairs"])
 
-    def forward(self, input_ids, targets, position_ids, seq_lens, n_pairs, labels):
+    def forward(self, input_ids, targets, position_ids, seq_lens, n_pairs, labels, **images):
         n = int(n_pairs)
-        sums, _ = self._sequence_logps(self.policy, input_ids, targets, position_ids, seq_lens)
-        ref = self._reference(input_ids, targets, position_ids, seq_lens)
-        kl = (sums[n:] - ref[n:]).detach().mean().clamp(min=0)
+        sums, _ = self._sequence_logps(self.policy, input_ids, targets, position_ids, seq_lens, **images)
+        ref = self._reference(input_ids, targets, position_ids, seq_lens, **images)
+        kl = (sums[n:2 * n] - ref[n:2 * n]).detach().mean().clamp(min=0)  # (a blank image's sequence is last)
         losses = kto_loss(sums[:n], ref[:n], labels, kl, self.beta, self.desirable_weight, self.undesirable_weight)
         reward = self.beta * (sums[:n] - ref[:n]).detach()
         metrics = {"kl": float(kl) * n,
