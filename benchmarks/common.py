@@ -128,6 +128,21 @@ def add_child_args(parser) -> None:
     parser.add_argument("--data", help=argparse.SUPPRESS)
 
 
+def run_sides(script: str, sides: list[str], repeats: int, child_args, note=None) -> dict[str, list]:
+    """Run each side's child (`child_args(side)`: its arguments) `repeats` times, the sides alternating (drift in
+    the machine hits both), printing each run; `note(result)` may add fields to a result and returns the text that
+    ends its line."""
+    results: dict[str, list] = {s: [] for s in sides}
+    for r in range(repeats):
+        for side in sides:
+            res = run_child(script, ["--child", side, *child_args(side)])
+            extra = note(res) if note else ""
+            results[side].append(res)
+            print(f"[{side} #{r + 1}] {res['tokens_per_second']:.1f} tok/s, peak RSS {res['peak_rss_mb']:.0f} MB, "
+                  f"train {res['train_seconds']:.1f}s, wall {res['wall_seconds']:.1f}s{extra}", flush=True)
+    return results
+
+
 def run_child(script: str, args: list[str]) -> dict:
     """Run `script --child ...` in its own process (its peak RSS is its own) and return its RESULT line."""
     import subprocess

@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (add_child_args, build_model_dir, chat_rows, matmul_flops, peak_rss_mb, peer_lora, run_child,  # noqa: E402
-                    scratch_dir, write_jsonl)
+from common import (add_child_args, build_model_dir, chat_rows, matmul_flops, peak_rss_mb, peer_lora,  # noqa: E402
+                    run_sides, scratch_dir, write_jsonl)
 
 
 def run_ours(model_dir: str, data: str, steps: int, batch: int, out: str) -> dict:
@@ -91,16 +91,13 @@ def main() -> None:
     rate = matmul_flops()
     fpt = flops_per_token(model_dir)
     sides = [a.only] if a.only else ["ours", "trl"]
-    results: dict[str, list] = {s: [] for s in sides}
-    for r in range(a.repeats):
-        for side in sides:
-            res = run_child(__file__, ["--child", side, "--model-dir", model_dir, "--data", data,
-                                       "--steps", str(a.steps), "--batch", str(a.batch)])
-            res["mfu"] = fpt * res["tokens_per_second"] / rate
-            results[side].append(res)
-            print(f"[{side} #{r + 1}] {res['tokens_per_second']:.1f} tok/s, peak RSS {res['peak_rss_mb']:.0f} MB, "
-                  f"train {res['train_seconds']:.1f}s, wall {res['wall_seconds']:.1f}s, MFU {100 * res['mfu']:.1f}%",
-                  flush=True)
+
+    def mfu(res: dict) -> str:
+        res["mfu"] = fpt * res["tokens_per_second"] / rate
+        return f", MFU {100 * res['mfu']:.1f}%"
+
+    args = ["--model-dir", model_dir, "--data", data, "--steps", str(a.steps), "--batch", str(a.batch)]
+    results = run_sides(__file__, sides, a.repeats, lambda side: args, mfu)
     print(f"\nmachine fp32 matmul rate: {rate / 1e9:.1f} GFLOP/s; model FLOPs per token {fpt / 1e6:.1f} MFLOP "
           f"(ceiling {rate / fpt:.0f} tok/s)")
     best = {s: max(results[s], key=lambda x: x["tokens_per_second"]) for s in sides}

@@ -25,7 +25,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import add_child_args, chat_rows, peak_rss_mb, peer_lora, run_child, scratch_dir, write_jsonl  # noqa: E402
+from common import (add_child_args, chat_rows, peak_rss_mb, peer_lora, run_sides, scratch_dir,  # noqa: E402
+                    write_jsonl)
 
 MODEL_ID = "Qwen/Qwen2.5-VL-3B-Instruct"
 TEMPLATE = Path(__file__).resolve().parents[1] / "swiftlike" / "assets" / "chat_templates" / "qwen2_vl.jinja"
@@ -242,15 +243,10 @@ def main() -> None:
 
     paths = prepare(scratch_dir("wb-bench-vl-"), a.steps, a.batch)
     sides = [a.only] if a.only else ["ours", "trl"]
-    results: dict[str, list] = {s: [] for s in sides}
-    for r in range(a.repeats):
-        for side in sides:
-            res = run_child(__file__, ["--child", side, "--model-dir", paths["model"], "--data", paths[side],
-                                       "--steps", str(a.steps), "--batch", str(a.batch)])
-            results[side].append(res)
-            print(f"[{side} #{r + 1}] {res['tokens_per_second']:.1f} tok/s, peak RSS {res['peak_rss_mb']:.0f} MB, "
-                  f"train {res['train_seconds']:.1f}s, wall {res['wall_seconds']:.1f}s, "
-                  f"first loss {res['first_loss']:.4f}", flush=True)
+    results = run_sides(__file__, sides, a.repeats,
+                        lambda side: ["--model-dir", paths["model"], "--data", paths[side], "--steps", str(a.steps),
+                                      "--batch", str(a.batch)],
+                        lambda res: f", first loss {res['first_loss']:.4f}")
     report(results, sides)
 
 

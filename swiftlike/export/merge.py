@@ -44,14 +44,20 @@ def trained_on_4bit(args: dict) -> bool:
     return args.get("train_type") == "qlora" or bool(args.get("qlora"))
 
 
-def _load_dequantized_nf4(model, base: str, dtype: torch.dtype, kw: dict) -> None:
-    """Replace the linear weights of `model` by those the QLoRA run trained against: NF4 (double-quantized, as
-    models/loader.py quantizes) and back, in `dtype`."""
+def nf4_functional():
+    """bitsandbytes' functional module, which a QLoRA merge needs to reproduce the 4-bit base (one line if missing)."""
     try:
         import bitsandbytes.functional as bnbf
     except ImportError:
         raise UserError("merging a QLoRA adapter needs bitsandbytes to reproduce its 4-bit base: "
                         "pip install 'swiftlike[qlora]'") from None
+    return bnbf
+
+
+def _load_dequantized_nf4(model, base: str, dtype: torch.dtype, kw: dict) -> None:
+    """Replace the linear weights of `model` by those the QLoRA run trained against: NF4 (double-quantized, as
+    models/loader.py quantizes) and back, in `dtype`."""
+    bnbf = nf4_functional()
     quantized = load_model(base, dtype, quantize_4bit=True, **{**kw, "device": accel.device()})
     weights = {}
     for name, module in quantized.named_modules():

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
+from .merge import nf4_functional
 
 ADAPTER_PREFIX = "base_model.model."
 INDEX = "model.safetensors.index.json"
@@ -76,6 +77,7 @@ def nf4_weights(base_dir: str, dtype: torch.dtype) -> set[str]:
     from transformers import AutoConfig, AutoModelForCausalLM, BitsAndBytesConfig
     from transformers.quantizers.auto import AutoHfQuantizer
 
+    nf4_functional()  # before any work: the merge cannot run without it
     config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                 bnb_4bit_compute_dtype=dtype)
     with torch.device("meta"):
@@ -86,10 +88,9 @@ def nf4_weights(base_dir: str, dtype: torch.dtype) -> set[str]:
 
 def _through_nf4(weight: torch.Tensor) -> torch.Tensor:
     """The weight as QLoRA saw it: NF4 with double quantization (bitsandbytes' defaults, 64-wide blocks) and back."""
-    import bitsandbytes.functional as bnbf
-
     from .. import accel
 
+    bnbf = nf4_functional()
     q, state = bnbf.quantize_4bit(weight.to(accel.device()), blocksize=64, compress_statistics=True, quant_type="nf4")
     return bnbf.dequantize_4bit(q, state).to("cpu", weight.dtype)
 

@@ -1,7 +1,6 @@
 """`wb export`: rebuild the model a checkpoint describes and write it as a standard Hugging Face model."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import sys
@@ -112,9 +111,6 @@ def _write_streamed(plan, ref, cfg: ExportConfig, dtype, tokenizer, template, tm
     base = base_weights(ref, cfg.trust_remote_code)
     nf4 = set()
     if trained_on_4bit(ref.args):  # QLoRA: into the NF4 base it was trained against, dequantized
-        if importlib.util.find_spec("bitsandbytes") is None:
-            raise UserError("merging a QLoRA adapter needs bitsandbytes to reproduce its 4-bit base: "
-                            "pip install 'swiftlike[qlora]'")
         nf4 = nf4_weights(base, dtype)
     with tqdm(desc="wb export", unit="tensor", file=sys.stderr, dynamic_ncols=True, disable=None) as bar:  # (a tty)
         stream_merge(pairs, shards, dtype, tmp, parse_size(cfg.max_shard_size), bar, nf4)
