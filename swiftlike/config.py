@@ -109,6 +109,10 @@ class SFTConfig(ModelArgs, DataArgs):
     max_pixels: int | None = _f(None, "Images are resized to at most this many pixels (default: the model's "
                                       "processor, e.g. 12845056 for Qwen2.5-VL); fewer pixels, fewer image tokens.")
     min_pixels: int | None = _f(None, "Images are resized to at least this many pixels (default: the model's).")
+    video_fps: float | None = _f(None, "Videos: frames read per second of a video file, and the rate a list of "
+                                       "frames is taken to have (default: the model's video processor, 2).")
+    video_max_pixels: int | None = _f(None, "Videos: the video processor's upper pixel bound (Qwen2.5-VL: per "
+                                            "frame; Qwen3-VL: all frames together; default: the model's).")
     freeze_vit: bool = _f(True, "Keep the vision encoder frozen (no LoRA on it, no gradient under --full).")
     freeze_aligner: bool = _f(True, "Keep the vision-to-language projection (the merger) frozen.")
     freeze_llm: bool = _f(False, "Keep the language model frozen (train the vision side only).")
@@ -246,9 +250,9 @@ class SFTConfig(ModelArgs, DataArgs):
                      "logging_steps", "save_steps"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("max_pixels", "min_pixels"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise UserError(f"--{name} must be a positive number of pixels, got {getattr(self, name)}")
+        for name in ("max_pixels", "min_pixels", "video_max_pixels", "video_fps"):
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
+                raise UserError(f"--{name} must be positive, got {getattr(self, name)}")
         if self.max_pixels and self.min_pixels and self.min_pixels > self.max_pixels:
             raise UserError(f"--min_pixels {self.min_pixels} is above --max_pixels {self.max_pixels}")
         for name, frozen in (("vit_lr", "freeze_vit"), ("aligner_lr", "freeze_aligner")):
@@ -710,6 +714,9 @@ class PreviewConfig(ModelArgs, DataArgs):
     max_pixels: int | None = _f(None, "Vision-language models: images resized to at most this many pixels (as "
                                       "when training).")
     min_pixels: int | None = _f(None, "Vision-language models: images resized to at least this many pixels.")
+    video_fps: float | None = _f(None, "Videos: frames read per second of a file, the rate of a frame list (as when "
+                                       "training).")
+    video_max_pixels: int | None = _f(None, "Videos: the video processor's upper pixel bound (as when training).")
 
     def validate(self) -> "PreviewConfig":
         if not self.model or not self.dataset:

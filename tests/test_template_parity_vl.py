@@ -41,7 +41,10 @@ TEXT_AFTER = [{"role": "user", "content": [text("Describe: "), img("x.png")]},
               {"role": "assistant", "content": "A square."},
               {"role": "user", "content": "Thanks. Anything else?"},
               {"role": "assistant", "content": "No."}]
-CONVERSATIONS = {"no_image": NO_IMAGE, "one": ONE, "several": SEVERAL, "text_after": TEXT_AFTER}
+VIDEOS = [{"role": "user", "content": [text("Watch "), {"type": "video", "video": "clip.mp4"}, text(" then "),
+                                       img("a.png"), {"type": "video", "video": ["f0.png", "f1.png"]}]},
+          {"role": "assistant", "content": "A square moves."}]
+CONVERSATIONS = {"no_image": NO_IMAGE, "one": ONE, "several": SEVERAL, "text_after": TEXT_AFTER, "videos": VIDEOS}
 TOOL_IMAGE = [{"role": "user", "content": "Take a photo of the street and tell me the weather."},
               {"role": "assistant", "content": "",
                "tool_calls": [{"type": "function", "function": {"name": "get_weather",
@@ -132,8 +135,8 @@ def test_the_ms_swift_form_equals_typed_parts(tok):
       "images": ["a.png"]}, "images both in the 'images' column and in content parts"),
     ({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": [img()]}]},
      "message 1: images belong to user or tool messages, not assistant"),
-    ({"messages": [{"role": "user", "content": [{"type": "video", "video": "v.mp4"}]},
-                   {"role": "assistant", "content": "x"}]}, "'video' content: video, audio and file parts"),
+    ({"messages": [{"role": "user", "content": [{"type": "audio", "audio": "v.wav"}]},
+                   {"role": "assistant", "content": "x"}]}, "'audio' content: audio and file parts"),
     ({"messages": [{"role": "user", "content": [{"type": "image"}]}, {"role": "assistant", "content": "x"}]},
      "an image part needs its source"),
 ])

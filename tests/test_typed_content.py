@@ -82,9 +82,10 @@ def test_v1_preference_rows(qwen3_tokenizer):
 
 
 @pytest.mark.parametrize("part, message", [
-    ({"type": "video", "video": "cat.mp4"}, "message 0 part 1 is 'video' content: video, audio and file parts are "
+    ({"type": "audio", "audio": "cat.wav"}, "message 0 part 1 is 'audio' content: audio and file parts are "
                                             "not supported yet"),
-    ({"type": "input_audio", "input_audio": {}}, "part 1 is 'input_audio' content: video, audio"),
+    ({"type": "input_audio", "input_audio": {}}, "part 1 is 'input_audio' content: audio and file"),
+    ({"type": "video", "video": []}, "message 0 part 1: a video part needs its source"),
     ({"type": "hologram", "value": "x"}, "message 0 part 1 has unknown type 'hologram'"),
     ({"type": "text", "content": "x"}, "message 0 part 1: a text part needs its text as a string under 'text' or "
                                        "'value'"),
@@ -100,10 +101,10 @@ def test_unreadable_parts_are_refused_with_the_part_named(part, message):
 def test_refusal_names_file_and_row(tmp_path, qwen3_tokenizer):
     path = tmp_path / "d.jsonl"
     good = {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}
-    bad = {"messages": [{"role": "user", "content": [{"type": "video", "video": "v.mp4"}]},
+    bad = {"messages": [{"role": "user", "content": [{"type": "audio", "audio": "v.wav"}]},
                         {"role": "assistant", "content": "b"}]}
     path.write_text(json.dumps(good) + "\n" + json.dumps(bad) + "\n")
-    with pytest.raises(UserError, match=rf"{path}:2: message 0 part 0 is 'video' content"):
+    with pytest.raises(UserError, match=rf"{path}:2: message 0 part 0 is 'audio' content"):
         load_rows([str(path)])
     # an image part is read, and a text-only model's template refuses it, naming file and row
     image = {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "u.png"}}]},

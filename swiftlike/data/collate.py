@@ -46,28 +46,39 @@ def collate_padded(rows: list[dict], pad_id: int) -> dict:
 
 class ImageCollate:
     """A batch of vision-language rows: the text batch (padded or padding-free) plus the pixels and grids of its
-    images in order, and mm_token_type_ids (1 at image tokens), from which Qwen-VL computes M-RoPE positions.
+    images and videos in order, and mm_token_type_ids (1 at image tokens, 2 at video tokens), from which Qwen-VL
+    computes M-RoPE positions.
 
-    A batch without images gets one blank image in a sequence of its own (untrained, attending only to itself):
+    A batch without images or videos gets one blank image in a sequence of its own (untrained, attending only to
+    itself):
     the model then runs its vision tower on every batch, so that every process runs the same modules in the same
     order — ZeRO-3 and FSDP gather weights collectively module by module, DDP reduces the gradients of a trainable
     vision side — and the loss is unchanged."""
 
-    def __init__(self, collate, processing, image_pad_id: int, span: tuple[int, int], sequences=None):
+    def __init__(self, collate, processing, image_pad_id: int, span: tuple[int, int], sequences=None,
+                 video_pad_id: int | None = None):
         self.collate, self.processing, self.pad_id, self.span = collate, processing, image_pad_id, span
         self.sequences = sequences or _sequences  # the batch's sequences in the order `collate` lays them out
+        self.video_pad_id = video_pad_id
 
     def __call__(self, rows: list) -> dict:
         return self.add_images(self.collate(rows), self.sequences(rows))
 
     def add_images(self, batch: dict, sequences: list[dict]) -> dict:
-        """A collated batch with the pixels of its sequences' images (in the batch's order), or a blank image."""
+        """A collated batch with the pixels of its sequences' images and videos (in the batch's order), or a blank
+        image."""
         sources = [s for seq in sequences for s in seq.get("images", ())]
+        videos = [v for seq in sequences for v in seq.get("videos", ())]
         if sources:
             batch.update(self.processing.batch(sources))
-        else:
+        if videos:
+            batch.update(self.processing.video.batch(videos))
+        if not sources and not videos:
             batch = self._with_blank_image(batch)
-        batch["mm_token_type_ids"] = (batch["input_ids"] == self.pad_id).int()
+        types = (batch["input_ids"] == self.pad_id).int()
+        if videos:
+            types += 2 * (batch["input_ids"] == self.video_pad_id).int()
+        batch["mm_token_type_ids"] = types
         return batch
 
     @functools.cached_property

@@ -10,10 +10,12 @@ from pathlib import Path
 
 from ..accel import is_main_process
 from ..errors import UserError
+from ..templates import IGNORE_INDEX
 from ..templates.errors import TemplateError
 from .files import BadLine, read_rows
 from .formats import RowError, UselessRow, to_canonical
 from .images import ImageError, expand, resolve_source
+from .videos import resolve_video, video_name
 
 ENCODE_CHUNK = 512
 TRUNCATION = ("drop", "left", "right", "split")
@@ -160,9 +162,11 @@ def _canonical(path: str, task: str, columns: dict | None, names: dict | None, s
             if isinstance(raw, BadLine):
                 raise RowError(str(raw))
             row = to_canonical(raw, task)
-            if row.get("images"):  # paths relative to the data file's folder
+            if row.get("images") or row.get("videos"):  # paths relative to the data file's folder
                 base = Path(source).parent if Path(source).is_file() else None
-                row["images"] = [resolve_source(s, base) for s in row["images"]]
+                for key, resolve in (("images", resolve_source), ("videos", resolve_video)):
+                    if row.get(key):
+                        row[key] = [resolve(s, base) for s in row[key]]
         except UselessRow as e:
             if stats is not None:
                 stats.dropped[str(e)] += 1
@@ -194,8 +198,29 @@ def iter_rows(specs: list[str], task: str = "sft", columns: dict | None = None, 
             yield row
 
 
+def with_video_texts(template, row: dict) -> dict:
+    """A row with videos: each video's text for the template — its pad tokens, and Qwen3-VL's timestamps — from
+    the frames the model's video processor reads (data/videos.py)."""
+    if not row.get("videos"):
+        return row
+    processing = getattr(template, "image_processing", None)
+    if processing is None or template.video_token_id is None:
+        raise ImageError(f"template {template.name} has no video processor for this row's videos")
+    video = processing.video
+    clips = [video.probe(v) for v in row["videos"]]
+    grids = [video.grid(c, video_name(v)) for c, v in zip(clips, row["videos"])]
+    texts = [template.video_text(g, video.merge, video.timestamps(c)) for g, c in zip(grids, clips)]
+    return {**row, "video_texts": texts, "video_grid": [list(g) for g in grids]}
+
+
 def encode_images(template, row: dict, encoded: dict) -> dict:
-    """A row with images: its image tokens expanded to each image's size (data/images.py)."""
+    """A row with images: its image tokens expanded to each image's size (data/images.py); with videos: its video
+    tokens (already expanded as text, `with_video_texts`) never trained, and the videos recorded."""
+    if row.get("videos"):
+        video_ids = {template.video_token_id, *template.image_token_ids[1]}
+        encoded = {**encoded, "labels": [IGNORE_INDEX if t in video_ids else label
+                                         for t, label in zip(encoded["input_ids"], encoded["labels"])],
+                   "videos": list(row["videos"]), "video_grid": row["video_grid"]}
     if not row.get("images"):
         return encoded
     processing = getattr(template, "image_processing", None)
@@ -205,16 +230,22 @@ def encode_images(template, row: dict, encoded: dict) -> dict:
     return expand(encoded, row["images"], processing, pad_id, span)
 
 
+def encode_with_media(template, rows: list[dict]) -> list[dict]:
+    """Rows encoded by the template, their videos and images expanded to the model's token counts."""
+    rows = [with_video_texts(template, r) for r in rows]
+    return [encode_images(template, r, e) for r, e in zip(rows, template.encode_batch(rows))]
+
+
 def _encode_chunk(template, rows: list[dict], sources: list | None, offset: int, skip: bool
                   ) -> tuple[list[dict | None], Counter]:
     """Encoded rows (None where the template rejects a skipped row) and the rejection counts."""
     try:
-        return [encode_images(template, r, e) for r, e in zip(rows, template.encode_batch(rows))], Counter()
+        return encode_with_media(template, rows), Counter()
     except (TemplateError, ImageError):
         out, rejected = [], Counter()
         for i, row in enumerate(rows):  # find the rows the template rejects, to name or count them
             try:
-                out.append(encode_images(template, row, template.encode(row)))
+                out += encode_with_media(template, [row])
             except (TemplateError, ImageError) as e:
                 if not skip:
                     where = sources[offset + i] if sources else f"row {offset + i}"
@@ -281,8 +312,9 @@ def encode_rows(rows: list[dict], template, max_length: int, sources: list | Non
                 if truncation_strategy == "drop":
                     stats.dropped[f"longer than max_length {max_length}"] += 1
                     continue
-                if enc.get("images"):  # a cut through an image span would leave its pixels without tokens
-                    stats.dropped[f"longer than max_length {max_length} (rows with images are never cut)"] += 1
+                if enc.get("images") or enc.get("videos"):  # a cut through an image span would leave pixels
+                    stats.dropped[f"longer than max_length {max_length} (rows with images or videos are never "
+                                  "cut)"] += 1
                     continue
                 stats.truncated += 1
                 pieces = _split(enc, max_length) if truncation_strategy == "split" else \

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 
-from ..templates.messages import IMAGE, MessageError, message_content, normalize_message, tool_call
+from ..templates.messages import (IMAGE, VIDEO, MessageError, is_video_source, message_content, normalize_message,
+                                  tool_call)
 
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                    "system": "system", "observation": "tool", "tool": "tool", "function_call": "assistant"}
@@ -50,7 +51,7 @@ def to_canonical(row: dict, task: str = "sft") -> dict:
     """The canonical row for a task: sft {messages, tools?}; preference {messages, rejected_messages};
     kto {messages, label}; grpo {messages (the prompt), **extra columns}."""
     if task in ("preference", "kto", "grpo"):
-        out = {"preference": _preference, "kto": _kto, "grpo": _grpo}[task](row)
+        out = _no_videos(row, {"preference": _preference, "kto": _kto, "grpo": _grpo}[task](row), task)
         if task == "preference":
             return _pair_images(row, out)
         if task == "grpo":  # the prompt's images (reward functions receive them as the `images` column)
@@ -83,9 +84,11 @@ def to_canonical(row: dict, task: str = "sft") -> dict:
     if not any(m["role"] == "assistant" for m in messages):
         raise RowError("no assistant turn to train on")
     out = {"messages": messages}
-    images = _images(row, messages)
+    images, videos = _images(row, messages), _videos(row, messages)
     if images:
         out["images"] = images
+    if videos:
+        out["videos"] = videos
     tools = _tools(row.get("tools"))
     if tools:
         out["tools"] = tools
@@ -95,16 +98,33 @@ def to_canonical(row: dict, task: str = "sft") -> dict:
 def _images(row: dict, messages: list[dict]) -> list[str]:
     """A row's images in order: from image content parts, or from the `images` column (the ms-swift /
     LLaMA-Factory form: <image> placeholders in the text), checked against the placeholders."""
-    from_parts = [s for m in messages for s in m.pop("images", ())]
-    column = row.get("images")
+    return _media(row, messages, "images", IMAGE, _image_column)
+
+
+def _videos(row: dict, messages: list[dict]) -> list:
+    """A row's videos in order (files or frame lists), from video parts or the `videos` column (<video>)."""
+    return _media(row, messages, "videos", VIDEO, _video_column)
+
+
+def _no_videos(row: dict, out: dict, task: str) -> dict:
+    """Rows of the tasks that do not read videos yet, refused when they hold any."""
+    keys = [k for k in ("messages", "rejected_messages") if k in out]
+    if row.get("videos") is not None or any(m.get("videos") for k in keys for m in out[k]):
+        raise RowError(f"videos are trained by sft only for now ({task} rows read images)")
+    return out
+
+
+def _media(row: dict, messages: list[dict], key: str, marker: str, column_reader) -> list:
+    from_parts = [s for m in messages for s in m.pop(key, ())]
+    column = row.get(key)
     if column is not None and from_parts:
-        raise RowError("images both in the 'images' column and in content parts; give them one way")
-    images = from_parts or _image_column(column)
-    if images:
-        placed = sum(m["content"].count(IMAGE) for m in messages if m["role"] in ("user", "tool"))
-        if placed != len(images):
-            raise RowError(f"{placed} {IMAGE} placeholder(s) in the messages but {len(images)} image(s)")
-    return images
+        raise RowError(f"{key} both in the '{key}' column and in content parts; give them one way")
+    found = from_parts or column_reader(column)
+    if found:
+        placed = sum(m["content"].count(marker) for m in messages if m["role"] in ("user", "tool"))
+        if placed != len(found):
+            raise RowError(f"{placed} {marker} placeholder(s) in the messages but {len(found)} {key[:-1]}(s)")
+    return found
 
 
 def _pair_images(row: dict, out: dict) -> dict:
@@ -119,6 +139,24 @@ def _pair_images(row: dict, out: dict) -> dict:
     _images({"images": images}, out["rejected_messages"])  # the same placeholder count on the rejected side
     if images:
         out["images"] = images
+    return out
+
+
+def _video_column(value) -> list:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list):
+        raise RowError(f"'videos' must be a list of videos (paths, URLs, data URIs or lists of frames), "
+                       f"got {type(value).__name__}")
+    out = []
+    for i, item in enumerate(value):
+        if isinstance(item, dict):  # {"path": ...}
+            item = item.get("path") or item.get("url")
+        if not is_video_source(item):
+            raise RowError(f"'videos' item {i} must be a path, URL, data URI or a list of frame images")
+        out.append(item)
     return out
 
 
@@ -178,8 +216,8 @@ def _text(value, where: str) -> str:
     if isinstance(value, str):
         return value
     if isinstance(value, list):
-        text, reasoning, calls, images = _parts(value, where)
-        if reasoning is None and not calls and not images:
+        text, reasoning, calls, images, videos = _parts(value, where)
+        if reasoning is None and not calls and not images and not videos:
             return text
     raise RowError(f"{where} must be a string, got {type(value).__name__}")
 

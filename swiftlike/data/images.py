@@ -78,18 +78,39 @@ def open_image(src: str):
 
 @dataclass
 class ImageProcessing:
-    """A Qwen-VL image processor (its preprocessor_config.json) with the run's pixel bounds."""
+    """A Qwen-VL image processor (its preprocessor_config.json) with the run's pixel bounds, and its video
+    processor (`video`: video_preprocessor_config.json, else the image config, as transformers falls back)."""
 
     config: dict
     min_pixels: int | None = None
     max_pixels: int | None = None
+    video_config: dict | None = None
+    video_fps: float | None = None
+    video_max_pixels: int | None = None
 
     @classmethod
-    def from_dir(cls, path: str | Path, min_pixels: int | None = None, max_pixels: int | None = None):
-        file = Path(path) / PREPROCESSOR_CONFIG
+    def from_dir(cls, path: str | Path, min_pixels: int | None = None, max_pixels: int | None = None, **video):
+        from .videos import VIDEO_PREPROCESSOR_CONFIG
+
+        file, video_file = Path(path) / PREPROCESSOR_CONFIG, Path(path) / VIDEO_PREPROCESSOR_CONFIG
         if not file.is_file():
             raise UserError(f"{path}: no {PREPROCESSOR_CONFIG}, which a vision-language model needs for its images")
-        return cls(json.loads(file.read_text(encoding="utf-8")), min_pixels, max_pixels)
+        video_config = json.loads(video_file.read_text(encoding="utf-8")) if video_file.is_file() else None
+        return cls(json.loads(file.read_text(encoding="utf-8")), min_pixels, max_pixels, video_config, **video)
+
+    @functools.cached_property
+    def video(self):
+        """The video processor (data/videos.py) with the run's --video_fps / --video_max_pixels."""
+        from .videos import VideoProcessing
+
+        return VideoProcessing(dict(self.video_config or self.config), self.video_fps, self.video_max_pixels)
+
+    def saved_files(self) -> dict[str, str]:
+        """The processor files a checkpoint or export carries (with the run's bounds), name -> text."""
+        from .videos import VIDEO_PREPROCESSOR_CONFIG
+
+        return {PREPROCESSOR_CONFIG: json.dumps(self.saved_config(), indent=2) + "\n",
+                VIDEO_PREPROCESSOR_CONFIG: json.dumps(self.video.saved_config(), indent=2) + "\n"}
 
     @property
     def bounds(self) -> tuple[int, int]:

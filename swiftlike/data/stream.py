@@ -58,24 +58,24 @@ class LazyCollate:
 
     def encode(self, rows: list[dict]) -> list[dict]:
         from ..templates.errors import TemplateError
-        from .dataset import encode_images
+        from .dataset import encode_with_media
         from .images import ImageError
 
         try:
-            encoded = [encode_images(self.template, r, e) for r, e in zip(rows, self.template.encode_batch(rows))]
+            encoded = encode_with_media(self.template, rows)
         except (TemplateError, ImageError) as e:
             if not self.skip:
                 raise UserError(f"a streamed row: {e}") from None
             encoded = []
             for row in rows:
                 try:
-                    encoded.append(encode_images(self.template, row, self.template.encode(row)))
+                    encoded += encode_with_media(self.template, [row])
                 except (TemplateError, ImageError) as err:
                     self.dropped[f"rejected by the template: {err}"] += 1
         out = []
         for enc in encoded:
             if enc["length"] > self.max_length:
-                if self.strategy == "drop" or enc.get("images"):
+                if self.strategy == "drop" or enc.get("images") or enc.get("videos"):
                     self.dropped[f"longer than max_length {self.max_length}"] += 1
                     continue
                 out += _split(enc, self.max_length) if self.strategy == "split" else \

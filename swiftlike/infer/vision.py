@@ -23,6 +23,8 @@ def encode_prompt(template, messages: Sequence[dict], tools: list | None = None,
     row's list for `<image>` placeholders; `base`: the folder relative image paths are read from (a data file's);
     `files=False` refuses file paths (a server's clients send data URIs or URLs, never read its files)."""
     messages = normalize_messages(messages)
+    if any(m.get("videos") for m in messages):
+        raise UserError("a prompt with a video: videos are read by wb sft only for now (prompts read images)")
     parts = [s for m in messages for s in m.get("images", ())]
     if parts and images:
         raise TemplateError("images both as content parts and as a list; give them one way")

@@ -181,6 +181,6 @@ def image_processing(ref: ModelRef, weights: str | None):
         if directory and (Path(directory) / PREPROCESSOR_CONFIG).is_file():
             return ImageProcessing.from_dir(directory)
     if ref.meta is not None and ref.meta.processor:
-        return ImageProcessing(dict(ref.meta.processor))
+        return ImageProcessing(dict(ref.meta.processor), video_config=dict(ref.meta.video_processor) or None)
     raise UserError(f"{ref.checkpoint or weights or ref.model}: no {PREPROCESSOR_CONFIG}, which a vision-language "
                     "model needs for its images")

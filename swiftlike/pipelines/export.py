@@ -11,6 +11,7 @@ from ..config import ExportConfig
 from ..errors import UserError
 from ..data.dataset import encode_rows, load_rows
 from ..data.images import PREPROCESSOR_CONFIG
+from ..data.videos import VIDEO_PREPROCESSOR_CONFIG
 from ..export import (atomic_directory, merged_model, model_card, nf4_weights, parse_size, prepare_output, stream_merge,
                       stream_plan, trained_on_4bit, with_chat_template, write_config, write_hf, write_metadata)
 from ..export.quantize import check_method, quantize_directory, reload
@@ -48,7 +49,7 @@ def run_export(cfg: ExportConfig) -> Path:
     if vision and cfg.quant_method:  # (--to gguf refuses them above, by architecture)
         raise UserError("--quant_method does not write vision-language models yet; export the merged model (--merge) "
                         "and quantize it with its own tools")
-    processor = _processor_config(ref, cfg.trust_remote_code) if vision else None
+    processor = _processor_dir(ref, cfg.trust_remote_code) if vision else None
     # else the bundled Jinja of the run's template; always for a VL model, whose tokenizer may carry a text-only one
     native = (ref.meta is None or ref.meta.template == template.name) and not vision
     tokenizer = with_chat_template(tokenizer, template, native)
@@ -78,8 +79,10 @@ def run_export(cfg: ExportConfig) -> Path:
             args["export"]["quantization"] = _quantize(model, tokenizer, template, tmp, cfg, dtype, calibration)
         else:
             write_hf(model, tokenizer, template, tmp, cfg.max_shard_size)
-            if processor is not None:  # the image processing the model was trained with
-                shutil.copyfile(processor, tmp / PREPROCESSOR_CONFIG)
+            if processor is not None:  # the image (and video) processing the model was trained with
+                for name in (PREPROCESSOR_CONFIG, VIDEO_PREPROCESSOR_CONFIG):
+                    if (processor / name).is_file():
+                        shutil.copyfile(processor / name, tmp / name)
         auto = "AutoModelForImageTextToText" if vision else "AutoModelForCausalLM"
         write_metadata(tmp, args, model_card(ref, args, bool(ref.adapters), auto))
     loads = "llama.cpp / `ollama create NAME -f Modelfile`" if cfg.to == "gguf" else \
@@ -143,11 +146,12 @@ def _quantize(model, tokenizer, template, tmp: Path, cfg: ExportConfig, dtype, c
             "perplexity_unquantized": round(before, 4), "perplexity_quantized": round(after, 4)}
 
 
-def _processor_config(ref, trust_remote_code: bool) -> Path:
-    """A vision-language checkpoint's preprocessor_config.json (with the run's pixel bounds), else its base's."""
+def _processor_dir(ref, trust_remote_code: bool) -> Path:
+    """The folder of a vision-language checkpoint's preprocessor_config.json (with the run's pixel bounds; its
+    video_preprocessor_config.json beside it), else its base's."""
     for folder in (ref.adapters, ref.base, base_weights(ref, trust_remote_code)):
         if folder and (Path(folder) / PREPROCESSOR_CONFIG).is_file():
-            return Path(folder) / PREPROCESSOR_CONFIG
+            return Path(folder)
     raise UserError(f"{ref.adapters or ref.base}: no {PREPROCESSOR_CONFIG} in the checkpoint or its base model; a "
                     "vision-language export needs its image processor")
 

@@ -3,12 +3,11 @@ advantages (GRPO and its variants), with LoRA, QLoRA or full parameters."""
 from __future__ import annotations
 
 import dataclasses
-import json
 
 from .. import accel
 from ..config import GRPOConfig
 from ..data.dataset import DataStats, hold_out, load_rows
-from ..data.images import PREPROCESSOR_CONFIG, ImageProcessing
+from ..data.images import ImageProcessing
 from ..errors import UserError
 from ..models import load_tokenizer
 from ..models.loader import padding_id
@@ -169,7 +168,7 @@ def run_grpo(cfg: GRPOConfig) -> TrainResult:
     trainer.after_train = evaluate_after
     if template.vision is not None:
         trainer.images = (template.image_processing, template.image_token_ids[0])
-        trainer.extra_files[PREPROCESSOR_CONFIG] = json.dumps(template.image_processing.saved_config(), indent=2)
+        trainer.extra_files.update(template.image_processing.saved_files())
     if main and resume_from is not None:
         print(resume_line(resume_from, trainer))
     result = trainer.train()

@@ -9,7 +9,7 @@ import json
 import sys
 
 from ..config import PreviewConfig
-from ..data.dataset import DataStats, encode_images, load_rows, parse_selection
+from ..data.dataset import DataStats, encode_images, encode_with_media, load_rows, parse_selection
 from ..data.images import ImageError, ImageProcessing
 from ..data.formats import SHAREGPT_ROLES
 from ..errors import UserError
@@ -32,27 +32,44 @@ def _runs(ids: list[int], labels: list[int]) -> list[tuple[list[int], bool]]:
     return runs
 
 
-def highlight(tokenizer, enc: dict, color: bool, image_pad: int | None = None) -> str:
+def highlight(tokenizer, enc: dict, color: bool, image_pad: int | None = None, video_pad: int | None = None) -> str:
     """The encoded text with trained spans in green (terminal) or between ⟦ ⟧ (elsewhere); each image's run of
-    `image_pad` tokens shown as one marked span with its source and token count."""
+    `image_pad` tokens shown as one marked span with its source and token count, each run of a video's
+    `video_pad` tokens likewise (Qwen3-VL: one run per temporal patch, after its timestamp)."""
     import itertools
-    from pathlib import Path
+    import math
 
     images = iter(zip(enc.get("images", ()), enc.get("image_grid", ())))
+    videos, grids = enc.get("videos", []), enc.get("video_grid", [])
+    k, left = -1, 0  # the video being shown, and how many of its tokens are still to come
+    kind = {image_pad: "image", video_pad: "video"}
     out = []
     for ids, trained in _runs(enc["input_ids"], enc["labels"]):
         pieces = []
-        for is_image, group in itertools.groupby(ids, key=lambda t: image_pad is not None and t == image_pad):
+        for what, group in itertools.groupby(ids, key=lambda t: kind.get(t) if t is not None else None):
             group = list(group)
-            if is_image:
+            if what == "image":
                 src, grid = next(images, ("?", ()))
-                name = Path(src).name if not src.startswith("data:") else "data URI"
-                pieces.append(f"⟪image {name}: {len(group)} tokens, grid {'x'.join(map(str, grid))}⟫")
+                pieces.append(f"⟪image {_name(src)}: {len(group)} tokens, grid {'x'.join(map(str, grid))}⟫")
+            elif what == "video":
+                if left <= 0:
+                    k += 1
+                    left = math.prod(grids[k]) // 4 if k < len(grids) else len(group)  # (merge 2 x 2)
+                left -= len(group)
+                pieces.append(f"⟪video {_name(videos[k]) if k < len(videos) else '?'}: {len(group)} tokens⟫")
             else:
                 pieces.append(tokenizer.decode(group))
         text = "".join(pieces)
         out.append((f"{_GREEN}{text}{_RESET}" if color else f"⟦{text}⟧") if trained else text)
     return "".join(out)
+
+
+def _name(src) -> str:
+    from pathlib import Path
+
+    if isinstance(src, list):
+        return f"{Path(src[0]).name}... ({len(src)} frames)"
+    return Path(src).name if not src.startswith("data:") else "data URI"
 
 
 # -- which command's data ------------------------------------------------------------------------
@@ -138,9 +155,9 @@ def _part(ids: list[int], labels: list[int]) -> dict:
 def _encode(task: str, template, row: dict, cfg: PreviewConfig) -> dict:
     """The JSON object of one row (see docs/data.md, "Previewing")."""
     if task in ("sft", "pt"):
-        enc = encode_images(template, row, template.encode(row))
-        images = {k: enc[k] for k in ("images", "image_grid") if k in enc}
-        return {**_part(enc["input_ids"], enc["labels"]), **images}
+        enc = encode_with_media(template, [row])[0]
+        media = {k: enc[k] for k in ("images", "image_grid", "videos", "video_grid") if k in enc}
+        return {**_part(enc["input_ids"], enc["labels"]), **media}
     if task == "kto":
         from ..data.pairs import kto_row
 
@@ -177,10 +194,10 @@ def _show(task: str, template, enc: dict, color: bool, head: str) -> str:
     if task in ("sft", "pt", "kto"):
         label = f"label {str(enc['label']).lower()} ({'desirable' if enc['label'] else 'undesirable'}) · " \
             if task == "kto" else ""
-        images = f", {len(enc['images'])} image(s) ⟪ ⟫" if enc.get("images") else ""
-        pad = template.image_token_ids[0] if enc.get("images") else None
-        return (f"{head} · {label}{len(enc['input_ids'])} tokens{images}, {_trained(enc['labels'])} trained "
-                f"({mark})\n" + highlight(tokenizer, enc, color, pad))
+        media = "".join(f", {len(enc[k])} {k[:-1]}(s) ⟪ ⟫" for k in ("images", "videos") if enc.get(k))
+        pads = (template.image_token_ids[0], template.video_token_id) if media else ()
+        return (f"{head} · {label}{len(enc['input_ids'])} tokens{media}, {_trained(enc['labels'])} trained "
+                f"({mark})\n" + highlight(tokenizer, enc, color, *pads))
     if task == "grpo":
         columns = ", ".join(f"{k}={_dumps(v)}" for k, v in enc["columns"].items())
         return (f"{head} · prompt {len(enc['prompt_ids'])} tokens, up to the generation prompt (completions are "
@@ -216,9 +233,10 @@ def _image_processing(cfg: PreviewConfig) -> ImageProcessing:
 
     meta = find_model(cfg.model)
     if meta is not None and meta.processor:
-        return ImageProcessing(dict(meta.processor), cfg.min_pixels, cfg.max_pixels)
+        return ImageProcessing(dict(meta.processor), cfg.min_pixels, cfg.max_pixels,
+                               dict(meta.video_processor) or None, cfg.video_fps, cfg.video_max_pixels)
     return ImageProcessing.from_dir(config_dir(cfg.model, cfg.hub, miniature=cfg.miniature), cfg.min_pixels,
-                                    cfg.max_pixels)
+                                    cfg.max_pixels, video_fps=cfg.video_fps, video_max_pixels=cfg.video_max_pixels)
 
 
 def run_preview(cfg: PreviewConfig, stream=None) -> None:

@@ -14,6 +14,7 @@ from .. import __version__, accel
 from ..config import SFTConfig
 from ..data.collate import ImageCollate, collate_padded, collate_padding_free
 from ..data.images import PREPROCESSOR_CONFIG, ImageProcessing
+from ..data.videos import VIDEO_PREPROCESSOR_CONFIG
 from ..data.packing import pack
 from ..data.pairs import KTOCollate, collate_pairs, pair_sequences
 from ..data.dataset import DataStats, encode_rows, hold_out, iter_rows, load_rows
@@ -82,8 +83,10 @@ def _base_weights(cfg: SFTConfig, tokenizer, out: Path) -> str:
         model.save_pretrained(base, safe_serialization=True)
         tokenizer.save_pretrained(base)
         meta = find_model(cfg.model)
-        if meta is not None and meta.processor:  # a vision-language model's image processor
+        if meta is not None and meta.processor:  # a vision-language model's image (and video) processor
             write_atomic(base / PREPROCESSOR_CONFIG, json.dumps(meta.processor, indent=2) + "\n")
+            if meta.video_processor:
+                write_atomic(base / VIDEO_PREPROCESSOR_CONFIG, json.dumps(meta.video_processor, indent=2) + "\n")
         write_atomic(marker, json.dumps(identity) + "\n")
     if accel.world_size() > 1:
         import torch.distributed as dist
@@ -245,7 +248,9 @@ def run_sft(cfg: SFTConfig) -> TrainResult:
     base_dir = None
     if template.vision is not None:  # the model's image processor decides how many tokens each image becomes
         base_dir = _base_weights(cfg, tokenizer, out)
-        template.image_processing = ImageProcessing.from_dir(base_dir, cfg.min_pixels, cfg.max_pixels)
+        template.image_processing = ImageProcessing.from_dir(base_dir, cfg.min_pixels, cfg.max_pixels,
+                                                             video_fps=cfg.video_fps,
+                                                             video_max_pixels=cfg.video_max_pixels)
     if cfg.streaming:
         specs = list(cfg.dataset)
         rows = RowStream(lambda: iter_rows(specs, method.rows, cfg.columns, cfg.data_names(), cfg.skip_bad_rows),
@@ -279,7 +284,8 @@ def run_sft(cfg: SFTConfig) -> TrainResult:
 
     collate = collate_padding_free if cfg.padding_free else partial(collate_padded, pad_id=tokenizer.pad_token_id)
     if template.vision is not None:
-        collate = ImageCollate(collate, template.image_processing, *template.image_token_ids)
+        collate = ImageCollate(collate, template.image_processing, *template.image_token_ids,
+                               video_pad_id=template.video_token_id)
     train_collate = LazyCollate(template, cfg.max_length, cfg.truncation_strategy, collate, cfg.skip_bad_rows) \
         if cfg.streaming or cfg.lazy_tokenize else collate
     settings = LoopSettings(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(LoopSettings)})
@@ -295,8 +301,8 @@ def run_sft(cfg: SFTConfig) -> TrainResult:
     if precompute:  # before the first update (a resumed LoRA run's reference is its adapter-disabled base)
         _precompute_reference(trainer, rows + eval_rows, cfg.per_device_train_batch_size, main)
     trainer.after_train = evaluate_after
-    if template.vision is not None:  # checkpoints carry the image processing they were trained with
-        trainer.extra_files[PREPROCESSOR_CONFIG] = json.dumps(template.image_processing.saved_config(), indent=2)
+    if template.vision is not None:  # checkpoints carry the image and video processing they were trained with
+        trainer.extra_files.update(template.image_processing.saved_files())
     if main and resume_from is not None:
         print(resume_line(resume_from, trainer))
     result = trainer.train()

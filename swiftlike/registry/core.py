@@ -55,6 +55,7 @@ class ModelMeta:
     tokenizer: str                      # bundled tokenizer asset (for --miniature offline), or ""
     config: dict = field(default_factory=dict)  # HF config fields; enough to build a miniature offline
     processor: dict = field(default_factory=dict)  # a vision-language model's preprocessor_config.json
+    video_processor: dict = field(default_factory=dict)  # its video_preprocessor_config.json, where it has one
     modelscope_id: str = ""             # ModelScope id where it differs
     requires: tuple[str, ...] = ()      # pip requirement strings
     miniature_tokenizer: str = ""       # TokenizerSpec that --miniature builds where `tokenizer` is ""

@@ -17,6 +17,11 @@ _QWEN3_PROCESSOR = {"size": {"longest_edge": 16777216, "shortest_edge": 65536}, 
                     "image_std": [0.5, 0.5, 0.5], "image_processor_type": "Qwen2VLImageProcessorFast",
                     "processor_class": "Qwen3VLProcessor"}
 
+# Qwen3-VL-4B's video_preprocessor_config.json (Qwen2.5-VL has none: transformers reads its preprocessor_config)
+_QWEN3_VIDEO = {"size": {"longest_edge": 25165824, "shortest_edge": 4096}, "patch_size": 16, "temporal_patch_size": 2,
+                "merge_size": 2, "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5],
+                "processor_class": "Qwen3VLProcessor", "video_processor_type": "Qwen3VLVideoProcessor"}
+
 # name: (hidden, intermediate, layers, heads, kv_heads, vocab, tie)
 _QWEN25 = {"Qwen2.5-VL-3B-Instruct": (2048, 11008, 36, 16, 2, 151936, True),
            "Qwen2.5-VL-7B-Instruct": (3584, 18944, 28, 28, 4, 152064, False)}
@@ -55,14 +60,14 @@ def _qwen3(h, inter, layers, vision, deepstack, tie) -> dict:
                                    deepstack_visual_indexes=deepstack))
 
 
-def _add(model_id: str, cfg: dict, template: str, processor: dict) -> None:
+def _add(model_id: str, cfg: dict, template: str, processor: dict, video: dict | None = None) -> None:
     register(ModelMeta(model_id=model_id, model_type=cfg["model_type"], architecture=cfg["architectures"][0],
                        template=template, family="qwen_vl", tokenizer="qwen3", config=cfg, processor=processor,
-                       requires=("transformers>=4.57",)))
+                       video_processor=video or {}, requires=("transformers>=4.57",)))
 
 
 for _name, _dims in _QWEN25.items():
     _add(f"Qwen/{_name}", _qwen25(*_dims), "qwen2_vl", _QWEN25_PROCESSOR)
 for _name, _dims in _QWEN3.items():
-    _add(f"Qwen/{_name}-Instruct", _qwen3(*_dims), "qwen3_vl", _QWEN3_PROCESSOR)
-    _add(f"Qwen/{_name}-Thinking", _qwen3(*_dims), "qwen3_vl_thinking", _QWEN3_PROCESSOR)
+    _add(f"Qwen/{_name}-Instruct", _qwen3(*_dims), "qwen3_vl", _QWEN3_PROCESSOR, _QWEN3_VIDEO)
+    _add(f"Qwen/{_name}-Thinking", _qwen3(*_dims), "qwen3_vl_thinking", _QWEN3_PROCESSOR, _QWEN3_VIDEO)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from .errors import TemplateError
-from .messages import IMAGE, normalize_messages
+from .messages import IMAGE, VIDEO, normalize_messages
 
 IGNORE_INDEX = -100
 
@@ -65,32 +65,58 @@ class Template:
         ids = self.tokenizer.convert_tokens_to_ids
         return ids(self.vision["image_pad"]), tuple(ids(t) for t in self.vision["span"])
 
+    @functools.cached_property
+    def video_token_id(self) -> int | None:
+        """The video pad token's id of a vision-language template that reads videos, else None."""
+        pad = (self.vision or {}).get("video_pad")
+        return self.tokenizer.convert_tokens_to_ids(pad) if pad else None
+
     def render(self, messages: Sequence[dict], tools: list | None = None,
-               add_generation_prompt: bool = False, images: Sequence[str] | None = None, **opts) -> Segments:
+               add_generation_prompt: bool = False, images: Sequence[str] | None = None, videos: Sequence | None = None,
+               video_texts: Sequence[str] | None = None, **opts) -> Segments:
         """Text pieces and whether each is trained; messages are read as the data layer reads them
-        (templates/messages.py: `reasoning_content`, typed content parts, `loss_weight`, ...). `images`: a row's
-        image list for the IMAGE placeholders in its messages (the ms-swift / LLaMA-Factory form)."""
-        messages = self._with_images(normalize_messages(messages), images)
+        (templates/messages.py: `reasoning_content`, typed content parts, `loss_weight`, ...). `images` / `videos`:
+        a row's lists for the IMAGE / VIDEO placeholders in its messages (the ms-swift / LLaMA-Factory form);
+        `video_texts`: each video's expanded text (`video_text`), else the official template's bare video span."""
+        messages = normalize_messages(messages)
+        messages = self._with_media(messages, IMAGE, "images", images)
+        messages = self._with_media(messages, VIDEO, "videos", videos, video_texts)
         segments = self.spec.render(self.spec, messages, tools, add_generation_prompt, **opts)
         return _apply_loss_scope(segments, self.loss_scope)
 
-    def _with_images(self, messages: list[dict], images: Sequence[str] | None) -> list[dict]:
-        """Messages whose IMAGE placeholders are this template's image text; refused when they cannot be."""
-        given = len(images or ()) + sum(len(m.get("images", ())) for m in messages)
+    def _with_media(self, messages: list[dict], marker: str, key: str, given: Sequence | None,
+                    texts: Sequence[str] | None = None) -> list[dict]:
+        """Messages whose IMAGE (VIDEO) placeholders are this template's image (video) text; refused when they
+        cannot be."""
+        count = len(given or ()) + sum(len(m.get(key, ())) for m in messages)
         if self.vision is None:
-            if given:
-                raise TemplateError(f"template {self.name} is text-only and cannot read images; train a "
-                                    "vision-language model (e.g. Qwen/Qwen2.5-VL-7B-Instruct, Qwen/Qwen3-VL-8B-Instruct)")
+            if count:
+                raise TemplateError(f"template {self.name} is text-only and cannot read {key}; train a vision-"
+                                    "language model (e.g. Qwen/Qwen2.5-VL-7B-Instruct, Qwen/Qwen3-VL-8B-Instruct)")
             return messages
-        placed = sum(m["content"].count(IMAGE) for m in messages if m["role"] in ("user", "tool"))
-        stray = [i for i, m in enumerate(messages) if m["role"] not in ("user", "tool") and IMAGE in m["content"]]
-        if stray and (given or placed):
-            raise TemplateError(f"message {stray[0]} ({messages[stray[0]]['role']}) holds an {IMAGE} placeholder; "
-                                "images belong to user or tool messages")
-        if placed != given:
-            raise TemplateError(f"{placed} {IMAGE} placeholder(s) in the messages but {given} image(s) given")
-        return [{**m, "content": m["content"].replace(IMAGE, self.vision["image"])}
-                if m["role"] in ("user", "tool") and IMAGE in m["content"] else m for m in messages]
+        placed = sum(m["content"].count(marker) for m in messages if m["role"] in ("user", "tool"))
+        stray = [i for i, m in enumerate(messages) if m["role"] not in ("user", "tool") and marker in m["content"]]
+        if stray and (count or placed):
+            raise TemplateError(f"message {stray[0]} ({messages[stray[0]]['role']}) holds a {marker} placeholder; "
+                                f"{key} belong to user or tool messages")
+        if placed != count:
+            raise TemplateError(f"{placed} {marker} placeholder(s) in the messages but {count} {key[:-1]}(s) given")
+        if not placed:
+            return messages
+        bare = self.vision[key[:-1]]
+        texts = iter(texts if texts is not None else [bare] * placed)
+        return [{**m, "content": "".join(p if i == 0 else next(texts) + p
+                                         for i, p in enumerate(m["content"].split(marker)))}
+                if m["role"] in ("user", "tool") and marker in m["content"] else m for m in messages]
+
+    def video_text(self, grid: Sequence[int], merge: int, timestamps: Sequence[float] = ()) -> str:
+        """A video's text as the model's processor writes it: a pad token per video token, in one span
+        (Qwen2.5-VL) or one span per temporal patch after its time, "<1.4 seconds>" (Qwen3-VL)."""
+        (start, end), pad = self.vision["span"], self.vision["video_pad"]
+        per_patch = grid[1] * grid[2] // (merge * merge)
+        if self.vision.get("video_timestamps"):
+            return "".join(f"<{t:.1f} seconds>{start}{pad * per_patch}{end}" for t in timestamps)
+        return start + pad * (grid[0] * per_patch) + end
 
     def render_text(self, messages: Sequence[dict], tools: list | None = None,
                     add_generation_prompt: bool = False, **opts) -> str:
@@ -101,7 +127,8 @@ class Template:
         return self.encode_batch([row], **opts)[0]
 
     def encode_batch(self, rows: Sequence[dict], **opts) -> list[dict]:
-        rendered = [self.render(r["messages"], r.get("tools"), False, r.get("images"), **opts) for r in rows]
+        rendered = [self.render(r["messages"], r.get("tools"), False, r.get("images"), r.get("videos"),
+                                r.get("video_texts"), **opts) for r in rows]
         texts = ["".join(t for t, _ in segs) for segs in rendered]
         encodings = self._tokenize(texts)
         out = []

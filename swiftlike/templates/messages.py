@@ -1,14 +1,16 @@
 """One normalisation of a chat message, shared by the data layer and the templates' public methods.
 
-A message is {role, content, reasoning?, tool_calls?, tool_call_id?, images?, loss?}. Accepted on input:
+A message is {role, content, reasoning?, tool_calls?, tool_call_id?, images?, videos?, loss?}. Accepted on input:
 - content as a string, or as a list of typed parts: text (`text` or `value`, the OpenAI and LLaMA-Factory v1
   spellings), reasoning / thinking (into `reasoning`), tool_call (a JSON string or object, into `tool_calls`),
   image (`{"type": "image", "image": SRC}`, Qwen's form; `{"type": "image_url", "image_url": {"url": SRC}}`,
   OpenAI's; `input_image`): the image becomes an IMAGE marker in the text and its source is appended to `images`
   (a vision-language template renders the marker as the model's image tokens; a text-only one refuses it);
+  video (`{"type": "video", "video": SRC or [frame SRC, ...]}`, Qwen's form; `{"type": "video_url", "video_url":
+  {"url": SRC}}`; `input_video`): a VIDEO marker and an entry in `videos`, likewise;
 - `reasoning` or `reasoning_content` (the key the official Qwen3 chat template reads);
 - `loss` (true / false), or `loss_weight` / `weight` (1 / 0: LLaMA-Factory v1, OpenAI fine-tuning files).
-Video, audio and file parts and unknown part types or keys are refused, never read as "".
+Audio and file parts and unknown part types or keys are refused, never read as "".
 """
 from __future__ import annotations
 
@@ -19,11 +21,13 @@ from .errors import TemplateError
 ROLES = ("system", "user", "assistant", "tool")
 IMAGE = "<image>"  # where an image stands in a message's text (also the ms-swift / LLaMA-Factory placeholder)
 IMAGE_PARTS = ("image", "image_url", "input_image")
-MEDIA_PARTS = ("video", "video_url", "audio", "input_audio", "audio_url", "file")
+VIDEO = "<video>"  # where a video stands in a message's text (the ms-swift / LLaMA-Factory placeholder)
+VIDEO_PARTS = ("video", "video_url", "input_video")
+MEDIA_PARTS = ("audio", "input_audio", "audio_url", "file")
 _REASONING_PARTS = ("reasoning", "thinking")
 # Keys some exporters add that change nothing a template renders (OpenAI's name/refusal/annotations, ids).
 _IGNORED_KEYS = ("name", "id", "refusal", "annotations")
-_KEYS = ("role", "content", "reasoning", "reasoning_content", "tool_calls", "tool_call_id", "images", "loss",
+_KEYS = ("role", "content", "reasoning", "reasoning_content", "tool_calls", "tool_call_id", "images", "videos", "loss",
          "loss_weight", "weight") + _IGNORED_KEYS
 
 
@@ -47,7 +51,7 @@ def normalize_message(m, i: int = 0) -> dict:
     unknown = [k for k in m if k not in _KEYS]
     if unknown:
         raise MessageError(f"message {i} has unknown key {unknown[0]!r} (known: {', '.join(_KEYS)})")
-    text, part_reasoning, part_calls, part_images = message_content(m.get("content"), i)
+    text, part_reasoning, part_calls, part_images, part_videos = message_content(m.get("content"), i)
     calls = m.get("tool_calls") or None
     if calls is not None and part_calls:
         raise MessageError(f"message {i} has tool calls both in 'tool_calls' and in its content parts")
@@ -85,19 +89,39 @@ def normalize_message(m, i: int = 0) -> dict:
             raise MessageError(f"message {i} has {len(images)} image(s) but {out['content'].count(IMAGE)} "
                                f"{IMAGE} placeholder(s) in its text")
         out["images"] = list(images)
+    videos = m.get("videos")
+    if videos is not None and part_videos:
+        raise MessageError(f"message {i} has videos both in 'videos' and in its content parts")
+    videos = part_videos or videos
+    if videos:
+        if not isinstance(videos, list) or not all(is_video_source(v) for v in videos):
+            raise MessageError(f"message {i}: videos must be a list of paths, URLs, data URIs or lists of frames")
+        if role not in ("user", "tool"):
+            raise MessageError(f"message {i}: videos belong to user or tool messages, not {role}")
+        if out["content"].count(VIDEO) != len(videos):
+            raise MessageError(f"message {i} has {len(videos)} video(s) but {out['content'].count(VIDEO)} "
+                               f"{VIDEO} placeholder(s) in its text")
+        out["videos"] = list(videos)
     loss = _loss(m, i)
     if loss is not None:
         out["loss"] = loss
     return out
 
 
-def message_content(value, i: int) -> tuple[str | None, str | None, list, list]:
-    """(text, reasoning or None, tool calls, image sources) of a message's content."""
+def is_video_source(value) -> bool:
+    """A video file's path, URL or data URI, or a non-empty list of its frames' image sources."""
+    if isinstance(value, list):
+        return bool(value) and all(isinstance(s, str) and s for s in value)
+    return isinstance(value, str) and bool(value)
+
+
+def message_content(value, i: int) -> tuple[str | None, str | None, list, list, list]:
+    """(text, reasoning or None, tool calls, image sources, video sources) of a message's content."""
     if value is None or isinstance(value, str):
-        return value, None, [], []
+        return value, None, [], [], []
     if not isinstance(value, list):
         raise MessageError(f"message {i} content must be a string or a list of parts, got {type(value).__name__}")
-    texts, reasoning, calls, images = [], [], [], []
+    texts, reasoning, calls, images, videos = [], [], [], [], []
     for j, part in enumerate(value):
         where = f"message {i} part {j}"
         if isinstance(part, str):  # a bare string part (some exporters)
@@ -115,12 +139,16 @@ def message_content(value, i: int) -> tuple[str | None, str | None, list, list]:
         elif kind in IMAGE_PARTS:
             texts.append(IMAGE)
             images.append(_image_source(part, kind, where))
+        elif kind in VIDEO_PARTS:
+            texts.append(VIDEO)
+            videos.append(_video_source(part, kind, where))
         elif kind in MEDIA_PARTS:
-            raise MessageError(f"{where} is {kind!r} content: video, audio and file parts are not supported yet "
-                               "(text and image parts are)")
+            raise MessageError(f"{where} is {kind!r} content: audio and file parts are not supported yet "
+                               "(text, image and video parts are)")
         else:
-            raise MessageError(f"{where} has unknown type {kind!r} (expected text, image, reasoning or tool_call)")
-    return "".join(texts), ("".join(reasoning) if reasoning else None), calls, images
+            raise MessageError(f"{where} has unknown type {kind!r} (expected text, image, video, reasoning or "
+                               "tool_call)")
+    return "".join(texts), ("".join(reasoning) if reasoning else None), calls, images, videos
 
 
 def _image_source(part: dict, kind: str, where: str) -> str:
@@ -133,6 +161,19 @@ def _image_source(part: dict, kind: str, where: str) -> str:
         if isinstance(value, str) and value:
             return value
     raise MessageError(f"{where}: an {kind} part needs its source (a path, URL or data URI) under {kind!r}")
+
+
+def _video_source(part: dict, kind: str, where: str):
+    """A video file's source, or a list of frame sources, from a video part: Qwen's {"video": SRC or [...]},
+    {"video_url": {"url": SRC}} (vLLM's), {"input_video": ...}."""
+    for key in (kind, "video", "video_url", "url"):
+        value = part.get(key)
+        if isinstance(value, dict):
+            value = value.get("url")
+        if is_video_source(value):
+            return list(value) if isinstance(value, list) else value
+    raise MessageError(f"{where}: a {kind} part needs its source (a path, URL, data URI or a list of frames) "
+                       f"under {kind!r}")
 
 
 def _part_text(part: dict, where: str, kind: str) -> str:

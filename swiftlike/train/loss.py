@@ -279,19 +279,28 @@ class CausalLMLoss(nn.Module):
 def packed_mrope_positions(vl_model, input_ids, position_ids, seq_lens, images: dict) -> torch.Tensor:
     """(4, 1, L) positions of a padding-free vision-language row: the text positions (restarting at 0 in every
     sequence, from which the attention kernels read the borders), then the model's own M-RoPE positions
-    (`get_rope_index`) computed per sequence, each with its own images, and concatenated."""
-    types, grids = images["mm_token_type_ids"][0], images.get("image_grid_thw")
+    (`get_rope_index`) computed per sequence, each with its own images and videos, and concatenated."""
+    types = images["mm_token_type_ids"][0]
     merge = vl_model.config.vision_config.spatial_merge_size ** 2
-    per_image = (grids.prod(-1) // merge).tolist() if grids is not None else []
-    parts, start, k = [], 0, 0
+    # per modality (1 image, 2 video): its grids, the tokens each becomes, how many are taken; videos' seconds
+    media = {kind: [grids, (grids.prod(-1) // merge).tolist(), 0] for kind, key in ((1, "image_grid_thw"),
+             (2, "video_grid_thw")) if (grids := images.get(key)) is not None}
+    parts, start = [], 0
     for n in seq_lens.tolist():
         ids, tt = input_ids[:, start:start + n], types[None, start:start + n]
-        image_tokens, first = int(tt.sum()), k
-        while image_tokens > 0:
-            image_tokens -= per_image[k]
-            k += 1
-        if k > first:
-            pos, _ = vl_model.get_rope_index(ids, tt, image_grid_thw=grids[first:k])
+        kwargs = {}
+        for kind, (grids, tokens, taken) in media.items():
+            left, first = int((tt == kind).sum()), taken
+            while left > 0:
+                left -= tokens[taken]
+                taken += 1
+            media[kind][2] = taken
+            if taken > first:
+                kwargs["image_grid_thw" if kind == 1 else "video_grid_thw"] = grids[first:taken]
+                if kind == 2 and "second_per_grid_ts" in images:
+                    kwargs["second_per_grid_ts"] = images["second_per_grid_ts"][first:taken]
+        if kwargs:
+            pos, _ = vl_model.get_rope_index(ids, tt, **kwargs)
         else:  # text only: the same position on every axis
             pos = torch.arange(n, device=ids.device).view(1, 1, n).expand(3, 1, n)
         parts.append(pos)
