@@ -76,36 +76,34 @@ def normalize_message(m, i: int = 0) -> dict:
         out["tool_calls"] = calls
     if role == "tool" and m.get("tool_call_id") is not None:
         out["tool_call_id"] = str(m["tool_call_id"])
-    images = m.get("images")
-    if images is not None and part_images:
-        raise MessageError(f"message {i} has images both in 'images' and in its content parts")
-    images = part_images or images
-    if images:
-        if not isinstance(images, list) or not all(isinstance(s, str) for s in images):
-            raise MessageError(f"message {i}: images must be a list of paths, URLs or data URIs")
-        if role not in ("user", "tool"):
-            raise MessageError(f"message {i}: images belong to user or tool messages, not {role}")
-        if out["content"].count(IMAGE) != len(images):
-            raise MessageError(f"message {i} has {len(images)} image(s) but {out['content'].count(IMAGE)} "
-                               f"{IMAGE} placeholder(s) in its text")
-        out["images"] = list(images)
-    videos = m.get("videos")
-    if videos is not None and part_videos:
-        raise MessageError(f"message {i} has videos both in 'videos' and in its content parts")
-    videos = part_videos or videos
-    if videos:
-        if not isinstance(videos, list) or not all(is_video_source(v) for v in videos):
-            raise MessageError(f"message {i}: videos must be a list of paths, URLs, data URIs or lists of frames")
-        if role not in ("user", "tool"):
-            raise MessageError(f"message {i}: videos belong to user or tool messages, not {role}")
-        if out["content"].count(VIDEO) != len(videos):
-            raise MessageError(f"message {i} has {len(videos)} video(s) but {out['content'].count(VIDEO)} "
-                               f"{VIDEO} placeholder(s) in its text")
-        out["videos"] = list(videos)
+    for key, marker, given, valid, kinds in (
+            ("images", IMAGE, part_images, lambda s: isinstance(s, str), "paths, URLs or data URIs"),
+            ("videos", VIDEO, part_videos, is_video_source, "paths, URLs, data URIs or lists of frames")):
+        media = _media(m, out["content"], i, key, marker, given, valid, kinds)
+        if media:
+            out[key] = media
     loss = _loss(m, i)
     if loss is not None:
         out["loss"] = loss
     return out
+
+
+def _media(m: dict, text: str, i: int, key: str, marker: str, from_parts: list, valid, kinds: str) -> list:
+    """A message's images (videos): from its content parts or its `images` (`videos`) key, one per placeholder."""
+    listed = m.get(key)
+    if listed is not None and from_parts:
+        raise MessageError(f"message {i} has {key} both in '{key}' and in its content parts")
+    media = from_parts or listed
+    if not media:
+        return []
+    if not isinstance(media, list) or not all(valid(s) for s in media):
+        raise MessageError(f"message {i}: {key} must be a list of {kinds}")
+    if m["role"] not in ("user", "tool"):
+        raise MessageError(f"message {i}: {key} belong to user or tool messages, not {m['role']}")
+    if text.count(marker) != len(media):
+        raise MessageError(f"message {i} has {len(media)} {key[:-1]}(s) but {text.count(marker)} {marker} "
+                           "placeholder(s) in its text")
+    return list(media)
 
 
 def is_video_source(value) -> bool:
