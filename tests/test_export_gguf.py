@@ -75,6 +75,48 @@ def test_cli_writes_gguf_modelfile_and_card(tmp_path):
 
 
 @pytest.mark.slow
+def test_the_streamed_gguf_equals_the_one_written_from_a_merged_model_in_memory(tmp_path):
+    """`wb export --to gguf` merges and writes tensor by tensor (export/stream.py); the same adapter merged by PEFT
+    in memory and written by write_gguf gives the same file contents, tensor for tensor. A full checkpoint streams
+    too."""
+    from swiftlike.export import merged_model
+    from swiftlike.export.gguf import write_gguf
+    from swiftlike.models.resolve import resolve
+
+    run = wb.sft(model="Qwen/Qwen2.5-0.5B-Instruct", miniature=True, dataset=["examples/data/identity.jsonl"],
+                 lora=True, max_steps=2, learning_rate=1e-2, output_dir=str(tmp_path / "run"))
+    out = tmp_path / "streamed"
+    assert main(["export", "--adapters", run.checkpoint, "--merge", "--to", "gguf", "--gguf_type", "q8_0",
+                 "--torch_dtype", "float32", "--output_dir", str(out)]) == 0
+    ref = resolve(adapters=run.checkpoint)
+    tokenizer = load_tokenizer("Qwen/Qwen2.5-0.5B-Instruct", miniature=True)
+    template = get_template("qwen2_5", tokenizer)
+    model = merged_model(ref, torch.float32, tokenizer.pad_token_id)
+    tokenizer.chat_template = gguf.GGUFReader(str(out / "streamed-q8_0.gguf")).fields[
+        "tokenizer.chat_template"].contents()
+    memory = write_gguf(model, tokenizer, template, tmp_path / "memory.gguf", "q8_0", "streamed")
+    _same_tensors(out / "streamed-q8_0.gguf", memory)  # (in the shards' order: llama.cpp reads tensors by name)
+    base = build_miniature("Qwen/Qwen2.5-0.5B-Instruct").state_dict()
+    # the adapter moved some weights: the comparison is not of two copies of the base
+    assert any(not torch.equal(tensor, base[name]) for name, tensor in model.state_dict().items())
+    # a full checkpoint: its shards stream into the GGUF as they are
+    model.save_pretrained(tmp_path / "full")
+    tokenizer.save_pretrained(tmp_path / "full")
+    assert main(["export", "--model", str(tmp_path / "full"), "--to", "gguf", "--gguf_type", "f16",
+                 "--output_dir", str(tmp_path / "full_gguf")]) == 0
+    reference = write_gguf(model, tokenizer, template, tmp_path / "full.gguf", "f16", "full_gguf")
+    _same_tensors(tmp_path / "full_gguf" / "full_gguf-f16.gguf", reference)
+
+
+def _same_tensors(a, b) -> None:
+    tensors = [{t.name: t for t in gguf.GGUFReader(str(p)).tensors} for p in (a, b)]
+    assert sorted(tensors[0]) == sorted(tensors[1])
+    for name, x in tensors[0].items():
+        y = tensors[1][name]
+        assert x.tensor_type == y.tensor_type and list(x.shape) == list(y.shape) and (x.data == y.data).all(), name
+
+
+@pytest.mark.slow
 def test_llama3_rope_scaling_becomes_rope_freqs(tmp_path):
     """Llama-3.1+: the "llama3" RoPE scaling is written as llama.cpp's rope_freqs tensor. Its values divide the
     base frequencies into exactly transformers' llama3 frequencies, and the GGUF's weights under the run's config

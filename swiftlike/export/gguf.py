@@ -1,5 +1,5 @@
-"""GGUF (llama.cpp, Ollama, LM Studio) from a merged model, written with the maintained `gguf` package; only the
-mapping from a Hugging Face model is ours: hyperparameters, tensor names (gguf's own name map), the Q/K row
+"""GGUF (llama.cpp, Ollama, LM Studio) from a merged model, or tensor by tensor as a streamed merge produces them
+(export/stream.py), written with the maintained `gguf` package; only the mapping from a Hugging Face model is ours: hyperparameters, tensor names (gguf's own name map), the Q/K row
 order llama.cpp expects for Llama, and the tokenizer metadata (tokens, types, merges, special ids, chat template).
 
 Written architectures: Qwen3, Qwen2 / Qwen2.5 (and QwQ, R1-Distill-Qwen), Llama-3 and Llama-3.1+ (their "llama3"
@@ -65,9 +65,19 @@ def _rope_theta(config) -> float:
 
 
 def write_gguf(model, tokenizer, template, path: Path, gguf_type: str, name: str) -> Path:
+    """The GGUF of a model in memory."""
+    state = model.state_dict()
+    return write_gguf_tensors(model.config, [(k, tuple(v.shape)) for k, v in state.items()], iter(state.items()),
+                              tokenizer, template, path, gguf_type, name)
+
+
+def write_gguf_tensors(config, shapes: list[tuple[str, tuple]], tensors, tokenizer, template, path: Path,
+                       gguf_type: str, name: str, progress=None) -> Path:
+    """The GGUF of a model given as its tensors' (Hugging Face name, shape) list and an iterator over (name, tensor)
+    in the same order — e.g. merged one at a time from safetensors shards (export/stream.py): the file's layout is
+    written from the shapes first, then each tensor as it comes, so no more than one tensor is held at a time."""
     import gguf
 
-    config = model.config
     check_supported(config)
     arch_name, pre = _ARCH[config.model_type]
     arch = getattr(gguf.MODEL_ARCH, arch_name)
@@ -90,38 +100,58 @@ def write_gguf(model, tokenizer, template, path: Path, gguf_type: str, name: str
     _add_tokenizer(writer, gguf, tokenizer, template, config.vocab_size, pre)
     factors = rope_factors(config, head_dim)
     if factors is not None:
-        writer.add_tensor(gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight", factors)
-    _add_tensors(writer, gguf, model, arch, gguf_type)
+        writer.add_tensor_info(gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight", factors.shape,
+                               factors.dtype, factors.nbytes)
+    names = gguf.get_tensor_name_map(arch, config.num_hidden_layers)
+    tied = getattr(config, "tie_word_embeddings", False)
+    kinds = {}
+    for hf_name, shape in shapes:
+        if tied and hf_name == "lm_head.weight":
+            continue  # llama.cpp reads the output layer from token_embd when it is tied
+        gguf_name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+        if gguf_name is None:
+            raise UserError(f"--to gguf: no GGUF name for tensor {hf_name} of {config.model_type}")
+        kinds[hf_name] = kind = _kind(shape, gguf_type)
+        if kind == "q8_0":
+            quant = gguf.GGMLQuantizationType.Q8_0
+            raw = gguf.quant_shape_to_byte_shape(shape, quant)
+            writer.add_tensor_info(gguf_name, raw, np.dtype(np.uint8), int(np.prod(raw)), raw_dtype=quant)
+        else:
+            dtype = np.dtype(np.float32 if kind == "f32" else np.float16)
+            writer.add_tensor_info(gguf_name, shape, dtype, int(np.prod(shape)) * dtype.itemsize)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
-    writer.write_tensors_to_file(progress=False)
+    writer.write_ti_data_to_file()
+    if factors is not None:
+        writer.write_tensor_data(factors)
+    for hf_name, tensor in tensors:
+        if hf_name in kinds:
+            writer.write_tensor_data(_gguf_array(gguf, hf_name, tensor, config, kinds.pop(hf_name)))
+        if progress is not None:
+            progress.update(1)
+    if kinds:
+        raise RuntimeError(f"--to gguf: tensor {next(iter(kinds))} was planned but never came")
     writer.close()
     return path
 
 
-def _add_tensors(writer, gguf, model, arch, gguf_type: str) -> None:
-    config = model.config
-    names = gguf.get_tensor_name_map(arch, config.num_hidden_layers)
-    tied = getattr(config, "tie_word_embeddings", False)
-    for hf_name, tensor in model.state_dict().items():
-        if tied and hf_name == "lm_head.weight":
-            continue  # llama.cpp reads the output layer from token_embd when it is tied
-        name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
-        if name is None:
-            raise UserError(f"--to gguf: no GGUF name for tensor {hf_name} of {config.model_type}")
-        data = tensor.detach().to(torch.float32)
-        if config.model_type == "llama" and hf_name.endswith(("q_proj.weight", "k_proj.weight")):
-            heads = config.num_attention_heads if "q_proj" in hf_name else config.num_key_value_heads
-            data = _interleave_rope_rows(data, heads)
-        array = data.numpy()
-        if array.ndim == 1:  # norms and biases stay f32, as llama.cpp keeps them
-            writer.add_tensor(name, array.astype(np.float32))
-        elif gguf_type == "q8_0" and array.shape[-1] % 32 == 0:
-            quant = gguf.GGMLQuantizationType.Q8_0
-            writer.add_tensor(name, gguf.quants.quantize(array, quant), raw_shape=gguf.quant_shape_to_byte_shape(
-                array.shape, quant), raw_dtype=quant)
-        else:
-            writer.add_tensor(name, array.astype(np.float16))
+def _kind(shape, gguf_type: str) -> str:
+    """How a tensor is stored: norms and biases (1-D) in f32, as llama.cpp keeps them; matrices in f16, or q8_0
+    where their rows split into 32-wide blocks."""
+    if len(shape) == 1:
+        return "f32"
+    return "q8_0" if gguf_type == "q8_0" and shape[-1] % 32 == 0 else "f16"
+
+
+def _gguf_array(gguf, hf_name: str, tensor: torch.Tensor, config, kind: str) -> np.ndarray:
+    data = tensor.detach().to(torch.float32)
+    if config.model_type == "llama" and hf_name.endswith(("q_proj.weight", "k_proj.weight")):
+        heads = config.num_attention_heads if "q_proj" in hf_name else config.num_key_value_heads
+        data = _interleave_rope_rows(data, heads)
+    array = data.numpy()
+    if kind == "q8_0":
+        return gguf.quants.quantize(array, gguf.GGMLQuantizationType.Q8_0)
+    return array.astype(np.float32 if kind == "f32" else np.float16)
 
 
 def _interleave_rope_rows(weight: torch.Tensor, heads: int) -> torch.Tensor:

@@ -1,6 +1,7 @@
 """A LoRA merge that streams: base tensors are read one at a time from the safetensors shards, the adapter's
-update is added to the weights it targets, and output shards are written as they fill. Peak memory is one output
-shard (`--max_shard_size`) plus the adapter, not the model, so a model larger than the machine's memory exports.
+update is added to the weights it targets, and output shards (or a GGUF file, export/gguf.py) are written as they
+fill. Peak memory is one output shard (`--max_shard_size`; for GGUF one tensor) plus the adapter, not the model,
+so a model larger than the machine's memory exports.
 
 W' = W + scale * B @ A with PEFT's scale (lora_alpha / r, or / sqrt(r) under rsLoRA); under DoRA each row is then
 rescaled to its learned magnitude, W' = m / ||W + scale * B @ A||_row * (W + scale * B @ A), as PEFT merges it;
@@ -35,7 +36,7 @@ def stream_plan(adapter_dir: str, base_dir: str) -> tuple[dict, list[Path]] | st
                      ("alpha_pattern", "alpha patterns"), ("modules_to_save", "saved modules")):
         if config.get(key):
             return why
-    shards = _shards(Path(base_dir))
+    shards = shards_of(Path(base_dir))
     if not shards:
         return "a base without safetensors weights"
     if not (Path(adapter_dir) / "adapter_model.safetensors").is_file():
@@ -95,22 +96,10 @@ def _through_nf4(weight: torch.Tensor) -> torch.Tensor:
     return bnbf.dequantize_4bit(q, state).to("cpu", weight.dtype)
 
 
-def stream_merge(pairs: dict, shards: list[Path], dtype: torch.dtype, directory: Path, max_shard_size: int,
-                 progress=None, nf4: set[str] = frozenset()) -> int:
-    """Write the merged weights into `directory` (model.safetensors, or shards and their index); the number of
-    tensors written. `nf4`: the weights a QLoRA adapter was trained against in 4 bits (nf4_weights)."""
+def merged_tensors(pairs: dict, shards: list[Path], dtype: torch.dtype, nf4: set[str] = frozenset()):
+    """(name, tensor) of every base tensor with its adapter update merged, in `dtype`, one at a time in the shards'
+    order. `nf4`: the weights a QLoRA adapter was trained against in 4 bits (nf4_weights)."""
     from safetensors import safe_open
-
-    written, shard, size, files, index, total = 0, {}, 0, [], {}, 0
-
-    def flush():
-        nonlocal shard, size
-        if shard:
-            name = f"model-{len(files) + 1:05d}.safetensors"
-            save_file(shard, str(directory / name), metadata={"format": "pt"})
-            files.append(name)
-            index.update(dict.fromkeys(shard, name))
-            shard, size = {}, 0
 
     for path in shards:
         for key in _keys(path):
@@ -128,13 +117,43 @@ def stream_merge(pairs: dict, shards: list[Path], dtype: torch.dtype, directory:
                 tensor = tensor.to(dtype)
             elif tensor.is_floating_point():
                 tensor = tensor.to(dtype)
-            nbytes = tensor.numel() * tensor.element_size()
-            if shard and size + nbytes > max_shard_size:
-                flush()
-            shard[key], size, total = tensor.contiguous(), size + nbytes, total + nbytes
-            written += 1
-            if progress is not None:
-                progress.update(1)
+            yield key, tensor
+
+
+def tensor_shapes(shards: list[Path]) -> list[tuple[str, tuple]]:
+    """(name, shape) of every tensor of the shards, in `merged_tensors`' order, from their headers (no data read)."""
+    from safetensors import safe_open
+
+    out = []
+    for path in shards:
+        with safe_open(str(path), framework="pt") as f:
+            out += [(key, tuple(f.get_slice(key).get_shape())) for key in f.keys()]
+    return out
+
+
+def stream_merge(pairs: dict, shards: list[Path], dtype: torch.dtype, directory: Path, max_shard_size: int,
+                 progress=None, nf4: set[str] = frozenset()) -> int:
+    """Write the merged weights into `directory` (model.safetensors, or shards and their index); the number of
+    tensors written."""
+    written, shard, size, files, index, total = 0, {}, 0, [], {}, 0
+
+    def flush():
+        nonlocal shard, size
+        if shard:
+            name = f"model-{len(files) + 1:05d}.safetensors"
+            save_file(shard, str(directory / name), metadata={"format": "pt"})
+            files.append(name)
+            index.update(dict.fromkeys(shard, name))
+            shard, size = {}, 0
+
+    for key, tensor in merged_tensors(pairs, shards, dtype, nf4):
+        nbytes = tensor.numel() * tensor.element_size()
+        if shard and size + nbytes > max_shard_size:
+            flush()
+        shard[key], size, total = tensor.contiguous(), size + nbytes, total + nbytes
+        written += 1
+        if progress is not None:
+            progress.update(1)
     flush()
     _name_shards(directory, files, index, total)
     return written
@@ -162,7 +181,8 @@ def parse_size(text: str) -> int:
         raise UserError(f"--max_shard_size {text!r} is not a size such as 5GB, 500MB or 2GiB") from None
 
 
-def _shards(base: Path) -> list[Path]:
+def shards_of(base: Path) -> list[Path]:
+    """A checkpoint's safetensors files (none when it has none)."""
     index = base / INDEX
     if index.is_file():
         names = json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()

@@ -12,8 +12,9 @@ from ..errors import UserError
 from ..data.dataset import encode_rows, load_rows
 from ..data.images import PREPROCESSOR_CONFIG
 from ..data.videos import VIDEO_PREPROCESSOR_CONFIG
-from ..export import (atomic_directory, merged_model, model_card, nf4_weights, parse_size, prepare_output, stream_merge,
-                      stream_plan, trained_on_4bit, with_chat_template, write_config, write_hf, write_metadata)
+from ..export import (atomic_directory, merged_model, merged_tensors, model_card, nf4_weights, parse_size,
+                      prepare_output, shards_of, stream_merge, stream_plan, tensor_shapes, trained_on_4bit,
+                      with_chat_template, write_config, write_hf, write_metadata)
 from ..export.quantize import check_method, quantize_directory, reload
 from ..models.loader import quiet_libraries
 from ..models.perplexity import perplexity
@@ -68,7 +69,7 @@ def run_export(cfg: ExportConfig) -> Path:
     args.pop("base_model_dir", None)  # the export is its own base
     with atomic_directory(out) as tmp:
         if streamed:
-            _write_streamed(streamed, ref, cfg, dtype, tokenizer, template, tmp)
+            _write_streamed(streamed, ref, cfg, dtype, tokenizer, template, tmp, out.name)
         elif cfg.to == "gguf":
             from ..export.gguf import modelfile, write_gguf
 
@@ -96,18 +97,22 @@ def run_export(cfg: ExportConfig) -> Path:
 
 
 def _stream_plan(ref, cfg: ExportConfig, vision: bool):
-    """The streaming merge's plan (export/stream.py) for a plain LoRA adapter exported as a Hugging Face model;
-    None where the merge runs in memory."""
-    if not ref.adapters or cfg.to != "hf" or cfg.quant_method or vision or ref.task == "rm":
+    """The streaming merge's plan (export/stream.py) for a plain LoRA adapter exported as a Hugging Face model or
+    GGUF, or for a full checkpoint exported as GGUF; None where the model is loaded in memory."""
+    if cfg.quant_method or vision or ref.task == "rm" or not (ref.adapters or cfg.to == "gguf"):
         return None
-    plan = stream_plan(ref.adapters, base_weights(ref, cfg.trust_remote_code))
+    base = base_weights(ref, cfg.trust_remote_code)
+    if not ref.adapters:
+        shards = shards_of(Path(base))
+        return ({}, shards) if shards else None
+    plan = stream_plan(ref.adapters, base)
     if isinstance(plan, str):
         print(f"[wb] export: merging in memory ({plan}: not streamed shard by shard)", flush=True)
         return None
     return plan
 
 
-def _write_streamed(plan, ref, cfg: ExportConfig, dtype, tokenizer, template, tmp: Path) -> None:
+def _write_streamed(plan, ref, cfg: ExportConfig, dtype, tokenizer, template, tmp: Path, title: str) -> None:
     from tqdm import tqdm
 
     pairs, shards = plan
@@ -116,6 +121,17 @@ def _write_streamed(plan, ref, cfg: ExportConfig, dtype, tokenizer, template, tm
     if trained_on_4bit(ref.args):  # QLoRA: into the NF4 base it was trained against, dequantized
         nf4 = nf4_weights(base, dtype)
     with tqdm(desc="wb export", unit="tensor", file=sys.stderr, dynamic_ncols=True, disable=None) as bar:  # (a tty)
+        if cfg.to == "gguf":
+            from transformers import AutoConfig
+
+            from ..export.gguf import modelfile, write_gguf_tensors
+
+            name = f"{title}-{cfg.gguf_type}.gguf"
+            write_gguf_tensors(AutoConfig.from_pretrained(base), tensor_shapes(shards),
+                               merged_tensors(pairs, shards, dtype, nf4), tokenizer, template, tmp / name,
+                               cfg.gguf_type, title, bar)
+            (tmp / "Modelfile").write_text(modelfile(name, template, tokenizer), encoding="utf-8")
+            return
         stream_merge(pairs, shards, dtype, tmp, parse_size(cfg.max_shard_size), bar, nf4)
     write_config(base, dtype, tokenizer, template, tmp)
 
