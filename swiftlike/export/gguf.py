@@ -1,6 +1,7 @@
 """GGUF (llama.cpp, Ollama, LM Studio) from a merged model, or tensor by tensor as a streamed merge produces them
-(export/stream.py), written with the maintained `gguf` package; only the mapping from a Hugging Face model is ours: hyperparameters, tensor names (gguf's own name map), the Q/K row
-order llama.cpp expects for Llama, and the tokenizer metadata (tokens, types, merges, special ids, chat template).
+(export/stream.py), written with the maintained `gguf` package; only the mapping from a Hugging Face model is
+ours: hyperparameters, tensor names (gguf's own name map), the Q/K row order llama.cpp expects for Llama, and the
+tokenizer metadata (tokens, types, merges, special ids, chat template).
 
 Written architectures: Qwen3, Qwen2 / Qwen2.5 (and QwQ, R1-Distill-Qwen), Llama-3 and Llama-3.1+ (their "llama3"
 RoPE scaling becomes llama.cpp's per-frequency `rope_freqs` tensor). Gemma, Phi, Mistral, MoE models and other
