@@ -32,7 +32,9 @@ class ModelArgs:
                                 "(offline, seconds), to try a pipeline before renting GPUs.")
     template: str | None = _f(None, "Template name override (default: the registry's template for --model).")
     torch_dtype: str = _f("auto", "auto (bf16 where supported, else fp32), bfloat16, float16 or float32.")
-    attn_implementation: str | None = _f(None, "sdpa, eager or flash_attention_2 (default: transformers' choice).")
+    attn_implementation: str | None = _f(None, "sdpa, eager, flash_attention_2 or wb_varlen (padding-free rows "
+                                               "without a mask; default: chosen per device and batching, printed at "
+                                               "start-up, docs/architecture.md).")
     trust_remote_code: bool = _f(False, "Allow model repositories to run their own Python code (off by default).")
     debug: bool = _f(False, "Show full tracebacks instead of one-line errors.")
 

@@ -34,3 +34,13 @@ def _one_gpu() -> bool:
 
 # Two processes on one machine: gloo on CPU; NCCL needs a GPU per process
 two_processes = pytest.mark.skipif(_one_gpu(), reason="two processes need two GPUs on a CUDA machine (NCCL)")
+
+
+def pytest_collection_modifyitems(items):
+    """Tests marked gpu are skipped without a CUDA GPU (`pytest -m gpu` runs just them on one)."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

@@ -14,6 +14,7 @@ from .. import accel
 from ..errors import UserError
 from ..hub import download, is_local
 from ..registry import ModelMeta, find_model
+from . import attention
 from ..registry.core import TOKENIZERS, TokenizerSpec
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
@@ -281,6 +282,8 @@ def load_model(path: str, dtype: torch.dtype, *, quantize_4bit: bool = False, at
     device = device or accel.device()
     kwargs = dict(dtype=dtype, trust_remote_code=trust_remote_code)
     if attn_implementation:
+        if attn_implementation == attention.VARLEN:
+            attention.register()
         kwargs["attn_implementation"] = attn_implementation
     if quantize_4bit:
         try:

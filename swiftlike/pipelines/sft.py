@@ -353,7 +353,8 @@ def build_trainable(cfg: SFTConfig, tokenizer, base_dir: str, resume_from: Path 
     full_resume = cfg.full and resume_from is not None
     head_from = None if cfg.full else (resume_from or (cfg.adapters if _is_reward_checkpoint(cfg.adapters) else None))
     model = load_model(str(resume_from) if full_resume else base_dir, dtype, quantize_4bit=cfg.qlora,
-                       attn_implementation=cfg.attn_implementation, trust_remote_code=cfg.trust_remote_code,
+                       attn_implementation=training_attention(cfg, base_dir, announce=True),
+                       trust_remote_code=cfg.trust_remote_code,
                        reward_head=reward, pad_token_id=tokenizer.pad_token_id, announce_head=head_from is None)
     if reward and head_from is not None and accel.is_main_process():
         print(f"[wb] reward head: loaded from {head_from}", file=sys.stderr)
@@ -422,8 +423,21 @@ def run_args(cfg: SFTConfig, task: str, template_name: str, base_dir: str) -> st
 
 def frozen_reference(cfg: SFTConfig, base_dir: str, dtype):
     """A full-parameter run's reference: the base weights, frozen (the policy moves away from them)."""
-    return load_model(base_dir, dtype, attn_implementation=cfg.attn_implementation,
+    return load_model(base_dir, dtype, attn_implementation=training_attention(cfg, base_dir),
                       trust_remote_code=cfg.trust_remote_code).eval().requires_grad_(False)
+
+
+def training_attention(cfg: SFTConfig, base_dir: str, announce: bool = False) -> str | None:
+    """The attention implementation of a training run's models (models/attention.py chooses; printed once)."""
+    from transformers import AutoConfig
+
+    from ..models import attention
+
+    impl, why = attention.choose(cfg.attn_implementation, accel.device_type(), cfg.padding_free,
+                                 AutoConfig.from_pretrained(base_dir, trust_remote_code=cfg.trust_remote_code))
+    if announce and accel.is_main_process():
+        print(f"[wb] attention: {impl or 'sdpa'} ({why})")
+    return impl
 
 
 def _uses_reference(cfg) -> bool:

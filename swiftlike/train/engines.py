@@ -11,6 +11,7 @@ Every "auto" in a DeepSpeed config is filled from our options here, before deeps
 from __future__ import annotations
 
 import json
+import sys
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -182,17 +183,44 @@ def param_groups(module: torch.nn.Module, s: EngineSettings) -> list[dict]:
     return [{"params": ps, "lr": lr} for lr, ps in groups.items() if ps]
 
 
+def adamw(groups: list[dict], s: EngineSettings, bf16_rounding: bool = True):
+    """torch's AdamW; for bf16 trainable parameters (full training in bf16) torchao's AdamW with stochastic rounding.
+
+    A bf16 weight near 1 moves in steps of 2^-7: plain bf16 AdamW rounds every smaller update away, so small
+    learning rates stall (200 steps of 1e-4 leave such a weight at exactly 1.0; tests/test_engines_bf16.py).
+    Stochastic rounding keeps each update's expected value (the same 200 steps: 0.9806 for 0.98), with the moments
+    in bf16 too — 8 bytes per parameter, where fp32 master weights would take 16. DeepSpeed keeps fp32 master
+    weights of its own (`bf16_rounding=False`); FSDP2 keeps torch's AdamW until torchao's optimizer is proven over
+    its sharded (DTensor) parameters on a GPU."""
+    low = bf16_rounding and any(p.dtype == torch.bfloat16 for g in groups for p in g["params"])
+    if low:
+        try:
+            from torchao.optim import _AdamW as RoundingAdamW
+        except ImportError:
+            RoundingAdamW = None
+        if RoundingAdamW is not None:
+            if accel.is_main_process():
+                print("[wb] optimizer: AdamW with bf16 stochastic rounding (torchao): updates smaller than a bf16 "
+                      "step are kept in expectation", flush=True)
+            return RoundingAdamW(groups, lr=s.learning_rate, weight_decay=s.weight_decay, bf16_stochastic_round=True)
+        if accel.is_main_process():
+            print("[wb] warning: bf16 weights train with plain AdamW, which rounds away updates smaller than a bf16 "
+                  "step (small learning rates stall); pip install torchao for stochastic rounding, or train in "
+                  "--torch_dtype float32", file=sys.stderr, flush=True)
+    return torch.optim.AdamW(groups, lr=s.learning_rate, weight_decay=s.weight_decay)
+
+
 class DDPEngine:
     """One process, or DistributedDataParallel over torchrun's processes."""
 
     name = "ddp"
+    bf16_rounding = True  # (see adamw)
 
     def __init__(self, objective: torch.nn.Module, model: torch.nn.Module, s: EngineSettings):
         self.objective, self.model, self.s = objective, model, s
         self.distributed = accel.world_size() > 1
         self.module = self.wrap(objective)
-        self.optimizer = torch.optim.AdamW(param_groups(self.module, s), lr=s.learning_rate,
-                                           weight_decay=s.weight_decay)
+        self.optimizer = adamw(param_groups(self.module, s), s, self.bf16_rounding)
 
     def wrap(self, objective):
         if not self.distributed:
@@ -258,6 +286,7 @@ class DeepSpeedEngine(DDPEngine):
     """DeepSpeed ZeRO-1/2/3 with our AdamW as its client optimizer (no JIT-built DeepSpeed optimizer)."""
 
     name = "deepspeed"
+    bf16_rounding = False
 
     def __init__(self, objective, model, s: EngineSettings, config: dict):
         self.config = config
@@ -332,6 +361,7 @@ class FSDPEngine(DDPEngine):
     """FSDP2: every decoder layer sharded (fully_shard), then the objective as the root (embeddings, norm, head)."""
 
     name = "fsdp"
+    bf16_rounding = False
 
     def __init__(self, objective, model, s: EngineSettings, config: dict, dtype: torch.dtype):
         self.config, self.dtype = config, dtype

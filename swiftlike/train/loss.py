@@ -13,6 +13,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from ..models.attention import VARLEN
 from ..templates import IGNORE_INDEX
 
 LOGITS_PER_CHUNK = 1 << 24  # ~16M logits (64 MB in fp32) per chunk; smaller chunks are also cache-friendlier
@@ -173,11 +174,11 @@ def packed_attention_mask(seq_lens: torch.Tensor, dtype: torch.dtype, boolean: b
 
 
 def packed_masks(config, seq_lens: torch.Tensor, dtype: torch.dtype):
-    """The attention mask(s) of a padding-free row for this model: None for flash-attention (it reads the
-    borders from position_ids and applies sliding windows itself); a block mask for sdpa/eager, and for models
+    """The attention mask(s) of a padding-free row for this model: None for flash-attention and VARLEN (they read
+    the borders from position_ids; flash-attention applies sliding windows itself); a block mask for sdpa/eager, and for models
     with sliding-window layers one mask per layer type, as transformers' decoders accept them."""
     impl = getattr(config, "_attn_implementation", "sdpa") or "sdpa"
-    if "flash" in impl:
+    if "flash" in impl or impl == VARLEN:
         return None
     boolean = impl == "sdpa"
     full = packed_attention_mask(seq_lens, dtype, boolean)

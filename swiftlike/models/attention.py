@@ -1,0 +1,113 @@
+"""Which attention kernel a training run uses, decided in one place, and the variable-length kernel for padding-free
+batches.
+
+A padding-free batch is one row of concatenated sequences whose borders are where `position_ids` restarts at 0.
+sdpa and eager need a dense L x L block-diagonal mask for it (train/loss.packed_masks), which on a GPU costs memory
+and turns off the fused kernels. `VARLEN` ("wb_varlen", registered with transformers' AttentionInterface) reads the
+borders from `position_ids` instead and runs each sequence's causal attention without a mask: on CUDA through
+torch's flash-attention based `torch.nn.attention.varlen.varlen_attn` (no extra package), elsewhere as one sdpa
+call per sequence (exact, and the reference the CUDA kernel is tested against). Rows with padding (padded batches,
+KV-cached generation in GRPO rollouts) fall back to sdpa with the usual mask.
+
+`choose` picks the implementation: the user's `--attn_implementation` always wins; padding-free or packed training
+on CUDA gets flash-attention 2 when the flash_attn package is installed, else VARLEN; models whose attention needs
+more than a causal mask per sequence (sliding windows, logit soft-capping) and every other case keep transformers'
+default (sdpa, with the block mask for padding-free rows).
+"""
+from __future__ import annotations
+
+import importlib.util
+
+import torch
+
+VARLEN = "wb_varlen"
+
+
+def choose(requested: str | None, device_type: str, padding_free: bool, config) -> tuple[str | None, str]:
+    """(the attn_implementation to load the model with, None for transformers' default; why, for the start-up
+    line)."""
+    if requested:
+        return requested, "--attn_implementation"
+    if not padding_free:
+        return None, "padded batches: transformers' default (sdpa)"
+    if device_type != "cuda":
+        return None, f"padding-free on {device_type}: sdpa with a block-diagonal mask"
+    if needs_more_than_causal(config):
+        return None, "padding-free, but this model's sliding windows / soft-capping need the mask: sdpa"
+    if importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2", "padding-free on CUDA: flash-attention 2 (flash_attn installed)"
+    return VARLEN, "padding-free on CUDA: torch varlen_attn, sequence borders from position_ids, no mask"
+
+
+def needs_more_than_causal(config) -> bool:
+    """Whether a model's attention is more than causal within a sequence (sliding windows, soft-capping)."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    window = getattr(text, "sliding_window", None) and (
+        "sliding_attention" in (getattr(text, "layer_types", None) or ()) or getattr(text, "use_sliding_window", True))
+    return bool(window or getattr(text, "attn_logit_softcapping", None))
+
+
+def register() -> None:
+    """Make VARLEN a name transformers' models accept as attn_implementation (idempotent)."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, flash_attention_mask
+
+    AttentionInterface.register(VARLEN, varlen_attention)
+    # like flash-attention: no mask for rows without padding (borders come from position_ids), the 2-D padding
+    # mask otherwise
+    ALL_MASK_ATTENTION_FUNCTIONS.register(VARLEN, flash_attention_mask)
+
+
+def varlen_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling: float | None = None,
+                     position_ids=None, **kwargs):
+    """transformers' attention-function protocol: query (batch, heads, q, dim), key/value (batch, kv_heads, k, dim)
+    -> ((batch, q, heads, dim), None)."""
+    borders = _borders(position_ids, query, key, attention_mask)
+    if borders is None:
+        return _padded(module, query, key, value, attention_mask, dropout, scaling)
+    q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # (tokens, heads, dim)
+    out = _kernel(q, k, v, borders, scaling, dropout if module.training else 0.0)
+    return out.unsqueeze(0), None
+
+
+def _borders(position_ids, query, key, attention_mask) -> torch.Tensor | None:
+    """Cumulative sequence lengths (int32, starting at 0) of a single unpadded row without cache, else None."""
+    if (position_ids is None or query.shape[0] != 1 or attention_mask is not None
+            or query.shape[2] != key.shape[2] or position_ids.dim() != 2):
+        return None
+    starts = torch.nonzero(position_ids[0] == 0).flatten()
+    if starts.numel() == 0 or int(starts[0]) != 0:
+        return None
+    length = torch.tensor([position_ids.shape[-1]], device=starts.device)
+    return torch.cat([starts, length]).to(torch.int32)
+
+
+def _kernel(q, k, v, borders, scale, dropout: float):
+    lengths = (borders[1:] - borders[:-1]).tolist()
+    if q.is_cuda and dropout == 0.0:
+        from torch.nn.attention.varlen import varlen_attn
+
+        longest = max(lengths)
+        return varlen_attn(q, k, v, borders, borders, longest, longest, scale=scale, window_size=(-1, 0),
+                           enable_gqa=k.shape[1] != q.shape[1])
+    outs, start = [], 0
+    for n in lengths:  # one causal sdpa call per sequence: exact, no mask
+        seq = [t[start:start + n].transpose(0, 1) for t in (q, k, v)]  # (heads, n, dim)
+        outs.append(torch.nn.functional.scaled_dot_product_attention(
+            *seq, is_causal=True, scale=scale, dropout_p=dropout, enable_gqa=k.shape[1] != q.shape[1]
+        ).transpose(0, 1))
+        start += n
+    return torch.cat(outs)
+
+
+def _padded(module, query, key, value, attention_mask, dropout: float, scaling):
+    """sdpa over rows with a 2-D padding mask (or none), causal with the cache's offset."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    q_len, k_len = query.shape[2], key.shape[2]
+    allowed = torch.ones(q_len, k_len, dtype=torch.bool, device=query.device).tril(k_len - q_len)[None, None]
+    if attention_mask is not None:
+        allowed = allowed & attention_mask[:, None, None, -k_len:].bool()
+        allowed = allowed | ~allowed.any(-1, keepdim=True)  # a padding query attends somewhere (its output unused)
+    return sdpa_attention_forward(module, query, key, value, allowed, dropout=dropout, scaling=scaling,
+                                  is_causal=False)

@@ -1,0 +1,102 @@
+"""The attention choice (models/attention.py): padding-free rows through the variable-length path equal the block-mask
+path (loss and gradients), KV-cached generation with left padding through its fallback equals sdpa's, and the
+choice follows the device, the batches and the model. The CUDA kernel (torch's varlen_attn) is compared with the
+same reference in the GPU-marked test, skipped without CUDA."""
+import pytest
+import torch
+
+from swiftlike.data.collate import collate_padding_free
+from swiftlike.models import attention
+from swiftlike.models.loader import build_miniature
+from swiftlike.train.loss import CausalLMLoss
+
+MODELS = ["Qwen/Qwen3-0.6B", "meta-llama/Llama-3.2-1B-Instruct"]
+
+
+def _rows(vocab: int, lengths=(7, 19, 3, 12)):
+    g = torch.Generator().manual_seed(0)
+    rows = []
+    for n in lengths:
+        ids = torch.randint(5, vocab, (n,), generator=g).tolist()
+        rows.append({"input_ids": ids, "labels": [-100] * (n // 3) + ids[n // 3:], "length": n})
+    return rows
+
+
+def _twin(model_id: str, impl: str, device="cpu", dtype=torch.float32):
+    attention.register()
+    model = build_miniature(model_id, dtype=dtype).to(device)
+    model.config._attn_implementation = impl
+    return model
+
+
+def _loss_and_grads(model, batch):
+    model.zero_grad()
+    loss, n, _ = CausalLMLoss(model)(**batch)
+    loss.backward()
+    return float(loss.detach()), int(n), {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("model_id", MODELS)
+def test_varlen_equals_the_block_mask_on_padding_free_rows(model_id):
+    sdpa, varlen = _twin(model_id, "sdpa"), _twin(model_id, attention.VARLEN)
+    batch = collate_padding_free(_rows(sdpa.config.vocab_size))
+    calls = []
+    original = attention._kernel
+    attention._kernel = lambda *a: calls.append(a[3].tolist()) or original(*a)
+    try:
+        b_loss, b_n, b_grads = _loss_and_grads(varlen, batch)
+    finally:
+        attention._kernel = original
+    a_loss, a_n, a_grads = _loss_and_grads(sdpa, batch)
+    assert calls and calls[0] == [0, 7, 26, 29, 41]  # the sequence borders, read from position_ids
+    assert a_n == b_n and b_loss == pytest.approx(a_loss, rel=1e-5)
+    assert a_grads.keys() == b_grads.keys()
+    for name, grad in a_grads.items():
+        torch.testing.assert_close(b_grads[name], grad, rtol=1e-4, atol=5e-5)
+
+
+def test_the_padded_fallback_generates_as_sdpa_with_left_padding_and_a_cache():
+    sdpa, varlen = _twin(MODELS[0], "sdpa"), _twin(MODELS[0], attention.VARLEN)
+    ids = torch.tensor([[0, 0, 11, 12, 13], [21, 22, 23, 24, 25]])
+    mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
+    outs = [m.generate(input_ids=ids, attention_mask=mask, max_new_tokens=6, do_sample=False, pad_token_id=0)
+            for m in (sdpa, varlen)]
+    assert torch.equal(outs[0], outs[1])
+
+
+class _Config:
+    def __init__(self, **kw):
+        self.__dict__.update(kw)
+
+
+@pytest.mark.parametrize("requested, device, padding_free, config, expected", [
+    ("eager", "cuda", True, _Config(), "eager"),
+    (None, "cpu", True, _Config(), None),
+    (None, "cuda", False, _Config(), None),
+    (None, "cuda", True, _Config(), attention.VARLEN),
+    (None, "cuda", True, _Config(sliding_window=4096, layer_types=["sliding_attention", "full_attention"]), None),
+    (None, "cuda", True, _Config(sliding_window=4096, use_sliding_window=False), attention.VARLEN),
+    (None, "cuda", True, _Config(attn_logit_softcapping=50.0), None),
+])
+def test_the_choice_follows_device_batches_and_model(monkeypatch, requested, device, padding_free, config, expected):
+    monkeypatch.setattr(attention.importlib.util, "find_spec", lambda name: None)  # no flash_attn package
+    impl, why = attention.choose(requested, device, padding_free, config)
+    assert impl == expected and why
+
+
+def test_flash_attention_2_is_chosen_where_its_package_is_installed(monkeypatch):
+    monkeypatch.setattr(attention.importlib.util, "find_spec", lambda name: object())
+    assert attention.choose(None, "cuda", True, _Config())[0] == "flash_attention_2"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-4), (torch.bfloat16, 2e-2)])
+def test_cuda_varlen_kernel_equals_the_block_mask(dtype, tol):
+    sdpa = _twin(MODELS[0], "sdpa", "cuda", dtype)
+    varlen = _twin(MODELS[0], attention.VARLEN, "cuda", dtype)
+    batch = {k: v.cuda() for k, v in collate_padding_free(_rows(sdpa.config.vocab_size, (70, 300, 33, 129))).items()}
+    a_loss, a_n, a_grads = _loss_and_grads(sdpa, batch)
+    b_loss, b_n, b_grads = _loss_and_grads(varlen, batch)
+    assert a_n == b_n and b_loss == pytest.approx(a_loss, rel=tol)
+    for name, grad in a_grads.items():
+        torch.testing.assert_close(b_grads[name].float(), grad.float(), rtol=tol, atol=tol, msg=name)
