@@ -175,8 +175,8 @@ def packed_attention_mask(seq_lens: torch.Tensor, dtype: torch.dtype, boolean: b
 
 def packed_masks(config, seq_lens: torch.Tensor, dtype: torch.dtype):
     """The attention mask(s) of a padding-free row for this model: None for flash-attention and VARLEN (they read
-    the borders from position_ids; flash-attention applies sliding windows itself); a block mask for sdpa/eager, and for models
-    with sliding-window layers one mask per layer type, as transformers' decoders accept them."""
+    the borders from position_ids; flash-attention applies sliding windows itself); a block mask for sdpa/eager,
+    and for models with sliding-window layers one mask per layer type, as transformers' decoders accept them."""
     impl = getattr(config, "_attn_implementation", "sdpa") or "sdpa"
     if "flash" in impl or impl == VARLEN:
         return None
