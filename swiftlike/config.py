@@ -499,6 +499,9 @@ class InferConfig(ModelArgs):
     response: str | None = _f(None, "Reward models (`wb rm` checkpoints): the answer to --query to score.")
     image: list = _f([], "Vision-language models: an image for --query (or the first message of a chat), before "
                          "its text: a path, an http(s) URL or a data URI; repeat for several, in order.")
+    video: list = _f([], "Vision-language models: a video for --query (or the first message of a chat), after its "
+                         "images: a video file (read with PyAV) or a folder of frame images (in name order); "
+                         "repeat for several.")
     system: str | None = _f(None, "System prompt.")
     dataset: list = _f([], "Batch inference over data: .jsonl/.json/.csv/.parquet files, folders or "
                            "hf::org/name[:subset][:split], in any format `wb sft` reads or prompts alone; the "
@@ -534,8 +537,8 @@ class InferConfig(ModelArgs):
             raise UserError("--output is for batch inference: give --dataset too")
         if self.dataset and self.query is not None:
             raise UserError("give --query or --dataset, not both")
-        if self.image and self.dataset:
-            raise UserError("--image is for --query or a chat; a --dataset row names its own images")
+        if (self.image or self.video) and self.dataset:
+            raise UserError("--image and --video are for --query or a chat; a --dataset row names its own")
         if self.max_batch_size < 1:
             raise UserError(f"--max_batch_size must be at least 1, got {self.max_batch_size}")
         return self

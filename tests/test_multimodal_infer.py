@@ -61,7 +61,7 @@ def test_engine_batches_image_and_text_prompts_as_generate_decodes_each_alone(vl
              _user(pictures["noise"], "Colour?")]
     encoded = [vision.encode_prompt(template, c) for c in convs]
     pixels = [vision.pixels(template, sources) for _, sources in encoded]
-    assert [len(s) for _, s in encoded] == [1, 2, 0, 1] and pixels[2] is None
+    assert [len(s.images) for _, s in encoded] == [1, 2, 0, 1] and pixels[2] is None
     with TransformersEngine(net, tok, template, max_batch_size=8) as engine:
         ours = engine.generate([ids for ids, _ in encoded], SamplingParams(max_new_tokens=6, logprobs=True),
                                images=pixels)
@@ -86,7 +86,7 @@ def test_the_prompt_is_encoded_as_training_encodes_it(vl, pictures):
     # the placeholder form of a data row gives the same ids
     same, sources = vision.encode_prompt(template, [{"role": "user", "content": "<image>Colour?"}],
                                          images=["red.png"], base=__import__("pathlib").Path(pictures["red"]).parent)
-    assert same == ids and sources == [pictures["red"]]
+    assert same == ids and sources.images == [pictures["red"]] and not sources.videos
 
 
 def test_bad_images_are_one_line_errors(vl, pictures, qwen3_tokenizer):
@@ -171,9 +171,9 @@ def test_an_image_url_is_downloaded_once_per_prompt(pictures, qwen3_tokenizer):
         url = f"http://127.0.0.1:{server.server_address[1]}/blue.png"
         ids, sources = vision.encode_prompt(template, _user(url, "Colour?"), files=False)
         local, _ = vision.encode_prompt(template, _user(pictures["blue"], "Colour?"))
-        assert ids == local and sources == [url]
+        assert ids == local and sources.images == [url]
         assert torch.equal(vision.pixels(template, sources)["pixel_values"],
-                           vision.pixels(template, [pictures["blue"]])["pixel_values"])
+                           vision.pixels(template, vision.Media([pictures["blue"]]))["pixel_values"])
         assert served == ["/blue.png"]
         with pytest.raises(UserError, match=r"image http://.*/gone.png: cannot be read \(HTTP Error 404"):
             vision.encode_prompt(template, _user(url.replace("blue", "gone"), "Colour?"))

@@ -1,8 +1,9 @@
 """Videos for Qwen2.5-VL and Qwen3-VL: the frames read, the tokens written (Qwen3-VL's timestamps included), the
 pixels and M-RoPE inputs equal transformers' own video processors (recorded in tests/data/video/golden.json by
 tests/data/video/make_golden.py: transformers 5.24 with torchvision); video rows pack exactly; video tokens are
-never trained; `wb sft` trains on videos end to end and checkpoints and exports carry the video processor; bad
-video input is one line. The test videos are generated (tests/data/video/make_media.py)."""
+never trained; `wb sft` trains on videos end to end and checkpoints and exports carry the video processor; `wb
+infer` reads videos as training does and the engine decodes them as transformers' generate; bad video input is
+one line. The test videos are generated (tests/data/video/make_media.py)."""
 import json
 import os
 import re
@@ -198,14 +199,73 @@ def test_a_video_file_without_a_decoder_says_what_to_install(monkeypatch):
     assert processing(MODELS["qwen3_vl"]).video.probe(FRAMES).total == 3  # frames need no decoder
 
 
-def test_a_text_only_template_and_inference_refuse_videos(qwen3_tokenizer):
-    from swiftlike.errors import UserError
+def test_a_text_only_template_refuses_videos(qwen3_tokenizer):
     from swiftlike.infer import vision
 
     with pytest.raises(TemplateError, match="template qwen3 is text-only and cannot read videos"):
         get_template("qwen3", qwen3_tokenizer).encode(to_canonical(_rows()[0]))
-    with pytest.raises(UserError, match="videos are read by wb sft only for now"):
-        vision.encode_prompt(vl_template(MODELS["qwen3_vl"], qwen3_tokenizer), _rows()[2]["messages"][:1])
+    with pytest.raises(TemplateError, match="template qwen3 is text-only and cannot read videos"):
+        vision.encode_prompt(get_template("qwen3", qwen3_tokenizer), _rows()[2]["messages"][:1])
+
+
+@pytest.mark.parametrize("model", MODELS.values())
+def test_inference_reads_videos_as_training_does_and_decodes_as_generate(model, qwen3_tokenizer):
+    """A prompt with a video is encoded as training encodes it; the engine (a video prompt, an image prompt and
+    a text prompt in one batch, M-RoPE positions from the grids) decodes what transformers' generate decodes for
+    each prompt alone; the pixels reach the model."""
+    from swiftlike.infer import SamplingParams, vision
+    from swiftlike.infer.engine import TransformersEngine
+
+    template = vl_template(model, qwen3_tokenizer)
+    (trained,), _ = encode_rows([to_canonical(_rows()[2])], template, 4096)
+    convs = [_rows()[2]["messages"][:1], [{"role": "user", "content": [{"type": "video", "video": FILE}, "What?"]}],
+             _rows()[3]["messages"][:1],
+             [{"role": "user", "content": "Say something longer than the others, in plain text."}],
+             [{"role": "user", "content": [{"type": "video", "video": FRAMES[::-1]}, "And here?"]}]]
+    encoded = [vision.encode_prompt(template, c) for c in convs]
+    ids, media = encoded[0]
+    assert trained["input_ids"][:len(ids)] == ids and media.videos == [FRAMES]
+    same, _ = vision.encode_prompt(template, [{"role": "user", "content": "<video>And here?"}], videos=[FRAMES])
+    assert same == ids  # the placeholder form of a data row
+    pixels = [vision.pixels(template, m) for _, m in encoded]
+    assert pixels[3] is None and "pixel_values" in pixels[2] and "pixel_values_videos" in pixels[2]
+    torch.manual_seed(0)
+    net = build_miniature(model).eval()
+    with TransformersEngine(net, qwen3_tokenizer, template, max_batch_size=8) as engine:
+        ours = engine.generate([i for i, _ in encoded], SamplingParams(max_new_tokens=5, logprobs=True), images=pixels)
+    video_pad, image_pad = template.video_token_id, template.image_token_ids[0]
+    for (prompt, _), px, completions in zip(encoded, pixels, ours):
+        x = torch.tensor([prompt])
+        types = (x == image_pad).int() + 2 * (x == video_pad).int()
+        with torch.no_grad():
+            out = net.generate(input_ids=x, attention_mask=torch.ones_like(x), max_new_tokens=5, do_sample=False,
+                               mm_token_type_ids=types, **(px or {}))
+        alone = out[0, len(prompt):].tolist()
+        assert completions[0].token_ids == alone[:len(completions[0].token_ids)]
+    first = [completions[0].logprobs[0]["logprob"] for completions in ours]
+    assert first[0] != pytest.approx(first[4], abs=1e-7)  # the same words after other frames
+
+
+def test_wb_infer_takes_a_video_folder_or_file(tmp_path, monkeypatch, capsys):
+    from swiftlike.cli.main import main
+
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for k, src in enumerate(FRAMES):
+        shutil.copy(src, frames / f"{k:03d}.png")
+    for video in (str(frames), FILE):
+        assert main(["infer", "--model", MODELS["qwen3_vl"], "--miniature", "--video", video, "--query", "What moves?",
+                     "--max_new_tokens", "3"]) == 0
+    assert main(["infer", "--model", MODELS["qwen3_vl"], "--miniature", "--video", str(tmp_path), "--query", "x"]) == 2
+    assert "a folder without .png/.jpg/.webp frames" in capsys.readouterr().err
+    # --dataset rows with videos (paths relative to the data file); the output lines name them
+    shutil.copy(FILE, tmp_path / "square.mp4")
+    (tmp_path / "d.jsonl").write_text(json.dumps({"messages": [{"role": "user", "content": "<video>What moves?"}],
+                                                  "videos": ["square.mp4"]}) + "\n")
+    assert main(["infer", "--model", MODELS["qwen3_vl"], "--miniature", "--dataset", str(tmp_path / "d.jsonl"),
+                 "--output", str(tmp_path / "out.jsonl"), "--max_new_tokens", "3"]) == 0
+    line = json.loads((tmp_path / "out.jsonl").read_text())
+    assert line["videos"] == ["square.mp4"] and line["response"] is not None
 
 
 def wb(*args, cwd):
@@ -240,3 +300,37 @@ def test_wb_sft_trains_on_videos_and_the_export_carries_the_video_processor(mode
                  cwd=tmp_path).stdout
     assert "1 video(s)" in preview and "⟪video square.mp4:" in preview
     assert "⟪video frame0.png... (3 frames):" in preview
+
+
+def test_deploy_answers_video_url_parts_as_the_engine_does(qwen3_tokenizer):
+    import base64
+
+    import openai
+    from openai import OpenAI
+
+    from swiftlike.infer import SamplingParams, vision
+    from swiftlike.infer.engine import TransformersEngine
+    from swiftlike.serve import BackgroundServer, ServeSettings, create_app
+
+    template = vl_template(MODELS["qwen2_5_vl"], qwen3_tokenizer)
+    net = build_miniature(MODELS["qwen2_5_vl"]).eval()
+    uri = "data:video/mp4;base64," + base64.b64encode((VIDEO / "square.mp4").read_bytes()).decode()
+    engine = TransformersEngine(net, qwen3_tokenizer, template, max_batch_size=4)
+    try:
+        with BackgroundServer(create_app(engine, ServeSettings(model_name="vl", max_model_len=4096))) as server:
+            client = OpenAI(base_url=server.url + "/v1", api_key="none", max_retries=0)
+            content = [{"type": "video_url", "video_url": {"url": uri}}, {"type": "text", "text": "What moves?"}]
+            r = client.chat.completions.create(model="vl", messages=[{"role": "user", "content": content}],
+                                               max_tokens=4, temperature=0)
+            ids, media = vision.encode_prompt(template, [{"role": "user", "content": content}])
+            direct = engine.generate([ids], SamplingParams(max_new_tokens=4), images=[vision.pixels(template, media)])
+            assert r.choices[0].message.content == template.parse_response(direct[0][0].text)["content"]
+            assert r.usage.prompt_tokens == len(ids)
+            for url, message in ((FILE, "a file path; send videos as data: URIs"),
+                                 ("data:video/mp4;base64,bm90IGEgdmlkZW8=", "cannot be read")):
+                bad = [{"type": "video_url", "video_url": {"url": url}}, {"type": "text", "text": "?"}]
+                with pytest.raises(openai.BadRequestError, match=message):
+                    client.chat.completions.create(model="vl", messages=[{"role": "user", "content": bad}],
+                                                   max_tokens=2)
+    finally:
+        engine.close()

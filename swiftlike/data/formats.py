@@ -44,20 +44,23 @@ def detect_format(row: dict) -> str:
                    "question/choices/answer (MMLU) or question/answer (GSM8K)")
 
 
-TASKS = ("sft", "pt", "preference", "kto", "grpo")
+TASKS = ("sft", "pt", "preference", "kto", "grpo", "prompt")
 
 
 def to_canonical(row: dict, task: str = "sft") -> dict:
     """The canonical row for a task: sft {messages, tools?}; preference {messages, rejected_messages};
-    kto {messages, label}; grpo {messages (the prompt), **extra columns}."""
-    if task in ("preference", "kto", "grpo"):
-        out = _no_videos(row, {"preference": _preference, "kto": _kto, "grpo": _grpo}[task](row), task)
+    kto {messages, label}; grpo {messages (the prompt), **extra columns}; prompt: grpo's, with videos (inference)."""
+    if task in ("preference", "kto", "grpo", "prompt"):
+        out = {"preference": _preference, "kto": _kto, "grpo": _grpo, "prompt": _grpo}[task](row)
+        if task != "prompt":
+            out = _no_videos(row, out, task)
         if task == "preference":
             return _pair_images(row, out)
-        if task == "grpo":  # the prompt's images (reward functions receive them as the `images` column)
+        if task in ("grpo", "prompt"):  # the prompt's images (GRPO's reward functions receive the `images` column)
             out.pop("images", None)
-            images = _images(row, out["messages"])
-            return {**out, "images": images} if images else out
+            out.pop("videos", None)
+            media = {"images": _images(row, out["messages"]), "videos": _videos(row, out["messages"])}
+            return {**out, **{k: v for k, v in media.items() if v}}
         return out
     if task == "pt":
         if "text" not in row:

@@ -168,10 +168,12 @@ class ImageProcessing:
 
 
 def cat_images(images: list[dict]) -> dict:
-    """Several sequences' pixels as one batch's, in order (the order the model meets the image tokens in)."""
+    """Several sequences' pixels (images' and videos') as one batch's, in order (the order the model meets their
+    tokens in)."""
     import torch
 
-    return {key: torch.cat([i[key] for i in images]) for key in ("pixel_values", "image_grid_thw")}
+    keys = dict.fromkeys(k for i in images for k in i)
+    return {key: torch.cat([i[key] for i in images if key in i]) for key in keys}
 
 
 def image_size(src: str) -> tuple[int, int]:

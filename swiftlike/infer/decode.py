@@ -19,19 +19,23 @@ class ModelCall:
         # a Qwen-VL model: its M-RoPE positions come from the images' grids (get_rope_index)
         self.rope_index = getattr(getattr(core, "model", None), "get_rope_index", None)
         self.image_token_id = getattr(core.config, "image_token_id", None)
+        self.video_token_id = getattr(core.config, "video_token_id", None)
 
     @property
     def reads_images(self) -> bool:
         return self.rope_index is not None and self.image_token_id is not None
 
     def image_inputs(self, ids, mask, images: dict) -> tuple[torch.Tensor, dict]:
-        """(M-RoPE positions (3 x rows x width), the model's image keywords) of left-padded rows whose image
-        tokens are already expanded; `images`: their pixel_values and image_grid_thw, in row order."""
+        """(M-RoPE positions (3 x rows x width), the model's image and video keywords) of left-padded rows whose
+        image and video tokens are already expanded; `images`: their pixel_values and image_grid_thw (videos:
+        pixel_values_videos, video_grid_thw, Qwen2.5-VL's second_per_grid_ts), in row order."""
         types = ((ids == self.image_token_id) & mask.bool()).int()
-        grids = images["image_grid_thw"].to(ids.device)
-        positions, _ = self.rope_index(ids, types, image_grid_thw=grids, attention_mask=mask)
-        return positions, {"pixel_values": images["pixel_values"].to(ids.device), "image_grid_thw": grids,
-                           "mm_token_type_ids": types}
+        if "video_grid_thw" in images:
+            types += 2 * ((ids == self.video_token_id) & mask.bool()).int()
+        inputs = {k: v.to(ids.device) for k, v in images.items()}
+        grids = {k: inputs[k] for k in ("image_grid_thw", "video_grid_thw", "second_per_grid_ts") if k in inputs}
+        positions, _ = self.rope_index(ids, types, attention_mask=mask, **grids)
+        return positions, {**inputs, "mm_token_type_ids": types}
 
     def __call__(self, ids, mask, positions, cache, **extra):
         kw = {"logits_to_keep": 1} if self.keep_kw else {}

@@ -17,7 +17,7 @@ from ..errors import UserError
 
 # fields a format consumes; any other column travels with the row to the output
 FORMAT_FIELDS = {"messages", "conversations", "instruction", "input", "output", "query", "response", "history",
-                 "system", "prompt", "completion", "question", "choices", "answer", "tools", "images"}
+                 "system", "prompt", "completion", "question", "choices", "answer", "tools", "images", "videos"}
 
 
 @dataclass
@@ -30,6 +30,7 @@ class PromptRow:
     raw: dict = field(default_factory=dict)  # the row as read (after column renaming)
     images: list = field(default_factory=list)  # image sources, in the order of the <image> markers in messages
     base: Path | None = None      # the folder relative image paths are read from (the data file's)
+    videos: list = field(default_factory=list)  # videos (files or frame lists), in the order of the <video> markers
 
 
 def read_prompts(specs: list[str], columns: dict | None = None, seed: int = 42) -> list[PromptRow]:
@@ -72,7 +73,8 @@ def prompt_row(where: str, raw: dict, base: Path | None = None) -> PromptRow:
     if not any(m["role"] in ("user", "tool") for m in messages):
         raise UserError(f"{where}: no prompt (no user turn before the answer)")
     extra = {k: v for k, v in raw.items() if k not in FORMAT_FIELDS}
-    return PromptRow(where, messages, canonical.get("tools"), reference, extra, raw, canonical.get("images", []), base)
+    return PromptRow(where, messages, canonical.get("tools"), reference, extra, raw, canonical.get("images", []), base,
+                     canonical.get("videos", []))
 
 
 def _canonical(raw: dict) -> dict:
@@ -81,7 +83,8 @@ def _canonical(raw: dict) -> dict:
         return to_canonical(raw, "sft")
     except RowError as first:
         try:
-            row = to_canonical(raw, "grpo")
+            row = to_canonical(raw, "prompt")
         except RowError:
             raise first from None
-        return {"messages": row["messages"], "tools": _tools(raw.get("tools"))}
+        return {"messages": row["messages"], "tools": _tools(raw.get("tools")),
+                **{k: row[k] for k in ("images", "videos") if row.get(k)}}

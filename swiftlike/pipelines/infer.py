@@ -104,12 +104,24 @@ def _system(text: str | None) -> list[dict]:
     return [{"role": "system", "content": text}] if text else []
 
 
-def _user(text: str, images: list[str]) -> dict:
-    """A user message: its images (as image parts, read relative to the working directory), then its text."""
-    if not images:
+def _user(text: str, images: list[str], videos: list[str] = ()) -> dict:
+    """A user message: its images and videos (as parts, read relative to the working directory; a folder is a
+    video's frames in name order), then its text."""
+    if not images and not videos:
         return {"role": "user", "content": text}
-    parts = [{"type": "image", "image": i} for i in images]
+    parts = [{"type": "image", "image": i} for i in images] + [{"type": "video", "video": _video(v)} for v in videos]
     return {"role": "user", "content": [*parts, {"type": "text", "text": text}]}
+
+
+def _video(path: str):
+    """A --video argument: a folder of frames (sorted by name) or a video file / URL as given."""
+    folder = Path(path)
+    if folder.is_dir():
+        frames = sorted(str(p) for p in folder.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"))
+        if not frames:
+            raise UserError(f"--video {path}: a folder without .png/.jpg/.webp frames")
+        return frames
+    return path
 
 
 def _prompt(engine, messages: list[dict], cfg: InferConfig) -> tuple[list[int], dict | None]:
@@ -122,7 +134,7 @@ def _prompt(engine, messages: list[dict], cfg: InferConfig) -> tuple[list[int], 
 
 def answer_query(engine, cfg: InferConfig, params) -> str:
     """Print the answer(s) to --query; return the first one's content."""
-    ids, images = _prompt(engine, _system(cfg.system) + [_user(cfg.query, cfg.image)], cfg)
+    ids, images = _prompt(engine, _system(cfg.system) + [_user(cfg.query, cfg.image, cfg.video)], cfg)
     answers = [engine.template.parse_response(c.text) for c in engine.generate([ids], params, images=[images])[0]]
     for i, answer in enumerate(answers):
         print((f"[{i + 1}/{len(answers)}] " if len(answers) > 1 else "") + show(answer))
@@ -137,7 +149,7 @@ def chat(engine, cfg: InferConfig, params) -> None:
     """Interactive chat: the answer is printed as it is generated; Ctrl-C stops an answer."""
     from dataclasses import replace
 
-    system, history, turn, images = cfg.system, [], 0, list(cfg.image)
+    system, history, turn, images, videos = cfg.system, [], 0, list(cfg.image), list(cfg.video)
     print(CHAT_HELP)
     while True:
         try:
@@ -166,7 +178,8 @@ def chat(engine, cfg: InferConfig, params) -> None:
             continue
         if not command:
             continue
-        history.append(_user(query, images))
+        history.append(_user(query, images, videos))
+        videos = []  # (--video belongs to the first message)
         try:
             ids, pixels = _prompt(engine, _system(system) + history, cfg)
         except UserError as e:  # an unreadable image, an image for a text-only model: say so, keep chatting
@@ -242,12 +255,13 @@ def answered_rows(path: Path) -> set[str]:
     return keys
 
 
-def _encode_row(template, row, enable_thinking: bool | None) -> tuple[list[int], list[str]]:
-    """A row's prompt ids and image sources (their pixels are read when the row is submitted)."""
+def _encode_row(template, row, enable_thinking: bool | None):
+    """A row's prompt ids and images and videos (their pixels are read when the row is submitted)."""
     from ..infer import vision
 
     try:
-        return vision.encode_prompt(template, row.messages, row.tools, images=row.images, base=row.base,
+        return vision.encode_prompt(template, row.messages, row.tools, images=row.images, videos=row.videos,
+                                    base=row.base,
                                     **_thinking(enable_thinking))
     except UserError as e:
         raise UserError(f"{row.key}: {e}") from None
@@ -320,6 +334,8 @@ def result_line(template, row, completions: list, prompt_tokens: int) -> dict:
     line = {"row": row.key, "messages": row.messages}
     if row.images:  # as the row names them, in the order of the <image> markers in messages
         line["images"] = row.images
+    if row.videos:
+        line["videos"] = row.videos
     if row.tools:
         line["tools"] = row.tools
     answers = [_answer_fields(template, c) for c in completions]
