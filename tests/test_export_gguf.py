@@ -60,25 +60,10 @@ def test_gguf_reloads_with_transformers(tmp_path, model_id, gguf_type):
 
 
 @pytest.mark.slow
-def test_cli_writes_gguf_modelfile_and_card(tmp_path):
-    run = wb.sft(model="Qwen/Qwen2.5-0.5B-Instruct", miniature=True, dataset=["examples/data/identity.jsonl"],
-                 lora=True, max_steps=2, output_dir=str(tmp_path / "run"))
-    out = tmp_path / "gguf"
-    assert main(["export", "--adapters", run.checkpoint, "--merge", "--to", "gguf", "--gguf_type", "q8_0",
-                 "--output_dir", str(out)]) == 0
-    files = sorted(p.name for p in out.iterdir())
-    assert files == ["Modelfile", "README.md", "args.json", "gguf-q8_0.gguf"]
-    modelfile = (out / "Modelfile").read_text()
-    assert modelfile.startswith("FROM ./gguf-q8_0.gguf") and 'PARAMETER stop "<|im_end|>"' in modelfile
-    reread = gguf.GGUFReader(str(out / "gguf-q8_0.gguf"))
-    assert "<|im_start|>" in reread.fields["tokenizer.chat_template"].contents()
-
-
-@pytest.mark.slow
-def test_the_streamed_gguf_equals_the_one_written_from_a_merged_model_in_memory(tmp_path):
-    """`wb export --to gguf` merges and writes tensor by tensor (export/stream.py); the same adapter merged by PEFT
-    in memory and written by write_gguf gives the same file contents, tensor for tensor. A full checkpoint streams
-    too."""
+def test_cli_streams_a_gguf_equal_to_the_one_written_from_a_merged_model_in_memory(tmp_path):
+    """`wb export --to gguf` writes the GGUF, an Ollama Modelfile and the card; it merges and writes tensor by
+    tensor (export/stream.py), and the same adapter merged by PEFT in memory and written by write_gguf gives the
+    same file contents, tensor for tensor; so does the streamed GGUF of a full checkpoint holding that model."""
     from swiftlike.export import merged_model
     from swiftlike.export.gguf import write_gguf
     from swiftlike.models.resolve import resolve
@@ -92,24 +77,27 @@ def test_the_streamed_gguf_equals_the_one_written_from_a_merged_model_in_memory(
     tokenizer = load_tokenizer("Qwen/Qwen2.5-0.5B-Instruct", miniature=True)
     template = get_template("qwen2_5", tokenizer)
     model = merged_model(ref, torch.float32, tokenizer.pad_token_id)
-    tokenizer.chat_template = gguf.GGUFReader(str(out / "streamed-q8_0.gguf")).fields[
-        "tokenizer.chat_template"].contents()
-    memory = write_gguf(model, tokenizer, template, tmp_path / "memory.gguf", "q8_0", "streamed")
-    _same_tensors(out / "streamed-q8_0.gguf", memory)  # (in the shards' order: llama.cpp reads tensors by name)
+    assert sorted(p.name for p in out.iterdir()) == ["Modelfile", "README.md", "args.json", "streamed-q8_0.gguf"]
+    modelfile = (out / "Modelfile").read_text()
+    assert modelfile.startswith("FROM ./streamed-q8_0.gguf") and 'PARAMETER stop "<|im_end|>"' in modelfile
+    streamed = gguf.GGUFReader(str(out / "streamed-q8_0.gguf"))  # (reading a 151k-token vocabulary takes seconds)
+    tokenizer.chat_template = streamed.fields["tokenizer.chat_template"].contents()
+    assert "<|im_start|>" in tokenizer.chat_template
+    memory = gguf.GGUFReader(str(write_gguf(model, tokenizer, template, tmp_path / "memory.gguf", "q8_0", "m")))
+    _same_tensors(streamed, memory)  # (in the shards' order: llama.cpp reads tensors by name)
     base = build_miniature("Qwen/Qwen2.5-0.5B-Instruct").state_dict()
     # the adapter moved some weights: the comparison is not of two copies of the base
     assert any(not torch.equal(tensor, base[name]) for name, tensor in model.state_dict().items())
-    # a full checkpoint: its shards stream into the GGUF as they are
+    # a full checkpoint (here: that merged model, saved): its shards stream into the same GGUF tensors
     model.save_pretrained(tmp_path / "full")
     tokenizer.save_pretrained(tmp_path / "full")
-    assert main(["export", "--model", str(tmp_path / "full"), "--to", "gguf", "--gguf_type", "f16",
+    assert main(["export", "--model", str(tmp_path / "full"), "--to", "gguf", "--gguf_type", "q8_0",
                  "--output_dir", str(tmp_path / "full_gguf")]) == 0
-    reference = write_gguf(model, tokenizer, template, tmp_path / "full.gguf", "f16", "full_gguf")
-    _same_tensors(tmp_path / "full_gguf" / "full_gguf-f16.gguf", reference)
+    _same_tensors(gguf.GGUFReader(str(tmp_path / "full_gguf" / "full_gguf-q8_0.gguf")), memory)
 
 
 def _same_tensors(a, b) -> None:
-    tensors = [{t.name: t for t in gguf.GGUFReader(str(p)).tensors} for p in (a, b)]
+    tensors = [{t.name: t for t in reader.tensors} for reader in (a, b)]
     assert sorted(tensors[0]) == sorted(tensors[1])
     for name, x in tensors[0].items():
         y = tensors[1][name]
