@@ -64,6 +64,28 @@ def test_the_padded_fallback_generates_as_sdpa_with_left_padding_and_a_cache():
     assert torch.equal(outs[0], outs[1])
 
 
+@pytest.mark.parametrize("name", ["qwen2_5_vl", "qwen3_vl"])
+def test_vision_language_models_read_videos_images_and_text_alike_through_varlen(name, qwen3_tokenizer):
+    """The language model's attention goes through varlen; the vision tower's (not causal) stays sdpa's."""
+    from swiftlike.data.collate import ImageCollate, collate_padded
+    from swiftlike.data.dataset import encode_rows
+    from swiftlike.data.formats import to_canonical
+    from test_multimodal_video import MODELS as VL, _rows, vl_template
+
+    template = vl_template(VL[name], qwen3_tokenizer)
+    encoded, _ = encode_rows([to_canonical(r) for r in _rows()], template, 4096)
+    image_pad, span = template.image_token_ids
+    losses = []
+    for impl in ("sdpa", attention.VARLEN):
+        net = _twin(VL[name], impl).eval()
+        for collate in (collate_padding_free, lambda r: collate_padded(r, qwen3_tokenizer.pad_token_id)):
+            batch = ImageCollate(collate, template.image_processing, image_pad, span,
+                                 video_pad_id=template.video_token_id)(encoded)
+            with torch.no_grad():
+                losses.append(float(CausalLMLoss(net)(**batch)[0]))
+    assert losses[1:] == pytest.approx(losses[:1] * 3, rel=1e-5)
+
+
 class _Config:
     def __init__(self, **kw):
         self.__dict__.update(kw)

@@ -7,7 +7,8 @@ and turns off the fused kernels. `VARLEN` ("wb_varlen", registered with transfor
 borders from `position_ids` instead and runs each sequence's causal attention without a mask: on CUDA through
 torch's flash-attention based `torch.nn.attention.varlen.varlen_attn` (no extra package), elsewhere as one sdpa
 call per sequence (exact, and the reference the CUDA kernel is tested against). Rows with padding (padded batches,
-KV-cached generation in GRPO rollouts) fall back to sdpa with the usual mask.
+KV-cached generation in GRPO rollouts) fall back to sdpa with the usual mask, and attention that is not causal (a
+vision tower's) is sdpa's as transformers would run it.
 
 `choose` picks the implementation: the user's `--attn_implementation` always wins; padding-free or packed training
 on CUDA gets flash-attention 2 when the flash_attn package is installed, else VARLEN; models whose attention needs
@@ -61,7 +62,12 @@ def register() -> None:
 def varlen_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling: float | None = None,
                      position_ids=None, **kwargs):
     """transformers' attention-function protocol: query (batch, heads, q, dim), key/value (batch, kv_heads, k, dim)
-    -> ((batch, q, heads, dim), None)."""
+    -> ((batch, q, heads, dim), None). Attention that is not causal (a vision tower's) is sdpa's, as given."""
+    if not kwargs.get("is_causal", getattr(module, "is_causal", True)):
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)
     borders = _borders(position_ids, query, key, attention_mask)
     if borders is None:
         return _padded(module, query, key, value, attention_mask, dropout, scaling)

@@ -10,7 +10,9 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
+from .. import accel
 from ..errors import UserError
+from ..models import attention
 from ..hub import is_local
 from ..models.loader import miniature_config, model_config, quiet_libraries
 from ..registry import find_model
@@ -44,7 +46,7 @@ def dry_run(cfg, task: str) -> MemoryPlan:
         arch = replace(arch, params_by="meta device",
                        notes=arch.notes + ("no formula for this architecture: parameters counted by building it on "
                                            "the meta device; activations as a Llama-style decoder of its widths",))
-    setup = setup_for(cfg, task, arch)
+    setup = setup_for(cfg, task, arch, config)
     capacity = parse_size(cfg.gpu_memory) if cfg.gpu_memory else None
     result = plan(arch, setup, cfg.model + (" miniature" if cfg.miniature else ""), capacity, params)
     if arch.model_type not in MEASURED_TYPES:
@@ -55,7 +57,7 @@ def dry_run(cfg, task: str) -> MemoryPlan:
     return result
 
 
-def setup_for(cfg, task: str, arch) -> Setup:
+def setup_for(cfg, task: str, arch, config=None) -> Setup:
     """The options of a training command that memory depends on."""
     rank, targets, dropout = cfg.lora_rank, tuple(cfg.target_modules), cfg.lora_dropout
     if cfg.adapters:  # continued adapters keep their own rank and targets
@@ -66,7 +68,10 @@ def setup_for(cfg, task: str, arch) -> Setup:
     if arch.experts and targets == ("all-linear",):
         dropout = 0.0  # attach_lora: peft adapts fused experts without dropout
     dtype = "bfloat16" if cfg.torch_dtype == "auto" else cfg.torch_dtype
-    attn = cfg.attn_implementation or ("eager" if arch.attn_softcap else "sdpa")
+    # the kernel the run will use on this machine (models/attention.py); without a config, the requested one
+    chosen = attention.choose(cfg.attn_implementation, accel.device_type(), cfg.padding_free, config)[0] \
+        if config is not None else cfg.attn_implementation
+    attn = chosen or ("eager" if arch.attn_softcap else "sdpa")
     # a full-parameter run keeps a frozen copy of the model as the reference (LoRA's is the adapter-free model)
     if task in ("dpo", "kto"):
         reference = task == "kto" or cfg.loss_type not in REFERENCE_FREE

@@ -26,6 +26,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field, replace
 
+from ..models.attention import VARLEN
+
+MASKLESS = ("flash_attention_2", VARLEN)  # kernels that read sequence borders from position_ids: no mask
+
 GiB = 1 << 30
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 LOGITS_PER_CHUNK = 1 << 24  # train/loss.py's chunk of output-layer logits (kept in step by a test)
@@ -244,7 +248,7 @@ class Setup:
     seq_len: int = 2048                # longest sequence (GRPO: prompt + completion)
     accumulation: int = 1
     gradient_checkpointing: bool = False
-    attn: str = "sdpa"                 # sdpa | flash_attention_2 | eager
+    attn: str = "sdpa"                 # sdpa | flash_attention_2 | wb_varlen | eager
     padding_free: bool = True
     lora_rank: int = 8
     lora_dropout: float = 0.05
@@ -361,7 +365,7 @@ def layer_bytes_per_token(arch: Arch, s: Setup, moe: bool = False) -> float:
         total += _norm_bytes(arch.q_dim, a, full, gemma) + _norm_bytes(arch.k_dim, a, full, gemma) \
             + 4 * (arch.heads + arch.kv_heads)
     # attention: queries, keys and values as the kernel keeps them, its output, log-sum-exp per head
-    repeat = s.attn != "flash_attention_2" and arch.kv_heads < arch.heads  # transformers repeats kv heads for masks
+    repeat = s.attn not in MASKLESS and arch.kv_heads < arch.heads  # transformers repeats kv heads for masks
     kv = 2 * arch.q_dim if repeat else arch.k_dim + arch.v_dim
     total += a * (arch.q_dim + kv) + a * arch.q_dim + 4 * arch.heads
     # MLP: gate output (the activation's input), activation output and up output (the product's inputs)
@@ -397,7 +401,7 @@ def mask_bytes(s: Setup, a: int, rows: int, per_row: int) -> tuple[float, float]
     dtype for backward in every layer; eager attention keeps its fp32 softmax (and a copy in the compute dtype)
     per head; flash-attention needs none."""
     square = rows * per_row * per_row
-    if s.attn == "flash_attention_2":
+    if s.attn in MASKLESS:
         return 0.0, 0.0
     if s.attn == "eager":
         return 0.0, square  # the per-head scores are added per layer by the caller
