@@ -41,12 +41,12 @@ def resolve_source(src: str, base: Path | None) -> str:
 
 
 @functools.lru_cache(maxsize=16)
-def _download(url: str) -> bytes:
-    """An image URL's bytes; the last few are kept, so that an image's size and its pixels (read at different
-    moments of one prompt's encoding) cost one download."""
+def download(url: str, timeout: float = 30) -> bytes:
+    """An image's or video's URL's bytes; the last few are kept, so that a source's size and its pixels (read at
+    different moments of one prompt's encoding) cost one download."""
     import urllib.request
 
-    with urllib.request.urlopen(url, timeout=30) as response:  # noqa: S310 (the user's own data)
+    with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 (the user's own data)
         return response.read()
 
 
@@ -61,7 +61,7 @@ def open_image(src: str):
                 raise ImageError(f"image {src[:40]}...: only base64 data URIs are read")
             data = io.BytesIO(base64.b64decode(payload, validate=True))
         elif src.startswith(_REMOTE):
-            data = io.BytesIO(_download(src))
+            data = io.BytesIO(download(src))
         else:
             if not Path(src).is_file():
                 raise ImageError(f"image {src}: no such file")

@@ -21,10 +21,9 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from .images import ImageError, image_size, is_file, open_image, resolve_source
+from .images import ImageError, download, image_size, is_file, open_image, resolve_source
 
 VIDEO_PREPROCESSOR_CONFIG = "video_preprocessor_config.json"
-VIDEO_INPUTS = ("pixel_values_videos", "video_grid_thw", "second_per_grid_ts")  # what videos add to a batch
 _DEFAULT_FPS = 2.0  # the rate Qwen's video processors sample at
 
 
@@ -58,11 +57,8 @@ def _handle(src: str):
         if ";base64" not in head:
             raise ImageError(f"video {src[:40]}...: only base64 data URIs are read")
         return io.BytesIO(base64.b64decode(payload, validate=True))
-    if not is_file(src):
-        import urllib.request
-
-        with urllib.request.urlopen(src, timeout=60) as response:  # noqa: S310 (the user's own data)
-            return io.BytesIO(response.read())
+    if not is_file(src):  # (kept: a video is read at encoding, then for its pixels)
+        return io.BytesIO(download(src, timeout=60))
     if not Path(src).is_file():
         raise ImageError(f"video {src}: no such file")
     return src
