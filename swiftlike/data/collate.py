@@ -59,6 +59,7 @@ class ImageCollate:
                  video_pad_id: int | None = None):
         self.collate, self.processing, self.pad_id, self.span = collate, processing, image_pad_id, span
         self.sequences = sequences or _sequences  # the batch's sequences in the order `collate` lays them out
+        # (`collate` may be None where a caller collates itself and only calls add_images)
         self.video_pad_id = video_pad_id
 
     def __call__(self, rows: list) -> dict:

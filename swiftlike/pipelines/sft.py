@@ -120,7 +120,7 @@ def _pairs_collate(template):
 
 def _kto_collate(template):
     images = None if template.vision is None else \
-        ImageCollate(collate_padding_free, template.image_processing, *template.image_token_ids)
+        ImageCollate(None, template.image_processing, *template.image_token_ids)  # (KTOCollate uses its add_images)
     return KTOCollate(template, images)
 
 
