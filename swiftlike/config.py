@@ -682,10 +682,12 @@ class ExportConfig(ModelArgs):
                        "Modelfile (Qwen3, Qwen2/2.5, Llama-3 and 3.1-3.3).", choices=("hf", "gguf"))
     gguf_type: str = _f("f16", "GGUF weight type: f16 or q8_0.", choices=("f16", "q8_0"))
     quant_method: str | None = _f(None, "Write quantized weights that transformers reloads: bnb (bitsandbytes "
-                                        "NF4 / LLM.int8) or torchao (int4 / int8 weight-only). gptq, awq and fp8 "
-                                        "are refused (they need a CUDA GPU and gptqmodel / llm-compressor).",
-                                  choices=("bnb", "torchao", "gptq", "awq", "fp8"))
-    quant_bits: int = _f(4, "Bits per weight for --quant_method: 4 or 8.", choices=(4, 8))
+                                        "NF4 / LLM.int8), torchao (int4 / int8 weight-only) or fp8 (FP8 E4M3 "
+                                        "weights, dynamic per-token activations; compressed-tensors, as vLLM "
+                                        "serves). gptq and awq are refused (they need a CUDA GPU and gptqmodel / "
+                                        "llm-compressor).", choices=("bnb", "torchao", "fp8", "gptq", "awq"))
+    quant_bits: int | None = _f(None, "Bits per weight for --quant_method: 4 or 8 (default 4; fp8: 8).",
+                                choices=(4, 8))
     dataset: list = _f(["gsm8k-test#32"], "Calibration rows for --quant_method (chat or instruction data; #N takes "
                                           "N rows): the perplexity of the quantized and the unquantized model on "
                                           "them goes into the model card.")
@@ -701,6 +703,8 @@ class ExportConfig(ModelArgs):
             raise UserError("--push_to_hub needs --hub_model_id ORG/NAME")
         if self.quant_method and self.to == "gguf":
             raise UserError("--quant_method writes a Hugging Face model; a GGUF export quantizes with --gguf_type q8_0")
+        if self.quant_method and self.quant_bits is None:
+            self.quant_bits = 8 if self.quant_method == "fp8" else 4
         return self
 
 

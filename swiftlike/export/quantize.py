@@ -3,9 +3,12 @@ config.json):
 
     bnb      bitsandbytes: 4-bit NF4 (double-quantized, as QLoRA trains) or 8-bit LLM.int8
     torchao  int8 weight-only, or int4 weight-only in groups (torchao's IntxWeightOnly form, which runs on CPU)
+    fp8      FP8 E4M3 weights with a scale per output channel, activations quantized per token at run time
+             (llm-compressor's FP8_DYNAMIC scheme), in the compressed-tensors format that vLLM serves; no
+             calibration, so it is written on CPU as well as on a GPU
 
-GPTQ, AWQ and FP8 calibrate on a CUDA GPU through gptqmodel / llm-compressor; this version does not drive them
-and says so before any work is done.
+GPTQ and AWQ calibrate on a CUDA GPU through gptqmodel / llm-compressor; this version does not drive them and says
+so before any work is done.
 """
 from __future__ import annotations
 
@@ -17,27 +20,31 @@ from .. import accel
 from ..errors import UserError
 from ..models.loader import quiet_libraries
 
-METHODS = ("bnb", "torchao")
-GPU_ONLY = {"gptq": "gptqmodel", "awq": "llm-compressor", "fp8": "llm-compressor"}
-_INSTALL = {"bnb": ("bitsandbytes", "pip install 'swiftlike[quant]'"),
-            "torchao": ("torchao", "pip install 'swiftlike[quant]'")}
+METHODS = ("bnb", "torchao", "fp8")
+GPU_ONLY = {"gptq": "gptqmodel", "awq": "llm-compressor"}
+_INSTALL = {"bnb": "bitsandbytes", "torchao": "torchao", "fp8": "compressed_tensors"}
+# Linear layers left unquantized by fp8, as llm-compressor's FP8 recipes leave them: the output head, and the
+# router of a mixture-of-experts block (`mlp.gate`, not `mlp.gate_proj`)
+FP8_IGNORE = ["lm_head", r"re:.*mlp\.gate$"]
 
 
 def check_method(method: str, bits: int) -> None:
     """Refuse what cannot be written here, before any weights are merged."""
     if method in GPU_ONLY:
         raise UserError(f"--quant_method {method} is not available in this version of swiftlike (it calibrates on a "
-                        f"CUDA GPU with {GPU_ONLY[method]}): use --quant_method bnb or torchao, or quantize the "
+                        f"CUDA GPU with {GPU_ONLY[method]}): use --quant_method fp8, bnb or torchao, or quantize the "
                         f"merged export with {GPU_ONLY[method]}")
     if method not in METHODS:
         raise UserError(f"--quant_method {method!r} is not one of {', '.join(METHODS + tuple(GPU_ONLY))}")
-    if bits not in (4, 8):
-        raise UserError(f"--quant_bits {bits}: {method} writes 4 or 8 bits")
-    module, install = _INSTALL[method]
+    if bits not in ((8,) if method == "fp8" else (4, 8)):
+        writes = "8 bits (FP8 E4M3)" if method == "fp8" else "4 or 8 bits"
+        raise UserError(f"--quant_bits {bits}: {method} writes {writes}")
+    module = _INSTALL[method]
     try:
         _quiet_import(module)
     except ImportError:
-        raise UserError(f"--quant_method {method} needs {module}: {install}") from None
+        raise UserError(f"--quant_method {method} needs {module.replace('_', '-')}: "
+                        "pip install 'swiftlike[quant]'") from None
 
 
 def _quiet_import(module: str):
@@ -85,6 +92,31 @@ def quantize_directory(source: Path, target: Path, method: str, bits: int, dtype
     model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, quantization_config=qconfig,
                                                  device_map={"": accel.device()})
     model.save_pretrained(target, safe_serialization=True, max_shard_size=max_shard_size)
+
+
+def fp8_weights(model):
+    """Quantize the model's Linear weights (but FP8_IGNORE) to FP8 E4M3 in place, each output channel scaled by its
+    largest magnitude / 448, with compressed-tensors; returns the compressor whose `update_config(DIR)` records the
+    scheme in the saved config.json (quant_method "compressed-tensors", as vLLM and transformers read it)."""
+    _quiet_import("compressed_tensors")
+    from compressed_tensors.compressors import ModelCompressor
+    from compressed_tensors.quantization import (QuantizationConfig, QuantizationStatus, apply_quantization_config,
+                                                 preset_name_to_scheme)
+    from compressed_tensors.quantization.utils import calculate_qparams
+
+    scheme = preset_name_to_scheme("FP8_DYNAMIC", ["Linear"])
+    apply_quantization_config(model, QuantizationConfig(config_groups={"group_0": scheme}, ignore=FP8_IGNORE,
+                                                        quantization_status=QuantizationStatus.INITIALIZED))
+    with torch.no_grad():
+        for module in model.modules():
+            if hasattr(module, "weight_scale"):
+                weight = module.weight.float()
+                scale, _ = calculate_qparams(weight.amin(dim=1, keepdim=True), weight.amax(dim=1, keepdim=True),
+                                             scheme.weights)
+                module.weight_scale.copy_(scale.to(module.weight_scale.dtype))
+    compressor = ModelCompressor.from_pretrained_model(model, quantization_format="float-quantized")
+    compressor.compress_model(model)
+    return compressor
 
 
 def reload(directory: Path):

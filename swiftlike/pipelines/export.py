@@ -15,7 +15,7 @@ from ..data.videos import VIDEO_PREPROCESSOR_CONFIG
 from ..export import (atomic_directory, merged_model, merged_tensors, model_card, nf4_weights, parse_size,
                       prepare_output, shards_of, stream_merge, stream_plan, tensor_shapes, trained_on_4bit,
                       with_chat_template, write_config, write_hf, write_metadata)
-from ..export.quantize import check_method, quantize_directory, reload
+from ..export.quantize import check_method, fp8_weights, quantize_directory, reload
 from ..models.loader import quiet_libraries
 from ..models.perplexity import perplexity
 from ..models.resolve import base_weights, load_reference_tokenizer, resolve, template_name
@@ -147,11 +147,16 @@ def _quantize(model, tokenizer, template, tmp: Path, cfg: ExportConfig, dtype, c
     would, and measure both models on the calibration rows."""
     data, encoded = calibration
     before = perplexity(model, encoded)
-    write_hf(model, tokenizer, template, tmp / ".unquantized", cfg.max_shard_size)
     print(f"[wb] export: quantizing ({cfg.quant_method}, {cfg.quant_bits}-bit)", flush=True)
-    quantize_directory(tmp / ".unquantized", tmp, cfg.quant_method, cfg.quant_bits, dtype, cfg.max_shard_size)
-    tokenizer.save_pretrained(tmp)
-    shutil.rmtree(tmp / ".unquantized")
+    if cfg.quant_method == "fp8":  # quantized in memory, saved as compressed-tensors
+        compressor = fp8_weights(model)
+        write_hf(model, tokenizer, template, tmp, cfg.max_shard_size)
+        compressor.update_config(tmp)
+    else:  # transformers' quantizer, applied as the unquantized export loads
+        write_hf(model, tokenizer, template, tmp / ".unquantized", cfg.max_shard_size)
+        quantize_directory(tmp / ".unquantized", tmp, cfg.quant_method, cfg.quant_bits, dtype, cfg.max_shard_size)
+        tokenizer.save_pretrained(tmp)
+        shutil.rmtree(tmp / ".unquantized")
     try:
         after = perplexity(reload(tmp), encoded)
     except Exception as e:  # what was written must load: otherwise nothing is exported
