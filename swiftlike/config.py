@@ -137,6 +137,10 @@ class SFTConfig(ModelArgs, DataArgs):
     weight_decay: float = _f(0.0, "AdamW weight decay.")
     max_grad_norm: float = _f(1.0, "Gradient clipping norm (0 disables).")
     gradient_checkpointing: bool = _f(False, "Recompute activations in backward to save memory.")
+    use_liger_kernel: bool | None = _f(None, "Liger Kernel's fused RMSNorm, SwiGLU and RoPE (Triton, CUDA): on by "
+                                              "default for training on CUDA when liger-kernel is installed (pip "
+                                              "install 'swiftlike[cuda]') and covers the model; false turns them "
+                                              "off, true requires them.")
     seed: int = _f(42, "Seed for initialisation, data order and dropout.")
     logging_steps: int = _f(10, "Log every N optimizer steps.")
     save_steps: int = _f(500, "Save a checkpoint every N optimizer steps (and always at the end).")

@@ -358,6 +358,7 @@ def build_trainable(cfg: SFTConfig, tokenizer, base_dir: str, resume_from: Path 
                        reward_head=reward, pad_token_id=tokenizer.pad_token_id, announce_head=head_from is None)
     if reward and head_from is not None and accel.is_main_process():
         print(f"[wb] reward head: loaded from {head_from}", file=sys.stderr)
+    training_kernels(cfg, model, announce=True)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
@@ -423,8 +424,10 @@ def run_args(cfg: SFTConfig, task: str, template_name: str, base_dir: str) -> st
 
 def frozen_reference(cfg: SFTConfig, base_dir: str, dtype):
     """A full-parameter run's reference: the base weights, frozen (the policy moves away from them)."""
-    return load_model(base_dir, dtype, attn_implementation=training_attention(cfg, base_dir),
-                      trust_remote_code=cfg.trust_remote_code).eval().requires_grad_(False)
+    reference = load_model(base_dir, dtype, attn_implementation=training_attention(cfg, base_dir),
+                           trust_remote_code=cfg.trust_remote_code)
+    training_kernels(cfg, reference)
+    return reference.eval().requires_grad_(False)
 
 
 def training_attention(cfg: SFTConfig, base_dir: str, announce: bool = False) -> str | None:
@@ -438,6 +441,21 @@ def training_attention(cfg: SFTConfig, base_dir: str, announce: bool = False) ->
     if announce and accel.is_main_process():
         print(f"[wb] attention: {impl or 'sdpa'} ({why})")
     return impl
+
+
+def training_kernels(cfg: SFTConfig, model, announce: bool = False) -> None:
+    """Liger's fused kernels on a training run's loaded model where models/kernels.py chooses them (said once)."""
+    from ..models import kernels
+
+    model_type = model.config.model_type
+    use, why = kernels.choose(cfg.use_liger_kernel, accel.device_type(), model_type)
+    failed = kernels.apply(model) if use else None
+    if failed and cfg.use_liger_kernel:
+        raise UserError(f"--use_liger_kernel: liger-kernel cannot patch {model_type} ({failed}); drop the flag")
+    if failed:
+        use, why = False, f"liger-kernel cannot patch {model_type}: {failed}"
+    if announce and why and accel.is_main_process():
+        print(f"[wb] kernels: {'liger (RMSNorm, SwiGLU, RoPE)' if use else 'transformers own'} ({why})")
 
 
 def _uses_reference(cfg) -> bool:

@@ -1,0 +1,73 @@
+"""Fused training kernels on CUDA, decided in one place: Liger Kernel's RMSNorm, SwiGLU MLP and RoPE (Triton).
+
+`choose` decides from `--use_liger_kernel` (true requires them, false turns them off) and, by default, turns them
+on for training on CUDA when the liger-kernel package is installed (`pip install 'swiftlike[cuda]'`) and covers the
+model type; on every other device the model is left as transformers builds it. Liger's cross-entropy and fused
+linear cross-entropy are not applied: the trainer's loss is our own chunked linear cross-entropy (train/loss.py),
+which never materializes the logits either and computes the label-masked sums every loss here needs.
+
+`apply` patches a loaded model instance (before LoRA adapters are attached, so PEFT wraps the same linear layers):
+its RMSNorm and MLP modules' forwards, and the model family's rotary embedding function (Liger patches the module
+of that family in transformers, which affects every model of the family built in the process — all of them the
+run's own: policy, reference, reward model).
+"""
+from __future__ import annotations
+
+import importlib.util
+import sys
+
+from ..errors import UserError
+
+# what Liger replaces: the norms, the gated MLP and RoPE; never the loss (see above)
+PARTS = dict(rope=True, rms_norm=True, swiglu=True, cross_entropy=False, fused_linear_cross_entropy=False)
+INSTALL = "pip install 'swiftlike[cuda]'"
+
+
+def choose(requested: bool | None, device_type: str, model_type: str) -> tuple[bool, str | None]:
+    """(whether Liger's kernels are applied; why, for the start-up line — None where there is nothing to say:
+    off by default on a device Liger does not run on)."""
+    if requested is False:
+        return False, "--use_liger_kernel false"
+    installed = importlib.util.find_spec("liger_kernel") is not None
+    if requested:
+        if device_type != "cuda":
+            raise UserError(f"--use_liger_kernel: Liger's Triton kernels run on CUDA GPUs, and this run is on "
+                            f"{device_type}; drop the flag")
+        if not installed:
+            raise UserError(f"--use_liger_kernel needs liger-kernel: {INSTALL}")
+        if model_type not in supported():
+            raise UserError(f"--use_liger_kernel: liger-kernel has no kernels for model type {model_type!r}; drop "
+                            "the flag")
+        return True, "--use_liger_kernel"
+    if device_type != "cuda":
+        return False, None
+    if not installed:
+        return False, f"liger-kernel is not installed ({INSTALL})"
+    if model_type not in supported():
+        return False, f"liger-kernel has no kernels for {model_type}"
+    return True, "CUDA, liger-kernel installed"
+
+
+def supported() -> set[str]:
+    """The model types liger-kernel patches (its own table)."""
+    from liger_kernel.transformers.monkey_patch import MODEL_TYPE_TO_APPLY_LIGER_FN
+
+    return set(MODEL_TYPE_TO_APPLY_LIGER_FN)
+
+
+def apply(model) -> str | None:
+    """Liger's RMSNorm, SwiGLU and RoPE on this loaded model (see the module's docstring). Where liger-kernel cannot
+    patch it (a release that does not fit the installed transformers: liger-kernel 0.8.5 imports classes
+    transformers 5.24 lacks for Qwen2.5-VL / Qwen3-VL), the model's family module is restored and the reason
+    returned; None when patched."""
+    from liger_kernel.transformers import _apply_liger_kernel_to_instance
+
+    family = sys.modules[type(model).__module__]
+    saved = dict(vars(family))
+    try:
+        _apply_liger_kernel_to_instance(model=model, **PARTS)
+    except Exception as e:  # liger-kernel fails before patching the instance (its imports come first)
+        for key, value in saved.items():
+            setattr(family, key, value)
+        return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    return None
