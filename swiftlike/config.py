@@ -686,15 +686,16 @@ class ExportConfig(ModelArgs):
                        "Modelfile (Qwen3, Qwen2/2.5, Llama-3 and 3.1-3.3).", choices=("hf", "gguf"))
     gguf_type: str = _f("f16", "GGUF weight type: f16 or q8_0.", choices=("f16", "q8_0"))
     quant_method: str | None = _f(None, "Write quantized weights that transformers reloads: bnb (bitsandbytes "
-                                        "NF4 / LLM.int8), torchao (int4 / int8 weight-only) or fp8 (FP8 E4M3 "
-                                        "weights, dynamic per-token activations; compressed-tensors, as vLLM "
-                                        "serves). gptq and awq are refused (they need a CUDA GPU and gptqmodel / "
-                                        "llm-compressor).", choices=("bnb", "torchao", "fp8", "gptq", "awq"))
+                                        "NF4 / LLM.int8), torchao (int4 / int8 weight-only), gptq (int4 in groups "
+                                        "/ int8 weights rounded by GPTQ on --dataset) or fp8 (FP8 E4M3 weights, "
+                                        "dynamic per-token activations); gptq and fp8 are compressed-tensors, as "
+                                        "vLLM serves. awq is refused (llm-compressor does not install beside this "
+                                        "stack).", choices=("bnb", "torchao", "gptq", "fp8", "awq"))
     quant_bits: int | None = _f(None, "Bits per weight for --quant_method: 4 or 8 (default 4; fp8: 8).",
                                 choices=(4, 8))
     dataset: list = _f(["gsm8k-test#32"], "Calibration rows for --quant_method (chat or instruction data; #N takes "
-                                          "N rows): the perplexity of the quantized and the unquantized model on "
-                                          "them goes into the model card.")
+                                          "N rows): GPTQ rounds on them, and the perplexity of the quantized and "
+                                          "the unquantized model on them goes into the model card.")
     push_to_hub: bool = _f(False, "Upload the export (with its model card) to --hub_model_id on --hub.")
     hub_model_id: str | None = _f(None, "Repository to upload to, ORG/NAME (created when missing).")
     hub_private: bool = _f(False, "Create the repository private.")

@@ -6,12 +6,16 @@ config.json):
     fp8      FP8 E4M3 weights with a scale per output channel, activations quantized per token at run time
              (llm-compressor's FP8_DYNAMIC scheme), in the compressed-tensors format that vLLM serves; no
              calibration, so it is written on CPU as well as on a GPU
+    gptq     int4 in groups (or int8 per channel) weights, activations unquantized (W4A16 / W8A16), rounded by
+             GPTQ (export/gptq.py) on the calibration rows, packed in the compressed-tensors format vLLM serves
+             with its Marlin kernels; on CUDA when the model is there, else on CPU (slower, same result)
 
-GPTQ and AWQ calibrate on a CUDA GPU through gptqmodel / llm-compressor; this version does not drive them and says
-so before any work is done.
+AWQ is not written: llm-compressor (which implements it) pins transformers <= 5.17 and gptqmodel a torch >= 2.14,
+so neither installs beside this stack; it is refused before any work is done (gptq writes the same format).
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import torch
@@ -20,22 +24,22 @@ from .. import accel
 from ..errors import UserError
 from ..models.loader import quiet_libraries
 
-METHODS = ("bnb", "torchao", "fp8")
-GPU_ONLY = {"gptq": "gptqmodel", "awq": "llm-compressor"}
-_INSTALL = {"bnb": "bitsandbytes", "torchao": "torchao", "fp8": "compressed_tensors"}
-# Linear layers left unquantized by fp8, as llm-compressor's FP8 recipes leave them: the output head, and the
-# router of a mixture-of-experts block (`mlp.gate`, not `mlp.gate_proj`)
-FP8_IGNORE = ["lm_head", r"re:.*mlp\.gate$"]
+METHODS = ("bnb", "torchao", "fp8", "gptq")
+NOT_WRITTEN = {"awq": "llm-compressor"}
+_INSTALL = {"bnb": "bitsandbytes", "torchao": "torchao", "fp8": "compressed_tensors", "gptq": "compressed_tensors"}
+# Linear layers fp8 and gptq leave unquantized, as llm-compressor's recipes do: the output head, and the router of
+# a mixture-of-experts block (`mlp.gate`, not `mlp.gate_proj`)
+UNQUANTIZED = ["lm_head", r"re:.*mlp\.gate$"]
 
 
 def check_method(method: str, bits: int) -> None:
     """Refuse what cannot be written here, before any weights are merged."""
-    if method in GPU_ONLY:
-        raise UserError(f"--quant_method {method} is not available in this version of swiftlike (it calibrates on a "
-                        f"CUDA GPU with {GPU_ONLY[method]}): use --quant_method fp8, bnb or torchao, or quantize the "
-                        f"merged export with {GPU_ONLY[method]}")
+    if method in NOT_WRITTEN:
+        raise UserError(f"--quant_method {method} is not available in this version of swiftlike ({NOT_WRITTEN[method]} "
+                        "does not install beside its transformers): use --quant_method gptq (the same int4 format "
+                        f"for vLLM), fp8, bnb or torchao, or quantize the merged export with {NOT_WRITTEN[method]}")
     if method not in METHODS:
-        raise UserError(f"--quant_method {method!r} is not one of {', '.join(METHODS + tuple(GPU_ONLY))}")
+        raise UserError(f"--quant_method {method!r} is not one of {', '.join(METHODS + tuple(NOT_WRITTEN))}")
     if bits not in ((8,) if method == "fp8" else (4, 8)):
         writes = "8 bits (FP8 E4M3)" if method == "fp8" else "4 or 8 bits"
         raise UserError(f"--quant_bits {bits}: {method} writes {writes}")
@@ -95,26 +99,58 @@ def quantize_directory(source: Path, target: Path, method: str, bits: int, dtype
 
 
 def fp8_weights(model):
-    """Quantize the model's Linear weights (but FP8_IGNORE) to FP8 E4M3 in place, each output channel scaled by its
-    largest magnitude / 448, with compressed-tensors; returns the compressor whose `update_config(DIR)` records the
-    scheme in the saved config.json (quant_method "compressed-tensors", as vLLM and transformers read it)."""
-    _quiet_import("compressed_tensors")
-    from compressed_tensors.compressors import ModelCompressor
-    from compressed_tensors.quantization import (QuantizationConfig, QuantizationStatus, apply_quantization_config,
-                                                 preset_name_to_scheme)
+    """Quantize the model's Linear weights (but UNQUANTIZED) to FP8 E4M3 in place, each output channel scaled by its
+    largest magnitude / 448; returns the compressor whose `update_config(DIR)` records the scheme."""
+    from compressed_tensors.quantization import preset_name_to_scheme
     from compressed_tensors.quantization.utils import calculate_qparams
 
     scheme = preset_name_to_scheme("FP8_DYNAMIC", ["Linear"])
-    apply_quantization_config(model, QuantizationConfig(config_groups={"group_0": scheme}, ignore=FP8_IGNORE,
+
+    def scale_of(name, module):
+        weight = module.weight.float()
+        return calculate_qparams(weight.amin(dim=1, keepdim=True), weight.amax(dim=1, keepdim=True), scheme.weights)[0]
+
+    return _compressed(model, scheme, "float-quantized", UNQUANTIZED, scale_of)
+
+
+def gptq_weights(model, rows: list[list[int]], bits: int, progress=None):
+    """GPTQ (export/gptq.py) on the decoder's Linear layers (but the MoE routers) with `rows` (token ids) as
+    calibration data: symmetric int4 in groups of group_size() input columns, or int8 per output channel; stored
+    packed in the compressed-tensors format. Returns the compressor whose `update_config(DIR)` records the scheme."""
+    from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
+    from compressed_tensors.quantization.utils import calculate_qparams, calculate_range
+
+    from . import gptq
+
+    group = group_size(model.config) if bits == 4 else None
+    args = QuantizationArgs(num_bits=bits, type="int", symmetric=True, strategy="group" if group else "channel",
+                            group_size=group)
+    bit_min, bit_max = (int(b) for b in calculate_range(args, "cpu"))
+    router = re.compile(UNQUANTIZED[1].removeprefix("re:"))
+    scales = gptq.quantize_model(model, rows, bit_min, bit_max, group,
+                                 lambda lo, hi: calculate_qparams(lo, hi, args)[0],
+                                 skip=lambda name: bool(router.match(name)), progress=progress)
+    ignore = [name for name, module in model.named_modules()  # exactly the layers GPTQ quantized are stored so
+              if isinstance(module, torch.nn.Linear) and name not in scales]
+    return _compressed(model, QuantizationScheme(targets=["Linear"], weights=args), "pack-quantized", ignore,
+                       lambda name, module: scales[name])
+
+
+def _compressed(model, scheme, layout: str, ignore: list[str], scale_of):
+    """`scheme` on the model's Linear layers (but `ignore`), their scales from scale_of(name, module), compressed
+    in place by compressed-tensors into `layout`; returns the compressor (its update_config(DIR) writes the
+    quantization_config, quant_method "compressed-tensors", that vLLM and transformers read)."""
+    _quiet_import("compressed_tensors")
+    from compressed_tensors.compressors import ModelCompressor
+    from compressed_tensors.quantization import QuantizationConfig, QuantizationStatus, apply_quantization_config
+
+    apply_quantization_config(model, QuantizationConfig(config_groups={"group_0": scheme}, ignore=ignore,
                                                         quantization_status=QuantizationStatus.INITIALIZED))
     with torch.no_grad():
-        for module in model.modules():
+        for name, module in model.named_modules():
             if hasattr(module, "weight_scale"):
-                weight = module.weight.float()
-                scale, _ = calculate_qparams(weight.amin(dim=1, keepdim=True), weight.amax(dim=1, keepdim=True),
-                                             scheme.weights)
-                module.weight_scale.copy_(scale.to(module.weight_scale.dtype))
-    compressor = ModelCompressor.from_pretrained_model(model, quantization_format="float-quantized")
+                module.weight_scale.copy_(scale_of(name, module).to(module.weight_scale.dtype))
+    compressor = ModelCompressor.from_pretrained_model(model, quantization_format=layout)
     compressor.compress_model(model)
     return compressor
 

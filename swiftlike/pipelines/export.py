@@ -15,7 +15,7 @@ from ..data.videos import VIDEO_PREPROCESSOR_CONFIG
 from ..export import (atomic_directory, merged_model, merged_tensors, model_card, nf4_weights, parse_size,
                       prepare_output, shards_of, stream_merge, stream_plan, tensor_shapes, trained_on_4bit,
                       with_chat_template, write_config, write_hf, write_metadata)
-from ..export.quantize import check_method, fp8_weights, quantize_directory, reload
+from ..export.quantize import check_method, fp8_weights, gptq_weights, quantize_directory, reload
 from ..models.loader import quiet_libraries
 from ..models.perplexity import perplexity
 from ..models.resolve import base_weights, load_reference_tokenizer, resolve, template_name
@@ -112,15 +112,19 @@ def _stream_plan(ref, cfg: ExportConfig, vision: bool):
     return plan
 
 
-def _write_streamed(plan, ref, cfg: ExportConfig, dtype, tokenizer, template, tmp: Path, title: str) -> None:
+def _bar(desc: str, total: int | None, unit: str):
     from tqdm import tqdm
 
+    return tqdm(desc=desc, total=total, unit=unit, file=sys.stderr, dynamic_ncols=True, disable=None)  # (a tty)
+
+
+def _write_streamed(plan, ref, cfg: ExportConfig, dtype, tokenizer, template, tmp: Path, title: str) -> None:
     pairs, shards = plan
     base = base_weights(ref, cfg.trust_remote_code)
     nf4 = set()
     if trained_on_4bit(ref.args):  # QLoRA: into the NF4 base it was trained against, dequantized
         nf4 = nf4_weights(base, dtype)
-    with tqdm(desc="wb export", unit="tensor", file=sys.stderr, dynamic_ncols=True, disable=None) as bar:  # (a tty)
+    with _bar("wb export", None, "tensor") as bar:
         if cfg.to == "gguf":
             from transformers import AutoConfig
 
@@ -148,8 +152,12 @@ def _quantize(model, tokenizer, template, tmp: Path, cfg: ExportConfig, dtype, c
     data, encoded = calibration
     before = perplexity(model, encoded)
     print(f"[wb] export: quantizing ({cfg.quant_method}, {cfg.quant_bits}-bit)", flush=True)
-    if cfg.quant_method == "fp8":  # quantized in memory, saved as compressed-tensors
-        compressor = fp8_weights(model)
+    if cfg.quant_method in ("fp8", "gptq"):  # quantized in memory, saved as compressed-tensors
+        if cfg.quant_method == "gptq":
+            with _bar("gptq", None, "layer") as bar:
+                compressor = gptq_weights(model, [row["input_ids"] for row in encoded], cfg.quant_bits, bar)
+        else:
+            compressor = fp8_weights(model)
         write_hf(model, tokenizer, template, tmp, cfg.max_shard_size)
         compressor.update_config(tmp)
     else:  # transformers' quantizer, applied as the unquantized export loads
