@@ -42,6 +42,48 @@ def build_model_dir(path: Path, hidden: int = 256, layers: int = 4, seed: int = 
     return path
 
 
+# Real Qwen3 shapes for GPU runs (benchmarks/gpu_sft.py, --model_shape of dpo_throughput.py and grpo_step.py)
+QWEN3_SHAPES = {"0.6b": "Qwen/Qwen3-0.6B", "4b": "Qwen/Qwen3-4B"}
+
+
+def qwen3_shape_config(shape: str) -> dict:
+    """The real config of Qwen3-0.6B / Qwen3-4B (`shape` "0.6b" / "4b"), from swiftlike's registry (the model cards'
+    config.json)."""
+    from swiftlike.registry import find_model
+
+    return {k: v for k, v in find_model(QWEN3_SHAPES[shape]).config.items() if k != "torch_dtype"}
+
+
+def build_config_model_dir(path: Path, config: dict, dtype: str = "bfloat16", seed: int = 0) -> Path:
+    """A randomly initialised Qwen3 of this config (initialised on the GPU when there is one), saved in `dtype`
+    with the real Qwen3 tokenizer."""
+    import torch
+    from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
+
+    if (path / "config.json").is_file():
+        return path
+    cfg = {k: v for k, v in config.items() if k not in ("architectures", "model_type", "torch_dtype")}
+    torch.manual_seed(seed)
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+        model = Qwen3ForCausalLM._from_config(Qwen3Config(**cfg), dtype=getattr(torch, dtype))
+    model.save_pretrained(path)
+    AutoTokenizer.from_pretrained(TOKENIZER).save_pretrained(path)
+    del model
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return path
+
+
+def gpu_peak_gib() -> dict:
+    """This process's peak GPU memory (torch's allocator) in GiB; empty without CUDA."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return {}
+    return {"peak_allocated_gib": torch.cuda.max_memory_allocated() / 2 ** 30,
+            "peak_reserved_gib": torch.cuda.max_memory_reserved() / 2 ** 30}
+
+
 def _sentence(rng: random.Random, n_words: int) -> str:
     words = [rng.choice(WORDS) for _ in range(max(1, n_words))]
     out, i = [], 0

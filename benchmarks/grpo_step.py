@@ -2,13 +2,15 @@
 prompts, reward function and LoRA settings.
 
     python benchmarks/grpo_step.py [--steps 6] [--prompts 8] [--generations 4] [--new-tokens 32]
+    python benchmarks/grpo_step.py --model_shape 0.6b --dtype bfloat16   # on a GPU: Qwen3-0.6B's real shape
 
 Each side runs in its own process. Both: LoRA r=8/alpha 32/dropout 0.05 on all linear layers, the `grpo` loss,
 beta 0 (no reference model), one iteration per generation batch, temperature 1, fp32, transformers generation,
 on the GPU when there is one (both sides). The random miniature almost never samples its end-of-turn token, so
 completions run to --new-tokens on both sides (the mean length is printed to show it). Reported: seconds per
-step, split into generation and the rest (scoring and training), and the ratios. Needs
-`pip install -e ".[bench]"`.
+step, split into generation and the rest (scoring and training), peak GPU memory on a GPU, and the ratios.
+--model_shape 0.6b / 4b: a randomly initialised model of that Qwen3's real config instead of the miniature;
+--dtype bfloat16 for both sides. Needs `pip install -e ".[bench]"`.
 """
 from __future__ import annotations
 
@@ -20,8 +22,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (add_child_args, build_model_dir, peak_rss_mb, peer_lora, run_child, scratch_dir,  # noqa: E402
-                    write_jsonl)
+from common import (add_child_args, build_config_model_dir, build_model_dir, gpu_peak_gib,  # noqa: E402
+                    peak_rss_mb, peer_lora, qwen3_shape_config, run_child, scratch_dir, write_jsonl)
 
 
 def _text(completion) -> str:
@@ -38,7 +40,7 @@ def prompt_rows(n: int) -> list[dict]:
             for i in range(n)]
 
 
-def run_ours(model_dir, data, steps, prompts, gens, new_tokens, out) -> dict:
+def run_ours(model_dir, data, steps, prompts, gens, new_tokens, out, dtype="float32") -> dict:
     import swiftlike as wb
     from swiftlike.rollout import hf
 
@@ -55,25 +57,26 @@ def run_ours(model_dir, data, steps, prompts, gens, new_tokens, out) -> dict:
     hf.HFRollout.generate = timed
     result = wb.grpo(model=model_dir, template="qwen3", dataset=[data], lora=True, lora_dropout=0.05,
                      reward_funcs=[reward_len], num_generations=gens, per_device_train_batch_size=prompts * gens,
-                     max_completion_length=new_tokens, max_steps=steps, learning_rate=1e-5, torch_dtype="float32",
+                     max_completion_length=new_tokens, max_steps=steps, learning_rate=1e-5, torch_dtype=dtype,
                      logging_steps=steps, save_steps=10 ** 9, log_completions=False, output_dir=out)
     lengths = [h["completions/mean_length"] for h in result.log_history if "completions/mean_length" in h]
     return {"seconds": result.metrics["train_seconds"], "generate_seconds": timer["generate"],
             "mean_length": lengths[-1]}
 
 
-def run_trl(model_dir, data, steps, prompts, gens, new_tokens, out) -> dict:
+def run_trl(model_dir, data, steps, prompts, gens, new_tokens, out, dtype="float32") -> dict:
     import torch
     from datasets import load_dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import GRPOConfig, GRPOTrainer
 
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype="float32")
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype))
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     args = GRPOConfig(output_dir=out, max_steps=steps, per_device_train_batch_size=prompts * gens,
                       num_generations=gens, max_completion_length=new_tokens, learning_rate=1e-5, beta=0.0,
                       loss_type="grpo", temperature=1.0, logging_steps=steps, save_strategy="no", report_to="none",
-                      use_cpu=not torch.cuda.is_available(), bf16=False, fp16=False, seed=42, log_completions=False)
+                      use_cpu=not torch.cuda.is_available(), bf16=dtype == "bfloat16", fp16=False, seed=42,
+                      log_completions=False)
     trainer = GRPOTrainer(model=model, reward_funcs=reward_len, args=args, processing_class=tokenizer,
                           train_dataset=load_dataset("json", data_files=data)["train"], peft_config=peer_lora())
     timer = {"generate": 0.0}
@@ -99,30 +102,37 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=8)
     ap.add_argument("--generations", type=int, default=4)
     ap.add_argument("--new-tokens", type=int, default=32)
+    ap.add_argument("--model_shape", choices=("mini", "0.6b", "4b"), default="mini",
+                    help="mini: hidden 256, 4 layers; 0.6b / 4b: that Qwen3's real config (random weights)")
+    ap.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     add_child_args(ap)
     a = ap.parse_args()
     shape = [str(a.steps), str(a.prompts), str(a.generations), str(a.new_tokens)]
     if a.child:
         with tempfile.TemporaryDirectory() as out:
             res = (run_ours if a.child == "ours" else run_trl)(a.model_dir, a.data, a.steps, a.prompts,
-                                                                a.generations, a.new_tokens, out)
+                                                                a.generations, a.new_tokens, out, a.dtype)
         res["peak_rss_mb"] = peak_rss_mb()
+        res.update(gpu_peak_gib())
         print("RESULT " + json.dumps(res))
         return
     work = scratch_dir("wb-grpo-bench-")
-    model_dir = str(build_model_dir(work / "model"))
+    model_dir = str(build_model_dir(work / "model") if a.model_shape == "mini" else
+                    build_config_model_dir(work / "model", qwen3_shape_config(a.model_shape), a.dtype))
     data = str(write_jsonl(prompt_rows(max(64, a.prompts * a.steps)), work / "prompts.jsonl"))
     res = {}
     for side in ("ours", "trl"):
         r = run_child(__file__, ["--child", side, "--model-dir", model_dir, "--data", data, "--steps", shape[0],
-                                 "--prompts", shape[1], "--generations", shape[2], "--new-tokens", shape[3]])
+                                 "--prompts", shape[1], "--generations", shape[2], "--new-tokens", shape[3],
+                                 "--dtype", a.dtype])
         r["per_step"] = r["seconds"] / a.steps
         r["generate_per_step"] = r["generate_seconds"] / a.steps
         r["rest_per_step"] = r["per_step"] - r["generate_per_step"]
         res[side] = r
         print(f"[{side}] {r['per_step']:.2f} s/step (generation {r['generate_per_step']:.2f} s, scoring + training "
               f"{r['rest_per_step']:.2f} s), completions of {r['mean_length']:.0f} tokens, peak RSS "
-              f"{r['peak_rss_mb']:.0f} MB", flush=True)
+              f"{r['peak_rss_mb']:.0f} MB" + (f", peak GPU {r['peak_allocated_gib']:.2f} GiB"
+                                              if "peak_allocated_gib" in r else ""), flush=True)
     o, t = res["ours"], res["trl"]
     print(f"speed-up ours vs TRL: step {t['per_step'] / o['per_step']:.2f}x, generation "
           f"{t['generate_per_step'] / o['generate_per_step']:.2f}x, scoring + training "

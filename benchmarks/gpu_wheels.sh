@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Download, HERE (where pip reaches a registry), the wheels that the lent GPU machine lacks, into .whl/ at the repo
+# root (ignored by git through .git/info/exclude). benchmarks/gpu_check.sh installs them there with
+#   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+# The device tool carries at most 64 MiB of working tree, so only what the device image lacks (or holds at a version
+# below this project's floors) travels: its image ('cuda', /work/.library/device/KINDS.md) already has torch 2.11,
+# triton, numpy, pandas, pyarrow, xxhash, pyyaml, regex, tqdm, jinja2, psutil, typer, click, anyio, idna, h11,
+# certifi, filelock, packaging, fsspec, huggingface_hub 1.33, transformers 5.17, tokenizers 0.23.2, safetensors 0.8.0
+# and accelerate 1.15.0. Versions are the ones this project's tests run on (pip list on the CPU machine).
+#
+#   bash benchmarks/gpu_wheels.sh          # then: du -sh .whl
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+WHEELS=(
+  transformers==5.24.0      # the image's 5.17 is below the floor (5.24)
+  tokenizers==0.23.3
+  safetensors==0.8.0
+  huggingface_hub==2.4.0    # the image has 1.33; 2.x needs httpx2 (below) instead of httpx
+  httpx2==2.16.2
+  httpcore2==2.16.2
+  truststore==0.10.5
+  click==8.5.1              # huggingface_hub 2.4 wants click >= 8.4.2
+  peft==0.21.2
+  accelerate==1.15.0
+  trl==1.16.0               # the peer of the SFT, DPO and GRPO benchmarks
+  liger-kernel==0.8.5       # TRL's use_liger_kernel=True (and ours, once SFTConfig has use_liger_kernel)
+  torchao==0.18.0           # bf16 full training: AdamW with stochastic rounding (swiftlike[cuda])
+  datasets==5.2.0           # TRL reads and packs data with it (pyarrow and pandas are in the image)
+  dill==0.4.1
+  multiprocess==0.70.19
+  fsspec==2026.9.0          # datasets 5.2 wants fsspec <= 2026.9.0
+  gguf==0.19.0              # wb export --to gguf (its tests)
+)
+
+mkdir -p .whl
+grep -qxF '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/exclude
+for w in "${WHEELS[@]}"; do
+  name=${w%%==*}
+  # one version of each: a wheel of another version left from an earlier run would stop the whole install there
+  for old in .whl/"${name//-/_}"-*.whl .whl/"$name"-*.whl; do
+    [ -e "$old" ] || continue
+    case "$old" in *"-${w##*==}-"*) ;; *) rm -f "$old" ;; esac
+  done
+  python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_24_x86_64 \
+    --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux1_x86_64 \
+    -d .whl "$w" 2>&1 | grep -v "is ignored: it is neither a file nor a directory" || true
+done
+ls -1 .whl
+du -sh .whl
+total=$(du -sm .whl | cut -f1)
+if [ "$total" -gt 60 ]; then
+  echo "WARNING: .whl is ${total} MiB; the device tool carries at most 64 MiB of working tree in all" >&2
+fi
