@@ -687,10 +687,10 @@ class ExportConfig(ModelArgs):
     gguf_type: str = _f("f16", "GGUF weight type: f16 or q8_0.", choices=("f16", "q8_0"))
     quant_method: str | None = _f(None, "Write quantized weights that transformers reloads: bnb (bitsandbytes "
                                         "NF4 / LLM.int8), torchao (int4 / int8 weight-only), gptq (int4 in groups "
-                                        "/ int8 weights rounded by GPTQ on --dataset) or fp8 (FP8 E4M3 weights, "
-                                        "dynamic per-token activations); gptq and fp8 are compressed-tensors, as "
-                                        "vLLM serves. awq is refused (llm-compressor does not install beside this "
-                                        "stack).", choices=("bnb", "torchao", "gptq", "fp8", "awq"))
+                                        "/ int8, rounded by GPTQ on --dataset), awq (int4 in groups, AWQ's "
+                                        "activation-aware scales from --dataset) or fp8 (FP8 E4M3 weights, dynamic "
+                                        "per-token activations); gptq, awq and fp8 are compressed-tensors, as vLLM "
+                                        "serves.", choices=("bnb", "torchao", "gptq", "awq", "fp8"))
     quant_bits: int | None = _f(None, "Bits per weight for --quant_method: 4 or 8 (default 4; fp8: 8).",
                                 choices=(4, 8))
     dataset: list = _f(["gsm8k-test#32"], "Calibration rows for --quant_method (chat or instruction data; #N takes "

@@ -146,8 +146,49 @@ def test_gptq_moves_a_layers_outputs_less_than_rounding_to_nearest(bits, group):
     assert torch.allclose(q, _rounded(w, lo, hi, group or columns, scale_of), atol=1e-6)
 
 
+def test_awq_scales_salient_input_channels_and_rounds_the_group_with_less_output_error():
+    pytest.importorskip("compressed_tensors")
+    from swiftlike.export.awq import best_scales, rounded
+
+    g = torch.Generator().manual_seed(0)
+    columns = 256
+    magnitude = torch.ones(columns)
+    magnitude[torch.randperm(columns, generator=g)[:8]] = 20.0  # a few salient channels, as in real activations
+    x = torch.randn(1024, columns, generator=g) * magnitude
+    weights = [torch.randn(96, columns, generator=g) * 0.05 for _ in range(2)]
+    lo, hi, scale_of = _gptq_args(4, 64)
+    s = best_scales(x, weights, lo, hi, 64, scale_of)
+    assert s.shape == (columns,) and float(s[magnitude > 1].min()) > float(s[magnitude == 1].max())
+    error = lambda q, w: float(((x @ (q - w).T) ** 2).sum())  # noqa: E731
+    awq = sum(error(rounded(w * s, lo, hi, 64, scale_of)[0] / s, w) for w in weights)
+    rtn = sum(error(rounded(w, lo, hi, 64, scale_of)[0], w) for w in weights)
+    assert awq < 0.8 * rtn
+    flat = torch.randn(1024, columns, generator=g)  # no channel stands out: nothing to scale
+    assert torch.allclose(best_scales(flat.sign(), weights, lo, hi, 64, scale_of), torch.ones(columns))
+
+
+def test_awq_folds_its_scales_without_changing_the_function():
+    """With a grid too fine to round anything away, AWQ's scaled model computes the original logits: the norms and
+    producing projections divide by s exactly what their readers multiply by."""
+    pytest.importorskip("compressed_tensors")
+    from swiftlike.export import awq
+    from swiftlike.models import build_miniature
+
+    model = build_miniature("Qwen/Qwen3-0.6B")
+    ids = torch.tensor([list(range(100, 140))])
+    with torch.no_grad():
+        before = model(input_ids=ids).logits
+    norm = model.model.layers[0].post_attention_layernorm.weight.clone()
+    scale_of = lambda lo, hi: torch.maximum(lo.abs(), hi.abs()) / 2 ** 22  # noqa: E731
+    scales = awq.quantize_model(model, [list(range(5, 60)), list(range(200, 230))], -2 ** 23, 2 ** 23 - 1, 16, scale_of)
+    assert len(scales) == 2 * 7 and not torch.equal(model.model.layers[0].post_attention_layernorm.weight, norm)
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids=ids).logits, before, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.slow
-def test_gptq_export_is_packed_int4_that_transformers_reloads(ckpt, tmp_path):
+@pytest.mark.parametrize("method", ["gptq", "awq"])
+def test_gptq_and_awq_exports_are_packed_int4_that_transformers_reloads(ckpt, tmp_path, method):
     """int4 weights in groups (64 for the miniature's widths), packed in the compressed-tensors layout vLLM serves;
     transformers reads back weights that lie on the stored grid, computing close to the merged model."""
     pytest.importorskip("compressed_tensors")
@@ -156,9 +197,9 @@ def test_gptq_export_is_packed_int4_that_transformers_reloads(ckpt, tmp_path):
 
     from swiftlike.data.dataset import encode_rows, load_rows
 
-    out = tmp_path / "gptq"
+    out = tmp_path / method
     assert main(["export", "--adapters", ckpt, "--merge", "--torch_dtype", "float32", "--output_dir", str(out),
-                 "--quant_method", "gptq", "--dataset", "gsm8k-test#3"]) == 0
+                 "--quant_method", method, "--dataset", "gsm8k-test#3"]) == 0
     config = json.loads((out / "config.json").read_text())["quantization_config"]
     assert config["quant_method"] == "compressed-tensors" and config["format"] == "pack-quantized"
     assert config["config_groups"]["group_0"]["weights"] == {**config["config_groups"]["group_0"]["weights"],
@@ -183,10 +224,11 @@ def test_gptq_export_is_packed_int4_that_transformers_reloads(ckpt, tmp_path):
     assert torch.allclose(codes, codes.round(), atol=1e-3) and codes.round().min() >= -8 and codes.round().max() <= 7
     original = merged.get_submodule(name).weight.float()
     # GPTQ moves a weight past its nearest grid point where that serves the layer's outputs, but not far on average
-    assert 0 < (weight - original).abs().mean() < scale.float().mean() / 2
+    # (AWQ's down_proj reads up_proj's outputs scaled by 1/s: its weights are the merged ones times s)
+    assert method == "awq" or 0 < (weight - original).abs().mean() < scale.float().mean() / 2
     report = json.loads((out / "args.json").read_text())["export"]["quantization"]
     encoded, _ = encode_rows(load_rows(["gsm8k-test#3"]), template, 1024, truncation_strategy="right")
-    assert report["method"] == "gptq" and report["bits"] == 4
+    assert report["method"] == method and report["bits"] == 4
     assert report["perplexity_quantized"] == pytest.approx(perplexity(reloaded, encoded), rel=1e-4)
 
 
@@ -223,10 +265,22 @@ def test_quantization_method_checks():
     from swiftlike.errors import UserError
     from swiftlike.export.quantize import check_method
 
-    with pytest.raises(UserError, match="quant_method awq is not available .*llm-compressor.* use --quant_method gptq"):
-        check_method("awq", 4)
+    with pytest.raises(UserError, match=r"--quant_bits 8: awq writes 4 bits \(int4 in groups\)"):
+        check_method("awq", 8)
     with pytest.raises(UserError, match=r"--quant_bits 4: fp8 writes 8 bits \(FP8 E4M3\)"):
         check_method("fp8", 4)
+
+
+def test_awq_refuses_a_model_whose_layers_it_does_not_scale():
+    from swiftlike.errors import UserError
+    from swiftlike.export.quantize import check_model
+    from swiftlike.models.loader import miniature_config
+
+    check_model("awq", miniature_config("Qwen/Qwen3-0.6B"))
+    check_model("gptq", miniature_config("microsoft/phi-4"))
+    with pytest.raises(UserError, match="awq scales the layers of llama, mistral, qwen2, qwen3 models, not phi3; use "
+                                        "--quant_method gptq"):
+        check_model("awq", miniature_config("microsoft/phi-4"))
 
 
 def test_a_missing_quantization_library_is_named(monkeypatch):

@@ -14,12 +14,10 @@ from __future__ import annotations
 
 import torch
 
+from .calibrate import layer_by_layer
+
 DAMPING = 0.01  # fraction of the Hessian's mean diagonal added to it (keeps the inverse well conditioned)
 BLOCK = 128  # columns updated eagerly; the rest of the matrix is updated once per block (the paper's lazy batch)
-
-
-class _Captured(Exception):
-    """Stops the model's forward once the first decoder layer's inputs are captured."""
 
 
 def quantize_columns(weight: torch.Tensor, hessian: torch.Tensor, bit_min: int, bit_max: int, group: int,
@@ -57,54 +55,19 @@ def quantize_columns(weight: torch.Tensor, hessian: torch.Tensor, bit_min: int, 
     return out, torch.stack(scales, dim=1)
 
 
-def decoder_layers(model) -> torch.nn.ModuleList:
-    """The model's stack of decoder layers (the ModuleList as long as its config's num_hidden_layers)."""
-    count = model.config.get_text_config().num_hidden_layers
-    for module in model.modules():
-        if isinstance(module, torch.nn.ModuleList) and len(module) == count:
-            return module
-    raise ValueError(f"no stack of {count} decoder layers found in {type(model).__name__}")
-
-
 @torch.no_grad()
 def quantize_model(model, rows: list[list[int]], bit_min: int, bit_max: int, group: int | None, scale_of,
                    skip=lambda name: False, progress=None) -> dict[str, torch.Tensor]:
     """GPTQ on every nn.Linear inside the decoder layers (but those `skip` names), sequentially over the layers,
     with `rows` (token ids) as calibration data; the weights are set in place to their quantized values.
     Returns each quantized layer's scales by its full module name."""
-    layers = decoder_layers(model)
-    device = next(model.parameters()).device
-    if progress is not None:
-        progress.total = len(layers)
-    first_inputs, layer_kwargs = [], [[] for _ in layers]
-
-    def capture(index):
-        def hook(module, args, kwargs):
-            kwargs = dict(kwargs)
-            hidden = args[0] if args else kwargs.pop("hidden_states")
-            layer_kwargs[index].append(kwargs)
-            if index == 0:
-                first_inputs.append(hidden)
-        return hook
-
-    # every layer's keyword inputs (masks, rotary embeddings: they do not depend on the weights) from one pass
-    hooks = [layer.register_forward_pre_hook(capture(i), with_kwargs=True) for i, layer in enumerate(layers)]
-    try:
-        for ids in rows:
-            model(input_ids=torch.tensor([ids], device=device), use_cache=False)
-    finally:
-        for h in hooks:
-            h.remove()
-    prefix = {id(layer): name for name, layer in model.named_modules()}
-    scales, inputs = {}, first_inputs
-    for index, layer in enumerate(layers):
-        linears = {f"{prefix[id(layer)]}.{name}": module for name, module in layer.named_modules()
-                   if isinstance(module, torch.nn.Linear) and not skip(f"{prefix[id(layer)]}.{name}")}
-        hessians = {name: _Hessian(module.in_features, device) for name, module in linears.items()}
+    scales = {}
+    for linears, run in layer_by_layer(model, rows, progress):
+        linears = {name: module for name, module in linears.items() if not skip(name)}
+        hessians = {name: _Hessian(module.in_features, module.weight.device) for name, module in linears.items()}
         hooks = [module.register_forward_hook(hessians[name].add) for name, module in linears.items()]
         try:
-            for hidden, kwargs in zip(inputs, layer_kwargs[index]):
-                layer(hidden, **kwargs)
+            run()
         finally:
             for h in hooks:
                 h.remove()
@@ -114,9 +77,6 @@ def quantize_model(model, rows: list[list[int]], bit_min: int, bit_max: int, gro
                                         scale_of, module.weight.dtype)
             module.weight.copy_(q.to(module.weight.dtype))
             scales[name] = scale
-        inputs = [_hidden(layer(hidden, **kwargs)) for hidden, kwargs in zip(inputs, layer_kwargs[index])]
-        if progress is not None:
-            progress.update(1)
     return scales
 
 
@@ -134,7 +94,3 @@ class _Hessian:
         self.n += t
         x = x * (2 / self.n) ** 0.5
         self.h += x.T @ x
-
-
-def _hidden(output):
-    return output[0] if isinstance(output, tuple) else output

@@ -9,9 +9,12 @@ config.json):
     gptq     int4 in groups (or int8 per channel) weights, activations unquantized (W4A16 / W8A16), rounded by
              GPTQ (export/gptq.py) on the calibration rows, packed in the compressed-tensors format vLLM serves
              with its Marlin kernels; on CUDA when the model is there, else on CPU (slower, same result)
+    awq      int4 in groups, the input channels that carry large activations scaled up before rounding (AWQ,
+             export/awq.py; Llama-layout models), in the same format as gptq
 
-AWQ is not written: llm-compressor (which implements it) pins transformers <= 5.17 and gptqmodel a torch >= 2.14,
-so neither installs beside this stack; it is refused before any work is done (gptq writes the same format).
+llm-compressor, which implements GPTQ and AWQ, pins transformers <= 5.17 and gptqmodel a torch >= 2.14, so neither
+installs beside this stack: both algorithms are written here from their papers (benchmarks/gptq_quality.py
+compares ours with llm-compressor's GPTQ run from its own environment).
 """
 from __future__ import annotations
 
@@ -24,9 +27,10 @@ from .. import accel
 from ..errors import UserError
 from ..models.loader import quiet_libraries
 
-METHODS = ("bnb", "torchao", "fp8", "gptq")
-NOT_WRITTEN = {"awq": "llm-compressor"}
-_INSTALL = {"bnb": "bitsandbytes", "torchao": "torchao", "fp8": "compressed_tensors", "gptq": "compressed_tensors"}
+METHODS = ("bnb", "torchao", "fp8", "gptq", "awq")
+_INSTALL = {"bnb": "bitsandbytes", "torchao": "torchao", "fp8": "compressed_tensors", "gptq": "compressed_tensors",
+            "awq": "compressed_tensors"}
+_BITS = {"fp8": ((8,), "8 bits (FP8 E4M3)"), "awq": ((4,), "4 bits (int4 in groups)")}
 # Linear layers fp8 and gptq leave unquantized, as llm-compressor's recipes do: the output head, and the router of
 # a mixture-of-experts block (`mlp.gate`, not `mlp.gate_proj`)
 UNQUANTIZED = ["lm_head", r"re:.*mlp\.gate$"]
@@ -34,14 +38,10 @@ UNQUANTIZED = ["lm_head", r"re:.*mlp\.gate$"]
 
 def check_method(method: str, bits: int) -> None:
     """Refuse what cannot be written here, before any weights are merged."""
-    if method in NOT_WRITTEN:
-        raise UserError(f"--quant_method {method} is not available in this version of swiftlike ({NOT_WRITTEN[method]} "
-                        "does not install beside its transformers): use --quant_method gptq (the same int4 format "
-                        f"for vLLM), fp8, bnb or torchao, or quantize the merged export with {NOT_WRITTEN[method]}")
     if method not in METHODS:
-        raise UserError(f"--quant_method {method!r} is not one of {', '.join(METHODS + tuple(NOT_WRITTEN))}")
-    if bits not in ((8,) if method == "fp8" else (4, 8)):
-        writes = "8 bits (FP8 E4M3)" if method == "fp8" else "4 or 8 bits"
+        raise UserError(f"--quant_method {method!r} is not one of {', '.join(METHODS)}")
+    allowed, writes = _BITS.get(method, ((4, 8), "4 or 8 bits"))
+    if bits not in allowed:
         raise UserError(f"--quant_bits {bits}: {method} writes {writes}")
     module = _INSTALL[method]
     try:
@@ -113,24 +113,35 @@ def fp8_weights(model):
     return _compressed(model, scheme, "float-quantized", UNQUANTIZED, scale_of)
 
 
-def gptq_weights(model, rows: list[list[int]], bits: int, progress=None):
-    """GPTQ (export/gptq.py) on the decoder's Linear layers (but the MoE routers) with `rows` (token ids) as
-    calibration data: symmetric int4 in groups of group_size() input columns, or int8 per output channel; stored
-    packed in the compressed-tensors format. Returns the compressor whose `update_config(DIR)` records the scheme."""
+def check_model(method: str, config) -> None:
+    """Refuse, before any weights are merged, a model the method cannot quantize."""
+    from .awq import MODEL_TYPES
+
+    if method == "awq" and config.model_type not in MODEL_TYPES:
+        raise UserError(f"--quant_method awq scales the layers of {', '.join(MODEL_TYPES)} models, not "
+                        f"{config.model_type}; use --quant_method gptq (the same int4 format)")
+
+
+def fitted_weights(model, method: str, rows: list[list[int]], bits: int, progress=None):
+    """GPTQ (export/gptq.py) or AWQ (export/awq.py) on the decoder's Linear layers (but the MoE routers) with `rows`
+    (token ids) as calibration data: symmetric int4 in groups of group_size() input columns, or int8 per output
+    channel; stored packed in the compressed-tensors format. Returns the compressor whose `update_config(DIR)`
+    records the scheme."""
     from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
     from compressed_tensors.quantization.utils import calculate_qparams, calculate_range
 
-    from . import gptq
+    from . import awq, gptq
 
     group = group_size(model.config) if bits == 4 else None
     args = QuantizationArgs(num_bits=bits, type="int", symmetric=True, strategy="group" if group else "channel",
                             group_size=group)
     bit_min, bit_max = (int(b) for b in calculate_range(args, "cpu"))
     router = re.compile(UNQUANTIZED[1].removeprefix("re:"))
-    scales = gptq.quantize_model(model, rows, bit_min, bit_max, group,
-                                 lambda lo, hi: calculate_qparams(lo, hi, args)[0],
-                                 skip=lambda name: bool(router.match(name)), progress=progress)
-    ignore = [name for name, module in model.named_modules()  # exactly the layers GPTQ quantized are stored so
+    algorithm = gptq if method == "gptq" else awq
+    scales = algorithm.quantize_model(model, rows, bit_min, bit_max, group,
+                                      lambda lo, hi: calculate_qparams(lo, hi, args)[0],
+                                      skip=lambda name: bool(router.match(name)), progress=progress)
+    ignore = [name for name, module in model.named_modules()  # exactly the layers quantized above are stored so
               if isinstance(module, torch.nn.Linear) and name not in scales]
     return _compressed(model, QuantizationScheme(targets=["Linear"], weights=args), "pack-quantized", ignore,
                        lambda name, module: scales[name])

@@ -15,7 +15,8 @@ from ..data.videos import VIDEO_PREPROCESSOR_CONFIG
 from ..export import (atomic_directory, merged_model, merged_tensors, model_card, nf4_weights, parse_size,
                       prepare_output, shards_of, stream_merge, stream_plan, tensor_shapes, trained_on_4bit,
                       with_chat_template, write_config, write_hf, write_metadata)
-from ..export.quantize import check_method, fp8_weights, gptq_weights, quantize_directory, reload
+from ..export.quantize import (check_method, check_model, fitted_weights, fp8_weights, quantize_directory,
+                               reload)
 from ..models.loader import quiet_libraries
 from ..models.perplexity import perplexity
 from ..models.resolve import base_weights, load_reference_tokenizer, resolve, template_name
@@ -32,17 +33,20 @@ def run_export(cfg: ExportConfig) -> Path:
                         "checkpoint is already in the PEFT format for serving stacks that load adapters)")
     out = prepare_output(cfg.output_dir or _default_output(ref, cfg.to), cfg.overwrite_output_dir,
                          (ref.adapters, ref.base))
-    if cfg.quant_method:  # refused before any weights are merged
+    if cfg.quant_method or cfg.to == "gguf":  # what cannot be written is refused before any weights are merged
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(base_weights(ref, cfg.trust_remote_code))
+    if cfg.quant_method:
         if ref.task == "rm":
             raise UserError("--quant_method: a reward model exports merged, unquantized (its score head is not a "
                             "language model to measure); drop --quant_method")
         check_method(cfg.quant_method, cfg.quant_bits)
+        check_model(cfg.quant_method, config)
     if cfg.to == "gguf":
-        from transformers import AutoConfig
-
         from ..export.gguf import check_supported
 
-        check_supported(AutoConfig.from_pretrained(base_weights(ref, cfg.trust_remote_code)))
+        check_supported(config)
     dtype = accel.resolve_dtype(cfg.torch_dtype)
     tokenizer = load_reference_tokenizer(ref, cfg.trust_remote_code)
     template = get_template(template_name(ref, tokenizer), tokenizer)
@@ -152,10 +156,11 @@ def _quantize(model, tokenizer, template, tmp: Path, cfg: ExportConfig, dtype, c
     data, encoded = calibration
     before = perplexity(model, encoded)
     print(f"[wb] export: quantizing ({cfg.quant_method}, {cfg.quant_bits}-bit)", flush=True)
-    if cfg.quant_method in ("fp8", "gptq"):  # quantized in memory, saved as compressed-tensors
-        if cfg.quant_method == "gptq":
-            with _bar("gptq", None, "layer") as bar:
-                compressor = gptq_weights(model, [row["input_ids"] for row in encoded], cfg.quant_bits, bar)
+    if cfg.quant_method in ("fp8", "gptq", "awq"):  # quantized in memory, saved as compressed-tensors
+        if cfg.quant_method != "fp8":
+            with _bar(cfg.quant_method, None, "layer") as bar:
+                compressor = fitted_weights(model, cfg.quant_method, [row["input_ids"] for row in encoded],
+                                            cfg.quant_bits, bar)
         else:
             compressor = fp8_weights(model)
         write_hf(model, tokenizer, template, tmp, cfg.max_shard_size)
