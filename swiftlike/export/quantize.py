@@ -31,7 +31,7 @@ METHODS = ("bnb", "torchao", "fp8", "gptq", "awq")
 _INSTALL = {"bnb": "bitsandbytes", "torchao": "torchao", "fp8": "compressed_tensors", "gptq": "compressed_tensors",
             "awq": "compressed_tensors"}
 _BITS = {"fp8": ((8,), "8 bits (FP8 E4M3)"), "awq": ((4,), "4 bits (int4 in groups)")}
-# Linear layers fp8 and gptq leave unquantized, as llm-compressor's recipes do: the output head, and the router of
+# Linear layers fp8, gptq and awq leave unquantized, as llm-compressor's recipes do: the output head, and the router of
 # a mixture-of-experts block (`mlp.gate`, not `mlp.gate_proj`)
 UNQUANTIZED = ["lm_head", r"re:.*mlp\.gate$"]
 
