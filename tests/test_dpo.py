@@ -14,7 +14,8 @@ from swiftlike.templates import get_template
 from swiftlike.train.dpo import PreferenceObjective
 from conftest import two_processes
 
-BASE = dict(model="Qwen/Qwen3-0.6B", miniature=True, dataset=["preference-demo"], logging_steps=1)
+BASE = dict(model="Qwen/Qwen3-0.6B", miniature=True, dataset=["preference-demo"], logging_steps=1,
+            torch_dtype="float32")  # equivalence checks need fp32 (auto picks bf16 on GPUs)
 
 
 def test_only_completion_tokens_are_scored(qwen3_tokenizer):

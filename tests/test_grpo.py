@@ -17,7 +17,8 @@ from conftest import two_processes
 
 ROOT = Path(__file__).parents[1]
 BASE = ["grpo", "--model", "Qwen/Qwen3-0.6B", "--miniature", "--dataset", "arithmetic#16",
-        "--num_generations", "4", "--per_device_train_batch_size", "8", "--max_completion_length", "8"]
+        "--num_generations", "4", "--per_device_train_batch_size", "8", "--max_completion_length", "8",
+        "--torch_dtype", "float32"]  # fp32 on GPUs too: the checks below are exact
 
 
 def _log(out: Path) -> list[dict]:

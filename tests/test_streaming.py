@@ -12,7 +12,7 @@ from swiftlike.data.stream import RowStream
 
 DATA = "examples/data/identity.jsonl"
 BASE = dict(model="Qwen/Qwen3-0.6B", miniature=True, dataset=[DATA], lora=True, lora_dropout=0.0,
-            learning_rate=1e-2, logging_steps=1)
+            learning_rate=1e-2, logging_steps=1, torch_dtype="float32")  # fp32 on GPUs too: equivalence checks
 
 
 def test_row_stream_is_seeded_replayable_and_covers_each_pass():
