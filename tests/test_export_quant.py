@@ -271,7 +271,7 @@ def test_quantization_method_checks():
         check_method("fp8", 4)
 
 
-def test_awq_refuses_a_model_whose_layers_it_does_not_scale():
+def test_models_a_method_cannot_quantize_are_refused():
     from swiftlike.errors import UserError
     from swiftlike.export.quantize import check_model
     from swiftlike.models.loader import miniature_config
@@ -281,6 +281,9 @@ def test_awq_refuses_a_model_whose_layers_it_does_not_scale():
     with pytest.raises(UserError, match="awq scales the layers of llama, mistral, qwen2, qwen3 models, not phi3; use "
                                         "--quant_method gptq"):
         check_model("awq", miniature_config("microsoft/phi-4"))
+    for method in ("gptq", "bnb", "fp8"):
+        with pytest.raises(UserError, match=f"--quant_method {method}: qwen3_moe is a mixture of experts"):
+            check_model(method, miniature_config("Qwen/Qwen3-30B-A3B"))
 
 
 def test_a_missing_quantization_library_is_named(monkeypatch):

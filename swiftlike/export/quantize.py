@@ -114,9 +114,16 @@ def fp8_weights(model):
 
 
 def check_model(method: str, config) -> None:
-    """Refuse, before any weights are merged, a model the method cannot quantize."""
+    """Refuse, before any weights are merged, a model the method cannot quantize: a mixture of experts (transformers
+    5 holds its experts as fused 3-D weights, not Linear layers, so every method here would leave the bulk of the
+    model unquantized), or a model AWQ does not know how to scale."""
     from .awq import MODEL_TYPES
 
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    if any(getattr(text, key, None) for key in ("num_experts", "num_local_experts", "n_routed_experts")):
+        raise UserError(f"--quant_method {method}: {config.model_type} is a mixture of experts, whose expert weights "
+                        "transformers holds fused (not as Linear layers) and no method here quantizes; export it "
+                        "unquantized (drop --quant_method)")
     if method == "awq" and config.model_type not in MODEL_TYPES:
         raise UserError(f"--quant_method awq scales the layers of {', '.join(MODEL_TYPES)} models, not "
                         f"{config.model_type}; use --quant_method gptq (the same int4 format)")
