@@ -122,3 +122,37 @@ def test_cuda_varlen_kernel_equals_the_block_mask(dtype, tol):
     assert a_n == b_n and b_loss == pytest.approx(a_loss, rel=tol)
     for name, grad in a_grads.items():
         torch.testing.assert_close(b_grads[name].float(), grad.float(), rtol=tol, atol=tol, msg=name)
+
+
+def _cpu_varlen(query, key, value, borders, scale, gqa: bool):
+    assert gqa or key.shape[1] == query.shape[1], "heads differ without enable_gqa"
+    return attention._kernel(query, key, value, borders, scale, 0.0)  # on CPU: one causal sdpa per sequence
+
+
+def _torch_2_9(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, is_causal=False, return_aux=None):
+    assert is_causal
+    return _cpu_varlen(query, key, value, cu_seq_q, None, False)
+
+
+def _torch_2_10(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, return_aux=None, scale=None,
+                window_size=(-1, -1)):
+    assert window_size == (-1, 0)
+    return _cpu_varlen(query, key, value, cu_seq_q, scale, False)
+
+
+def _torch_2_12(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, return_aux=None, scale=None,
+                window_size=(-1, -1), enable_gqa=False, seqused_k=None, block_table=None, num_splits=None):
+    assert window_size == (-1, 0)
+    return _cpu_varlen(query, key, value, cu_seq_q, scale, enable_gqa)
+
+
+@pytest.mark.parametrize("varlen_attn", [_torch_2_9, _torch_2_10, _torch_2_12])
+def test_varlen_attn_is_called_in_the_form_each_torch_release_takes(varlen_attn):
+    """torch 2.9 takes is_causal and no scale, 2.10-2.11 scale and window_size but no grouped-query attention, 2.12+
+    enable_gqa (the GPU machines lent to this project run 2.11): each form computes the same causal attention."""
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(41, 4, 16, generator=g)
+    k, v = torch.randn(41, 2, 16, generator=g), torch.randn(41, 2, 16, generator=g)
+    borders = torch.tensor([0, 7, 26, 29, 41], dtype=torch.int32)
+    expected = attention._kernel(q, k, v, borders, 0.3, 0.0)
+    torch.testing.assert_close(attention.call_varlen(varlen_attn, q, k, v, borders, 19, 0.3), expected)

@@ -18,6 +18,7 @@ default (sdpa, with the block mask for padding-free rows).
 from __future__ import annotations
 
 import importlib.util
+import inspect
 
 import torch
 
@@ -93,9 +94,7 @@ def _kernel(q, k, v, borders, scale, dropout: float):
     if q.is_cuda and dropout == 0.0:
         from torch.nn.attention.varlen import varlen_attn
 
-        longest = max(lengths)
-        return varlen_attn(q, k, v, borders, borders, longest, longest, scale=scale, window_size=(-1, 0),
-                           enable_gqa=k.shape[1] != q.shape[1])
+        return call_varlen(varlen_attn, q, k, v, borders, max(lengths), scale)
     outs, start = [], 0
     for n in lengths:  # one causal sdpa call per sequence: exact, no mask
         seq = [t[start:start + n].transpose(0, 1) for t in (q, k, v)]  # (heads, n, dim)
@@ -104,6 +103,24 @@ def _kernel(q, k, v, borders, scale, dropout: float):
         ).transpose(0, 1))
         start += n
     return torch.cat(outs)
+
+
+def call_varlen(varlen_attn, q, k, v, borders, longest: int, scale: float | None):
+    """Causal varlen_attn over (tokens, heads, dim) tensors, in whichever keyword form this torch has: 2.9 takes
+    `is_causal` (no scale), 2.10-2.11 `scale` and `window_size` (no grouped-query attention), 2.12+ `enable_gqa`.
+    What a form lacks is done around it: the scale folded into q, k and v heads repeated for each query group."""
+    params = inspect.signature(varlen_attn).parameters
+    kwargs = {"window_size": (-1, 0)} if "window_size" in params else {"is_causal": True}
+    if "scale" in params:
+        kwargs["scale"] = scale
+    elif scale is not None:  # the kernel scales by 1/sqrt(dim)
+        q = q * (scale * q.shape[-1] ** 0.5)
+    if k.shape[1] != q.shape[1]:
+        if "enable_gqa" in params:
+            kwargs["enable_gqa"] = True
+        else:
+            k, v = (t.repeat_interleave(q.shape[1] // k.shape[1], dim=1) for t in (k, v))
+    return varlen_attn(q, k, v, borders, borders, longest, longest, **kwargs)
 
 
 def _padded(module, query, key, value, attention_mask, dropout: float, scaling):
