@@ -93,7 +93,10 @@ class _Config:
 
 @pytest.mark.parametrize("requested, device, padding_free, config, expected", [
     ("eager", "cuda", True, _Config(), "eager"),
-    (None, "cpu", True, _Config(), None),
+    (None, "cpu", True, _Config(), attention.VARLEN),
+    (None, "mps", True, _Config(), None),
+    (None, "cpu", False, _Config(), None),
+    (None, "cpu", True, _Config(attn_logit_softcapping=50.0), None),
     (None, "cuda", False, _Config(), None),
     (None, "cuda", True, _Config(), attention.VARLEN),
     (None, "cuda", True, _Config(sliding_window=4096, layer_types=["sliding_attention", "full_attention"]), None),
