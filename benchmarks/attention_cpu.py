@@ -6,8 +6,9 @@ rows and what swiftlike did before) vs `wb_varlen` (one causal sdpa call per seq
 Each shape is hidden size, row length L (tokens in one padding-free row) and the mean sequence length (lognormal
 lengths, sigma 0.8) of a Qwen3-shaped model with 4 layers, head_dim 64 (hidden/64 heads, hidden/128 KV heads).
 Reported: the seconds of one forward + backward through the trainer's loss (CausalLMLoss: the block mask is built
-there, as in training), the best of three, alternating the two paths; and the speed-up. Both paths compute the same
-loss and gradients (tests/test_attention.py).
+there, as in training), the best of three, alternating the two paths; the speed-up; and the bytes the forward keeps
+for backward (every tensor autograd saves, counted once per storage). Both paths compute the same loss and
+gradients (tests/test_attention.py).
 """
 from __future__ import annotations
 
@@ -42,6 +43,24 @@ def _row(total: int, mean: int, seed: int = 0) -> list[dict]:
     return rows
 
 
+def _saved_bytes(model, batch) -> int:
+    """Bytes of the tensors one forward keeps for backward (each storage once)."""
+    import torch
+
+    from swiftlike.train.loss import CausalLMLoss
+
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        seen.setdefault(t.untyped_storage().data_ptr(), t.untyped_storage().nbytes())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss, _, _ = CausalLMLoss(model)(**batch)
+    del loss
+    return sum(seen.values())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shapes", nargs="+", default=DEFAULT, help="hidden,row_tokens,mean_sequence_tokens")
@@ -52,7 +71,8 @@ def main() -> None:
     from swiftlike.train.loss import CausalLMLoss
 
     attention.register()
-    print("| hidden | row tokens | sequences | block mask (s) | wb_varlen (s) | speed-up |\n|---|---|---|---|---|---|")
+    print("| hidden | row tokens | sequences | block mask (s) | wb_varlen (s) | speed-up | kept for backward (MiB): "
+          "block mask / wb_varlen |\n|---|---|---|---|---|---|---|")
     for shape in args.shapes:
         hidden, length, mean = (int(x) for x in shape.split(","))
         batch = collate_padding_free(_row(length, mean))
@@ -67,7 +87,9 @@ def main() -> None:
             loss.backward()
             seconds.setdefault(impl, []).append(time.perf_counter() - t)
         mask, varlen = min(seconds["sdpa"]), min(seconds[attention.VARLEN])
-        print(f"| {hidden} | {length:,} | {sequences} | {mask:.3f} | {varlen:.3f} | {mask / varlen:.2f}x |", flush=True)
+        kept = [_saved_bytes(models[impl], batch) / 2 ** 20 for impl in ("sdpa", attention.VARLEN)]
+        print(f"| {hidden} | {length:,} | {sequences} | {mask:.3f} | {varlen:.3f} | {mask / varlen:.2f}x | "
+              f"{kept[0]:,.0f} / {kept[1]:,.0f} |", flush=True)
 
 
 if __name__ == "__main__":

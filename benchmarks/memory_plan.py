@@ -134,6 +134,7 @@ def _measure(work: Path, spec, method: str, seq_len: int, batch: int, checkpoint
 
     from swiftlike.config import SFTConfig
     from swiftlike.data.collate import collate_padding_free
+    from swiftlike.models import attention
     from swiftlike.pipelines.sft import build_trainable
     from swiftlike.train.memory_plan import Setup, architecture, plan
     from swiftlike.train.trainer import LoopSettings, Trainer
@@ -205,10 +206,11 @@ def _measure(work: Path, spec, method: str, seq_len: int, batch: int, checkpoint
         torch.cuda.synchronize()
         peak, reserved = torch.cuda.max_memory_allocated(), torch.cuda.max_memory_reserved()
     seconds = time.perf_counter() - started
+    attn = attention.choose(None, device, True, config)[0] or "sdpa"  # the kernel the run above used
     estimate = plan(architecture(config), Setup(task="sft", method=method, dtype=dtype_name, batch=batch,
                                                 seq_len=seq_len, accumulation=accumulation,
                                                 gradient_checkpointing=checkpointing, lora_dropout=dropout,
-                                                device=device))
+                                                device=device, attn=attn))
     del trainer, model
     gc.collect()
     if device == "cuda":

@@ -11,9 +11,9 @@ KV-cached generation in GRPO rollouts) fall back to sdpa with the usual mask, an
 vision tower's) is sdpa's as transformers would run it.
 
 `choose` picks the implementation: the user's `--attn_implementation` always wins; padding-free or packed training
-on CUDA gets flash-attention 2 when the flash_attn package is installed, else VARLEN; on CPU it gets VARLEN too
-(one sdpa call per sequence costs the sum of the squared lengths instead of the squared row length: measured 1.1x
-faster than the block mask for 512-token rows, 1.5-2.2x at 2,048, 1.7-3.3x at 4,096-8,192, by
+on CUDA gets flash-attention 2 when the flash_attn package is installed, else VARLEN; on CPU it gets VARLEN too (one
+sdpa call per sequence costs the sum of the squared lengths instead of the squared row length: measured 1.16x faster
+than the block mask for 512-token rows, 1.6-1.9x at 2,048, 1.7-3.5x at 4,096-8,192, keeping less for backward, by
 benchmarks/attention_cpu.py); models whose attention needs more than a causal mask per sequence (sliding windows,
 logit soft-capping) and every other case (padded batches, MPS, NPU, XPU) keep transformers' default (sdpa, with the
 block mask for padding-free rows).
@@ -102,10 +102,12 @@ def _kernel(q, k, v, borders, scale, dropout: float):
         return call_varlen(varlen_attn, q, k, v, borders, max(lengths), scale)
     outs, start = [], 0
     for n in lengths:  # one causal sdpa call per sequence: exact, no mask
-        seq = [t[start:start + n].transpose(0, 1) for t in (q, k, v)]  # (heads, n, dim)
+        # (1, heads, n, dim): torch's fused CPU kernel takes 4-D inputs only (3-D ones fall back to the math kernel,
+        # which keeps every n x n attention matrix for backward and runs 2-3x slower)
+        seq = [t[None, start:start + n].transpose(1, 2) for t in (q, k, v)]
         outs.append(torch.nn.functional.scaled_dot_product_attention(
             *seq, is_causal=True, scale=scale, dropout_p=dropout, enable_gqa=k.shape[1] != q.shape[1]
-        ).transpose(0, 1))
+        )[0].transpose(0, 1))
         start += n
     return torch.cat(outs)
 

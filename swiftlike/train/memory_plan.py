@@ -359,8 +359,11 @@ def layer_bytes_per_token(arch: Arch, s: Setup, moe: bool = False) -> float:
             continue
         groups.setdefault(lin.group or lin.name, []).append(lin)
     # o_proj reads the attention output, which the attention kernel keeps anyway (its layout is already the one
-    # o_proj reads, so transformers' transpose + contiguous copies nothing)
-    total += sum(_linear_input_bytes(lins, s, a, full, kept=name == "o_proj") for name, lins in groups.items())
+    # o_proj reads, so transformers' transpose + contiguous copies nothing) — but for wb_varlen on CPU, whose
+    # per-sequence outputs (kept by each call) are concatenated into a new tensor that o_proj keeps
+    shared = not (s.attn == VARLEN and s.device == "cpu")
+    total += sum(_linear_input_bytes(lins, s, a, full, kept=name == "o_proj" and shared)
+                 for name, lins in groups.items())
     if arch.qk_norm:
         total += _norm_bytes(arch.q_dim, a, full, gemma) + _norm_bytes(arch.k_dim, a, full, gemma) \
             + 4 * (arch.heads + arch.kv_heads)
