@@ -7,9 +7,9 @@ linear cross-entropy are not applied: the trainer's loss is our own chunked line
 which never materializes the logits either and computes the label-masked sums every loss here needs.
 
 `apply` patches a loaded model instance (before LoRA adapters are attached, so PEFT wraps the same linear layers):
-its RMSNorm and MLP modules' forwards, and the model family's rotary embedding function (Liger patches the module
-of that family in transformers, which affects every model of the family built in the process — all of them the
-run's own: policy, reference, reward model).
+its RMSNorm and MLP modules' forwards; and Liger also replaces, in transformers' module of that model family, the
+rotary embedding function and the RMSNorm / MLP classes, which affects every model of the family used later in the
+process — all of them the run's own (policy, reference, reward model) and on the same CUDA device.
 """
 from __future__ import annotations
 
