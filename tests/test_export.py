@@ -47,7 +47,8 @@ def test_merged_logits_equal_base_plus_adapter(tmp_path, variant, capsys):
     ids = template.encode_prompt(PROMPT)
     merged = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
     assert not any("lora" in n for n, _ in merged.named_parameters())
-    torch.testing.assert_close(_logits(merged, ids), _logits(adapted, ids), rtol=1e-5, atol=1e-5)
+    # W x + B (A x) against (W + B A) x: fp32 summed in another order (1.1e-5 seen on one logit of 1.8 million)
+    torch.testing.assert_close(_logits(merged, ids), _logits(adapted, ids), rtol=1e-5, atol=3e-5)
 
 
 @pytest.mark.slow
