@@ -694,8 +694,8 @@ class ExportConfig(ModelArgs):
     quant_bits: int | None = _f(None, "Bits per weight for --quant_method: 4 or 8 (default 4; fp8: 8).",
                                 choices=(4, 8))
     dataset: list = _f(["gsm8k-test#32"], "Calibration rows for --quant_method (chat or instruction data; #N takes "
-                                          "N rows): GPTQ rounds on them, and the perplexity of the quantized and "
-                                          "the unquantized model on them goes into the model card.")
+                                          "N rows): GPTQ and AWQ fit the weights to them, and the perplexity of the "
+                                          "quantized and the unquantized model on them goes into the model card.")
     push_to_hub: bool = _f(False, "Upload the export (with its model card) to --hub_model_id on --hub.")
     hub_model_id: str | None = _f(None, "Repository to upload to, ORG/NAME (created when missing).")
     hub_private: bool = _f(False, "Create the repository private.")
