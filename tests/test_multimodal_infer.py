@@ -12,6 +12,8 @@ import torch
 from openai import OpenAI
 from PIL import Image
 
+from conftest import file_server
+
 from swiftlike.errors import UserError
 from swiftlike.infer import SamplingParams, vision
 from swiftlike.infer.engine import TransformersEngine
@@ -142,33 +144,16 @@ def test_deploy_answers_image_url_parts_as_the_engine_does(vl, pictures):
 
 
 def test_an_image_url_is_downloaded_once_per_prompt(pictures, qwen3_tokenizer):
-    import http.server
-    import threading
     from pathlib import Path
 
     from swiftlike.data.images import ImageProcessing
     from swiftlike.registry import find_model
     from swiftlike.templates import get_template
 
-    served = []
-
-    class Handler(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *a, **kw):
-            super().__init__(*a, directory=str(Path(pictures["red"]).parent), **kw)
-
-        def do_GET(self):  # noqa: N802
-            served.append(self.path)
-            return super().do_GET()
-
-        def log_message(self, *_):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
+    with file_server(Path(pictures["red"]).parent) as (base, served):
         template = get_template("qwen2_vl", qwen3_tokenizer)
         template.image_processing = ImageProcessing(dict(find_model(MODELS[0]).processor))
-        url = f"http://127.0.0.1:{server.server_address[1]}/blue.png"
+        url = f"{base}/blue.png"
         ids, sources = vision.encode_prompt(template, _user(url, "Colour?"), files=False)
         local, _ = vision.encode_prompt(template, _user(pictures["blue"], "Colour?"))
         assert ids == local and sources.images == [url]
@@ -177,5 +162,3 @@ def test_an_image_url_is_downloaded_once_per_prompt(pictures, qwen3_tokenizer):
         assert served == ["/blue.png"]
         with pytest.raises(UserError, match=r"image http://.*/gone.png: cannot be read \(HTTP Error 404"):
             vision.encode_prompt(template, _user(url.replace("blue", "gone"), "Colour?"))
-    finally:
-        server.shutdown()

@@ -14,7 +14,7 @@ import sys
 import pytest
 import torch
 
-from conftest import DATA
+from conftest import DATA, file_server
 from swiftlike.data.collate import ImageCollate, collate_padded, collate_padding_free
 from swiftlike.data.dataset import encode_rows, load_rows
 from swiftlike.data.formats import RowError, to_canonical
@@ -338,29 +338,12 @@ def test_deploy_answers_video_url_parts_as_the_engine_does(qwen3_tokenizer):
 
 def test_a_video_url_is_downloaded_once_and_reads_as_the_file(qwen3_tokenizer):
     """A video's header is read when the prompt is encoded and its frames when its pixels are: one download."""
-    import http.server
-    import threading
 
     from swiftlike.infer import vision
 
-    served = []
-
-    class Handler(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *a, **kw):
-            super().__init__(*a, directory=str(VIDEO), **kw)
-
-        def do_GET(self):  # noqa: N802
-            served.append(self.path)
-            return super().do_GET()
-
-        def log_message(self, *_):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
+    with file_server(VIDEO) as (base, served):
         template = vl_template(MODELS["qwen3_vl"], qwen3_tokenizer)
-        url = f"http://127.0.0.1:{server.server_address[1]}/square.mp4"
+        url = f"{base}/square.mp4"
         ids, media = vision.encode_prompt(template, [{"role": "user", "content": [{"type": "video", "video": url}]}],
                                           files=False)
         local, _ = vision.encode_prompt(template, [{"role": "user", "content": [{"type": "video", "video": FILE}]}])
@@ -368,5 +351,3 @@ def test_a_video_url_is_downloaded_once_and_reads_as_the_file(qwen3_tokenizer):
         assert torch.equal(vision.pixels(template, media)["pixel_values_videos"],
                            vision.pixels(template, vision.Media(videos=[FILE]))["pixel_values_videos"])
         assert served == ["/square.mp4"]
-    finally:
-        server.shutdown()
