@@ -31,6 +31,23 @@ WHEELS=(
   multiprocess==0.70.19
   fsspec==2026.9.0          # datasets 5.2 wants fsspec <= 2026.9.0
   gguf==0.19.0              # wb export --to gguf (its tests)
+  # the rest of the suite on the device (gpu_check.sh tests): wb deploy's server, its official client, fp8 export
+  fastapi==0.165.0
+  starlette==1.10.0
+  uvicorn==0.54.0
+  pydantic==2.13.4
+  pydantic_core==2.46.4
+  annotated-types==0.7.0
+  annotated-doc==0.0.7
+  typing-inspection==0.4.2
+  typing_extensions==4.16.0
+  anyio==4.16.0
+  opentelemetry-api==1.45.2
+  openai==3.57.0
+  jiter==0.19.0
+  sniffio==1.3.1
+  compressed-tensors==0.20.0
+  loguru==0.7.3
 )
 
 mkdir -p .whl
