@@ -8,7 +8,18 @@ from swiftlike import accel
 from swiftlike.errors import UserError
 
 
-def test_cpu_is_detected_here():
+@pytest.fixture
+def no_accelerator(monkeypatch):
+    """A machine with no GPU or NPU (the tests also run on machines that have one)."""
+    monkeypatch.delenv("WB_DEVICE", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(accel, "_npu_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    if hasattr(torch, "xpu"):
+        monkeypatch.setattr(torch.xpu, "is_available", lambda: False)
+
+
+def test_cpu_is_detected_without_an_accelerator(no_accelerator):
     assert accel.device_type() == "cpu"
     assert accel.device() == torch.device("cpu")
     assert accel.resolve_dtype("auto") == torch.float32
@@ -30,12 +41,12 @@ def test_fake_cuda_is_preferred(monkeypatch):
     assert accel.device() == torch.device("cuda", 1)
 
 
-def test_fake_npu(monkeypatch):
+def test_fake_npu(monkeypatch, no_accelerator):
     monkeypatch.setattr(accel, "_npu_available", lambda: True)
     assert accel.device_type() == "npu"
 
 
-def test_fake_mps(monkeypatch):
+def test_fake_mps(monkeypatch, no_accelerator):
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
     assert accel.device_type() == "mps"
 

@@ -112,19 +112,82 @@ def test_the_choice_follows_device_batches_and_model(monkeypatch, requested, dev
 def test_flash_attention_2_is_chosen_where_its_package_is_installed(monkeypatch):
     monkeypatch.setattr(attention.importlib.util, "find_spec", lambda name: object())
     assert attention.choose(None, "cuda", True, _Config())[0] == "flash_attention_2"
+    # flash-attention kernels take bf16/fp16 only: an fp32 run gets the per-sequence sdpa calls
+    assert attention.choose(None, "cuda", True, _Config(), torch.float32)[0] == attention.VARLEN
+
+
+def test_the_fused_varlen_kernel_takes_half_precision_cuda_tensors_without_dropout_only():
+    from types import SimpleNamespace
+
+    def t(cuda=True, dtype=torch.bfloat16, dim=64):
+        return SimpleNamespace(is_cuda=cuda, dtype=dtype, shape=(41, 4, dim))
+
+    fits = attention.fused_varlen_fits
+    assert fits(t(), t(), 0.0) and fits(t(dtype=torch.float16), t(dtype=torch.float16), 0.0)
+    assert fits(t(dim=192), t(dim=128), 0.0)  # multi-head latent attention: v is zero-padded
+    assert not fits(t(dtype=torch.float32), t(dtype=torch.float32), 0.0)  # "FlashAttention only supports fp16/bf16"
+    assert not fits(t(cuda=False), t(cuda=False), 0.0) and not fits(t(), t(), 0.1)
+    assert not fits(t(dim=64), t(dim=128), 0.0)
+
+
+def test_a_narrower_value_head_is_zero_padded_for_the_fused_kernel_and_cut_back(monkeypatch):
+    """DeepSeek's multi-head latent attention has 192-wide query/key heads and 128-wide value heads; the varlen
+    kernel takes one head size ("v must have shape (total_k, num_heads_k, head_size_og)" on an H100)."""
+    import torch.nn.attention.varlen as varlen_module
+
+    def one_head_size(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, return_aux=None, scale=None,
+                      window_size=(-1, -1), enable_gqa=False):
+        assert value.shape[-1] == query.shape[-1] and window_size == (-1, 0)
+        outs = []
+        for a, b in zip(cu_seq_q[:-1].tolist(), cu_seq_q[1:].tolist()):
+            seq = [x[None, a:b].transpose(1, 2) for x in (query, key, value)]
+            outs.append(torch.nn.functional.scaled_dot_product_attention(
+                *seq, is_causal=True, scale=scale, enable_gqa=enable_gqa)[0].transpose(0, 1))
+        return torch.cat(outs)
+
+    g = torch.Generator().manual_seed(0)
+    q, k = torch.randn(41, 4, 24, generator=g), torch.randn(41, 2, 24, generator=g)
+    v = torch.randn(41, 2, 16, generator=g)
+    borders = torch.tensor([0, 7, 26, 29, 41], dtype=torch.int32)
+    expected = attention._kernel(q, k, v, borders, 0.2, 0.0)  # per-sequence sdpa, which takes the narrower v
+    monkeypatch.setattr(attention, "fused_varlen_fits", lambda q, v, dropout: True)
+    monkeypatch.setattr(varlen_module, "varlen_attn", one_head_size)
+    out = attention._kernel(q, k, v, borders, 0.2, 0.0)
+    assert out.shape == (41, 4, 16)
+    torch.testing.assert_close(out, expected)
+
+
+def assert_matches(reference, candidate, exact=None):
+    """`candidate` computes the loss and gradients of `reference` (each a _loss_and_grads result). In fp32 (`exact`
+    None): within 1e-4. In bf16 two correct kernels differ by their rounding, so each is measured against `exact`,
+    the same computation in fp32 from the same weights: the candidate's loss and each of its gradients (relative
+    Frobenius distance) are no further from it than twice the reference's distance, plus 1e-3."""
+    (a_loss, a_n, a_grads), (b_loss, b_n, b_grads) = reference, candidate
+    assert a_n == b_n and a_grads.keys() == b_grads.keys()
+    if exact is None:
+        assert b_loss == pytest.approx(a_loss, rel=1e-4)
+        for name, grad in a_grads.items():
+            torch.testing.assert_close(b_grads[name], grad, rtol=1e-4, atol=1e-4, msg=name)
+        return
+    e_loss, _, e_grads = exact
+
+    def off(grads, name):
+        return float((grads[name].float() - e_grads[name]).norm() / e_grads[name].norm().clamp_min(1e-12))
+
+    assert abs(b_loss - e_loss) <= 2 * abs(a_loss - e_loss) + 1e-3 * abs(e_loss)
+    for name in a_grads:
+        assert off(b_grads, name) <= 2 * off(a_grads, name) + 1e-3, (name, off(b_grads, name), off(a_grads, name))
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-4), (torch.bfloat16, 2e-2)])
-def test_cuda_varlen_kernel_equals_the_block_mask(dtype, tol):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_varlen_kernel_equals_the_block_mask(dtype):
+    """fp32: the per-sequence sdpa calls (flash-attention takes bf16/fp16 only); bf16: torch's varlen_attn."""
     sdpa = _twin(MODELS[0], "sdpa", "cuda", dtype)
     varlen = _twin(MODELS[0], attention.VARLEN, "cuda", dtype)
     batch = {k: v.cuda() for k, v in collate_padding_free(_rows(sdpa.config.vocab_size, (70, 300, 33, 129))).items()}
-    a_loss, a_n, a_grads = _loss_and_grads(sdpa, batch)
-    b_loss, b_n, b_grads = _loss_and_grads(varlen, batch)
-    assert a_n == b_n and b_loss == pytest.approx(a_loss, rel=tol)
-    for name, grad in a_grads.items():
-        torch.testing.assert_close(b_grads[name].float(), grad.float(), rtol=tol, atol=tol, msg=name)
+    exact = None if dtype == torch.float32 else _loss_and_grads(_twin(MODELS[0], "sdpa", "cuda", dtype).float(), batch)
+    assert_matches(_loss_and_grads(sdpa, batch), _loss_and_grads(varlen, batch), exact)
 
 
 def _cpu_varlen(query, key, value, borders, scale, gqa: bool):

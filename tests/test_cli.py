@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 
+from swiftlike import accel
 from swiftlike.cli.main import build_parser, main
 
 MODEL = ["--model", "Qwen/Qwen3-0.6B", "--miniature"]
@@ -94,7 +95,7 @@ def test_models_and_env(capsys):
     out = capsys.readouterr().out
     assert "Qwen/Qwen3-8B" in out and "qwen3_thinking_2507" in out
     assert main(["env", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["device"] == "cpu"
+    assert json.loads(capsys.readouterr().out)["device"] == accel.device_type()
 
 
 def test_row_the_template_rejects_is_named(capsys, tmp_path):

@@ -506,7 +506,9 @@ def _start(args: list[str]):
 
 @pytest.fixture(scope="module")
 def deployed(checkpoints):
+    # fp32, as _local_engine: its answers are compared exactly (bf16 on a GPU rounds differently per batch size)
     proc, url, lines = _start(["--adapters", f"a={checkpoints['a']}", f"b={checkpoints['b']}", "--api_key", "k3y",
+                               "--torch_dtype", "float32",
                                "--max_batch_size", "8", "--max_tokens_limit", "64", "--max_request_bytes", "65536",
                                "--access_log", "false"])
     yield proc, url, lines
@@ -520,7 +522,8 @@ def _local_engine(checkpoints):
     from swiftlike.config import DeployConfig
     from swiftlike.pipelines.deploy import build_engine, served_base
 
-    cfg = DeployConfig(adapters=[f"{n}={p}" for n, p in checkpoints.items()], max_batch_size=1).validate()
+    cfg = DeployConfig(adapters=[f"{n}={p}" for n, p in checkpoints.items()], max_batch_size=1,
+                       torch_dtype="float32").validate()
     return build_engine(cfg, served_base(cfg, cfg.adapter_paths()), cfg.adapter_paths())
 
 

@@ -205,8 +205,8 @@ def try_outs(request, base_env, tmp_path_factory):
         for recipe in selected:
             try:
                 runs[recipe] = _start(recipe, env, pool, tmp_path_factory.mktemp(recipe.stem))
-            except AssertionError:
-                pass  # no usable try-out line: its test reports that
+            except AssertionError as e:  # no usable try-out line, or no wb script: its test reports it
+                runs[recipe] = e
         yield runs
     finally:
         pool.shutdown(cancel_futures=True)  # after `pytest -x`, start no more of them
@@ -216,6 +216,8 @@ def try_outs(request, base_env, tmp_path_factory):
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.name)
 def test_recipe_try_out(recipe, try_outs):
     try_out_line(recipe)
+    if isinstance(try_outs[recipe], AssertionError):
+        raise try_outs[recipe]
     argv, out, future = try_outs[recipe]
     run = future.result()
     assert run.returncode == 0, f"{shlex.join(argv)}\n{(run.stdout + run.stderr)[-4000:]}"

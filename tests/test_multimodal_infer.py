@@ -48,10 +48,11 @@ def vl(request):
 
 def _reference(net, template, ids, pixels, n):
     """transformers' own greedy generation of one prompt (positions from its get_rope_index)."""
-    x = torch.tensor([ids])
+    x = torch.tensor([ids], device=net.device)
+    pixels = {k: v.to(net.device) if isinstance(v, torch.Tensor) else v for k, v in (pixels or {}).items()}
     with torch.no_grad():
         out = net.generate(input_ids=x, attention_mask=torch.ones_like(x), max_new_tokens=n, do_sample=False,
-                           mm_token_type_ids=(x == template.image_token_ids[0]).int(), **(pixels or {}))
+                           mm_token_type_ids=(x == template.image_token_ids[0]).int(), **pixels)
     return out[0, len(ids):].tolist()
 
 

@@ -5,18 +5,19 @@ A padding-free batch is one row of concatenated sequences whose borders are wher
 sdpa and eager need a dense L x L block-diagonal mask for it (train/loss.packed_masks), which on a GPU costs memory
 and turns off the fused kernels. `VARLEN` ("wb_varlen", registered with transformers' AttentionInterface) reads the
 borders from `position_ids` instead and runs each sequence's causal attention without a mask: on CUDA through
-torch's flash-attention based `torch.nn.attention.varlen.varlen_attn` (no extra package), elsewhere as one sdpa
+torch's flash-attention based `torch.nn.attention.varlen.varlen_attn` (no extra package; bf16/fp16), else as one sdpa
 call per sequence (exact, and the reference the CUDA kernel is tested against). Rows with padding (padded batches,
 KV-cached generation in GRPO rollouts) fall back to sdpa with the usual mask, and attention that is not causal (a
 vision tower's) is sdpa's as transformers would run it.
 
 `choose` picks the implementation: the user's `--attn_implementation` always wins; padding-free or packed training
-on CUDA gets flash-attention 2 when the flash_attn package is installed, else VARLEN; on CPU it gets VARLEN too (one
-sdpa call per sequence costs the sum of the squared lengths instead of the squared row length: measured 1.16x faster
-than the block mask for 512-token rows, 1.6-1.9x at 2,048, 1.7-3.5x at 4,096-8,192, keeping less for backward, by
-benchmarks/attention_cpu.py); models whose attention needs more than a causal mask per sequence (sliding windows,
-logit soft-capping) and every other case (padded batches, MPS, NPU, XPU) keep transformers' default (sdpa, with the
-block mask for padding-free rows).
+on CUDA gets flash-attention 2 when the flash_attn package is installed and the model is in bf16/fp16, else VARLEN
+(torch's varlen_attn in bf16/fp16; in fp32, which flash-attention kernels do not take, one sdpa call per sequence,
+as on the CPU); on CPU it gets VARLEN too (one sdpa call per sequence costs the sum of the squared lengths instead
+of the squared row length: measured 1.16x faster than the block mask for 512-token rows, 1.6-1.9x at 2,048,
+1.7-3.5x at 4,096-8,192, keeping less for backward, by benchmarks/attention_cpu.py); models whose attention needs
+more than a causal mask per sequence (sliding windows, logit soft-capping) and every other case (padded batches,
+MPS, NPU, XPU) keep transformers' default (sdpa, with the block mask for padding-free rows).
 """
 from __future__ import annotations
 
@@ -28,9 +29,10 @@ import torch
 VARLEN = "wb_varlen"
 
 
-def choose(requested: str | None, device_type: str, padding_free: bool, config) -> tuple[str | None, str]:
+def choose(requested: str | None, device_type: str, padding_free: bool, config,
+           dtype: torch.dtype = torch.bfloat16) -> tuple[str | None, str]:
     """(the attn_implementation to load the model with, None for transformers' default; why, for the start-up
-    line)."""
+    line). `dtype`: the model's (flash-attention 2 takes fp16/bf16 only)."""
     if requested:
         return requested, "--attn_implementation"
     if not padding_free:
@@ -41,9 +43,10 @@ def choose(requested: str | None, device_type: str, padding_free: bool, config) 
         return VARLEN, "padding-free on cpu: one causal sdpa call per sequence, no L x L mask"
     if device_type != "cuda":
         return None, f"padding-free on {device_type}: sdpa with a block-diagonal mask"
-    if importlib.util.find_spec("flash_attn") is not None:
+    if dtype in (torch.float16, torch.bfloat16) and importlib.util.find_spec("flash_attn") is not None:
         return "flash_attention_2", "padding-free on CUDA: flash-attention 2 (flash_attn installed)"
-    return VARLEN, "padding-free on CUDA: torch varlen_attn, sequence borders from position_ids, no mask"
+    return VARLEN, ("padding-free on CUDA: torch varlen_attn in bf16/fp16 (one sdpa call per sequence in fp32), "
+                    "sequence borders from position_ids, no mask")
 
 
 def needs_more_than_causal(config) -> bool:
@@ -94,12 +97,24 @@ def _borders(position_ids, query, key, attention_mask) -> torch.Tensor | None:
     return torch.cat([starts, length]).to(torch.int32)
 
 
+def fused_varlen_fits(q, v, dropout: float) -> bool:
+    """Whether torch's varlen_attn (flash-attention) takes these (tokens, heads, dim) tensors: on CUDA, fp16 or bf16
+    only, no dropout, and a value head no wider than the query head (a narrower one, as multi-head latent attention
+    has, is zero-padded to the query's width). Otherwise one sdpa call per sequence runs instead (fp32 training on a
+    GPU: sdpa's own fp32 kernels)."""
+    return (q.is_cuda and dropout == 0.0 and q.dtype in (torch.float16, torch.bfloat16)
+            and v.shape[-1] <= q.shape[-1])
+
+
 def _kernel(q, k, v, borders, scale, dropout: float):
     lengths = (borders[1:] - borders[:-1]).tolist()
-    if q.is_cuda and dropout == 0.0:
+    if fused_varlen_fits(q, v, dropout):
         from torch.nn.attention.varlen import varlen_attn
 
-        return call_varlen(varlen_attn, q, k, v, borders, max(lengths), scale)
+        width = v.shape[-1]
+        if width < q.shape[-1]:  # the kernel takes one head size: zero columns of v add zero columns to the output
+            v = torch.nn.functional.pad(v, (0, q.shape[-1] - width))
+        return call_varlen(varlen_attn, q, k, v, borders, max(lengths), scale)[..., :width]
     outs, start = [], 0
     for n in lengths:  # one causal sdpa call per sequence: exact, no mask
         # (1, heads, n, dim): torch's fused CPU kernel takes 4-D inputs only (3-D ones fall back to the math kernel,

@@ -7,13 +7,17 @@ linear cross-entropy are not applied: the trainer's loss is our own chunked line
 which never materializes the logits either and computes the label-masked sums every loss here needs.
 
 `apply` patches a loaded model instance (before LoRA adapters are attached, so PEFT wraps the same linear layers):
-its RMSNorm and MLP modules' forwards; and Liger also replaces, in transformers' module of that model family, the
-rotary embedding function and the RMSNorm / MLP classes, which affects every model of the family used later in the
-process — all of them the run's own (policy, reference, reward model) and on the same CUDA device.
+its RMSNorm and MLP modules' forwards, and the rotary embedding. Liger itself also replaces, in transformers' module
+of that model family, the RMSNorm / MLP classes and the rotary embedding function, for every model of the family
+the process builds or runs later — on the CPU too, where Triton cannot run (a notebook that trains on the GPU and
+then evaluates on the CPU would fail). So the family module is put back as it was, except that its rotary function
+becomes one that runs Liger's kernel for CUDA tensors and transformers' own for any other.
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
+import inspect
 import sys
 
 from ..errors import UserError
@@ -67,7 +71,29 @@ def apply(model) -> str | None:
     try:
         _apply_liger_kernel_to_instance(model=model, **PARTS)
     except Exception as e:  # liger-kernel fails before patching the instance (its imports come first)
-        for key, value in saved.items():
-            setattr(family, key, value)
+        _restore(family, saved)
         return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    replaced = {key: value for key, value in vars(family).items() if saved.get(key, value) is not value}
+    _restore(family, saved)
+    for key, value in replaced.items():
+        if inspect.isfunction(value) and inspect.isfunction(saved[key]):  # the rotary embedding
+            setattr(family, key, _on_cuda_only(value, saved[key]))
     return None
+
+
+def _restore(family, saved: dict) -> None:
+    for key, value in saved.items():
+        setattr(family, key, value)
+
+
+def _on_cuda_only(fused, original):
+    """`fused` (a Triton kernel) for CUDA tensors, `original` for any other (the first argument decides)."""
+    if getattr(original, "_wb_original", None) is not None:  # patched before: dispatch from the first original
+        original = original._wb_original
+
+    @functools.wraps(original)
+    def dispatch(first, *args, **kwargs):
+        return (fused if first.is_cuda else original)(first, *args, **kwargs)
+
+    dispatch._wb_original = original
+    return dispatch

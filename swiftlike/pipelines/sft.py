@@ -437,7 +437,8 @@ def training_attention(cfg: SFTConfig, base_dir: str, announce: bool = False) ->
     from ..models import attention
 
     impl, why = attention.choose(cfg.attn_implementation, accel.device_type(), cfg.padding_free,
-                                 AutoConfig.from_pretrained(base_dir, trust_remote_code=cfg.trust_remote_code))
+                                 AutoConfig.from_pretrained(base_dir, trust_remote_code=cfg.trust_remote_code),
+                                 accel.resolve_dtype(cfg.torch_dtype))
     if announce and accel.is_main_process():
         print(f"[wb] attention: {impl or 'sdpa'} ({why})")
     return impl

@@ -359,9 +359,11 @@ def layer_bytes_per_token(arch: Arch, s: Setup, moe: bool = False) -> float:
             continue
         groups.setdefault(lin.group or lin.name, []).append(lin)
     # o_proj reads the attention output, which the attention kernel keeps anyway (its layout is already the one
-    # o_proj reads, so transformers' transpose + contiguous copies nothing) — but for wb_varlen on CPU, whose
-    # per-sequence outputs (kept by each call) are concatenated into a new tensor that o_proj keeps
-    shared = not (s.attn == VARLEN and s.device == "cpu")
+    # o_proj reads, so transformers' transpose + contiguous copies nothing) — but for wb_varlen's per-sequence sdpa
+    # calls (on CPU, and in fp32 on CUDA, which flash-attention does not take), whose outputs (kept by each call)
+    # are concatenated into a new tensor that o_proj keeps
+    per_sequence = s.device != "cuda" or s.dtype == "float32"
+    shared = not (s.attn == VARLEN and per_sequence)
     total += sum(_linear_input_bytes(lins, s, a, full, kept=name == "o_proj" and shared)
                  for name, lins in groups.items())
     if arch.qk_norm:
