@@ -74,6 +74,72 @@ def build_config_model_dir(path: Path, config: dict, dtype: str = "bfloat16", se
     return path
 
 
+def clock_calls(owner, name: str) -> list[float]:
+    """Wrap `owner.name` (a method or function attribute) so that each call appends to the returned list the
+    seconds it took, the GPU's queued work included (CUDA is synchronized at both ends)."""
+    import torch
+
+    times: list[float] = []
+    original = getattr(owner, name)
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+
+    def timed(*a, **k):
+        sync()
+        t = time.perf_counter()
+        try:
+            return original(*a, **k)
+        finally:
+            sync()
+            times.append(time.perf_counter() - t)
+
+    setattr(owner, name, timed)
+    return times
+
+
+def trl_step_ends(trainer) -> list[float]:
+    """Times at which a transformers Trainer's optimizer steps end (after the GPU's work), recorded by a callback."""
+    import torch
+    from transformers import TrainerCallback
+
+    ends: list[float] = []
+
+    class StepEnds(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            ends.append(time.perf_counter())
+
+    trainer.add_callback(StepEnds())
+    return ends
+
+
+def ours_step_ends() -> list[float]:
+    """Times at which swiftlike's optimizer steps end (Trainer.train_step, after the GPU's work)."""
+    import torch
+
+    from swiftlike.train import trainer as T
+
+    ends: list[float] = []
+    original = T.Trainer.train_step
+
+    def timed(self, micro_batches):
+        out = original(self, micro_batches)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        ends.append(time.perf_counter())
+        return out
+
+    T.Trainer.train_step = timed
+    return ends
+
+
+def steady(ends: list[float], warmup: int = 1) -> float | None:
+    """Seconds per step after the first `warmup` steps (kernel compilation, autotuning, allocator growth: one-time
+    costs that dominate a short GPU run), from the steps' end times; None when too few steps ran."""
+    warmup = max(1, warmup)
+    return (ends[-1] - ends[warmup - 1]) / (len(ends) - warmup) if len(ends) > warmup else None
+
+
 def gpu_peak_gib() -> dict:
     """This process's peak GPU memory (torch's allocator) in GiB; empty without CUDA."""
     import torch

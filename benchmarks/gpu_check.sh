@@ -6,14 +6,16 @@
 # (or `gpu_check.sh all`, everything in one call of TOTAL_S). Logs and results go to $OUT (the device tool's output
 # folder), else ./gpu_out. Each step runs under its own cap, the whole under TOTAL_S (default 570 s):
 #   bench: (a) environment, (d) benchmarks/gpu_sft.py (at most 360 s), (e) DPO and GRPO, ours vs TRL, with the rest;
-#   tests: (a) environment, (b) the GPU-marked tests, (c) the whole suite on CUDA (pytest-xdist, in the device image).
+#   tests: (a) environment, (b) the GPU-marked tests, (c) the whole suite on CUDA (pytest-xdist, in the device image);
+#   profile: (a) environment, (f) where the time of a training step goes, ours and TRL's, 0.6B and 4B at 2048
+#            (benchmarks/gpu_sft.py --profile: GPU busy share, kernels and device-to-host reads per step, top ops).
 # GPU_CHECK_DRY=1 prints the steps only.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-./gpu_out}
 DRY=${GPU_CHECK_DRY:-0}
 PART=${1:-all}
-case "$PART" in bench|tests|all) ;; *) echo "usage: $0 [bench|tests|all]" >&2; exit 2 ;; esac
+case "$PART" in bench|tests|profile|all) ;; *) echo "usage: $0 [bench|tests|profile|all]" >&2; exit 2 ;; esac
 TOTAL_S=${TOTAL_S:-570}
 T0=$(date +%s)
 mkdir -p "$OUT"
@@ -67,7 +69,7 @@ import swiftlike
 print("swiftlike from", swiftlike.__file__)
 EOF'
 
-if [ "$PART" != bench ]; then
+if [ "$PART" = tests ] || [ "$PART" = all ]; then
   # (b) the tests marked gpu (only the files that hold such tests: quick, and first)
   GPU_FILES=$(grep -l "pytest.mark.gpu" tests/test_*.py | tr '\n' ' ')
   step gpu_tests 90 python3 -m pytest -m gpu -q -p no:cacheprovider $GPU_FILES
@@ -78,14 +80,21 @@ if [ "$PART" != bench ]; then
     -p no:cacheprovider -rfE tests
 fi
 
-if [ "$PART" != tests ]; then
+if [ "$PART" = profile ]; then
+  # (f) three profiled steps after the warm-up of each run (profiled runs are slower: not benchmark figures)
+  step profile $(( $(left) - 10 )) python3 benchmarks/gpu_sft.py --lengths 2048 --steps 6 --warmup 2 \
+    --profile "$OUT/profile" --json "$OUT/profile.json" --budget_s $(( $(left) - 40 ))
+fi
+
+if [ "$PART" = bench ] || [ "$PART" = all ]; then
   # (d) the SFT benchmark, ours vs TRL, with the time left (its own budget stops starting runs 25 s before the cap);
   #     when bench runs alone, DPO and GRPO keep 150 s of it
-  CAP=$(( $(left) - 10 )); [ "$PART" = bench ] && CAP=$(( CAP - 150 )); (( CAP > 360 )) && CAP=360
+  #     (on 2026-11-26 DPO's two sides took 58 s, GRPO's more than 75)
+  CAP=$(( $(left) - 10 )); [ "$PART" = bench ] && CAP=$(( CAP - 200 )); (( CAP > 360 )) && CAP=360
   step gpu_sft "$CAP" python3 benchmarks/gpu_sft.py --json "$OUT/gpu_sft.json" --budget_s $(( CAP - 25 ))
-  # (e) DPO pairs/s and a GRPO step on Qwen3-0.6B's shape, bf16, ours vs TRL
-  step dpo 75 python3 benchmarks/dpo_throughput.py --model_shape 0.6b --dtype bfloat16 --steps 10 --rows 400
-  step grpo 75 python3 benchmarks/grpo_step.py --model_shape 0.6b --dtype bfloat16 --steps 4
+  # (e) DPO pairs/s and a GRPO step on Qwen3-0.6B's shape, bf16, ours vs TRL (reported after the first step too)
+  step dpo 90 python3 benchmarks/dpo_throughput.py --model_shape 0.6b --dtype bfloat16 --steps 10 --rows 400
+  step grpo 110 python3 benchmarks/grpo_step.py --model_shape 0.6b --dtype bfloat16 --steps 4
 fi
 
 echo "== done in $(( $(date +%s) - T0 ))s; files in $OUT: $(ls "$OUT" | tr '\n' ' ')"

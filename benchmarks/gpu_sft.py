@@ -114,10 +114,14 @@ def run_ours(a, out: str, log: list) -> dict:
 
     original = T.Trainer.train_step
 
+    profiler = StepProfiler(a, "ours")
+
     def timed(self, micro_batches):
+        profiler.before(len(log))
         result = original(self, micro_batches)
         _sync()
         log.append(step_record(micro_batches, "targets"))
+        profiler.after(len(log))
         return result
 
     T.Trainer.train_step = timed
@@ -198,11 +202,17 @@ def run_trl(a, out: str, log: list) -> dict:
 
     trainer.training_step = counting
 
+    profiler = StepProfiler(a, "trl")
+
     class StepClock(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            profiler.before(len(log))
+
         def on_step_end(self, args, state, control, **kwargs):
             _sync()
             log.append(step_record(pending, "labels"))
             pending.clear()
+            profiler.after(len(log))
 
     trainer.add_callback(StepClock())
     t = time.perf_counter()
@@ -210,6 +220,58 @@ def run_trl(a, out: str, log: list) -> dict:
     return {"liger": liger if a.liger else False, "attn_implementation": attn,
             "total_train_seconds": time.perf_counter() - t,
             "final_loss": next((h["loss"] for h in reversed(trainer.state.log_history) if "loss" in h), None)}
+
+
+class StepProfiler:
+    """With --profile DIR: torch.profiler over PROFILED_STEPS optimizer steps after the warm-up, written to
+    DIR/SIDE-MODEL-L-MODE.txt: per step the wall time, the GPU's kernel time (busy share), kernel launches and
+    device-to-host reads (aten::_local_scalar_dense: .item(), .tolist(), int() of a GPU tensor, each one a wait
+    for the GPU); then the operators by GPU time and by CPU time. Profiled runs are slower: not benchmark figures."""
+
+    def __init__(self, a, side: str):
+        self.a, self.side, self.prof, self.t = a, side, None, 0.0
+        self.first = max(1, a.warmup)
+
+    def before(self, done: int) -> None:
+        if self.a.profile and done == self.first:
+            from torch.profiler import ProfilerActivity, profile
+
+            _sync()
+            import torch
+
+            cuda = [ProfilerActivity.CUDA] if torch.cuda.is_available() else []
+            self.prof = profile(activities=[ProfilerActivity.CPU, *cuda])
+            self.prof.__enter__()
+            self.t = time.perf_counter()
+
+    def after(self, done: int) -> None:
+        if self.prof is None or done < self.first + PROFILED_STEPS:
+            return
+        _sync()
+        wall = (time.perf_counter() - self.t) / PROFILED_STEPS
+        self.prof.__exit__(None, None, None)
+        events = self.prof.events()
+        kernels = [e for e in events if e.device_type.name == "CUDA"]
+        busy = sum(e.device_time for e in kernels) / 1e6 / PROFILED_STEPS  # us -> s, per step
+        reads = sum(1 for e in events if e.name == "aten::_local_scalar_dense") / PROFILED_STEPS
+        table = self.prof.key_averages()
+        head = (f"{self.side} {self.a.model_dir} L={self.a.seq} {self.a.mode}: per step {wall * 1e3:.1f} ms wall, "
+                f"{busy * 1e3:.1f} ms of GPU kernels ({100 * busy / wall:.0f}% busy), "
+                f"{len(kernels) / PROFILED_STEPS:.0f} kernels, {reads:.0f} device-to-host reads\n")
+        print("[profile] " + head.strip(), flush=True)
+        name = f"{self.side}-{Path(self.a.model_dir).name}-{self.a.seq}-{self.a.mode}.txt"
+        Path(self.a.profile).mkdir(parents=True, exist_ok=True)
+        Path(self.a.profile, name).write_text(
+            head + "\nby GPU time\n" + _table(table, "self_device_time_total")
+            + "\nby CPU time\n" + _table(table, "self_cpu_time_total"))
+        self.prof = None
+
+
+PROFILED_STEPS = 3
+
+
+def _table(averages, key: str) -> str:
+    return averages.table(sort_by=key, row_limit=30, max_name_column_width=70)
 
 
 def child(a) -> None:
@@ -373,6 +435,8 @@ def main() -> None:
     ap.add_argument("--budget_s", type=float, default=330.0,
                     help="stop starting runs once this many seconds have passed (the rest are reported skipped)")
     ap.add_argument("--json", help="write all results here (rewritten after every run)")
+    ap.add_argument("--profile", help="profile 3 steps after the warm-up of every run into this folder (where the "
+                                      "time goes; profiled runs are slower, so their figures are not benchmark ones)")
     ap.add_argument("--smoke", action="store_true",
                     help="tiny config (hidden 64, 2 layers), seq 256, 3 steps, fp32 on CPU: proves the script works")
     # child-only flags
@@ -401,6 +465,8 @@ def main() -> None:
             sys.exit(f"--models: unknown {unknown}; choose from {sorted(SHAPES)}")
     modes = a.modes.split(",")
     a.warmup = max(1, min(a.warmup, a.steps - 1))
+    if a.profile:
+        a.steps = max(a.steps, a.warmup + PROFILED_STEPS)
     start = time.perf_counter()
     deadline = start + a.budget_s
     env_note = {}
@@ -455,7 +521,8 @@ def main() -> None:
             else:
                 args = ["--child", side, "--model-dir", str(dirs[m]), "--data", str(data), "--seq", str(seq),
                         "--mode", mode, "--batch", str(batch), "--steps", str(a.steps), "--warmup", str(a.warmup),
-                        "--dtype", dtype, "--gc", "on" if gc else "off", "--trl_attn", a.trl_attn]
+                        "--dtype", dtype, "--gc", "on" if gc else "off", "--trl_attn", a.trl_attn,
+                        *(["--profile", str(Path(a.profile).resolve())] if a.profile else [])]
                 use = "0" if liger_state[side] == "broken" else "1"
                 res = dict(base, **launch([*args, "--liger", use], timeout=left))
                 if use == "1" and liger_state[side] == "untried" and "liger" not in env_note:

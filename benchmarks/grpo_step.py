@@ -22,8 +22,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (add_child_args, build_config_model_dir, build_model_dir, gpu_peak_gib,  # noqa: E402
-                    peak_rss_mb, peer_lora, qwen3_shape_config, run_child, scratch_dir, write_jsonl)
+from common import (add_child_args, build_config_model_dir, build_model_dir, clock_calls, gpu_peak_gib,  # noqa: E402
+                    ours_step_ends, peak_rss_mb, peer_lora, qwen3_shape_config, run_child, scratch_dir, steady,
+                    trl_step_ends, write_jsonl)
 
 
 def _text(completion) -> str:
@@ -44,24 +45,20 @@ def run_ours(model_dir, data, steps, prompts, gens, new_tokens, out, dtype="floa
     import swiftlike as wb
     from swiftlike.rollout import hf
 
-    timer = {"generate": 0.0}
-    original = hf.HFRollout.generate
-
-    def timed(self, *a, **k):
-        t = time.perf_counter()
-        try:
-            return original(self, *a, **k)
-        finally:
-            timer["generate"] += time.perf_counter() - t
-
-    hf.HFRollout.generate = timed
+    generations, ends = clock_calls(hf.HFRollout, "generate"), ours_step_ends()
     result = wb.grpo(model=model_dir, template="qwen3", dataset=[data], lora=True, lora_dropout=0.05,
                      reward_funcs=[reward_len], num_generations=gens, per_device_train_batch_size=prompts * gens,
                      max_completion_length=new_tokens, max_steps=steps, learning_rate=1e-5, torch_dtype=dtype,
                      logging_steps=steps, save_steps=10 ** 9, log_completions=False, output_dir=out)
     lengths = [h["completions/mean_length"] for h in result.log_history if "completions/mean_length" in h]
-    return {"seconds": result.metrics["train_seconds"], "generate_seconds": timer["generate"],
-            "mean_length": lengths[-1]}
+    return dict(timings(result.metrics["train_seconds"], generations, ends), mean_length=lengths[-1])
+
+
+def timings(seconds: float, generations: list[float], ends: list[float]) -> dict:
+    """All steps, and after the first (one-time kernel compilation and autotuning: most of a short GPU run)."""
+    after = generations[1:]
+    return {"seconds": seconds, "generate_seconds": sum(generations), "steady_step_seconds": steady(ends),
+            "steady_generate_seconds": sum(after) / len(after) if after else None}
 
 
 def run_trl(model_dir, data, steps, prompts, gens, new_tokens, out, dtype="float32") -> dict:
@@ -79,21 +76,11 @@ def run_trl(model_dir, data, steps, prompts, gens, new_tokens, out, dtype="float
                       log_completions=False)
     trainer = GRPOTrainer(model=model, reward_funcs=reward_len, args=args, processing_class=tokenizer,
                           train_dataset=load_dataset("json", data_files=data)["train"], peft_config=peer_lora())
-    timer = {"generate": 0.0}
-    original = trainer._generate
-
-    def timed(*a, **k):
-        t = time.perf_counter()
-        try:
-            return original(*a, **k)
-        finally:
-            timer["generate"] += time.perf_counter() - t
-
-    trainer._generate = timed
+    generations, ends = clock_calls(trainer, "_generate"), trl_step_ends(trainer)
     t = time.perf_counter()
     trainer.train()
     lengths = [h["completions/mean_length"] for h in trainer.state.log_history if "completions/mean_length" in h]
-    return {"seconds": time.perf_counter() - t, "generate_seconds": timer["generate"], "mean_length": lengths[-1]}
+    return dict(timings(time.perf_counter() - t, generations, ends), mean_length=lengths[-1])
 
 
 def main() -> None:
@@ -128,15 +115,23 @@ def main() -> None:
         r["per_step"] = r["seconds"] / a.steps
         r["generate_per_step"] = r["generate_seconds"] / a.steps
         r["rest_per_step"] = r["per_step"] - r["generate_per_step"]
+        if r["steady_step_seconds"] and r["steady_generate_seconds"] is not None:
+            r["steady_rest_seconds"] = r["steady_step_seconds"] - r["steady_generate_seconds"]
         res[side] = r
         print(f"[{side}] {r['per_step']:.2f} s/step (generation {r['generate_per_step']:.2f} s, scoring + training "
-              f"{r['rest_per_step']:.2f} s), completions of {r['mean_length']:.0f} tokens, peak RSS "
-              f"{r['peak_rss_mb']:.0f} MB" + (f", peak GPU {r['peak_allocated_gib']:.2f} GiB"
-                                              if "peak_allocated_gib" in r else ""), flush=True)
+              f"{r['rest_per_step']:.2f} s)" + (
+                  f"; after the first step {r['steady_step_seconds']:.2f} s/step (generation "
+                  f"{r['steady_generate_seconds']:.2f} s)" if "steady_rest_seconds" in r else "")
+              + f", completions of {r['mean_length']:.0f} tokens, peak RSS {r['peak_rss_mb']:.0f} MB"
+              + (f", peak GPU {r['peak_allocated_gib']:.2f} GiB" if "peak_allocated_gib" in r else ""), flush=True)
     o, t = res["ours"], res["trl"]
     print(f"speed-up ours vs TRL: step {t['per_step'] / o['per_step']:.2f}x, generation "
           f"{t['generate_per_step'] / o['generate_per_step']:.2f}x, scoring + training "
           f"{t['rest_per_step'] / o['rest_per_step']:.2f}x; peak RSS {o['peak_rss_mb'] / t['peak_rss_mb']:.2f}x")
+    if "steady_rest_seconds" in o and "steady_rest_seconds" in t:
+        print(f"after the first step: step {t['steady_step_seconds'] / o['steady_step_seconds']:.2f}x, generation "
+              f"{t['steady_generate_seconds'] / o['steady_generate_seconds']:.2f}x, scoring + training "
+              f"{t['steady_rest_seconds'] / o['steady_rest_seconds']:.2f}x")
 
 
 if __name__ == "__main__":

@@ -55,6 +55,19 @@ def test_varlen_equals_the_block_mask_on_padding_free_rows(model_id):
         torch.testing.assert_close(b_grads[name], grad, rtol=1e-4, atol=5e-5)
 
 
+def test_the_loss_hands_every_layer_the_borders_computed_once(monkeypatch):
+    """Derived from position_ids in each layer, the borders would make every layer wait for the GPU (three
+    device-to-host reads a layer); the loss computes them once and transformers hands them to every layer."""
+    varlen = _twin(MODELS[0], attention.VARLEN)
+    batch = collate_padding_free(_rows(varlen.config.vocab_size))
+    derived, seen = [], []
+    monkeypatch.setattr(attention, "_borders", lambda *a: derived.append(a))
+    original = attention._kernel
+    monkeypatch.setattr(attention, "_kernel", lambda *a: seen.append((a[3].tolist(), a[6])) or original(*a))
+    CausalLMLoss(varlen)(**batch)[0].backward()
+    assert not derived and seen == [([0, 7, 26, 29, 41], 19)] * varlen.config.num_hidden_layers
+
+
 def test_the_padded_fallback_generates_as_sdpa_with_left_padding_and_a_cache():
     sdpa, varlen = _twin(MODELS[0], "sdpa"), _twin(MODELS[0], attention.VARLEN)
     ids = torch.tensor([[0, 0, 11, 12, 13], [21, 22, 23, 24, 25]])

@@ -77,11 +77,15 @@ def varlen_attention(module, query, key, value, attention_mask, dropout: float =
 
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
-    borders = _borders(position_ids, query, key, attention_mask)
+    given = kwargs.get("cu_seq_lens_q")  # train/loss.py gives them once for every layer
+    if given is not None and query.shape[0] == 1 and attention_mask is None and query.shape[2] == key.shape[2]:
+        borders, longest = given, kwargs.get("max_length_q")
+    else:
+        borders, longest = _borders(position_ids, query, key, attention_mask), None
     if borders is None:
         return _padded(module, query, key, value, attention_mask, dropout, scaling)
     q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # (tokens, heads, dim)
-    out = _kernel(q, k, v, borders, scaling, dropout if module.training else 0.0)
+    out = _kernel(q, k, v, borders, scaling, dropout if module.training else 0.0, longest)
     return out.unsqueeze(0), None
 
 
@@ -106,15 +110,19 @@ def fused_varlen_fits(q, v, dropout: float) -> bool:
             and v.shape[-1] <= q.shape[-1])
 
 
-def _kernel(q, k, v, borders, scale, dropout: float):
-    lengths = (borders[1:] - borders[:-1]).tolist()
+def _kernel(q, k, v, borders, scale, dropout: float, longest: int | None = None):
+    """Causal attention within each sequence of (tokens, heads, dim) tensors; `borders`: cumulative lengths,
+    `longest`: the longest sequence where the caller knows it."""
     if fused_varlen_fits(q, v, dropout):
         from torch.nn.attention.varlen import varlen_attn
 
+        if longest is None:
+            longest = int((borders[1:] - borders[:-1]).max())
         width = v.shape[-1]
         if width < q.shape[-1]:  # the kernel takes one head size: zero columns of v add zero columns to the output
             v = torch.nn.functional.pad(v, (0, q.shape[-1] - width))
-        return call_varlen(varlen_attn, q, k, v, borders, max(lengths), scale)[..., :width]
+        return call_varlen(varlen_attn, q, k, v, borders, longest, scale)[..., :width]
+    lengths = (borders[1:] - borders[:-1]).tolist()
     outs, start = [], 0
     for n in lengths:  # one causal sdpa call per sequence: exact, no mask
         # (1, heads, n, dim): torch's fused CPU kernel takes 4-D inputs only (3-D ones fall back to the math kernel,

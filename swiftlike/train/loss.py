@@ -264,17 +264,29 @@ class CausalLMLoss(nn.Module):
     def hidden_states(self, input_ids, position_ids=None, attention_mask=None, seq_lens=None,
                       **images) -> torch.Tensor:
         lm = self.causal_lm
+        borders = {}
         if seq_lens is not None:
             attention_mask = packed_masks(self.decoder_config, seq_lens, lm.dtype)
+            if attention_mask is None:  # a kernel that reads the borders
+                borders = sequence_borders(seq_lens)
         if "mm_token_type_ids" in images:  # a vision-language model: images merged in, M-RoPE positions
             if seq_lens is not None:
                 position_ids = packed_mrope_positions(lm.model, input_ids, position_ids, seq_lens, images)
             else:  # padded rows: the model's own M-RoPE positions, from mm_token_type_ids and the mask
                 position_ids = None
             return lm.model(input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask,
-                            use_cache=False, **images).last_hidden_state
+                            use_cache=False, **borders, **images).last_hidden_state
         return lm.get_decoder()(input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask,
-                                use_cache=False).last_hidden_state
+                                use_cache=False, **borders).last_hidden_state
+
+
+def sequence_borders(seq_lens: torch.Tensor) -> dict:
+    """A padding-free row's cumulative sequence lengths and longest sequence, as transformers' flash-attention
+    keyword arguments, which its decoders hand every attention layer: computed once per forward pass (read from
+    position_ids in each layer instead, every layer would wait for the GPU to report them)."""
+    cu = torch.nn.functional.pad(seq_lens.cumsum(0), (1, 0)).to(torch.int32)
+    longest = int(seq_lens.max())
+    return {"cu_seq_lens_q": cu, "cu_seq_lens_k": cu, "max_length_q": longest, "max_length_k": longest}
 
 
 def packed_mrope_positions(vl_model, input_ids, position_ids, seq_lens, images: dict) -> torch.Tensor:
