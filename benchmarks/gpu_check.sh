@@ -2,11 +2,12 @@
 # What a session lent a GPU (device tool, ~15 minutes of device time in all) runs, in one or two calls:
 #   bash benchmarks/gpu_wheels.sh                    # here first, once: the wheels the device lacks, into .whl/
 #   run(command="TOTAL_S=440 bash benchmarks/gpu_check.sh bench", carry=[".whl"], timeout_s=460)
-#   run(command="TOTAL_S=330 bash benchmarks/gpu_check.sh tests", carry=[".whl"], timeout_s=350)
+#   run(command="TOTAL_S=360 bash benchmarks/gpu_check.sh tests", carry=[".whl"], timeout_s=380)
 # (or `gpu_check.sh all`, everything in one call of TOTAL_S). Logs and results go to $OUT (the device tool's output
 # folder), else ./gpu_out. Each step runs under its own cap, the whole under TOTAL_S (default 570 s):
 #   bench: (a) environment, (d) benchmarks/gpu_sft.py (at most 360 s), (e) DPO and GRPO, ours vs TRL, with the rest;
-#   tests: (a) environment, (b) the GPU-marked tests, (c) the whole suite on CUDA (pytest-xdist, in the device image);
+#   tests: (a) environment, (b) the GPU-marked tests, (c) the whole suite on CUDA (pytest-xdist, in the device image),
+#          (c') GRPO's toy task with and without Liger's kernels (benchmarks/grpo_toy.py);
 #   profile: (a) environment, (f) where the time of a training step goes, ours and TRL's, 0.6B and 4B at 2048
 #            (benchmarks/gpu_sft.py --profile: GPU busy share, kernels and device-to-host reads per step, top ops).
 # GPU_CHECK_DRY=1 prints the steps only.
@@ -76,8 +77,11 @@ if [ "$PART" = tests ] || [ "$PART" = all ]; then
   # (c) the whole suite on CUDA, 12 workers, one thread each (16 cores); -v lists every result even if the cap
   #     stops the run. Not carried, so their tests skip or fail on import: bitsandbytes (43 MB), av (the video
   #     decoder), nbclient (the notebook test), deepspeed.
-  step suite 600 env OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 python3 -m pytest -v -n 12 --timeout 240 -m "not gpu" \
-    -p no:cacheprovider -rfE tests
+  step suite $(( $(left) - 70 )) env OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 python3 -m pytest -v -n 12 --timeout 240 \
+    -m "not gpu" -p no:cacheprovider -rfE tests
+  # (c') GRPO's toy task did not learn on the H100 (2026-11-26) but does on the CPU: Liger's kernels on, then off
+  step grpo_toy_liger 30 python3 benchmarks/grpo_toy.py --use_liger_kernel true
+  step grpo_toy_plain 30 python3 benchmarks/grpo_toy.py --use_liger_kernel false
 fi
 
 if [ "$PART" = profile ]; then

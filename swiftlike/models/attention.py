@@ -3,8 +3,9 @@ batches.
 
 A padding-free batch is one row of concatenated sequences whose borders are where `position_ids` restarts at 0.
 sdpa and eager need a dense L x L block-diagonal mask for it (train/loss.packed_masks), which on a GPU costs memory
-and turns off the fused kernels. `VARLEN` ("wb_varlen", registered with transformers' AttentionInterface) reads the
-borders from `position_ids` instead and runs each sequence's causal attention without a mask: on CUDA through
+and turns off the fused kernels. `VARLEN` ("wb_varlen", registered with transformers' AttentionInterface) takes the
+borders instead (computed once per forward by train/loss.py and handed to every layer, else read from
+`position_ids`) and runs each sequence's causal attention without a mask: on CUDA through
 torch's flash-attention based `torch.nn.attention.varlen.varlen_attn` (no extra package; bf16/fp16), else as one sdpa
 call per sequence (exact, and the reference the CUDA kernel is tested against). Rows with padding (padded batches,
 KV-cached generation in GRPO rollouts) fall back to sdpa with the usual mask, and attention that is not causal (a
@@ -21,6 +22,7 @@ MPS, NPU, XPU) keep transformers' default (sdpa, with the block mask for padding
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 import inspect
 
@@ -43,10 +45,11 @@ def choose(requested: str | None, device_type: str, padding_free: bool, config,
         return VARLEN, "padding-free on cpu: one causal sdpa call per sequence, no L x L mask"
     if device_type != "cuda":
         return None, f"padding-free on {device_type}: sdpa with a block-diagonal mask"
-    if dtype in (torch.float16, torch.bfloat16) and importlib.util.find_spec("flash_attn") is not None:
+    if dtype not in (torch.float16, torch.bfloat16):
+        return VARLEN, "padding-free on CUDA in fp32 (flash-attention takes bf16/fp16): one sdpa call per sequence"
+    if importlib.util.find_spec("flash_attn") is not None:
         return "flash_attention_2", "padding-free on CUDA: flash-attention 2 (flash_attn installed)"
-    return VARLEN, ("padding-free on CUDA: torch varlen_attn in bf16/fp16 (one sdpa call per sequence in fp32), "
-                    "sequence borders from position_ids, no mask")
+    return VARLEN, "padding-free on CUDA: torch varlen_attn (flash-attention), no L x L mask"
 
 
 def needs_more_than_causal(config) -> bool:
@@ -139,7 +142,7 @@ def call_varlen(varlen_attn, q, k, v, borders, longest: int, scale: float | None
     """Causal varlen_attn over (tokens, heads, dim) tensors, in whichever keyword form this torch has: 2.9 takes
     `is_causal` (no scale), 2.10-2.11 `scale` and `window_size` (no grouped-query attention), 2.12+ `enable_gqa`.
     What a form lacks is done around it: the scale folded into q, k and v heads repeated for each query group."""
-    params = inspect.signature(varlen_attn).parameters
+    params = _parameters(varlen_attn)
     kwargs = {"window_size": (-1, 0)} if "window_size" in params else {"is_causal": True}
     if "scale" in params:
         kwargs["scale"] = scale
@@ -151,6 +154,12 @@ def call_varlen(varlen_attn, q, k, v, borders, longest: int, scale: float | None
         else:
             k, v = (t.repeat_interleave(q.shape[1] // k.shape[1], dim=1) for t in (k, v))
     return varlen_attn(q, k, v, borders, borders, longest, longest, **kwargs)
+
+
+@functools.lru_cache(maxsize=8)
+def _parameters(function) -> frozenset[str]:
+    """The keyword names a function takes (read once: every layer of every step calls the kernel)."""
+    return frozenset(inspect.signature(function).parameters)
 
 
 def _padded(module, query, key, value, attention_mask, dropout: float, scaling):

@@ -249,7 +249,7 @@ class CausalLMLoss(nn.Module):
         """(summed loss, tokens, extra metric sums). `images`: a vision-language batch's pixel_values,
         image_grid_thw and mm_token_type_ids (data/collate.py ImageCollate)."""
         lm = self.causal_lm
-        # flash-attention reads sequence borders from position_ids; sdpa/eager need the mask
+        # flash-attention and wb_varlen take the sequence borders; sdpa/eager need the mask
         hidden = self.hidden_states(input_ids, position_ids, attention_mask, seq_lens, **images)
         keep = targets != IGNORE_INDEX
         loss_sum = linear_cross_entropy(lm.get_output_embeddings(), hidden[keep], targets[keep], self.chunk_size,

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field, replace
 
 from ..models.attention import VARLEN
 
-MASKLESS = ("flash_attention_2", VARLEN)  # kernels that read sequence borders from position_ids: no mask
+MASKLESS = ("flash_attention_2", VARLEN)  # kernels that take the sequence borders: no mask
 
 GiB = 1 << 30
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
