@@ -174,7 +174,8 @@ def assert_matches(reference, candidate, exact=None):
     """`candidate` computes the loss and gradients of `reference` (each a _loss_and_grads result). In fp32 (`exact`
     None): within 1e-4. In bf16 two correct kernels differ by their rounding, so each is measured against `exact`,
     the same computation in fp32 from the same weights: the candidate's loss and each of its gradients (relative
-    Frobenius distance) are no further from it than twice the reference's distance, plus 1e-3."""
+    Frobenius distance) are no further from it than twice the reference's distance, plus 1e-2 (bf16 rounds at
+    4e-3; a wrong kernel — attention across a border — is off by order 1)."""
     (a_loss, a_n, a_grads), (b_loss, b_n, b_grads) = reference, candidate
     assert a_n == b_n and a_grads.keys() == b_grads.keys()
     if exact is None:
@@ -189,7 +190,7 @@ def assert_matches(reference, candidate, exact=None):
 
     assert abs(b_loss - e_loss) <= 2 * abs(a_loss - e_loss) + 1e-3 * abs(e_loss)
     for name in a_grads:
-        assert off(b_grads, name) <= 2 * off(a_grads, name) + 1e-3, (name, off(b_grads, name), off(a_grads, name))
+        assert off(b_grads, name) <= 2 * off(a_grads, name) + 1e-2, (name, off(b_grads, name), off(a_grads, name))
 
 
 @pytest.mark.gpu

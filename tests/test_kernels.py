@@ -119,19 +119,21 @@ def test_liger_kernels_compute_the_loss_and_gradients_of_the_model_without_them(
     plain = build_miniature(model_id, dtype=dtype).cuda()
     fused, exact = copy.deepcopy(plain), copy.deepcopy(plain).float()
     batch = {k: v.cuda() for k, v in collate_padding_free(_rows(plain.config.vocab_size, (70, 300, 33, 129))).items()}
-    a = _loss_and_grads(plain, batch)
-    e = None if dtype == torch.float32 else _loss_and_grads(exact, batch)
     family = sys.modules[type(plain).__module__]
     saved = dict(vars(family))
+    rope = _transformers_rope(family)  # an earlier CUDA training in this process leaves Liger's on CUDA
     try:
+        a = _loss_and_grads(plain, batch)
+        e = None if dtype == torch.float32 else _loss_and_grads(exact, batch)
         kernels.apply(fused)
         assert fused.model.norm._get_name() == "LigerRMSNorm"
-        assert family.apply_rotary_pos_emb._wb_original is saved["apply_rotary_pos_emb"]  # Liger's RoPE on CUDA
+        assert family.apply_rotary_pos_emb._wb_original is rope  # Liger's RoPE on CUDA
         b = _loss_and_grads(fused, batch)
-    finally:  # the rest of the suite builds these models without Liger
+    finally:  # the family as it was before this test
         for key, value in saved.items():
             setattr(family, key, value)
     assert_matches(a, b, e)
+
 
 def test_the_family_is_left_as_it_was_but_for_a_rotary_function_that_runs_liger_on_cuda_only(monkeypatch):
     """Liger replaces the family's classes and rotary function for the whole process; after `apply` only the patched
@@ -143,7 +145,8 @@ def test_the_family_is_left_as_it_was_but_for_a_rotary_function_that_runs_liger_
 
     model = build_miniature("Qwen/Qwen3-0.6B")
     family = sys.modules[type(model).__module__]
-    original_rope, original_norm = family.apply_rotary_pos_emb, family.Qwen3RMSNorm
+    saved = dict(vars(family))
+    original_rope, original_norm = _transformers_rope(family), family.Qwen3RMSNorm
     calls = []
 
     def fused_rope(q, k, *args, **kwargs):
@@ -172,4 +175,12 @@ def test_the_family_is_left_as_it_was_but_for_a_rotary_function_that_runs_liger_
         family.apply_rotary_pos_emb = original_rope
         torch.testing.assert_close(with_dispatch, plain(input_ids=ids).logits, rtol=0, atol=0)
     finally:
-        family.apply_rotary_pos_emb, family.Qwen3RMSNorm = original_rope, original_norm
+        for key, value in saved.items():
+            setattr(family, key, value)
+
+
+def _transformers_rope(family):
+    """The family's own RoPE function, set back in place of a dispatcher an earlier run in this process left."""
+    rope = getattr(family.apply_rotary_pos_emb, "_wb_original", family.apply_rotary_pos_emb)
+    family.apply_rotary_pos_emb = rope
+    return rope

@@ -67,12 +67,10 @@ def setup_for(cfg, task: str, arch, config=None) -> Setup:
         targets = (t,) if isinstance(t, str) else tuple(t)
     if arch.experts and targets == ("all-linear",):
         dropout = 0.0  # attach_lora: peft adapts fused experts without dropout
-    import torch
-
-    dtype = "bfloat16" if cfg.torch_dtype == "auto" else cfg.torch_dtype
+    resolved = accel.resolve_dtype("bfloat16" if cfg.torch_dtype == "auto" else cfg.torch_dtype)
+    dtype = str(resolved).removeprefix("torch.")  # bf16 -> bfloat16, as memory_plan names dtypes
     # the kernel the run will use on this machine (models/attention.py); without a config, the requested one
-    chosen = attention.choose(cfg.attn_implementation, accel.device_type(), cfg.padding_free, config,
-                              getattr(torch, dtype))[0] \
+    chosen = attention.choose(cfg.attn_implementation, accel.device_type(), cfg.padding_free, config, resolved)[0] \
         if config is not None else cfg.attn_implementation
     attn = chosen or ("eager" if arch.attn_softcap else "sdpa")
     # a full-parameter run keeps a frozen copy of the model as the reference (LoRA's is the adapter-free model)

@@ -268,12 +268,14 @@ class RewardObjective(torch.nn.Module):
         return float(batch["n_pairs"])
 
     def scores(self, input_ids, position_ids, seq_lens) -> torch.Tensor:
-        from .loss import packed_masks
+        from .loss import packed_masks, sequence_borders
 
         net = self.classifier
-        mask = packed_masks(net.get_decoder().config, seq_lens, net.dtype)
-        hidden = net.get_decoder()(input_ids=input_ids, position_ids=position_ids, attention_mask=mask,
-                                   use_cache=False).last_hidden_state[0]
+        decoder = net.get_decoder()
+        mask = packed_masks(decoder.config, seq_lens, net.dtype)
+        borders = sequence_borders(seq_lens, decoder) if mask is None else {}
+        hidden = decoder(input_ids=input_ids, position_ids=position_ids, attention_mask=mask, use_cache=False,
+                         **borders).last_hidden_state[0]
         last = torch.cumsum(seq_lens, 0) - 1
         return net.score(hidden[last]).squeeze(-1).float()
 

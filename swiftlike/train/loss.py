@@ -8,6 +8,8 @@ work once (two matmuls per chunk, three with a trainable output layer).
 """
 from __future__ import annotations
 
+import functools
+import inspect
 from contextlib import contextmanager
 
 import torch
@@ -267,8 +269,8 @@ class CausalLMLoss(nn.Module):
         borders = {}
         if seq_lens is not None:
             attention_mask = packed_masks(self.decoder_config, seq_lens, lm.dtype)
-            if attention_mask is None:  # a kernel that reads the borders
-                borders = sequence_borders(seq_lens)
+            if attention_mask is None:  # a kernel that takes the borders
+                borders = sequence_borders(seq_lens, lm.get_decoder())
         if "mm_token_type_ids" in images:  # a vision-language model: images merged in, M-RoPE positions
             if seq_lens is not None:
                 position_ids = packed_mrope_positions(lm.model, input_ids, position_ids, seq_lens, images)
@@ -280,13 +282,21 @@ class CausalLMLoss(nn.Module):
                                 use_cache=False, **borders).last_hidden_state
 
 
-def sequence_borders(seq_lens: torch.Tensor) -> dict:
+def sequence_borders(seq_lens: torch.Tensor, decoder: nn.Module) -> dict:
     """A padding-free row's cumulative sequence lengths and longest sequence, as transformers' flash-attention
     keyword arguments, which its decoders hand every attention layer: computed once per forward pass (read from
-    position_ids in each layer instead, every layer would wait for the GPU to report them)."""
+    position_ids in each layer instead, every layer would wait for the GPU to report them). Empty for a decoder
+    whose forward takes no such keywords (remote code): its layers read position_ids."""
+    if not _takes_keywords(type(decoder).forward):
+        return {}
     cu = torch.nn.functional.pad(seq_lens.cumsum(0), (1, 0)).to(torch.int32)
     longest = int(seq_lens.max())
     return {"cu_seq_lens_q": cu, "cu_seq_lens_k": cu, "max_length_q": longest, "max_length_k": longest}
+
+
+@functools.lru_cache(maxsize=32)
+def _takes_keywords(forward) -> bool:
+    return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in inspect.signature(forward).parameters.values())
 
 
 def packed_mrope_positions(vl_model, input_ids, position_ids, seq_lens, images: dict) -> torch.Tensor:
