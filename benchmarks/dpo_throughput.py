@@ -43,7 +43,8 @@ def run_trl(model_dir: str, data: str, steps: int, batch: int, out: str, dtype: 
     args = DPOConfig(output_dir=out, max_steps=steps, per_device_train_batch_size=batch, learning_rate=5e-5,
                      max_length=1024, logging_steps=steps, save_strategy="no", report_to="none",
                      use_cpu=not torch.cuda.is_available(), bf16=dtype == "bfloat16", fp16=False, beta=0.1, seed=42,
-                     model_init_kwargs={"dtype": dtype})
+                     model_init_kwargs={"dtype": dtype},
+                     gradient_checkpointing=False)  # TRL's default is on; swiftlike's is off: the same on both
     trainer = DPOTrainer(model=model_dir, args=args, train_dataset=load_dataset("json", data_files=data)["train"],
                          peft_config=peer_lora())
     ends = trl_step_ends(trainer)

@@ -73,7 +73,8 @@ def run_trl(model_dir, data, steps, prompts, gens, new_tokens, out, dtype="float
                       num_generations=gens, max_completion_length=new_tokens, learning_rate=1e-5, beta=0.0,
                       loss_type="grpo", temperature=1.0, logging_steps=steps, save_strategy="no", report_to="none",
                       use_cpu=not torch.cuda.is_available(), bf16=dtype == "bfloat16", fp16=False, seed=42,
-                      log_completions=False)
+                      log_completions=False,
+                      gradient_checkpointing=False)  # TRL's default is on; swiftlike's is off: the same on both
     trainer = GRPOTrainer(model=model, reward_funcs=reward_len, args=args, processing_class=tokenizer,
                           train_dataset=load_dataset("json", data_files=data)["train"], peft_config=peer_lora())
     generations, ends = clock_calls(trainer, "_generate"), trl_step_ends(trainer)

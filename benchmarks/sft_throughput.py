@@ -45,7 +45,8 @@ def run_trl(model_dir: str, data: str, steps: int, batch: int, out: str) -> dict
     t = time.perf_counter()
     args = SFTConfig(output_dir=out, max_steps=steps, per_device_train_batch_size=batch, learning_rate=1e-4,
                      max_length=1024, logging_steps=1, save_strategy="no", report_to="none", use_cpu=not _cuda(),
-                     bf16=False, fp16=False, dataloader_num_workers=0, seed=42)
+                     bf16=False, fp16=False, dataloader_num_workers=0, seed=42,
+                     gradient_checkpointing=False)  # TRL's default is on; swiftlike's is off: the same on both
     trainer = SFTTrainer(model=model_dir, args=args, train_dataset=load_dataset("json", data_files=data)["train"],
                          peft_config=peer_lora())
     t_train = time.perf_counter()

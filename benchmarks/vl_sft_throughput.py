@@ -175,7 +175,8 @@ def run_trl(model_dir: str, data: str, steps: int, batch: int, out: str) -> dict
     args = SFTConfig(output_dir=out, max_steps=steps, per_device_train_batch_size=batch, learning_rate=LEARNING_RATE,
                      max_length=MAX_LENGTH, assistant_only_loss=True, train_sampling_strategy="sequential",
                      logging_steps=1, save_strategy="no", report_to="none", use_cpu=not _cuda(), bf16=False,
-                     fp16=False, dataloader_num_workers=0, seed=SEED, model_init_kwargs={"dtype": "float32"})
+                     fp16=False, dataloader_num_workers=0, seed=SEED, model_init_kwargs={"dtype": "float32"},
+                     gradient_checkpointing=False)  # TRL's default is on; swiftlike's is off: the same on both
     lora = peer_lora()
     lora.target_modules = LLM_LINEAR
     trainer = SFTTrainer(model=model_dir, args=args, train_dataset=trl_dataset(data),
