@@ -234,11 +234,10 @@ class StepProfiler:
 
     def before(self, done: int) -> None:
         if self.a.profile and done == self.first:
+            import torch
             from torch.profiler import ProfilerActivity, profile
 
             _sync()
-            import torch
-
             cuda = [ProfilerActivity.CUDA] if torch.cuda.is_available() else []
             self.prof = profile(activities=[ProfilerActivity.CPU, *cuda])
             self.prof.__enter__()

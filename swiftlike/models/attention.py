@@ -31,6 +31,13 @@ import torch
 VARLEN = "wb_varlen"
 
 
+def fused_varlen_runs(device_type: str, dtype: torch.dtype | str) -> bool:
+    """Whether VARLEN runs torch's varlen_attn (flash-attention, fp16/bf16 only) on this device in this dtype (a
+    torch dtype or its name); else one sdpa call per sequence."""
+    name = dtype if isinstance(dtype, str) else str(dtype).removeprefix("torch.")
+    return device_type == "cuda" and name in ("float16", "bfloat16")
+
+
 def choose(requested: str | None, device_type: str, padding_free: bool, config,
            dtype: torch.dtype = torch.bfloat16) -> tuple[str | None, str]:
     """(the attn_implementation to load the model with, None for transformers' default; why, for the start-up
@@ -45,7 +52,7 @@ def choose(requested: str | None, device_type: str, padding_free: bool, config,
         return VARLEN, "padding-free on cpu: one causal sdpa call per sequence, no L x L mask"
     if device_type != "cuda":
         return None, f"padding-free on {device_type}: sdpa with a block-diagonal mask"
-    if dtype not in (torch.float16, torch.bfloat16):
+    if not fused_varlen_runs(device_type, dtype):
         return VARLEN, "padding-free on CUDA in fp32 (flash-attention takes bf16/fp16): one sdpa call per sequence"
     if importlib.util.find_spec("flash_attn") is not None:
         return "flash_attention_2", "padding-free on CUDA: flash-attention 2 (flash_attn installed)"
@@ -109,7 +116,7 @@ def fused_varlen_fits(q, v, dropout: float) -> bool:
     only, no dropout, and a value head no wider than the query head (a narrower one, as multi-head latent attention
     has, is zero-padded to the query's width). Otherwise one sdpa call per sequence runs instead (fp32 training on a
     GPU: sdpa's own fp32 kernels)."""
-    return (q.is_cuda and dropout == 0.0 and q.dtype in (torch.float16, torch.bfloat16)
+    return (fused_varlen_runs("cuda" if q.is_cuda else "cpu", q.dtype) and dropout == 0.0
             and v.shape[-1] <= q.shape[-1])
 
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field, replace
 
-from ..models.attention import VARLEN
+from ..models.attention import VARLEN, fused_varlen_runs
 
 MASKLESS = ("flash_attention_2", VARLEN)  # kernels that take the sequence borders: no mask
 
@@ -362,8 +362,7 @@ def layer_bytes_per_token(arch: Arch, s: Setup, moe: bool = False) -> float:
     # o_proj reads, so transformers' transpose + contiguous copies nothing) — but for wb_varlen's per-sequence sdpa
     # calls (on CPU, and in fp32 on CUDA, which flash-attention does not take), whose outputs (kept by each call)
     # are concatenated into a new tensor that o_proj keeps
-    per_sequence = s.device != "cuda" or s.dtype == "float32"
-    shared = not (s.attn == VARLEN and per_sequence)
+    shared = s.attn != VARLEN or fused_varlen_runs(s.device, s.dtype)
     total += sum(_linear_input_bytes(lins, s, a, full, kept=name == "o_proj" and shared)
                  for name, lins in groups.items())
     if arch.qk_norm:
