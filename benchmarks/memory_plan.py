@@ -45,6 +45,9 @@ CASES = {
     "llama-small-full-1024-gc": (LLAMA_SMALL, "full", 1024, 2, True, 0.05),
     "llama-small-lora-1024-nodrop": (LLAMA_SMALL, "lora", 1024, 2, False, 0.0),
     "llama-small-qlora-1024": (LLAMA_SMALL, "qlora", 1024, 2, False, 0.05),
+    # bfloat16 on the CPU too (a name ending in -bf16): LoRA adapters compute in the stream's dtype
+    "llama-small-lora-1024-bf16": (LLAMA_SMALL, "lora", 1024, 2, False, 0.05),
+    "llama-small-lora-1024-nodrop-bf16": (LLAMA_SMALL, "lora", 1024, 2, False, 0.0),
     # GPU sizes
     "qwen3-0.6b-full-1024x4": ("Qwen/Qwen3-0.6B", "full", 1024, 4, False, 0.05),
     "qwen3-0.6b-full-4096x2": ("Qwen/Qwen3-0.6B", "full", 4096, 2, False, 0.05),
@@ -118,15 +121,22 @@ def model_config(spec):
     return registry_config(spec)
 
 
+def case_dtype(name: str, device: str) -> str:
+    """The dtype a case measures in: bfloat16 on a GPU, and on the CPU for names ending in -bf16; else float32."""
+    return "bfloat16" if device != "cpu" or name.endswith("-bf16") else "float32"
+
+
 def measure(spec, method: str, seq_len: int, batch: int, checkpointing: bool = False, dropout: float = 0.05,
-            accumulation: int = 1, device: str = "cpu") -> dict:
-    """Measured and estimated peak (bytes) of the second of two training steps."""
+            accumulation: int = 1, device: str = "cpu", dtype: str | None = None) -> dict:
+    """Measured and estimated peak (bytes) of the second of two training steps (in `dtype`, by default float32
+    on the CPU and bfloat16 on a GPU)."""
     with tempfile.TemporaryDirectory(prefix="wb-memplan-") as work:
-        return _measure(Path(work), spec, method, seq_len, batch, checkpointing, dropout, accumulation, device)
+        return _measure(Path(work), spec, method, seq_len, batch, checkpointing, dropout, accumulation, device,
+                        dtype or ("float32" if device == "cpu" else "bfloat16"))
 
 
 def _measure(work: Path, spec, method: str, seq_len: int, batch: int, checkpointing: bool, dropout: float,
-             accumulation: int, device: str) -> dict:
+             accumulation: int, device: str, dtype_name: str) -> dict:
     from types import SimpleNamespace
 
     import torch
@@ -139,8 +149,7 @@ def _measure(work: Path, spec, method: str, seq_len: int, batch: int, checkpoint
     from swiftlike.train.memory_plan import Setup, architecture, plan
     from swiftlike.train.trainer import LoopSettings, Trainer
 
-    dtype = torch.float32 if device == "cpu" else torch.bfloat16
-    dtype_name = "float32" if device == "cpu" else "bfloat16"
+    dtype = getattr(torch, dtype_name)
     config = model_config(spec)
     torch.manual_seed(0)
     base = str(work / "base")
@@ -236,7 +245,7 @@ def main() -> None:
     for name in names:
         spec, method, seq_len, batch, checkpointing, dropout, *accumulation = CASES[name]
         try:
-            r = measure(*CASES[name], device=args.device)
+            r = measure(*CASES[name], device=args.device, dtype=case_dtype(name, args.device))
         except Exception as e:  # one case failing (a missing package) does not stop the others
             print(f"| {name} | failed: {type(e).__name__}: {str(e).splitlines()[0][:120]} |", flush=True)
             continue

@@ -320,22 +320,20 @@ def tokens_per_micro_batch(s: Setup) -> tuple[int, int, int]:
 
 def _linear_input_bytes(lins, s: Setup, a: int, full: bool, kept: bool = False) -> float:
     """Bytes per token kept for the input of linear maps that read one tensor (q/k/v, gate/up): the tensor once
-    when their weights train (nothing when something else keeps it already: `kept`); under LoRA each adapted
-    map's own float32 copy of it (peft casts the input to the adapter's dtype), or its dropout mask and output,
-    plus lora_A's output (r floats)."""
+    when their weights or adapters train (nothing when something else keeps it already: `kept`) — the adapters
+    compute in the stream's dtype (models/lora_compute.py), so the maps share it — or under LoRA dropout each
+    adapted map's dropout mask and output; plus lora_A's output (r values) per adapted map."""
     fan_in = lins[0].fan_in
     if full:
         return 0.0 if kept else a * fan_in
     adapted = [lin for lin in lins if _adapted(lin, s.target_modules)]
     if not adapted:
         return 0.0
-    total = 4.0 * s.lora_rank * len(adapted)
+    total = a * s.lora_rank * len(adapted)
     if s.lora_dropout > 0:
-        mask = 1 if s.device != "cpu" else 4  # CUDA's fused dropout keeps a bool mask; CPU's a float one
-        return total + len(adapted) * (mask + 4) * fan_in
-    if a == 4:  # no cast: the adapters keep the input itself
-        return total + (0 if kept else 4 * fan_in)
-    return total + 4 * fan_in * len(adapted)
+        mask = 1 if s.device != "cpu" else a  # CUDA's fused dropout keeps a bool mask; CPU's one in the dtype
+        return total + len(adapted) * (mask + a) * fan_in
+    return total + (0 if kept else a * fan_in)
 
 
 def _norm_bytes(width: int, a: int, full: bool, gemma: bool) -> float:
@@ -386,8 +384,8 @@ def layer_bytes_per_token(arch: Arch, s: Setup, moe: bool = False) -> float:
 
 def backward_bytes_per_token(arch: Arch, s: Setup) -> float:
     """Gradients in flight while backward passes one layer's MLP (its widest part): of the down projection's input,
-    its activation and up inputs (3 x intermediate in the compute dtype); under LoRA the adapter's float32 branch
-    adds its own (and its dropout's) gradient of that input."""
+    its activation and up inputs (3 x intermediate in the compute dtype); under LoRA the adapter adds its own (and
+    its dropout's) gradient of that input, in the same dtype."""
     a = 4 if s.method == "qlora" else DTYPE_BYTES[s.dtype]
     width = max(arch.intermediate if arch.dense_layers else 0,
                 arch.moe_intermediate * arch.experts_per_token + arch.shared_intermediate)
@@ -396,7 +394,7 @@ def backward_bytes_per_token(arch: Arch, s: Setup) -> float:
     down = [lin for lin in arch.dense_linears if lin.name == "down_proj"]
     if not down or not _adapted(down[0], s.target_modules):
         return 3 * a * width
-    return (a + 4 + (4 if s.lora_dropout > 0 else (a if a != 4 else 0))) * width
+    return (2 * a + (a if s.lora_dropout > 0 else 0)) * width
 
 
 def mask_bytes(s: Setup, a: int, rows: int, per_row: int) -> tuple[float, float]:
