@@ -91,10 +91,11 @@ def test_variants_with_kl_iterations_and_sequence_ratios(tmp_path):
 
 
 def test_full_parameters_with_a_frozen_reference(tmp_path):
+    """(Also the static KV cache, the CUDA default, run eagerly here: infer/static_cache.py.)"""
     r = wb.grpo(model="Qwen/Qwen3-0.6B", miniature=True, dataset=["arithmetic#8"], reward_funcs=["length"],
                 full=True, beta=0.1, num_generations=2, per_device_train_batch_size=4, max_completion_length=6,
                 learning_rate=1e-3, max_steps=2, output_dir=str(tmp_path / "full"), loss_type="dr_grpo",
-                scale_rewards="none")
+                scale_rewards="none", static_cache=True)
     assert (Path(r.checkpoint) / "model.safetensors").is_file()
 
 

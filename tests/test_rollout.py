@@ -65,6 +65,74 @@ def _logits(model, ids=(1, 50, 900, 3000, 7)):
         return model(torch.tensor([ids])).logits
 
 
+def _varlen_lora_model():
+    """The LoRA policy as training loads it on a GPU: padding-free attention (wb_varlen)."""
+    from swiftlike.models import attention
+
+    attention.register()
+    model = _lora_model()
+    model.config._attn_implementation = attention.VARLEN
+    return model
+
+
+STATIC_CASES = {
+    "near-greedy": Sampling(max_tokens=9, temperature=1e-4, seed=0),
+    "sampled, top-p, penalty": Sampling(max_tokens=9, temperature=1.0, top_p=0.9, repetition_penalty=1.3, seed=3),
+}
+
+
+@pytest.mark.parametrize("case", list(STATIC_CASES))
+def test_static_cache_generates_what_the_growing_cache_does(case):
+    """Left padding, stop tokens, batches in pieces (the last a different size), a LoRA policy loaded with the
+    padding-free attention: the static cache (infer/static_cache.py) gives the same completions, and the model's
+    attention choice is back after."""
+    from swiftlike.rollout.hf import HFRollout
+
+    model = _varlen_lora_model()
+    prompts = [[100, 200, 300], [400, 500], [7, 8, 9, 10, 11, 12, 13]]
+    sampling = STATIC_CASES[case]
+    growing = HFRollout(model, 0, max_batch=4, static_cache=False).generate(prompts, 2, sampling)
+    static = HFRollout(model, 0, max_batch=4, static_cache=True)
+    assert static.generate(prompts, 2, sampling) == growing
+    assert model.config._attn_implementation == "wb_varlen"
+    stop = growing[0][3]
+    stopped = Sampling(**{**vars(sampling), "stop_token_ids": (stop,)})
+    assert static.generate(prompts, 2, stopped) == HFRollout(model, 0, max_batch=4, static_cache=False).generate(
+        prompts, 2, stopped)
+    assert len({len(c) for c in growing}) == 1 and len(growing[0]) == 9   # nothing stopped the first run
+
+
+SYNCS = ("item", "_local_scalar_dense", "nonzero", "tolist", "masked_select", "unique")  # device-to-host reads
+
+
+def test_static_decode_step_is_one_graph_for_every_token_and_batch():
+    """What CUDA graphs need: the decode step traces into a single graph (fullgraph: no graph break) with no
+    device-to-host read in it, and every later token and every batch of the same shape reuses it (no
+    recompilation). On CUDA the same step is compiled with mode="reduce-overhead"."""
+    from swiftlike.rollout.hf import HFRollout
+
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    torch._dynamo.reset()
+    model = _varlen_lora_model()
+    rollout = HFRollout(model, 0, static_cache=True, compile=dict(backend=backend, fullgraph=True, dynamic=False))
+    sampling = Sampling(max_tokens=6, temperature=1.0, seed=0)
+    compiled = rollout.generate([[100, 200, 300], [400, 500]], 2, sampling)
+    again = rollout.generate([[9, 8, 7, 6], [5]], 2, sampling)               # another batch, same cache length
+    assert len(graphs) == 1
+    called = [getattr(n.target, "__name__", str(n.target)) for n in graphs[0].graph.nodes
+              if n.op in ("call_function", "call_method")]
+    assert len(called) > 50 and not set(called) & set(SYNCS), set(called) & set(SYNCS)
+    eager = HFRollout(model, 0, static_cache=True)
+    assert compiled == eager.generate([[100, 200, 300], [400, 500]], 2, sampling)
+    assert again == eager.generate([[9, 8, 7, 6], [5]], 2, sampling)
+    torch._dynamo.reset()
+
+
 def test_policy_weights_reproduce_the_lora_model():
     from swiftlike.models import build_miniature
     from swiftlike.rollout.weights import from_bytes, policy_weights, to_bytes

@@ -59,7 +59,8 @@ def make_rollout(cfg: GRPOConfig, model, tokenizer, base_dir: str):
         from ..rollout.hf import HFRollout
 
         # sharded weights (FSDP, ZeRO-3): every forward gathers from every rank, so all run as many
-        return HFRollout(model, padding_id(tokenizer), cfg.generation_batch_size, synced=_sharded(cfg))
+        return HFRollout(model, padding_id(tokenizer), cfg.generation_batch_size, synced=_sharded(cfg),
+                         static_cache=cfg.static_cache)
     if cfg.vllm_mode == "server":
         from ..rollout.client import ServerRollout
 

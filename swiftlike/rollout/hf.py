@@ -2,15 +2,19 @@
 
 The sampling (inverse-CDF on CPU: why, in infer/sampling.py), the model call and the left padding are the
 inference engine's own (swiftlike/infer/); what is GRPO's here is the loop over one fixed batch with one
-generator, completions cut after (and keeping) their stop token.
+generator, completions cut after (and keeping) their stop token. The KV cache is either transformers' growing
+DynamicCache or a static one whose decode step CUDA graphs replay (infer/static_cache.py; `static_cache`).
 """
 from __future__ import annotations
+
+import contextlib
 
 import torch
 
 from ..data.images import cat_images
 from ..infer.decode import ModelCall, left_pad, next_positions
 from ..infer.sampling import penalize_repeats, sample_next
+from ..infer.static_cache import COMPILED, StaticDecode, cache_attention
 from . import Sampling, cut_at_stop
 
 __all__ = ["HFRollout", "penalize_repeats", "sample_next"]
@@ -19,11 +23,20 @@ __all__ = ["HFRollout", "penalize_repeats", "sample_next"]
 class HFRollout:
     name = "transformers"
 
-    def __init__(self, model, pad_token_id: int, max_batch: int = 0, synced: bool = False):
+    def __init__(self, model, pad_token_id: int, max_batch: int = 0, synced: bool = False,
+                 static_cache: bool | None = None, compile: dict | None = None):
         """`synced`: every rank runs the same number of decode steps (until all are done), as a model sharded
-        by ZeRO-3 or FSDP needs: each forward gathers weights from every rank."""
+        by ZeRO-3 or FSDP needs: each forward gathers weights from every rank. `static_cache`: decode over a
+        preallocated cache (None: on CUDA unless synced); its decode step is compiled with `compile` (default:
+        CUDA graphs on CUDA, eager elsewhere). Prompts with images always use the growing cache."""
         self.model, self.pad_id, self.max_batch, self.synced = model, pad_token_id, max_batch, synced
         self._call = ModelCall(model)
+        cuda = next(model.parameters()).is_cuda
+        if static_cache is None:
+            static_cache = cuda and not synced
+        if compile is None and cuda and not synced:
+            compile = COMPILED
+        self.static = StaticDecode(model, self._call, compile) if static_cache else None
 
     def sync_weights(self, model) -> None:
         """The policy generates itself: nothing to copy."""
@@ -60,33 +73,48 @@ class HFRollout:
 
     def _batch(self, rows: list[list[int]], sampling: Sampling, device, generator, images: list[dict]
                ) -> list[list[int]]:
-        from transformers import DynamicCache
-
         ids, mask, positions = left_pad(rows, self.pad_id, device)
         stops = torch.tensor(sorted(sampling.stop_token_ids), dtype=torch.long, device=device)
+        static = self.static is not None and not images
+        with cache_attention(self.model) if static else contextlib.nullcontext():
+            if static:
+                logits, advance = self.static.start(ids, mask, positions, sampling.max_tokens)
+            else:
+                logits, advance = self._growing(ids, mask, positions, images)
+            seen = ids
+            done = torch.zeros(len(rows), dtype=torch.bool, device=device)
+            generated = []
+            for _ in range(sampling.max_tokens):
+                if sampling.repetition_penalty != 1.0:
+                    logits = penalize_repeats(logits.float(), seen, sampling.repetition_penalty)
+                token = sample_next(logits, sampling, generator)
+                token = torch.where(done, torch.full_like(token, self.pad_id), token)
+                generated.append(token)
+                done |= torch.isin(token, stops)
+                if self._all_done(done):
+                    break
+                if sampling.repetition_penalty != 1.0:
+                    seen = torch.cat([seen, token[:, None]], dim=1)
+                logits = advance(token)
+        out = torch.stack(generated, dim=1).tolist() if generated else [[] for _ in rows]
+        stop_set = set(sampling.stop_token_ids)
+        return [cut_at_stop(row, stop_set, sampling.max_tokens) for row in out]
+
+    def _growing(self, ids, mask, positions, images: list[dict]):
+        """(the prompt's last logits, `advance`) over a DynamicCache that grows by one slot per token."""
+        from transformers import DynamicCache
+
         cache = DynamicCache(config=getattr(self.model, "config", None))
         extra = {}
         if images:  # M-RoPE positions from the images' grids; decoding goes on one past each row's largest
             positions, extra = self._call.image_inputs(ids, mask, cat_images(images))
         logits, cache = self._call(ids, mask, positions, cache, **extra)
-        positions = next_positions(positions)[:, None] - 1  # the last prompt token's (the loop adds one)
-        seen = ids
-        done = torch.zeros(len(rows), dtype=torch.bool, device=device)
-        generated = []
-        for _ in range(sampling.max_tokens):
-            if sampling.repetition_penalty != 1.0:
-                logits = penalize_repeats(logits.float(), seen, sampling.repetition_penalty)
-            token = sample_next(logits, sampling, generator)
-            token = torch.where(done, torch.full_like(token, self.pad_id), token)
-            generated.append(token)
-            done |= torch.isin(token, stops)
-            if self._all_done(done):
-                break
-            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-            positions = positions[:, -1:] + 1
-            if sampling.repetition_penalty != 1.0:
-                seen = torch.cat([seen, token[:, None]], dim=1)
-            logits, cache = self._call(token[:, None], mask, positions, cache)
-        out = torch.stack(generated, dim=1).tolist() if generated else [[] for _ in rows]
-        stop_set = set(sampling.stop_token_ids)
-        return [cut_at_stop(row, stop_set, sampling.max_tokens) for row in out]
+        state = {"mask": mask, "positions": next_positions(positions)[:, None] - 1, "cache": cache}
+
+        def advance(token: torch.Tensor) -> torch.Tensor:
+            state["mask"] = torch.cat([state["mask"], torch.ones_like(state["mask"][:, :1])], dim=1)
+            state["positions"] = state["positions"][:, -1:] + 1
+            logits, state["cache"] = self._call(token[:, None], state["mask"], state["positions"], state["cache"])
+            return logits
+
+        return logits, advance
