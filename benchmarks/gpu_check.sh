@@ -9,14 +9,16 @@
 #   tests: (a) environment, (b) the GPU-marked tests, (c) the whole suite on CUDA (pytest-xdist, in the device image),
 #          (c') GRPO's toy task with and without Liger's kernels (benchmarks/grpo_toy.py);
 #   profile: (a) environment, (f) where the time of a training step goes, ours and TRL's, 0.6B and 4B at 2048
-#            (benchmarks/gpu_sft.py --profile: GPU busy share, kernels and device-to-host reads per step, top ops).
+#            (benchmarks/gpu_sft.py --profile: GPU busy share, kernels and device-to-host reads per step, top ops);
+#   grpo: (a) environment, (g) GRPO's toy task with the static cache (the CUDA default) and without, and a GRPO step
+#         on Qwen3-0.6B's shape: ours with the static cache and CUDA graphs, ours with the growing cache, TRL.
 # GPU_CHECK_DRY=1 prints the steps only.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-./gpu_out}
 DRY=${GPU_CHECK_DRY:-0}
 PART=${1:-all}
-case "$PART" in bench|tests|profile|all) ;; *) echo "usage: $0 [bench|tests|profile|all]" >&2; exit 2 ;; esac
+case "$PART" in bench|tests|profile|grpo|all) ;; *) echo "usage: $0 [bench|tests|profile|grpo|all]" >&2; exit 2 ;; esac
 TOTAL_S=${TOTAL_S:-570}
 T0=$(date +%s)
 mkdir -p "$OUT"
@@ -99,6 +101,18 @@ if [ "$PART" = bench ] || [ "$PART" = all ]; then
   # (e) DPO pairs/s and a GRPO step on Qwen3-0.6B's shape, bf16, ours vs TRL (reported after the first step too)
   step dpo 90 python3 benchmarks/dpo_throughput.py --model_shape 0.6b --dtype bfloat16 --steps 10 --rows 400
   step grpo 110 python3 benchmarks/grpo_step.py --model_shape 0.6b --dtype bfloat16 --steps 4
+fi
+
+if [ "$PART" = grpo ]; then
+  # (g) run as `TOTAL_S=400 bash benchmarks/gpu_check.sh grpo` (timeout_s 420); the first step of the static run
+  #     includes compiling and recording the decode step (the figures after the first step leave it out)
+  step grpo_toy_static 45 python3 benchmarks/grpo_toy.py
+  step grpo_toy_growing 35 python3 benchmarks/grpo_toy.py --static_cache false
+  step grpo_static 120 python3 benchmarks/grpo_step.py --model_shape 0.6b --dtype bfloat16 --steps 5 --sides ours
+  step grpo_growing 70 python3 benchmarks/grpo_step.py --model_shape 0.6b --dtype bfloat16 --steps 5 --sides ours \
+    --static_cache false
+  step grpo_trl $(( $(left) - 10 )) python3 benchmarks/grpo_step.py --model_shape 0.6b --dtype bfloat16 --steps 5 \
+    --sides trl
 fi
 
 echo "== done in $(( $(date +%s) - T0 ))s; files in $OUT: $(ls "$OUT" | tr '\n' ' ')"

@@ -10,7 +10,9 @@ on the GPU when there is one (both sides). The random miniature almost never sam
 completions run to --new-tokens on both sides (the mean length is printed to show it). Reported: seconds per
 step, split into generation and the rest (scoring and training), peak GPU memory on a GPU, and the ratios.
 --model_shape 0.6b / 4b: a randomly initialised model of that Qwen3's real config instead of the miniature;
---dtype bfloat16 for both sides. Needs `pip install -e ".[bench]"`.
+--dtype bfloat16 for both sides. --static_cache true|false: our rollout's KV cache (default: static, its decode step
+replayed as CUDA graphs, on CUDA; a growing one elsewhere); --sides ours,trl: which sides run.
+Needs `pip install -e ".[bench]"`.
 """
 from __future__ import annotations
 
@@ -41,7 +43,7 @@ def prompt_rows(n: int) -> list[dict]:
             for i in range(n)]
 
 
-def run_ours(model_dir, data, steps, prompts, gens, new_tokens, out, dtype="float32") -> dict:
+def run_ours(model_dir, data, steps, prompts, gens, new_tokens, out, dtype="float32", static_cache=None) -> dict:
     import swiftlike as wb
     from swiftlike.rollout import hf
 
@@ -49,7 +51,8 @@ def run_ours(model_dir, data, steps, prompts, gens, new_tokens, out, dtype="floa
     result = wb.grpo(model=model_dir, template="qwen3", dataset=[data], lora=True, lora_dropout=0.05,
                      reward_funcs=[reward_len], num_generations=gens, per_device_train_batch_size=prompts * gens,
                      max_completion_length=new_tokens, max_steps=steps, learning_rate=1e-5, torch_dtype=dtype,
-                     logging_steps=steps, save_steps=10 ** 9, log_completions=False, output_dir=out)
+                     logging_steps=steps, save_steps=10 ** 9, log_completions=False, output_dir=out,
+                     static_cache=static_cache)
     lengths = [h["completions/mean_length"] for h in result.log_history if "completions/mean_length" in h]
     return dict(timings(result.metrics["train_seconds"], generations, ends), mean_length=lengths[-1])
 
@@ -61,7 +64,7 @@ def timings(seconds: float, generations: list[float], ends: list[float]) -> dict
             "steady_generate_seconds": sum(after) / len(after) if after else None}
 
 
-def run_trl(model_dir, data, steps, prompts, gens, new_tokens, out, dtype="float32") -> dict:
+def run_trl(model_dir, data, steps, prompts, gens, new_tokens, out, dtype="float32", static_cache=None) -> dict:
     import torch
     from datasets import load_dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -93,13 +96,16 @@ def main() -> None:
     ap.add_argument("--model_shape", choices=("mini", "0.6b", "4b"), default="mini",
                     help="mini: hidden 256, 4 layers; 0.6b / 4b: that Qwen3's real config (random weights)")
     ap.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    ap.add_argument("--static_cache", choices=("auto", "true", "false"), default="auto")
+    ap.add_argument("--sides", default="ours,trl")
     add_child_args(ap)
     a = ap.parse_args()
     shape = [str(a.steps), str(a.prompts), str(a.generations), str(a.new_tokens)]
     if a.child:
         with tempfile.TemporaryDirectory() as out:
             res = (run_ours if a.child == "ours" else run_trl)(a.model_dir, a.data, a.steps, a.prompts,
-                                                                a.generations, a.new_tokens, out, a.dtype)
+                                                                a.generations, a.new_tokens, out, a.dtype,
+                                                                {"true": True, "false": False}.get(a.static_cache))
         res["peak_rss_mb"] = peak_rss_mb()
         res.update(gpu_peak_gib())
         print("RESULT " + json.dumps(res))
@@ -109,10 +115,10 @@ def main() -> None:
                     build_config_model_dir(work / "model", qwen3_shape_config(a.model_shape), a.dtype))
     data = str(write_jsonl(prompt_rows(max(64, a.prompts * a.steps)), work / "prompts.jsonl"))
     res = {}
-    for side in ("ours", "trl"):
+    for side in a.sides.split(","):
         r = run_child(__file__, ["--child", side, "--model-dir", model_dir, "--data", data, "--steps", shape[0],
                                  "--prompts", shape[1], "--generations", shape[2], "--new-tokens", shape[3],
-                                 "--dtype", a.dtype])
+                                 "--dtype", a.dtype, "--static_cache", a.static_cache])
         r["per_step"] = r["seconds"] / a.steps
         r["generate_per_step"] = r["generate_seconds"] / a.steps
         r["rest_per_step"] = r["per_step"] - r["generate_per_step"]
@@ -125,6 +131,8 @@ def main() -> None:
                   f"{r['steady_generate_seconds']:.2f} s)" if "steady_rest_seconds" in r else "")
               + f", completions of {r['mean_length']:.0f} tokens, peak RSS {r['peak_rss_mb']:.0f} MB"
               + (f", peak GPU {r['peak_allocated_gib']:.2f} GiB" if "peak_allocated_gib" in r else ""), flush=True)
+    if set(res) != {"ours", "trl"}:
+        return
     o, t = res["ours"], res["trl"]
     print(f"speed-up ours vs TRL: step {t['per_step'] / o['per_step']:.2f}x, generation "
           f"{t['generate_per_step'] / o['generate_per_step']:.2f}x, scoring + training "
