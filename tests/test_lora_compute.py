@@ -1,14 +1,20 @@
-"""LoRA adapters compute in the residual stream's dtype, their weights and gradients stay float32
-(models/lora_compute.py): in bf16 exactly what torch.autocast computes, while keeping less for backward than
-either peft's float32 branch or autocast; in float32 nothing changes."""
+"""LoRA layers compute in the residual stream's dtype with the adapter's product added inside the last matmul,
+their weights and gradients stay float32 (models/lora_compute.py): in bf16 as close to a float32 computation as
+peft's float32 branch is, while keeping less for backward than it or torch.autocast; in float32 the same function
+to rounding; peft's own forward wherever the layer is not plainly training one adapter."""
+import pytest
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM, Qwen3Config
 
-from swiftlike.models.lora_compute import InputDtypeLinear, compute_in_input_dtype
+from swiftlike.models.lora_compute import compute_in_stream_dtype, stream_lora_linear
 
 CONFIG = dict(hidden_size=128, intermediate_size=384, num_hidden_layers=2, num_attention_heads=4,
               num_key_value_heads=2, head_dim=32, vocab_size=512)
+
+
+def _switched(net) -> int:
+    return sum(type(m) is stream_lora_linear() for m in net.modules())
 
 
 def _model(dtype, switch: bool, use_dora: bool = False):
@@ -18,7 +24,7 @@ def _model(dtype, switch: bool, use_dora: bool = False):
                       init_lora_weights=False)  # B nonzero: both adapter matrices get gradients
     net = get_peft_model(net, lora)
     if switch:
-        compute_in_input_dtype(net)
+        compute_in_stream_dtype(net)
     return net
 
 
@@ -41,16 +47,15 @@ def _step(net, autocast: bool = False):
     return loss.item(), grads, sum(kept.values())
 
 
-def test_bf16_adapters_compute_as_autocast_does_and_keep_less():
+def test_bf16_keeps_less_than_peft_and_autocast():
     ours = _model(torch.bfloat16, switch=True)
-    assert sum(isinstance(m, InputDtypeLinear) for m in ours.modules()) == 2 * 7 * 2  # A and B, 7 maps, 2 layers
+    assert _switched(ours) == 7 * 2  # q, k, v, o, gate, up, down in 2 layers
     assert {p.dtype for p in ours.parameters() if p.requires_grad} == {torch.float32}
     loss, grads, kept = _step(ours)
     ref_loss, ref_grads, autocast_kept = _step(_model(torch.bfloat16, switch=False), autocast=True)
-    assert loss == ref_loss
+    assert loss == pytest.approx(ref_loss, rel=1e-3)
     assert grads.keys() == ref_grads.keys() and len(grads) == 28
-    for name, g in grads.items():
-        assert g.dtype == torch.float32 and torch.equal(g, ref_grads[name]), name
+    assert all(g.dtype == torch.float32 for g in grads.values())
     _, _, peft_kept = _step(_model(torch.bfloat16, switch=False))
     # peft's own path keeps a float32 copy of each adapted map's input; autocast keeps bf16 casts of those copies
     assert kept < autocast_kept < peft_kept
@@ -69,17 +74,34 @@ def test_bf16_gradients_stay_as_close_to_float32_as_peft_default():
     assert ours < 2 * peft + 1e-2 and ours < 0.1
 
 
-def test_float32_is_unchanged_bit_for_bit():
+def test_float32_is_the_same_function():
     loss, grads, kept = _step(_model(torch.float32, switch=True))
     ref_loss, ref_grads, ref_kept = _step(_model(torch.float32, switch=False))
-    assert loss == ref_loss and kept == ref_kept
-    assert all(torch.equal(g, ref_grads[n]) for n, g in grads.items())
+    assert loss == pytest.approx(ref_loss, rel=1e-6) and kept <= ref_kept
+    for n, g in grads.items():
+        torch.testing.assert_close(g, ref_grads[n], rtol=1e-4, atol=1e-6)
+
+
+def test_peft_forward_where_the_layer_is_not_plainly_training_one_adapter():
+    net = _model(torch.bfloat16, switch=True).eval()
+    plain = _model(torch.bfloat16, switch=False).eval()
+    with torch.no_grad():
+        with net.disable_adapter():                       # (DPO's reference: the base model)
+            base = net(input_ids=IDS).logits
+        with plain.disable_adapter():
+            assert torch.equal(base, plain(input_ids=IDS).logits)
+        mixed = net(input_ids=IDS, adapter_names=["default"]).logits  # peft's mixed-batch path
+        assert torch.equal(mixed, plain(input_ids=IDS, adapter_names=["default"]).logits)
+        live = net(input_ids=IDS).logits.float()
+        net.merge_adapter()                               # merged: the base layer alone
+        merged = net(input_ids=IDS).logits.float()
+    assert not torch.equal(live, base.float())
+    assert float((merged - live).norm() / live.norm()) < 2e-2
 
 
 def test_dora_keeps_peft_path():
     net = _model(torch.bfloat16, switch=False, use_dora=True)
-    assert compute_in_input_dtype(net) == 0
-    assert not any(isinstance(m, InputDtypeLinear) for m in net.modules())
+    assert compute_in_stream_dtype(net) == 0 and _switched(net) == 0
     assert torch.isfinite(torch.tensor(_step(net)[0]))
 
 
@@ -111,7 +133,7 @@ def test_training_builds_adapters_that_compute_in_the_stream_dtype(tmp_path):
     cfg = SFTConfig(model=str(base), dataset=["-"], output_dir=str(tmp_path / "out"), lora=True,
                     torch_dtype="bfloat16", lora_dropout=0.0)
     net = build_trainable(cfg, SimpleNamespace(pad_token_id=0), str(base), None, torch.bfloat16)
-    assert sum(isinstance(m, InputDtypeLinear) for m in net.modules()) == 28
+    assert _switched(net) == 14
     loss = net(input_ids=IDS, labels=IDS).loss
     loss.backward()
     assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in net.parameters() if p.requires_grad)

@@ -66,11 +66,14 @@ def _logits(model, ids=(1, 50, 900, 3000, 7)):
 
 
 def _varlen_lora_model():
-    """The LoRA policy as training loads it on a GPU: padding-free attention (wb_varlen)."""
+    """The LoRA policy as training builds it on a GPU: padding-free attention (wb_varlen), the LoRA layers'
+    own forward (models/lora_compute.py)."""
     from swiftlike.models import attention
+    from swiftlike.models.lora_compute import compute_in_stream_dtype
 
     attention.register()
     model = _lora_model()
+    assert compute_in_stream_dtype(model) == 14
     model.config._attn_implementation = attention.VARLEN
     return model
 

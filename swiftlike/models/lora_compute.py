@@ -1,45 +1,66 @@
-"""LoRA adapters compute in the dtype of the residual stream; their weights stay float32.
+"""How a LoRA layer computes while it trains: in the residual stream's dtype, with the adapter's product added
+inside its last matmul; the adapter weights stay float32.
 
-peft keeps adapter weights in float32 (its `autocast_adapter_dtype`) and, in a bf16 or fp16 model, casts each
-adapted layer's input to float32 before the adapter's matmuls. Autograd then keeps that float32 copy for backward,
-one per adapted layer: q, k and v each keep their own copy of the same normalised hidden state, and down_proj a
-float32 copy of the MLP's widest tensor. For Qwen3-4B that is 106 KB a token and layer, 30 GB for 8k tokens, plus
-the casts' memory traffic and float32 matmuls, both ways.
+peft's own forward, in a bf16 or fp16 model, casts each adapted layer's input to the float32 adapters' dtype, so
+autograd keeps a float32 copy of it for backward — one per adapted layer: q, k and v each keep their own copy of
+the same normalised hidden state, down_proj a float32 copy of the MLP's widest tensor (106 KB a token and layer
+for Qwen3-4B, 30 GB at 8k tokens) — and then adds `lora_B(lora_A(x)) * scaling` to the base output in three
+passes over a tokens x width tensor (B's output, the scaling, the sum) and three more in backward.
 
-`compute_in_input_dtype` makes every plain LoRA linear layer of a peft model run its adapters as mixed precision
-does (torch.autocast, which TRL and the HF Trainer use): the input stays in the stream's dtype, each adapter weight
-is cast to it for the matmul (r x width elements, cheap), and the gradient flows back through that cast into the
-float32 weight, where gradients accumulate and the optimizer updates. What autograd keeps is then the input tensor
-itself, shared by the layers that read it (q/k/v, gate/up) and, for o_proj, the one the attention kernel keeps.
-In a float32 model (and under QLoRA, whose stream peft upcasts to float32) nothing changes: the casts are no-ops.
-DoRA and other variants keep peft's own float32 path (their magnitude terms mix the weights themselves).
+`compute_in_stream_dtype` switches every plain LoRA linear layer of a peft model to `StreamLoraLinear`, whose
+forward is
+
+    base(x) + scaling * (A(dropout(x)) @ B^T)   as   addmm(base(x), A(dropout(x)), B^T, alpha=scaling)
+
+with A and B cast to x's dtype (r x width elements, cheap), as torch.autocast computes them (the gradient flows
+back through the cast into the float32 weight, where gradients accumulate and the optimizer updates). Autograd
+then keeps the input itself, shared by the layers that read it (q/k/v, gate/up), and for o_proj the tensor the
+attention kernel keeps anyway; the sum is the matmul's epilogue and its backward applies the scaling to r-wide
+tensors only. In a float32 model (and under QLoRA, whose stream peft upcasts to float32) the casts are no-ops.
+Anything else — adapters disabled or merged, several active adapters, a mixed batch (`adapter_names`), DoRA and
+the other variants — runs peft's own forward.
 """
 from __future__ import annotations
+
+import functools
 
 import torch
 import torch.nn.functional as F
 
 
-class InputDtypeLinear(torch.nn.Linear):
-    """nn.Linear that computes in its input's dtype (the weights are cast, not the input); state dict unchanged."""
+@functools.cache
+def stream_lora_linear() -> type:
+    """peft's LoRA Linear with the forward above (made on first use: peft is imported only then)."""
+    from peft.tuners.lora.layer import Linear
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        bias = None if self.bias is None else self.bias.to(x.dtype)
-        return F.linear(x, self.weight.to(x.dtype), bias)
+    class StreamLoraLinear(Linear):
+        def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+            active = self.active_adapters
+            if (args or kwargs or self.disable_adapters or self.merged or self.lora_variant or len(active) != 1
+                    or active[0] not in self.lora_A):
+                return super().forward(x, *args, **kwargs)
+            name = active[0]
+            result = self.base_layer(x)
+            h = F.linear(self.lora_dropout[name](x), self.lora_A[name].weight.to(x.dtype))
+            b = self.lora_B[name].weight.to(x.dtype)
+            rows = torch.addmm(result.reshape(-1, result.shape[-1]), h.reshape(-1, h.shape[-1]), b.t(),
+                               alpha=self.scaling[name])
+            return rows.view(result.shape)
+
+    return StreamLoraLinear
 
 
-def compute_in_input_dtype(model) -> int:
-    """Switch the plain LoRA linear layers of a peft `model` to compute in their input's dtype; returns how many."""
-    from peft.tuners.lora.layer import Linear as LoraLinear
+def compute_in_stream_dtype(model) -> int:
+    """Switch the LoRA linear layers of a peft `model` whose adapters are plain, bias-free nn.Linear maps to the
+    forward above; returns how many."""
+    from peft.tuners.lora.layer import Linear
 
     switched = 0
     for module in model.modules():
-        if not isinstance(module, LoraLinear) or module.lora_variant:
+        if type(module) is not Linear or module.lora_variant:
             continue
-        for adapters in (module.lora_A, module.lora_B):
-            for linear in adapters.values():
-                if type(linear) is torch.nn.Linear:
-                    linear.__class__ = InputDtypeLinear
-        module.cast_input_dtype_enabled = False
-        switched += 1
+        maps = [m for d in (module.lora_A, module.lora_B) for m in d.values()]
+        if all(type(m) is torch.nn.Linear and m.bias is None for m in maps):
+            module.__class__ = stream_lora_linear()
+            switched += 1
     return switched

@@ -21,7 +21,7 @@ from ..data.dataset import DataStats, encode_rows, hold_out, iter_rows, load_row
 from ..data.stream import LazyCollate, RowStream
 from ..errors import UserError
 from ..models import attach_lora, build_miniature, load_model, load_tokenizer
-from ..models.lora_compute import compute_in_input_dtype
+from ..models.lora_compute import compute_in_stream_dtype
 from ..models.loader import freeze_vision_parts, prepare_4bit, quiet_libraries
 from ..models.resolve import ModelRef, base_weights, resolve, template_name
 from ..registry import find_model
@@ -369,7 +369,7 @@ def build_trainable(cfg: SFTConfig, tokenizer, base_dir: str, resume_from: Path 
         model = _start_from_adapters(model, cfg, reference)
     else:
         model = attach_lora(model, cfg, cfg.gradient_checkpointing, "SEQ_CLS" if reward else "CAUSAL_LM")
-    compute_in_input_dtype(model)  # adapters in the stream's dtype, their weights in float32 (models/lora_compute)
+    compute_in_stream_dtype(model)  # adapters in the stream's dtype, their weights in float32 (models/lora_compute)
     if resume_from is not None:
         _load_adapter(model, resume_from)
     return model
