@@ -18,7 +18,8 @@ then keeps the input itself, shared by the layers that read it (q/k/v, gate/up),
 attention kernel keeps anyway; the sum is the matmul's epilogue and its backward applies the scaling to r-wide
 tensors only. In a float32 model (and under QLoRA, whose stream peft upcasts to float32) the casts are no-ops.
 Anything else — adapters disabled or merged, several active adapters, a mixed batch (`adapter_names`), DoRA and
-the other variants — runs peft's own forward.
+the other variants — runs peft's own forward; so does ZeRO-3 (the pipeline does not switch its layers: DeepSpeed
+gathers an adapter's weights only when the adapter's own module runs).
 """
 from __future__ import annotations
 

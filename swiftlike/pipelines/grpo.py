@@ -20,7 +20,7 @@ from ..train.grpo_trainer import GRPOTrainer, RolloutSettings
 from ..train.trainer import LoopSettings, TrainResult
 from .eval import after_training
 from .sft import (_base_weights, build_trainable, cleans_up_on_failure, describe_model, frozen_reference,
-                  resolve_template_name, resume_line, run_args, start_run, training_engine)
+                  resolve_template_name, resume_line, run_args, start_run, training_engine, zero3)
 
 
 def encode_prompts(rows: list[dict], template, max_prompt_length: int, stats: DataStats,
@@ -89,9 +89,7 @@ def reward_functions(cfg: GRPOConfig, template) -> list:
 
 
 def _sharded(cfg: GRPOConfig) -> bool:
-    from ..train.engines import deepspeed_config, zero_stage
-
-    return bool(cfg.fsdp) or (bool(cfg.deepspeed) and zero_stage(deepspeed_config(cfg.deepspeed)) == 3)
+    return bool(cfg.fsdp) or zero3(cfg)
 
 
 def _check_mixed_images(cfg: GRPOConfig, prompts: list[dict]) -> None:

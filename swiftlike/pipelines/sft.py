@@ -369,10 +369,18 @@ def build_trainable(cfg: SFTConfig, tokenizer, base_dir: str, resume_from: Path 
         model = _start_from_adapters(model, cfg, reference)
     else:
         model = attach_lora(model, cfg, cfg.gradient_checkpointing, "SEQ_CLS" if reward else "CAUSAL_LM")
-    compute_in_stream_dtype(model)  # adapters in the stream's dtype, their weights in float32 (models/lora_compute)
+    if not zero3(cfg):  # (ZeRO-3 gathers an adapter's weights only when its own module runs: peft's forward)
+        compute_in_stream_dtype(model)  # adapters in the stream's dtype, their weights in float32 (models/lora_compute)
     if resume_from is not None:
         _load_adapter(model, resume_from)
     return model
+
+
+def zero3(cfg: SFTConfig) -> bool:
+    """Whether DeepSpeed partitions the parameters themselves (ZeRO-3)."""
+    from ..train.engines import deepspeed_config, zero_stage
+
+    return bool(cfg.deepspeed) and zero_stage(deepspeed_config(cfg.deepspeed)) == 3
 
 
 def _is_reward_checkpoint(path: str | None) -> bool:
