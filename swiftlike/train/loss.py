@@ -59,8 +59,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 grad.mul_(dcap)
             if grad_hidden is not None:
                 grad_hidden[start:start + chunk_size] = (grad.to(weight.dtype) @ weight).to(hidden.dtype)
-            if grad_weight is not None:
-                grad_weight += grad.T @ h.float()
+            if grad_weight is not None:  # accumulated in the matmul itself: no vocab x hidden temporary per chunk
+                grad_weight.addmm_(grad.T, h.float())
             if grad_bias is not None:
                 grad_bias += grad.sum(0)
         ctx.save_for_backward(*(g for g in (grad_hidden, grad_weight, grad_bias) if g is not None))

@@ -496,7 +496,7 @@ def plan(arch: Arch, s: Setup, model: str = "", capacity: float | None = None, p
     if masks:
         act_detail += f"; attention masks {masks / GiB:.2f} GiB"
     # the fused loss (train/loss.py): the hidden-state gradient kept for backward, chunks of fp32 logits, and with
-    # a trainable output layer its fp32 weight gradient (and, in turn, a temporary of the same size)
+    # a trainable output layer its fp32 weight gradient (accumulated in place, chunk by chunk)
     vocab_h = arch.vocab * arch.hidden
     rows_per_chunk = min(tokens, max(16, LOGITS_PER_CHUNK // arch.vocab))
     chunk = rows_per_chunk * arch.vocab
@@ -511,7 +511,7 @@ def plan(arch: Arch, s: Setup, model: str = "", capacity: float | None = None, p
         loss_fwd = kept + 2 * tokens * a * arch.hidden + logits  # + the final hidden states and their selection
         loss_bwd = 2 * kept
         if full and s.task in ("sft", "pt"):
-            loss_fwd = kept + 2 * tokens * a * arch.hidden + 4 * vocab_h + max(logits, 4 * vocab_h + 4 * chunk)
+            loss_fwd = kept + 2 * tokens * a * arch.hidden + 4 * vocab_h + logits
             loss_bwd = 2 * kept + 8 * vocab_h + (a * vocab_h if a != 4 else 0)
             head_grad = a * vocab_h
         elif full:  # token_logps: a trainable head's chunks are recomputed in backward
