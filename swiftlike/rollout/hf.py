@@ -75,12 +75,7 @@ class HFRollout:
                ) -> list[list[int]]:
         ids, mask, positions = left_pad(rows, self.pad_id, device)
         stops = torch.tensor(sorted(sampling.stop_token_ids), dtype=torch.long, device=device)
-        static = self.static is not None and not images
-        with cache_attention(self.model) if static else contextlib.nullcontext():
-            if static:
-                logits, advance = self.static.start(ids, mask, positions, sampling.max_tokens)
-            else:
-                logits, advance = self._growing(ids, mask, positions, images)
+        with self.decoding(ids, mask, positions, sampling.max_tokens, images) as (logits, advance):
             seen = ids
             done = torch.zeros(len(rows), dtype=torch.bool, device=device)
             generated = []
@@ -99,6 +94,16 @@ class HFRollout:
         out = torch.stack(generated, dim=1).tolist() if generated else [[] for _ in rows]
         stop_set = set(sampling.stop_token_ids)
         return [cut_at_stop(row, stop_set, sampling.max_tokens) for row in out]
+
+    @contextlib.contextmanager
+    def decoding(self, ids, mask, positions, max_tokens: int, images: list[dict] | None = None):
+        """(the logits after each row's prompt, `advance(tokens)` -> the logits after one more token per row) of
+        left-padded rows, over the static cache (prompts with images: the growing one)."""
+        if self.static is not None and not images:
+            with cache_attention(self.model):
+                yield self.static.start(ids, mask, positions, max_tokens)
+        else:
+            yield self._growing(ids, mask, positions, images or [])
 
     def _growing(self, ids, mask, positions, images: list[dict]):
         """(the prompt's last logits, `advance`) over a DynamicCache that grows by one slot per token."""
