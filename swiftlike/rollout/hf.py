@@ -79,14 +79,14 @@ class HFRollout:
             seen = ids
             done = torch.zeros(len(rows), dtype=torch.bool, device=device)
             generated = []
-            for _ in range(sampling.max_tokens):
+            for step in range(sampling.max_tokens):
                 if sampling.repetition_penalty != 1.0:
                     logits = penalize_repeats(logits.float(), seen, sampling.repetition_penalty)
                 token = sample_next(logits, sampling, generator)
                 token = torch.where(done, torch.full_like(token, self.pad_id), token)
                 generated.append(token)
                 done |= torch.isin(token, stops)
-                if self._all_done(done):
+                if self._all_done(done) or step + 1 == sampling.max_tokens:  # (no forward for a token never used)
                     break
                 if sampling.repetition_penalty != 1.0:
                     seen = torch.cat([seen, token[:, None]], dim=1)
