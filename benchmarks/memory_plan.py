@@ -121,9 +121,14 @@ def model_config(spec):
     return registry_config(spec)
 
 
+def device_dtype(device: str) -> str:
+    """The dtype a case measures in by default: float32 on the CPU, bfloat16 on a GPU."""
+    return "float32" if device == "cpu" else "bfloat16"
+
+
 def case_dtype(name: str, device: str) -> str:
-    """The dtype a case measures in: bfloat16 on a GPU, and on the CPU for names ending in -bf16; else float32."""
-    return "bfloat16" if device != "cpu" or name.endswith("-bf16") else "float32"
+    """The dtype a case measures in: bfloat16 for names ending in -bf16, else the device's default."""
+    return "bfloat16" if name.endswith("-bf16") else device_dtype(device)
 
 
 def measure(spec, method: str, seq_len: int, batch: int, checkpointing: bool = False, dropout: float = 0.05,
@@ -132,7 +137,7 @@ def measure(spec, method: str, seq_len: int, batch: int, checkpointing: bool = F
     on the CPU and bfloat16 on a GPU)."""
     with tempfile.TemporaryDirectory(prefix="wb-memplan-") as work:
         return _measure(Path(work), spec, method, seq_len, batch, checkpointing, dropout, accumulation, device,
-                        dtype or ("float32" if device == "cpu" else "bfloat16"))
+                        dtype or device_dtype(device))
 
 
 def _measure(work: Path, spec, method: str, seq_len: int, batch: int, checkpointing: bool, dropout: float,

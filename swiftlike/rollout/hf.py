@@ -31,10 +31,10 @@ class HFRollout:
         CUDA graphs on CUDA, eager elsewhere). Prompts with images always use the growing cache."""
         self.model, self.pad_id, self.max_batch, self.synced = model, pad_token_id, max_batch, synced
         self._call = ModelCall(model)
-        cuda = next(model.parameters()).is_cuda
+        graphs = next(model.parameters()).is_cuda and not synced  # the static cache's and CUDA graphs' default
         if static_cache is None:
-            static_cache = cuda and not synced
-        if compile is None and cuda and not synced:
+            static_cache = graphs
+        if compile is None and graphs:
             compile = COMPILED
         self.static = StaticDecode(model, self._call, compile) if static_cache else None
 
