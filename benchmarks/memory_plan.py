@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import sys
 import tempfile
 import time
@@ -135,7 +136,10 @@ def measure(spec, method: str, seq_len: int, batch: int, checkpointing: bool = F
             accumulation: int = 1, device: str = "cpu", dtype: str | None = None) -> dict:
     """Measured and estimated peak (bytes) of the second of two training steps (in `dtype`, by default float32
     on the CPU and bfloat16 on a GPU)."""
-    with tempfile.TemporaryDirectory(prefix="wb-memplan-") as work:
+    from unittest import mock
+
+    # the run goes where it is measured: WB_DEVICE (a CPU measurement on a machine with a GPU too)
+    with tempfile.TemporaryDirectory(prefix="wb-memplan-") as work, mock.patch.dict(os.environ, WB_DEVICE=device):
         return _measure(Path(work), spec, method, seq_len, batch, checkpointing, dropout, accumulation, device,
                         dtype or device_dtype(device))
 

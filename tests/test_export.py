@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import swiftlike as wb
+from swiftlike import accel
 from swiftlike.cli.main import main
 from swiftlike.models.resolve import load_for_inference
 
@@ -29,8 +30,9 @@ def _export(tmp_path, ckpt, name="merged", *extra) -> str:
 
 
 def _logits(model, ids):
+    """On the model's device (the accelerator for what swiftlike loads), returned on the CPU."""
     with torch.no_grad():
-        return model(input_ids=torch.tensor([ids])).logits[0].float()
+        return model(input_ids=torch.tensor([ids], device=model.device)).logits[0].float().cpu()
 
 
 @pytest.mark.slow
@@ -45,7 +47,7 @@ def test_merged_logits_equal_base_plus_adapter(tmp_path, variant, capsys):
     assert "merging in memory" not in capsys.readouterr().out
     adapted, tokenizer, template = load_for_inference(adapters=ckpt, torch_dtype="float32")
     ids = template.encode_prompt(PROMPT)
-    merged = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+    merged = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).to(adapted.device)  # same kernels
     assert not any("lora" in n for n, _ in merged.named_parameters())
     # W x + B (A x) against (W + B A) x: fp32 summed in another order (1.1e-5 seen on one logit of 1.8 million)
     torch.testing.assert_close(_logits(merged, ids), _logits(adapted, ids), rtol=1e-5, atol=3e-5)
@@ -176,9 +178,10 @@ def test_reward_model_export_keeps_its_head(tmp_path, capsys):
     _, _, template = load_for_inference(adapters=run.checkpoint, torch_dtype="float32")
     ids = template.encode({"messages": [{"role": "user", "content": query},
                                         {"role": "assistant", "content": response}]})["input_ids"]
-    model = AutoModelForSequenceClassification.from_pretrained(out, dtype=torch.float32).eval()
+    device = accel.device()  # where `wb infer` scored it
+    model = AutoModelForSequenceClassification.from_pretrained(out, dtype=torch.float32).to(device).eval()
     with torch.no_grad():
-        score = float(model(input_ids=torch.tensor([ids])).logits[0, 0])
+        score = float(model(input_ids=torch.tensor([ids], device=device)).logits[0, 0])
     assert score == pytest.approx(ours, abs=1e-4)
 
 

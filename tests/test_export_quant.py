@@ -25,8 +25,9 @@ def ckpt(tmp_path_factory):
 
 
 def _logits(model, ids):
+    """On the model's device (the accelerator for what swiftlike loads), returned on the CPU."""
     with torch.no_grad():
-        return model(input_ids=torch.tensor([ids])).logits[0].float()
+        return model(input_ids=torch.tensor([ids], device=model.device)).logits[0].float().cpu()
 
 
 @pytest.mark.slow
@@ -89,7 +90,7 @@ def test_fp8_export_is_compressed_tensors_that_transformers_reloads(ckpt, tmp_pa
     name = "model.layers.1.mlp.down_proj"
     fp8, scale = stored[f"{name}.weight"], stored[f"{name}.weight_scale"]
     assert scale.shape == (fp8.shape[0], 1)
-    original = merged.get_submodule(name).weight.float()
+    original = merged.get_submodule(name).weight.float().cpu()
     assert torch.allclose(scale.float(), original.abs().amax(dim=1, keepdim=True) / 448, rtol=1e-2)
     layer = reloaded.get_submodule(name)  # transformers keeps it compressed, computing from these bytes
     assert torch.equal(layer.weight.view(torch.uint8), fp8.view(torch.uint8)) and torch.equal(layer.weight_scale, scale)
@@ -222,7 +223,7 @@ def test_gptq_and_awq_exports_are_packed_int4_that_transformers_reloads(ckpt, tm
     assert scale.shape == (weight.shape[0], weight.shape[1] // 64)
     codes = weight.reshape(weight.shape[0], -1, 64) / scale.float()[..., None]
     assert torch.allclose(codes, codes.round(), atol=1e-3) and codes.round().min() >= -8 and codes.round().max() <= 7
-    original = merged.get_submodule(name).weight.float()
+    original = merged.get_submodule(name).weight.float().cpu()
     # GPTQ moves a weight past its nearest grid point where that serves the layer's outputs, but not far on average
     # (AWQ's down_proj reads up_proj's outputs scaled by 1/s: its weights are the merged ones times s)
     assert method == "awq" or 0 < (weight - original).abs().mean() < scale.float().mean() / 2

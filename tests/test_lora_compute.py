@@ -134,6 +134,7 @@ def test_training_builds_adapters_that_compute_in_the_stream_dtype(tmp_path):
                     torch_dtype="bfloat16", lora_dropout=0.0)
     net = build_trainable(cfg, SimpleNamespace(pad_token_id=0), str(base), None, torch.bfloat16)
     assert _switched(net) == 14
-    loss = net(input_ids=IDS, labels=IDS).loss
+    ids = IDS.to(net.device)  # (training puts the model on the accelerator: a GPU where there is one)
+    loss = net(input_ids=ids, labels=ids).loss
     loss.backward()
     assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in net.parameters() if p.requires_grad)
