@@ -47,6 +47,16 @@ def pytest_collection_modifyitems(items):
             item.add_marker(skip)
 
 
+def pytest_runtest_logreport(report):
+    """With WB_FAILURE_LOG set, every failure's traceback goes to that file the moment it is known (a run that a
+    time limit stops, as on a lent GPU machine, never prints its summary). Under pytest-xdist only the controller
+    writes (workers send it their reports)."""
+    path = os.environ.get("WB_FAILURE_LOG")
+    if path and report.failed and not os.environ.get("PYTEST_XDIST_WORKER"):
+        with open(path, "a") as f:
+            f.write(f"=== {report.nodeid} ({report.when})\n{report.longreprtext}\n\n")
+
+
 @contextlib.contextmanager
 def file_server(directory):
     """An HTTP server on 127.0.0.1 serving `directory`: yields (base URL, the paths it was asked for)."""
