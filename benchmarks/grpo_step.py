@@ -54,7 +54,18 @@ def run_ours(model_dir, data, steps, prompts, gens, new_tokens, out, dtype="floa
                      logging_steps=steps, save_steps=10 ** 9, log_completions=False, output_dir=out,
                      static_cache=static_cache)
     lengths = [h["completions/mean_length"] for h in result.log_history if "completions/mean_length" in h]
-    return dict(timings(result.metrics["train_seconds"], generations, ends), mean_length=lengths[-1])
+    return dict(timings(result.metrics["train_seconds"], generations, ends), mean_length=lengths[-1],
+                compiled=compile_counts())
+
+
+def compile_counts() -> dict:
+    """What torch.compile did in this process (the static cache's decode step): frames and graphs compiled
+    (one decode step should be one graph), graph breaks, and the graphs it ran without recording CUDA graphs."""
+    from torch._dynamo.utils import counters
+
+    return {"frames": counters["frames"]["total"], "graphs": counters["stats"]["unique_graphs"],
+            "graph_breaks": sum(counters["graph_break"].values()),
+            "cudagraph_skips": counters["inductor"]["cudagraph_skips"]}
 
 
 def timings(seconds: float, generations: list[float], ends: list[float]) -> dict:
@@ -130,7 +141,8 @@ def main() -> None:
                   f"; after the first step {r['steady_step_seconds']:.2f} s/step (generation "
                   f"{r['steady_generate_seconds']:.2f} s)" if "steady_rest_seconds" in r else "")
               + f", completions of {r['mean_length']:.0f} tokens, peak RSS {r['peak_rss_mb']:.0f} MB"
-              + (f", peak GPU {r['peak_allocated_gib']:.2f} GiB" if "peak_allocated_gib" in r else ""), flush=True)
+              + (f", peak GPU {r['peak_allocated_gib']:.2f} GiB" if "peak_allocated_gib" in r else "")
+              + (f"; torch.compile: {r['compiled']}" if r.get("compiled", {}).get("frames") else ""), flush=True)
     if set(res) != {"ours", "trl"}:
         return
     o, t = res["ours"], res["trl"]

@@ -184,3 +184,56 @@ def _transformers_rope(family):
     rope = getattr(family.apply_rotary_pos_emb, "_wb_original", family.apply_rotary_pos_emb)
     family.apply_rotary_pos_emb = rope
     return rope
+
+
+def test_unfused_runs_transformers_own_modules_inside_and_puts_liger_back_after(monkeypatch):
+    """A rollout's compiled decode step (CUDA graphs) runs without Liger's kernels, which torch.compile cannot
+    analyse: inside `unfused` the patched instances compute with their classes' forwards and the rotary dispatch
+    with transformers' function; afterwards Liger's are back. GRPO's static-cache rollout decodes inside it."""
+    from types import MethodType, SimpleNamespace
+
+    from swiftlike.models.loader import build_miniature
+    from swiftlike.rollout import Sampling
+    from swiftlike.rollout.hf import HFRollout
+
+    model = build_miniature("Qwen/Qwen3-0.6B")
+    plain = copy.deepcopy(model)
+    family = sys.modules[type(model).__module__]
+    saved = dict(vars(family))
+    rope = _transformers_rope(family)
+
+    def triton_only(self, *args, **kwargs):
+        raise RuntimeError("a Liger kernel ran")
+
+    def patch(model, parts):  # what liger-kernel does: forwards bound to the instances, the family's RoPE replaced
+        for m in model.modules():
+            if type(m).__name__ in ("Qwen3RMSNorm", "Qwen3MLP"):
+                m.forward = MethodType(triton_only, m)
+        family.apply_rotary_pos_emb = lambda *a, **k: "fused"
+
+    _fake_liger(monkeypatch, patch)
+    try:
+        assert kernels.apply(model) is None
+        ids = torch.tensor([[5, 6, 7, 8]])
+        with pytest.raises(RuntimeError, match="a Liger kernel ran"):
+            model(input_ids=ids)
+        cuda_tensor = SimpleNamespace(is_cuda=True)
+        assert family.apply_rotary_pos_emb(cuda_tensor, cuda_tensor, None, None) == "fused"
+        with kernels.unfused(model):
+            torch.testing.assert_close(model(input_ids=ids).logits, plain(input_ids=ids).logits, rtol=0, atol=0)
+            assert family.apply_rotary_pos_emb._wb_original is rope
+            with pytest.raises(AttributeError):  # transformers' own RoPE got the stand-in: not Liger's
+                family.apply_rotary_pos_emb(cuda_tensor, cuda_tensor, None, None)
+        with pytest.raises(RuntimeError, match="a Liger kernel ran"):
+            model(input_ids=ids)
+        assert family.apply_rotary_pos_emb(cuda_tensor, cuda_tensor, None, None) == "fused"
+        with kernels.unfused(plain):  # a model `apply` never patched: nothing changes
+            assert plain(input_ids=ids).logits.shape[-1] == model.config.vocab_size
+        sampling = Sampling(max_tokens=5, temperature=1.0, seed=0)
+        static = HFRollout(model, 0, static_cache=True).generate([[100, 200, 300], [400, 500]], 2, sampling)
+        assert static == HFRollout(plain, 0, static_cache=True).generate([[100, 200, 300], [400, 500]], 2, sampling)
+        with pytest.raises(RuntimeError, match="a Liger kernel ran"):
+            model(input_ids=ids)
+    finally:
+        for key, value in saved.items():
+            setattr(family, key, value)

@@ -109,13 +109,14 @@ def _logit_trace(rollout, rows, steps: int = 10) -> list[torch.Tensor]:
     """The logits after the prompts and after each of `steps` forced tokens (the same tokens for any cache)."""
     from swiftlike.infer.decode import left_pad
 
-    ids, mask, positions = left_pad(rows, 0, "cpu")
+    device = next(rollout.model.parameters()).device
+    ids, mask, positions = left_pad(rows, 0, device)
     forced = torch.Generator().manual_seed(0)
     with torch.no_grad(), rollout.decoding(ids, mask, positions, steps) as (logits, advance):
-        trace = [logits.float()]
+        trace = [logits.float().cpu()]
         for _ in range(steps):
-            tokens = torch.randint(1, 1000, (len(rows),), generator=forced)
-            trace.append(advance(tokens).float())
+            tokens = torch.randint(1, 1000, (len(rows),), generator=forced).to(device)
+            trace.append(advance(tokens).float().cpu())
     return trace
 
 
@@ -139,6 +140,47 @@ def test_static_cache_across_families(model_id):
     growing = _logit_trace(HFRollout(model, 0, static_cache=False), rows)
     for step, (a, b) in enumerate(zip(static, growing)):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4, msg=lambda m: f"step {step}: {m}")
+
+
+@pytest.mark.gpu
+def test_cuda_graph_decoding_of_a_liger_patched_lora_policy():
+    """GRPO's default rollout on CUDA, for the policy as training builds it there (Liger's kernels, LoRA layers in
+    the stream's dtype): the decode step is compiled as one graph without breaks and recorded as CUDA graphs (none
+    skipped: Liger's kernels, which torch.compile cannot analyse, are off while decoding), and its logits at every
+    step equal the eager growing cache's, Liger's kernels included."""
+    pytest.importorskip("liger_kernel")
+    import sys
+
+    from peft import LoraConfig, get_peft_model
+    from torch._dynamo.utils import counters
+
+    from swiftlike.models import build_miniature, kernels
+    from swiftlike.models.lora_compute import compute_in_stream_dtype
+    from swiftlike.rollout.hf import HFRollout
+
+    base = build_miniature("Qwen/Qwen3-0.6B").cuda()
+    family = sys.modules[type(base).__module__]
+    saved = dict(vars(family))
+    torch._dynamo.reset()
+    counters.clear()
+    try:
+        assert kernels.apply(base) is None
+        model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", lora_dropout=0.0))
+        assert compute_in_stream_dtype(model) == 14
+        model.eval()
+        rollout = HFRollout(model, 0)
+        assert rollout.static is not None and rollout.static._graphs
+        rows = [[5, 6, 7, 8, 9, 10, 11, 12], [13, 14], [15, 16, 17]]
+        graphs = _logit_trace(rollout, rows)
+        assert counters["inductor"]["cudagraph_skips"] == 0, dict(counters["inductor"])
+        assert not counters["graph_break"], list(counters["graph_break"])[:3]
+        eager = _logit_trace(HFRollout(model, 0, static_cache=False), rows)
+        for step, (a, b) in enumerate(zip(graphs, eager)):
+            torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-3, msg=lambda m: f"step {step}: {m}")
+    finally:
+        for key, value in saved.items():
+            setattr(family, key, value)
+        torch._dynamo.reset()
 
 
 SYNCS = ("item", "_local_scalar_dense", "nonzero", "tolist", "masked_select", "unique")  # device-to-host reads

@@ -12,9 +12,15 @@ of that model family, the RMSNorm / MLP classes and the rotary embedding functio
 the process builds or runs later — on the CPU too, where Triton cannot run (a notebook that trains on the GPU and
 then evaluates on the CPU would fail). So the family module is put back as it was, except that its rotary function
 becomes one that runs Liger's kernel for CUDA tensors and transformers' own for any other.
+
+`unfused(model)` puts transformers' own forwards back for a while: a rollout's decode step compiled for CUDA graphs
+(infer/static_cache.py). torch.compile cannot analyse Liger's Triton kernels (liger-kernel 0.8.5, torch 2.11), so
+it breaks the graph around them and assumes they write to their inputs — the norms' weights among them — and then
+records no CUDA graph at all (seen on an H100, 2026-11-26); inductor compiles transformers' own norms and MLPs.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import inspect
@@ -68,17 +74,44 @@ def apply(model) -> str | None:
 
     family = sys.modules[type(model).__module__]
     saved = dict(vars(family))
+    before = {id(m): vars(m).get("forward") for m in model.modules()}
     try:
         _apply_liger_kernel_to_instance(model=model, **PARTS)
     except Exception as e:  # liger-kernel fails before patching the instance (its imports come first)
         _restore(family, saved)
         return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    for m in model.modules():  # Liger binds its forwards to the instances (`unfused` takes them off for a while)
+        if vars(m).get("forward") is not before.get(id(m)):
+            m._wb_fused_forward = vars(m)["forward"]
     replaced = {key: value for key, value in vars(family).items() if saved.get(key, value) is not value}
     _restore(family, saved)
     for key, value in replaced.items():
         if inspect.isfunction(value) and inspect.isfunction(saved[key]):  # the rotary embedding
             setattr(family, key, _on_cuda_only(value, saved[key]))
     return None
+
+
+@contextlib.contextmanager
+def unfused(model):
+    """Inside, the model computes with transformers' own modules and RoPE (see the module's docstring); Liger's
+    are back afterwards. A model `apply` did not patch is left as it is."""
+    patched = [m for m in model.modules()
+               if "_wb_fused_forward" in vars(m) and vars(m).get("forward") is vars(m)["_wb_fused_forward"]]
+    if not patched:
+        yield
+        return
+    for m in patched:
+        del m.forward  # the instance's binding: the class's own forward shows through
+    _FUSED_ROPE[0] = False
+    try:
+        yield
+    finally:
+        _FUSED_ROPE[0] = True
+        for m in patched:
+            m.forward = m._wb_fused_forward
+
+
+_FUSED_ROPE = [True]  # False inside `unfused`: the rotary dispatch below runs transformers' function
 
 
 def _restore(family, saved: dict) -> None:
@@ -93,7 +126,7 @@ def _on_cuda_only(fused, original):
 
     @functools.wraps(original)
     def dispatch(first, *args, **kwargs):
-        return (fused if first.is_cuda else original)(first, *args, **kwargs)
+        return (fused if first.is_cuda and _FUSED_ROPE[0] else original)(first, *args, **kwargs)
 
     dispatch._wb_original = original
     return dispatch
