@@ -94,12 +94,9 @@ def apply(model) -> str | None:
 @contextlib.contextmanager
 def unfused(model):
     """Inside, the model computes with transformers' own modules and RoPE (see the module's docstring); Liger's
-    are back afterwards. A model `apply` did not patch is left as it is."""
+    are back afterwards."""
     patched = [m for m in model.modules()
                if "_wb_fused_forward" in vars(m) and vars(m).get("forward") is vars(m)["_wb_fused_forward"]]
-    if not patched:
-        yield
-        return
     for m in patched:
         del m.forward  # the instance's binding: the class's own forward shows through
     _FUSED_ROPE[0] = False
