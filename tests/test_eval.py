@@ -150,9 +150,10 @@ def test_an_endpoint_scores_as_the_local_model(tmp_path):
 
 @pytest.mark.slow
 def test_several_checkpoints_and_their_base_in_one_table_and_eval_after_train(tmp_path, capsys):
+    # float32 on any device: the scores of two runs are compared (bf16 on a GPU can flip a greedy near-tie)
     run = wb.sft(model="Qwen/Qwen3-0.6B", miniature=True, dataset=[IDENTITY], lora=True, max_steps=30,
                  output_dir=str(tmp_path / "run"), save_steps=10, eval_after_train=True, report_to="tensorboard",
-                 eval_dataset=[f"{IDENTITY}#8"], eval_metric="rouge", eval_max_new_tokens=24)
+                 eval_dataset=[f"{IDENTITY}#8"], eval_metric="rouge", eval_max_new_tokens=24, torch_dtype="float32")
     results = json.loads((tmp_path / "run" / "eval" / "results.json").read_text())
     base, final = (m["tasks"][0]["score"] for m in results["models"])
     assert [m["label"] for m in results["models"]] == ["base", "run/checkpoint-30"]
@@ -169,7 +170,7 @@ def test_several_checkpoints_and_their_base_in_one_table_and_eval_after_train(tm
     # wb eval: two checkpoints and their base, one table
     out, many = _eval(tmp_path, "many", "--adapters", str(tmp_path / "run" / "checkpoint-10"),
                       str(tmp_path / "run" / "checkpoint-30"), "--with_base", "--eval_dataset", f"{IDENTITY}#8",
-                      "--metric", "rouge", "--max_new_tokens", "24")
+                      "--metric", "rouge", "--max_new_tokens", "24", "--torch_dtype", "float32")
     assert [m["label"] for m in many["models"]] == ["base", "run/checkpoint-10", "run/checkpoint-30"]
     assert many["models"][0]["tasks"][0]["score"] == pytest.approx(base)
     assert many["models"][2]["tasks"][0]["score"] == pytest.approx(final)
