@@ -14,7 +14,7 @@
 #         on Qwen3-0.6B's shape: ours with the static cache and CUDA graphs, ours with the growing cache, TRL;
 #   core: (a) environment, then what is still open, in one call of TOTAL_S=430 (which leaves time in a 15-minute
 #         lease for `tests`): our GRPO step with the static cache and CUDA graphs and with the growing cache, a
-#         profile of our 0.6B LoRA step, full fine-tuning at 2,048 ours vs TRL (0.6B, then 4B).
+#         profile of our 0.6B LoRA step, our 0.6B and 4B LoRA steps with compiled decoder layers.
 # GPU_CHECK_DRY=1 prints the steps only.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -124,15 +124,16 @@ fi
 if [ "$PART" = core ]; then
   # what is open after 2026-11-26's runs, in one call of TOTAL_S=430: GRPO's step with CUDA graphs (Liger off while
   # decoding) against the growing cache; where a 0.6B LoRA step's time goes (launch-bound: 295 ms a step for 26 ms
-  # of matmul); full fine-tuning, ours vs TRL, not measured since our bf16 changes
+  # of matmul); whether compiled decoder layers shorten it (gpu_sft.py --compile_layers, ours only: TRL's figures
+  # at 2,048 are in docs/benchmarks.md). Full fine-tuning ours vs TRL is `bench`'s.
   step grpo_static 80 python3 benchmarks/grpo_step.py --model_shape 0.6b --dtype bfloat16 --steps 4 --sides ours
   step grpo_growing 70 python3 benchmarks/grpo_step.py --model_shape 0.6b --dtype bfloat16 --steps 4 --sides ours \
     --static_cache false
   step profile 90 python3 benchmarks/gpu_sft.py --models 0.6b --lengths 2048 --modes lora --only ours --steps 6 \
     --warmup 2 --profile "$OUT/profile" --json "$OUT/profile.json" --budget_s 80
   CAP=$(( $(left) - 5 ))
-  step gpu_sft "$CAP" python3 benchmarks/gpu_sft.py --lengths 2048 --modes full --json "$OUT/gpu_sft.json" \
-    --budget_s $(( CAP - 15 ))
+  step compiled "$CAP" python3 benchmarks/gpu_sft.py --models 0.6b,4b --lengths 2048 --modes lora --only ours \
+    --compile_layers --json "$OUT/compiled.json" --budget_s $(( CAP - 15 ))
 fi
 
 echo "== done in $(( $(date +%s) - T0 ))s; files in $OUT: $(ls "$OUT" | tr '\n' ' ')"
