@@ -90,6 +90,9 @@ if [ "$PART" = tests ] || [ "$PART" = all ]; then
   #     decoder), nbclient (the notebook test), tensorboard, deepspeed.
   step suite $(( $(left) - 10 )) env OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 WB_FAILURE_LOG="$OUT/failures.log" \
     python3 -m pytest -v -n 12 --timeout 240 -m "not gpu" -p no:cacheprovider -rfE tests
+  # the failures by name, in the call's output too (their tracebacks are in the logs)
+  [ "$DRY" = 1 ] || cat "$OUT"/gpu_failures.log "$OUT"/failures.log 2>/dev/null | grep "^=== " | sort -u \
+    | tee "$OUT/failed.txt"
 fi
 
 if [ "$PART" = profile ]; then
