@@ -9,8 +9,8 @@ import swiftlike as wb
 from swiftlike.cli.main import main
 from swiftlike.models.perplexity import perplexity
 from swiftlike.models.resolve import load_for_inference
+from test_export import PROMPT, _logits
 
-PROMPT = [{"role": "user", "content": "Who are you?"}]
 # method, bits, the weight type transformers reloads, the least cosine similarity of its logits to the
 # unquantized model's (a random miniature is a hard case for 4 bits: 0.89 measured for both methods)
 QUANT = [("bnb", 4, "Params4bit", 0.8), ("bnb", 8, "Int8Params", 0.99),
@@ -22,12 +22,6 @@ def ckpt(tmp_path_factory):
     run = wb.sft(model="Qwen/Qwen3-0.6B", miniature=True, dataset=["examples/data/identity.jsonl"], lora=True,
                  max_steps=5, output_dir=str(tmp_path_factory.mktemp("quant") / "run"))
     return run.checkpoint
-
-
-def _logits(model, ids):
-    """On the model's device (the accelerator for what swiftlike loads), returned on the CPU."""
-    with torch.no_grad():
-        return model(input_ids=torch.tensor([ids], device=model.device)).logits[0].float().cpu()
 
 
 @pytest.mark.slow
