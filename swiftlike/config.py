@@ -141,6 +141,10 @@ class SFTConfig(ModelArgs, DataArgs):
                                               "default for training on CUDA when liger-kernel is installed (pip "
                                               "install 'swiftlike[cuda]') and covers the model; false turns them "
                                               "off, true requires them.")
+    torch_compile: bool = _f(False, "Compile each decoder layer with torch.compile (inductor, dynamic shapes): "
+                                    "fused kernels for a launch-bound step (on an H100, Qwen3-0.6B LoRA trains "
+                                    "1.4x faster); the first step pays the compilation. Liger's kernels default "
+                                    "off with it.")
     seed: int = _f(42, "Seed for initialisation, data order and dropout.")
     logging_steps: int = _f(10, "Log every N optimizer steps.")
     save_steps: int = _f(500, "Save a checkpoint every N optimizer steps (and always at the end).")
@@ -213,6 +217,9 @@ class SFTConfig(ModelArgs, DataArgs):
             if self.qlora and stage == 3:
                 raise UserError("--qlora under ZeRO-3 is not supported: 4-bit weights cannot be partitioned by "
                                 "ZeRO-3 here; use --deepspeed zero2 (or zero1), or --lora")
+        if self.torch_compile and (self.deepspeed or self.fsdp):
+            raise UserError(f"--torch_compile with --{'deepspeed' if self.deepspeed else 'fsdp'} is not supported "
+                            "yet (their hooks around each layer are not tested compiled); drop one of them")
         if self.fsdp:
             engines.fsdp_config(self.fsdp)
             if self.qlora:

@@ -93,7 +93,7 @@ def test_a_liger_release_that_cannot_patch_the_model_leaves_it_as_it_was(monkeyp
         raise ImportError("cannot import name 'LigerQwen3CausalLMOutputWithPast'")
 
     _fake_liger(monkeypatch, half_patch)
-    monkeypatch.setattr(kernels, "choose", lambda requested, device, model_type: (True, "CUDA, liger-kernel installed"))
+    monkeypatch.setattr(kernels, "choose", lambda *_: (True, "CUDA, liger-kernel installed"))
     cfg = build_config(SFTConfig, {"model": "Qwen/Qwen3-0.6B", "dataset": ["x.jsonl"]})
     training_kernels(cfg, model, announce=True)
     assert family.apply_rotary_pos_emb is original

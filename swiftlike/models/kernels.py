@@ -33,9 +33,11 @@ PARTS = dict(rope=True, rms_norm=True, swiglu=True, cross_entropy=False, fused_l
 INSTALL = "pip install 'swiftlike[cuda]'"
 
 
-def choose(requested: bool | None, device_type: str, model_type: str) -> tuple[bool, str | None]:
+def choose(requested: bool | None, device_type: str, model_type: str,
+           compiled: bool = False) -> tuple[bool, str | None]:
     """(whether Liger's kernels are applied; why, for the start-up line — None where there is nothing to say:
-    off by default on a device Liger does not run on)."""
+    off by default on a device Liger does not run on). With `compiled` layers (--torch_compile) they are off unless
+    requested: inductor fuses the same operations (models/compiled.py)."""
     if requested is False:
         return False, "--use_liger_kernel false"
     installed = importlib.util.find_spec("liger_kernel") is not None
@@ -51,6 +53,8 @@ def choose(requested: bool | None, device_type: str, model_type: str) -> tuple[b
         return True, "--use_liger_kernel"
     if device_type != "cuda":
         return False, None
+    if compiled:
+        return False, "--torch_compile: inductor fuses the norms, MLPs and RoPE"
     if not installed:
         return False, f"liger-kernel is not installed ({INSTALL})"
     if model_type not in supported():

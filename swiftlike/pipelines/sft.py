@@ -364,7 +364,7 @@ def build_trainable(cfg: SFTConfig, tokenizer, base_dir: str, resume_from: Path 
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
     if cfg.full:
-        return freeze_vision_parts(model.requires_grad_(True), cfg)
+        return compiled_layers(cfg, freeze_vision_parts(model.requires_grad_(True), cfg))
     if cfg.adapters:
         model = _start_from_adapters(model, cfg, reference)
     else:
@@ -373,6 +373,19 @@ def build_trainable(cfg: SFTConfig, tokenizer, base_dir: str, resume_from: Path 
         compute_in_stream_dtype(model)  # adapters in the stream's dtype, their weights in float32 (models/lora_compute)
     if resume_from is not None:
         _load_adapter(model, resume_from)
+    return compiled_layers(cfg, model)
+
+
+def compiled_layers(cfg: SFTConfig, model):
+    """--torch_compile: the model with its decoder layers compiled (models/compiled.py; said once)."""
+    if not cfg.torch_compile:
+        return model
+    from ..models.compiled import compile_layers
+
+    count = compile_layers(model)
+    if accel.is_main_process():
+        print(f"[wb] torch_compile: {count} decoder layers compiled (inductor, dynamic shapes); the first steps "
+              "include compiling them")
     return model
 
 
@@ -459,7 +472,7 @@ def training_kernels(cfg: SFTConfig, model, announce: bool = False) -> None:
     from ..models import kernels
 
     model_type = model.config.model_type
-    use, why = kernels.choose(cfg.use_liger_kernel, accel.device_type(), model_type)
+    use, why = kernels.choose(cfg.use_liger_kernel, accel.device_type(), model_type, cfg.torch_compile)
     failed = kernels.apply(model) if use else None
     if failed and cfg.use_liger_kernel:
         raise UserError(f"--use_liger_kernel: liger-kernel cannot patch {model_type} ({failed}); drop the flag")

@@ -15,6 +15,7 @@ from ..data.images import cat_images
 from ..infer.decode import ModelCall, left_pad, next_positions
 from ..infer.sampling import penalize_repeats, sample_next
 from ..infer.static_cache import COMPILED, StaticDecode, cache_attention
+from ..models.compiled import uncompiled
 from ..models.kernels import unfused
 from . import Sampling, cut_at_stop
 
@@ -100,11 +101,12 @@ class HFRollout:
     def decoding(self, ids, mask, positions, max_tokens: int, images: list[dict] | None = None):
         """(the logits after each row's prompt, `advance(tokens)` -> the logits after one more token per row) of
         left-padded rows, over the static cache (prompts with images: the growing one)."""
-        if self.static is not None and not images:  # (Liger's kernels keep torch.compile from CUDA graphs)
-            with cache_attention(self.model), unfused(self.model):
-                yield self.static.start(ids, mask, positions, max_tokens)
-        else:
-            yield self._growing(ids, mask, positions, images or [])
+        with uncompiled(self.model):  # (--torch_compile's layer graphs are for training's shapes)
+            if self.static is not None and not images:  # (Liger's kernels keep torch.compile from CUDA graphs)
+                with cache_attention(self.model), unfused(self.model):
+                    yield self.static.start(ids, mask, positions, max_tokens)
+            else:
+                yield self._growing(ids, mask, positions, images or [])
 
     def _growing(self, ids, mask, positions, images: list[dict]):
         """(the prompt's last logits, `advance`) over a DynamicCache that grows by one slot per token."""

@@ -1,0 +1,100 @@
+"""--torch_compile (models/compiled.py): each decoder layer compiled, with and without gradient checkpointing; the
+loss and gradients are the eager model's, the layers share one graph, and decoding runs them eagerly."""
+import copy
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+
+import swiftlike as wb
+from swiftlike.errors import UserError
+from swiftlike.models import kernels
+from swiftlike.models.compiled import compile_layers, decoder_layers, uncompiled
+from swiftlike.models.loader import build_miniature
+
+
+def _lora_policy(checkpointing: bool):
+    model = build_miniature("Qwen/Qwen3-0.6B")
+    if checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
+    for name, p in model.named_parameters():  # B = 0 at the start would leave A's gradients zero
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.05)
+    return model.train()
+
+
+def _loss_and_grads(model, ids):
+    model.zero_grad()
+    loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("checkpointing", [False, True], ids=["plain", "gradient-checkpointing"])
+def test_compiled_layers_give_the_eager_loss_and_gradients_in_one_shared_graph(checkpointing):
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    eager = _lora_policy(checkpointing)
+    compiled = copy.deepcopy(eager)
+    assert compile_layers(compiled, backend="aot_eager") == 2
+    keys = set(compiled.state_dict())
+    assert keys == set(eager.state_dict())  # a checkpoint of it is a plain PEFT adapter
+    generator, graphs = torch.Generator().manual_seed(0), []
+    for length in (37, 61):  # a second length: dynamic shapes, no recompilation
+        ids = torch.randint(0, eager.config.vocab_size, (2, length), generator=generator)
+        a, b = _loss_and_grads(eager, ids), _loss_and_grads(compiled, ids)
+        torch.testing.assert_close(a[0], b[0], rtol=1e-5, atol=1e-5)
+        assert a[1].keys() == b[1].keys() and len(a[1]) == 28
+        for name in a[1]:
+            torch.testing.assert_close(a[1][name], b[1][name], rtol=1e-4, atol=1e-6, msg=name)
+        graphs.append(counters["stats"]["unique_graphs"])
+    # the layers share their graph (weights are its inputs); the first layer has one of its own only where its
+    # input needs no gradient (frozen embeddings, no checkpointing); nothing ran eagerly behind our back
+    assert graphs == [1 if checkpointing else 2] * 2, graphs
+    assert not counters["graph_break"], dict(counters["graph_break"])
+    if checkpointing:  # checkpointed inside the compiled function; transformers' own wrapper is off
+        assert not any(layer.gradient_checkpointing for layer in decoder_layers(compiled))
+
+
+def test_uncompiled_runs_the_eager_layers_and_compiles_them_again_after():
+    model = _lora_policy(False)
+    compile_layers(model, backend="aot_eager")
+    impls = [layer._compiled_call_impl for layer in decoder_layers(model)]
+    assert all(impls)
+    with uncompiled(model):
+        assert all(layer._compiled_call_impl is None for layer in decoder_layers(model))
+    assert [layer._compiled_call_impl for layer in decoder_layers(model)] == impls
+
+
+def test_liger_kernels_are_off_by_default_with_compiled_layers(monkeypatch):
+    monkeypatch.setattr(kernels, "supported", lambda: {"qwen3"})
+    monkeypatch.setattr(kernels.importlib.util, "find_spec", lambda name: object())
+    assert kernels.choose(None, "cuda", "qwen3", compiled=True) == (
+        False, "--torch_compile: inductor fuses the norms, MLPs and RoPE")
+    assert kernels.choose(True, "cuda", "qwen3", compiled=True) == (True, "--use_liger_kernel")
+
+
+@pytest.mark.parametrize("engine", [{"fsdp": "full_shard"}, {"deepspeed": "zero2"}])
+def test_torch_compile_with_a_distributed_engine_is_refused_in_one_line(engine):
+    with pytest.raises(UserError, match="^--torch_compile with --(fsdp|deepspeed) is not supported yet"):
+        wb.sft(model="Qwen/Qwen3-0.6B", miniature=True, dataset=["examples/data/identity.jsonl"], lora=True,
+               torch_compile=True, dry_run=True, **engine)
+
+
+@pytest.mark.slow
+def test_wb_sft_torch_compile_trains_as_the_eager_run(tmp_path, capsys):
+    """The real thing on the CPU: inductor, padding-free packed rows (the CPU's per-sequence attention breaks the
+    layer graph in two; on CUDA torch's varlen kernel does not), LoRA; the losses follow the eager run's."""
+    kw = dict(model="Qwen/Qwen3-0.6B", miniature=True, dataset=["examples/data/identity.jsonl"], lora=True,
+              max_steps=3, logging_steps=1, save_steps=10 ** 6)
+    eager = wb.sft(output_dir=str(tmp_path / "eager"), **kw)
+    compiled = wb.sft(output_dir=str(tmp_path / "compiled"), torch_compile=True, **kw)
+    assert "[wb] torch_compile: 2 decoder layers compiled" in capsys.readouterr().out
+    losses = [[h["loss"] for h in run.log_history if "loss" in h] for run in (eager, compiled)]
+    assert len(losses[1]) == 3 and losses[1][0] == pytest.approx(losses[0][0], rel=1e-5)
+    assert losses[1] == pytest.approx(losses[0], rel=2e-3)  # (lr 1e-2 on a random miniature amplifies rounding)
+    assert (tmp_path / "compiled" / "checkpoint-3" / "adapter_model.safetensors").is_file()
