@@ -173,7 +173,8 @@ def test_reward_model_export_keeps_its_head(tmp_path, capsys):
                 output_dir=str(tmp_path / "rm"))
     out = _export(tmp_path, run.checkpoint)
     query, response = "What is the capital of France?", "Paris."
-    assert main(["infer", "--adapters", run.checkpoint, "--query", query, "--response", response]) == 0
+    assert main(["infer", "--adapters", run.checkpoint, "--query", query, "--response", response,
+                 "--torch_dtype", "float32"]) == 0  # (the default on a GPU: bf16; the reload below: float32)
     ours = float(capsys.readouterr().out.strip().splitlines()[-1])
     _, _, template = load_for_inference(adapters=run.checkpoint, torch_dtype="float32")
     ids = template.encode({"messages": [{"role": "user", "content": query},

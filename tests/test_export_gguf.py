@@ -1,7 +1,11 @@
 """`wb export --to gguf`: verified with readers that are not ours — the `gguf` package's reader, and transformers'
 GGUF loader (`from_pretrained(dir, gguf_file=...)`): logits and chat token ids equal the merged model's."""
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
 import swiftlike as wb
 from swiftlike.cli.main import main
@@ -77,6 +81,9 @@ def test_cli_streams_a_gguf_equal_to_the_one_written_from_a_merged_model_in_memo
     tokenizer = load_tokenizer("Qwen/Qwen2.5-0.5B-Instruct", miniature=True)
     template = get_template("qwen2_5", tokenizer)
     model = merged_model(ref, torch.float32, tokenizer.pad_token_id)
+    # the adapter leaves the (tied) embeddings as the base has them: what both GGUFs must write as token_embd
+    base_embed = load_file(Path(ref.base) / "model.safetensors")["model.embed_tokens.weight"]
+    assert torch.equal(model.get_input_embeddings().weight, base_embed.float())
     assert sorted(p.name for p in out.iterdir()) == ["Modelfile", "README.md", "args.json", "streamed-q8_0.gguf"]
     modelfile = (out / "Modelfile").read_text()
     assert modelfile.startswith("FROM ./streamed-q8_0.gguf") and 'PARAMETER stop "<|im_end|>"' in modelfile
@@ -101,7 +108,11 @@ def _same_tensors(a, b) -> None:
     assert sorted(tensors[0]) == sorted(tensors[1])
     for name, x in tensors[0].items():
         y = tensors[1][name]
-        assert x.tensor_type == y.tensor_type and list(x.shape) == list(y.shape) and (x.data == y.data).all(), name
+        assert x.tensor_type == y.tensor_type and list(x.shape) == list(y.shape), name
+        if not (x.data == y.data).all():  # how far apart, in values (what a failure on another machine shows)
+            far = np.abs(gguf.quants.dequantize(x.data, x.tensor_type) - gguf.quants.dequantize(y.data, y.tensor_type))
+            raise AssertionError(f"{name}: the files' values differ, by at most {far.max():.3g} "
+                                 f"({int((far > 0).sum())} of {far.size})")
 
 
 @pytest.mark.slow

@@ -147,7 +147,7 @@ def test_learning_a_verifiable_toy_task(tmp_path):
     r = wb.grpo(model="Qwen/Qwen3-0.6B", miniature=True, dataset=["arithmetic#16"], reward_funcs=[target_share],
                 num_generations=8, per_device_train_batch_size=16, max_completion_length=8, temperature=0.3,
                 learning_rate=1e-2, max_steps=20, lr_scheduler_type="constant", log_completions=False,
-                output_dir=str(tmp_path / "learn"))
+                torch_dtype="float32", output_dir=str(tmp_path / "learn"))  # (a GPU's default, bf16, stalls the toy)
     rewards = [h["reward"] for h in r.log_history if "reward" in h]
     first, last = sum(rewards[:3]) / 3, sum(rewards[-3:]) / 3
     assert last > 0.5 and last > 3 * first, rewards

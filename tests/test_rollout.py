@@ -201,7 +201,9 @@ def test_static_decode_step_is_one_graph_for_every_token_and_batch():
     torch._dynamo.reset()
     model = _varlen_lora_model()
     rollout = HFRollout(model, 0, static_cache=True, compile=dict(backend=backend, fullgraph=True, dynamic=False))
-    sampling = Sampling(max_tokens=6, temperature=1.0, seed=0)
+    # near-greedy: a random model's next-token distribution is almost flat, and sampling it at temperature 1 turns
+    # a rounding difference between the traced and the eager step (seen on CUDA) into a neighbouring token
+    sampling = Sampling(max_tokens=6, temperature=1e-4, seed=0)
     compiled = rollout.generate([[100, 200, 300], [400, 500]], 2, sampling)
     again = rollout.generate([[9, 8, 7, 6], [5]], 2, sampling)               # another batch, same cache length
     assert len(graphs) == 1
