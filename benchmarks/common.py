@@ -252,12 +252,18 @@ def run_sides(script: str, sides: list[str], repeats: int, child_args, note=None
 
 
 def run_child(script: str, args: list[str]) -> dict:
-    """Run `script --child ...` in its own process (its peak RSS is its own) and return its RESULT line."""
+    """Run `script --child ...` in its own process (its peak RSS is its own) and return its RESULT line. The child's
+    output passes through as it comes (a run stopped by a time limit still shows how far it got)."""
     import subprocess
     import sys
 
-    proc = subprocess.run([sys.executable, script, *args], capture_output=True, text=True)
-    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
+    with subprocess.Popen([sys.executable, script, *args], stdout=subprocess.PIPE, text=True) as proc:
+        line = None
+        for text in proc.stdout:
+            if text.startswith("RESULT "):
+                line = text
+            else:
+                print(text, end="", flush=True)
     if proc.returncode != 0 or line is None:
-        sys.exit(f"{' '.join(args[:2])} failed:\n{proc.stderr[-3000:]}")
+        sys.exit(f"{' '.join(args[:2])} failed (exit {proc.returncode}; its output is above)")
     return json.loads(line[7:])

@@ -13,8 +13,8 @@
 #   grpo: (a) environment, (g) GRPO's toy task with the static cache (the CUDA default) and without, and a GRPO step
 #         on Qwen3-0.6B's shape: ours with the static cache and CUDA graphs, ours with the growing cache, TRL;
 #   core: (a) environment, then what is still open, in one call of TOTAL_S=430 (which leaves time in a 15-minute
-#         lease for `tests`): our GRPO step with the static cache and CUDA graphs and with the growing cache, a
-#         profile of our 0.6B LoRA step, our 0.6B and 4B LoRA steps with compiled decoder layers.
+#         lease for `tests`): our GRPO step with the static cache and CUDA graphs (with torch.compile's logs), then
+#         gpu_sft.py --torch_compile (both sides compiled) with the rest.
 # GPU_CHECK_DRY=1 prints the steps only.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -125,18 +125,15 @@ if [ "$PART" = grpo ]; then
 fi
 
 if [ "$PART" = core ]; then
-  # what is open after 2026-11-26's runs, in one call of TOTAL_S=430: GRPO's step with CUDA graphs (Liger off while
-  # decoding) against the growing cache; where a 0.6B LoRA step's time goes (launch-bound: 295 ms a step for 26 ms
-  # of matmul); whether compiled decoder layers shorten it (gpu_sft.py --compile_layers, ours only: TRL's figures
-  # at 2,048 are in docs/benchmarks.md). Full fine-tuning ours vs TRL is `bench`'s.
-  step grpo_static 80 python3 benchmarks/grpo_step.py --model_shape 0.6b --dtype bfloat16 --steps 4 --sides ours
-  step grpo_growing 70 python3 benchmarks/grpo_step.py --model_shape 0.6b --dtype bfloat16 --steps 4 --sides ours \
-    --static_cache false
-  step profile 90 python3 benchmarks/gpu_sft.py --models 0.6b --lengths 2048 --modes lora --only ours --steps 6 \
-    --warmup 2 --profile "$OUT/profile" --json "$OUT/profile.json" --budget_s 80
+  # what is open after 2026-11-27's runs, in one call of TOTAL_S=430: GRPO's step with the static cache and CUDA
+  # graphs (it ran past 80 s without a line of output then: its progress, and torch.compile's recompilations, graph
+  # breaks and CUDA-graph hints now go to the log); then SFT with --torch_compile on both sides (ours: decoder layers
+  # compiled; TRL: its torch_compile), in gpu_sft.py's order (4B LoRA at 2,048 first, then 0.6B, full, 8,192).
+  step grpo_static 100 env TORCH_LOGS=recompiles,graph_breaks,perf_hints python3 benchmarks/grpo_step.py \
+    --model_shape 0.6b --dtype bfloat16 --steps 4 --sides ours
   CAP=$(( $(left) - 5 ))
-  step compiled "$CAP" python3 benchmarks/gpu_sft.py --models 0.6b,4b --lengths 2048 --modes lora --only ours \
-    --compile_layers --json "$OUT/compiled.json" --budget_s $(( CAP - 15 ))
+  step compiled "$CAP" python3 benchmarks/gpu_sft.py --torch_compile --json "$OUT/compiled.json" \
+    --budget_s $(( CAP - 15 ))
 fi
 
 echo "== done in $(( $(date +%s) - T0 ))s; files in $OUT: $(ls "$OUT" | tr '\n' ' ')"

@@ -2,7 +2,7 @@
 
     python benchmarks/gpu_sft.py [--models 0.6b,4b] [--lengths 2048,8192] [--modes lora,full] [--steps 12]
                                  [--warmup 3] [--tokens_per_step 8192] [--only ours|trl] [--json PATH] [--smoke]
-                                 [--compile_layers]
+                                 [--torch_compile]
 
 Models: the real Qwen3-0.6B / Qwen3-4B configs (swiftlike's registry), random weights made with transformers and
 saved once in bf16 to a scratch directory with the real Qwen3 tokenizer; both sides load that directory.
@@ -32,9 +32,9 @@ Each run is its own process (its GPU memory peak is its own). Measured per run:
   sides (ours runs it only where there are labels), so the MFU ratio equals the tokens/s ratio;
 - peak GPU memory: torch.cuda.max_memory_allocated and max_memory_reserved of the run's process.
 Runs go in order of importance (4B LoRA at the shortest length first) and stop when --budget_s is spent.
---compile_layers (an experiment on our side, not a swiftlike option): every decoder layer compiled with
-torch.compile and Liger's kernels off, to see whether fewer, fused launches shorten a launch-bound step (the
-compilation falls in the untimed warm-up steps).
+--torch_compile: both sides compile: ours with `--torch_compile` (every decoder layer compiled, Liger's kernels off
+by its default), TRL with TrainingArguments.torch_compile (the whole model; Liger's kernels as without it). The
+compilation falls in the untimed warm-up steps.
 """
 from __future__ import annotations
 
@@ -141,39 +141,16 @@ def run_ours(a, out: str, log: list) -> dict:
                   target_modules=["all-linear"])
     else:
         kw.update(full=True)
-    if not a.liger or a.compile_layers:
+    if not a.liger:
         kw["use_liger_kernel"] = False  # else its default: Liger's kernels on CUDA when liger-kernel is installed
-    compiled = compile_decoder_layers() if a.compile_layers else []
     seen = _Tee(sys.stdout)
     with contextlib.redirect_stdout(seen):
-        result = wb.sft(**kw)
+        result = wb.sft(torch_compile=a.torch_compile, **kw)
     said = {k: line.split(":", 1)[1].strip() for line in seen.text.splitlines()
-            for k in ("kernels", "attention") if line.startswith(f"[wb] {k}:")}
+            for k in ("kernels", "attention", "torch_compile") if line.startswith(f"[wb] {k}:")}
     return {"liger": said.get("kernels", "not said (off CUDA)"),
-            "attn_implementation": said.get("attention"), "compiled_layers": len(compiled),
+            "attn_implementation": said.get("attention"), "torch_compile": said.get("torch_compile"),
             "total_train_seconds": result.metrics.get("train_seconds"), "final_loss": result.metrics.get("final_loss")}
-
-
-def compile_decoder_layers() -> list:
-    """The --compile_layers experiment: every decoder layer of the model `wb sft` builds is compiled on its own
-    (torch.compile, dynamic shapes: a packed row's length changes every step), and inductor fuses what Liger's
-    kernels would (they are off). A measurement of whether fewer, fused launches shorten a launch-bound step; not a
-    swiftlike option."""
-    from transformers.modeling_layers import GradientCheckpointingLayer
-
-    from swiftlike.pipelines import sft
-
-    build, layers = sft.build_trainable, []
-
-    def compiled(*args, **kwargs):  # (returns the layers it compiles)
-        model = build(*args, **kwargs)
-        layers.extend(m for m in model.modules() if isinstance(m, GradientCheckpointingLayer))
-        for layer in layers:
-            layer.compile(dynamic=True)
-        return model
-
-    sft.build_trainable = compiled
-    return layers
 
 
 class _Tee(io.TextIOBase):
@@ -214,7 +191,8 @@ def run_trl(a, out: str, log: list) -> dict:
                      packing_strategy="bfd", padding_free=True, assistant_only_loss=True,
                      gradient_checkpointing=a.gc == "on", logging_steps=a.steps, save_strategy="no", report_to="none",
                      use_cpu=not cuda, bf16=bf16, fp16=False, dataloader_num_workers=0, seed=42,
-                     use_liger_kernel=liger, model_init_kwargs={"dtype": a.dtype, "attn_implementation": attn})
+                     use_liger_kernel=liger, torch_compile=a.torch_compile,
+                     model_init_kwargs={"dtype": a.dtype, "attn_implementation": attn})
     peft_config = None
     if a.mode == "lora":
         peft_config = LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
@@ -442,7 +420,7 @@ def describe(res: dict) -> str:
             f"allocated / {fmt(res.get('peak_reserved_gib'), '.2f')} GiB reserved, {res.get('timed_steps')} timed "
             f"steps of {res.get('steps_logged')}, mean sequence {fmt(res.get('mean_seq_len'), '.0f')} tokens, "
             f"liger {res.get('liger')}, process {res['process_seconds']:.0f}s"
-            + (f", {res['compiled_layers']} decoder layers compiled" if res.get("compiled_layers") else "")
+            + (f", torch_compile: {res['torch_compile']}" if res.get("torch_compile") else "")
             + (f", ERROR after the timed steps: {res['error'][:200]}" if res.get("error") else ""))
 
 
@@ -460,8 +438,8 @@ def main() -> None:
     ap.add_argument("--trl_attn", default="auto",
                     help="TRL's attn_implementation (auto: flash_attention_2 if flash_attn imports, else sdpa)")
     ap.add_argument("--only", choices=("ours", "trl"), help="run one side only")
-    ap.add_argument("--compile_layers", action="store_true",
-                    help="experiment, our side: each decoder layer compiled (torch.compile), Liger off")
+    ap.add_argument("--torch_compile", action="store_true",
+                    help="both sides compiled: ours --torch_compile (decoder layers), TRL's torch_compile (model)")
     ap.add_argument("--budget_s", type=float, default=330.0,
                     help="stop starting runs once this many seconds have passed (the rest are reported skipped)")
     ap.add_argument("--json", help="write all results here (rewritten after every run)")
@@ -525,7 +503,7 @@ def main() -> None:
 
     report = {"settings": {"steps": a.steps, "warmup": a.warmup, "tokens_per_step": a.tokens_per_step,
                            "dtype": dtype, "lora": LORA, "gc": a.gc, "trl_attn": a.trl_attn, "smoke": a.smoke,
-                           "compile_layers": a.compile_layers,
+                           "torch_compile": a.torch_compile,
                            "budget_s": a.budget_s},
               "machine": prep_res, "notes": env_note, "runs": [], "pairs": []}
 
@@ -553,7 +531,7 @@ def main() -> None:
                 args = ["--child", side, "--model-dir", str(dirs[m]), "--data", str(data), "--seq", str(seq),
                         "--mode", mode, "--batch", str(batch), "--steps", str(a.steps), "--warmup", str(a.warmup),
                         "--dtype", dtype, "--gc", "on" if gc else "off", "--trl_attn", a.trl_attn,
-                        *(["--compile_layers"] if a.compile_layers and side == "ours" else []),
+                        *(["--torch_compile"] if a.torch_compile else []),
                         *(["--profile", str(Path(a.profile).resolve())] if a.profile else [])]
                 use = "0" if liger_state[side] == "broken" else "1"
                 res = dict(base, **launch([*args, "--liger", use], timeout=left))
