@@ -5,7 +5,7 @@ import torch
 from swiftlike.data.collate import collate_padded, collate_padding_free
 from swiftlike.models import build_miniature
 from swiftlike.templates import IGNORE_INDEX
-from swiftlike.train.loss import CausalLMLoss, linear_cross_entropy
+from swiftlike.train.loss import CausalLMLoss, linear_cross_entropy, tensor_cores
 
 
 def _rows():
@@ -32,6 +32,34 @@ def test_fused_linear_cross_entropy_matches_plain_loss_and_gradients(bias, chunk
     torch.testing.assert_close(ours, ref)
     for a, b in zip(grads, ref_grads):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_tensor_cores_change_nothing_off_cuda_and_restore_the_setting():
+    matmul = torch.backends.cuda.matmul
+    before = matmul.fp32_precision
+    with tensor_cores(torch.zeros(2)):
+        assert matmul.fp32_precision == before
+    if torch.cuda.is_available():
+        with tensor_cores(torch.zeros(2, device="cuda")):
+            assert matmul.fp32_precision == "tf32"
+        assert matmul.fp32_precision == before
+
+
+@pytest.mark.gpu
+def test_a_trained_bf16_heads_weight_gradient_in_tf32_is_as_close_as_bf16_training_allows():
+    """The output layer's fp32 weight gradient, accumulated over chunks in TF32 on the GPU, against float64: within
+    the distance of the same gradient computed on the CPU from the same bf16 inputs in IEEE fp32, times 4."""
+    torch.manual_seed(0)
+    head = torch.nn.Linear(256, 4096, bias=False).to(torch.bfloat16)
+    h = torch.randn(600, 256, dtype=torch.bfloat16)
+    t = torch.randint(0, 4096, (600,))
+    exact = torch.func.grad(lambda w: torch.nn.functional.cross_entropy(h.double() @ w.T, t, reduction="sum"))(
+        head.weight.double())
+    cpu = torch.autograd.grad(linear_cross_entropy(head, h, t, 64), head.weight)[0].double()
+    cuda_head = head.cuda()
+    gpu = torch.autograd.grad(linear_cross_entropy(cuda_head, h.cuda(), t.cuda(), 64), cuda_head.weight)[0]
+    # (the gradient is returned in the head's dtype, bf16: both sides round it alike)
+    assert (gpu.double().cpu() - exact).abs().max() <= 4 * (cpu - exact).abs().max() + 1e-6
 
 
 def test_frozen_head_gets_no_gradient_and_no_grad_mode_works():
