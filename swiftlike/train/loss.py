@@ -30,19 +30,12 @@ def tensor_cores(tensor: torch.Tensor):
         yield
         return
     matmul = torch.backends.cuda.matmul
-    new_api = hasattr(matmul, "fp32_precision")  # (torch >= 2.9; the two APIs are not to be mixed)
-    saved = matmul.fp32_precision if new_api else matmul.allow_tf32
-    if new_api:
-        matmul.fp32_precision = "tf32"
-    else:
-        matmul.allow_tf32 = True
+    saved = matmul.fp32_precision
+    matmul.fp32_precision = "tf32"
     try:
         yield
     finally:
-        if new_api:
-            matmul.fp32_precision = saved
-        else:
-            matmul.allow_tf32 = saved
+        matmul.fp32_precision = saved
 
 
 def _logits(h, weight, bias, softcap: float | None) -> tuple[torch.Tensor, torch.Tensor | None]:
