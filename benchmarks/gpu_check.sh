@@ -83,7 +83,7 @@ if [ "$PART" = tests ] || [ "$PART" = all ]; then
   GPU_FILES=$(grep -l "pytest.mark.gpu" tests/test_*.py | tr '\n' ' ')
   # every failure's traceback is written to $OUT/failures.log as it happens (tests/conftest.py): a run the cap
   # stops never prints pytest's summary (on 2026-11-26 the suite was at 97% after 260 s)
-  step gpu_tests 90 env WB_FAILURE_LOG="$OUT/gpu_failures.log" python3 -m pytest -m gpu -q -p no:cacheprovider \
+  step gpu_tests 90 env WB_FAILURE_LOG="$OUT/gpu_failures.log" python3 -m pytest -m gpu -q -n 0 -p no:cacheprovider \
     $GPU_FILES
   # (c) the whole suite on CUDA, 12 workers, one thread each (16 cores); -v lists every result even if the cap
   #     stops the run. Not carried, so their tests skip or fail on import: bitsandbytes (43 MB), av (the video

@@ -10,6 +10,12 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# under pytest-xdist (pyproject's addopts) the workers share the cores: each worker's torch, and the processes its
+# tests start, get their share of them rather than all of them each (oversubscribed threads spin and wait)
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1 and "OMP_NUM_THREADS" not in os.environ:
+    os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // _WORKERS))
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 if not torch.cuda.is_available():  # DeepSpeed (imported by accelerate) would print to stdout that it found no GPU
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
 # encoded-data cache of the test session: never the user's own
