@@ -11,9 +11,11 @@
 #   profile: (a) environment, (f) where the time of a training step goes, ours and TRL's, 0.6B and 4B at 2048
 #            (benchmarks/gpu_sft.py --profile: GPU busy share, kernels and device-to-host reads per step, top ops);
 #   grpo: (a) environment, (g) GRPO's toy task with the static cache (the CUDA default) and without, and a GRPO step
-#         on Qwen3-0.6B's shape: ours with the static cache and CUDA graphs, ours with the growing cache, TRL;
+#         on Qwen3-0.6B's shape: ours with the static cache and CUDA graphs, ours with the growing cache, TRL
+#         (TOTAL_S=480);
 #   core: (a) environment, then what is still open, in one call of TOTAL_S=430 (which leaves time in a 15-minute
-#         lease for `tests`): our GRPO step with the static cache and CUDA graphs (with torch.compile's logs), then
+#         lease for `tests`): the optimizer step alone (benchmarks/optimizer_step.py), our GRPO step with the static
+#         cache recorded by torch.compile's "cudagraphs" backend (with torch.compile's logs), then
 #         gpu_sft.py --torch_compile (both sides compiled) with the rest.
 # GPU_CHECK_DRY=1 prints the steps only.
 set -uo pipefail
@@ -118,11 +120,12 @@ if [ "$PART" = bench ] || [ "$PART" = all ]; then
 fi
 
 if [ "$PART" = grpo ]; then
-  # (g) run as `TOTAL_S=400 bash benchmarks/gpu_check.sh grpo` (timeout_s 420); the first step of the static run
+  # (g) run as `TOTAL_S=480 bash benchmarks/gpu_check.sh grpo` (timeout_s 500); the first step of the static run
   #     includes compiling and recording the decode step (the figures after the first step leave it out)
   step grpo_toy_static 45 python3 benchmarks/grpo_toy.py
   step grpo_toy_growing 35 python3 benchmarks/grpo_toy.py --static_cache false
-  step grpo_static 120 python3 benchmarks/grpo_step.py --model_shape 0.6b --dtype bfloat16 --steps 5 --sides ours
+  step grpo_static 180 env TORCH_LOGS=recompiles,graph_breaks,perf_hints python3 benchmarks/grpo_step.py \
+    --model_shape 0.6b --dtype bfloat16 --steps 5 --sides ours
   step grpo_growing 70 python3 benchmarks/grpo_step.py --model_shape 0.6b --dtype bfloat16 --steps 5 --sides ours \
     --static_cache false
   step grpo_trl $(( $(left) - 10 )) python3 benchmarks/grpo_step.py --model_shape 0.6b --dtype bfloat16 --steps 5 \
@@ -130,12 +133,16 @@ if [ "$PART" = grpo ]; then
 fi
 
 if [ "$PART" = core ]; then
-  # what is open after 2026-11-27's runs, in one call of TOTAL_S=430: GRPO's step with the static cache and CUDA
-  # graphs (it ran past 80 s without a line of output then: its progress, and torch.compile's recompilations, graph
-  # breaks and CUDA-graph hints now go to the log); then SFT with --torch_compile on both sides (ours: decoder layers
-  # compiled; TRL: its torch_compile), in gpu_sft.py's order (4B LoRA at 2,048 first, then 0.6B, full, 8,192).
-  step grpo_static 100 env TORCH_LOGS=recompiles,graph_breaks,perf_hints python3 benchmarks/grpo_step.py \
-    --model_shape 0.6b --dtype bfloat16 --steps 4 --sides ours
+  # what is open after 2026-11-27's runs, in one call of TOTAL_S=430: the optimizer step of bf16 full fine-tuning
+  # alone (torchao's per-parameter compiled AdamW vs torch's fused one); GRPO's step with the static cache recorded
+  # as CUDA graphs by torch.compile's "cudagraphs" backend (no inductor code generation: on 2026-11-27 the default,
+  # inductor with mode="reduce-overhead", ran past 80 s; on a 2-core CPU inductor takes 81 s to compile that
+  # 28-layer step, tracing alone 33 s), with torch.compile's recompilations, graph breaks and CUDA-graph hints in
+  # the log; then SFT with --torch_compile on both sides (ours: decoder layers compiled; TRL: its torch_compile),
+  # in gpu_sft.py's order (4B LoRA at 2,048 first, then 0.6B, full, 8,192).
+  step optimizer 60 python3 benchmarks/optimizer_step.py --model_shape 0.6b --json "$OUT/optimizer.json"
+  step grpo_cudagraphs 100 env TORCH_LOGS=recompiles,graph_breaks,perf_hints python3 benchmarks/grpo_step.py \
+    --model_shape 0.6b --dtype bfloat16 --steps 4 --sides ours --decode_compile cudagraphs
   CAP=$(( $(left) - 5 ))
   step compiled "$CAP" python3 benchmarks/gpu_sft.py --torch_compile --json "$OUT/compiled.json" \
     --budget_s $(( CAP - 15 ))

@@ -25,7 +25,7 @@ WHEELS=(
   accelerate==1.15.0
   trl==1.16.0               # the peer of the SFT, DPO and GRPO benchmarks
   liger-kernel==0.8.5       # TRL's use_liger_kernel=True (and ours, once SFTConfig has use_liger_kernel)
-  torchao==0.18.0           # bf16 full training: AdamW with stochastic rounding (swiftlike[cuda])
+  torchao==0.18.0           # optimizer_step.py's comparison row; torchao quantized export (its tests)
   datasets==5.2.0           # TRL reads and packs data with it (pyarrow and pandas are in the image)
   dill==0.4.1
   multiprocess==0.70.19

@@ -11,7 +11,9 @@ completions run to --new-tokens on both sides (the mean length is printed to sho
 step, split into generation and the rest (scoring and training), peak GPU memory on a GPU, and the ratios.
 --model_shape 0.6b / 4b: a randomly initialised model of that Qwen3's real config instead of the miniature;
 --dtype bfloat16 for both sides. --static_cache true|false: our rollout's KV cache (default: static, its decode step
-replayed as CUDA graphs, on CUDA; a growing one elsewhere); --sides ours,trl: which sides run.
+replayed as CUDA graphs, on CUDA; a growing one elsewhere); --decode_compile cudagraphs: record the static cache's
+decode step as CUDA graphs without inductor's code generation (torch.compile's "cudagraphs" backend: a shorter
+first step, unfused kernels) instead of the default mode="reduce-overhead"; --sides ours,trl: which sides run.
 Needs `pip install -e ".[bench]"`.
 """
 from __future__ import annotations
@@ -43,9 +45,13 @@ def prompt_rows(n: int) -> list[dict]:
             for i in range(n)]
 
 
-def run_ours(model_dir, data, steps, prompts, gens, new_tokens, out, dtype="float32", static_cache=None) -> dict:
+def run_ours(model_dir, data, steps, prompts, gens, new_tokens, out, dtype="float32", static_cache=None,
+             decode_compile="inductor") -> dict:
     import swiftlike as wb
     from swiftlike.rollout import hf
+
+    if decode_compile == "cudagraphs":
+        hf.COMPILED = dict(backend="cudagraphs", dynamic=False)
 
     generations, ends = clock_calls(hf.HFRollout, "generate"), ours_step_ends()
     result = wb.grpo(model=model_dir, template="qwen3", dataset=[data], lora=True, lora_dropout=0.05,
@@ -75,7 +81,8 @@ def timings(seconds: float, generations: list[float], ends: list[float]) -> dict
             "steady_generate_seconds": sum(after) / len(after) if after else None}
 
 
-def run_trl(model_dir, data, steps, prompts, gens, new_tokens, out, dtype="float32", static_cache=None) -> dict:
+def run_trl(model_dir, data, steps, prompts, gens, new_tokens, out, dtype="float32", static_cache=None,
+            decode_compile=None) -> dict:
     import torch
     from datasets import load_dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -108,6 +115,7 @@ def main() -> None:
                     help="mini: hidden 256, 4 layers; 0.6b / 4b: that Qwen3's real config (random weights)")
     ap.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     ap.add_argument("--static_cache", choices=("auto", "true", "false"), default="auto")
+    ap.add_argument("--decode_compile", choices=("inductor", "cudagraphs"), default="inductor")
     ap.add_argument("--sides", default="ours,trl")
     add_child_args(ap)
     a = ap.parse_args()
@@ -116,7 +124,8 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as out:
             res = (run_ours if a.child == "ours" else run_trl)(a.model_dir, a.data, a.steps, a.prompts,
                                                                 a.generations, a.new_tokens, out, a.dtype,
-                                                                {"true": True, "false": False}.get(a.static_cache))
+                                                                {"true": True, "false": False}.get(a.static_cache),
+                                                                a.decode_compile)
         res["peak_rss_mb"] = peak_rss_mb()
         res.update(gpu_peak_gib())
         print("RESULT " + json.dumps(res))
@@ -129,7 +138,8 @@ def main() -> None:
     for side in a.sides.split(","):
         r = run_child(__file__, ["--child", side, "--model-dir", model_dir, "--data", data, "--steps", shape[0],
                                  "--prompts", shape[1], "--generations", shape[2], "--new-tokens", shape[3],
-                                 "--dtype", a.dtype, "--static_cache", a.static_cache])
+                                 "--dtype", a.dtype, "--static_cache", a.static_cache,
+                                 "--decode_compile", a.decode_compile])
         r["per_step"] = r["seconds"] / a.steps
         r["generate_per_step"] = r["generate_seconds"] / a.steps
         r["rest_per_step"] = r["per_step"] - r["generate_per_step"]

@@ -143,11 +143,13 @@ def test_static_cache_across_families(model_id):
 
 
 @pytest.mark.gpu
-def test_cuda_graph_decoding_of_a_liger_patched_lora_policy():
+@pytest.mark.parametrize("compile", [None, dict(backend="cudagraphs", dynamic=False)], ids=["default", "cudagraphs"])
+def test_cuda_graph_decoding_of_a_liger_patched_lora_policy(compile):
     """GRPO's default rollout on CUDA, for the policy as training builds it there (Liger's kernels, LoRA layers in
     the stream's dtype): the decode step is compiled as one graph without breaks and recorded as CUDA graphs (none
     skipped: Liger's kernels, which torch.compile cannot analyse, are off while decoding), and its logits at every
-    step equal the eager growing cache's, Liger's kernels included."""
+    step equal the eager growing cache's, Liger's kernels included. So does the step recorded by torch.compile's
+    "cudagraphs" backend (no inductor code generation)."""
     pytest.importorskip("liger_kernel")
     import sys
 
@@ -168,7 +170,7 @@ def test_cuda_graph_decoding_of_a_liger_patched_lora_policy():
         model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", lora_dropout=0.0))
         assert compute_in_stream_dtype(model) == 14
         model.eval()
-        rollout = HFRollout(model, 0)
+        rollout = HFRollout(model, 0, compile=compile)
         assert rollout.static is not None and rollout.static._graphs
         rows = [[5, 6, 7, 8, 9, 10, 11, 12], [13, 14], [15, 16, 17]]
         graphs = _logit_trace(rollout, rows)

@@ -30,13 +30,16 @@ CACHE_ATTENTION = ("sdpa", "eager")  # implementations whose masks follow a stat
 class StaticDecode:
     """`start(ids, mask, positions, max_tokens)` -> (logits of each row's last prompt token, `advance`), where
     `advance(tokens)` writes one token per row and returns the logits after it. `compile`: keyword arguments of
-    torch.compile for the decode step (`COMPILED` on CUDA), or None to run it eagerly."""
+    torch.compile for the decode step (`COMPILED` on CUDA; dict(backend="cudagraphs") records CUDA graphs without
+    inductor's code generation), or None to run it eagerly."""
 
     def __init__(self, model, call: ModelCall, compile: dict | None = None):
         self.model, self.call = model, call
         self._cache, self._shape = None, None
         self._step: Callable = torch.compile(self._decode, **compile) if compile else self._decode
-        self._graphs = bool(compile) and compile.get("mode") == "reduce-overhead"
+        # both record CUDA graphs through cudagraph trees: each replay's output is overwritten by the next
+        self._graphs = bool(compile) and (compile.get("mode") == "reduce-overhead" or
+                                          compile.get("backend") == "cudagraphs")
 
     def start(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, max_tokens: int):
         rows, width = ids.shape

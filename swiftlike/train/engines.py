@@ -11,7 +11,6 @@ Every "auto" in a DeepSpeed config is filled from our options here, before deeps
 from __future__ import annotations
 
 import json
-import sys
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -169,6 +168,7 @@ class EngineSettings:
     max_grad_norm: float
     gradient_accumulation_steps: int
     part_lr: dict = field(default_factory=dict)  # a vision-language model's "vit" / "aligner" learning rates
+    seed: int = 0  # the stochastic rounding's random bits (train/optim.py)
 
 
 def param_groups(module: torch.nn.Module, s: EngineSettings) -> list[dict]:
@@ -184,29 +184,21 @@ def param_groups(module: torch.nn.Module, s: EngineSettings) -> list[dict]:
 
 
 def adamw(groups: list[dict], s: EngineSettings, bf16_rounding: bool = True):
-    """torch's AdamW; for bf16 trainable parameters (full training in bf16) torchao's AdamW with stochastic rounding.
+    """torch's AdamW; for bf16 trainable parameters (full training in bf16) AdamW with stochastic rounding
+    (train/optim.py).
 
     A bf16 weight near 1 moves in steps of 2^-7: plain bf16 AdamW rounds every smaller update away, so small
     learning rates stall (200 steps of 1e-4 leave such a weight at exactly 1.0; tests/test_engines_bf16.py).
     Stochastic rounding keeps each update's expected value (the same 200 steps: 0.9806 for 0.98), with the moments
     in bf16 too — 8 bytes per parameter, where fp32 master weights would take 16. DeepSpeed keeps fp32 master
-    weights of its own (`bf16_rounding=False`); FSDP2 keeps torch's AdamW until torchao's optimizer is proven over
-    its sharded (DTensor) parameters on a GPU."""
-    low = bf16_rounding and any(p.dtype == torch.bfloat16 for g in groups for p in g["params"])
-    if low:
-        try:
-            from torchao.optim import _AdamW as RoundingAdamW
-        except ImportError:
-            RoundingAdamW = None
-        if RoundingAdamW is not None:
-            if accel.is_main_process():
-                print("[wb] optimizer: AdamW with bf16 stochastic rounding (torchao): updates smaller than a bf16 "
-                      "step are kept in expectation", flush=True)
-            return RoundingAdamW(groups, lr=s.learning_rate, weight_decay=s.weight_decay, bf16_stochastic_round=True)
+    weights of its own (`bf16_rounding=False`); FSDP2 keeps torch's AdamW (its parameters are sharded DTensors)."""
+    if bf16_rounding and any(p.dtype == torch.bfloat16 for g in groups for p in g["params"]):
+        from .optim import RoundingAdamW
+
         if accel.is_main_process():
-            print("[wb] warning: bf16 weights train with plain AdamW, which rounds away updates smaller than a bf16 "
-                  "step (small learning rates stall); pip install torchao for stochastic rounding, or train in "
-                  "--torch_dtype float32", file=sys.stderr, flush=True)
+            print("[wb] optimizer: AdamW with bf16 stochastic rounding: updates smaller than a bf16 step are kept in "
+                  "expectation", flush=True)
+        return RoundingAdamW(groups, lr=s.learning_rate, weight_decay=s.weight_decay, seed=s.seed)
     return torch.optim.AdamW(groups, lr=s.learning_rate, weight_decay=s.weight_decay)
 
 
