@@ -165,6 +165,19 @@ def test_the_compiled_step_is_one_graph_whatever_the_length_and_learning_rate():
     assert float((eager[0] != compiled[0]).double().mean()) < 0.001
 
 
+def test_where_compiling_fails_the_step_runs_eagerly(monkeypatch, capsys):
+    from swiftlike.train import optim
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no C++ compiler found\nmore")
+
+    monkeypatch.setattr(optim, "_KERNELS", {})
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: broken)
+    assert _steps(lambda g: RoundingAdamW(g, lr=1e-4, weight_decay=0.0), n=20) < 1.0
+    err = capsys.readouterr().err
+    assert err.count("could not be compiled (RuntimeError: no C++ compiler found)") == 1, err
+
+
 def test_a_torchao_optimizer_state_loads():
     """Checkpoints of full bf16 runs written before RoundingAdamW (torchao's _AdamW, its lr a tensor) resume."""
     torchao_optim = pytest.importorskip("torchao.optim")

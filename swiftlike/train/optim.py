@@ -19,6 +19,8 @@ no random tensor is written to memory.
 """
 from __future__ import annotations
 
+import sys
+
 import torch
 
 LOW_BITS = 16  # an fp32 value's bits below bf16's mantissa
@@ -108,10 +110,28 @@ _KERNELS: dict = {}
 
 
 def _kernel(device: torch.device):
-    """`adamw_update` compiled (one graph for every length; fused into one kernel) on CPU and CUDA, eager
-    elsewhere."""
+    """`adamw_update` compiled (one graph for every length, fused into one kernel) on CPU and CUDA, eager elsewhere
+    and where compiling fails (a machine without a C++ compiler: said once, then the eager function)."""
     if device.type not in _KERNELS:
-        compiled = device.type in ("cpu", "cuda")
-        _KERNELS[device.type] = torch.compile(adamw_update, fullgraph=True, dynamic=True) if compiled else \
-            adamw_update
+        if device.type in ("cpu", "cuda"):
+            _KERNELS[device.type] = _CompiledOrEager(torch.compile(adamw_update, fullgraph=True, dynamic=True))
+        else:
+            _KERNELS[device.type] = adamw_update
     return _KERNELS[device.type]
+
+
+class _CompiledOrEager:
+    def __init__(self, compiled):
+        self.compiled = compiled
+
+    def __call__(self, *args):
+        if self.compiled is None:
+            return adamw_update(*args)
+        try:
+            return self.compiled(*args)
+        except Exception as e:  # compiling failed before anything ran: the same step, eagerly, from now on
+            self.compiled = None
+            print(f"[wb] warning: the optimizer step could not be compiled ({type(e).__name__}: "
+                  f"{str(e).splitlines()[0] if str(e) else ''}); it runs eagerly, several times slower",
+                  file=sys.stderr, flush=True)
+            return adamw_update(*args)
