@@ -1,13 +1,17 @@
 """bf16 full training keeps small updates: the optimizer is AdamW with stochastic rounding wherever trainable weights
 are bf16 (train/engines.adamw, train/optim.RoundingAdamW), where torch's AdamW rounds every update smaller than
 half a bf16 step away and the weights never move."""
+from pathlib import Path
+
 import pytest
 import torch
+from conftest import two_processes
 
 import swiftlike as wb
 from swiftlike.train.engines import EngineSettings, adamw
 from swiftlike.train.optim import LOW_BITS, RoundingAdamW, adamw_update, random_bits
 
+REPO = Path(__file__).resolve().parents[1]
 SETTINGS = EngineSettings(learning_rate=1e-4, weight_decay=0.0, max_grad_norm=1.0, gradient_accumulation_steps=1)
 
 
@@ -209,3 +213,43 @@ def test_full_training_in_bf16_moves_weights_by_less_than_a_bf16_step(tmp_path):
     assert trained.dtype == torch.bfloat16
     moved = (trained.float() != base.float()).float().mean()
     assert run.checkpoint and float(moved) > 0.04
+
+
+@two_processes
+@pytest.mark.slow
+def test_fsdp_bf16_training_rounds_each_shard_and_resumes_bit_for_bit(tmp_path):
+    """Under FSDP2 (two processes, parameters sharded as DTensors) bf16 full training steps with the rounding
+    optimizer on each rank's shard: small updates are kept as in one process, and a run resumed from its step-2
+    checkpoint ends with exactly the uninterrupted run's weights and losses (the rounding's bits are a hash)."""
+    import json
+    import re
+    import shutil
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    from swiftlike.models.loader import build_miniature
+
+    def run(out, *extra):
+        r = subprocess.run([sys.executable, "-m", "swiftlike.cli.main", "sft", "--model", "Qwen/Qwen3-0.6B",
+                            "--miniature", "--dataset", "examples/data/identity.jsonl", "--full", "--torch_dtype",
+                            "bfloat16", "--fsdp", "full_shard", "--nproc_per_node", "2", "--learning_rate", "1e-5",
+                            "--max_steps", "4", "--save_steps", "2", "--logging_steps", "1", "--output_dir",
+                            str(out), *extra], cwd=REPO, capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stderr[-3000:]
+        log = r.stdout + r.stderr
+        return log, [json.loads(m)["loss"] for m in re.findall(r'\{"step": \d+, "epoch"[^\n]*?\}', log)]
+
+    log, losses = run(tmp_path / "straight")
+    assert "bf16 stochastic rounding" in log and len(losses) == 4
+    name = "model.layers.0.mlp.down_proj.weight"
+    base = build_miniature("Qwen/Qwen3-0.6B").state_dict()[name].to(torch.bfloat16)
+    weights = load_file(str(tmp_path / "straight" / "checkpoint-4" / "model.safetensors"))
+    assert weights[name].dtype == torch.bfloat16 and float((weights[name] != base).float().mean()) > 0.04
+    shutil.copytree(tmp_path / "straight", tmp_path / "resumed")
+    shutil.rmtree(tmp_path / "resumed" / "checkpoint-4")
+    log, resumed = run(tmp_path / "resumed", "--resume")
+    assert "resuming from" in log and resumed == losses[2:]
+    again = load_file(str(tmp_path / "resumed" / "checkpoint-4" / "model.safetensors"))
+    assert all(torch.equal(weights[k], again[k]) for k in weights)

@@ -191,7 +191,7 @@ def adamw(groups: list[dict], s: EngineSettings, bf16_rounding: bool = True):
     learning rates stall (200 steps of 1e-4 leave such a weight at exactly 1.0; tests/test_engines_bf16.py).
     Stochastic rounding keeps each update's expected value (the same 200 steps: 0.9806 for 0.98), with the moments
     in bf16 too — 8 bytes per parameter, where fp32 master weights would take 16. DeepSpeed keeps fp32 master
-    weights of its own (`bf16_rounding=False`); FSDP2 keeps torch's AdamW (its parameters are sharded DTensors)."""
+    weights of its own (`bf16_rounding=False`); under FSDP2 each rank rounds its own shard."""
     if bf16_rounding and any(p.dtype == torch.bfloat16 for g in groups for p in g["params"]):
         from .optim import RoundingAdamW
 
@@ -353,7 +353,6 @@ class FSDPEngine(DDPEngine):
     """FSDP2: every decoder layer sharded (fully_shard), then the objective as the root (embeddings, norm, head)."""
 
     name = "fsdp"
-    bf16_rounding = False
 
     def __init__(self, objective, model, s: EngineSettings, config: dict, dtype: torch.dtype):
         self.config, self.dtype = config, dtype

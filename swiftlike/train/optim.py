@@ -15,7 +15,8 @@ corrections as tensors (a new value is not a new graph). Measured with benchmark
 The random bits are not drawn from a generator: they are a hash of each value's position, the parameter's index
 and the step (and the run's seed), computed inside the same kernel. So every data-parallel rank rounds alike (the
 replicas stay equal whatever else drew random numbers), a resumed run rounds as the uninterrupted one would, and
-no random tensor is written to memory.
+no random tensor is written to memory. Under FSDP2 (parameters sharded as DTensors) each rank steps its own shard
+(positions are the shard's own).
 """
 from __future__ import annotations
 
@@ -60,15 +61,22 @@ class RoundingAdamW(torch.optim.Optimizer):
                     state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 state["step"] += 1
                 step = int(state["step"])
-                tensors = (p, p.grad, state["exp_avg"], state["exp_avg_sq"])
+                # FSDP2's parameters, gradients and moments are DTensors: each rank steps its own shard
+                tensors = tuple(_local(t) for t in (p, p.grad, state["exp_avg"], state["exp_avg_sq"]))
                 if not all(t.is_contiguous() for t in tensors):
                     raise ValueError(f"RoundingAdamW needs contiguous parameters and gradients ({tuple(p.shape)})")
                 if step not in corrections:
                     corrections[step] = (torch.tensor(1 - beta1 ** step), torch.tensor((1 - beta2 ** step) ** 0.5))
                 seed = torch.tensor(_mix(self.seed, g_index, p_index, step))
-                _kernel(p.device)(*(t.view(-1) for t in tensors), lr, *corrections[step], seed, beta1, beta2,
+                _kernel(tensors[0].device)(*(t.view(-1) for t in tensors), lr, *corrections[step], seed, beta1, beta2,
                                   group["eps"], group["weight_decay"], p.dtype == torch.bfloat16)
         return loss
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    from torch.distributed.tensor import DTensor
+
+    return t.to_local() if isinstance(t, DTensor) else t
 
 
 def adamw_update(p, g, m, v, lr, correction1, root_correction2, seed, beta1: float, beta2: float, eps: float,
