@@ -145,7 +145,7 @@ class SFTConfig(ModelArgs, DataArgs):
                                     "fused kernels for a launch-bound step (on an H100, Qwen3-0.6B LoRA trains "
                                     "1.4x faster); the first step pays the compilation. Liger's kernels default "
                                     "off with it.")
-    seed: int = _f(42, "Seed for initialisation, data order and dropout.")
+    seed: int = _f(42, "Seed for initialisation, data order, dropout and bf16 stochastic rounding.")
     logging_steps: int = _f(10, "Log every N optimizer steps.")
     save_steps: int = _f(500, "Save a checkpoint every N optimizer steps (and always at the end).")
     save_total_limit: int | None = _f(None, "Keep at most this many checkpoints (oldest deleted).")

@@ -197,14 +197,19 @@ def test_a_torchao_optimizer_state_loads():
 
 
 @pytest.mark.slow
-def test_full_training_in_bf16_moves_weights_by_less_than_a_bf16_step(tmp_path):
+def test_full_training_in_bf16_moves_weights_by_less_than_a_bf16_step(tmp_path, monkeypatch):
     """lr 1e-5 on weights of magnitude ~0.02 (bf16 step there ~1.2e-4): with stochastic rounding 6.4% of a matrix's
     weights moved in 3 steps, with torch's AdamW 1.6% (only the smallest weights, whose bf16 step is finer)."""
     pytest.importorskip("torchao")
     from safetensors.torch import load_file
 
+    seeds = []  # the run's --seed (default 42) seeds the rounding's bits
+    init = RoundingAdamW.__init__
+    monkeypatch.setattr(RoundingAdamW, "__init__", lambda self, *a, **kw: (seeds.append(kw["seed"]),
+                                                                            init(self, *a, **kw))[1])
     run = wb.sft(model="Qwen/Qwen3-0.6B", miniature=True, dataset=["examples/data/identity.jsonl"], full=True,
                  torch_dtype="bfloat16", learning_rate=1e-5, max_steps=3, output_dir=str(tmp_path / "run"))
+    assert seeds == [42]
     from swiftlike.models.loader import build_miniature
 
     name = "model.layers.0.mlp.down_proj.weight"

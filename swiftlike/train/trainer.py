@@ -114,7 +114,7 @@ class Trainer:
         self.distributed = accel.world_size() > 1
         parts = {"vit": settings.vit_lr, "aligner": settings.aligner_lr}
         es = EngineSettings(settings.learning_rate, settings.weight_decay, settings.max_grad_norm,
-                            settings.gradient_accumulation_steps, {k: v for k, v in parts.items() if v})
+                            settings.gradient_accumulation_steps, {k: v for k, v in parts.items() if v}, settings.seed)
         # DDP (or one process), DeepSpeed or FSDP2: wraps the objective and owns the optimizer
         self.engine = (engine or DDPEngine)(self.objective, model, es)
         self.loss_module, self.optimizer = self.engine.module, self.engine.optimizer
