@@ -87,8 +87,9 @@ if [ "$PART" = tests ] || [ "$PART" = all ]; then
   # stops never prints pytest's summary (on 2026-11-26 the suite was at 97% after 260 s)
   step gpu_tests 90 env WB_FAILURE_LOG="$OUT/gpu_failures.log" python3 -m pytest -m gpu -q -n 0 -p no:cacheprovider \
     $GPU_FILES
-  # (c) the whole suite on CUDA, 12 workers, one thread each (16 cores); -v lists every result even if the cap
-  #     stops the run. Not carried, so their tests skip or fail on import: bitsandbytes (43 MB), av (the video
+  # (c) the whole suite on CUDA, 12 workers, one thread each (16 cores), handed out test by test (--dist load:
+  #     pyproject's file-per-worker default would leave most of 12 workers waiting on the largest files); -v lists
+  #     every result even if the cap stops the run. Not carried, so their tests skip or fail on import: bitsandbytes (43 MB), av (the video
   #     decoder, 36 MB: with the wheels above over the 64 MiB carried), nbclient (the notebook test), tensorboard,
   #     deepspeed. The project is not pip-installed there: a `wb` script on PATH stands in for the recipe try-outs.
   if [ "$DRY" != 1 ]; then
@@ -96,7 +97,7 @@ if [ "$PART" = tests ] || [ "$PART" = all ]; then
       && chmod +x /tmp/wbbin/wb && export PATH=/tmp/wbbin:$PATH
   fi
   step suite $(( $(left) - 10 )) env OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 WB_FAILURE_LOG="$OUT/failures.log" \
-    python3 -m pytest -v -n 12 --timeout 240 -m "not gpu" -p no:cacheprovider -rfE tests
+    python3 -m pytest -v -n 12 --dist load --timeout 240 -m "not gpu" -p no:cacheprovider -rfE tests
   # the failures by name, in the call's output too (their tracebacks are in the logs)
   [ "$DRY" = 1 ] || cat "$OUT"/gpu_failures.log "$OUT"/failures.log 2>/dev/null | grep "^=== " | sort -u \
     | tee "$OUT/failed.txt"
