@@ -68,8 +68,8 @@ class RoundingAdamW(torch.optim.Optimizer):
                 if step not in corrections:
                     corrections[step] = (torch.tensor(1 - beta1 ** step), torch.tensor((1 - beta2 ** step) ** 0.5))
                 seed = torch.tensor(_mix(self.seed, g_index, p_index, step))
-                _kernel(tensors[0].device)(*(t.view(-1) for t in tensors), lr, *corrections[step], seed, beta1, beta2,
-                                  group["eps"], group["weight_decay"], p.dtype == torch.bfloat16)
+                _kernel(tensors[0].device)(*(t.view(-1) for t in tensors), lr, *corrections[step], seed, beta1,
+                                           beta2, group["eps"], group["weight_decay"], p.dtype == torch.bfloat16)
         return loss
 
 
