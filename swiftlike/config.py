@@ -144,7 +144,7 @@ class SFTConfig(ModelArgs, DataArgs):
     torch_compile: bool = _f(False, "Compile each decoder layer with torch.compile (inductor, dynamic shapes): "
                                     "fused kernels for a launch-bound step (on an H100, Qwen3-0.6B LoRA trains "
                                     "1.4x faster); the first step pays the compilation. Liger's kernels default "
-                                    "off with it.")
+                                    "off with it. Works with --fsdp and DeepSpeed ZeRO-1/2 (not ZeRO-3).")
     seed: int = _f(42, "Seed for initialisation, data order, dropout and bf16 stochastic rounding.")
     logging_steps: int = _f(10, "Log every N optimizer steps.")
     save_steps: int = _f(500, "Save a checkpoint every N optimizer steps (and always at the end).")
@@ -217,9 +217,12 @@ class SFTConfig(ModelArgs, DataArgs):
             if self.qlora and stage == 3:
                 raise UserError("--qlora under ZeRO-3 is not supported: 4-bit weights cannot be partitioned by "
                                 "ZeRO-3 here; use --deepspeed zero2 (or zero1), or --lora")
-        if self.torch_compile and (self.deepspeed or self.fsdp):
-            raise UserError(f"--torch_compile with --{'deepspeed' if self.deepspeed else 'fsdp'} is not supported "
-                            "yet (their hooks around each layer are not tested compiled); drop one of them")
+            if self.torch_compile and stage == 3:
+                # its hooks gather each layer's weights inside the layer's call: torch.compile breaks the layer
+                # graph at each and, past its recompile limit (hit in the first step on a miniature), runs them eagerly
+                raise UserError("--torch_compile under ZeRO-3 is not supported: DeepSpeed's parameter hooks break "
+                                "each compiled layer apart; use --fsdp full_shard (which shards the same) or "
+                                "--deepspeed zero2")
         if self.fsdp:
             engines.fsdp_config(self.fsdp)
             if self.qlora:

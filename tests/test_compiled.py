@@ -78,11 +78,12 @@ def test_liger_kernels_are_off_by_default_with_compiled_layers(monkeypatch):
     assert kernels.choose(True, "cuda", "qwen3", compiled=True) == (True, "--use_liger_kernel")
 
 
-@pytest.mark.parametrize("engine", [{"fsdp": "full_shard"}, {"deepspeed": "zero2"}])
-def test_torch_compile_with_a_distributed_engine_is_refused_in_one_line(engine):
-    with pytest.raises(UserError, match="^--torch_compile with --(fsdp|deepspeed) is not supported yet"):
+@pytest.mark.parametrize("preset", ["zero3", "zero3_offload"])
+def test_torch_compile_under_zero3_is_refused_in_one_line(preset):
+    """(FSDP2 and ZeRO-2 train compiled: tests/test_engines.py)"""
+    with pytest.raises(UserError, match="^--torch_compile under ZeRO-3 is not supported: .* use --fsdp full_shard"):
         wb.sft(model="Qwen/Qwen3-0.6B", miniature=True, dataset=["examples/data/identity.jsonl"], lora=True,
-               torch_compile=True, dry_run=True, **engine)
+               torch_compile=True, dry_run=True, deepspeed=preset)
 
 
 @pytest.mark.slow

@@ -172,6 +172,23 @@ def test_sft_two_processes_equal_one(single, tmp_path, mode, engine):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("mode,engine", [("full", ["--fsdp", "full_shard"]), ("lora", ["--deepspeed", "zero2"])],
+                         ids=["full-fsdp", "lora-zero2"])
+def test_compiled_layers_under_an_engine_train_as_one_eager_process(single, tmp_path, mode, engine):
+    """--torch_compile under FSDP2 (its hooks gather and free each compiled layer's weights around its call) and
+    ZeRO-2: the losses and weights follow one eager process's, and no layer gives up compiling (torch says so when
+    its recompile limit is hit, as it is under ZeRO-3, which is refused)."""
+    r = wb("sft", *common("run", f"--{mode}", "--dataset", IDENTITY, "--nproc_per_node", "2",
+                          "--per_device_train_batch_size", "2", "--torch_compile", *engine), cwd=tmp_path)
+    assert "2 decoder layers compiled" in r.stdout
+    assert "recompile_limit" not in r.stdout + r.stderr
+    ref_losses, ref_ckpt = single[mode]
+    assert losses(r)[0] == pytest.approx(ref_losses[0], rel=1e-5)
+    assert losses(r) == pytest.approx(ref_losses, rel=2e-3) and len(ref_losses) == 3
+    assert_same_weights(ref_ckpt, tmp_path / "run" / "checkpoint-3")
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("mode,engine,reference", [
     ("lora", ["--deepspeed", "zero3"], []), ("full", ["--fsdp", "full_shard"], []),
     # the reference log-probs computed once up front, outside a training step, through the engine
