@@ -1,7 +1,11 @@
 import atexit
 import contextlib
+import json
 import os
+import re
 import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -61,6 +65,24 @@ def pytest_runtest_logreport(report):
     if path and report.failed and not os.environ.get("PYTEST_XDIST_WORKER"):
         with open(path, "a") as f:
             f.write(f"=== {report.nodeid} ({report.when})\n{report.longreprtext}\n\n")
+
+
+STEP_LOG = re.compile(r'\{"step": \d+, "epoch"[^\n]*?\}(?=\s|$)')
+
+
+def wb_cli(*args: str, cwd=None, check: bool = True, timeout: int = 600, **env: str) -> subprocess.CompletedProcess:
+    """`wb ARGS` in a process of its own (with `env` added to this one's); with `check`, a non-zero exit fails the
+    test with the end of the command's output."""
+    r = subprocess.run([sys.executable, "-m", "swiftlike.cli.main", *args], cwd=cwd, env={**os.environ, **env},
+                       capture_output=True, text=True, timeout=timeout)
+    if check and r.returncode != 0:
+        raise AssertionError(f"wb {' '.join(args)} failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-6000:]}")
+    return r
+
+
+def logged_steps(r: subprocess.CompletedProcess) -> list[dict]:
+    """The records a training command printed, one a logged step (`{"step": 1, "epoch": ..., "loss": ...}`)."""
+    return [json.loads(m) for m in STEP_LOG.findall(r.stdout + r.stderr)]
 
 
 @contextlib.contextmanager

@@ -12,7 +12,7 @@ from swiftlike.data.pairs import collate_pairs, encode_pairs
 from swiftlike.models import build_miniature
 from swiftlike.templates import get_template
 from swiftlike.train.dpo import PreferenceObjective
-from conftest import two_processes
+from conftest import two_processes, wb_cli
 
 BASE = dict(model="Qwen/Qwen3-0.6B", miniature=True, dataset=["preference-demo"], logging_steps=1,
             torch_dtype="float32")  # equivalence checks need fp32 (auto picks bf16 on GPUs)
@@ -89,16 +89,10 @@ def test_precomputed_reference_matches_the_live_one(tmp_path):
 @pytest.mark.slow
 @two_processes
 def test_two_process_dpo_matches_one_process(tmp_path):
-    import os
-    import subprocess
-    import sys
-
     flags = ["--model", "Qwen/Qwen3-0.6B", "--miniature", "--dataset", "preference-demo", "--lora", "--lora_dropout",
              "0", "--learning_rate", "1e-2", "--max_steps", "3", "--logging_steps", "1"]
-    two = subprocess.run([sys.executable, "-m", "swiftlike.cli.main", "dpo", *flags, "--nproc_per_node", "2",
-                          "--per_device_train_batch_size", "2", "--output_dir", str(tmp_path / "two")],
-                         env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=600)
-    assert two.returncode == 0, two.stderr[-3000:]
+    wb_cli("dpo", *flags, "--nproc_per_node", "2", "--per_device_train_batch_size", "2", "--output_dir",
+           str(tmp_path / "two"), OMP_NUM_THREADS="1")
     one = wb.dpo(**BASE, lora=True, lora_dropout=0.0, learning_rate=1e-2, max_steps=3, per_device_train_batch_size=4,
                  output_dir=str(tmp_path / "one"))
     two_history = json.loads((tmp_path / "two" / "checkpoint-3" / "trainer_state.json").read_text())["log_history"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import socket
 import subprocess
 import sys
@@ -13,6 +12,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import STEP_LOG, logged_steps
+from conftest import wb_cli as wb
 from safetensors.torch import load_file
 
 from swiftlike.errors import UserError
@@ -23,24 +24,10 @@ pytest.importorskip("deepspeed")
 REPO = Path(__file__).resolve().parents[1]
 IDENTITY = str(REPO / "examples" / "data" / "identity.jsonl")
 PAIRS = str(REPO / "swiftlike" / "assets" / "datasets" / "preference_demo.jsonl")
-STEP = re.compile(r'\{"step": \d+, "epoch"[^\n]*?\}(?=\s|$)')
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-
-
-def wb(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    r = subprocess.run([sys.executable, "-m", "swiftlike.cli.main", *args], cwd=cwd, env=ENV, capture_output=True,
-                       text=True, timeout=600)
-    if check and r.returncode != 0:
-        raise AssertionError(f"wb {' '.join(args)} failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-6000:]}")
-    return r
-
-
-def steps(r: subprocess.CompletedProcess) -> list[dict]:
-    return [json.loads(m) for m in STEP.findall(r.stdout + r.stderr)]
 
 
 def losses(r) -> list[float]:
-    return [s["loss"] for s in steps(r)]
+    return [s["loss"] for s in logged_steps(r)]
 
 
 def common(out: str, *extra: str, steps_: int = 3) -> list[str]:
@@ -254,14 +241,14 @@ def grpo_ddp(tmp_path_factory):
     args = ["--dataset", "arithmetic#16", "--reward_funcs", f"{root / 'reward.py'}:chars", "--num_generations",
             "2", "--max_completion_length", "8", "--per_device_train_batch_size", "2", "--nproc_per_node", "2",
             "--beta", "0.04", "--num_iterations", "2"]
-    return args, steps(wb("grpo", *common("ddp", *args, steps_=2), cwd=root))
+    return args, logged_steps(wb("grpo", *common("ddp", *args, steps_=2), cwd=root))
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("engine", [["--fsdp", "full_shard"], ["--deepspeed", "zero3"]], ids=["fsdp", "zero3"])
 def test_grpo_under_a_sharded_engine_equals_ddp(grpo_ddp, tmp_path, engine):
     args, ddp = grpo_ddp
-    sharded = steps(wb("grpo", *common("run", *args, *engine, steps_=2), cwd=tmp_path))
+    sharded = logged_steps(wb("grpo", *common("run", *args, *engine, steps_=2), cwd=tmp_path))
     assert len(sharded) == 2 and sharded[0]["reward_std"] > 0  # rewards differ: a real gradient
     for i in (0, 1):
         for key in ("loss", "reward", "grad_norm", "kl"):
@@ -281,7 +268,7 @@ def _try_out(out: Path) -> list[str]:
 
 
 def _env(**extra: str) -> dict:
-    return {**ENV, "PATH": f"{Path(sys.executable).parent}:{ENV['PATH']}", **extra}
+    return {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", **extra}
 
 
 @pytest.mark.slow
@@ -298,7 +285,7 @@ def test_two_nodes_script_equals_one_process(tmp_path):
     # one process with the same global batch: 2 nodes x batch 2 x accumulation 4 = batch 2 x accumulation 8
     one = wb("sft", "--config", "examples/cluster/recipe.yaml", *_try_out(tmp_path / "one"),
              "--gradient_accumulation_steps", "8", "--deepspeed", "zero2", cwd=REPO)
-    assert [json.loads(m)["loss"] for m in STEP.findall(outputs[0])] == pytest.approx(losses(one), rel=2e-5)
+    assert [json.loads(m)["loss"] for m in STEP_LOG.findall(outputs[0])] == pytest.approx(losses(one), rel=2e-5)
     assert_same_weights(tmp_path / "one" / "checkpoint-3", tmp_path / "run" / "checkpoint-3")
 
 
@@ -314,7 +301,7 @@ def test_slurm_script_runs_under_a_stand_in_srun(tmp_path):
     (bin_ / "scontrol").write_text("#!/usr/bin/env bash\necho 127.0.0.1\n")
     for tool in bin_.iterdir():
         tool.chmod(0o755)
-    env = _env(PATH=f"{bin_}:{Path(sys.executable).parent}:{ENV['PATH']}", SLURM_JOB_NODELIST="node[1-2]",
+    env = _env(PATH=f"{bin_}:{Path(sys.executable).parent}:{os.environ['PATH']}", SLURM_JOB_NODELIST="node[1-2]",
                SLURM_NNODES="2", MASTER_PORT=_free_port())
     r = subprocess.run(["bash", "examples/cluster/slurm.sh", *_try_out(tmp_path / "run"), "--max_steps", "2"],
                        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import two_processes
+from conftest import logged_steps, two_processes, wb_cli
 
 import swiftlike as wb
 from swiftlike.train.engines import EngineSettings, adamw
@@ -226,25 +226,18 @@ def test_fsdp_bf16_training_rounds_each_shard_and_resumes_bit_for_bit(tmp_path):
     """Under FSDP2 (two processes, parameters sharded as DTensors) bf16 full training steps with the rounding
     optimizer on each rank's shard: small updates are kept as in one process, and a run resumed from its step-2
     checkpoint ends with exactly the uninterrupted run's weights and losses (the rounding's bits are a hash)."""
-    import json
-    import re
     import shutil
-    import subprocess
-    import sys
 
     from safetensors.torch import load_file
 
     from swiftlike.models.loader import build_miniature
 
     def run(out, *extra):
-        r = subprocess.run([sys.executable, "-m", "swiftlike.cli.main", "sft", "--model", "Qwen/Qwen3-0.6B",
-                            "--miniature", "--dataset", "examples/data/identity.jsonl", "--full", "--torch_dtype",
-                            "bfloat16", "--fsdp", "full_shard", "--nproc_per_node", "2", "--learning_rate", "1e-5",
-                            "--max_steps", "4", "--save_steps", "2", "--logging_steps", "1", "--output_dir",
-                            str(out), *extra], cwd=REPO, capture_output=True, text=True, timeout=600)
-        assert r.returncode == 0, r.stderr[-3000:]
-        log = r.stdout + r.stderr
-        return log, [json.loads(m)["loss"] for m in re.findall(r'\{"step": \d+, "epoch"[^\n]*?\}', log)]
+        r = wb_cli("sft", "--model", "Qwen/Qwen3-0.6B", "--miniature", "--dataset", "examples/data/identity.jsonl",
+                   "--full", "--torch_dtype", "bfloat16", "--fsdp", "full_shard", "--nproc_per_node", "2",
+                   "--learning_rate", "1e-5", "--max_steps", "4", "--save_steps", "2", "--logging_steps", "1",
+                   "--output_dir", str(out), *extra, cwd=REPO)
+        return r.stdout + r.stderr, [step["loss"] for step in logged_steps(r)]
 
     log, losses = run(tmp_path / "straight")
     assert "bf16 stochastic rounding" in log and len(losses) == 4

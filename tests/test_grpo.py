@@ -13,7 +13,7 @@ import pytest
 
 import swiftlike as wb
 from swiftlike.cli.main import main
-from conftest import two_processes
+from conftest import two_processes, wb_cli
 
 ROOT = Path(__file__).parents[1]
 BASE = ["grpo", "--model", "Qwen/Qwen3-0.6B", "--miniature", "--dataset", "arithmetic#16",
@@ -245,11 +245,8 @@ def test_two_processes_share_the_prompts(tmp_path):
     f = tmp_path / "r.py"
     f.write_text("def rank_free(completions, completion_ids, **kw):\n"
                  "    return [float(ids[0] % 5) for ids in completion_ids]\n")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, "-m", "swiftlike.cli.main", *BASE, "--reward_funcs", f"{f}:rank_free",
-                           "--scale_rewards", "batch", "--max_steps", "2", "--nproc_per_node", "2",
-                           "--output_dir", str(out)], capture_output=True, text=True, env=env, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = wb_cli(*BASE, "--reward_funcs", f"{f}:rank_free", "--scale_rewards", "batch", "--max_steps", "2",
+                  "--nproc_per_node", "2", "--output_dir", str(out))
     assert "4 prompts x 4 completions per generation batch" in proc.stdout
     log = _log(out)
     assert [h["trained_completions"] for h in log] == [16, 32]          # 8 completions on each of 2 processes

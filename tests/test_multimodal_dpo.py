@@ -3,13 +3,10 @@ both sides share; the packed chosen-then-rejected batch scores every completion 
 that sequence alone with its images; text-only batches keep their blank image out of the pairs; `wb dpo` trains
 from the CLI on mixed image and text pairs (docs/multimodal.md)."""
 import json
-import os
-import re
-import subprocess
-import sys
 
 import pytest
 import torch
+from conftest import logged_steps, wb_cli
 from PIL import Image
 
 from swiftlike.data.collate import ImageCollate
@@ -22,7 +19,6 @@ from swiftlike.templates import get_template
 from swiftlike.train.dpo import PreferenceObjective
 
 MODELS = ["Qwen/Qwen2.5-VL-3B-Instruct", "Qwen/Qwen3-VL-4B-Instruct"]
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
 @pytest.fixture(scope="module")
@@ -144,12 +140,9 @@ def test_wb_dpo_trains_on_image_and_text_pairs(tmp_path, pictures):
     rows[0]["messages"][0]["content"][0]["image"] = "red.png"  # relative to the data file's folder
     (tmp_path / "red.png").write_bytes((pictures / "red.png").read_bytes())
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    r = subprocess.run([sys.executable, "-m", "swiftlike.cli.main", "dpo", "--model", MODELS[1], "--miniature",
-                        "--dataset", str(data), "--lora", "--learning_rate", "5e-3", "--max_steps", "6",
-                        "--per_device_train_batch_size", "1", "--logging_steps", "1", "--output_dir", "run"],
-                       cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
-    logs = [json.loads(m) for m in re.findall(r'\{"step": \d+, "epoch"[^\n]*?\}(?=\s|$)', r.stdout + r.stderr)]
+    logs = logged_steps(wb_cli("dpo", "--model", MODELS[1], "--miniature", "--dataset", str(data), "--lora",
+                               "--learning_rate", "5e-3", "--max_steps", "6", "--per_device_train_batch_size", "1",
+                               "--logging_steps", "1", "--output_dir", "run", cwd=tmp_path))
     assert len(logs) == 6 and all(torch.isfinite(torch.tensor(e["loss"])) for e in logs)
     assert logs[0]["loss"] == pytest.approx(0.6931, abs=1e-3)  # the policy starts as its own reference
     assert logs[-1]["rewards/margins"] > 0  # chosen answers gained on rejected ones, image pairs included
@@ -157,9 +150,8 @@ def test_wb_dpo_trains_on_image_and_text_pairs(tmp_path, pictures):
     assert (ckpt / "adapter_model.safetensors").is_file() and (ckpt / "preprocessor_config.json").is_file()
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"prompt": "<image>hi", "chosen": "A", "rejected": "B", "images": ["gone.png"]}) + "\n")
-    r = subprocess.run([sys.executable, "-m", "swiftlike.cli.main", "dpo", "--model", MODELS[1], "--miniature",
-                        "--dataset", str(bad), "--lora", "--max_steps", "1", "--output_dir", "bad"],
-                       cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=600)
+    r = wb_cli("dpo", "--model", MODELS[1], "--miniature", "--dataset", str(bad), "--lora", "--max_steps", "1",
+               "--output_dir", "bad", cwd=tmp_path, check=False)
     assert r.returncode == 2 and f"{bad}:1: image {tmp_path / 'gone.png'}: no such file" in r.stderr, r.stderr[-2000:]
 
 
@@ -171,11 +163,8 @@ def test_wb_kto_trains_on_image_and_text_answers(tmp_path, pictures):
             {"prompt": "<image>Colour?", "completion": "blue", "label": False, "images": ["red.png"]},
             {"prompt": "Say hi.", "completion": "Hi!", "label": True}]
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    r = subprocess.run([sys.executable, "-m", "swiftlike.cli.main", "kto", "--model", MODELS[0], "--miniature",
-                        "--dataset", str(data), "--lora", "--max_steps", "3", "--per_device_train_batch_size", "2",
-                        "--logging_steps", "1", "--output_dir", "run"],
-                       cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
-    logs = [json.loads(m) for m in re.findall(r'\{"step": \d+, "epoch"[^\n]*?\}(?=\s|$)', r.stdout + r.stderr)]
+    logs = logged_steps(wb_cli("kto", "--model", MODELS[0], "--miniature", "--dataset", str(data), "--lora",
+                               "--max_steps", "3", "--per_device_train_batch_size", "2", "--logging_steps", "1",
+                               "--output_dir", "run", cwd=tmp_path))
     assert len(logs) == 3 and all(torch.isfinite(torch.tensor(e["loss"])) for e in logs)
     assert (tmp_path / "run" / "checkpoint-3" / "preprocessor_config.json").is_file()

@@ -5,16 +5,14 @@ never trained; `wb sft` trains on videos end to end and checkpoints and exports 
 infer` reads videos as training does and the engine decodes them as transformers' generate; bad video input is
 one line. The test videos are generated (tests/data/video/make_media.py)."""
 import json
-import os
 import re
 import shutil
-import subprocess
 import sys
 
 import pytest
 import torch
 
-from conftest import DATA, file_server
+from conftest import DATA, file_server, logged_steps, wb_cli
 from swiftlike.data.collate import ImageCollate, collate_padded, collate_padding_free
 from swiftlike.data.dataset import encode_rows, load_rows
 from swiftlike.data.formats import RowError, to_canonical
@@ -29,7 +27,6 @@ GOLDEN = json.loads((VIDEO / "golden.json").read_text())
 MODELS = {"qwen2_5_vl": "Qwen/Qwen2.5-VL-3B-Instruct", "qwen3_vl": "Qwen/Qwen3-VL-4B-Instruct"}
 FRAMES = [str(VIDEO / f"frame{k}.png") for k in range(3)]
 FILE = str(VIDEO / "square.mp4")
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
 def processing(model: str, **video) -> ImageProcessing:
@@ -268,13 +265,6 @@ def test_wb_infer_takes_a_video_folder_or_file(tmp_path, monkeypatch, capsys):
     assert line["videos"] == ["square.mp4"] and line["response"] is not None
 
 
-def wb(*args, cwd):
-    result = subprocess.run([sys.executable, "-m", "swiftlike.cli.main", *args], capture_output=True, text=True,
-                            env=ENV, cwd=cwd)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("model", MODELS.values())
 def test_wb_sft_trains_on_videos_and_the_export_carries_the_video_processor(model, tmp_path):
@@ -286,18 +276,18 @@ def test_wb_sft_trains_on_videos_and_the_export_carries_the_video_processor(mode
                                                        {"type": "text", "text": "And here?"}]},
                           {"role": "assistant", "content": "The square again."}]}]
     (tmp_path / "v.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    out = wb("sft", "--model", model, "--miniature", "--dataset", "v.jsonl", "--lora", "--max_steps", "4",
-             "--per_device_train_batch_size", "2", "--video_fps", "1", "--logging_steps", "1", "--output_dir", "run",
-             cwd=tmp_path)
-    losses = [json.loads(line)["loss"] for line in out.stdout.splitlines() if line.startswith('{"step"')]
+    out = wb_cli("sft", "--model", model, "--miniature", "--dataset", "v.jsonl", "--lora", "--max_steps", "4",
+                 "--per_device_train_batch_size", "2", "--video_fps", "1", "--logging_steps", "1", "--output_dir",
+                 "run", cwd=tmp_path)
+    losses = [step["loss"] for step in logged_steps(out)]
     assert len(losses) == 4 and losses[-1] < losses[0]
     ckpt = tmp_path / "run" / "checkpoint-4"
     video = json.loads((ckpt / "video_preprocessor_config.json").read_text())
     assert video["fps"] == 1.0 and json.loads((ckpt / "args.json").read_text())["video_fps"] == 1.0
-    wb("export", "--adapters", str(ckpt), "--merge", "--output_dir", "merged", cwd=tmp_path)
+    wb_cli("export", "--adapters", str(ckpt), "--merge", "--output_dir", "merged", cwd=tmp_path)
     assert json.loads((tmp_path / "merged" / "video_preprocessor_config.json").read_text()) == video
-    preview = wb("data", "preview", "--model", model, "--miniature", "--dataset", "v.jsonl", "--video_fps", "1",
-                 cwd=tmp_path).stdout
+    preview = wb_cli("data", "preview", "--model", model, "--miniature", "--dataset", "v.jsonl", "--video_fps",
+                     "1", cwd=tmp_path).stdout
     assert "1 video(s)" in preview and "⟪video square.mp4:" in preview
     assert "⟪video frame0.png... (3 frames):" in preview
 

@@ -1,6 +1,5 @@
 """Training behaviour end to end on miniature Qwen3 models (CPU, seeded)."""
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -14,7 +13,7 @@ from safetensors.torch import load_file
 
 import swiftlike as wb
 from swiftlike.cli.main import main
-from conftest import two_processes
+from conftest import two_processes, wb_cli
 
 DATA = "examples/data/identity.jsonl"
 BASE = dict(model="Qwen/Qwen3-0.6B", miniature=True, dataset=[DATA], logging_steps=1,
@@ -165,11 +164,8 @@ def test_qlora_trains_on_a_4bit_base(tmp_path):
 def test_two_processes_match_one_process_with_twice_the_batch(tmp_path):
     flags = ["--model", "Qwen/Qwen3-0.6B", "--miniature", "--dataset", DATA, "--lora", "--lora_dropout", "0",
              "--learning_rate", "1e-2", "--max_steps", "4", "--logging_steps", "1"]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    two = subprocess.run([sys.executable, "-m", "swiftlike.cli.main", "sft", *flags, "--nproc_per_node", "2",
-                          "--per_device_train_batch_size", "2", "--output_dir", str(tmp_path / "two")],
-                         env=env, capture_output=True, text=True, timeout=600)
-    assert two.returncode == 0, two.stderr[-3000:]
+    wb_cli("sft", *flags, "--nproc_per_node", "2", "--per_device_train_batch_size", "2", "--output_dir",
+           str(tmp_path / "two"), OMP_NUM_THREADS="1")
     one = wb.sft(**BASE, lora=True, lora_dropout=0.0, learning_rate=1e-2, max_steps=4, per_device_train_batch_size=4,
                  output_dir=str(tmp_path / "one"))
     two_history = json.loads((tmp_path / "two" / "checkpoint-4" / "trainer_state.json").read_text())["log_history"]
