@@ -17,6 +17,7 @@
 #         lease for `tests`): the optimizer step alone (benchmarks/optimizer_step.py), our GRPO step with the static
 #         cache recorded by torch.compile's "cudagraphs" backend (with torch.compile's logs), then
 #         gpu_sft.py --torch_compile (both sides compiled) with the rest.
+#   chunk: (a) environment, (h) 4B LoRA compiled with three sizes of the fused loss's chunk of logits (TOTAL_S=400).
 # GPU_CHECK_DRY=1 prints the steps only.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -24,8 +25,8 @@ OUT=${OUT:-./gpu_out}
 DRY=${GPU_CHECK_DRY:-0}
 PART=${1:-all}
 case "$PART" in
-  bench|tests|profile|grpo|core|all) ;;
-  *) echo "usage: $0 [bench|tests|profile|grpo|core|all]" >&2; exit 2 ;;
+  bench|tests|profile|grpo|core|chunk|all) ;;
+  *) echo "usage: $0 [bench|tests|profile|grpo|core|chunk|all]" >&2; exit 2 ;;
 esac
 TOTAL_S=${TOTAL_S:-570}
 T0=$(date +%s)
@@ -85,7 +86,8 @@ if [ "$PART" = tests ] || [ "$PART" = all ]; then
   GPU_FILES=$(grep -l "pytest.mark.gpu" tests/test_*.py | tr '\n' ' ')
   # every failure's traceback is written to $OUT/failures.log as it happens (tests/conftest.py): a run the cap
   # stops never prints pytest's summary (on 2026-11-26 the suite was at 97% after 260 s)
-  step gpu_tests 90 env WB_FAILURE_LOG="$OUT/gpu_failures.log" python3 -m pytest -m gpu -q -n 0 -p no:cacheprovider \
+  # (130 s: test_compiled.py's FSDP2 run starts two `wb sft` processes, one compiling its layers)
+  step gpu_tests 130 env WB_FAILURE_LOG="$OUT/gpu_failures.log" python3 -m pytest -m gpu -q -n 0 -p no:cacheprovider \
     $GPU_FILES
   # (c) the whole suite on CUDA, 12 workers, one thread each (16 cores), handed out test by test (--dist load:
   #     pyproject's file-per-worker default would leave most of 12 workers waiting on the largest files); -v lists
@@ -107,6 +109,16 @@ if [ "$PART" = profile ]; then
   # (f) three profiled steps after the warm-up of each run (profiled runs are slower: not benchmark figures)
   step profile $(( $(left) - 10 )) python3 benchmarks/gpu_sft.py --lengths 2048 --steps 6 --warmup 2 \
     --profile "$OUT/profile" --json "$OUT/profile.json" --budget_s $(( $(left) - 40 ))
+fi
+
+if [ "$PART" = chunk ]; then
+  # (h) the MFU lead of 4B LoRA: the fused loss's chunk of logits (2^24 by default: ~110 rows of Qwen3's 151,936-word
+  #     vocabulary a matmul) against 4x and 8x larger ones, ours only, compiled, 2048; memory_plan.py must follow a
+  #     new default (TOTAL_S=400)
+  for n in 16777216 67108864 134217728; do
+    step "chunk_$n" $(( ($(left) - 10) / 3 )) python3 benchmarks/gpu_sft.py --models 4b --lengths 2048 --modes lora \
+      --only ours --torch_compile --logits_per_chunk "$n" --json "$OUT/chunk_$n.json" --budget_s 110
+  done
 fi
 
 if [ "$PART" = bench ] || [ "$PART" = all ]; then

@@ -4,6 +4,7 @@ import copy
 
 import pytest
 import torch
+from conftest import logged_steps, wb_cli
 from peft import LoraConfig, get_peft_model
 
 import swiftlike as wb
@@ -99,3 +100,21 @@ def test_wb_sft_torch_compile_trains_as_the_eager_run(tmp_path, capsys):
     assert len(losses[1]) == 3 and losses[1][0] == pytest.approx(losses[0][0], rel=1e-5)
     assert losses[1] == pytest.approx(losses[0], rel=2e-3)  # (lr 1e-2 on a random miniature amplifies rounding)
     assert (tmp_path / "compiled" / "checkpoint-3" / "adapter_model.safetensors").is_file()
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+def test_fsdp_with_compiled_checkpointed_layers_trains_as_the_eager_run_on_cuda(tmp_path):
+    """On CUDA, one process under FSDP2 (NCCL; all-gathers on a stream of their own) with every layer compiled and
+    checkpointed, full fp32 training: the losses follow the same run's without --torch_compile. (On CPU, two
+    processes under FSDP2 and ZeRO-2: tests/test_engines.py.)"""
+    flags = ["sft", "--model", "Qwen/Qwen3-0.6B", "--miniature", "--dataset", "examples/data/identity.jsonl",
+             "--full", "--torch_dtype", "float32", "--fsdp", "full_shard", "--gradient_checkpointing", "true",
+             "--max_steps", "3", "--logging_steps", "1", "--save_steps", "1000000"]
+    eager = wb_cli(*flags, "--output_dir", str(tmp_path / "eager"))
+    compiled = wb_cli(*flags, "--torch_compile", "true", "--output_dir", str(tmp_path / "compiled"))
+    assert "2 decoder layers compiled" in compiled.stdout and "engine fsdp" in compiled.stdout + compiled.stderr
+    assert "recompile_limit" not in compiled.stdout + compiled.stderr
+    losses = [[step["loss"] for step in logged_steps(r)] for r in (eager, compiled)]
+    assert len(losses[1]) == 3 and losses[1][0] == pytest.approx(losses[0][0], rel=1e-4)
+    assert losses[1] == pytest.approx(losses[0], rel=5e-3)
