@@ -17,7 +17,8 @@
 #         lease for `tests`): the optimizer step alone (benchmarks/optimizer_step.py), our GRPO step with the static
 #         cache recorded by torch.compile's "cudagraphs" backend (with torch.compile's logs), then
 #         gpu_sft.py --torch_compile (both sides compiled) with the rest.
-#   chunk: (a) environment, (h) 4B LoRA compiled with three sizes of the fused loss's chunk of logits (TOTAL_S=400).
+#   chunk: (a) environment, (h) two sizes of the fused loss's chunk of logits, 4B LoRA and 0.6B full, compiled
+#          (TOTAL_S=430).
 # GPU_CHECK_DRY=1 prints the steps only.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -112,12 +113,15 @@ if [ "$PART" = profile ]; then
 fi
 
 if [ "$PART" = chunk ]; then
-  # (h) the MFU lead of 4B LoRA: the fused loss's chunk of logits (2^24 by default: ~110 rows of Qwen3's 151,936-word
-  #     vocabulary a matmul) against 4x and 8x larger ones, ours only, compiled, 2048; memory_plan.py must follow a
-  #     new default (TOTAL_S=400)
-  for n in 16777216 67108864 134217728; do
-    step "chunk_$n" $(( ($(left) - 10) / 3 )) python3 benchmarks/gpu_sft.py --models 4b --lengths 2048 --modes lora \
-      --only ours --torch_compile --logits_per_chunk "$n" --json "$OUT/chunk_$n.json" --budget_s 110
+  # (h) the fused loss's chunk of logits: 2^24 (the default; ~110 rows of Qwen3's 151,936-word vocabulary) against
+  #     2^27 (~880 rows), ours only, compiled, 2048, on 4B LoRA (the open MFU lead: per-chunk launches and small-M
+  #     matmuls) and 0.6B full (a trainable output layer: each chunk reads and writes the whole fp32 vocab x hidden
+  #     weight gradient, 75 times a step of 8k tokens at 2^24, ~90 GB); memory_plan.py must follow a new default
+  #     (TOTAL_S=430)
+  for run in "4b lora 16777216" "4b lora 134217728" "0.6b full 16777216" "0.6b full 134217728"; do
+    set -- $run
+    step "chunk_$1_$2_$3" $(( ($(left) - 10) / 4 )) python3 benchmarks/gpu_sft.py --models "$1" --lengths 2048 \
+      --modes "$2" --only ours --torch_compile --logits_per_chunk "$3" --json "$OUT/chunk_$1_$2_$3.json" --budget_s 85
   done
 fi
 
