@@ -122,6 +122,25 @@ def test_the_choice_follows_device_batches_and_model(monkeypatch, requested, dev
     assert impl == expected and why
 
 
+def test_an_npu_in_half_precision_gets_its_fused_varlen_kernel_through_flash_attention_2(monkeypatch):
+    """transformers runs flash_attention_2 on an Ascend NPU with torch_npu's npu_fusion_attention (no flash_attn
+    package); fp32, which that kernel does not take, keeps the block mask, and the user's choice wins."""
+    monkeypatch.setattr(attention.importlib.util, "find_spec", lambda name: None)
+    for dtype in (torch.bfloat16, torch.float16):
+        impl, why = attention.choose(None, "npu", True, _Config(), dtype)
+        assert impl == "flash_attention_2" and "npu_fusion_attention" in why
+    assert attention.choose(None, "npu", True, _Config(), torch.float32) == (
+        None, "padding-free on npu: sdpa with a block-diagonal mask")
+    assert attention.choose(None, "npu", False, _Config())[0] is None
+    assert attention.choose(None, "npu", True, _Config(attn_logit_softcapping=50.0))[0] is None
+    assert attention.choose("sdpa", "npu", True, _Config()) == ("sdpa", "--attn_implementation")
+    # and the loss hands it the borders, not a mask (as to flash-attention on CUDA)
+    from swiftlike.train.loss import packed_masks
+
+    config = _Config(_attn_implementation="flash_attention_2")
+    assert packed_masks(config, torch.tensor([3, 5]), torch.bfloat16) is None
+
+
 def test_flash_attention_2_is_chosen_where_its_package_is_installed(monkeypatch):
     monkeypatch.setattr(attention.importlib.util, "find_spec", lambda name: object())
     assert attention.choose(None, "cuda", True, _Config())[0] == "flash_attention_2"

@@ -18,7 +18,10 @@ as on the CPU); on CPU it gets VARLEN too (one sdpa call per sequence costs the 
 of the squared row length: measured 1.16x faster than the block mask for 512-token rows, 1.6-1.9x at 2,048,
 1.7-3.5x at 4,096-8,192, keeping less for backward, by benchmarks/attention_cpu.py); models whose attention needs
 more than a causal mask per sequence (sliding windows, logit soft-capping) and every other case (padded batches,
-MPS, NPU, XPU) keep transformers' default (sdpa, with the block mask for padding-free rows).
+MPS, XPU, NPU in fp32) keep transformers' default (sdpa, with the block mask for padding-free rows). On an Ascend NPU
+in bf16/fp16 padding-free training gets "flash_attention_2", which transformers runs there with torch_npu's fused
+variable-length kernel (`npu_fusion_attention`, TND layout, the borders as cumulative lengths): no package beyond
+torch-npu, no L x L mask.
 """
 from __future__ import annotations
 
@@ -34,8 +37,12 @@ VARLEN = "wb_varlen"
 def fused_varlen_runs(device_type: str, dtype: torch.dtype | str) -> bool:
     """Whether VARLEN runs torch's varlen_attn (flash-attention, fp16/bf16 only) on this device in this dtype (a
     torch dtype or its name); else one sdpa call per sequence."""
+    return device_type == "cuda" and _half(dtype)
+
+
+def _half(dtype: torch.dtype | str) -> bool:
     name = dtype if isinstance(dtype, str) else str(dtype).removeprefix("torch.")
-    return device_type == "cuda" and name in ("float16", "bfloat16")
+    return name in ("float16", "bfloat16")
 
 
 def choose(requested: str | None, device_type: str, padding_free: bool, config,
@@ -50,6 +57,9 @@ def choose(requested: str | None, device_type: str, padding_free: bool, config,
         return None, "padding-free, but this model's sliding windows / soft-capping need the mask: sdpa"
     if device_type == "cpu":
         return VARLEN, "padding-free on cpu: one causal sdpa call per sequence, no L x L mask"
+    if device_type == "npu" and _half(dtype):  # transformers' flash_attention_2 runs torch_npu's kernel there
+        return "flash_attention_2", ("padding-free on npu: torch_npu's fused varlen attention (npu_fusion_attention) "
+                                     "through transformers' flash_attention_2")
     if device_type != "cuda":
         return None, f"padding-free on {device_type}: sdpa with a block-diagonal mask"
     if not fused_varlen_runs(device_type, dtype):
