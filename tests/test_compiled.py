@@ -102,6 +102,20 @@ def test_wb_sft_torch_compile_trains_as_the_eager_run(tmp_path, capsys):
     assert (tmp_path / "compiled" / "checkpoint-3" / "adapter_model.safetensors").is_file()
 
 
+@pytest.mark.slow
+def test_wb_dpo_torch_compile_trains_as_the_eager_run(tmp_path, capsys, monkeypatch):
+    """DPO's live reference pass (the adapter disabled, no gradients) and its policy pass go through the same
+    compiled layers: a few more graphs, never so many that torch.compile gives up (which it would say in a log line
+    and then run the layers eagerly; here it is made an error), and the eager run's losses."""
+    monkeypatch.setattr(torch._dynamo.config, "fail_on_recompile_limit_hit", True)
+    kw = dict(model="Qwen/Qwen3-0.6B", miniature=True, dataset=["preference-demo"], lora=True, lora_dropout=0.0,
+              max_steps=3, logging_steps=1, save_steps=10 ** 6, per_device_train_batch_size=2)
+    eager = wb.dpo(output_dir=str(tmp_path / "eager"), **kw)
+    compiled = wb.dpo(output_dir=str(tmp_path / "compiled"), torch_compile=True, **kw)
+    assert "[wb] torch_compile: 2 decoder layers compiled" in capsys.readouterr().out
+    losses = [[h["loss"] for h in run.log_history if "loss" in h] for run in (eager, compiled)]
+    assert len(losses[1]) == 3 and losses[1] == pytest.approx(losses[0], rel=1e-4)
+
 @pytest.mark.gpu
 @pytest.mark.slow
 def test_fsdp_with_compiled_checkpointed_layers_trains_as_the_eager_run_on_cuda(tmp_path):
