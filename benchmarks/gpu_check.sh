@@ -18,7 +18,7 @@
 #         cache recorded by torch.compile's "cudagraphs" backend (with torch.compile's logs), then
 #         gpu_sft.py --torch_compile (both sides compiled) with the rest.
 #   chunk: (a) environment, (h) two sizes of the fused loss's chunk of logits, 4B LoRA and 0.6B full, compiled
-#          (TOTAL_S=430).
+#          (TOTAL_S=560).
 # GPU_CHECK_DRY=1 prints the steps only.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -117,11 +117,14 @@ if [ "$PART" = chunk ]; then
   #     2^27 (~880 rows), ours only, compiled, 2048, on 4B LoRA (the open MFU lead: per-chunk launches and small-M
   #     matmuls) and 0.6B full (a trainable output layer: each chunk reads and writes the whole fp32 vocab x hidden
   #     weight gradient, 75 times a step of 8k tokens at 2^24, ~90 GB); memory_plan.py must follow a new default
-  #     (TOTAL_S=430)
-  for run in "4b lora 16777216" "4b lora 134217728" "0.6b full 16777216" "0.6b full 134217728"; do
+  #     (TOTAL_S=560, a call of its own: each run builds its model, compiles and measures, ~2 minutes for 4B)
+  runs=("4b lora 16777216" "4b lora 134217728" "0.6b full 16777216" "0.6b full 134217728")
+  todo=${#runs[@]}
+  for run in "${runs[@]}"; do
     set -- $run
-    step "chunk_$1_$2_$3" $(( ($(left) - 10) / 4 )) python3 benchmarks/gpu_sft.py --models "$1" --lengths 2048 \
-      --modes "$2" --only ours --torch_compile --logits_per_chunk "$3" --json "$OUT/chunk_$1_$2_$3.json" --budget_s 85
+    cap=$(( ($(left) - 10) / todo )); todo=$(( todo - 1 ))  # the time left, shared by the runs still to go
+    step "chunk_$1_$2_$3" "$cap" python3 benchmarks/gpu_sft.py --models "$1" --lengths 2048 --modes "$2" \
+      --only ours --torch_compile --logits_per_chunk "$3" --json "$OUT/chunk_$1_$2_$3.json" --budget_s $(( cap - 15 ))
   done
 fi
 

@@ -115,6 +115,7 @@ def step_record(batches: list[dict], label_key: str) -> dict:
 
 def run_ours(a, out: str, log: list) -> dict:
     import swiftlike as wb
+    from swiftlike.train import loss
     from swiftlike.train import trainer as T
 
     original = T.Trainer.train_step
@@ -144,19 +145,22 @@ def run_ours(a, out: str, log: list) -> dict:
     if not a.liger:
         kw["use_liger_kernel"] = False  # else its default: Liger's kernels on CUDA when liger-kernel is installed
     if a.logits_per_chunk:  # the fused loss's chunk (train/loss.py), measured here before any default changes
-        import swiftlike.train.loss
-
-        swiftlike.train.loss.LOGITS_PER_CHUNK = a.logits_per_chunk
+        loss.LOGITS_PER_CHUNK = a.logits_per_chunk
     seen = _Tee(sys.stdout)
     with contextlib.redirect_stdout(seen):
         result = wb.sft(torch_compile=a.torch_compile, **kw)
     said = {k: line.split(":", 1)[1].strip() for line in seen.text.splitlines()
             for k in ("kernels", "attention", "torch_compile") if line.startswith(f"[wb] {k}:")}
-    from swiftlike.train.loss import LOGITS_PER_CHUNK
-
-    return {"liger": said.get("kernels", "not said (off CUDA)"), "logits_per_chunk": LOGITS_PER_CHUNK,
+    return {"liger": said.get("kernels", "not said (off CUDA)"), "logits_per_chunk": loss.LOGITS_PER_CHUNK,
             "attn_implementation": said.get("attention"), "torch_compile": said.get("torch_compile"),
             "total_train_seconds": result.metrics.get("train_seconds"), "final_loss": result.metrics.get("final_loss")}
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number")
+    return value
 
 
 class _Tee(io.TextIOBase):
@@ -446,7 +450,7 @@ def main() -> None:
     ap.add_argument("--only", choices=("ours", "trl"), help="run one side only")
     ap.add_argument("--torch_compile", action="store_true",
                     help="both sides compiled: ours --torch_compile (decoder layers), TRL's torch_compile (model)")
-    ap.add_argument("--logits_per_chunk", type=int, default=0,
+    ap.add_argument("--logits_per_chunk", type=_positive, default=0,
                     help="ours: logits per chunk of the fused linear cross-entropy (default: train/loss.py's, 2^24)")
     ap.add_argument("--budget_s", type=float, default=330.0,
                     help="stop starting runs once this many seconds have passed (the rest are reported skipped)")

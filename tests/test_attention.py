@@ -134,11 +134,6 @@ def test_an_npu_in_half_precision_gets_its_fused_varlen_kernel_through_flash_att
     assert attention.choose(None, "npu", False, _Config())[0] is None
     assert attention.choose(None, "npu", True, _Config(attn_logit_softcapping=50.0))[0] is None
     assert attention.choose("sdpa", "npu", True, _Config()) == ("sdpa", "--attn_implementation")
-    # and the loss hands it the borders, not a mask (as to flash-attention on CUDA)
-    from swiftlike.train.loss import packed_masks
-
-    config = _Config(_attn_implementation="flash_attention_2")
-    assert packed_masks(config, torch.tensor([3, 5]), torch.bfloat16) is None
 
 
 def test_flash_attention_2_is_chosen_where_its_package_is_installed(monkeypatch):

@@ -92,7 +92,7 @@ def test_wb_sft_torch_compile_trains_as_the_eager_run(tmp_path, capsys):
     """The real thing on the CPU: inductor, padding-free packed rows (the CPU's per-sequence attention breaks the
     layer graph in two; on CUDA torch's varlen kernel does not), LoRA; the losses follow the eager run's."""
     kw = dict(model="Qwen/Qwen3-0.6B", miniature=True, dataset=["examples/data/identity.jsonl"], lora=True,
-              max_steps=3, logging_steps=1, save_steps=10 ** 6)
+              max_steps=3, logging_steps=1, save_steps=10 ** 6, torch_dtype="float32")  # (CUDA's default is bf16)
     eager = wb.sft(output_dir=str(tmp_path / "eager"), **kw)
     compiled = wb.sft(output_dir=str(tmp_path / "compiled"), torch_compile=True, **kw)
     assert "[wb] torch_compile: 2 decoder layers compiled" in capsys.readouterr().out
@@ -107,14 +107,17 @@ def test_wb_dpo_torch_compile_trains_as_the_eager_run(tmp_path, capsys, monkeypa
     """DPO's live reference pass (the adapter disabled, no gradients) and its policy pass go through the same
     compiled layers: a few more graphs, never so many that torch.compile gives up (which it would say in a log line
     and then run the layers eagerly; here it is made an error), and the eager run's losses."""
+    torch._dynamo.reset()  # (graphs other tests compiled would count towards the limit: layers share their code)
     monkeypatch.setattr(torch._dynamo.config, "fail_on_recompile_limit_hit", True)
     kw = dict(model="Qwen/Qwen3-0.6B", miniature=True, dataset=["preference-demo"], lora=True, lora_dropout=0.0,
-              max_steps=3, logging_steps=1, save_steps=10 ** 6, per_device_train_batch_size=2)
+              max_steps=3, logging_steps=1, save_steps=10 ** 6, per_device_train_batch_size=2,
+              torch_dtype="float32")  # (fp32 on CUDA too, where bf16 is the default)
     eager = wb.dpo(output_dir=str(tmp_path / "eager"), **kw)
     compiled = wb.dpo(output_dir=str(tmp_path / "compiled"), torch_compile=True, **kw)
     assert "[wb] torch_compile: 2 decoder layers compiled" in capsys.readouterr().out
     losses = [[h["loss"] for h in run.log_history if "loss" in h] for run in (eager, compiled)]
     assert len(losses[1]) == 3 and losses[1] == pytest.approx(losses[0], rel=1e-4)
+
 
 @pytest.mark.gpu
 @pytest.mark.slow

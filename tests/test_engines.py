@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import STEP_LOG, logged_steps
-from conftest import wb_cli as wb
+from conftest import STEP_LOG, logged_steps, wb_cli
 from safetensors.torch import load_file
 
 from swiftlike.errors import UserError
@@ -78,8 +77,8 @@ def test_explicit_values_must_agree_with_the_run(tmp_path):
 
 
 def _bad(tmp_path, *args) -> str:
-    r = wb("sft", "--model", "Qwen/Qwen3-0.6B", "--miniature", "--dataset", IDENTITY, "--output_dir",
-           str(tmp_path / "run"), *args, cwd=tmp_path, check=False)
+    r = wb_cli("sft", "--model", "Qwen/Qwen3-0.6B", "--miniature", "--dataset", IDENTITY, "--output_dir",
+               str(tmp_path / "run"), *args, cwd=tmp_path, check=False)
     assert r.returncode == 2, r.stderr[-2000:]
     lines = [line for line in r.stderr.strip().splitlines() if line.strip()]
     assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
@@ -108,16 +107,16 @@ def test_bad_engine_options_are_one_line_errors(tmp_path):
 
 @pytest.mark.parametrize("engine", [["--fsdp", "full_shard"], ["--deepspeed", "zero3"]], ids=["fsdp", "zero3"])
 def test_grpo_refuses_vllm_with_sharded_weights(tmp_path, engine):
-    r = wb("grpo", "--model", "Qwen/Qwen3-0.6B", "--miniature", "--dataset", "arithmetic#4", "--reward_funcs",
-           "accuracy", "--use_vllm", *engine, cwd=tmp_path, check=False)
+    r = wb_cli("grpo", "--model", "Qwen/Qwen3-0.6B", "--miniature", "--dataset", "arithmetic#4", "--reward_funcs",
+               "accuracy", "--use_vllm", *engine, cwd=tmp_path, check=False)
     assert r.returncode == 2 and "use --deepspeed zero2, or drop --use_vllm" in r.stderr
 
 
 def test_dry_run_plans_with_the_engine_stage(tmp_path):
-    r = wb("sft", "--model", "Qwen/Qwen3-8B", "--full", "--dry_run", "--deepspeed", "zero3", "--plan_devices", "8",
-           cwd=tmp_path)
-    plain = wb("sft", "--model", "Qwen/Qwen3-8B", "--full", "--dry_run", "--plan_zero", "zero3", "--plan_devices",
-               "8", cwd=tmp_path)
+    r = wb_cli("sft", "--model", "Qwen/Qwen3-8B", "--full", "--dry_run", "--deepspeed", "zero3", "--plan_devices", "8",
+               cwd=tmp_path)
+    plain = wb_cli("sft", "--model", "Qwen/Qwen3-8B", "--full", "--dry_run", "--plan_zero", "zero3", "--plan_devices",
+                   "8", cwd=tmp_path)
     assert r.stdout == plain.stdout and "ZeRO-3 on 8 devices" in r.stdout
 
 
@@ -128,8 +127,8 @@ def single(tmp_path_factory):
     root = tmp_path_factory.mktemp("single")
     runs = {}
     for mode in ("lora", "full"):
-        r = wb("sft", *common(mode, f"--{mode}", "--dataset", IDENTITY, "--per_device_train_batch_size", "2",
-                              "--gradient_accumulation_steps", "2"), cwd=root)
+        r = wb_cli("sft", *common(mode, f"--{mode}", "--dataset", IDENTITY, "--per_device_train_batch_size", "2",
+                                  "--gradient_accumulation_steps", "2"), cwd=root)
         runs[mode] = (losses(r), root / mode / "checkpoint-3")
     return runs
 
@@ -145,8 +144,8 @@ def test_sft_two_processes_equal_one(single, tmp_path, mode, engine):
     # ZeRO-2 runs batch 1 x accumulation 2 per rank: the engine's own accumulation is exercised too
     batch = ["--per_device_train_batch_size", "1", "--gradient_accumulation_steps", "2"] if "zero2" in engine else \
         ["--per_device_train_batch_size", "2"]
-    r = wb("sft", *common("run", f"--{mode}", "--dataset", IDENTITY, "--nproc_per_node", "2", *batch, *engine),
-           cwd=tmp_path)
+    r = wb_cli("sft", *common("run", f"--{mode}", "--dataset", IDENTITY, "--nproc_per_node", "2", *batch, *engine),
+               cwd=tmp_path)
     ref_losses, ref_ckpt = single[mode]
     assert losses(r) == pytest.approx(ref_losses, rel=2e-5)
     ckpt = tmp_path / "run" / "checkpoint-3"
@@ -154,7 +153,7 @@ def test_sft_two_processes_equal_one(single, tmp_path, mode, engine):
     assert not list(ckpt.glob("zero_to_*.py"))
     if engine in (["--deepspeed", "zero3"], ["--fsdp", "full_shard"]):  # what the engine saved loads as usual
         flag = "--adapters" if mode == "lora" else "--model"
-        answer = wb("infer", flag, str(ckpt), "--query", "Who are you?", "--max_new_tokens", "4", cwd=tmp_path)
+        answer = wb_cli("infer", flag, str(ckpt), "--query", "Who are you?", "--max_new_tokens", "4", cwd=tmp_path)
         assert answer.stdout.strip()
 
 
@@ -165,8 +164,8 @@ def test_compiled_layers_under_an_engine_train_as_one_eager_process(single, tmp_
     """--torch_compile under FSDP2 (its hooks gather and free each compiled layer's weights around its call) and
     ZeRO-2: the losses and weights follow one eager process's, and no layer gives up compiling (torch says so when
     its recompile limit is hit, as it is under ZeRO-3, which is refused)."""
-    r = wb("sft", *common("run", f"--{mode}", "--dataset", IDENTITY, "--nproc_per_node", "2",
-                          "--per_device_train_batch_size", "2", "--torch_compile", *engine), cwd=tmp_path)
+    r = wb_cli("sft", *common("run", f"--{mode}", "--dataset", IDENTITY, "--nproc_per_node", "2",
+                              "--per_device_train_batch_size", "2", "--torch_compile", *engine), cwd=tmp_path)
     assert "2 decoder layers compiled" in r.stdout
     assert "recompile_limit" not in r.stdout + r.stderr
     ref_losses, ref_ckpt = single[mode]
@@ -184,10 +183,10 @@ def test_compiled_layers_under_an_engine_train_as_one_eager_process(single, tmp_
     ids=["lora-zero3", "full-fsdp", "lora-zero3-precomputed", "full-fsdp-precomputed"])
 def test_dpo_two_processes_equal_one(tmp_path, mode, engine, reference):
     args = ["--dataset", PAIRS, f"--{mode}", *reference]
-    one = wb("dpo", *common("one", *args, "--per_device_train_batch_size", "2", "--gradient_accumulation_steps",
-                            "2", steps_=2), cwd=tmp_path)
-    two = wb("dpo", *common("two", *args, "--per_device_train_batch_size", "2", "--nproc_per_node", "2", *engine,
-                            steps_=2), cwd=tmp_path)
+    one = wb_cli("dpo", *common("one", *args, "--per_device_train_batch_size", "2", "--gradient_accumulation_steps",
+                                "2", steps_=2), cwd=tmp_path)
+    two = wb_cli("dpo", *common("two", *args, "--per_device_train_batch_size", "2", "--nproc_per_node", "2", *engine,
+                                steps_=2), cwd=tmp_path)
     assert losses(two) == pytest.approx(losses(one), rel=2e-5) and len(losses(one)) == 2
     assert_same_weights(tmp_path / "one" / "checkpoint-2", tmp_path / "two" / "checkpoint-2")
 
@@ -199,8 +198,8 @@ def test_dpo_two_processes_equal_one(tmp_path, mode, engine, reference):
     ("rm", PAIRS, ["--deepspeed", "zero2"])], ids=["pt-fsdp", "kto-zero3", "rm-zero2"])
 def test_other_commands_two_processes_equal_one(tmp_path, command, data, engine):
     args = ["--dataset", data, "--lora", "--per_device_train_batch_size", "2", "--max_length", "256"]
-    one = wb(command, *common("one", *args, "--gradient_accumulation_steps", "2", steps_=2), cwd=tmp_path)
-    two = wb(command, *common("two", *args, "--nproc_per_node", "2", *engine, steps_=2), cwd=tmp_path)
+    one = wb_cli(command, *common("one", *args, "--gradient_accumulation_steps", "2", steps_=2), cwd=tmp_path)
+    two = wb_cli(command, *common("two", *args, "--nproc_per_node", "2", *engine, steps_=2), cwd=tmp_path)
     assert losses(two) == pytest.approx(losses(one), rel=2e-5) and len(losses(one)) == 2
     assert_same_weights(tmp_path / "one" / "checkpoint-2", tmp_path / "two" / "checkpoint-2")
 
@@ -209,8 +208,8 @@ def test_other_commands_two_processes_equal_one(tmp_path, command, data, engine)
 def test_qlora_under_zero2_equals_one_process(tmp_path):
     pytest.importorskip("bitsandbytes")
     args = ["--dataset", IDENTITY, "--qlora", "--per_device_train_batch_size", "2"]
-    one = wb("sft", *common("one", *args, "--gradient_accumulation_steps", "2", steps_=2), cwd=tmp_path)
-    two = wb("sft", *common("two", *args, "--nproc_per_node", "2", "--deepspeed", "zero2", steps_=2), cwd=tmp_path)
+    one = wb_cli("sft", *common("one", *args, "--gradient_accumulation_steps", "2", steps_=2), cwd=tmp_path)
+    two = wb_cli("sft", *common("two", *args, "--nproc_per_node", "2", "--deepspeed", "zero2", steps_=2), cwd=tmp_path)
     assert losses(two) == pytest.approx(losses(one), rel=2e-5) and len(losses(one)) == 2
     assert_same_weights(tmp_path / "one" / "checkpoint-2", tmp_path / "two" / "checkpoint-2")
 
@@ -220,12 +219,12 @@ def test_qlora_under_zero2_equals_one_process(tmp_path):
 def test_resume_equals_an_uninterrupted_run(tmp_path, engine):
     args = ["--dataset", IDENTITY, "--per_device_train_batch_size", "2", "--nproc_per_node", "2", "--save_steps",
             "2", *engine]
-    straight = wb("sft", *common("straight", *args, steps_=4), cwd=tmp_path)
+    straight = wb_cli("sft", *common("straight", *args, steps_=4), cwd=tmp_path)
     import shutil
 
     shutil.copytree(tmp_path / "straight", tmp_path / "resumed")
     shutil.rmtree(tmp_path / "resumed" / "checkpoint-4")
-    resumed = wb("sft", *common("resumed", *args, "--resume", steps_=4), cwd=tmp_path)
+    resumed = wb_cli("sft", *common("resumed", *args, "--resume", steps_=4), cwd=tmp_path)
     assert "resuming from" in resumed.stdout + resumed.stderr
     assert losses(resumed) == pytest.approx(losses(straight)[2:], rel=1e-6)
     assert_same_weights(tmp_path / "straight" / "checkpoint-4", tmp_path / "resumed" / "checkpoint-4", atol=1e-6)
@@ -241,14 +240,14 @@ def grpo_ddp(tmp_path_factory):
     args = ["--dataset", "arithmetic#16", "--reward_funcs", f"{root / 'reward.py'}:chars", "--num_generations",
             "2", "--max_completion_length", "8", "--per_device_train_batch_size", "2", "--nproc_per_node", "2",
             "--beta", "0.04", "--num_iterations", "2"]
-    return args, logged_steps(wb("grpo", *common("ddp", *args, steps_=2), cwd=root))
+    return args, logged_steps(wb_cli("grpo", *common("ddp", *args, steps_=2), cwd=root))
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("engine", [["--fsdp", "full_shard"], ["--deepspeed", "zero3"]], ids=["fsdp", "zero3"])
 def test_grpo_under_a_sharded_engine_equals_ddp(grpo_ddp, tmp_path, engine):
     args, ddp = grpo_ddp
-    sharded = logged_steps(wb("grpo", *common("run", *args, *engine, steps_=2), cwd=tmp_path))
+    sharded = logged_steps(wb_cli("grpo", *common("run", *args, *engine, steps_=2), cwd=tmp_path))
     assert len(sharded) == 2 and sharded[0]["reward_std"] > 0  # rewards differ: a real gradient
     for i in (0, 1):
         for key in ("loss", "reward", "grad_norm", "kl"):
@@ -283,8 +282,8 @@ def test_two_nodes_script_equals_one_process(tmp_path):
     assert "on node 0 of 2" in outputs[0] and "on node 1 of 2" in outputs[1]
     assert "engine deepspeed zero3" in outputs[0]
     # one process with the same global batch: 2 nodes x batch 2 x accumulation 4 = batch 2 x accumulation 8
-    one = wb("sft", "--config", "examples/cluster/recipe.yaml", *_try_out(tmp_path / "one"),
-             "--gradient_accumulation_steps", "8", "--deepspeed", "zero2", cwd=REPO)
+    one = wb_cli("sft", "--config", "examples/cluster/recipe.yaml", *_try_out(tmp_path / "one"),
+                 "--gradient_accumulation_steps", "8", "--deepspeed", "zero2", cwd=REPO)
     assert [json.loads(m)["loss"] for m in STEP_LOG.findall(outputs[0])] == pytest.approx(losses(one), rel=2e-5)
     assert_same_weights(tmp_path / "one" / "checkpoint-3", tmp_path / "run" / "checkpoint-3")
 

@@ -2,7 +2,6 @@
 and a learning check on a toy verifiable task."""
 import collections
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -163,10 +162,9 @@ def _free_port() -> int:
 def test_server_backend_end_to_end(tmp_path):
     """`wb rollout` (transformers backend) serves the generations; the trainer syncs weights to it."""
     port = _free_port()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     server = subprocess.Popen([sys.executable, "-m", "swiftlike.cli.main", "rollout", "--model", "Qwen/Qwen3-0.6B",
                                "--miniature", "--backend", "transformers", "--port", str(port)],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         line = server.stdout.readline()
         deadline = time.time() + 120

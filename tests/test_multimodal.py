@@ -3,14 +3,12 @@ makes, padding-free (packed) batches equal padded ones with M-RoPE positions equ
 sequence, a miniature that learns to name colours from images, the parts LoRA and --full train, and bad image input
 as one-line errors. Images are generated here (docs/multimodal.md)."""
 import json
-import os
 import subprocess
 import sys
 
 import pytest
 import torch
-from conftest import logged_steps
-from conftest import wb_cli as wb
+from conftest import logged_steps, wb_cli
 from PIL import Image
 
 from swiftlike.data.collate import ImageCollate, collate_padded, collate_padding_free
@@ -23,7 +21,6 @@ from swiftlike.train.loss import CausalLMLoss, packed_mrope_positions
 
 MODELS = ["Qwen/Qwen2.5-VL-3B-Instruct", "Qwen/Qwen3-VL-4B-Instruct"]
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
 def processing(model: str, **bounds) -> ImageProcessing:
@@ -170,8 +167,8 @@ def test_a_miniature_learns_to_name_colours_from_images(model, tmp_path, images)
                                              {"role": "assistant", "content": name}]}) + "\n")
     for p in paths.values():  # relative paths are read from the data file's folder
         (tmp_path / p.name).write_bytes(p.read_bytes())
-    r = wb("sft", "--model", model, "--miniature", "--dataset", str(data), "--max_steps", "80", "--logging_steps",
-           "10", "--per_device_train_batch_size", "3", "--full", "--output_dir", "run", cwd=tmp_path, timeout=900)
+    r = wb_cli("sft", "--model", model, "--miniature", "--dataset", str(data), "--max_steps", "80", "--logging_steps",
+               "10", "--per_device_train_batch_size", "3", "--full", "--output_dir", "run", cwd=tmp_path, timeout=900)
     losses = [step["loss"] for step in logged_steps(r)]
     assert len(losses) == 8 and losses[-1] < 0.2 * losses[0], losses
     ckpt = tmp_path / "run" / "checkpoint-80"
@@ -188,15 +185,15 @@ def test_a_miniature_learns_to_name_colours_from_images(model, tmp_path, images)
     assert AutoModelForImageTextToText.from_pretrained(ckpt) is not None  # plain transformers reads it
 
     # the trained model answers through `wb infer`: each data row's images (relative to the data file's folder) ...
-    r = wb("infer", "--model", str(ckpt), "--dataset", str(data), "--output", "answers.jsonl", "--max_new_tokens",
-           "2", cwd=tmp_path)
+    r = wb_cli("infer", "--model", str(ckpt), "--dataset", str(data), "--output", "answers.jsonl", "--max_new_tokens",
+               "2", cwd=tmp_path)
     lines = [json.loads(line) for line in (tmp_path / "answers.jsonl").read_text().splitlines()]
     assert len(lines) == 9 and all(line["response"] == line["reference"] for line in lines), lines
     assert lines[0]["images"] == [next(iter(paths.values())).name]
     # ... and --image beside --query (a path relative to the working directory)
     if model == MODELS[0]:
-        r = wb("infer", "--model", str(ckpt), "--image", paths[("blue", 96, 64)].name, "--query", "Colour?",
-               "--max_new_tokens", "2", cwd=tmp_path)
+        r = wb_cli("infer", "--model", str(ckpt), "--image", paths[("blue", 96, 64)].name, "--query", "Colour?",
+                   "--max_new_tokens", "2", cwd=tmp_path)
         assert r.stdout.strip().splitlines()[-1] == "blue", r.stdout + r.stderr[-2000:]
 
 
@@ -226,11 +223,11 @@ def test_bad_image_input_is_one_line_naming_file_row_and_image(tmp_path, qwen3_t
     assert len(encoded) == 2 and sum(stats.dropped.values()) == 2
     assert any("broken.png: cannot be read" in reason for reason in stats.dropped)
     # through the CLI: one line, exit 2
-    r = wb("sft", "--model", MODELS[1], "--miniature", "--dataset", str(data), "--output_dir", "run", cwd=tmp_path,
-           check=False)
+    r = wb_cli("sft", "--model", MODELS[1], "--miniature", "--dataset", str(data), "--output_dir", "run", cwd=tmp_path,
+               check=False)
     assert r.returncode == 2 and "missing.png: no such file" in r.stderr and "Traceback" not in r.stderr
-    r = wb("sft", "--model", "Qwen/Qwen3-0.6B", "--miniature", "--dataset", str(data), "--output_dir", "run",
-           cwd=tmp_path, check=False)
+    r = wb_cli("sft", "--model", "Qwen/Qwen3-0.6B", "--miniature", "--dataset", str(data), "--output_dir", "run",
+               cwd=tmp_path, check=False)
     assert r.returncode == 2 and "template qwen3 is text-only and cannot read images" in r.stderr
 
 
@@ -245,11 +242,11 @@ def test_a_merged_vl_export_reloads_with_plain_transformers(model, tmp_path, ima
     data.write_text("\n".join(json.dumps({"messages": [{"role": "user", "content": "<image>Colour?"},
                                                        {"role": "assistant", "content": name}],
                                           "images": [str(p)]}) for (name, _, _), p in paths.items()) + "\n")
-    r = wb("sft", "--model", model, "--miniature", "--dataset", str(data), "--max_steps", "3", "--max_pixels",
-           "9000", "--output_dir", "run", cwd=tmp_path)
+    r = wb_cli("sft", "--model", model, "--miniature", "--dataset", str(data), "--max_steps", "3", "--max_pixels",
+               "9000", "--output_dir", "run", cwd=tmp_path)
     ckpt = tmp_path / "run" / "checkpoint-3"
-    r = wb("export", "--adapters", str(ckpt), "--merge", "--torch_dtype", "float32", "--output_dir", "merged",
-           cwd=tmp_path)
+    r = wb_cli("export", "--adapters", str(ckpt), "--merge", "--torch_dtype", "float32", "--output_dir", "merged",
+               cwd=tmp_path)
     assert "AutoModelForImageTextToText" in r.stdout, r.stderr[-3000:]
     out = tmp_path / "merged"
     assert json.loads((out / "preprocessor_config.json").read_text())["size"]["longest_edge"] == 9000
@@ -275,8 +272,7 @@ with torch.no_grad():
                    **pixels).logits[0, -1]
 print(json.dumps({{"text": text, "ids": ids, "logits": logits.tolist()}}))
 """
-    shown = subprocess.run([sys.executable, "-c", probe, str(out)], capture_output=True, text=True, env=ENV,
-                           timeout=600)
+    shown = subprocess.run([sys.executable, "-c", probe, str(out)], capture_output=True, text=True, timeout=600)
     assert shown.returncode == 0, shown.stderr[-3000:]
     theirs = json.loads(shown.stdout.strip().splitlines()[-1])
     from peft import PeftModel
@@ -335,8 +331,8 @@ def test_two_processes_one_with_images_one_text_only(tmp_path, images, engine):
                                                {"role": "assistant", "content": "Hi."}]}) + "\n")
     common = ["sft", "--model", MODELS[1], "--miniature", "--dataset", str(data), "--max_steps", "3",
               "--logging_steps", "1", "--lora_dropout", "0", "--per_device_train_batch_size", "1", *engine]
-    one = wb(*common, "--gradient_accumulation_steps", "2", "--output_dir", "one", cwd=tmp_path)
-    two = wb(*common, "--nproc_per_node", "2", "--output_dir", "two", cwd=tmp_path)
+    one = wb_cli(*common, "--gradient_accumulation_steps", "2", "--output_dir", "one", cwd=tmp_path)
+    two = wb_cli(*common, "--nproc_per_node", "2", "--output_dir", "two", cwd=tmp_path)
     losses = [[step["loss"] for step in logged_steps(r)] for r in (one, two)]
     assert len(losses[0]) == 3 and losses[1] == pytest.approx(losses[0], rel=1e-4)
 
@@ -357,6 +353,6 @@ def test_vit_and_aligner_learning_rates_are_their_own_param_groups(tmp_path):
     assert all(".visual." in names[id(p)] and "merger" not in names[id(p)] for p in groups[1e-6])
     assert all("merger" in names[id(p)] for p in groups[1e-5])
     assert sum(len(g) for g in groups.values()) == sum(p.requires_grad for p in net.parameters())
-    r = wb("sft", "--model", MODELS[1], "--miniature", "--dataset", "x.jsonl", "--vit_lr", "1e-5", cwd=tmp_path,
-           check=False)
+    r = wb_cli("sft", "--model", MODELS[1], "--miniature", "--dataset", "x.jsonl", "--vit_lr", "1e-5", cwd=tmp_path,
+               check=False)
     assert r.returncode == 2 and "--vit_lr must be positive and needs --freeze_vit false" in r.stderr
