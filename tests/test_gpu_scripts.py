@@ -1,0 +1,53 @@
+"""The scripts a session lent a GPU runs (benchmarks/gpu_check.sh and benchmarks/gpu_sft.py) work before they reach
+the card: device time is scarce (minutes a session), and a script that fails there loses it. Here, on the CPU:
+every part of gpu_check.sh plans its steps (GPU_CHECK_DRY=1), and gpu_sft.py's smoke mode runs both sides on a tiny
+model with the options the GPU runs use."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PARTS = {  # each part's steps, in order (env comes first in every part)
+    "bench": ["env", "gpu_sft", "dpo", "grpo"],
+    "tests": ["env", "gpu_tests", "suite"],
+    "profile": ["env", "profile"],
+    "grpo": ["env", "grpo_toy_static", "grpo_toy_growing", "grpo_static", "grpo_growing", "grpo_trl"],
+    "core": ["env", "optimizer", "grpo_cudagraphs", "compiled"],
+    "chunk": ["env", "chunk_4b_lora_16777216", "chunk_4b_lora_134217728", "chunk_0.6b_full_16777216",
+              "chunk_0.6b_full_134217728"],
+}
+
+
+@pytest.mark.parametrize("part", PARTS)
+def test_every_part_of_gpu_check_plans_its_steps(tmp_path, part):
+    r = subprocess.run(["bash", "benchmarks/gpu_check.sh", part], cwd=REPO, capture_output=True, text=True,
+                       env={**os.environ, "GPU_CHECK_DRY": "1", "OUT": str(tmp_path / "out")}, timeout=60)
+    assert r.returncode == 0, r.stderr
+    steps = [line.split("]")[0].removeprefix("== [") for line in r.stdout.splitlines() if line.startswith("== [")]
+    assert [s for s in steps if s != "install"] == PARTS[part], r.stdout
+    assert "cap " in r.stdout and not r.stderr.strip()
+
+
+def test_gpu_check_refuses_an_unknown_part():
+    r = subprocess.run(["bash", "benchmarks/gpu_check.sh", "nonsense"], cwd=REPO, capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 2 and "usage:" in r.stderr
+
+
+@pytest.mark.slow
+def test_gpu_sft_smoke_runs_both_sides_with_the_gpu_runs_options(tmp_path):
+    """Ours with a chosen loss chunk (the `chunk` part's option) and TRL's side, LoRA and full, on the CPU."""
+    out = tmp_path / "smoke.json"
+    r = subprocess.run([sys.executable, "benchmarks/gpu_sft.py", "--smoke", "--logits_per_chunk", "134217728",
+                        "--json", str(out)], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    runs = json.loads(out.read_text())["runs"]
+    assert sorted((run["side"], run["mode"]) for run in runs) == [("ours", "full"), ("ours", "lora"),
+                                                                 ("trl", "full"), ("trl", "lora")]
+    for run in runs:
+        assert not run.get("error") and run["tokens_per_second"] > 0, run
+        assert run.get("logits_per_chunk") == (134217728 if run["side"] == "ours" else None), run
