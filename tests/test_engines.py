@@ -158,12 +158,14 @@ def test_sft_two_processes_equal_one(single, tmp_path, mode, engine):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode,engine", [("full", ["--fsdp", "full_shard"]), ("lora", ["--deepspeed", "zero2"])],
-                         ids=["full-fsdp", "lora-zero2"])
+@pytest.mark.parametrize("mode,engine", [("full", ["--fsdp", "full_shard", "--gradient_checkpointing"]),
+                                         ("lora", ["--deepspeed", "zero2"])],
+                         ids=["full-fsdp-checkpointed", "lora-zero2"])
 def test_compiled_layers_under_an_engine_train_as_one_eager_process(single, tmp_path, mode, engine):
-    """--torch_compile under FSDP2 (its hooks gather and free each compiled layer's weights around its call) and
-    ZeRO-2: the losses and weights follow one eager process's, and no layer gives up compiling (torch says so when
-    its recompile limit is hit, as it is under ZeRO-3, which is refused)."""
+    """--torch_compile under FSDP2 (its hooks gather and free each compiled layer's weights around its call; with
+    activation checkpointing inside the compiled function, backward gathers them again to recompute) and ZeRO-2: the
+    losses and weights follow one eager process's (not checkpointed), and no layer gives up compiling (torch says so
+    when its recompile limit is hit, as it is under ZeRO-3, which is refused)."""
     r = wb_cli("sft", *common("run", f"--{mode}", "--dataset", IDENTITY, "--nproc_per_node", "2",
                               "--per_device_train_batch_size", "2", "--torch_compile", *engine), cwd=tmp_path)
     assert "2 decoder layers compiled" in r.stdout
