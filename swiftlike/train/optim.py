@@ -47,6 +47,8 @@ class RoundingAdamW(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        from torch.distributed.tensor import DTensor
+
         for g_index, group in enumerate(self.param_groups):
             beta1, beta2 = group["betas"]
             lr = torch.tensor(float(group["lr"]), dtype=torch.float32)
@@ -61,8 +63,9 @@ class RoundingAdamW(torch.optim.Optimizer):
                     state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 state["step"] += 1
                 step = int(state["step"])
-                # FSDP2's parameters, gradients and moments are DTensors: each rank steps its own shard
-                tensors = tuple(_local(t) for t in (p, p.grad, state["exp_avg"], state["exp_avg_sq"]))
+                tensors = (p, p.grad, state["exp_avg"], state["exp_avg_sq"])
+                if isinstance(p, DTensor):  # FSDP2: its gradient and moments are DTensors too; step this rank's shard
+                    tensors = tuple(t.to_local() for t in tensors)
                 if not all(t.is_contiguous() for t in tensors):
                     raise ValueError(f"RoundingAdamW needs contiguous parameters and gradients ({tuple(p.shape)})")
                 if step not in corrections:
@@ -71,12 +74,6 @@ class RoundingAdamW(torch.optim.Optimizer):
                 _kernel(tensors[0].device)(*(t.view(-1) for t in tensors), lr, *corrections[step], seed, beta1,
                                            beta2, group["eps"], group["weight_decay"], p.dtype == torch.bfloat16)
         return loss
-
-
-def _local(t: torch.Tensor) -> torch.Tensor:
-    from torch.distributed.tensor import DTensor
-
-    return t.to_local() if isinstance(t, DTensor) else t
 
 
 def adamw_update(p, g, m, v, lr, correction1, root_correction2, seed, beta1: float, beta2: float, eps: float,
