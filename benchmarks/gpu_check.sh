@@ -92,9 +92,10 @@ if [ "$PART" = tests ] || [ "$PART" = all ]; then
     $GPU_FILES
   # (c) the whole suite on CUDA, 12 workers, one thread each (16 cores), handed out test by test (--dist load:
   #     pyproject's file-per-worker default would leave most of 12 workers waiting on the largest files); -v lists
-  #     every result even if the cap stops the run. Not carried, so their tests skip or fail on import: bitsandbytes (43 MB), av (the video
-  #     decoder, 36 MB: with the wheels above over the 64 MiB carried), nbclient (the notebook test), tensorboard,
-  #     deepspeed. The project is not pip-installed there: a `wb` script on PATH stands in for the recipe try-outs.
+  #     every result even if the cap stops the run. Not carried, so their tests skip or fail on import:
+  #     bitsandbytes (43 MB), av (the video decoder, 36 MB: with the wheels above over the 64 MiB carried),
+  #     nbclient (the notebook test), tensorboard, deepspeed. The project is not pip-installed there: a `wb`
+  #     script on PATH stands in for the recipe try-outs.
   if [ "$DRY" != 1 ]; then
     mkdir -p /tmp/wbbin && printf '#!/bin/sh\nexec python3 -m swiftlike.cli.main "$@"\n' > /tmp/wbbin/wb \
       && chmod +x /tmp/wbbin/wb && export PATH=/tmp/wbbin:$PATH
