@@ -34,15 +34,19 @@ def test_fused_linear_cross_entropy_matches_plain_loss_and_gradients(bias, chunk
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
-def test_tensor_cores_change_nothing_off_cuda_and_restore_the_setting():
+def test_tensor_cores_only_for_16_bit_cuda_inputs_and_the_setting_is_restored():
     matmul = torch.backends.cuda.matmul
     before = matmul.fp32_precision
-    with tensor_cores(torch.zeros(2)):
-        assert matmul.fp32_precision == before
+    for source in (torch.zeros(2), torch.zeros(2, dtype=torch.bfloat16)):  # off CUDA: nothing changes
+        with tensor_cores(source):
+            assert matmul.fp32_precision == before
     if torch.cuda.is_available():
-        with tensor_cores(torch.zeros(2, device="cuda")):
-            assert matmul.fp32_precision == "tf32"
-        assert matmul.fp32_precision == before
+        with tensor_cores(torch.zeros(2, device="cuda")):  # fp32 training keeps IEEE fp32
+            assert matmul.fp32_precision == before
+        for dtype in (torch.bfloat16, torch.float16):
+            with tensor_cores(torch.zeros(2, dtype=dtype, device="cuda")):
+                assert matmul.fp32_precision == "tf32"
+            assert matmul.fp32_precision == before
 
 
 @pytest.mark.gpu

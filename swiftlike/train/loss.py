@@ -22,11 +22,13 @@ LOGITS_PER_CHUNK = 1 << 24  # ~16M logits (64 MB in fp32) per chunk; smaller chu
 
 
 @contextmanager
-def tensor_cores(tensor: torch.Tensor):
-    """fp32 matmuls of CUDA tensors in TF32 inside (a trained output layer's fp32 weight gradient): on an H100 an
-    IEEE fp32 GEMM runs at a tenth of bf16's rate, TF32 on the tensor cores at half of it, with fp32 accumulation
-    and a 10-bit mantissa per product (bf16 training's own gradients have 7). Elsewhere nothing changes."""
-    if not tensor.is_cuda:
+def tensor_cores(source: torch.Tensor):
+    """fp32 matmuls in TF32 inside when `source` (what is upcast to fp32 for them) is a 16-bit CUDA tensor: a
+    trained output layer's fp32 weight gradient in bf16/fp16 training. On an H100 an IEEE fp32 GEMM runs at a tenth
+    of bf16's rate, TF32 on the tensor cores at half of it, with fp32 accumulation and a 10-bit mantissa per product,
+    more than a bf16 input holds (7) and as much as an fp16 one. fp32 training (which asked for fp32) and other
+    devices keep IEEE fp32: on 2026-11-27 TF32 there put the fp32 CUDA tests' head gradients 1e-3 apart."""
+    if not source.is_cuda or source.dtype not in (torch.bfloat16, torch.float16):
         yield
         return
     matmul = torch.backends.cuda.matmul
@@ -77,7 +79,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             if grad_hidden is not None:
                 grad_hidden[start:start + chunk_size] = (grad.to(weight.dtype) @ weight).to(hidden.dtype)
             if grad_weight is not None:  # accumulated in the matmul itself: no vocab x hidden temporary per chunk
-                with tensor_cores(grad):
+                with tensor_cores(h):
                     grad_weight.addmm_(grad.T, h.float())
             if grad_bias is not None:
                 grad_bias += grad.sum(0)
