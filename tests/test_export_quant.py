@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import swiftlike as wb
+from swiftlike import accel
 from swiftlike.cli.main import main
 from swiftlike.models.perplexity import perplexity
 from swiftlike.models.resolve import load_for_inference
@@ -97,7 +98,10 @@ def test_fp8_export_is_compressed_tensors_that_transformers_reloads(ckpt, tmp_pa
     report = json.loads((out / "args.json").read_text())["export"]["quantization"]
     assert report["method"] == "fp8" and report["bits"] == 8
     encoded, _ = encode_rows(load_rows(["gsm8k-test#3"]), template, 1024, truncation_strategy="right")
-    assert report["perplexity_quantized"] == pytest.approx(perplexity(reloaded, encoded), rel=1e-3)
+    # the export measures on the accelerator, where compressed-tensors computes with other kernels (on an H100,
+    # 2026-11-27: 0.17% apart from the CPU's): measured here on the same device
+    on_device = AutoModelForCausalLM.from_pretrained(out, device_map={"": accel.device()})
+    assert report["perplexity_quantized"] == pytest.approx(perplexity(on_device, encoded), rel=1e-3)
     assert "fp8 8-bit weights" in (out / "README.md").read_text()
 
 
