@@ -11,9 +11,9 @@ completions run to --new-tokens on both sides (the mean length is printed to sho
 step, split into generation and the rest (scoring and training), peak GPU memory on a GPU, and the ratios.
 --model_shape 0.6b / 4b: a randomly initialised model of that Qwen3's real config instead of the miniature;
 --dtype bfloat16 for both sides. --static_cache true|false: our rollout's KV cache (default: static, its decode step
-replayed as CUDA graphs, on CUDA; a growing one elsewhere); --decode_compile cudagraphs: record the static cache's
-decode step as CUDA graphs without inductor's code generation (torch.compile's "cudagraphs" backend: a shorter
-first step, unfused kernels) instead of the default mode="reduce-overhead"; --sides ours,trl: which sides run.
+replayed as CUDA graphs, on CUDA; a growing one elsewhere); --decode_compile inductor: compile the static cache's
+decode step with inductor's mode="reduce-overhead" (fused kernels, a much longer first step) instead of the
+default, torch.compile's "cudagraphs" backend (CUDA graphs of the traced step); --sides ours,trl: which sides run.
 Needs `pip install -e ".[bench]"`.
 """
 from __future__ import annotations
@@ -46,12 +46,12 @@ def prompt_rows(n: int) -> list[dict]:
 
 
 def run_ours(model_dir, data, steps, prompts, gens, new_tokens, out, dtype="float32", static_cache=None,
-             decode_compile="inductor") -> dict:
+             decode_compile="cudagraphs") -> dict:
     import swiftlike as wb
     from swiftlike.rollout import hf
 
-    if decode_compile == "cudagraphs":
-        hf.COMPILED = dict(backend="cudagraphs", dynamic=False)
+    if decode_compile == "inductor":
+        hf.COMPILED = dict(mode="reduce-overhead", dynamic=False)
 
     generations, ends = clock_calls(hf.HFRollout, "generate"), ours_step_ends()
     result = wb.grpo(model=model_dir, template="qwen3", dataset=[data], lora=True, lora_dropout=0.05,
@@ -115,7 +115,7 @@ def main() -> None:
                     help="mini: hidden 256, 4 layers; 0.6b / 4b: that Qwen3's real config (random weights)")
     ap.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     ap.add_argument("--static_cache", choices=("auto", "true", "false"), default="auto")
-    ap.add_argument("--decode_compile", choices=("inductor", "cudagraphs"), default="inductor")
+    ap.add_argument("--decode_compile", choices=("cudagraphs", "inductor"), default="cudagraphs")
     ap.add_argument("--sides", default="ours,trl")
     add_child_args(ap)
     a = ap.parse_args()

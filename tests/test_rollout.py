@@ -143,13 +143,14 @@ def test_static_cache_across_families(model_id):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("compile", [None, dict(backend="cudagraphs", dynamic=False)], ids=["default", "cudagraphs"])
+@pytest.mark.parametrize("compile", [None, dict(mode="reduce-overhead", dynamic=False)],
+                         ids=["default", "inductor"])
 def test_cuda_graph_decoding_of_a_liger_patched_lora_policy(compile):
     """GRPO's default rollout on CUDA, for the policy as training builds it there (Liger's kernels, LoRA layers in
     the stream's dtype): the decode step is compiled as one graph without breaks and recorded as CUDA graphs (none
     skipped: Liger's kernels, which torch.compile cannot analyse, are off while decoding), and its logits at every
-    step equal the eager growing cache's, Liger's kernels included. So does the step recorded by torch.compile's
-    "cudagraphs" backend (no inductor code generation)."""
+    step equal the eager growing cache's, Liger's kernels included. The default records the traced step through
+    torch.compile's "cudagraphs" backend; so does inductor's mode="reduce-overhead", with its own kernels."""
     pytest.importorskip("liger_kernel")
     import sys
 
@@ -191,7 +192,7 @@ SYNCS = ("item", "_local_scalar_dense", "nonzero", "tolist", "masked_select", "u
 def test_static_decode_step_is_one_graph_for_every_token_and_batch():
     """What CUDA graphs need: the decode step traces into a single graph (fullgraph: no graph break) with no
     device-to-host read in it, and every later token and every batch of the same shape reuses it (no
-    recompilation). On CUDA the same step is compiled with mode="reduce-overhead"."""
+    recompilation). On CUDA the same step is recorded as CUDA graphs (torch.compile's "cudagraphs" backend)."""
     from swiftlike.rollout.hf import HFRollout
 
     graphs = []
