@@ -16,7 +16,7 @@
 #   core: (a) environment, then what is still open, in one call of TOTAL_S=430 (which leaves time in a 15-minute
 #         lease for `tests`): the optimizer step alone (benchmarks/optimizer_step.py), our GRPO step with the static
 #         cache recorded by torch.compile's "cudagraphs" backend (with torch.compile's logs), then
-#         gpu_sft.py --torch_compile (both sides compiled) with the rest.
+#         gpu_sft.py --torch_compile (both sides compiled) at 2,048, full fine-tuning first, LoRA with the rest.
 #   chunk: (a) environment, (h) two sizes of the fused loss's chunk of logits, 4B LoRA and 0.6B full, compiled
 #          (TOTAL_S=560).
 # GPU_CHECK_DRY=1 prints the steps only.
@@ -155,18 +155,21 @@ fi
 
 if [ "$PART" = core ]; then
   # what is open after 2026-11-27's runs, in one call of TOTAL_S=430: the optimizer step of bf16 full fine-tuning
-  # alone (torchao's per-parameter compiled AdamW vs torch's fused one); GRPO's step with the static cache recorded
-  # as CUDA graphs by torch.compile's "cudagraphs" backend (no inductor code generation: on 2026-11-27 the default,
-  # inductor with mode="reduce-overhead", ran past 80 s; on a 2-core CPU inductor takes 81 s to compile that
-  # 28-layer step, tracing alone 33 s), with torch.compile's recompilations, graph breaks and CUDA-graph hints in
-  # the log; then SFT with --torch_compile on both sides (ours: decoder layers compiled; TRL: its torch_compile),
-  # in gpu_sft.py's order (4B LoRA at 2,048 first, then 0.6B, full, 8,192).
-  step optimizer 60 python3 benchmarks/optimizer_step.py --model_shape 0.6b --json "$OUT/optimizer.json"
+  # alone (train/optim.RoundingAdamW, one compiled call a parameter, vs torch's fused AdamW); GRPO's step with the
+  # static cache recorded as CUDA graphs by torch.compile's "cudagraphs" backend (no inductor code generation: on
+  # 2026-11-27 the default, inductor with mode="reduce-overhead", ran past 80 s; on a 2-core CPU inductor takes 81 s
+  # to compile that 28-layer step, tracing alone 33 s), with torch.compile's recompilations, graph breaks and
+  # CUDA-graph hints in the log; then SFT with --torch_compile on both sides (ours: decoder layers compiled; TRL: its
+  # torch_compile) at 2,048: full fine-tuning first (0.75x TRL before RoundingAdamW and compiling; compiled LoRA was
+  # measured on 2026-11-27), then LoRA with the time left.
+  step optimizer 50 python3 benchmarks/optimizer_step.py --model_shape 0.6b --json "$OUT/optimizer.json"
   step grpo_cudagraphs 100 env TORCH_LOGS=recompiles,graph_breaks,perf_hints python3 benchmarks/grpo_step.py \
     --model_shape 0.6b --dtype bfloat16 --steps 4 --sides ours --decode_compile cudagraphs
-  CAP=$(( $(left) - 5 ))
-  step compiled "$CAP" python3 benchmarks/gpu_sft.py --torch_compile --json "$OUT/compiled.json" \
-    --budget_s $(( CAP - 15 ))
+  for modes in full lora; do
+    CAP=$(( $(left) - 5 ))
+    step "compiled_$modes" "$CAP" python3 benchmarks/gpu_sft.py --torch_compile --lengths 2048 --modes "$modes" \
+      --json "$OUT/compiled_$modes.json" --budget_s $(( CAP - 15 ))
+  done
 fi
 
 echo "== done in $(( $(date +%s) - T0 ))s; files in $OUT: $(ls "$OUT" | tr '\n' ' ')"
