@@ -37,17 +37,17 @@ def shapes(model_shape: str) -> list[torch.Size]:
 def optimizers(device: str) -> dict:
     from swiftlike.train.optim import RoundingAdamW
 
-    makers = {"wb RoundingAdamW (stochastic rounding)": lambda ps: RoundingAdamW(ps, lr=1e-5, weight_decay=0.0)}
-    try:
+    fused = dict(fused=True) if device == "cuda" else dict(foreach=True)
+    makers = {"wb RoundingAdamW (stochastic rounding)": lambda ps: RoundingAdamW(ps, lr=1e-5, weight_decay=0.0),
+              f"torch AdamW ({next(iter(fused))}, plain bf16)": lambda ps: torch.optim.AdamW(ps, lr=1e-5,
+                                                                                            weight_decay=0.0, **fused)}
+    try:  # last: on an H100 (2026-11-27) its compiling per parameter outlasted the script's 50 s cap
         from torchao.optim import _AdamW
 
         makers["torchao _AdamW (stochastic rounding)"] = lambda ps: _AdamW(ps, lr=1e-5, weight_decay=0.0,
                                                                           bf16_stochastic_round=True)
     except ImportError:
         print("torchao is not installed: its row is left out")
-    fused = dict(fused=True) if device == "cuda" else dict(foreach=True)
-    makers[f"torch AdamW ({next(iter(fused))}, plain bf16)"] = lambda ps: torch.optim.AdamW(ps, lr=1e-5,
-                                                                                           weight_decay=0.0, **fused)
     return makers
 
 

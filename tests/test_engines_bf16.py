@@ -53,20 +53,32 @@ def _bf16_neighbours(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
 @pytest.mark.parametrize("decay", [0.0, 0.1])
-def test_each_step_is_adamw_rounded_to_a_neighbouring_bf16_value_without_bias(decay, device):
+@pytest.mark.parametrize("rows", [(64,), (20, 5, 1, 30, 8)], ids=["one", "buckets"])
+def test_each_step_is_adamw_rounded_to_a_neighbouring_bf16_value_without_bias(rows, decay, device, monkeypatch):
     """Three steps from random bf16 weights, gradients of mixed scale: after each, every weight is one of the two
     bf16 values around the exact (float64) AdamW result from the same inputs, the moments are that result's
-    rounded to nearest (to one bf16 step), and the rounding is unbiased (up as often as the distances say)."""
+    rounded to nearest (to one bf16 step), and the rounding is unbiased (up as often as the distances say).
+    "buckets": the same 64 x 1000 values as five parameters, with buckets made small (ALONE 25,000 and BUCKET 15,000
+    values): one stepped in place (30 rows), one alone in its bucket (20), three concatenated into one (5, 1, 8)."""
+    from swiftlike.train import optim
+
+    monkeypatch.setattr(optim, "ALONE", {"cpu": 25_000, "cuda": 25_000})
+    monkeypatch.setattr(optim, "BUCKET", 15_000)
     torch.manual_seed(0)
-    p = torch.nn.Parameter((torch.randn(64, 1000) * 0.05).to(torch.bfloat16).to(device))
-    opt = RoundingAdamW([p], lr=3e-4, weight_decay=decay)
+    whole = (torch.randn(64, 1000) * 0.05).to(torch.bfloat16).to(device)
+    params = [torch.nn.Parameter(part.clone()) for part in whole.split(rows)]
+    opt = RoundingAdamW(params, lr=3e-4, weight_decay=decay)
+    cat = (lambda ts: torch.cat([t.detach().cpu() for t in ts]))
     for step in (1, 2, 3):
-        p.grad = (torch.randn(64, 1000) * torch.logspace(-6, 0, 1000)).to(torch.bfloat16).to(device)
-        state = opt.state[p]
-        m, v = (state["exp_avg"].cpu(), state["exp_avg_sq"].cpu()) if state else (torch.zeros(64, 1000),) * 2
-        exact, m_exact, v_exact = _reference(p.detach().cpu(), p.grad.cpu(), m, v, step, 3e-4, decay)
+        grads = (torch.randn(64, 1000) * torch.logspace(-6, 0, 1000)).to(torch.bfloat16).to(device)
+        for param, grad in zip(params, grads.split(rows)):
+            param.grad = grad.clone()
+        states = [opt.state[q] for q in params]
+        m, v = ((cat(st["exp_avg"] for st in states), cat(st["exp_avg_sq"] for st in states)) if states[0]
+                else (torch.zeros(64, 1000),) * 2)
+        exact, m_exact, v_exact = _reference(cat(params), grads.cpu(), m, v, step, 3e-4, decay)
         opt.step()
-        new = p.detach().cpu().double()
+        new = cat(params).double()
         down, up = _bf16_neighbours(exact)
         assert bool(((new == down) | (new == up)).all()), step
         # how often it rounded up: the mean of the exact value's position between its neighbours
@@ -75,12 +87,27 @@ def test_each_step_is_adamw_rounded_to_a_neighbouring_bf16_value_without_bias(de
         assert float((new == up)[moved].double().mean()) == pytest.approx(float(share[moved].mean()), abs=0.01)
         # to one bf16 step (fp32 then bf16: a value near a tie may round to the other neighbour), or fp32's
         # rounding of the inputs where the moving average cancels them to near zero
-        grad = p.grad.cpu().double()
-        for ours, exact_moment, before, new_term in ((state["exp_avg"], m_exact, m, grad),
-                                                     (state["exp_avg_sq"], v_exact, v, grad ** 2)):
-            error = (ours.cpu().double() - exact_moment).abs()
+        grad = grads.cpu().double()
+        for key, exact_moment, before, new_term in (("exp_avg", m_exact, m, grad),
+                                                    ("exp_avg_sq", v_exact, v, grad ** 2)):
+            error = (cat(st[key] for st in states).double() - exact_moment).abs()
             bound = 2 ** -7 * exact_moment.abs() + 2 ** -20 * (before.double().abs() + new_term.double().abs())
             assert bool((error <= bound).all()), step
+
+
+def test_parameters_are_bucketed_in_order_by_size_step_device_and_dtypes(monkeypatch):
+    from swiftlike.train import optim
+
+    def item(i, n, step=1, dtype=torch.bfloat16):
+        t = torch.empty(n, dtype=dtype)
+        return (i, step, (t, t, t, t))
+
+    monkeypatch.setattr(optim, "ALONE", {"cpu": 30, "cuda": 1000})  # (the tensors are on the CPU)
+    monkeypatch.setattr(optim, "BUCKET", 20)
+    items = [item(0, 5), item(1, 40), item(2, 6), item(3, 7, dtype=torch.float32), item(4, 10), item(5, 3, step=2),
+             item(6, 4)]
+    # 40 >= ALONE: alone; 5 + 6 + 10 would pass 20: 10 starts another bucket, which 4 joins; fp32 and step 2 apart
+    assert [[i for i, _, _ in b] for b in optim._buckets(items)] == [[0, 2], [1], [3], [4, 6], [5]]
 
 
 def test_fp32_parameters_get_adamw_unrounded():

@@ -1,4 +1,4 @@
-"""AdamW for bf16 weights with stochastic rounding: one fused, compiled kernel a parameter.
+"""AdamW for bf16 weights with stochastic rounding: one fused, compiled kernel a parameter (or a bucket of small ones).
 
 A bf16 weight near 1 moves in steps of 2^-7: plain bf16 AdamW rounds every smaller update away, so small learning
 rates stall. Here each step is computed in fp32 from the bf16 weight, gradient and moments, the moments are stored
@@ -8,15 +8,20 @@ Weights and moments stay bf16 (8 bytes a parameter with its gradient, where fp32
 
 This is the arithmetic of torchao's `_AdamW(bf16_stochastic_round=True)`, which it replaces. torchao builds a new
 torch.compile wrapper for every parameter at every step and compiles one graph per parameter shape; here one
-graph, compiled once with a dynamic length, takes every parameter flattened, with the learning rate and the bias
-corrections as tensors (a new value is not a new graph). Measured with benchmarks/optimizer_step.py on Qwen3-0.6B's
-310 parameters, 2-core CPU: see docs/benchmarks.md.
+graph, compiled once with a dynamic length, takes flat tensors, with the learning rate and the bias corrections as
+tensors (a new value is not a new graph). Each call costs host time whatever its length (guards, wrappers,
+launches: 275 us on an H100's host, 2026-11-27, where a step of Qwen3-0.6B's 310 parameters took 100 ms, a third
+of a full fine-tuning step). So parameters below `ALONE` values (per device type) are stepped together:
+concatenated, in order, into buckets of up to `BUCKET` values, one call a bucket, then copied back (weights and
+moments). That moves their bytes three times instead of once, which costs less than the calls it saves below
+`ALONE`; larger parameters are stepped in place, one call each. Measured with benchmarks/optimizer_step.py: see
+docs/benchmarks.md.
 
-The random bits are not drawn from a generator: they are a hash of each value's position, the parameter's index
-and the step (and the run's seed), computed inside the same kernel. So every data-parallel rank rounds alike (the
-replicas stay equal whatever else drew random numbers), a resumed run rounds as the uninterrupted one would, and
-no random tensor is written to memory. Under FSDP2 (parameters sharded as DTensors) each rank steps its own shard
-(positions are the shard's own).
+The random bits are not drawn from a generator: they are a hash of each value's position in its bucket, the
+bucket's first parameter's index and the step (and the run's seed), computed inside the same kernel. So every
+data-parallel rank rounds alike (the replicas stay equal whatever else drew random numbers), a resumed run rounds
+as the uninterrupted one would, and no random tensor is written to memory. Under FSDP2 (parameters sharded as
+DTensors) each rank steps its own shards (positions are its buckets' own).
 """
 from __future__ import annotations
 
@@ -25,6 +30,10 @@ import sys
 import torch
 
 LOW_BITS = 16  # an fp32 value's bits below bf16's mantissa
+# parameters of at least this many values are stepped in place, one call each: where a call's host time (~80 us on a
+# 2-core CPU, ~275 us on an H100's host) is less than moving their bytes twice more (~15 GB/s there, ~3 TB/s here)
+ALONE = {"cpu": 1 << 16, "cuda": 1 << 23}  # (other devices: as CUDA)
+BUCKET = 1 << 25  # smaller ones are stepped together, up to this many values a call (4 x 64 MB of bf16 copies)
 _MASK = 0x7FFFFFFF  # the hash works on 31-bit values in int64: its products stay below 2^62 (no overflow)
 
 
@@ -52,7 +61,8 @@ class RoundingAdamW(torch.optim.Optimizer):
         for g_index, group in enumerate(self.param_groups):
             beta1, beta2 = group["betas"]
             lr = torch.tensor(float(group["lr"]), dtype=torch.float32)
-            corrections = {}  # step -> the bias corrections as tensors (every parameter shares one step, mostly)
+            hyper = (beta1, beta2, group["eps"], group["weight_decay"])
+            items = []  # (p_index, step, (weight, gradient, moment 1, moment 2)) of the parameters to step
             for p_index, p in enumerate(group["params"]):
                 if p.grad is None:
                     continue
@@ -62,18 +72,57 @@ class RoundingAdamW(torch.optim.Optimizer):
                     state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                     state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 state["step"] += 1
-                step = int(state["step"])
                 tensors = (p, p.grad, state["exp_avg"], state["exp_avg_sq"])
                 if isinstance(p, DTensor):  # FSDP2: its gradient and moments are DTensors too; step this rank's shard
                     tensors = tuple(t.to_local() for t in tensors)
                 if not all(t.is_contiguous() for t in tensors):
                     raise ValueError(f"RoundingAdamW needs contiguous parameters and gradients ({tuple(p.shape)})")
+                if tensors[0].numel():
+                    items.append((p_index, int(state["step"]), tensors))
+            corrections = {}  # step -> the bias corrections as tensors (every parameter shares one step, mostly)
+            for bucket in _buckets(items):
+                p_index, step, _ = bucket[0]
                 if step not in corrections:
                     corrections[step] = (torch.tensor(1 - beta1 ** step), torch.tensor((1 - beta2 ** step) ** 0.5))
                 seed = torch.tensor(_mix(self.seed, g_index, p_index, step))
-                _kernel(tensors[0].device)(*(t.view(-1) for t in tensors), lr, *corrections[step], seed, beta1,
-                                           beta2, group["eps"], group["weight_decay"], p.dtype == torch.bfloat16)
+                _step_bucket([tensors for _, _, tensors in bucket], lr, *corrections[step], seed, *hyper)
         return loss
+
+
+def _buckets(items: list) -> list[list]:
+    """`items` (p_index, step, tensors) in buckets stepped by one call each, in order: a parameter of `ALONE` values
+    (its device's) or more alone; smaller ones of the same step, device and dtypes together, up to `BUCKET` values."""
+    buckets, open_ = [], {}
+    for item in items:
+        _, step, tensors = item
+        n = tensors[0].numel()
+        if n >= ALONE.get(tensors[0].device.type, ALONE["cuda"]):
+            buckets.append([item])
+            continue
+        key = (step, tensors[0].device, *(t.dtype for t in tensors))
+        bucket = open_.get(key)
+        if bucket is None or bucket[0] + n > BUCKET:
+            bucket = open_[key] = [0, []]
+            buckets.append(bucket[1])
+        bucket[0] += n
+        bucket[1].append(item)
+    return buckets
+
+
+def _step_bucket(members: list[tuple], lr, correction1, root_correction2, seed, beta1, beta2, eps, decay) -> None:
+    """One compiled AdamW call for the parameters in `members` (their (weight, gradient, moment 1, moment 2)): the
+    tensors themselves when there is one, else their concatenation, whose new weights and moments are copied back."""
+    weight = members[0][0]
+    kernel = _kernel(weight.device)
+    scalars = (lr, correction1, root_correction2, seed, beta1, beta2, eps, decay, weight.dtype == torch.bfloat16)
+    if len(members) == 1:
+        kernel(*(t.view(-1) for t in members[0]), *scalars)
+        return
+    flat = [torch.cat([m[i].view(-1) for m in members]) for i in range(4)]
+    kernel(*flat, *scalars)
+    sizes = [m[0].numel() for m in members]
+    for i in (0, 2, 3):  # the weights and the moments (the gradients are only read)
+        torch._foreach_copy_([m[i].view(-1) for m in members], list(flat[i].split(sizes)))
 
 
 def adamw_update(p, g, m, v, lr, correction1, root_correction2, seed, beta1: float, beta2: float, eps: float,
