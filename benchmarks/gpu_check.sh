@@ -13,10 +13,9 @@
 #   grpo: (a) environment, (g) GRPO's toy task with the static cache (the CUDA default) and without, and a GRPO step
 #         on Qwen3-0.6B's shape: ours with the static cache and CUDA graphs, ours with the growing cache, TRL
 #         (TOTAL_S=480);
-#   core: (a) environment, then what is still open, in one call of TOTAL_S=430 (which leaves time in a 15-minute
-#         lease for `tests`): the optimizer step alone (benchmarks/optimizer_step.py), our GRPO step with the static
-#         cache recorded by torch.compile's "cudagraphs" backend (with torch.compile's logs), then
-#         gpu_sft.py --torch_compile (both sides compiled) at 2,048, full fine-tuning first, LoRA with the rest.
+#   core: (a) environment, then what is still open, in one call of TOTAL_S=560: the optimizer step alone
+#         (benchmarks/optimizer_step.py), then gpu_sft.py --torch_compile (ours compiled, TRL at its best: Liger,
+#         not compiled): full fine-tuning at 2,048, then LoRA at 8,192 with the rest.
 #   chunk: (a) environment, (h) two sizes of the fused loss's chunk of logits, 4B LoRA and 0.6B full, compiled
 #          (TOTAL_S=560).
 # GPU_CHECK_DRY=1 prints the steps only.
@@ -154,22 +153,18 @@ if [ "$PART" = grpo ]; then
 fi
 
 if [ "$PART" = core ]; then
-  # what is open after 2026-11-27's runs, in one call of TOTAL_S=430: the optimizer step of bf16 full fine-tuning
-  # alone (train/optim.RoundingAdamW, one compiled call a parameter, vs torch's fused AdamW); GRPO's step with the
-  # static cache recorded as CUDA graphs by torch.compile's "cudagraphs" backend (no inductor code generation: on
-  # 2026-11-27 the default, inductor with mode="reduce-overhead", ran past 80 s; on a 2-core CPU inductor takes 81 s
-  # to compile that 28-layer step, tracing alone 33 s), with torch.compile's recompilations, graph breaks and
-  # CUDA-graph hints in the log; then SFT with --torch_compile on both sides (ours: decoder layers compiled; TRL: its
-  # torch_compile) at 2,048: full fine-tuning first (0.75x TRL before RoundingAdamW and compiling; compiled LoRA was
-  # measured on 2026-11-27), then LoRA with the time left.
-  step optimizer 50 python3 benchmarks/optimizer_step.py --model_shape 0.6b --json "$OUT/optimizer.json"
-  step grpo_cudagraphs 100 env TORCH_LOGS=recompiles,graph_breaks,perf_hints python3 benchmarks/grpo_step.py \
-    --model_shape 0.6b --dtype bfloat16 --steps 4 --sides ours --decode_compile cudagraphs
-  for modes in full lora; do
-    CAP=$(( $(left) - 5 ))
-    step "compiled_$modes" "$CAP" python3 benchmarks/gpu_sft.py --torch_compile --lengths 2048 --modes "$modes" \
-      --json "$OUT/compiled_$modes.json" --budget_s $(( CAP - 15 ))
-  done
+  # what is open after 2026-11-27's runs, in one call (TOTAL_S=560): the optimizer step of bf16 full fine-tuning
+  # alone (train/optim.RoundingAdamW, small parameters stepped together in buckets since the fourth session that
+  # day, against torch's fused AdamW); then SFT, ours with --torch_compile against TRL's best (Liger, not compiled:
+  # TRL compiled was slower), full fine-tuning at 2,048 first (1.59x TRL's best at 0.6B before the buckets; 4B
+  # full's TRL side not yet run), then LoRA at 8,192 with the time left.
+  step optimizer 45 python3 benchmarks/optimizer_step.py --model_shape 0.6b --steps 5 --json "$OUT/optimizer.json"
+  CAP=$(( $(left) - 120 ))
+  step compiled_full "$CAP" python3 benchmarks/gpu_sft.py --torch_compile --lengths 2048 --modes full \
+    --json "$OUT/compiled_full.json" --budget_s $(( CAP - 15 ))
+  CAP=$(( $(left) - 5 ))
+  step compiled_lora_8192 "$CAP" python3 benchmarks/gpu_sft.py --torch_compile --lengths 8192 --modes lora \
+    --json "$OUT/compiled_lora_8192.json" --budget_s $(( CAP - 15 ))
 fi
 
 echo "== done in $(( $(date +%s) - T0 ))s; files in $OUT: $(ls "$OUT" | tr '\n' ' ')"

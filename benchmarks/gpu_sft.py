@@ -2,7 +2,7 @@
 
     python benchmarks/gpu_sft.py [--models 0.6b,4b] [--lengths 2048,8192] [--modes lora,full] [--steps 12]
                                  [--warmup 3] [--tokens_per_step 8192] [--only ours|trl] [--json PATH] [--smoke]
-                                 [--torch_compile]
+                                 [--torch_compile] [--trl_torch_compile]
 
 Models: the real Qwen3-0.6B / Qwen3-4B configs (swiftlike's registry), random weights made with transformers and
 saved once in bf16 to a scratch directory with the real Qwen3 tokenizer; both sides load that directory.
@@ -32,9 +32,10 @@ Each run is its own process (its GPU memory peak is its own). Measured per run:
   sides (ours runs it only where there are labels), so the MFU ratio equals the tokens/s ratio;
 - peak GPU memory: torch.cuda.max_memory_allocated and max_memory_reserved of the run's process.
 Runs go in order of importance (4B LoRA at the shortest length first) and stop when --budget_s is spent.
---torch_compile: both sides compile: ours with `--torch_compile` (every decoder layer compiled, Liger's kernels off
-by its default), TRL with TrainingArguments.torch_compile (the whole model; Liger's kernels as without it). The
-compilation falls in the untimed warm-up steps.
+--torch_compile: ours with `--torch_compile` (every decoder layer compiled, Liger's kernels off by its default);
+--trl_torch_compile: TRL with TrainingArguments.torch_compile (the whole model; Liger's kernels as without it). On
+an H100 (2026-11-27) TRL compiled was slower than TRL with Liger alone (0.6B full: 7,027 against 18,265 tokens/s),
+so TRL's best is not compiled. The compilation falls in the untimed warm-up steps.
 """
 from __future__ import annotations
 
@@ -201,7 +202,7 @@ def run_trl(a, out: str, log: list) -> dict:
                      packing_strategy="bfd", padding_free=True, assistant_only_loss=True,
                      gradient_checkpointing=a.gc == "on", logging_steps=a.steps, save_strategy="no", report_to="none",
                      use_cpu=not cuda, bf16=bf16, fp16=False, dataloader_num_workers=0, seed=42,
-                     use_liger_kernel=liger, torch_compile=a.torch_compile,
+                     use_liger_kernel=liger, torch_compile=a.torch_compile,  # (--trl_torch_compile)
                      model_init_kwargs={"dtype": a.dtype, "attn_implementation": attn})
     peft_config = None
     if a.mode == "lora":
@@ -448,8 +449,8 @@ def main() -> None:
     ap.add_argument("--trl_attn", default="auto",
                     help="TRL's attn_implementation (auto: flash_attention_2 if flash_attn imports, else sdpa)")
     ap.add_argument("--only", choices=("ours", "trl"), help="run one side only")
-    ap.add_argument("--torch_compile", action="store_true",
-                    help="both sides compiled: ours --torch_compile (decoder layers), TRL's torch_compile (model)")
+    ap.add_argument("--torch_compile", action="store_true", help="ours with --torch_compile (decoder layers compiled)")
+    ap.add_argument("--trl_torch_compile", action="store_true", help="TRL with its torch_compile (the whole model)")
     ap.add_argument("--logits_per_chunk", type=_positive, default=0,
                     help="ours: logits per chunk of the fused linear cross-entropy (default: train/loss.py's, 2^24)")
     ap.add_argument("--budget_s", type=float, default=330.0,
@@ -515,7 +516,7 @@ def main() -> None:
 
     report = {"settings": {"steps": a.steps, "warmup": a.warmup, "tokens_per_step": a.tokens_per_step,
                            "dtype": dtype, "lora": LORA, "gc": a.gc, "trl_attn": a.trl_attn, "smoke": a.smoke,
-                           "torch_compile": a.torch_compile,
+                           "torch_compile": a.torch_compile, "trl_torch_compile": a.trl_torch_compile,
                            "budget_s": a.budget_s},
               "machine": prep_res, "notes": env_note, "runs": [], "pairs": []}
 
@@ -543,7 +544,8 @@ def main() -> None:
                 args = ["--child", side, "--model-dir", str(dirs[m]), "--data", str(data), "--seq", str(seq),
                         "--mode", mode, "--batch", str(batch), "--steps", str(a.steps), "--warmup", str(a.warmup),
                         "--dtype", dtype, "--gc", "on" if gc else "off", "--trl_attn", a.trl_attn,
-                        *(["--torch_compile"] if a.torch_compile else []),
+                        *(["--torch_compile"] if (a.trl_torch_compile if side == "trl" else a.torch_compile)
+                          else []),
                         *(["--logits_per_chunk", str(a.logits_per_chunk)] if a.logits_per_chunk else []),
                         *(["--profile", str(Path(a.profile).resolve())] if a.profile else [])]
                 use = "0" if liger_state[side] == "broken" else "1"

@@ -16,7 +16,7 @@ PARTS = {  # each part's steps, in order (env comes first in every part)
     "tests": ["env", "gpu_tests", "suite"],
     "profile": ["env", "profile"],
     "grpo": ["env", "grpo_toy_static", "grpo_toy_growing", "grpo_static", "grpo_growing", "grpo_trl"],
-    "core": ["env", "optimizer", "grpo_cudagraphs", "compiled_full", "compiled_lora"],
+    "core": ["env", "optimizer", "compiled_full", "compiled_lora_8192"],
     "chunk": ["env", "chunk_4b_lora_16777216", "chunk_4b_lora_134217728", "chunk_0.6b_full_16777216",
               "chunk_0.6b_full_134217728"],
 }
