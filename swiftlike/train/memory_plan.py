@@ -27,6 +27,7 @@ import re
 from dataclasses import dataclass, field, replace
 
 from ..models.attention import VARLEN, fused_varlen_runs
+from .optim import BUCKET as ROUNDING_BUCKET
 
 MASKLESS = ("flash_attention_2", VARLEN)  # kernels that take the sequence borders: no mask
 
@@ -529,8 +530,12 @@ def plan(arch: Arch, s: Setup, model: str = "", capacity: float | None = None, p
     persistent = grads if (s.accumulation > 1 or s.zero != "none") else 0.0
     if n_dev > 1 and s.zero == "none" and s.accumulation == 1:
         persistent = grads / 2  # DDP's buckets stay; the parameters' own gradients come and go
-    step_temp = (trainable * train_bytes if s.device != "cpu" else _largest_trainable(arch, s) * train_bytes) \
-        if s.zero == "none" else 0.0
+    if s.zero != "none":
+        step_temp = 0.0
+    elif full and s.dtype == "bfloat16":  # RoundingAdamW: fused in place; small parameters copied into a bucket
+        step_temp = 4 * b * min(trainable, ROUNDING_BUCKET)
+    else:  # torch's AdamW: foreach on a GPU (a temporary of every gradient), one parameter at a time on the CPU
+        step_temp = (trainable if s.device != "cpu" else _largest_trainable(arch, s)) * train_bytes
     tied_temp = a * vocab_h if (full and arch.tied) else 0.0
     p.phases = {"forward and loss": persistent + layers_saved + final + loss,
                 "end of backward": max(grads, persistent) + one_layer + backward + tied_temp,
