@@ -5,6 +5,7 @@ same reference in the GPU-marked test, skipped without CUDA."""
 import pytest
 import torch
 
+from conftest import needs_av
 from swiftlike.data.collate import collate_padding_free
 from swiftlike.models import attention
 from swiftlike.models.loader import build_miniature
@@ -77,6 +78,7 @@ def test_the_padded_fallback_generates_as_sdpa_with_left_padding_and_a_cache():
     assert torch.equal(outs[0], outs[1])
 
 
+@needs_av
 @pytest.mark.parametrize("name", ["qwen2_5_vl", "qwen3_vl"])
 def test_vision_language_models_read_videos_images_and_text_alike_through_varlen(name, qwen3_tokenizer):
     """The language model's attention goes through varlen; the vision tower's (not causal) stays sdpa's."""

@@ -155,7 +155,7 @@ def base_env(tmp_path_factory):
 
 def test_hiding_works(base_env):
     env, modules = base_env
-    for name in ("tensorboard", "bitsandbytes"):  # the test extra brings both
+    for name in ("tensorboard", "bitsandbytes", "av"):  # the test extra brings them (av: conftest.needs_av)
         assert name in modules
     code = textwrap.dedent(f"""
         import importlib, importlib.metadata as md, importlib.util

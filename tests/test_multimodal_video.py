@@ -12,7 +12,7 @@ import sys
 import pytest
 import torch
 
-from conftest import DATA, file_server, logged_steps, wb_cli
+from conftest import DATA, file_server, logged_steps, needs_av, wb_cli
 from swiftlike.data.collate import ImageCollate, collate_padded, collate_padding_free
 from swiftlike.data.dataset import encode_rows, load_rows
 from swiftlike.data.formats import RowError, to_canonical
@@ -40,7 +40,7 @@ def vl_template(model: str, tok):
     return template
 
 
-@pytest.mark.parametrize("case", ["frames", "file"])
+@pytest.mark.parametrize("case", ["frames", pytest.param("file", marks=needs_av)])
 @pytest.mark.parametrize("name", MODELS)
 def test_video_tokens_timestamps_and_pixels_equal_the_transformers_processor(qwen3_tokenizer, name, case):
     gold = GOLDEN[f"{name}/{case}"]
@@ -83,6 +83,7 @@ def _rows():
                                                        {"type": "video_url", "video_url": {"url": FILE}}]}, say]}]
 
 
+@needs_av
 @pytest.mark.parametrize("model", MODELS.values())
 def test_packed_equals_padded_with_videos_images_and_text_rows(model, qwen3_tokenizer):
     template = vl_template(model, qwen3_tokenizer)
@@ -123,6 +124,7 @@ def test_packed_equals_padded_with_videos_images_and_text_rows(model, qwen3_toke
         start += row["length"]
 
 
+@needs_av
 def test_video_tokens_are_never_trained_even_with_loss_scope_all(qwen3_tokenizer):
     template = get_template("qwen3_vl", qwen3_tokenizer, loss_scope="all")
     template.image_processing = processing(MODELS["qwen3_vl"])
@@ -142,6 +144,7 @@ def test_the_ms_swift_column_equals_video_parts(qwen3_tokenizer):
     assert a["input_ids"] == b["input_ids"] and a["labels"] == b["labels"] and a["videos"] == b["videos"]
 
 
+@needs_av
 def test_run_options_change_frames_and_tokens():
     base, slow = processing(MODELS["qwen3_vl"]), processing(MODELS["qwen3_vl"], video_fps=1)
     assert len(slow.video.probe(FILE).indices) == 4 < len(base.video.probe(FILE).indices) == 6  # (min 4 frames)
@@ -168,8 +171,8 @@ def test_bad_video_rows_are_one_line_errors(row, message):
 
 
 @pytest.mark.parametrize("video,message", [
-    ("missing.mp4", "video .*missing.mp4: no such file"),
-    ("broken.mp4", "video .*broken.mp4: cannot be read"),
+    pytest.param("missing.mp4", "video .*missing.mp4: no such file", marks=needs_av),
+    pytest.param("broken.mp4", "video .*broken.mp4: cannot be read", marks=needs_av),
     ([str(VIDEO / "frame0.png"), "small.png"], r"video frames .*frame0.png ... \(2\): frames of different sizes"),
     ([str(VIDEO / "frame0.png")], r"video frames .*: 1 frame\(s\); Qwen3-VL reads at least 2"),
 ])
@@ -205,6 +208,7 @@ def test_a_text_only_template_refuses_videos(qwen3_tokenizer):
         vision.encode_prompt(get_template("qwen3", qwen3_tokenizer), _rows()[2]["messages"][:1])
 
 
+@needs_av
 @pytest.mark.parametrize("model", MODELS.values())
 def test_inference_reads_videos_as_training_does_and_decodes_as_generate(model, qwen3_tokenizer):
     """A prompt with a video is encoded as training encodes it; the engine (a video prompt, an image prompt and
@@ -243,6 +247,7 @@ def test_inference_reads_videos_as_training_does_and_decodes_as_generate(model, 
     assert first[0] != pytest.approx(first[4], abs=1e-7)  # the same words after other frames
 
 
+@needs_av
 def test_wb_infer_takes_a_video_folder_or_file(tmp_path, monkeypatch, capsys):
     from swiftlike.cli.main import main
 
@@ -265,6 +270,7 @@ def test_wb_infer_takes_a_video_folder_or_file(tmp_path, monkeypatch, capsys):
     assert line["videos"] == ["square.mp4"] and line["response"] is not None
 
 
+@needs_av
 @pytest.mark.slow
 @pytest.mark.parametrize("model", MODELS.values())
 def test_wb_sft_trains_on_videos_and_the_export_carries_the_video_processor(model, tmp_path):
@@ -292,6 +298,7 @@ def test_wb_sft_trains_on_videos_and_the_export_carries_the_video_processor(mode
     assert "⟪video frame0.png... (3 frames):" in preview
 
 
+@needs_av
 def test_deploy_answers_video_url_parts_as_the_engine_does(qwen3_tokenizer):
     import base64
 
@@ -326,6 +333,7 @@ def test_deploy_answers_video_url_parts_as_the_engine_does(qwen3_tokenizer):
         engine.close()
 
 
+@needs_av
 def test_a_video_url_is_downloaded_once_and_reads_as_the_file(qwen3_tokenizer):
     """A video's header is read when the prompt is encoded and its frames when its pixels are: one download."""
 
