@@ -10,9 +10,9 @@
 #          it needs about 300 s: TOTAL_S=380);
 #   profile: (a) environment, (f) where the time of a training step goes, ours and TRL's, 0.6B and 4B at 2048
 #            (benchmarks/gpu_sft.py --profile: GPU busy share, kernels and device-to-host reads per step, top ops);
-#   grpo: (a) environment, (g) GRPO's toy task with the static cache (the CUDA default) and without, and a GRPO step
-#         on Qwen3-0.6B's shape: ours with the static cache and CUDA graphs, ours with the growing cache, TRL
-#         (TOTAL_S=480);
+#   grpo: (a) environment, (g) GRPO's toy task with the static cache (the CUDA default), and a GRPO step on
+#         Qwen3-0.6B's shape with 512-token completions: ours with the static cache as CUDA graphs (the "cudagraphs"
+#         backend, then inductor's reduce-overhead), ours with the growing cache, then TRL (TOTAL_S=560);
 #   core: (a) environment, then what is still open, in one call of TOTAL_S=560: the optimizer step alone
 #         (benchmarks/optimizer_step.py), then gpu_sft.py --torch_compile (ours compiled, TRL at its best: Liger,
 #         not compiled): full fine-tuning at 2,048, then LoRA at 8,192 with the rest.
@@ -143,15 +143,21 @@ if [ "$PART" = bench ] || [ "$PART" = all ]; then
 fi
 
 if [ "$PART" = grpo ]; then
-  # (g) run as `TOTAL_S=480 bash benchmarks/gpu_check.sh grpo` (timeout_s 500); the first step of the static run
-  #     includes compiling and recording the decode step (the figures after the first step leave it out)
+  # (g) run as `TOTAL_S=560 bash benchmarks/gpu_check.sh grpo` (timeout_s 580). The static cache's decode step as
+  #     CUDA graphs: the default, torch.compile's "cudagraphs" backend (1.13 s a step against the growing cache's
+  #     3.02 s at 32 tokens on 2026-11-27), may copy its non-static inputs (weights, the whole KV cache) at every
+  #     replay (read from torch's source, not measured): compared at 512-token completions (a cache 5x longer: 640
+  #     slots), 2 steps each (the first records or compiles), with the growing cache and inductor's
+  #     mode="reduce-overhead" (which keeps them at fixed addresses; its first step compiles for minutes): time a
+  #     step after the first and peak GPU memory; then TRL's step.
   step grpo_toy_static 45 python3 benchmarks/grpo_toy.py
-  step grpo_toy_growing 35 python3 benchmarks/grpo_toy.py --static_cache false
-  step grpo_static 180 env TORCH_LOGS=recompiles,graph_breaks,perf_hints python3 benchmarks/grpo_step.py \
-    --model_shape 0.6b --dtype bfloat16 --steps 5 --sides ours
-  step grpo_growing 70 python3 benchmarks/grpo_step.py --model_shape 0.6b --dtype bfloat16 --steps 5 --sides ours \
-    --static_cache false
-  step grpo_trl $(( $(left) - 10 )) python3 benchmarks/grpo_step.py --model_shape 0.6b --dtype bfloat16 --steps 5 \
+  step grpo_long_cudagraphs 110 env TORCH_LOGS=recompiles,graph_breaks,perf_hints python3 benchmarks/grpo_step.py \
+    --model_shape 0.6b --dtype bfloat16 --steps 2 --new-tokens 512 --sides ours
+  step grpo_long_growing 120 python3 benchmarks/grpo_step.py --model_shape 0.6b --dtype bfloat16 --steps 2 \
+    --new-tokens 512 --sides ours --static_cache false
+  step grpo_long_inductor 200 python3 benchmarks/grpo_step.py --model_shape 0.6b --dtype bfloat16 --steps 2 \
+    --new-tokens 512 --sides ours --decode_compile inductor
+  step grpo_trl $(( $(left) - 10 )) python3 benchmarks/grpo_step.py --model_shape 0.6b --dtype bfloat16 --steps 3 \
     --sides trl
 fi
 

@@ -6,9 +6,10 @@ default there; foreach elsewhere), on the parameters of a real Qwen3 shape (rand
     python benchmarks/optimizer_step.py [--model_shape 0.6b|4b] [--steps 10] [--json out.json]
 
 Reported per implementation: milliseconds per step (after 3 warm-up steps, which include torch.compile's for
-torchao), and the same for as many parameters of 64 values each: the per-tensor cost (Python, guards, kernel
-launches) without the arithmetic. On 2026-11-26 full fine-tuning of Qwen3-0.6B's shape on an H100 ran at 0.75x
-TRL's tokens/s: this measures how much of a step the optimizer takes. Needs torchao for its row (skipped without).
+torchao), and the same for as many parameters of 64 values each: the step's fixed cost (Python, guards, kernel
+launches; for wb's, which steps small parameters together, one bucketed call) without the arithmetic. On
+2026-11-26 full fine-tuning of Qwen3-0.6B's shape on an H100 ran at 0.75x TRL's tokens/s: this measures how much
+of a step the optimizer takes. Needs torchao for its row (skipped without).
 """
 from __future__ import annotations
 
@@ -92,9 +93,10 @@ def main() -> None:
         tiny = time_steps(make, parameters(sizes, device, tiny=True), args.steps, device)
         results["ms_per_step"][name], results["ms_per_step_64_values_each"][name] = whole, tiny
         print(f"{name:45s} {whole:9.1f} ms a step; {tiny:7.2f} ms with 64 values a parameter "
-              f"({tiny * 1000 / len(sizes):.0f} us a parameter)", flush=True)
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=1))
+              f"({tiny * 1000 / len(sizes):.0f} us a parameter: the step's fixed cost over its parameters)",
+              flush=True)
+        if args.json:  # after every row: a cap that stops the script keeps the rows measured
+            Path(args.json).write_text(json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":

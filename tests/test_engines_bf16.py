@@ -125,21 +125,27 @@ def test_fp32_parameters_get_adamw_unrounded():
 
 
 def test_rounding_is_the_same_in_every_process_and_on_resume(tmp_path):
-    """The random bits hash (seed, group, parameter, step, position): two optimizers fed alike round alike (data-
+    """The random bits hash (seed, group, bucket, step, position): two optimizers fed alike round alike (data-
     parallel replicas stay equal), another seed rounds otherwise, and a run restored from a state dict continues
-    exactly as the uninterrupted one."""
+    exactly as the uninterrupted one. Three parameters: one stepped in place (70,000 values, over the CPU's ALONE),
+    two concatenated into a bucket."""
+    sizes = (70000, 5000, 300)
+
     def run(seed, steps, state=None, start=None):
         torch.manual_seed(1)
-        p = torch.nn.Parameter((torch.randn(5000) * 0.05).to(torch.bfloat16))
+        ps = [torch.nn.Parameter((torch.randn(n) * 0.05).to(torch.bfloat16)) for n in sizes]
         if start is not None:
-            p.data.copy_(start)
-        opt = RoundingAdamW([p], lr=1e-4, seed=seed)
+            for q, value in zip(ps, start):
+                q.data.copy_(value)
+        opt = RoundingAdamW(ps, lr=1e-4, seed=seed)
         if state is not None:
             opt.load_state_dict(state)
         for step in steps:
-            p.grad = (torch.randn(5000, generator=torch.Generator().manual_seed(step)) * 1e-3).to(torch.bfloat16)
+            grads = torch.randn(sum(sizes), generator=torch.Generator().manual_seed(step)) * 1e-3
+            for q, g in zip(ps, grads.split(sizes)):
+                q.grad = g.to(torch.bfloat16)
             opt.step()
-        return p.detach().clone(), opt
+        return torch.cat([q.detach() for q in ps]), opt
 
     a, _ = run(0, range(4))
     b, _ = run(0, range(4))
@@ -147,7 +153,8 @@ def test_rounding_is_the_same_in_every_process_and_on_resume(tmp_path):
     assert torch.equal(a, b) and not torch.equal(a, c)
     half, opt = run(0, range(2))
     torch.save(opt.state_dict(), tmp_path / "optimizer.pt")
-    resumed, _ = run(0, range(2, 4), torch.load(tmp_path / "optimizer.pt", weights_only=True), start=half)
+    resumed, _ = run(0, range(2, 4), torch.load(tmp_path / "optimizer.pt", weights_only=True),
+                     start=half.split(sizes))
     assert torch.equal(resumed, a)
 
 

@@ -40,9 +40,10 @@ class StaticDecode:
         self.model, self.call = model, call
         self._cache, self._shape = None, None
         self._step: Callable = torch.compile(self._decode, **compile) if compile else self._decode
-        # both record CUDA graphs through cudagraph trees: each replay's output is overwritten by the next
-        self._graphs = bool(compile) and (compile.get("mode") == "reduce-overhead" or
-                                          compile.get("backend") == "cudagraphs")
+        # these record CUDA graphs through cudagraph trees: each replay's output is overwritten by the next
+        self._graphs = bool(compile) and (compile.get("mode") in ("reduce-overhead", "max-autotune") or
+                                          compile.get("backend") == "cudagraphs" or
+                                          bool((compile.get("options") or {}).get("triton.cudagraphs")))
 
     def start(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, max_tokens: int):
         rows, width = ids.shape
