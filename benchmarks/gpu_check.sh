@@ -12,7 +12,8 @@
 #            (benchmarks/gpu_sft.py --profile: GPU busy share, kernels and device-to-host reads per step, top ops);
 #   grpo: (a) environment, (g) GRPO's toy task with the static cache (the CUDA default), and a GRPO step on
 #         Qwen3-0.6B's shape with 512-token completions: ours with the static cache as CUDA graphs (the "cudagraphs"
-#         backend, then inductor's reduce-overhead), ours with the growing cache, then TRL (TOTAL_S=560);
+#         backend, then inductor's reduce-overhead), ours with the growing cache, then TRL's at 32 tokens
+#         (TOTAL_S=560);
 #   core: (a) environment, then what is still open, in one call of TOTAL_S=560: the optimizer step alone
 #         (benchmarks/optimizer_step.py), then gpu_sft.py --torch_compile (ours compiled, TRL at its best: Liger,
 #         not compiled): full fine-tuning at 2,048, then LoRA at 8,192 with the rest.
@@ -149,7 +150,8 @@ if [ "$PART" = grpo ]; then
   #     replay (read from torch's source, not measured): compared at 512-token completions (a cache 5x longer: 640
   #     slots), 2 steps each (the first records or compiles), with the growing cache and inductor's
   #     mode="reduce-overhead" (which keeps them at fixed addresses; its first step compiles for minutes): time a
-  #     step after the first and peak GPU memory; then TRL's step.
+  #     step after the first and peak GPU memory; then TRL's step at grpo_step.py's 32-token completions (to set
+  #     beside ours at 32: 1.13 s a step, docs/benchmarks.md; TRL's did not finish a step in 75 s on 2026-11-26).
   step grpo_toy_static 45 python3 benchmarks/grpo_toy.py
   step grpo_long_cudagraphs 110 env TORCH_LOGS=recompiles,graph_breaks,perf_hints python3 benchmarks/grpo_step.py \
     --model_shape 0.6b --dtype bfloat16 --steps 2 --new-tokens 512 --sides ours
