@@ -11,9 +11,9 @@
 #   profile: (a) environment, (f) where the time of a training step goes, ours and TRL's, 0.6B and 4B at 2048
 #            (benchmarks/gpu_sft.py --profile: GPU busy share, kernels and device-to-host reads per step, top ops);
 #   grpo: (a) environment, (g) GRPO's toy task with the static cache (the CUDA default), and a GRPO step on
-#         Qwen3-0.6B's shape with 512-token completions: ours with the static cache as CUDA graphs (the "cudagraphs"
-#         backend, then inductor's reduce-overhead), ours with the growing cache, then TRL's at 32 tokens
-#         (TOTAL_S=560);
+#         Qwen3-0.6B's shape: ours with the decode step captured as a CUDA graph at 32- and 512-token completions,
+#         at 512 also through torch.compile's "cudagraphs" backend and with the growing cache, then TRL's at 32
+#         tokens (TOTAL_S=560);
 #   core: (a) environment, then what is still open, in one call of TOTAL_S=560: the optimizer step alone
 #         (benchmarks/optimizer_step.py), then gpu_sft.py --torch_compile (ours compiled, TRL at its best: Liger,
 #         not compiled): full fine-tuning at 2,048, then LoRA at 8,192 with the rest.
@@ -144,21 +144,22 @@ if [ "$PART" = bench ] || [ "$PART" = all ]; then
 fi
 
 if [ "$PART" = grpo ]; then
-  # (g) run as `TOTAL_S=560 bash benchmarks/gpu_check.sh grpo` (timeout_s 580). The static cache's decode step as
-  #     CUDA graphs: the default, torch.compile's "cudagraphs" backend (1.13 s a step against the growing cache's
-  #     3.02 s at 32 tokens on 2026-11-27), may copy its non-static inputs (weights, the whole KV cache) at every
-  #     replay (read from torch's source, not measured): compared at 512-token completions (a cache 5x longer: 640
-  #     slots), 2 steps each (the first records or compiles), with the growing cache and inductor's
-  #     mode="reduce-overhead" (which keeps them at fixed addresses; its first step compiles for minutes): time a
-  #     step after the first and peak GPU memory; then TRL's step at grpo_step.py's 32-token completions (to set
-  #     beside ours at 32: 1.13 s a step, docs/benchmarks.md; TRL's did not finish a step in 75 s on 2026-11-26).
+  # (g) run as `TOTAL_S=560 bash benchmarks/gpu_check.sh grpo` (timeout_s 580). The static cache's decode step
+  #     captured once as a CUDA graph (torch.cuda.CUDAGraph, the default since 2026-11-27's fifth session, not yet
+  #     run on a GPU) against the route it replaced, torch.compile's "cudagraphs" backend (1.13 s a step at 32
+  #     tokens on 2026-11-27, first step 38 s; by its source it copies every weight and the whole cache into its
+  #     graph at each replay: the run reports how many inputs its recordings copy), and the growing cache: at
+  #     32-token completions (4 steps, as measured then), then at 512 (a cache 5x longer: 640 slots; 2 steps,
+  #     the first records or compiles): time a step after the first, peak GPU memory, the decode counts; then TRL's
+  #     step at grpo_step.py's 32 tokens (it did not finish a step in 75 s on 2026-11-26).
   step grpo_toy_static 45 python3 benchmarks/grpo_toy.py
+  step grpo_32_graph 60 python3 benchmarks/grpo_step.py --model_shape 0.6b --dtype bfloat16 --steps 4 --sides ours
+  step grpo_long_graph 90 python3 benchmarks/grpo_step.py --model_shape 0.6b --dtype bfloat16 --steps 2 \
+    --new-tokens 512 --sides ours
   step grpo_long_cudagraphs 110 env TORCH_LOGS=recompiles,graph_breaks,perf_hints python3 benchmarks/grpo_step.py \
-    --model_shape 0.6b --dtype bfloat16 --steps 2 --new-tokens 512 --sides ours
+    --model_shape 0.6b --dtype bfloat16 --steps 2 --new-tokens 512 --sides ours --decode cudagraphs
   step grpo_long_growing 120 python3 benchmarks/grpo_step.py --model_shape 0.6b --dtype bfloat16 --steps 2 \
     --new-tokens 512 --sides ours --static_cache false
-  step grpo_long_inductor 200 python3 benchmarks/grpo_step.py --model_shape 0.6b --dtype bfloat16 --steps 2 \
-    --new-tokens 512 --sides ours --decode_compile inductor
   step grpo_trl $(( $(left) - 10 )) python3 benchmarks/grpo_step.py --model_shape 0.6b --dtype bfloat16 --steps 3 \
     --sides trl
 fi

@@ -11,9 +11,11 @@ completions run to --new-tokens on both sides (the mean length is printed to sho
 step, split into generation and the rest (scoring and training), peak GPU memory on a GPU, and the ratios.
 --model_shape 0.6b / 4b: a randomly initialised model of that Qwen3's real config instead of the miniature;
 --dtype bfloat16 for both sides. --static_cache true|false: our rollout's KV cache (default: static, its decode step
-replayed as CUDA graphs, on CUDA; a growing one elsewhere); --decode_compile inductor: compile the static cache's
-decode step with inductor's mode="reduce-overhead" (fused kernels, a much longer first step) instead of the
-default, torch.compile's "cudagraphs" backend (CUDA graphs of the traced step); --sides ours,trl: which sides run.
+captured once as a CUDA graph and replayed, on CUDA; a growing one elsewhere); --decode cudagraphs|inductor: reach
+CUDA graphs through torch.compile instead of the default capture (`graph`): its "cudagraphs" backend, or inductor's
+mode="reduce-overhead" (fused kernels, a much longer first step); --sides ours,trl: which sides run. Reported with
+ours: the static cache's captures, replays and eager steps, and torch.compile's counts (graphs, breaks, skipped
+recordings, and the inputs its CUDA graphs copy at every replay).
 Needs `pip install -e ".[bench]"`.
 """
 from __future__ import annotations
@@ -45,13 +47,16 @@ def prompt_rows(n: int) -> list[dict]:
             for i in range(n)]
 
 
+DECODES = {"graph": "graph", "cudagraphs": dict(backend="cudagraphs", dynamic=False),
+           "inductor": dict(mode="reduce-overhead", dynamic=False)}
+
+
 def run_ours(model_dir, data, steps, prompts, gens, new_tokens, out, dtype="float32", static_cache=None,
-             decode_compile="cudagraphs") -> dict:
+             decode="graph") -> dict:
     import swiftlike as wb
     from swiftlike.rollout import hf
 
-    if decode_compile == "inductor":
-        hf.COMPILED = dict(mode="reduce-overhead", dynamic=False)
+    hf.CUDA_DECODE = DECODES[decode]
 
     generations, ends = clock_calls(hf.HFRollout, "generate"), ours_step_ends()
     result = wb.grpo(model=model_dir, template="qwen3", dataset=[data], lora=True, lora_dropout=0.05,
@@ -65,13 +70,18 @@ def run_ours(model_dir, data, steps, prompts, gens, new_tokens, out, dtype="floa
 
 
 def compile_counts() -> dict:
-    """What torch.compile did in this process (the static cache's decode step): frames and graphs compiled
-    (one decode step should be one graph), graph breaks, and the graphs it ran without recording CUDA graphs."""
+    """How the static cache's decode steps ran in this process: captured as CUDA graphs, replayed, eager
+    (infer/static_cache.COUNTS); through torch.compile: frames and graphs compiled (one decode step should be one
+    graph), graph breaks, graphs run without recording CUDA graphs, and the inputs its recordings copy at every
+    replay (the weights and the cache, with the "cudagraphs" backend)."""
     from torch._dynamo.utils import counters
 
-    return {"frames": counters["frames"]["total"], "graphs": counters["stats"]["unique_graphs"],
+    from swiftlike.infer.static_cache import COUNTS
+
+    return {**COUNTS, "frames": counters["frames"]["total"], "graphs": counters["stats"]["unique_graphs"],
             "graph_breaks": sum(counters["graph_break"].values()),
-            "cudagraph_skips": counters["inductor"]["cudagraph_skips"]}
+            "cudagraph_skips": counters["inductor"]["cudagraph_skips"],
+            "cudagraph_copied_inputs": counters["inductor"]["cudagraph_recorded_non_static_inputs"]}
 
 
 def timings(seconds: float, generations: list[float], ends: list[float]) -> dict:
@@ -82,7 +92,7 @@ def timings(seconds: float, generations: list[float], ends: list[float]) -> dict
 
 
 def run_trl(model_dir, data, steps, prompts, gens, new_tokens, out, dtype="float32", static_cache=None,
-            decode_compile=None) -> dict:
+            decode=None) -> dict:
     import torch
     from datasets import load_dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -115,7 +125,7 @@ def main() -> None:
                     help="mini: hidden 256, 4 layers; 0.6b / 4b: that Qwen3's real config (random weights)")
     ap.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     ap.add_argument("--static_cache", choices=("auto", "true", "false"), default="auto")
-    ap.add_argument("--decode_compile", choices=("cudagraphs", "inductor"), default="cudagraphs")
+    ap.add_argument("--decode", choices=tuple(DECODES), default="graph")
     ap.add_argument("--sides", default="ours,trl")
     add_child_args(ap)
     a = ap.parse_args()
@@ -125,7 +135,7 @@ def main() -> None:
             res = (run_ours if a.child == "ours" else run_trl)(a.model_dir, a.data, a.steps, a.prompts,
                                                                 a.generations, a.new_tokens, out, a.dtype,
                                                                 {"true": True, "false": False}.get(a.static_cache),
-                                                                a.decode_compile)
+                                                                a.decode)
         res["peak_rss_mb"] = peak_rss_mb()
         res.update(gpu_peak_gib())
         print("RESULT " + json.dumps(res))
@@ -139,7 +149,7 @@ def main() -> None:
         r = run_child(__file__, ["--child", side, "--model-dir", model_dir, "--data", data, "--steps", shape[0],
                                  "--prompts", shape[1], "--generations", shape[2], "--new-tokens", shape[3],
                                  "--dtype", a.dtype, "--static_cache", a.static_cache,
-                                 "--decode_compile", a.decode_compile])
+                                 "--decode", a.decode])
         r["per_step"] = r["seconds"] / a.steps
         r["generate_per_step"] = r["generate_seconds"] / a.steps
         r["rest_per_step"] = r["per_step"] - r["generate_per_step"]
@@ -152,7 +162,7 @@ def main() -> None:
                   f"{r['steady_generate_seconds']:.2f} s)" if "steady_rest_seconds" in r else "")
               + f", completions of {r['mean_length']:.0f} tokens, peak RSS {r['peak_rss_mb']:.0f} MB"
               + (f", peak GPU {r['peak_allocated_gib']:.2f} GiB" if "peak_allocated_gib" in r else "")
-              + (f"; torch.compile: {r['compiled']}" if r.get("compiled", {}).get("frames") else ""), flush=True)
+              + (f"; decode steps: {r['compiled']}" if r.get("compiled") else ""), flush=True)
     if set(res) != {"ours", "trl"}:
         return
     o, t = res["ours"], res["trl"]

@@ -437,9 +437,9 @@ class GRPOConfig(SFTConfig):
     generation_batch_size: int = _f(0, "transformers backend: at most this many sequences per generate call "
                                        "(0: all of a step's at once).")
     static_cache: bool | None = _f(None, "transformers backend: decode over a preallocated KV cache, the decode "
-                                         "step replayed as CUDA graphs on CUDA (default: on CUDA, unless the "
-                                         "weights are sharded); false: a growing cache, every kernel launched "
-                                         "per token; true on CPU: the static cache, eager.")
+                                         "step captured once as a CUDA graph and replayed on CUDA (default: on "
+                                         "CUDA, unless the weights are sharded); false: a growing cache, every "
+                                         "kernel launched per token; true on CPU: the static cache, eager.")
     use_vllm: bool = _f(False, "Generate with vLLM (GPU): in this process (--vllm_mode colocate) or a "
                                "`wb rollout` server (--vllm_mode server).")
     vllm_mode: str = _f("colocate", "colocate or server.", choices=("colocate", "server"))

@@ -143,20 +143,22 @@ def test_static_cache_across_families(model_id):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("compile", [None, dict(mode="reduce-overhead", dynamic=False)],
-                         ids=["default", "inductor"])
-def test_cuda_graph_decoding_of_a_liger_patched_lora_policy(compile):
+@pytest.mark.parametrize("decode", [None, dict(backend="cudagraphs", dynamic=False),
+                                    dict(mode="reduce-overhead", dynamic=False)],
+                         ids=["default", "cudagraphs", "inductor"])
+def test_cuda_graph_decoding_of_a_liger_patched_lora_policy(decode):
     """GRPO's default rollout on CUDA, for the policy as training builds it there (Liger's kernels, LoRA layers in
-    the stream's dtype): the decode step is compiled as one graph without breaks and recorded as CUDA graphs (none
-    skipped: Liger's kernels, which torch.compile cannot analyse, are off while decoding), and its logits at every
-    step equal the eager growing cache's, Liger's kernels included. The default records the traced step through
-    torch.compile's "cudagraphs" backend; so does inductor's mode="reduce-overhead", with its own kernels."""
+    the stream's dtype): the decode step is captured once as a CUDA graph per cache and replayed for every later
+    token and batch, and its logits at every step equal the eager growing cache's, Liger's kernels included
+    (they are off while decoding). Through torch.compile (kept for comparison: its "cudagraphs" backend, inductor's
+    reduce-overhead) the step is one graph without breaks and no recording is skipped."""
     pytest.importorskip("liger_kernel")
     import sys
 
     from peft import LoraConfig, get_peft_model
     from torch._dynamo.utils import counters
 
+    from swiftlike.infer import static_cache
     from swiftlike.models import build_miniature, kernels
     from swiftlike.models.lora_compute import compute_in_stream_dtype
     from swiftlike.rollout.hf import HFRollout
@@ -166,20 +168,26 @@ def test_cuda_graph_decoding_of_a_liger_patched_lora_policy(compile):
     saved = dict(vars(family))
     torch._dynamo.reset()
     counters.clear()
+    static_cache.COUNTS.clear()
     try:
         assert kernels.apply(base) is None
         model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", lora_dropout=0.0))
         assert compute_in_stream_dtype(model) == 14
         model.eval()
-        rollout = HFRollout(model, 0, compile=compile)
-        assert rollout.static is not None and rollout.static._graphs
+        rollout = HFRollout(model, 0, decode=decode)
+        assert rollout.static is not None and rollout.static.decode == (decode or "graph")
         rows = [[5, 6, 7, 8, 9, 10, 11, 12], [13, 14], [15, 16, 17]]
         graphs = _logit_trace(rollout, rows)
-        assert counters["inductor"]["cudagraph_skips"] == 0, dict(counters["inductor"])
-        assert not counters["graph_break"], list(counters["graph_break"])[:3]
+        again = _logit_trace(rollout, rows)  # the same cache: the same graph
+        if decode is None:  # first token eager (the warm-up), then one capture replayed: 9 + 10 replays
+            assert dict(static_cache.COUNTS) == {"eager": 1, "captures": 1, "replays": 19}, static_cache.COUNTS
+        else:
+            assert counters["inductor"]["cudagraph_skips"] == 0, dict(counters["inductor"])
+            assert not counters["graph_break"], list(counters["graph_break"])[:3]
         eager = _logit_trace(HFRollout(model, 0, static_cache=False), rows)
-        for step, (a, b) in enumerate(zip(graphs, eager)):
-            torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-3, msg=lambda m: f"step {step}: {m}")
+        for step, (a, b, c) in enumerate(zip(graphs, again, eager)):
+            torch.testing.assert_close(a, c, rtol=1e-3, atol=1e-3, msg=lambda m: f"step {step}: {m}")
+            torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5, msg=lambda m: f"step {step}, again: {m}")
     finally:
         for key, value in saved.items():
             setattr(family, key, value)
@@ -192,7 +200,7 @@ SYNCS = ("item", "_local_scalar_dense", "nonzero", "tolist", "masked_select", "u
 def test_static_decode_step_is_one_graph_for_every_token_and_batch():
     """What CUDA graphs need: the decode step traces into a single graph (fullgraph: no graph break) with no
     device-to-host read in it, and every later token and every batch of the same shape reuses it (no
-    recompilation). On CUDA the same step is recorded as CUDA graphs (torch.compile's "cudagraphs" backend)."""
+    recompilation): the torch.compile route to CUDA graphs (`decode=dict(...)`), kept beside the default capture."""
     from swiftlike.rollout.hf import HFRollout
 
     graphs = []
@@ -203,7 +211,7 @@ def test_static_decode_step_is_one_graph_for_every_token_and_batch():
 
     torch._dynamo.reset()
     model = _varlen_lora_model()
-    rollout = HFRollout(model, 0, static_cache=True, compile=dict(backend=backend, fullgraph=True, dynamic=False))
+    rollout = HFRollout(model, 0, static_cache=True, decode=dict(backend=backend, fullgraph=True, dynamic=False))
     # near-greedy: a random model's next-token distribution is almost flat, and sampling it at temperature 1 turns
     # a rounding difference between the traced and the eager step (seen on CUDA) into a neighbouring token
     sampling = Sampling(max_tokens=6, temperature=1e-4, seed=0)
@@ -217,6 +225,109 @@ def test_static_decode_step_is_one_graph_for_every_token_and_batch():
     assert compiled == eager.generate([[100, 200, 300], [400, 500]], 2, sampling)
     assert again == eager.generate([[9, 8, 7, 6], [5]], 2, sampling)
     torch._dynamo.reset()
+
+
+def _traced_recorder(rollout):
+    """A CPU stand-in for CUDA graph capture: the step traced to aten operations (make_fx), which, as a captured
+    graph does, reads and writes every tensor at the address it had and freezes every Python value met while
+    tracing. Tracing runs the step, which capture does not: the cache is put back as it was after it."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    def record(step):
+        cache = rollout.static._cache
+        saved = [(t, t.clone()) for layer in cache.layers for t in (layer.keys, layer.values,
+                                                                     layer.cumulative_length)]
+        traced = make_fx(step)()
+        for tensor, before in saved:
+            tensor.copy_(before)
+        return traced
+
+    return record
+
+
+def _graph_rollout(model):
+    from swiftlike.infer.static_cache import StaticDecode
+    from swiftlike.rollout.hf import HFRollout
+
+    rollout = HFRollout(model, 0, static_cache=True)
+    rollout.static = StaticDecode(model, rollout._call, "graph", record=_traced_recorder(rollout))
+    return rollout
+
+
+def _assert_traces_equal(a, b, what):
+    for step, (x, y) in enumerate(zip(a, b, strict=True)):
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-5, msg=lambda m: f"{what}, step {step}: {m}")
+
+
+def test_recorded_decode_step_replays_the_eager_step():
+    """The CUDA default ("graph": the step captured once per cache, infer/static_cache.py), with a stand-in for
+    capture that, like it, freezes addresses and Python values: the first token of a cache runs eagerly, the
+    second is captured, every later token and every batch of that shape replays the recording, and the logits
+    equal the eager static cache's at every step. Weights updated in place (the optimizer) are read by the
+    replay; weights moved to new tensors are noticed at the next batch and the step captured again; another batch
+    shape gets its own cache and capture."""
+    from swiftlike.infer import static_cache
+    from swiftlike.rollout.hf import HFRollout
+
+    model = _varlen_lora_model()
+    rows, other = [[5, 6, 7, 8, 9, 10, 11, 12], [13, 14], [15, 16, 17]], [[20, 21], [22, 23, 24], [25]]
+    graph, eager = _graph_rollout(model), HFRollout(model, 0, static_cache=True)
+    static_cache.COUNTS.clear()
+    _assert_traces_equal(_logit_trace(graph, rows), _logit_trace(eager, rows), "first batch")
+    assert dict(static_cache.COUNTS) == {"eager": 11, "captures": 1, "replays": 9}  # (11: the eager rollout's 10)
+    _assert_traces_equal(_logit_trace(graph, other), _logit_trace(eager, other), "same shape")
+    assert static_cache.COUNTS["captures"] == 1 and static_cache.COUNTS["replays"] == 19
+    lora_b = [p for name, p in model.named_parameters() if "lora_B" in name]
+    with torch.no_grad():
+        for p in lora_b:
+            p.mul_(1.5)  # in place, as an optimizer step
+    _assert_traces_equal(_logit_trace(graph, rows), _logit_trace(eager, rows), "weights updated in place")
+    assert static_cache.COUNTS["captures"] == 1
+    for p in lora_b:
+        p.data = p.data * 0.5  # new tensors: the recording would read the old ones
+    _assert_traces_equal(_logit_trace(graph, rows), _logit_trace(eager, rows), "weights moved")
+    assert static_cache.COUNTS["captures"] == 2
+    _assert_traces_equal(_logit_trace(graph, rows[:2]), _logit_trace(eager, rows[:2]), "two rows")
+    assert static_cache.COUNTS["captures"] == 3
+    growing = _logit_trace(HFRollout(model, 0, static_cache=False), rows)
+    _assert_traces_equal(_logit_trace(graph, rows), growing, "against the growing cache")
+
+
+def test_decode_steps_a_graph_cannot_hold_run_eagerly(capsys):
+    """What a captured graph would freeze wrongly or cannot capture is found in the first, eager step and the
+    step then stays eager, said once: sliding-window cache layers, which count their slots in a Python int (the
+    stand-in replays such a recording wrongly: checked), and a model that reads a device value on the host."""
+    from swiftlike.infer import static_cache
+    from swiftlike.models.loader import auto_class, miniature_config
+    from swiftlike.rollout.hf import HFRollout
+
+    config = miniature_config("google/gemma-3-1b-it")
+    config.get_text_config().sliding_window = 4  # decoding fills the window, then moves it
+    torch.manual_seed(0)
+    gemma = auto_class(config).from_config(config, dtype=torch.float32).eval()
+    short = [[13, 14], [15], [16, 17]]
+    growing = _logit_trace(HFRollout(gemma, 0, static_cache=False), short)
+    static_cache.COUNTS.clear()
+    _assert_traces_equal(_logit_trace(_graph_rollout(gemma), short), growing, "sliding window")
+    assert static_cache.COUNTS["captures"] == 0 and static_cache.COUNTS["replays"] == 0
+    said = capsys.readouterr().out
+    assert said.count("[wb] decode:") == 1 and "StaticSlidingWindowLayer" in said, said
+    forced = _graph_rollout(gemma)  # what the check prevents: the recording keeps writing where the window was
+    forced.static._warm_up = lambda: (forced.static._decode(*forced.static._inputs), "")
+    with pytest.raises(IndexError, match="out of bounds"):
+        _logit_trace(forced, short)
+
+    rows = [[5, 6, 7, 8, 9, 10, 11, 12], [13, 14], [15, 16, 17]]
+    model = _varlen_lora_model()
+    norm = model.get_base_model().model.norm
+    plain = norm.forward
+    norm.forward = lambda x: plain(x) * float(x.abs().amax() >= 0)  # a host read of a device value
+    eager = _logit_trace(HFRollout(model, 0, static_cache=True), rows)
+    static_cache.COUNTS.clear()
+    _assert_traces_equal(_logit_trace(_graph_rollout(model), rows), eager, "host read")
+    assert static_cache.COUNTS["captures"] == 0
+    said = capsys.readouterr().out
+    assert said.count("[wb] decode:") == 1 and "_local_scalar_dense" in said, said
 
 
 def test_policy_weights_reproduce_the_lora_model():

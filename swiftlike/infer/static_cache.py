@@ -1,13 +1,28 @@
-"""Decoding over a preallocated KV cache; on CUDA the decode step is recorded once as CUDA graphs and replayed.
+"""Decoding over a preallocated KV cache; on CUDA the decode step is captured once as a CUDA graph and replayed.
 
 With a growing (dynamic) cache a transformers decode loop launches every kernel of every layer from Python for
 every token — hundreds of launches for one token of a batch — and grows the cache by copying it; on a GPU a
 rollout of a small model is then bound by kernel launches, not by the card. Here the cache is transformers'
 StaticCache, allocated once at its full length (prompt width + completion budget, rounded up to `BUCKET` so that
-successive batches share one length and one cache object), the attention mask is a 2-D mask of that full length
-whose slots are switched on as tokens are written, and the position ids move on by one: every decode step has the
-same shapes and the same addresses. On CUDA, torch.compile's "cudagraphs" backend then records the traced step as
-CUDA graphs and replays it per token. The prompt's forward (its width varies) runs eagerly.
+successive batches share one length and one cache object). The decode step's inputs live in buffers kept with
+the cache: the next tokens, the position ids (moved on by one in place) and a 2-D attention mask of the cache's
+full length whose slots are switched on as tokens are written. Every decode step then has the same shapes and
+reads the same addresses, and the step itself moves the cache on (the cache counts its written slots in a device
+tensor), so one recording of it serves every token of every batch of that shape.
+
+How the step runs (`decode`):
+- "graph" (the CUDA default): the eager step is captured with `torch.cuda.CUDAGraph` at the second token of a
+  cache (the first runs eagerly, on a side stream, as capture asks, and is checked for what a graph cannot hold:
+  reads of device values on the host, tensors made from Python data, cache layers that count in Python, as
+  sliding-window layers do) and replayed for every later token. Weights, cache and buffers are read in place:
+  the optimizer's in-place updates between rollouts are seen, nothing is copied per token and no compiler runs.
+  A step that cannot be captured runs eagerly, said once. Parameters moved to new addresses (a model reloaded or
+  moved) are noticed at the next batch and the step captured again.
+- "eager": the same step launched from Python each token (other devices).
+- a dict: torch.compile's keywords for the step (dict(backend="cudagraphs") or dict(mode="reduce-overhead"):
+  CUDA graphs through torch.compile, kept for comparison; measured on an H100 on 2026-11-27, the "cudagraphs"
+  backend's first step took 38 s and, by its source, copies every weight and the cache into the graph's own
+  inputs at each replay, since it does not treat parameters as static; inductor's ran past 80 s compiling).
 
 Attention runs through sdpa while a static cache is in use: transformers builds its masks causal from the cache's
 own count of written slots, whereas the padding-free kernels (wb_varlen, flash-attention) take the causal offset
@@ -16,67 +31,173 @@ from the key length, which a static cache fixes at its full size. The model's ch
 from __future__ import annotations
 
 import contextlib
+import functools
+from collections import Counter
 from typing import Callable
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from .decode import ModelCall
 
 BUCKET = 128  # cache lengths are multiples of this: batches whose lengths round alike share a cache and a graph
-# CUDA graphs of the traced step, no inductor code generation. Measured on an H100, 2026-11-27 (GRPO, Qwen3-0.6B's
-# shape, LoRA, bf16, 32 x 32 tokens): 1.13 s a step after the first (generation 0.86 s) against 3.02 s with the
-# growing cache, first step 38 s; inductor's mode="reduce-overhead" (also accepted) ran past 80 s compiling that step
-COMPILED = dict(backend="cudagraphs", dynamic=False)
+GRAPH, EAGER = "graph", "eager"
 CACHE_ATTENTION = ("sdpa", "eager")  # implementations whose masks follow a static cache's written slots
+# what a recorded graph cannot hold: a device value read on the host (`.item()`, `if tensor:`, `nonzero`), or a
+# tensor made from Python data (a host-to-device copy on CUDA; its value frozen in the graph)
+HOST_OPS = frozenset({"_local_scalar_dense", "is_nonzero", "item", "nonzero", "masked_select", "unique",
+                      "lift_fresh", "lift_fresh_copy"})
+COUNTS: Counter = Counter()  # this process's captures, replays and eager decode steps (benchmarks and tests read)
 
 
 class StaticDecode:
     """`start(ids, mask, positions, max_tokens)` -> (logits of each row's last prompt token, `advance`), where
-    `advance(tokens)` writes one token per row and returns the logits after it. `compile`: keyword arguments of
-    torch.compile for the decode step (`COMPILED` on CUDA: CUDA graphs without inductor's code generation;
-    dict(mode="reduce-overhead") adds inductor's fused kernels at a longer compile), or None to run it eagerly."""
+    `advance(tokens)` writes one token per row and returns the logits after it. `decode`: "graph", "eager" or
+    torch.compile's keywords (module docstring). `record(step)` captures `step` and returns a function that
+    replays it and returns its output (`record_cuda_graph`; tests substitute a CPU stand-in)."""
 
-    def __init__(self, model, call: ModelCall, compile: dict | None = None):
-        self.model, self.call = model, call
-        self._cache, self._shape = None, None
-        self._step: Callable = torch.compile(self._decode, **compile) if compile else self._decode
-        # these record CUDA graphs through cudagraph trees: each replay's output is overwritten by the next
-        self._graphs = bool(compile) and (compile.get("mode") in ("reduce-overhead", "max-autotune") or
-                                          compile.get("backend") == "cudagraphs" or
-                                          bool((compile.get("options") or {}).get("triton.cudagraphs")))
+    def __init__(self, model, call: ModelCall, decode: str | dict = EAGER,
+                 record: Callable[[Callable[[], torch.Tensor]], Callable[[], torch.Tensor]] | None = None):
+        if not isinstance(decode, dict) and decode not in (GRAPH, EAGER):
+            raise ValueError(f"decode: {decode!r} is not 'graph', 'eager' or a dict of torch.compile keywords")
+        self.model, self.call, self.decode = model, call, decode
+        self.record = record or record_cuda_graph
+        self._cache = self._shape = self._inputs = None
+        self._replay, self._addresses, self._blocked, self._said = None, None, None, False
+        self._step: Callable = torch.compile(self._decode, **decode) if isinstance(decode, dict) else self._decode
+        # compiled modes that record CUDA graphs through cudagraph trees: each replay's output is overwritten
+        self._tree = isinstance(decode, dict) and (decode.get("mode") in ("reduce-overhead", "max-autotune") or
+                                                   decode.get("backend") == "cudagraphs" or
+                                                   bool((decode.get("options") or {}).get("triton.cudagraphs")))
 
     def start(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, max_tokens: int):
         rows, width = ids.shape
         length = -(-(width + max_tokens) // BUCKET) * BUCKET
-        cache = self._cache_for(rows, length)
-        full = torch.zeros(rows, length, dtype=mask.dtype, device=mask.device)
+        cache = self._cache_for(rows, length, mask.dtype, ids.device)
+        tokens, full, last = self._inputs
+        full.zero_()
         full[:, :width] = mask
         logits = self.call(ids, full, positions, cache)[0]
-        state = {"written": width, "positions": positions[:, -1:]}
+        last.copy_(positions[:, -1:])
+        if self._replay is not None and self._addresses != self._tensor_addresses():
+            self._replay = None  # the weights moved: the graph would read where they were
+        written = width
 
-        def advance(tokens: torch.Tensor) -> torch.Tensor:
-            full[:, state["written"]] = 1
-            state["written"] += 1
-            state["positions"] = state["positions"] + 1
-            if not self._graphs:
-                return self._step(tokens[:, None], full, state["positions"])
-            torch.compiler.cudagraph_mark_step_begin()
-            return self._step(tokens[:, None], full, state["positions"]).clone()  # the next replay overwrites it
+        def advance(new: torch.Tensor) -> torch.Tensor:
+            nonlocal written
+            full[:, written] = 1
+            written += 1
+            last.add_(1)
+            tokens.copy_(new[:, None])
+            return self._next()
 
         return logits, advance
 
-    def _cache_for(self, rows: int, length: int):
+    def _next(self) -> torch.Tensor:
+        if isinstance(self.decode, dict):
+            if not self._tree:
+                return self._step(*self._inputs)
+            torch.compiler.cudagraph_mark_step_begin()
+            return self._step(*self._inputs).clone()  # the next replay overwrites it
+        if self.decode == GRAPH and self._replay is None and self._blocked is None:
+            out, self._blocked = self._warm_up()  # this cache's first token: eagerly, checked
+            return out
+        if self.decode == GRAPH and self._replay is None and not self._blocked:
+            try:
+                self._replay = self.record(functools.partial(self._decode, *self._inputs))
+            except Exception as e:  # noqa: BLE001 - any capture failure leaves the eager step, which is correct
+                self._blocked = self._tell(f"capture failed ({type(e).__name__}: {str(e).splitlines()[0][:160]})")
+            else:
+                self._addresses = self._tensor_addresses()
+                COUNTS["captures"] += 1
+        if self._replay is not None:
+            COUNTS["replays"] += 1
+            return self._replay().clone()  # the next replay overwrites it
+        COUNTS["eager"] += 1
+        return self._decode(*self._inputs)
+
+    def _warm_up(self) -> tuple[torch.Tensor, str]:
+        """The step run eagerly (what capture asks first: lazy initialisations, library workspaces), with why it
+        could not be recorded ("" if it can)."""
+        COUNTS["eager"] += 1
+        layers = [type(layer).__name__ for layer in getattr(self._cache, "layers", [])]
+        if any(name != "StaticLayer" for name in layers):
+            why = f"cache layers that count their slots in Python ({sorted(set(layers) - {'StaticLayer'})})"
+            return self._decode(*self._inputs), self._tell(why)
+        with _HostReads() as seen, _side_stream(self._inputs[0].device):
+            out = self._decode(*self._inputs)
+        return out, self._tell(seen.why)
+
+    def _tell(self, why: str) -> str:
+        if why and not self._said:
+            self._said = True
+            print(f"[wb] decode: the static cache's step runs eagerly, not as a CUDA graph: {why}", flush=True)
+        return why
+
+    def _tensor_addresses(self) -> list[int]:
+        return [t.data_ptr() for t in (*self.model.parameters(), *self.model.buffers())]
+
+    def _cache_for(self, rows: int, length: int, mask_dtype: torch.dtype, device):
         from transformers import StaticCache
 
-        if self._shape == (rows, length):
-            self._cache.reset()  # the same object (and addresses) again: the recorded graphs stay valid
-        else:
-            self._cache = StaticCache(config=self.model.config, max_cache_len=length)
-            self._shape = (rows, length)
+        if self._shape == (rows, length, mask_dtype):
+            self._cache.reset()  # the same object (and addresses) again: a recorded graph stays valid
+            return self._cache
+        self._replay = self._blocked = None  # (dropping the graph before its buffers)
+        self._cache = self._inputs = None
+        self._cache = StaticCache(config=self.model.config, max_cache_len=length)
+        self._inputs = (torch.zeros(rows, 1, dtype=torch.long, device=device),        # the next tokens
+                        torch.zeros(rows, length, dtype=mask_dtype, device=device),  # the mask
+                        torch.zeros(rows, 1, dtype=torch.long, device=device))       # the next position ids
+        self._shape = (rows, length, mask_dtype)
         return self._cache
 
     def _decode(self, tokens, mask, positions):
         return self.call(tokens, mask, positions, self._cache)[0]
+
+
+def record_cuda_graph(step: Callable[[], torch.Tensor]) -> Callable[[], torch.Tensor]:
+    """`step` captured as a CUDA graph (its kernels, inputs and output at fixed addresses; nothing runs now);
+    returns the replay, which runs them and returns the output tensor the graph writes."""
+    graph = torch.cuda.CUDAGraph()
+    # (thread_local: what other threads do meanwhile, a data loader pinning memory say, does not break the capture)
+    with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+        out = step()
+
+    def replay() -> torch.Tensor:
+        graph.replay()
+        return out
+
+    return replay
+
+
+@contextlib.contextmanager
+def _side_stream(device: torch.device):
+    """On CUDA, the code inside runs on a side stream and is finished when it ends (a step before capture)."""
+    if device.type != "cuda":
+        yield
+        return
+    main, side = torch.cuda.current_stream(device), torch.cuda.Stream(device)
+    side.wait_stream(main)
+    with torch.cuda.stream(side):
+        yield
+    main.wait_stream(side)
+    torch.cuda.synchronize(device)  # (what it allocated on the side stream is then free to reuse from the main one)
+
+
+class _HostReads(TorchDispatchMode):
+    """Notes the first operation inside that a CUDA graph cannot hold (`HOST_OPS`); `why` says which ("" if
+    none)."""
+
+    def __init__(self):
+        super().__init__()
+        self.why = ""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        if not self.why and name in HOST_OPS:
+            self.why = f"the step calls {name} (a device value read on the host, or a tensor made from Python data)"
+        return func(*args, **(kwargs or {}))
 
 
 @contextlib.contextmanager

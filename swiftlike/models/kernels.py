@@ -13,10 +13,11 @@ the process builds or runs later — on the CPU too, where Triton cannot run (a 
 then evaluates on the CPU would fail). So the family module is put back as it was, except that its rotary function
 becomes one that runs Liger's kernel for CUDA tensors and transformers' own for any other.
 
-`unfused(model)` puts transformers' own forwards back for a while: a rollout's decode step compiled for CUDA graphs
-(infer/static_cache.py). torch.compile cannot analyse Liger's Triton kernels (liger-kernel 0.8.5, torch 2.11), so
-it breaks the graph around them and assumes they write to their inputs — the norms' weights among them — and then
-records no CUDA graph at all (seen on an H100, 2026-11-26); inductor compiles transformers' own norms and MLPs.
+`unfused(model)` puts transformers' own forwards back for a while: a rollout's decode step over the static cache
+(infer/static_cache.py), captured as a CUDA graph or, through torch.compile, compiled for one. torch.compile cannot
+analyse Liger's Triton kernels (liger-kernel 0.8.5, torch 2.11), so it breaks the graph around them and assumes they
+write to their inputs — the norms' weights among them — and then records no CUDA graph at all (seen on an H100,
+2026-11-26); the direct capture decodes unfused too, the combination the GPU test checks against eager decoding.
 """
 from __future__ import annotations
 

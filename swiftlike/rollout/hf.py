@@ -3,7 +3,7 @@
 The sampling (inverse-CDF on CPU: why, in infer/sampling.py), the model call and the left padding are the
 inference engine's own (swiftlike/infer/); what is GRPO's here is the loop over one fixed batch with one
 generator, completions cut after (and keeping) their stop token. The KV cache is either transformers' growing
-DynamicCache or a static one whose decode step CUDA graphs replay (infer/static_cache.py; `static_cache`).
+DynamicCache or a static one whose decode step a CUDA graph replays (infer/static_cache.py; `static_cache`).
 """
 from __future__ import annotations
 
@@ -14,31 +14,33 @@ import torch
 from ..data.images import cat_images
 from ..infer.decode import ModelCall, left_pad, next_positions
 from ..infer.sampling import penalize_repeats, sample_next
-from ..infer.static_cache import COMPILED, StaticDecode, cache_attention
+from ..infer.static_cache import EAGER, GRAPH, StaticDecode, cache_attention
 from ..models.compiled import uncompiled
 from ..models.kernels import unfused
 from . import Sampling, cut_at_stop
 
 __all__ = ["HFRollout", "penalize_repeats", "sample_next"]
+CUDA_DECODE: str | dict = GRAPH  # how the static cache's decode step runs on CUDA unless told (benchmarks vary it)
 
 
 class HFRollout:
     name = "transformers"
 
     def __init__(self, model, pad_token_id: int, max_batch: int = 0, synced: bool = False,
-                 static_cache: bool | None = None, compile: dict | None = None):
+                 static_cache: bool | None = None, decode: str | dict | None = None):
         """`synced`: every rank runs the same number of decode steps (until all are done), as a model sharded
         by ZeRO-3 or FSDP needs: each forward gathers weights from every rank. `static_cache`: decode over a
-        preallocated cache (None: on CUDA unless synced); its decode step is compiled with `compile` (default:
-        CUDA graphs on CUDA, eager elsewhere). Prompts with images always use the growing cache."""
+        preallocated cache (None: on CUDA unless synced), its decode step run as `decode` says
+        (infer/static_cache.py: "graph", captured as a CUDA graph, the default on CUDA unless synced; "eager",
+        the default elsewhere; or torch.compile's keywords). Prompts with images always use the growing cache."""
         self.model, self.pad_id, self.max_batch, self.synced = model, pad_token_id, max_batch, synced
         self._call = ModelCall(model)
         graphs = next(model.parameters()).is_cuda and not synced  # the static cache's and CUDA graphs' default
         if static_cache is None:
             static_cache = graphs
-        if compile is None and graphs:
-            compile = COMPILED
-        self.static = StaticDecode(model, self._call, compile) if static_cache else None
+        if decode is None:
+            decode = CUDA_DECODE if graphs else EAGER
+        self.static = StaticDecode(model, self._call, decode) if static_cache else None
 
     def sync_weights(self, model) -> None:
         """The policy generates itself: nothing to copy."""
@@ -102,7 +104,7 @@ class HFRollout:
         """(the logits after each row's prompt, `advance(tokens)` -> the logits after one more token per row) of
         left-padded rows, over the static cache (prompts with images: the growing one)."""
         with uncompiled(self.model):  # (--torch_compile's layer graphs are for training's shapes)
-            if self.static is not None and not images:  # (Liger's kernels keep torch.compile from CUDA graphs)
+            if self.static is not None and not images:  # (transformers' kernels: torch.compile cannot read Liger's)
                 with cache_attention(self.model), unfused(self.model):
                     yield self.static.start(ids, mask, positions, max_tokens)
             else:
