@@ -117,10 +117,11 @@ if [ "$PART" = profile ]; then
 fi
 
 if [ "$PART" = chunk ]; then
-  # (h) the fused loss's chunk of logits: 2^24 (the default; ~110 rows of Qwen3's 151,936-word vocabulary) against
-  #     2^27 (~880 rows), ours only, compiled, 2048, on 4B LoRA (the open MFU lead: per-chunk launches and small-M
-  #     matmuls) and 0.6B full (a trainable output layer: each chunk reads and writes the whole fp32 vocab x hidden
-  #     weight gradient, 75 times a step of 8k tokens at 2^24, ~90 GB); memory_plan.py must follow a new default
+  # (h) the fused loss's chunk of logits: 2^24 (~110 rows of Qwen3's 151,936-word vocabulary; the default with a
+  #     frozen output layer) against 2^27 (~880 rows; the default with a trained one since 2026-11-27's fifth
+  #     session, unmeasured), ours only, compiled, 2048, on 4B LoRA (the open MFU lead: per-chunk launches and
+  #     small-M matmuls) and 0.6B full (each chunk reads and writes the whole fp32 vocab x hidden weight gradient,
+  #     75 times a step of 8k tokens at 2^24, ~90 GB); memory_plan.py must follow a changed default
   #     (TOTAL_S=560, a call of its own: each run builds its model, compiles and measures, ~2 minutes for 4B)
   runs=("4b lora 16777216" "4b lora 134217728" "0.6b full 16777216" "0.6b full 134217728")
   todo=${#runs[@]}

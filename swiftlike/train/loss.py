@@ -19,6 +19,11 @@ from ..models.attention import VARLEN
 from ..templates import IGNORE_INDEX
 
 LOGITS_PER_CHUNK = 1 << 24  # ~16M logits (64 MB in fp32) per chunk; smaller chunks are also cache-friendlier
+# A trained output layer's fp32 weight gradient is read and written whole by every chunk's matmul (vocab x hidden x
+# 8 bytes: 1.2 GB for Qwen3-0.6B, 3.1 GB for 4B): 75 chunks of 2^24 in a step of 8,192 tokens move 93 GB at 0.6B,
+# ~28 ms on an H100, against ~4 ms in 10 chunks of 2^27 (512 MB of fp32 logits each). Estimated, not yet measured
+# on a GPU (benchmarks/gpu_check.sh chunk); on a 2-core CPU the two ran alike.
+TRAINED_HEAD_LOGITS_PER_CHUNK = 1 << 27
 
 
 @contextmanager
@@ -254,7 +259,8 @@ class CausalLMLoss(nn.Module):
         self.model = model
         weight = self.causal_lm.get_output_embeddings().weight
         vocab = getattr(weight, "ds_shape", weight.shape)[0]  # a ZeRO-3 partitioned weight is empty here
-        self.chunk_size = chunk_size or max(16, LOGITS_PER_CHUNK // vocab)
+        per_chunk = TRAINED_HEAD_LOGITS_PER_CHUNK if weight.requires_grad else LOGITS_PER_CHUNK
+        self.chunk_size = chunk_size or max(16, per_chunk // vocab)
         self.softcap = logit_softcap(self.decoder_config)
 
     @property
