@@ -330,6 +330,26 @@ def test_decode_steps_a_graph_cannot_hold_run_eagerly(capsys):
     assert said.count("[wb] decode:") == 1 and "_local_scalar_dense" in said, said
 
 
+@pytest.mark.parametrize("step, said", [
+    (lambda x: (x * 2).sum(-1), ""),
+    (lambda x: x[x > 0], "boolean mask"),
+    (lambda x: x + float(x.amax()), "_local_scalar_dense"),
+    (lambda x: x + torch.tensor([1.0, 2.0, 3.0]), "lift_fresh"),
+    (lambda x: x.to("meta"), "copies between devices"),
+    (lambda x: x[0, :2].repeat_interleave(torch.ones(2, dtype=torch.long)), "repeat_interleave"),
+    (lambda x: torch.ones(2, 3, device="meta") * torch.ones(()), ""),  # a 0-dim host tensor goes as a value
+], ids=["plain", "bool-mask", "item", "from-python", "device-copy", "repeat-interleave", "host-scalar"])
+def test_what_a_cuda_graph_cannot_hold_is_found(step, said):
+    """The check of a cache's first, eager decode step (infer/static_cache.py): what capture would refuse or
+    freeze wrongly is named; plain device work passes."""
+    from swiftlike.infer.static_cache import _HostReads
+
+    x = torch.randn(2, 3)
+    with _HostReads() as seen:
+        step(x)
+    assert (said in seen.why) if said else seen.why == "", seen.why
+
+
 def test_policy_weights_reproduce_the_lora_model():
     from swiftlike.models import build_miniature
     from swiftlike.rollout.weights import from_bytes, policy_weights, to_bytes

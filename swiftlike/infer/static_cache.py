@@ -13,11 +13,14 @@ tensor), so one recording of it serves every token of every batch of that shape.
 How the step runs (`decode`):
 - "graph" (the CUDA default): the eager step is captured with `torch.cuda.CUDAGraph` at the second token of a
   cache (the first runs eagerly, on a side stream, as capture asks, and is checked for what a graph cannot hold:
-  reads of device values on the host, tensors made from Python data, cache layers that count in Python, as
-  sliding-window layers do) and replayed for every later token. Weights, cache and buffers are read in place:
-  the optimizer's in-place updates between rollouts are seen, nothing is copied per token and no compiler runs.
-  A step that cannot be captured runs eagerly, said once. Parameters moved to new addresses (a model reloaded or
-  moved) are noticed at the next batch and the step captured again.
+  reads of device values on the host, boolean-mask indexing, copies between devices, tensors made from Python
+  data, cache layers that count in Python, as sliding-window layers do) and replayed for every later token.
+  Weights, cache and buffers are read in place: the optimizer's in-place updates between rollouts are seen,
+  nothing is copied per token and no compiler runs.
+  A step that cannot be captured (or whose capture fails) runs eagerly, said once. Parameters moved to new
+  addresses (a model reloaded or moved) are noticed at the next batch and the step checked and captured again.
+  What the graph also freezes, unchecked: the model's mode and its adapters' state (enabled, merged), as they are
+  while rollouts decode (eval mode, the policy's adapter).
 - "eager": the same step launched from Python each token (other devices).
 - a dict: torch.compile's keywords for the step (dict(backend="cudagraphs") or dict(mode="reduce-overhead"):
   CUDA graphs through torch.compile, kept for comparison; measured on an H100 on 2026-11-27, the "cudagraphs"
@@ -36,6 +39,7 @@ from collections import Counter
 from typing import Callable
 
 import torch
+from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from .decode import ModelCall
@@ -63,7 +67,7 @@ class StaticDecode:
         self.model, self.call, self.decode = model, call, decode
         self.record = record or record_cuda_graph
         self._cache = self._shape = self._inputs = None
-        self._replay, self._addresses, self._blocked, self._said = None, None, None, False
+        self._replay, self._addresses, self._blocked, self._said = None, None, None, set()
         self._step: Callable = torch.compile(self._decode, **decode) if isinstance(decode, dict) else self._decode
         # compiled modes that record CUDA graphs through cudagraph trees: each replay's output is overwritten
         self._tree = isinstance(decode, dict) and (decode.get("mode") in ("reduce-overhead", "max-autotune") or
@@ -80,7 +84,7 @@ class StaticDecode:
         logits = self.call(ids, full, positions, cache)[0]
         last.copy_(positions[:, -1:])
         if self._replay is not None and self._addresses != self._tensor_addresses():
-            self._replay = None  # the weights moved: the graph would read where they were
+            self._replay = self._blocked = None  # the weights moved (the graph would read where they were): again
         written = width
 
         def advance(new: torch.Tensor) -> torch.Tensor:
@@ -103,10 +107,14 @@ class StaticDecode:
             out, self._blocked = self._warm_up()  # this cache's first token: eagerly, checked
             return out
         if self.decode == GRAPH and self._replay is None and not self._blocked:
+            device = self._inputs[0].device
             try:
-                self._replay = self.record(functools.partial(self._decode, *self._inputs))
-            except Exception as e:  # noqa: BLE001 - any capture failure leaves the eager step, which is correct
-                self._blocked = self._tell(f"capture failed ({type(e).__name__}: {str(e).splitlines()[0][:160]})")
+                with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
+                    self._replay = self.record(functools.partial(self._decode, *self._inputs))
+            except Exception as e:  # noqa: BLE001 - nothing ran: the eager step is still the right one
+                cause = e.__context__ or e  # (a failed capture's own error says only that the capture failed)
+                self._blocked = self._tell(f"capture failed ({type(cause).__name__}: "
+                                           f"{(str(cause).splitlines() or [''])[0][:160]})")
             else:
                 self._addresses = self._tensor_addresses()
                 COUNTS["captures"] += 1
@@ -129,8 +137,8 @@ class StaticDecode:
         return out, self._tell(seen.why)
 
     def _tell(self, why: str) -> str:
-        if why and not self._said:
-            self._said = True
+        if why and why not in self._said:  # each reason once
+            self._said.add(why)
             print(f"[wb] decode: the static cache's step runs eagerly, not as a CUDA graph: {why}", flush=True)
         return why
 
@@ -158,11 +166,21 @@ class StaticDecode:
 
 def record_cuda_graph(step: Callable[[], torch.Tensor]) -> Callable[[], torch.Tensor]:
     """`step` captured as a CUDA graph (its kernels, inputs and output at fixed addresses; nothing runs now);
-    returns the replay, which runs them and returns the output tensor the graph writes."""
-    graph = torch.cuda.CUDAGraph()
-    # (thread_local: what other threads do meanwhile, a data loader pinning memory say, does not break the capture)
-    with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-        out = step()
+    returns the replay, which runs them and returns the output tensor the graph writes. A capture that fails
+    leaves this thread's stream and the memory allocator as they were, and raises."""
+    graph, pool = torch.cuda.CUDAGraph(), torch.cuda.graph_pool_handle()
+    device = torch.cuda.current_device()
+    # (the stream comes back even when the capture fails: torch.cuda.graph's exit ends the capture first and
+    # raises there; thread_local: what other threads do meanwhile, a data loader pinning memory, does not break it)
+    with torch.cuda.stream(torch.cuda.current_stream()):
+        try:
+            with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
+                out = step()
+        except BaseException:
+            with contextlib.suppress(RuntimeError):  # (raises if the capture had already stopped allocating)
+                torch._C._cuda_endAllocateToPool(device, pool)
+            torch._C._cuda_releasePool(device, pool)  # the failed capture's memory, which its graph never frees
+            raise
 
     def replay() -> torch.Tensor:
         graph.replay()
@@ -173,7 +191,7 @@ def record_cuda_graph(step: Callable[[], torch.Tensor]) -> Callable[[], torch.Te
 
 @contextlib.contextmanager
 def _side_stream(device: torch.device):
-    """On CUDA, the code inside runs on a side stream and is finished when it ends (a step before capture)."""
+    """On CUDA, the code inside runs on a side stream and has finished when it ends (a step before capture)."""
     if device.type != "cuda":
         yield
         return
@@ -182,22 +200,36 @@ def _side_stream(device: torch.device):
     with torch.cuda.stream(side):
         yield
     main.wait_stream(side)
-    torch.cuda.synchronize(device)  # (what it allocated on the side stream is then free to reuse from the main one)
+    torch.cuda.synchronize(device)  # (what it wrote is read on the main stream next)
 
 
 class _HostReads(TorchDispatchMode):
-    """Notes the first operation inside that a CUDA graph cannot hold (`HOST_OPS`); `why` says which ("" if
-    none)."""
+    """Notes the first operation inside that a CUDA graph cannot hold; `why` says which ("" if none): `HOST_OPS`,
+    indexing with a boolean mask (its size is read on the host), and copies between devices (0-dim host tensors,
+    which go to kernels as values, aside)."""
 
     def __init__(self):
         super().__init__()
         self.why = ""
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        name = func.overloadpacket.__name__
-        if not self.why and name in HOST_OPS:
-            self.why = f"the step calls {name} (a device value read on the host, or a tensor made from Python data)"
-        return func(*args, **(kwargs or {}))
+        out = func(*args, **(kwargs or {}))
+        if not self.why:
+            self.why = _unrecordable(func.overloadpacket.__name__, args, kwargs or {}, out)
+        return out
+
+
+def _unrecordable(name: str, args, kwargs: dict, out) -> str:
+    if name in HOST_OPS or (name == "repeat_interleave" and kwargs.get("output_size") is None):
+        return f"the step calls {name} (a device value read on the host, or a tensor made from Python data)"
+    tensors = [t for t in pytree.tree_leaves((args, kwargs, out)) if isinstance(t, torch.Tensor)]
+    if name in ("index", "index_put", "index_put_") and any(
+            t is not None and t.dtype == torch.bool for t in (args[1] if len(args) > 1 else [])):
+        return f"the step indexes with a boolean mask ({name}: its size is read on the host)"
+    devices = {t.device for t in tensors if t.dim() or t.device.type != "cpu"}
+    if len(devices) > 1:
+        return f"the step copies between devices ({name}: {', '.join(sorted(map(str, devices)))})"
+    return ""
 
 
 @contextlib.contextmanager
