@@ -19,6 +19,12 @@
 #         not compiled): full fine-tuning at 2,048, then LoRA at 8,192 with the rest.
 #   chunk: (a) environment, (h) two sizes of the fused loss's chunk of logits, 4B LoRA and 0.6B full, compiled
 #          (TOTAL_S=560).
+#   verify: (a) environment, then what changed since the last GPU run without being run on one, in one call of
+#          TOTAL_S=540: (b) the GPU-marked tests (the decode step captured as a CUDA graph among them), the optimizer
+#          step alone, a GRPO step with the captured decode at 32- and 512-token completions, and compiled full
+#          fine-tuning of 0.6B at 2,048 (bucketed optimizer, 2^27-logit loss chunks), ours then TRL's best;
+#   suite: (a) environment, (c) the whole suite on CUDA alone (after `verify`, on the same machine, with the time
+#          left: it needs about 300 s).
 # GPU_CHECK_DRY=1 prints the steps only.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -26,8 +32,8 @@ OUT=${OUT:-./gpu_out}
 DRY=${GPU_CHECK_DRY:-0}
 PART=${1:-all}
 case "$PART" in
-  bench|tests|profile|grpo|core|chunk|all) ;;
-  *) echo "usage: $0 [bench|tests|profile|grpo|core|chunk|all]" >&2; exit 2 ;;
+  bench|tests|profile|grpo|core|chunk|verify|suite|all) ;;
+  *) echo "usage: $0 [bench|tests|profile|grpo|core|chunk|verify|suite|all]" >&2; exit 2 ;;
 esac
 TOTAL_S=${TOTAL_S:-570}
 T0=$(date +%s)
@@ -82,7 +88,7 @@ import swiftlike
 print("swiftlike from", swiftlike.__file__)
 EOF'
 
-if [ "$PART" = tests ] || [ "$PART" = all ]; then
+if [ "$PART" = tests ] || [ "$PART" = all ] || [ "$PART" = verify ]; then
   # (b) the tests marked gpu (only the files that hold such tests: quick, and first)
   GPU_FILES=$(grep -l "pytest.mark.gpu" tests/test_*.py | tr '\n' ' ')
   # every failure's traceback is written to $OUT/failures.log as it happens (tests/conftest.py): a run the cap
@@ -90,6 +96,9 @@ if [ "$PART" = tests ] || [ "$PART" = all ]; then
   # (130 s: test_compiled.py's FSDP2 run starts two `wb sft` processes, one compiling its layers)
   step gpu_tests 130 env WB_FAILURE_LOG="$OUT/gpu_failures.log" python3 -m pytest -m gpu -q -n 0 -p no:cacheprovider \
     $GPU_FILES
+fi
+
+if [ "$PART" = tests ] || [ "$PART" = all ] || [ "$PART" = suite ]; then
   # (c) the whole suite on CUDA, 12 workers, one thread each (16 cores), handed out test by test (--dist load:
   #     pyproject's file-per-worker default would leave most of 12 workers waiting on the largest files); -v lists
   #     every result even if the cap stops the run. Not carried (the 64 MiB a call): bitsandbytes (43 MB; its tests
@@ -163,6 +172,20 @@ if [ "$PART" = grpo ]; then
     --new-tokens 512 --sides ours --static_cache false
   step grpo_trl $(( $(left) - 10 )) python3 benchmarks/grpo_step.py --model_shape 0.6b --dtype bfloat16 --steps 3 \
     --sides trl
+fi
+
+if [ "$PART" = verify ]; then
+  # written on 2026-11-27 (fifth session, no GPU) and not yet run on one: the optimizer's buckets (100.7 ms a step
+  # before, 310 calls), the decode step captured with torch.cuda.CUDAGraph (the "cudagraphs" backend: 1.13 s a
+  # GRPO step at 32 tokens, first step 38 s), full fine-tuning with both (0.6B: 28,960 tokens/s, 1.59x TRL's best
+  # 18,265 on 2026-11-27/26), then TRL's best again with the time left
+  step optimizer 45 python3 benchmarks/optimizer_step.py --model_shape 0.6b --steps 5 --json "$OUT/optimizer.json"
+  step grpo_32_graph 60 python3 benchmarks/grpo_step.py --model_shape 0.6b --dtype bfloat16 --steps 4 --sides ours
+  step grpo_long_graph 80 python3 benchmarks/grpo_step.py --model_shape 0.6b --dtype bfloat16 --steps 2 \
+    --new-tokens 512 --sides ours
+  CAP=$(( $(left) - 5 ))
+  step compiled_full_0.6b "$CAP" python3 benchmarks/gpu_sft.py --torch_compile --models 0.6b --lengths 2048 \
+    --modes full --json "$OUT/compiled_full_0.6b.json" --budget_s $(( CAP - 15 ))
 fi
 
 if [ "$PART" = core ]; then

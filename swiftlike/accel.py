@@ -5,10 +5,12 @@ code stays device-agnostic.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import random
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -190,6 +192,48 @@ def empty_cache() -> None:
         torch.npu.empty_cache()
     elif kind == "mps":
         torch.mps.empty_cache()
+
+
+def record_graph(step: Callable[[], torch.Tensor], device: torch.device) -> Callable[[], torch.Tensor]:
+    """`step` captured as a CUDA graph on `device` (its kernels, inputs and output at fixed addresses; nothing runs
+    now); returns the replay, which runs them and returns the output tensor the graph writes. A capture that fails
+    leaves this thread's stream and the memory allocator as they were, and raises."""
+    if device.type != "cuda":
+        raise RuntimeError(f"graph capture needs a CUDA device, not {device}")
+    graph, pool = torch.cuda.CUDAGraph(), torch.cuda.graph_pool_handle()
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    # (the stream comes back even when the capture fails: torch.cuda.graph's exit ends the capture first and raises
+    # there; thread_local: what other threads do meanwhile, a data loader pinning memory, does not break it)
+    with torch.cuda.device(index), torch.cuda.stream(torch.cuda.current_stream(index)):
+        try:
+            with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
+                out = step()
+        except BaseException:
+            with contextlib.suppress(RuntimeError):  # (raises if the capture had already stopped allocating)
+                torch._C._cuda_endAllocateToPool(index, pool)
+            torch._C._cuda_releasePool(index, pool)  # the failed capture's memory, which its graph never frees
+            raise
+
+    def replay() -> torch.Tensor:
+        graph.replay()
+        return out
+
+    return replay
+
+
+@contextlib.contextmanager
+def side_stream(device: torch.device):
+    """On CUDA, the code inside runs on a side stream and has finished when it ends (what graph capture asks of the
+    steps before it); elsewhere, as it is."""
+    if device.type != "cuda":
+        yield
+        return
+    main, side = torch.cuda.current_stream(device), torch.cuda.Stream(device)
+    side.wait_stream(main)
+    with torch.cuda.stream(side):
+        yield
+    main.wait_stream(side)
+    torch.cuda.synchronize(device)  # (what it wrote is read on the main stream next)
 
 
 @dataclass

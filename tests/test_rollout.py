@@ -233,7 +233,7 @@ def _traced_recorder(rollout):
     tracing. Tracing runs the step, which capture does not: the cache is put back as it was after it."""
     from torch.fx.experimental.proxy_tensor import make_fx
 
-    def record(step):
+    def record(step, device):
         cache = rollout.static._cache
         saved = [(t, t.clone()) for layer in cache.layers for t in (layer.keys, layer.values,
                                                                      layer.cumulative_length)]

@@ -11,10 +11,11 @@ reads the same addresses, and the step itself moves the cache on (the cache coun
 tensor), so one recording of it serves every token of every batch of that shape.
 
 How the step runs (`decode`):
-- "graph" (the CUDA default): the eager step is captured with `torch.cuda.CUDAGraph` at the second token of a
-  cache (the first runs eagerly, on a side stream, as capture asks, and is checked for what a graph cannot hold:
-  reads of device values on the host, boolean-mask indexing, copies between devices, tensors made from Python
-  data, cache layers that count in Python, as sliding-window layers do) and replayed for every later token.
+- "graph" (the CUDA default): the eager step is captured as a CUDA graph (`accel.record_graph`) at the second
+  token of a cache (the first runs eagerly, on a side stream, as capture asks, and is checked for what a graph
+  cannot hold: reads of device values on the host, boolean-mask indexing, copies between devices, tensors made
+  from Python data, cache layers that count in Python, as sliding-window layers do) and replayed for every later
+  token.
   Weights, cache and buffers are read in place: the optimizer's in-place updates between rollouts are seen,
   nothing is copied per token and no compiler runs.
   A step that cannot be captured (or whose capture fails) runs eagerly, said once. Parameters moved to new
@@ -42,6 +43,7 @@ import torch
 from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from .. import accel
 from .decode import ModelCall
 
 BUCKET = 128  # cache lengths are multiples of this: batches whose lengths round alike share a cache and a graph
@@ -51,21 +53,22 @@ CACHE_ATTENTION = ("sdpa", "eager")  # implementations whose masks follow a stat
 # tensor made from Python data (a host-to-device copy on CUDA; its value frozen in the graph)
 HOST_OPS = frozenset({"_local_scalar_dense", "is_nonzero", "item", "nonzero", "masked_select", "unique",
                       "lift_fresh", "lift_fresh_copy"})
+Step = Callable[[], torch.Tensor]
 COUNTS: Counter = Counter()  # this process's captures, replays and eager decode steps (benchmarks and tests read)
 
 
 class StaticDecode:
     """`start(ids, mask, positions, max_tokens)` -> (logits of each row's last prompt token, `advance`), where
     `advance(tokens)` writes one token per row and returns the logits after it. `decode`: "graph", "eager" or
-    torch.compile's keywords (module docstring). `record(step)` captures `step` and returns a function that
-    replays it and returns its output (`record_cuda_graph`; tests substitute a CPU stand-in)."""
+    torch.compile's keywords (module docstring). `record(step, device)` captures `step` and returns a function that
+    replays it and returns its output (`accel.record_graph`; tests substitute a CPU stand-in)."""
 
     def __init__(self, model, call: ModelCall, decode: str | dict = EAGER,
-                 record: Callable[[Callable[[], torch.Tensor]], Callable[[], torch.Tensor]] | None = None):
+                 record: Callable[[Step, torch.device], Step] | None = None):
         if not isinstance(decode, dict) and decode not in (GRAPH, EAGER):
             raise ValueError(f"decode: {decode!r} is not 'graph', 'eager' or a dict of torch.compile keywords")
         self.model, self.call, self.decode = model, call, decode
-        self.record = record or record_cuda_graph
+        self.record = record or accel.record_graph
         self._cache = self._shape = self._inputs = None
         self._replay, self._addresses, self._blocked, self._said = None, None, None, set()
         self._step: Callable = torch.compile(self._decode, **decode) if isinstance(decode, dict) else self._decode
@@ -107,10 +110,8 @@ class StaticDecode:
             out, self._blocked = self._warm_up()  # this cache's first token: eagerly, checked
             return out
         if self.decode == GRAPH and self._replay is None and not self._blocked:
-            device = self._inputs[0].device
             try:
-                with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
-                    self._replay = self.record(functools.partial(self._decode, *self._inputs))
+                self._replay = self.record(functools.partial(self._decode, *self._inputs), self._inputs[0].device)
             except Exception as e:  # noqa: BLE001 - nothing ran: the eager step is still the right one
                 cause = e.__context__ or e  # (a failed capture's own error says only that the capture failed)
                 self._blocked = self._tell(f"capture failed ({type(cause).__name__}: "
@@ -132,7 +133,7 @@ class StaticDecode:
         if any(name != "StaticLayer" for name in layers):
             why = f"cache layers that count their slots in Python ({sorted(set(layers) - {'StaticLayer'})})"
             return self._decode(*self._inputs), self._tell(why)
-        with _HostReads() as seen, _side_stream(self._inputs[0].device):
+        with _HostReads() as seen, accel.side_stream(self._inputs[0].device):
             out = self._decode(*self._inputs)
         return out, self._tell(seen.why)
 
@@ -162,45 +163,6 @@ class StaticDecode:
 
     def _decode(self, tokens, mask, positions):
         return self.call(tokens, mask, positions, self._cache)[0]
-
-
-def record_cuda_graph(step: Callable[[], torch.Tensor]) -> Callable[[], torch.Tensor]:
-    """`step` captured as a CUDA graph (its kernels, inputs and output at fixed addresses; nothing runs now);
-    returns the replay, which runs them and returns the output tensor the graph writes. A capture that fails
-    leaves this thread's stream and the memory allocator as they were, and raises."""
-    graph, pool = torch.cuda.CUDAGraph(), torch.cuda.graph_pool_handle()
-    device = torch.cuda.current_device()
-    # (the stream comes back even when the capture fails: torch.cuda.graph's exit ends the capture first and
-    # raises there; thread_local: what other threads do meanwhile, a data loader pinning memory, does not break it)
-    with torch.cuda.stream(torch.cuda.current_stream()):
-        try:
-            with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
-                out = step()
-        except BaseException:
-            with contextlib.suppress(RuntimeError):  # (raises if the capture had already stopped allocating)
-                torch._C._cuda_endAllocateToPool(device, pool)
-            torch._C._cuda_releasePool(device, pool)  # the failed capture's memory, which its graph never frees
-            raise
-
-    def replay() -> torch.Tensor:
-        graph.replay()
-        return out
-
-    return replay
-
-
-@contextlib.contextmanager
-def _side_stream(device: torch.device):
-    """On CUDA, the code inside runs on a side stream and has finished when it ends (a step before capture)."""
-    if device.type != "cuda":
-        yield
-        return
-    main, side = torch.cuda.current_stream(device), torch.cuda.Stream(device)
-    side.wait_stream(main)
-    with torch.cuda.stream(side):
-        yield
-    main.wait_stream(side)
-    torch.cuda.synchronize(device)  # (what it wrote is read on the main stream next)
 
 
 class _HostReads(TorchDispatchMode):
