@@ -30,7 +30,10 @@ Each run is its own process (its GPU memory peak is its own). Measured per run:
   activations) plus 6 * N_lora. `mfu_6n` uses c = 6 for LoRA too (the usual convention). Recomputation under
   gradient checkpointing is not counted (it is not model FLOPs), and the output layer counts at every token on both
   sides (ours runs it only where there are labels), so the MFU ratio equals the tokens/s ratio;
-- peak GPU memory: torch.cuda.max_memory_allocated and max_memory_reserved of the run's process.
+- peak GPU memory: torch.cuda.max_memory_allocated and max_memory_reserved of the run's process;
+- ours: where a timed step's time goes (`phase_ms`, mean a step): forward and backward (the fused loss, which computes
+  its gradients in forward, within it), the loss alone, and the optimizer step (clipping included), on the GPU's
+  timeline between CUDA events (wall time on the CPU); the rest of a step is host work between them.
 Runs go in order of importance (4B LoRA at the shortest length first) and stop when --budget_s is spent.
 --torch_compile: ours with `--torch_compile` (every decoder layer compiled, Liger's kernels off by its default);
 --trl_torch_compile: TRL with TrainingArguments.torch_compile (the whole model; Liger's kernels as without it). On
@@ -41,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import importlib.util
 import io
 import json
@@ -122,11 +126,17 @@ def run_ours(a, out: str, log: list) -> dict:
     original = T.Trainer.train_step
 
     profiler = StepProfiler(a, "ours")
+    phases = PhaseClock()
+    loss.linear_cross_entropy = phases.wrap("loss", loss.linear_cross_entropy)  # (CausalLMLoss calls it by name)
 
     def timed(self, micro_batches):
+        if not phases.wrapped(self.engine):
+            self.engine.forward_backward = phases.wrap("forward_backward", self.engine.forward_backward)
+            self.engine.step = phases.wrap("optimizer", self.engine.step)
         profiler.before(len(log))
         result = original(self, micro_batches)
         _sync()
+        phases.end_step()
         log.append(step_record(micro_batches, "targets"))
         profiler.after(len(log))
         return result
@@ -154,8 +164,59 @@ def run_ours(a, out: str, log: list) -> dict:
             for k in ("kernels", "attention", "torch_compile") if line.startswith(f"[wb] {k}:")}
     per_chunk = loss.TRAINED_HEAD_LOGITS_PER_CHUNK if a.mode == "full" else loss.LOGITS_PER_CHUNK
     return {"liger": said.get("kernels", "not said (off CUDA)"), "logits_per_chunk": per_chunk,
+            "phase_ms": phases.mean(a.warmup),
             "attn_implementation": said.get("attention"), "torch_compile": said.get("torch_compile"),
             "total_train_seconds": result.metrics.get("train_seconds"), "final_loss": result.metrics.get("final_loss")}
+
+
+class PhaseClock:
+    """Time spent in named calls, per step: on CUDA between events on the GPU's timeline (read after the step's
+    synchronisation), elsewhere by the wall clock."""
+
+    def __init__(self):
+        import torch
+
+        self.cuda = torch.cuda.is_available()
+        self.marks: list[tuple] = []          # (name, start, end) of the step under way
+        self.steps: list[dict] = []           # milliseconds by name, a finished step each
+        self._engines: set[int] = set()
+
+    def wrapped(self, engine) -> bool:
+        """Whether `engine`'s calls are wrapped already (and from now on: the caller wraps them)."""
+        seen = id(engine) in self._engines
+        self._engines.add(id(engine))
+        return seen
+
+    def wrap(self, name: str, fn):
+        @functools.wraps(fn)
+        def timed(*args, **kwargs):
+            start = self._now()
+            out = fn(*args, **kwargs)
+            self.marks.append((name, start, self._now()))
+            return out
+
+        return timed
+
+    def _now(self):
+        if not self.cuda:
+            return time.perf_counter()
+        import torch
+
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
+    def end_step(self) -> None:
+        ms: dict = {}
+        for name, start, end in self.marks:
+            ms[name] = ms.get(name, 0.0) + (start.elapsed_time(end) if self.cuda else 1000 * (end - start))
+        self.steps.append(ms)
+        self.marks = []
+
+    def mean(self, skip: int) -> dict:
+        timed = self.steps[skip:]
+        names = sorted({n for step in timed for n in step})
+        return {n: round(sum(step.get(n, 0.0) for step in timed) / len(timed), 2) for n in names} if timed else {}
 
 
 def _positive(text: str) -> int:
@@ -433,6 +494,8 @@ def describe(res: dict) -> str:
             f"steps of {res.get('steps_logged')}, mean sequence {fmt(res.get('mean_seq_len'), '.0f')} tokens, "
             f"liger {res.get('liger')}, process {res['process_seconds']:.0f}s"
             + (f", torch_compile: {res['torch_compile']}" if res.get("torch_compile") else "")
+            + (", ms a step: " + ", ".join(f"{k} {v:.1f}" for k, v in res["phase_ms"].items())
+               if res.get("phase_ms") else "")
             + (f", ERROR after the timed steps: {res['error'][:200]}" if res.get("error") else ""))
 
 

@@ -211,7 +211,8 @@ def record_graph(step: Callable[[], torch.Tensor], device: torch.device) -> Call
         except BaseException:
             with contextlib.suppress(RuntimeError):  # (raises if the capture had already stopped allocating)
                 torch._C._cuda_endAllocateToPool(index, pool)
-            torch._C._cuda_releasePool(index, pool)  # the failed capture's memory, which its graph never frees
+            with contextlib.suppress(RuntimeError):  # (the capture's own error is the one to raise)
+                torch._C._cuda_releasePool(index, pool)  # the failed capture's memory, which its graph never frees
             raise
 
     def replay() -> torch.Tensor:

@@ -43,7 +43,8 @@ def test_gpu_check_refuses_an_unknown_part():
 
 @pytest.mark.slow
 def test_gpu_sft_smoke_runs_both_sides_with_the_gpu_runs_options(tmp_path):
-    """Ours with a chosen loss chunk (the `chunk` part's option) and TRL's side, LoRA and full, on the CPU."""
+    """Ours with a chosen loss chunk (the `chunk` part's option) and TRL's side, LoRA and full, on the CPU; ours
+    says where its steps' time goes."""
     out = tmp_path / "smoke.json"
     r = subprocess.run([sys.executable, "benchmarks/gpu_sft.py", "--smoke", "--logits_per_chunk", "134217728",
                         "--json", str(out)], cwd=REPO, capture_output=True, text=True, timeout=600)
@@ -54,3 +55,7 @@ def test_gpu_sft_smoke_runs_both_sides_with_the_gpu_runs_options(tmp_path):
     for run in runs:
         assert not run.get("error") and run["tokens_per_second"] > 0, run
         assert run.get("logits_per_chunk") == (134217728 if run["side"] == "ours" else None), run
+        if run["side"] == "ours":  # where a step's time goes: the loss within forward and backward, the optimizer
+            ms = run["phase_ms"]
+            assert sorted(ms) == ["forward_backward", "loss", "optimizer"] and 0 < ms["loss"] < ms[
+                "forward_backward"] and ms["optimizer"] > 0, ms
