@@ -23,6 +23,8 @@
 #          TOTAL_S=540: (b) the GPU-marked tests (the decode step captured as a CUDA graph among them), the optimizer
 #          step alone, a GRPO step with the captured decode at 32- and 512-token completions, and compiled full
 #          fine-tuning of 0.6B at 2,048 (bucketed optimizer, 2^27-logit loss chunks), ours then TRL's best;
+#   long: (a) environment, full fine-tuning at 8,192 (0.6B and 4B, ours compiled against TRL's best), in one call
+#         of TOTAL_S=560 (no other part runs it);
 #   suite: (a) environment, (c) the whole suite on CUDA alone (after `verify`, on the same machine, with the time
 #          left: it needs about 300 s).
 # GPU_CHECK_DRY=1 prints the steps only.
@@ -32,8 +34,8 @@ OUT=${OUT:-./gpu_out}
 DRY=${GPU_CHECK_DRY:-0}
 PART=${1:-all}
 case "$PART" in
-  bench|tests|profile|grpo|core|chunk|verify|suite|all) ;;
-  *) echo "usage: $0 [bench|tests|profile|grpo|core|chunk|verify|suite|all]" >&2; exit 2 ;;
+  bench|tests|profile|grpo|core|chunk|verify|long|suite|all) ;;
+  *) echo "usage: $0 [bench|tests|profile|grpo|core|chunk|verify|long|suite|all]" >&2; exit 2 ;;
 esac
 TOTAL_S=${TOTAL_S:-570}
 T0=$(date +%s)
@@ -186,6 +188,13 @@ if [ "$PART" = verify ]; then
   CAP=$(( $(left) - 5 ))
   step compiled_full_0.6b "$CAP" python3 benchmarks/gpu_sft.py --torch_compile --models 0.6b --lengths 2048 \
     --modes full --json "$OUT/compiled_full_0.6b.json" --budget_s $(( CAP - 15 ))
+fi
+
+if [ "$PART" = long ]; then
+  # the 8,192-token rows for full fine-tuning (gradient checkpointing for 4B on both sides, as at 2,048)
+  CAP=$(( $(left) - 5 ))
+  step compiled_full_8192 "$CAP" python3 benchmarks/gpu_sft.py --torch_compile --lengths 8192 --modes full \
+    --json "$OUT/compiled_full_8192.json" --budget_s $(( CAP - 15 ))
 fi
 
 if [ "$PART" = core ]; then
