@@ -58,6 +58,17 @@ step() {
   tail -n 25 "$OUT/$name.log"
 }
 
+# steps more than one part runs: the optimizer step alone; a GRPO step on Qwen3-0.6B's shape with the decode step
+# captured as a CUDA graph, at 32- and 512-token completions (2 steps: the first records)
+optimizer_alone() {
+  step optimizer 45 python3 benchmarks/optimizer_step.py --model_shape 0.6b --steps 5 --json "$OUT/optimizer.json"
+}
+grpo_graph() {
+  step grpo_32_graph 60 python3 benchmarks/grpo_step.py --model_shape 0.6b --dtype bfloat16 --steps 4 --sides ours
+  step grpo_long_graph 90 python3 benchmarks/grpo_step.py --model_shape 0.6b --dtype bfloat16 --steps 2 \
+    --new-tokens 512 --sides ours
+}
+
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 # the project is used from the working tree (its pyproject pins a torch the device does not have)
 if [ "$DRY" = 1 ]; then
@@ -165,9 +176,7 @@ if [ "$PART" = grpo ]; then
   #     the first records or compiles): time a step after the first, peak GPU memory, the decode counts; then TRL's
   #     step at grpo_step.py's 32 tokens (it did not finish a step in 75 s on 2026-11-26).
   step grpo_toy_static 45 python3 benchmarks/grpo_toy.py
-  step grpo_32_graph 60 python3 benchmarks/grpo_step.py --model_shape 0.6b --dtype bfloat16 --steps 4 --sides ours
-  step grpo_long_graph 90 python3 benchmarks/grpo_step.py --model_shape 0.6b --dtype bfloat16 --steps 2 \
-    --new-tokens 512 --sides ours
+  grpo_graph
   step grpo_long_cudagraphs 110 env TORCH_LOGS=recompiles,graph_breaks,perf_hints python3 benchmarks/grpo_step.py \
     --model_shape 0.6b --dtype bfloat16 --steps 2 --new-tokens 512 --sides ours --decode cudagraphs
   step grpo_long_growing 120 python3 benchmarks/grpo_step.py --model_shape 0.6b --dtype bfloat16 --steps 2 \
@@ -181,10 +190,8 @@ if [ "$PART" = verify ]; then
   # before, 310 calls), the decode step captured with torch.cuda.CUDAGraph (the "cudagraphs" backend: 1.13 s a
   # GRPO step at 32 tokens, first step 38 s), full fine-tuning with both (0.6B: 28,960 tokens/s, 1.59x TRL's best
   # 18,265 on 2026-11-27/26), then TRL's best again with the time left
-  step optimizer 45 python3 benchmarks/optimizer_step.py --model_shape 0.6b --steps 5 --json "$OUT/optimizer.json"
-  step grpo_32_graph 60 python3 benchmarks/grpo_step.py --model_shape 0.6b --dtype bfloat16 --steps 4 --sides ours
-  step grpo_long_graph 80 python3 benchmarks/grpo_step.py --model_shape 0.6b --dtype bfloat16 --steps 2 \
-    --new-tokens 512 --sides ours
+  optimizer_alone
+  grpo_graph
   CAP=$(( $(left) - 5 ))
   step compiled_full_0.6b "$CAP" python3 benchmarks/gpu_sft.py --torch_compile --models 0.6b --lengths 2048 \
     --modes full --json "$OUT/compiled_full_0.6b.json" --budget_s $(( CAP - 15 ))
@@ -203,7 +210,7 @@ if [ "$PART" = core ]; then
   # day, against torch's fused AdamW); then SFT, ours with --torch_compile against TRL's best (Liger, not compiled:
   # TRL compiled was slower), full fine-tuning at 2,048 first (1.59x TRL's best at 0.6B before the buckets; 4B
   # full's TRL side not yet run), then LoRA at 8,192 with the time left.
-  step optimizer 45 python3 benchmarks/optimizer_step.py --model_shape 0.6b --steps 5 --json "$OUT/optimizer.json"
+  optimizer_alone
   CAP=$(( $(left) - 120 ))
   step compiled_full "$CAP" python3 benchmarks/gpu_sft.py --torch_compile --lengths 2048 --modes full \
     --json "$OUT/compiled_full.json" --budget_s $(( CAP - 15 ))

@@ -105,6 +105,20 @@ def test_static_cache_generates_what_the_growing_cache_does(case):
     assert len({len(c) for c in growing}) == 1 and len(growing[0]) == 9   # nothing stopped the first run
 
 
+ROWS = [[5, 6, 7, 8, 9, 10, 11, 12], [13, 14], [15, 16, 17]]  # left-padded prompts of three widths
+
+
+def _family_model(model_id: str, sliding_window: int | None = None):
+    """A float32 miniature of `model_id`'s family (seeded); `sliding_window`: its window, where it has one."""
+    from swiftlike.models.loader import auto_class, miniature_config
+
+    config = miniature_config(model_id)
+    if sliding_window and getattr(config.get_text_config(), "sliding_window", None):
+        config.get_text_config().sliding_window = sliding_window
+    torch.manual_seed(0)
+    return auto_class(config).from_config(config, dtype=torch.float32).eval()
+
+
 def _logit_trace(rollout, rows, steps: int = 10) -> list[torch.Tensor]:
     """The logits after the prompts and after each of `steps` forced tokens (the same tokens for any cache)."""
     from swiftlike.infer.decode import left_pad
@@ -127,17 +141,11 @@ def test_static_cache_across_families(model_id):
     with soft-capping (Gemma-2), latent attention (DeepSeek-V3) and a vision-language model's text prompts: the
     static cache gives the growing cache's logits at every step, to float32 rounding. (Every registered family
     agreed when this was written; these four cover the cache layouts.)"""
-    from swiftlike.models.loader import auto_class, miniature_config
     from swiftlike.rollout.hf import HFRollout
 
-    config = miniature_config(model_id)
-    if getattr(config.get_text_config(), "sliding_window", None):
-        config.get_text_config().sliding_window = 4
-    torch.manual_seed(0)
-    model = auto_class(config).from_config(config, dtype=torch.float32).eval()
-    rows = [[5, 6, 7, 8, 9, 10, 11, 12], [13, 14], [15, 16, 17]]
-    static = _logit_trace(HFRollout(model, 0, static_cache=True), rows)
-    growing = _logit_trace(HFRollout(model, 0, static_cache=False), rows)
+    model = _family_model(model_id, sliding_window=4)
+    static = _logit_trace(HFRollout(model, 0, static_cache=True), ROWS)
+    growing = _logit_trace(HFRollout(model, 0, static_cache=False), ROWS)
     for step, (a, b) in enumerate(zip(static, growing)):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4, msg=lambda m: f"step {step}: {m}")
 
@@ -176,15 +184,14 @@ def test_cuda_graph_decoding_of_a_liger_patched_lora_policy(decode):
         model.eval()
         rollout = HFRollout(model, 0, decode=decode)
         assert rollout.static is not None and rollout.static.decode == (decode or "graph")
-        rows = [[5, 6, 7, 8, 9, 10, 11, 12], [13, 14], [15, 16, 17]]
-        graphs = _logit_trace(rollout, rows)
-        again = _logit_trace(rollout, rows)  # the same cache: the same graph
+        graphs = _logit_trace(rollout, ROWS)
+        again = _logit_trace(rollout, ROWS)  # the same cache: the same graph
         if decode is None:  # first token eager (the warm-up), then one capture replayed: 9 + 10 replays
             assert dict(static_cache.COUNTS) == {"eager": 1, "captures": 1, "replays": 19}, static_cache.COUNTS
         else:
             assert counters["inductor"]["cudagraph_skips"] == 0, dict(counters["inductor"])
             assert not counters["graph_break"], list(counters["graph_break"])[:3]
-        eager = _logit_trace(HFRollout(model, 0, static_cache=False), rows)
+        eager = _logit_trace(HFRollout(model, 0, static_cache=False), ROWS)
         for step, (a, b, c) in enumerate(zip(graphs, again, eager)):
             torch.testing.assert_close(a, c, rtol=1e-3, atol=1e-3, msg=lambda m: f"step {step}: {m}")
             torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5, msg=lambda m: f"step {step}, again: {m}")
@@ -270,7 +277,7 @@ def test_recorded_decode_step_replays_the_eager_step():
     from swiftlike.rollout.hf import HFRollout
 
     model = _varlen_lora_model()
-    rows, other = [[5, 6, 7, 8, 9, 10, 11, 12], [13, 14], [15, 16, 17]], [[20, 21], [22, 23, 24], [25]]
+    rows, other = ROWS, [[20, 21], [22, 23, 24], [25]]
     graph, eager = _graph_rollout(model), HFRollout(model, 0, static_cache=True)
     static_cache.COUNTS.clear()
     _assert_traces_equal(_logit_trace(graph, rows), _logit_trace(eager, rows), "first batch")
@@ -301,17 +308,13 @@ def test_recorded_decode_across_families(model_id, recorded):
     growing cache's logits; families with sliding-window cache layers (Phi-3.5, Gemma-2) decode eagerly, with the
     same logits."""
     from swiftlike.infer import static_cache
-    from swiftlike.models.loader import auto_class, miniature_config
     from swiftlike.rollout.hf import HFRollout
 
-    config = miniature_config(model_id)
-    torch.manual_seed(0)
-    model = auto_class(config).from_config(config, dtype=torch.float32).eval()
-    rows = [[5, 6, 7, 8, 9, 10, 11, 12], [13, 14], [15, 16, 17]]
+    model = _family_model(model_id)
     static_cache.COUNTS.clear()
-    graph = _logit_trace(_graph_rollout(model), rows)
+    graph = _logit_trace(_graph_rollout(model), ROWS)
     assert static_cache.COUNTS["captures"] == int(recorded), static_cache.COUNTS
-    _assert_traces_equal(graph, _logit_trace(HFRollout(model, 0, static_cache=False), rows), model_id, 1e-4)
+    _assert_traces_equal(graph, _logit_trace(HFRollout(model, 0, static_cache=False), ROWS), model_id, 1e-4)
 
 
 def test_decode_steps_a_graph_cannot_hold_run_eagerly(capsys):
@@ -319,13 +322,9 @@ def test_decode_steps_a_graph_cannot_hold_run_eagerly(capsys):
     step then stays eager, said once: sliding-window cache layers, which count their slots in a Python int (the
     stand-in replays such a recording wrongly: checked), and a model that reads a device value on the host."""
     from swiftlike.infer import static_cache
-    from swiftlike.models.loader import auto_class, miniature_config
     from swiftlike.rollout.hf import HFRollout
 
-    config = miniature_config("google/gemma-3-1b-it")
-    config.get_text_config().sliding_window = 4  # decoding fills the window, then moves it
-    torch.manual_seed(0)
-    gemma = auto_class(config).from_config(config, dtype=torch.float32).eval()
+    gemma = _family_model("google/gemma-3-1b-it", sliding_window=4)  # decoding fills the window, then moves it
     short = [[13, 14], [15], [16, 17]]
     growing = _logit_trace(HFRollout(gemma, 0, static_cache=False), short)
     static_cache.COUNTS.clear()
@@ -338,14 +337,13 @@ def test_decode_steps_a_graph_cannot_hold_run_eagerly(capsys):
     with pytest.raises(IndexError, match="out of bounds"):
         _logit_trace(forced, short)
 
-    rows = [[5, 6, 7, 8, 9, 10, 11, 12], [13, 14], [15, 16, 17]]
     model = _varlen_lora_model()
     norm = model.get_base_model().model.norm
     plain = norm.forward
     norm.forward = lambda x: plain(x) * float(x.abs().amax() >= 0)  # a host read of a device value
-    eager = _logit_trace(HFRollout(model, 0, static_cache=True), rows)
+    eager = _logit_trace(HFRollout(model, 0, static_cache=True), ROWS)
     static_cache.COUNTS.clear()
-    _assert_traces_equal(_logit_trace(_graph_rollout(model), rows), eager, "host read")
+    _assert_traces_equal(_logit_trace(_graph_rollout(model), ROWS), eager, "host read")
     assert static_cache.COUNTS["captures"] == 0
     said = capsys.readouterr().out
     assert said.count("[wb] decode:") == 1 and "_local_scalar_dense" in said, said

@@ -106,24 +106,28 @@ class StaticDecode:
                 return self._step(*self._inputs)
             torch.compiler.cudagraph_mark_step_begin()
             return self._step(*self._inputs).clone()  # the next replay overwrites it
-        if self.decode == GRAPH and self._replay is None and self._blocked is None:
-            out, self._blocked = self._warm_up()  # this cache's first token: eagerly, checked
-            return out
-        if self.decode == GRAPH and self._replay is None and not self._blocked:
-            try:
-                self._replay = self.record(functools.partial(self._decode, *self._inputs), self._inputs[0].device)
-            except Exception as e:  # noqa: BLE001 - nothing ran: the eager step is still the right one
-                cause = e.__context__ or e  # (a failed capture's own error says only that the capture failed)
-                self._blocked = self._tell(f"capture failed ({type(cause).__name__}: "
-                                           f"{(str(cause).splitlines() or [''])[0][:160]})")
-            else:
-                self._addresses = self._tensor_addresses()
-                COUNTS["captures"] += 1
+        if self.decode == GRAPH and self._replay is None:
+            if self._blocked is None:  # this cache's first token: eagerly, checked
+                out, self._blocked = self._warm_up()
+                return out
+            if not self._blocked:
+                self._capture()
         if self._replay is not None:
             COUNTS["replays"] += 1
             return self._replay().clone()  # the next replay overwrites it
         COUNTS["eager"] += 1
         return self._decode(*self._inputs)
+
+    def _capture(self) -> None:
+        try:
+            self._replay = self.record(functools.partial(self._decode, *self._inputs), self._inputs[0].device)
+        except Exception as e:  # noqa: BLE001 - nothing ran: the eager step is still the right one
+            cause = e.__context__ or e  # (a failed capture's own error says only that the capture failed)
+            self._blocked = self._tell(f"capture failed ({type(cause).__name__}: "
+                                       f"{(str(cause).splitlines() or [''])[0][:160]})")
+        else:
+            self._addresses = self._tensor_addresses()
+            COUNTS["captures"] += 1
 
     def _warm_up(self) -> tuple[torch.Tensor, str]:
         """The step run eagerly (what capture asks first: lazy initialisations, library workspaces), with why it
