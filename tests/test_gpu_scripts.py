@@ -60,3 +60,18 @@ def test_gpu_sft_smoke_runs_both_sides_with_the_gpu_runs_options(tmp_path):
             ms = run["phase_ms"]
             assert sorted(ms) == ["forward_backward", "loss", "optimizer"] and 0 < ms["loss"] < ms[
                 "forward_backward"] and ms["optimizer"] > 0, ms
+
+
+def test_the_suite_part_skips_what_an_earlier_call_passed(tmp_path):
+    """SUITE_DONE: the tests an earlier call passed (its suite_done.txt) are handed to pytest as an @-file of
+    --deselect lines, so a suite the time cap stopped goes on where it was."""
+    done = tmp_path / "suite_done.txt"
+    done.write_text("--deselect=tests/test_gpu_scripts.py::test_gpu_check_refuses_an_unknown_part\n")
+    env = {**os.environ, "GPU_CHECK_DRY": "1", "OUT": str(tmp_path / "out")}
+    r = subprocess.run(["bash", "benchmarks/gpu_check.sh", "suite"], cwd=REPO, capture_output=True, text=True,
+                       env={**env, "SUITE_DONE": str(done)}, timeout=60)
+    suite = next(line for line in r.stdout.splitlines() if line.startswith("== [suite]"))
+    assert r.returncode == 0 and f"@{done} tests" in suite, r.stdout + r.stderr
+    r = subprocess.run(["bash", "benchmarks/gpu_check.sh", "suite"], cwd=REPO, capture_output=True, text=True,
+                       env={**env, "SUITE_DONE": str(tmp_path / "missing.txt")}, timeout=60)
+    assert r.returncode == 0 and "no such file" in r.stderr and "@" not in r.stdout
