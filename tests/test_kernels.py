@@ -187,9 +187,10 @@ def _transformers_rope(family):
 
 
 def test_unfused_runs_transformers_own_modules_inside_and_puts_liger_back_after(monkeypatch):
-    """A rollout's compiled decode step (CUDA graphs) runs without Liger's kernels, which torch.compile cannot
-    analyse: inside `unfused` the patched instances compute with their classes' forwards and the rotary dispatch
-    with transformers' function; afterwards Liger's are back. GRPO's static-cache rollout decodes inside it."""
+    """A rollout's decode step that torch.compile compiles runs without Liger's kernels, which it cannot analyse:
+    inside `unfused` the patched instances compute with their classes' forwards and the rotary dispatch with
+    transformers' function; afterwards Liger's are back. GRPO's static-cache rollout decodes inside it on
+    torch.compile's route only (the default, captured directly or eager, keeps Liger's kernels)."""
     from types import MethodType, SimpleNamespace
 
     from swiftlike.models.loader import build_miniature
@@ -230,11 +231,14 @@ def test_unfused_runs_transformers_own_modules_inside_and_puts_liger_back_after(
         assert family.apply_rotary_pos_emb(cuda_tensor, cuda_tensor, None, None) == "fused"
         with kernels.unfused(plain):  # a model `apply` never patched computes as before
             torch.testing.assert_close(plain(input_ids=ids).logits, model_logits, rtol=0, atol=0)
-        sampling = Sampling(max_tokens=5, temperature=1.0, seed=0)
-        static = HFRollout(model, 0, static_cache=True).generate([[100, 200, 300], [400, 500]], 2, sampling)
-        assert static == HFRollout(plain, 0, static_cache=True).generate([[100, 200, 300], [400, 500]], 2, sampling)
+        sampling, prompts = Sampling(max_tokens=5, temperature=1.0, seed=0), [[100, 200, 300], [400, 500]]
+        compiled = HFRollout(model, 0, static_cache=True, decode=dict(backend="eager"))  # (torch.compile's route)
+        assert compiled.generate(prompts, 2, sampling) == HFRollout(plain, 0, static_cache=True).generate(
+            prompts, 2, sampling)
         with pytest.raises(RuntimeError, match="a Liger kernel ran"):
             model(input_ids=ids)
+        with pytest.raises(RuntimeError, match="a Liger kernel ran"):  # a step not compiled keeps Liger's kernels
+            HFRollout(model, 0, static_cache=True).generate(prompts, 2, sampling)
     finally:
         for key, value in saved.items():
             setattr(family, key, value)

@@ -1,5 +1,6 @@
 """Generation backends: stop-token cuts, the weight-sync payload, the `wb rollout` server and its client, and
 the vLLM adapters that can be checked without a GPU."""
+import contextlib
 import threading
 from types import SimpleNamespace
 
@@ -157,9 +158,9 @@ def test_static_cache_across_families(model_id):
 def test_cuda_graph_decoding_of_a_liger_patched_lora_policy(decode):
     """GRPO's default rollout on CUDA, for the policy as training builds it there (Liger's kernels, LoRA layers in
     the stream's dtype): the decode step is captured once as a CUDA graph per cache and replayed for every later
-    token and batch, and its logits at every step equal the eager growing cache's, Liger's kernels included
-    (they are off while decoding). Through torch.compile (kept for comparison: its "cudagraphs" backend, inductor's
-    reduce-overhead) the step is one graph without breaks and no recording is skipped."""
+    token and batch, and its logits at every step equal the eager growing cache's, Liger's kernels computing in
+    both (torch.compile's routes decode without them). Through torch.compile (kept for comparison: its "cudagraphs"
+    backend, inductor's reduce-overhead) the step is one graph without breaks and no recording is skipped."""
     pytest.importorskip("liger_kernel")
     import sys
 
@@ -264,6 +265,89 @@ def _graph_rollout(model):
 def _assert_traces_equal(a, b, what, tolerance=1e-5):
     for step, (x, y) in enumerate(zip(a, b, strict=True)):
         torch.testing.assert_close(x, y, rtol=tolerance, atol=tolerance, msg=lambda m: f"{what}, step {step}: {m}")
+
+
+def _bf16_policy(seed=0):
+    """A bf16 LoRA policy as training builds it: float32 adapters computing in the bf16 stream."""
+    from swiftlike.models.lora_compute import compute_in_stream_dtype
+
+    model = _lora_model(seed)
+    for name, p in model.named_parameters():
+        if "lora_" not in name:
+            p.data = p.data.to(torch.bfloat16)
+    assert compute_in_stream_dtype(model) == 14
+    return model
+
+
+def test_rollouts_cast_a_bf16_policys_float32_adapters_once_per_batch(monkeypatch):
+    """While a rollout decodes, the adapters are cast to bf16 once per batch, not in every layer at every token: the
+    recorded step holds 2 casts fewer per adapted layer, reads the casts in place (an optimizer's update between
+    rollouts is seen by the replays), and gives the logits of casting at every call. Outside a rollout (training)
+    the float32 adapters are read and trained as before, and checkpoints hold no casts."""
+    from swiftlike.infer import static_cache
+    from swiftlike.rollout import hf
+
+    def traced_steps(rollout):
+        steps = []
+        record = rollout.static.record
+        rollout.static.record = lambda step, device: steps.append(record(step, device)) or steps[-1]
+        return steps
+
+    def casts(graph):
+        return sum(node.target is torch.ops.aten._to_copy.default for node in graph.graph.nodes)
+
+    def casting_at_every_call(rollout):
+        with monkeypatch.context() as m:
+            m.setattr(hf, "adapters_cast_once", lambda model: contextlib.nullcontext())
+            return _logit_trace(rollout, ROWS)
+
+    model = _bf16_policy()
+    once, each_call = _graph_rollout(model), _graph_rollout(model)
+    recorded_once, recorded_each = traced_steps(once), traced_steps(each_call)
+    static_cache.COUNTS.clear()
+    _assert_traces_equal(_logit_trace(once, ROWS), casting_at_every_call(each_call), "cast once", 0)
+    assert casts(recorded_each[0]) - casts(recorded_once[0]) == 2 * 14
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.mul_(-2.0)  # in place, as an optimizer step
+    eager = casting_at_every_call(hf.HFRollout(model, 0, static_cache=True))
+    _assert_traces_equal(_logit_trace(once, ROWS), eager, "after an update in place", 0)
+    assert len(recorded_once) == 1 and static_cache.COUNTS["captures"] == 2  # (the same graph, replayed)
+    assert not any("wb_cast" in key for key in model.state_dict())
+    model.train()
+    ids = torch.tensor([ROWS[0]])
+    model(input_ids=ids, labels=ids).loss.backward()
+    fresh = _bf16_policy()
+    with torch.no_grad():
+        for (name, p), q in zip(fresh.named_parameters(), model.parameters()):
+            p.copy_(q)
+    fresh.train()
+    fresh(input_ids=ids, labels=ids).loss.backward()
+    for (name, p), q in zip(model.named_parameters(), fresh.parameters()):
+        if "lora_" in name:
+            assert p.dtype == torch.float32 and p.grad is not None, name
+            torch.testing.assert_close(p.grad, q.grad, rtol=0, atol=0, msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("decode, unfused", [("graph", False), ("eager", False),
+                                            (dict(backend="cudagraphs"), True)])
+def test_liger_kernels_are_taken_off_only_for_a_step_torch_compile_compiles(monkeypatch, decode, unfused):
+    """Liger's Triton kernels (CUDA training's default) stay in a decode step captured directly or run eagerly —
+    fewer kernels a token, the training forward's numerics; torch.compile cannot read them, so a step it compiles
+    decodes with transformers' own modules (models/kernels.unfused)."""
+    from swiftlike.infer.decode import left_pad
+    from swiftlike.infer.static_cache import StaticDecode
+    from swiftlike.rollout import hf
+
+    entered = []
+    monkeypatch.setattr(hf, "unfused", lambda model: entered.append(model) or contextlib.nullcontext())
+    model = _lora_model()
+    rollout = hf.HFRollout(model, 0, static_cache=True)
+    rollout.static = StaticDecode(model, rollout._call, decode)
+    with torch.no_grad(), rollout.decoding(*left_pad(ROWS, 0, "cpu"), 4):
+        pass
+    assert entered == ([model] if unfused else [])
 
 
 def test_recorded_decode_step_replays_the_eager_step():

@@ -17,6 +17,7 @@ from ..infer.sampling import penalize_repeats, sample_next
 from ..infer.static_cache import EAGER, GRAPH, StaticDecode, cache_attention
 from ..models.compiled import uncompiled
 from ..models.kernels import unfused
+from ..models.lora_compute import adapters_cast_once
 from . import Sampling, cut_at_stop
 
 __all__ = ["HFRollout", "penalize_repeats", "sample_next"]
@@ -103,9 +104,12 @@ class HFRollout:
     def decoding(self, ids, mask, positions, max_tokens: int, images: list[dict] | None = None):
         """(the logits after each row's prompt, `advance(tokens)` -> the logits after one more token per row) of
         left-padded rows, over the static cache (prompts with images: the growing one)."""
-        with uncompiled(self.model):  # (--torch_compile's layer graphs are for training's shapes)
-            if self.static is not None and not images:  # (transformers' kernels: torch.compile cannot read Liger's)
-                with cache_attention(self.model), unfused(self.model):
+        # (--torch_compile's layer graphs are for training's shapes; LoRA adapters cast to the stream's dtype once)
+        with uncompiled(self.model), adapters_cast_once(self.model):
+            if self.static is not None and not images:
+                # transformers' kernels for a step torch.compile compiles (it cannot read Liger's Triton kernels)
+                fused = contextlib.nullcontext() if not isinstance(self.static.decode, dict) else unfused(self.model)
+                with cache_attention(self.model), fused:
                     yield self.static.start(ids, mask, positions, max_tokens)
             else:
                 yield self._growing(ids, mask, positions, images or [])
