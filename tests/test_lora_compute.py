@@ -138,3 +138,26 @@ def test_training_builds_adapters_that_compute_in_the_stream_dtype(tmp_path):
     loss = net(input_ids=ids, labels=ids).loss
     loss.backward()
     assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in net.parameters() if p.requires_grad)
+
+
+def test_a_rollouts_cast_adapters_leave_compiled_layers_as_they_were():
+    """A rollout between training steps (GRPO) casts the adapters once inside `adapters_cast_once`; a layer compiled
+    for training (--torch_compile) is not compiled again after it: its guards on the layer's attributes still hold."""
+    from torch._dynamo.utils import counters
+
+    from swiftlike.models.lora_compute import adapters_cast_once
+
+    net = _model(torch.bfloat16, switch=True)
+    layer = next(m for m in net.modules() if type(m) is stream_lora_linear())
+    assert layer.lora_A["default"].weight.dtype == torch.float32
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = torch.compile(layer, backend="eager")
+    x = torch.randn(4, layer.in_features, dtype=torch.bfloat16)
+    compiled(x).sum().backward()
+    graphs = counters["stats"]["unique_graphs"]
+    with adapters_cast_once(net), torch.no_grad():
+        inside = layer(x)  # (a rollout runs the layers uncompiled)
+    torch.testing.assert_close(inside, compiled(x).detach(), rtol=0, atol=0)
+    assert counters["stats"]["unique_graphs"] == graphs == 1
+    torch._dynamo.reset()

@@ -81,6 +81,7 @@ def compute_in_stream_dtype(model) -> int:
         maps = [m for d in (module.lora_A, module.lora_B) for m in d.values()]
         if all(type(m) is torch.nn.Linear and m.bias is None for m in maps):
             module.__class__ = stream_lora_linear()
+            module._wb_cast_for = None  # on the instance from the start: torch.compile's guards on it then hold
             switched += 1
     return switched
 
@@ -88,13 +89,15 @@ def compute_in_stream_dtype(model) -> int:
 @contextlib.contextmanager
 def adapters_cast_once(model):
     """Inside, with autograd off, the switched LoRA layers of `model` whose adapters are float32 in a lower-precision
-    stream read their adapter weights cast once, on entry (module docstring)."""
+    stream read their adapter weights cast once, on entry (module docstring). Weights that are not plain tensors
+    (FSDP2's sharded DTensors, gathered only inside the forward) are cast at every call as before."""
     kind, cast = stream_lora_linear(), []
-    with torch.no_grad():
+    with torch.inference_mode(False), torch.no_grad():  # (buffers an inference-mode entry made could not be updated)
         for m in (m for m in model.modules() if type(m) is kind):
             name = m._plain_adapter()
             dtype = m.base_layer.weight.dtype
-            if name is None or not dtype.is_floating_point or m.lora_A[name].weight.dtype == dtype:
+            if (name is None or not dtype.is_floating_point or m.lora_A[name].weight.dtype == dtype
+                    or any(type(w.data) is not torch.Tensor for w in (m.lora_A[name].weight, m.lora_B[name].weight))):
                 continue
             for key, weight in (("wb_cast_A", m.lora_A[name].weight), ("wb_cast_B", m.lora_B[name].weight)):
                 buffer = m._buffers.get(key)

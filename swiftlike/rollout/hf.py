@@ -104,12 +104,14 @@ class HFRollout:
     def decoding(self, ids, mask, positions, max_tokens: int, images: list[dict] | None = None):
         """(the logits after each row's prompt, `advance(tokens)` -> the logits after one more token per row) of
         left-padded rows, over the static cache (prompts with images: the growing one)."""
-        # (--torch_compile's layer graphs are for training's shapes; LoRA adapters cast to the stream's dtype once)
-        with uncompiled(self.model), adapters_cast_once(self.model):
+        # (--torch_compile's layer graphs are for training's shapes; LoRA adapters cast to the stream's dtype once,
+        # unless sharded weights are gathered inside each forward)
+        cast = contextlib.nullcontext() if self.synced else adapters_cast_once(self.model)
+        with uncompiled(self.model), cast:
             if self.static is not None and not images:
                 # transformers' kernels for a step torch.compile compiles (it cannot read Liger's Triton kernels)
-                fused = contextlib.nullcontext() if not isinstance(self.static.decode, dict) else unfused(self.model)
-                with cache_attention(self.model), fused:
+                kernels = unfused(self.model) if isinstance(self.static.decode, dict) else contextlib.nullcontext()
+                with cache_attention(self.model), kernels:
                     yield self.static.start(ids, mask, positions, max_tokens)
             else:
                 yield self._growing(ids, mask, positions, images or [])
