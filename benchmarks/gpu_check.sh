@@ -8,8 +8,9 @@
 #   bench: (a) environment, (d) benchmarks/gpu_sft.py (at most 360 s), (e) DPO and GRPO, ours vs TRL, with the rest;
 #   tests: (a) environment, (b) the GPU-marked tests, (c) the whole suite on CUDA (pytest-xdist, in the device image;
 #          it needs about 300 s: TOTAL_S=380);
-#   profile: (a) environment, (f) where the time of a training step goes, ours and TRL's, 0.6B and 4B at 2048
-#            (benchmarks/gpu_sft.py --profile: GPU busy share, kernels and device-to-host reads per step, top ops);
+#   profile: (a) environment, (f) where the time of a training step goes: 4B LoRA compiled first, then ours and
+#            TRL's, 0.6B and 4B at 2048 (benchmarks/gpu_sft.py --profile: GPU busy share, kernels and device-to-host
+#            reads per step, top ops);
 #   grpo: (a) environment, (g) GRPO's toy task with the static cache (the CUDA default), and a GRPO step on
 #         Qwen3-0.6B's shape: ours with the decode step captured as a CUDA graph at 32- and 512-token completions,
 #         at 512 also through torch.compile's "cudagraphs" backend and with the growing cache, then TRL's at 32
@@ -145,7 +146,11 @@ if [ "$PART" = tests ] || [ "$PART" = all ] || [ "$PART" = suite ]; then
 fi
 
 if [ "$PART" = profile ]; then
-  # (f) three profiled steps after the warm-up of each run (profiled runs are slower: not benchmark figures)
+  # (f) three profiled steps after the warm-up (profiled runs are slower: not benchmark figures): 4B LoRA at 2,048,
+  #     ours compiled (the run whose MFU, 41.3%, is short of the 45%), then ours and TRL's, not compiled,
+  #     for 0.6B and 4B with the time left
+  step profile_4b_lora 200 python3 benchmarks/gpu_sft.py --torch_compile --models 4b --modes lora --lengths 2048 \
+    --only ours --steps 8 --warmup 3 --profile "$OUT/profile" --json "$OUT/profile_4b_lora.json" --budget_s 185
   step profile $(( $(left) - 10 )) python3 benchmarks/gpu_sft.py --lengths 2048 --steps 6 --warmup 2 \
     --profile "$OUT/profile" --json "$OUT/profile.json" --budget_s $(( $(left) - 40 ))
 fi

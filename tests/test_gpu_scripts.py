@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parents[1]
 PARTS = {  # each part's steps, in order (env comes first in every part)
     "bench": ["env", "gpu_sft", "dpo", "grpo"],
     "tests": ["env", "gpu_tests", "suite"],
-    "profile": ["env", "profile"],
+    "profile": ["env", "profile_4b_lora", "profile"],
     "grpo": ["env", "grpo_toy_static", "grpo_32_graph", "grpo_long_graph", "grpo_long_cudagraphs",
              "grpo_long_growing", "grpo_trl"],
     "core": ["env", "lora_4b_phases", "compiled_lora_8192"],
