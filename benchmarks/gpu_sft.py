@@ -22,7 +22,8 @@ for packed rows (--trl_attn to choose); ours picks its own (torch varlen_attn on
 Each run is its own process (its GPU memory peak is its own). Measured per run:
 - tokens/s: non-padding tokens processed per second over the steps after --warmup (the clock is read, after
   torch.cuda.synchronize, at the end of every optimizer step: ours wraps Trainer.train_step, TRL a callback's
-  on_step_end), so start-up, data preparation, kernel compilation and the first steps are excluded;
+  on_step_end), so start-up, data preparation, kernel compilation and the first steps are excluded; every step's
+  seconds are in the JSON too (`step_seconds`, the first from the process's start);
 - MFU = model FLOPs / seconds / the card's bf16 matmul rate, measured in the same run (8192^3 torch.matmul,
   mean of 10 after 3 warm-ups). Model FLOPs per timed step = c * N * tokens + 6 * layers * q_dim * sum(s_i^2)
   over that step's sequences (causal attention, forward + backward), with N the matmul weights (decoder linears
@@ -370,7 +371,9 @@ def child(a) -> None:
         res.update(timed_steps=len(timed), seconds=seconds,
                    tokens=sum(s["tokens"] for s in timed), trained_tokens=sum(s["trained"] for s in timed),
                    sum_sq=sum(s["sum_sq"] for s in timed), sequences=sum(s["seqs"] for s in timed),
-                   first_step_seconds=log[0]["t"] - t0)
+                   first_step_seconds=log[0]["t"] - t0,
+                   # each step's seconds, warm-up included: a slow run shows whether every step is slow or a few
+                   step_seconds=[round(now["t"] - before["t"], 4) for before, now in zip([{"t": t0}, *log], log)])
         res["tokens_per_second"] = res["tokens"] / seconds
         res["trained_tokens_per_second"] = res["trained_tokens"] / seconds
     res.update(gpu_peak_gib())

@@ -55,6 +55,7 @@ def test_gpu_sft_smoke_runs_both_sides_with_the_gpu_runs_options(tmp_path):
                                                                  ("trl", "full"), ("trl", "lora")]
     for run in runs:
         assert not run.get("error") and run["tokens_per_second"] > 0, run
+        assert len(run["step_seconds"]) == run["steps_logged"] and min(run["step_seconds"]) > 0, run
         assert run.get("logits_per_chunk") == (134217728 if run["side"] == "ours" else None), run
         if run["side"] == "ours":  # where a step's time goes: the loss within forward and backward, the optimizer
             ms = run["phase_ms"]
