@@ -136,6 +136,15 @@ def _logit_trace(rollout, rows, steps: int = 10) -> list[torch.Tensor]:
     return trace
 
 
+def _trace_casting_at_every_call(monkeypatch, rollout) -> list[torch.Tensor]:
+    """`_logit_trace` with the LoRA adapters cast at every call, as outside a rollout (no `adapters_cast_once`)."""
+    from swiftlike.rollout import hf
+
+    with monkeypatch.context() as m:
+        m.setattr(hf, "adapters_cast_once", lambda model: contextlib.nullcontext())
+        return _logit_trace(rollout, ROWS)
+
+
 @pytest.mark.parametrize("model_id", ["google/gemma-3-1b-it", "google/gemma-2-2b-it", "deepseek-ai/DeepSeek-V3",
                                       "Qwen/Qwen2.5-VL-3B-Instruct"])
 def test_static_cache_across_families(model_id):
@@ -219,11 +228,6 @@ def test_cuda_graph_decoding_of_a_bf16_policy_with_float32_adapters(monkeypatch)
     from swiftlike.models.lora_compute import compute_in_stream_dtype
     from swiftlike.rollout import hf
 
-    def casting_at_every_call(rollout):
-        with monkeypatch.context() as m:
-            m.setattr(hf, "adapters_cast_once", lambda model: contextlib.nullcontext())
-            return _logit_trace(rollout, ROWS)
-
     base = build_miniature("Qwen/Qwen3-0.6B", dtype=torch.bfloat16).cuda()
     family = sys.modules[type(base).__module__]
     saved = dict(vars(family))
@@ -244,7 +248,7 @@ def test_cuda_graph_decoding_of_a_bf16_policy_with_float32_adapters(monkeypatch)
                 with torch.no_grad():
                     for p in lora:
                         p.mul_(-1.5)  # in place, as an optimizer step
-            reference = casting_at_every_call(eager)
+            reference = _trace_casting_at_every_call(monkeypatch, eager)
             for step, (a, b) in enumerate(zip(_logit_trace(graph, ROWS), reference, strict=True)):
                 torch.testing.assert_close(a, b, rtol=1e-2, atol=1e-2, msg=lambda m: f"update {update}, {step}: {m}")
         assert static_cache.COUNTS["captures"] == 1 and static_cache.COUNTS["replays"] == 19, static_cache.COUNTS
@@ -348,22 +352,17 @@ def test_rollouts_cast_a_bf16_policys_float32_adapters_once_per_batch(monkeypatc
     def casts(graph):
         return sum(node.target is torch.ops.aten._to_copy.default for node in graph.graph.nodes)
 
-    def casting_at_every_call(rollout):
-        with monkeypatch.context() as m:
-            m.setattr(hf, "adapters_cast_once", lambda model: contextlib.nullcontext())
-            return _logit_trace(rollout, ROWS)
-
     model = _bf16_policy()
     once, each_call = _graph_rollout(model), _graph_rollout(model)
     recorded_once, recorded_each = traced_steps(once), traced_steps(each_call)
     static_cache.COUNTS.clear()
-    _assert_traces_equal(_logit_trace(once, ROWS), casting_at_every_call(each_call), "cast once", 0)
+    _assert_traces_equal(_logit_trace(once, ROWS), _trace_casting_at_every_call(monkeypatch, each_call), "cast once", 0)
     assert casts(recorded_each[0]) - casts(recorded_once[0]) == 2 * 14
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "lora_B" in name:
                 p.mul_(-2.0)  # in place, as an optimizer step
-    eager = casting_at_every_call(hf.HFRollout(model, 0, static_cache=True))
+    eager = _trace_casting_at_every_call(monkeypatch, hf.HFRollout(model, 0, static_cache=True))
     _assert_traces_equal(_logit_trace(once, ROWS), eager, "after an update in place", 0)
     assert len(recorded_once) == 1 and static_cache.COUNTS["captures"] == 2  # (the same graph, replayed)
     assert not any("wb_cast" in key for key in model.state_dict())
