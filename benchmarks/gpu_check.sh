@@ -135,7 +135,8 @@ if [ "$PART" = tests ] || [ "$PART" = all ] || [ "$PART" = suite ]; then
   # what passed or was skipped, this call and the one before, for the next call's SUITE_DONE
   if [ "$DRY" != 1 ]; then
     { [ -f "${SUITE_DONE:-}" ] && cat "$SUITE_DONE"
-      sed -nE 's/^\[gw[0-9]+\] \[ *[0-9]+%\] (PASSED|SKIPPED|XFAIL) (tests\/.*[^ ]) *$/--deselect=\2/p' "$OUT/suite.log"
+      [ -f "$OUT/suite.log" ] && \
+        sed -nE 's/^\[gw[0-9]+\] \[ *[0-9]+%\] (PASSED|SKIPPED|XFAIL) (tests\/.*[^ ]) *$/--deselect=\2/p' "$OUT/suite.log"
     } | sort -u > "$OUT/suite_done.txt"
     echo "== [suite] $(wc -l < "$OUT/suite_done.txt") tests passed or skipped so far: $OUT/suite_done.txt" \
       | tee -a "$OUT/summary.log"
