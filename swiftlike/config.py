@@ -693,6 +693,9 @@ class ExportConfig(ModelArgs):
                                     "folded into the base weights.")
     merge: bool = _f(False, "Fold LoRA / DoRA / rsLoRA / QLoRA adapters into the base weights (QLoRA: into the "
                             "4-bit base dequantized to --torch_dtype).")
+    torch_dtype: str = _f("auto", "dtype of the written weights (and of GPTQ/AWQ's computation): auto (the dtype "
+                                  "the model's config.json states, the base model's for --adapters: the same file "
+                                  "on any machine), bfloat16, float16 or float32.")
     output_dir: str = _f("", "Where the export goes (default: next to the checkpoint, <name>-merged).")
     overwrite_output_dir: bool = _f(False, "Replace an --output_dir that is not empty.")
     max_shard_size: str = _f("5GB", "Largest safetensors shard (e.g. 2GB, 500MB).")

@@ -188,16 +188,18 @@ def test_reward_model_export_keeps_its_head(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_full_checkpoint_exports_as_is(tmp_path):
-    from transformers import AutoModelForCausalLM
+    """A bf16 checkpoint exports in bf16 with the default --torch_dtype auto (as stored), bit for bit, on the CPU
+    as on a GPU (`auto` once meant this machine's compute dtype: float32 on a CPU, twice the size)."""
+    from safetensors.torch import load_file
 
     run = wb.sft(model="Qwen/Qwen3-0.6B", miniature=True, dataset=[IDENTITY], full=True, max_steps=2,
-                 output_dir=str(tmp_path / "full"))
+                 torch_dtype="bfloat16", output_dir=str(tmp_path / "full"))
     out = tmp_path / "exported"
     assert main(["export", "--model", run.checkpoint, "--output_dir", str(out)]) == 0
-    a = AutoModelForCausalLM.from_pretrained(run.checkpoint, dtype=torch.float32)
-    b = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
-    for (na, pa), (nb, pb) in zip(a.state_dict().items(), b.state_dict().items()):
-        assert na == nb and torch.equal(pa, pb)
+    a, b = (load_file(f"{d}/model.safetensors") for d in (run.checkpoint, out))
+    assert sorted(a) == sorted(b) and {t.dtype for t in b.values()} == {torch.bfloat16}
+    assert all(torch.equal(a[name], b[name]) for name in a)
+    assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
     assert (out / "README.md").is_file() and json.loads((out / "args.json").read_text())["task"] == "sft"
 
 

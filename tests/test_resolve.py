@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from swiftlike.errors import UserError
-from swiftlike.models.resolve import ModelRef, read_args, resolve, template_name
+from swiftlike.models.resolve import ModelRef, read_args, resolve, stored_dtype, template_name
 
 
 def _checkpoint(path, **args):
@@ -63,6 +63,20 @@ def test_miniature_flag_travels():
 def test_bad_references(kwargs, message):
     with pytest.raises(UserError, match=message):
         resolve(**kwargs)
+
+
+@pytest.mark.parametrize("config, dtype", [
+    ({"dtype": "bfloat16"}, "bfloat16"), ({"torch_dtype": "float16"}, "float16"),  # (older transformers' key)
+    ({"text_config": {"dtype": "bfloat16"}}, "bfloat16"),  # a vision-language model's
+    ({"dtype": "int8"}, "float32"), ({}, "float32")])     # not a floating dtype, or none: transformers' float32
+def test_stored_dtype_is_what_the_config_says(tmp_path, config, dtype):
+    import torch
+
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    assert stored_dtype(str(tmp_path)) == getattr(torch, dtype)
+    (tmp_path / "config.json").write_text("{")
+    with pytest.raises(UserError, match="config.json: cannot read the model's config"):
+        stored_dtype(str(tmp_path))
 
 
 def test_checkpoint_without_args_json(tmp_path):

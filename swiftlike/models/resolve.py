@@ -5,6 +5,7 @@ command (training, preview, infer, deploy, rollout, reward models).
     template_name(ref, tokenizer)                       -> the template to render with
     load_reference_tokenizer(ref)                       -> the tokenizer the run was trained with
     base_weights(ref)                                   -> a local directory of the base weights (downloads)
+    stored_dtype(directory)                             -> the dtype its config.json says the weights are in
     load_for_inference(...)                             -> (model, tokenizer, template), rebuilt as trained
 
 A model reference is a hub id, a local model directory, a LoRA checkpoint (`--adapters`, its args.json names the
@@ -16,6 +17,8 @@ import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import torch
 
 from .. import accel
 from ..errors import UserError
@@ -137,6 +140,23 @@ def base_weights(ref: ModelRef, trust_remote_code: bool = False) -> str:
     if is_local(ref.base):
         return str(Path(ref.base).expanduser())
     return download(ref.base, ref.hub, with_code=trust_remote_code)
+
+
+def stored_dtype(directory: str) -> torch.dtype:
+    """The floating dtype a model directory's config.json says its weights are stored in (`dtype`, or the older
+    `torch_dtype`; a vision-language model's may be its text config's); float32, what transformers loads without
+    one, when it says none."""
+    path = Path(directory) / "config.json"
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: cannot read the model's config ({e})") from None
+    for section in (config, config.get("text_config") or {}):
+        name = section.get("dtype") or section.get("torch_dtype")
+        dtype = getattr(torch, name, None) if isinstance(name, str) else None
+        if isinstance(dtype, torch.dtype) and dtype.is_floating_point:
+            return dtype
+    return torch.float32
 
 
 def load_for_inference(model: str = "", adapters: str | None = None, miniature: bool = False,

@@ -19,7 +19,7 @@ from ..export.quantize import (check_method, check_model, fitted_weights, fp8_we
                                reload)
 from ..models.loader import quiet_libraries
 from ..models.perplexity import perplexity
-from ..models.resolve import base_weights, load_reference_tokenizer, resolve, template_name
+from ..models.resolve import base_weights, load_reference_tokenizer, resolve, stored_dtype, template_name
 from ..templates import get_template
 
 CALIBRATION_LENGTH = 1024  # tokens per calibration row (longer rows are cut)
@@ -47,7 +47,9 @@ def run_export(cfg: ExportConfig) -> Path:
         from ..export.gguf import check_supported
 
         check_supported(config)
-    dtype = accel.resolve_dtype(cfg.torch_dtype)
+    # `auto`: as stored, not as this machine computes best: the same command writes the same file on a CPU and a GPU
+    dtype = accel.resolve_dtype(cfg.torch_dtype) if cfg.torch_dtype != "auto" else \
+        stored_dtype(base_weights(ref, cfg.trust_remote_code))
     tokenizer = load_reference_tokenizer(ref, cfg.trust_remote_code)
     template = get_template(template_name(ref, tokenizer), tokenizer)
     vision = template.vision is not None
