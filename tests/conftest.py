@@ -38,14 +38,28 @@ def qwen3_tokenizer():
     return AutoTokenizer.from_pretrained(QWEN3_TOKENIZER)
 
 
-def _one_gpu() -> bool:
-    import torch
+@contextlib.contextmanager
+def _on_the_cpu():
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("WB_DEVICE", "cpu")         # swiftlike's device, in this process and the ones it starts
+        mp.setenv("DS_ACCELERATOR", "cpu")    # DeepSpeed's, in the processes
+        yield
 
-    return torch.cuda.is_available() and torch.cuda.device_count() < 2
+
+@pytest.fixture
+def cpu_processes():
+    """Tests of several processes (and the one-process runs they are compared with) run on the CPU, gloo, on any
+    machine: what they check is the engines' arithmetic, and a one-GPU machine has no GPU for a second process."""
+    with _on_the_cpu():
+        yield
 
 
-# Two processes on one machine: gloo on CPU; NCCL needs a GPU per process
-two_processes = pytest.mark.skipif(_one_gpu(), reason="two processes need two GPUs on a CUDA machine (NCCL)")
+@pytest.fixture(scope="module")
+def cpu_processes_module():
+    """cpu_processes for a whole module, its module-scoped fixtures' runs included (the module's `pytestmark`:
+    fixtures it names are set up before those the tests ask for, in each scope)."""
+    with _on_the_cpu():
+        yield
 
 
 def _decodes_video_files() -> bool:

@@ -12,7 +12,7 @@ from swiftlike.data.pairs import collate_pairs, encode_pairs
 from swiftlike.models import build_miniature
 from swiftlike.templates import get_template
 from swiftlike.train.dpo import PreferenceObjective
-from conftest import two_processes, wb_cli
+from conftest import wb_cli
 
 BASE = dict(model="Qwen/Qwen3-0.6B", miniature=True, dataset=["preference-demo"], logging_steps=1,
             torch_dtype="float32")  # equivalence checks need fp32 (auto picks bf16 on GPUs)
@@ -87,7 +87,7 @@ def test_precomputed_reference_matches_the_live_one(tmp_path):
 
 
 @pytest.mark.slow
-@two_processes
+@pytest.mark.usefixtures("cpu_processes")
 def test_two_process_dpo_matches_one_process(tmp_path):
     flags = ["--model", "Qwen/Qwen3-0.6B", "--miniature", "--dataset", "preference-demo", "--lora", "--lora_dropout",
              "0", "--learning_rate", "1e-2", "--max_steps", "3", "--logging_steps", "1"]

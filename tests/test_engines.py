@@ -19,6 +19,7 @@ from swiftlike.errors import UserError
 from swiftlike.train import engines
 
 pytest.importorskip("deepspeed")
+pytestmark = pytest.mark.usefixtures("cpu_processes_module")
 
 REPO = Path(__file__).resolve().parents[1]
 IDENTITY = str(REPO / "examples" / "data" / "identity.jsonl")

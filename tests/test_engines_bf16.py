@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import logged_steps, two_processes, wb_cli
+from conftest import logged_steps, wb_cli
 
 import swiftlike as wb
 from swiftlike.train.engines import EngineSettings, adamw
@@ -254,7 +254,7 @@ def test_full_training_in_bf16_moves_weights_by_less_than_a_bf16_step(tmp_path, 
     assert run.checkpoint and float(moved) > 0.04
 
 
-@two_processes
+@pytest.mark.usefixtures("cpu_processes")
 @pytest.mark.slow
 def test_fsdp_bf16_training_rounds_each_shard_and_resumes_bit_for_bit(tmp_path):
     """Under FSDP2 (two processes, parameters sharded as DTensors) bf16 full training steps with the rounding

@@ -12,7 +12,7 @@ import pytest
 
 import swiftlike as wb
 from swiftlike.cli.main import main
-from conftest import two_processes, wb_cli
+from conftest import wb_cli
 
 ROOT = Path(__file__).parents[1]
 BASE = ["grpo", "--model", "Qwen/Qwen3-0.6B", "--miniature", "--dataset", "arithmetic#16",
@@ -236,7 +236,7 @@ def test_long_prompts_are_dropped_and_counted(tmp_path, capsys):
 
 
 @pytest.mark.slow
-@two_processes
+@pytest.mark.usefixtures("cpu_processes")
 def test_two_processes_share_the_prompts(tmp_path):
     """Each process samples and scores its own whole groups; metrics and batch-scaled advantages are global."""
     out = tmp_path / "ddp"

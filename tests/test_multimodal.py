@@ -315,6 +315,7 @@ def test_data_preview_marks_each_image_with_its_token_count(tmp_path, images, ca
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("cpu_processes")
 @pytest.mark.parametrize("engine", [["--freeze_vit", "false"], ["--deepspeed", "zero3"]], ids=["ddp-vit", "zero3"])
 def test_two_processes_one_with_images_one_text_only(tmp_path, images, engine):
     """Each step one rank draws the image row and the other the text-only row: the text-only batch carries a blank

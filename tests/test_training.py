@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 import swiftlike as wb
 from swiftlike.cli.main import main
-from conftest import two_processes, wb_cli
+from conftest import wb_cli
 
 DATA = "examples/data/identity.jsonl"
 BASE = dict(model="Qwen/Qwen3-0.6B", miniature=True, dataset=[DATA], logging_steps=1,
@@ -160,7 +160,7 @@ def test_qlora_trains_on_a_4bit_base(tmp_path):
 
 
 @pytest.mark.slow
-@two_processes
+@pytest.mark.usefixtures("cpu_processes")
 def test_two_processes_match_one_process_with_twice_the_batch(tmp_path):
     flags = ["--model", "Qwen/Qwen3-0.6B", "--miniature", "--dataset", DATA, "--lora", "--lora_dropout", "0",
              "--learning_rate", "1e-2", "--max_steps", "4", "--logging_steps", "1"]
