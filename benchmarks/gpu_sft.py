@@ -157,14 +157,13 @@ def run_ours(a, out: str, log: list) -> dict:
     if not a.liger:
         kw["use_liger_kernel"] = False  # else its default: Liger's kernels on CUDA when liger-kernel is installed
     if a.logits_per_chunk:  # the fused loss's chunk (train/loss.py), frozen or trained output layer alike
-        loss.LOGITS_PER_CHUNK = loss.TRAINED_HEAD_LOGITS_PER_CHUNK = a.logits_per_chunk
+        loss.LOGITS_PER_CHUNK = a.logits_per_chunk
     seen = _Tee(sys.stdout)
     with contextlib.redirect_stdout(seen):
         result = wb.sft(torch_compile=a.torch_compile, **kw)
     said = {k: line.split(":", 1)[1].strip() for line in seen.text.splitlines()
             for k in ("kernels", "attention", "torch_compile") if line.startswith(f"[wb] {k}:")}
-    per_chunk = loss.TRAINED_HEAD_LOGITS_PER_CHUNK if a.mode == "full" else loss.LOGITS_PER_CHUNK
-    return {"liger": said.get("kernels", "not said (off CUDA)"), "logits_per_chunk": per_chunk,
+    return {"liger": said.get("kernels", "not said (off CUDA)"), "logits_per_chunk": loss.LOGITS_PER_CHUNK,
             "phase_ms": phases.mean(a.warmup),
             "attn_implementation": said.get("attention"), "torch_compile": said.get("torch_compile"),
             "total_train_seconds": result.metrics.get("train_seconds"), "final_loss": result.metrics.get("final_loss")}
@@ -512,8 +511,7 @@ def main() -> None:
     ap.add_argument("--torch_compile", action="store_true", help="ours with --torch_compile (decoder layers compiled)")
     ap.add_argument("--trl_torch_compile", action="store_true", help="TRL with its torch_compile (the whole model)")
     ap.add_argument("--logits_per_chunk", type=_positive, default=0,
-                    help="ours: logits per chunk of the fused linear cross-entropy (default: train/loss.py's, 2^24, "
-                         "2^27 with a trained output layer)")
+                    help="ours: logits per chunk of the fused linear cross-entropy (default: train/loss.py's, 2^27)")
     ap.add_argument("--budget_s", type=float, default=330.0,
                     help="stop starting runs once this many seconds have passed (the rest are reported skipped)")
     ap.add_argument("--json", help="write all results here (rewritten after every run)")

@@ -115,7 +115,6 @@ def test_logits_chunk_matches_the_loss():
     from swiftlike.train import loss
 
     assert mp.LOGITS_PER_CHUNK == loss.LOGITS_PER_CHUNK
-    assert mp.TRAINED_HEAD_LOGITS_PER_CHUNK == loss.TRAINED_HEAD_LOGITS_PER_CHUNK
 
 
 def test_nf4_bytes_follow_bitsandbytes_blocks():

@@ -18,12 +18,14 @@ from torch import nn
 from ..models.attention import VARLEN
 from ..templates import IGNORE_INDEX
 
-LOGITS_PER_CHUNK = 1 << 24  # ~16M logits (64 MB in fp32) per chunk; smaller chunks are also cache-friendlier
-# A trained output layer's fp32 weight gradient is read and written whole by every chunk's matmul (vocab x hidden x
-# 8 bytes: 1.2 GB for Qwen3-0.6B, 3.1 GB for 4B): 75 chunks of 2^24 in a step of 8,192 tokens move 93 GB at 0.6B,
-# ~28 ms on an H100, against ~4 ms in 10 chunks of 2^27 (512 MB of fp32 logits each). Estimated, not yet measured
-# on a GPU (benchmarks/gpu_check.sh chunk); on a 2-core CPU the two ran alike.
-TRAINED_HEAD_LOGITS_PER_CHUNK = 1 << 27
+# ~134M logits (512 MB in fp32) a chunk: ~880 rows of Qwen3's 151,936-word vocabulary. Every chunk's matmuls read
+# the whole output weight (twice: forward and the hidden states' gradient) and, when it is trained, read and write
+# its whole fp32 gradient (vocab x hidden x 8 bytes, 1.2 GB for Qwen3-0.6B): with ~110 rows a chunk (2^24) a step of
+# 8,192 tokens is 75 matmuls of M = 110, below what an H100 needs to be compute-bound (~250 rows), that read the
+# 0.8 GB head of Qwen3-4B ~150 times (~35 ms a step, estimated) and at 0.6B full move 93 GB of gradient (~28 ms);
+# 2^27 makes it 10 chunks. Measured on the 2-core CPU (a frozen head, 2,048 rows): 2^27 against 2^24 took 8.3 s
+# against 12.2 s at width 1,024, 4.9 against 6.7 s at 256. On a GPU: benchmarks/gpu_check.sh chunk.
+LOGITS_PER_CHUNK = 1 << 27
 
 
 @contextmanager
@@ -259,8 +261,7 @@ class CausalLMLoss(nn.Module):
         self.model = model
         weight = self.causal_lm.get_output_embeddings().weight
         vocab = getattr(weight, "ds_shape", weight.shape)[0]  # a ZeRO-3 partitioned weight is empty here
-        per_chunk = TRAINED_HEAD_LOGITS_PER_CHUNK if weight.requires_grad else LOGITS_PER_CHUNK
-        self.chunk_size = chunk_size or max(16, per_chunk // vocab)
+        self.chunk_size = chunk_size or max(16, LOGITS_PER_CHUNK // vocab)
         self.softcap = logit_softcap(self.decoder_config)
 
     @property

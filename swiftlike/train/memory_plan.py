@@ -33,8 +33,7 @@ MASKLESS = ("flash_attention_2", VARLEN)  # kernels that take the sequence borde
 
 GiB = 1 << 30
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
-LOGITS_PER_CHUNK = 1 << 24  # train/loss.py's chunk of output-layer logits (kept in step by a test)
-TRAINED_HEAD_LOGITS_PER_CHUNK = 1 << 27  # ... and its chunk when the output layer is trained (full fine-tuning)
+LOGITS_PER_CHUNK = 1 << 27  # train/loss.py's chunk of output-layer logits (kept in step by a test)
 NF4_BLOCK = 64  # bitsandbytes 4-bit: one absmax per 64 weights
 NF4_DOUBLE_QUANT_BLOCK = 256  # with double quantization: absmax as 8-bit, one fp32 scale per 256 absmax
 # bytes per 4-bit parameter: 4 bits + an 8-bit absmax per 64 weights + an fp32 scale per 64 * 256 weights
@@ -500,7 +499,7 @@ def plan(arch: Arch, s: Setup, model: str = "", capacity: float | None = None, p
     # the fused loss (train/loss.py): the hidden-state gradient kept for backward, chunks of fp32 logits, and with
     # a trainable output layer its fp32 weight gradient (accumulated in place, chunk by chunk)
     vocab_h = arch.vocab * arch.hidden
-    rows_per_chunk = min(tokens, max(16, (TRAINED_HEAD_LOGITS_PER_CHUNK if full else LOGITS_PER_CHUNK) // arch.vocab))
+    rows_per_chunk = min(tokens, max(16, LOGITS_PER_CHUNK // arch.vocab))
     chunk = rows_per_chunk * arch.vocab
     head_grad = 0.0  # the output layer's gradient once backward has passed it
     if reward:
