@@ -21,9 +21,9 @@
 #   chunk: (a) environment, (h) two sizes of the fused loss's chunk of logits, 4B LoRA and 0.6B full, compiled
 #          (TOTAL_S=560).
 #   verify: (a) environment, then what changed since the last GPU run without being run on one, in one call of
-#          TOTAL_S=540: (b) the GPU-marked tests (the decode step captured as a CUDA graph among them), a GRPO step
-#          with the captured decode at 32- and 512-token completions, and compiled full fine-tuning of 4B at 2,048,
-#          ours then TRL's best;
+#          TOTAL_S=540: (b) the GPU-marked tests (the decode step captured as a CUDA graph among them), 4B LoRA's
+#          compiled step by phase (its MFU), a GRPO step with the captured decode at 32- and 512-token completions,
+#          and compiled full fine-tuning of 4B at 2,048, ours then TRL's best, with the time left;
 #   long: (a) environment, full fine-tuning at 8,192 (0.6B and 4B, ours compiled against TRL's best), in one call
 #         of TOTAL_S=560 (no other part runs it);
 #   suite: (a) environment, (c) the whole suite on CUDA alone (after `verify`, on the same machine, with the time
@@ -66,6 +66,13 @@ grpo_graph() {
   step grpo_32_graph 60 python3 benchmarks/grpo_step.py --model_shape 0.6b --dtype bfloat16 --steps 4 --sides ours
   step grpo_long_graph 90 python3 benchmarks/grpo_step.py --model_shape 0.6b --dtype bfloat16 --steps 2 \
     --new-tokens 512 --sides ours
+}
+
+# where 4B LoRA's compiled step goes at 2,048, ours only (forward and backward, the loss, the optimizer; its MFU,
+# 41.3% on 2026-11-27, is short of the issue's 45%; the fused loss's chunks are 8x larger since the seventh session)
+lora_4b_phases() {
+  step lora_4b_phases 150 python3 benchmarks/gpu_sft.py --torch_compile --models 4b --lengths 2048 --modes lora \
+    --only ours --json "$OUT/lora_4b_phases.json" --budget_s 135
 }
 
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
@@ -158,10 +165,10 @@ fi
 
 if [ "$PART" = chunk ]; then
   # (h) the fused loss's chunk of logits: 2^24 (~110 rows of Qwen3's 151,936-word vocabulary; the default with a
-  #     frozen output layer) against 2^27 (~880 rows; the default with a trained one since 2026-11-27's fifth
-  #     session, unmeasured), ours only, compiled, 2048, on 4B LoRA (the open MFU lead: per-chunk launches and
-  #     small-M matmuls) and 0.6B full (each chunk reads and writes the whole fp32 vocab x hidden weight gradient,
-  #     75 times a step of 8k tokens at 2^24, ~90 GB); memory_plan.py must follow a changed default
+  #     frozen output layer until 2026-11-27's seventh session) against 2^27 (~880 rows; the default for every head
+  #     since, measured faster on the CPU only), ours only, compiled, 2048, on 4B LoRA (the open MFU lead:
+  #     small-M matmuls that read the whole head ~150 times a step at 2^24) and 0.6B full (each chunk reads and
+  #     writes the whole fp32 vocab x hidden weight gradient, 75 times a step of 8k tokens at 2^24, ~90 GB)
   #     (TOTAL_S=560, a call of its own: each run builds its model, compiles and measures, ~2 minutes for 4B)
   runs=("4b lora 16777216" "4b lora 134217728" "0.6b full 16777216" "0.6b full 134217728")
   todo=${#runs[@]}
@@ -204,10 +211,11 @@ if [ "$PART" = grpo ]; then
 fi
 
 if [ "$PART" = verify ]; then
-  # written on 2026-11-27 (sixth session) and not yet run on a GPU: the decode step captured with Liger's kernels
-  # and the adapters cast once a batch (0.75 s a GRPO step at 32 tokens before, 5.00 s at 512: 8.9 ms a token), with
-  # the GPU-marked tests (b) first; then 4B full fine-tuning at 2,048, ours compiled and TRL's best (its TRL side
-  # never ran: 12,564 tokens/s ours, 41.6% MFU, on 2026-11-27)
+  # written on 2026-11-27 (sixth and seventh sessions) and not yet run on a GPU, with the GPU-marked tests (b) first:
+  # 4B LoRA with the fused loss's larger chunks (the MFU target); the decode step captured with Liger's kernels and
+  # the adapters cast once a batch (0.75 s a GRPO step at 32 tokens before, 5.00 s at 512: 8.9 ms a token); then 4B
+  # full fine-tuning at 2,048, ours compiled and TRL's best (its TRL side never ran: 12,564 tokens/s ours, 41.6% MFU)
+  lora_4b_phases
   grpo_graph
   CAP=$(( $(left) - 5 ))
   step compiled_full_4b "$CAP" python3 benchmarks/gpu_sft.py --torch_compile --models 4b --lengths 2048 \
@@ -222,11 +230,9 @@ if [ "$PART" = long ]; then
 fi
 
 if [ "$PART" = core ]; then
-  # what is open after 2026-11-27's runs, in one call (TOTAL_S=560): where 4B LoRA's step goes (ours compiled,
-  # 2,048: forward and backward, the loss, the optimizer; its MFU, 41.3%, is short of the issue's 45%), then LoRA at
-  # 8,192, ours compiled against TRL's best (Liger, not compiled), with the time left
-  step lora_4b_phases 150 python3 benchmarks/gpu_sft.py --torch_compile --models 4b --lengths 2048 --modes lora \
-    --only ours --json "$OUT/lora_4b_phases.json" --budget_s 135
+  # what is open after 2026-11-27's runs, in one call (TOTAL_S=560): where 4B LoRA's step goes, then LoRA at 8,192,
+  # ours compiled against TRL's best (Liger, not compiled), with the time left
+  lora_4b_phases
   CAP=$(( $(left) - 5 ))
   step compiled_lora_8192 "$CAP" python3 benchmarks/gpu_sft.py --torch_compile --lengths 8192 --modes lora \
     --json "$OUT/compiled_lora_8192.json" --budget_s $(( CAP - 15 ))
