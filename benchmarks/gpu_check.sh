@@ -28,7 +28,8 @@
 #         of TOTAL_S=560 (no other part runs it);
 #   suite: (a) environment, (c) the whole suite on CUDA alone (after `verify`, on the same machine, with the time
 #          left: it needs about 460 s; on 2026-11-27 it reached 84% in 384 s). It writes suite_done.txt, the tests
-#          that passed or were skipped; a later call given it (SUITE_DONE=FILE, the file carried) runs the rest.
+#          that passed; a later call given it (SUITE_DONE=FILE, the file carried) runs the rest (what was skipped,
+#          for a package not carried, too: it may be carried by then).
 # GPU_CHECK_DRY=1 prints the steps only.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -96,8 +97,8 @@ import torch
 print("torch", torch.__version__, "cuda", torch.version.cuda, "available", torch.cuda.is_available(),
       torch.cuda.get_device_name() if torch.cuda.is_available() else "")
 for name in ("transformers", "peft", "accelerate", "trl", "datasets", "pyarrow", "pandas", "liger_kernel", "torchao",
-             "tokenizers", "safetensors", "huggingface_hub", "triton", "flash_attn", "gguf", "numpy", "pytest",
-             "xdist", "pytest_timeout", "fastapi", "uvicorn", "openai", "compressed_tensors", "pydantic"):
+             "tokenizers", "safetensors", "huggingface_hub", "triton", "flash_attn", "bitsandbytes", "gguf", "numpy",
+             "pytest", "xdist", "pytest_timeout", "fastapi", "uvicorn", "openai", "compressed_tensors", "pydantic"):
     try:
         m = importlib.import_module(name)
         print(name, getattr(m, "__version__", "?"), getattr(m, "__file__", ""))
@@ -120,17 +121,18 @@ fi
 if [ "$PART" = tests ] || [ "$PART" = all ] || [ "$PART" = suite ]; then
   # (c) the whole suite on CUDA, 12 workers, one thread each (16 cores), handed out test by test (--dist load:
   #     pyproject's file-per-worker default would leave most of 12 workers waiting on the largest files); -v lists
-  #     every result even if the cap stops the run. Not carried (the 64 MiB a call): bitsandbytes (43 MB; its tests
-  #     skip), av (the video decoder, 36 MB; conftest.needs_av skips the 17 tests that decode a video file),
-  #     nbclient, tensorboard, deepspeed. Deselected: the three tests that check the test extra itself is installed
-  #     (test_hiding_works: bitsandbytes, tensorboard, av; the notebook's two: nbclient), which fail by design
-  #     without it. The project is not pip-installed there: a `wb` script on PATH stands in for the try-outs.
+  #     every result even if the cap stops the run. bitsandbytes travels slimmed to its CUDA 13 libraries
+  #     (gpu_wheels.sh). Not carried (the 64 MiB a call): av (the video decoder, 36 MB; conftest.needs_av skips the
+  #     17 tests that decode a video file), nbclient, tensorboard, deepspeed (test_engines.py skips). Deselected:
+  #     the three tests that check the test extra itself is installed (test_hiding_works: bitsandbytes, tensorboard,
+  #     av; the notebook's two: nbclient), which fail by design without it. The project is not pip-installed there:
+  #     a `wb` script on PATH stands in for the try-outs.
   if [ "$DRY" != 1 ]; then
     mkdir -p /tmp/wbbin && printf '#!/bin/sh\nexec python3 -m swiftlike.cli.main "$@"\n' > /tmp/wbbin/wb \
       && chmod +x /tmp/wbbin/wb && export PATH=/tmp/wbbin:$PATH
   fi
   # SUITE_DONE=FILE: a previous call's suite_done.txt (`--deselect=ID` lines, read by pytest as @FILE): the tests
-  # that call passed or skipped are not run again, so a suite the cap stopped goes on where it was
+  # that call passed are not run again, so a suite the cap stopped goes on where it was
   DONE=()
   if [ -n "${SUITE_DONE:-}" ]; then
     if [ -f "$SUITE_DONE" ]; then DONE=("@$SUITE_DONE"); else echo "== [suite] SUITE_DONE=$SUITE_DONE: no such file" >&2; fi
@@ -139,13 +141,13 @@ if [ "$PART" = tests ] || [ "$PART" = all ] || [ "$PART" = suite ]; then
     python3 -m pytest -v -n 12 --dist load --timeout 240 -m "not gpu" -p no:cacheprovider -rfE \
     --deselect tests/test_examples.py::test_hiding_works --deselect tests/test_examples.py::test_quickstart_notebook \
     --deselect tests/test_examples.py::test_quickstart_notebook_from_repository_root "${DONE[@]}" tests
-  # what passed or was skipped, this call and the one before, for the next call's SUITE_DONE
+  # what passed, this call and the ones before, for the next call's SUITE_DONE
   if [ "$DRY" != 1 ]; then
     { [ -f "${SUITE_DONE:-}" ] && cat "$SUITE_DONE"
       [ -f "$OUT/suite.log" ] && \
-        sed -nE 's/^\[gw[0-9]+\] \[ *[0-9]+%\] (PASSED|SKIPPED|XFAIL) (tests\/.*[^ ]) *$/--deselect=\2/p' "$OUT/suite.log"
+        sed -nE 's/^\[gw[0-9]+\] \[ *[0-9]+%\] (PASSED|XFAIL) (tests\/.*[^ ]) *$/--deselect=\2/p' "$OUT/suite.log"
     } | sort -u > "$OUT/suite_done.txt"
-    echo "== [suite] $(wc -l < "$OUT/suite_done.txt") tests passed or skipped so far: $OUT/suite_done.txt" \
+    echo "== [suite] $(wc -l < "$OUT/suite_done.txt") tests passed so far: $OUT/suite_done.txt" \
       | tee -a "$OUT/summary.log"
   fi
   # the failures by name, in the call's output too (their tracebacks are in the logs)
