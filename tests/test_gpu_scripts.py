@@ -20,7 +20,7 @@ PARTS = {  # each part's steps, in order (env comes first in every part)
     "core": ["env", "lora_4b_phases", "compiled_lora_8192"],
     "chunk": ["env", "chunk_4b_lora_16777216", "chunk_4b_lora_134217728", "chunk_0.6b_full_16777216",
               "chunk_0.6b_full_134217728"],
-    "verify": ["env", "gpu_tests", "lora_4b_phases", "grpo_32_graph", "grpo_long_graph", "compiled_full_4b"],
+    "verify": ["env", "gpu_tests", "lora_4b_phases", "compiled_full_4b", "grpo_32_graph", "grpo_long_graph"],
     "long": ["env", "compiled_full_8192"],
     "suite": ["env", "suite"],
 }
