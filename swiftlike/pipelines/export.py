@@ -33,10 +33,11 @@ def run_export(cfg: ExportConfig) -> Path:
                         "checkpoint is already in the PEFT format for serving stacks that load adapters)")
     out = prepare_output(cfg.output_dir or _default_output(ref, cfg.to), cfg.overwrite_output_dir,
                          (ref.adapters, ref.base))
+    base = base_weights(ref, cfg.trust_remote_code)
     if cfg.quant_method or cfg.to == "gguf":  # what cannot be written is refused before any weights are merged
         from transformers import AutoConfig
 
-        config = AutoConfig.from_pretrained(base_weights(ref, cfg.trust_remote_code))
+        config = AutoConfig.from_pretrained(base)
     if cfg.quant_method:
         if ref.task == "rm":
             raise UserError("--quant_method: a reward model exports merged, unquantized (its score head is not a "
@@ -48,8 +49,7 @@ def run_export(cfg: ExportConfig) -> Path:
 
         check_supported(config)
     # `auto`: as stored, not as this machine computes best: the same command writes the same file on a CPU and a GPU
-    dtype = accel.resolve_dtype(cfg.torch_dtype) if cfg.torch_dtype != "auto" else \
-        stored_dtype(base_weights(ref, cfg.trust_remote_code))
+    dtype = accel.resolve_dtype(cfg.torch_dtype) if cfg.torch_dtype != "auto" else stored_dtype(base)
     tokenizer = load_reference_tokenizer(ref, cfg.trust_remote_code)
     template = get_template(template_name(ref, tokenizer), tokenizer)
     vision = template.vision is not None
