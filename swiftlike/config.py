@@ -240,6 +240,27 @@ class SFTConfig(ModelArgs, DataArgs):
         if self.node_rank >= self.nnodes:
             raise UserError(f"--node_rank {self.node_rank} is not below --nnodes {self.nnodes}")
 
+    def _check_optimisation_numbers(self) -> None:
+        """Values the optimizer, the schedule or LoRA cannot use: one line here, not a traceback (or a run that
+        silently learns nothing) later."""
+        checks = (
+            ("learning_rate", self.learning_rate > 0, "must be positive"),
+            ("num_train_epochs", self.max_steps > 0 or self.num_train_epochs > 0,
+             "must be positive (or give --max_steps)"),
+            ("warmup_ratio", 0 <= self.warmup_ratio <= 1, "must be in [0, 1]"),
+            ("warmup_steps", self.warmup_steps >= 0, "must be >= 0"),
+            ("weight_decay", self.weight_decay >= 0, "must be >= 0"),
+            ("max_grad_norm", self.max_grad_norm >= 0, "must be >= 0 (0 disables clipping)"),
+            ("lora_alpha", self.lora_alpha > 0, "must be positive (0 scales the adapters to nothing)"),
+            ("lora_dropout", 0 <= self.lora_dropout < 1, "must be in [0, 1)"),
+            ("save_total_limit", self.save_total_limit is None or self.save_total_limit >= 1, "must be at least 1"),
+            ("eval_steps", self.eval_steps is None or self.eval_steps >= 1, "must be at least 1"),
+            ("dataset_num_proc", self.dataset_num_proc >= 1, "must be at least 1"),
+        )
+        for name, ok, problem in checks:
+            if not ok:
+                raise UserError(f"--{name} {problem}, got {getattr(self, name)}")
+
     def validate(self) -> "SFTConfig":
         if not self.model:
             raise UserError("--model is required (a hub id such as Qwen/Qwen3-0.6B, or a local directory)")
@@ -266,6 +287,7 @@ class SFTConfig(ModelArgs, DataArgs):
                      "logging_steps", "save_steps"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name} must be at least 1, got {getattr(self, name)}")
+        self._check_optimisation_numbers()
         for name in ("max_pixels", "min_pixels", "video_max_pixels", "video_fps"):
             if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise UserError(f"--{name} must be positive, got {getattr(self, name)}")
@@ -479,6 +501,13 @@ class GRPOConfig(SFTConfig):
                 raise UserError(f"--{name} must be at least 1, got {getattr(self, name)}")
         if self.temperature <= 0:
             raise UserError("--temperature must be positive: GRPO compares sampled completions")
+        from .infer.params import SamplingParams
+
+        SamplingParams(max_new_tokens=self.max_completion_length, temperature=self.temperature, top_p=self.top_p,
+                       top_k=self.top_k, repetition_penalty=self.repetition_penalty).validate()
+        if self.epsilon <= 0 or (self.epsilon_high is not None and self.epsilon_high <= 0):
+            raise UserError(f"--epsilon and --epsilon_high must be positive, got {self.epsilon} and "
+                            f"{self.epsilon_high}")
         if self.eval_temperature < 0:
             raise UserError(f"--eval_temperature must be >= 0, got {self.eval_temperature}")
         if self.beta < 0:

@@ -30,6 +30,29 @@ def test_unknown_flags_get_a_suggestion_only_when_close(capsys, flag, message):
     assert _error(capsys, ["sft", *MODEL, flag, "1"]) == f"wb: error: {message}"
 
 
+@pytest.mark.parametrize("command, flags, message", [
+    ("sft", ["--learning_rate", "-1"], "--learning_rate must be positive, got -1.0"),   # was torch's traceback
+    ("sft", ["--learning_rate", "0"], "--learning_rate must be positive, got 0.0"),     # was a run learning nothing
+    ("sft", ["--weight_decay", "-0.1"], "--weight_decay must be >= 0, got -0.1"),       # was torch's traceback
+    ("sft", ["--num_train_epochs", "0"], "--num_train_epochs must be positive (or give --max_steps), got 0.0"),
+    ("sft", ["--warmup_ratio", "2"], "--warmup_ratio must be in [0, 1], got 2.0"),
+    ("sft", ["--warmup_steps", "-3"], "--warmup_steps must be >= 0, got -3"),
+    ("sft", ["--max_grad_norm", "-1"], "--max_grad_norm must be >= 0 (0 disables clipping), got -1.0"),
+    ("sft", ["--lora_alpha", "0"], "--lora_alpha must be positive (0 scales the adapters to nothing), got 0"),
+    ("sft", ["--lora_dropout", "1.5"], "--lora_dropout must be in [0, 1), got 1.5"),  # was after the model loaded
+    ("sft", ["--save_total_limit", "0"], "--save_total_limit must be at least 1, got 0"),
+    ("dpo", ["--eval_steps", "0"], "--eval_steps must be at least 1, got 0"),
+    ("grpo", ["--reward_funcs", "format", "--top_p", "2"], "top_p must be in (0, 1], got 2.0"),
+    ("grpo", ["--reward_funcs", "format", "--top_k", "-1"], "top_k must be >= 0 (0 is off), got -1"),
+    ("grpo", ["--reward_funcs", "format", "--epsilon", "0"],
+     "--epsilon and --epsilon_high must be positive, got 0.0 and None"),
+])
+def test_numbers_no_run_can_use_are_one_line_errors(capsys, tmp_path, command, flags, message):
+    argv = [command, *MODEL, "--dataset", "d.jsonl", "--output_dir", str(tmp_path / "run"), *flags]
+    assert _error(capsys, argv) == f"wb: error: {message}"
+    assert not (tmp_path / "run").exists()
+
+
 def test_unknown_flag_of_data_preview(capsys):
     err = _error(capsys, ["data", "preview", "--model", "m", "--dataset", "d", "--deepspeed"])
     assert err == "wb: error: unknown flag --deepspeed; see wb data preview --help"
