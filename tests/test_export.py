@@ -201,6 +201,29 @@ def test_full_checkpoint_exports_as_is(tmp_path):
     assert all(torch.equal(a[name], b[name]) for name in a)
     assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
     assert (out / "README.md").is_file() and json.loads((out / "args.json").read_text())["task"] == "sft"
+    # --max_shard_size is read once, the same way on every path (a GiB size was transformers' traceback here)
+    sharded = tmp_path / "sharded"
+    assert main(["export", "--model", run.checkpoint, "--output_dir", str(sharded), "--max_shard_size", "4MiB"]) == 0
+    index = json.loads((sharded / "model.safetensors.index.json").read_text())["weight_map"]
+    assert sorted(index) == sorted(a) and len(set(index.values())) > 1
+
+
+def test_export_refuses_unusable_shard_sizes_and_this_directory(tmp_path, capsys, monkeypatch):
+    run = wb.sft(model="Qwen/Qwen3-0.6B", miniature=True, dataset=[IDENTITY], full=True, max_steps=1,
+                 output_dir=str(tmp_path / "full"))
+    capsys.readouterr()
+    for size in ("500M", "0", "0GB"):
+        assert main(["export", "--model", run.checkpoint, "--output_dir", str(tmp_path / "o"),
+                     "--max_shard_size", size]) == 2
+        assert capsys.readouterr().err.strip() == (f"wb: error: --max_shard_size {size!r} is not a size such as "
+                                                   "5GB, 500MB or 2GiB")
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)  # `.` was a traceback (no name to write beside); `..` holds the shell's directory
+    for out in (".", ".."):
+        assert main(["export", "--model", run.checkpoint, "--output_dir", out, "--overwrite_output_dir"]) == 2
+        assert f"--output_dir {out} is this directory or holds it" in capsys.readouterr().err
+    assert here.is_dir() and not (tmp_path / "o").exists()
 
 
 def test_bad_input_one_line_each(tmp_path, capsys):

@@ -103,6 +103,26 @@ def test_cli_streams_a_gguf_equal_to_the_one_written_from_a_merged_model_in_memo
     _same_tensors(gguf.GGUFReader(str(tmp_path / "full_gguf" / "full_gguf-q8_0.gguf")), memory)
 
 
+@pytest.mark.slow
+def test_a_merged_qlora_export_converts_to_gguf_as_it_is(tmp_path):
+    """A QLoRA run's merged export keeps the run's args.json (train_type qlora); converting that export to GGUF
+    writes its weights (f16-rounded), not the weights sent through NF4 a second time as the adapter merge does."""
+    pytest.importorskip("bitsandbytes")
+    run = wb.sft(model="Qwen/Qwen2.5-0.5B-Instruct", miniature=True, dataset=["examples/data/identity.jsonl"],
+                 qlora=True, max_steps=1, output_dir=str(tmp_path / "run"))
+    merged = tmp_path / "merged"
+    assert main(["export", "--adapters", run.checkpoint, "--merge", "--torch_dtype", "float32", "--output_dir",
+                 str(merged)]) == 0
+    assert main(["export", "--model", str(merged), "--to", "gguf", "--output_dir", str(tmp_path / "g")]) == 0
+    weights = load_file(merged / "model.safetensors")
+    tensors = {t.name: t for t in gguf.GGUFReader(str(tmp_path / "g" / "g-f16.gguf")).tensors}
+    for ours, theirs in (("model.layers.0.self_attn.q_proj.weight", "blk.0.attn_q.weight"),
+                         ("model.layers.1.mlp.down_proj.weight", "blk.1.ffn_down.weight")):
+        expected = weights[ours].to(torch.float16).float().numpy()
+        written = np.asarray(tensors[theirs].data, dtype=np.float32).reshape(expected.shape)
+        assert np.array_equal(written, expected), ours
+
+
 def _same_tensors(a, b) -> None:
     tensors = [{t.name: t for t in reader.tensors} for reader in (a, b)]
     assert sorted(tensors[0]) == sorted(tensors[1])

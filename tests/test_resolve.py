@@ -25,6 +25,7 @@ def test_registered_hub_id_needs_no_download():
 def test_lora_checkpoint_names_its_base_template_and_task(tmp_path):
     ckpt = _checkpoint(tmp_path / "run" / "checkpoint-5", model="Qwen/Qwen3-0.6B", template="qwen3_instruct_2507",
                        task="rm", base_model_dir=str(tmp_path / "run" / "base_model"), hub="modelscope")
+    (ckpt / "adapter_config.json").write_text("{}")
     ref = resolve(adapters=str(ckpt))
     assert (ref.model, ref.base, ref.adapters, ref.template, ref.task, ref.hub) == (
         "Qwen/Qwen3-0.6B", str(tmp_path / "run" / "base_model"), str(ckpt), "qwen3_instruct_2507", "rm", "modelscope")
@@ -65,6 +66,22 @@ def test_bad_references(kwargs, message):
         resolve(**kwargs)
 
 
+def test_a_checkpoint_of_the_other_kind_is_named_for_what_it_is(tmp_path):
+    """A full checkpoint given as --adapters, or a LoRA one as --model: one line saying which flag takes it (they
+    ended in PEFT's or transformers' traceback)."""
+    full = _checkpoint(tmp_path / "full", model="Qwen/Qwen3-0.6B")
+    (full / "config.json").write_text("{}")
+    with pytest.raises(UserError, match=r"^--adapters .*full: no adapter_config.json there; a full-parameter "
+                                        r"checkpoint is given with --model$"):
+        resolve(adapters=str(full))
+    with pytest.raises(UserError, match="no adapter_config.json there; a LoRA checkpoint is expected$"):
+        resolve(adapters=str(tmp_path))
+    lora = _checkpoint(tmp_path / "lora", model="Qwen/Qwen3-0.6B")
+    (lora / "adapter_config.json").write_text("{}")
+    with pytest.raises(UserError, match=r"is a LoRA checkpoint \(adapters only\): give it as --adapters"):
+        resolve(str(lora))
+
+
 @pytest.mark.parametrize("config, dtype", [
     ({"dtype": "bfloat16"}, "bfloat16"), ({"torch_dtype": "float16"}, "float16"),  # (older transformers' key)
     ({"text_config": {"dtype": "bfloat16"}}, "bfloat16"),  # a vision-language model's
@@ -81,6 +98,7 @@ def test_stored_dtype_is_what_the_config_says(tmp_path, config, dtype):
 
 def test_checkpoint_without_args_json(tmp_path):
     (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "adapter_config.json").write_text("{}")  # a PEFT adapter from elsewhere
     with pytest.raises(UserError, match=r"no args.json; is this a checkpoint written by swiftlike"):
         resolve(adapters=str(tmp_path / "c"))
     (tmp_path / "c" / "args.json").write_text("{oops")

@@ -135,6 +135,19 @@ def test_unknown_message_key_refused():
                                    {"role": "assistant", "content": "b", "thoughts": "hidden"}]})
 
 
+def test_an_openai_client_reply_sent_back_as_model_dump_is_read():
+    """The openai client's message.model_dump() carries audio and function_call as null: the next turn sends it."""
+    from openai.types.chat import ChatCompletionMessage
+
+    reply = ChatCompletionMessage(role="assistant", content="b").model_dump()
+    assert reply["audio"] is None and reply["function_call"] is None
+    row = to_canonical({"messages": [{"role": "user", "content": "a"}, reply, {"role": "user", "content": "c"}]})
+    assert row["messages"][1] == {"role": "assistant", "content": "b"}
+    with pytest.raises(RowError, match="message 1 has unknown key 'function_call'"):  # a real one is not dropped
+        to_canonical({"messages": [{"role": "user", "content": "a"},
+                                   {**reply, "function_call": {"name": "f", "arguments": "{}"}}]})
+
+
 def test_public_template_api_reads_reasoning_content(qwen3_tokenizer):
     """The key the official Qwen3 template reads is trained, not an empty <think> block."""
     messages = [{"role": "user", "content": "Why?"},

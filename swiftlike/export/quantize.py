@@ -87,7 +87,7 @@ def group_size(config) -> int:
 
 
 def quantize_directory(source: Path, target: Path, method: str, bits: int, dtype: torch.dtype,
-                       max_shard_size: str) -> None:
+                       max_shard_size: int) -> None:
     """Load the unquantized export in `source` through transformers' quantizer and save it to `target`."""
     from transformers import AutoConfig, AutoModelForCausalLM
 

@@ -169,16 +169,14 @@ def parse_size(text: str) -> int:
     """'5GB', '500MB', '2GiB', a number of bytes -> bytes (as transformers reads --max_shard_size)."""
     units = {"GIB": 2 ** 30, "MIB": 2 ** 20, "KIB": 2 ** 10, "GB": 10 ** 9, "MB": 10 ** 6, "KB": 10 ** 3, "B": 1}
     s = str(text).strip().upper()
-    for unit, factor in units.items():
-        if s.endswith(unit):
-            try:
-                return int(float(s[:-len(unit)]) * factor)
-            except ValueError:
-                break
+    unit = next((u for u in units if s.endswith(u)), "")
     try:
-        return int(s)
-    except ValueError:
-        raise UserError(f"--max_shard_size {text!r} is not a size such as 5GB, 500MB or 2GiB") from None
+        size = int(float(s[:len(s) - len(unit)]) * units[unit]) if unit else int(s)
+    except (ValueError, OverflowError):  # not a number, or inf
+        size = 0
+    if size < 1:
+        raise UserError(f"--max_shard_size {text!r} is not a size such as 5GB, 500MB or 2GiB")
+    return size
 
 
 def shards_of(base: Path) -> list[Path]:

@@ -25,7 +25,9 @@ from ..models.loader import ASSETS
 def prepare_output(output_dir: str, overwrite: bool, sources: tuple = ()) -> Path:
     """The export's directory: refused when it is not empty (unless `overwrite`), is a file, or is or contains
     what the export is read from (replacing it would delete the checkpoint)."""
-    out = Path(output_dir)
+    out = Path(os.path.abspath(Path(output_dir).expanduser()))  # '.' and '..' have no name to write beside
+    if out == Path.cwd() or out in Path.cwd().parents:  # replacing it would delete the shell's own directory
+        raise UserError(f"--output_dir {output_dir} is this directory or holds it: name a new directory")
     if out.exists() and not out.is_dir():
         raise UserError(f"--output_dir {out} is a file, not a directory")
     for source in sources:
@@ -82,7 +84,7 @@ def with_chat_template(tokenizer, template, native: bool = True):
     return tokenizer
 
 
-def write_hf(model, tokenizer, template, directory: Path, max_shard_size: str) -> None:
+def write_hf(model, tokenizer, template, directory: Path, max_shard_size: int) -> None:
     model.config.use_cache = True
     model.generation_config = generation_config(model.config, getattr(model, "generation_config", None), template,
                                                 tokenizer)

@@ -65,6 +65,10 @@ def resolve(model: str = "", adapters: str | None = None, miniature: bool = Fals
     if adapters:
         if not Path(adapters).is_dir():
             raise UserError(f"--adapters {adapters}: no such directory")
+        if not (Path(adapters) / "adapter_config.json").is_file():
+            full = (Path(adapters) / "config.json").is_file()
+            raise UserError(f"--adapters {adapters}: no adapter_config.json there; " + (
+                "a full-parameter checkpoint is given with --model" if full else "a LoRA checkpoint is expected"))
         args = read_args(adapters)
         base = model or args.get("base_model_dir") or args["model"]
         return ModelRef(model=args["model"], base=base, adapters=adapters, task=args.get("task", "sft"), args=args,
@@ -74,6 +78,8 @@ def resolve(model: str = "", adapters: str | None = None, miniature: bool = Fals
         raise UserError("--model is required (a hub id such as Qwen/Qwen3-0.6B, a local directory or a checkpoint), "
                         "or --adapters with a LoRA checkpoint")
     local = is_local(model)
+    if local and (Path(model) / "adapter_config.json").is_file() and not (Path(model) / "config.json").is_file():
+        raise UserError(f"--model {model} is a LoRA checkpoint (adapters only): give it as --adapters {model}")
     if local and (Path(model) / "args.json").is_file():  # a full-parameter checkpoint or an export
         args = read_args(model)
         return ModelRef(model=args.get("model", model), base=str(Path(model).expanduser()), task=args.get("task", "sft"),

@@ -33,6 +33,7 @@ def run_export(cfg: ExportConfig) -> Path:
                         "checkpoint is already in the PEFT format for serving stacks that load adapters)")
     out = prepare_output(cfg.output_dir or _default_output(ref, cfg.to), cfg.overwrite_output_dir,
                          (ref.adapters, ref.base))
+    shard_bytes = parse_size(cfg.max_shard_size)  # one reading for every writer, checked before any work
     base = base_weights(ref, cfg.trust_remote_code)
     if cfg.quant_method or cfg.to == "gguf":  # what cannot be written is refused before any weights are merged
         from transformers import AutoConfig
@@ -75,7 +76,7 @@ def run_export(cfg: ExportConfig) -> Path:
     args.pop("base_model_dir", None)  # the export is its own base
     with atomic_directory(out) as tmp:
         if streamed:
-            _write_streamed(streamed, ref, cfg, dtype, tokenizer, template, tmp, out.name)
+            _write_streamed(streamed, ref, cfg, dtype, tokenizer, template, tmp, out.name, shard_bytes)
         elif cfg.to == "gguf":
             from ..export.gguf import modelfile, write_gguf
 
@@ -83,9 +84,10 @@ def run_export(cfg: ExportConfig) -> Path:
             write_gguf(model, tokenizer, template, tmp / name, cfg.gguf_type, out.name)
             (tmp / "Modelfile").write_text(modelfile(name, template, tokenizer), encoding="utf-8")
         elif cfg.quant_method:
-            args["export"]["quantization"] = _quantize(model, tokenizer, template, tmp, cfg, dtype, calibration)
+            args["export"]["quantization"] = _quantize(model, tokenizer, template, tmp, cfg, dtype, calibration,
+                                                       shard_bytes)
         else:
-            write_hf(model, tokenizer, template, tmp, cfg.max_shard_size)
+            write_hf(model, tokenizer, template, tmp, shard_bytes)
             if processor is not None:  # the image (and video) processing the model was trained with
                 for name in (PREPROCESSOR_CONFIG, VIDEO_PREPROCESSOR_CONFIG):
                     if (processor / name).is_file():
@@ -124,11 +126,12 @@ def _bar(desc: str, total: int | None, unit: str):
     return tqdm(desc=desc, total=total, unit=unit, file=sys.stderr, dynamic_ncols=True, disable=None)  # (a tty)
 
 
-def _write_streamed(plan, ref, cfg: ExportConfig, dtype, tokenizer, template, tmp: Path, title: str) -> None:
+def _write_streamed(plan, ref, cfg: ExportConfig, dtype, tokenizer, template, tmp: Path, title: str,
+                    shard_bytes: int) -> None:
     pairs, shards = plan
     base = base_weights(ref, cfg.trust_remote_code)
     nf4 = set()
-    if trained_on_4bit(ref.args):  # QLoRA: into the NF4 base it was trained against, dequantized
+    if ref.adapters and trained_on_4bit(ref.args):  # QLoRA: into the NF4 base it was trained on, dequantized
         nf4 = nf4_weights(base, dtype)
     with _bar("wb export", None, "tensor") as bar:
         if cfg.to == "gguf":
@@ -142,7 +145,7 @@ def _write_streamed(plan, ref, cfg: ExportConfig, dtype, tokenizer, template, tm
                                cfg.gguf_type, title, bar)
             (tmp / "Modelfile").write_text(modelfile(name, template, tokenizer), encoding="utf-8")
             return
-        stream_merge(pairs, shards, dtype, tmp, parse_size(cfg.max_shard_size), bar, nf4)
+        stream_merge(pairs, shards, dtype, tmp, shard_bytes, bar, nf4)
     write_config(base, dtype, tokenizer, template, tmp)
 
 
@@ -152,7 +155,8 @@ def _calibration(dataset: list[str], template) -> tuple[str, list[dict]]:
     return ", ".join(dataset), encoded
 
 
-def _quantize(model, tokenizer, template, tmp: Path, cfg: ExportConfig, dtype, calibration) -> dict:
+def _quantize(model, tokenizer, template, tmp: Path, cfg: ExportConfig, dtype, calibration,
+              shard_bytes: int) -> dict:
     """Write the unquantized export to tmp/.unquantized, quantize it into tmp, reload what was written as a user
     would, and measure both models on the calibration rows."""
     data, encoded = calibration
@@ -165,11 +169,11 @@ def _quantize(model, tokenizer, template, tmp: Path, cfg: ExportConfig, dtype, c
                                             cfg.quant_bits, bar)
         else:
             compressor = fp8_weights(model)
-        write_hf(model, tokenizer, template, tmp, cfg.max_shard_size)
+        write_hf(model, tokenizer, template, tmp, shard_bytes)
         compressor.update_config(tmp)
     else:  # transformers' quantizer, applied as the unquantized export loads
-        write_hf(model, tokenizer, template, tmp / ".unquantized", cfg.max_shard_size)
-        quantize_directory(tmp / ".unquantized", tmp, cfg.quant_method, cfg.quant_bits, dtype, cfg.max_shard_size)
+        write_hf(model, tokenizer, template, tmp / ".unquantized", shard_bytes)
+        quantize_directory(tmp / ".unquantized", tmp, cfg.quant_method, cfg.quant_bits, dtype, shard_bytes)
         tokenizer.save_pretrained(tmp)
         shutil.rmtree(tmp / ".unquantized")
     try:

@@ -29,6 +29,8 @@ _REASONING_PARTS = ("reasoning", "thinking")
 _IGNORED_KEYS = ("name", "id", "refusal", "annotations")
 _KEYS = ("role", "content", "reasoning", "reasoning_content", "tool_calls", "tool_call_id", "images", "videos", "loss",
          "loss_weight", "weight") + _IGNORED_KEYS
+# Keys the openai client's message.model_dump() carries as null when a reply has no audio or legacy function call.
+_NULL_KEYS = ("audio", "function_call")
 
 
 class MessageError(TemplateError):
@@ -48,7 +50,7 @@ def normalize_message(m, i: int = 0) -> dict:
     role = m.get("role")
     if role not in ROLES:
         raise MessageError(f"message {i} has unknown role {role!r} (expected one of {', '.join(ROLES)})")
-    unknown = [k for k in m if k not in _KEYS]
+    unknown = [k for k in m if k not in _KEYS and not (k in _NULL_KEYS and m[k] is None)]
     if unknown:
         raise MessageError(f"message {i} has unknown key {unknown[0]!r} (known: {', '.join(_KEYS)})")
     text, part_reasoning, part_calls, part_images, part_videos = message_content(m.get("content"), i)
