@@ -22,6 +22,11 @@ IDENTITY = "examples/data/identity.jsonl"
     ("3/4 of them", "#### 0.75", True),
     ("The answer is 71", "#### 72", False),
     ("I do not know", "#### 72", False),
+    # each scored 0 once: a dollar sign escaped in LaTeX, units, a percentage against GSM8K's bare number, and a
+    # reference in words
+    ("So the total is \\boxed{\\$18}.", "#### 18", True), ("\\boxed{18 \\text{ dollars}}", "#### 18", True),
+    ("#### 18 dollars", "#### 18", True), ("\\boxed{60\\%}", "#### 60", True), ("60%", "#### 0.6", True),
+    ("6%", "#### 60", False), ("18", "She has 18 apples left.", True), ("17", "She has 18 apples left.", False),
 ])
 def test_math_extracts_the_final_answer_and_compares_numbers(answer, reference, correct):
     metric = METRICS["math"]
@@ -32,6 +37,12 @@ def test_math_extracts_the_final_answer_and_compares_numbers(answer, reference, 
     ("C", "C"), ("C.", "C"), ("(B)", "B"), ("b) because", "B"), ("ANSWER: D", "D"), ("The answer is (A).", "A"),
     ("<think>A or B?</think> The correct option is B", "B"), ("**Answer: C**", "C"), ("I am not sure", None),
     ("Answer: A\nActually, the answer is D", "D"),
+    # an explanation after the answer, and the words "a" and "I", are not the pick (each was once)
+    ("Answer: B\n\nExplanation: option A is wrong because it ignores friction.", "B"),
+    ("The answer is B. Choice A confuses mass and weight.", "B"), ("ANSWER: C\nOption D is also plausible", "C"),
+    ("The answer is a tricky one, but it is (C).", "C"), ("The best choice I can see is B", "B"),
+    ("I think it's B.", "B"), ("<think>the answer is A</think>B", "B"), ("A. Paris", "A"), ("**B**", "B"),
+    ("answer: (d)", "D"), ("The answer is: option C", "C"),
 ])
 def test_choice_letter_extraction(answer, letter):
     assert extract_choice(answer) == letter

@@ -2,7 +2,7 @@
 it matches. Every metric gives a row a score in [0, 1]; a task's score is their mean.
 
     math         the final answer (last \\boxed{}, else after ####, else the last number), numerically equal
-    choice       the option letter the answer picks (ANSWER: B, "the answer is (B)", a leading B.), equal
+    choice       the option letter the answer picks (ANSWER: B, "the answer is (B)", "option B.", a leading B.)
     exact_match  equal after SQuAD normalisation (case, punctuation, articles, spaces)
     f1           SQuAD token F1 of the normalised texts
     rouge        ROUGE-L F1 over lower-cased words
@@ -65,19 +65,28 @@ def rouge_l(prediction: str | None, reference: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-_CHOICE_PATTERNS = [
-    r"(?:answer|option|choice)\s*(?:is|:)?\s*[:\-]?\s*\(?\**([A-J])\b",  # ANSWER: B / the answer is (B) / **B**
-    r"^\s*\(?([A-J])(?:[\).:]|\s*$)",                                    # B. / (B) / B) / B alone at the start
-    r"\(([A-J])\)",                                                      # (B) anywhere
+# An option letter: capital (B, **B**), or in any case when marked as one: (b), b), b. -- so that the words "a" and
+# "I" are not read as options.
+_LETTER = r"(?:\(([A-Ja-j])\)|\**([A-J])\**(?![\w'])|([a-j])[\).:](?!\w))"
+_CHOICE_PATTERNS = [  # in order of authority; within one, the last match wins
+    rf"(?i:\banswer)\s*(?:is|:)?\s*[:\-]?\s*(?:(?i:option|choice)\s*)?{_LETTER}",  # ANSWER: B / answer is (B)
+    rf"(?i:\b(?:option|choice))\s+(?:is\s+)?{_LETTER}\s*(?=$|[.,;!])",            # the correct option is B.
+    rf"(?:\bis|'s)\s+{_LETTER}\s*[.!]?\s*\Z",                                     # (at the end) it's B
+    r"^\s*(?:\(([A-Ja-j])\)|([A-Ja-j])[\).:](?!\w)|\**([A-J])\**\s*$)",           # a line's B. / (B) / b) / B
+    r"\(([A-J])\)",                                                               # (B) anywhere
 ]
+_THINKING = re.compile(r"<think>.*?</think>", re.DOTALL)
 
 
 def extract_choice(text: str) -> str | None:
-    """The option letter an answer picks; the last explicit 'answer is X' wins over a leading letter."""
+    """The option letter an answer picks: the last explicit 'answer is X' wins, then a closing 'option X', then a
+    leading letter; reasoning in <think> blocks is not read."""
+    text = _THINKING.sub(" ", text)
     for pattern in _CHOICE_PATTERNS:
-        found = re.findall(pattern, text, flags=re.IGNORECASE | re.MULTILINE)
+        found = re.findall(pattern, text, flags=re.MULTILINE)
         if found:
-            return found[-1].upper()
+            last = found[-1]
+            return next(g for g in (last if isinstance(last, tuple) else (last,)) if g).upper()
     return None
 
 

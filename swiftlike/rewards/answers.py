@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 from fractions import Fraction
 
-_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?|-?\.\d+")
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?%?|-?\.\d+%?")
 _HASHES = re.compile(r"####\s*([^\n]+)")
 
 
@@ -37,30 +37,51 @@ def extract_answer(text: str) -> str | None:
 
 
 def to_number(text: str) -> Fraction | None:
-    """A number written as 1,234 / -3.5 / 3/4 / $12 / 50% / \\frac{3}{4} (exact), else None."""
-    t = text.strip().rstrip(".").replace("$", "").replace("\\!", "").replace(" ", "")
+    """A number written as 1,234 / -3.5 / 3/4 / $12 / \\$12 / 50% / \\frac{3}{4} / 18 \\text{ dollars} / 18 dollars
+    (exact; a percentage as the fraction it is), else None."""
+    values = _values(text)
+    return values[0] if values else None
+
+
+def _values(text: str) -> tuple[Fraction, ...]:
+    """The values an answer can mean: a percentage is both the fraction (60% = 0.6) and the number of percent
+    (GSM8K's "what percentage" references are the bare 60)."""
+    t = re.sub(r"\\(?:text|mbox|mathrm)\{[^{}]*\}", "", text)  # units written in LaTeX
+    t = t.strip().rstrip(".").replace("\\$", "").replace("$", "").replace("\\!", "").replace("\\,", "")
     t = re.sub(r"\\[dt]?frac\{(-?\d+)\}\{(\d+)\}", r"\1/\2", t)
-    t = t.removeprefix("\\(").removesuffix("\\)")
-    percent = t.endswith("%") or t.endswith("\\%")
+    t = t.removeprefix("\\(").removesuffix("\\)").strip()
+    unit = re.fullmatch(r"(\S+)\s+[A-Za-z][A-Za-z ]*", t)  # 18 dollars
+    t = (unit.group(1) if unit else t).replace(" ", "")
+    percent = t.endswith("%")
     t = t.removesuffix("\\%").removesuffix("%")
     if not re.fullmatch(r"-?(\d[\d,]*(\.\d+)?|\.\d+)(/\d+)?", t):
-        return None
+        return ()
     try:
         value = Fraction(t.replace(",", ""))
     except (ValueError, ZeroDivisionError):
-        return None
-    return value / 100 if percent else value
+        return ()
+    return (value / 100, value) if percent else (value,)
 
 
 def same_answer(predicted: str | None, reference: str) -> bool:
-    """Numeric equivalence where both sides are numbers, else equal after normalising case and spaces."""
+    """Numeric equivalence where both sides are numbers, else equal after normalising case and spaces. The
+    reference's final answer is its last \\boxed{} or `####` part; a reference that is neither nor a number is
+    also read for its last number, as a prediction is ("She has 18 apples left." -> 18)."""
     if predicted is None:
         return False
-    ref = extract_answer(reference) if ("####" in reference or "\\boxed" in reference) else reference
-    if ref is None:
-        return False
-    a, b = to_number(predicted), to_number(ref)
-    if a is not None and b is not None:
-        return a == b
+    if _values(reference):
+        candidates = [reference]
+    elif "####" in reference or "\\boxed" in reference:
+        candidates = [extract_answer(reference)]
+    else:
+        candidates = [reference, extract_answer(reference)]
     norm = lambda s: re.sub(r"\s+", " ", s.strip().strip(".").lower())  # noqa: E731
-    return norm(predicted) == norm(ref)
+    mine = set(_values(predicted))
+    for ref in filter(None, candidates):
+        theirs = _values(ref)
+        if mine and theirs:
+            if mine & set(theirs):
+                return True
+        elif norm(predicted) == norm(ref):
+            return True
+    return False
