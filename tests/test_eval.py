@@ -203,6 +203,23 @@ def test_perplexity_of_references_and_of_plain_text(tmp_path):
     text.write_text('{"text": "The river runs to the sea."}\n{"text": "Mountains stand still."}\n')
     _, plain = _eval(tmp_path, "plain", *MINI, "--eval_dataset", str(text), "--metric", "perplexity")
     assert plain["models"][0]["tasks"][0]["n"] == 2 and plain["models"][0]["tasks"][0]["score"] > 1
+    # a prompt over --max_length loses its start, not the row: each row's perplexity stays under its own key (the
+    # long row was dropped once, and every row after it reported under the key of the row before)
+    rows = tmp_path / "long.jsonl"
+    rows.write_text("".join(json.dumps(r) + "\n" for r in [
+        {"query": "Who are you?", "response": "I am Wren."},
+        {"query": "word " * 200, "response": "A long question."},
+        {"query": "What is 2+2?", "response": "Four."}]))
+    third = tmp_path / "third.jsonl"
+    third.write_text(rows.read_text().splitlines()[2] + "\n")
+    measured = {}
+    for name, data in (("long", rows), ("third", third)):
+        out, _ = _eval(tmp_path, name, *MINI, "--eval_dataset", str(data), "--metric", "perplexity",
+                       "--max_length", "64")
+        (path,) = (out / "predictions").glob("*/*.jsonl")
+        measured[name] = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [p["key"] for p in measured["long"]] == [f"{rows}:{i}" for i in (1, 2, 3)]
+    assert measured["long"][2]["perplexity"] == pytest.approx(measured["third"][0]["perplexity"], rel=1e-6)
 
 
 def test_bad_input_is_one_line(tmp_path, capsys):

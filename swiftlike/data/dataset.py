@@ -277,6 +277,10 @@ def _encode_all(template, rows: list[dict], sources: list | None, skip: bool, nu
         _WORK.clear()
 
 
+class NoRowsLeft(UserError):
+    """Every row was dropped (too long, no trained tokens, rejected and skipped)."""
+
+
 def _truncate(enc: dict, max_length: int, strategy: str) -> dict:
     cut = slice(-max_length, None) if strategy == "left" else slice(0, max_length)
     ids, labels = enc["input_ids"][cut], enc["labels"][cut]
@@ -328,5 +332,5 @@ def encode_rows(rows: list[dict], template, max_length: int, sources: list | Non
                 stats.lengths.append(piece["length"])
                 stats.trained_tokens += trained
     if not encoded:
-        raise UserError(f"no rows left to train on: {stats.report().splitlines()[0]}")
+        raise NoRowsLeft(f"no rows left to train on: {stats.report().splitlines()[0]}")
     return encoded, stats

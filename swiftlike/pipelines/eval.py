@@ -255,7 +255,7 @@ def _evaluate_backend(backend, local, tasks, rows, cfg: EvalConfig, out: Path) -
 
 
 def _perplexity(local, spec: str, cfg: EvalConfig):
-    from ..data.dataset import encode_rows, load_rows
+    from ..data.dataset import NoRowsLeft, encode_rows, load_rows
     from ..eval.run import evaluate_perplexity
     from ..templates.text import TextTemplate
 
@@ -270,11 +270,22 @@ def _perplexity(local, spec: str, cfg: EvalConfig):
             raise chat_error from None
         template = TextTemplate(template.tokenizer)
     data, sources = data[: cfg.limit], sources[: cfg.limit]
-    encoded, _ = encode_rows(data, template, cfg.max_length, sources, truncation_strategy="right")
-    labelled = [(enc, key) for enc, key in zip(encoded, sources) if any(x != -100 for x in enc["labels"][1:])]
-    if not labelled:
+    measured, keys, unmeasured = [], [], []
+    for row, key in zip(data, sources):  # a row at a time: each result stays with its own row's key
+        try:  # cut from the left: a long prompt loses its start, never the reference measured
+            (enc,), _ = encode_rows([row], template, cfg.max_length, [key], truncation_strategy="left")
+        except NoRowsLeft:
+            unmeasured.append(key)
+            continue
+        measured.append(enc)
+        keys.append(key)
+    if unmeasured:
+        print(f"[wb] eval: {spec}: {len(unmeasured)} of {len(data)} rows have no reference tokens to measure "
+              f"(an empty answer, or images over --max_length), left out: {', '.join(unmeasured[:5])}"
+              f"{' ...' if len(unmeasured) > 5 else ''}", file=sys.stderr, flush=True)
+    if not measured:
         raise UserError(f"--eval_dataset {spec}: no reference tokens to measure perplexity on")
-    return evaluate_perplexity(model, [e for e, _ in labelled], spec, [k for _, k in labelled])
+    return evaluate_perplexity(model, measured, spec, keys)
 
 
 def _settings(cfg: EvalConfig) -> dict:
