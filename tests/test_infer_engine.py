@@ -142,6 +142,39 @@ def test_cancel_frees_the_slot(parts):
         assert e.stats() == {"running": 0, "waiting": 0}
 
 
+def test_a_prefill_that_fails_fails_its_own_request_and_the_batch_runs_on(parts, capsys):
+    """Out of memory on one long prompt (simulated) fails that request; a completion already decoding goes on to
+    the tokens it would have had alone (it once failed with it: the whole running batch was dropped)."""
+    from swiftlike.infer.engine import TransformersEngine
+
+    model = parts[0]
+    go = threading.Event()
+    with TransformersEngine(*parts, max_batch_size=4) as e:
+        e._stops = set()
+        call = e._batch.call
+
+        def flaky(ids, mask, positions, cache, **kw):
+            if ids.shape[1] == 1:
+                go.wait(timeout=60)  # decoding waits until the long prompt has been submitted
+            elif ids.shape[1] > 15:
+                raise RuntimeError("CUDA out of memory (simulated)")
+            return call(ids, mask, positions, cache, **kw)
+        e._batch.call = flaky
+        running = e.submit(PROMPTS[0], SamplingParams(max_new_tokens=12))
+        while e.stats()["running"] == 0:
+            threading.Event().wait(0.01)
+        long = e.submit(PROMPTS[3], SamplingParams(max_new_tokens=4))  # 20 tokens
+        go.set()
+        with pytest.raises(RuntimeError, match="out of memory"):
+            long.result(timeout=60)
+        [completion] = running.result(timeout=60)
+        assert completion.token_ids == _alone(model, PROMPTS[0], 12, [])
+        [after] = e.submit(PROMPTS[1], SamplingParams(max_new_tokens=3)).result(timeout=60)
+        assert after.token_ids == _alone(model, PROMPTS[1], 3, [])
+        assert e.stats() == {"running": 0, "waiting": 0}
+    assert "[wb] generation failed: RuntimeError: CUDA out of memory (simulated)" in capsys.readouterr().err
+
+
 def test_async_iteration_gives_the_same_deltas(engine):
     params = SamplingParams(max_new_tokens=6, logprobs=True, top_logprobs=3)
 

@@ -74,12 +74,16 @@ class RunningBatch:
         if self.cache is None:
             self.cache, self.mask, self.positions = cache, mask, positions
             return
+        # everything is built before anything is replaced: a failure (out of memory) leaves the batch as it was
         width = max(self.mask.shape[1], mask.shape[1])
-        self.mask = torch.cat([_pad_left(self.mask, width), _pad_left(mask, width)])
-        self.positions = torch.cat([self.positions, positions])
-        for old, new in zip(self.cache.layers, cache.layers):
-            old.keys = torch.cat([_pad_left(old.keys, width, dim=2), _pad_left(new.keys, width, dim=2)])
-            old.values = torch.cat([_pad_left(old.values, width, dim=2), _pad_left(new.values, width, dim=2)])
+        joined_mask = torch.cat([_pad_left(self.mask, width), _pad_left(mask, width)])
+        joined_positions = torch.cat([self.positions, positions])
+        layers = [(torch.cat([_pad_left(old.keys, width, dim=2), _pad_left(new.keys, width, dim=2)]),
+                   torch.cat([_pad_left(old.values, width, dim=2), _pad_left(new.values, width, dim=2)]))
+                  for old, new in zip(self.cache.layers, cache.layers)]
+        self.mask, self.positions = joined_mask, joined_positions
+        for layer, (keys, values) in zip(self.cache.layers, layers):
+            layer.keys, layer.values = keys, values
 
 
 def _pad_left(t: torch.Tensor, width: int, dim: int = 1) -> torch.Tensor:

@@ -196,10 +196,7 @@ class TransformersEngine(Engine):
                 self._fail_running(error)
 
     def _fail_running(self, error: Exception) -> None:
-        if not isinstance(error, UserError):
-            print(f"[wb] generation failed: {type(error).__name__}: {error}", file=sys.stderr)
-        for row in self._rows:
-            row.request.fail(error)
+        self._fail(self._rows, error)
         self._rows, self._logits = [], None
         self._batch = RunningBatch(self._batch.call, self._pad, self.device)
 
@@ -227,17 +224,20 @@ class TransformersEngine(Engine):
             if not backlog or free <= 0 or (self._rows and backlog > free and free < self.refill):
                 return
             rows = [self._waiting.popleft() for _ in range(min(free, backlog))]
-        groups = _prefill_groups(rows)
-        for k, group in enumerate(groups):
+        for group in _prefill_groups(rows):
             try:
                 self._prefill(group)
-            except BaseException:
-                for later in groups[k + 1:]:  # admitted but not prefilled: failed with the running rows, never lost
-                    self._rows += later
-                raise
+            except Exception as error:  # (out of memory on a long prompt): that group fails, the batch runs on
+                self._fail(group, error)
+
+    def _fail(self, rows: list[_Row], error: Exception) -> None:
+        if not isinstance(error, UserError):
+            print(f"[wb] generation failed: {type(error).__name__}: {error}", file=sys.stderr)
+        for request in {id(row.request): row.request for row in rows}.values():
+            request.fail(error)
 
     def _prefill(self, rows: list[_Row]) -> None:
-        self._rows += rows  # before the prefill: a failure fails them too
+        """Join `rows` to the running batch; when it raises, the batch is as it was (RunningBatch._join)."""
         prompts, unique, expand = [], {}, []
         for row in rows:  # the n completions of a request are prefilled once
             key = id(row.request)
@@ -249,7 +249,8 @@ class TransformersEngine(Engine):
         logits = self._batch.prefill([r.request.prompt_ids for r in prompts], expand=expand,
                                      images=cat_images(images) if images else None,
                                      **self._adapter_kwargs([r.adapter for r in prompts]))
-        self._logits = logits if len(self._rows) == len(rows) else torch.cat([self._logits, logits])
+        self._logits = logits if not self._rows else torch.cat([self._logits, logits])
+        self._rows += rows
 
     def _choose(self, logits: torch.Tensor) -> tuple[list[int], list[dict | None]]:
         """The next token of every row, and its log-probability entry where the request wants one."""
@@ -288,7 +289,7 @@ class TransformersEngine(Engine):
 
     def _accept(self, row: _Row, token: int, entry: dict | None) -> tuple | None:
         """Give `token` to its row; when the row is finished, the arguments of its `_finish`."""
-        if row.request.cancelled:
+        if row.request.cancelled or row.request.done:  # (done: failed while its row ran, e.g. a sibling's prefill)
             return (row, "abort")
         if token in self._stops:
             return (row, "stop")
