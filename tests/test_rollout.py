@@ -658,6 +658,18 @@ def test_sampler_top_k_and_top_p():
     assert p9[3] == 0 and p9[2] > 0.1
 
 
+def test_sampler_extremes_are_greedy_not_garbage():
+    """A temperature or top_p near 0 picks the most likely token (they once gave NaN probabilities -> an id past
+    the vocabulary, and an all-masked row -> token 0)."""
+    from swiftlike.rollout.hf import sample_next
+
+    logits = torch.tensor([[0.0, 3.0, 1.0, -2.0]]).repeat(50, 1)
+    g = torch.Generator().manual_seed(2)
+    for sampling in (Sampling(temperature=1e-300), Sampling(temperature=1e-30), Sampling(top_p=1e-300),
+                     Sampling(top_p=1e-30, top_k=2)):
+        assert sample_next(logits, sampling, g).tolist() == [1] * 50, sampling
+
+
 def test_repetition_penalty():
     from swiftlike.rollout.hf import penalize_repeats
 

@@ -18,7 +18,10 @@ import torch
 
 def probabilities(logits: torch.Tensor, sampling) -> torch.Tensor:
     """softmax(logits / temperature), restricted to the top-k tokens and the top-p nucleus (temperature > 0)."""
-    logits = logits.float() / sampling.temperature
+    logits = logits.float()
+    # shifted so the largest is 0, and the temperature kept where float32 holds it: a tiny one gives the greedy
+    # one-hot, not inf / inf or 0 / 0 = NaN
+    logits = (logits - logits.max(dim=-1, keepdim=True).values) / max(sampling.temperature, 1e-6)
     if 0 < sampling.top_k < logits.shape[-1]:
         kth = torch.topk(logits, sampling.top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -26,7 +29,9 @@ def probabilities(logits: torch.Tensor, sampling) -> torch.Tensor:
     if sampling.top_p < 1.0:
         sorted_probs, order = torch.sort(probs, dim=-1, descending=True)
         before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs    # mass of the more likely tokens
-        sorted_probs = sorted_probs.masked_fill(before >= sampling.top_p, 0.0)
+        drop = before >= sampling.top_p
+        drop[:, 0] = False  # the most likely token always stays (a top_p that rounds to 0 in float32 kept none)
+        sorted_probs = sorted_probs.masked_fill(drop, 0.0)
         probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
     return probs
 
