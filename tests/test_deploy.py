@@ -304,6 +304,13 @@ def test_bad_requests_are_4xx_with_an_openai_error_body(fake, body, param):
     assert _error(_http(server.url, "POST", "/v1/chat/completions", body), 400)["param"] == param
 
 
+def test_message_errors_carry_the_documented_code(fake):
+    _, server, _ = fake
+    for messages in ([], [{"role": "robot", "content": "x"}]):  # (the empty list once had no code)
+        error = _error(_http(server.url, "POST", "/v1/chat/completions", {"model": "mini", "messages": messages}), 400)
+        assert error["code"] == "invalid_messages", error
+
+
 def test_malformed_oversize_and_unknown_routes(fake):
     _, server, client = fake
     url, chat = server.url, "/v1/chat/completions"
@@ -396,6 +403,9 @@ def test_concurrent_requests_are_all_answered(fake):
     ("<think>\nhmm\n</think>\n\n" + TOOL_CALL, False, True),
     ("broken <tool_call>\n{not json}\n</tool_call>", False, True),
     ("no call, a < sign and <tool at the end <tool_", False, True),
+    # leading whitespace the tool-call parser strips was streamed (and so was not a prefix of the message)
+    ("\n\nLet me check.", False, True), ("  Sure: " + TOOL_CALL, False, True),
+    ("<think>x</think>\n\n  answer", False, True), ("\n\nplain, no tools", False, False),
 ])
 def test_streamed_pieces_add_up_to_the_parsed_answer(qwen3_tokenizer, text, in_think, tools):
     template = get_template("qwen3", qwen3_tokenizer)
@@ -411,6 +421,18 @@ def test_streamed_pieces_add_up_to_the_parsed_answer(qwen3_tokenizer, text, in_t
         r, c, calls = stream.finish()
         assert (reasoning + r, content + c) == (expected.get("reasoning", ""), expected["content"])
         assert calls == expected.get("tool_calls", [])
+
+
+@pytest.mark.parametrize("template_name, opens", [("qwq", True), ("qwen3", False)])
+def test_a_think_tag_in_the_users_text_does_not_open_the_answers_reasoning(qwen3_tokenizer, template_name, opens):
+    """Only a template that pre-fills <think> at the end of the generation prompt starts the answer in reasoning
+    (a user asking about the tag once made the whole answer reasoning_content, content empty)."""
+    from swiftlike.serve.stream import prompt_opens_think
+
+    template = get_template(template_name, qwen3_tokenizer)
+    for text in ("hi", "What does the tag <think> do?", "ends with <think>"):
+        prompt = template.encode_prompt([{"role": "user", "content": text}])
+        assert prompt_opens_think(qwen3_tokenizer, prompt) is opens, text
 
 
 # -- `wb deploy` end to end: the real engine, LoRA checkpoints, the CLI ----------------------------------

@@ -38,7 +38,7 @@ class ServeSettings:
     max_model_len: int                   # prompt + completion tokens
     api_key: str | None = None
     max_tokens_limit: int | None = None  # ceiling on max_tokens; None: the context is the only bound
-    max_request_bytes: int = 4 << 20
+    max_request_bytes: int = 32 << 20    # as `wb deploy --max_request_bytes` (docs/deploy.md)
 
 
 class ClientGone(Exception):

@@ -125,7 +125,8 @@ def parse_chat_request(body: dict) -> ChatRequest:
     model, sampling, max_tokens, stream, include_usage = _common(body, chat=True)
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
-        raise ApiError(400, "'messages' must be a non-empty list of messages", param="messages")
+        raise ApiError(400, "'messages' must be a non-empty list of messages", param="messages",
+                       code="invalid_messages")
     # OpenAI's newer name for the system role; templates know the system role
     messages = [{**m, "role": "system"} if isinstance(m, dict) and m.get("role") == "developer" else m
                 for m in messages]

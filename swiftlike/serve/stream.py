@@ -24,9 +24,10 @@ def _partial_suffix(text: str, marker: str) -> int:
 
 
 def prompt_opens_think(tokenizer, prompt_ids: list[int]) -> bool:
-    """Whether the prompt ends inside a think block (thinking models whose template pre-fills `<think>`)."""
+    """Whether the prompt ends inside a think block: the template pre-filled `<think>` as the last thing of the
+    generation prompt (a `<think>` in the user's own text, before the assistant header, is not one)."""
     tail = tokenizer.decode(prompt_ids[-16:], skip_special_tokens=False)
-    return tail.rfind(THINK_OPEN) > tail.rfind(THINK_CLOSE)
+    return tail.rstrip().endswith(THINK_OPEN)
 
 
 def without_tool_parser(template):

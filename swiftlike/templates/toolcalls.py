@@ -35,7 +35,9 @@ def _hermes(text: str):
         if not isinstance(obj, dict) or "name" not in obj:
             return text, []
         calls.append(_call(obj["name"], obj.get("arguments", {})))
-    content = text.split("<tool_call>")[0].strip() if calls else text
+    # only trailing whitespace goes (as vLLM's hermes parser keeps the text before a call): a stream has sent the
+    # leading part before it can know a call follows
+    content = text.split("<tool_call>")[0].rstrip() if calls else text
     return content, calls
 
 
@@ -60,21 +62,21 @@ def _mistral(text: str):
         return text, []
     if not isinstance(items, list) or not all(isinstance(i, dict) and "name" in i for i in items):
         return text, []
-    return head.strip(), [_call(i["name"], i.get("arguments", {}), i.get("id")) for i in items]
+    return head.rstrip(), [_call(i["name"], i.get("arguments", {}), i.get("id")) for i in items]
 
 
 def _deepseek(text: str):
     found = _DS.findall(text)
     if not found:
         return text, []
-    return text.split("<｜tool▁calls▁begin｜>")[0].strip(), [_call(name, args) for _, name, args in found]
+    return text.split("<｜tool▁calls▁begin｜>")[0].rstrip(), [_call(name, args) for _, name, args in found]
 
 
 def _deepseek_v31(text: str):
     found = _DS31.findall(text)
     if not found:
         return text, []
-    return text.split("<｜tool▁calls▁begin｜>")[0].strip(), [_call(name, args) for name, args in found]
+    return text.split("<｜tool▁calls▁begin｜>")[0].rstrip(), [_call(name, args) for name, args in found]
 
 
 def _glm4(text: str):
@@ -111,7 +113,7 @@ def _mistral_small(text: str):
             return text, []
         calls.append(_call(m.group(1), args, m.group(2)))
         pos = end
-    return head.strip(), calls
+    return head.rstrip(), calls
 
 
 PARSERS = {"hermes": _hermes, "llama3_json": _llama_json, "mistral": _mistral, "deepseek": _deepseek,
