@@ -423,6 +423,25 @@ def test_streamed_pieces_add_up_to_the_parsed_answer(qwen3_tokenizer, text, in_t
         assert calls == expected.get("tool_calls", [])
 
 
+def test_logprob_bytes_rebuild_the_text_when_a_token_holds_part_of_a_character(qwen3_tokenizer):
+    """Byte-level BPE splits 𝔘 into pieces that decode alone to U+FFFD: their `bytes` are the real ones (they were
+    U+FFFD's, so the bytes no longer added up to the text), the text OpenAI gives such a piece ("bytes:\\x..."),
+    and legacy text offsets count characters."""
+    from swiftlike.infer.text import token_piece
+    from swiftlike.serve.protocol import chat_logprobs, completion_logprobs
+
+    text = "a 𝔘 🙂 你好<|im_end|>"
+    ids = qwen3_tokenizer.encode(text, add_special_tokens=False)
+    entries = [{"token_id": i, "logprob": -1.0, "top": []} for i in ids]
+    for entry in entries:
+        piece, raw = token_piece(qwen3_tokenizer, entry["token_id"])
+        entry.update(token=piece, bytes=list(raw))
+    content = chat_logprobs(entries)["content"]
+    assert b"".join(bytes(c["bytes"]) for c in content).decode("utf-8") == text
+    assert [c["token"] for c in content][1:4] == ["bytes:\\x20\\xf0\\x9d", "bytes:\\x94", "bytes:\\x98"]
+    assert completion_logprobs(entries)["text_offset"] == [0, 1, 2, 2, 3, 5, 6, 8]  # (the 2nd-4th tokens: 𝔘)
+
+
 @pytest.mark.parametrize("template_name, opens", [("qwq", True), ("qwen3", False)])
 def test_a_think_tag_in_the_users_text_does_not_open_the_answers_reasoning(qwen3_tokenizer, template_name, opens):
     """Only a template that pre-fills <think> at the end of the generation prompt starts the answer in reasoning

@@ -28,7 +28,7 @@ from .decode import ModelCall
 from .params import Completion, Delta, SamplingParams
 from .request import Engine, Request
 from .sampling import draw, penalize_repeats, probabilities
-from .text import TextStream
+from .text import TextStream, token_piece
 
 BASE = "base"
 PEFT_BASE = "__base__"  # PEFT's name for "no adapter" in a mixed batch
@@ -277,15 +277,15 @@ class TransformersEngine(Engine):
         return tokens, entries
 
     def _logprob_entry(self, logp: torch.Tensor, token: int, top: int) -> dict:
-        entry = {"token_id": token, "token": self._piece(token), "logprob": float(logp[token]), "top": []}
+        entry = {**self._piece(token), "logprob": float(logp[token]), "top": []}
         if top:
             values, ids = torch.topk(logp, top)
-            entry["top"] = [{"token_id": t, "token": self._piece(t), "logprob": v}
-                            for t, v in zip(ids.tolist(), values.tolist())]
+            entry["top"] = [{**self._piece(t), "logprob": v} for t, v in zip(ids.tolist(), values.tolist())]
         return entry
 
-    def _piece(self, token: int) -> str:
-        return self.tokenizer.decode([token], skip_special_tokens=False)
+    def _piece(self, token: int) -> dict:
+        text, raw = token_piece(self.tokenizer, token)
+        return {"token_id": token, "token": text, "bytes": list(raw)}
 
     def _accept(self, row: _Row, token: int, entry: dict | None) -> tuple | None:
         """Give `token` to its row; when the row is finished, the arguments of its `_finish`."""

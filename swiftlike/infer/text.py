@@ -1,5 +1,9 @@
-"""Generated ids -> text as it is generated: incremental decoding, stop strings, what is safe to show."""
+"""Generated ids -> text as it is generated: incremental decoding, stop strings, what is safe to show; and the
+bytes one token stands for (log-probs)."""
 from __future__ import annotations
+
+import re
+from functools import lru_cache
 
 
 class TextStream:
@@ -79,3 +83,39 @@ class TextStream:
                     best = k
                     break
         return best
+
+
+@lru_cache(maxsize=1)
+def _byte_level_alphabet() -> dict[str, int]:
+    """Byte-level BPE's printable stand-in for each byte (GPT-2's scheme, used by Qwen, Llama 3, ...) -> byte."""
+    kept = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    chars, extra = {}, 0
+    for b in range(256):
+        if b in kept:
+            chars[chr(b)] = b
+        else:
+            chars[chr(256 + extra)] = b
+            extra += 1
+    return chars
+
+
+def token_piece(tokenizer, token_id: int) -> tuple[str, bytes]:
+    """(text, bytes) of one token on its own. A token holding part of a UTF-8 character (byte-level BPE splits
+    emoji and rare characters) gets its real bytes, and the text OpenAI's API gives such a token: "bytes:\\xf0\\x9d"
+    (its lone decoding is U+FFFD, which would make different tokens look the same)."""
+    text = tokenizer.decode([token_id], skip_special_tokens=False)
+    if "\ufffd" not in text:
+        return text, text.encode("utf-8")
+    token = tokenizer.convert_ids_to_tokens(token_id) or ""
+    alphabet = _byte_level_alphabet()
+    fallback = re.fullmatch(r"<0x([0-9A-Fa-f]{2})>", token)  # SentencePiece's byte fallback
+    if fallback:
+        raw = bytes([int(fallback.group(1), 16)])
+    elif token and all(c in alphabet for c in token):
+        raw = bytes(alphabet[c] for c in token)
+    else:  # a tokenizer of another kind: its decoding is all there is
+        return text, text.encode("utf-8")
+    try:
+        return raw.decode("utf-8"), raw
+    except UnicodeDecodeError:
+        return "bytes:" + "".join(f"\\x{b:02x}" for b in raw), raw

@@ -5,6 +5,7 @@ error body, and unknown fields are ignored as the OpenAI API ignores them (clien
 """
 from __future__ import annotations
 
+import codecs
 import json
 import math
 import secrets
@@ -209,16 +210,17 @@ def chat_message(parsed: dict) -> dict:
     return out
 
 
-def _bytes(token: str) -> list[int]:
-    return list(token.encode("utf-8", errors="replace"))
+def _bytes(entry: dict) -> list[int]:
+    """The token's own bytes (the engine's, exact for a piece of a character), else its text's."""
+    return entry["bytes"] if "bytes" in entry else list(entry["token"].encode("utf-8", errors="replace"))
 
 
 def chat_logprobs(entries: list[dict] | None) -> dict | None:
     """Engine per-token log-probs -> a chat choice's `logprobs`."""
     if entries is None:
         return None
-    return {"content": [{"token": e["token"], "logprob": e["logprob"], "bytes": _bytes(e["token"]),
-                         "top_logprobs": [{"token": t["token"], "logprob": t["logprob"], "bytes": _bytes(t["token"])}
+    return {"content": [{"token": e["token"], "logprob": e["logprob"], "bytes": _bytes(e),
+                         "top_logprobs": [{"token": t["token"], "logprob": t["logprob"], "bytes": _bytes(t)}
                                           for t in e.get("top") or []]} for e in entries]}
 
 
@@ -226,10 +228,11 @@ def completion_logprobs(entries: list[dict] | None, offset: int = 0) -> dict | N
     """Engine per-token log-probs -> a (legacy) completion choice's `logprobs`; offsets count from `offset`."""
     if entries is None:
         return None
-    offsets, pos = [], offset
-    for e in entries:
-        offsets.append(pos)
-        pos += len(e["token"])
+    offsets, chars = [], offset
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="ignore")
+    for e in entries:  # in characters: a token that ends inside a character is counted with its last byte
+        offsets.append(chars)
+        chars += len(decoder.decode(bytes(_bytes(e))))
     return {"tokens": [e["token"] for e in entries], "token_logprobs": [e["logprob"] for e in entries],
             "top_logprobs": [{t["token"]: t["logprob"] for t in e.get("top") or []} for e in entries],
             "text_offset": offsets}
