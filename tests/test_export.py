@@ -3,6 +3,7 @@ never imports swiftlike), stopping where our template ends a turn and rendering 
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -301,3 +302,28 @@ def test_a_run_trained_with_another_template_ships_that_template(tmp_path, capsy
     capsys.readouterr()
     assert main(["export", "--adapters", other.checkpoint, "--merge", "--output_dir", str(tmp_path / "o")]) == 2
     assert "no chat template ships with swiftlike" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_local_base_trained_with_a_named_template_ships_that_template(tmp_path):
+    """A model directory the registry does not know, trained with --template qwen2_5: the export ships qwen2_5's
+    official Jinja (it shipped the directory's own template, which renders another system prompt); trained with
+    its own template, it ships its own."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from swiftlike.models.loader import ASSETS
+
+    first = wb.sft(model="Qwen/Qwen3-0.6B", miniature=True, dataset=[IDENTITY], lora=True, max_steps=1,
+                   output_dir=str(tmp_path / "first"))
+    local = tmp_path / "local"
+    shutil.copytree(json.loads((Path(first.checkpoint) / "args.json").read_text())["base_model_dir"], local)
+    (local / "miniature.json").unlink(missing_ok=True)  # an ordinary local model now
+    own = AutoTokenizer.from_pretrained(local).chat_template
+    for template, shipped in (("qwen2_5", (ASSETS / "chat_templates" / "qwen2_5.jinja").read_text(encoding="utf-8")),
+                              (None, own)):
+        run = wb.sft(model=str(local), dataset=[IDENTITY], lora=True, max_steps=1, template=template,
+                     output_dir=str(tmp_path / f"run-{template}"))
+        out = _export(tmp_path, run.checkpoint, f"out-{template}")
+        assert AutoTokenizer.from_pretrained(out).chat_template == shipped, template

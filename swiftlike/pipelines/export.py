@@ -20,7 +20,7 @@ from ..export.quantize import (check_method, check_model, fitted_weights, fp8_we
 from ..models.loader import quiet_libraries
 from ..models.perplexity import perplexity
 from ..models.resolve import base_weights, load_reference_tokenizer, resolve, stored_dtype, template_name
-from ..templates import get_template
+from ..templates import TEMPLATES, get_template
 
 CALIBRATION_LENGTH = 1024  # tokens per calibration row (longer rows are cut)
 
@@ -59,7 +59,8 @@ def run_export(cfg: ExportConfig) -> Path:
                         "and quantize it with its own tools")
     processor = _processor_dir(ref, cfg.trust_remote_code) if vision else None
     # else the bundled Jinja of the run's template; always for a VL model, whose tokenizer may carry a text-only one
-    native = (ref.meta is None or ref.meta.template == template.name) and not vision
+    # (native: the run rendered with the model's own chat template: its registered one, or its tokenizer's Jinja)
+    native = (template.name == ref.meta.template if ref.meta else template.name not in TEMPLATES) and not vision
     tokenizer = with_chat_template(tokenizer, template, native)
     calibration = _calibration(cfg.dataset, template) if cfg.quant_method else None
     kind = f"GGUF {cfg.gguf_type}" if cfg.to == "gguf" else str(dtype).replace("torch.", "")
