@@ -724,7 +724,8 @@ class ExportConfig(ModelArgs):
                             "4-bit base dequantized to --torch_dtype).")
     torch_dtype: str = _f("auto", "dtype of the written weights (and of GPTQ/AWQ's computation): auto (the dtype "
                                   "the model's config.json states, the base model's for --adapters: the same file "
-                                  "on any machine), bfloat16, float16 or float32.")
+                                  "on any machine; --to gguf: float32, rounded once to --gguf_type), bfloat16, "
+                                  "float16 or float32.")
     output_dir: str = _f("", "Where the export goes (default: next to the checkpoint, <name>-merged).")
     overwrite_output_dir: bool = _f(False, "Replace an --output_dir that is not empty.")
     max_shard_size: str = _f("5GB", "Largest safetensors shard (e.g. 2GB, 500MB).")

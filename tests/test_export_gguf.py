@@ -123,6 +123,25 @@ def test_a_merged_qlora_export_converts_to_gguf_as_it_is(tmp_path):
         assert np.array_equal(written, expected), ours
 
 
+@pytest.mark.slow
+def test_a_gguf_of_a_bf16_base_is_merged_in_float32_and_rounded_once(tmp_path):
+    """With --torch_dtype auto, an adapter on a bf16 base was merged in bf16 and then rounded to f16: the GGUF lost
+    most of a small LoRA update. Now the f16 tensors are the float32 merge rounded once."""
+    model = build_miniature("Qwen/Qwen2.5-0.5B-Instruct").to(torch.bfloat16)
+    model.save_pretrained(tmp_path / "base")
+    load_tokenizer("Qwen/Qwen2.5-0.5B-Instruct", miniature=True).save_pretrained(tmp_path / "base")
+    run = wb.sft(model=str(tmp_path / "base"), template="qwen2_5", dataset=["examples/data/identity.jsonl"],
+                 lora=True, max_steps=2, learning_rate=1e-2, torch_dtype="float32", output_dir=str(tmp_path / "run"))
+    assert main(["export", "--adapters", run.checkpoint, "--merge", "--torch_dtype", "float32", "--output_dir",
+                 str(tmp_path / "hf")]) == 0
+    assert main(["export", "--adapters", run.checkpoint, "--merge", "--to", "gguf", "--output_dir",
+                 str(tmp_path / "g")]) == 0
+    merged = load_file(tmp_path / "hf" / "model.safetensors")["model.layers.0.self_attn.v_proj.weight"]
+    written = {t.name: t for t in gguf.GGUFReader(str(tmp_path / "g" / "g-f16.gguf")).tensors}["blk.0.attn_v.weight"]
+    assert np.array_equal(np.asarray(written.data, dtype=np.float32).reshape(merged.shape),
+                          merged.to(torch.float16).float().numpy())
+
+
 def _same_tensors(a, b) -> None:
     tensors = [{t.name: t for t in reader.tensors} for reader in (a, b)]
     assert sorted(tensors[0]) == sorted(tensors[1])

@@ -6,6 +6,8 @@ import shutil
 import sys
 from pathlib import Path
 
+import torch
+
 from .. import accel
 from ..config import ExportConfig
 from ..errors import UserError
@@ -49,8 +51,12 @@ def run_export(cfg: ExportConfig) -> Path:
         from ..export.gguf import check_supported
 
         check_supported(config)
-    # `auto`: as stored, not as this machine computes best: the same command writes the same file on a CPU and a GPU
-    dtype = accel.resolve_dtype(cfg.torch_dtype) if cfg.torch_dtype != "auto" else stored_dtype(base)
+    # `auto`: as stored, not as this machine computes best: the same command writes the same file on a CPU and a GPU;
+    # a GGUF is merged in float32 and rounded once, to --gguf_type (through bf16 first, a LoRA update lost ~8x more)
+    if cfg.torch_dtype != "auto":
+        dtype = accel.resolve_dtype(cfg.torch_dtype)
+    else:
+        dtype = torch.float32 if cfg.to == "gguf" else stored_dtype(base)
     tokenizer = load_reference_tokenizer(ref, cfg.trust_remote_code)
     template = get_template(template_name(ref, tokenizer), tokenizer)
     vision = template.vision is not None
