@@ -308,7 +308,7 @@ def test_a_run_trained_with_another_template_ships_that_template(tmp_path, capsy
 def test_a_local_base_trained_with_a_named_template_ships_that_template(tmp_path):
     """A model directory the registry does not know, trained with --template qwen2_5: the export ships qwen2_5's
     official Jinja (it shipped the directory's own template, which renders another system prompt); trained with
-    its own template, it ships its own."""
+    its own template, or a named one its own renders identically, it ships its own."""
     import shutil
 
     from transformers import AutoTokenizer
@@ -321,9 +321,60 @@ def test_a_local_base_trained_with_a_named_template_ships_that_template(tmp_path
     shutil.copytree(json.loads((Path(first.checkpoint) / "args.json").read_text())["base_model_dir"], local)
     (local / "miniature.json").unlink(missing_ok=True)  # an ordinary local model now
     own = AutoTokenizer.from_pretrained(local).chat_template
-    for template, shipped in (("qwen2_5", (ASSETS / "chat_templates" / "qwen2_5.jinja").read_text(encoding="utf-8")),
-                              (None, own)):
+    qwen2_5 = (ASSETS / "chat_templates" / "qwen2_5.jinja").read_text(encoding="utf-8")
+    # (qwen3 ships no Jinja of ours: the directory's own renders as it does, so that one ships)
+    for template, shipped in (("qwen2_5", qwen2_5), (None, own), ("qwen3", own)):
         run = wb.sft(model=str(local), dataset=[IDENTITY], lora=True, max_steps=1, template=template,
                      output_dir=str(tmp_path / f"run-{template}"))
         out = _export(tmp_path, run.checkpoint, f"out-{template}")
         assert AutoTokenizer.from_pretrained(out).chat_template == shipped, template
+
+
+_CUSTOM_CONFIG = """from transformers import Qwen3Config
+class CustomConfig(Qwen3Config):
+    model_type = "custom_qwen3"
+"""
+_CUSTOM_MODEL = """from transformers import Qwen3ForCausalLM
+from .configuration_custom import CustomConfig
+class CustomForCausalLM(Qwen3ForCausalLM):
+    config_class = CustomConfig
+"""
+
+
+@pytest.mark.slow
+def test_a_model_with_its_own_code_needs_trust_and_exports_with_its_code(tmp_path, capsys):
+    """A base whose config.json maps to its own Python files (InternLM's way): without --trust_remote_code every
+    command says so in one line (transformers' traceback, after the merge for an export); with it, the streamed
+    export carries the Python files and reloads with plain transformers (it lacked modeling_*.py)."""
+    import shutil
+
+    first = wb.sft(model="Qwen/Qwen3-0.6B", miniature=True, dataset=[IDENTITY], lora=True, max_steps=1,
+                   output_dir=str(tmp_path / "first"))
+    custom = tmp_path / "custom"
+    shutil.copytree(json.loads((Path(first.checkpoint) / "args.json").read_text())["base_model_dir"], custom)
+    (custom / "miniature.json").unlink(missing_ok=True)
+    (custom / "configuration_custom.py").write_text(_CUSTOM_CONFIG)
+    (custom / "modeling_custom.py").write_text(_CUSTOM_MODEL)
+    config = json.loads((custom / "config.json").read_text())
+    config.update(model_type="custom_qwen3", architectures=["CustomForCausalLM"],
+                  auto_map={"AutoConfig": "configuration_custom.CustomConfig",
+                            "AutoModelForCausalLM": "modeling_custom.CustomForCausalLM"})
+    (custom / "config.json").write_text(json.dumps(config))
+    capsys.readouterr()
+    refusal = f"wb: error: {custom} needs its own Python code to load (auto_map in its config); add " \
+              "--trust_remote_code if you trust it"
+    common = ["--dataset", IDENTITY, "--lora", "--max_steps", "1", "--template", "qwen3"]
+    assert main(["sft", "--model", str(custom), *common, "--output_dir", str(tmp_path / "no")]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == refusal
+    assert main(["sft", "--model", str(custom), *common, "--output_dir", str(tmp_path / "run"),
+                 "--trust_remote_code"]) == 0
+    ckpt = str(tmp_path / "run" / "checkpoint-1")
+    capsys.readouterr()
+    assert main(["export", "--adapters", ckpt, "--merge", "--output_dir", str(tmp_path / "no_export")]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == refusal and not (tmp_path / "no_export").exists()
+    out = _export(tmp_path, ckpt, "exported", "--trust_remote_code")
+    assert {"configuration_custom.py", "modeling_custom.py"} <= {p.name for p in Path(out).iterdir()}
+    code = ("import sys; from transformers import AutoModelForCausalLM; "
+            "print(type(AutoModelForCausalLM.from_pretrained(sys.argv[1], trust_remote_code=True)).__name__)")
+    loaded = subprocess.run([sys.executable, "-c", code, out], capture_output=True, text=True, timeout=300)
+    assert loaded.stdout.strip().splitlines()[-1] == "CustomForCausalLM", loaded.stderr[-2000:]

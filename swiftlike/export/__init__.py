@@ -11,9 +11,9 @@ gguf.py   GGUF (f16, q8_0) for Qwen3, Qwen2 and Llama-3/3.x with llama.cpp's tok
 """
 from .merge import merged_model, trained_on_4bit
 from .stream import merged_tensors, nf4_weights, parse_size, shards_of, stream_merge, stream_plan, tensor_shapes
-from .write import (atomic_directory, model_card, prepare_output, with_chat_template, write_config, write_hf,
-                    write_metadata)
+from .write import (atomic_directory, model_card, prepare_output, renders_as, with_chat_template, write_config,
+                    write_hf, write_metadata)
 
 __all__ = ["atomic_directory", "merged_model", "merged_tensors", "model_card", "nf4_weights", "parse_size",
-           "prepare_output", "shards_of", "stream_merge", "stream_plan", "tensor_shapes", "trained_on_4bit",
+           "prepare_output", "renders_as", "shards_of", "stream_merge", "stream_plan", "tensor_shapes", "trained_on_4bit",
            "with_chat_template", "write_config", "write_hf", "write_metadata"]

@@ -72,7 +72,7 @@ def stream_plan(adapter_dir: str, base_dir: str) -> tuple[dict, list[Path]] | st
     return pairs, shards
 
 
-def nf4_weights(base_dir: str, dtype: torch.dtype) -> set[str]:
+def nf4_weights(base_dir: str, dtype: torch.dtype, trust_remote_code: bool = False) -> set[str]:
     """The weights transformers quantizes when it loads this base in 4 bits as QLoRA training does (models/loader.py):
     its own choice of modules, applied to an empty (meta) copy of the model."""
     from transformers import AutoConfig, AutoModelForCausalLM, BitsAndBytesConfig
@@ -82,7 +82,8 @@ def nf4_weights(base_dir: str, dtype: torch.dtype) -> set[str]:
     config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                 bnb_4bit_compute_dtype=dtype)
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(base_dir))
+        trusted = dict(trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(base_dir, **trusted), **trusted)
     AutoHfQuantizer.from_config(config)._process_model_before_weight_loading(model, device_map=None)
     return {f"{name}.weight" for name, module in model.named_modules() if type(module).__name__ == "Linear4bit"}
 

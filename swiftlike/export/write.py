@@ -41,6 +41,22 @@ def prepare_output(output_dir: str, overwrite: bool, sources: tuple = ()) -> Pat
     return out
 
 
+_CHAT = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "2+2?"}]
+_PROBES = (_CHAT, [{"role": "system", "content": "Be brief."}, *_CHAT])  # (default system prompts differ)
+
+
+def renders_as(tokenizer, template) -> bool:
+    """Whether the tokenizer's own chat template renders probe chats (and their generation prompts) as `template`
+    does: a local model's own Jinja can then ship for a run that named its template."""
+    if not getattr(tokenizer, "chat_template", None):
+        return False
+    try:
+        return all(tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+                   == template.render_text(chat, add_generation_prompt=True) for chat in _PROBES)
+    except Exception:  # noqa: BLE001  (a Jinja that refuses a system message, or ours: not the same template)
+        return False
+
+
 def official_chat_template(template_name: str, tokenizer, native: bool = True) -> str | None:
     """The chat template to ship: the tokenizer's own when the run used the model's own template (a real model's is
     the official one), else the official Jinja bundled for the template the run trained with."""
@@ -92,12 +108,16 @@ def write_hf(model, tokenizer, template, directory: Path, max_shard_size: int) -
     tokenizer.save_pretrained(directory)  # carrying its chat template (with_chat_template)
 
 
-def write_config(base: str, dtype, tokenizer, template, directory: Path) -> None:
+def write_config(base: str, dtype, tokenizer, template, directory: Path, trust_remote_code: bool = False) -> None:
     """config.json and generation_config.json of weights written without a model object (export/stream.py):
-    the base's, in the export dtype, stopping at the template's stop tokens."""
+    the base's, in the export dtype, stopping at the template's stop tokens; and a remote-code model's Python
+    files (its config.json's auto_map names them), without which it does not load."""
     from transformers import AutoConfig, GenerationConfig
 
-    config = AutoConfig.from_pretrained(base)
+    config = AutoConfig.from_pretrained(base, trust_remote_code=trust_remote_code)
+    if getattr(config, "auto_map", None):
+        for code in Path(base).glob("*.py"):
+            shutil.copyfile(code, directory / code.name)
     config.dtype, config.use_cache = dtype, True
     try:
         gen = GenerationConfig.from_pretrained(base)

@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -35,6 +36,18 @@ def config_dir(model: str, hub: str, miniature: bool = False) -> str:
     return download(model, hub, config_only=True, miniature=miniature)
 
 
+@contextmanager
+def own_code_refused(model: str):
+    """transformers' refusal to run a repository's own Python code (trust_remote_code off) -> one line."""
+    try:
+        yield
+    except ValueError as e:
+        if "trust_remote_code" not in str(e):
+            raise
+        raise UserError(f"{model} needs its own Python code to load (auto_map in its config); add "
+                        "--trust_remote_code if you trust it") from None
+
+
 def load_tokenizer(model: str, hub: str = "huggingface", trust_remote_code: bool = False, miniature: bool = False):
     """The model's tokenizer. For a miniature of a registered id nothing is downloaded: the bundled tokenizer is
     the family's own, or a stand-in vocabulary with the family's special tokens and chat template (said once)."""
@@ -51,7 +64,8 @@ def load_tokenizer(model: str, hub: str = "huggingface", trust_remote_code: bool
             path = ASSETS / "tokenizers" / meta.tokenizer  # bundled: no hub round-trip for registered families
         else:
             path = config_dir(model, hub, miniature)
-        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        with own_code_refused(model):
+            tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return tok
@@ -185,7 +199,8 @@ def model_config(model: str, hub: str = "huggingface", trust_remote_code: bool =
         return registered_config(meta)
     path = config_dir(model, hub)
     try:
-        return AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+        with own_code_refused(model):
+            return AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError, KeyError) as e:
         raise UserError(f"cannot read the config of {model}: {str(e).strip().splitlines()[0][:200]}") from None
 
@@ -296,14 +311,16 @@ def load_model(path: str, dtype: torch.dtype, *, quantize_4bit: bool = False, at
             bnb_4bit_compute_dtype=dtype)
         kwargs["device_map"] = {"": device}
     if reward_head:
-        model = _load_reward_model(AutoModelForSequenceClassification, path, kwargs, announce_head)
+        with own_code_refused(path):
+            model = _load_reward_model(AutoModelForSequenceClassification, path, kwargs, announce_head)
         if model.config.pad_token_id is None:
             model.config.pad_token_id = pad_token_id
     else:
         from transformers import AutoConfig
 
-        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
-        model = auto_class(config).from_pretrained(path, **kwargs)
+        with own_code_refused(path):
+            config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+            model = auto_class(config).from_pretrained(path, **kwargs)
     return model if quantize_4bit else model.to(device)
 
 

@@ -15,11 +15,11 @@ from ..data.dataset import encode_rows, load_rows
 from ..data.images import PREPROCESSOR_CONFIG
 from ..data.videos import VIDEO_PREPROCESSOR_CONFIG
 from ..export import (atomic_directory, merged_model, merged_tensors, model_card, nf4_weights, parse_size,
-                      prepare_output, shards_of, stream_merge, stream_plan, tensor_shapes, trained_on_4bit,
-                      with_chat_template, write_config, write_hf, write_metadata)
+                      prepare_output, renders_as, shards_of, stream_merge, stream_plan, tensor_shapes,
+                      trained_on_4bit, with_chat_template, write_config, write_hf, write_metadata)
 from ..export.quantize import (check_method, check_model, fitted_weights, fp8_weights, quantize_directory,
                                reload)
-from ..models.loader import quiet_libraries
+from ..models.loader import model_config, quiet_libraries
 from ..models.perplexity import perplexity
 from ..models.resolve import base_weights, load_reference_tokenizer, resolve, stored_dtype, template_name
 from ..templates import TEMPLATES, get_template
@@ -37,10 +37,7 @@ def run_export(cfg: ExportConfig) -> Path:
                          (ref.adapters, ref.base))
     shard_bytes = parse_size(cfg.max_shard_size)  # one reading for every writer, checked before any work
     base = base_weights(ref, cfg.trust_remote_code)
-    if cfg.quant_method or cfg.to == "gguf":  # what cannot be written is refused before any weights are merged
-        from transformers import AutoConfig
-
-        config = AutoConfig.from_pretrained(base)
+    config = model_config(base, trust_remote_code=cfg.trust_remote_code)  # what cannot be written is refused
     if cfg.quant_method:
         if ref.task == "rm":
             raise UserError("--quant_method: a reward model exports merged, unquantized (its score head is not a "
@@ -65,8 +62,13 @@ def run_export(cfg: ExportConfig) -> Path:
                         "and quantize it with its own tools")
     processor = _processor_dir(ref, cfg.trust_remote_code) if vision else None
     # else the bundled Jinja of the run's template; always for a VL model, whose tokenizer may carry a text-only one
-    # (native: the run rendered with the model's own chat template: its registered one, or its tokenizer's Jinja)
-    native = (template.name == ref.meta.template if ref.meta else template.name not in TEMPLATES) and not vision
+    # native: the run rendered with the model's own chat template: its registered one; for a model the registry
+    # does not know, its tokenizer's Jinja, or a named template that Jinja renders identically
+    if ref.meta is not None:
+        native = template.name == ref.meta.template
+    else:
+        native = template.name not in TEMPLATES or renders_as(tokenizer, template)
+    native = native and not vision
     tokenizer = with_chat_template(tokenizer, template, native)
     calibration = _calibration(cfg.dataset, template) if cfg.quant_method else None
     kind = f"GGUF {cfg.gguf_type}" if cfg.to == "gguf" else str(dtype).replace("torch.", "")
@@ -139,7 +141,7 @@ def _write_streamed(plan, ref, cfg: ExportConfig, dtype, tokenizer, template, tm
     base = base_weights(ref, cfg.trust_remote_code)
     nf4 = set()
     if ref.adapters and trained_on_4bit(ref.args):  # QLoRA: into the NF4 base it was trained on, dequantized
-        nf4 = nf4_weights(base, dtype)
+        nf4 = nf4_weights(base, dtype, cfg.trust_remote_code)
     with _bar("wb export", None, "tensor") as bar:
         if cfg.to == "gguf":
             from transformers import AutoConfig
@@ -147,13 +149,13 @@ def _write_streamed(plan, ref, cfg: ExportConfig, dtype, tokenizer, template, tm
             from ..export.gguf import modelfile, write_gguf_tensors
 
             name = f"{title}-{cfg.gguf_type}.gguf"
-            write_gguf_tensors(AutoConfig.from_pretrained(base), tensor_shapes(shards),
-                               merged_tensors(pairs, shards, dtype, nf4), tokenizer, template, tmp / name,
-                               cfg.gguf_type, title, bar)
+            config = AutoConfig.from_pretrained(base, trust_remote_code=cfg.trust_remote_code)
+            write_gguf_tensors(config, tensor_shapes(shards), merged_tensors(pairs, shards, dtype, nf4), tokenizer,
+                               template, tmp / name, cfg.gguf_type, title, bar)
             (tmp / "Modelfile").write_text(modelfile(name, template, tokenizer), encoding="utf-8")
             return
         stream_merge(pairs, shards, dtype, tmp, shard_bytes, bar, nf4)
-    write_config(base, dtype, tokenizer, template, tmp)
+    write_config(base, dtype, tokenizer, template, tmp, cfg.trust_remote_code)
 
 
 def _calibration(dataset: list[str], template) -> tuple[str, list[dict]]:

@@ -383,9 +383,8 @@ def vllm_engine(ref, adapters: dict[str, str], trust_remote_code: bool, max_mode
     """A vLLM engine for a resolved model reference (`wb infer` and `wb deploy`): the base weights from disk,
     rendered with the reference's template, adapters as LoRARequests, the context pinned to --max_model_len or
     the model's own."""
-    from transformers import AutoConfig
-
     from ..infer import vllm as backend
+    from ..models.loader import model_config
     from ..models.resolve import base_weights, load_reference_tokenizer, template_name
     from ..templates import get_template
 
@@ -398,7 +397,7 @@ def vllm_engine(ref, adapters: dict[str, str], trust_remote_code: bool, max_mode
                         "not vLLM")
     tokenizer = load_reference_tokenizer(ref, trust_remote_code)
     weights = base_weights(ref, trust_remote_code)
-    config = AutoConfig.from_pretrained(weights, trust_remote_code=trust_remote_code)
+    config = model_config(weights, trust_remote_code=trust_remote_code)
     known = getattr(config.get_text_config(), "max_position_embeddings", None)
     if max_model_len and known and max_model_len > known:
         raise UserError(f"--max_model_len {max_model_len} is longer than the model's context ({known} tokens)")

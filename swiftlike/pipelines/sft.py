@@ -22,7 +22,7 @@ from ..data.stream import LazyCollate, RowStream
 from ..errors import UserError
 from ..models import attach_lora, build_miniature, load_model, load_tokenizer
 from ..models.lora_compute import compute_in_stream_dtype
-from ..models.loader import freeze_vision_parts, prepare_4bit, quiet_libraries
+from ..models.loader import freeze_vision_parts, model_config, prepare_4bit, quiet_libraries
 from ..models.resolve import ModelRef, base_weights, resolve, template_name
 from ..registry import find_model
 from ..templates import get_template
@@ -328,10 +328,9 @@ def training_engine(cfg: SFTConfig, base_dir: str, dtype):
     if cfg.fsdp:
         return partial(engines.build_engine, "fsdp", fsdp=engines.fsdp_config(cfg.fsdp), dtype=dtype), None
     import deepspeed
-    from transformers import AutoConfig
 
     deepspeed.init_distributed(dist_backend=accel.dist_backend())  # joins the group above: its world size
-    text = AutoConfig.from_pretrained(base_dir, trust_remote_code=cfg.trust_remote_code).get_text_config()
+    text = model_config(base_dir, trust_remote_code=cfg.trust_remote_code).get_text_config()
     config = engines.fill_deepspeed_config(
         engines.deepspeed_config(cfg.deepspeed), micro_batch=cfg.per_device_train_batch_size,
         accumulation=cfg.gradient_accumulation_steps, max_grad_norm=cfg.max_grad_norm, dtype=dtype,
@@ -455,12 +454,10 @@ def frozen_reference(cfg: SFTConfig, base_dir: str, dtype):
 
 def training_attention(cfg: SFTConfig, base_dir: str, announce: bool = False) -> str | None:
     """The attention implementation of a training run's models (models/attention.py chooses; printed once)."""
-    from transformers import AutoConfig
-
     from ..models import attention
 
     impl, why = attention.choose(cfg.attn_implementation, accel.device_type(), cfg.padding_free,
-                                 AutoConfig.from_pretrained(base_dir, trust_remote_code=cfg.trust_remote_code),
+                                 model_config(base_dir, trust_remote_code=cfg.trust_remote_code),
                                  accel.resolve_dtype(cfg.torch_dtype))
     if announce and accel.is_main_process():
         print(f"[wb] attention: {impl or 'sdpa'} ({why})")
