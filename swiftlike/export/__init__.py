@@ -15,5 +15,5 @@ from .write import (atomic_directory, model_card, prepare_output, renders_as, wi
                     write_hf, write_metadata)
 
 __all__ = ["atomic_directory", "merged_model", "merged_tensors", "model_card", "nf4_weights", "parse_size",
-           "prepare_output", "renders_as", "shards_of", "stream_merge", "stream_plan", "tensor_shapes", "trained_on_4bit",
-           "with_chat_template", "write_config", "write_hf", "write_metadata"]
+           "prepare_output", "renders_as", "shards_of", "stream_merge", "stream_plan", "tensor_shapes",
+           "trained_on_4bit", "with_chat_template", "write_config", "write_hf", "write_metadata"]

@@ -41,7 +41,8 @@ def prepare_output(output_dir: str, overwrite: bool, sources: tuple = ()) -> Pat
     return out
 
 
-_CHAT = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "2+2?"}]
+_CHAT = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."},
+         {"role": "user", "content": "2+2?"}]
 _PROBES = (_CHAT, [{"role": "system", "content": "Be brief."}, *_CHAT])  # (default system prompts differ)
 
 
