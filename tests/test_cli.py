@@ -78,6 +78,22 @@ def test_lora_with_full(capsys):
     assert err == "wb: error: choose one training mode, got --lora and --full"
 
 
+def test_a_mode_flag_replaces_the_recipes_mode(capsys):
+    """Flags override the recipe, the training mode too (it was 'choose one training mode, got --lora and --full',
+    naming a flag the user never typed)."""
+    assert main(["sft", "--config", "examples/sft_lora.yaml", "--full", "--dry_run"]) == 0
+    assert "training   sft, full," in capsys.readouterr().out
+    assert main(["sft", "--config", "examples/sft_lora.yaml", "--dry_run"]) == 0
+    assert "training   sft, lora r=8" in capsys.readouterr().out
+
+
+def test_list_flags_repeat_to_mix():
+    """`--dataset a --dataset b` mixes both, as --help and docs/data.md say (the second once replaced the first)."""
+    args = build_parser().parse_args(["sft", "--dataset", "a.jsonl", "--dataset", "b.csv", "c.json",
+                                      "--target_modules", "q_proj", "--target_modules", "v_proj"])
+    assert args.dataset == ["a.jsonl", "b.csv", "c.json"] and args.target_modules == ["q_proj", "v_proj"]
+
+
 def test_recipe_unknown_key_suggests(capsys, tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("model: Qwen/Qwen3-0.6B\nlearning_rat: 0.1\n")

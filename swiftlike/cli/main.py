@@ -56,7 +56,7 @@ def _add_config_flags(parser: argparse.ArgumentParser, cls) -> None:
         if "bool" in typ:
             parser.add_argument(f"--{f.name}", nargs="?", const=True, type=_bool, metavar="BOOL", **kw)
         elif "list" in typ:
-            parser.add_argument(f"--{f.name}", nargs="+", metavar="VALUE", **kw)
+            parser.add_argument(f"--{f.name}", nargs="+", action="extend", metavar="VALUE", **kw)  # repeatable
         elif "int" in typ:
             parser.add_argument(f"--{f.name}", type=int, metavar="N", **kw)
         elif "float" in typ:
@@ -144,6 +144,9 @@ def _maybe_relaunch(argv: list[str], plan: dict) -> int | None:
             raise
 
 
+TRAINING_MODES = ("lora", "qlora", "full")
+
+
 def _run(argv: list[str]) -> int:
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
@@ -176,7 +179,10 @@ def _run(argv: list[str]) -> int:
     values.pop("command")
     values.pop("data_command", None)
     recipe = values.pop("config", None)
-    merged = {**(load_recipe(recipe) if recipe else {}), **values}
+    from_recipe = load_recipe(recipe) if recipe else {}
+    if any(values.get(mode) for mode in TRAINING_MODES):  # a mode flag replaces the recipe's mode
+        from_recipe = {k: v for k, v in from_recipe.items() if k not in TRAINING_MODES}
+    merged = {**from_recipe, **values}
     where = f"key in {recipe}" if recipe else "option"
     for key in merged:
         if key not in field_types(cls):
