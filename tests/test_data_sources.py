@@ -39,6 +39,24 @@ def test_csv_with_messages_column_and_missing_cells(tmp_path):
         load_rows([str(bad)])
 
 
+def test_files_read_as_their_writers_meant(tmp_path):
+    """Each once read wrongly: a quoted CSV cell's line break (dropped), a form feed in a cell (a false 'missing
+    columns'), U+2028 inside a JSON string (a false 'not valid JSON'), a byte-order mark (Excel's "CSV UTF-8": a
+    column named '\ufeffquery'), and a text answer that looks like JSON ([1, 2] became a list of ints)."""
+    csv_path = tmp_path / "poem.csv"
+    csv_path.write_bytes('\ufeffquery,response\r\nwrite a poem,"roses are red\r\nviolets are blue"\r\n'
+                         'page,page1\x0cpage2\r\nlist it,"[1, 2]"\r\n'.encode("utf-8"))
+    answers = [r["messages"][1]["content"] for r in load_rows([str(csv_path)])]
+    assert answers == ["roses are red\nviolets are blue", "page1\x0cpage2", "[1, 2]"]  # (text mode: CRLF is LF)
+    jsonl = tmp_path / "sep.jsonl"
+    rows = [{"query": "q", "response": "line one\u2028line two"}, {"query": "q2", "response": "a2"}]
+    jsonl.write_bytes(b"\xef\xbb\xbf" + "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode())
+    sources = []
+    read = load_rows([str(jsonl)], sources)
+    assert [r["messages"][1]["content"] for r in read] == ["line one\u2028line two", "a2"]
+    assert sources == [f"{jsonl}:1", f"{jsonl}:2"]
+
+
 def test_non_utf8_names_the_line(tmp_path):
     p = tmp_path / "x.jsonl"
     p.write_bytes(json.dumps(ROW).encode() + b"\n" + b'{"messages": "\xff"}\n')

@@ -6,6 +6,7 @@ as `hf::org/name[:subset][:split]` or `ms::org/name[:subset][:split]` (ModelScop
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 from typing import Iterator
@@ -37,7 +38,7 @@ def read_rows(source: str, streaming: bool = False) -> Iterator[tuple[str, "dict
         yield from _parquet(source)
         return
     try:
-        text = p.read_text(encoding="utf-8")
+        text = p.read_text(encoding="utf-8-sig")  # (a byte-order mark, as Excel's "CSV UTF-8" writes, is not data)
     except UnicodeDecodeError as e:
         line = p.read_bytes()[: e.start].count(b"\n") + 1
         raise UserError(f"{source}:{line}: not UTF-8 text (byte {e.start})") from None
@@ -51,7 +52,7 @@ class BadLine(ValueError):
 
 
 def _jsonl(path: str, text: str):
-    for lineno, line in enumerate(text.splitlines(), 1):
+    for lineno, line in enumerate(text.split("\n"), 1):  # (splitlines would also split at U+2028 inside a string)
         if not line.strip():
             continue
         try:
@@ -79,7 +80,7 @@ def _json(path: str, text: str):
 
 
 def _csv(path: str, text: str):
-    reader = csv.DictReader(text.splitlines())
+    reader = csv.DictReader(io.StringIO(text, newline=""))  # quoted cells keep their line breaks
     if not reader.fieldnames:
         raise UserError(f"{path}: no header row")
     for row in reader:
@@ -88,17 +89,27 @@ def _csv(path: str, text: str):
         missing = [k for k, v in row.items() if v is None]
         if missing:
             raise UserError(f"{path}:{reader.line_num}: missing columns {', '.join(missing)}")
-        yield f"{path}:{reader.line_num}", {k: _maybe_json(v) for k, v in row.items()}
+        yield f"{path}:{reader.line_num}", {k: _maybe_json(k, v) for k, v in row.items()}
 
 
-def _maybe_json(cell: str):
-    """CSV cells holding JSON lists/objects (messages, history) are decoded; everything else stays text."""
-    if cell[:1] in "[{":
-        try:
-            return json.loads(cell)
-        except json.JSONDecodeError:
-            return cell
-    return cell
+# columns that are text in every format the data layer reads: a cell there is never decoded as JSON
+TEXT_COLUMNS = {"query", "response", "output", "instruction", "input", "answer", "text", "system", "question",
+                "solution", "rejected_response"}
+
+
+def _maybe_json(column: str, cell: str):
+    """CSV cells holding JSON objects or lists of objects / strings (messages, history, images, choices) are
+    decoded; everything else stays text (an answer such as `[1, 2]` is not a list)."""
+    if column in TEXT_COLUMNS or cell[:1] not in "[{":
+        return cell
+    try:
+        value = json.loads(cell)
+    except json.JSONDecodeError:
+        return cell
+    if isinstance(value, list) and not (all(isinstance(v, dict) for v in value)
+                                        or all(isinstance(v, str) for v in value)):
+        return cell
+    return value
 
 
 def _parquet(path: str):
