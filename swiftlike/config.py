@@ -150,8 +150,9 @@ class SFTConfig(ModelArgs, DataArgs):
     save_steps: int = _f(500, "Save a checkpoint every N optimizer steps (and always at the end).")
     save_total_limit: int | None = _f(None, "Keep at most this many checkpoints (oldest deleted).")
     resume: bool = _f(False, "Continue from the latest checkpoint in --output_dir.")
-    overwrite_output_dir: bool = _f(False, "Start afresh in an --output_dir that already holds checkpoints "
-                                           "(they are replaced as new ones are written).")
+    overwrite_output_dir: bool = _f(False, "Start afresh in an --output_dir that already holds checkpoints, or "
+                                           "continue an earlier one there (--resume_from_checkpoint): the "
+                                           "checkpoints past this run's step go at its first save.")
     resume_from_checkpoint: str | None = _f(None, "Continue from this checkpoint directory.")
     save_on_interrupt: bool = _f(True, "On Ctrl-C, finish the current step and save a checkpoint (atomically) "
                                        "before stopping; a second Ctrl-C stops at once.")

@@ -67,6 +67,34 @@ def test_ctrl_c_finishes_the_step_saves_and_resume_continues(tmp_path, monkeypat
 
 
 @pytest.mark.slow
+def test_an_older_runs_later_checkpoints_never_outrank_this_runs(tmp_path, monkeypatch, capsys):
+    """--overwrite_output_dir over a run that went further: its later checkpoints once stayed 'latest', so
+    --save_total_limit deleted the new run's own checkpoints and Ctrl-C skipped a save at a step an old
+    checkpoint had. Now they go at this run's first save; continuing an earlier checkpoint in that directory
+    needs --overwrite_output_dir."""
+    out = tmp_path / "run"
+    kw = dict(model="Qwen/Qwen3-0.6B", miniature=True, dataset=[IDENTITY], lora=True, output_dir=str(out))
+    wb.sft(max_steps=6, save_steps=3, **kw)
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-6"]
+    result = wb.sft(max_steps=4, save_steps=2, save_total_limit=1, overwrite_output_dir=True, **kw)
+    assert result.checkpoint == str(out / "checkpoint-4")
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-4"]
+    _state(out / "checkpoint-4")  # this run's (its own trainer state)
+    wb.sft(max_steps=6, save_steps=3, overwrite_output_dir=True, **kw)
+    with pytest.raises(UserError, match=r"holds checkpoint-6, later than checkpoint-3: continuing from "
+                                        r"checkpoint-3 there replaces them; add --overwrite_output_dir"):
+        wb.sft(max_steps=6, resume_from_checkpoint=str(out / "checkpoint-3"), **kw)
+    _interrupt_at(monkeypatch, (3,))  # the branch from step 3, stopped after step 4: saved, the only latest
+    capsys.readouterr()
+    with pytest.raises(KeyboardInterrupt):
+        wb.sft(max_steps=6, save_steps=100, resume_from_checkpoint=str(out / "checkpoint-3"),
+               overwrite_output_dir=True, **kw)
+    assert capsys.readouterr().out.splitlines()[-1] == \
+        f"[wb] stopped at step 4 of 6; --resume continues from {out / 'checkpoint-4'}"
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-4"]
+
+
+@pytest.mark.slow
 def test_second_ctrl_c_stops_at_once_and_names_the_resume_point(tmp_path, monkeypatch, capsys):
     out = tmp_path / "run"
     _interrupt_at(monkeypatch, (2, 3))  # the second arrives before the requested stop is honoured

@@ -27,7 +27,7 @@ from ..models.resolve import ModelRef, base_weights, resolve, template_name
 from ..registry import find_model
 from ..templates import get_template
 from ..templates.text import TextTemplate
-from ..train.checkpoint import latest_checkpoint, write_atomic
+from ..train.checkpoint import checkpoint_step, latest_checkpoint, list_checkpoints, write_atomic
 from ..train.tracking import check_tracker
 from ..train.dpo import REFERENCE_FREE
 from ..train.trainer import LoopSettings, Trainer, TrainResult
@@ -51,6 +51,12 @@ def _resume_point(cfg: SFTConfig) -> Path | None:
         path = Path(cfg.resume_from_checkpoint)
         if not path.is_dir():
             raise UserError(f"--resume_from_checkpoint {path}: no such checkpoint directory")
+        step = checkpoint_step(path)
+        later = [c.name for c in list_checkpoints(cfg.output_dir) if step is not None and checkpoint_step(c) > step]
+        if later and not cfg.overwrite_output_dir:  # its first save would replace them (a branch of the run)
+            raise UserError(f"{cfg.output_dir} holds {', '.join(later)}, later than {path.name}: continuing from "
+                            f"{path.name} there replaces them; add --overwrite_output_dir for that, or choose "
+                            "another --output_dir")
         return path
     ckpt = latest_checkpoint(cfg.output_dir)
     if cfg.resume:

@@ -27,6 +27,12 @@ def list_checkpoints(output_dir: str | Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+def checkpoint_step(path: str | Path) -> int | None:
+    """N of a `checkpoint-N` directory (None for another name)."""
+    m = _NAME.match(Path(path).name)
+    return int(m.group(1)) if m else None
+
+
 def latest_checkpoint(output_dir: str | Path) -> Path | None:
     ckpts = list_checkpoints(output_dir)
     return ckpts[-1] if ckpts else None
@@ -68,8 +74,14 @@ def save_checkpoint(tmp: Path, step: int, model, tokenizer, args_json: str, stat
         shutil.rmtree(final)
     os.replace(tmp, final)
     _fsync_dir(root)
-    if save_total_limit:
-        for old in list_checkpoints(root)[:-save_total_limit]:
+    kept = []
+    for ckpt in list_checkpoints(root):
+        if checkpoint_step(ckpt) > step:  # of a run this one replaced (--overwrite_output_dir): never "latest"
+            shutil.rmtree(ckpt, ignore_errors=True)
+        else:
+            kept.append(ckpt)
+    if save_total_limit:  # the newest, this one among them
+        for old in kept[:-save_total_limit]:
             shutil.rmtree(old, ignore_errors=True)
     return final
 

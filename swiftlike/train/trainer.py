@@ -130,8 +130,10 @@ class Trainer:
         self._stop_requested = False
         self.input_tokens = 0  # every non-padding token processed in this session (for throughput)
         self.slot_tokens = 0  # every position processed, padding included
+        self.saved, self.saved_step, self.resumed_from = None, None, resume_from  # (this run's checkpoints)
         if resume_from is not None:
             self._restore(resume_from)
+            self.saved_step = self.step
 
     def plan(self) -> tuple[int, int]:
         """(optimizer steps per epoch, total steps)."""
@@ -307,7 +309,8 @@ class Trainer:
         evals = [h for h in self.log_history if any(k.startswith("eval_") for k in h)]
         if evals:
             metrics.update({k: v for k, v in evals[-1].items() if k != "step"})
-        return TrainResult(self.s.output_dir, str(checkpoint or latest_checkpoint(self.s.output_dir)), metrics,
+        ckpt = checkpoint or self.saved or self.resumed_from or latest_checkpoint(self.s.output_dir)
+        return TrainResult(self.s.output_dir, str(ckpt), metrics,
                            self.log_history, already_finished=finished_before)
 
     # -- Ctrl-C --------------------------------------------------------------------------------
@@ -347,8 +350,7 @@ class Trainer:
     def _stop(self, bar) -> None:
         """A requested stop between steps: save (atomically, as every checkpoint) and raise KeyboardInterrupt."""
         bar.close()
-        saved = latest_checkpoint(self.s.output_dir)
-        if self.s.save_on_interrupt and self.step > 0 and (saved is None or saved.name != f"checkpoint-{self.step}"):
+        if self.s.save_on_interrupt and self.step > 0 and self.saved_step != self.step:
             self.save()
         if accel.is_main_process():
             print(f"[wb] stopped at step {self.step} of {self.total_steps}; {self._resume_hint()}")
@@ -356,10 +358,11 @@ class Trainer:
         raise _Stopped
 
     def _resume_hint(self) -> str:
-        ckpt = latest_checkpoint(self.s.output_dir)
+        ckpt = self.saved or self.resumed_from  # this run's: an older run's checkpoints may still be there
         if ckpt is None:
             return "no checkpoint yet: nothing to resume"
-        return f"--resume continues from {ckpt}"
+        return f"--resume continues from {ckpt}" if ckpt == latest_checkpoint(self.s.output_dir) else \
+            f"--resume_from_checkpoint {ckpt} continues it"
 
     # -- checkpoints -------------------------------------------------------------------------
     def save(self) -> Path | None:
@@ -378,6 +381,8 @@ class Trainer:
                               "rng": accel.rng_state(), "step": self.step, "trained_tokens": self.trained_tokens}
             path = save_checkpoint(tmp, self.step, self.model, self.tokenizer, self.args_json, state,
                                    training_state, self.s.save_total_limit, weights)
+            self.saved = path
+        self.saved_step = self.step
         if self.distributed:
             import torch.distributed as dist
 
