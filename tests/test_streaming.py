@@ -34,6 +34,13 @@ def test_lazy_tokenize_trains_exactly_like_eager(tmp_path):
     eager = wb.sft(**BASE, max_steps=3, output_dir=str(tmp_path / "eager"))
     lazy = wb.sft(**BASE, max_steps=3, lazy_tokenize=True, output_dir=str(tmp_path / "lazy"))
     assert [h["loss"] for h in lazy.log_history] == [h["loss"] for h in eager.log_history]
+    # with rows held out for validation (--split_ratio): the same rows, encoded (lazily they once were not: a
+    # KeyError at the first evaluation, and the run directory deleted)
+    split = dict(BASE, max_steps=3, split_ratio=0.1)
+    eager = wb.sft(**split, output_dir=str(tmp_path / "eager_split"))
+    lazy = wb.sft(**split, lazy_tokenize=True, output_dir=str(tmp_path / "lazy_split"))
+    assert lazy.metrics["eval_loss"] == eager.metrics["eval_loss"]
+    assert [h["loss"] for h in lazy.log_history if "loss" in h] == [h["loss"] for h in eager.log_history if "loss" in h]
 
 
 @pytest.mark.slow

@@ -17,7 +17,7 @@ from ..data.images import PREPROCESSOR_CONFIG, ImageProcessing
 from ..data.videos import VIDEO_PREPROCESSOR_CONFIG
 from ..data.packing import pack
 from ..data.pairs import KTOCollate, collate_pairs, pair_sequences
-from ..data.dataset import DataStats, encode_rows, hold_out, iter_rows, load_rows
+from ..data.dataset import DataStats, NoRowsLeft, encode_rows, hold_out, iter_rows, load_rows
 from ..data.stream import LazyCollate, RowStream
 from ..errors import UserError
 from ..models import attach_lora, build_miniature, load_model, load_tokenizer
@@ -200,6 +200,13 @@ def prepare_data(cfg: SFTConfig, template) -> tuple[list[dict], list[dict], Data
             _encoded(cfg, template, cfg.val_dataset)[0]
     elif cfg.split_ratio > 0:
         rows, eval_rows = hold_out(rows, cfg.split_ratio, cfg.seed)
+        if cfg.lazy_tokenize and not pairwise:  # validation batches are built from encoded rows
+            try:
+                eval_rows = encode_rows(eval_rows, template, cfg.max_length,
+                                        truncation_strategy=cfg.truncation_strategy, skip_bad_rows=cfg.skip_bad_rows)[0]
+            except NoRowsLeft as e:
+                raise UserError(f"--split_ratio {cfg.split_ratio}: none of the held-out rows can be validated on "
+                                f"({str(e).split(': ', 1)[-1]})") from None
     return rows, eval_rows, stats
 
 
