@@ -9,6 +9,8 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from . import config  # noqa: E402  (wb.config.SFTConfig(...); dataclasses only, no heavy imports)
+
 
 def sft(config=None, **kwargs):
     """Run supervised fine-tuning. Keyword names are the CLI flag names; returns a TrainResult
@@ -22,7 +24,9 @@ def _train(config_class: str, config, kwargs):
     if config is not None and kwargs:
         raise TypeError("pass either a config object or keyword arguments, not both")
     cls = getattr(configs, config_class)
-    cfg = config.validate() if config is not None else configs.build_config(cls, kwargs, where="argument")
+    if config is not None:  # read as keyword arguments are: coerced ("a.jsonl" is a list of one), choices checked
+        cls, kwargs = type(config), {f.name: getattr(config, f.name) for f in configs.options(type(config))}
+    cfg = configs.build_config(cls, kwargs, where="argument")
     if isinstance(cfg, configs.GRPOConfig):
         from .pipelines.grpo import run_grpo
 

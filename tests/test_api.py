@@ -31,6 +31,17 @@ def test_api_config_object_defaults():
     assert SFTConfig(model="m", dataset=["x"]).validate().learning_rate == 1e-4
 
 
+def test_a_config_object_is_read_as_keyword_arguments_are(tmp_path):
+    """wb.config.SFTConfig(...) (the documented form; wb.config was an AttributeError) is coerced and checked as
+    keywords are: a string dataset once became one source per character ('/' read the whole file system)."""
+    cfg = wb.config.SFTConfig(model="Qwen/Qwen3-0.6B", miniature=True, dataset="examples/data/identity.jsonl",
+                              lora=True, max_steps=1, output_dir=str(tmp_path / "run"))
+    result = wb.sft(cfg)
+    assert result.checkpoint == str(tmp_path / "run" / "checkpoint-1") and result.metrics["steps"] == 1
+    with pytest.raises(UserError, match="lr_scheduler_type: 'cosin' is not one of cosine"):
+        wb.sft(wb.config.SFTConfig(model="m", dataset=["x.jsonl"], lr_scheduler_type="cosin"))
+
+
 @pytest.mark.slow
 def test_load_model_and_generate_from_a_full_checkpoint(tmp_path):
     from swiftlike.pipelines.infer import generate
