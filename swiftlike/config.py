@@ -839,6 +839,8 @@ def coerce(value: Any, typ: Any, name: str) -> Any:
     """Make YAML/JSON values match the field type (lists from scalars, numbers from strings)."""
     base = str(typ)
     if value is None:
+        if "None" not in base:  # (a recipe key left empty, `max_steps:`, reads as null)
+            raise UserError(f"{name}: needs a value, got none")
         return None
     if "dict" in base:
         if isinstance(value, str):

@@ -66,6 +66,13 @@ def test_recipe_keys_share_the_cutoff(capsys, tmp_path, key, hint):
     assert _error(capsys, ["dpo", "--config", str(recipe)]) == f"wb: error: unknown key in {recipe} {key!r}{hint}"
 
 
+def test_an_empty_recipe_key_is_a_one_line_error(capsys, tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model: Qwen/Qwen3-0.6B\nmax_steps:\n")  # (was a TypeError traceback)
+    assert _error(capsys, ["sft", "--config", str(recipe), "--dataset", "d.jsonl"]) == \
+        "wb: error: max_steps: needs a value, got none"
+
+
 def test_python_keywords_share_the_cutoff():
     import swiftlike as wb
     from swiftlike.errors import UserError
