@@ -57,6 +57,20 @@ def test_files_read_as_their_writers_meant(tmp_path):
     assert sources == [f"{jsonl}:1", f"{jsonl}:2"]
 
 
+def test_image_paths_are_relative_to_their_own_file_in_a_folder(tmp_path, monkeypatch):
+    """A folder given as --dataset: each file's relative image paths start at that file's folder, as for the file
+    given alone (they were read from the working directory)."""
+    (tmp_path / "data" / "sub").mkdir(parents=True)
+    row = {"messages": [{"role": "user", "content": "<image>What is it?"}, {"role": "assistant", "content": "Red."}],
+           "images": ["red.png"]}
+    (tmp_path / "data" / "sub" / "rows.jsonl").write_text(json.dumps(row) + "\n")
+    (tmp_path / "data" / "sub" / "red.png").write_bytes(b"png")
+    monkeypatch.chdir(tmp_path)
+    expected = str(tmp_path / "data" / "sub" / "red.png")
+    assert load_rows([str(tmp_path / "data")])[0]["images"] == [expected]
+    assert load_rows([str(tmp_path / "data" / "sub" / "rows.jsonl")])[0]["images"] == [expected]
+
+
 def test_non_utf8_names_the_line(tmp_path):
     p = tmp_path / "x.jsonl"
     p.write_bytes(json.dumps(ROW).encode() + b"\n" + b'{"messages": "\xff"}\n')
