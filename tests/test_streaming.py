@@ -55,3 +55,22 @@ def test_streaming_resume_reads_the_same_rows(tmp_path):
     again = load_file(str(Path(resumed.checkpoint) / "adapter_model.safetensors"))
     assert all((full[k] == again[k]).all() for k in full)
     assert [h["loss"] for h in resumed.log_history] == [h["loss"] for h in history]
+
+
+@pytest.mark.slow
+def test_a_step_whose_rows_were_all_dropped_changes_nothing(tmp_path, monkeypatch):
+    """--streaming encodes as it goes: a step whose rows are all over --max_length has nothing to train. It was
+    logged as loss 0.0 and still stepped AdamW (momentum and decay moved the weights); now it updates nothing and
+    logs no loss."""
+    from swiftlike.train import engines
+
+    updates = []
+    original = engines.DDPEngine.step
+    monkeypatch.setattr(engines.DDPEngine, "step", lambda self: updates.append(1) or original(self))
+    result = wb.sft(**dict(BASE, max_steps=10, max_length=40, per_device_train_batch_size=1, streaming=True,
+                           output_dir=str(tmp_path / "run")))
+    logged = [h for h in result.log_history if "learning_rate" in h]
+    trained = [h for h in logged if "loss" in h]
+    assert len(logged) == 10 and 0 < len(trained) < 10 and len(updates) == len(trained)
+    assert result.metrics["dropped_while_training"]["longer than max_length 40"] > 0
+    assert result.metrics["final_loss"] == pytest.approx(trained[-1]["loss"], rel=1e-5)

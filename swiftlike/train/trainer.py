@@ -157,15 +157,18 @@ class Trainer:
     def _batch_to_device(self, batch: dict) -> dict:
         return {k: v.to(self.device) for k, v in batch.items()}
 
-    def train_step(self, micro_batches: list[dict]) -> tuple[float, float, int, dict]:
+    def train_step(self, micro_batches: list[dict]) -> tuple[float | None, float, int, dict]:
         """Normalised by the objective's weight (trained tokens for SFT, pairs for DPO) over every micro-batch
-        and rank, so batch 8 x accum 1 == batch 1 x accum 8."""
+        and rank, so batch 8 x accum 1 == batch 1 x accum 8. The loss is None for a step with nothing to train."""
         counts = torch.tensor([self.objective.weight(b) for b in micro_batches], dtype=torch.float64)
         total = counts.sum()
         if self.distributed:
             import torch.distributed as dist
 
             dist.all_reduce(total)
+        if float(total) == 0:  # every row of the step was dropped as it was encoded (--streaming, --lazy_tokenize):
+            self.scheduler.step()  # no update at all (AdamW would still move the weights: momentum, decay)
+            return None, 0.0, 0, {}
         scale = accel.world_size() / total.clamp(min=1.0)  # DDP averages gradients over ranks
         loss_sum, extras = 0.0, {}
         self.loss_module.train()
@@ -263,18 +266,22 @@ class Trainer:
             self.step += 1
             self.trained_tokens += tokens
             window_tokens += tokens
-            self.first_loss = loss if self.first_loss is None else self.first_loss
-            self.final_loss = loss
+            if loss is not None:
+                self.first_loss = loss if self.first_loss is None else self.first_loss
+                self.final_loss = loss
             elapsed = time.perf_counter() - window_start
             tps = window_tokens / elapsed if elapsed > 0 else 0.0
             lr = self.scheduler.get_last_lr()[0]
-            bar.set_postfix({"loss": f"{loss:.4f}", "lr": f"{lr:.2e}", f"{unit[:3]}/s": f"{tps:.1f}"})
+            bar.set_postfix({"loss": "-" if loss is None else f"{loss:.4f}", "lr": f"{lr:.2e}",
+                             f"{unit[:3]}/s": f"{tps:.1f}"})
             bar.update(1)
             if self.step % self.s.logging_steps == 0 or self.step == self.total_steps:
                 epoch = None if self.streaming else round(self.step / self.per_epoch, 4)
-                entry = {"step": self.step, "epoch": epoch, "loss": short(loss), "learning_rate": short(lr),
+                entry = {"step": self.step, "epoch": epoch, "loss": loss and short(loss), "learning_rate": short(lr),
                          "grad_norm": short(grad_norm), f"{unit}_per_second": round(tps, 1),
                          f"trained_{unit}": self.trained_tokens, **{k: short(v) for k, v in step_metrics.items()}}
+                if loss is None:  # nothing was trained: no loss to log (not 0.0)
+                    del entry["loss"], entry["grad_norm"]
                 self.log_history.append(entry)
                 tracker.log({k: v for k, v in entry.items() if k != "step" and v is not None}, self.step)
                 if main:
