@@ -163,3 +163,15 @@ def test_an_image_url_is_downloaded_once_per_prompt(pictures, qwen3_tokenizer):
         assert served == ["/blue.png"]
         with pytest.raises(UserError, match=r"image http://.*/gone.png: cannot be read \(HTTP Error 404"):
             vision.encode_prompt(template, _user(url.replace("blue", "gone"), "Colour?"))
+        # a URL larger than the download cap is refused, not read without end (a server's client sends URLs)
+        from swiftlike.data import images
+
+        images.download.cache_clear()
+        cap = images.MAX_DOWNLOAD
+        images.MAX_DOWNLOAD = Path(pictures["blue"]).stat().st_size - 1
+        try:
+            with pytest.raises(UserError, match=r"blue.png: larger than"):
+                vision.encode_prompt(template, _user(url, "Colour?"))
+        finally:
+            images.MAX_DOWNLOAD = cap
+            images.download.cache_clear()

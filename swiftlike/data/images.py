@@ -40,6 +40,9 @@ def resolve_source(src: str, base: Path | None) -> str:
     return str(base / src)
 
 
+MAX_DOWNLOAD = 256 << 20  # bytes of one image or video URL (a server's client must not make it fetch without end)
+
+
 @functools.lru_cache(maxsize=16)
 def download(url: str, timeout: float = 30) -> bytes:
     """An image's or video's URL's bytes; the last few are kept, so that a source's size and its pixels (read at
@@ -47,7 +50,10 @@ def download(url: str, timeout: float = 30) -> bytes:
     import urllib.request
 
     with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 (the user's own data)
-        return response.read()
+        data = response.read(MAX_DOWNLOAD + 1)
+    if len(data) > MAX_DOWNLOAD:
+        raise ImageError(f"{url[:80]}: larger than {MAX_DOWNLOAD >> 20} MiB; download it and give the file")
+    return data
 
 
 def open_image(src: str):
