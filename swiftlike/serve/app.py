@@ -227,6 +227,9 @@ class Service:
         except UserError as e:   # what the engine refuses (it checks what it knows: context, adapters)
             Generation(handles).cancel()
             raise ApiError(400, str(e)) from None
+        except BaseException:    # anything else: the prompts already submitted generate for nobody otherwise
+            Generation(handles).cancel()
+            raise
         return Generation(handles)
 
     # -- chat ---------------------------------------------------------------------------------------
