@@ -440,6 +440,9 @@ def test_logprob_bytes_rebuild_the_text_when_a_token_holds_part_of_a_character(q
     assert b"".join(bytes(c["bytes"]) for c in content).decode("utf-8") == text
     assert [c["token"] for c in content][1:4] == ["bytes:\\x20\\xf0\\x9d", "bytes:\\x94", "bytes:\\x98"]
     assert completion_logprobs(entries)["text_offset"] == [0, 1, 2, 2, 3, 5, 6, 8]  # (the 2nd-4th tokens: 𝔘)
+    entries[0]["logprob"], entries[1]["logprob"] = float("nan"), float("-inf")  # (JSON has neither: once a 500)
+    assert [c["logprob"] for c in chat_logprobs(entries)["content"][:3]] == [-9999.0, -9999.0, -1.0]
+    assert completion_logprobs(entries)["token_logprobs"][:2] == [-9999.0, -9999.0]
 
 
 @pytest.mark.parametrize("template_name, opens", [("qwq", True), ("qwen3", False)])

@@ -210,6 +210,12 @@ def chat_message(parsed: dict) -> dict:
     return out
 
 
+def _logprob(entry: dict) -> float:
+    """A finite log-probability (JSON has no NaN or -inf): OpenAI's -9999.0 for one a backend could not give."""
+    value = entry["logprob"]
+    return value if math.isfinite(value) else -9999.0
+
+
 def _bytes(entry: dict) -> list[int]:
     """The token's own bytes (the engine's, exact for a piece of a character), else its text's."""
     return entry["bytes"] if "bytes" in entry else list(entry["token"].encode("utf-8", errors="replace"))
@@ -219,8 +225,8 @@ def chat_logprobs(entries: list[dict] | None) -> dict | None:
     """Engine per-token log-probs -> a chat choice's `logprobs`."""
     if entries is None:
         return None
-    return {"content": [{"token": e["token"], "logprob": e["logprob"], "bytes": _bytes(e),
-                         "top_logprobs": [{"token": t["token"], "logprob": t["logprob"], "bytes": _bytes(t)}
+    return {"content": [{"token": e["token"], "logprob": _logprob(e), "bytes": _bytes(e),
+                         "top_logprobs": [{"token": t["token"], "logprob": _logprob(t), "bytes": _bytes(t)}
                                           for t in e.get("top") or []]} for e in entries]}
 
 
@@ -233,6 +239,6 @@ def completion_logprobs(entries: list[dict] | None, offset: int = 0) -> dict | N
     for e in entries:  # in characters: a token that ends inside a character is counted with its last byte
         offsets.append(chars)
         chars += len(decoder.decode(bytes(_bytes(e))))
-    return {"tokens": [e["token"] for e in entries], "token_logprobs": [e["logprob"] for e in entries],
-            "top_logprobs": [{t["token"]: t["logprob"] for t in e.get("top") or []} for e in entries],
+    return {"tokens": [e["token"] for e in entries], "token_logprobs": [_logprob(e) for e in entries],
+            "top_logprobs": [{t["token"]: _logprob(t) for t in e.get("top") or []} for e in entries],
             "text_offset": offsets}
