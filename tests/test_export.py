@@ -328,6 +328,8 @@ def test_a_local_base_trained_with_a_named_template_ships_that_template(tmp_path
                      output_dir=str(tmp_path / f"run-{template}"))
         out = _export(tmp_path, run.checkpoint, f"out-{template}")
         assert AutoTokenizer.from_pretrained(out).chat_template == shipped, template
+        # the card's hub metadata names no local path as base_model (the hub rejects that on upload)
+        assert "base_model:" not in (Path(out) / "README.md").read_text().split("---")[1]
 
 
 _CUSTOM_CONFIG = """from transformers import Qwen3Config

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..errors import UserError
+from ..hub import is_local
 from ..models.loader import ASSETS
 
 
@@ -149,8 +150,10 @@ def generation_config(config, gen, template, tokenizer):
 def model_card(ref, args: dict, merged: bool, auto_class: str = "AutoModelForCausalLM") -> str:
     """README.md: what the export is, how it was trained, how to load it."""
     metrics = args.get("final_metrics") or {}
+    # the hub's metadata names a hub repository; a local directory's path is not one (the hub would reject it)
+    base = [] if is_local(ref.model) or ref.model.count("/") != 1 else [f"base_model: {ref.model}"]
     lines = [
-        "---", f"base_model: {ref.model}", "library_name: transformers", "tags: [swiftlike]", "---", "",
+        "---", *base, "library_name: transformers", "tags: [swiftlike]", "---", "",
         f"# {Path(args.get('output_dir') or 'export').name}", "",
         f"Exported by swiftlike {__version__} from `{ref.adapters or ref.base}`"
         + (" (LoRA adapters merged into the base weights)." if merged else "."), "",
