@@ -1,6 +1,7 @@
 """`wb export --merge`: the merged model equals base + adapter, and reloads with plain transformers (a process that
 never imports swiftlike), stopping where our template ends a turn and rendering chats as our template does."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -225,6 +226,16 @@ def test_export_refuses_unusable_shard_sizes_and_this_directory(tmp_path, capsys
         assert main(["export", "--model", run.checkpoint, "--output_dir", out, "--overwrite_output_dir"]) == 2
         assert f"--output_dir {out} is this directory or holds it" in capsys.readouterr().err
     assert here.is_dir() and not (tmp_path / "o").exists()
+
+
+def test_what_a_killed_export_left_is_removed_by_the_next(tmp_path):
+    from swiftlike.export.write import atomic_directory
+
+    (tmp_path / ".out.tmp-999999999").mkdir()  # a process that no longer exists (kill -9 mid-export)
+    (tmp_path / f".out.tmp-{os.getppid()}").mkdir()  # one that does: maybe still writing
+    with atomic_directory(tmp_path / "out") as tmp:
+        (tmp / "config.json").write_text("{}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f".out.tmp-{os.getppid()}", "out"]
 
 
 def test_bad_input_one_line_each(tmp_path, capsys):

@@ -76,7 +76,9 @@ def test_an_older_runs_later_checkpoints_never_outrank_this_runs(tmp_path, monke
     kw = dict(model="Qwen/Qwen3-0.6B", miniature=True, dataset=[IDENTITY], lora=True, output_dir=str(out))
     wb.sft(max_steps=6, save_steps=3, **kw)
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-6"]
+    (out / ".tmp-checkpoint-5").mkdir()  # half-written when that run was killed: gone at the next save
     result = wb.sft(max_steps=4, save_steps=2, save_total_limit=1, overwrite_output_dir=True, **kw)
+    assert not (out / ".tmp-checkpoint-5").exists()
     assert result.checkpoint == str(out / "checkpoint-4")
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-4"]
     _state(out / "checkpoint-4")  # this run's (its own trainer state)

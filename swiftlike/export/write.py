@@ -79,7 +79,9 @@ def official_chat_template(template_name: str, tokenizer, native: bool = True) -
 def atomic_directory(out: Path):
     """A hidden temporary directory that becomes `out` only when everything in it was written."""
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    for left in out.parent.glob(f".{out.name}.tmp-*"):  # an export that was killed: its process is gone
+        if left == tmp or not _alive(left.name.rsplit("-", 1)[-1]):
+            shutil.rmtree(left, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
         yield tmp
@@ -92,6 +94,16 @@ def atomic_directory(out: Path):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _alive(pid: str) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def with_chat_template(tokenizer, template, native: bool = True):

@@ -74,6 +74,8 @@ def save_checkpoint(tmp: Path, step: int, model, tokenizer, args_json: str, stat
         shutil.rmtree(final)
     os.replace(tmp, final)
     _fsync_dir(root)
+    for left in root.glob(".tmp-checkpoint-*"):  # half-written by a run that was killed (one save at a time)
+        shutil.rmtree(left, ignore_errors=True)
     kept = []
     for ckpt in list_checkpoints(root):
         if checkpoint_step(ckpt) > step:  # of a run this one replaced (--overwrite_output_dir): never "latest"
