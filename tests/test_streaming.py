@@ -74,3 +74,20 @@ def test_a_step_whose_rows_were_all_dropped_changes_nothing(tmp_path, monkeypatc
     assert len(logged) == 10 and 0 < len(trained) < 10 and len(updates) == len(trained)
     assert result.metrics["dropped_while_training"]["longer than max_length 40"] > 0
     assert result.metrics["final_loss"] == pytest.approx(trained[-1]["loss"], rel=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["lazy_tokenize", "streaming"])
+def test_a_row_refused_while_training_is_named_by_file_and_line(tmp_path, capsys, mode):
+    """Encoding as training goes: a row the template refuses is named as eager encoding names it (it was 'a
+    streamed row', also under --lazy_tokenize)."""
+    rows = [{"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]}
+            for i in range(3)]
+    rows.insert(1, {"messages": [{"role": "user", "content": "<image>What?"}, {"role": "assistant", "content": "A."}],
+                    "images": ["red.png"]})
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    code = main(["sft", "--model", "Qwen/Qwen3-0.6B", "--miniature", "--dataset", str(data), "--lora",
+                 "--max_steps", "2", "--per_device_train_batch_size", "4", f"--{mode}", "--output_dir",
+                 str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 2 and err.startswith(f"wb: error: {data}:2: template qwen3 is text-only"), err

@@ -187,6 +187,9 @@ def _canonical(path: str, task: str, columns: dict | None, names: dict | None, s
               "are trained as written; give --model_name and --model_author to fill them", file=sys.stderr)
 
 
+WHERE = "_where"  # the origin a row read as training goes carries, for errors about it (templates ignore it)
+
+
 def iter_rows(specs: list[str], task: str = "sft", columns: dict | None = None, names: dict | None = None,
               skip_bad_rows: bool = False):
     """Canonical rows of every source, read as they are consumed (for --streaming)."""
@@ -195,8 +198,8 @@ def iter_rows(specs: list[str], task: str = "sft", columns: dict | None = None, 
         if count is not None:
             raise UserError(f"--dataset {spec}: '#N' selection needs the whole source; it does not combine with "
                             "--streaming")
-        for _, row in _canonical(path, task, columns, names, skip_bad_rows, None, streaming=True):
-            yield row
+        for where, row in _canonical(path, task, columns, names, skip_bad_rows, None, streaming=True):
+            yield {**row, WHERE: where}
 
 
 def with_video_texts(template, row: dict) -> dict:

@@ -58,19 +58,19 @@ class LazyCollate:
 
     def encode(self, rows: list[dict]) -> list[dict]:
         from ..templates.errors import TemplateError
-        from .dataset import encode_with_media
+        from .dataset import WHERE, encode_with_media
         from .images import ImageError
 
         try:
             encoded = encode_with_media(self.template, rows)
-        except (TemplateError, ImageError) as e:
-            if not self.skip:
-                raise UserError(f"a streamed row: {e}") from None
+        except (TemplateError, ImageError):
             encoded = []
-            for row in rows:
+            for row in rows:  # which row, to name it (or count it with --skip_bad_rows)
                 try:
                     encoded += encode_with_media(self.template, [row])
                 except (TemplateError, ImageError) as err:
+                    if not self.skip:
+                        raise UserError(f"{row.get(WHERE, 'a row')}: {err}") from None
                     self.dropped[f"rejected by the template: {err}"] += 1
         out = []
         for enc in encoded:

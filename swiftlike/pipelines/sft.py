@@ -17,7 +17,7 @@ from ..data.images import PREPROCESSOR_CONFIG, ImageProcessing
 from ..data.videos import VIDEO_PREPROCESSOR_CONFIG
 from ..data.packing import pack
 from ..data.pairs import KTOCollate, collate_pairs, pair_sequences
-from ..data.dataset import DataStats, NoRowsLeft, encode_rows, hold_out, iter_rows, load_rows
+from ..data.dataset import WHERE, DataStats, NoRowsLeft, encode_rows, hold_out, iter_rows, load_rows
 from ..data.stream import LazyCollate, RowStream
 from ..errors import UserError
 from ..models import attach_lora, build_miniature, load_model, load_tokenizer
@@ -186,9 +186,10 @@ def prepare_data(cfg: SFTConfig, template) -> tuple[list[dict], list[dict], Data
         rows, stats = _encoded_pairs(cfg, template, cfg.dataset)
         cached = False
     elif cfg.lazy_tokenize:
-        stats = DataStats()
-        rows = load_rows(cfg.dataset, None, cfg.skip_bad_rows, stats, cfg.seed, METHODS[_task(cfg)].rows, cfg.columns,
-                         cfg.data_names())
+        stats, sources = DataStats(), []
+        rows = load_rows(cfg.dataset, sources, cfg.skip_bad_rows, stats, cfg.seed, METHODS[_task(cfg)].rows,
+                         cfg.columns, cfg.data_names())
+        rows = [{**row, WHERE: where} for row, where in zip(rows, sources)]  # named when encoding refuses it
         stats.rows_read = len(rows) + sum(stats.dropped.values())
         cached = False
     else:
