@@ -309,6 +309,11 @@ class SFTConfig(ModelArgs, DataArgs):
                             "or --lazy_tokenize")
         if self.streaming and self.split_ratio:
             raise UserError("--split_ratio needs the whole dataset; with --streaming give --val_dataset")
+        if self.split_ratio and self.val_dataset:
+            raise UserError("--split_ratio and --val_dataset are two sources of validation rows; choose one")
+        if self.eval_steps is not None and not (self.split_ratio or self.val_dataset):
+            raise UserError("--eval_steps sets how often the validation loss is measured: add --val_dataset or "
+                            "--split_ratio")
         if self.packing and not self.padding_free:
             raise UserError("--packing needs padding-free batches (drop --padding_free false)")
         if self.eval_after_train and not self.eval_dataset:

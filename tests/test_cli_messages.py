@@ -42,6 +42,10 @@ def test_unknown_flags_get_a_suggestion_only_when_close(capsys, flag, message):
     ("sft", ["--lora_dropout", "1.5"], "--lora_dropout must be in [0, 1), got 1.5"),  # was after the model loaded
     ("sft", ["--save_total_limit", "0"], "--save_total_limit must be at least 1, got 0"),
     ("dpo", ["--eval_steps", "0"], "--eval_steps must be at least 1, got 0"),
+    ("sft", ["--split_ratio", "0.1", "--val_dataset", "v.jsonl"],                         # (the split was ignored)
+     "--split_ratio and --val_dataset are two sources of validation rows; choose one"),
+    ("sft", ["--eval_steps", "5"],                                                        # (was ignored)
+     "--eval_steps sets how often the validation loss is measured: add --val_dataset or --split_ratio"),
     ("grpo", ["--reward_funcs", "format", "--top_p", "2"], "top_p must be in (0, 1], got 2.0"),
     ("grpo", ["--reward_funcs", "format", "--top_k", "-1"], "top_k must be >= 0 (0 is off), got -1"),
     ("grpo", ["--reward_funcs", "format", "--epsilon", "0"],
@@ -64,6 +68,18 @@ def test_recipe_keys_share_the_cutoff(capsys, tmp_path, key, hint):
     recipe = tmp_path / "r.yaml"
     recipe.write_text(f"model: Qwen/Qwen3-0.6B\n{key}: 1\n")
     assert _error(capsys, ["dpo", "--config", str(recipe)]) == f"wb: error: unknown key in {recipe} {key!r}{hint}"
+
+
+def test_debug_is_read_as_an_option(capsys, tmp_path):
+    """--debug false means no traceback (any --debug once meant one); a recipe's debug: true means one."""
+    from swiftlike.errors import UserError
+
+    argv = ["sft", *MODEL, "--dataset", str(tmp_path / "missing.jsonl"), "--output_dir", str(tmp_path / "r")]
+    assert _error(capsys, [*argv, "--debug", "false"]).startswith("wb: error: dataset not found")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("debug: true\n")
+    with pytest.raises(UserError, match="dataset not found"):
+        main([*argv, "--config", str(recipe)])
 
 
 def test_an_empty_recipe_key_is_a_one_line_error(capsys, tmp_path):

@@ -57,6 +57,15 @@ def test_files_read_as_their_writers_meant(tmp_path):
     assert sources == [f"{jsonl}:1", f"{jsonl}:2"]
 
 
+def test_a_folder_s_hidden_folders_are_not_data(tmp_path):
+    """Jupyter's .ipynb_checkpoints copies (and any hidden folder) were read as more rows: duplicates."""
+    (tmp_path / "d" / ".ipynb_checkpoints").mkdir(parents=True)
+    row = json.dumps({"query": "q", "response": "r"}) + "\n"
+    (tmp_path / "d" / "a.jsonl").write_text(row)
+    (tmp_path / "d" / ".ipynb_checkpoints" / "a-checkpoint.jsonl").write_text(row)
+    assert len(load_rows([str(tmp_path / "d")])) == 1
+
+
 def test_image_paths_are_relative_to_their_own_file_in_a_folder(tmp_path, monkeypatch):
     """A folder given as --dataset: each file's relative image paths start at that file's folder, as for the file
     given alone (they were read from the working directory)."""

@@ -30,8 +30,12 @@ def test_resume_of_a_finished_run_says_so(tmp_path, capsys):
     assert "already ran all 2 planned steps: nothing to train" in captured.out
     assert "--max_steps 4" in captured.out and "Traceback" not in captured.err
     # training further: the summary's first loss is the run's first, not the first after resuming
-    assert main(BASE + ["--max_steps", "4", "--output_dir", str(out), "--resume"]) == 0
-    done = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[wb] done")][0]
+    assert main(BASE + ["--max_steps", "4", "--output_dir", str(out), "--resume", "--per_device_train_batch_size",
+                        "2"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert f"[wb] resuming from {out / 'checkpoint-2'} (step 2 of 4); options changed since it was saved (the run " \
+           "goes on differently): --per_device_train_batch_size 4 -> 2" in printed  # (it was silent)
+    done = [line for line in printed if line.startswith("[wb] done")][0]
     first_loss = [line for line in first.splitlines() if line.startswith("[wb] done")][0].split("loss ")[1][:7]
     assert done.split("loss ")[1].startswith(first_loss)
     assert _state(out / "checkpoint-4")["first_loss"] == pytest.approx(float(first_loss), abs=1e-4)

@@ -145,6 +145,7 @@ def _maybe_relaunch(argv: list[str], plan: dict) -> int | None:
 
 
 TRAINING_MODES = ("lora", "qlora", "full")
+_debug = {"on": False}  # full tracebacks: --debug, read before the options are (an error may come first)
 
 
 def _run(argv: list[str]) -> int:
@@ -190,6 +191,7 @@ def _run(argv: list[str]) -> int:
 
             raise unknown_key_error(key, cls, where, see=f"{sub.prog} --help")
     cfg = build_config(cls, merged)
+    _debug.update(on=cfg.debug)  # (a recipe's `debug: true` too)
     if args.command in ("sft", "pt", "dpo", "kto", "rm", "grpo"):
         code = None if cfg.dry_run else _maybe_relaunch(argv, launch_plan(cfg))  # a plan needs no processes
         if code is not None:
@@ -231,7 +233,8 @@ def _run(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in argv
+    at = argv.index("--debug") if "--debug" in argv else -1
+    _debug.update(on=at >= 0 and (argv[at + 1:at + 2] or ["true"])[0].lower() not in ("false", "0", "no"))
     try:
         code = _run(argv)
         sys.stdout.flush()  # a reader that went away (`wb env --json | head -1`) shows here, not at exit
@@ -241,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         _silence_stdout()
         code = 1
     except UserError as e:
-        if debug:
+        if _debug["on"]:
             raise
         print(f"wb: error: {e}", file=sys.stderr)
         code = 2

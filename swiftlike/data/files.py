@@ -26,7 +26,8 @@ def read_rows(source: str, streaming: bool = False) -> Iterator[tuple[str, "dict
     if not p.exists():
         raise UserError(f"dataset not found: {source}")
     if p.is_dir():
-        files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix in SUFFIXES)
+        files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix in SUFFIXES
+                       and not any(part.startswith(".") for part in f.relative_to(p).parts))  # .ipynb_checkpoints
         if not files:
             raise UserError(f"{source}: no {', '.join(SUFFIXES)} files in this folder")
         for f in files:

@@ -169,7 +169,7 @@ def run_grpo(cfg: GRPOConfig) -> TrainResult:
         trainer.images = (template.image_processing, template.image_token_ids[0])
         trainer.extra_files.update(template.image_processing.saved_files())
     if main and resume_from is not None:
-        print(resume_line(resume_from, trainer))
+        print(resume_line(resume_from, trainer, cfg))
     result = trainer.train()
     if main and not result.already_finished:
         logged = [h for h in result.log_history if "reward" in h]

@@ -319,7 +319,7 @@ def run_sft(cfg: SFTConfig) -> TrainResult:
     if template.vision is not None:  # checkpoints carry the image and video processing they were trained with
         trainer.extra_files.update(template.image_processing.saved_files())
     if main and resume_from is not None:
-        print(resume_line(resume_from, trainer))
+        print(resume_line(resume_from, trainer, cfg))
     result = trainer.train()
     if main and not result.already_finished:
         m = result.metrics
@@ -352,12 +352,25 @@ def training_engine(cfg: SFTConfig, base_dir: str, dtype):
     return partial(engines.build_engine, "deepspeed", deepspeed=config), engines.zero3_loading(config)
 
 
-def resume_line(ckpt: Path, trainer) -> str:
+# options that decide the rows, their order or the update: a resumed run that changes them is not the run it continues
+RESUMED_OPTIONS = ("dataset", "seed", "per_device_train_batch_size", "gradient_accumulation_steps", "max_length",
+                   "truncation_strategy", "packing", "learning_rate", "lr_scheduler_type", "weight_decay",
+                   "num_generations")
+
+
+def resume_line(ckpt: Path, trainer, cfg: SFTConfig) -> str:
     if trainer.step >= trainer.total_steps:
         return (f"[wb] {ckpt} already ran all {trainer.total_steps} planned steps: nothing to train. To train further, "
                 f"resume with a higher --max_steps (e.g. --max_steps {2 * trainer.total_steps}) or "
                 "--num_train_epochs.")
-    return f"[wb] resuming from {ckpt} (step {trainer.step} of {trainer.total_steps})"
+    line = f"[wb] resuming from {ckpt} (step {trainer.step} of {trainer.total_steps})"
+    saved = json.loads((Path(ckpt) / "args.json").read_text(encoding="utf-8")) \
+        if (Path(ckpt) / "args.json").is_file() else {}
+    changed = [f"--{k} {saved[k]} -> {getattr(cfg, k)}" for k in RESUMED_OPTIONS
+               if k in saved and hasattr(cfg, k) and saved[k] != getattr(cfg, k)]
+    if changed:
+        line += "; options changed since it was saved (the run goes on differently): " + ", ".join(changed)
+    return line
 
 
 def build_trainable(cfg: SFTConfig, tokenizer, base_dir: str, resume_from: Path | None, dtype, reward: bool = False,

@@ -69,12 +69,15 @@ def save_checkpoint(tmp: Path, step: int, model, tokenizer, args_json: str, stat
     (tmp / "args.json").write_text(args_json, encoding="utf-8")
     (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
     torch.save(training_state, tmp / STATE_FILE)
-    _fsync_dir(tmp)
-    if final.exists():
-        shutil.rmtree(final)
+    _fsync_files(tmp)
+    if final.exists():  # moved aside, not deleted in place: a kill leaves a whole checkpoint-N or none
+        aside = root / f".old-checkpoint-{step}"
+        shutil.rmtree(aside, ignore_errors=True)
+        os.replace(final, aside)
     os.replace(tmp, final)
-    _fsync_dir(root)
-    for left in root.glob(".tmp-checkpoint-*"):  # half-written by a run that was killed (one save at a time)
+    _fsync_entries(root)
+    # what is aside, and what a killed run left half-written (one save runs at a time)
+    for left in [*root.glob(".old-checkpoint-*"), *root.glob(".tmp-checkpoint-*")]:
         shutil.rmtree(left, ignore_errors=True)
     kept = []
     for ckpt in list_checkpoints(root):
@@ -83,8 +86,8 @@ def save_checkpoint(tmp: Path, step: int, model, tokenizer, args_json: str, stat
         else:
             kept.append(ckpt)
     if save_total_limit:  # the newest, this one among them
-        for old in kept[:-save_total_limit]:
-            shutil.rmtree(old, ignore_errors=True)
+        for ckpt in kept[:-save_total_limit]:
+            shutil.rmtree(ckpt, ignore_errors=True)
     return final
 
 
@@ -102,8 +105,23 @@ def load_training_state(ckpt: Path) -> dict:
     return torch.load(path, weights_only=True)
 
 
-def _fsync_dir(path: Path) -> None:
+def _fsync_files(path: Path) -> None:
+    """Every file written under `path` on disk (before the rename that publishes them)."""
     for f in path.rglob("*"):
         if f.is_file():
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
+
+
+def _fsync_entries(directory: Path) -> None:
+    """The directory's entries (the rename) on disk; not every file below it (a run's earlier checkpoints)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # (a platform without directory handles)
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
