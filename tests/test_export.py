@@ -241,6 +241,9 @@ def test_what_a_killed_export_left_is_removed_by_the_next(tmp_path):
 def test_bad_input_one_line_each(tmp_path, capsys):
     (tmp_path / "no_args").mkdir()
     assert main(["export", "--adapters", str(tmp_path / "no_args"), "--merge"]) == 2
+    assert "no adapter_config.json there; a LoRA checkpoint is expected" in capsys.readouterr().err
+    (tmp_path / "no_args" / "adapter_config.json").write_text("{}")  # a PEFT adapter from elsewhere
+    assert main(["export", "--adapters", str(tmp_path / "no_args"), "--merge"]) == 2
     assert "no args.json" in capsys.readouterr().err
     assert main(["export"]) == 2
     assert "give --adapters" in capsys.readouterr().err
