@@ -86,6 +86,46 @@ def test_batch_is_resumable_and_keeps_what_ctrl_c_interrupted(tmp_path, capsys, 
     assert "6 of 6 rows already answered" in capsys.readouterr().err and len(_lines(parts)) == 6
 
 
+def test_resume_is_safe_for_any_file_and_any_text(tmp_path, capsys, monkeypatch):
+    """Each once went wrong: a file that is not an output, without a final line break, lost its last line before
+    it was refused; a row holding U+2028 made its output unresumable (lines were split there); ./d.jsonl and
+    d.jsonl gave different row keys (every row answered twice)."""
+    data = _write(tmp_path / "d.jsonl", ROWS[:2])
+    mine = tmp_path / "mine.jsonl"
+    mine.write_bytes((tmp_path / "d.jsonl").read_bytes().rstrip(b"\n"))
+    before = mine.read_bytes()
+    assert "not an output of `wb infer --dataset`" in _error(capsys, ["infer", *MODEL, "--dataset", data,
+                                                                      "--output", str(mine)])
+    assert mine.read_bytes() == before
+    odd = _write(tmp_path / "odd.jsonl", [{"query": "line one\u2028line two", "response": "x"}, ROWS[1]])
+    monkeypatch.chdir(tmp_path)
+    argv = ["infer", *MODEL, "--max_new_tokens", "3", "--output", "out.jsonl"]
+    assert main([*argv, "--dataset", "odd.jsonl"]) == 0
+    assert main([*argv, "--dataset", "./odd.jsonl"]) == 0
+    assert "2 of 2 rows already answered" in capsys.readouterr().err
+    assert len((tmp_path / "out.jsonl").read_bytes().split(b"\n")) == 3 and odd
+
+
+def test_a_folder_s_rows_read_their_images_beside_their_own_file(tmp_path, monkeypatch):
+    from swiftlike.infer.prompts import read_prompts
+
+    (tmp_path / "vl" / "data").mkdir(parents=True)
+    row = {"messages": [{"role": "user", "content": "<image>Colour?"}], "images": ["cat.png"]}
+    (tmp_path / "vl" / "data" / "rows.jsonl").write_text(json.dumps(row) + "\n")
+    monkeypatch.chdir(tmp_path)
+    for spec in ("vl/data", "vl/data/rows.jsonl"):  # (the folder's base was the working directory)
+        base = read_prompts([spec])[0].base
+        assert base is not None and base.resolve() == (tmp_path / "vl" / "data").resolve()
+
+
+def test_chat_goes_on_after_a_message_over_the_context(monkeypatch, capsys):
+    typed = iter(["word " * 50_000, "Hi", "exit"])
+    monkeypatch.setattr("builtins.input", lambda prompt="": next(typed))
+    assert main(["infer", *MODEL, "--max_new_tokens", "3"]) == 0  # (it ended the chat: exit 2)
+    out = capsys.readouterr().out
+    assert "[wb] the prompt has" in out and out.count("assistant> ") == 1
+
+
 def test_query_several_answers_and_dataset_responses(tmp_path, capsys):
     assert main(["infer", *MODEL, "--query", "Hi", "--max_new_tokens", "4", "--num_return_sequences", "2",
                  "--temperature", "1", "--top_k", "20", "--top_p", "0.9", "--repetition_penalty", "1.1"]) == 0

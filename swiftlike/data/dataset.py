@@ -6,13 +6,12 @@ import re
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from ..accel import is_main_process
 from ..errors import UserError
 from ..templates import IGNORE_INDEX
 from ..templates.errors import TemplateError
-from .files import BadLine, read_rows
+from .files import BadLine, read_rows, row_file
 from .formats import RowError, UselessRow, to_canonical
 from .images import ImageError, expand, resolve_source
 from .videos import resolve_video, video_name
@@ -155,7 +154,7 @@ def _canonical(path: str, task: str, columns: dict | None, names: dict | None, s
     values = values or {k: v for k, v in (names or {}).items() if v}  # --model_name/--model_author fill any file
     unfilled = 0
     for where, raw in read_rows(source, streaming):
-        origin = Path(re.sub(r"(:\d+| row \d+)$", "", where))  # the file of the row (a folder holds several)
+        origin = row_file(where)  # (a folder holds several files)
         where = where.replace(source, shown, 1)
         if mapping and not isinstance(raw, BadLine):
             raw = {mapping.get(k, k): v for k, v in raw.items()}
@@ -164,7 +163,7 @@ def _canonical(path: str, task: str, columns: dict | None, names: dict | None, s
                 raise RowError(str(raw))
             row = to_canonical(raw, task)
             if row.get("images") or row.get("videos"):  # paths relative to the data file's folder
-                base = origin.parent if origin.is_file() else None
+                base = origin.parent if origin is not None else None
                 for key, resolve in (("images", resolve_source), ("videos", resolve_video)):
                     if row.get(key):
                         row[key] = [resolve(s, base) for s in row[key]]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from pathlib import Path
 from typing import Iterator
 
@@ -45,6 +46,12 @@ def read_rows(source: str, streaming: bool = False) -> Iterator[tuple[str, "dict
         raise UserError(f"{source}:{line}: not UTF-8 text (byte {e.start})") from None
     reader = {".jsonl": _jsonl, ".json": _json, ".csv": _csv}[p.suffix]
     yield from reader(source, text)
+
+
+def row_file(where: str) -> Path | None:
+    """The file a row was read from, from its origin ('file:line', 'file row N'); None for a hub dataset's."""
+    path = Path(re.sub(r"(:\d+| row \d+)$", "", where))
+    return path if path.is_file() else None
 
 
 class BadLine(ValueError):

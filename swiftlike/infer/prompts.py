@@ -6,12 +6,13 @@ be written beside the prediction.
 """
 from __future__ import annotations
 
+import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..data.dataset import parse_selection
-from ..data.files import BadLine, read_rows
+from ..data.files import BadLine, read_rows, row_file
 from ..data.formats import RowError, _tools, to_canonical  # _tools: the one tool-list normaliser
 from ..errors import UserError
 
@@ -43,15 +44,17 @@ def read_prompts(specs: list[str], columns: dict | None = None, seed: int = 42) 
         source, count = parse_selection(spec)
         meta = None if Path(source).exists() or "::" in source else lookup(source)  # a named dataset (wb datasets)
         mapping = {**(meta.columns if meta else {}), **(columns or {})}
-        path = meta.path if meta else source
-        rows, base = [], Path(path).parent if Path(path).is_file() else None
+        # (normalised: ./d.jsonl and d.jsonl give the same row keys, so a resumed run finds its rows)
+        path = meta.path if meta else (source if "::" in source else os.path.normpath(source))
+        rows = []
         for where, raw in read_rows(path):
+            origin = row_file(where)  # relative media paths start at the row's own file (a folder holds several)
             where = where.replace(meta.path, source, 1) if meta else where  # "arithmetic:13", as in training
             if isinstance(raw, BadLine):
                 raise UserError(f"{where}: {raw}")
             if mapping:
                 raw = {mapping.get(k, k): v for k, v in raw.items()}
-            rows.append(prompt_row(where, raw, base))
+            rows.append(prompt_row(where, raw, origin.parent if origin is not None else None))
         if not rows:
             raise UserError(f"{source}: no rows")
         if count is not None and count < len(rows):

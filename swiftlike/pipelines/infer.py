@@ -188,7 +188,12 @@ def chat(engine, cfg: InferConfig, params) -> None:
             images = []
             continue
         images = []
-        answer = _stream_answer(engine, ids, replace(params, n=1, seed=params.seed + turn), pixels)
+        try:
+            answer = _stream_answer(engine, ids, replace(params, n=1, seed=params.seed + turn), pixels)
+        except UserError as e:  # over the context (a long message, or the chat grew): say so, keep chatting
+            print(f"[wb] {e}{'; /clear starts a new conversation' if len(history) > 1 else ''}")
+            history.pop()
+            continue
         turn += 1
         if answer is None:  # stopped with Ctrl-C: the question stays unanswered
             history.pop()
@@ -238,20 +243,31 @@ def infer_dataset(engine, cfg: InferConfig, params) -> str:
 
 
 def answered_rows(path: Path) -> set[str]:
-    """The rows a previous run wrote; a last line cut short by a crash is removed."""
+    """The rows a previous run wrote; a last line cut short by a crash is removed, once every whole line was read
+    as one of ours (a file that is not an output is refused untouched)."""
     if not path.is_file():
         return set()
     data = path.read_bytes()
-    if data and not data.endswith(b"\n"):
-        data = data[:data.rfind(b"\n") + 1]
-        path.write_bytes(data)
+    whole = data[:data.rfind(b"\n") + 1]
     keys = set()
-    for line in data.decode("utf-8").splitlines():
+    for line in whole.split(b"\n"):  # (not splitlines: U+2028 inside a string is no line break)
+        if not line.strip():
+            continue
         try:
             keys.add(json.loads(line)["row"])
-        except (json.JSONDecodeError, KeyError, TypeError):
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
             raise UserError(f"{path}: not an output of `wb infer --dataset` (a line without \"row\"); choose "
                             "another --output") from None
+    if len(whole) < len(data):  # a last line without its line break: the write a crash interrupted
+        tail = data[len(whole):]
+        try:
+            keys.add(json.loads(tail)["row"])
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+            if not keys:  # nothing shows it is ours: not touched
+                raise UserError(f"{path}: not an output of `wb infer --dataset`; choose another --output") from None
+            path.write_bytes(whole)  # cut short: that row is answered again
+        else:
+            path.write_bytes(data + b"\n")  # whole but for its line break
     return keys
 
 
