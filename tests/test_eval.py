@@ -222,6 +222,50 @@ def test_perplexity_of_references_and_of_plain_text(tmp_path):
     assert measured["long"][2]["perplexity"] == pytest.approx(measured["third"][0]["perplexity"], rel=1e-6)
 
 
+def test_an_endpoint_that_is_busy_or_cuts_a_reply_is_asked_again_and_its_reasoning_is_not_scored(tmp_path,
+                                                                                                    monkeypatch):
+    """A 503, then a reply cut short, then the answer with its reasoning left in `content` (a server without a
+    reasoning parser): once a traceback (the cut reply), an abort (the 503), and the reasoning's \\boxed{5}
+    scored instead of the answer's 7."""
+    import http.server
+    import threading
+
+    from swiftlike.eval import backends
+
+    monkeypatch.setattr(backends, "RETRY_SECONDS", 0.01)
+    calls = []
+    answer = json.dumps({"choices": [{"message": {"content": "<think>Maybe \\boxed{5}? no.</think>\n\nIt is "
+                                                             "\\boxed{7}."}}]}).encode()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            self.rfile.read(int(self.headers["Content-Length"]))
+            calls.append(1)
+            if len(calls) == 1:
+                self.send_response(503)
+                self.end_headers()
+                self.wfile.write(b'{"error": {"message": "busy"}}')
+                return
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(answer)))
+            self.end_headers()
+            self.wfile.write(answer if len(calls) > 2 else answer[:10])  # the second: cut short
+
+        def log_message(self, *_):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    rows = tmp_path / "q.jsonl"
+    rows.write_text(json.dumps({"query": "3+4?", "response": "#### 7"}) + "\n")
+    try:
+        _, results = _eval(tmp_path, "api", "--api_url", f"http://127.0.0.1:{server.server_address[1]}/v1",
+                           "--api_model", "m", "--eval_dataset", str(rows), "--metric", "math")
+    finally:
+        server.shutdown()
+    assert results["models"][0]["tasks"][0]["score"] == 1.0 and len(calls) == 3
+
+
 def test_bad_input_is_one_line(tmp_path, capsys):
     def error(*args):
         assert main(["eval", *args]) == 2

@@ -1,12 +1,16 @@
 """Where the answers come from: a local model on the batched engine, or any OpenAI-compatible endpoint (a
-`wb deploy` server, vLLM, a hosted API). Both return, in row order, the assistant's answer text (reasoning split
-off, as the server's `content` field carries it)."""
+`wb deploy` server, vLLM, a hosted API). Both return, in row order, the assistant's answer text, reasoning split
+off (by the template's parser; for an endpoint, by its reasoning parser, else here)."""
 from __future__ import annotations
 
+import http.client
 import json
+import queue
+import re
+import threading
+import time
 import urllib.error
 import urllib.request
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -44,11 +48,27 @@ class LocalBackend:
             yield template.parse_response(request.result()[0].text)["content"]
 
 
+RETRIES = 4           # a busy endpoint (429, 5xx) or a dropped connection is asked again, after 1, 2, 4, 8 s
+RETRY_SECONDS = 1.0
+_TRANSIENT = (429, 500, 502, 503, 504)
+_REASONING = re.compile(r"<think>.*?</think>", re.DOTALL)
+
+
+def without_reasoning(content: str) -> str:
+    """The answer in a `content` that still holds the reasoning (a server without a reasoning parser): think
+    blocks removed, and what precedes a lone </think> (the template opened the block in the prompt)."""
+    content = _REASONING.sub("", content)
+    if "</think>" in content:
+        content = content.rsplit("</think>", 1)[1]
+    return content.strip()
+
+
 class ApiBackend:
     """An OpenAI-compatible endpoint: POST {url}/chat/completions, up to `concurrency` requests in flight."""
 
     def __init__(self, url: str, api_key: str | None, model: str | None, concurrency: int, timeout: float = 600):
         self.url, self.api_key, self.concurrency, self.timeout = url.rstrip("/"), api_key, concurrency, timeout
+        self._reached = False  # an endpoint that never answered is not retried (a wrong --api_url says so at once)
         self.model = model or self._first_model()
         self.label, self.identity = self.model, {"api_url": self.url, "api_model": self.model}
 
@@ -59,17 +79,27 @@ class ApiBackend:
             headers["Authorization"] = f"Bearer {self.api_key}"
         data = json.dumps(body).encode() if body is not None else None
         request = urllib.request.Request(url, data=data, headers=headers, method="POST" if data else "GET")
-        try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                raw = response.read()
-        except urllib.error.HTTPError as e:
-            detail = _error_message(e.read())
-            if e.code == 401:
-                raise UserError(f"{url}: the endpoint refuses the API key (HTTP 401{detail}); give --api_key") from None
-            raise UserError(f"{url}: HTTP {e.code}{detail}") from None
-        except (urllib.error.URLError, OSError) as e:
-            reason = getattr(e, "reason", e)
-            raise UserError(f"{url} does not answer ({reason})") from None
+        for attempt in range(RETRIES + 1):
+            last = attempt == RETRIES
+            try:
+                with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                    raw = response.read()
+                break
+            except urllib.error.HTTPError as e:
+                detail = _error_message(e.read())
+                if e.code == 401:
+                    raise UserError(f"{url}: the endpoint refuses the API key (HTTP 401{detail}); give --api_key") \
+                        from None
+                if e.code not in _TRANSIENT or last:
+                    raise UserError(f"{url}: HTTP {e.code}{detail}"
+                                    f"{f' (after {RETRIES} retries)' if last else ''}") from None
+            except (urllib.error.URLError, OSError, http.client.HTTPException) as e:  # (a reply cut short, too)
+                if last or (isinstance(e, urllib.error.URLError) and not self._reached):
+                    reason = getattr(e, "reason", e)
+                    raise UserError(f"{url} does not answer ({type(reason).__name__ if not str(reason) else reason})"
+                                    ) from None
+            time.sleep(RETRY_SECONDS * 2 ** attempt)
+        self._reached = True
         try:
             return json.loads(raw)
         except ValueError:
@@ -94,17 +124,43 @@ class ApiBackend:
             content = reply["choices"][0]["message"]["content"]
         except (KeyError, IndexError, TypeError):
             raise UserError(f"{self.url}/chat/completions: malformed reply (no choices[0].message)") from None
-        return content or ""
+        return without_reasoning(content or "")
 
     def answers(self, prompts: list[tuple[list[dict], list | None]], gen: Generation) -> Iterator[str]:
-        with ThreadPoolExecutor(self.concurrency) as pool:
-            futures = [pool.submit(self._answer, messages, tools, gen) for messages, tools in prompts]
-            try:
-                for future in futures:
-                    yield future.result()
-            finally:
-                for future in futures:
-                    future.cancel()
+        """In row order, `concurrency` requests in flight. The workers are daemon threads: an interrupted run
+        (Ctrl-C) exits without waiting for the requests still out (each may take minutes)."""
+        work, results = queue.Queue(), [None] * len(prompts)
+        done = [threading.Event() for _ in prompts]
+        for i in range(len(prompts)):
+            work.put(i)
+
+        def worker():
+            while True:
+                try:
+                    i = work.get_nowait()
+                except queue.Empty:
+                    return
+                try:
+                    results[i] = (True, self._answer(*prompts[i], gen))
+                except BaseException as e:  # noqa: BLE001  (handed to the reader)
+                    results[i] = (False, e)
+                done[i].set()
+
+        for _ in range(min(self.concurrency, len(prompts))):
+            threading.Thread(target=worker, daemon=True).start()
+        try:
+            for i in range(len(prompts)):
+                done[i].wait()
+                ok, value = results[i]
+                if not ok:
+                    raise value
+                yield value
+        finally:  # nothing more is sent
+            while not work.empty():
+                try:
+                    work.get_nowait()
+                except queue.Empty:
+                    break
 
 
 def _error_message(body: bytes) -> str:
