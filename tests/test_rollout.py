@@ -601,6 +601,39 @@ def test_server_generates_and_takes_weights():
 
         with pytest.raises(UserError, match="HTTP 400"):
             client._call("POST", "/generate", b"{}")
+        # a payload whose shapes do not fit is refused whole (copy_ broadcast a smaller tensor over a weight, and
+        # a payload could apply in part); a failure is answered, not a dropped connection ("not answering")
+        from swiftlike.rollout.weights import to_bytes
+
+        before = _logits(engine.model)
+        norm = "model.norm.weight"
+        with pytest.raises(UserError, match=r"HTTP 400.*shape \(3,\)"):
+            client._call("POST", "/update_weights", to_bytes([("model.layers.0.mlp.up_proj.weight",
+                                                                torch.zeros_like(dict(engine.model.named_parameters())[
+                                                                    "model.layers.0.mlp.up_proj.weight"])),
+                                                               (norm, torch.zeros(3))]), "application/octet-stream")
+        assert torch.equal(_logits(engine.model), before)
+        with pytest.raises(UserError, match="HTTP 400.*n must be at least 1"):
+            client.generate([[100]], 0, s)
+        with pytest.raises(UserError, match="HTTP 400.*outside the vocabulary"):
+            client.generate([[10 ** 9]], 1, s)
+        def broken(*a):
+            raise RuntimeError("CUDA error: device-side assert triggered (simulated)")
+        generate, engine.generate = engine.generate, broken
+        with pytest.raises(UserError, match="HTTP 500.*RuntimeError: CUDA error"):
+            client.generate([[100]], 1, s)
+        engine.generate = generate
+        import swiftlike.rollout.client as client_module
+
+        def no_waiting(_):
+            raise AssertionError("retried an answer that was an error")
+        original_sleep = client_module.time.sleep
+        client_module.time.sleep = no_waiting
+        try:  # something else answers there (HTTP 404): said at once, not after --wait of retries
+            with pytest.raises(UserError, match="HTTP 404"):
+                ServerRollout(f"http://127.0.0.1:{server.server_port}/elsewhere", wait=600)
+        finally:
+            client_module.time.sleep = original_sleep
     finally:
         server.shutdown()
 

@@ -29,6 +29,10 @@ def weight_chunks(weights, limit: int = WEIGHT_CHUNK_BYTES):
         yield chunk
 
 
+class NotAnswering(UserError):
+    """Nothing answered at the server's address (it may still be starting)."""
+
+
 class ServerRollout:
     name = "server"
 
@@ -40,7 +44,7 @@ class ServerRollout:
             try:
                 self.info = self._call("GET", "/health", None)
                 return
-            except UserError:
+            except NotAnswering:  # (an answer that is an error -- another server there -- is said at once)
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(1.0)
@@ -55,8 +59,8 @@ class ServerRollout:
             detail = e.read().decode(errors="replace")[:300]
             raise UserError(f"rollout server {self.url}{path}: HTTP {e.code}: {detail}") from None
         except (urllib.error.URLError, ConnectionError, TimeoutError) as e:
-            raise UserError(f"rollout server {self.url} is not answering ({getattr(e, 'reason', e)}); start one "
-                            "with `wb rollout --model ...`") from None
+            raise NotAnswering(f"rollout server {self.url} is not answering ({getattr(e, 'reason', e)}); start one "
+                               "with `wb rollout --model ...`") from None
 
     def generate(self, prompts: list[list[int]], n: int, sampling: Sampling) -> list[list[int]]:
         body = json.dumps(generate_request(prompts, n, sampling)).encode()
