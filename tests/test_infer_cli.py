@@ -193,6 +193,7 @@ def test_tool_calls_are_parsed_into_openai_style():
     (["--output", "x.jsonl"], "--output is for batch inference"),
     (["--max_batch_size", "0"], "--max_batch_size must be at least 1"),
     (["--infer_backend", "vllm", "--query", "q"], "pip install vllm"),
+    (["--query", "q", "--response", "a"], "--response is scored by reward models"),  # (was ignored)
 ])
 def test_bad_values_are_one_line_errors(capsys, monkeypatch, flags, message):
     import sys

@@ -65,6 +65,7 @@ def run_infer(cfg: InferConfig) -> str | None:
     accel.seed_everything(cfg.seed)
     params = sampling_params(cfg)  # bad values fail before any model is loaded
     if cfg.infer_backend == "vllm":
+        _refuse_response(cfg)
         engine = open_vllm_engine(cfg)
     else:
         from ..infer.engine import TransformersEngine
@@ -74,6 +75,7 @@ def run_infer(cfg: InferConfig) -> str | None:
                                                         cfg.attn_implementation)
         if getattr(model, "swiftlike_task", "sft") == "rm":
             return score_answer(model, template, cfg)
+        _refuse_response(cfg)
         engine = TransformersEngine(model, tokenizer, template, max_batch_size=cfg.max_batch_size)
     with engine:
         if cfg.dataset:
@@ -81,6 +83,12 @@ def run_infer(cfg: InferConfig) -> str | None:
         if cfg.query is not None:
             return answer_query(engine, cfg, params)
         return chat(engine, cfg, params)
+
+
+def _refuse_response(cfg: InferConfig) -> None:
+    if cfg.response is not None:  # (it was ignored: an answer was generated instead of a score)
+        raise UserError("--response is scored by reward models (`wb rm` checkpoints); this model generates "
+                        "answers: drop --response")
 
 
 def sampling_params(cfg: InferConfig, seed: int | None = None):
