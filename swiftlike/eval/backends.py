@@ -94,8 +94,10 @@ class ApiBackend:
                     raise UserError(f"{url}: HTTP {e.code}{detail}"
                                     f"{f' (after {RETRIES} retries)' if last else ''}") from None
             except (urllib.error.URLError, OSError, http.client.HTTPException) as e:  # (a reply cut short, too)
-                if last or (isinstance(e, urllib.error.URLError) and not self._reached):
-                    reason = getattr(e, "reason", e)
+                reason = getattr(e, "reason", e)
+                # not retried: an endpoint never reached (a wrong --api_url), or one silent for the whole timeout
+                if last or isinstance(reason, TimeoutError) or (isinstance(e, urllib.error.URLError)
+                                                                and not self._reached):
                     raise UserError(f"{url} does not answer ({type(reason).__name__ if not str(reason) else reason})"
                                     ) from None
             time.sleep(RETRY_SECONDS * 2 ** attempt)
