@@ -9,7 +9,14 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from . import config  # noqa: E402  (wb.config.SFTConfig(...); dataclasses only, no heavy imports)
+
+def __getattr__(name: str):
+    """`wb.config.SFTConfig(...)` right after `import swiftlike as wb` (the module loads on first use)."""
+    if name == "config":
+        import importlib
+
+        return importlib.import_module(".config", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def sft(config=None, **kwargs):
