@@ -57,10 +57,9 @@ _REASONING = re.compile(r"<think>.*?</think>", re.DOTALL)
 def without_reasoning(content: str) -> str:
     """The answer in a `content` that still holds the reasoning (a server without a reasoning parser): think
     blocks removed, and what precedes a lone </think> (the template opened the block in the prompt)."""
-    content = _REASONING.sub("", content)
-    if "</think>" in content:
-        content = content.rsplit("</think>", 1)[1]
-    return content.strip()
+    if "</think>" not in content:
+        return content  # as the server sent it (as the local backend's, unstripped)
+    return _REASONING.sub("", content).rsplit("</think>", 1)[-1].lstrip()
 
 
 class ApiBackend:
