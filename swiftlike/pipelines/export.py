@@ -60,7 +60,7 @@ def run_export(cfg: ExportConfig) -> Path:
     if vision and cfg.quant_method:  # (--to gguf refuses them above, by architecture)
         raise UserError("--quant_method does not write vision-language models yet; export the merged model (--merge) "
                         "and quantize it with its own tools")
-    processor = _processor_dir(ref, cfg.trust_remote_code) if vision else None
+    processor = _processor_dir(ref, base) if vision else None
     # else the bundled Jinja of the run's template; always for a VL model, whose tokenizer may carry a text-only one
     # native: the run rendered with the model's own chat template: its registered one; for a model the registry
     # does not know, its tokenizer's Jinja, or a named template that Jinja renders identically
@@ -76,7 +76,7 @@ def run_export(cfg: ExportConfig) -> Path:
         kind = f"{cfg.quant_method} {cfg.quant_bits}-bit, computing in {kind}"
     print(f"[wb] export: {ref.adapters or ref.base} -> {out} ({kind}{', adapters merged' if ref.adapters else ''})",
           flush=True)
-    streamed = _stream_plan(ref, cfg, vision)
+    streamed = _stream_plan(ref, cfg, vision, base)
     model = None if streamed else merged_model(ref, dtype, tokenizer.pad_token_id, cfg.trust_remote_code)
     args = {**ref.args, "template": template.name, "exported_from": ref.adapters or ref.base,
             "export": {"merge": bool(ref.adapters), "torch_dtype": str(dtype).replace("torch.", ""), "to": cfg.to,
@@ -85,7 +85,7 @@ def run_export(cfg: ExportConfig) -> Path:
     args.pop("base_model_dir", None)  # the export is its own base
     with atomic_directory(out) as tmp:
         if streamed:
-            _write_streamed(streamed, ref, cfg, dtype, tokenizer, template, tmp, out.name, shard_bytes)
+            _write_streamed(streamed, ref, cfg, base, config, dtype, tokenizer, template, tmp, out.name, shard_bytes)
         elif cfg.to == "gguf":
             from ..export.gguf import modelfile, write_gguf
 
@@ -113,12 +113,11 @@ def run_export(cfg: ExportConfig) -> Path:
     return out
 
 
-def _stream_plan(ref, cfg: ExportConfig, vision: bool):
+def _stream_plan(ref, cfg: ExportConfig, vision: bool, base: str):
     """The streaming merge's plan (export/stream.py) for a plain LoRA adapter exported as a Hugging Face model or
     GGUF, or for a full checkpoint exported as GGUF; None where the model is loaded in memory."""
     if cfg.quant_method or vision or ref.task == "rm" or not (ref.adapters or cfg.to == "gguf"):
         return None
-    base = base_weights(ref, cfg.trust_remote_code)
     if not ref.adapters:
         shards = shards_of(Path(base))
         return ({}, shards) if shards else None
@@ -135,21 +134,18 @@ def _bar(desc: str, total: int | None, unit: str):
     return tqdm(desc=desc, total=total, unit=unit, file=sys.stderr, dynamic_ncols=True, disable=None)  # (a tty)
 
 
-def _write_streamed(plan, ref, cfg: ExportConfig, dtype, tokenizer, template, tmp: Path, title: str,
-                    shard_bytes: int) -> None:
+def _write_streamed(plan, ref, cfg: ExportConfig, base: str, config, dtype, tokenizer, template, tmp: Path,
+                    title: str, shard_bytes: int) -> None:
+    """`base`: the base weights' directory, `config` its config (as run_export read them)."""
     pairs, shards = plan
-    base = base_weights(ref, cfg.trust_remote_code)
     nf4 = set()
     if ref.adapters and trained_on_4bit(ref.args):  # QLoRA: into the NF4 base it was trained on, dequantized
         nf4 = nf4_weights(base, dtype, cfg.trust_remote_code)
     with _bar("wb export", None, "tensor") as bar:
         if cfg.to == "gguf":
-            from transformers import AutoConfig
-
             from ..export.gguf import modelfile, write_gguf_tensors
 
             name = f"{title}-{cfg.gguf_type}.gguf"
-            config = AutoConfig.from_pretrained(base, trust_remote_code=cfg.trust_remote_code)
             write_gguf_tensors(config, tensor_shapes(shards), merged_tensors(pairs, shards, dtype, nf4), tokenizer,
                                template, tmp / name, cfg.gguf_type, title, bar)
             (tmp / "Modelfile").write_text(modelfile(name, template, tokenizer), encoding="utf-8")
@@ -195,10 +191,10 @@ def _quantize(model, tokenizer, template, tmp: Path, cfg: ExportConfig, dtype, c
             "perplexity_unquantized": round(before, 4), "perplexity_quantized": round(after, 4)}
 
 
-def _processor_dir(ref, trust_remote_code: bool) -> Path:
+def _processor_dir(ref, base: str) -> Path:
     """The folder of a vision-language checkpoint's preprocessor_config.json (with the run's pixel bounds; its
-    video_preprocessor_config.json beside it), else its base's."""
-    for folder in (ref.adapters, ref.base, base_weights(ref, trust_remote_code)):
+    video_preprocessor_config.json beside it), else its base's (`base`: the base weights' directory)."""
+    for folder in (ref.adapters, ref.base, base):
         if folder and (Path(folder) / PREPROCESSOR_CONFIG).is_file():
             return Path(folder)
     raise UserError(f"{ref.adapters or ref.base}: no {PREPROCESSOR_CONFIG} in the checkpoint or its base model; a "
