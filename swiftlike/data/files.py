@@ -15,12 +15,13 @@ from typing import Iterator
 from ..errors import UserError
 
 SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+HUB_PREFIXES = ("hf::", "ms::")
 
 
 def read_rows(source: str, streaming: bool = False) -> Iterator[tuple[str, "dict | BadLine"]]:
     """Yield (where, row) for every row of a source (hub datasets streamed when asked); an unreadable .jsonl
     line comes as a BadLine in place of its row."""
-    if source.startswith(("hf::", "ms::")):
+    if source.startswith(HUB_PREFIXES):
         yield from _hub(source, streaming)
         return
     p = Path(source)
@@ -49,9 +50,9 @@ def read_rows(source: str, streaming: bool = False) -> Iterator[tuple[str, "dict
 
 
 def row_file(where: str) -> Path | None:
-    """The file a row was read from, from its origin ('file:line', 'file row N'); None for a hub dataset's."""
-    path = Path(re.sub(r"(:\d+| row \d+)$", "", where))
-    return path if path.is_file() else None
+    """The file a row was read from, from the origin read_rows gave it ('file:line', 'file row N'); None for a hub
+    dataset's (no file-system call: it is asked for every row)."""
+    return None if where.startswith(HUB_PREFIXES) else Path(re.sub(r"(:\d+| row \d+)$", "", where))
 
 
 class BadLine(ValueError):
