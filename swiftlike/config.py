@@ -241,10 +241,14 @@ class SFTConfig(ModelArgs, DataArgs):
         if self.node_rank >= self.nnodes:
             raise UserError(f"--node_rank {self.node_rank} is not below --nnodes {self.nnodes}")
 
-    def _check_optimisation_numbers(self) -> None:
-        """Values the optimizer, the schedule or LoRA cannot use: one line here, not a traceback (or a run that
-        silently learns nothing) later."""
+    def _check_numbers(self) -> None:
+        """Values the batching, the optimizer, the schedule, LoRA or the image processor cannot use: one line
+        here, not a traceback (or a run that silently learns nothing) later."""
+        at_least_one = ("per_device_train_batch_size", "gradient_accumulation_steps", "max_length", "lora_rank",
+                        "logging_steps", "save_steps")
+        pixels = ("max_pixels", "min_pixels", "video_max_pixels", "video_fps")
         checks = (
+            *((name, getattr(self, name) >= 1, "must be at least 1") for name in at_least_one),
             ("learning_rate", self.learning_rate > 0, "must be positive"),
             ("num_train_epochs", self.max_steps > 0 or self.num_train_epochs > 0,
              "must be positive (or give --max_steps)"),
@@ -257,6 +261,7 @@ class SFTConfig(ModelArgs, DataArgs):
             ("save_total_limit", self.save_total_limit is None or self.save_total_limit >= 1, "must be at least 1"),
             ("eval_steps", self.eval_steps is None or self.eval_steps >= 1, "must be at least 1"),
             ("dataset_num_proc", self.dataset_num_proc >= 1, "must be at least 1"),
+            *((name, getattr(self, name) is None or getattr(self, name) > 0, "must be positive") for name in pixels),
         )
         for name, ok, problem in checks:
             if not ok:
@@ -284,14 +289,7 @@ class SFTConfig(ModelArgs, DataArgs):
                 self.learning_rate_note = (f"learning rate {self.learning_rate:g}: the --miniature default, at which a "
                                            f"random miniature visibly learns (real models default to "
                                            f"{default_learning_rate(self.full, False):g})")
-        for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "max_length", "lora_rank",
-                     "logging_steps", "save_steps"):
-            if getattr(self, name) < 1:
-                raise UserError(f"--{name} must be at least 1, got {getattr(self, name)}")
-        self._check_optimisation_numbers()
-        for name in ("max_pixels", "min_pixels", "video_max_pixels", "video_fps"):
-            if getattr(self, name) is not None and getattr(self, name) <= 0:
-                raise UserError(f"--{name} must be positive, got {getattr(self, name)}")
+        self._check_numbers()
         if self.max_pixels and self.min_pixels and self.min_pixels > self.max_pixels:
             raise UserError(f"--min_pixels {self.min_pixels} is above --max_pixels {self.max_pixels}")
         for name, frozen in (("vit_lr", "freeze_vit"), ("aligner_lr", "freeze_aligner")):
