@@ -186,6 +186,31 @@ def test_llama3_rope_scaling_becomes_rope_freqs(tmp_path):
     assert float((ours - plain).abs().max()) > 0.1  # transformers' reader alone ignores rope_freqs
 
 
+@pytest.mark.parametrize("post_processor", [False, True])
+def test_the_gguf_says_the_tokenizer_adds_bos_as_the_tokenizer_does(tmp_path, post_processor):
+    """llama.cpp prepends BOS to raw prompts only when `tokenizer.ggml.add_bos_token` says so. Llama-3's real
+    tokenizer adds BOS through its post-processor while its `add_bos_token` attribute reads False: the flag follows
+    what the tokenizer does, not the attribute."""
+    from tokenizers import processors
+    from transformers import PreTrainedTokenizerFast
+
+    from swiftlike.export.gguf import write_gguf
+
+    model, tokenizer, template = _miniature("meta-llama/Llama-3.2-1B-Instruct")
+    if post_processor:  # the real Llama-3 tokenizer's shape
+        backend = tokenizer.backend_tokenizer
+        bos = tokenizer.bos_token
+        backend.post_processor = processors.TemplateProcessing(
+            single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, tokenizer.bos_token_id)])
+        tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token=bos, eos_token=tokenizer.eos_token)
+        assert not getattr(tokenizer, "add_bos_token", False)
+    assert tokenizer("a")["input_ids"][0] == tokenizer.bos_token_id
+    path = write_gguf(model, tokenizer, template, tmp_path / "m.gguf", "f16", "test")
+    fields = gguf.GGUFReader(str(path)).fields
+    assert fields["tokenizer.ggml.add_bos_token"].contents() is True
+    assert fields["tokenizer.ggml.add_eos_token"].contents() is False
+
+
 def test_other_rope_scalings_are_refused():
     from transformers import LlamaConfig
 

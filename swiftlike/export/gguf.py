@@ -191,7 +191,9 @@ def _add_tokenizer(writer, gguf, tokenizer, template, vocab_size: int, pre: str)
         writer.add_bos_token_id(tokenizer.bos_token_id)
     if tokenizer.pad_token_id is not None:
         writer.add_pad_token_id(tokenizer.pad_token_id)
-    writer.add_add_bos_token(bool(getattr(tokenizer, "add_bos_token", False)))
+    added_ids = tokenizer("a")["input_ids"]  # what the tokenizer adds, whichever attribute or post-processor does it
+    writer.add_add_bos_token(tokenizer.bos_token_id is not None and added_ids[:1] == [tokenizer.bos_token_id])
+    writer.add_add_eos_token(tokenizer.eos_token_id is not None and added_ids[-1:] == [tokenizer.eos_token_id])
     if getattr(tokenizer, "chat_template", None):
         writer.add_chat_template(tokenizer.chat_template)
 
