@@ -606,7 +606,7 @@ class EvalConfig(ModelArgs):
     api_url: str | None = _f(None, "Evaluate an OpenAI-compatible endpoint instead of a local model, e.g. "
                                    "http://127.0.0.1:8000/v1 (a `wb deploy` server, vLLM, a hosted API).")
     api_key: str | None = _f(None, "Bearer token for --api_url.")
-    api_model: str | None = _f(None, "Model name sent to --api_url (default: the first one its /models lists).")
+    api_model: str | None = _f(None, "Model name sent to --api_url (default: the one its /models lists; required where it lists several).")
     eval_dataset: list = _f([], "Evaluation data: a named dataset (gsm8k-test, mcq-demo; `wb datasets`) or a file "
                                 "in any format the data layer reads (prompt + reference answer, MMLU-style "
                                 "question/choices/answer), hf::org/name[:subset][:split]; #N takes N rows "

@@ -266,6 +266,44 @@ def test_an_endpoint_that_is_busy_or_cuts_a_reply_is_asked_again_and_its_reasoni
     assert results["models"][0]["tasks"][0]["score"] == 1.0 and len(calls) == 3
 
 
+def test_an_endpoint_listing_several_models_needs_api_model():
+    """A `wb deploy` with adapters lists the base first: scoring it silently (the adapter meant) was the default."""
+    import http.server
+    import threading
+
+    from swiftlike.errors import UserError
+    from swiftlike.eval.backends import ApiBackend
+
+    listed = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            body = json.dumps({"object": "list", "data": [{"id": name} for name in listed]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+    try:
+        listed[:] = ["base", "a"]
+        with pytest.raises(UserError, match=r"/models lists 2 models \(base, a\); give --api_model NAME"):
+            ApiBackend(url, None, None, 1)
+        assert ApiBackend(url, None, "a", 1).model == "a"
+        listed[:] = []
+        with pytest.raises(UserError, match="/models lists no model; give --api_model"):
+            ApiBackend(url, None, None, 1)
+        listed[:] = ["only"]
+        assert ApiBackend(url, None, None, 1).model == "only"
+    finally:
+        server.shutdown()
+
+
 def test_bad_input_is_one_line(tmp_path, capsys):
     def error(*args):
         assert main(["eval", *args]) == 2

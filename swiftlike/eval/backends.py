@@ -109,9 +109,13 @@ class ApiBackend:
     def _first_model(self) -> str:
         reply = self._call("/models")
         try:
-            return reply["data"][0]["id"]
-        except (KeyError, IndexError, TypeError):
-            raise UserError(f"{self.url}/models: no model listed; give --api_model") from None
+            names = [entry["id"] for entry in reply["data"]]
+        except (KeyError, TypeError):
+            names = []
+        if len(names) != 1:  # several: a wb deploy with adapters lists the base first, rarely the one meant
+            listed = f"lists {len(names)} models ({', '.join(map(str, names))})" if names else "lists no model"
+            raise UserError(f"{self.url}/models {listed}; give --api_model NAME") from None
+        return names[0]
 
     def _answer(self, messages: list[dict], tools: list | None, gen: Generation) -> str:
         body = {"model": self.model, "messages": messages, "max_tokens": gen.max_new_tokens,
