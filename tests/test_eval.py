@@ -304,6 +304,47 @@ def test_an_endpoint_listing_several_models_needs_api_model():
         server.shutdown()
 
 
+def test_a_run_that_stops_early_keeps_the_rows_it_answered(tmp_path, capsys):
+    """The endpoint refuses the third request (HTTP 400, not retried): exit 2, and the two rows answered before
+    it are kept in <dataset>.partial.jsonl (once: all lost)."""
+    import http.server
+    import threading
+
+    calls = []
+    answer = json.dumps({"choices": [{"message": {"content": "It is 7."}}]}).encode()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            self.rfile.read(int(self.headers["Content-Length"]))
+            calls.append(1)
+            body, code = (answer, 200) if len(calls) < 3 else (b'{"error": {"message": "too long"}}', 400)
+            self.send_response(code)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    rows = tmp_path / "q.jsonl"
+    rows.write_text("".join(json.dumps({"query": f"{i}+7?", "response": f"#### {i + 7}"}) + "\n" for i in range(4)))
+    out = tmp_path / "out"
+    try:
+        assert main(["eval", "--api_url", f"http://127.0.0.1:{server.server_address[1]}/v1", "--api_model", "m",
+                     "--eval_dataset", str(rows), "--metric", "math", "--eval_batch_size", "1",
+                     "--output_dir", str(out)]) == 2
+    finally:
+        server.shutdown()
+    (partial,) = (out / "predictions" / "m").glob("*q.partial.jsonl")
+    kept = [json.loads(line) for line in partial.read_text().splitlines()]
+    assert [(r["key"], r["score"]) for r in kept] == [(f"{rows}:1", 1.0), (f"{rows}:2", 0.0)]
+    err = capsys.readouterr().err
+    assert f"the 2 rows of {rows} answered so far are in {partial}" in err and "HTTP 400" in err
+    assert not list((out / "predictions" / "m").glob("*q.jsonl"))
+
+
 def test_bad_input_is_one_line(tmp_path, capsys):
     def error(*args):
         assert main(["eval", *args]) == 2

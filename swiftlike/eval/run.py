@@ -33,8 +33,9 @@ def mean_and_stderr(scores: list[float]) -> tuple[float, float]:
     return mean, math.sqrt(variance / n)
 
 
-def evaluate(rows: list, backend, metric_name: str, gen, dataset: str, progress=None) -> TaskResult:
-    """Score `backend`'s answers to `rows` (PromptRow: messages, tools, reference) with a generation metric."""
+def evaluate(rows: list, backend, metric_name: str, gen, dataset: str, progress=None, on_record=None) -> TaskResult:
+    """Score `backend`'s answers to `rows` (PromptRow: messages, tools, reference) with a generation metric;
+    `on_record` sees each row's record as soon as it is scored (kept if the run stops early)."""
     metric = METRICS[metric_name]
     prompts = [(row.messages, row.tools) for row in rows]
     scores, predictions = [], []
@@ -48,6 +49,8 @@ def evaluate(rows: list, backend, metric_name: str, gen, dataset: str, progress=
         if metric.binary:
             record["correct"] = bool(score)
         predictions.append(record)
+        if on_record is not None:
+            on_record(record)
         if progress is not None:
             progress.update(1)
     score, stderr = mean_and_stderr(scores)

@@ -5,6 +5,9 @@ on evaluation datasets with the metrics of swiftlike/eval/, and write what was m
                                                   {dataset, metric, score, stderr, n}
     OUTPUT_DIR/predictions/<model>/<dataset>.jsonl  one line per row: prompt, prediction, extracted answer,
                                                   reference, score (correct)
+
+results.json is rewritten as each model finishes; a run that stops early (an endpoint gone, Ctrl-C) keeps the
+rows already answered in <dataset>.partial.jsonl.
 """
 from __future__ import annotations
 
@@ -114,6 +117,7 @@ def run_eval(cfg: EvalConfig, models: list[Candidate] | None = None) -> dict:
     tasks = dataset_tasks(cfg)
     rows = {spec: read_eval_rows(spec, cfg) for spec, metric in tasks if metric != "perplexity"}
     out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
     results = {"settings": _settings(cfg), "models": []}
     if cfg.api_url:
         from ..eval.backends import ApiBackend
@@ -121,8 +125,8 @@ def run_eval(cfg: EvalConfig, models: list[Candidate] | None = None) -> dict:
         backend = ApiBackend(cfg.api_url, cfg.api_key, cfg.api_model, cfg.eval_batch_size)
         results["models"].append(_evaluate_backend(backend, None, tasks, rows, cfg, out))
     for cand in candidates(cfg) if models is None else models:
+        _write_json(out / "results.json", results)  # the models done so far, should a later one fail
         results["models"].append(_evaluate_local(cand, tasks, rows, cfg, out))
-    out.mkdir(parents=True, exist_ok=True)
     _write_json(out / "results.json", results)
     print(table(results), flush=True)
     print(f"[wb] eval: results in {out / 'results.json'}, predictions in {out / 'predictions'}", flush=True)
@@ -234,24 +238,53 @@ def _evalscope_rows(kind: str, rows: list) -> list[dict]:
 
 
 def _evaluate_backend(backend, local, tasks, rows, cfg: EvalConfig, out: Path) -> dict:
-    from tqdm.auto import tqdm
-
     from ..eval.backends import Generation
-    from ..eval.run import evaluate
 
     gen = Generation(cfg.max_new_tokens, cfg.temperature, cfg.seed, cfg.enable_thinking)
     entry = {"label": backend.label, "identity": backend.identity, "tasks": []}
     for spec, metric in tasks:
+        path = out / "predictions" / _slug(backend.label) / f"{_slug(spec)}.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
         if metric == "perplexity":
             result = _perplexity(local, spec, cfg)
         else:
-            with tqdm(total=len(rows[spec]), desc=f"eval {backend.label} {spec}", unit="row") as bar:
-                result = evaluate(rows[spec], backend, metric, gen, spec, bar)
+            result = _answered(rows[spec], backend, metric, gen, spec, path.with_suffix(".partial.jsonl"))
         entry["tasks"].append(result.summary())
-        path = out / "predictions" / _slug(backend.label) / f"{_slug(spec)}.jsonl"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(path, "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in result.predictions))
+        write_atomic(path, "".join(_line(p) for p in result.predictions))
     return entry
+
+
+def _line(record: dict) -> str:
+    return json.dumps(record, ensure_ascii=False) + "\n"
+
+
+def _answered(rows, backend, metric: str, gen, spec: str, partial: Path):
+    """`evaluate`, each scored row appended to `partial` as it comes (removed once the dataset is done): a run
+    that stops early keeps what it had answered."""
+    from tqdm.auto import tqdm
+
+    from ..eval.run import evaluate
+
+    kept = 0
+    with open(partial, "w", encoding="utf-8") as fh:
+        def keep(record: dict) -> None:
+            nonlocal kept
+            fh.write(_line(record))
+            fh.flush()
+            kept += 1
+
+        try:
+            with tqdm(total=len(rows), desc=f"eval {backend.label} {spec}", unit="row") as bar:
+                result = evaluate(rows, backend, metric, gen, spec, bar, keep)
+        except BaseException:
+            if kept:
+                print(f"[wb] eval: stopped; the {kept} rows of {spec} answered so far are in {partial}",
+                      file=sys.stderr, flush=True)
+            else:
+                partial.unlink()
+            raise
+    partial.unlink()
+    return result
 
 
 def _perplexity(local, spec: str, cfg: EvalConfig):
