@@ -158,6 +158,11 @@ def test_named_datasets_columns_and_placeholders(tmp_path, capsys):
     p.write_text(json.dumps({"question": "q", "answer": "a"}) + "\n")
     assert load_rows([str(p)], columns={"question": "query", "answer": "response"})[0]["messages"] == [
         {"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
+    swapped = load_rows([str(p)], columns={"question": "answer", "answer": "question"}, task="grpo")[0]
+    assert swapped["messages"] == [{"role": "user", "content": "a"}]
+    p.write_text(json.dumps({"question": "q", "answer": "a", "response": "kept?"}) + "\n")
+    with pytest.raises(UserError, match=r"qa.jsonl:1: columns 'answer' and 'response' would both be 'response'"):
+        load_rows([str(p)], columns={"question": "query", "answer": "response"})  # once: one lost silently
 
 
 def test_wb_datasets_and_columns_flag(tmp_path, capsys):

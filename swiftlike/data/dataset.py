@@ -156,11 +156,11 @@ def _canonical(path: str, task: str, columns: dict | None, names: dict | None, s
     for where, raw in read_rows(source, streaming):
         origin = row_file(where)  # (a folder holds several files)
         where = where.replace(source, shown, 1)
-        if mapping and not isinstance(raw, BadLine):
-            raw = {mapping.get(k, k): v for k, v in raw.items()}
         try:
             if isinstance(raw, BadLine):
                 raise RowError(str(raw))
+            if mapping:
+                raw = _renamed(raw, mapping)
             row = to_canonical(raw, task)
             if row.get("images") or row.get("videos"):  # paths relative to the data file's folder
                 base = origin.parent if origin is not None else None
@@ -184,6 +184,18 @@ def _canonical(path: str, task: str, columns: dict | None, names: dict | None, s
     if unfilled and is_main_process():
         print(f"[wb] warning: {shown}: {unfilled} rows contain {{{{name}}}} / {{{{author}}}} placeholders that "
               "are trained as written; give --model_name and --model_author to fill them", file=sys.stderr)
+
+
+def _renamed(raw: dict, mapping: dict) -> dict:
+    """The row's columns renamed; two columns that would end under one name are an error, not one lost."""
+    out, origin = {}, {}
+    for key, value in raw.items():
+        name = mapping.get(key, key)
+        if name in out:
+            raise RowError(f"columns {origin[name]!r} and {key!r} would both be {name!r} (--columns / the "
+                           "dataset's column mapping); rename or drop one")
+        out[name], origin[name] = value, key
+    return out
 
 
 WHERE = "_where"  # the origin a row read as training goes carries, for errors about it (templates ignore it)
