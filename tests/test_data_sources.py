@@ -163,6 +163,10 @@ def test_named_datasets_columns_and_placeholders(tmp_path, capsys):
     p.write_text(json.dumps({"question": "q", "answer": "a", "response": "kept?"}) + "\n")
     with pytest.raises(UserError, match=r"qa.jsonl:1: columns 'answer' and 'response' would both be 'response'"):
         load_rows([str(p)], columns={"question": "query", "answer": "response"})  # once: one lost silently
+    from swiftlike.infer.prompts import read_prompts  # wb infer / eval read prompts the same way
+
+    with pytest.raises(UserError, match=r"qa.jsonl:1: columns 'answer' and 'response' would both be 'response'"):
+        read_prompts([str(p)], {"question": "query", "answer": "response"})
 
 
 def test_wb_datasets_and_columns_flag(tmp_path, capsys):

@@ -160,7 +160,7 @@ def _canonical(path: str, task: str, columns: dict | None, names: dict | None, s
             if isinstance(raw, BadLine):
                 raise RowError(str(raw))
             if mapping:
-                raw = _renamed(raw, mapping)
+                raw = renamed(raw, mapping)
             row = to_canonical(raw, task)
             if row.get("images") or row.get("videos"):  # paths relative to the data file's folder
                 base = origin.parent if origin is not None else None
@@ -186,7 +186,7 @@ def _canonical(path: str, task: str, columns: dict | None, names: dict | None, s
               "are trained as written; give --model_name and --model_author to fill them", file=sys.stderr)
 
 
-def _renamed(raw: dict, mapping: dict) -> dict:
+def renamed(raw: dict, mapping: dict) -> dict:
     """The row's columns renamed; two columns that would end under one name are an error, not one lost."""
     out, origin = {}, {}
     for key, value in raw.items():

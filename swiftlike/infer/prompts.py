@@ -11,7 +11,7 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..data.dataset import parse_selection
+from ..data.dataset import parse_selection, renamed
 from ..data.files import BadLine, read_rows, row_file
 from ..data.formats import RowError, _tools, to_canonical  # _tools: the one tool-list normaliser
 from ..errors import UserError
@@ -53,7 +53,10 @@ def read_prompts(specs: list[str], columns: dict | None = None, seed: int = 42) 
             if isinstance(raw, BadLine):
                 raise UserError(f"{where}: {raw}")
             if mapping:
-                raw = {mapping.get(k, k): v for k, v in raw.items()}
+                try:
+                    raw = renamed(raw, mapping)
+                except RowError as e:
+                    raise UserError(f"{where}: {e}") from None
             rows.append(prompt_row(where, raw, origin.parent if origin is not None else None))
         if not rows:
             raise UserError(f"{source}: no rows")
