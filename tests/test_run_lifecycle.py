@@ -41,6 +41,23 @@ def test_resume_of_a_finished_run_says_so(tmp_path, capsys):
     assert _state(out / "checkpoint-4")["first_loss"] == pytest.approx(float(first_loss), abs=1e-4)
 
 
+def test_the_resume_line_tolerates_a_checkpoint_without_readable_args(tmp_path):
+    """A hand-edited (broken) args.json made the resume hint a JSONDecodeError traceback."""
+    from types import SimpleNamespace
+
+    from swiftlike.config import SFTConfig
+    from swiftlike.pipelines.sft import resume_line
+
+    ckpt = tmp_path / "checkpoint-1"
+    ckpt.mkdir()
+    trainer, cfg = SimpleNamespace(step=1, total_steps=2), SFTConfig(learning_rate=1e-3)
+    assert resume_line(ckpt, trainer, cfg) == f"[wb] resuming from {ckpt} (step 1 of 2)"
+    (ckpt / "args.json").write_text("{oops")
+    assert resume_line(ckpt, trainer, cfg) == f"[wb] resuming from {ckpt} (step 1 of 2)"
+    (ckpt / "args.json").write_text(json.dumps({"learning_rate": 1e-2}))
+    assert "--learning_rate 0.01 -> 0.001" in resume_line(ckpt, trainer, cfg)
+
+
 def _interrupt_at(monkeypatch, steps: tuple[int, ...]):
     """Deliver SIGINT (as Ctrl-C does) while the trainer is drawing the batches of these steps (0-based)."""
     original = trainer_module.Trainer.next_batches

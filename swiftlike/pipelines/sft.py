@@ -23,7 +23,7 @@ from ..errors import UserError
 from ..models import attach_lora, build_miniature, load_model, load_tokenizer
 from ..models.lora_compute import compute_in_stream_dtype
 from ..models.loader import freeze_vision_parts, model_config, prepare_4bit, quiet_libraries
-from ..models.resolve import ModelRef, base_weights, resolve, template_name
+from ..models.resolve import ModelRef, base_weights, read_args, resolve, template_name
 from ..registry import find_model
 from ..templates import get_template
 from ..templates.text import TextTemplate
@@ -364,8 +364,10 @@ def resume_line(ckpt: Path, trainer, cfg: SFTConfig) -> str:
                 f"resume with a higher --max_steps (e.g. --max_steps {2 * trainer.total_steps}) or "
                 "--num_train_epochs.")
     line = f"[wb] resuming from {ckpt} (step {trainer.step} of {trainer.total_steps})"
-    saved = json.loads((Path(ckpt) / "args.json").read_text(encoding="utf-8")) \
-        if (Path(ckpt) / "args.json").is_file() else {}
+    try:
+        saved = read_args(ckpt)
+    except UserError:  # a checkpoint without (readable) args.json resumes all the same; the hint says less
+        saved = {}
     changed = [f"--{k} {saved[k]} -> {getattr(cfg, k)}" for k in RESUMED_OPTIONS
                if k in saved and hasattr(cfg, k) and saved[k] != getattr(cfg, k)]
     if changed:
