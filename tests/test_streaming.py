@@ -67,13 +67,21 @@ def test_a_step_whose_rows_were_all_dropped_changes_nothing(tmp_path, monkeypatc
     updates = []
     original = engines.DDPEngine.step
     monkeypatch.setattr(engines.DDPEngine, "step", lambda self: updates.append(1) or original(self))
-    result = wb.sft(**dict(BASE, max_steps=10, max_length=40, per_device_train_batch_size=1, streaming=True,
-                           output_dir=str(tmp_path / "run")))
+    run = dict(BASE, max_steps=10, max_length=40, per_device_train_batch_size=1, streaming=True, save_steps=5,
+               output_dir=str(tmp_path / "run"))
+    result = wb.sft(**run)
     logged = [h for h in result.log_history if "learning_rate" in h]
     trained = [h for h in logged if "loss" in h]
     assert len(logged) == 10 and 0 < len(trained) < 10 and len(updates) == len(trained)
-    assert result.metrics["dropped_while_training"]["longer than max_length 40"] > 0
+    dropped = result.metrics["dropped_while_training"]
+    assert dropped["longer than max_length 40"] > 0
     assert result.metrics["final_loss"] == pytest.approx(trained[-1]["loss"], rel=1e-5)
+    # resumed at step 5: the drops of steps 1-5 are still counted (the resumed run once counted from 0)
+    shutil.rmtree(tmp_path / "run" / "checkpoint-10")
+    resumed = wb.sft(**run, resume=True).metrics
+    assert resumed["dropped_while_training"] == dropped
+    # (steps 6-10 dropped every row here: the summary's loss was None, and printing it a TypeError)
+    assert resumed["final_loss"] == pytest.approx(result.metrics["final_loss"], rel=1e-5)
 
 
 @pytest.mark.parametrize("mode", ["lazy_tokenize", "streaming"])

@@ -325,9 +325,10 @@ def run_sft(cfg: SFTConfig) -> TrainResult:
         m = result.metrics
         unit = next(k for k in m if k.startswith("trained_"))
         trained = f"{m[unit]:,} {unit.removeprefix('trained_').replace('tokens', 'trained tokens')}"
+        first, final = ("-" if v is None else f"{v:.4f}" for v in (m["first_loss"], m["final_loss"]))
         print(f"[wb] done: {m['steps']} steps, {trained} in {m['train_seconds']}s "
               f"(padding efficiency {m['padding_efficiency']:.0%}); "
-              f"loss {m['first_loss']:.4f} -> {m['final_loss']:.4f}; checkpoint {result.checkpoint}")
+              f"loss {first} -> {final}; checkpoint {result.checkpoint}")
     return result
 
 

@@ -302,12 +302,15 @@ class Trainer:
     def _result(self, checkpoint: Path | None, seconds: float, finished_before: bool) -> TrainResult:
         main = accel.is_main_process()
         unit = getattr(self.objective, "unit", "tokens")
-        logged = [h["loss"] for h in self.log_history if "loss" in h]
+        logged = [h["loss"] for h in self.log_history if h.get("loss") is not None]
+        # the last loss this session computed; else (it trained nothing: finished before, or every row it drew was
+        # dropped) the run's last logged one
+        final = self.final_loss if self.final_loss is not None and not finished_before else (logged or [None])[-1]
         metrics = {"steps": self.step, f"trained_{unit}": self.trained_tokens, "input_tokens": self.input_tokens,
                    "padding_efficiency": round(self.input_tokens / max(self.slot_tokens, 1), 4),
                    "train_seconds": round(seconds, 2),
                    "first_loss": self.first_loss if self.first_loss is not None else (logged or [None])[0],
-                   "final_loss": self.final_loss if not finished_before else (logged or [None])[-1]}
+                   "final_loss": final}
         dropped = getattr(self.collate, "dropped", None)
         if dropped:
             metrics["dropped_while_training"] = dict(dropped)
@@ -384,6 +387,9 @@ class Trainer:
                 (tmp / name).write_text(text + "\n", encoding="utf-8")
             state = {"global_step": self.step, "total_steps": self.total_steps, "trained_tokens": self.trained_tokens,
                      "first_loss": self.first_loss, "log_history": self.log_history}
+            dropped = getattr(self.collate, "dropped", None)
+            if dropped:  # rows dropped as they were encoded (--streaming, --lazy_tokenize), counted over a resume
+                state["dropped_while_training"] = dict(dropped)
             training_state = {"optimizer": optimizer, "scheduler": self.scheduler.state_dict(),
                               "rng": accel.rng_state(), "step": self.step, "trained_tokens": self.trained_tokens}
             path = save_checkpoint(tmp, self.step, self.model, self.tokenizer, self.args_json, state,
@@ -406,4 +412,7 @@ class Trainer:
         self.log_history = history.get("log_history", [])
         logged = [h["loss"] for h in self.log_history if "loss" in h]  # checkpoints older than "first_loss"
         self.first_loss = history.get("first_loss", logged[0] if logged else None)
+        dropped = getattr(self.collate, "dropped", None)
+        if dropped is not None:
+            dropped.update(history.get("dropped_while_training", {}))
 
