@@ -113,6 +113,15 @@ def test_skip_bad_rows_counts_every_skip(tmp_path, qwen3_tokenizer):
     assert stats.rows_read == 4
     assert stats.dropped == {"bad row: unknown format": 1, "bad row: no assistant turn to train on": 1}
     assert stats.report().startswith("rows read 4, kept 2, dropped 1 (bad row: unknown format)")
+    # '#N' reads the whole file: the report says how many rows it took (the count once mixed the sample's size
+    # with the whole file's drops: "rows read 3")
+    stats = DataStats()
+    rows = load_rows([f"{path}#1"], skip_bad_rows=True, stats=stats)
+    encoded, stats = encode_rows(rows, get_template("qwen3", qwen3_tokenizer), 512, stats=stats)
+    assert stats.report().startswith(f"rows read 4 ({path}#1: 1 of 2 usable rows), kept 1, dropped 1 (bad row")
+    stats = DataStats()
+    load_rows([f"{path}#3"], skip_bad_rows=True, stats=stats)
+    assert stats.rows_read == 4 and stats.selected == [f"{path}#3: 3 of 2 usable rows, some twice"]
 
 
 def test_template_rejections_are_counted_when_skipping(qwen3_tokenizer):

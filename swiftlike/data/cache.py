@@ -64,7 +64,7 @@ def load(root: Path, key: str) -> tuple[list[dict], DataStats] | None:
     meta = json.loads((folder / "stats.json").read_text())
     stats = DataStats(rows_read=meta["rows_read"], dropped=Counter(meta["dropped"]), lengths=meta["lengths"],
                       trained_tokens=meta["trained_tokens"], truncated=meta["truncated"],
-                      truncation_word=meta.get("truncation_word", "truncated"))
+                      truncation_word=meta.get("truncation_word", "truncated"), selected=meta.get("selected", []))
     return rows, stats
 
 
@@ -80,7 +80,8 @@ def save(root: Path, key: str, rows: list[dict], stats: DataStats) -> None:
     (tmp / "stats.json").write_text(json.dumps({"rows_read": stats.rows_read, "dropped": dict(stats.dropped),
                                                 "lengths": stats.lengths, "trained_tokens": stats.trained_tokens,
                                                 "truncated": stats.truncated,
-                                                "truncation_word": stats.truncation_word}))
+                                                "truncation_word": stats.truncation_word,
+                                                "selected": stats.selected}))
     final = root / key
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)

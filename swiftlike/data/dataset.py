@@ -31,16 +31,20 @@ class DataStats:
     cached: bool = False
     unit: str = "rows"          # what rows_read, kept and the drops count (preference data: "pairs")
     length_of: str = ""         # what one entry of `lengths` measures, when not simply a row's tokens
+    selected: list = field(default_factory=list)  # what '#N' selections took ("data.jsonl#50: 50 of 1000 rows")
     tokens: int | None = None   # total tokens, when it is not the sum of `lengths` (pairs: chosen + rejected)
 
     def drops(self, sep: str = ", ") -> str:
         """'<sep>dropped N (why)' for every reason rows were dropped."""
         return "".join(f"{sep}dropped {n} ({why})" for why, n in self.dropped.items())
 
+    def read(self) -> str:
+        """'rows read N' and what '#N' selections took of them."""
+        return f"{self.unit} read {self.rows_read}" + (f" ({'; '.join(self.selected)})" if self.selected else "")
+
     def report(self) -> str:
         kept = len(self.lengths)
-        lines = [("(from the encoding cache) " if self.cached else "") + f"{self.unit} read {self.rows_read}, "
-                 f"kept {kept}"
+        lines = [("(from the encoding cache) " if self.cached else "") + f"{self.read()}, kept {kept}"
                  + self.drops()
                  + (f", {self.truncation_word} {self.truncated}" if self.truncated else "")]
         if kept:
@@ -135,9 +139,15 @@ def load_rows(specs: list[str], sources: list | None = None, skip_bad_rows: bool
     rows, origins = [], []
     for spec in specs:
         path, count = parse_selection(spec)
+        dropped_before = sum(stats.dropped.values()) if stats is not None else 0
         items = list(_canonical(path, task, columns, names, skip_bad_rows, stats))
         if not items:
             raise UserError(f"{path}: no usable rows")
+        if stats is not None:  # every row read, the ones '#N' leaves out too
+            stats.rows_read += len(items) + sum(stats.dropped.values()) - dropped_before
+            if count is not None and count != len(items):
+                stats.selected.append(f"{spec}: {count} of {len(items)} usable rows"
+                                      f"{', some twice' if count > len(items) else ''}")
         for where, row in _select(items, count, rng):
             origins.append(where)
             rows.append(row)
@@ -319,7 +329,7 @@ def encode_rows(rows: list[dict], template, max_length: int, sources: list | Non
     stats = stats or DataStats()
     if truncation_strategy == "split":
         stats.truncation_word = "split"
-    stats.rows_read = len(rows) + sum(stats.dropped.values())
+    stats.rows_read = stats.rows_read or len(rows) + sum(stats.dropped.values())  # (load_rows counted them)
     encoded = []
     for chunk, rejected in _encode_all(template, rows, sources, skip_bad_rows, num_proc):
         stats.dropped.update(rejected)

@@ -34,7 +34,7 @@ def encode_pairs(rows: list[dict], template, max_length: int, stats: DataStats |
     side, the number --max_length is compared with. A pair's images (its prompt's) are expanded on both sides,
     before the length is compared; `sources` name the rows in errors."""
     stats = stats or DataStats()
-    stats.rows_read = len(rows) + sum(stats.dropped.values())
+    stats.rows_read = stats.rows_read or len(rows) + sum(stats.dropped.values())  # (load_rows counted them)
     stats.unit, stats.length_of, stats.tokens = "pairs", "the longer of chosen and rejected, prompt included", 0
     pairs = []
     for start in range(0, len(rows), 256):
@@ -89,7 +89,7 @@ def encode_kto(rows: list[dict], template, max_length: int, stats: DataStats | N
     """Each row keeps its prompt and answer messages (and its prompt's images) so batches can pair prompts with
     other rows' answers. --max_length limits each example (prompt + answer, images expanded)."""
     stats = stats or DataStats()
-    stats.rows_read = len(rows) + sum(stats.dropped.values())
+    stats.rows_read = stats.rows_read or len(rows) + sum(stats.dropped.values())  # (load_rows counted them)
     stats.length_of = "prompt + answer"
     examples = []
     for start in range(0, len(rows), 256):

@@ -190,7 +190,6 @@ def prepare_data(cfg: SFTConfig, template) -> tuple[list[dict], list[dict], Data
         rows = load_rows(cfg.dataset, sources, cfg.skip_bad_rows, stats, cfg.seed, METHODS[_task(cfg)].rows,
                          cfg.columns, cfg.data_names())
         rows = [{**row, WHERE: where} for row, where in zip(rows, sources)]  # named when encoding refuses it
-        stats.rows_read = len(rows) + sum(stats.dropped.values())
         cached = False
     else:
         rows, stats, cached = _encoded(cfg, template, cfg.dataset)
@@ -277,7 +276,7 @@ def run_sft(cfg: SFTConfig) -> TrainResult:
         rows, eval_rows, stats = prepare_data(cfg, template)
         if main:
             report = stats.report() if not cfg.lazy_tokenize else \
-                f"rows read {stats.rows_read}{stats.drops()} (encoded lazily, batch by batch)"
+                f"{stats.read()}{stats.drops()} (encoded lazily, batch by batch)"
             print(f"[wb] data: {report}".replace("\n", "\n[wb] data: "))
     if main and eval_rows:
         print(f"[wb] data: {len(eval_rows)} validation rows")
