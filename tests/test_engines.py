@@ -309,3 +309,18 @@ def test_slurm_script_runs_under_a_stand_in_srun(tmp_path):
                        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "on node 1 of 2" in r.stderr and (tmp_path / "run" / "checkpoint-2" / "model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_rows_dropped_while_streaming_are_counted_over_every_process(tmp_path):
+    """--streaming with two processes: each encodes (and drops) only its own rows. The report once gave the
+    first process's count alone; it equals one process's with the same global batch."""
+    args = ["--dataset", IDENTITY, "--streaming", "--max_length", "40", "--max_steps", "4"]
+    one = wb_cli("sft", *common("one", *args, "--per_device_train_batch_size", "2"), cwd=tmp_path)
+    two = wb_cli("sft", *common("two", *args, "--per_device_train_batch_size", "1", "--nproc_per_node", "2"),
+                 cwd=tmp_path)
+    line = [x for x in one.stdout.splitlines() if x.startswith("[wb] data: dropped while training")]
+    assert line and line == [x for x in two.stdout.splitlines() if x.startswith("[wb] data: dropped while training")]
+    trained = [[s.get("loss") for s in logged_steps(r)] for r in (one, two)]  # (a step of dropped rows: none)
+    assert None in trained[0] and [x is None for x in trained[1]] == [x is None for x in trained[0]]
+    assert [x for x in trained[1] if x] == pytest.approx([x for x in trained[0] if x], rel=2e-5)

@@ -4,8 +4,9 @@ from __future__ import annotations
 import json
 import math
 import os
-from contextlib import contextmanager
 import time
+from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -196,6 +197,18 @@ class Trainer:
         dist.all_reduce(t)
         return float(t)
 
+    def _dropped(self) -> Counter | None:
+        """Rows dropped as they were encoded (--streaming, --lazy_tokenize), over every process: each encodes only
+        its own micro-batches. Every process calls it."""
+        dropped = getattr(self.collate, "dropped", None)
+        if dropped is None or not self.distributed:
+            return dropped
+        import torch.distributed as dist
+
+        parts = [None] * dist.get_world_size()
+        dist.all_gather_object(parts, dict(dropped))
+        return sum((Counter(part) for part in parts), Counter())
+
     @torch.no_grad()
     def evaluate(self) -> dict:
         """Weighted mean loss (and the objective's metrics) over the validation rows; each process takes every
@@ -238,6 +251,7 @@ class Trainer:
             with self._interruptible(bar):
                 checkpoint = self._loop(bar, tracker, unit)
             seconds = time.perf_counter() - start
+            dropped = self._dropped()  # (collective: before the main process alone evaluates)
             bar.close()
             if self.after_train is not None and main and checkpoint is not None:
                 self.engine.release()  # training is over: free what only it needed
@@ -247,7 +261,7 @@ class Trainer:
         finally:  # flushed also when interrupted or failing: the scalars up to the last checkpoint are kept
             bar.close()
             tracker.close()
-        result = self._result(checkpoint, seconds, finished_before)
+        result = self._result(checkpoint, seconds, finished_before, dropped)
         result.evaluation = evaluation
         return result
 
@@ -299,7 +313,8 @@ class Trainer:
                 checkpoint = self.save()
         return checkpoint
 
-    def _result(self, checkpoint: Path | None, seconds: float, finished_before: bool) -> TrainResult:
+    def _result(self, checkpoint: Path | None, seconds: float, finished_before: bool,
+                dropped: Counter | None) -> TrainResult:
         main = accel.is_main_process()
         unit = getattr(self.objective, "unit", "tokens")
         logged = [h["loss"] for h in self.log_history if h.get("loss") is not None]
@@ -311,7 +326,6 @@ class Trainer:
                    "train_seconds": round(seconds, 2),
                    "first_loss": self.first_loss if self.first_loss is not None else (logged or [None])[0],
                    "final_loss": final}
-        dropped = getattr(self.collate, "dropped", None)
         if dropped:
             metrics["dropped_while_training"] = dict(dropped)
             if main:
@@ -380,6 +394,7 @@ class Trainer:
         tmp = prepare_checkpoint_dir(self.s.output_dir, self.step)
         weights = self.engine.model_state_dict()
         optimizer = self.engine.optimizer_state()
+        dropped = self._dropped()
         self.engine.save_engine_state(tmp)
         path = None
         if accel.is_main_process():
@@ -387,8 +402,7 @@ class Trainer:
                 (tmp / name).write_text(text + "\n", encoding="utf-8")
             state = {"global_step": self.step, "total_steps": self.total_steps, "trained_tokens": self.trained_tokens,
                      "first_loss": self.first_loss, "log_history": self.log_history}
-            dropped = getattr(self.collate, "dropped", None)
-            if dropped:  # rows dropped as they were encoded (--streaming, --lazy_tokenize), counted over a resume
+            if dropped:  # counted over a resume
                 state["dropped_while_training"] = dict(dropped)
             training_state = {"optimizer": optimizer, "scheduler": self.scheduler.state_dict(),
                               "rng": accel.rng_state(), "step": self.step, "trained_tokens": self.trained_tokens}
@@ -413,6 +427,6 @@ class Trainer:
         logged = [h["loss"] for h in self.log_history if "loss" in h]  # checkpoints older than "first_loss"
         self.first_loss = history.get("first_loss", logged[0] if logged else None)
         dropped = getattr(self.collate, "dropped", None)
-        if dropped is not None:
+        if dropped is not None and accel.is_main_process():  # (the others' counts are added to it when summed)
             dropped.update(history.get("dropped_while_training", {}))
 
