@@ -5,7 +5,9 @@ import functools
 
 import torch
 
+from ..errors import UserError
 from ..templates import IGNORE_INDEX
+from .images import ImageError
 
 
 def _targets(labels: list[int]) -> list[int]:
@@ -70,10 +72,14 @@ class ImageCollate:
         image."""
         sources = [s for seq in sequences for s in seq.get("images", ())]
         videos = [v for seq in sequences for v in seq.get("videos", ())]
-        if sources:
-            batch.update(self.processing.batch(sources))
-        if videos:
-            batch.update(self.processing.video.batch(videos))
+        try:
+            if sources:
+                batch.update(self.processing.batch(sources))
+            if videos:
+                batch.update(self.processing.video.batch(videos))
+        except ImageError as e:  # (a header that reads while the pixels do not: a file cut short)
+            raise UserError(f"{e}: its size was read when the data was prepared, its pixels cannot be; replace or "
+                            "remove the file") from None
         if not sources and not videos:
             batch = self._with_blank_image(batch)
         types = (batch["input_ids"] == self.pad_id).int()

@@ -261,23 +261,30 @@ def encode_with_media(template, rows: list[dict]) -> list[dict]:
     return [encode_images(template, r, e) for r, e in zip(rows, template.encode_batch(rows))]
 
 
-def _encode_chunk(template, rows: list[dict], sources: list | None, offset: int, skip: bool
-                  ) -> tuple[list[dict | None], Counter]:
-    """Encoded rows (None where the template rejects a skipped row) and the rejection counts."""
+def encode_each(rows: list[dict], encode, sources: list | None, offset: int, skip: bool, what: str = "row"
+                ) -> tuple[list, Counter]:
+    """encode(rows), and where the template or an image refuses one, row by row: the row named in the error, or
+    (`skip`, --skip_bad_rows) None in its place and counted in the rejection counts returned."""
     try:
-        return encode_with_media(template, rows), Counter()
+        return encode(rows), Counter()
     except (TemplateError, ImageError):
         out, rejected = [], Counter()
-        for i, row in enumerate(rows):  # find the rows the template rejects, to name or count them
+        for i, row in enumerate(rows):
             try:
-                out += encode_with_media(template, [row])
+                out += encode([row])
             except (TemplateError, ImageError) as e:
                 if not skip:
-                    where = sources[offset + i] if sources else f"row {offset + i}"
+                    where = sources[offset + i] if sources else f"{what} {offset + i}"
                     raise UserError(f"{where}: {e}") from None
                 rejected[f"rejected by the template: {e}"] += 1
                 out.append(None)
         return out, rejected
+
+
+def _encode_chunk(template, rows: list[dict], sources: list | None, offset: int, skip: bool
+                  ) -> tuple[list[dict | None], Counter]:
+    """Encoded rows (None where the template rejects a skipped row) and the rejection counts."""
+    return encode_each(rows, lambda some: encode_with_media(template, some), sources, offset, skip)
 
 
 _WORK: dict = {}  # what forked encoding workers share (set before the pool starts)

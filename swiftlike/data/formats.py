@@ -7,6 +7,7 @@ the fields it has.
 """
 from __future__ import annotations
 
+import base64
 import json
 
 from ..templates.messages import (IMAGE, VIDEO, MessageError, is_video_source, message_content, normalize_message,
@@ -125,6 +126,11 @@ def _media(row: dict, messages: list[dict], key: str, marker: str, column_reader
     found = from_parts or column_reader(column)
     if found:
         placed = sum(m["content"].count(marker) for m in messages if m["role"] in ("user", "tool"))
+        stray = next((i for i, m in enumerate(messages) if m["role"] not in ("user", "tool") and marker in m["content"]),
+                     None)
+        if stray is not None:
+            raise RowError(f"message {stray} ({messages[stray]['role']}) holds a {marker} placeholder; {key} belong "
+                           "to user or tool messages")
         if placed != len(found):
             raise RowError(f"{placed} {marker} placeholder(s) in the messages but {len(found)} {key[:-1]}(s)")
     return found
@@ -166,14 +172,16 @@ def _video_column(value) -> list:
 def _image_column(value) -> list[str]:
     if value is None:
         return []
-    if isinstance(value, str):
+    if isinstance(value, (str, dict)):
         value = [value]
     if not isinstance(value, list):
         raise RowError(f"'images' must be a list of paths, URLs or data URIs, got {type(value).__name__}")
     out = []
     for i, item in enumerate(value):
-        if isinstance(item, dict):  # ms-swift's {"path": ...}; an HF datasets Image without a path has only bytes
-            item = item.get("path") or item.get("url")
+        if isinstance(item, dict):  # ms-swift's {"path": ...}; an HF datasets Image (parquet): {bytes, path}
+            data = item.get("bytes")
+            item = f"data:image;base64,{base64.b64encode(data).decode()}" if isinstance(data, bytes) and data else \
+                item.get("path") or item.get("url")  # (its bytes first, as datasets reads it: the path may be gone)
         if not isinstance(item, str) or not item:
             raise RowError(f"'images' item {i} must be a path, URL or data URI")
         out.append(item)

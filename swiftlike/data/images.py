@@ -34,7 +34,12 @@ def is_file(src: str) -> bool:
 
 
 def resolve_source(src: str, base: Path | None) -> str:
-    """A path relative to the data file's folder made absolute; URLs, data URIs and absolute paths as given."""
+    """A path relative to the data file's folder made absolute (a file:// URI is its path); URLs, data URIs and
+    absolute paths as given."""
+    if src.startswith("file://"):  # (the form qwen-vl-utils' examples write)
+        from urllib.parse import unquote, urlparse
+
+        src = unquote(urlparse(src).path)
     if src.startswith(_REMOTE) or src.startswith("data:") or base is None or Path(src).is_absolute():
         return src
     return str(base / src)
@@ -58,7 +63,7 @@ def download(url: str, timeout: float = 30) -> bytes:
 
 def open_image(src: str):
     """The image at a source, as RGB; ImageError naming the source when it cannot be read."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
         if src.startswith("data:"):
@@ -74,10 +79,10 @@ def open_image(src: str):
             data = src
         image = Image.open(data)
         image.load()
-        return image.convert("RGB")
+        return ImageOps.exif_transpose(image).convert("RGB")  # upright, as transformers' load_image reads it
     except ImageError:
         raise
-    except (OSError, UnidentifiedImageError, ValueError) as e:
+    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as e:
         shown = src if not src.startswith("data:") else src[:40] + "..."
         raise ImageError(f"image {shown}: cannot be read ({str(e).splitlines()[0]})") from None
 
@@ -192,9 +197,16 @@ def image_size(src: str) -> tuple[int, int]:
         raise ImageError(f"image {src}: no such file")
     try:
         with Image.open(src) as image:
-            return image.size
-    except OSError as e:
+            return _upright_size(image)
+    except (OSError, Image.DecompressionBombError) as e:
         raise ImageError(f"image {src}: cannot be read ({str(e).splitlines()[0]})") from None
+
+
+def _upright_size(image) -> tuple[int, int]:
+    """(width, height) once the EXIF orientation is applied (5-8 turn the image a quarter: a phone's portrait
+    photo is stored landscape), from the header alone."""
+    width, height = image.size
+    return (height, width) if image.getexif().get(0x0112) in (5, 6, 7, 8) else (width, height)
 
 
 def expand(encoded: dict, images: list[str], processing: ImageProcessing, pad_id: int,

@@ -4,10 +4,8 @@ from __future__ import annotations
 import torch
 
 from ..errors import UserError
-from ..templates.errors import TemplateError
 from .collate import collate_padding_free
-from .dataset import DataStats, encode_images
-from .images import ImageError
+from .dataset import DataStats, encode_each, encode_images
 
 
 def _with_prompt_untrained(messages: list[dict], prompt_len: int) -> list[dict]:
@@ -27,25 +25,30 @@ def pair_rows(row: dict) -> tuple[dict, dict]:
 
 
 def encode_pairs(rows: list[dict], template, max_length: int, stats: DataStats | None = None,
-                 sources: list[str] | None = None) -> tuple[list[dict], DataStats]:
+                 sources: list[str] | None = None, skip_bad_rows: bool = False) -> tuple[list[dict], DataStats]:
     """{"chosen": enc, "rejected": enc} per pair. --max_length limits each sequence (chosen with the prompt,
     rejected with the prompt), not their sum: a pair with either side longer is dropped and counted, as is a pair
     whose completions have nothing to score. The report counts pairs and gives each pair's length as its longer
     side, the number --max_length is compared with. A pair's images (its prompt's) are expanded on both sides,
-    before the length is compared; `sources` name the rows in errors."""
+    before the length is compared; `sources` name the rows in errors (or `skip_bad_rows` counts them)."""
     stats = stats or DataStats()
     stats.rows_read = stats.rows_read or len(rows) + sum(stats.dropped.values())  # (load_rows counted them)
     stats.unit, stats.length_of, stats.tokens = "pairs", "the longer of chosen and rejected, prompt included", 0
     pairs = []
+
+    def encode(chunk: list[dict]) -> list[tuple[dict, dict]]:
+        chosen_rows, rejected_rows = map(list, zip(*(pair_rows(row) for row in chunk)))
+        return [(encode_images(template, row, c), encode_images(template, row, r)) for row, c, r in
+                zip(chunk, template.encode_batch(chosen_rows), template.encode_batch(rejected_rows))]
+
     for start in range(0, len(rows), 256):
         chunk = rows[start:start + 256]
-        chosen_rows, rejected_rows = map(list, zip(*(pair_rows(row) for row in chunk)))
-        for i, (row, c, r) in enumerate(zip(chunk, template.encode_batch(chosen_rows),
-                                            template.encode_batch(rejected_rows))):
-            try:
-                c, r = encode_images(template, row, c), encode_images(template, row, r)
-            except (ImageError, TemplateError) as e:
-                raise UserError(f"{sources[start + i] if sources else f'pair {start + i}'}: {e}") from None
+        encoded_chunk, rejected = encode_each(chunk, encode, sources, start, skip_bad_rows, "pair")
+        stats.dropped.update(rejected)
+        for row, encoded in zip(chunk, encoded_chunk):
+            if encoded is None:
+                continue
+            c, r = encoded
             if max(c["length"], r["length"]) > max_length:
                 stats.dropped[f"chosen or rejected with the prompt longer than max_length {max_length}"] += 1
             elif not any(x != -100 for x in c["labels"][1:]) or not any(x != -100 for x in r["labels"][1:]):
@@ -85,21 +88,25 @@ def kto_row(row: dict) -> dict:
 
 
 def encode_kto(rows: list[dict], template, max_length: int, stats: DataStats | None = None,
-               sources: list[str] | None = None) -> tuple[list[dict], DataStats]:
+               sources: list[str] | None = None, skip_bad_rows: bool = False) -> tuple[list[dict], DataStats]:
     """Each row keeps its prompt and answer messages (and its prompt's images) so batches can pair prompts with
     other rows' answers. --max_length limits each example (prompt + answer, images expanded)."""
     stats = stats or DataStats()
     stats.rows_read = stats.rows_read or len(rows) + sum(stats.dropped.values())  # (load_rows counted them)
     stats.length_of = "prompt + answer"
     examples = []
+
+    def encode(chunk: list[dict]) -> list[dict]:
+        return [encode_images(template, row, enc) for row, enc in
+                zip(chunk, template.encode_batch([kto_row(r) for r in chunk]))]
+
     for start in range(0, len(rows), 256):
         chunk = rows[start:start + 256]
-        marked = [kto_row(r) for r in chunk]
-        for i, (row, enc) in enumerate(zip(chunk, template.encode_batch(marked))):
-            try:
-                enc = encode_images(template, row, enc)
-            except (ImageError, TemplateError) as e:
-                raise UserError(f"{sources[start + i] if sources else f'row {start + i}'}: {e}") from None
+        encoded_chunk, rejected = encode_each(chunk, encode, sources, start, skip_bad_rows)
+        stats.dropped.update(rejected)
+        for row, enc in zip(chunk, encoded_chunk):
+            if enc is None:
+                continue
             if enc["length"] > max_length:
                 stats.dropped[f"longer than max_length {max_length}"] += 1
             elif not any(x != -100 for x in enc["labels"][1:]):

@@ -57,23 +57,13 @@ class LazyCollate:
         self.dropped: Counter = Counter()
 
     def encode(self, rows: list[dict]) -> list[dict]:
-        from ..templates.errors import TemplateError
-        from .dataset import WHERE, encode_with_media
-        from .images import ImageError
+        from .dataset import WHERE, encode_each, encode_with_media
 
-        try:
-            encoded = encode_with_media(self.template, rows)
-        except (TemplateError, ImageError):
-            encoded = []
-            for row in rows:  # which row, to name it (or count it with --skip_bad_rows)
-                try:
-                    encoded += encode_with_media(self.template, [row])
-                except (TemplateError, ImageError) as err:
-                    if not self.skip:
-                        raise UserError(f"{row.get(WHERE, 'a row')}: {err}") from None
-                    self.dropped[f"rejected by the template: {err}"] += 1
+        encoded, rejected = encode_each(rows, lambda some: encode_with_media(self.template, some),
+                                        [row.get(WHERE, "a row") for row in rows], 0, self.skip)
+        self.dropped.update(rejected)
         out = []
-        for enc in encoded:
+        for enc in filter(None, encoded):
             if enc["length"] > self.max_length:
                 if self.strategy == "drop" or enc.get("images") or enc.get("videos"):
                     self.dropped[f"longer than max_length {self.max_length}"] += 1

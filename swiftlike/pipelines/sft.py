@@ -171,11 +171,11 @@ def _encoded_pairs(cfg, template, specs: list[str]) -> tuple[list[dict], DataSta
     rows = METHODS[_task(cfg)].rows
     raw = load_rows(specs, sources, cfg.skip_bad_rows, stats, cfg.seed, rows, cfg.columns, cfg.data_names())
     if rows == "kto":
-        return encode_kto(raw, template, cfg.max_length, stats, sources)
+        return encode_kto(raw, template, cfg.max_length, stats, sources, cfg.skip_bad_rows)
     if METHODS[_task(cfg)].reward_head and (i := next((i for i, r in enumerate(raw) if r.get("images")), None)) \
             is not None:
         raise UserError(f"{sources[i]}: images in wb rm rows are not read yet (wb sft and wb dpo read them)")
-    return encode_pairs(raw, template, cfg.max_length, stats, sources)
+    return encode_pairs(raw, template, cfg.max_length, stats, sources, cfg.skip_bad_rows)
 
 
 def prepare_data(cfg: SFTConfig, template) -> tuple[list[dict], list[dict], DataStats]:

@@ -94,6 +94,13 @@ class Template:
                 raise TemplateError(f"template {self.name} is text-only and cannot read {key}; train a vision-"
                                     "language model (e.g. Qwen/Qwen2.5-VL-7B-Instruct, Qwen/Qwen3-VL-8B-Instruct)")
             return messages
+        if key == "images":  # (checked once a row) the tokens the template writes for media, typed in a message
+            own = (self.vision["image_pad"], self.vision["video_pad"], *self.vision["span"])
+            typed = next(((i, t) for i, m in enumerate(messages) for t in own if t in m["content"]), None)
+            if typed:
+                raise TemplateError(f"message {typed[0]} ({messages[typed[0]]['role']}) holds {typed[1]}, a token "
+                                    f"the template writes itself for images and videos; write {IMAGE} (or {VIDEO}) "
+                                    "where one goes")
         placed = sum(m["content"].count(marker) for m in messages if m["role"] in ("user", "tool"))
         stray = [i for i, m in enumerate(messages) if m["role"] not in ("user", "tool") and marker in m["content"]]
         if stray and (count or placed):
