@@ -334,11 +334,19 @@ class PTConfig(SFTConfig):
                                   choices=("split", "drop", "left", "right"))
 
 
-def require_eager_padding_free(cfg: SFTConfig, command: str) -> None:
-    """Pairwise/grouped methods encode their batches up front and lay them out padding-free."""
+def check_pairwise(cfg: SFTConfig, command: str) -> None:
+    """Pairwise/grouped methods encode their batches up front and lay them out padding-free, score completions
+    only, and drop (never cut) a row over --max_length: a cut pair would compare a completion with a part of
+    another."""
     if cfg.packing or cfg.streaming or cfg.lazy_tokenize or not cfg.padding_free:
         raise UserError(f"wb {command} batches its sequences together padding-free: --packing, --streaming, "
                         "--lazy_tokenize and --padding_free false are not supported")
+    if cfg.loss_scope == "all":
+        raise UserError(f"wb {command} scores the completions only: --loss_scope all (which would score the prompt "
+                        "too) does not apply; assistant or last_assistant")
+    if cfg.truncation_strategy != "drop":
+        raise UserError(f"wb {command} drops rows over --max_length (counted in the report); --truncation_strategy "
+                        f"{cfg.truncation_strategy} does not apply")
 
 
 @dataclass
@@ -352,12 +360,14 @@ class DPOConfig(SFTConfig):
     rpo_alpha: float | None = _f(None, "Weight of an NLL term on the chosen completion (default: 1 for cpo/orpo, "
                                        "0 otherwise).")
     simpo_gamma: float = _f(0.5, "SimPO's target reward margin.")
+    lora_dropout: float = _f(0.0, "Dropout on the LoRA input (0, as TRL's disable_dropout: policy and reference "
+                                  "score a pair alike).")
     precompute_ref_logps: bool = _f(False, "Score every pair with the reference once before training; full-"
                                            "parameter runs then keep no reference copy in memory.")
 
     def validate(self) -> "DPOConfig":
         super().validate()
-        require_eager_padding_free(self, "dpo")
+        check_pairwise(self, "dpo")
         if self.loss_type == "robust" and not 0 <= self.label_smoothing < 0.5:
             raise UserError("--loss_type robust needs 0 <= --label_smoothing < 0.5")
         if self.beta <= 0:
@@ -372,10 +382,12 @@ class KTOConfig(SFTConfig):
     beta: float = _f(0.1, "Strength of the KTO value function.")
     desirable_weight: float = _f(1.0, "Loss weight of desirable examples (raise it when they are the minority).")
     undesirable_weight: float = _f(1.0, "Loss weight of undesirable examples.")
+    lora_dropout: float = _f(0.0, "Dropout on the LoRA input (0, as TRL's disable_dropout: policy and reference "
+                                  "score an answer alike).")
 
     def validate(self) -> "KTOConfig":
         super().validate()
-        require_eager_padding_free(self, "kto")
+        check_pairwise(self, "kto")
         if self.per_device_train_batch_size < 2:
             raise UserError("wb kto needs --per_device_train_batch_size >= 2 (the KL estimate pairs prompts with "
                             "other rows' answers)")
@@ -391,7 +403,7 @@ class RMConfig(SFTConfig):
 
     def validate(self) -> "RMConfig":
         super().validate()
-        require_eager_padding_free(self, "rm")
+        check_pairwise(self, "rm")
         if self.eval_after_train:
             raise UserError("--eval_after_train scores generated answers; a reward model scores answers instead "
                             "(check it with `wb infer --query --response`)")
@@ -606,7 +618,8 @@ class EvalConfig(ModelArgs):
     api_url: str | None = _f(None, "Evaluate an OpenAI-compatible endpoint instead of a local model, e.g. "
                                    "http://127.0.0.1:8000/v1 (a `wb deploy` server, vLLM, a hosted API).")
     api_key: str | None = _f(None, "Bearer token for --api_url.")
-    api_model: str | None = _f(None, "Model name sent to --api_url (default: the one its /models lists; required where it lists several).")
+    api_model: str | None = _f(None, "Model name sent to --api_url (default: the one its /models lists; required "
+                                     "where it lists several).")
     eval_dataset: list = _f([], "Evaluation data: a named dataset (gsm8k-test, mcq-demo; `wb datasets`) or a file "
                                 "in any format the data layer reads (prompt + reference answer, MMLU-style "
                                 "question/choices/answer), hf::org/name[:subset][:split]; #N takes N rows "

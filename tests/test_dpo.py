@@ -39,6 +39,18 @@ def test_only_completion_tokens_are_scored(qwen3_tokenizer):
 
 
 @pytest.mark.slow
+def test_a_frozen_reference_stays_in_eval_mode():
+    """The trainer puts its loss module in train mode every step: the full run's frozen reference followed, and a
+    model with dropout scored the same pair differently each time (and unlike --precompute_ref_logps)."""
+    from swiftlike.train.dpo import KTOObjective
+
+    mini = "Qwen/Qwen3-0.6B"
+    for objective in (PreferenceObjective(build_miniature(mini), "sigmoid", 0.1, ref_model=build_miniature(mini)),
+                      KTOObjective(build_miniature(mini), 0.1, ref_model=build_miniature(mini))):
+        objective.train()
+        assert objective.policy.training and not any(m.training for m in objective.ref.modules())
+
+
 def test_dpo_lora_raises_margins_and_accuracy(tmp_path):
     result = wb.dpo(**BASE, lora=True, learning_rate=1e-2, max_steps=20, per_device_train_batch_size=4,
                     output_dir=str(tmp_path))
@@ -74,6 +86,24 @@ def test_bad_preference_input(tmp_path, capsys):
     assert "--packing" in capsys.readouterr().err
     assert main(argv[:-2] + ["--max_length", "8", "--skip_bad_rows", "--output_dir", str(tmp_path / "o3")]) == 2
     assert "no pairs left to train on" in capsys.readouterr().err
+    # accepted once and wrong: the prompt scored (--loss_scope all), rows cut nowhere (--truncation_strategy)
+    assert main(argv[:-2] + ["--loss_scope", "all", "--output_dir", str(tmp_path / "o4")]) == 2
+    assert "--loss_scope all (which would score the prompt too) does not apply" in capsys.readouterr().err
+    assert main(argv[:-2] + ["--truncation_strategy", "left", "--output_dir", str(tmp_path / "o5")]) == 2
+    assert "--truncation_strategy left does not apply" in capsys.readouterr().err
+    # a rejected answer without its chosen one was blamed on 'rejected_response'
+    p.write_text(json.dumps({"prompt": "q", "rejected": "b"}) + "\n")
+    assert main(argv) == 2
+    assert capsys.readouterr().err.strip() == \
+        f"wb: error: {p}:1: 'rejected' without 'chosen' (fields: prompt, rejected)"
+    # a row the template refuses (Gemma-2 has no system role) is named, and skipped with --skip_bad_rows
+    p.write_text(json.dumps({"prompt": "q", "chosen": "a", "rejected": "b"}) + "\n"
+                 + json.dumps({"system": "s", "prompt": "q", "chosen": "a", "rejected": "b"}) + "\n")
+    gemma = ["dpo", "--model", "google/gemma-2-2b-it", "--miniature", "--dataset", str(p), "--max_steps", "1"]
+    assert main(gemma + ["--output_dir", str(tmp_path / "o6")]) == 2
+    assert capsys.readouterr().err.strip().startswith(f"wb: error: {p}:2: ")
+    assert main(gemma + ["--skip_bad_rows", "--output_dir", str(tmp_path / "o7")]) == 0
+    assert "dropped 1 (rejected by the template" in capsys.readouterr().out
 
 
 @pytest.mark.slow

@@ -95,6 +95,26 @@ def test_rewards_and_reference_free_rewards():
     torch.testing.assert_close(rewards(free, 0.1)[1], 0.1 * p.rejected)
 
 
+def test_logged_rewards_of_simpo_cpo_and_orpo_are_trls():
+    """TRL's CPO and ORPO trainers return the rewards they log: β x the per-token mean log-prob for SimPO and ORPO
+    (ours were β x the sum: a pair SimPO ranks right could log accuracy 0), β x the sum for CPO."""
+    from trl.experimental.cpo import CPOTrainer
+    from trl.experimental.orpo import ORPOTrainer
+
+    p, *_ = _pairs(3)
+    free = PairLogps(p.chosen, p.rejected, p.chosen_tokens, p.rejected_tokens)
+    avg_c, avg_r = p.chosen / p.chosen_tokens, p.rejected / p.rejected_tokens
+    cpo = SimpleNamespace(alpha=0.0, accelerator=SimpleNamespace(device="cpu"), simpo_gamma=0.5, beta=2.0,
+                          label_smoothing=0.0)
+    for loss_type, inputs in (("simpo", (avg_c, avg_r)), ("sigmoid", (p.chosen, p.rejected))):
+        _, trl_chosen, trl_rejected = CPOTrainer.cpo_loss(SimpleNamespace(**vars(cpo), loss_type=loss_type), *inputs)
+        ours = rewards(free, 2.0, "simpo" if loss_type == "simpo" else "cpo")
+        torch.testing.assert_close(ours, (trl_chosen, trl_rejected), rtol=1e-5, atol=1e-5)
+    trl_chosen, trl_rejected = ORPOTrainer.odds_ratio_loss(SimpleNamespace(beta=0.1, accelerator=cpo.accelerator),
+                                                           avg_c, avg_r)[1:3]
+    torch.testing.assert_close(rewards(free, 0.1, "orpo"), (trl_chosen, trl_rejected), rtol=1e-5, atol=1e-5)
+
+
 def test_unknown_loss_type():
     p, *_ = _pairs()
     with pytest.raises(ValueError, match="unknown loss_type 'dpo'"):

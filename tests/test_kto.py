@@ -53,6 +53,22 @@ def test_kto_batches_pair_prompts_with_other_answers(qwen3_tokenizer):
         encode_kto([{"messages": examples[0]["prompt"] + [examples[0]["answer"]], "label": True}], template, 512)
 
 
+def test_kto_rows_keep_their_tools(qwen3_tokenizer):
+    """The tools a row offers are part of its prompt (they were dropped: the answer trained without them), in the
+    matched and in the mismatched (KL) sequences."""
+    from swiftlike.data.formats import to_canonical
+
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+    rows = [to_canonical({"prompt": f"q{i}", "completion": f"a{i}", "label": i == 0, "tools": tools}, "kto")
+            for i in range(2)]
+    assert rows[0]["tools"] == tools
+    template = get_template("qwen3", qwen3_tokenizer)
+    examples, _ = encode_kto(rows, template, 512)
+    batch = KTOCollate(template)(examples)
+    text = qwen3_tokenizer.decode(batch["input_ids"][0])
+    assert text.count("get_weather") == 4  # 2 matched + 2 mismatched sequences
+
+
 @pytest.mark.slow
 def test_kto_separates_desirable_from_undesirable(tmp_path):
     result = wb.kto(model="Qwen/Qwen3-0.6B", miniature=True, dataset=["kto-demo"], lora=True, learning_rate=1e-2,

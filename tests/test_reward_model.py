@@ -59,3 +59,24 @@ def test_full_reward_model_keeps_its_head(tmp_path, capsys):
     first = capsys.readouterr().out.strip().splitlines()[-1]
     assert main(["infer", "--model", str(out / "checkpoint-2"), "--query", "q", "--response", "a"]) == 0
     assert capsys.readouterr().out.strip().splitlines()[-1] == first  # the saved head, not a fresh random one
+
+
+@pytest.mark.slow
+def test_a_reward_model_starts_from_sft_adapters(tmp_path, capsys):
+    """`wb rm --adapters SFT_CHECKPOINT` (the usual RLHF order) was a peft AttributeError traceback: now the
+    language model's LoRA weights start the reward model, its new score head trains beside them, and the
+    checkpoint scores answers."""
+    from safetensors.torch import load_file
+
+    sft = wb.sft(model="Qwen/Qwen3-0.6B", miniature=True, dataset=["examples/data/identity.jsonl"], lora=True,
+                 learning_rate=1e-2, max_steps=2, output_dir=str(tmp_path / "sft"))
+    rm = wb.rm(model="Qwen/Qwen3-0.6B", miniature=True, dataset=["preference-demo"], adapters=sft.checkpoint,
+               learning_rate=1e-12, max_steps=1, output_dir=str(tmp_path / "rm"))
+    before, after = load_file(f"{sft.checkpoint}/adapter_model.safetensors"), \
+        load_file(f"{rm.checkpoint}/adapter_model.safetensors")
+    lora = [k for k in before if "lora_A" in k]
+    assert lora and all(torch.allclose(before[k], after[k], atol=1e-6) for k in lora)
+    assert any("score" in k for k in after)
+    capsys.readouterr()
+    assert main(["infer", "--adapters", rm.checkpoint, "--query", "q", "--response", "a"]) == 0
+    float(capsys.readouterr().out.strip().splitlines()[-1])

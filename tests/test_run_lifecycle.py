@@ -56,6 +56,14 @@ def test_the_resume_line_tolerates_a_checkpoint_without_readable_args(tmp_path):
     assert resume_line(ckpt, trainer, cfg) == f"[wb] resuming from {ckpt} (step 1 of 2)"
     (ckpt / "args.json").write_text(json.dumps({"learning_rate": 1e-2}))
     assert "--learning_rate 0.01 -> 0.001" in resume_line(ckpt, trainer, cfg)
+    # a preference run's objective and reference (its starting adapters) were resumed changed without a word
+    from swiftlike.config import DPOConfig
+
+    (ckpt / "args.json").write_text(json.dumps({"beta": 0.1, "adapters": "runs/sft/checkpoint-2",
+                                                "loss_type": "sigmoid"}))
+    line = resume_line(ckpt, trainer, DPOConfig(beta=0.5, loss_type="ipo"))
+    assert "--adapters runs/sft/checkpoint-2 -> None" in line and "--beta 0.1 -> 0.5" in line
+    assert "--loss_type sigmoid -> ipo" in line
 
 
 def _interrupt_at(monkeypatch, steps: tuple[int, ...]):

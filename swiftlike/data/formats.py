@@ -126,8 +126,8 @@ def _media(row: dict, messages: list[dict], key: str, marker: str, column_reader
     found = from_parts or column_reader(column)
     if found:
         placed = sum(m["content"].count(marker) for m in messages if m["role"] in ("user", "tool"))
-        stray = next((i for i, m in enumerate(messages) if m["role"] not in ("user", "tool") and marker in m["content"]),
-                     None)
+        stray = next((i for i, m in enumerate(messages)
+                      if m["role"] not in ("user", "tool") and marker in m["content"]), None)
         if stray is not None:
             raise RowError(f"message {stray} ({messages[stray]['role']}) holds a {marker} placeholder; {key} belong "
                            "to user or tool messages")
@@ -364,6 +364,8 @@ def _preference(row: dict) -> dict:
     prompt = _prompt(row) if explicit else []
     if "chosen" in row:
         chosen = _completion(row["chosen"], "chosen")
+    elif "rejected" in row:
+        raise RowError(f"'rejected' without 'chosen' (fields: {', '.join(sorted(row))})")
     else:  # ms-swift form: messages end with the chosen answer, rejected_response holds the other
         if not prompt or prompt[-1]["role"] != "assistant":
             raise RowError("with 'rejected_response', messages must end with the chosen assistant turn")
@@ -395,13 +397,14 @@ def _kto(row: dict) -> dict:
         raise RowError(f"KTO rows need a boolean 'label', got {label!r}")
     if "completion" in row:
         messages = _prompt(row) + _completion(row["completion"], "completion")
-        images = _images(row, messages)
+        images, tools = _images(row, messages), _tools(row.get("tools"))
     else:
         canonical = to_canonical(row)
-        messages, images = canonical["messages"], canonical.get("images", [])
+        messages, images, tools = canonical["messages"], canonical.get("images", []), canonical.get("tools")
     if messages[-1]["role"] != "assistant":
         raise RowError("a KTO row must end with the assistant answer that is labelled")
-    return {"messages": messages, "label": label, **({"images": images} if images else {})}
+    return {"messages": messages, "label": label, **({"images": images} if images else {}),
+            **({"tools": tools} if tools else {})}
 
 
 def _grpo(row: dict) -> dict:

@@ -83,8 +83,8 @@ def collate_pairs(pairs: list[dict]) -> dict:
 # -- KTO: single answers with a desirable/undesirable label ------------------------------------------
 def kto_row(row: dict) -> dict:
     """A KTO row as a template row: only its last message, the labelled answer, is trained."""
-    images = {"images": row["images"]} if row.get("images") else {}  # the prompt's
-    return {"messages": _with_prompt_untrained(row["messages"], len(row["messages"]) - 1), **images}
+    shared = {k: row[k] for k in ("images", "tools") if row.get(k)}  # the prompt's
+    return {"messages": _with_prompt_untrained(row["messages"], len(row["messages"]) - 1), **shared}
 
 
 def encode_kto(rows: list[dict], template, max_length: int, stats: DataStats | None = None,
@@ -114,7 +114,7 @@ def encode_kto(rows: list[dict], template, max_length: int, stats: DataStats | N
             else:
                 examples.append({"enc": enc, "prompt": row["messages"][:-1], "answer": row["messages"][-1],
                                  "label": row["label"], "length": enc["length"],
-                                 **({"images": row["images"]} if row.get("images") else {})})
+                                 **{k: row[k] for k in ("images", "tools") if row.get(k)}})
                 stats.lengths.append(enc["length"])
                 stats.trained_tokens += sum(1 for x in enc["labels"] if x != -100)
     if not examples:
@@ -127,7 +127,8 @@ def encode_kto(rows: list[dict], template, max_length: int, stats: DataStats | N
 
 
 class KTOCollate:
-    """Matched sequences, then mismatched ones (prompt_i, with its images, and answer_{i-1}) for the KL estimate.
+    """Matched sequences, then mismatched ones (prompt_i, with its images and tools, and answer_{i-1}) for the KL
+    estimate.
     `images`: a vision-language run's ImageCollate, which adds the sequences' pixels (data/collate.py)."""
 
     def __init__(self, template, images=None):
@@ -137,7 +138,7 @@ class KTOCollate:
         n = len(examples)
         mismatched = [{"messages": _with_prompt_untrained(examples[i]["prompt"] + [examples[i - 1]["answer"]],
                                                           len(examples[i]["prompt"])),
-                       **({"images": examples[i]["images"]} if examples[i].get("images") else {})} for i in range(n)]
+                       **{k: examples[i][k] for k in ("images", "tools") if examples[i].get(k)}} for i in range(n)]
         kl = [encode_images(self.template, row, enc) for row, enc in
               zip(mismatched, self.template.encode_batch(mismatched))] if n > 1 else [examples[0]["enc"]]
         sequences = [e["enc"] for e in examples] + kl

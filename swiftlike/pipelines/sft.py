@@ -355,7 +355,9 @@ def training_engine(cfg: SFTConfig, base_dir: str, dtype):
 # options that decide the rows, their order or the update: a resumed run that changes them is not the run it continues
 RESUMED_OPTIONS = ("dataset", "seed", "per_device_train_batch_size", "gradient_accumulation_steps", "max_length",
                    "truncation_strategy", "packing", "learning_rate", "lr_scheduler_type", "weight_decay",
-                   "num_generations")
+                   "num_generations", "adapters",  # (a preference run's reference is the adapters it started from)
+                   "loss_type", "beta", "label_smoothing", "rpo_alpha", "simpo_gamma", "precompute_ref_logps",
+                   "desirable_weight", "undesirable_weight", "center_rewards_coefficient")
 
 
 def resume_line(ckpt: Path, trainer, cfg: SFTConfig) -> str:
@@ -394,7 +396,7 @@ def build_trainable(cfg: SFTConfig, tokenizer, base_dir: str, resume_from: Path 
     if cfg.full:
         return compiled_layers(cfg, freeze_vision_parts(model.requires_grad_(True), cfg))
     if cfg.adapters:
-        model = _start_from_adapters(model, cfg, reference)
+        model = _start_from_adapters(model, cfg, reference, reward)
     else:
         model = attach_lora(model, cfg, cfg.gradient_checkpointing, "SEQ_CLS" if reward else "CAUSAL_LM")
     if not zero3(cfg):  # (ZeRO-3 gathers an adapter's weights only when its own module runs: peft's forward)
@@ -429,12 +431,16 @@ def _is_reward_checkpoint(path: str | None) -> bool:
     return path is not None and (Path(path) / "args.json").is_file() and resolve(adapters=path).task == "rm"
 
 
-def _start_from_adapters(model, cfg: SFTConfig, reference: bool):
-    """The adapters of an earlier run, trainable; with `reference` also a frozen copy named "ref"."""
+def _start_from_adapters(model, cfg: SFTConfig, reference: bool, reward: bool = False):
+    """The adapters of an earlier run, trainable; with `reference` also a frozen copy named "ref". A reward model
+    from a language model's adapters (`wb rm --adapters SFT_CHECKPOINT`) takes their LoRA weights and trains its
+    new score head beside them."""
     import torch
     from peft import PeftModel
 
     model = prepare_4bit(model, cfg.gradient_checkpointing)
+    if reward and not _is_reward_checkpoint(cfg.adapters):
+        return _reward_from_lm_adapters(model, cfg)
     try:
         model = PeftModel.from_pretrained(model, cfg.adapters, is_trainable=True)
         if reference:
@@ -445,6 +451,24 @@ def _start_from_adapters(model, cfg: SFTConfig, reference: bool):
     for name, module in model.named_modules():  # --lora_dropout applies (GRPO wants 0: sampling == training)
         if ".lora_dropout." in name and isinstance(module, torch.nn.Dropout):
             module.p = cfg.lora_dropout
+    return model
+
+
+def _reward_from_lm_adapters(model, cfg: SFTConfig):
+    """A sequence-classification model with a language model's LoRA adapters (their shape and weights) and a
+    trainable score head (saved with them: modules_to_save)."""
+    from peft import PeftConfig, get_peft_model, set_peft_model_state_dict
+    from peft.utils import load_peft_weights
+
+    config = PeftConfig.from_pretrained(cfg.adapters)
+    config.task_type, config.modules_to_save, config.inference_mode = "SEQ_CLS", ["score"], False
+    config.lora_dropout = cfg.lora_dropout
+    head = {f"base_model.model.score.{k}": v.clone() for k, v in model.score.state_dict().items()}  # (new)
+    model = get_peft_model(model, config)
+    loaded = set_peft_model_state_dict(model, {**load_peft_weights(cfg.adapters), **head})
+    if loaded.unexpected_keys:
+        raise UserError(f"--adapters {cfg.adapters} does not fit {cfg.model}: {loaded.unexpected_keys[0]} has no "
+                        "place in it")
     return model
 
 

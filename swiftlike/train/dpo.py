@@ -104,10 +104,24 @@ def preference_loss(p: PairLogps, loss_type: str, beta: float, label_smoothing: 
     raise ValueError(f"unknown loss_type {loss_type!r}; expected one of {', '.join(LOSS_TYPES)}")
 
 
-def rewards(p: PairLogps, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Implicit rewards for logging: β·log-ratio, or β·log-prob for reference-free methods."""
+AVERAGED = ("simpo", "orpo")  # the methods whose rewards are mean per-token log-probs
+
+
+def logged_logps(p: PairLogps, loss_type: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The log-probs a method's rewards are made of: per-token means for SimPO and ORPO (TRL's CPO and ORPO
+    trainers log these), sums otherwise."""
+    if loss_type in AVERAGED:
+        return ((p.chosen / p.chosen_tokens.clamp(min=1)).detach(),
+                (p.rejected / p.rejected_tokens.clamp(min=1)).detach())
+    return p.chosen.detach(), p.rejected.detach()
+
+
+def rewards(p: PairLogps, beta: float, loss_type: str = "sigmoid") -> tuple[torch.Tensor, torch.Tensor]:
+    """Implicit rewards for logging: β·log-ratio, or β·log-prob (a per-token mean for SimPO and ORPO) for
+    reference-free methods."""
     if p.ref_chosen is None:
-        return beta * p.chosen.detach(), beta * p.rejected.detach()
+        chosen, rejected = logged_logps(p, loss_type)
+        return beta * chosen, beta * rejected
     return beta * (p.chosen - p.ref_chosen).detach(), beta * (p.rejected - p.ref_rejected).detach()
 
 
@@ -134,6 +148,14 @@ class PreferenceObjective(torch.nn.Module):
         self.nll = nll_weight(loss_type, rpo_alpha)
 
     unit = "pairs"
+
+    def train(self, mode: bool = True):
+        """The trainer sets its loss module to train mode each step; a frozen reference stays in eval mode (no
+        dropout: it scores the same pair the same way every time, as --precompute_ref_logps does)."""
+        super().train(mode)
+        if self.ref is not None:
+            self.ref.eval()
+        return self
 
     @staticmethod
     def weight(batch: dict) -> float:
@@ -178,11 +200,12 @@ class PreferenceObjective(torch.nn.Module):
         total = losses.sum()
         if self.nll:
             total = total + self.nll * (-p.chosen / p.chosen_tokens.clamp(min=1)).sum()
-        chosen_r, rejected_r = rewards(p, self.beta)
+        chosen_r, rejected_r = rewards(p, self.beta, self.loss_type)
+        chosen_lp, rejected_lp = logged_logps(p, self.loss_type)
         metrics = {"rewards/chosen": chosen_r.sum(), "rewards/rejected": rejected_r.sum(),
                    "rewards/margins": (chosen_r - rejected_r).sum(),
                    "rewards/accuracies": (chosen_r > rejected_r).float().sum(),
-                   "logps/chosen": p.chosen.detach().sum(), "logps/rejected": p.rejected.detach().sum()}
+                   "logps/chosen": chosen_lp.sum(), "logps/rejected": rejected_lp.sum()}
         return total, n_pairs, {k: v.item() for k, v in metrics.items()}
 
 
