@@ -8,6 +8,8 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -505,6 +507,8 @@ class GRPOConfig(SFTConfig):
             self.reward_weights = [float(w) for w in self.reward_weights]
         except (TypeError, ValueError):
             raise UserError(f"--reward_weights must be numbers, got {self.reward_weights}") from None
+        if not all(math.isfinite(w) for w in self.reward_weights):
+            raise UserError(f"--reward_weights must be finite numbers, got {self.reward_weights}")
         if self.num_generations < 2:
             raise UserError("--num_generations must be at least 2 (advantages compare completions of a prompt)")
         local = self.per_device_train_batch_size * self.gradient_accumulation_steps
@@ -512,9 +516,17 @@ class GRPOConfig(SFTConfig):
             raise UserError(f"--per_device_train_batch_size x --gradient_accumulation_steps ({local}) must be a "
                             f"multiple of --num_generations ({self.num_generations}): each process scores whole "
                             "groups")
-        for name in ("max_prompt_length", "max_completion_length", "num_iterations"):
-            if getattr(self, name) < 1:
+        for name in ("max_prompt_length", "max_completion_length", "num_iterations", "repetition_ngram",
+                     "cosine_max_len"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise UserError(f"--{name} must be at least 1, got {getattr(self, name)}")
+        try:
+            re.compile(self.format_pattern)
+        except re.error as e:
+            raise UserError(f"--format_pattern {self.format_pattern!r} is not a regular expression: {e}") from None
+        if not 0 <= self.soft_cache_length < self.max_completion_length:
+            raise UserError(f"--soft_cache_length must be in [0, --max_completion_length {self.max_completion_length})"
+                            f", got {self.soft_cache_length}")
         if self.temperature <= 0:
             raise UserError("--temperature must be positive: GRPO compares sampled completions")
         from .infer.params import SamplingParams

@@ -50,6 +50,14 @@ def test_unknown_flags_get_a_suggestion_only_when_close(capsys, flag, message):
     ("grpo", ["--reward_funcs", "format", "--top_k", "-1"], "top_k must be >= 0 (0 is off), got -1"),
     ("grpo", ["--reward_funcs", "format", "--epsilon", "0"],
      "--epsilon and --epsilon_high must be positive, got 0.0 and None"),
+    # each once accepted: a weight dropped silently, a traceback after loading, a penalty on everything
+    ("grpo", ["--reward_funcs", "format", "length", "--reward_weights", "1", "nan"],
+     "--reward_weights must be finite numbers, got [1.0, nan]"),
+    ("grpo", ["--reward_funcs", "format", "--format_pattern", "("],
+     "--format_pattern '(' is not a regular expression: missing ), unterminated subpattern at position 0"),
+    ("grpo", ["--reward_funcs", "repetition", "--repetition_ngram", "0"], "--repetition_ngram must be at least 1, got 0"),
+    ("grpo", ["--reward_funcs", "length", "--soft_cache_length", "-1"],
+     "--soft_cache_length must be in [0, --max_completion_length 256), got -1"),
 ])
 def test_numbers_no_run_can_use_are_one_line_errors(capsys, tmp_path, command, flags, message):
     argv = [command, *MODEL, "--dataset", "d.jsonl", "--output_dir", str(tmp_path / "run"), *flags]

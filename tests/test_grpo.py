@@ -131,6 +131,15 @@ def test_resume_continues_the_step_count(tmp_path, capsys):
     assert _last_step(out) == 3
     assert [h["step"] for h in _log(out)] == [1, 2, 3]
 
+    def logged_steps():
+        return collections.Counter(json.loads(line)["step"] for line in (out / "completions.jsonl").open())
+
+    per_step = logged_steps()[1]
+    assert logged_steps() == {1: per_step, 2: per_step, 3: per_step}
+    # a fresh start in the same directory: its own lines only (they were appended to the replaced run's)
+    assert main(args + ["--max_steps", "1", "--overwrite_output_dir"]) == 0
+    assert logged_steps() == {1: per_step}
+
 
 def test_learning_a_verifiable_toy_task(tmp_path):
     """Reward: the share of completion tokens equal to a target token (the one the untrained model samples

@@ -165,18 +165,46 @@ def test_objective_logps_equal_a_plain_forward():
     samples = [{"prompt_ids": [5, 6, 7], "completion_ids": [8, 9, 10, 11], "advantage": 1.0, "masked": False},
                {"prompt_ids": [12, 13], "completion_ids": [14, 15], "advantage": -1.0, "masked": False}]
     batch = collate_completions(samples)
-    obj = GRPOObjective(model)
-    flat = obj.policy_logps(batch["input_ids"], batch["targets"], batch["position_ids"], batch["attention_mask"])
-    expected = []
-    for s in samples:
-        ids = torch.tensor([s["prompt_ids"] + s["completion_ids"]])
-        logits = model(ids).logits[0].log_softmax(-1)
-        p = len(s["prompt_ids"])
-        expected += [logits[p - 1 + k, t] for k, t in enumerate(s["completion_ids"])]
-    assert torch.allclose(flat, torch.stack(expected), atol=1e-5)
+    for temperature in (1.0, 0.3):  # the sampled distribution's log-probs, log_softmax(logits / T) as TRL's
+        obj = GRPOObjective(model, temperature=temperature)
+        flat = obj.policy_logps(batch["input_ids"], batch["targets"], batch["position_ids"], batch["attention_mask"])
+        expected = []
+        for s in samples:
+            ids = torch.tensor([s["prompt_ids"] + s["completion_ids"]])
+            logits = (model(ids).logits[0] / temperature).log_softmax(-1)
+            p = len(s["prompt_ids"])
+            expected += [logits[p - 1 + k, t] for k, t in enumerate(s["completion_ids"])]
+        assert torch.allclose(flat, torch.stack(expected), atol=1e-5)
     assert batch["completion_lens"].tolist() == [4, 2]
     # prompts and padding are never targets: exactly the completion tokens are, in order
     assert batch["targets"][batch["targets"] != -100].tolist() == [8, 9, 10, 11, 14, 15]
+
+
+@pytest.mark.parametrize("softcap", [None, 30.0])
+def test_token_logps_at_a_temperature_and_their_gradients(softcap):
+    """Both paths of token_logps (the fused frozen head, and a trainable one recomputed in backward) give
+    log_softmax(capped logits / T) and its gradient."""
+    from swiftlike.train.loss import token_logps
+
+    torch.manual_seed(0)
+    head = torch.nn.Linear(16, 50, bias=False)
+    hidden, targets = torch.randn(7, 16), torch.randint(0, 50, (7,))
+
+    def plain(h, weight):
+        z = h @ weight.T
+        z = torch.tanh(z / softcap) * softcap if softcap else z
+        return (z / 0.5).log_softmax(-1).gather(-1, targets[:, None]).squeeze(-1)
+
+    h1 = hidden.clone().requires_grad_()
+    expected = plain(h1, head.weight)
+    expected.sum().backward()
+    for frozen in (True, False):
+        head.weight.requires_grad_(not frozen)
+        h2 = hidden.clone().requires_grad_()
+        ours = token_logps(head, h2, targets, 3, softcap, temperature=0.5)
+        ours.sum().backward()
+        torch.testing.assert_close(ours, expected.detach(), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(h2.grad, h1.grad, rtol=1e-4, atol=1e-5)
 
 
 def test_masked_completion_trains_nothing():

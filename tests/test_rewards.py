@@ -43,6 +43,10 @@ def test_accuracy_reads_the_solution_column():
     out = r({"completions": ["<think>3+4 is 7, not 8</think>\nThe answer is 7", "#### 8", "\\boxed{7}"],
              "solution": ["7", "7", "#### 7"], "prompts": [[]] * 3})
     assert out == [1.0, 0.0, 1.0]
+    # a row without a solution (a mixed dataset) cannot be judged: it was scored against the string "None"
+    assert r({"completions": ["#### None", "#### 7"], "solution": [None, "7"]}) == [None, 1.0]
+    cosine = _builtin("cosine", max_completion_length=10)
+    assert cosine({"completions": ["7", "7"], "completion_ids": [[0], [0]], "solution": [None, "7"]})[0] is None
 
 
 def test_accuracy_without_solution_names_the_columns():
@@ -57,6 +61,8 @@ def test_format():
         [1.0, 0.0, 0.0, 1.0]
     custom = _builtin("format", format_pattern=r"^Answer: \d+$")
     assert custom({"completions": ["Answer: 12", "answer: 12"]}) == [1.0, 0.0]
+    whole = _builtin("format", format_pattern=r"#### \d+")  # the whole completion (a prefix once sufficed)
+    assert whole({"completions": ["#### 5", "#### 5 and then a lot of rambling"]}) == [1.0, 0.0]
 
 
 def test_length_soft_overlong_penalty():
@@ -184,3 +190,8 @@ def test_score_table_none_and_errors():
         score(resolve([lambda completions, **_: [1.0]], RewardContext()), {"completions": ["a", "b"]}, 2)
     with pytest.raises(UserError, match="returned 'high' for completion 0"):
         score(resolve([lambda completions, **_: ["high"]], RewardContext()), {"completions": ["a"]}, 1)
+    # an infinite reward made the loss inf, then every weight NaN, and the run exited 0
+    with pytest.raises(UserError, match="returned -inf for completion 1; rewards must be finite"):
+        score(resolve([lambda completions, **_: [1.0, float("-inf")]], RewardContext()), {"completions": "ab"}, 2)
+    assert math.isnan(score(resolve([lambda completions, **_: [float("nan")]], RewardContext()),
+                            {"completions": ["a"]}, 1)[0][0])  # NaN: cannot judge, as None

@@ -158,7 +158,7 @@ def run_grpo(cfg: GRPOConfig) -> TrainResult:
     # LoRA's reference is the adapter-disabled model (or the --adapters copy); a full run's a frozen copy
     ref = frozen_reference(cfg, base_dir, dtype) if cfg.full and cfg.beta != 0.0 else None
     objective = GRPOObjective(model, cfg.loss_type, cfg.epsilon, cfg.epsilon_high, cfg.beta,
-                              cfg.importance_sampling_level, cfg.max_completion_length, ref)
+                              cfg.importance_sampling_level, cfg.max_completion_length, ref, cfg.temperature)
     sampling = Sampling(max_tokens=cfg.max_completion_length, temperature=cfg.temperature, top_p=cfg.top_p,
                         top_k=cfg.top_k, repetition_penalty=cfg.repetition_penalty, stop_token_ids=stop_ids)
     rs = RolloutSettings(cfg.num_generations, cfg.num_iterations, sampling, cfg.scale_rewards, cfg.reward_weights,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import inspect
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,6 +141,9 @@ def score(rewards: list[Reward], kwargs: dict, n: int) -> list[list[float]]:
             except (TypeError, ValueError):
                 raise UserError(f"reward function {reward.name!r} returned {v!r} for completion {i}; expected a "
                                 "number or None") from None
+            if math.isinf(table[i][j]):  # (NaN is "cannot judge", as None; an infinite reward wrecks the weights)
+                raise UserError(f"reward function {reward.name!r} returned {v!r} for completion {i}; rewards must "
+                                "be finite (None or NaN where it cannot judge)")
     return table
 
 

@@ -41,7 +41,8 @@ def accuracy(ctx: RewardContext) -> Callable:
     column's (numerically where both are numbers), else 0."""
     def accuracy(completions, solution=None, **columns):
         refs = _solutions({"solution": solution} if solution is not None else columns, "accuracy")
-        return [float(same_answer(extract_answer(_answer_part(c)), str(r))) for c, r in zip(completions, refs)]
+        return [None if r is None else float(same_answer(extract_answer(_answer_part(c)), str(r)))
+                for c, r in zip(completions, refs)]  # (a row without a solution: cannot judge)
     return accuracy
 
 
@@ -55,7 +56,7 @@ def format_reward(ctx: RewardContext) -> Callable:
     pattern = re.compile(ctx.format_pattern, re.S)
 
     def format(completions, **_):
-        return [1.0 if pattern.match(c) else 0.0 for c in completions]
+        return [1.0 if pattern.fullmatch(c) else 0.0 for c in completions]  # the whole completion
     return format
 
 
@@ -82,6 +83,9 @@ def cosine(ctx: RewardContext) -> Callable:
         refs = _solutions({"solution": solution} if solution is not None else columns, "cosine")
         out = []
         for text, ids, ref in zip(completions, completion_ids, refs):
+            if ref is None:  # (a row without a solution: cannot judge)
+                out.append(None)
+                continue
             correct = same_answer(extract_answer(_answer_part(text)), str(ref))
             start, end = ctx.cosine_correct if correct else ctx.cosine_wrong
             progress = min(len(ids), max_len) / max_len

@@ -113,7 +113,7 @@ class GRPOObjective(torch.nn.Module):
 
     def __init__(self, model, loss_type: str = "grpo", epsilon: float = 0.2, epsilon_high: float | None = None,
                  beta: float = 0.0, importance_sampling_level: str = "token", max_completion_length: int = 256,
-                 ref_model=None):
+                 ref_model=None, temperature: float = 1.0):
         super().__init__()
         from .loss import CausalLMLoss
 
@@ -124,6 +124,8 @@ class GRPOObjective(torch.nn.Module):
         self.loss_type, self.beta, self.level = loss_type, beta, importance_sampling_level
         self.epsilon_low, self.epsilon_high = epsilon, epsilon if epsilon_high is None else epsilon_high
         self.max_completion_length = max_completion_length
+        # log-probs of the distribution the completions were sampled from (policy, old and reference alike)
+        self.temperature = temperature
         self.unit = "tokens" if loss_type == "dapo" else "completions"
 
     def weight(self, batch: dict) -> float:
@@ -139,7 +141,7 @@ class GRPOObjective(torch.nn.Module):
         hidden = module.hidden_states(input_ids, position_ids, attention_mask, **images)
         keep = targets != -100
         return token_logps(module.causal_lm.get_output_embeddings(), hidden[keep], targets[keep], module.chunk_size,
-                           module.softcap)
+                           module.softcap, self.temperature)
 
     @torch.no_grad()
     def reference_logps(self, input_ids, targets, position_ids, attention_mask, **images) -> torch.Tensor:

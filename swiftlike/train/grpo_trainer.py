@@ -19,6 +19,7 @@ from ..models.loader import padding_id
 from ..rewards import score
 from ..rollout import Sampling
 from .grpo import group_advantages, nan_std
+from .checkpoint import write_atomic
 from .trainer import Trainer, epoch_chunk
 
 
@@ -76,6 +77,27 @@ class GRPOTrainer(Trainer):
         super().__init__(model, tokenizer, prompts, None, settings, args_json, resume_from, eval_prompts,
                          objective=objective, engine=engine)
         self.stop_ids = set(rs.sampling.stop_token_ids)
+        if accel.is_main_process():
+            self._trim_completions()
+
+    def _trim_completions(self) -> None:
+        """completions.jsonl holds this run's lines: a fresh start begins it anew, a resume keeps the lines of the
+        steps up to its checkpoint (the steps after it are run again)."""
+        path = Path(self.s.output_dir) / "completions.jsonl"
+        if not path.is_file():
+            return
+        if self.step == 0:
+            path.unlink()
+            return
+
+        def before_resume(line: str) -> bool:
+            try:
+                return json.loads(line)["step"] <= self.step
+            except (ValueError, KeyError, TypeError):
+                return True  # (not a line of ours: kept)
+
+        kept = [line for line in path.read_text(encoding="utf-8").splitlines() if line and before_resume(line)]
+        write_atomic(path, "".join(line + "\n" for line in kept))
 
     def _sync(self) -> None:
         """The generation backend samples from the current weights (once per optimizer step at most)."""

@@ -139,20 +139,25 @@ class _LinearLogProbs(torch.autograd.Function):
     incoming gradient instead of recomputing the logits (a third of the output layer's work saved)."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, chunk_size: int, softcap: float | None = None):
+    def forward(ctx, hidden, weight, bias, targets, chunk_size: int, softcap: float | None = None,
+                temperature: float = 1.0):
         out = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
         grad = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
         for start in range(0, hidden.shape[0], chunk_size):
             h, t = hidden[start:start + chunk_size], targets[start:start + chunk_size]
             logits, dcap = _logits(h, weight, bias, softcap)
+            if temperature != 1.0:
+                logits = logits.div_(temperature)
             lse = torch.logsumexp(logits, dim=-1)
             out[start:start + chunk_size] = logits.gather(-1, t[:, None]).squeeze(-1) - lse
             if grad is not None:
-                # d log p(t) / d z = onehot(t) - softmax, times d capped / d z under a soft cap
+                # d log p(t) / d z = (onehot(t) - softmax) / temperature, times d capped / d z under a soft cap
                 dz = logits.sub_(lse[:, None]).exp_().neg_()
                 dz[torch.arange(t.shape[0], device=t.device), t] += 1.0
                 if dcap is not None:
                     dz.mul_(dcap)
+                if temperature != 1.0:
+                    dz.div_(temperature)
                 grad[start:start + chunk_size] = (dz.to(weight.dtype) @ weight).to(hidden.dtype)
         if grad is not None:
             ctx.save_for_backward(grad)
@@ -161,29 +166,33 @@ class _LinearLogProbs(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output):
         (grad,) = ctx.saved_tensors
-        return grad * grad_output[:, None].to(grad.dtype), None, None, None, None, None
+        return grad * grad_output[:, None].to(grad.dtype), None, None, None, None, None, None
 
 
-def _chunk_logps(lm_head, hidden: torch.Tensor, targets: torch.Tensor, softcap=None) -> torch.Tensor:
+def _chunk_logps(lm_head, hidden: torch.Tensor, targets: torch.Tensor, softcap=None,
+                 temperature: float = 1.0) -> torch.Tensor:
     logits = _module_logits(lm_head, hidden, softcap)
+    if temperature != 1.0:
+        logits = logits / temperature
     return logits.gather(-1, targets[:, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
 
 
 def token_logps(lm_head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor, chunk_size: int,
-                softcap: float | None = None) -> torch.Tensor:
-    """log p(target) per selected position, a chunk of logits at a time, never storing logits. A frozen plain
-    linear head takes the fused path; a trainable or wrapped one recomputes each chunk in backward."""
+                softcap: float | None = None, temperature: float = 1.0) -> torch.Tensor:
+    """log p(target) per selected position, a chunk of logits at a time, never storing logits; with
+    `temperature`, of the distribution sampled at it (log_softmax(logits / T), as TRL's GRPO computes it). A frozen
+    plain linear head takes the fused path; a trainable or wrapped one recomputes each chunk in backward."""
     frozen = type(lm_head) is nn.Linear and not lm_head.weight.requires_grad and \
         (lm_head.bias is None or not lm_head.bias.requires_grad)
     if frozen:
-        return _LinearLogProbs.apply(hidden, lm_head.weight, lm_head.bias, targets, chunk_size, softcap)
+        return _LinearLogProbs.apply(hidden, lm_head.weight, lm_head.bias, targets, chunk_size, softcap, temperature)
     from torch.utils.checkpoint import checkpoint
 
     parts = []
     for start in range(0, hidden.shape[0], chunk_size):
         h, t = hidden[start:start + chunk_size], targets[start:start + chunk_size]
-        parts.append(checkpoint(_chunk_logps, lm_head, h, t, softcap, use_reentrant=False) if torch.is_grad_enabled()
-                     else _chunk_logps(lm_head, h, t, softcap))
+        parts.append(checkpoint(_chunk_logps, lm_head, h, t, softcap, temperature, use_reentrant=False)
+                     if torch.is_grad_enabled() else _chunk_logps(lm_head, h, t, softcap, temperature))
     return torch.cat(parts) if parts else hidden.new_zeros(0)
 
 
