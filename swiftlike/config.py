@@ -9,6 +9,7 @@ import dataclasses
 import difflib
 import json
 import math
+import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -860,7 +861,25 @@ def load_recipe(path: str) -> dict:
         raise UserError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(data, dict):
         raise UserError(f"{path}: a recipe is a mapping of option names to values")
+    for key in data:
+        if not isinstance(key, str):  # (YAML reads `on:` / `yes:` as true, `1:` as a number)
+            raise UserError(f"{path}: {key!r} is not an option name (quote it if it is text)")
     return data
+
+
+# list options whose items are not text: functions (the Python API) or names, and numbers
+_NOT_TEXT_LISTS = ("reward_funcs", "reward_weights")
+
+
+def _text(value: Any, name: str) -> str:
+    """A text value as YAML or keyword arguments give it (a number read as one: `output_dir: 123`; a path)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    raise UserError(f"{name}: expected text, got {value!r}")
 
 
 def coerce(value: Any, typ: Any, name: str) -> Any:
@@ -880,7 +899,10 @@ def coerce(value: Any, typ: Any, name: str) -> Any:
             raise UserError(f"{name}: expected a JSON object, got {value!r}")
         return value
     if "list" in base:
-        return list(value) if isinstance(value, (list, tuple)) else [value]
+        items = list(value) if isinstance(value, (list, tuple)) else [value]
+        return items if name in _NOT_TEXT_LISTS else [_text(item, name) for item in items]
+    if typ is str or base.startswith("str"):
+        return _text(value, name)
     if typ is bool or base.startswith("bool"):
         if isinstance(value, bool):
             return value
@@ -891,6 +913,9 @@ def coerce(value: Any, typ: Any, name: str) -> Any:
         raise UserError(f"{name}: expected true or false, got {value!r}")
     for cast in (int, float):
         if typ is cast or base.startswith(cast.__name__):
+            whole = cast is int and isinstance(value, float) and not value.is_integer()  # (1.7 became 1)
+            if isinstance(value, bool) or whole:
+                raise UserError(f"{name}: expected {'a whole number' if cast is int else 'a number'}, got {value!r}")
             try:
                 return cast(value)
             except (TypeError, ValueError):
@@ -911,6 +936,10 @@ def build_config(cls, values: dict, where: str = "option"):
         value = getattr(cfg, f.name)
         if choices and value not in choices and not (value is None and f.default is None):
             raise UserError(f"{f.name}: {value!r} is not one of {', '.join(map(str, choices))}")
+    if getattr(cfg, "template", None):
+        from .templates import check_template_name
+
+        check_template_name(cfg.template)
     return cfg.validate()
 
 

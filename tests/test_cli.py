@@ -3,9 +3,11 @@ import json
 import subprocess
 import sys
 
+import pytest
 
 from swiftlike import accel
 from swiftlike.cli.main import build_parser, main
+from swiftlike.errors import UserError
 
 MODEL = ["--model", "Qwen/Qwen3-0.6B", "--miniature"]
 
@@ -29,6 +31,46 @@ def test_every_flag_has_help():
 def test_wb_help_runs():
     out = subprocess.run([sys.executable, "-m", "swiftlike.cli.main", "sft", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "--lora_rank" in out.stdout and "--resume_from_checkpoint" in out.stdout
+    flat = " ".join(out.stdout.split())
+    assert "--warmup_steps N Warm-up steps (overrides --warmup_ratio when > 0). (default: 0)" in flat  # (0 was hidden)
+
+
+def test_argparse_errors_are_one_line(capsys):
+    """A value of the wrong type or an unknown choice printed the whole usage block (35 lines)."""
+    assert _error(capsys, ["sft", "--max_steps", "abc"]) == \
+        "wb: error: argument --max_steps: invalid int value: 'abc'; see wb sft --help"
+    assert _error(capsys, ["sft", "--lora", "maybe"]) == \
+        "wb: error: argument --lora: expected true or false, got 'maybe'; see wb sft --help"
+    assert _error(capsys, ["nonsense"]).startswith("wb: error: argument COMMAND: invalid choice: 'nonsense'")
+
+
+def test_explicit_launch_flags_win_over_the_environment(monkeypatch):
+    """torchrun's variables fill what the flags leave out; an explicit --node_rank 0 was taken for NODE_RANK=1."""
+    from swiftlike.cli.main import launch_plan
+    from swiftlike.config import SFTConfig
+
+    monkeypatch.setenv("NODE_RANK", "1")
+    monkeypatch.setenv("NNODES", "2")
+    monkeypatch.setenv("NPROC_PER_NODE", "4")
+    cfg = SFTConfig(nnodes=2, node_rank=0, nproc_per_node=1)
+    plan = launch_plan(cfg, {"nnodes", "node_rank", "nproc_per_node"})
+    assert (plan["node_rank"], plan["nproc_per_node"], plan["master_port"]) == (0, 1, 29500)
+    plan = launch_plan(SFTConfig(), set())
+    assert (plan["nnodes"], plan["node_rank"], plan["nproc_per_node"]) == (2, 1, 4)
+    monkeypatch.setenv("MASTER_PORT", "x")
+    with pytest.raises(UserError, match="MASTER_PORT='x' is not a number"):
+        launch_plan(SFTConfig(), set())
+
+
+def test_a_template_or_attention_name_that_does_not_exist_is_refused(capsys, tmp_path):
+    """A typo in --template fell back to the tokenizer's own template without a word; --attn_implementation foo
+    was transformers' traceback."""
+    run = ["sft", "--model", "Qwen/Qwen3-0.6B", "--miniature", "--dataset", "examples/data/identity.jsonl",
+           "--max_steps", "1"]
+    assert _error(capsys, [*run, "--template", "qwen2.5"]).startswith(
+        "wb: error: --template 'qwen2.5' is not a registered template; did you mean 'qwen2_5'?")
+    assert _error(capsys, [*run, "--attn_implementation", "foo", "--output_dir", str(tmp_path / "run")]) == \
+        'wb: error: --attn_implementation foo: Specified `attn_implementation="foo"` is not supported'
 
 
 def _error(capsys, argv):

@@ -65,6 +65,22 @@ def test_numbers_no_run_can_use_are_one_line_errors(capsys, tmp_path, command, f
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("line, message", [
+    ("output_dir: [1, 2]", "output_dir: expected text, got [1, 2]"),        # were tracebacks
+    ("model: {a: 1}", "model: expected text, got {'a': 1}"),
+    ("dataset: [d.jsonl, [1]]", "dataset: expected text, got [1]"),
+    ("max_steps: 1.7", "max_steps: expected a whole number, got 1.7"),      # ran 1 step
+    ("learning_rate: true", "learning_rate: expected a number, got True"),   # trained at 1.0
+    ("on: 1", "{recipe}: True is not an option name (quote it if it is text)"),
+])
+def test_recipe_values_of_the_wrong_type_are_one_line(capsys, tmp_path, line, message):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"model: Qwen/Qwen3-0.6B\n{line}\n")
+    err = _error(capsys, ["sft", "--config", str(recipe), "--output_dir", str(tmp_path / "run")] if "output_dir" not in
+                 line else ["sft", "--config", str(recipe)])
+    assert err == "wb: error: " + message.replace("{recipe}", str(recipe))
+
+
 def test_unknown_flag_of_data_preview(capsys):
     err = _error(capsys, ["data", "preview", "--model", "m", "--dataset", "d", "--deepspeed"])
     assert err == "wb: error: unknown flag --deepspeed; see wb data preview --help"

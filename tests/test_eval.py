@@ -354,9 +354,9 @@ def test_bad_input_is_one_line(tmp_path, capsys):
 
     assert "give --eval_dataset" in error(*MINI)
     assert "give --model, --adapters or --api_url" in error("--eval_dataset", "gsm8k-test")
-    with pytest.raises(SystemExit):  # argparse: usage, then the error naming the valid metrics
-        main(["eval", *MINI, "--eval_dataset", "gsm8k-test", "--metric", "bleu"])
-    assert "choose from 'math', 'choice', 'exact_match', 'f1', 'rouge', 'perplexity'" in capsys.readouterr().err
+    # argparse's own errors: one line too (once the whole usage block)
+    assert "choose from 'math', 'choice', 'exact_match', 'f1', 'rouge', 'perplexity'); see wb eval --help" in \
+        error(*MINI, "--eval_dataset", "gsm8k-test", "--metric", "bleu")
     plain = tmp_path / "qa.jsonl"
     plain.write_text('{"query": "2+2?", "response": "4"}\n{"prompt": "no answer here"}\n')
     assert f"--eval_dataset {plain}: give --metric" in error(*MINI, "--eval_dataset", str(plain))

@@ -50,7 +50,7 @@ def _add_config_flags(parser: argparse.ArgumentParser, cls) -> None:
         typ = str(types[f.name])
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         help_text = f.metadata.get("help", "")
-        if default not in (None, "", [], False):
+        if default is not None and default is not False and default not in ("", []):  # (0 is shown)
             help_text += f" (default: {' '.join(map(str, default)) if isinstance(default, list) else default})"
         kw = dict(default=argparse.SUPPRESS, help=help_text, dest=f.name)
         if "bool" in typ:
@@ -66,9 +66,16 @@ def _add_config_flags(parser: argparse.ArgumentParser, cls) -> None:
                                 choices=f.metadata.get("choices"), **kw)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's errors (a value of the wrong type, an unknown choice) as one line, like every other error, not
+    the whole usage block."""
+
+    def error(self, message: str):
+        raise UserError(f"{message}; see {self.prog} --help")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="wb", description="swiftlike: post-training workbench for LLMs.",
-                                     allow_abbrev=False)
+    parser = _Parser(prog="wb", description="swiftlike: post-training workbench for LLMs.", allow_abbrev=False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (cls, help_text) in COMMANDS.items():
         _add_config_flags(sub.add_parser(name, help=help_text, description=help_text, allow_abbrev=False), cls)
@@ -98,15 +105,24 @@ def _reject_unknown(unknown: list[str], parser: argparse.ArgumentParser) -> None
     raise UserError(f"unknown flag {flag}" + (f"; did you mean {close}?" if close else f"; see {parser.prog} --help"))
 
 
-def launch_plan(cfg) -> dict:
-    """Processes per node and the rendezvous of a training command: its flags, else torchrun's usual environment
-    variables (NPROC_PER_NODE, NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT)."""
-    env = os.environ
-    nnodes = cfg.nnodes if cfg.nnodes > 1 else int(env.get("NNODES", "1"))
-    plan = {"nproc_per_node": cfg.nproc_per_node if cfg.nproc_per_node > 1 else int(env.get("NPROC_PER_NODE", "1")),
-            "nnodes": nnodes, "node_rank": cfg.node_rank or int(env.get("NODE_RANK", "0")),
-            "master_addr": cfg.master_addr if cfg.master_addr != "127.0.0.1" else env.get("MASTER_ADDR", "127.0.0.1"),
-            "master_port": cfg.master_port or int(env.get("MASTER_PORT", "0")) or (29500 if nnodes > 1 else None)}
+LAUNCH_ENV = {"nproc_per_node": "NPROC_PER_NODE", "nnodes": "NNODES", "node_rank": "NODE_RANK",
+              "master_addr": "MASTER_ADDR", "master_port": "MASTER_PORT"}
+
+
+def launch_plan(cfg, given: frozenset | set = frozenset()) -> dict:
+    """Processes per node and the rendezvous of a training command: its flags (`given`: the options the command
+    line or recipe set), else torchrun's usual environment variables, else the defaults."""
+    plan = {}
+    for name, var in LAUNCH_ENV.items():
+        value = getattr(cfg, name)
+        if name not in given and var in os.environ:
+            try:
+                value = type(value or 0)(os.environ[var]) if name != "master_addr" else os.environ[var]
+            except ValueError:
+                raise UserError(f"{var}={os.environ[var]!r} is not a number (--{name})") from None
+        plan[name] = value
+    nnodes = plan["nnodes"]
+    plan["master_port"] = plan["master_port"] or (29500 if nnodes > 1 else None)
     if not 0 <= plan["node_rank"] < nnodes:
         raise UserError(f"node rank {plan['node_rank']} is not in 0..{nnodes - 1} (--node_rank / NODE_RANK)")
     return plan
@@ -193,7 +209,7 @@ def _run(argv: list[str]) -> int:
     cfg = build_config(cls, merged)
     _debug.update(on=cfg.debug)  # (a recipe's `debug: true` too)
     if args.command in ("sft", "pt", "dpo", "kto", "rm", "grpo"):
-        code = None if cfg.dry_run else _maybe_relaunch(argv, launch_plan(cfg))  # a plan needs no processes
+        code = None if cfg.dry_run else _maybe_relaunch(argv, launch_plan(cfg, set(merged)))  # (a plan needs none)
         if code is not None:
             return code
         if args.command == "grpo":

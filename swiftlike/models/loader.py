@@ -310,17 +310,22 @@ def load_model(path: str, dtype: torch.dtype, *, quantize_4bit: bool = False, at
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=dtype)
         kwargs["device_map"] = {"": device}
-    if reward_head:
-        with own_code_refused(path):
-            model = _load_reward_model(AutoModelForSequenceClassification, path, kwargs, announce_head)
-        if model.config.pad_token_id is None:
-            model.config.pad_token_id = pad_token_id
-    else:
-        from transformers import AutoConfig
+    try:
+        if reward_head:
+            with own_code_refused(path):
+                model = _load_reward_model(AutoModelForSequenceClassification, path, kwargs, announce_head)
+            if model.config.pad_token_id is None:
+                model.config.pad_token_id = pad_token_id
+        else:
+            from transformers import AutoConfig
 
-        with own_code_refused(path):
-            config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
-            model = auto_class(config).from_pretrained(path, **kwargs)
+            with own_code_refused(path):
+                config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+                model = auto_class(config).from_pretrained(path, **kwargs)
+    except ValueError as e:
+        if attn_implementation and "attn_implementation" in str(e):  # (an unknown name, or one the model lacks)
+            raise UserError(f"--attn_implementation {attn_implementation}: {str(e).split('. ')[0]}") from None
+        raise
     return model if quantize_4bit else model.to(device)
 
 

@@ -28,4 +28,20 @@ def get_template(name_or_model_id: str, tokenizer, loss_scope: str = "assistant"
     return Template(spec, tokenizer, loss_scope)
 
 
-__all__ = ["IGNORE_INDEX", "TEMPLATES", "Template", "TemplateError", "TemplateSpec", "get_template"]
+def check_template_name(name: str) -> None:
+    """A --template the user named must be a registered template (or a registered model's id): a typo would
+    otherwise fall back to the tokenizer's own template without a word."""
+    from ..registry import find_model
+
+    if name in TEMPLATES or find_model(name) is not None:
+        return
+    from ..config import closest_name
+
+    close = closest_name(name, list(TEMPLATES))
+    hint = f"; did you mean {close!r}?" if close else f"; templates: {', '.join(sorted(TEMPLATES))}"
+    raise UserError(f"--template {name!r} is not a registered template{hint} (without --template a model that is "
+                    "not registered uses its tokenizer's own chat template)")
+
+
+__all__ = ["IGNORE_INDEX", "TEMPLATES", "Template", "TemplateError", "TemplateSpec", "check_template_name",
+           "get_template"]
