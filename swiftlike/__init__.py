@@ -32,8 +32,17 @@ def _train(config_class: str, config, kwargs):
         raise TypeError("pass either a config object or keyword arguments, not both")
     cls = getattr(configs, config_class)
     if config is not None:  # read as keyword arguments are: coerced ("a.jsonl" is a list of one), choices checked
-        cls, kwargs = type(config), {f.name: getattr(config, f.name) for f in configs.options(type(config))}
+        if type(config) is not cls:  # (wb.dpo(config=SFTConfig(...)) ran SFT)
+            raise TypeError(f"this function takes a {cls.__name__}, got a {type(config).__name__}")
+        kwargs = {f.name: getattr(config, f.name) for f in configs.options(cls)}
     cfg = configs.build_config(cls, kwargs, where="argument")
+    import os
+
+    if (cfg.nproc_per_node > 1 or cfg.nnodes > 1) and "LOCAL_RANK" not in os.environ:
+        from .errors import UserError  # (the CLI relaunches itself under torchrun; a notebook cannot)
+
+        raise UserError("nproc_per_node / nnodes > 1 start several processes: run `wb` from a shell (or torchrun "
+                        "a script calling this function once per process)")
     if isinstance(cfg, configs.GRPOConfig):
         from .pipelines.grpo import run_grpo
 

@@ -308,6 +308,10 @@ class SFTConfig(ModelArgs, DataArgs):
         if (self.streaming or self.lazy_tokenize) and self.packing:
             raise UserError("--packing needs the encoded lengths up front; it does not combine with --streaming "
                             "or --lazy_tokenize")
+        selected = next((spec for spec in self.dataset if spec.rpartition("#")[2].isdigit()), None)
+        if self.streaming and selected:  # (found once the model was built and the stream opened)
+            raise UserError(f"--dataset {selected}: '#N' selection needs the whole source; it does not combine with "
+                            "--streaming")
         if self.streaming and self.split_ratio:
             raise UserError("--split_ratio needs the whole dataset; with --streaming give --val_dataset")
         if self.split_ratio and self.val_dataset:
@@ -335,6 +339,11 @@ class PTConfig(SFTConfig):
     truncation_strategy: str = _f("split", "Texts longer than --max_length: split into consecutive pieces (default), "
                                            "drop, or keep the left / right part.",
                                   choices=("split", "drop", "left", "right"))
+
+
+def check_port(port: int, flag: str = "--port") -> None:
+    if not 0 <= port <= 65535:
+        raise UserError(f"{flag} must be in 0..65535, got {port}")
 
 
 def check_pairwise(cfg: SFTConfig, command: str) -> None:
@@ -541,6 +550,7 @@ class GRPOConfig(SFTConfig):
             raise UserError(f"--eval_temperature must be >= 0, got {self.eval_temperature}")
         if self.beta < 0:
             raise UserError(f"--beta must be >= 0, got {self.beta}")
+        check_port(self.vllm_server_port, "--vllm_server_port")
         return self
 
     @property
@@ -564,6 +574,7 @@ class RolloutConfig(ModelArgs):
     def validate(self) -> "RolloutConfig":
         if not self.model:
             raise UserError("--model is required: the base model the trainer starts from")
+        check_port(self.port)
         return self
 
 
@@ -611,6 +622,8 @@ class InferConfig(ModelArgs):
             raise UserError("--dataset needs --output FILE.jsonl (where the answers go)")
         if self.output and not self.dataset:
             raise UserError("--output is for batch inference: give --dataset too")
+        if self.num_return_sequences < 1:
+            raise UserError(f"--num_return_sequences must be at least 1, got {self.num_return_sequences}")
         if self.dataset and self.query is not None:
             raise UserError("give --query or --dataset, not both")
         if (self.image or self.video) and self.dataset:
@@ -709,13 +722,12 @@ class DeployConfig(ModelArgs):
         if not self.model and not self.adapters:
             raise UserError("give --model (a model or full checkpoint) and/or --adapters NAME=PATH (LoRA checkpoints)")
         self.adapter_paths()
-        for name, low in (("port", 0), ("max_batch_size", 1), ("max_model_len", 2), ("max_tokens_limit", 1),
+        for name, low in (("max_batch_size", 1), ("max_model_len", 2), ("max_tokens_limit", 1),
                           ("max_request_bytes", 1024), ("drain_timeout", 0)):
             value = getattr(self, name)
             if value is not None and value < low:
                 raise UserError(f"--{name} must be at least {low}, got {value}")
-        if self.port > 65535:
-            raise UserError(f"--port must be at most 65535, got {self.port}")
+        check_port(self.port)
         if self.api_key is None:
             self.api_key = os.environ.get("WB_API_KEY") or None
         return self
@@ -761,7 +773,8 @@ class ExportConfig(ModelArgs):
     max_shard_size: str = _f("5GB", "Largest safetensors shard (e.g. 2GB, 500MB).")
     to: str = _f("hf", "hf: a Hugging Face model directory; gguf: a GGUF file (llama.cpp, Ollama) and an Ollama "
                        "Modelfile (Qwen3, Qwen2/2.5, Llama-3 and 3.1-3.3).", choices=("hf", "gguf"))
-    gguf_type: str = _f("f16", "GGUF weight type: f16 or q8_0.", choices=("f16", "q8_0"))
+    gguf_type: str | None = _f(None, "GGUF weight type with --to gguf: f16 (default) or q8_0.",
+                               choices=("f16", "q8_0"))
     quant_method: str | None = _f(None, "Write quantized weights that transformers reloads: bnb (bitsandbytes "
                                         "NF4 / LLM.int8), torchao (int4 / int8 weight-only), gptq (int4 in groups "
                                         "/ int8, rounded by GPTQ on --dataset), awq (int4 in groups, AWQ's "
@@ -787,6 +800,15 @@ class ExportConfig(ModelArgs):
             raise UserError("--quant_method writes a Hugging Face model; a GGUF export quantizes with --gguf_type q8_0")
         if self.quant_method and self.quant_bits is None:
             self.quant_bits = 8 if self.quant_method == "fp8" else 4
+        # options that only mean something beside another (they were ignored: an unquantized export, exit 0)
+        for given, needs in ((self.quant_bits is not None and not self.quant_method, "--quant_bits needs --quant_method"),
+                             (self.gguf_type is not None and self.to != "gguf", "--gguf_type needs --to gguf"),
+                             ((self.hub_model_id or self.hub_private) and not self.push_to_hub,
+                              "--hub_model_id and --hub_private need --push_to_hub")):
+            if given:
+                raise UserError(needs)
+        if self.to == "gguf" and self.gguf_type is None:
+            self.gguf_type = "f16"
         return self
 
 

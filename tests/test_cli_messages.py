@@ -242,3 +242,35 @@ def test_reward_model_run_and_inference_say_it_once(tmp_path, capsys, transforme
     float(captured.out.strip())  # standard output is the score alone
     assert captured.err.count("[wb] reward head:") == 1 and f"[wb] reward head: loaded from {ckpt}\n" in captured.err
     assert not [m for m in transformers_log if "LOAD REPORT" in m]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["export", "--model", "m", "--quant_bits", "8"], "--quant_bits needs --quant_method"),  # wrote an unquantized one
+    (["export", "--model", "m", "--gguf_type", "q8_0"], "--gguf_type needs --to gguf"),
+    (["export", "--model", "m", "--hub_model_id", "me/x"], "--hub_model_id and --hub_private need --push_to_hub"),
+    (["rollout", "--model", "m", "--port", "70000"], "--port must be in 0..65535, got 70000"),  # after loading, once
+    (["deploy", "--model", "m", "--port", "-5"], "--port must be in 0..65535, got -5"),
+])
+def test_options_that_mean_nothing_where_given_are_refused(capsys, argv, message):
+    assert _error(capsys, argv) == f"wb: error: {message}"
+
+
+def test_the_python_api_runs_what_it_is_asked(tmp_path):
+    """wb.dpo(config=SFTConfig(...)) trained SFT; wb.sft(nproc_per_node=2) trained one process without a word."""
+    import swiftlike as wb
+    from swiftlike.config import SFTConfig
+    from swiftlike.errors import UserError
+
+    with pytest.raises(TypeError, match="this function takes a DPOConfig, got a SFTConfig"):
+        wb.dpo(config=SFTConfig(model="Qwen/Qwen3-0.6B", miniature=True, dataset=["d.jsonl"]))
+    with pytest.raises(UserError, match="nproc_per_node / nnodes > 1 start several processes"):
+        wb.sft(model="Qwen/Qwen3-0.6B", miniature=True, dataset=["d.jsonl"], nproc_per_node=2,
+               output_dir=str(tmp_path / "run"))
+
+
+def test_mistakes_found_late_are_found_before_any_work(capsys):
+    """Both were reported only after the model loaded (the first without naming its flag)."""
+    assert _error(capsys, ["infer", *MODEL, "--query", "q", "--num_return_sequences", "0"]) == \
+        "wb: error: --num_return_sequences must be at least 1, got 0"
+    assert _error(capsys, ["sft", *MODEL, "--dataset", "identity#5", "--streaming", "--max_steps", "2"]) == \
+        "wb: error: --dataset identity#5: '#N' selection needs the whole source; it does not combine with --streaming"
