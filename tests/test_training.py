@@ -219,3 +219,17 @@ def test_existing_checkpoints_are_never_silently_overwritten(tmp_path, capsys):
                                                "--output_dir")
     assert main(argv + ["--overwrite_output_dir"]) == 0
     assert (out / "checkpoint-2").is_dir()
+
+
+@pytest.mark.parametrize("n_rows, size", [(40, 16), (10, 4), (12, 4), (3, 8)])
+def test_every_row_is_trained_once_an_epoch(n_rows, size):
+    """An epoch's last step once dropped the rows that did not fill it (40 rows at 16 a step: 8 rows, 20%, unseen
+    each epoch); it is now completed with the epoch's first rows, so every step keeps its full batch."""
+    from swiftlike.train.trainer import chunks_per_epoch, epoch_chunk
+
+    per_epoch = chunks_per_epoch(n_rows, size)
+    for epoch in range(2):
+        chunks = [epoch_chunk(epoch * per_epoch + k, n_rows, size, seed=7) for k in range(per_epoch)]
+        seen = [i for chunk in chunks for i in chunk]
+        assert all(len(chunk) == size for chunk in chunks) and set(seen) == set(range(n_rows))
+        assert len(seen) - n_rows == per_epoch * size - n_rows  # repeats: only what completes the last step

@@ -20,7 +20,7 @@ from ..rewards import score
 from ..rollout import Sampling
 from .grpo import group_advantages, nan_std
 from .checkpoint import write_atomic
-from .trainer import Trainer, epoch_chunk
+from .trainer import Trainer, chunks_per_epoch, epoch_chunk
 
 
 @dataclass
@@ -113,7 +113,7 @@ class GRPOTrainer(Trainer):
             // self.rs.num_generations
 
     def plan(self) -> tuple[int, int]:
-        per_epoch = max(1, len(self.rows) // self.prompts_per_generation) * self.rs.num_iterations
+        per_epoch = chunks_per_epoch(len(self.rows), self.prompts_per_generation) * self.rs.num_iterations
         total = self.s.max_steps if self.s.max_steps > 0 else max(1, math.ceil(self.s.num_train_epochs * per_epoch))
         return per_epoch, total
 

@@ -71,24 +71,31 @@ def rows_per_step(s: LoopSettings) -> int:
     return s.per_device_train_batch_size * s.gradient_accumulation_steps * accel.world_size()
 
 
+def chunks_per_epoch(n_rows: int, size: int) -> int:
+    """Chunks of `size` rows that cover every row once (the last one completed, see epoch_chunk)."""
+    return max(1, math.ceil(n_rows / size))
+
+
 def plan_steps(n_rows: int | None, s: LoopSettings) -> tuple[int, int]:
-    """(steps per epoch, total steps). An incomplete last step of an epoch is dropped. A stream (n_rows None)
-    has no epochs: it runs --max_steps."""
+    """(steps per epoch, total steps): every row is trained once an epoch. A stream (n_rows None) has no epochs:
+    it runs --max_steps."""
     if n_rows is None:
         return s.max_steps, s.max_steps
-    per_epoch = max(1, n_rows // rows_per_step(s))
+    per_epoch = chunks_per_epoch(n_rows, rows_per_step(s))
     total = s.max_steps if s.max_steps > 0 else max(1, math.ceil(s.num_train_epochs * per_epoch))
     return per_epoch, total
 
 
 def epoch_chunk(index: int, n_rows: int, size: int, seed: int) -> list[int]:
-    """Row indices of the index-th chunk of `size` rows, in an order seeded per epoch (an epoch's incomplete last
-    chunk is dropped; with fewer rows than one chunk they are cycled)."""
-    epoch, k = divmod(index, max(1, n_rows // size))
+    """Row indices of the index-th chunk of `size` rows, in an order seeded per epoch. Every row of an epoch is
+    in one of its chunks: the last, when the rows do not fill it, is completed with the epoch's first rows (a few
+    rows twice an epoch, as every step has its full batch; with fewer rows than one chunk they are cycled)."""
+    epoch, k = divmod(index, chunks_per_epoch(n_rows, size))
     order = torch.randperm(n_rows, generator=torch.Generator().manual_seed(seed + epoch)).tolist()
     chunk = order[k * size:(k + 1) * size]
     if len(chunk) < size:
-        chunk = (chunk * math.ceil(size / max(1, len(chunk))))[:size]
+        cycled = order * math.ceil(size / max(1, n_rows))
+        chunk = chunk + cycled[:size - len(chunk)]
     return chunk
 
 
