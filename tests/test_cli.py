@@ -28,6 +28,15 @@ def test_every_flag_has_help():
                 assert action.help and len(action.help) > 10, f"wb {name} {action.option_strings[0]}"
 
 
+def test_the_flags_doc_is_current():
+    from pathlib import Path
+
+    from swiftlike.cli.flags_doc import flags_markdown
+
+    doc = Path(__file__).resolve().parents[1] / "docs" / "flags.md"
+    assert doc.read_text(encoding="utf-8") == flags_markdown(), "run: python scripts/gen_flags_doc.py"
+
+
 def test_wb_help_runs():
     out = subprocess.run([sys.executable, "-m", "swiftlike.cli.main", "sft", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "--lora_rank" in out.stdout and "--resume_from_checkpoint" in out.stdout
@@ -152,6 +161,9 @@ def test_models_and_env(capsys):
     assert main(["models", "--family", "qwen3"]) == 0
     out = capsys.readouterr().out
     assert "Qwen/Qwen3-8B" in out and "qwen3_thinking_2507" in out
+    assert main(["models", "--family", "Qwen3"]) == 0 and "Qwen/Qwen3-8B" in capsys.readouterr().out
+    assert main(["models", "--family", "nope"]) == 2
+    assert "families: deepseek, gemma" in capsys.readouterr().err
     assert main(["env", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["device"] == accel.device_type()
 

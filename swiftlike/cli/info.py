@@ -33,7 +33,8 @@ def print_models(family: str | None) -> int:
     if not rows:
         from ..errors import UserError
 
-        raise UserError(f"no registered family {family!r}")
+        families = sorted({m.family for m in models()})
+        raise UserError(f"no registered family {family!r}; families: {', '.join(families)}")
     width = max(len(m.model_id) for m in rows)
     print(f"{'model id':{width}s}  {'family':8s} {'model type':11s} template")
     for m in rows:

@@ -42,16 +42,24 @@ def _bool(value: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
 
 
+CONFIG_HELP = "YAML recipe with option names as keys; flags given on the command line override it."
+
+
+def default_of(f: dataclasses.Field):
+    """A field's default as --help shows it, or None where it has none worth showing (unset, empty, false)."""
+    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+    if default is None or default is False or default in ("", []):  # (0 is shown)
+        return None
+    return " ".join(map(str, default)) if isinstance(default, list) else default
+
+
 def _add_config_flags(parser: argparse.ArgumentParser, cls) -> None:
-    parser.add_argument("--config", metavar="RECIPE.yaml", default=argparse.SUPPRESS,
-                        help="YAML recipe with option names as keys; flags given on the command line override it.")
+    parser.add_argument("--config", metavar="RECIPE.yaml", default=argparse.SUPPRESS, help=CONFIG_HELP)
     types = field_types(cls)
     for f in options(cls):
         typ = str(types[f.name])
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        help_text = f.metadata.get("help", "")
-        if default is not None and default is not False and default not in ("", []):  # (0 is shown)
-            help_text += f" (default: {' '.join(map(str, default)) if isinstance(default, list) else default})"
+        default = default_of(f)
+        help_text = f.metadata.get("help", "") + (f" (default: {default})" if default is not None else "")
         kw = dict(default=argparse.SUPPRESS, help=help_text, dest=f.name)
         if "bool" in typ:
             parser.add_argument(f"--{f.name}", nargs="?", const=True, type=_bool, metavar="BOOL", **kw)

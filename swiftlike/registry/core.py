@@ -118,7 +118,7 @@ def find_model(model_id: str) -> ModelMeta | None:
 def models(family: str | None = None) -> list[ModelMeta]:
     seen, out = set(), []
     for meta in MODELS.values():
-        if meta.model_id not in seen and (family is None or meta.family == family):
+        if meta.model_id not in seen and (family is None or meta.family == family.lower()):
             seen.add(meta.model_id)
             out.append(meta)
     return out
