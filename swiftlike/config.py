@@ -714,6 +714,9 @@ class DeployConfig(ModelArgs):
                                           "travel as base64 data URIs).")
     drain_timeout: float = _f(30.0, "On SIGTERM or Ctrl-C: seconds in-flight requests get to finish before they "
                                     "are cancelled.")
+    allow_private_media_urls: bool = _f(False, "Fetch clients' image and video URLs whose host is a loopback, "
+                                               "private or link-local address too (refused by default: a client "
+                                               "must not make the server reach into its own network).")
     access_log: bool = _f(True, "Log one line per request.")
 
     def validate(self) -> "DeployConfig":

@@ -155,7 +155,11 @@ def test_an_image_url_is_downloaded_once_per_prompt(pictures, qwen3_tokenizer):
         template = get_template("qwen2_vl", qwen3_tokenizer)
         template.image_processing = ImageProcessing(dict(find_model(MODELS[0]).processor))
         url = f"{base}/blue.png"
-        ids, sources = vision.encode_prompt(template, _user(url, "Colour?"), files=False)
+        # a server's client may not make it fetch from its own network (127.0.0.1 here) unless allowed
+        with pytest.raises(UserError, match=r"blue.png: its host is a non-public address \(127.0.0.1\)"):
+            vision.encode_prompt(template, _user(url, "Colour?"), files=False, private_urls=False)
+        assert served == []
+        ids, sources = vision.encode_prompt(template, _user(url, "Colour?"), files=False, private_urls=True)
         local, _ = vision.encode_prompt(template, _user(pictures["blue"], "Colour?"))
         assert ids == local and sources.images == [url]
         assert torch.equal(vision.pixels(template, sources)["pixel_values"],

@@ -33,6 +33,31 @@ def is_file(src: str) -> bool:
     return not (src.startswith(_REMOTE) or src.startswith("data:"))
 
 
+def is_remote(src) -> bool:
+    return isinstance(src, str) and src.startswith(_REMOTE)
+
+
+def public_url(url: str) -> None:
+    """ImageError unless every address the URL's host resolves to is a public one: a server that fetches its
+    clients' URLs must not reach loopback, private, link-local or reserved addresses (its own network)."""
+    import ipaddress
+    import socket
+    from urllib.parse import urlparse
+
+    host = urlparse(url).hostname
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(host, None)} if host else set()
+    except OSError as e:
+        raise ImageError(f"{url[:80]}: cannot resolve its host ({e})") from None
+    if not addresses:
+        raise ImageError(f"{url[:80]}: no host")
+    for address in sorted(addresses):
+        ip = ipaddress.ip_address(address.split("%")[0])
+        if not ip.is_global:
+            raise ImageError(f"{url[:80]}: its host is a non-public address ({ip}); the server fetches public URLs "
+                             "only (wb deploy --allow_private_media_urls fetches these too)")
+
+
 def resolve_source(src: str, base: Path | None) -> str:
     """A path relative to the data file's folder made absolute (a file:// URI is its path); URLs, data URIs and
     absolute paths as given."""

@@ -159,7 +159,8 @@ def run_deploy(cfg: DeployConfig) -> None:
     try:
         settings = ServeSettings(model_name=cfg.served_model_name or base.name,
                                  max_model_len=context_length(cfg, engine), api_key=cfg.api_key,
-                                 max_tokens_limit=cfg.max_tokens_limit, max_request_bytes=cfg.max_request_bytes)
+                                 max_tokens_limit=cfg.max_tokens_limit, max_request_bytes=cfg.max_request_bytes,
+                                 private_media_urls=cfg.allow_private_media_urls)
         app = create_app(engine, settings)
         names = [settings.model_name, *adapters]
         host, port = sock.getsockname()[:2]

@@ -39,6 +39,7 @@ class ServeSettings:
     api_key: str | None = None
     max_tokens_limit: int | None = None  # ceiling on max_tokens; None: the context is the only bound
     max_request_bytes: int = 32 << 20    # as `wb deploy --max_request_bytes` (docs/deploy.md)
+    private_media_urls: bool = False     # `wb deploy --allow_private_media_urls`
 
 
 class ClientGone(Exception):
@@ -180,7 +181,7 @@ class Service:
         """The prompt ids and the pixels of its images (image_url parts, vision-language models)."""
         try:
             ids, sources = vision.encode_prompt(self.template, req.messages, req.tools, files=False,
-                                                **req.template_kwargs)
+                                                private_urls=self.settings.private_media_urls, **req.template_kwargs)
             return ids, vision.pixels(self.template, sources)
         except UserError as e:  # TemplateError / MessageError / an image: what the official template would refuse
             raise ApiError(400, str(e), param="messages", code="invalid_messages") from None
