@@ -380,8 +380,11 @@ class DPOConfig(SFTConfig):
     def validate(self) -> "DPOConfig":
         super().validate()
         check_pairwise(self, "dpo")
-        if self.loss_type == "robust" and not 0 <= self.label_smoothing < 0.5:
-            raise UserError("--loss_type robust needs 0 <= --label_smoothing < 0.5")
+        if not 0 <= self.label_smoothing < 0.5:  # (0.5 and above flip what is preferred)
+            raise UserError(f"--label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
+        if self.label_smoothing and self.loss_type in ("hinge", "ipo", "orpo"):
+            raise UserError(f"--label_smoothing applies to sigmoid, robust, simpo and cpo, not --loss_type "
+                            f"{self.loss_type}")
         if self.beta <= 0:
             raise UserError(f"--beta must be positive, got {self.beta}")
         return self

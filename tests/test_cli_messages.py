@@ -58,6 +58,9 @@ def test_unknown_flags_get_a_suggestion_only_when_close(capsys, flag, message):
     ("grpo", ["--reward_funcs", "repetition", "--repetition_ngram", "0"], "--repetition_ngram must be at least 1, got 0"),
     ("grpo", ["--reward_funcs", "length", "--soft_cache_length", "-1"],
      "--soft_cache_length must be in [0, --max_completion_length 256), got -1"),
+    ("dpo", ["--label_smoothing", "0.6"], "--label_smoothing must be in [0, 0.5), got 0.6"),  # (flips preference)
+    ("dpo", ["--loss_type", "ipo", "--label_smoothing", "0.1"],                               # (was ignored)
+     "--label_smoothing applies to sigmoid, robust, simpo and cpo, not --loss_type ipo"),
 ])
 def test_numbers_no_run_can_use_are_one_line_errors(capsys, tmp_path, command, flags, message):
     argv = [command, *MODEL, "--dataset", "d.jsonl", "--output_dir", str(tmp_path / "run"), *flags]
