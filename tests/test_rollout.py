@@ -646,6 +646,42 @@ def test_client_reports_a_missing_server():
         ServerRollout("http://127.0.0.1:9", wait=0)
 
 
+def test_client_says_a_slow_answer_is_slow_not_missing():
+    """A generation longer than the client's timeout was reported as "not answering; start one"."""
+    import http.server
+    import threading
+    import time
+
+    from swiftlike.errors import UserError
+    from swiftlike.rollout import Sampling
+    from swiftlike.rollout.client import NotAnswering, ServerRollout
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            body = b'{"ok": true}'
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_POST(self):  # noqa: N802
+            self.rfile.read(int(self.headers["Content-Length"]))
+            time.sleep(1.0)
+
+        def log_message(self, *_):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        client = ServerRollout(f"http://127.0.0.1:{server.server_address[1]}", timeout=0.3, wait=0)
+        with pytest.raises(UserError, match=r"/generate: no answer within 0 s \(it is up") as caught:
+            client.generate([[1, 2]], 2, Sampling(max_tokens=4))
+        assert not isinstance(caught.value, NotAnswering)
+    finally:
+        server.shutdown()
+
+
 def test_vllm_outputs_are_cut_like_the_other_backends():
     from swiftlike.rollout.vllm_engine import completion_ids
 

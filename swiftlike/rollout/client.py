@@ -59,7 +59,12 @@ class ServerRollout:
             detail = e.read().decode(errors="replace")[:300]
             raise UserError(f"rollout server {self.url}{path}: HTTP {e.code}: {detail}") from None
         except (urllib.error.URLError, ConnectionError, TimeoutError) as e:
-            raise NotAnswering(f"rollout server {self.url} is not answering ({getattr(e, 'reason', e)}); start one "
+            reason = getattr(e, "reason", e)
+            if isinstance(reason, TimeoutError) and path != "/health":  # connected, then no answer in time
+                raise UserError(f"rollout server {self.url}{path}: no answer within {self.timeout:g} s (it is "
+                                "up, but this request took longer: fewer or shorter completions per step, or a "
+                                "faster server)") from None
+            raise NotAnswering(f"rollout server {self.url} is not answering ({reason}); start one "
                                "with `wb rollout --model ...`") from None
 
     def generate(self, prompts: list[list[int]], n: int, sampling: Sampling) -> list[list[int]]:
