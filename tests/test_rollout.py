@@ -675,7 +675,7 @@ def test_client_says_a_slow_answer_is_slow_not_missing():
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         client = ServerRollout(f"http://127.0.0.1:{server.server_address[1]}", timeout=0.3, wait=0)
-        with pytest.raises(UserError, match=r"/generate: no answer within 0 s \(it is up") as caught:
+        with pytest.raises(UserError, match=r"/generate: no answer within 0.3 s \(it is up") as caught:
             client.generate([[1, 2]], 2, Sampling(max_tokens=4))
         assert not isinstance(caught.value, NotAnswering)
     finally:
