@@ -1,6 +1,7 @@
 """`wb eval`: metrics and answer extraction, the shipped evaluation sets, outputs, reproducibility (the same
 command twice, any batch size), an endpoint scored as the local model, several models in one table,
 eval after training, and one-line errors."""
+import contextlib
 import json
 
 import pytest
@@ -222,14 +223,44 @@ def test_perplexity_of_references_and_of_plain_text(tmp_path):
     assert measured["long"][2]["perplexity"] == pytest.approx(measured["third"][0]["perplexity"], rel=1e-6)
 
 
+@contextlib.contextmanager
+def _endpoint(reply):
+    """An OpenAI-style endpoint on 127.0.0.1 (yields its /v1 URL) whose every request is answered by
+    reply(method) -> (status, body), or (status, body, declared length) to cut a reply short."""
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def _answer(self, method):
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            status, body, *declared = reply(method)
+            self.send_response(status)
+            self.send_header("Content-Length", str(declared[0] if declared else len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self):  # noqa: N802
+            self._answer("GET")
+
+        def do_POST(self):  # noqa: N802
+            self._answer("POST")
+
+        def log_message(self, *_):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    finally:
+        server.shutdown()
+
+
 def test_an_endpoint_that_is_busy_or_cuts_a_reply_is_asked_again_and_its_reasoning_is_not_scored(tmp_path,
                                                                                                     monkeypatch):
     """A 503, then a reply cut short, then the answer with its reasoning left in `content` (a server without a
     reasoning parser): once a traceback (the cut reply), an abort (the 503), and the reasoning's \\boxed{5}
     scored instead of the answer's 7."""
-    import http.server
-    import threading
-
     from swiftlike.eval import backends
 
     monkeypatch.setattr(backends, "RETRY_SECONDS", 0.01)
@@ -237,60 +268,28 @@ def test_an_endpoint_that_is_busy_or_cuts_a_reply_is_asked_again_and_its_reasoni
     answer = json.dumps({"choices": [{"message": {"content": "<think>Maybe \\boxed{5}? no.</think>\n\nIt is "
                                                              "\\boxed{7}."}}]}).encode()
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802
-            self.rfile.read(int(self.headers["Content-Length"]))
-            calls.append(1)
-            if len(calls) == 1:
-                self.send_response(503)
-                self.end_headers()
-                self.wfile.write(b'{"error": {"message": "busy"}}')
-                return
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(answer)))
-            self.end_headers()
-            self.wfile.write(answer if len(calls) > 2 else answer[:10])  # the second: cut short
+    def reply(method):
+        calls.append(method)
+        if len(calls) == 1:
+            return 503, b'{"error": {"message": "busy"}}'
+        return (200, answer) if len(calls) > 2 else (200, answer[:10], len(answer))  # the second: cut short
 
-        def log_message(self, *_):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
     rows = tmp_path / "q.jsonl"
     rows.write_text(json.dumps({"query": "3+4?", "response": "#### 7"}) + "\n")
-    try:
-        _, results = _eval(tmp_path, "api", "--api_url", f"http://127.0.0.1:{server.server_address[1]}/v1",
-                           "--api_model", "m", "--eval_dataset", str(rows), "--metric", "math")
-    finally:
-        server.shutdown()
+    with _endpoint(reply) as url:
+        _, results = _eval(tmp_path, "api", "--api_url", url, "--api_model", "m", "--eval_dataset", str(rows),
+                           "--metric", "math")
     assert results["models"][0]["tasks"][0]["score"] == 1.0 and len(calls) == 3
 
 
 def test_an_endpoint_listing_several_models_needs_api_model():
     """A `wb deploy` with adapters lists the base first: scoring it silently (the adapter meant) was the default."""
-    import http.server
-    import threading
-
     from swiftlike.errors import UserError
     from swiftlike.eval.backends import ApiBackend
 
     listed = []
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802
-            body = json.dumps({"object": "list", "data": [{"id": name} for name in listed]}).encode()
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *_):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}/v1"
-    try:
+    with _endpoint(lambda _: (200, json.dumps({"object": "list", "data": [{"id": n} for n in listed]}).encode())
+                   ) as url:
         listed[:] = ["base", "a"]
         with pytest.raises(UserError, match=r"/models lists 2 models \(base, a\); give --api_model NAME"):
             ApiBackend(url, None, None, 1)
@@ -300,43 +299,24 @@ def test_an_endpoint_listing_several_models_needs_api_model():
             ApiBackend(url, None, None, 1)
         listed[:] = ["only"]
         assert ApiBackend(url, None, None, 1).model == "only"
-    finally:
-        server.shutdown()
 
 
 def test_a_run_that_stops_early_keeps_the_rows_it_answered(tmp_path, capsys):
     """The endpoint refuses the third request (HTTP 400, not retried): exit 2, and the two rows answered before
     it are kept in <dataset>.partial.jsonl (once: all lost)."""
-    import http.server
-    import threading
-
     calls = []
     answer = json.dumps({"choices": [{"message": {"content": "It is 7."}}]}).encode()
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802
-            self.rfile.read(int(self.headers["Content-Length"]))
-            calls.append(1)
-            body, code = (answer, 200) if len(calls) < 3 else (b'{"error": {"message": "too long"}}', 400)
-            self.send_response(code)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+    def reply(method):
+        calls.append(method)
+        return (200, answer) if len(calls) < 3 else (400, b'{"error": {"message": "too long"}}')
 
-        def log_message(self, *_):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
     rows = tmp_path / "q.jsonl"
     rows.write_text("".join(json.dumps({"query": f"{i}+7?", "response": f"#### {i + 7}"}) + "\n" for i in range(4)))
     out = tmp_path / "out"
-    try:
-        assert main(["eval", "--api_url", f"http://127.0.0.1:{server.server_address[1]}/v1", "--api_model", "m",
-                     "--eval_dataset", str(rows), "--metric", "math", "--eval_batch_size", "1",
-                     "--output_dir", str(out)]) == 2
-    finally:
-        server.shutdown()
+    with _endpoint(reply) as url:
+        assert main(["eval", "--api_url", url, "--api_model", "m", "--eval_dataset", str(rows), "--metric", "math",
+                     "--eval_batch_size", "1", "--output_dir", str(out)]) == 2
     (partial,) = (out / "predictions" / "m").glob("*q.partial.jsonl")
     kept = [json.loads(line) for line in partial.read_text().splitlines()]
     assert [(r["key"], r["score"]) for r in kept] == [(f"{rows}:1", 1.0), (f"{rows}:2", 0.0)]
