@@ -255,6 +255,9 @@ def test_odd_but_common_image_input(tmp_path, qwen3_tokenizer):
            "images": [{"bytes": png.read_bytes(), "path": "gone.png"}]}
     (source,) = to_canonical(row, "sft")["images"]
     assert open_image(source).getpixel((0, 0)) == (255, 0, 0)
+    import base64  # a data URI's base64 wrapped in lines (base64.encodebytes, MIME): once refused
+
+    assert open_image("data:image/png;base64," + base64.encodebytes(png.read_bytes()).decode()).size == (8, 8)
     bomb = tmp_path / "bomb.png"
     Image.new("1", (20000, 20000)).save(bomb)
     for read in (image_size, open_image):

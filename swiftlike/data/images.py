@@ -95,7 +95,7 @@ def open_image(src: str):
             head, _, payload = src.partition(",")
             if ";base64" not in head:
                 raise ImageError(f"image {src[:40]}...: only base64 data URIs are read")
-            data = io.BytesIO(base64.b64decode(payload, validate=True))
+            data = io.BytesIO(base64.b64decode("".join(payload.split()), validate=True))  # (line-wrapped too)
         elif src.startswith(_REMOTE):
             data = io.BytesIO(download(src))
         else:

@@ -56,7 +56,7 @@ def _handle(src: str):
         head, _, payload = src.partition(",")
         if ";base64" not in head:
             raise ImageError(f"video {src[:40]}...: only base64 data URIs are read")
-        return io.BytesIO(base64.b64decode(payload, validate=True))
+        return io.BytesIO(base64.b64decode("".join(payload.split()), validate=True))
     if not is_file(src):  # (kept: a video is read at encoding, then for its pixels)
         return io.BytesIO(download(src, timeout=60))
     if not Path(src).is_file():
