@@ -107,6 +107,9 @@ def test_debug_is_read_as_an_option(capsys, tmp_path):
     recipe.write_text("debug: true\n")
     with pytest.raises(UserError, match="dataset not found"):
         main([*argv, "--config", str(recipe)])
+    recipe.write_text("debug: true\nmax_steps: 1.5\n")  # an error in building the options: a traceback too
+    with pytest.raises(UserError, match="max_steps: expected a whole number"):
+        main([*argv, "--config", str(recipe)])
 
 
 def test_an_empty_recipe_key_is_a_one_line_error(capsys, tmp_path):

@@ -208,6 +208,8 @@ def _run(argv: list[str]) -> int:
     if any(values.get(mode) for mode in TRAINING_MODES):  # a mode flag replaces the recipe's mode
         from_recipe = {k: v for k, v in from_recipe.items() if k not in TRAINING_MODES}
     merged = {**from_recipe, **values}
+    if str(merged.get("debug")).lower() in ("true", "1", "yes"):  # a recipe's `debug: true`, for what follows too
+        _debug.update(on=True)
     where = f"key in {recipe}" if recipe else "option"
     for key in merged:
         if key not in field_types(cls):
@@ -215,7 +217,7 @@ def _run(argv: list[str]) -> int:
 
             raise unknown_key_error(key, cls, where, see=f"{sub.prog} --help")
     cfg = build_config(cls, merged)
-    _debug.update(on=cfg.debug)  # (a recipe's `debug: true` too)
+    _debug.update(on=cfg.debug)
     if args.command in ("sft", "pt", "dpo", "kto", "rm", "grpo"):
         code = None if cfg.dry_run else _maybe_relaunch(argv, launch_plan(cfg, set(merged)))  # (a plan needs none)
         if code is not None:
