@@ -31,6 +31,21 @@ def test_fallback_equals_the_registered_template(tokenizer_with):
     assert fallback.encode_prompt(CHAT[:2]) == registered.encode_prompt(CHAT[:2])
 
 
+@pytest.mark.parametrize("template_file, eos, registered", [("phi-3.5-mini-instruct.jinja", "<|endoftext|>", "phi3_5"),
+                                                             ("internlm2-chat-7b.jinja", "</s>", "internlm2")])
+def test_fallback_does_not_train_the_eos_a_template_appends_where_a_chat_ends(tokenizer_with, template_file, eos,
+                                                                                registered):
+    """Phi-3.5 and InternLM2 append eos after a finished chat: the fallback trained "\n" and it after the turn's
+    own end marker, as the registered templates do not."""
+    tok = tokenizer_with(template_file)
+    tok.eos_token = eos
+    chat = CHAT[1:3]
+    fallback, reference = get_template("someone/unregistered", tok), get_template(registered, tok)
+    trained = [text for text, on in fallback.render(chat) if on]
+    assert trained == [text for text, on in reference.render(chat) if on] and not trained[0].endswith(eos)
+    assert fallback.render_text(chat).endswith(eos)  # (written, untrained)
+
+
 def test_fallback_refuses_a_template_that_rewrites_earlier_text(tokenizer_with):
     tok = tokenizer_with("mistral-nemo-instruct-2407.jinja")
     tok.bos_token, tok.eos_token = "<|endoftext|>", "<|im_end|>"

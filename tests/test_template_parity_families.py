@@ -183,8 +183,8 @@ def test_training_text_matches_official(template, case):
         return
     try:
         text = ours(template, messages, tools)
-    except TemplateError as e:
-        assert template == "deepseek_r1_distill" and "tool call" in str(e)
+    except TemplateError as e:  # a tool call where the official template drops it (or, R1-Distill, mangles it)
+        assert (template == "deepseek_r1_distill" and "tool call" in str(e)) or "has no format for" in str(e)
         return
     assert text == expected
 
@@ -205,8 +205,8 @@ def test_generation_prompt_matches_official(template, case):
         return
     try:
         text = ours(template, prompt, tools, True)
-    except TemplateError as e:
-        assert template == "deepseek_r1_distill" and "tool call" in str(e)
+    except TemplateError as e:  # a tool call where the official template drops it (or, R1-Distill, mangles it)
+        assert (template == "deepseek_r1_distill" and "tool call" in str(e)) or "has no format for" in str(e)
         return
     assert text == expected
 
@@ -243,3 +243,62 @@ def test_qwen_vocabulary_templates_match_token_for_token(qwen3_tokenizer, templa
     im_end = qwen3_tokenizer.convert_tokens_to_ids("<|im_end|>")
     trained_ends = [i for i, (t, lab) in enumerate(zip(enc["input_ids"], enc["labels"])) if t == im_end and lab == t]
     assert len(trained_ends) == sum(m["role"] == "assistant" for m in messages)
+
+
+def _official_as_given(template, messages, tools=None, add_generation_prompt=False):
+    """The official Jinja on the messages exactly as given (no adaptation)."""
+    path, bos, eos, extra = OFFICIAL[template]
+    rendered, _ = render_jinja_template([copy.deepcopy(messages)], tools=tools,
+                                        chat_template=(DATA / "chat_templates" / path).read_text(),
+                                        add_generation_prompt=add_generation_prompt, bos_token=bos, eos_token=eos,
+                                        **extra)
+    return rendered[0]
+
+
+@pytest.mark.parametrize("template", ["qwen3", "qwen3_instruct_2507", "deepseek_v3", "deepseek_v3_1", "deepseek_r1"])
+@pytest.mark.parametrize("arguments", ['{"city":"Oslo"}', '{"city": "Z\\u00fcrich"}', '"Oslo"'])
+def test_string_tool_arguments_are_printed_as_given(template, arguments):
+    """OpenAI-format data carries arguments as a JSON string, which these official templates print verbatim: ours
+    re-serialised it (spacing, unicode escapes), and a string scalar lost its quotes (invalid JSON, trained)."""
+    call = {"type": "function", "id": "call00001", "function": {"name": "get_weather", "arguments": arguments}}
+    messages = [{"role": "user", "content": "Weather?"},
+                {"role": "assistant", "content": None if template.startswith("deepseek") else "",
+                 "tool_calls": [call]}]
+    assert ours(template, messages, [WEATHER]) == _official_as_given(template, messages, [WEATHER])
+
+
+def test_conversations_the_parity_cases_missed():
+    """Each was a difference from the official template (found by review): Qwen2.5 trained an extra "\\n" in a
+    tool-call turn with reasoning and no content; a message with "reasoning": null lost its reasoning_content;
+    Mistral wrote the tools twice when an earlier user message differed from the last only by its name."""
+    call = {"type": "function", "id": "call00001", "function": {"name": "get_weather", "arguments": {"city": "Oslo"}}}
+    qwen = [{"role": "user", "content": "Weather?"},
+            {"role": "assistant", "content": "", "reasoning_content": "need tool", "tool_calls": [call]}]
+    assert ours("qwen2_5", qwen, [WEATHER]) == _official_as_given("qwen2_5", qwen, [WEATHER])
+    thinking = [{"role": "user", "content": "Q"},
+                {"role": "assistant", "content": "A", "reasoning": None, "reasoning_content": "r"}]
+    assert ours("qwen3", thinking, None) == _official_as_given("qwen3", thinking)
+    named = [{"role": "user", "content": "again", "name": "alice"}, {"role": "assistant", "content": "ok"},
+             {"role": "user", "content": "again"}]
+    for template in ("mistral_v3", "mistral_nemo"):
+        text = ours(template, named, [WEATHER], True)
+        assert text == _official_as_given(template, named, [WEATHER], True) and text.count("[AVAILABLE_TOOLS]") == 1
+
+
+@pytest.mark.parametrize("template", ["llama3", "phi3_5", "phi4", "internlm2_5", "minicpm4", "yi1_5", "gemma3"])
+def test_templates_that_drop_tool_calls_refuse_them(template):
+    """Their official templates drop an assistant turn's tool calls: the turn trained an empty answer."""
+    _, tools = CASES["tools"]
+    messages = [{"role": "user", "content": "Weather?"}, {"role": "assistant", "content": "", "tool_calls": [CALL]}]
+    with pytest.raises(TemplateError, match=f"message 1 has tool calls, which template {template} has no format"):
+        ours(template, messages, tools)
+
+
+def test_last_assistant_trains_the_last_turn_however_many_segments_it_takes():
+    """GLM-4 writes a turn as its answer, then the role token that ends it: --loss_scope last_assistant trained the
+    ending <|user|> alone, not the answer."""
+    from test_tool_calls import trained_runs
+
+    messages, _ = CASES["multi_turn"]
+    tpl = get_template("glm4", tokenizer=_NoTokenizer(), loss_scope="last_assistant")
+    assert trained_runs(tpl.render(messages)) == ["\n4<|user|>"]

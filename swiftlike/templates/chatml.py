@@ -70,7 +70,7 @@ def format_tool_calls(tool_calls: list[dict], content: str) -> str:
         if j > 0 or content:
             out.append("\n")
         fn = call.get("function") or call
-        args = fn.get("arguments")
+        args = fn.get("arguments_text", fn.get("arguments"))  # (a string as given: the official Jinja prints it so)
         out.append('<tool_call>\n{"name": "' + fn["name"] + '", "arguments": '
                    + (args if isinstance(args, str) else tojson(args)) + "}\n</tool_call>")
     return "".join(out)
@@ -156,7 +156,8 @@ def render_qwen2(spec: TemplateSpec, messages: list[dict], tools: list | None,
                 content = content.split("</think>")[-1].lstrip("\n")
             if m.get("tool_calls"):
                 head = "<|im_start|>assistant"
-                body = ("\n" + content if m.get("content") or m.get("reasoning") else "") + "".join(
+                shown = m.get("content") or (opt.get("inline_reasoning") and m.get("reasoning"))  # (QwQ's inline)
+                body = ("\n" + content if shown else "") + "".join(
                     '\n<tool_call>\n{"name": "' + (c.get("function") or c)["name"] + '", "arguments": '
                     + tojson((c.get("function") or c).get("arguments")) + "}\n</tool_call>" for c in m["tool_calls"])
             else:

@@ -43,7 +43,7 @@ def render_jinja(spec: TemplateSpec, messages: list[dict], tools: list | None, a
         if m["role"] != "assistant":
             continue
         prompt = _render(tok, messages[:i], tools, True, **kw)
-        upto = _render(tok, messages[:i + 1], tools, False, **kw)
+        upto = _without_chat_end(tok, messages[:i + 1], tools, len(prompt), **kw)
         start = len(prompt)
         if not (full.startswith(upto) and upto.startswith(prompt)) or start < pos:
             raise TemplateError(f"the model's chat template is not prefix-stable at message {i} (assistant): "
@@ -55,3 +55,18 @@ def render_jinja(spec: TemplateSpec, messages: list[dict], tools: list | None, a
         pos = end
     segs.append((full[pos:], False))
     return [s for s in segs if s[0]]
+
+
+def _without_chat_end(tok, messages: list[dict], tools, start: int, **kw) -> str:
+    """The chat up to an assistant turn, without the eos some templates append only where a chat ends (Phi-3.5,
+    InternLM2: `<|end|>\n<|endoftext|>`): it ends the chat, not the turn, and is not trained. Found by rendering a
+    user turn after it: where the only difference is that eos, it goes."""
+    upto = _render(tok, messages, tools, False, **kw)
+    eos = getattr(tok, "eos_token", None)
+    turn = upto[start:].rstrip("\n")
+    if not eos or not turn.endswith(eos):
+        return upto
+    continued = _render(tok, [*messages, {"role": "user", "content": "."}], tools, False, **kw)[start:]
+    if continued.startswith(turn) or not continued.startswith(turn[:-len(eos)]):
+        return upto  # the eos ends the turn too (Qwen's <|im_end|>), or the continued chat differs earlier
+    return upto[:start] + turn[:-len(eos)]

@@ -63,7 +63,7 @@ def normalize_message(m, i: int = 0) -> dict:
     if text is None and not calls:
         raise MessageError(f"message {i} has no content")
     out = {"role": role, "content": text or ""}
-    reasoning = m.get("reasoning", m.get("reasoning_content"))
+    reasoning = m["reasoning"] if m.get("reasoning") is not None else m.get("reasoning_content")
     if reasoning is not None and part_reasoning is not None:
         raise MessageError(f"message {i} has reasoning both as a key and as content parts")
     if reasoning is not None:
@@ -200,13 +200,15 @@ def tool_call(call, i: int) -> dict:
     fn = call.get("function", call) if isinstance(call, dict) else None
     if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
         raise MessageError(f"message {i}: each tool call needs a function name")
-    args = fn.get("arguments", {})
+    args = text = fn.get("arguments", {})
     if isinstance(args, str):
         try:
             args = json.loads(args)
         except json.JSONDecodeError:
             pass  # kept verbatim; templates render string arguments as given
     out = {"type": "function", "function": {"name": fn["name"], "arguments": args}}
+    if isinstance(text, str):  # as given: the templates whose official Jinja prints a string verbatim print this
+        out["function"]["arguments_text"] = text
     if isinstance(call, dict) and call.get("id") is not None:
         out["id"] = str(call["id"])
     return out

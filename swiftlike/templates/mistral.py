@@ -27,6 +27,12 @@ def _check_alternation(messages: list[dict]) -> None:
             index += 1
 
 
+def _last_user(messages: list[dict]) -> int:
+    """The index of the last user message, the one the tools precede (as mistral_common writes them; the official
+    Jinja compares messages by value, so an earlier user message equal to the last got a second tools block)."""
+    return max((i for i, m in enumerate(messages) if m["role"] == "user"), default=-1)
+
+
 def _tools_block(tools: list, sep: str) -> str:
     out = []
     for tool in tools:
@@ -44,13 +50,12 @@ def render_mistral(spec: TemplateSpec, messages: list[dict], tools: list | None,
     if messages and messages[0]["role"] == "system":
         system, messages = messages[0].get("content") or "", messages[1:]
     _check_alternation(messages)
-    users = [m for m in messages if m["role"] == "user"]
-    last_user = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=-1)
+    last_user = _last_user(messages)
     segs: Segments = [("<s>", False)]
     for i, m in enumerate(messages):
         role, trained = m["role"], m.get("loss")
         if role == "user":
-            text = _tools_block(tools, sep) if tools and m == users[-1] else ""
+            text = _tools_block(tools, sep) if tools and i == last_user else ""
             content = m.get("content") or ""
             if i == last_user and system is not None:
                 content = system + "\n\n" + content
@@ -108,16 +113,16 @@ def render_mistral_small(spec: TemplateSpec, messages: list[dict], tools: list |
     system = SMALL_DEFAULT_SYSTEM.replace("{date}", date_string or time.strftime("%Y-%m-%d"))
     if messages and messages[0]["role"] == "system":
         system, messages = messages[0].get("content") or "", messages[1:]
-    users = [m for m in messages if m["role"] == "user"]
+    last_user = _last_user(messages)
     _check_alternation(messages)
     segs: Segments = [("<s>[SYSTEM_PROMPT]" + system + "[/SYSTEM_PROMPT]", False)]
-    for m in messages:
+    for i, m in enumerate(messages):
         role, trained = m["role"], m.get("loss")
         if role == "system":
             segs.append(("[SYSTEM_PROMPT]" + (m.get("content") or "") + "[/SYSTEM_PROMPT]", bool(trained)))
         elif role == "user":
             tools_text = "[AVAILABLE_TOOLS]" + json.dumps(tools, ensure_ascii=False) + "[/AVAILABLE_TOOLS]" \
-                if tools and m == users[-1] else ""
+                if tools and i == last_user else ""
             segs.append((tools_text + "[INST]" + (m.get("content") or "") + "[/INST]", bool(trained)))
         elif role == "assistant" and m.get("tool_calls"):
             body = ""
