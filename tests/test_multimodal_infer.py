@@ -144,9 +144,54 @@ def test_deploy_answers_image_url_parts_as_the_engine_does(vl, pictures):
         engine.close()
 
 
+def test_a_public_url_cannot_redirect_the_server_into_its_own_network(monkeypatch):
+    """Every connection of a public-only fetch is checked, redirects' too: the first check alone let a public
+    URL answer with a 302 to an address inside the network, which was then fetched. (127.0.0.2 plays the public
+    host: every 127/8 address reaches this machine.)"""
+    import http.server
+    import ipaddress
+    import threading
+
+    from swiftlike.data import fetch
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            if self.path == "/redirect":
+                self.send_response(302)
+                self.send_header("Location", f"http://127.0.0.1:{self.server.server_address[1]}/secret")
+                self.end_headers()
+                return
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"INTERNAL-ONLY")
+
+        def log_message(self, *_):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("0.0.0.0", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    real = ipaddress.ip_address
+    monkeypatch.setattr(fetch.ipaddress, "ip_address", lambda a: ipaddress.IPv4Address("93.184.216.34")
+                        if str(a) == "127.0.0.2" else real(a))
+    port = server.server_address[1]
+    try:
+        fetch.download.cache_clear()
+        assert fetch.download(f"http://127.0.0.2:{port}/secret") == b"INTERNAL-ONLY"  # (not refused without it)
+        with fetch.public_only():
+            assert fetch.download(f"http://127.0.0.2:{port}/secret") == b"INTERNAL-ONLY"  # the "public" host
+            with pytest.raises(fetch.FetchError, match=r"127.0.0.1 is a non-public address"):
+                fetch.download(f"http://127.0.0.2:{port}/redirect")
+            with pytest.raises(fetch.FetchError, match=r"localhost is a non-public address"):
+                fetch.download(f"http://localhost:{port}/secret")
+    finally:
+        server.shutdown()
+        fetch.download.cache_clear()
+
+
 def test_an_image_url_is_downloaded_once_per_prompt(pictures, qwen3_tokenizer):
     from pathlib import Path
 
+    from swiftlike.data.fetch import public_only
     from swiftlike.data.images import ImageProcessing
     from swiftlike.registry import find_model
     from swiftlike.templates import get_template
@@ -156,10 +201,10 @@ def test_an_image_url_is_downloaded_once_per_prompt(pictures, qwen3_tokenizer):
         template.image_processing = ImageProcessing(dict(find_model(MODELS[0]).processor))
         url = f"{base}/blue.png"
         # a server's client may not make it fetch from its own network (127.0.0.1 here) unless allowed
-        with pytest.raises(UserError, match=r"blue.png: its host is a non-public address \(127.0.0.1\)"):
-            vision.encode_prompt(template, _user(url, "Colour?"), files=False, private_urls=False)
+        with public_only(), pytest.raises(UserError, match=r"blue.png: cannot be read \(127.0.0.1 is a non-public "):
+            vision.encode_prompt(template, _user(url, "Colour?"), files=False)
         assert served == []
-        ids, sources = vision.encode_prompt(template, _user(url, "Colour?"), files=False, private_urls=True)
+        ids, sources = vision.encode_prompt(template, _user(url, "Colour?"), files=False)
         local, _ = vision.encode_prompt(template, _user(pictures["blue"], "Colour?"))
         assert ids == local and sources.images == [url]
         assert torch.equal(vision.pixels(template, sources)["pixel_values"],
@@ -168,14 +213,14 @@ def test_an_image_url_is_downloaded_once_per_prompt(pictures, qwen3_tokenizer):
         with pytest.raises(UserError, match=r"image http://.*/gone.png: cannot be read \(HTTP Error 404"):
             vision.encode_prompt(template, _user(url.replace("blue", "gone"), "Colour?"))
         # a URL larger than the download cap is refused, not read without end (a server's client sends URLs)
-        from swiftlike.data import images
+        from swiftlike.data import fetch
 
-        images.download.cache_clear()
-        cap = images.MAX_DOWNLOAD
-        images.MAX_DOWNLOAD = Path(pictures["blue"]).stat().st_size - 1
+        fetch.download.cache_clear()
+        cap = fetch.MAX_DOWNLOAD
+        fetch.MAX_DOWNLOAD = Path(pictures["blue"]).stat().st_size - 1
         try:
             with pytest.raises(UserError, match=r"blue.png: larger than"):
                 vision.encode_prompt(template, _user(url, "Colour?"))
         finally:
-            images.MAX_DOWNLOAD = cap
-            images.download.cache_clear()
+            fetch.MAX_DOWNLOAD = cap
+            fetch.download.cache_clear()

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..templates import IGNORE_INDEX
+from .fetch import download
 
 PREPROCESSOR_CONFIG = "preprocessor_config.json"
 IMAGE_INPUTS = ("pixel_values", "image_grid_thw", "mm_token_type_ids")  # what a vision-language batch adds
@@ -33,31 +34,6 @@ def is_file(src: str) -> bool:
     return not (src.startswith(_REMOTE) or src.startswith("data:"))
 
 
-def is_remote(src) -> bool:
-    return isinstance(src, str) and src.startswith(_REMOTE)
-
-
-def public_url(url: str) -> None:
-    """ImageError unless every address the URL's host resolves to is a public one: a server that fetches its
-    clients' URLs must not reach loopback, private, link-local or reserved addresses (its own network)."""
-    import ipaddress
-    import socket
-    from urllib.parse import urlparse
-
-    host = urlparse(url).hostname
-    try:
-        addresses = {info[4][0] for info in socket.getaddrinfo(host, None)} if host else set()
-    except OSError as e:
-        raise ImageError(f"{url[:80]}: cannot resolve its host ({e})") from None
-    if not addresses:
-        raise ImageError(f"{url[:80]}: no host")
-    for address in sorted(addresses):
-        ip = ipaddress.ip_address(address.split("%")[0])
-        if not ip.is_global:
-            raise ImageError(f"{url[:80]}: its host is a non-public address ({ip}); the server fetches public URLs "
-                             "only (wb deploy --allow_private_media_urls fetches these too)")
-
-
 def resolve_source(src: str, base: Path | None) -> str:
     """A path relative to the data file's folder made absolute (a file:// URI is its path); URLs, data URIs and
     absolute paths as given."""
@@ -68,22 +44,6 @@ def resolve_source(src: str, base: Path | None) -> str:
     if src.startswith(_REMOTE) or src.startswith("data:") or base is None or Path(src).is_absolute():
         return src
     return str(base / src)
-
-
-MAX_DOWNLOAD = 256 << 20  # bytes of one image or video URL (a server's client must not make it fetch without end)
-
-
-@functools.lru_cache(maxsize=16)
-def download(url: str, timeout: float = 30) -> bytes:
-    """An image's or video's URL's bytes; the last few are kept, so that a source's size and its pixels (read at
-    different moments of one prompt's encoding) cost one download."""
-    import urllib.request
-
-    with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 (the user's own data)
-        data = response.read(MAX_DOWNLOAD + 1)
-    if len(data) > MAX_DOWNLOAD:
-        raise ImageError(f"{url[:80]}: larger than {MAX_DOWNLOAD >> 20} MiB; download it and give the file")
-    return data
 
 
 def open_image(src: str):

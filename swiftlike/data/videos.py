@@ -21,7 +21,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from .images import ImageError, download, image_size, is_file, open_image, resolve_source
+from .fetch import download
+from .images import ImageError, image_size, is_file, open_image, resolve_source
 
 VIDEO_PREPROCESSOR_CONFIG = "video_preprocessor_config.json"
 _DEFAULT_FPS = 2.0  # the rate Qwen's video processors sample at

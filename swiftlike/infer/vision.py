@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..data.dataset import with_video_texts
-from ..data.images import ImageError, expand, is_file, is_remote, public_url, resolve_source
+from ..data.images import ImageError, expand, is_file, resolve_source
 from ..data.videos import resolve_video
 from ..errors import UserError
 from ..templates import IGNORE_INDEX
@@ -35,11 +35,11 @@ class Media:
 
 def encode_prompt(template, messages: Sequence[dict], tools: list | None = None, images: Sequence[str] | None = None,
                   base: Path | None = None, files: bool = True, videos: Sequence | None = None,
-                  private_urls: bool = True, **opts) -> tuple[list[int], Media]:
+                  **opts) -> tuple[list[int], Media]:
     """(ids ending in the generation prompt, the prompt's images and videos). `images` / `videos`: a row's lists
     for `<image>` / `<video>` placeholders; `base`: the folder relative paths are read from (a data file's);
-    `files=False` refuses file paths (a server's clients send data URIs or URLs, never read its files), and
-    `private_urls=False` URLs of hosts in private networks (data/images.public_url)."""
+    `files=False` refuses file paths (a server's clients send data URIs or URLs, never read its files; the URLs
+    it fetches: data/fetch.public_only)."""
     messages = normalize_messages(messages)
     media, given = {}, {"images": images, "videos": videos}
     for key, resolve in (("images", resolve_source), ("videos", resolve_video)):
@@ -50,12 +50,6 @@ def encode_prompt(template, messages: Sequence[dict], tools: list | None = None,
         if not files and (local := next((s for s in sources for f in _files(s) if is_file(f)), None)) is not None:
             raise UserError(f"{key[:-1]} {str(local)[:80]}: a file path; send {key} as data: URIs (base64) or "
                             "http(s) URLs")
-        if not private_urls:
-            for url in (f for s in sources for f in _files(s) if is_remote(f)):
-                try:
-                    public_url(url)
-                except ImageError as e:
-                    raise UserError(str(e)) from None
         media[key] = [resolve(s, base) for s in sources]
         if parts:
             messages = [{**m, key: [resolve(s, base) for s in m[key]]} if m.get(key) else m for m in messages]

@@ -20,6 +20,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ..data.fetch import public_only
 from ..errors import UserError
 from ..infer import vision
 from .errors import ApiError, error_body
@@ -180,9 +181,10 @@ class Service:
     def chat_prompt(self, req: ChatRequest) -> tuple[list[int], dict | None]:
         """The prompt ids and the pixels of its images (image_url parts, vision-language models)."""
         try:
-            ids, sources = vision.encode_prompt(self.template, req.messages, req.tools, files=False,
-                                                private_urls=self.settings.private_media_urls, **req.template_kwargs)
-            return ids, vision.pixels(self.template, sources)
+            with public_only(not self.settings.private_media_urls):  # (the URLs a client sends)
+                ids, sources = vision.encode_prompt(self.template, req.messages, req.tools, files=False,
+                                                    **req.template_kwargs)
+                return ids, vision.pixels(self.template, sources)
         except UserError as e:  # TemplateError / MessageError / an image: what the official template would refuse
             raise ApiError(400, str(e), param="messages", code="invalid_messages") from None
         except (KeyError, TypeError, ValueError, AttributeError) as e:
