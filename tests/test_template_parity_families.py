@@ -302,3 +302,12 @@ def test_last_assistant_trains_the_last_turn_however_many_segments_it_takes():
     messages, _ = CASES["multi_turn"]
     tpl = get_template("glm4", tokenizer=_NoTokenizer(), loss_scope="last_assistant")
     assert trained_runs(tpl.render(messages)) == ["\n4<|user|>"]
+    calls = [{"role": "user", "content": "Weather?"}, {"role": "assistant", "content": "Checking.",
+                                                       "tool_calls": [CALL, {**CALL, "id": "call00002"}]}]
+    assert trained_runs(tpl.render(calls)) == trained_runs(get_template("glm4", _NoTokenizer()).render(calls))
+    # a trained user turn just before the last answer stays out of it (the answer alone is the last turn)
+    trained_user = [messages[0], messages[1], {**messages[2], "loss": True}, messages[3]]
+    for template in ("mistral_v3", "deepseek_v3", "yi1_5", "glm4"):
+        tpl = get_template(template, tokenizer=_NoTokenizer(), loss_scope="last_assistant")
+        (run,) = trained_runs(tpl.render(trained_user))
+        assert "4" in run and "2" not in run, (template, run)

@@ -180,13 +180,8 @@ def _apply_loss_scope(segments: Segments, scope: str) -> Segments:
         return segments
     if scope == "all":
         return [(t, True) for t, _ in segments]
-    # the last run of trained segments: one turn, which some templates write in several (GLM-4: the answer, then
-    # the role token that ends it; a tool call's parts)
-    last = max((i for i, (_, tr) in enumerate(segments) if tr), default=-1)
-    first = last
-    while first > 0 and (segments[first - 1][1] or not segments[first - 1][0]):
-        first -= 1
-    return [(t, tr and first <= i <= last) for i, (t, tr) in enumerate(segments)]
+    last = max((i for i, (_, tr) in enumerate(segments) if tr), default=-1)  # (renderers: one trained segment a turn)
+    return [(t, tr and i == last) for i, (t, tr) in enumerate(segments)]
 
 
 def _trained_spans(segments: Segments) -> list[tuple[int, int]]:

@@ -43,6 +43,15 @@ def glm_items(messages: list[dict]) -> list[tuple[str, str, str, dict]]:
     return items
 
 
+def _role_token(segs: Segments, token: str, ends_trained_turn: bool) -> None:
+    """A role token; one that ends a trained assistant turn is part of that turn's segment (a turn is one trained
+    segment, as --loss_scope last_assistant reads them: the answer with what ends it)."""
+    if ends_trained_turn:
+        segs[-1] = (segs[-1][0] + token, True)
+    else:
+        segs.append((token, False))
+
+
 def render_glm4(spec: TemplateSpec, messages: list[dict], tools: list | None, add_generation_prompt: bool,
                 **_) -> Segments:
     segs: Segments = [("[gMASK]<sop>" + (_tools(tools) if tools else ""), False)]
@@ -50,17 +59,22 @@ def render_glm4(spec: TemplateSpec, messages: list[dict], tools: list | None, ad
     for role, metadata, content, m in glm_items(messages):
         if not content:
             continue
+        trained = m.get("loss") is not False
         if role == "assistant":
-            segs += [("<|assistant|>", after_assistant),
-                     (metadata + "\n" + content, m.get("loss") is not False)]
-            after_assistant = m.get("loss") is not False
+            _role_token(segs, "<|assistant|>", after_assistant)
+            if after_assistant and trained:  # (a tool call's next part: the same turn)
+                segs[-1] = (segs[-1][0] + metadata + "\n" + content, True)
+            else:
+                segs.append((metadata + "\n" + content, trained))
+            after_assistant = trained
         else:
-            segs += [(f"<|{role}|>", after_assistant), ("\n" + content, bool(m.get("loss")))]
+            _role_token(segs, f"<|{role}|>", after_assistant)
+            segs.append(("\n" + content, bool(m.get("loss"))))
             after_assistant = False
     if add_generation_prompt:
-        segs.append(("<|assistant|>", after_assistant))
+        _role_token(segs, "<|assistant|>", after_assistant)
     elif after_assistant:
-        segs.append(("<|user|>", True))
+        _role_token(segs, "<|user|>", True)
     return segs
 
 
