@@ -287,11 +287,16 @@ def test_conversations_the_parity_cases_missed():
 
 @pytest.mark.parametrize("template", ["llama3", "phi3_5", "phi4", "internlm2_5", "minicpm4", "yi1_5", "gemma3"])
 def test_templates_that_drop_tool_calls_refuse_them(template):
-    """Their official templates drop an assistant turn's tool calls: the turn trained an empty answer."""
+    """Their official templates drop an assistant turn's tool calls: the turn trained an empty answer. A prompt's
+    history (nothing trained) still renders as officially, and so does an untrained call turn."""
     _, tools = CASES["tools"]
     messages = [{"role": "user", "content": "Weather?"}, {"role": "assistant", "content": "", "tool_calls": [CALL]}]
     with pytest.raises(TemplateError, match=f"message 1 has tool calls, which template {template} has no format"):
         ours(template, messages, tools)
+    prompt = [*messages, {"role": "user", "content": "And now?"}]
+    assert ours(template, prompt, tools, True) == official(template, prompt, tools, True)
+    untrained = [messages[0], {**messages[1], "loss": False}, prompt[2], {"role": "assistant", "content": "Sunny."}]
+    assert "Sunny." in ours(template, untrained, tools)
 
 
 def test_last_assistant_trains_the_last_turn_however_many_segments_it_takes():

@@ -19,10 +19,14 @@ from .base import Segments, TemplateSpec
 from .errors import TemplateError
 
 
-def _no_tool_calls(spec: TemplateSpec, messages: list[dict]) -> None:
-    """These official templates drop an assistant turn's tool calls: the turn would train an answer without them
-    (an empty one, for a call alone), so rows holding some are refused."""
-    i = next((i for i, m in enumerate(messages) if m["role"] == "assistant" and m.get("tool_calls")), None)
+def _no_tool_calls(spec: TemplateSpec, messages: list[dict], add_generation_prompt: bool) -> None:
+    """These official templates drop an assistant turn's tool calls: a trained turn would teach an answer without
+    them (an empty one, for a call alone), so training rows holding one are refused. A prompt's history (with the
+    generation prompt: nothing is trained) renders as officially, without them."""
+    if add_generation_prompt:
+        return
+    i = next((i for i, m in enumerate(messages)
+              if m["role"] == "assistant" and m.get("tool_calls") and m.get("loss") is not False), None)
     if i is not None:
         raise TemplateError(f"message {i} has tool calls, which template {spec.name} has no format for (its "
                             "official template drops them); use a model whose template writes tool calls")
@@ -53,7 +57,7 @@ def render_turns(spec: TemplateSpec, messages: list[dict], tools: list | None,
         for i, m in enumerate(messages):
             if (m["role"] == "user") != (i % 2 == 0):
                 raise TemplateError(o["alternate"])
-    _no_tool_calls(spec, messages)  # (after the official template's own errors)
+    _no_tool_calls(spec, messages, add_generation_prompt)  # (after the official template's own errors)
     for i, m in enumerate(messages):
         role = m["role"]
         if roles is not None and role not in roles:
@@ -79,7 +83,7 @@ def render_turns(spec: TemplateSpec, messages: list[dict], tools: list | None,
 def render_yi(spec: TemplateSpec, messages: list[dict], tools: list | None, add_generation_prompt: bool,
               **_) -> Segments:
     """Yi-1.5: the system text is emitted raw; every user turn already opens the assistant turn."""
-    _no_tool_calls(spec, messages)
+    _no_tool_calls(spec, messages, add_generation_prompt)
     segs: Segments = []
     if messages and messages[0]["role"] == "system":
         segs.append((messages[0].get("content") or "", False))
