@@ -64,6 +64,11 @@ def test_the_resume_line_tolerates_a_checkpoint_without_readable_args(tmp_path):
     line = resume_line(ckpt, trainer, DPOConfig(beta=0.5, loss_type="ipo"))
     assert "--adapters runs/sft/checkpoint-2 -> None" in line and "--beta 0.1 -> 0.5" in line
     assert "--loss_type sigmoid -> ipo" in line
+    # the same options planning another number of steps (a checkpoint of a swiftlike whose epochs dropped their
+    # last partial step) is said too
+    (ckpt / "args.json").write_text(json.dumps({"max_steps": -1, "num_train_epochs": 1.0}))
+    (ckpt / "trainer_state.json").write_text(json.dumps({"total_steps": 6}))
+    assert resume_line(ckpt, trainer, cfg).endswith("(the run goes on differently): planned steps 6 -> 2")
 
 
 def _interrupt_at(monkeypatch, steps: tuple[int, ...]):
