@@ -53,8 +53,8 @@ def test_openai_messages_with_reasoning_and_parts():
                             {"function": {"name": "f", "arguments": "{\"x\": 1}"}}]}]}
     assert to_canonical(row)["messages"] == [
         {"role": "user", "content": "ab"}, {"role": "assistant", "content": "c", "reasoning": "r", "loss": False},
-        {"role": "assistant", "content": "", "tool_calls": [{"type": "function",
-                                                              "function": {"name": "f", "arguments": {"x": 1}}}]}]
+        {"role": "assistant", "content": "", "tool_calls": [{"type": "function",  # (arguments kept as given)
+                                                              "function": {"name": "f", "arguments": "{\"x\": 1}"}}]}]
 
 
 @pytest.mark.parametrize("row, message", [

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 
 from .base import Segments, TemplateSpec
+from .messages import parsed_arguments
 
 _TOOLS_HEAD = ("# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
                "You are provided with function signatures within <tools></tools> XML tags:\n<tools>")
@@ -70,7 +71,7 @@ def format_tool_calls(tool_calls: list[dict], content: str) -> str:
         if j > 0 or content:
             out.append("\n")
         fn = call.get("function") or call
-        args = fn.get("arguments_text", fn.get("arguments"))  # (a string as given: the official Jinja prints it so)
+        args = fn.get("arguments")  # (a string as given: the official Jinja prints it so)
         out.append('<tool_call>\n{"name": "' + fn["name"] + '", "arguments": '
                    + (args if isinstance(args, str) else tojson(args)) + "}\n</tool_call>")
     return "".join(out)
@@ -159,7 +160,7 @@ def render_qwen2(spec: TemplateSpec, messages: list[dict], tools: list | None,
                 shown = m.get("content") or (opt.get("inline_reasoning") and m.get("reasoning"))  # (QwQ's inline)
                 body = ("\n" + content if shown else "") + "".join(
                     '\n<tool_call>\n{"name": "' + (c.get("function") or c)["name"] + '", "arguments": '
-                    + tojson((c.get("function") or c).get("arguments")) + "}\n</tool_call>" for c in m["tool_calls"])
+                    + tojson(parsed_arguments(c.get("function") or c)) + "}\n</tool_call>" for c in m["tool_calls"])
             else:
                 head, body = "<|im_start|>assistant\n", content
             segs += [(head, False), (body + "<|im_end|>", trained is not False), ("\n", False)]

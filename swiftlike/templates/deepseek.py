@@ -20,7 +20,7 @@ _TOOL_V31 = "<｜tool▁call▁begin｜>{name}<｜tool▁sep｜>{args}<｜tool�
 
 
 def _args(fn: dict) -> str:
-    args = fn.get("arguments_text", fn.get("arguments"))  # (a string as given: the official Jinja prints it so)
+    args = fn.get("arguments")  # (a string as given: the official Jinja prints it so)
     return args if isinstance(args, str) else json.dumps(args, ensure_ascii=False)
 
 

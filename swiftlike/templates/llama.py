@@ -11,6 +11,7 @@ import time
 
 from .base import Segments, TemplateSpec
 from .errors import TemplateError
+from .messages import parsed_arguments
 from .turns import render_turns
 
 _BOS = "<|begin_of_text|>"
@@ -53,7 +54,7 @@ def render_llama31(spec: TemplateSpec, messages: list[dict], tools: list | None,
             if len(m["tool_calls"]) != 1:
                 raise TemplateError("This model only supports single tool-calls at once!")
             fn = m["tool_calls"][0].get("function") or m["tool_calls"][0]
-            body = '{"name": "' + fn["name"] + '", "parameters": ' + _tojson(fn.get("arguments")) + "}"
+            body = '{"name": "' + fn["name"] + '", "parameters": ' + _tojson(parsed_arguments(fn)) + "}"
             segs += [(_header("assistant"), False), (body + "<|eot_id|>", trained is not False)]
         elif role == "assistant":
             segs += [(_header("assistant"), False),

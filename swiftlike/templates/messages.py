@@ -196,22 +196,28 @@ def _part_call(part: dict, where: str) -> dict:
 
 
 def tool_call(call, i: int) -> dict:
-    """An OpenAI-style call {type: function, function: {name, arguments}, id?}; arguments parsed from JSON."""
+    """An OpenAI-style call {type: function, function: {name, arguments}, id?}; arguments as given (an object, or
+    the JSON string of one: the templates whose official Jinja prints a string verbatim print it so; the others
+    read `parsed_arguments`)."""
     fn = call.get("function", call) if isinstance(call, dict) else None
     if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
         raise MessageError(f"message {i}: each tool call needs a function name")
-    args = text = fn.get("arguments", {})
-    if isinstance(args, str):
-        try:
-            args = json.loads(args)
-        except json.JSONDecodeError:
-            pass  # kept verbatim; templates render string arguments as given
-    out = {"type": "function", "function": {"name": fn["name"], "arguments": args}}
-    if isinstance(text, str):  # as given: the templates whose official Jinja prints a string verbatim print this
-        out["function"]["arguments_text"] = text
+    out = {"type": "function", "function": {"name": fn["name"], "arguments": fn.get("arguments", {})}}
     if isinstance(call, dict) and call.get("id") is not None:
         out["id"] = str(call["id"])
     return out
+
+
+def parsed_arguments(fn: dict):
+    """A call's arguments as an object, parsed where given as a JSON string (kept as the string where it is not
+    JSON)."""
+    args = fn.get("arguments")
+    if isinstance(args, str):
+        try:
+            return json.loads(args)
+        except json.JSONDecodeError:
+            return args
+    return args
 
 
 def _loss(m: dict, i: int) -> bool | None:

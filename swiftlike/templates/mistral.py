@@ -12,6 +12,7 @@ import json
 
 from .base import Segments, TemplateSpec
 from .errors import TemplateError
+from .messages import parsed_arguments
 
 _ALTERNATE = "After the optional system message, conversation roles must alternate user/assistant/user/assistant/..."
 _IDS = "Tool call IDs should be alphanumeric strings with length 9!"
@@ -66,7 +67,7 @@ def render_mistral(spec: TemplateSpec, messages: list[dict], tools: list | None,
                 if len(str(call.get("id", ""))) != 9:
                     raise TemplateError(_IDS)
                 fn = call.get("function") or call
-                calls.append(json.dumps({"name": fn["name"], "arguments": fn.get("arguments")},
+                calls.append(json.dumps({"name": fn["name"], "arguments": parsed_arguments(fn)},
                                         ensure_ascii=False)[:-1] + ', "id": "' + call["id"] + '"}')
             segs.append((f"[TOOL_CALLS]{sep}[" + ", ".join(calls) + "]</s>", trained is not False))
         elif role == "assistant":
@@ -131,7 +132,7 @@ def render_mistral_small(spec: TemplateSpec, messages: list[dict], tools: list |
                     raise TemplateError(_IDS)
                 fn = call.get("function") or call
                 body += ("[TOOL_CALLS]" + fn["name"] + "[CALL_ID]" + call["id"] + "[ARGS]"
-                         + json.dumps(fn.get("arguments"), ensure_ascii=False))
+                         + json.dumps(parsed_arguments(fn), ensure_ascii=False))
             segs.append((body + "</s>", trained is not False))
         elif role == "assistant":
             segs.append(((m.get("content") or "") + "</s>", trained is not False))
