@@ -41,12 +41,15 @@ def test_only_completion_tokens_are_scored(qwen3_tokenizer):
 @pytest.mark.slow
 def test_a_frozen_reference_stays_in_eval_mode():
     """The trainer puts its loss module in train mode every step: the full run's frozen reference followed, and a
-    model with dropout scored the same pair differently each time (and unlike --precompute_ref_logps)."""
+    model with dropout scored the same pair differently each time (and unlike --precompute_ref_logps). GRPO's KL
+    reference too."""
     from swiftlike.train.dpo import KTOObjective
+    from swiftlike.train.grpo import GRPOObjective
 
     mini = "Qwen/Qwen3-0.6B"
     for objective in (PreferenceObjective(build_miniature(mini), "sigmoid", 0.1, ref_model=build_miniature(mini)),
-                      KTOObjective(build_miniature(mini), 0.1, ref_model=build_miniature(mini))):
+                      KTOObjective(build_miniature(mini), 0.1, ref_model=build_miniature(mini)),
+                      GRPOObjective(build_miniature(mini), beta=0.04, ref_model=build_miniature(mini))):
         objective.train()
         assert objective.policy.training and not any(m.training for m in objective.ref.modules())
 

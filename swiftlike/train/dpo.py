@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.images import IMAGE_INPUTS
-from .loss import as_reference, token_logps
+from .loss import FrozenReference, as_reference, token_logps
 
 REFERENCE_FREE = ("simpo", "orpo", "cpo")
 LOSS_TYPES = ("sigmoid", "ipo", "hinge", "robust") + REFERENCE_FREE
@@ -133,7 +133,7 @@ def nll_weight(loss_type: str, rpo_alpha: float | None) -> float:
     return 1.0 if loss_type in ("cpo", "orpo") else 0.0
 
 
-class PreferenceObjective(torch.nn.Module):
+class PreferenceObjective(FrozenReference, torch.nn.Module):
     """Chosen and rejected completions of a batch in ONE padding-free forward; the reference log-probs come
     from the same model with its adapter disabled (LoRA), a frozen copy (full), or nothing (reference-free)."""
 
@@ -148,14 +148,6 @@ class PreferenceObjective(torch.nn.Module):
         self.nll = nll_weight(loss_type, rpo_alpha)
 
     unit = "pairs"
-
-    def train(self, mode: bool = True):
-        """The trainer sets its loss module to train mode each step; a frozen reference stays in eval mode (no
-        dropout: it scores the same pair the same way every time, as --precompute_ref_logps does)."""
-        super().train(mode)
-        if self.ref is not None:
-            self.ref.eval()
-        return self
 
     @staticmethod
     def weight(batch: dict) -> float:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from ..config import GRPO_LOSS_TYPES as LOSS_TYPES, GRPO_SCALE_REWARDS as SCALE_REWARDS
-from .loss import as_reference
+from .loss import FrozenReference, as_reference
 
 STD_EPS = 1e-4
 
@@ -106,7 +106,7 @@ def pad_by_sequence(values: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.
     return out, mask
 
 
-class GRPOObjective(torch.nn.Module):
+class GRPOObjective(FrozenReference, torch.nn.Module):
     """Completions of a micro-batch in one forward (rows right-padded); old log-probs are the sampling policy's
     (stored when a generation batch is reused, else the current log-probs detached); the reference is the
     adapter-disabled model (LoRA) or a frozen copy (full)."""

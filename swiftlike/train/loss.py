@@ -259,6 +259,18 @@ def as_reference(model):
         model.train(was_training)
 
 
+class FrozenReference:
+    """For objectives with a frozen reference model in `self.ref` (or None): the trainer puts its loss module in
+    train mode each step; the reference stays in eval mode (no dropout: it scores the same sequence the same way
+    every time, and as --precompute_ref_logps / the LoRA path's as_reference do)."""
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.ref is not None:
+            self.ref.eval()
+        return self
+
+
 class CausalLMLoss(nn.Module):
     """Wraps a (PEFT or plain) causal LM; forward returns the summed loss and the token count.
 
