@@ -62,7 +62,7 @@ def test_format():
     custom = _builtin("format", format_pattern=r"^Answer: \d+$")
     assert custom({"completions": ["Answer: 12", "answer: 12"]}) == [1.0, 0.0]
     whole = _builtin("format", format_pattern=r"#### \d+")  # the whole completion (a prefix once sufficed)
-    assert whole({"completions": ["#### 5", "#### 5 and then a lot of rambling"]}) == [1.0, 0.0]
+    assert whole({"completions": ["#### 5", "#### 5 and then a lot of rambling", "#### 5\n"]}) == [1.0, 0.0, 1.0]
 
 
 def test_length_soft_overlong_penalty():

@@ -56,7 +56,8 @@ def format_reward(ctx: RewardContext) -> Callable:
     pattern = re.compile(ctx.format_pattern, re.S)
 
     def format(completions, **_):
-        return [1.0 if pattern.fullmatch(c) else 0.0 for c in completions]  # the whole completion
+        # the whole completion (but for trailing whitespace, which `$` let through as well)
+        return [1.0 if pattern.fullmatch(c) or pattern.fullmatch(c.rstrip()) else 0.0 for c in completions]
     return format
 
 

@@ -60,7 +60,8 @@ class ServerRollout:
             raise UserError(f"rollout server {self.url}{path}: HTTP {e.code}: {detail}") from None
         except (urllib.error.URLError, ConnectionError, TimeoutError) as e:
             reason = getattr(e, "reason", e)
-            if isinstance(reason, TimeoutError) and path != "/health":  # connected, then no answer in time
+            if type(e) is TimeoutError and path != "/health":  # connected, then no answer in time (a connection
+                # that timed out is a URLError around one)
                 raise UserError(f"rollout server {self.url}{path}: no answer within {self.timeout:g} s (it is "
                                 "up, but this request took longer: fewer or shorter completions per step, or a "
                                 "faster server)") from None
