@@ -96,7 +96,7 @@ def test_bad_images_are_one_line_errors(vl, pictures, qwen3_tokenizer):
     net, tok, template = vl
     with pytest.raises(UserError, match=r"image .*missing.png: no such file"):
         vision.encode_prompt(template, _user("/nowhere/missing.png", "hi"))
-    with pytest.raises(UserError, match=r"1 <image> placeholder\(s\) in the messages but 2 image\(s\) given"):
+    with pytest.raises(UserError, match=r"1 <image> placeholder\(s\) in the messages but 2 image\(s\)"):
         vision.encode_prompt(template, [{"role": "user", "content": "<image>hi"}], images=[pictures["red"]] * 2)
     with pytest.raises(UserError, match="a file path; send images as data: URIs"):
         vision.encode_prompt(template, _user(pictures["red"], "hi"), files=False)

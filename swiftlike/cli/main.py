@@ -113,19 +113,20 @@ def _reject_unknown(unknown: list[str], parser: argparse.ArgumentParser) -> None
     raise UserError(f"unknown flag {flag}" + (f"; did you mean {close}?" if close else f"; see {parser.prog} --help"))
 
 
-LAUNCH_ENV = {"nproc_per_node": "NPROC_PER_NODE", "nnodes": "NNODES", "node_rank": "NODE_RANK",
-              "master_addr": "MASTER_ADDR", "master_port": "MASTER_PORT"}
+# option -> (torchrun's environment variable, its type)
+LAUNCH_ENV = {"nproc_per_node": ("NPROC_PER_NODE", int), "nnodes": ("NNODES", int), "node_rank": ("NODE_RANK", int),
+              "master_addr": ("MASTER_ADDR", str), "master_port": ("MASTER_PORT", int)}
 
 
 def launch_plan(cfg, given: frozenset | set = frozenset()) -> dict:
     """Processes per node and the rendezvous of a training command: its flags (`given`: the options the command
     line or recipe set), else torchrun's usual environment variables, else the defaults."""
     plan = {}
-    for name, var in LAUNCH_ENV.items():
+    for name, (var, cast) in LAUNCH_ENV.items():
         value = getattr(cfg, name)
         if name not in given and var in os.environ:
             try:
-                value = type(value or 0)(os.environ[var]) if name != "master_addr" else os.environ[var]
+                value = cast(os.environ[var])
             except ValueError:
                 raise UserError(f"{var}={os.environ[var]!r} is not a number (--{name})") from None
         plan[name] = value

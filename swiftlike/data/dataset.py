@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from ..accel import is_main_process
 from ..errors import UserError
 from ..templates import IGNORE_INDEX
-from ..templates.errors import TemplateError
 from .files import BadLine, read_rows, row_file
 from .formats import RowError, UselessRow, to_canonical
 from .images import ImageError, expand, resolve_source
@@ -33,6 +32,11 @@ class DataStats:
     length_of: str = ""         # what one entry of `lengths` measures, when not simply a row's tokens
     selected: list = field(default_factory=list)  # what '#N' selections took ("data.jsonl#50: 50 of 1000 rows")
     tokens: int | None = None   # total tokens, when it is not the sum of `lengths` (pairs: chosen + rejected)
+
+    def count_read(self, given: int) -> None:
+        """Rows read, where load_rows has not counted them (rows given to an encoder directly): the ones given
+        and the ones dropped before."""
+        self.rows_read = self.rows_read or given + sum(self.dropped.values())
 
     def drops(self, sep: str = ", ") -> str:
         """'<sep>dropped N (why)' for every reason rows were dropped."""
@@ -267,12 +271,12 @@ def encode_each(rows: list[dict], encode, sources: list | None, offset: int, ski
     (`skip`, --skip_bad_rows) None in its place and counted in the rejection counts returned."""
     try:
         return encode(rows), Counter()
-    except (TemplateError, ImageError):
+    except (UserError, ImageError):  # (TemplateError, a message's or a prompt image's error)
         out, rejected = [], Counter()
         for i, row in enumerate(rows):
             try:
                 out += encode([row])
-            except (TemplateError, ImageError) as e:
+            except (UserError, ImageError) as e:
                 if not skip:
                     where = sources[offset + i] if sources else f"{what} {offset + i}"
                     raise UserError(f"{where}: {e}") from None
@@ -336,7 +340,7 @@ def encode_rows(rows: list[dict], template, max_length: int, sources: list | Non
     stats = stats or DataStats()
     if truncation_strategy == "split":
         stats.truncation_word = "split"
-    stats.rows_read = stats.rows_read or len(rows) + sum(stats.dropped.values())  # (load_rows counted them)
+    stats.count_read(len(rows))
     encoded = []
     for chunk, rejected in _encode_all(template, rows, sources, skip_bad_rows, num_proc):
         stats.dropped.update(rejected)

@@ -10,8 +10,8 @@ from __future__ import annotations
 import base64
 import json
 
-from ..templates.messages import (IMAGE, VIDEO, MessageError, is_video_source, message_content, normalize_message,
-                                  tool_call)
+from ..templates.messages import (IMAGE, VIDEO, MessageError, is_video_source, message_content, misplaced_media,
+                                  normalize_message, tool_call)
 
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                    "system": "system", "observation": "tool", "tool": "tool", "function_call": "assistant"}
@@ -124,15 +124,9 @@ def _media(row: dict, messages: list[dict], key: str, marker: str, column_reader
     if column is not None and from_parts:
         raise RowError(f"{key} both in the '{key}' column and in content parts; give them one way")
     found = from_parts or column_reader(column)
-    if found:
-        placed = sum(m["content"].count(marker) for m in messages if m["role"] in ("user", "tool"))
-        stray = next((i for i, m in enumerate(messages)
-                      if m["role"] not in ("user", "tool") and marker in m["content"]), None)
-        if stray is not None:
-            raise RowError(f"message {stray} ({messages[stray]['role']}) holds a {marker} placeholder; {key} belong "
-                           "to user or tool messages")
-        if placed != len(found):
-            raise RowError(f"{placed} {marker} placeholder(s) in the messages but {len(found)} {key[:-1]}(s)")
+    problem = misplaced_media(messages, marker, key, len(found)) if found else None
+    if problem:
+        raise RowError(problem)
     return found
 
 

@@ -32,7 +32,7 @@ def encode_pairs(rows: list[dict], template, max_length: int, stats: DataStats |
     side, the number --max_length is compared with. A pair's images (its prompt's) are expanded on both sides,
     before the length is compared; `sources` name the rows in errors (or `skip_bad_rows` counts them)."""
     stats = stats or DataStats()
-    stats.rows_read = stats.rows_read or len(rows) + sum(stats.dropped.values())  # (load_rows counted them)
+    stats.count_read(len(rows))
     stats.unit, stats.length_of, stats.tokens = "pairs", "the longer of chosen and rejected, prompt included", 0
     pairs = []
 
@@ -81,10 +81,14 @@ def collate_pairs(pairs: list[dict]) -> dict:
 
 
 # -- KTO: single answers with a desirable/undesirable label ------------------------------------------
+def _prompt_extras(row: dict) -> dict:
+    """What a KTO row's prompt carries beside its messages: its images and tools."""
+    return {k: row[k] for k in ("images", "tools") if row.get(k)}
+
+
 def kto_row(row: dict) -> dict:
     """A KTO row as a template row: only its last message, the labelled answer, is trained."""
-    shared = {k: row[k] for k in ("images", "tools") if row.get(k)}  # the prompt's
-    return {"messages": _with_prompt_untrained(row["messages"], len(row["messages"]) - 1), **shared}
+    return {"messages": _with_prompt_untrained(row["messages"], len(row["messages"]) - 1), **_prompt_extras(row)}
 
 
 def encode_kto(rows: list[dict], template, max_length: int, stats: DataStats | None = None,
@@ -92,7 +96,7 @@ def encode_kto(rows: list[dict], template, max_length: int, stats: DataStats | N
     """Each row keeps its prompt and answer messages (and its prompt's images) so batches can pair prompts with
     other rows' answers. --max_length limits each example (prompt + answer, images expanded)."""
     stats = stats or DataStats()
-    stats.rows_read = stats.rows_read or len(rows) + sum(stats.dropped.values())  # (load_rows counted them)
+    stats.count_read(len(rows))
     stats.length_of = "prompt + answer"
     examples = []
 
@@ -114,7 +118,7 @@ def encode_kto(rows: list[dict], template, max_length: int, stats: DataStats | N
             else:
                 examples.append({"enc": enc, "prompt": row["messages"][:-1], "answer": row["messages"][-1],
                                  "label": row["label"], "length": enc["length"],
-                                 **{k: row[k] for k in ("images", "tools") if row.get(k)}})
+                                 **_prompt_extras(row)})
                 stats.lengths.append(enc["length"])
                 stats.trained_tokens += sum(1 for x in enc["labels"] if x != -100)
     if not examples:
@@ -138,7 +142,7 @@ class KTOCollate:
         n = len(examples)
         mismatched = [{"messages": _with_prompt_untrained(examples[i]["prompt"] + [examples[i - 1]["answer"]],
                                                           len(examples[i]["prompt"])),
-                       **{k: examples[i][k] for k in ("images", "tools") if examples[i].get(k)}} for i in range(n)]
+                       **_prompt_extras(examples[i])} for i in range(n)]
         kl = [encode_images(self.template, row, enc) for row, enc in
               zip(mismatched, self.template.encode_batch(mismatched))] if n > 1 else [examples[0]["enc"]]
         sequences = [e["enc"] for e in examples] + kl

@@ -29,18 +29,20 @@ def encode_prompts(rows: list[dict], template, max_prompt_length: int, stats: Da
     """Each row with its prompt ids (the conversation plus the generation prompt, image tokens expanded to each
     image's size); longer prompts dropped and counted. `sources` name the rows in errors (or `skip_bad_rows`
     counts them)."""
+    from ..data.dataset import encode_each
     from ..infer import vision
 
     opts = {} if enable_thinking is None else {"enable_thinking": enable_thinking}
+
+    def encode(some: list[dict]) -> list[list[int]]:
+        return [vision.encode_prompt(template, row["messages"], row.get("tools"), images=row.get("images"),
+                                     **opts)[0] for row in some]
+
+    encoded, rejected = encode_each(rows, encode, sources, 0, skip_bad_rows)
+    stats.dropped.update(rejected)
     out = []
-    for i, row in enumerate(rows):
-        try:
-            ids, _ = vision.encode_prompt(template, row["messages"], row.get("tools"), images=row.get("images"),
-                                          **opts)
-        except UserError as e:
-            if not skip_bad_rows:
-                raise UserError(f"{sources[i] if sources else f'row {i}'}: {e}") from None
-            stats.dropped[f"rejected by the template: {e}"] += 1
+    for row, ids in zip(rows, encoded):
+        if ids is None:
             continue
         if len(ids) > max_prompt_length:
             stats.dropped[f"prompt longer than --max_prompt_length {max_prompt_length}"] += 1

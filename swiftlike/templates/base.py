@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from .errors import TemplateError
-from .messages import IMAGE, VIDEO, normalize_messages
+from .messages import IMAGE, VIDEO, misplaced_media, normalize_messages
 
 IGNORE_INDEX = -100
 
@@ -101,17 +101,13 @@ class Template:
                 raise TemplateError(f"message {typed[0]} ({messages[typed[0]]['role']}) holds {typed[1]}, a token "
                                     f"the template writes itself for images and videos; write {IMAGE} (or {VIDEO}) "
                                     "where one goes")
-        placed = sum(m["content"].count(marker) for m in messages if m["role"] in ("user", "tool"))
-        stray = [i for i, m in enumerate(messages) if m["role"] not in ("user", "tool") and marker in m["content"]]
-        if stray and (count or placed):
-            raise TemplateError(f"message {stray[0]} ({messages[stray[0]]['role']}) holds a {marker} placeholder; "
-                                f"{key} belong to user or tool messages")
-        if placed != count:
-            raise TemplateError(f"{placed} {marker} placeholder(s) in the messages but {count} {key[:-1]}(s) given")
-        if not placed:
+        problem = misplaced_media(messages, marker, key, count)
+        if problem:
+            raise TemplateError(problem)
+        if not count:
             return messages
         bare = self.vision[key[:-1]]
-        texts = iter(texts if texts is not None else [bare] * placed)
+        texts = iter(texts if texts is not None else [bare] * count)
         return [{**m, "content": "".join(p if i == 0 else next(texts) + p
                                          for i, p in enumerate(m["content"].split(marker)))}
                 if m["role"] in ("user", "tool") and marker in m["content"] else m for m in messages]

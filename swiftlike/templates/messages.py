@@ -208,6 +208,20 @@ def tool_call(call, i: int) -> dict:
     return out
 
 
+def misplaced_media(messages: list[dict], marker: str, key: str, count: int) -> str | None:
+    """What is wrong with where a conversation's `marker` placeholders stand for `count` images (videos), or
+    None: they belong to user and tool messages, one per image."""
+    placed = sum(m["content"].count(marker) for m in messages if m["role"] in ("user", "tool"))
+    stray = next((i for i, m in enumerate(messages) if m["role"] not in ("user", "tool") and marker in m["content"]),
+                 None)
+    if stray is not None and (count or placed):
+        return f"message {stray} ({messages[stray]['role']}) holds a {marker} placeholder; {key} belong to user or " \
+               "tool messages"
+    if placed != count:
+        return f"{placed} {marker} placeholder(s) in the messages but {count} {key[:-1]}(s)"
+    return None
+
+
 def parsed_arguments(fn: dict):
     """A call's arguments as an object, parsed where given as a JSON string (kept as the string where it is not
     JSON)."""

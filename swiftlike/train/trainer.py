@@ -431,7 +431,8 @@ class Trainer:
         self.step, self.trained_tokens = state["step"], state["trained_tokens"]
         history = json.loads((Path(ckpt) / "trainer_state.json").read_text())
         self.log_history = history.get("log_history", [])
-        logged = [h["loss"] for h in self.log_history if "loss" in h]  # checkpoints older than "first_loss"
+        logged = [h["loss"] for h in self.log_history if h.get("loss") is not None]  # (checkpoints older than
+        # "first_loss")
         self.first_loss = history.get("first_loss", logged[0] if logged else None)
         dropped = getattr(self.collate, "dropped", None)
         if dropped is not None and accel.is_main_process():  # (the others' counts are added to it when summed)
