@@ -8,7 +8,7 @@ CALLS = [{"type": "function", "id": "call00001", "function": {"name": "get_weath
          {"type": "function", "id": "call00002", "function": {"name": "get_time", "arguments": {"tz": "CET", "n": 2}}}]
 WITH_TOOLS = sorted(n for n, s in TEMPLATES.items() if s.options.get("tool_format"))
 END = {"hermes": "<|im_end|>", "llama3_json": "<|eot_id|>", "mistral": "</s>", "deepseek": "<｜end▁of▁sentence｜>",
-       "deepseek_v3_1": "<｜end▁of▁sentence｜>", "glm4": "<|user|>",
+       "deepseek_v3_1": "<｜end▁of▁sentence｜>", "glm4": "<|observation|>",  # (what GLM-4 writes after a call)
        "mistral_small": "</s>"}
 
 

@@ -55,7 +55,7 @@ def _role_token(segs: Segments, token: str, ends_trained_turn: bool) -> None:
 def render_glm4(spec: TemplateSpec, messages: list[dict], tools: list | None, add_generation_prompt: bool,
                 **_) -> Segments:
     segs: Segments = [("[gMASK]<sop>" + (_tools(tools) if tools else ""), False)]
-    after_assistant = False
+    after_assistant, called = False, False
     for role, metadata, content, m in glm_items(messages):
         if not content:
             continue
@@ -66,15 +66,15 @@ def render_glm4(spec: TemplateSpec, messages: list[dict], tools: list | None, ad
                 segs[-1] = (segs[-1][0] + metadata + "\n" + content, True)
             else:
                 segs.append((metadata + "\n" + content, trained))
-            after_assistant = trained
+            after_assistant, called = trained, bool(metadata)
         else:
             _role_token(segs, f"<|{role}|>", after_assistant)
             segs.append(("\n" + content, bool(m.get("loss"))))
             after_assistant = False
     if add_generation_prompt:
         _role_token(segs, "<|assistant|>", after_assistant)
-    elif after_assistant:
-        _role_token(segs, "<|user|>", True)
+    elif after_assistant:  # what the model writes next: a tool call is answered by the observation
+        _role_token(segs, "<|observation|>" if called else "<|user|>", True)
     return segs
 
 
