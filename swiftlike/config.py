@@ -807,7 +807,8 @@ class ExportConfig(ModelArgs):
         if self.quant_method and self.quant_bits is None:
             self.quant_bits = 8 if self.quant_method == "fp8" else 4
         # options that only mean something beside another (they were ignored: an unquantized export, exit 0)
-        for given, needs in ((self.quant_bits is not None and not self.quant_method, "--quant_bits needs --quant_method"),
+        for given, needs in ((self.quant_bits is not None and not self.quant_method,
+                              "--quant_bits needs --quant_method"),
                              (self.gguf_type is not None and self.to != "gguf", "--gguf_type needs --to gguf"),
                              ((self.hub_model_id or self.hub_private) and not self.push_to_hub,
                               "--hub_model_id and --hub_private need --push_to_hub")):

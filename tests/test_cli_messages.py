@@ -55,7 +55,8 @@ def test_unknown_flags_get_a_suggestion_only_when_close(capsys, flag, message):
      "--reward_weights must be finite numbers, got [1.0, nan]"),
     ("grpo", ["--reward_funcs", "format", "--format_pattern", "("],
      "--format_pattern '(' is not a regular expression: missing ), unterminated subpattern at position 0"),
-    ("grpo", ["--reward_funcs", "repetition", "--repetition_ngram", "0"], "--repetition_ngram must be at least 1, got 0"),
+    ("grpo", ["--reward_funcs", "repetition", "--repetition_ngram", "0"],
+     "--repetition_ngram must be at least 1, got 0"),
     ("grpo", ["--reward_funcs", "length", "--soft_cache_length", "-1"],
      "--soft_cache_length must be in [0, --max_completion_length 256), got -1"),
     ("dpo", ["--label_smoothing", "0.6"], "--label_smoothing must be in [0, 0.5), got 0.6"),  # (flips preference)
