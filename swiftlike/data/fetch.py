@@ -53,7 +53,7 @@ download.cache_clear = _download.cache_clear  # (tests)
 
 
 def _public_connection(address, timeout=socket._GLOBAL_DEFAULT_TIMEOUT, source_address=None, **_):
-    """socket.create_connection to a public address of the host only."""
+    """socket.create_connection to the host's addresses, each checked to be public (the first that answers)."""
     host, port = address
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
@@ -64,7 +64,13 @@ def _public_connection(address, timeout=socket._GLOBAL_DEFAULT_TIMEOUT, source_a
         if not ip.is_global:
             raise FetchError(f"{host} is a non-public address ({ip}); the server fetches public URLs only "
                              "(wb deploy --allow_private_media_urls fetches these too)")
-    return socket.create_connection(infos[0][4][:2], timeout, source_address)
+    error = None
+    for *_, sockaddr in infos:  # (an IPv6 address first on a machine without IPv6 routes: the next one)
+        try:
+            return socket.create_connection(sockaddr[:2], timeout, source_address)
+        except OSError as e:
+            error = e
+    raise error
 
 
 class _PublicHTTP(http.client.HTTPConnection):
