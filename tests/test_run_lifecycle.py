@@ -50,7 +50,7 @@ def test_the_resume_line_tolerates_a_checkpoint_without_readable_args(tmp_path):
 
     ckpt = tmp_path / "checkpoint-1"
     ckpt.mkdir()
-    trainer, cfg = SimpleNamespace(step=1, total_steps=2), SFTConfig(learning_rate=1e-3)
+    trainer, cfg = SimpleNamespace(step=1, total_steps=2, resumed_plan=None), SFTConfig(learning_rate=1e-3)
     assert resume_line(ckpt, trainer, cfg) == f"[wb] resuming from {ckpt} (step 1 of 2)"
     (ckpt / "args.json").write_text("{oops")
     assert resume_line(ckpt, trainer, cfg) == f"[wb] resuming from {ckpt} (step 1 of 2)"
@@ -67,7 +67,7 @@ def test_the_resume_line_tolerates_a_checkpoint_without_readable_args(tmp_path):
     # the same options planning another number of steps (a checkpoint of a swiftlike whose epochs dropped their
     # last partial step) is said too
     (ckpt / "args.json").write_text(json.dumps({"max_steps": -1, "num_train_epochs": 1.0}))
-    (ckpt / "trainer_state.json").write_text(json.dumps({"total_steps": 6}))
+    trainer.resumed_plan = 6  # (read from the checkpoint's trainer_state.json)
     assert resume_line(ckpt, trainer, cfg).endswith("(the run goes on differently): planned steps 6 -> 2")
 
 

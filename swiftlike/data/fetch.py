@@ -73,16 +73,20 @@ def _public_connection(address, timeout=socket._GLOBAL_DEFAULT_TIMEOUT, source_a
     raise error
 
 
-class _PublicHTTP(http.client.HTTPConnection):
+class _Public:
+    """An http.client connection that opens its socket through _public_connection."""
+
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._create_connection = _public_connection
 
 
-class _PublicHTTPS(http.client.HTTPSConnection):
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._create_connection = _public_connection
+class _PublicHTTP(_Public, http.client.HTTPConnection):
+    pass
+
+
+class _PublicHTTPS(_Public, http.client.HTTPSConnection):
+    pass
 
 
 class _PublicHTTPHandler(urllib.request.HTTPHandler):

@@ -372,10 +372,8 @@ def resume_line(ckpt: Path, trainer, cfg: SFTConfig) -> str:
         saved = {}
     changed = [f"--{k} {saved[k]} -> {getattr(cfg, k)}" for k in RESUMED_OPTIONS
                if k in saved and hasattr(cfg, k) and saved[k] != getattr(cfg, k)]
-    try:  # (a plan that changed with the options, or with swiftlike: an epoch's steps once dropped a last partial one)
-        planned = json.loads((Path(ckpt) / "trainer_state.json").read_text(encoding="utf-8")).get("total_steps")
-    except (OSError, ValueError):
-        planned = None
+    # a plan that changed with the options, or with swiftlike (an epoch's steps once dropped a last partial one)
+    planned = trainer.resumed_plan
     asked = all(saved.get(k) == getattr(cfg, k) for k in ("max_steps", "num_train_epochs"))  # (not asked for more)
     if planned is not None and planned != trainer.total_steps and asked:
         changed.append(f"planned steps {planned} -> {trainer.total_steps}")

@@ -79,10 +79,21 @@ class Template:
         a row's lists for the IMAGE / VIDEO placeholders in its messages (the ms-swift / LLaMA-Factory form);
         `video_texts`: each video's expanded text (`video_text`), else the official template's bare video span."""
         messages = normalize_messages(messages)
+        if self.vision is not None:
+            self._no_typed_vision_tokens(messages)
         messages = self._with_media(messages, IMAGE, "images", images)
         messages = self._with_media(messages, VIDEO, "videos", videos, video_texts)
         segments = self.spec.render(self.spec, messages, tools, add_generation_prompt, **opts)
         return _apply_loss_scope(segments, self.loss_scope)
+
+    def _no_typed_vision_tokens(self, messages: list[dict]) -> None:
+        """The tokens the template writes for images and videos may not be typed in a message."""
+        own = (self.vision["image_pad"], self.vision["video_pad"], *self.vision["span"])
+        typed = next(((i, t) for i, m in enumerate(messages) for t in own if t in m["content"]), None)
+        if typed:
+            raise TemplateError(f"message {typed[0]} ({messages[typed[0]]['role']}) holds {typed[1]}, a token the "
+                                f"template writes itself for images and videos; write {IMAGE} (or {VIDEO}) where "
+                                "one goes")
 
     def _with_media(self, messages: list[dict], marker: str, key: str, given: Sequence | None,
                     texts: Sequence[str] | None = None) -> list[dict]:
@@ -94,13 +105,6 @@ class Template:
                 raise TemplateError(f"template {self.name} is text-only and cannot read {key}; train a vision-"
                                     "language model (e.g. Qwen/Qwen2.5-VL-7B-Instruct, Qwen/Qwen3-VL-8B-Instruct)")
             return messages
-        if key == "images":  # (checked once a row) the tokens the template writes for media, typed in a message
-            own = (self.vision["image_pad"], self.vision["video_pad"], *self.vision["span"])
-            typed = next(((i, t) for i, m in enumerate(messages) for t in own if t in m["content"]), None)
-            if typed:
-                raise TemplateError(f"message {typed[0]} ({messages[typed[0]]['role']}) holds {typed[1]}, a token "
-                                    f"the template writes itself for images and videos; write {IMAGE} (or {VIDEO}) "
-                                    "where one goes")
         problem = misplaced_media(messages, marker, key, count)
         if problem:
             raise TemplateError(problem)

@@ -139,6 +139,7 @@ class Trainer:
         self.input_tokens = 0  # every non-padding token processed in this session (for throughput)
         self.slot_tokens = 0  # every position processed, padding included
         self.saved, self.saved_step, self.resumed_from = None, None, resume_from  # (this run's checkpoints)
+        self.resumed_plan = None  # the total steps the resumed checkpoint's run had planned
         if resume_from is not None:
             self._restore(resume_from)
             self.saved_step = self.step
@@ -430,7 +431,7 @@ class Trainer:
         accel.set_rng_state(state["rng"])
         self.step, self.trained_tokens = state["step"], state["trained_tokens"]
         history = json.loads((Path(ckpt) / "trainer_state.json").read_text())
-        self.log_history = history.get("log_history", [])
+        self.log_history, self.resumed_plan = history.get("log_history", []), history.get("total_steps")
         logged = [h["loss"] for h in self.log_history if h.get("loss") is not None]  # (checkpoints older than
         # "first_loss")
         self.first_loss = history.get("first_loss", logged[0] if logged else None)
