@@ -110,6 +110,9 @@ class SFTConfig(ModelArgs, DataArgs):
                                     "--lora_dropout applies); "
                                     "DPO, KTO and GRPO with --beta use it, frozen, as the reference.")
     use_rslora: bool = _f(False, "Rank-stabilised LoRA scaling.")
+    new_special_tokens: list = _f([], "Tokens to add to the tokenizer as special tokens (never split), or .txt files "
+                                      "with one token a line; their embedding rows start at the mean of the others "
+                                      "and train (with LoRA only those rows: PEFT's trainable tokens).")
     # vision-language models (docs/multimodal.md)
     max_pixels: int | None = _f(None, "Images are resized to at most this many pixels (default: the model's "
                                       "processor, e.g. 12845056 for Qwen2.5-VL); fewer pixels, fewer image tokens.")
@@ -270,6 +273,16 @@ class SFTConfig(ModelArgs, DataArgs):
             if not ok:
                 raise UserError(f"--{name} {problem}, got {getattr(self, name)}")
 
+    def _check_new_tokens(self) -> None:
+        from .train import engines
+        from .models.tokens import read_tokens
+
+        self.new_special_tokens = read_tokens(self.new_special_tokens)  # (args.json records the tokens themselves)
+        if self.deepspeed and engines.zero_stage(engines.deepspeed_config(self.deepspeed)) == 3:
+            raise UserError("--new_special_tokens under ZeRO-3 is not supported: the embedding grows before "
+                            "training, which ZeRO-3's partitioned weights do not allow here; use --deepspeed zero2 "
+                            "or --fsdp")
+
     def validate(self) -> "SFTConfig":
         if not self.model:
             raise UserError("--model is required (a hub id such as Qwen/Qwen3-0.6B, or a local directory)")
@@ -286,6 +299,8 @@ class SFTConfig(ModelArgs, DataArgs):
             if not (Path(self.adapters) / "adapter_config.json").is_file():
                 raise UserError(f"--adapters {self.adapters}: no adapter_config.json there (a LoRA checkpoint "
                                 "directory is expected)")
+        if self.new_special_tokens:
+            self._check_new_tokens()
         if self.learning_rate is None:
             self.learning_rate = default_learning_rate(self.full, self.miniature)
             if self.miniature:
@@ -506,6 +521,9 @@ class GRPOConfig(SFTConfig):
         super().validate()
         if not self.reward_funcs and not self.reward_model and not self.dry_run:
             raise UserError("wb grpo needs --reward_funcs (e.g. accuracy format) or --reward_model")
+        if self.use_vllm and self.new_special_tokens:
+            raise UserError("--new_special_tokens with --use_vllm is not supported: vLLM holds the base's vocabulary; "
+                            "generate with transformers (drop --use_vllm)")
         if self.use_vllm and (self.fsdp or self.deepspeed):
             from .train.engines import deepspeed_config, zero_stage
 
@@ -837,6 +855,8 @@ class PreviewConfig(ModelArgs, DataArgs):
     video_fps: float | None = _f(None, "Videos: frames read per second of a file, the rate of a frame list (as when "
                                        "training).")
     video_max_pixels: int | None = _f(None, "Videos: the video processor's upper pixel bound (as when training).")
+    new_special_tokens: list = _f([], "Tokens the run adds to the tokenizer, or .txt files with one a line (as when "
+                                      "training).")
 
     def validate(self) -> "PreviewConfig":
         if not self.model or not self.dataset:

@@ -11,7 +11,8 @@ import torch
 from .. import accel
 from ..errors import UserError
 from ..models.loader import load_model
-from ..models.resolve import ModelRef, base_weights
+from ..models.resolve import ModelRef, added_token_ids, base_weights
+from ..models.tokens import rebuild_rows
 
 
 def merged_model(ref: ModelRef, dtype: torch.dtype, pad_token_id: int | None, trust_remote_code: bool = False):
@@ -25,6 +26,7 @@ def merged_model(ref: ModelRef, dtype: torch.dtype, pad_token_id: int | None, tr
     model = load_model(base, dtype, **kw)
     if trained_on_4bit(ref.args):
         _load_dequantized_nf4(model, base, dtype, kw)
+    rebuild_rows(model, added_token_ids(ref))
     from peft import PeftModel
 
     try:

@@ -8,8 +8,9 @@ rescaled to its learned magnitude, W' = m / ||W + scale * B @ A||_row * (W + sca
 computed in fp32 and cast to the export dtype once. A QLoRA adapter was trained against the NF4 base, so every weight
 transformers quantizes when it loads the base in 4 bits (the same set: `nf4_weights`) goes through NF4 and back
 first, tensor by tensor. What this form does not cover goes through the in-memory merge (merge.py): per-module rank
-or alpha patterns, LoRA on embeddings or fan-in-fan-out layers, saved modules (a reward head), vision-language
-models (transformers renames their checkpoint keys on loading), and bases that are not safetensors.
+or alpha patterns, LoRA on embeddings or fan-in-fan-out layers, saved modules (a reward head), new tokens' rows
+(--new_special_tokens), vision-language models (transformers renames their checkpoint keys on loading), and bases
+that are not safetensors.
 """
 from __future__ import annotations
 
@@ -33,7 +34,8 @@ def stream_plan(adapter_dir: str, base_dir: str) -> tuple[dict, list[Path]] | st
     if config.get("peft_type", "LORA") != "LORA":
         return f"a {config.get('peft_type')} adapter"
     for key, why in (("fan_in_fan_out", "fan-in-fan-out layers"), ("rank_pattern", "rank patterns"),
-                     ("alpha_pattern", "alpha patterns"), ("modules_to_save", "saved modules")):
+                     ("alpha_pattern", "alpha patterns"), ("modules_to_save", "saved modules"),
+                     ("trainable_token_indices", "new tokens' rows")):
         if config.get(key):
             return why
     shards = shards_of(Path(base_dir))

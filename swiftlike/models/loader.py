@@ -399,7 +399,9 @@ def prepare_4bit(model, gradient_checkpointing: bool):
                                            gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
-def attach_lora(model, cfg, gradient_checkpointing: bool = False, task_type: str = "CAUSAL_LM"):
+def attach_lora(model, cfg, gradient_checkpointing: bool = False, task_type: str = "CAUSAL_LM",
+                trainable_tokens: dict | None = None):
+    """New LoRA adapters (and `trainable_tokens`, PEFT's trainable_token_indices: new tokens' rows that train)."""
     from peft import LoraConfig, get_peft_model
 
     model = prepare_4bit(model, gradient_checkpointing)
@@ -415,7 +417,8 @@ def attach_lora(model, cfg, gradient_checkpointing: bool = False, task_type: str
         targets, all_linear = vision_language_targets(model, cfg), False
     lora = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=dropout,
                       target_modules="all-linear" if all_linear else targets,
-                      use_dora=cfg.use_dora, use_rslora=cfg.use_rslora, task_type=task_type)
+                      use_dora=cfg.use_dora, use_rslora=cfg.use_rslora, task_type=task_type,
+                      trainable_token_indices=trainable_tokens)
     try:
         return get_peft_model(model, lora)
     except ValueError as e:

@@ -165,12 +165,34 @@ def stored_dtype(directory: str) -> torch.dtype:
     return torch.float32
 
 
+def added_token_ids(ref: ModelRef) -> list[int]:
+    """The ids of the tokens a LoRA run added (--new_special_tokens), whose rows are rebuilt before its adapters
+    load."""
+    return sorted((ref.args.get("added_tokens") or {}).values()) if ref.adapters else []
+
+
+def added_tokens(checkpoint: str) -> dict[str, int]:
+    """{token: id} a swiftlike checkpoint's run added to the tokenizer ({} for other checkpoints and older runs)."""
+    return dict(read_args(checkpoint).get("added_tokens") or {}) if (Path(checkpoint) / "args.json").is_file() else {}
+
+
+def refuse_added_tokens(name: str, path: str, why: str) -> None:
+    """Adapters whose run added tokens need their own tokenizer and rows, which `why` cannot give them."""
+    tokens = added_tokens(path)
+    if tokens:
+        from .tokens import listed
+
+        raise UserError(f"adapter {name!r} ({path}) adds tokens to the tokenizer ({listed(tokens)}), which {why}: "
+                        f"merge it (`wb export --adapters {path} --merge`) and serve the export as --model")
+
+
 def load_for_inference(model: str = "", adapters: str | None = None, miniature: bool = False,
                        torch_dtype: str = "auto", hub: str = "huggingface", template: str | None = None,
                        trust_remote_code: bool = False, attn_implementation: str | None = None):
     """(model, tokenizer, template), rebuilt from a checkpoint's args.json where there is one."""
     from ..templates import get_template
     from .loader import build_miniature, load_model, quiet_libraries
+    from .tokens import rebuild_rows
 
     quiet_libraries()
     dtype = accel.resolve_dtype(torch_dtype)
@@ -187,6 +209,7 @@ def load_for_inference(model: str = "", adapters: str | None = None, miniature: 
     if ref.adapters:
         from peft import PeftModel
 
+        rebuild_rows(net, added_token_ids(ref))
         net = PeftModel.from_pretrained(net, ref.adapters)
         if reward and accel.is_main_process():  # the base has no head; the adapters hold it (modules_to_save)
             print(f"[wb] reward head: loaded from {ref.adapters}", file=sys.stderr)

@@ -15,7 +15,7 @@ from pathlib import Path
 from ..config import DeployConfig
 from ..errors import UserError
 from ..hub import is_local
-from ..models.resolve import read_args, resolve
+from ..models.resolve import read_args, refuse_added_tokens, resolve
 
 
 @dataclass(frozen=True)
@@ -75,6 +75,7 @@ def check_adapters(base: BaseModel, adapters: dict[str, str]) -> None:
         if served and args.get("template") and args["template"] != served:
             raise UserError(f"adapter {name!r} ({path}) was trained with template {args['template']}, the server "
                             f"renders every request with {served}; serve it with its own `wb deploy` (or --template)")
+        refuse_added_tokens(name, path, "the served base's tokenizer lacks")
         config = json.loads((Path(path) / "adapter_config.json").read_text(encoding="utf-8"))
         if config.get("use_dora"):
             raise UserError(f"adapter {name!r} ({path}) is a DoRA adapter, which PEFT cannot mix with other models "

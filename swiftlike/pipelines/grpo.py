@@ -9,7 +9,6 @@ from ..config import GRPOConfig
 from ..data.dataset import DataStats, hold_out, load_rows
 from ..data.images import ImageProcessing
 from ..errors import UserError
-from ..models import load_tokenizer
 from ..models.loader import padding_id
 from ..rewards import RewardContext, resolve, wrap
 from ..rollout import Sampling
@@ -20,7 +19,7 @@ from ..train.grpo_trainer import GRPOTrainer, RolloutSettings
 from ..train.trainer import LoopSettings, TrainResult
 from .eval import after_training
 from .sft import (_base_weights, build_trainable, cleans_up_on_failure, describe_model, frozen_reference,
-                  resolve_template_name, resume_line, run_args, start_run, training_engine, zero3)
+                  resolve_template_name, resume_line, run_args, start_run, training_engine, training_tokenizer, zero3)
 
 
 def encode_prompts(rows: list[dict], template, max_prompt_length: int, stats: DataStats,
@@ -121,7 +120,7 @@ def run_grpo(cfg: GRPOConfig) -> TrainResult:
     main, out, resume_from = start_run(cfg)
     evaluate_after = after_training(cfg)  # its datasets checked before any training
 
-    tokenizer = load_tokenizer(cfg.model, cfg.hub, cfg.trust_remote_code, miniature=cfg.miniature)
+    tokenizer, added = training_tokenizer(cfg, resume_from)
     template_name = resolve_template_name(cfg, tokenizer)
     template = get_template(template_name, tokenizer)
     stop_ids = tuple(template.stop_token_ids) or ((tokenizer.eos_token_id,) if tokenizer.eos_token_id is not None
@@ -131,7 +130,7 @@ def run_grpo(cfg: GRPOConfig) -> TrainResult:
     rewards = reward_functions(cfg, template)
     base_dir = None
     if template.vision is not None:  # the model's image processor decides how many tokens each image becomes
-        base_dir = _base_weights(cfg, tokenizer, out)
+        base_dir = _base_weights(cfg, out)
         template.image_processing = ImageProcessing.from_dir(base_dir, cfg.min_pixels, cfg.max_pixels)
 
     stats = DataStats()
@@ -148,17 +147,17 @@ def run_grpo(cfg: GRPOConfig) -> TrainResult:
               f"prompts x {cfg.num_generations} completions per generation batch")
 
     dtype = accel.resolve_dtype(cfg.torch_dtype)
-    base_dir = base_dir or _base_weights(cfg, tokenizer, out)
+    base_dir = base_dir or _base_weights(cfg, out)
     engine, zero3 = training_engine(cfg, base_dir, dtype)  # noqa: F841 (zero3 must live while the model does)
-    model = build_trainable(cfg, tokenizer, base_dir, resume_from, dtype, reference=cfg.beta != 0.0)
+    model = build_trainable(cfg, tokenizer, base_dir, resume_from, dtype, reference=cfg.beta != 0.0, added=added)
     if main:
         describe_model(cfg, model, template_name, dtype)
-    args_json = run_args(cfg, "grpo", template_name, base_dir)
+    args_json = run_args(cfg, "grpo", template_name, base_dir, added)
     if main:
         write_atomic(out / "args.json", args_json)
 
     # LoRA's reference is the adapter-disabled model (or the --adapters copy); a full run's a frozen copy
-    ref = frozen_reference(cfg, base_dir, dtype) if cfg.full and cfg.beta != 0.0 else None
+    ref = frozen_reference(cfg, base_dir, dtype, added) if cfg.full and cfg.beta != 0.0 else None
     objective = GRPOObjective(model, cfg.loss_type, cfg.epsilon, cfg.epsilon_high, cfg.beta,
                               cfg.importance_sampling_level, cfg.max_completion_length, ref, cfg.temperature)
     sampling = Sampling(max_tokens=cfg.max_completion_length, temperature=cfg.temperature, top_p=cfg.top_p,

@@ -409,9 +409,11 @@ def vllm_engine(ref, adapters: dict[str, str], trust_remote_code: bool, max_mode
     the model's own."""
     from ..infer import vllm as backend
     from ..models.loader import model_config
-    from ..models.resolve import base_weights, load_reference_tokenizer, template_name
+    from ..models.resolve import base_weights, load_reference_tokenizer, refuse_added_tokens, template_name
     from ..templates import get_template
 
+    for name, path in adapters.items():
+        refuse_added_tokens(name, path, "vLLM's vocabulary (the base's) lacks")
     backend.require_vllm()  # a one-line error before anything is downloaded
     if ref.miniature:
         raise UserError("--infer_backend vllm loads model files; a --miniature exists only in memory (use the "

@@ -14,6 +14,7 @@ from ..data.images import ImageError, ImageProcessing
 from ..data.formats import SHAREGPT_ROLES
 from ..errors import UserError
 from ..models import load_tokenizer
+from ..models.tokens import add_tokens, read_tokens
 from ..models.loader import quiet_libraries
 from ..templates import IGNORE_INDEX, TemplateError, get_template
 from .sft import METHODS, resolve_template_name
@@ -244,6 +245,8 @@ def run_preview(cfg: PreviewConfig, stream=None) -> None:
     quiet_libraries()
     task, why = infer_task(cfg.dataset, cfg.columns) if cfg.task == "auto" else (cfg.task, "")
     tokenizer = load_tokenizer(cfg.model, cfg.hub, cfg.trust_remote_code, miniature=cfg.miniature)
+    if cfg.new_special_tokens:  # as the training run will add them (never split)
+        add_tokens(tokenizer, read_tokens(cfg.new_special_tokens))
     if task == "pt":  # as wb pt: plain text, every token trained
         from ..templates.text import TextTemplate
 

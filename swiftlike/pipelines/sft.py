@@ -23,7 +23,8 @@ from ..errors import UserError
 from ..models import attach_lora, build_miniature, load_model, load_tokenizer
 from ..models.lora_compute import compute_in_stream_dtype
 from ..models.loader import freeze_vision_parts, model_config, prepare_4bit, quiet_libraries
-from ..models.resolve import ModelRef, base_weights, read_args, resolve, template_name
+from ..models.resolve import ModelRef, added_tokens, base_weights, read_args, resolve, template_name
+from ..models.tokens import add_tokens, listed, rebuild_rows, trainable_rows
 from ..registry import find_model
 from ..templates import get_template
 from ..templates.text import TextTemplate
@@ -69,7 +70,7 @@ def _resume_point(cfg: SFTConfig) -> Path | None:
     return None
 
 
-def _base_weights(cfg: SFTConfig, tokenizer, out: Path) -> str:
+def _base_weights(cfg: SFTConfig, out: Path) -> str:
     """Local directory with the base weights; a miniature is built once and kept in the run directory."""
     if not cfg.miniature:
         return base_weights(model_ref(cfg), cfg.trust_remote_code)
@@ -88,7 +89,8 @@ def _base_weights(cfg: SFTConfig, tokenizer, out: Path) -> str:
         shutil.rmtree(base, ignore_errors=True)  # a miniature of another model: never train its weights
         model = build_miniature(cfg.model, cfg.hub, seed=cfg.seed)
         model.save_pretrained(base, safe_serialization=True)
-        tokenizer.save_pretrained(base)
+        # the base's own tokenizer (this run's may have --new_special_tokens, which the base's rows lack)
+        load_tokenizer(cfg.model, cfg.hub, miniature=True).save_pretrained(base)
         meta = find_model(cfg.model)
         if meta is not None and meta.processor:  # a vision-language model's image (and video) processor
             write_atomic(base / PREPROCESSOR_CONFIG, json.dumps(meta.processor, indent=2) + "\n")
@@ -109,11 +111,11 @@ class Method:
     rows: str                                  # the canonical rows load_rows produces: sft | pt | preference | kto
     pairwise: bool = False                     # encoded as pairs / labelled answers, batched by `collate`
     reward_head: bool = False                  # a sequence-classification head instead of the LM head
-    objective: Callable | None = None          # (cfg, model, base_dir, dtype) -> objective; None: causal-LM loss
+    objective: Callable | None = None          # (cfg, model, base_dir, dtype, added tokens) -> objective; None: LM loss
     collate: Callable | None = None            # (template) -> the batching of its rows
 
 
-def _reward_objective(cfg, model, base_dir, dtype):
+def _reward_objective(cfg, model, base_dir, dtype, added):  # noqa: ARG001 (the objectives' signature)
     from ..train.dpo import RewardObjective
 
     return RewardObjective(model, cfg.center_rewards_coefficient)
@@ -253,7 +255,7 @@ def run_sft(cfg: SFTConfig) -> TrainResult:
     evaluate_after = after_training(cfg)  # its datasets checked before any training
     method = METHODS[_task(cfg)]
 
-    tokenizer = load_tokenizer(cfg.model, cfg.hub, cfg.trust_remote_code, miniature=cfg.miniature)
+    tokenizer, added = training_tokenizer(cfg, resume_from)
     if method.rows == "pt":  # plain text; the chat template (if known) is kept for inference afterwards
         template, name = TextTemplate(tokenizer), model_ref(cfg).template or cfg.model
     else:
@@ -261,7 +263,7 @@ def run_sft(cfg: SFTConfig) -> TrainResult:
         template = get_template(name, tokenizer, cfg.loss_scope)
     base_dir = None
     if template.vision is not None:  # the model's image processor decides how many tokens each image becomes
-        base_dir = _base_weights(cfg, tokenizer, out)
+        base_dir = _base_weights(cfg, out)
         template.image_processing = ImageProcessing.from_dir(base_dir, cfg.min_pixels, cfg.max_pixels,
                                                              video_fps=cfg.video_fps,
                                                              video_max_pixels=cfg.video_max_pixels)
@@ -287,12 +289,13 @@ def run_sft(cfg: SFTConfig) -> TrainResult:
             print(f"[wb] data: packed into {len(rows)} rows of up to {cfg.max_length} tokens ({fill:.0%} full)")
 
     dtype = accel.resolve_dtype(cfg.torch_dtype)
-    base_dir = base_dir or _base_weights(cfg, tokenizer, out)
+    base_dir = base_dir or _base_weights(cfg, out)
     engine, zero3 = training_engine(cfg, base_dir, dtype)  # noqa: F841 (zero3 must live while the model does)
-    model = build_trainable(cfg, tokenizer, base_dir, resume_from, dtype, method.reward_head, _uses_reference(cfg))
+    model = build_trainable(cfg, tokenizer, base_dir, resume_from, dtype, method.reward_head, _uses_reference(cfg),
+                            added)
     if main:
         describe_model(cfg, model, name, dtype)
-    args_json = run_args(cfg, _task(cfg), name, base_dir)
+    args_json = run_args(cfg, _task(cfg), name, base_dir, added)
     if main:
         write_atomic(out / "args.json", args_json)
 
@@ -303,7 +306,7 @@ def run_sft(cfg: SFTConfig) -> TrainResult:
     train_collate = LazyCollate(template, cfg.max_length, cfg.truncation_strategy, collate, cfg.skip_bad_rows) \
         if cfg.streaming or cfg.lazy_tokenize else collate
     settings = LoopSettings(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(LoopSettings)})
-    objective = method.objective(cfg, model, base_dir, dtype) if method.objective else None
+    objective = method.objective(cfg, model, base_dir, dtype, added) if method.objective else None
     if method.collate is not None:
         train_collate = collate = method.collate(template)
     precompute = getattr(cfg, "precompute_ref_logps", False) and _uses_reference(cfg)
@@ -382,10 +385,38 @@ def resume_line(ckpt: Path, trainer, cfg: SFTConfig) -> str:
     return line
 
 
+def training_tokenizer(cfg: SFTConfig, resume_from: Path | None):
+    """The run's tokenizer with the new tokens added (--new_special_tokens, after those of the --adapters run):
+    (tokenizer, {added token: id})."""
+    tokenizer = load_tokenizer(cfg.model, cfg.hub, cfg.trust_remote_code, miniature=cfg.miniature)
+    earlier = added_tokens(cfg.adapters) if cfg.adapters else {}
+    wanted = list(earlier) + [t for t in cfg.new_special_tokens if t not in earlier]
+    added, known = add_tokens(tokenizer, wanted) if wanted else ({}, {})
+    if cfg.adapters and added != earlier:
+        more = next((t for t in added if t not in earlier), None)
+        raise UserError(f"--adapters {cfg.adapters} trained " + (f"the new tokens {listed(earlier)}" if earlier else
+                        "no new tokens") + (f"; adding {more!r} to its adapters is not supported (start new adapters)"
+                                           if more else f", whose ids differ with --model {cfg.model}'s tokenizer"))
+    saved = added_tokens(str(resume_from)) if resume_from is not None else added
+    if saved != added:
+        raise UserError(f"{resume_from} was trained with the new tokens {listed(saved) or '(none)'}, this run adds "
+                        f"{listed(added) or '(none)'}; resume with the --new_special_tokens it was started with")
+    if accel.is_main_process() and added:
+        ids = f"ids {min(added.values())}..{max(added.values())}" if len(added) > 1 else f"id {min(added.values())}"
+        print(f"[wb] tokens: added {len(added)} special token{'s' if len(added) > 1 else ''} as {ids} "
+              f"({listed(added)}); {'their' if len(added) > 1 else 'its'} embedding rows start at the mean of the "
+              "others and train")
+    if accel.is_main_process() and known:
+        print(f"[wb] tokens: already in the tokenizer, not added: "
+              f"{listed(f'{t} (id {i})' for t, i in known.items())}")
+    return tokenizer, added
+
+
 def build_trainable(cfg: SFTConfig, tokenizer, base_dir: str, resume_from: Path | None, dtype, reward: bool = False,
-                    reference: bool = False):
+                    reference: bool = False, added: dict | None = None):
     """The model to train: base weights (or a resumed full checkpoint), then LoRA adapters (new, or --adapters;
-    `reference` keeps a frozen copy of the latter) or all parameters."""
+    `reference` keeps a frozen copy of the latter) or all parameters. `added`: the new tokens, whose rows are made
+    (models/tokens.py) and train."""
     full_resume = cfg.full and resume_from is not None
     head_from = None if cfg.full else (resume_from or (cfg.adapters if _is_reward_checkpoint(cfg.adapters) else None))
     model = load_model(str(resume_from) if full_resume else base_dir, dtype, quantize_4bit=cfg.qlora,
@@ -394,6 +425,8 @@ def build_trainable(cfg: SFTConfig, tokenizer, base_dir: str, resume_from: Path 
                        reward_head=reward, pad_token_id=tokenizer.pad_token_id, announce_head=head_from is None)
     if reward and head_from is not None and accel.is_main_process():
         print(f"[wb] reward head: loaded from {head_from}", file=sys.stderr)
+    if added and not full_resume:  # (a full checkpoint holds its grown rows)
+        rebuild_rows(model, added.values())
     training_kernels(cfg, model, announce=True)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -403,7 +436,8 @@ def build_trainable(cfg: SFTConfig, tokenizer, base_dir: str, resume_from: Path 
     if cfg.adapters:
         model = _start_from_adapters(model, cfg, reference, reward)
     else:
-        model = attach_lora(model, cfg, cfg.gradient_checkpointing, "SEQ_CLS" if reward else "CAUSAL_LM")
+        model = attach_lora(model, cfg, cfg.gradient_checkpointing, "SEQ_CLS" if reward else "CAUSAL_LM",
+                            trainable_rows(model, (added or {}).values()))
     if not zero3(cfg):  # (ZeRO-3 gathers an adapter's weights only when its own module runs: peft's forward)
         compute_in_stream_dtype(model)  # adapters in the stream's dtype, their weights in float32 (models/lora_compute)
     if resume_from is not None:
@@ -491,10 +525,12 @@ def describe_model(cfg: SFTConfig, model, template_name: str, dtype) -> None:
         print(f"[wb] {cfg.learning_rate_note}")
 
 
-def run_args(cfg: SFTConfig, task: str, template_name: str, base_dir: str) -> str:
-    """args.json: every option plus what later commands (infer, export) need to rebuild the model."""
+def run_args(cfg: SFTConfig, task: str, template_name: str, base_dir: str, added: dict | None = None) -> str:
+    """args.json: every option plus what later commands (infer, export) need to rebuild the model (`added_tokens`:
+    the new tokens' ids, whose rows they rebuild before loading adapters)."""
     args = {**dataclasses.asdict(cfg), "task": task, "train_type": cfg.train_type, "template": template_name,
-            "base_model_dir": str(Path(base_dir).resolve()), "swiftlike_version": __version__}
+            "base_model_dir": str(Path(base_dir).resolve()), "added_tokens": added or {},
+            "swiftlike_version": __version__}
     for hidden in getattr(cfg, "NOT_OPTIONS", ()):
         args.pop(hidden, None)
     args["reward_funcs"] = [f if isinstance(f, str) else getattr(f, "__name__", repr(f))
@@ -502,10 +538,13 @@ def run_args(cfg: SFTConfig, task: str, template_name: str, base_dir: str) -> st
     return json.dumps(args, indent=2, ensure_ascii=False) + "\n"
 
 
-def frozen_reference(cfg: SFTConfig, base_dir: str, dtype):
-    """A full-parameter run's reference: the base weights, frozen (the policy moves away from them)."""
+def frozen_reference(cfg: SFTConfig, base_dir: str, dtype, added: dict | None = None):
+    """A full-parameter run's reference: the base weights, frozen (the policy moves away from them), with the new
+    tokens' starting rows."""
     reference = load_model(base_dir, dtype, attn_implementation=training_attention(cfg, base_dir),
                            trust_remote_code=cfg.trust_remote_code)
+    if added:
+        rebuild_rows(reference, added.values())
     training_kernels(cfg, reference)
     return reference.eval().requires_grad_(False)
 
@@ -542,7 +581,7 @@ def _uses_reference(cfg) -> bool:
     return _task(cfg) == "kto" or (_task(cfg) == "dpo" and cfg.loss_type not in REFERENCE_FREE)
 
 
-def _preference_objective(cfg, model, base_dir: str, dtype):
+def _preference_objective(cfg, model, base_dir: str, dtype, added: dict):
     """DPO/KTO objective; a full-parameter run with a reference-based loss keeps a frozen reference loaded from
     the base weights (also when resuming, where the policy has already moved)."""
     from ..train.dpo import KTOObjective, PreferenceObjective
@@ -550,7 +589,7 @@ def _preference_objective(cfg, model, base_dir: str, dtype):
     loss_type = getattr(cfg, "loss_type", "kto")
     ref = None
     if cfg.full and _uses_reference(cfg) and not getattr(cfg, "precompute_ref_logps", False):
-        ref = frozen_reference(cfg, base_dir, dtype)
+        ref = frozen_reference(cfg, base_dir, dtype, added)
     if loss_type == "kto":
         return KTOObjective(model, cfg.beta, cfg.desirable_weight, cfg.undesirable_weight, ref)
     return PreferenceObjective(model, cfg.loss_type, cfg.beta, cfg.label_smoothing, cfg.simpo_gamma, cfg.rpo_alpha,
