@@ -202,3 +202,29 @@ def test_empty_file_and_empty_text(tmp_path):
     blank.write_text(json.dumps({"text": "   "}) + "\n")
     with pytest.raises(UserError, match=r"blank.jsonl:1: 'text' is empty"):
         load_rows([str(blank)], task="pt")
+
+
+def test_files_are_read_as_rows_are_taken_not_whole(tmp_path):
+    """A .jsonl, .csv or .parquet source is read as its rows are taken (memory does not grow with the file): its
+    first row comes before a bad byte further down is met, which then names its line."""
+    from swiftlike.data.files import read_rows
+
+    jsonl = tmp_path / "d.jsonl"
+    jsonl.write_bytes(b'\xef\xbb\xbf{"text": "one"}\n{"text": "two \xe2\x80\xa8 lines"}\n\n{"text": "\xff"}\n')
+    rows = read_rows(str(jsonl))
+    assert next(rows) == (f"{jsonl}:1", {"text": "one"})  # (the byte-order mark is not data)
+    assert next(rows)[1] == {"text": "two \u2028 lines"}
+    with pytest.raises(UserError, match=r"d.jsonl:4: not UTF-8 text \(byte 56\)"):
+        next(rows)
+    csv_file = tmp_path / "d.csv"
+    csv_file.write_bytes(b"text\none\n" + b"x\n" * 20000 + b"\xff\n")
+    rows = read_rows(str(csv_file))
+    assert next(rows) == (f"{csv_file}:2", {"text": "one"})
+    with pytest.raises(UserError, match=r"d.csv:20003: not UTF-8 text"):
+        list(rows)
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"text": [f"t{i}" for i in range(3000)]}), tmp_path / "d.parquet", row_group_size=1000)
+    rows = list(read_rows(str(tmp_path / "d.parquet")))
+    assert len(rows) == 3000 and rows[2999] == (f"{tmp_path / 'd.parquet'} row 2999", {"text": "t2999"})

@@ -37,9 +37,15 @@ def _source_digest(h, spec: str) -> None:
                 h.update(block)
 
 
+# raised whenever the same inputs encode differently (2: split pieces share a border token, pretraining texts start
+# with the tokenizer's begin-of-text token), so that no cache of the older encoding is reused
+ENCODING_REVISION = 2
+
+
 def fingerprint(specs: list[str], template, settings: dict) -> str:
     h = hashlib.sha256()
-    h.update(json.dumps({**settings, "version": __version__}, sort_keys=True, default=str).encode())
+    h.update(json.dumps({**settings, "version": __version__, "encoding": ENCODING_REVISION}, sort_keys=True,
+                        default=str).encode())
     options = {k: v for k, v in template.spec.options.items() if k != "tokenizer"}
     h.update(f"{template.name}|{template.loss_scope}|{sorted(options.items())}".encode())
     if "tokenizer" in template.spec.options:  # the fallback renders the model's own chat template

@@ -324,10 +324,13 @@ def _truncate(enc: dict, max_length: int, strategy: str) -> dict:
 
 
 def _split(enc: dict, max_length: int) -> list[dict]:
-    """Consecutive pieces of at most max_length tokens (pretraining text keeps every token)."""
-    ids, labels = enc["input_ids"], enc["labels"]
+    """Consecutive pieces of at most max_length tokens, each starting with the last token of the one before: a
+    piece's first token is predicted by nothing, so this way every token after the text's first is trained once
+    (none is lost at a border, not even an end-of-text token alone past the last full piece)."""
+    ids, labels, step = enc["input_ids"], enc["labels"], max(max_length - 1, 1)
+    starts = range(0, max(len(ids) - 1, 1), step)
     return [{"input_ids": ids[i:i + max_length], "labels": labels[i:i + max_length],
-             "length": len(ids[i:i + max_length])} for i in range(0, len(ids), max_length)]
+             "length": len(ids[i:i + max_length])} for i in starts]
 
 
 def encode_rows(rows: list[dict], template, max_length: int, sources: list | None = None,

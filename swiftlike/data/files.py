@@ -6,7 +6,6 @@ as `hf::org/name[:subset][:split]` or `ms::org/name[:subset][:split]` (ModelScop
 from __future__ import annotations
 
 import csv
-import io
 import json
 import re
 from pathlib import Path
@@ -39,14 +38,29 @@ def read_rows(source: str, streaming: bool = False) -> Iterator[tuple[str, "dict
         raise UserError(f"{source}: expected a {', '.join(SUFFIXES)} file or a folder of them")
     if p.suffix == ".parquet":
         yield from _parquet(source)
-        return
+    elif p.suffix == ".jsonl":
+        yield from _jsonl(source)
+    elif p.suffix == ".csv":
+        try:  # (a byte-order mark, as Excel's "CSV UTF-8" writes, is not data)
+            with open(p, encoding="utf-8-sig") as f:  # read as rows are taken, not whole
+                yield from _csv(source, f)
+        except UnicodeDecodeError:
+            _not_utf8(p)
+    else:
+        try:
+            text = p.read_text(encoding="utf-8-sig")
+        except UnicodeDecodeError:
+            _not_utf8(p)
+        yield from _json(source, text)
+
+
+def _not_utf8(p: Path):
+    data = p.read_bytes()
     try:
-        text = p.read_text(encoding="utf-8-sig")  # (a byte-order mark, as Excel's "CSV UTF-8" writes, is not data)
+        data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
-        line = p.read_bytes()[: e.start].count(b"\n") + 1
-        raise UserError(f"{source}:{line}: not UTF-8 text (byte {e.start})") from None
-    reader = {".jsonl": _jsonl, ".json": _json, ".csv": _csv}[p.suffix]
-    yield from reader(source, text)
+        line = data[:e.start].count(b"\n") + 1
+        raise UserError(f"{p}:{line}: not UTF-8 text (byte {e.start})") from None
 
 
 def row_file(where: str) -> Path | None:
@@ -60,17 +74,29 @@ class BadLine(ValueError):
     --skip_bad_rows can count it and the default can stop at it, naming the line."""
 
 
-def _jsonl(path: str, text: str):
-    for lineno, line in enumerate(text.split("\n"), 1):  # (splitlines would also split at U+2028 inside a string)
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            row = BadLine(f"not valid JSON ({e.msg} at column {e.colno})")
-        if not isinstance(row, (dict, BadLine)):
-            row = BadLine(f"expected a JSON object, got {type(row).__name__}")
-        yield f"{path}:{lineno}", row
+def _jsonl(path: str):
+    """Line by line, as rows are taken (a file larger than memory streams); lines end at "\n" alone (U+2028 and
+    a lone "\r" are text inside a string)."""
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise UserError(f"{path}:{lineno}: not UTF-8 text (byte {f.tell() - len(raw) + e.start})") from None
+            if line.strip():
+                yield _jsonl_row(path, lineno, line)
+
+
+def _jsonl_row(path: str, lineno: int, line: str) -> tuple[str, "dict | BadLine"]:
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as e:
+        row = BadLine(f"not valid JSON ({e.msg} at column {e.colno})")
+    if not isinstance(row, (dict, BadLine)):
+        row = BadLine(f"expected a JSON object, got {type(row).__name__}")
+    return f"{path}:{lineno}", row
 
 
 def _json(path: str, text: str):
@@ -88,8 +114,8 @@ def _json(path: str, text: str):
         yield f"{path} row {i}", row
 
 
-def _csv(path: str, text: str):
-    reader = csv.DictReader(io.StringIO(text, newline=""))  # quoted cells keep their line breaks
+def _csv(path: str, f):
+    reader = csv.DictReader(f)  # quoted cells keep their line breaks (as "\n")
     if not reader.fieldnames:
         raise UserError(f"{path}: no header row")
     for row in reader:
@@ -127,11 +153,14 @@ def _parquet(path: str):
     except ImportError:
         raise UserError(f"{path}: reading parquet needs pyarrow (pip install pyarrow)") from None
     try:
-        table = pq.read_table(path)
+        batches = pq.ParquetFile(path).iter_batches(batch_size=1024)  # a batch at a time, as rows are taken
+        i = 0
+        for batch in batches:
+            for row in batch.to_pylist():
+                yield f"{path} row {i}", row
+                i += 1
     except Exception as e:
         raise UserError(f"{path}: not a readable parquet file ({str(e).splitlines()[0]})") from None
-    for i, row in enumerate(table.to_pylist()):
-        yield f"{path} row {i}", row
 
 
 def _hub(source: str, streaming: bool = False):

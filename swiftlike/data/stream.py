@@ -75,7 +75,18 @@ class LazyCollate:
         return out
 
     def __call__(self, rows: list[dict]) -> dict:
-        encoded = self.encode(rows)
-        if not encoded:  # every row dropped: an empty batch contributes no tokens
-            encoded = [{"input_ids": [self.template.tokenizer.pad_token_id or 0], "labels": [-100], "length": 1}]
-        return self.collate(encoded)
+        return self.collate(self.encode(rows) or [self._nothing()])
+
+    def micro_batches(self, rows: list[dict], size: int) -> list[dict]:
+        """The rows' micro-batches of at most `size` sequences each: one, unless --truncation_strategy split cut a
+        long text into more pieces than that (its pieces then train in this step, `size` at a time, as eager
+        encoding batches `size` pieces: memory stays bounded by --max_length)."""
+        encoded = self.encode(rows) or [self._nothing()]
+        return [self.collate(encoded[i:i + size]) for i in range(0, len(encoded), size)]
+
+    def empty(self) -> dict:
+        """A micro-batch that trains nothing (every process runs as many as the busiest one)."""
+        return self.collate([self._nothing()])
+
+    def _nothing(self) -> dict:  # every row dropped: an empty batch contributes no tokens
+        return {"input_ids": [self.template.tokenizer.pad_token_id or 0], "labels": [-100], "length": 1}

@@ -5,6 +5,7 @@ import functools
 import json
 import logging
 import os
+import pickle
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,7 +13,7 @@ from pathlib import Path
 import torch
 
 from .. import accel
-from ..errors import UserError
+from ..errors import UserError, one_line
 from ..hub import download, is_local
 from ..registry import ModelMeta, find_model
 from . import attention
@@ -27,6 +28,8 @@ MINIATURE_MOE = dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size
 MINIATURE_VISION = dict(num_hidden_layers=1, hidden_size=32, intermediate_size=64, num_attention_heads=2, head_dim=16)
 # bundled byte-level BPE vocabularies (vocab.json + merges.txt) and the tokenizer class that reads them
 _BASE_TOKENIZERS = {"qwen3": "Qwen2Tokenizer", "gpt2": "GPT2Tokenizer"}
+# what a directory holds when it has a tokenizer (fast, BPE vocabulary, SentencePiece or tiktoken)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model", "*.tiktoken")
 
 
 def config_dir(model: str, hub: str, miniature: bool = False) -> str:
@@ -64,8 +67,12 @@ def load_tokenizer(model: str, hub: str = "huggingface", trust_remote_code: bool
             path = ASSETS / "tokenizers" / meta.tokenizer  # bundled: no hub round-trip for registered families
         else:
             path = config_dir(model, hub, miniature)
+            if not any(any(Path(path).glob(pattern)) for pattern in TOKENIZER_FILES):
+                raise UserError(f"{model}: no tokenizer there ({', '.join(TOKENIZER_FILES)}); copy the base model's "
+                                "tokenizer files into it")
+        overrides = meta.tokenizer_overrides if meta and meta.tokenizer and not is_local(model) else {}
         with own_code_refused(model):
-            tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+            tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, **overrides)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return tok
@@ -198,6 +205,9 @@ def model_config(model: str, hub: str = "huggingface", trust_remote_code: bool =
     if meta is not None and meta.config and not is_local(model):
         return registered_config(meta)
     path = config_dir(model, hub)
+    if not (Path(path) / "config.json").is_file():
+        raise UserError(f"{model}: no config.json there (a model directory holds its config.json, weights and "
+                        "tokenizer)")
     try:
         with own_code_refused(model):
             return AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
@@ -326,6 +336,11 @@ def load_model(path: str, dtype: torch.dtype, *, quantize_4bit: bool = False, at
         if attn_implementation and "attn_implementation" in str(e):  # (an unknown name, or one the model lacks)
             raise UserError(f"--attn_implementation {attn_implementation}: {str(e).split('. ')[0]}") from None
         raise
+    except pickle.UnpicklingError:  # torch.load(weights_only=True) met objects other than tensors
+        raise UserError(f"{path}: its pickled weights (.bin) hold objects other than tensors, which are not loaded "
+                        "(they could run code); use safetensors weights") from None
+    except OSError as e:  # weights missing (a shard too) or unreadable
+        raise UserError(f"{path}: cannot load the model's weights: {one_line(e)}") from None
     return model if quantize_4bit else model.to(device)
 
 

@@ -53,6 +53,7 @@ class ModelMeta:
     template: str                       # template name in swiftlike.templates
     family: str
     tokenizer: str                      # bundled tokenizer asset (for --miniature offline), or ""
+    tokenizer_overrides: dict = field(default_factory=dict)  # where this id's tokenizer differs from the bundled one
     config: dict = field(default_factory=dict)  # HF config fields; enough to build a miniature offline
     processor: dict = field(default_factory=dict)  # a vision-language model's preprocessor_config.json
     video_processor: dict = field(default_factory=dict)  # its video_preprocessor_config.json, where it has one

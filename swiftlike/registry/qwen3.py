@@ -36,18 +36,23 @@ def _moe(h, layers, heads, kv, moe_inter, experts, topk, **extra):
                 tie_word_embeddings=False, **extra)
 
 
-def _add(model_id: str, cfg: dict, template: str) -> None:
+# the -Base (pretrained) checkpoints end a text with <|endoftext|> (the config's eos and the tokenizer's) and were
+# trained to 32k positions
+_PRETRAINED = dict(eos_token_id=151643, max_position_embeddings=32768)
+
+
+def _add(model_id: str, cfg: dict, template: str, tokenizer_overrides: dict | None = None) -> None:
     register(ModelMeta(model_id=model_id, model_type=cfg["model_type"], architecture=cfg["architectures"][0],
                        template=template, family="qwen3", tokenizer="qwen3", config=cfg,
-                       requires=("transformers>=4.51",)))
+                       tokenizer_overrides=tokenizer_overrides or {}, requires=("transformers>=4.51",)))
 
 
 for _name, _dims in _DENSE.items():
     _add(f"Qwen/{_name}", _dense(*_dims), "qwen3")
-    _add(f"Qwen/{_name}-Base", _dense(*_dims), "qwen3")
+    _add(f"Qwen/{_name}-Base", _dense(*_dims, **_PRETRAINED), "qwen3", {"eos_token": "<|endoftext|>"})
 for _name, _dims in _MOE.items():
     _add(f"Qwen/{_name}", _moe(*_dims), "qwen3")
-    _add(f"Qwen/{_name}-Base", _moe(*_dims), "qwen3")
+    _add(f"Qwen/{_name}-Base", _moe(*_dims, **_PRETRAINED), "qwen3", {"eos_token": "<|endoftext|>"})
 for _kind, _tpl in _TEMPLATE_2507.items():
     _long = {"max_position_embeddings": 262144, "rope_theta": 5000000.0}
     _add(f"Qwen/Qwen3-4B-{_kind}-2507", _dense(*_DENSE["Qwen3-4B"], **_long), _tpl)

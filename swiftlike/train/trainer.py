@@ -149,8 +149,21 @@ class Trainer:
         return plan_steps(None if self.streaming else len(self.rows), self.s)
 
     def next_batches(self) -> tuple[list[dict], dict]:
-        """The current optimizer step's micro-batches, and metrics of making them (none here)."""
-        return [self.collate(rows) for rows in self._step_rows()], {}
+        """The current optimizer step's micro-batches, and metrics of making them (none here). A collate that
+        encodes as it goes (data/stream.LazyCollate) may make more micro-batches of a group of rows (the pieces of
+        a split text); every process then runs as many as the one with the most (sharded engines gather weights
+        in every forward), the others' extra ones training nothing."""
+        split = getattr(self.collate, "micro_batches", None)
+        if split is None:
+            return [self.collate(rows) for rows in self._step_rows()], {}
+        batches = [b for rows in self._step_rows() for b in split(rows, self.s.per_device_train_batch_size)]
+        if self.distributed:
+            import torch.distributed as dist
+
+            most = torch.tensor([len(batches)], device=self.device)
+            dist.all_reduce(most, op=dist.ReduceOp.MAX)
+            batches += [self.collate.empty() for _ in range(int(most) - len(batches))]
+        return batches, {}
 
     def _step_rows(self) -> list[list]:
         """This process's micro-batches (rows) for the current optimizer step."""
