@@ -128,20 +128,45 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+_ONE_PROCESS_ENV: dict | None = None  # what init_process_group_anyway changed in os.environ (to undo it)
+_OWN_GROUP = False  # whether the process group is the one-process group made here (kept for later runs)
+
+
 def init_process_group_anyway() -> None:
-    """A process group also for one process (DeepSpeed and FSDP2 need one even then)."""
+    """A process group also for one process (DeepSpeed and FSDP2 need one even then); release_process_group restores
+    the environment when the run ends."""
     import torch.distributed as dist
 
-    if dist.is_initialized():
-        return
+    global _ONE_PROCESS_ENV, _OWN_GROUP
     if world_size() > 1:
         init_distributed()
         return
-    port = free_port()
-    for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_WORLD_SIZE", "1"),
-                       ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", str(port))):
+    if dist.is_initialized() and not _OWN_GROUP:  # (someone else's group)
+        return
+    values = (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_WORLD_SIZE", "1"),
+              ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", str(free_port())))
+    _ONE_PROCESS_ENV = {key: os.environ.get(key) for key, _ in values}
+    for key, value in values:  # (DeepSpeed reads LOCAL_RANK in every run)
         os.environ.setdefault(key, value)
-    dist.init_process_group(backend=dist_backend(), world_size=1, rank=0)
+    if not dist.is_initialized():
+        dist.init_process_group(backend=dist_backend(), world_size=1, rank=0)
+        _OWN_GROUP = True
+
+
+def release_process_group() -> None:
+    """The environment as it was before init_process_group_anyway, so that a later run in this Python process (a
+    notebook's), or a `wb` it starts, is not taken for one of torchrun's processes: a `nproc_per_node` > 1 there is
+    refused or launched, not silently run as one process. The one-process group itself stays for the next run
+    (DeepSpeed keeps its groups for the life of the process: a new group would not be registered with them)."""
+    global _ONE_PROCESS_ENV
+    if _ONE_PROCESS_ENV is None:
+        return
+    for key, value in _ONE_PROCESS_ENV.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    _ONE_PROCESS_ENV = None
 
 
 def seed_everything(seed: int) -> None:

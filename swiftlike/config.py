@@ -928,7 +928,15 @@ def _text(value: Any, name: str) -> str:
         return os.fspath(value)
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
-    raise UserError(f"{name}: expected text, got {value!r}")
+    raise UserError(f"{name}: expected text, got {brief(value)}")
+
+
+def brief(value: Any) -> str:
+    """A value for a one-line message: its repr when short, else its type and the repr's start."""
+    text = repr(value)
+    if len(text) <= 80 and "\n" not in text:
+        return text
+    return f"a {type(value).__name__} ({text.splitlines()[0][:60]}...)"
 
 
 def coerce(value: Any, typ: Any, name: str) -> Any:

@@ -184,3 +184,35 @@ def _hub(source: str, streaming: bool = False):
         raise UserError(f"cannot load dataset {source}: {reason}") from None
     for i, row in enumerate(data):
         yield f"{source} row {i}", dict(row)
+
+
+def inline_rows(value, name: str) -> list | None:
+    """Rows given in Python (the API: a list of dicts, or a datasets.Dataset) as a .jsonl file under the cache,
+    named by its content (so the encoded-data cache knows it again): [its path]; None for anything else (paths,
+    names). Errors name the file's lines, which are the rows' positions (line N: row N - 1)."""
+    import hashlib
+    import os
+
+    if hasattr(value, "features") and hasattr(value, "__iter__"):  # a datasets.Dataset or IterableDataset
+        value = list(value)
+    if not isinstance(value, (list, tuple)) or not value or not any(isinstance(v, dict) for v in value):
+        return None
+    bad = next((i for i, v in enumerate(value) if not isinstance(v, dict)), None)
+    if bad is not None:
+        raise UserError(f"{name}: item {bad} is a {type(value[bad]).__name__}; give rows (dicts) or sources "
+                        "(paths, names), not both")
+    lines = []
+    for i, row in enumerate(value):
+        try:
+            lines.append(json.dumps(row, ensure_ascii=False))
+        except (TypeError, ValueError) as e:
+            raise UserError(f"{name}: row {i} cannot be written as JSON ({e}); give images as paths or URLs") from None
+    text = "\n".join(lines) + "\n"
+    folder = Path(os.environ.get("WB_CACHE_DIR") or Path.home() / ".cache" / "swiftlike") / "inline"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{hashlib.sha256(text.encode()).hexdigest()[:16]}.jsonl"
+    if not path.is_file():
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    return [str(path)]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import socket
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -144,8 +145,55 @@ def _reserve(host: str, port: int) -> socket.socket:
 
 
 def run_deploy(cfg: DeployConfig) -> None:
+    """`wb deploy`: serve in the foreground until SIGTERM / Ctrl-C (requests in flight finish first)."""
+    from ..serve import serve
+
+    with _serving(cfg) as (app, sock):
+        stopped_by = serve(app, sock, cfg.drain_timeout, cfg.access_log)
+        if stopped_by:
+            print(f"[wb] deploy: stopped ({stopped_by}) after the requests in flight", file=sys.stderr)
+
+
+class Deployment:
+    """A `wb deploy` server on a thread of this process (the Python API: notebooks, scripts): `url` (the
+    OpenAI-compatible API is under url + "/v1"), `stop()`; a context manager too."""
+
+    def __init__(self, cfg: DeployConfig):
+        from ..serve.server import BackgroundServer
+
+        self._serving = _serving(cfg)
+        app, sock = self._serving.__enter__()
+        try:
+            self._server = BackgroundServer(app, cfg.host, drain_timeout=cfg.drain_timeout, sock=sock).__enter__()
+        except BaseException as e:
+            self._serving.__exit__(type(e), e, e.__traceback__)
+            raise
+        self.url = self._server.url
+
+    def stop(self) -> None:
+        """Stop accepting requests, let those in flight finish (up to --drain_timeout), free the model."""
+        if self._server is not None:
+            server, self._server = self._server, None
+            try:
+                server.__exit__(None, None, None)
+            finally:
+                self._serving.__exit__(None, None, None)
+
+    def __enter__(self) -> "Deployment":
+        return self
+
+    def __exit__(self, *_) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return f"Deployment({self.url}, {'serving' if self._server is not None else 'stopped'})"
+
+
+@contextmanager
+def _serving(cfg: DeployConfig):
+    """(the app, its reserved socket) with the engine loaded; the engine closed and the socket freed after."""
     from ..models.loader import quiet_libraries
-    from ..serve import ServeSettings, create_app, serve
+    from ..serve import ServeSettings, create_app
 
     adapters = cfg.adapter_paths()
     base = served_base(cfg, adapters)
@@ -168,9 +216,7 @@ def run_deploy(cfg: DeployConfig) -> None:
         print(f"[wb] deploy: serving {', '.join(names)} ({engine.name} engine, batches of up to "
               f"{cfg.max_batch_size}, context {settings.max_model_len} tokens"
               f"{', API key required' if cfg.api_key else ''}) on http://{host}:{port}/v1", flush=True)
-        stopped_by = serve(app, sock, cfg.drain_timeout, cfg.access_log)
-        if stopped_by:
-            print(f"[wb] deploy: stopped ({stopped_by}) after the requests in flight", file=sys.stderr)
+        yield app, sock
     finally:
         engine.close()
         sock.close()

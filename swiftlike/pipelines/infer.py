@@ -27,24 +27,38 @@ def reward_score(model, template, messages: list[dict]) -> float:
     return float(scores[0])
 
 
+_GENERATE_OPTIONS = ("top_k", "repetition_penalty", "stop", "seed", "n")
+
+
 def generate(model, tokenizer, template, messages: list[dict], max_new_tokens: int = 512, temperature: float = 0.0,
-             top_p: float = 1.0, enable_thinking: bool | None = None, raw: bool = False, **sampling) -> dict | str:
+             top_p: float = 1.0, enable_thinking: bool | None = None, raw: bool = False, tools: list | None = None,
+             **sampling) -> dict | str | list:
     """The reply as an assistant message ({role, content, reasoning?, tool_calls?}: reasoning split off, empty
-    think blocks dropped, tool calls parsed), or with `raw` the generated text up to the stop token. `sampling`:
-    more SamplingParams fields (top_k, repetition_penalty, stop, seed)."""
+    think blocks dropped, tool calls parsed), or with `raw` the generated text up to the stop token. `tools`: the
+    functions the model may call (OpenAI's form), rendered as the template renders them. `sampling`: top_k,
+    repetition_penalty, stop, seed, and n (n > 1: a list of n replies)."""
     from ..infer import SamplingParams
     from ..infer.engine import TransformersEngine
 
+    unknown = sorted(set(sampling) - set(_GENERATE_OPTIONS))
+    if unknown:
+        raise UserError(f"generate() got an unknown option {unknown[0]!r} (options: max_new_tokens, temperature, "
+                        f"top_p, enable_thinking, raw, tools, {', '.join(_GENERATE_OPTIONS)})")
+    if getattr(model, "swiftlike_task", None) == "rm":
+        raise UserError("this is a reward model (`wb rm`): it scores answers (wb infer --response, "
+                        "swiftlike.pipelines.infer.reward_score), it does not write them")
     params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, **sampling)
-    ids = template.encode_prompt(messages, **_thinking(enable_thinking))
+    params.validate()
+    ids = template.encode_prompt(messages, tools, **_thinking(enable_thinking))
     was_training = model.training
     try:
-        with TransformersEngine(model, tokenizer, template, max_batch_size=1) as engine:
-            text = engine.generate([ids], params)[0][0].text
+        with TransformersEngine(model, tokenizer, template, max_batch_size=max(params.n, 1)) as engine:
+            texts = [c.text for c in engine.generate([ids], params)[0]]
     finally:
         model.train(was_training)
     # special tokens stay: tool-call markers such as [TOOL_CALLS] are special in some vocabularies
-    return text if raw else template.parse_response(text)
+    replies = texts if raw else [template.parse_response(text) for text in texts]
+    return replies if params.n > 1 else replies[0]
 
 
 def _thinking(enable_thinking: bool | None) -> dict:

@@ -226,7 +226,8 @@ def start_run(cfg: SFTConfig) -> tuple[bool, Path, Path | None]:
 
 def cleans_up_on_failure(run: Callable) -> Callable:
     """A run that fails (or is interrupted) before its first checkpoint leaves no output directory it created:
-    only what the run itself wrote there (args.json, a miniature's base_model) is removed with it."""
+    only what the run itself wrote there (args.json, a miniature's base_model) is removed with it. Every run, ended
+    either way, restores the environment a one-process group changed (accel.release_process_group)."""
     import functools
     import shutil
 
@@ -242,6 +243,8 @@ def cleans_up_on_failure(run: Callable) -> Callable:
                     p.name in regenerable or p.name.startswith(".") for p in out.iterdir()):
                 shutil.rmtree(out, ignore_errors=True)
             raise
+        finally:
+            accel.release_process_group()
     return wrapped
 
 

@@ -26,9 +26,20 @@ from .builtin import BUILTINS, RewardContext
 _REGISTERED: dict[str, Callable] = {}
 
 
-def register_reward(name: str):
-    """Decorator: make a reward function available by name (`--reward_funcs name`)."""
+def register_reward(name):
+    """Decorator: make a reward function available by name (`--reward_funcs name`): `@register_reward("name")`,
+    or bare `@register_reward` for the function's own name. A built-in's name is refused (it would never be used)."""
+    if callable(name):  # (used bare: the function itself)
+        return register_reward(name.__name__)(name)
+    if not isinstance(name, str) or not name:
+        raise UserError(f"register_reward: the name must be a non-empty string, got {name!r}")
+    if name in BUILTINS:
+        raise UserError(f"register_reward: {name!r} is a built-in reward function ({', '.join(sorted(BUILTINS))}); "
+                        "register yours under another name")
+
     def wrap(fn: Callable) -> Callable:
+        if not callable(fn):
+            raise UserError(f"register_reward({name!r}) decorates a function, got {type(fn).__name__}")
         _REGISTERED[name] = fn
         return fn
     return wrap
@@ -83,7 +94,8 @@ def _from_file(spec: str) -> tuple[str, Callable]:
     file = Path(path).expanduser()
     if not file.is_file():
         raise UserError(f"--reward_funcs {spec}: no such file {path}")
-    module_name = f"wb_reward_{file.stem}_{abs(hash(str(file.resolve())))}"
+    stat = file.stat()  # (an edited file is a new module: a notebook re-running wb.grpo gets the edit)
+    module_name = f"wb_reward_{file.stem}_{abs(hash((str(file.resolve()), stat.st_mtime_ns, stat.st_size)))}"
     module = sys.modules.get(module_name)
     if module is None:
         loader_spec = importlib.util.spec_from_file_location(module_name, file)

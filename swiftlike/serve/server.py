@@ -47,8 +47,11 @@ class BackgroundServer:
             OpenAI(base_url=server.url + "/v1", api_key="-")
     """
 
-    def __init__(self, app, host: str = "127.0.0.1", port: int = 0, drain_timeout: float | None = 5.0):
-        self.sock = bind(host, port)
+    def __init__(self, app, host: str = "127.0.0.1", port: int = 0, drain_timeout: float | None = 5.0,
+                 sock: socket.socket | None = None):
+        self.sock = sock if sock is not None else bind(host, port)
+        if sock is not None:
+            sock.listen(2048)
         self.host, self.port = host, self.sock.getsockname()[1]
         self.url = f"http://{host}:{self.port}"
         self.server = uvicorn.Server(_config(app, drain_timeout, access_log=False))
