@@ -138,3 +138,18 @@ def test_qwen3_base_models_end_texts_with_endoftext():
     assert (config.eos_token_id, config.max_position_embeddings) == (151643, 32768)
     assert registered_config(find_model("Qwen/Qwen3-30B-A3B-Base")).eos_token_id == 151643
     assert registered_config(find_model("Qwen/Qwen3-8B")).eos_token_id == 151645
+
+
+def test_modelscope_is_asked_for_its_own_id_of_a_registered_model(monkeypatch):
+    import sys
+    import types
+
+    asked = []
+    fake = types.ModuleType("modelscope")
+    fake.snapshot_download = lambda model_id, allow_patterns: asked.append(model_id) or "/nowhere"
+    monkeypatch.setitem(sys.modules, "modelscope", fake)
+    from swiftlike.models.loader import config_dir
+
+    config_dir("google/gemma-2-2b-it", "modelscope")
+    config_dir("Qwen/Qwen3-8B-Base", "modelscope")  # (the same id on both hubs)
+    assert asked == ["LLM-Research/gemma-2-2b-it", "Qwen/Qwen3-8B-Base"]

@@ -36,7 +36,14 @@ def config_dir(model: str, hub: str, miniature: bool = False) -> str:
     """A directory holding the model's config and tokenizer (no weights needed)."""
     if is_local(model):
         return str(Path(model).expanduser())
-    return download(model, hub, config_only=True, miniature=miniature)
+    return download(hub_id(model, hub), hub, config_only=True, miniature=miniature)
+
+
+def hub_id(model: str, hub: str) -> str:
+    """The id to ask `hub` for: a registered model's ModelScope id where it differs from its Hugging Face one
+    (`--hub modelscope --model google/gemma-2-2b-it` is LLM-Research/gemma-2-2b-it there)."""
+    meta = find_model(model) if hub == "modelscope" else None
+    return meta.modelscope_id if meta is not None and meta.modelscope_id else model
 
 
 @contextmanager

@@ -145,7 +145,9 @@ def base_weights(ref: ModelRef, trust_remote_code: bool = False) -> str:
     """A local directory holding the base weights (downloaded, and cached by the hub library, when needed)."""
     if is_local(ref.base):
         return str(Path(ref.base).expanduser())
-    return download(ref.base, ref.hub, with_code=trust_remote_code)
+    from .loader import hub_id
+
+    return download(hub_id(ref.base, ref.hub), ref.hub, with_code=trust_remote_code)
 
 
 def stored_dtype(directory: str) -> torch.dtype:
