@@ -25,6 +25,9 @@ def _f(default, help: str, **kw):
     return field(default=default, metadata={"help": help, **kw})
 
 
+TORCH_DTYPES = ("auto", "bfloat16", "bf16", "float16", "fp16", "float32", "fp32")  # (accel.resolve_dtype's names)
+
+
 @dataclass
 class ModelArgs:
     model: str = _f("", "Hub id (Qwen/Qwen3-8B), local directory, or a checkpoint directory.")
@@ -34,7 +37,8 @@ class ModelArgs:
                                 "template, with the family's own tokenizer or a labelled stand-in vocabulary "
                                 "(offline, seconds), to try a pipeline before renting GPUs.")
     template: str | None = _f(None, "Template name override (default: the registry's template for --model).")
-    torch_dtype: str = _f("auto", "auto (bf16 where supported, else fp32), bfloat16, float16 or float32.")
+    torch_dtype: str = _f("auto", "auto (bf16 where supported, else fp32), bfloat16, float16 or float32.",
+                          choices=TORCH_DTYPES)
     attn_implementation: str | None = _f(None, "sdpa, eager, flash_attention_2 or wb_varlen (padding-free rows "
                                                "without a mask; default: chosen per device and batching, printed at "
                                                "start-up, docs/architecture.md).")
@@ -791,7 +795,7 @@ class ExportConfig(ModelArgs):
     torch_dtype: str = _f("auto", "dtype of the written weights (and of GPTQ/AWQ's computation): auto (the dtype "
                                   "the model's config.json states, the base model's for --adapters: the same file "
                                   "on any machine; --to gguf: float32, rounded once to --gguf_type), bfloat16, "
-                                  "float16 or float32.")
+                                  "float16 or float32.", choices=TORCH_DTYPES)
     output_dir: str = _f("", "Where the export goes (default: next to the checkpoint, <name>-merged).")
     overwrite_output_dir: bool = _f(False, "Replace an --output_dir that is not empty.")
     max_shard_size: str = _f("5GB", "Largest safetensors shard (e.g. 2GB, 500MB).")
