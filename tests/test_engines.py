@@ -104,6 +104,21 @@ def test_bad_engine_options_are_one_line_errors(tmp_path):
     assert "full_shard, hybrid_shard, full_shard_offload" in _bad(tmp_path, "--fsdp", "sharded")
     assert "unknown key 'mixed'" in _bad(tmp_path, "--fsdp", "fsdp.json")
     assert "--node_rank 2 is not below --nnodes 2" in _bad(tmp_path, "--nnodes", "2", "--node_rank", "2")
+    (tmp_path / "stage_text.json").write_text(json.dumps({"zero_optimization": "3"}))  # (an AttributeError)
+    assert "zero_optimization must be an object" in _bad(tmp_path, "--deepspeed", "stage_text.json")
+
+
+@pytest.mark.slow
+def test_a_checkpoint_resumed_under_another_engine_is_one_line(tmp_path):
+    """A ZeRO-2 checkpoint resumed without an engine was an AttributeError, under ZeRO-3 DeepSpeed's bare
+    AssertionError: each names the engine and number of processes the run trained with."""
+    out = str(tmp_path / "run")
+    wb_cli("sft", *common(out, "--dataset", IDENTITY, "--save_steps", "1", "--deepspeed", "zero2", steps_=2))
+    __import__("shutil").rmtree(tmp_path / "run" / "checkpoint-2")
+    for engine in ([], ["--deepspeed", "zero3"]):
+        r = wb_cli("sft", *common(out, "--dataset", IDENTITY, "--resume", *engine, steps_=2), check=False)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+        assert "(--deepspeed zero2, 1 process)" in r.stderr.strip().splitlines()[-1]
 
 
 @pytest.mark.parametrize("engine", [["--fsdp", "full_shard"], ["--deepspeed", "zero3"]], ids=["fsdp", "zero3"])
@@ -324,3 +339,47 @@ def test_rows_dropped_while_streaming_are_counted_over_every_process(tmp_path):
     trained = [[s.get("loss") for s in logged_steps(r)] for r in (one, two)]  # (a step of dropped rows: none)
     assert None in trained[0] and [x is None for x in trained[1]] == [x is None for x in trained[0]]
     assert [x for x in trained[1] if x] == pytest.approx([x for x in trained[0] if x], rel=2e-5)
+
+
+@pytest.mark.slow
+def test_a_streamed_text_split_into_many_micro_batches_steps_once(tmp_path):
+    """--streaming with --truncation_strategy split: a long text's pieces make more micro-batches than
+    --gradient_accumulation_steps (Trainer.next_batches). DeepSpeed once counted each as a step of its own (14
+    optimizer steps for 2); under ZeRO-2, and with two processes under ZeRO-3 (the process with fewer pieces runs
+    empty micro-batches to match), the losses and gradient norms equal one plain process's."""
+    args = ["--dataset", str(REPO / "tests" / "data" / "c4_sample.jsonl"), "--streaming", "--max_length", "128",
+            "--lora_dropout", "0"]
+    plain = wb_cli("pt", *common("plain", *args, "--per_device_train_batch_size", "2", steps_=2), cwd=tmp_path)
+    zero2 = wb_cli("pt", *common("zero2", *args, "--per_device_train_batch_size", "2", "--deepspeed", "zero2",
+                                 steps_=2), cwd=tmp_path)
+    two = wb_cli("pt", *common("two", *args, "--per_device_train_batch_size", "1", "--nproc_per_node", "2",
+                               "--deepspeed", "zero3", steps_=2), cwd=tmp_path)
+    expected = [(s["loss"], s["grad_norm"]) for s in logged_steps(plain)]
+    assert len(expected) == 2 and logged_steps(plain)[-1]["trained_tokens"] > 4 * 2 * 128  # (many pieces)
+    for run in (zero2, two):
+        assert [(s["loss"], s["grad_norm"]) for s in logged_steps(run)] == pytest.approx(expected, rel=1e-3)
+
+
+@pytest.mark.slow
+def test_validation_and_eval_after_train_under_zero3_with_two_processes(tmp_path):
+    """5 validation rows in batches of 2 are 3 batches: the process with fewer once left the loop while the
+    other waited in a sharded forward (a hang, under FSDP too); --eval_after_train then loaded its models on the
+    main process inside ZeRO-3's partitioned construction, which waited for the other process (a crash)."""
+    r = wb_cli("sft", *common("run", "--dataset", IDENTITY, "--per_device_train_batch_size", "2", "--split_ratio",
+                              "0.125", "--nproc_per_node", "2", "--deepspeed", "zero3", "--eval_after_train",
+                              "--eval_dataset", "mcq-demo", "--eval_limit", "2", "--eval_max_new_tokens", "2",
+                              steps_=2), cwd=tmp_path, timeout=400)
+    assert "eval_loss" in r.stdout + r.stderr and (tmp_path / "run" / "eval" / "results.json").is_file()
+
+
+@pytest.mark.slow
+def test_a_run_failing_in_its_processes_is_cleaned_up_once_all_have_stopped(tmp_path):
+    """Two processes failing on the same option: the first removed the run directory (and the miniature's
+    base_model in it) while the second still read it, which then said "cannot get '.../base_model' from
+    huggingface". Now the launching `wb` removes it once every process has stopped."""
+    (tmp_path / "gas.json").write_text(json.dumps({"zero_optimization": {"stage": 3},
+                                                   "gradient_accumulation_steps": 4}))
+    r = wb_cli("sft", *common("run", "--dataset", IDENTITY, "--deepspeed", "gas.json", "--nproc_per_node", "2",
+                              steps_=1), cwd=tmp_path, check=False)
+    assert r.returncode != 0 and "gradient_accumulation_steps" in r.stderr
+    assert "base_model" not in r.stderr and not (tmp_path / "run").exists()

@@ -34,7 +34,8 @@ def test_resume_of_a_finished_run_says_so(tmp_path, capsys):
                         "2"]) == 0
     printed = capsys.readouterr().out.splitlines()
     assert f"[wb] resuming from {out / 'checkpoint-2'} (step 2 of 4); options changed since it was saved (the run " \
-           "goes on differently): --per_device_train_batch_size 4 -> 2" in printed  # (it was silent)
+           "goes on differently): global batch 4 -> 2 (--per_device_train_batch_size x " \
+           "--gradient_accumulation_steps x processes)" in printed  # (it was silent)
     done = [line for line in printed if line.startswith("[wb] done")][0]
     first_loss = [line for line in first.splitlines() if line.startswith("[wb] done")][0].split("loss ")[1][:7]
     assert done.split("loss ")[1].startswith(first_loss)
@@ -56,6 +57,12 @@ def test_the_resume_line_tolerates_a_checkpoint_without_readable_args(tmp_path):
     assert resume_line(ckpt, trainer, cfg) == f"[wb] resuming from {ckpt} (step 1 of 2)"
     (ckpt / "args.json").write_text(json.dumps({"learning_rate": 1e-2}))
     assert "--learning_rate 0.01 -> 0.001" in resume_line(ckpt, trainer, cfg)
+    # the rows of a step: 2 processes x 2 is 1 process x 2 x accumulation 2 (no change); 2 x 2 -> 1 x 2 is one
+    saved = {"per_device_train_batch_size": 2, "gradient_accumulation_steps": 1, "nproc_per_node": 2}
+    (ckpt / "args.json").write_text(json.dumps(saved))
+    same = SFTConfig(per_device_train_batch_size=2, gradient_accumulation_steps=2)
+    assert resume_line(ckpt, trainer, same) == f"[wb] resuming from {ckpt} (step 1 of 2)"
+    assert "global batch 4 -> 2" in resume_line(ckpt, trainer, SFTConfig(per_device_train_batch_size=2))
     # a preference run's objective and reference (its starting adapters) were resumed changed without a word
     from swiftlike.config import DPOConfig
 

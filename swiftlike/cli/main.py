@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 from ..config import (DeployConfig, DPOConfig, EvalConfig, ExportConfig, GRPOConfig, InferConfig, KTOConfig, PreviewConfig,
                       PTConfig, RMConfig, RolloutConfig, SFTConfig, options,
@@ -220,8 +221,15 @@ def _run(argv: list[str]) -> int:
     cfg = build_config(cls, merged)
     _debug.update(on=cfg.debug)
     if args.command in ("sft", "pt", "dpo", "kto", "rm", "grpo"):
-        code = None if cfg.dry_run else _maybe_relaunch(argv, launch_plan(cfg, set(merged)))  # (a plan needs none)
+        # (every process trains into the directory named here: a default one is stamped with the time)
+        existed = Path(cfg.output_dir).exists()
+        code = None if cfg.dry_run else _maybe_relaunch([*argv, "--output_dir", cfg.output_dir],
+                                                        launch_plan(cfg, set(merged)))  # (a plan needs none)
         if code is not None:
+            if code != 0 and not existed:  # as one process cleans up (pipelines/sft.cleans_up_on_failure), once
+                from ..pipelines.sft import remove_if_only_regenerable  # every process has stopped
+
+                remove_if_only_regenerable(Path(cfg.output_dir))
             return code
         if args.command == "grpo":
             from ..pipelines.grpo import run_grpo

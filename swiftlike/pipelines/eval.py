@@ -370,6 +370,10 @@ def after_training(cfg):
             read_eval_rows(spec, ecfg)
 
     def evaluate_checkpoint(checkpoint) -> dict:
+        from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled, unset_hf_deepspeed_config
+
+        if is_deepspeed_zero3_enabled():  # (training is over: the models scored here load whole, in this process)
+            unset_hf_deepspeed_config()
         checkpoint = str(checkpoint)
         lora = (Path(checkpoint) / "adapter_config.json").is_file()
         final = Candidate(_label(checkpoint), "" if lora else checkpoint, checkpoint if lora else None)

@@ -229,7 +229,6 @@ def cleans_up_on_failure(run: Callable) -> Callable:
     only what the run itself wrote there (args.json, a miniature's base_model) is removed with it. Every run, ended
     either way, restores the environment a one-process group changed (accel.release_process_group)."""
     import functools
-    import shutil
 
     @functools.wraps(run)
     def wrapped(cfg):
@@ -238,14 +237,23 @@ def cleans_up_on_failure(run: Callable) -> Callable:
         try:
             return run(cfg)
         except BaseException:
-            regenerable = {"args.json", BASE_MODEL_DIR}
-            if not existed and out.is_dir() and accel.is_main_process() and all(
-                    p.name in regenerable or p.name.startswith(".") for p in out.iterdir()):
-                shutil.rmtree(out, ignore_errors=True)
+            # (several processes: the `wb` that launched them does it once all have stopped; another may still be
+            # reading the miniature's base_model here)
+            if not existed and accel.world_size() == 1:
+                remove_if_only_regenerable(out)
             raise
         finally:
             accel.release_process_group()
     return wrapped
+
+
+def remove_if_only_regenerable(out: Path) -> None:
+    """A run directory that holds nothing but what a run writes before its first checkpoint, removed."""
+    import shutil
+
+    regenerable = {"args.json", BASE_MODEL_DIR}
+    if out.is_dir() and all(p.name in regenerable or p.name.startswith(".") for p in out.iterdir()):
+        shutil.rmtree(out, ignore_errors=True)
 
 
 @cleans_up_on_failure
@@ -359,11 +367,19 @@ def training_engine(cfg: SFTConfig, base_dir: str, dtype):
 
 
 # options that decide the rows, their order or the update: a resumed run that changes them is not the run it continues
-RESUMED_OPTIONS = ("dataset", "seed", "per_device_train_batch_size", "gradient_accumulation_steps", "max_length",
-                   "truncation_strategy", "packing", "learning_rate", "lr_scheduler_type", "weight_decay",
+RESUMED_OPTIONS = ("dataset", "seed", "max_length", "truncation_strategy", "packing", "learning_rate", "lr_scheduler_type", "weight_decay",
                    "num_generations", "adapters",  # (a preference run's reference is the adapters it started from)
                    "loss_type", "beta", "label_smoothing", "rpo_alpha", "simpo_gamma", "precompute_ref_logps",
                    "desirable_weight", "undesirable_weight", "center_rewards_coefficient")
+
+
+def _global_batch(args: dict) -> int | None:
+    """Rows (prompts for GRPO) per optimizer step from a run's args.json (older ones lack `world_size`)."""
+    try:
+        world = args.get("world_size") or args.get("nproc_per_node", 1) * args.get("nnodes", 1)
+        return args["per_device_train_batch_size"] * args["gradient_accumulation_steps"] * world
+    except (KeyError, TypeError):
+        return None
 
 
 def resume_line(ckpt: Path, trainer, cfg: SFTConfig) -> str:
@@ -378,6 +394,12 @@ def resume_line(ckpt: Path, trainer, cfg: SFTConfig) -> str:
         saved = {}
     changed = [f"--{k} {saved[k]} -> {getattr(cfg, k)}" for k in RESUMED_OPTIONS
                if k in saved and hasattr(cfg, k) and saved[k] != getattr(cfg, k)]
+    # the rows of a step: per-device batch x accumulation x processes (the same product split otherwise trains the
+    # same; another one draws other rows per step)
+    before, now = _global_batch(saved), _global_batch({**dataclasses.asdict(cfg), "world_size": accel.world_size()})
+    if before is not None and before != now:
+        changed.append(f"global batch {before} -> {now} (--per_device_train_batch_size x "
+                       "--gradient_accumulation_steps x processes)")
     # a plan that changed with the options, or with swiftlike (an epoch's steps once dropped a last partial one)
     planned = trainer.resumed_plan
     asked = all(saved.get(k) == getattr(cfg, k) for k in ("max_steps", "num_train_epochs"))  # (not asked for more)
@@ -533,6 +555,7 @@ def run_args(cfg: SFTConfig, task: str, template_name: str, base_dir: str, added
     the new tokens' ids, whose rows they rebuild before loading adapters)."""
     args = {**dataclasses.asdict(cfg), "task": task, "train_type": cfg.train_type, "template": template_name,
             "base_model_dir": str(Path(base_dir).resolve()), "added_tokens": added or {},
+            "world_size": accel.world_size(),
             "swiftlike_version": __version__}
     for hidden in getattr(cfg, "NOT_OPTIONS", ()):
         args.pop(hidden, None)

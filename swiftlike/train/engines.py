@@ -19,7 +19,7 @@ from typing import Callable
 import torch
 
 from .. import accel
-from ..errors import UserError
+from ..errors import UserError, one_line
 
 PRESETS = Path(__file__).resolve().parents[1] / "assets" / "configs"
 DEEPSPEED_PRESETS = ("zero1", "zero2", "zero3", "zero2_offload", "zero3_offload")
@@ -59,6 +59,13 @@ def deepspeed_config(value: str) -> dict:
             raise UserError(f"--deepspeed {value}: remove its {section!r} section; the run's own AdamW and "
                             "--lr_scheduler_type are used (set --learning_rate, --weight_decay, --warmup_steps)")
     zero = config.get("zero_optimization", {})
+    if not isinstance(zero, dict):
+        raise UserError(f"--deepspeed {value}: zero_optimization must be an object such as {{\"stage\": 2}}, got "
+                        f"{zero!r}")
+    for key in ("offload_param", "offload_optimizer"):
+        if not isinstance(zero.get(key, {}), dict):
+            raise UserError(f"--deepspeed {value}: zero_optimization.{key} must be an object such as "
+                            f"{{\"device\": \"cpu\"}}, got {zero[key]!r}")
     if zero.get("stage", 0) not in (0, 1, 2, 3):
         raise UserError(f"--deepspeed {value}: zero_optimization.stage must be 0, 1, 2 or 3, got {zero['stage']!r}")
     if zero.get("offload_param", {}).get("device", "none") not in ("none", None) and zero.get("stage") != 3:
@@ -247,7 +254,14 @@ class DDPEngine:
         return self.optimizer.state_dict()
 
     def load_optimizer_state(self, state: dict | None, ckpt: Path) -> None:
-        self.optimizer.load_state_dict(state)
+        if not state or "param_groups" not in state:  # (DeepSpeed keeps its own in deepspeed/; FSDP's is sharded)
+            raise UserError(f"{ckpt}: its optimizer state was saved by another engine ({_engine_of(ckpt)}); resume "
+                            "it with the engine it was trained with")
+        try:
+            self.optimizer.load_state_dict(state)
+        except (ValueError, KeyError) as e:
+            raise UserError(f"{ckpt}: its optimizer state does not fit this run ({one_line(e)}); resume it with the "
+                            "engine and options it was trained with") from None
 
     def save_engine_state(self, directory: Path) -> None:
         """Anything every rank writes itself (collective); the directory exists on every rank."""
@@ -300,6 +314,9 @@ class DeepSpeedEngine(DDPEngine):
         return objective  # deepspeed.initialize wraps it once the optimizer exists
 
     def forward_backward(self, batch, scale, last):
+        # the boundary is ours to say: a step may hold more micro-batches than --gradient_accumulation_steps (the
+        # pieces of a text split while streaming: Trainer.next_batches), and DeepSpeed would count them as steps
+        self.engine.set_gradient_accumulation_boundary(last)
         part, _, metrics = self.engine(**batch)
         # the engine divides by its accumulation steps; our scale already normalises over every micro-batch
         self.engine.backward(part * scale.to(part.device, part.dtype) * self.s.gradient_accumulation_steps)
@@ -331,8 +348,13 @@ class DeepSpeedEngine(DDPEngine):
         if not (Path(ckpt) / "deepspeed").is_dir():
             raise UserError(f"{ckpt}: not a DeepSpeed checkpoint (no deepspeed/ folder); resume it with the engine "
                             "it was trained with")
-        self.engine.load_checkpoint(str(ckpt), tag="deepspeed", load_module_strict=False,
-                                    load_optimizer_states=True, load_lr_scheduler_states=False)
+        try:
+            self.engine.load_checkpoint(str(ckpt), tag="deepspeed", load_module_strict=False,
+                                        load_optimizer_states=True, load_lr_scheduler_states=False)
+        except Exception as e:  # another ZeRO stage or number of processes: DeepSpeed asserts or raises its own
+            why = one_line(e) if str(e).strip() else "its shards do not fit"
+            raise UserError(f"{ckpt}: DeepSpeed cannot resume this checkpoint here ({why}); resume it with the ZeRO "
+                            f"stage and the number of processes it was trained with ({_engine_of(ckpt)})") from None
 
     def call(self, method: str, *args, **kwargs):
         """Under ZeRO-3 these passes read the output layer's weight outside its module's forward (the fused loss);
@@ -420,6 +442,18 @@ class FSDPEngine(DDPEngine):
             raise UserError(f"{ckpt}: its optimizer state was not saved under --fsdp; resume it with the engine "
                             "it was trained with")
         set_optimizer_state_dict(self.module, self.optimizer, optim_state_dict=state, options=self._options())
+
+
+def _engine_of(ckpt: Path) -> str:
+    """How a checkpoint's run trained, from its args.json (for messages)."""
+    try:
+        args = json.loads((Path(ckpt) / "args.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "see its args.json"
+    engine = f"--deepspeed {args['deepspeed']}" if args.get("deepspeed") else \
+        f"--fsdp {args['fsdp']}" if args.get("fsdp") else "no --deepspeed or --fsdp"
+    world = args.get("world_size") or args.get("nproc_per_node", 1) * args.get("nnodes", 1)
+    return f"{engine}, {world} process{'es' if world != 1 else ''}"
 
 
 def decoder_layers(root: torch.nn.Module) -> list[torch.nn.Module]:

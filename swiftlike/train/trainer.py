@@ -233,12 +233,17 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self) -> dict:
         """Weighted mean loss (and the objective's metrics) over the validation rows; each process takes every
-        world_size-th batch."""
+        world_size-th batch. Every process runs as many forwards (a sharded engine's forward is a collective):
+        one with fewer batches repeats its first and counts it not."""
         self.loss_module.eval()
         bs, total, count, sums = self.s.per_device_train_batch_size, 0.0, 0.0, {}
         batches = [self.eval_rows[i:i + bs] for i in range(0, len(self.eval_rows), bs)]
-        for batch in batches[accel.rank()::accel.world_size()]:
+        mine = batches[accel.rank()::accel.world_size()]
+        most = -(-len(batches) // accel.world_size())
+        for i, batch in enumerate(mine + [batches[0]] * (most - len(mine))):
             part, n, metrics = self.loss_module(**self._batch_to_device(self.eval_collate(batch)))
+            if i >= len(mine):
+                continue
             total += float(part)
             count += float(n)
             for k, v in metrics.items():
