@@ -367,7 +367,8 @@ def training_engine(cfg: SFTConfig, base_dir: str, dtype):
 
 
 # options that decide the rows, their order or the update: a resumed run that changes them is not the run it continues
-RESUMED_OPTIONS = ("dataset", "seed", "max_length", "truncation_strategy", "packing", "learning_rate", "lr_scheduler_type", "weight_decay",
+RESUMED_OPTIONS = ("dataset", "seed", "max_length", "truncation_strategy", "packing", "learning_rate",
+                   "lr_scheduler_type", "weight_decay",
                    "num_generations", "adapters",  # (a preference run's reference is the adapters it started from)
                    "loss_type", "beta", "label_smoothing", "rpo_alpha", "simpo_gamma", "precompute_ref_logps",
                    "desirable_weight", "undesirable_weight", "center_rewards_coefficient")
