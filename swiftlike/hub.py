@@ -22,8 +22,11 @@ _REASONS = {
     "RevisionNotFoundError": "no such revision in the repository",
     "DisabledRepoError": "the repository is disabled",
 }
-WEIGHTS = ["*.safetensors", "*.safetensors.index.json"]
-PICKLED_WEIGHTS = ["pytorch_model*.bin", "pytorch_model.bin.index.json"]  # (older repositories; loaded weights-only)
+# transformers' layout (model.safetensors, model-0000N-of-0000M.safetensors): not a repository's other copies of the
+# same weights (Mistral's consolidated.safetensors doubled the download); then any safetensors; then an older
+# repository's pickles (loaded weights-only)
+WEIGHTS = ["model*.safetensors", "model.safetensors.index.json"]
+OTHER_WEIGHTS = (["*.safetensors", "*.safetensors.index.json"], ["pytorch_model*.bin", "pytorch_model.bin.index.json"])
 
 
 def _looks_like_path(model: str) -> bool:
@@ -49,8 +52,10 @@ def download(model_id: str, hub: str = "huggingface", config_only: bool = False,
     offline = " (offline mode is on)" if os.environ.get("HF_HUB_OFFLINE") == "1" else ""
     try:
         path = _snapshot(model_id, hub, patterns)
-        if not config_only and not has_weights(Path(path)):
-            path = _snapshot(model_id, hub, PICKLED_WEIGHTS)
+        for other in () if config_only else OTHER_WEIGHTS:
+            if has_weights(Path(path)):
+                break
+            path = _snapshot(model_id, hub, other)
     except UserError:
         raise
     except Exception as e:  # network, auth, missing repo: all become one clear line

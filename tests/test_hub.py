@@ -47,7 +47,7 @@ def test_an_older_repository_s_bin_weights_are_downloaded_when_it_has_no_safeten
     assert list(repo.glob("pytorch_model*.bin")) and not list(repo.glob("*.safetensors"))
     _fake_hub(monkeypatch, repo, asked)
     path = hub.download("acme/old-model")
-    assert len(asked) == 2 and "pytorch_model*.bin" in asked[1]
+    assert len(asked) == 3 and "pytorch_model*.bin" in asked[-1]
     assert load_model(path, torch.float32).config.model_type == "qwen3"  # (loaded weights-only)
 
     for f in repo.glob("pytorch_model*"):
@@ -60,6 +60,19 @@ def test_an_older_repository_s_bin_weights_are_downloaded_when_it_has_no_safeten
     with pytest.raises(UserError, match=r"the cached copy of 'acme/old-model' \(offline mode is on\) holds no "):
         hub.download("acme/old-model")
     assert hub.download("acme/old-model", config_only=True)  # a config is all some commands need
+
+
+def test_a_repository_s_other_copy_of_its_weights_is_not_downloaded(tmp_path, monkeypatch, qwen3_tokenizer):
+    """Mistral's repositories hold consolidated.safetensors beside transformers' shards: both were downloaded."""
+    repo, asked = _model_dir(tmp_path / "repo", qwen3_tokenizer), []
+    shutil.copy(repo / "model.safetensors", repo / "consolidated.safetensors")
+    _fake_hub(monkeypatch, repo, asked)
+    path = Path(hub.download("mistralai/like-this"))
+    assert (path / "model.safetensors").is_file() and not (path / "consolidated.safetensors").exists()
+    assert len(asked) == 1
+    (repo / "model.safetensors").rename(repo / "weights.safetensors")  # another name: any safetensors then
+    shutil.rmtree(path)
+    assert (Path(hub.download("acme/other-names")) / "weights.safetensors").is_file()
 
 
 @pytest.mark.parametrize("code, status, said", [
