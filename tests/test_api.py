@@ -162,3 +162,11 @@ def test_reward_registration_and_edited_reward_files(tmp_path):
     first = resolve([f"{f}:r"], ctx)[0]
     f.write_text("def r(completions, **_):\n    return [-7.0 for _ in completions]\n  \n")  # edited in place
     assert first.fn(completions=["a"]) == [1.0] and resolve([f"{f}:r"], ctx)[0].fn(completions=["a"]) == [-7.0]
+
+
+def test_a_streaming_dataset_in_memory_is_refused_not_read_forever():
+    import datasets
+
+    stream = datasets.Dataset.from_list([{"text": "a"}] * 3).to_iterable_dataset()
+    with pytest.raises(UserError, match="a streaming IterableDataset has no end"):
+        wb.pt(model="Qwen/Qwen3-0.6B", miniature=True, dataset=stream)

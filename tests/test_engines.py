@@ -354,10 +354,10 @@ def test_a_streamed_text_split_into_many_micro_batches_steps_once(tmp_path):
                                  steps_=2), cwd=tmp_path)
     two = wb_cli("pt", *common("two", *args, "--per_device_train_batch_size", "1", "--nproc_per_node", "2",
                                "--deepspeed", "zero3", steps_=2), cwd=tmp_path)
-    expected = [(s["loss"], s["grad_norm"]) for s in logged_steps(plain)]
-    assert len(expected) == 2 and logged_steps(plain)[-1]["trained_tokens"] > 4 * 2 * 128  # (many pieces)
+    expected = [x for s in logged_steps(plain) for x in (s["loss"], s["grad_norm"])]
+    assert len(expected) == 4 and logged_steps(plain)[-1]["trained_tokens"] > 4 * 2 * 128  # (many pieces)
     for run in (zero2, two):
-        assert [(s["loss"], s["grad_norm"]) for s in logged_steps(run)] == pytest.approx(expected, rel=1e-3)
+        assert [x for s in logged_steps(run) for x in (s["loss"], s["grad_norm"])] == pytest.approx(expected, rel=1e-3)
 
 
 @pytest.mark.slow
@@ -383,3 +383,13 @@ def test_a_run_failing_in_its_processes_is_cleaned_up_once_all_have_stopped(tmp_
                               steps_=1), cwd=tmp_path, check=False)
     assert r.returncode != 0 and "gradient_accumulation_steps" in r.stderr
     assert "base_model" not in r.stderr and not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_validation_metrics_with_a_process_that_has_no_batch(tmp_path):
+    """2 validation pairs in batches of 2 over two processes: the second runs an uncounted forward, whose metric
+    names it must still sum with the first's (it summed none, and both waited on different collectives)."""
+    (tmp_path / "val.jsonl").write_text("".join(open(PAIRS).readlines()[:2]))
+    r = wb_cli("dpo", *common("run", "--dataset", PAIRS, "--val_dataset", "val.jsonl", "--per_device_train_batch_size",
+                              "2", "--nproc_per_node", "2", steps_=1), cwd=tmp_path, timeout=300)
+    assert "eval_loss" in r.stdout + r.stderr

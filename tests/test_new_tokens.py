@@ -3,6 +3,7 @@ trained (LoRA: PEFT's trainable tokens; full: every weight), and rebuilt the sam
 export reloads in plain transformers with the logits `wb infer` computes, a full run's reference starts equal to
 its policy, and what cannot hold the new rows (vLLM, a shared served base, ZeRO-3) refuses in one line."""
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -105,6 +106,23 @@ def test_lora_trains_the_new_rows_and_every_later_command_rebuilds_them(tmp_path
         wb.sft(model=LLAMA, miniature=True, dataset=[data], adapters=ckpt, new_special_tokens=["<x>"],
                max_steps=1, output_dir=str(tmp_path / "more2"))
 
+    assert (Path(ckpt) / "adapter_model.safetensors").stat().st_size < 1_000_000  # not the grown embedding (26 MB)
+    with pytest.raises(UserError, match="new tokens under ZeRO-3 are not supported"):  # (inherited, not flagged)
+        wb.sft(model=LLAMA, miniature=True, dataset=[data], adapters=ckpt, deepspeed="zero3", max_steps=1,
+               output_dir=str(tmp_path / "zero3"))
+    pairs = tmp_path / "p.jsonl"  # a reward model from these adapters: its head has no output layer's rows
+    pairs.write_text("".join(json.dumps({"prompt": f"code {i}", "chosen": f"<t{i}> yes", "rejected": "no"}) + "\n"
+                             for i in range(4)))
+    assert wb.rm(model=LLAMA, miniature=True, dataset=[str(pairs)], adapters=ckpt, max_steps=1,
+                 output_dir=str(tmp_path / "rm")).checkpoint
+    import gguf  # the GGUF writes them as user-defined tokens (llama.cpp prints those, hides control ones)
+
+    assert main(["export", "--adapters", ckpt, "--merge", "--to", "gguf", "--output_dir", str(tmp_path / "g")]) == 0
+    reader = gguf.GGUFReader(next((tmp_path / "g").glob("*.gguf")))
+    types = reader.fields["tokenizer.ggml.token_type"]
+    kind = [int(types.parts[i][0]) for i in types.data]
+    assert kind[50265] == gguf.TokenType.USER_DEFINED and kind[50257] == gguf.TokenType.CONTROL
+
     # what serves the base's vocabulary refuses the adapters, naming the merge
     assert main(["deploy", "--adapters", ckpt]) == 2
     assert "adds tokens to the tokenizer (<t0>" in capsys.readouterr().err
@@ -144,3 +162,25 @@ def test_preview_encodes_the_data_as_the_run_will(tmp_path, capsys):
                  "--new_special_tokens", "<t0>", "--json", "--n", "1"]) == 0
     row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert row["input_ids"].count(50265) == 1  # "<t0>": one new token (the base splits it into several)
+
+
+def test_grpo_rewards_read_the_new_tokens():
+    """Completions were decoded without special tokens: a <tool> the run added reached the rewards as nothing."""
+    from types import SimpleNamespace
+
+    from swiftlike.models import load_tokenizer
+    from swiftlike.models.tokens import add_tokens
+
+    qwen3_tokenizer = load_tokenizer("Qwen/Qwen3-0.6B")  # (its own: tokens are added to it)
+    from swiftlike.rewards import RewardContext, resolve
+    from swiftlike.train.grpo_trainer import GRPOTrainer
+
+    added, _ = add_tokens(qwen3_tokenizer, ["<tool>", "</tool>"])
+    seen = []
+    rewards = resolve([lambda completions, **_: seen.extend(completions) or [0.0] * len(completions)], RewardContext())
+    end = qwen3_tokenizer.convert_tokens_to_ids("<|im_end|>")
+    ids = qwen3_tokenizer("<tool>get</tool><|im_start|>", add_special_tokens=False)["input_ids"] + [end]
+    trainer = SimpleNamespace(tokenizer=qwen3_tokenizer, stop_ids={end}, shown_tokens=set(added.values()),
+                              rewards=rewards, rs=SimpleNamespace(reward_weights=None))
+    GRPOTrainer._score(trainer, [{"messages": []}], [ids], 1)
+    assert seen == ["<tool>get</tool>"]  # (the tokenizer's own special tokens left out, as before)

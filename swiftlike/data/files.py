@@ -194,6 +194,9 @@ def inline_rows(value, name: str) -> list | None:
     import os
 
     if hasattr(value, "features") and hasattr(value, "__iter__"):  # a datasets.Dataset or IterableDataset
+        if not hasattr(value, "__len__"):  # (a stream: list() would never end)
+            raise UserError(f"{name}: a streaming IterableDataset has no end; give a file or hub id with "
+                            "streaming=True, or its first rows (.take(N))")
         value = list(value)
     if not isinstance(value, (list, tuple)) or not value or not any(isinstance(v, dict) for v in value):
         return None

@@ -65,18 +65,20 @@ def _rope_theta(config) -> float:
     return float(rope.get("rope_theta") or getattr(config, "rope_theta", None) or 10000.0)
 
 
-def write_gguf(model, tokenizer, template, path: Path, gguf_type: str, name: str) -> Path:
+def write_gguf(model, tokenizer, template, path: Path, gguf_type: str, name: str, shown=()) -> Path:
     """The GGUF of a model in memory."""
     state = model.state_dict()
     return write_gguf_tensors(model.config, [(k, tuple(v.shape)) for k, v in state.items()], iter(state.items()),
-                              tokenizer, template, path, gguf_type, name)
+                              tokenizer, template, path, gguf_type, name, shown=shown)
 
 
 def write_gguf_tensors(config, shapes: list[tuple[str, tuple]], tensors, tokenizer, template, path: Path,
-                       gguf_type: str, name: str, progress=None) -> Path:
+                       gguf_type: str, name: str, progress=None, shown=()) -> Path:
     """The GGUF of a model given as its tensors' (Hugging Face name, shape) list and an iterator over (name, tensor)
     in the same order — e.g. merged one at a time from safetensors shards (export/stream.py): the file's layout is
-    written from the shapes first, then each tensor as it comes, so no more than one tensor is held at a time."""
+    written from the shapes first, then each tensor as it comes, so no more than one tensor is held at a time.
+    `shown`: ids of special tokens a run added (--new_special_tokens), written as user-defined tokens (llama.cpp
+    prints those; it hides control tokens)."""
     import gguf
 
     check_supported(config)
@@ -98,7 +100,7 @@ def write_gguf_tensors(config, shapes: list[tuple[str, tuple]], tensors, tokeniz
     writer.add_layer_norm_rms_eps(config.rms_norm_eps)
     writer.add_vocab_size(config.vocab_size)
     writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if gguf_type == "f16" else gguf.LlamaFileType.MOSTLY_Q8_0)
-    _add_tokenizer(writer, gguf, tokenizer, template, config.vocab_size, pre)
+    _add_tokenizer(writer, gguf, tokenizer, template, config.vocab_size, pre, set(shown))
     factors = rope_factors(config, head_dim)
     if factors is not None:
         writer.add_tensor_info(gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight", factors.shape,
@@ -162,7 +164,7 @@ def _interleave_rope_rows(weight: torch.Tensor, heads: int) -> torch.Tensor:
     return weight.reshape(heads, 2, rows // heads // 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
 
 
-def _add_tokenizer(writer, gguf, tokenizer, template, vocab_size: int, pre: str) -> None:
+def _add_tokenizer(writer, gguf, tokenizer, template, vocab_size: int, pre: str, shown: set) -> None:
     backend = json.loads(tokenizer.backend_tokenizer.to_str())
     if backend["model"]["type"] != "BPE":
         raise UserError(f"--to gguf writes byte-level BPE tokenizers, not {backend['model']['type']}")
@@ -178,7 +180,8 @@ def _add_tokenizer(writer, gguf, tokenizer, template, vocab_size: int, pre: str)
             tokens.append(token)
             extra = added.get(i)
             types.append(gguf.TokenType.NORMAL if extra is None else
-                         gguf.TokenType.CONTROL if extra.get("special") else gguf.TokenType.USER_DEFINED)
+                         gguf.TokenType.CONTROL if extra.get("special") and i not in shown else
+                         gguf.TokenType.USER_DEFINED)
     merges = [m if isinstance(m, str) else " ".join(m) for m in backend["model"].get("merges", [])]
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre("gpt-2" if _gpt2_pre_tokenizer(backend) else pre)  # llama.cpp's name for it

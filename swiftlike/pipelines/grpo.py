@@ -170,7 +170,8 @@ def run_grpo(cfg: GRPOConfig) -> TrainResult:
         print(f"[wb] grpo: {cfg.loss_type} loss, generation with {rollout.name}, rewards "
               f"{', '.join(r.name for r in rewards)}; beta {cfg.beta}, {cfg.num_iterations} iteration(s) per batch")
     trainer = GRPOTrainer(model, tokenizer, prompts, settings, args_json, resume_from, objective=objective,
-                          rollout=rollout, rewards=rewards, rs=rs, eval_prompts=eval_prompts, engine=engine)
+                          rollout=rollout, rewards=rewards, rs=rs, eval_prompts=eval_prompts, engine=engine,
+                          shown_tokens=added.values())
     trainer.after_train = evaluate_after
     if template.vision is not None:
         trainer.images = (template.image_processing, template.image_token_ids[0])

@@ -427,11 +427,18 @@ def training_tokenizer(cfg: SFTConfig, resume_from: Path | None):
     if saved != added:
         raise UserError(f"{resume_from} was trained with the new tokens {listed(saved) or '(none)'}, this run adds "
                         f"{listed(added) or '(none)'}; resume with the --new_special_tokens it was started with")
+    if added and zero3(cfg):  # (also when they come with --adapters: the config checks the flag alone)
+        raise UserError("new tokens under ZeRO-3 are not supported: the embedding grows before training, which "
+                        "ZeRO-3's partitioned weights do not allow here; use --deepspeed zero2 or --fsdp")
+    if added and getattr(cfg, "use_vllm", False):
+        raise UserError("new tokens with --use_vllm are not supported: vLLM holds the base's vocabulary; generate "
+                        "with transformers (drop --use_vllm)")
     if accel.is_main_process() and added:
         ids = f"ids {min(added.values())}..{max(added.values())}" if len(added) > 1 else f"id {min(added.values())}"
-        print(f"[wb] tokens: added {len(added)} special token{'s' if len(added) > 1 else ''} as {ids} "
-              f"({listed(added)}); {'their' if len(added) > 1 else 'its'} embedding rows start at the mean of the "
-              "others and train")
+        what = f"{len(added)} special token{'s' if len(added) > 1 else ''} as {ids} ({listed(added)})"
+        print(f"[wb] tokens: the --adapters run's {what}; their trained rows come with the adapters" if earlier else
+              f"[wb] tokens: added {what}; {'their' if len(added) > 1 else 'its'} embedding rows start at the mean "
+              "of the others and train")
     if accel.is_main_process() and known:
         print(f"[wb] tokens: already in the tokenizer, not added: "
               f"{listed(f'{t} (id {i})' for t, i in known.items())}")
@@ -528,9 +535,15 @@ def _reward_from_lm_adapters(model, cfg: SFTConfig):
     config = PeftConfig.from_pretrained(cfg.adapters)
     config.task_type, config.modules_to_save, config.inference_mode = "SEQ_CLS", ["score"], False
     config.lora_dropout = cfg.lora_dropout
+    weights = load_peft_weights(cfg.adapters)
+    if getattr(config, "trainable_token_indices", None):  # new tokens: the embedding's rows (the LM's output layer,
+        names = {name for name, _ in model.named_modules()}  # which a reward model lacks, left out)
+        gone = [k for k in config.trainable_token_indices if k not in names]
+        config.trainable_token_indices = {k: v for k, v in config.trainable_token_indices.items() if k not in gone}
+        weights = {k: v for k, v in weights.items() if not any(f".{g}." in f".{k}" for g in gone)}
     head = {f"base_model.model.score.{k}": v.clone() for k, v in model.score.state_dict().items()}  # (new)
     model = get_peft_model(model, config)
-    loaded = set_peft_model_state_dict(model, {**load_peft_weights(cfg.adapters), **head})
+    loaded = set_peft_model_state_dict(model, {**weights, **head})
     if loaded.unexpected_keys:
         raise UserError(f"--adapters {cfg.adapters} does not fit {cfg.model}: {loaded.unexpected_keys[0]} has no "
                         "place in it")

@@ -64,6 +64,8 @@ def save_checkpoint(tmp: Path, step: int, model, tokenizer, args_json: str, stat
     kwargs = {"safe_serialization": True} if weights is None else {"safe_serialization": True, "state_dict": weights}
     if "ref" in getattr(model, "peft_config", {}):  # a frozen reference copy of the starting adapter stays out
         kwargs["selected_adapters"] = ["default"]
+    if getattr(model, "peft_config", None):  # (a grown embedding is rebuilt from the base by every loader:
+        kwargs["save_embedding_layers"] = False  # PEFT's "auto" saved it whole, 2 GB for Llama-3-8B)
     model.save_pretrained(tmp, **kwargs)
     tokenizer.save_pretrained(tmp)
     (tmp / "args.json").write_text(args_json, encoding="utf-8")

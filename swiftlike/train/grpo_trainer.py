@@ -68,8 +68,11 @@ def collate_completions(samples: list[dict], pad_id: int = 0, image_pad_id: int 
 class GRPOTrainer(Trainer):
     def __init__(self, model, tokenizer, prompts: list[dict], settings, args_json: str, resume_from=None, *,
                  objective, rollout, rewards: list, rs: RolloutSettings, eval_prompts: list[dict] | None = None,
-                 engine=None):
+                 engine=None, shown_tokens=()):
+        """`shown_tokens`: ids of special tokens the completions' text keeps (the run's --new_special_tokens: a
+        reward reads them); the tokenizer's other special tokens are left out of it, as TRL decodes."""
         self.rollout, self.rewards, self.rs = rollout, rewards, rs
+        self.shown_tokens = set(shown_tokens)
         self.images = None  # a vision-language run's (ImageProcessing, image pad token id)
         self._buffer: list[dict] | None = None
         self._buffer_metrics: dict = {}
@@ -187,8 +190,13 @@ class GRPOTrainer(Trainer):
 
     def _score(self, rows: list[dict], completion_ids: list[list[int]], g: int):
         """(texts, [completion][function] rewards, weighted rewards; NaN where no function could score)."""
-        texts = self.tokenizer.batch_decode([[t for t in c if t not in self.stop_ids] for c in completion_ids],
-                                            skip_special_tokens=True)
+        if self.shown_tokens:  # the other special tokens left out by hand, these kept
+            hidden = self.stop_ids | (set(self.tokenizer.all_special_ids) - self.shown_tokens)
+            texts = self.tokenizer.batch_decode([[t for t in c if t not in hidden] for c in completion_ids],
+                                                skip_special_tokens=False)
+        else:
+            texts = self.tokenizer.batch_decode([[t for t in c if t not in self.stop_ids] for c in completion_ids],
+                                                skip_special_tokens=True)
         kwargs = {"completions": texts, "prompts": [r["messages"] for r in rows for _ in range(g)],
                   "completion_ids": completion_ids}
         columns = dict.fromkeys(k for r in rows for k in r if k not in ("messages", "prompt_ids"))

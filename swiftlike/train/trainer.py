@@ -242,7 +242,9 @@ class Trainer:
         most = -(-len(batches) // accel.world_size())
         for i, batch in enumerate(mine + [batches[0]] * (most - len(mine))):
             part, n, metrics = self.loss_module(**self._batch_to_device(self.eval_collate(batch)))
-            if i >= len(mine):
+            if i >= len(mine):  # (its metric names still summed over the processes below, as zeros)
+                for k in metrics:
+                    sums.setdefault(k, 0.0)
                 continue
             total += float(part)
             count += float(n)
