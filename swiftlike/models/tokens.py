@@ -2,9 +2,10 @@
 
 A new token's rows (the input embedding's and an untied output layer's) start at the mean of the model's other rows
 (a new token then changes no logit much: Hewitt, "Initializing New Word Embeddings", 2021), computed in float32 from
-the base weights alone. With LoRA only those rows train (PEFT's trainable tokens, saved with the adapters as deltas),
-so every later command rebuilds the same starting rows from the base before it loads the adapters (`rebuild_rows`,
-from the `added_tokens` the checkpoint's args.json records); a full fine-tuning checkpoint holds the grown rows.
+the base weights alone. With LoRA only those rows train (PEFT's trainable tokens: the adapters hold their values,
+not the grown embedding), so every later command grows the base's embedding the same way before it loads the
+adapters (`rebuild_rows`, from the `added_tokens` the checkpoint's args.json records); a full fine-tuning
+checkpoint holds the grown rows.
 """
 from __future__ import annotations
 
@@ -30,9 +31,11 @@ def read_tokens(values: list) -> list[str]:
             tokens += [line.strip() for line in lines if line.strip()]
         else:
             tokens.append(value)
-    twice = next((t for i, t in enumerate(tokens) if t in tokens[:i]), None)
-    if twice is not None:
-        raise UserError(f"--new_special_tokens: {twice!r} is given twice")
+    seen = set()
+    for token in tokens:
+        if token in seen:
+            raise UserError(f"--new_special_tokens: {token!r} is given twice")
+        seen.add(token)
     return tokens
 
 
