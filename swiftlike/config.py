@@ -277,15 +277,17 @@ class SFTConfig(ModelArgs, DataArgs):
             if not ok:
                 raise UserError(f"--{name} {problem}, got {getattr(self, name)}")
 
-    def _check_new_tokens(self) -> None:
+    def refuse_new_tokens(self, what: str = "--new_special_tokens") -> None:
+        """New tokens grow the embedding before training, which ZeRO-3's partitioned weights and vLLM's vocabulary
+        cannot follow: refused for the flag here, and for tokens an --adapters run brings when the run starts."""
         from .train import engines
-        from .models.tokens import read_tokens
 
-        self.new_special_tokens = read_tokens(self.new_special_tokens)  # (args.json records the tokens themselves)
         if self.deepspeed and engines.zero_stage(engines.deepspeed_config(self.deepspeed)) == 3:
-            raise UserError("--new_special_tokens under ZeRO-3 is not supported: the embedding grows before "
-                            "training, which ZeRO-3's partitioned weights do not allow here; use --deepspeed zero2 "
-                            "or --fsdp")
+            raise UserError(f"{what} under ZeRO-3 is not supported: the embedding grows before training, which "
+                            "ZeRO-3's partitioned weights do not allow here; use --deepspeed zero2 or --fsdp")
+        if getattr(self, "use_vllm", False):
+            raise UserError(f"{what} with --use_vllm is not supported: vLLM holds the base's vocabulary; generate "
+                            "with transformers (drop --use_vllm)")
 
     def validate(self) -> "SFTConfig":
         if not self.model:
@@ -304,7 +306,10 @@ class SFTConfig(ModelArgs, DataArgs):
                 raise UserError(f"--adapters {self.adapters}: no adapter_config.json there (a LoRA checkpoint "
                                 "directory is expected)")
         if self.new_special_tokens:
-            self._check_new_tokens()
+            from .models.tokens import read_tokens
+
+            self.new_special_tokens = read_tokens(self.new_special_tokens)  # (args.json records the tokens)
+            self.refuse_new_tokens()
         if self.learning_rate is None:
             self.learning_rate = default_learning_rate(self.full, self.miniature)
             if self.miniature:
@@ -525,9 +530,6 @@ class GRPOConfig(SFTConfig):
         super().validate()
         if not self.reward_funcs and not self.reward_model and not self.dry_run:
             raise UserError("wb grpo needs --reward_funcs (e.g. accuracy format) or --reward_model")
-        if self.use_vllm and self.new_special_tokens:
-            raise UserError("--new_special_tokens with --use_vllm is not supported: vLLM holds the base's vocabulary; "
-                            "generate with transformers (drop --use_vllm)")
         if self.use_vllm and (self.fsdp or self.deepspeed):
             from .train.engines import deepspeed_config, zero_stage
 

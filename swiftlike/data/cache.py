@@ -20,8 +20,13 @@ from .dataset import DataStats, parse_selection
 from .files import SUFFIXES
 
 
+def cache_home(cache_dir: str | None = None) -> Path:
+    """swiftlike's cache: --cache_dir, else $WB_CACHE_DIR, else ~/.cache/swiftlike."""
+    return Path(cache_dir or os.environ.get("WB_CACHE_DIR") or Path.home() / ".cache" / "swiftlike")
+
+
 def cache_root(cache_dir: str | None = None) -> Path:
-    return Path(cache_dir or os.environ.get("WB_CACHE_DIR") or Path.home() / ".cache" / "swiftlike") / "encoded"
+    return cache_home(cache_dir) / "encoded"
 
 
 def _source_digest(h, spec: str) -> None:

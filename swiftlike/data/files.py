@@ -211,7 +211,9 @@ def inline_rows(value, name: str) -> list | None:
         except (TypeError, ValueError) as e:
             raise UserError(f"{name}: row {i} cannot be written as JSON ({e}); give images as paths or URLs") from None
     text = "\n".join(lines) + "\n"
-    folder = Path(os.environ.get("WB_CACHE_DIR") or Path.home() / ".cache" / "swiftlike") / "inline"
+    from .cache import cache_home  # (cache.py reads this module)
+
+    folder = cache_home() / "inline"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{hashlib.sha256(text.encode()).hexdigest()[:16]}.jsonl"
     if not path.is_file():

@@ -42,6 +42,11 @@ class ModelRef:
         return find_model(self.model)
 
     @property
+    def added_ids(self) -> list[int]:
+        """The ids of the tokens its run added (--new_special_tokens; args.json's `added_tokens`)."""
+        return sorted((self.args.get("added_tokens") or {}).values())
+
+    @property
     def checkpoint(self) -> str | None:
         """The directory written by swiftlike (adapters or full weights), whose tokenizer the run used."""
         if self.adapters:
@@ -170,7 +175,7 @@ def stored_dtype(directory: str) -> torch.dtype:
 def added_token_ids(ref: ModelRef) -> list[int]:
     """The ids of the tokens a LoRA run added (--new_special_tokens), whose rows are rebuilt before its adapters
     load."""
-    return sorted((ref.args.get("added_tokens") or {}).values()) if ref.adapters else []
+    return ref.added_ids if ref.adapters else []
 
 
 def added_tokens(checkpoint: str) -> dict[str, int]:

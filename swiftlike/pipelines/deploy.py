@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import socket
 import sys
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -161,23 +161,20 @@ class Deployment:
     def __init__(self, cfg: DeployConfig):
         from ..serve.server import BackgroundServer
 
-        self._serving = _serving(cfg)
-        app, sock = self._serving.__enter__()
+        self._stack = ExitStack()  # closed in reverse: the server stops, then the engine and socket go
         try:
-            self._server = BackgroundServer(app, cfg.host, drain_timeout=cfg.drain_timeout, sock=sock).__enter__()
-        except BaseException as e:
-            self._serving.__exit__(type(e), e, e.__traceback__)
+            app, sock = self._stack.enter_context(_serving(cfg))
+            self.url = self._stack.enter_context(BackgroundServer(app, cfg.host, drain_timeout=cfg.drain_timeout,
+                                                                  sock=sock)).url
+        except BaseException:
+            self._stack.close()
             raise
-        self.url = self._server.url
+        self.serving = True
 
     def stop(self) -> None:
         """Stop accepting requests, let those in flight finish (up to --drain_timeout), free the model."""
-        if self._server is not None:
-            server, self._server = self._server, None
-            try:
-                server.__exit__(None, None, None)
-            finally:
-                self._serving.__exit__(None, None, None)
+        self.serving = False
+        self._stack.close()
 
     def __enter__(self) -> "Deployment":
         return self
@@ -186,7 +183,7 @@ class Deployment:
         self.stop()
 
     def __repr__(self) -> str:
-        return f"Deployment({self.url}, {'serving' if self._server is not None else 'stopped'})"
+        return f"Deployment({self.url}, {'serving' if self.serving else 'stopped'})"
 
 
 @contextmanager

@@ -90,8 +90,7 @@ def run_export(cfg: ExportConfig) -> Path:
             from ..export.gguf import modelfile, write_gguf
 
             name = f"{out.name}-{cfg.gguf_type}.gguf"
-            write_gguf(model, tokenizer, template, tmp / name, cfg.gguf_type, out.name,
-                       shown=(ref.args.get("added_tokens") or {}).values())
+            write_gguf(model, tokenizer, template, tmp / name, cfg.gguf_type, out.name, shown=ref.added_ids)
             (tmp / "Modelfile").write_text(modelfile(name, template, tokenizer), encoding="utf-8")
         elif cfg.quant_method:
             args["export"]["quantization"] = _quantize(model, tokenizer, template, tmp, cfg, dtype, calibration,
@@ -148,8 +147,7 @@ def _write_streamed(plan, ref, cfg: ExportConfig, base: str, config, dtype, toke
 
             name = f"{title}-{cfg.gguf_type}.gguf"
             write_gguf_tensors(config, tensor_shapes(shards), merged_tensors(pairs, shards, dtype, nf4), tokenizer,
-                               template, tmp / name, cfg.gguf_type, title, bar,
-                               shown=(ref.args.get("added_tokens") or {}).values())
+                               template, tmp / name, cfg.gguf_type, title, bar, shown=ref.added_ids)
             (tmp / "Modelfile").write_text(modelfile(name, template, tokenizer), encoding="utf-8")
             return
         stream_merge(pairs, shards, dtype, tmp, shard_bytes, bar, nf4)

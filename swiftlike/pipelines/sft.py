@@ -28,7 +28,7 @@ from ..models.tokens import add_tokens, listed, rebuild_rows, trainable_rows
 from ..registry import find_model
 from ..templates import get_template
 from ..templates.text import TextTemplate
-from ..train.checkpoint import checkpoint_step, latest_checkpoint, list_checkpoints, write_atomic
+from ..train.checkpoint import checkpoint_step, latest_checkpoint, list_checkpoints, processes_of, write_atomic
 from ..train.tracking import check_tracker
 from ..train.dpo import REFERENCE_FREE
 from ..train.trainer import LoopSettings, Trainer, TrainResult
@@ -375,10 +375,9 @@ RESUMED_OPTIONS = ("dataset", "seed", "max_length", "truncation_strategy", "pack
 
 
 def _global_batch(args: dict) -> int | None:
-    """Rows (prompts for GRPO) per optimizer step from a run's args.json (older ones lack `world_size`)."""
+    """Rows (prompts for GRPO) per optimizer step from a run's args.json."""
     try:
-        world = args.get("world_size") or args.get("nproc_per_node", 1) * args.get("nnodes", 1)
-        return args["per_device_train_batch_size"] * args["gradient_accumulation_steps"] * world
+        return args["per_device_train_batch_size"] * args["gradient_accumulation_steps"] * processes_of(args)
     except (KeyError, TypeError):
         return None
 
@@ -427,12 +426,8 @@ def training_tokenizer(cfg: SFTConfig, resume_from: Path | None):
     if saved != added:
         raise UserError(f"{resume_from} was trained with the new tokens {listed(saved) or '(none)'}, this run adds "
                         f"{listed(added) or '(none)'}; resume with the --new_special_tokens it was started with")
-    if added and zero3(cfg):  # (also when they come with --adapters: the config checks the flag alone)
-        raise UserError("new tokens under ZeRO-3 are not supported: the embedding grows before training, which "
-                        "ZeRO-3's partitioned weights do not allow here; use --deepspeed zero2 or --fsdp")
-    if added and getattr(cfg, "use_vllm", False):
-        raise UserError("new tokens with --use_vllm are not supported: vLLM holds the base's vocabulary; generate "
-                        "with transformers (drop --use_vllm)")
+    if earlier:  # (the config refused the flag's own tokens)
+        cfg.refuse_new_tokens(f"--adapters {cfg.adapters}'s new tokens")
     if accel.is_main_process() and added:
         ids = f"ids {min(added.values())}..{max(added.values())}" if len(added) > 1 else f"id {min(added.values())}"
         what = f"{len(added)} special token{'s' if len(added) > 1 else ''} as {ids} ({listed(added)})"

@@ -55,6 +55,11 @@ def prepare_checkpoint_dir(output_dir: str | Path, step: int) -> Path:
     return tmp
 
 
+def processes_of(args: dict) -> int:
+    """How many processes a run trained with, from its args.json (older ones lack `world_size`)."""
+    return args.get("world_size") or args.get("nproc_per_node", 1) * args.get("nnodes", 1)
+
+
 def save_checkpoint(tmp: Path, step: int, model, tokenizer, args_json: str, state: dict, training_state: dict,
                     save_total_limit: int | None = None, weights: dict | None = None) -> Path:
     """Complete the checkpoint built in `tmp` (prepare_checkpoint_dir) and rename it to checkpoint-<step>.

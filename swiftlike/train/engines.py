@@ -446,13 +446,16 @@ class FSDPEngine(DDPEngine):
 
 def _engine_of(ckpt: Path) -> str:
     """How a checkpoint's run trained, from its args.json (for messages)."""
+    from ..models.resolve import read_args
+    from .checkpoint import processes_of
+
     try:
-        args = json.loads((Path(ckpt) / "args.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        args = read_args(str(ckpt))
+    except UserError:
         return "see its args.json"
     engine = f"--deepspeed {args['deepspeed']}" if args.get("deepspeed") else \
         f"--fsdp {args['fsdp']}" if args.get("fsdp") else "no --deepspeed or --fsdp"
-    world = args.get("world_size") or args.get("nproc_per_node", 1) * args.get("nnodes", 1)
+    world = processes_of(args)
     return f"{engine}, {world} process{'es' if world != 1 else ''}"
 
 

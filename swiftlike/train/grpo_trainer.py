@@ -190,13 +190,11 @@ class GRPOTrainer(Trainer):
 
     def _score(self, rows: list[dict], completion_ids: list[list[int]], g: int):
         """(texts, [completion][function] rewards, weighted rewards; NaN where no function could score)."""
-        if self.shown_tokens:  # the other special tokens left out by hand, these kept
-            hidden = self.stop_ids | (set(self.tokenizer.all_special_ids) - self.shown_tokens)
-            texts = self.tokenizer.batch_decode([[t for t in c if t not in hidden] for c in completion_ids],
-                                                skip_special_tokens=False)
-        else:
-            texts = self.tokenizer.batch_decode([[t for t in c if t not in self.stop_ids] for c in completion_ids],
-                                                skip_special_tokens=True)
+        hidden = self.stop_ids  # with shown tokens, the other special tokens are left out by hand, these kept
+        if self.shown_tokens:
+            hidden = hidden | (set(self.tokenizer.all_special_ids) - self.shown_tokens)
+        texts = self.tokenizer.batch_decode([[t for t in c if t not in hidden] for c in completion_ids],
+                                            skip_special_tokens=not self.shown_tokens)
         kwargs = {"completions": texts, "prompts": [r["messages"] for r in rows for _ in range(g)],
                   "completion_ids": completion_ids}
         columns = dict.fromkeys(k for r in rows for k in r if k not in ("messages", "prompt_ids"))
