@@ -233,6 +233,19 @@ def test_qlora_under_zero2_equals_one_process(tmp_path):
 
 
 @pytest.mark.slow
+def test_bf16_lora_under_zero2_saves_the_fp32_master(tmp_path):
+    """DeepSpeed's bf16 module holds rounded copies of the adapters; the checkpoint has the optimizer's fp32 master,
+    as one process saves them (the copies were saved before)."""
+    args = ["--dataset", IDENTITY, "--torch_dtype", "bfloat16", "--per_device_train_batch_size", "2"]
+    wb_cli("sft", *common("one", *args, "--gradient_accumulation_steps", "2", steps_=2), cwd=tmp_path)
+    wb_cli("sft", *common("two", *args, "--nproc_per_node", "2", "--deepspeed", "zero2", steps_=2), cwd=tmp_path)
+    two = weights(tmp_path / "two" / "checkpoint-2")
+    assert {v.dtype for v in two.values()} == {torch.float32}
+    assert any((v != v.bfloat16().float()).any() for v in two.values())  # not bf16 values widened
+    assert_same_weights(tmp_path / "one" / "checkpoint-2", tmp_path / "two" / "checkpoint-2", atol=2e-2)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("engine", [["--deepspeed", "zero2"], ["--fsdp", "full_shard"]], ids=["zero2", "fsdp"])
 def test_resume_equals_an_uninterrupted_run(tmp_path, engine):
     args = ["--dataset", IDENTITY, "--per_device_train_batch_size", "2", "--nproc_per_node", "2", "--save_steps",

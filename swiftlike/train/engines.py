@@ -328,11 +328,23 @@ class DeepSpeedEngine(DDPEngine):
         return float(norm) if norm is not None and self.s.max_grad_norm > 0 else 0.0
 
     def model_state_dict(self):
+        if hasattr(self.model, "peft_config"):  # adapters from the optimizer's fp32 master, as the other engines
+            return _model_weights(self._fp32_trainable(), self.objective, self.model)  # save them (not bf16 copies)
         if self.stage != 3:
             return None
-        peft = hasattr(self.model, "peft_config")
-        state = self.engine._zero3_consolidated_16bit_state_dict(exclude_frozen_parameters=peft)
-        return _model_weights(state, self.objective, self.model)
+        return _model_weights(self.engine._zero3_consolidated_16bit_state_dict(), self.objective, self.model)
+
+    def _fp32_trainable(self) -> dict:
+        """Every trainable weight whole, in fp32 (a collective: every rank calls it). Under bf16 the module holds
+        rounded copies; the optimizer's fp32 master is what training reached."""
+        from deepspeed.utils import safe_get_full_fp32_param
+
+        state = {}
+        for name, p in self.objective.named_parameters():
+            if p.requires_grad:
+                full = safe_get_full_fp32_param(p)
+                state[name] = (p.detach() if full is None else full).float().cpu()
+        return state
 
     def optimizer_state(self):
         return None
