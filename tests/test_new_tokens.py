@@ -184,3 +184,31 @@ def test_grpo_rewards_read_the_new_tokens():
                               rewards=rewards, rs=SimpleNamespace(reward_weights=None))
     GRPOTrainer._score(trainer, [{"messages": []}], [ids], 1)
     assert seen == ["<tool>get</tool>"]  # (the tokenizer's own special tokens left out, as before)
+
+
+@pytest.mark.slow
+def test_tokens_past_the_embedding_are_refused_until_they_get_rows(tmp_path, capsys):
+    """A tokenizer with ids the model has no row for (tokens added without resizing) is refused in one line, not
+    an index error at the first forward (a device-side assert on a GPU); --new_special_tokens gives them rows."""
+    from swiftlike.models.loader import build_miniature, load_tokenizer
+
+    model_dir = tmp_path / "model"
+    build_miniature(LLAMA).save_pretrained(model_dir)  # 50304 rows
+    tokenizer = load_tokenizer(LLAMA, miniature=True)
+    tokenizer.add_tokens(TOKENS[:45], special_tokens=True)  # ids 50265..50309: <t39>..<t44> have no row
+    tokenizer.save_pretrained(model_dir)
+    past = "the tokenizer has 6 tokens past the model's 50304 embedding rows (<t39> (id 50304), <t40> (id 50305)"
+    assert main(["infer", "--model", str(model_dir), "--query", "hi", "--max_new_tokens", "2"]) == 2
+    assert past in capsys.readouterr().err
+    common = ["--model", str(model_dir), "--dataset", _rows(tmp_path, 2), "--max_steps", "1"]
+    assert main(["sft", *common, "--output_dir", str(tmp_path / "refused")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert past in err and err.endswith("give them rows with --new_special_tokens and those tokens (the rows start "
+                                        "at the mean of the others and train)")
+    assert main(["sft", *common, "--output_dir", str(tmp_path / "run"), "--new_special_tokens",
+                 *TOKENS[39:45]]) == 0
+    assert "added 6 special tokens as ids 50304..50309" in capsys.readouterr().out
+    assert json.loads((tmp_path / "run" / "args.json").read_text())["added_tokens"] == {
+        t: 50265 + i for i, t in enumerate(TOKENS[:45]) if i >= 39}
+    model, tok, _ = load_for_inference(adapters=str(tmp_path / "run" / "checkpoint-1"))
+    assert len(tok) == 50310 and _logits(model, [50309]).shape == (1, 50310)  # the id has its row now

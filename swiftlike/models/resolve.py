@@ -199,7 +199,7 @@ def load_for_inference(model: str = "", adapters: str | None = None, miniature: 
     """(model, tokenizer, template), rebuilt from a checkpoint's args.json where there is one."""
     from ..templates import get_template
     from .loader import build_miniature, load_model, quiet_libraries
-    from .tokens import rebuild_rows
+    from .tokens import embedding_rows, rebuild_rows, refuse_rowless_tokens
 
     quiet_libraries()
     dtype = accel.resolve_dtype(torch_dtype)
@@ -213,10 +213,12 @@ def load_for_inference(model: str = "", adapters: str | None = None, miniature: 
         net = load_model(weights, dtype, attn_implementation=attn_implementation,
                          trust_remote_code=trust_remote_code, reward_head=reward, pad_token_id=tokenizer.pad_token_id,
                          announce_head=not ref.adapters)
+    rebuild_rows(net, added_token_ids(ref))
+    refuse_rowless_tokens(tokenizer, embedding_rows(net), ref.adapters or ref.model,
+                          "train them with --new_special_tokens, or use the tokenizer the model came with")
     if ref.adapters:
         from peft import PeftModel
 
-        rebuild_rows(net, added_token_ids(ref))
         net = PeftModel.from_pretrained(net, ref.adapters)
         if reward and accel.is_main_process():  # the base has no head; the adapters hold it (modules_to_save)
             print(f"[wb] reward head: loaded from {ref.adapters}", file=sys.stderr)

@@ -45,20 +45,36 @@ def listed(tokens) -> str:
     return ", ".join(tokens[:8]) + (f", ... {tokens[-1]} ({len(tokens)} tokens)" if len(tokens) > 8 else "")
 
 
-def add_tokens(tokenizer, tokens: list[str]) -> tuple[dict[str, int], dict[str, int]]:
+def add_tokens(tokenizer, tokens: list[str], rows: int | None = None) -> tuple[dict[str, int], dict[str, int]]:
     """Adds the tokens the tokenizer lacks as special tokens (never split, kept in decoded text):
-    ({added token: id}, {token it already had: id})."""
+    ({added token: id}, {token it already had: id}). A token it had with an id past the model's `rows` embedding
+    rows counts as added: it gets rows as the added ones do."""
     vocab = tokenizer.get_vocab()
-    known = {t: vocab[t] for t in tokens if t in vocab}
-    new = [t for t in tokens if t not in known]
+    known = {t: vocab[t] for t in tokens if t in vocab and (rows is None or vocab[t] < rows)}
+    new = [t for t in tokens if t not in known and t not in vocab]
     if new:
         tokenizer.add_tokens(new, special_tokens=True)
     vocab = tokenizer.get_vocab()
-    added = {t: vocab.get(t) for t in new}
+    added = {t: vocab.get(t) for t in tokens if t not in known}
     for token, i in added.items():
         if i is None or tokenizer(token, add_special_tokens=False)["input_ids"] != [i]:
             raise UserError(f"--new_special_tokens: the tokenizer did not take {token!r} as one token")
     return added, known
+
+
+def embedding_rows(model) -> int:
+    return model.get_input_embeddings().num_embeddings  # (a ZeRO-3 partitioned weight is empty; this is not)
+
+
+def refuse_rowless_tokens(tokenizer, rows: int, what: str, remedy: str) -> None:
+    """One line naming the tokenizer's tokens whose ids the model has no embedding row for (the first forward that
+    met one would fail with an index error, on a GPU a device-side assert)."""
+    if len(tokenizer) <= rows:
+        return
+    past = {t: i for t, i in sorted(tokenizer.get_vocab().items(), key=lambda item: item[1]) if i >= rows}
+    if past:
+        raise UserError(f"{what}: the tokenizer has {len(past)} token{'s' if len(past) > 1 else ''} past the model's "
+                        f"{rows} embedding rows ({listed(f'{t} (id {i})' for t, i in past.items())}); {remedy}")
 
 
 def rebuild_rows(model, ids) -> None:

@@ -22,9 +22,10 @@ from ..data.stream import LazyCollate, RowStream
 from ..errors import UserError
 from ..models import attach_lora, build_miniature, load_model, load_tokenizer
 from ..models.lora_compute import compute_in_stream_dtype
-from ..models.loader import freeze_vision_parts, model_config, prepare_4bit, quiet_libraries
+from ..models.loader import freeze_vision_parts, miniature_config, model_config, prepare_4bit, quiet_libraries
 from ..models.resolve import ModelRef, added_tokens, base_weights, read_args, resolve, template_name
-from ..models.tokens import add_tokens, listed, rebuild_rows, trainable_rows
+from ..models.tokens import (add_tokens, embedding_rows, listed, rebuild_rows, refuse_rowless_tokens,
+                             trainable_rows)
 from ..registry import find_model
 from ..templates import get_template
 from ..templates.text import TextTemplate
@@ -416,7 +417,7 @@ def training_tokenizer(cfg: SFTConfig, resume_from: Path | None):
     tokenizer = load_tokenizer(cfg.model, cfg.hub, cfg.trust_remote_code, miniature=cfg.miniature)
     earlier = added_tokens(cfg.adapters) if cfg.adapters else {}
     wanted = list(earlier) + [t for t in cfg.new_special_tokens if t not in earlier]
-    added, known = add_tokens(tokenizer, wanted) if wanted else ({}, {})
+    added, known = add_tokens(tokenizer, wanted, _base_rows(cfg)) if wanted else ({}, {})
     if cfg.adapters and added != earlier:
         more = next((t for t in added if t not in earlier), None)
         raise UserError(f"--adapters {cfg.adapters} trained " + (f"the new tokens {listed(earlier)}" if earlier else
@@ -440,6 +441,13 @@ def training_tokenizer(cfg: SFTConfig, resume_from: Path | None):
     return tokenizer, added
 
 
+def _base_rows(cfg: SFTConfig) -> int:
+    """The base model's embedding rows, from its config."""
+    config = miniature_config(cfg.model, cfg.hub) if cfg.miniature else \
+        model_config(cfg.model, cfg.hub, cfg.trust_remote_code)
+    return config.get_text_config().vocab_size
+
+
 def build_trainable(cfg: SFTConfig, tokenizer, base_dir: str, resume_from: Path | None, dtype, reward: bool = False,
                     reference: bool = False, added: dict | None = None):
     """The model to train: base weights (or a resumed full checkpoint), then LoRA adapters (new, or --adapters;
@@ -455,6 +463,8 @@ def build_trainable(cfg: SFTConfig, tokenizer, base_dir: str, resume_from: Path 
         print(f"[wb] reward head: loaded from {head_from}", file=sys.stderr)
     if added and not full_resume:  # (a full checkpoint holds its grown rows)
         rebuild_rows(model, added.values())
+    refuse_rowless_tokens(tokenizer, embedding_rows(model), f"--model {cfg.model}", "give them rows with "
+                          "--new_special_tokens and those tokens (the rows start at the mean of the others and train)")
     training_kernels(cfg, model, announce=True)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
