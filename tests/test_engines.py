@@ -406,3 +406,46 @@ def test_validation_metrics_with_a_process_that_has_no_batch(tmp_path):
     r = wb_cli("dpo", *common("run", "--dataset", PAIRS, "--val_dataset", "val.jsonl", "--per_device_train_batch_size",
                               "2", "--nproc_per_node", "2", steps_=1), cwd=tmp_path, timeout=300)
     assert "eval_loss" in r.stdout + r.stderr
+
+
+# -- how several processes end ---------------------------------------------------------------------------------
+def test_an_error_in_the_workers_is_said_once_without_torchrun_s_report(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n')
+    r = wb_cli("sft", *common("run", "--dataset", str(bad), "--nproc_per_node", "2"), cwd=tmp_path, check=False)
+    assert r.returncode == 2  # the workers' status (torchrun's was 1)
+    said = [line for line in r.stderr.splitlines() if line.startswith("wb: ")]
+    assert said == [f"wb: error: {bad}:1: no assistant turn to train on"]  # (each rank printed it)
+    assert "Traceback" not in r.stderr and "ChildFailedError" not in r.stderr and "exitcode" not in r.stderr
+    assert "OMP_NUM_THREADS" not in r.stderr  # (torchrun's banner)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_ctrl_c_and_sigterm_stop_every_process(tmp_path, sig):
+    """The launching `wb` gets the signal (Ctrl-C reaches the terminal's process group; a scheduler's SIGTERM the
+    process it started) and passes it to torchrun once; the workers stop, nothing is left running."""
+    import signal
+    import time
+
+    cmd = [sys.executable, "-m", "swiftlike.cli.main", "sft", *common(str(tmp_path / "run"), "--dataset", IDENTITY,
+                                                                       "--save_steps", "5", "--nproc_per_node", "2",
+                                                                       steps_=100000)]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not (tmp_path / "run" / "checkpoint-5").is_dir() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    if sig == "SIGINT":
+        os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C
+    else:
+        proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    workers = subprocess.run(["pgrep", "-f", f"--output_dir {tmp_path / 'run'}"], capture_output=True, text=True)
+    assert workers.stdout == ""  # no worker or torchrun left behind
+    assert "Traceback" not in err and "SignalException" not in err
+    if sig == "SIGINT":
+        assert proc.returncode == 130 and err.count("wb: interrupted") == 1, err[-2000:]
+        assert "--resume continues from" in out
+    else:
+        assert proc.returncode == 128 + signal.SIGTERM

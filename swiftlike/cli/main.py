@@ -7,8 +7,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -16,6 +14,7 @@ from ..config import (DeployConfig, DPOConfig, EvalConfig, ExportConfig, GRPOCon
                       PTConfig, RMConfig, RolloutConfig, SFTConfig, options,
                       build_config, closest_name, field_types, load_recipe)
 from ..errors import UserError
+from .launch import relaunch, say
 
 COMMANDS = {
     "sft": (SFTConfig, "Supervised fine-tuning (LoRA, QLoRA or full) on chat data."),
@@ -138,38 +137,6 @@ def launch_plan(cfg, given: frozenset | set = frozenset()) -> dict:
     return plan
 
 
-def _maybe_relaunch(argv: list[str], plan: dict) -> int | None:
-    """Run the same command under torchrun when more than one process (or node) is asked for."""
-    nproc, nnodes = plan["nproc_per_node"], plan["nnodes"]
-    if (nproc <= 1 and nnodes <= 1) or "LOCAL_RANK" in os.environ:
-        return None
-    port = plan["master_port"]
-    if port is None:  # one node: any free port
-        from ..accel import free_port
-
-        port = free_port()
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={port}"]
-    if nnodes > 1:
-        cmd += [f"--nnodes={nnodes}", f"--node_rank={plan['node_rank']}", f"--master_addr={plan['master_addr']}"]
-    cmd += ["-m", "swiftlike.cli.main", *argv]
-    what = f"{nproc} processes" + (f" on node {plan['node_rank']} of {nnodes}" if nnodes > 1 else "")
-    print(f"[wb] launching {what}: {' '.join(cmd)}", file=sys.stderr)
-    proc = subprocess.Popen(cmd)
-    try:
-        return proc.wait()
-    except KeyboardInterrupt:  # torchrun stops its workers (they run in a session of their own): wait for it
-        try:
-            try:
-                return proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:  # the signal reached only us: pass it on
-                proc.send_signal(signal.SIGINT)
-                return proc.wait()
-        except KeyboardInterrupt:  # a second Ctrl-C: stop now
-            proc.kill()
-            proc.wait()
-            raise
-
-
 TRAINING_MODES = ("lora", "qlora", "full")
 _debug = {"on": False}  # full tracebacks: --debug, read before the options are (an error may come first)
 
@@ -223,7 +190,7 @@ def _run(argv: list[str]) -> int:
     if args.command in ("sft", "pt", "dpo", "kto", "rm", "grpo"):
         # (every process trains into the directory named here: a default one is stamped with the time)
         existed = Path(cfg.output_dir).exists()
-        code = None if cfg.dry_run else _maybe_relaunch([*argv, "--output_dir", cfg.output_dir],
+        code = None if cfg.dry_run else relaunch([*argv, "--output_dir", cfg.output_dir],
                                                         launch_plan(cfg, set(merged)))  # (a plan needs none)
         if code is not None:
             if code != 0 and not existed:  # as one process cleans up (pipelines/sft.cleans_up_on_failure), once
@@ -281,10 +248,10 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         if _debug["on"]:
             raise
-        print(f"wb: error: {e}", file=sys.stderr)
+        say(f"wb: error: {e}")
         code = 2
     except KeyboardInterrupt:
-        print("wb: interrupted", file=sys.stderr)
+        say("wb: interrupted")
         code = 130
     if __name__ == "__main__":
         sys.exit(code)
