@@ -104,6 +104,12 @@ def test_resume_is_safe_for_any_file_and_any_text(tmp_path, capsys, monkeypatch)
     assert main([*argv, "--dataset", "./odd.jsonl"]) == 0
     assert "2 of 2 rows already answered" in capsys.readouterr().err
     assert len((tmp_path / "out.jsonl").read_bytes().split(b"\n")) == 3 and odd
+    (tmp_path / "sub").mkdir()
+    monkeypatch.chdir(tmp_path / "sub")  # from another directory the same file has other keys: refused, not redone
+    said = _error(capsys, ["infer", *MODEL, "--max_new_tokens", "3", "--output", "../out.jsonl", "--dataset",
+                           "../odd.jsonl"])
+    assert 'answers other rows ("odd.jsonl:1", ...), none of this run\'s ("../odd.jsonl:1", ...)' in said
+    assert len((tmp_path / "out.jsonl").read_bytes().split(b"\n")) == 3
 
 
 def test_a_folder_s_rows_read_their_images_beside_their_own_file(tmp_path, monkeypatch):

@@ -249,6 +249,10 @@ def infer_dataset(engine, cfg: InferConfig, params) -> str:
     out = Path(cfg.output)
     done = answered_rows(out)
     todo = [row for row in rows if row.key not in done]
+    if done and len(todo) == len(rows):  # (keys are the data's paths as given: another directory, other keys)
+        raise UserError(f"{out} answers other rows (\"{min(done)}\", ...), none of this run's (\"{rows[0].key}\", "
+                        "...); answer them into another --output, or run from the directory the earlier run started "
+                        "in, with the same --dataset")
     if done:
         print(f"[wb] {out}: {len(rows) - len(todo)} of {len(rows)} rows already answered, skipped", file=sys.stderr)
     if not todo:
