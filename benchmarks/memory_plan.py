@@ -144,9 +144,19 @@ def measure(spec, method: str, seq_len: int, batch: int, checkpointing: bool = F
                         dtype or device_dtype(device))
 
 
+class _Tokenizer:
+    """What training reads of a tokenizer: the padding id and how many tokens it has (random ids need no more)."""
+    pad_token_id = 0
+
+    def __init__(self, size: int):
+        self.size = size
+
+    def __len__(self) -> int:
+        return self.size
+
+
 def _measure(work: Path, spec, method: str, seq_len: int, batch: int, checkpointing: bool, dropout: float,
              accumulation: int, device: str, dtype_name: str) -> dict:
-    from types import SimpleNamespace
 
     import torch
     from transformers import AutoModelForCausalLM
@@ -167,9 +177,9 @@ def _measure(work: Path, spec, method: str, seq_len: int, batch: int, checkpoint
     cfg = SFTConfig(model=base, dataset=["-"], output_dir=str(work / "out"),
                     full=method == "full", qlora=method == "qlora", lora=method == "lora",
                     gradient_checkpointing=checkpointing, lora_dropout=dropout, torch_dtype=dtype_name)
-    tokenizer = SimpleNamespace(pad_token_id=0)
-    model = build_trainable(cfg, tokenizer, base, None, dtype)
     vocab = config.get_text_config().vocab_size
+    tokenizer = _Tokenizer(vocab)
+    model = build_trainable(cfg, tokenizer, base, None, dtype)
     g = torch.Generator().manual_seed(0)
     n = batch * accumulation
     rows = [{"input_ids": torch.randint(0, vocab, (seq_len,), generator=g).tolist()} for _ in range(2 * n)]
