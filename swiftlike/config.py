@@ -186,8 +186,9 @@ class SFTConfig(ModelArgs, DataArgs):
     dry_run: bool = _f(False, "Print the estimated per-device memory of this run (weights, gradients, optimizer "
                               "states, activations, peak) from the model's config alone and stop: no weights, data "
                               "or output directory; registered models need no network.")
-    gpu_memory: str | None = _f(None, "--dry_run: the card to check the estimate against, e.g. 80GB (10^9 bytes), "
-                                      "24GiB (2^30 bytes; a bare number is GiB).")
+    gpu_memory: str | None = _f(None, "--dry_run: the card to check the estimate against, as it is sold: 80GB, "
+                                      "24GB (GB and GiB are both 2^30 bytes, as a card's memory is; a bare number "
+                                      "is GiB).")
     plan_zero: str = _f("none", "--dry_run: plan with this ZeRO stage (zero1: optimizer states sharded, zero2: and "
                                 "gradients, zero3: and weights; FSDP full sharding plans as zero3); default: the "
                                 "stage of --deepspeed / --fsdp.",
@@ -245,6 +246,9 @@ class SFTConfig(ModelArgs, DataArgs):
                 self.plan_zero = f"zero{stage}" if stage else "none"
             elif self.fsdp:
                 self.plan_zero = "zero3"
+        if self.dry_run and self.qlora and self.plan_zero == "zero3":
+            raise UserError("--qlora under ZeRO-3 is not supported: 4-bit weights cannot be partitioned by ZeRO-3 "
+                            "here; plan --plan_zero zero2 (or zero1), or --lora")
         for name, low in (("nnodes", 1), ("node_rank", 0)):
             if getattr(self, name) < low:
                 raise UserError(f"--{name} must be at least {low}, got {getattr(self, name)}")

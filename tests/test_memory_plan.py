@@ -122,8 +122,8 @@ def test_nf4_bytes_follow_bitsandbytes_blocks():
     assert mp.NF4_BYTES * 8 == pytest.approx(4 + 8 / 64 + 32 / (64 * 256))
 
 
-@pytest.mark.parametrize("text, expected", [("80GB", 80e9), ("24GiB", 24 * GiB), ("80", 80 * GiB),
-                                            ("1.5 TB", 1.5e12), ("512MiB", 512 << 20)])
+@pytest.mark.parametrize("text, expected", [("80GB", 80 * GiB), ("24GiB", 24 * GiB), ("80", 80 * GiB),
+                                            ("1.5 TB", 1.5 * 1024 * GiB), ("512MiB", 512 << 20), ("512mb", 512 << 20)])
 def test_parse_size(text, expected):
     assert mp.parse_size(text) == expected
 
@@ -201,7 +201,7 @@ def test_dry_run_prints_the_plan_offline_and_writes_nothing(capsys, tmp_path, mo
     code, out, err = _dry(capsys, ["sft", "--model", "Qwen/Qwen3-8B", "--dry_run", "--gpu_memory", "80GB",
                                    "--gradient_checkpointing", "--output_dir", str(out_dir)])
     assert code == 0, err
-    for row in ("weights", "gradients", "optimizer states", "activations", "peak", "fits 80GB"):
+    for row in ("weights", "gradients", "optimizer states", "activations", "peak", "fits 80 GiB: yes"):
         assert f"  {row}" in out, row
     assert "8.19B parameters" in out and ": yes," in out
     assert not out_dir.exists() and list(tmp_path.iterdir()) == []
@@ -226,6 +226,31 @@ def test_dry_run_does_not_fit_and_hints(capsys):
     assert code == 0
     fit = next(line for line in out.splitlines() if line.startswith("  fits"))
     assert ": no," in fit and "--gradient_checkpointing (" in fit
+    # accumulation keeps DDP's gradient buckets: it would raise this peak, and is not offered (it was)
+    code, out, _ = _dry(capsys, ["sft", "--model", "Qwen/Qwen3-8B", "--full", "--dry_run", "--gpu_memory", "80GB",
+                                 "--gradient_checkpointing", "--nproc_per_node", "8"])
+    fit = next(line for line in out.splitlines() if line.startswith("  fits"))
+    assert ": no," in fit and "--per_device_train_batch_size 1" not in fit and "--plan_zero zero3 (" in fit
+
+
+def _peak(capsys, argv) -> float:
+    code, out, err = _dry(capsys, ["sft", "--model", "meta-llama/Llama-3.1-70B-Instruct", "--full", "--dry_run",
+                                   "--gradient_checkpointing", *argv])
+    assert code == 0, err
+    return float(next(line for line in out.splitlines() if line.startswith("  peak")).split()[1].replace(",", ""))
+
+
+def test_every_node_s_processes_share_the_shards(capsys, monkeypatch):
+    """--nnodes 4 --nproc_per_node 8 shards over 32 ranks (it was planned over 8); FSDP's hybrid sharding shards
+    inside a node; torchrun's variables count where the flags are not given."""
+    thirty_two = _peak(capsys, ["--deepspeed", "zero3", "--plan_devices", "32"])
+    assert _peak(capsys, ["--deepspeed", "zero3", "--nnodes", "4", "--nproc_per_node", "8"]) == thirty_two
+    assert _peak(capsys, ["--deepspeed", "zero3", "--nproc_per_node", "8"]) > 2.5 * thirty_two
+    hybrid = _peak(capsys, ["--fsdp", "hybrid_shard", "--nnodes", "4", "--nproc_per_node", "8"])
+    assert hybrid == _peak(capsys, ["--fsdp", "full_shard", "--nproc_per_node", "8"])
+    monkeypatch.setenv("NNODES", "4")
+    monkeypatch.setenv("NPROC_PER_NODE", "8")
+    assert _peak(capsys, ["--deepspeed", "zero3"]) == thirty_two
 
 
 def test_python_api_returns_the_plan(tmp_path):
@@ -270,6 +295,7 @@ def test_unknown_model_offline_is_one_line_and_writes_nothing(capsys, tmp_path, 
     (["--dataset", "d.jsonl", "--gpu_memory", "80GB"], "--gpu_memory only shapes the --dry_run estimate"),
     (["--dataset", "d.jsonl", "--plan_zero", "zero3"], "--plan_zero only shapes the --dry_run estimate"),
     (["--dry_run", "--plan_devices", "0"], "--plan_devices must be at least 1"),
+    (["--dry_run", "--qlora", "--plan_zero", "zero3"], "--qlora under ZeRO-3 is not supported"),  # (it was planned)
 ])
 def test_bad_planning_options(capsys, tmp_path, monkeypatch, argv, message):
     monkeypatch.chdir(tmp_path)

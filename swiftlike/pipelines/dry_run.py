@@ -18,7 +18,7 @@ from ..models.loader import miniature_config, model_config, quiet_libraries
 from ..registry import find_model
 from ..train.dpo import REFERENCE_FREE
 from ..train.memory_plan import (FORMULA_TYPES, MEASURED_TYPES, MemoryPlan, Setup, architecture,
-                                 fmt_params, gib, parse_size, plan, with_setup)
+                                 GiB, fmt_params, gib, parse_size, plan, with_setup)
 
 PHASES = {"forward and loss": "the activations kept for backward and the loss's buffers; gradients only where "
                                "they accumulate or DDP / ZeRO keep buffers",
@@ -80,8 +80,7 @@ def setup_for(cfg, task: str, arch, config=None) -> Setup:
     else:
         reference = task == "grpo" and cfg.beta != 0.0
     reference = reference and cfg.train_type == "full"
-    devices = cfg.plan_devices or (cfg.nproc_per_node if cfg.nproc_per_node > 1 else
-                                   int(os.environ.get("NPROC_PER_NODE", "1")))
+    devices = cfg.plan_devices or _sharding_devices(cfg)
     common = dict(task=task, method=cfg.train_type, dtype=dtype, batch=cfg.per_device_train_batch_size,
                   accumulation=cfg.gradient_accumulation_steps, gradient_checkpointing=cfg.gradient_checkpointing,
                   attn=attn, lora_rank=rank, lora_dropout=dropout, target_modules=targets, zero=cfg.plan_zero,
@@ -94,6 +93,17 @@ def setup_for(cfg, task: str, arch, config=None) -> Setup:
                  generation_sequences=0 if cfg.use_vllm else (cfg.generation_batch_size or sequences),
                  prompt_len=cfg.max_prompt_length, completion_len=cfg.max_completion_length,
                  vllm_fraction=cfg.vllm_gpu_memory_utilization if cfg.use_vllm and not server else 0.0, **common)
+
+
+def _sharding_devices(cfg) -> int:
+    """The processes weights and optimizer states are sharded over: every process of every node (torchrun's
+    environment variables where the flags are not given), those of one node under FSDP's hybrid sharding."""
+    from ..train.engines import fsdp_config
+
+    nproc = cfg.nproc_per_node if cfg.nproc_per_node > 1 else int(os.environ.get("NPROC_PER_NODE", "1"))
+    nnodes = cfg.nnodes if cfg.nnodes > 1 else int(os.environ.get("NNODES", "1"))
+    hybrid = bool(cfg.fsdp) and fsdp_config(cfg.fsdp)["sharding"] == "hybrid_shard"
+    return nproc if hybrid else nproc * nnodes
 
 
 def _parameters_on_meta_device(config, model: str) -> int:
@@ -143,22 +153,16 @@ def render(p: MemoryPlan) -> str:
                  f"a step: {largest} ({PHASES[largest]})")
     if p.capacity is not None:
         usable = p.capacity * (1 - p.setup.vllm_fraction)
-        where = f"{gib(usable)} of it beside colocated vLLM" if p.setup.vllm_fraction else gib(p.capacity)
+        card = f"{p.capacity / GiB:g} GiB" + (f" ({gib(usable)} of it beside colocated vLLM)"
+                                                if p.setup.vllm_fraction else "")
         margin = "with 10% allocator slack and 1 GiB for the CUDA context"
         if p.fits:
-            lines.append(f"  fits {_card(p)} ({where}): yes, {gib(usable - p.needed)} to spare {margin}")
+            lines.append(f"  fits {card}: yes, {gib(usable - p.needed)} to spare {margin}")
         else:
-            lines.append(f"  fits {_card(p)} ({where}): no, {gib(p.needed - usable)} short {margin}" + _hints(p))
+            lines.append(f"  fits {card}: no, {gib(p.needed - usable)} short {margin}" + _hints(p))
     for note in p.notes:
         lines.append(f"  note: {note}")
     return "\n".join(lines)
-
-
-def _card(p: MemoryPlan) -> str:
-    from ..train.memory_plan import GiB
-
-    size = p.capacity
-    return f"{size / GiB:g}GiB" if size % GiB == 0 else f"{size / 1e9:g}GB"
 
 
 def _hints(p: MemoryPlan) -> str:
@@ -178,5 +182,6 @@ def _hints(p: MemoryPlan) -> str:
                       dict(batch=1, accumulation=s.batch * s.accumulation)))
     if s.method == "full" and s.zero != "zero3" and s.devices > 1:
         tries.append(("--plan_zero zero3", dict(zero="zero3")))
-    shown = [f"{flag} ({gib(with_setup(p, **change).peak)})" for flag, change in tries]
+    peaks = [(flag, with_setup(p, **change).peak) for flag, change in tries]
+    shown = [f"{flag} ({gib(peak)})" for flag, peak in peaks if peak < p.peak]  # (accumulation keeps DDP's buckets)
     return "; peak with " + ", ".join(shown) if shown else ""

@@ -577,12 +577,13 @@ def generation_bytes(arch: Arch, s: Setup) -> float:
 
 
 # -- sizes --------------------------------------------------------------------------------------------------------
-_UNITS = {"": GiB, "b": 1, "k": 1e3, "kb": 1e3, "m": 1e6, "mb": 1e6, "g": 1e9, "gb": 1e9, "t": 1e12, "tb": 1e12,
-          "kib": 1 << 10, "mib": 1 << 20, "gib": GiB, "tib": 1 << 40}
+# a card's memory as it is sold: an "80GB" H100 has 80 GiB (81,559 MiB usable), a "24GB" RTX 4090 24 GiB
+_UNITS = {"": GiB, "b": 1, **{f"{p}{b}": 1 << 10 * i for i, p in enumerate("kmgt", 1) for b in ("", "b", "ib")}}
 
 
 def parse_size(text: str) -> float | None:
-    """Bytes of '80GB' (10^9), '24GiB' (2^30), '80' (GiB), '1.5TB'; None when it is not a size."""
+    """Bytes of a card's memory: '80GB', '80GiB' and '80' are 80 x 2^30, '1.5TB' 1.5 x 2^40; None when it is not
+    a size."""
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", str(text))
     if not m or m.group(2).lower() not in _UNITS:
         return None
