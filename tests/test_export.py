@@ -238,6 +238,51 @@ def test_what_a_killed_export_left_is_removed_by_the_next(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == [f".out.tmp-{os.getppid()}", "out"]
 
 
+def test_a_replaced_export_survives_a_failed_replace_and_files_are_readable(tmp_path, monkeypatch):
+    """--overwrite_output_dir deleted the old export before renaming the new one (a failed rename left neither, or
+    half of the old); safetensors writes 0600 files (a server running as another user could not read them); a
+    failed export left the parent directories it had made."""
+    from swiftlike.errors import UserError
+    from swiftlike.export.write import atomic_directory
+
+    out = tmp_path / "out"
+    with atomic_directory(out) as tmp:
+        (tmp / "model.safetensors").write_text("old")
+        os.chmod(tmp / "model.safetensors", 0o600)
+    assert (out / "model.safetensors").stat().st_mode & 0o777 == 0o666 & ~_umask()
+    real = os.replace
+
+    def refused(src, dst):
+        if Path(src).name.startswith(".out.tmp-"):
+            raise PermissionError(1, "Operation not permitted")
+        real(src, dst)
+    monkeypatch.setattr(os, "replace", refused)
+    with pytest.raises(UserError, match="cannot write the export: Operation not permitted"):
+        with atomic_directory(out) as tmp:
+            (tmp / "model.safetensors").write_text("new")
+    monkeypatch.setattr(os, "replace", real)
+    assert (out / "model.safetensors").read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    with atomic_directory(out) as tmp:  # replaced when it can be
+        (tmp / "model.safetensors").write_text("new")
+    assert (out / "model.safetensors").read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    with pytest.raises(RuntimeError):
+        with atomic_directory(tmp_path / "a" / "b" / "c"):
+            raise RuntimeError("the merge failed")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    (tmp_path / ".out.old-999999999").mkdir()  # killed between the two renames: the old export comes back
+    real(out, tmp_path / ".out.old-999999999")
+    with pytest.raises(RuntimeError):
+        with atomic_directory(out):
+            raise RuntimeError("the merge failed")
+    assert (out / "model.safetensors").read_text() == "new"
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def test_bad_input_one_line_each(tmp_path, capsys):
     (tmp_path / "no_args").mkdir()
     assert main(["export", "--adapters", str(tmp_path / "no_args"), "--merge"]) == 2

@@ -54,6 +54,8 @@ def test_lora_learns_and_writes_hf_layout(tmp_path):
     for name in ("adapter_model.safetensors", "adapter_config.json", "tokenizer_config.json", "args.json",
                  "trainer_state.json", "trainer_state.pt"):
         assert (ckpt / name).is_file(), name
+    mode = (ckpt / "adapter_config.json").stat().st_mode & 0o777
+    assert (ckpt / "adapter_model.safetensors").stat().st_mode & 0o777 == mode  # (safetensors writes 0600)
     args = json.loads((ckpt / "args.json").read_text())
     assert args["train_type"] == "lora" and args["template"] == "qwen3" and args["lora_rank"] == 8
     assert json.loads((tmp_path / "run" / "args.json").read_text()) == args

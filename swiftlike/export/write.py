@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .. import __version__
+from ..disk import settle
 from ..errors import UserError
 from ..hub import is_local
 from ..models.loader import ASSETS
@@ -79,21 +80,45 @@ def official_chat_template(template_name: str, tokenizer, native: bool = True) -
 def atomic_directory(out: Path):
     """A hidden temporary directory that becomes `out` only when everything in it was written."""
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    for left in out.parent.glob(f".{out.name}.tmp-*"):  # an export that was killed: its process is gone
-        if left == tmp or not _alive(left.name.rsplit("-", 1)[-1]):
-            shutil.rmtree(left, ignore_errors=True)
+    for left in [*out.parent.glob(f".{out.name}.tmp-*"), *out.parent.glob(f".{out.name}.old-*")]:
+        if left == tmp or not _alive(left.name.rsplit("-", 1)[-1]):  # a killed export's: its process is gone
+            if ".old-" in left.name and not out.exists():  # killed between the two renames: the old one back
+                os.replace(left, out)
+            else:
+                shutil.rmtree(left, ignore_errors=True)
+    made = [d for d in out.parents if not d.exists()]  # (parents this export creates, removed if it fails)
     tmp.mkdir(parents=True)
     try:
         yield tmp
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except OSError as e:  # disk full, permissions: nothing half-written is left behind
+        settle(tmp)
+        _publish(tmp, out)
+    except BaseException as e:  # disk full, permissions, Ctrl-C: nothing half-written is left behind
         shutil.rmtree(tmp, ignore_errors=True)
-        raise UserError(f"{out}: cannot write the export: {e.strerror or e}") from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        for d in made:  # deepest first
+            try:
+                d.rmdir()
+            except OSError:
+                break
+        if isinstance(e, OSError):
+            raise UserError(f"{out}: cannot write the export: {e.strerror or e}") from None
         raise
+
+
+def _publish(tmp: Path, out: Path) -> None:
+    """`tmp` renamed to `out`; an export already there (--overwrite_output_dir) is moved aside first and deleted
+    only once the new one is in place, or moved back when it cannot be."""
+    if not out.exists():
+        os.replace(tmp, out)
+        return
+    aside = out.with_name(f".{out.name}.old-{os.getpid()}")
+    shutil.rmtree(aside, ignore_errors=True)
+    os.replace(out, aside)
+    try:
+        os.replace(tmp, out)
+    except BaseException:
+        os.replace(aside, out)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def _alive(pid: str) -> bool:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from ..disk import settle
 from ..errors import UserError
 
 _NAME = re.compile(r"^checkpoint-(\d+)$")
@@ -76,7 +77,7 @@ def save_checkpoint(tmp: Path, step: int, model, tokenizer, args_json: str, stat
     (tmp / "args.json").write_text(args_json, encoding="utf-8")
     (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
     torch.save(training_state, tmp / STATE_FILE)
-    _fsync_files(tmp)
+    settle(tmp)
     if final.exists():  # moved aside, not deleted in place: a kill leaves a whole checkpoint-N or none
         aside = root / f".old-checkpoint-{step}"
         shutil.rmtree(aside, ignore_errors=True)
@@ -110,14 +111,6 @@ def load_training_state(ckpt: Path) -> dict:
     if not path.is_file():
         raise UserError(f"{ckpt}: not a resumable checkpoint (no {STATE_FILE})")
     return torch.load(path, weights_only=True)
-
-
-def _fsync_files(path: Path) -> None:
-    """Every file written under `path` on disk (before the rename that publishes them)."""
-    for f in path.rglob("*"):
-        if f.is_file():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
 
 
 def _fsync_entries(directory: Path) -> None:
