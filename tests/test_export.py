@@ -56,6 +56,27 @@ def test_merged_logits_equal_base_plus_adapter(tmp_path, variant, capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("layer", ["lm_head", "embed_tokens"])
+def test_lora_on_a_tied_layer_merges_into_that_layer_alone(tmp_path, layer):
+    """Qwen3-0.6B ties its output layer to the embedding: a LoRA on one of them trained that use of the shared weight
+    only. Merged into the shared weight it changed both (exit 0, logits off by 3.4); now the export is untied."""
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    ckpt = _train(tmp_path, "run", target_modules=["q_proj", layer])
+    out = _export(tmp_path, ckpt)
+    assert json.loads((Path(out) / "config.json").read_text())["tie_word_embeddings"] is False
+    adapted, _, template = load_for_inference(adapters=ckpt, torch_dtype="float32")
+    ids = template.encode_prompt(PROMPT)
+    merged = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).to(adapted.device)
+    torch.testing.assert_close(_logits(merged, ids), _logits(adapted, ids), rtol=1e-5, atol=3e-5)
+    base = load_file(str(tmp_path / "run" / "base_model" / "model.safetensors"))["model.embed_tokens.weight"]
+    weights = load_file(str(Path(out) / "model.safetensors"))
+    kept = "model.embed_tokens.weight" if layer == "lm_head" else "lm_head.weight"
+    assert torch.equal(weights[kept], base)  # the other use of the shared weight is the base's
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", [{}, {"use_dora": True}, {"lora": False, "qlora": True}],
                          ids=["lora", "dora", "qlora"])
 def test_the_streamed_merge_equals_the_in_memory_merge_shard_by_shard(tmp_path, variant):

@@ -27,6 +27,7 @@ def merged_model(ref: ModelRef, dtype: torch.dtype, pad_token_id: int | None, tr
     if trained_on_4bit(ref.args):
         _load_dequantized_nf4(model, base, dtype, kw)
     rebuild_rows(model, added_token_ids(ref))
+    _untie_adapted(model, ref.adapters)
     from peft import PeftModel
 
     try:
@@ -39,6 +40,36 @@ def merged_model(ref: ModelRef, dtype: torch.dtype, pad_token_id: int | None, tr
         raise UserError(f"--adapters {ref.adapters} holds NaN or inf values ({bad}): the run diverged; nothing was "
                         "exported")
     return model.merge_and_unload()  # in place (PEFT's safe_merge would hold a second copy of each weight)
+
+
+def _untie_adapted(model, adapter_dir: str) -> None:
+    """A LoRA on the output layer (or the input embedding) of a model whose two share one weight trained that
+    layer's use of it alone; merged into the shared weight it would change the other too. The output layer gets its
+    own copy first, and the exported config says the two are untied."""
+    head, embed = model.get_output_embeddings(), model.get_input_embeddings()
+    if head is None or head.weight is not embed.weight:
+        return
+    names = {id(m): n for n, m in model.named_modules()}
+    adapted = {key.rsplit(".lora_", 1)[0] for key in adapter_keys(adapter_dir) if ".lora_" in key}
+    if not any(m.endswith(f".{names[id(layer)]}") for m in adapted for layer in (head, embed)):
+        return
+    head.weight = torch.nn.Parameter(head.weight.detach().clone(), requires_grad=False)
+    for config in {id(c): c for c in (model.config, model.config.get_text_config())}.values():
+        config.tie_word_embeddings = False
+
+
+def adapter_keys(adapter_dir: str) -> list[str]:
+    """The tensor names of an adapter checkpoint (safetensors or PEFT's older .bin), read without loading them."""
+    from pathlib import Path
+
+    path = Path(adapter_dir) / "adapter_model.safetensors"
+    if not path.is_file():
+        path = Path(adapter_dir) / "adapter_model.bin"
+        return list(torch.load(path, map_location="meta", weights_only=True)) if path.is_file() else []
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        return list(f.keys())
 
 
 def trained_on_4bit(args: dict) -> bool:
