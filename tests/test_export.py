@@ -195,6 +195,12 @@ def test_reward_model_export_keeps_its_head(tmp_path, capsys):
     run = wb.rm(model="Qwen/Qwen3-0.6B", miniature=True, dataset=["preference-demo"], lora=True, max_steps=2,
                 output_dir=str(tmp_path / "rm"))
     out = _export(tmp_path, run.checkpoint)
+    said = capsys.readouterr().out  # how to load it names the class with the score head (it named the LM class)
+    assert "loads with AutoModelForSequenceClassification" in said
+    assert "AutoModelForSequenceClassification.from_pretrained(PATH)" in (Path(out) / "README.md").read_text()
+    assert main(["export", "--adapters", run.checkpoint, "--merge", "--to", "gguf", "--output_dir",
+                 str(tmp_path / "g" / "h")]) == 2  # refused before the merge (it failed after, naming a tensor)
+    assert "--to gguf: a reward model" in capsys.readouterr().err and not (tmp_path / "g").exists()
     query, response = "What is the capital of France?", "Paris."
     assert main(["infer", "--adapters", run.checkpoint, "--query", query, "--response", response,
                  "--torch_dtype", "float32"]) == 0  # (the default on a GPU: bf16; the reload below: float32)

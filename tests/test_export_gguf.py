@@ -87,6 +87,9 @@ def test_cli_streams_a_gguf_equal_to_the_one_written_from_a_merged_model_in_memo
     assert sorted(p.name for p in out.iterdir()) == ["Modelfile", "README.md", "args.json", "streamed-q8_0.gguf"]
     modelfile = (out / "Modelfile").read_text()
     assert modelfile.startswith("FROM ./streamed-q8_0.gguf") and 'PARAMETER stop "<|im_end|>"' in modelfile
+    card = (out / "README.md").read_text()  # (it was a transformers card, titled by the training run)
+    assert "library_name: gguf" in card and "# streamed\n" in card and "llama-cli -m streamed-q8_0.gguf" in card
+    assert "from_pretrained" not in card
     streamed = gguf.GGUFReader(str(out / "streamed-q8_0.gguf"))  # (reading a 151k-token vocabulary takes seconds)
     tokenizer.chat_template = streamed.fields["tokenizer.chat_template"].contents()
     assert "<|im_start|>" in tokenizer.chat_template

@@ -184,14 +184,15 @@ def generation_config(config, gen, template, tokenizer):
     return gen
 
 
-def model_card(ref, args: dict, merged: bool, auto_class: str = "AutoModelForCausalLM") -> str:
-    """README.md: what the export is, how it was trained, how to load it."""
+def model_card(ref, args: dict, merged: bool, title: str, auto_class: str = "AutoModelForCausalLM",
+               gguf_file: str | None = None) -> str:
+    """README.md: what the export is, how it was trained, how to load it (a GGUF with llama.cpp and Ollama)."""
     metrics = args.get("final_metrics") or {}
     # the hub's metadata names a hub repository; a local directory's path is not one (the hub would reject it)
     base = [] if is_local(ref.model) or ref.model.count("/") != 1 else [f"base_model: {ref.model}"]
     lines = [
-        "---", *base, "library_name: transformers", "tags: [swiftlike]", "---", "",
-        f"# {Path(args.get('output_dir') or 'export').name}", "",
+        "---", *base, f"library_name: {'gguf' if gguf_file else 'transformers'}", "tags: [swiftlike]", "---", "",
+        f"# {title}", "",
         f"Exported by swiftlike {__version__} from `{ref.adapters or ref.base}`"
         + (" (LoRA adapters merged into the base weights)." if merged else "."), "",
         "| | |", "|---|---|",
@@ -215,7 +216,12 @@ def model_card(ref, args: dict, merged: bool, auto_class: str = "AutoModelForCau
                   "| model | perplexity |", "|---|---|",
                   f"| unquantized | {quant['perplexity_unquantized']} |",
                   f"| quantized | {quant['perplexity_quantized']} |"]
-    lines += ["", "```python", f"from transformers import {auto_class}, AutoTokenizer",
-              "tokenizer = AutoTokenizer.from_pretrained(PATH)", f"model = {auto_class}.from_pretrained(PATH)",
-              "```", ""]
+    if gguf_file:
+        lines += ["", f"`{gguf_file}` (its tokenizer and chat template inside) and an Ollama `Modelfile`:", "",
+                  "```bash", f"llama-cli -m {gguf_file} -cnv", f"ollama create {title} -f Modelfile && ollama run {title}",
+                  "```", ""]
+    else:
+        lines += ["", "```python", f"from transformers import {auto_class}, AutoTokenizer",
+                  "tokenizer = AutoTokenizer.from_pretrained(PATH)", f"model = {auto_class}.from_pretrained(PATH)",
+                  "```", ""]
     return "\n".join(lines)

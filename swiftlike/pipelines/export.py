@@ -47,6 +47,9 @@ def run_export(cfg: ExportConfig) -> Path:
     if cfg.to == "gguf":
         from ..export.gguf import check_supported
 
+        if ref.task == "rm":
+            raise UserError("--to gguf: a reward model (a score head, not a language model) exports as a Hugging "
+                            "Face model; drop --to gguf")
         check_supported(config)
     # `auto`: as stored, not as this machine computes best: the same command writes the same file on a CPU and a GPU;
     # a GGUF is merged in float32 and rounded once, to --gguf_type (through bf16 first, a LoRA update lost ~8x more)
@@ -89,7 +92,7 @@ def run_export(cfg: ExportConfig) -> Path:
         elif cfg.to == "gguf":
             from ..export.gguf import modelfile, write_gguf
 
-            name = f"{out.name}-{cfg.gguf_type}.gguf"
+            name = f"{out.name}-{cfg.gguf_type}.gguf"  # (as the card below names it)
             write_gguf(model, tokenizer, template, tmp / name, cfg.gguf_type, out.name, shown=ref.added_ids)
             (tmp / "Modelfile").write_text(modelfile(name, template, tokenizer), encoding="utf-8")
         elif cfg.quant_method:
@@ -101,8 +104,10 @@ def run_export(cfg: ExportConfig) -> Path:
                 for name in (PREPROCESSOR_CONFIG, VIDEO_PREPROCESSOR_CONFIG):
                     if (processor / name).is_file():
                         shutil.copyfile(processor / name, tmp / name)
-        auto = "AutoModelForImageTextToText" if vision else "AutoModelForCausalLM"
-        write_metadata(tmp, args, model_card(ref, args, bool(ref.adapters), auto))
+        auto = "AutoModelForImageTextToText" if vision else \
+            "AutoModelForSequenceClassification" if ref.task == "rm" else "AutoModelForCausalLM"
+        gguf = f"{out.name}-{cfg.gguf_type}.gguf" if cfg.to == "gguf" else None
+        write_metadata(tmp, args, model_card(ref, args, bool(ref.adapters), out.name, auto, gguf))
     loads = "llama.cpp / `ollama create NAME -f Modelfile`" if cfg.to == "gguf" else \
         f"{auto} / AutoTokenizer{' / AutoImageProcessor' if vision else ''}; `wb infer --model {out}`"
     print(f"[wb] export: wrote {out} (loads with {loads})")
