@@ -56,6 +56,19 @@ def test_quantized_export_reloads_and_reports_perplexity(ckpt, tmp_path, method,
 
 
 @pytest.mark.slow
+def test_a_bf16_quantized_export_answers_under_wb_infer(ckpt, tmp_path, capsys):
+    """`wb infer --model` of a bf16 torchao export: on a CPU `auto` meant float32, and int4 kernels refused the mix
+    (a bare RuntimeError); a quantized checkpoint now loads in the dtype it was quantized in."""
+    pytest.importorskip("torchao")
+    out = tmp_path / "q"
+    assert main(["export", "--adapters", ckpt, "--merge", "--torch_dtype", "bfloat16", "--output_dir", str(out),
+                 "--quant_method", "torchao", "--quant_bits", "4", "--dataset", "gsm8k-test#2"]) == 0
+    capsys.readouterr()
+    assert main(["infer", "--model", str(out), "--query", "Who are you?", "--max_new_tokens", "3"]) == 0
+    assert capsys.readouterr().out.strip()
+
+
+@pytest.mark.slow
 def test_fp8_export_is_compressed_tensors_that_transformers_reloads(ckpt, tmp_path):
     """FP8 E4M3 weights with one scale per output channel, in the compressed-tensors layout vLLM serves: every
     projection stored in FP8 (the output head and embeddings not), decoding to the merged weights within E4M3's

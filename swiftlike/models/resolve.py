@@ -155,6 +155,13 @@ def base_weights(ref: ModelRef, trust_remote_code: bool = False) -> str:
     return download(hub_id(ref.base, ref.hub), ref.hub, with_code=trust_remote_code)
 
 
+def _quantized(directory: str) -> bool:
+    try:
+        return "quantization_config" in json.loads((Path(directory) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+
+
 def stored_dtype(directory: str) -> torch.dtype:
     """The floating dtype a model directory's config.json says its weights are stored in (`dtype`, or the older
     `torch_dtype`; a vision-language model's may be its text config's); float32, what transformers loads without
@@ -210,6 +217,8 @@ def load_for_inference(model: str = "", adapters: str | None = None, miniature: 
         net = build_miniature(ref.model, ref.hub, dtype=dtype).to(accel.device())
     else:
         weights = base_weights(ref, trust_remote_code)
+        if torch_dtype == "auto" and _quantized(weights):  # its kernels compute in the dtype it was quantized in
+            dtype = stored_dtype(weights)
         net = load_model(weights, dtype, attn_implementation=attn_implementation,
                          trust_remote_code=trust_remote_code, reward_head=reward, pad_token_id=tokenizer.pad_token_id,
                          announce_head=not ref.adapters)
