@@ -138,6 +138,21 @@ def test_local_directories_missing_a_part(tmp_path, qwen3_tokenizer):
     with pytest.raises(UserError, match=f"cannot load the model's weights: .*{shards[-1].name}"):
         load_model(str(sharded), torch.float32)
 
+    cut = tmp_path / "cut"  # a copy that stopped short (it was safetensors' bare traceback, naming no file)
+    shutil.copytree(full, cut)
+    data = (full / "model.safetensors").read_bytes()
+    (cut / "model.safetensors").write_bytes(data[:len(data) // 2])
+    with pytest.raises(UserError, match="cut: a weights file there is damaged or incomplete \\(.*\\); copy or "):
+        load_model(str(cut), torch.float32)
+    from swiftlike.export.stream import stream_plan
+
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"r": 2, "lora_alpha": 4}))
+    (adapter / "adapter_model.safetensors").write_bytes(data[:100])
+    with pytest.raises(UserError, match="adapter: a weights file there is damaged"):
+        stream_plan(str(adapter), str(full))
+
 
 def test_qwen3_base_models_end_texts_with_endoftext():
     """The pretrained (-Base) checkpoints' tokenizer and config end a text with <|endoftext|>, the instruct ones'

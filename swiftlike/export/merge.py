@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from .. import accel
-from ..errors import UserError
+from ..errors import UserError, intact
 from ..models.loader import load_model
 from ..models.resolve import ModelRef, added_token_ids, base_weights
 from ..models.tokens import rebuild_rows
@@ -31,7 +31,8 @@ def merged_model(ref: ModelRef, dtype: torch.dtype, pad_token_id: int | None, tr
     from peft import PeftModel
 
     try:
-        model = PeftModel.from_pretrained(model, ref.adapters)
+        with intact(ref.adapters):
+            model = PeftModel.from_pretrained(model, ref.adapters)
     except (ValueError, RuntimeError, KeyError) as e:
         raise UserError(f"--adapters {ref.adapters} does not fit {base}: {str(e).splitlines()[0]}") from None
     trained = ((name, p) for name, p in model.named_parameters() if "lora_" in name or "modules_to_save" in name)

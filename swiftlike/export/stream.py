@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import UserError
+from ..errors import UserError, intact
 from .merge import nf4_functional
 
 ADAPTER_PREFIX = "base_model.model."
@@ -45,7 +45,8 @@ def stream_plan(adapter_dir: str, base_dir: str) -> tuple[dict, list[Path]] | st
         return "an adapter not saved as safetensors"
     from safetensors.torch import load_file
 
-    weights = load_file(str(Path(adapter_dir) / "adapter_model.safetensors"))
+    with intact(adapter_dir):
+        weights = load_file(str(Path(adapter_dir) / "adapter_model.safetensors"))
     r, alpha = config["r"], config["lora_alpha"]
     scale = alpha / math.sqrt(r) if config.get("use_rslora") else alpha / r
     dora = bool(config.get("use_dora"))
@@ -195,7 +196,7 @@ def shards_of(base: Path) -> list[Path]:
 def _keys(path: Path) -> list[str]:
     from safetensors import safe_open
 
-    with safe_open(str(path), framework="pt") as f:
+    with intact(path), safe_open(str(path), framework="pt") as f:
         return list(f.keys())
 
 

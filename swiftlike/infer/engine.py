@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..data.images import cat_images
-from ..errors import UserError
+from ..errors import UserError, intact
 from .batch import RunningBatch
 from .decode import ModelCall
 from .params import Completion, Delta, SamplingParams
@@ -99,10 +99,11 @@ class TransformersEngine(Engine):
             raise UserError(f"model name {name!r} is taken; give each adapter its own name")
         if self._thread is not None:
             raise UserError("load adapters before the first request")
-        if isinstance(self.model, PeftModel):
-            self.model.load_adapter(path, adapter_name=name)
-        else:
-            self.model = PeftModel.from_pretrained(self.model, path, adapter_name=name)
+        with intact(path):
+            if isinstance(self.model, PeftModel):
+                self.model.load_adapter(path, adapter_name=name)
+            else:
+                self.model = PeftModel.from_pretrained(self.model, path, adapter_name=name)
         self.model.eval()
         self.adapters[name] = name
         if hasattr(self, "_batch"):

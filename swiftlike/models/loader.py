@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from .. import accel
-from ..errors import UserError, one_line
+from ..errors import UserError, intact, one_line
 from ..hub import download, is_local
 from ..registry import ModelMeta, find_model
 from . import attention
@@ -329,14 +329,14 @@ def load_model(path: str, dtype: torch.dtype, *, quantize_4bit: bool = False, at
         kwargs["device_map"] = {"": device}
     try:
         if reward_head:
-            with own_code_refused(path):
+            with own_code_refused(path), intact(path):
                 model = _load_reward_model(AutoModelForSequenceClassification, path, kwargs, announce_head)
             if model.config.pad_token_id is None:
                 model.config.pad_token_id = pad_token_id
         else:
             from transformers import AutoConfig
 
-            with own_code_refused(path):
+            with own_code_refused(path), intact(path):
                 config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
                 model = auto_class(config).from_pretrained(path, **kwargs)
     except ValueError as e:

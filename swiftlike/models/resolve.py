@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from .. import accel
-from ..errors import UserError
+from ..errors import UserError, intact
 from ..hub import download, is_local
 from ..registry import ModelMeta, find_model
 
@@ -228,7 +228,8 @@ def load_for_inference(model: str = "", adapters: str | None = None, miniature: 
     if ref.adapters:
         from peft import PeftModel
 
-        net = PeftModel.from_pretrained(net, ref.adapters)
+        with intact(ref.adapters):
+            net = PeftModel.from_pretrained(net, ref.adapters)
         if reward and accel.is_main_process():  # the base has no head; the adapters hold it (modules_to_save)
             print(f"[wb] reward head: loaded from {ref.adapters}", file=sys.stderr)
     net.eval()

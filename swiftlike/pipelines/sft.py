@@ -19,7 +19,7 @@ from ..data.packing import pack
 from ..data.pairs import KTOCollate, collate_pairs, pair_sequences
 from ..data.dataset import WHERE, DataStats, NoRowsLeft, encode_rows, hold_out, iter_rows, load_rows
 from ..data.stream import LazyCollate, RowStream
-from ..errors import UserError
+from ..errors import UserError, intact
 from ..models import attach_lora, build_miniature, load_model, load_tokenizer
 from ..models.lora_compute import compute_in_stream_dtype
 from ..models.loader import freeze_vision_parts, miniature_config, model_config, prepare_4bit, quiet_libraries
@@ -519,7 +519,8 @@ def _start_from_adapters(model, cfg: SFTConfig, reference: bool, reward: bool = 
     if reward and not _is_reward_checkpoint(cfg.adapters):
         return _reward_from_lm_adapters(model, cfg)
     try:
-        model = PeftModel.from_pretrained(model, cfg.adapters, is_trainable=True)
+        with intact(cfg.adapters):
+            model = PeftModel.from_pretrained(model, cfg.adapters, is_trainable=True)
         if reference:
             model.load_adapter(cfg.adapters, adapter_name="ref", is_trainable=False)
     except (ValueError, RuntimeError, KeyError) as e:
@@ -661,7 +662,8 @@ def _load_adapter(model, ckpt: Path) -> None:
     weights = ckpt / "adapter_model.safetensors"
     if not weights.is_file():
         raise UserError(f"{ckpt}: no adapter_model.safetensors to resume a LoRA run from")
-    set_peft_model_state_dict(model, load_file(str(weights)))
+    with intact(ckpt):
+        set_peft_model_state_dict(model, load_file(str(weights)))
 
 
 METHODS = {
