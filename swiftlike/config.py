@@ -788,6 +788,9 @@ class DeployConfig(ModelArgs):
 PREVIEW_TASKS = ("auto", "sft", "pt", "dpo", "kto", "rm", "grpo")
 
 
+CALIBRATION, SHARD_SIZE = ["gsm8k-test#32"], "5GB"  # wb export's defaults
+
+
 @dataclass
 class ExportConfig(ModelArgs):
     """`wb export`: a checkpoint as a standard Hugging Face model (LoRA adapters merged)."""
@@ -804,7 +807,7 @@ class ExportConfig(ModelArgs):
                                   "float16 or float32.", choices=TORCH_DTYPES)
     output_dir: str = _f("", "Where the export goes (default: next to the checkpoint, <name>-merged).")
     overwrite_output_dir: bool = _f(False, "Replace an --output_dir that is not empty.")
-    max_shard_size: str = _f("5GB", "Largest safetensors shard (e.g. 2GB, 500MB).")
+    max_shard_size: str = _f(SHARD_SIZE, "Largest safetensors shard (e.g. 2GB, 500MB).")
     to: str = _f("hf", "hf: a Hugging Face model directory; gguf: a GGUF file (llama.cpp, Ollama) and an Ollama "
                        "Modelfile (Qwen3, Qwen2/2.5, Llama-3 and 3.1-3.3).", choices=("hf", "gguf"))
     gguf_type: str | None = _f(None, "GGUF weight type with --to gguf: f16 (default) or q8_0.",
@@ -817,7 +820,7 @@ class ExportConfig(ModelArgs):
                                         "serves.", choices=("bnb", "torchao", "gptq", "awq", "fp8"))
     quant_bits: int | None = _f(None, "Bits per weight for --quant_method: 4 or 8 (default 4; fp8: 8).",
                                 choices=(4, 8))
-    dataset: list = _f(["gsm8k-test#32"], "Calibration rows for --quant_method (chat or instruction data; #N takes "
+    dataset: list = _f(CALIBRATION, "Calibration rows for --quant_method (chat or instruction data; #N takes "
                                           "N rows): GPTQ and AWQ fit the weights to them, and the perplexity of the "
                                           "quantized and the unquantized model on them goes into the model card.")
     push_to_hub: bool = _f(False, "Upload the export (with its model card) to --hub_model_id on --hub.")
@@ -838,8 +841,12 @@ class ExportConfig(ModelArgs):
         for given, needs in ((self.quant_bits is not None and not self.quant_method,
                               "--quant_bits needs --quant_method"),
                              (self.gguf_type is not None and self.to != "gguf", "--gguf_type needs --to gguf"),
-                             ((self.hub_model_id or self.hub_private) and not self.push_to_hub,
-                              "--hub_model_id and --hub_private need --push_to_hub")):
+                             ((self.hub_model_id or self.hub_private or self.hub_token) and not self.push_to_hub,
+                              "--hub_model_id, --hub_private and --hub_token need --push_to_hub"),
+                             (self.dataset != CALIBRATION and not self.quant_method,
+                              "--dataset (calibration rows) needs --quant_method"),
+                             (self.max_shard_size != SHARD_SIZE and self.to == "gguf",
+                              "--max_shard_size shards a Hugging Face export; a GGUF is one file")):
             if given:
                 raise UserError(needs)
         if self.to == "gguf" and self.gguf_type is None:

@@ -254,7 +254,12 @@ def test_reward_model_run_and_inference_say_it_once(tmp_path, capsys, transforme
 @pytest.mark.parametrize("argv, message", [
     (["export", "--model", "m", "--quant_bits", "8"], "--quant_bits needs --quant_method"),  # wrote an unquantized one
     (["export", "--model", "m", "--gguf_type", "q8_0"], "--gguf_type needs --to gguf"),
-    (["export", "--model", "m", "--hub_model_id", "me/x"], "--hub_model_id and --hub_private need --push_to_hub"),
+    (["export", "--model", "m", "--hub_model_id", "me/x"],
+     "--hub_model_id, --hub_private and --hub_token need --push_to_hub"),
+    (["export", "--model", "m", "--hub_token", "t"], "--hub_model_id, --hub_private and --hub_token need --push_to_hub"),
+    (["export", "--model", "m", "--dataset", "my.jsonl"], "--dataset (calibration rows) needs --quant_method"),
+    (["export", "--model", "m", "--to", "gguf", "--max_shard_size", "2GB"],
+     "--max_shard_size shards a Hugging Face export; a GGUF is one file"),
     (["rollout", "--model", "m", "--port", "70000"], "--port must be in 0..65535, got 70000"),  # after loading, once
     (["deploy", "--model", "m", "--port", "-5"], "--port must be in 0..65535, got -5"),
 ])

@@ -304,6 +304,26 @@ def test_a_replaced_export_survives_a_failed_replace_and_files_are_readable(tmp_
     assert (out / "model.safetensors").read_text() == "new"
 
 
+def test_another_model_s_adapters_are_refused_before_the_streamed_merge(tmp_path):
+    """It was a bare RuntimeError (tensor sizes) in the middle of writing the shards."""
+    from safetensors.torch import save_file
+
+    from swiftlike.errors import UserError
+    from swiftlike.export.stream import stream_plan
+    from swiftlike.models.loader import build_miniature
+
+    build_miniature("Qwen/Qwen3-0.6B").save_pretrained(tmp_path / "base")
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"r": 2, "lora_alpha": 4}))
+    name = "base_model.model.model.layers.0.mlp.down_proj"
+    save_file({f"{name}.lora_A.weight": torch.zeros(2, 7), f"{name}.lora_B.weight": torch.zeros(5, 2)},
+              str(adapter / "adapter_model.safetensors"))
+    with pytest.raises(UserError, match=r"does not fit .*base: model.layers.0.mlp.down_proj.weight is \(64, 128\) "
+                                        r"there, the adapter's update \(5, 7\)"):
+        stream_plan(str(adapter), str(tmp_path / "base"))
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -57,16 +57,20 @@ def stream_plan(adapter_dir: str, base_dir: str) -> tuple[dict, list[Path]] | st
             return f"adapter tensor {name}"
         module, _, part = name[len(ADAPTER_PREFIX):].rpartition(".lora_")
         pairs.setdefault(module + ".weight", [None, None, scale, None])[{"A": 0, "B": 1, "m": 3}[part[0]]] = tensor
-    base_names = set()
     for shard in shards:
-        base_names |= set(_keys(shard))
-    missing = sorted(set(pairs) - base_names)
+        _keys(shard)  # (a damaged shard is named here, before any work)
+    shapes = dict(tensor_shapes(shards))
+    missing = sorted(set(pairs) - set(shapes))
     if missing:
         return f"adapter weights for {missing[0]}, which the base checkpoint does not name"
     bad = next((n for n, (a, b, _, m) in pairs.items() if a is None or b is None or (dora and m is None)), None)
     if bad:
         raise UserError(f"--adapters {adapter_dir}: {bad} lacks part of its lora_A / lora_B"
                         f"{' / magnitude' if dora else ''}; the adapter is damaged")
+    for name, (a, b, _, _) in pairs.items():
+        if (b.shape[0], a.shape[1]) != shapes[name]:
+            raise UserError(f"--adapters {adapter_dir} does not fit {base_dir}: {name} is {tuple(shapes[name])} there, "
+                            f"the adapter's update {(b.shape[0], a.shape[1])} (another model's adapters?)")
     bad = next((n for n, parts in pairs.items() if not all(torch.isfinite(t).all() for t in parts[:2] + parts[3:]
                                                            if t is not None)), None)
     if bad:
