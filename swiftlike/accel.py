@@ -100,7 +100,16 @@ def resolve_dtype(name: str | None, kind: str | None = None) -> torch.dtype:
 
 
 def dist_backend(kind: str | None = None) -> str:
+    """The collective backend of the device's tensors."""
     return {"cuda": "nccl", "npu": "hccl", "xpu": "xccl"}.get(kind or device_type(), "gloo")
+
+
+def group_backends(kind: str | None = None) -> str:
+    """The process group's backends: the device's for its tensors and gloo for CPU tensors (the step's token counts,
+    a stop request), which a group of the device's backend alone cannot reduce."""
+    kind = kind or device_type()
+    device = dist_backend(kind)
+    return device if device == "gloo" else f"cpu:gloo,{kind}:{device}"
 
 
 def init_distributed() -> bool:
@@ -115,7 +124,7 @@ def init_distributed() -> bool:
             torch.cuda.set_device(local_rank())
         elif kind == "npu":
             torch.npu.set_device(local_rank())
-        dist.init_process_group(backend=dist_backend(kind))
+        dist.init_process_group(backend=group_backends(kind))
     return True
 
 
@@ -149,7 +158,7 @@ def init_process_group_anyway() -> None:
     for key, value in values:  # (DeepSpeed reads LOCAL_RANK in every run)
         os.environ.setdefault(key, value)
     if not dist.is_initialized():
-        dist.init_process_group(backend=dist_backend(), world_size=1, rank=0)
+        dist.init_process_group(backend=group_backends(), world_size=1, rank=0)
         _OWN_GROUP = True
 
 

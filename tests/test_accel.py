@@ -34,6 +34,17 @@ def test_backend_and_dtype_per_device(monkeypatch, kind, backend, dtype):
     assert accel.resolve_dtype("auto", kind) == dtype
 
 
+@pytest.mark.parametrize("kind, spec", [("cuda", "cpu:gloo,cuda:nccl"), ("cpu", "gloo"), ("mps", "gloo")])
+def test_the_process_group_reduces_cpu_tensors_on_every_device(kind, spec):
+    """A group of NCCL alone has no backend for the CPU tensors the trainer reduces each step (token counts): the
+    first step of a multi-GPU run failed ("No backend type associated with device type cpu")."""
+    from torch.distributed.distributed_c10d import Backend, BackendConfig
+
+    assert accel.group_backends(kind) == spec
+    backends = BackendConfig(Backend(spec)).get_device_backend_map()
+    assert backends["cpu"] == "gloo" and (kind != "cuda" or backends["cuda"] == "nccl")
+
+
 def test_fake_cuda_is_preferred(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setenv("LOCAL_RANK", "1")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -424,7 +425,8 @@ def test_an_error_in_the_workers_is_said_once_without_torchrun_s_report(tmp_path
 @pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
 def test_ctrl_c_and_sigterm_stop_every_process(tmp_path, sig):
     """The launching `wb` gets the signal (Ctrl-C reaches the terminal's process group; a scheduler's SIGTERM the
-    process it started) and passes it to torchrun once; the workers stop, nothing is left running."""
+    process it started) and passes it to torchrun once; the workers finish the step, agree to stop at it and save
+    it (they were killed, SIGTERM left them running), nothing is left running."""
     import signal
     import time
 
@@ -444,8 +446,12 @@ def test_ctrl_c_and_sigterm_stop_every_process(tmp_path, sig):
     workers = subprocess.run(["pgrep", "-f", f"--output_dir {tmp_path / 'run'}"], capture_output=True, text=True)
     assert workers.stdout == ""  # no worker or torchrun left behind
     assert "Traceback" not in err and "SignalException" not in err
+    stopped = re.search(r"\[wb\] stopped at step (\d+) of 100000; --resume continues from (\S+)", out)
+    assert stopped and Path(stopped[2]).name == f"checkpoint-{stopped[1]}", out[-2000:]
+    assert (tmp_path / "run" / f"checkpoint-{stopped[1]}" / "adapter_model.safetensors").is_file()
+    said = "[wb] interrupt: finishing this step" if sig == "SIGINT" else "[wb] SIGTERM: finishing this step"
+    assert err.count(said) == 1  # (rank 0 says it)
     if sig == "SIGINT":
         assert proc.returncode == 130 and err.count("wb: interrupted") == 1, err[-2000:]
-        assert "--resume continues from" in out
     else:
         assert proc.returncode == 128 + signal.SIGTERM

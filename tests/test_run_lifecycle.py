@@ -78,16 +78,30 @@ def test_the_resume_line_tolerates_a_checkpoint_without_readable_args(tmp_path):
     assert resume_line(ckpt, trainer, cfg).endswith("(the run goes on differently): planned steps 6 -> 2")
 
 
-def _interrupt_at(monkeypatch, steps: tuple[int, ...]):
+def _interrupt_at(monkeypatch, steps: tuple[int, ...], sig=signal.SIGINT):
     """Deliver SIGINT (as Ctrl-C does) while the trainer is drawing the batches of these steps (0-based)."""
     original = trainer_module.Trainer.next_batches
 
     def next_batches(self):
         if self.step in steps:
-            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), sig)
         return original(self)
 
     monkeypatch.setattr(trainer_module.Trainer, "next_batches", next_batches)
+
+
+def test_sigterm_stops_as_ctrl_c_does(tmp_path, monkeypatch, capfd):
+    """A scheduler's SIGTERM (preemption) finishes the step and saves it; it killed the run, losing the steps since
+    the last checkpoint."""
+    out = tmp_path / "run"
+    _interrupt_at(monkeypatch, (1,), signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt):
+        wb.sft(model="Qwen/Qwen3-0.6B", miniature=True, dataset=[IDENTITY], lora=True, max_steps=4, save_steps=100,
+               output_dir=str(out))
+    captured = capfd.readouterr()  # (the notice is written to the descriptor: a signal handler's write)
+    assert "[wb] SIGTERM: finishing this step and saving a checkpoint" in captured.err
+    assert captured.out.splitlines()[-1] == f"[wb] stopped at step 2 of 4; --resume continues from {out / 'checkpoint-2'}"
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # given back
 
 
 @pytest.mark.slow

@@ -298,7 +298,8 @@ class Trainer:
         window_tokens, window_start = 0, time.perf_counter()
         checkpoint = None
         while self.step < self.total_steps:
-            if self._stop_requested:
+            # every process stops at the same step (one that stopped alone would leave the others in a collective)
+            if self._global_sum(self._stop_requested) > 0:
                 self._stop(bar)
             batches, batch_metrics = self.next_batches()
             loss, grad_norm, tokens, step_metrics = self.train_step(batches)
@@ -368,26 +369,29 @@ class Trainer:
     # -- Ctrl-C --------------------------------------------------------------------------------
     @contextmanager
     def _interruptible(self, bar):
-        """First Ctrl-C: finish the current step, save a checkpoint (--save_on_interrupt) and stop; a second one
-        stops at once. Either way the last line says what `--resume` continues from. (One process only: under
-        torchrun the launcher owns the signal; a line still names the latest checkpoint.)"""
+        """First Ctrl-C (or SIGTERM: a scheduler's preemption): finish the current step, save a checkpoint
+        (--save_on_interrupt) and stop, every process at the same step (under torchrun, which passes the signal on
+        and waits 30 s before it kills); a second one stops at once. Either way the last line says what `--resume`
+        continues from."""
         import signal
         import threading
 
-        handled = accel.world_size() == 1 and threading.current_thread() is threading.main_thread()
-        previous = signal.getsignal(signal.SIGINT) if handled else None
+        handled = threading.current_thread() is threading.main_thread()
+        signals = (signal.SIGINT, signal.SIGTERM)
+        previous = {sig: signal.getsignal(sig) for sig in signals} if handled else {}
 
         def request_stop(signum, frame):
             if self._stop_requested:
                 raise KeyboardInterrupt
             self._stop_requested = True
-            # os.write, not print: the signal may arrive in the middle of a buffered write to stdout
-            os.write(2, ("\n[wb] interrupt: finishing this step" + (" and saving a checkpoint" if
-                                                                   self.s.save_on_interrupt else "")
-                         + "; press Ctrl-C again to stop at once\n").encode())
+            if accel.is_main_process():  # os.write, not print: the signal may arrive amid a buffered write
+                what = "interrupt" if signum == signal.SIGINT else "SIGTERM"
+                os.write(2, (f"\n[wb] {what}: finishing this step" + (" and saving a checkpoint" if
+                                                                     self.s.save_on_interrupt else "")
+                             + "; press Ctrl-C again to stop at once\n").encode())
 
-        if handled:
-            signal.signal(signal.SIGINT, request_stop)
+        for sig in previous:
+            signal.signal(sig, request_stop)
         try:
             yield
         except KeyboardInterrupt as e:
@@ -396,8 +400,8 @@ class Trainer:
                 print(f"[wb] interrupted at step {self.step} of {self.total_steps}; {self._resume_hint()}")
             raise
         finally:
-            if handled:
-                signal.signal(signal.SIGINT, previous)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
     def _stop(self, bar) -> None:
         """A requested stop between steps: save (atomically, as every checkpoint) and raise KeyboardInterrupt."""
