@@ -114,6 +114,8 @@ class SFTConfig(ModelArgs, DataArgs):
                                     "--lora_dropout applies); "
                                     "DPO, KTO and GRPO with --beta use it, frozen, as the reference.")
     use_rslora: bool = _f(False, "Rank-stabilised LoRA scaling.")
+    lora_plus_ratio: float | None = _f(None, "LoRA+: each adapter's B matrix learns at this many times --learning_rate "
+                                             "(16 in the LoRA+ paper), A and everything else at --learning_rate.")
     new_special_tokens: list = _f([], "Tokens to add to the tokenizer as special tokens (never split), or .txt files "
                                       "with one token a line; their embedding rows start at the mean of the others "
                                       "and train (with LoRA only those rows: PEFT's trainable tokens).")
@@ -323,6 +325,9 @@ class SFTConfig(ModelArgs, DataArgs):
         self._check_numbers()
         if self.max_pixels and self.min_pixels and self.min_pixels > self.max_pixels:
             raise UserError(f"--min_pixels {self.min_pixels} is above --max_pixels {self.max_pixels}")
+        if self.lora_plus_ratio is not None and (self.lora_plus_ratio <= 0 or self.full):
+            raise UserError(f"--lora_plus_ratio must be positive and needs LoRA adapters (--lora or --qlora), got "
+                            f"--lora_plus_ratio {self.lora_plus_ratio}{' with --full' if self.full else ''}")
         for name, frozen in (("vit_lr", "freeze_vit"), ("aligner_lr", "freeze_aligner")):
             if getattr(self, name) is not None and (getattr(self, name) <= 0 or getattr(self, frozen)):
                 raise UserError(f"--{name} must be positive and needs --{frozen} false (a frozen part has no "

@@ -235,3 +235,20 @@ def test_every_row_is_trained_once_an_epoch(n_rows, size):
         seen = [i for chunk in chunks for i in chunk]
         assert all(len(chunk) == size for chunk in chunks) and set(seen) == set(range(n_rows))
         assert len(seen) - n_rows == per_epoch * size - n_rows  # repeats: only what completes the last step
+
+
+def test_lora_plus_raises_the_b_matrices_learning_rate(tmp_path, capsys):
+    """LoRA+: after one step from B = 0 (A's gradient is zero then), Adam moves every B entry by its learning rate:
+    --learning_rate without the flag, 16x with --lora_plus_ratio 16."""
+    common = dict(BASE, lora=True, max_steps=1, learning_rate=1e-3, lr_scheduler_type="constant", warmup_ratio=0.0,
+                  weight_decay=0.0, lora_dropout=0.0)
+    moved = {}
+    for ratio in (None, 16.0):
+        run = wb.sft(**common, lora_plus_ratio=ratio, output_dir=str(tmp_path / str(ratio)))
+        weights = _adapter(run.checkpoint)
+        moved[ratio] = max(float(w.abs().max()) for n, w in weights.items() if ".lora_B." in n)
+        assert json.loads((tmp_path / str(ratio) / "args.json").read_text())["lora_plus_ratio"] == ratio
+    assert moved[None] == pytest.approx(1e-3, rel=1e-3) and moved[16.0] == pytest.approx(16e-3, rel=1e-3)
+    assert main(["sft", "--model", "Qwen/Qwen3-0.6B", "--miniature", "--dataset", DATA, "--full",
+                 "--lora_plus_ratio", "16"]) == 2
+    assert "--lora_plus_ratio must be positive and needs LoRA adapters" in capsys.readouterr().err

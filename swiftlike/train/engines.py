@@ -176,17 +176,25 @@ class EngineSettings:
     gradient_accumulation_steps: int
     part_lr: dict = field(default_factory=dict)  # a vision-language model's "vit" / "aligner" learning rates
     seed: int = 0  # the stochastic rounding's random bits (train/optim.py)
+    lora_plus_ratio: float | None = None  # LoRA+: the B matrices' learning rate over their part's
+
+
+LORA_B = (".lora_B.", ".lora_embedding_B.")  # PEFT's names of the B matrices (LoRA+ raises their learning rate)
 
 
 def param_groups(module: torch.nn.Module, s: EngineSettings) -> list[dict]:
     """The trainable parameters grouped by learning rate: the vision encoder's (--vit_lr) and the merger's
-    (--aligner_lr) where given, the run's elsewhere (its group first: the one the logs show)."""
+    (--aligner_lr) where given, the run's elsewhere (its group first: the one the logs show); LoRA+ multiplies
+    the B matrices' by --lora_plus_ratio."""
     from ..models.loader import vision_part
 
     groups: dict[float, list] = {s.learning_rate: []}
     for name, p in module.named_parameters():
         if p.requires_grad:
-            groups.setdefault(s.part_lr.get(vision_part(name), s.learning_rate), []).append(p)
+            lr = s.part_lr.get(vision_part(name), s.learning_rate)
+            if s.lora_plus_ratio and any(part in name for part in LORA_B):
+                lr *= s.lora_plus_ratio
+            groups.setdefault(lr, []).append(p)
     return [{"params": ps, "lr": lr} for lr, ps in groups.items() if ps]
 
 

@@ -50,6 +50,7 @@ class LoopSettings:
     save_on_interrupt: bool = True
     vit_lr: float | None = None      # vision-language models: the vision encoder's learning rate
     aligner_lr: float | None = None  # and the merger's
+    lora_plus_ratio: float | None = None  # LoRA+: the B matrices' learning rate over the others'
 
 
 @dataclass
@@ -122,7 +123,8 @@ class Trainer:
         self.distributed = accel.world_size() > 1
         parts = {"vit": settings.vit_lr, "aligner": settings.aligner_lr}
         es = EngineSettings(settings.learning_rate, settings.weight_decay, settings.max_grad_norm,
-                            settings.gradient_accumulation_steps, {k: v for k, v in parts.items() if v}, settings.seed)
+                            settings.gradient_accumulation_steps, {k: v for k, v in parts.items() if v}, settings.seed,
+                            settings.lora_plus_ratio)
         # DDP (or one process), DeepSpeed or FSDP2: wraps the objective and owns the optimizer
         self.engine = (engine or DDPEngine)(self.objective, model, es)
         self.loss_module, self.optimizer = self.engine.module, self.engine.optimizer
