@@ -86,6 +86,9 @@ class SFTConfig(ModelArgs, DataArgs):
     loss_scope: str = _f("assistant", "Which tokens are trained: assistant (every assistant turn), "
                                       "last_assistant, or all.", choices=("assistant", "last_assistant", "all"))
     padding_free: bool = _f(True, "Concatenate each batch into one row without padding (sequence-aware attention).")
+    neftune_noise_alpha: float | None = _f(None, "NEFTune: uniform noise on the input embeddings while training, "
+                                                 "alpha / sqrt(L x hidden) for a sequence of L tokens (5 in the "
+                                                 "paper); never at evaluation or inference.")
     packing: bool = _f(False, "Bin sequences into rows of up to --max_length tokens (best-fit decreasing); each "
                               "micro-batch takes --per_device_train_batch_size such rows.")
     val_dataset: list = _f([], "Validation data (same forms as --dataset); its loss is logged as eval_loss.")
@@ -325,6 +328,8 @@ class SFTConfig(ModelArgs, DataArgs):
         self._check_numbers()
         if self.max_pixels and self.min_pixels and self.min_pixels > self.max_pixels:
             raise UserError(f"--min_pixels {self.min_pixels} is above --max_pixels {self.max_pixels}")
+        if self.neftune_noise_alpha is not None and self.neftune_noise_alpha <= 0:
+            raise UserError(f"--neftune_noise_alpha must be positive, got {self.neftune_noise_alpha}")
         if self.lora_plus_ratio is not None and (self.lora_plus_ratio <= 0 or self.full):
             raise UserError(f"--lora_plus_ratio must be positive and needs LoRA adapters (--lora or --qlora), got "
                             f"--lora_plus_ratio {self.lora_plus_ratio}{' with --full' if self.full else ''}")
@@ -398,6 +403,8 @@ def check_pairwise(cfg: SFTConfig, command: str) -> None:
 class DPOConfig(SFTConfig):
     """`wb dpo`: pairwise preference training on prompt + chosen/rejected rows."""
 
+    NOT_OPTIONS = ("neftune_noise_alpha",)  # (NEFTune is for supervised fine-tuning: wb sft and wb pt)
+
     loss_type: str = _f("sigmoid", "sigmoid (DPO), ipo, hinge, robust, or the reference-free simpo, orpo, cpo.",
                         choices=("sigmoid", "ipo", "hinge", "robust", "simpo", "orpo", "cpo"))
     beta: float = _f(0.1, "Strength of the preference term (DPO's beta; ORPO's lambda).")
@@ -427,6 +434,8 @@ class DPOConfig(SFTConfig):
 class KTOConfig(SFTConfig):
     """`wb kto`: unpaired preference training on answers labelled desirable (true) or undesirable (false)."""
 
+    NOT_OPTIONS = ("neftune_noise_alpha",)  # (NEFTune is for supervised fine-tuning: wb sft and wb pt)
+
     beta: float = _f(0.1, "Strength of the KTO value function.")
     desirable_weight: float = _f(1.0, "Loss weight of desirable examples (raise it when they are the minority).")
     undesirable_weight: float = _f(1.0, "Loss weight of undesirable examples.")
@@ -445,6 +454,8 @@ class KTOConfig(SFTConfig):
 @dataclass
 class RMConfig(SFTConfig):
     """`wb rm`: a reward model (sequence-classification head, Bradley-Terry loss) from preference pairs."""
+
+    NOT_OPTIONS = ("neftune_noise_alpha",)  # (NEFTune is for supervised fine-tuning: wb sft and wb pt)
 
     center_rewards_coefficient: float | None = _f(None, "Adds c x (r_chosen + r_rejected)^2 to keep rewards "
                                                         "centred near zero (e.g. 0.01).")
@@ -468,7 +479,7 @@ class GRPOConfig(SFTConfig):
 
     # options of supervised training that do not apply: prompts are encoded as they are drawn
     NOT_OPTIONS = ("max_length", "truncation_strategy", "dataset_num_proc", "dataset_cache", "cache_dir",
-                   "lazy_tokenize", "streaming", "loss_scope", "padding_free", "packing")
+                   "lazy_tokenize", "streaming", "loss_scope", "padding_free", "packing", "neftune_noise_alpha")
 
     per_device_train_batch_size: int = _f(8, "Completions per device per micro-batch; the completions of one "
                                              "optimizer step (x accumulation x processes) must be a multiple of "

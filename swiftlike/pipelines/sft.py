@@ -666,9 +666,15 @@ def _load_adapter(model, ckpt: Path) -> None:
         set_peft_model_state_dict(model, load_file(str(weights)))
 
 
+def _lm_objective(cfg, model, base_dir, dtype, added):  # noqa: ARG001 (the objectives' signature)
+    from ..train.loss import CausalLMLoss
+
+    return CausalLMLoss(model, neftune_alpha=cfg.neftune_noise_alpha)
+
+
 METHODS = {
-    "sft": Method("sft"),
-    "pt": Method("pt"),
+    "sft": Method("sft", objective=_lm_objective),
+    "pt": Method("pt", objective=_lm_objective),
     "dpo": Method("preference", pairwise=True, objective=_preference_objective, collate=_pairs_collate),
     "kto": Method("kto", pairwise=True, objective=_preference_objective, collate=_kto_collate),
     "rm": Method("preference", pairwise=True, reward_head=True, objective=_reward_objective, collate=_pairs_collate),

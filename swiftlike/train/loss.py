@@ -277,13 +277,26 @@ class CausalLMLoss(nn.Module):
     Kept as a module so DistributedDataParallel hooks see the forward pass.
     """
 
-    def __init__(self, model: nn.Module, chunk_size: int | None = None):
+    def __init__(self, model: nn.Module, chunk_size: int | None = None, neftune_alpha: float | None = None):
         super().__init__()
         self.model = model
         weight = self.causal_lm.get_output_embeddings().weight
         vocab = getattr(weight, "ds_shape", weight.shape)[0]  # a ZeRO-3 partitioned weight is empty here
         self.chunk_size = chunk_size or max(16, LOGITS_PER_CHUNK // vocab)
         self.softcap = logit_softcap(self.decoder_config)
+        self.neftune_alpha, self._lengths = neftune_alpha, None
+        if neftune_alpha:
+            self.causal_lm.get_input_embeddings().register_forward_hook(self._neftune)
+
+    def _neftune(self, module, args, output):
+        """NEFTune (Jain et al., 2023): uniform noise on the input embeddings while training, in [-m, m] with
+        m = alpha / sqrt(L d) for a token of a sequence of L tokens. Each sequence has its own L: a padded or packed
+        row's length (what transformers' Trainer uses) would make one sequence's noise depend on its batch."""
+        if not module.training or self._lengths is None:
+            return output
+        scale = self.neftune_alpha / torch.sqrt(self._lengths.to(output.device, torch.float32) * output.shape[-1])
+        return output + (torch.empty_like(output, dtype=torch.float32).uniform_(-1, 1) * scale[..., None]).to(
+            output.dtype)
 
     @property
     def decoder_config(self):
@@ -313,6 +326,16 @@ class CausalLMLoss(nn.Module):
 
     def hidden_states(self, input_ids, position_ids=None, attention_mask=None, seq_lens=None,
                       **images) -> torch.Tensor:
+        if not self.neftune_alpha:
+            return self._hidden_states(input_ids, position_ids, attention_mask, seq_lens, **images)
+        self._lengths = sequence_lengths(input_ids, attention_mask, seq_lens)
+        try:
+            return self._hidden_states(input_ids, position_ids, attention_mask, seq_lens, **images)
+        finally:
+            self._lengths = None
+
+    def _hidden_states(self, input_ids, position_ids=None, attention_mask=None, seq_lens=None,
+                       **images) -> torch.Tensor:
         lm = self.causal_lm
         borders = {}
         if seq_lens is not None:
@@ -328,6 +351,18 @@ class CausalLMLoss(nn.Module):
                             use_cache=False, **borders, **images).last_hidden_state
         return lm.get_decoder()(input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask,
                                 use_cache=False, **borders).last_hidden_state
+
+
+def sequence_lengths(input_ids: torch.Tensor, attention_mask=None, seq_lens=None) -> torch.Tensor:
+    """The length of the sequence each token belongs to, shaped as `input_ids`: a packed row's sequences (seq_lens),
+    a padded row's tokens (its mask), else the row."""
+    rows, width = input_ids.shape
+    if seq_lens is not None:
+        lengths = torch.repeat_interleave(seq_lens, seq_lens)
+        return torch.nn.functional.pad(lengths, (0, width - len(lengths)), value=width)[None]
+    if attention_mask is not None and attention_mask.dim() == 2:
+        return attention_mask.sum(1, keepdim=True).clamp(min=1).expand(rows, width)
+    return torch.full((rows, width), width)
 
 
 def sequence_borders(seq_lens: torch.Tensor, decoder: nn.Module) -> dict:
