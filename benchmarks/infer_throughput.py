@@ -130,7 +130,8 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=256)
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--one-by-one", type=int, default=32, help="prompts timed one model.generate call each")
-    parser.add_argument("--batch", type=int, default=16, help="padded batch size of the transformers baseline")
+    parser.add_argument("--batch", type=int, default=32, help="padded batch size of the transformers baseline "
+                        "(default: wb infer's --max_batch_size)")
     args = parser.parse_args()
 
     import torch

@@ -241,3 +241,15 @@ def test_a_miniature_of_another_model_is_rebuilt_not_trained(tmp_path):
     assert main(other + ["--max_steps", "1", "--output_dir", str(out), "--overwrite_output_dir"]) == 0
     assert json.loads((out / "base_model" / "config.json").read_text())["model_type"] == "llama"
     assert main(BASE + ["--max_steps", "2", "--output_dir", str(out), "--resume"]) == 2  # not Llama's weights
+
+
+def test_a_resumed_run_trains_at_the_learning_rate_it_is_given(tmp_path, capsys):
+    """The optimizer's and scheduler's saved states held the first session's learning rate and weight decay: a
+    --learning_rate changed on resume was said to apply ("the run goes on differently") and silently did not."""
+    common = dict(model="Qwen/Qwen3-0.6B", miniature=True, dataset=[IDENTITY], lora=True, logging_steps=1,
+                  lr_scheduler_type="constant", warmup_ratio=0.0, output_dir=str(tmp_path / "run"))
+    wb.sft(**common, max_steps=2, learning_rate=1e-3)
+    capsys.readouterr()
+    result = wb.sft(**common, max_steps=4, learning_rate=2e-3, weight_decay=0.5, resume=True)
+    assert "--learning_rate 0.001 -> 0.002" in capsys.readouterr().out
+    assert [h["learning_rate"] for h in result.log_history if "loss" in h] == [1e-3, 1e-3, 2e-3, 2e-3]

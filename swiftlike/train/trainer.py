@@ -452,8 +452,16 @@ class Trainer:
 
     def _restore(self, ckpt: Path) -> None:
         state = load_training_state(ckpt)
+        # this run's learning rates and weight decay (the optimizer's and scheduler's states hold the saved run's:
+        # a --learning_rate changed on resume was silently not applied), at the schedule's saved position
+        asked = [(g.get("initial_lr", g["lr"]), g["weight_decay"]) for g in self.optimizer.param_groups]
         self.engine.load_optimizer_state(state["optimizer"], ckpt)
         self.scheduler.load_state_dict(state["scheduler"])
+        self.scheduler.base_lrs = [lr for lr, _ in asked]
+        position = self.scheduler.last_epoch
+        for group, (lr, decay), factor in zip(self.optimizer.param_groups, asked, self.scheduler.lr_lambdas):
+            group.update(initial_lr=lr, lr=lr * factor(position), weight_decay=decay)
+        self.scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]
         accel.set_rng_state(state["rng"])
         self.step, self.trained_tokens = state["step"], state["trained_tokens"]
         history = json.loads((Path(ckpt) / "trainer_state.json").read_text())
