@@ -122,17 +122,21 @@ def test_saved_adapters_load_in_plain_peft(tmp_path):
 
 
 def test_training_builds_adapters_that_compute_in_the_stream_dtype(tmp_path):
-    from types import SimpleNamespace
-
     from swiftlike.config import SFTConfig
     from swiftlike.pipelines.sft import build_trainable
+
+    class Tokenizer:  # what training reads of one: the padding id and its size (random ids need no more)
+        pad_token_id = 0
+
+        def __len__(self):
+            return CONFIG["vocab_size"]
 
     base = tmp_path / "base"
     torch.manual_seed(0)
     AutoModelForCausalLM.from_config(Qwen3Config(**CONFIG), dtype=torch.bfloat16).save_pretrained(base)
     cfg = SFTConfig(model=str(base), dataset=["-"], output_dir=str(tmp_path / "out"), lora=True,
                     torch_dtype="bfloat16", lora_dropout=0.0)
-    net = build_trainable(cfg, SimpleNamespace(pad_token_id=0), str(base), None, torch.bfloat16)
+    net = build_trainable(cfg, Tokenizer(), str(base), None, torch.bfloat16)
     assert _switched(net) == 14
     ids = IDS.to(net.device)  # (training puts the model on the accelerator: a GPU where there is one)
     loss = net(input_ids=ids, labels=ids).loss
