@@ -32,6 +32,9 @@ LLAMA_SMALL = dict(model_type="llama", hidden_size=256, intermediate_size=768, n
                    tie_word_embeddings=False, max_position_embeddings=8192)
 LLAMA_MEDIUM = dict(LLAMA_SMALL, hidden_size=1024, intermediate_size=2816, num_hidden_layers=8,
                     num_attention_heads=16, num_key_value_heads=4)
+# 32 fused experts of 256 x 256 (transformers 5's 3-D expert weights), 4 routed per token
+QWEN3_MOE_SMALL = dict(LLAMA_SMALL, model_type="qwen3_moe", moe_intermediate_size=256, num_experts=32,
+                       num_experts_per_tok=4, decoder_sparse_step=1, mlp_only_layers=[])
 # name: (model: a registry id for its miniature ("mini:ID") or its real config ("ID"), or a config dict,
 #        method, sequence length, batch, gradient checkpointing, lora dropout[, gradient accumulation])
 CASES = {
@@ -49,6 +52,10 @@ CASES = {
     # bfloat16 on the CPU too (a name ending in -bf16): LoRA adapters compute in the stream's dtype
     "llama-small-lora-1024-bf16": (LLAMA_SMALL, "lora", 1024, 2, False, 0.05),
     "llama-small-lora-1024-nodrop-bf16": (LLAMA_SMALL, "lora", 1024, 2, False, 0.0),
+    # mixture of experts: LoRA on the fused experts (which peft adapts without dropout)
+    "qwen3moe-small-lora-512": (QWEN3_MOE_SMALL, "lora", 512, 2, False, 0.0),
+    "qwen3moe-small-lora-512-gc": (QWEN3_MOE_SMALL, "lora", 512, 2, True, 0.0),
+    "qwen3moe-small-full-512": (QWEN3_MOE_SMALL, "full", 512, 2, False, 0.0),
     # GPU sizes
     "qwen3-0.6b-full-1024x4": ("Qwen/Qwen3-0.6B", "full", 1024, 4, False, 0.05),
     "qwen3-0.6b-full-4096x2": ("Qwen/Qwen3-0.6B", "full", 4096, 2, False, 0.05),

@@ -11,7 +11,8 @@ against models built from configs), and `plan(arch, Setup(...))` adds up:
                ZeRO stage, DeepSpeed's mixed-precision accounting (fp32 master + moments: 12 bytes a parameter),
                sharded as the stage shards it
   activations  what autograd keeps for backward, per token and layer (`layer_bytes_per_token`), the attention
-               masks (quadratic in the tokens of a row), the final norm, and the fused loss's own buffers
+               masks (quadratic in the tokens of a row), LoRA's adapted fused-expert weights (per MoE layer:
+               `adapted_experts_bytes`), the final norm, and the fused loss's own buffers
                (train/loss.py: chunks of fp32 logits, the hidden-state gradient, and with a trainable output
                layer its fp32 weight gradient)
 
@@ -398,6 +399,18 @@ def backward_bytes_per_token(arch: Arch, s: Setup) -> float:
     return (2 * a + (a if s.lora_dropout > 0 else 0)) * width
 
 
+def adapted_experts_bytes(arch: Arch, s: Setup) -> float:
+    """Bytes one MoE layer keeps for its LoRA-adapted fused experts, whatever the tokens: peft adapts a 3-D expert
+    parameter by adding the low-rank product to the whole stack on every forward (ParamWrapper: `baddbmm(W, B, A)`,
+    E x in x out values in the parameter's dtype — QLoRA's upcast float32 experts in float32), and the experts'
+    matmuls keep that new weight for backward: about E x 3 x h x m values a layer (gate_up and down)."""
+    if s.method == "full" or not arch.moe_layers:
+        return 0.0
+    a = 4 if s.method == "qlora" else DTYPE_BYTES[s.dtype]
+    return a * sum(lin.count * lin.fan_in * lin.fan_out for lin in arch.moe_linears
+                   if lin.fused_experts and _adapted(lin, s.target_modules))
+
+
 def mask_bytes(s: Setup, a: int, rows: int, per_row: int) -> tuple[float, float]:
     """(bytes per layer, bytes once) of attention masks. sdpa is given a boolean block mask (padding-free: the
     whole micro-batch is one row, so it is quadratic in its tokens) and keeps a copy converted to the compute
@@ -483,15 +496,19 @@ def plan(arch: Arch, s: Setup, model: str = "", capacity: float | None = None, p
     if s.attn == "eager":  # fp32 softmax per head, its copy in the compute dtype, the soft-capped scores
         per_score = 4 + (a if a != 4 else 0) + (a if arch.attn_softcap else 0)
         mask_layer += arch.heads * rows * per_row * per_row * per_score
-    one_layer = tokens * max(per_layer, per_moe_layer) + mask_layer
+    experts = adapted_experts_bytes(arch, s)  # LoRA's fused-expert weights, per MoE layer (not per token)
+    one_layer = max(tokens * per_layer, tokens * per_moe_layer + experts if arch.moe_layers else 0.0) + mask_layer
     backward = tokens * backward_bytes_per_token(arch, s)
     if s.gradient_checkpointing:  # each layer keeps its input; backward recomputes one layer at a time
         layers_saved = arch.layers * tokens * a * arch.hidden
         act_detail = f"{arch.layers} layer inputs x {tokens:,} tokens (checkpointed) + one layer recomputed"
     else:
         layers_saved = tokens * (arch.dense_layers * per_layer + arch.moe_layers * per_moe_layer) \
-            + arch.layers * mask_layer
+            + arch.layers * mask_layer + arch.moe_layers * experts
         act_detail = f"{arch.layers} layers x {tokens:,} tokens, {per_layer / 1024:.1f} KiB a token and layer"
+    if experts:
+        kept = 1 if s.gradient_checkpointing else arch.moe_layers
+        act_detail += f"; LoRA-adapted expert weights {kept * experts / GiB:.2f} GiB ({kept} layer{'s' * (kept > 1)})"
     final = mask_once + tokens * (_norm_bytes(arch.hidden, a, full, arch.model_type in GEMMA_NORM) + 4 + 8)
     masks = (1 if s.gradient_checkpointing else arch.layers) * mask_layer + mask_once
     if masks:
@@ -524,7 +541,7 @@ def plan(arch: Arch, s: Setup, model: str = "", capacity: float | None = None, p
                                            recompute if s.gradient_checkpointing else 0.0), act_detail))
     p.detail = {"layers": layers_saved, "final": final, "loss_fwd": loss_fwd, "loss_bwd": loss_bwd,
                 "one_layer": one_layer, "per_layer_token": per_layer, "mask_layer": mask_layer,
-                "mask_once": mask_once, "tokens": tokens}
+                "mask_once": mask_once, "tokens": tokens, "adapted_experts": experts}
 
     # the phases of a step, above weights + optimizer states
     persistent = grads if (s.accumulation > 1 or s.zero != "none") else 0.0
