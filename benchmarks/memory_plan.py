@@ -35,6 +35,11 @@ LLAMA_MEDIUM = dict(LLAMA_SMALL, hidden_size=1024, intermediate_size=2816, num_h
 # 32 fused experts of 256 x 256 (transformers 5's 3-D expert weights), 4 routed per token
 QWEN3_MOE_SMALL = dict(LLAMA_SMALL, model_type="qwen3_moe", moe_intermediate_size=256, num_experts=32,
                        num_experts_per_tok=4, decoder_sparse_step=1, mlp_only_layers=[])
+# soft-capped attention scores (eager attention: 4 heads' scores of every token pair) and logits; a small
+# vocabulary, so the attention's backward, not the loss's chunk of logits, makes the peak
+GEMMA2_SMALL = dict(model_type="gemma2", hidden_size=128, intermediate_size=512, num_hidden_layers=3,
+                    num_attention_heads=4, num_key_value_heads=2, head_dim=32, vocab_size=2048,
+                    max_position_embeddings=8192, sliding_window=4096)
 # name: (model: a registry id for its miniature ("mini:ID") or its real config ("ID"), or a config dict,
 #        method, sequence length, batch, gradient checkpointing, lora dropout[, gradient accumulation])
 CASES = {
@@ -56,6 +61,11 @@ CASES = {
     "qwen3moe-small-lora-512": (QWEN3_MOE_SMALL, "lora", 512, 2, False, 0.0),
     "qwen3moe-small-lora-512-gc": (QWEN3_MOE_SMALL, "lora", 512, 2, True, 0.0),
     "qwen3moe-small-full-512": (QWEN3_MOE_SMALL, "full", 512, 2, False, 0.0),
+    # Gemma-2: eager attention with soft-capped scores, two kinds of masks (sliding-window and full layers)
+    "gemma2-small-full-1024": (GEMMA2_SMALL, "full", 1024, 2, False, 0.05),
+    "gemma2-small-lora-1024-gc": (GEMMA2_SMALL, "lora", 1024, 2, True, 0.05),
+    "gemma2-small-full-1024-bf16": (GEMMA2_SMALL, "full", 1024, 2, False, 0.05),
+    "gemma2-small-lora-1024-gc-bf16": (GEMMA2_SMALL, "lora", 1024, 2, True, 0.05),
     # GPU sizes
     "qwen3-0.6b-full-1024x4": ("Qwen/Qwen3-0.6B", "full", 1024, 4, False, 0.05),
     "qwen3-0.6b-full-4096x2": ("Qwen/Qwen3-0.6B", "full", 4096, 2, False, 0.05),
@@ -170,7 +180,6 @@ def _measure(work: Path, spec, method: str, seq_len: int, batch: int, checkpoint
 
     from swiftlike.config import SFTConfig
     from swiftlike.data.collate import collate_padding_free
-    from swiftlike.models import attention
     from swiftlike.pipelines.sft import build_trainable
     from swiftlike.train.memory_plan import Setup, architecture, plan
     from swiftlike.train.trainer import LoopSettings, Trainer
@@ -205,7 +214,8 @@ def _measure(work: Path, spec, method: str, seq_len: int, batch: int, checkpoint
     live = LiveBytes()
     marks: list = []  # memory after each decoder layer's forward and after the decoder (second step only)
     now = (lambda: live.now) if device == "cpu" else torch.cuda.memory_allocated
-    decoder = (model.get_base_model() if hasattr(model, "get_base_model") else model).get_decoder()
+    used = model.get_base_model() if hasattr(model, "get_base_model") else model
+    decoder = used.get_decoder()
     for layer in list(decoder.layers) + [decoder]:
         layer.register_forward_hook(lambda *_: marks.append(now()))
     if device == "cpu":
@@ -241,7 +251,7 @@ def _measure(work: Path, spec, method: str, seq_len: int, batch: int, checkpoint
         torch.cuda.synchronize()
         peak, reserved = torch.cuda.max_memory_allocated(), torch.cuda.max_memory_reserved()
     seconds = time.perf_counter() - started
-    attn = attention.choose(None, device, True, config)[0] or "sdpa"  # the kernel the run above used
+    attn = used.config._attn_implementation  # the kernel the run above used (Gemma-2's soft-capping: eager)
     estimate = plan(architecture(config), Setup(task="sft", method=method, dtype=dtype_name, batch=batch,
                                                 seq_len=seq_len, accumulation=accumulation,
                                                 gradient_checkpointing=checkpointing, lora_dropout=dropout,

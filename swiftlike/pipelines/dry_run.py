@@ -22,6 +22,7 @@ from ..train.memory_plan import (FORMULA_TYPES, MEASURED_TYPES, MemoryPlan, Setu
 
 PHASES = {"forward and loss": "the activations kept for backward and the loss's buffers; gradients only where "
                                "they accumulate or DDP / ZeRO keep buffers",
+          "start of backward": "every layer's activations, with the last layer's gradients in flight",
           "end of backward": "every gradient, with the first layer's activations still alive",
           "optimizer step": "every gradient and AdamW's temporaries",
           "recomputing a layer": "the layer checkpoints, one recomputed layer and its gradients in flight",

@@ -46,7 +46,7 @@ ZERO_STAGES = ("none", "zero1", "zero2", "zero3")
 GEMMA_NORM = ("gemma", "gemma2", "gemma3", "gemma3_text")  # norms computed in fp32: (1 + w) * x.float()
 FORMULA_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3", "glm",
                  "internlm3", "qwen3_moe", "mixtral", "deepseek_v3")
-MEASURED_TYPES = ("llama", "mistral", "qwen2", "qwen3")  # activation formula checked against measured peaks
+MEASURED_TYPES = ("llama", "mistral", "qwen2", "qwen3", "qwen3_moe", "gemma2")  # checked against measured peaks
 
 
 # -- the architecture ---------------------------------------------------------------------------------------------
@@ -87,6 +87,8 @@ class Arch:
     norms_per_layer: int = 2
     qk_norm: bool = False
     attn_softcap: bool = False      # Gemma-2's soft-capped attention scores: eager attention
+    mask_kinds: int = 1             # attention masks built per forward (Gemma-2/3: sliding-window and full)
+    logit_softcap: bool = False     # Gemma-2's soft-capped output logits (the loss's chunks: tanh and its slope)
     dense_linears: tuple = ()       # the linears of a layer with a dense MLP
     moe_linears: tuple = ()         # the linears of a mixture-of-experts layer
     moe_layers: int = 0
@@ -193,6 +195,8 @@ def architecture(config) -> Arch:
                 head_dim=d, vocab=vocab, tied=tied, intermediate=inter, q_dim=q_dim, k_dim=k_dim, v_dim=v_dim,
                 norms_per_layer=norms, qk_norm=qk_norm,
                 attn_softcap=bool(_get(text, "attn_logit_softcapping", default=None)),
+                mask_kinds=max(1, len(set(_get(text, "layer_types", default=None) or ()))),
+                logit_softcap=bool(_get(text, "final_logit_softcapping", default=None)),
                 dense_linears=tuple(attn + dense), moe_linears=tuple(attn + moe) if experts else (),
                 moe_layers=moe_layers, experts=experts, experts_per_token=top_k, moe_intermediate=m_inter,
                 shared_intermediate=shared, layer_norm_params=norm_params, notes=tuple(notes))
@@ -344,18 +348,23 @@ def _norm_bytes(width: int, a: int, full: bool, gemma: bool) -> float:
     return 4 * width + (((4 if gemma else a) * width) if full else 0)
 
 
-def layer_bytes_per_token(arch: Arch, s: Setup, moe: bool = False) -> float:
+ATTENTION_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "qkv_proj", "q_a_proj", "q_b_proj",
+                     "kv_a_proj_with_mqa", "kv_b_proj")
+
+
+def layer_bytes_per_token(arch: Arch, s: Setup, moe: bool = False, mlp_only: bool = False) -> float:
     """Bytes autograd keeps for backward per token in one decoder layer (docs/distributed.md derives each term).
-    Attention masks are separate: `mask_bytes`."""
+    Attention masks are separate: `mask_bytes`. `mlp_only`: the part kept after the attention (the norms after it,
+    the MLP), which backward has freed by the time it reaches the attention."""
     full = s.method == "full"
     a = 4 if s.method == "qlora" else DTYPE_BYTES[s.dtype]  # QLoRA: embeddings and norms upcast, so is the stream
     gemma = arch.model_type in GEMMA_NORM
     h = arch.hidden
-    total = arch.norms_per_layer * (_norm_bytes(h, a, full, gemma) + 4)
+    total = (arch.norms_per_layer - (1 if mlp_only else 0)) * (_norm_bytes(h, a, full, gemma) + 4)
     linears = arch.moe_linears if moe else arch.dense_linears
     groups: dict[str, list] = {}
     for lin in linears:
-        if lin.fused_experts or lin.group == "router":
+        if lin.fused_experts or lin.group == "router" or (mlp_only and lin.name in ATTENTION_LINEARS):
             continue
         groups.setdefault(lin.group or lin.name, []).append(lin)
     # o_proj reads the attention output, which the attention kernel keeps anyway (its layout is already the one
@@ -365,23 +374,31 @@ def layer_bytes_per_token(arch: Arch, s: Setup, moe: bool = False) -> float:
     shared = s.attn != VARLEN or fused_varlen_runs(s.device, s.dtype)
     total += sum(_linear_input_bytes(lins, s, a, full, kept=name == "o_proj" and shared)
                  for name, lins in groups.items())
+    if not mlp_only:
+        total += _attention_bytes_per_token(arch, s, a, full, gemma)
+    return total + _mlp_bytes_per_token(arch, a, moe)
+
+
+def _attention_bytes_per_token(arch: Arch, s: Setup, a: int, full: bool, gemma: bool) -> float:
+    total = 0.0
     if arch.qk_norm:
         total += _norm_bytes(arch.q_dim, a, full, gemma) + _norm_bytes(arch.k_dim, a, full, gemma) \
             + 4 * (arch.heads + arch.kv_heads)
     # attention: queries, keys and values as the kernel keeps them, its output, log-sum-exp per head
     repeat = s.attn not in MASKLESS and arch.kv_heads < arch.heads  # transformers repeats kv heads for masks
     kv = 2 * arch.q_dim if repeat else arch.k_dim + arch.v_dim
-    total += a * (arch.q_dim + kv) + a * arch.q_dim + 4 * arch.heads
-    # MLP: gate output (the activation's input), activation output and up output (the product's inputs)
+    return total + a * (arch.q_dim + kv) + a * arch.q_dim + 4 * arch.heads
+
+
+def _mlp_bytes_per_token(arch: Arch, a: int, moe: bool) -> float:
+    """The MLP: gate output (the activation's input), activation output and up output (the product's inputs)."""
+    h = arch.hidden
     if moe:
         k, m = arch.experts_per_token, arch.moe_intermediate
         # per routed token: its gathered input, gate_up output, activation, product, expert output; router softmax
-        total += k * a * (2 * h + 4 * m) + 4 * arch.experts + a * h
-        if arch.shared_intermediate:
-            total += 3 * a * arch.shared_intermediate
-    else:
-        total += 3 * a * arch.intermediate
-    return total
+        total = k * a * (2 * h + 4 * m) + 4 * arch.experts + a * h
+        return total + (3 * a * arch.shared_intermediate if arch.shared_intermediate else 0)
+    return 3 * a * arch.intermediate
 
 
 def backward_bytes_per_token(arch: Arch, s: Setup) -> float:
@@ -420,7 +437,7 @@ def mask_bytes(s: Setup, a: int, rows: int, per_row: int) -> tuple[float, float]
     if s.attn in MASKLESS:
         return 0.0, 0.0
     if s.attn == "eager":
-        return 0.0, square  # the per-head scores are added per layer by the caller
+        return 0.0, 0.0  # the per-head scores and the additive masks are added by the caller
     return a * square, square
 
 
@@ -493,12 +510,22 @@ def plan(arch: Arch, s: Setup, model: str = "", capacity: float | None = None, p
     per_layer = layer_bytes_per_token(arch, s)
     per_moe_layer = layer_bytes_per_token(arch, s, moe=True) if arch.moe_layers else 0.0
     mask_layer, mask_once = mask_bytes(s, a, rows, per_row)
+    scores = arch.heads * rows * per_row * per_row  # eager attention: every head's score of every token pair
+    eager_masks = 0.0
     if s.attn == "eager":  # fp32 softmax per head, its copy in the compute dtype, the soft-capped scores
         per_score = 4 + (a if a != 4 else 0) + (a if arch.attn_softcap else 0)
-        mask_layer += arch.heads * rows * per_row * per_row * per_score
+        mask_layer += scores * per_score
+        # the additive masks (one per kind of layer), in the compute dtype: kept by the layer checkpoints, else
+        # alive only while the layers run forward
+        eager_masks = arch.mask_kinds * rows * per_row * per_row * a
+        mask_once = eager_masks if s.gradient_checkpointing else 0.0
     experts = adapted_experts_bytes(arch, s)  # LoRA's fused-expert weights, per MoE layer (not per token)
     one_layer = max(tokens * per_layer, tokens * per_moe_layer + experts if arch.moe_layers else 0.0) + mask_layer
     backward = tokens * backward_bytes_per_token(arch, s)
+    if s.attn == "eager":  # the softmax's backward: the gradients of its output and of its input, both in fp32,
+        # where the copy of its output in the compute dtype and the layer's MLP side are freed already
+        mlp_side = layer_bytes_per_token(arch, s, moe=not arch.dense_layers, mlp_only=True)
+        backward = max(backward, scores * (8 - (a if a != 4 else 0)) - tokens * mlp_side)
     if s.gradient_checkpointing:  # each layer keeps its input; backward recomputes one layer at a time
         layers_saved = arch.layers * tokens * a * arch.hidden
         act_detail = f"{arch.layers} layer inputs x {tokens:,} tokens (checkpointed) + one layer recomputed"
@@ -520,12 +547,17 @@ def plan(arch: Arch, s: Setup, model: str = "", capacity: float | None = None, p
     chunk = rows_per_chunk * arch.vocab
     head_grad = 0.0  # the output layer's gradient once backward has passed it
     if reward:
-        loss_fwd = loss_bwd = 0.0
+        loss_fwd = loss_bwd = logits = 0.0
     else:
         kept = tokens * a * arch.hidden  # d loss / d hidden of every trained position (at most all of them)
         # the loop's previous fp32 chunk is still referenced while the next one is formed (and, below fp32, the
-        # next one's matmul output in the compute dtype before its upcast)
-        logits = chunk * ((8 if tokens > rows_per_chunk else 4) + (a if a != 4 else 0))
+        # next one's matmul output in the compute dtype before its upcast); soft-capped logits (Gemma-2) are formed
+        # from the raw ones through tanh and its square into the capped logits and their slope: five fp32 chunks
+        # at once, and the previous chunk's two are still referenced
+        if arch.logit_softcap:
+            logits = chunk * (20 + (8 if tokens > rows_per_chunk else 0))
+        else:
+            logits = chunk * ((8 if tokens > rows_per_chunk else 4) + (a if a != 4 else 0))
         loss_fwd = kept + 2 * tokens * a * arch.hidden + logits  # + the final hidden states and their selection
         loss_bwd = 2 * kept
         if full and s.task in ("sft", "pt"):
@@ -536,12 +568,15 @@ def plan(arch: Arch, s: Setup, model: str = "", capacity: float | None = None, p
             loss_bwd += 3 * logits
             head_grad = a * vocab_h
     loss = max(loss_fwd, loss_bwd)
-    recompute = head_grad + layers_saved + mask_once + one_layer + backward
-    p.parts.append(Part("activations", max(layers_saved + final + loss,
-                                           recompute if s.gradient_checkpointing else 0.0), act_detail))
+    forward = layers_saved + max(final + loss, eager_masks if not s.gradient_checkpointing else 0.0)
+    # backward's first layer (the last one) with every layer's activations still alive; under checkpointing a
+    # layer is recomputed beside the checkpoints first
+    first = head_grad + layers_saved + mask_once + (one_layer if s.gradient_checkpointing else 0.0) + backward
+    p.parts.append(Part("activations", max(forward, first), act_detail))
     p.detail = {"layers": layers_saved, "final": final, "loss_fwd": loss_fwd, "loss_bwd": loss_bwd,
                 "one_layer": one_layer, "per_layer_token": per_layer, "mask_layer": mask_layer,
-                "mask_once": mask_once, "tokens": tokens, "adapted_experts": experts}
+                "mask_once": mask_once, "tokens": tokens, "adapted_experts": experts, "backward": backward,
+                "logits": logits}
 
     # the phases of a step, above weights + optimizer states
     persistent = grads if (s.accumulation > 1 or s.zero != "none") else 0.0
@@ -554,11 +589,10 @@ def plan(arch: Arch, s: Setup, model: str = "", capacity: float | None = None, p
     else:  # torch's AdamW: foreach on a GPU (a temporary of every gradient), one parameter at a time on the CPU
         step_temp = (trainable if s.device != "cpu" else _largest_trainable(arch, s)) * train_bytes
     tied_temp = a * vocab_h if (full and arch.tied) else 0.0
-    p.phases = {"forward and loss": persistent + layers_saved + final + loss,
+    p.phases = {"forward and loss": persistent + forward,
+                "recomputing a layer" if s.gradient_checkpointing else "start of backward": persistent + first,
                 "end of backward": max(grads, persistent) + one_layer + backward + tied_temp,
                 "optimizer step": max(grads, persistent) + step_temp}
-    if s.gradient_checkpointing:
-        p.phases["recomputing a layer"] = persistent + recompute
     if s.task == "grpo" and s.generation_sequences:
         gen = generation_bytes(arch, s)
         p.phases["generation"] = persistent + gen
