@@ -195,8 +195,8 @@ class SFTConfig(ModelArgs, DataArgs):
                                       "24GB (GB and GiB are both 2^30 bytes, as a card's memory is; a bare number "
                                       "is GiB).")
     plan_zero: str = _f("none", "--dry_run: plan with this ZeRO stage (zero1: optimizer states sharded, zero2: and "
-                                "gradients, zero3: and weights; FSDP full sharding plans as zero3); default: the "
-                                "stage of --deepspeed / --fsdp.",
+                                "gradients, zero3: and weights); default: the stage of --deepspeed. --fsdp plans "
+                                "FSDP2's own accounting (all three sharded, in the weights' dtype).",
                         choices=("none", "zero1", "zero2", "zero3"))
     plan_devices: int | None = _f(None, "--dry_run: ranks that share the model states under --plan_zero, or run "
                                         "data-parallel (default: --nproc_per_node).")

@@ -2,6 +2,7 @@
 the ZeRO accounting, the command line, and (slow) the estimate against measured peaks of real training steps."""
 import importlib.util
 import json
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -156,6 +157,84 @@ def test_zero_accounting_shards_model_states_per_stage():
     # without ZeRO our trainer's torch AdamW keeps its moments in the parameters' dtype: 8 bytes in all
     single = plan(arch, Setup(method="full", devices=1))
     assert (single.part("weights"), single.part("gradients"), single.part("optimizer")) == (2 * n, 2 * n, 4 * n)
+
+
+def test_fsdp_keeps_the_weights_dtype_and_its_own_adamw():
+    """--fsdp is this project's FSDP2 engine, not DeepSpeed: shards in the dtype the model was loaded in, gradients
+    kept as shards in that dtype (reduced in fp32), and the run's AdamW on the shards (bf16 moments with stochastic
+    rounding, no fp32 master): 2 + 2 + 4 bytes a bf16 parameter over the ranks, where ZeRO-3 plans 2 + 2 + 12. The
+    root (embeddings, output layer) and two layers are gathered in the compute dtype. (Measured on one CPU process:
+    fp32 Llama h=256, 2 x 256 tokens, 426.8 MiB against 432.3 planned; bf16 weights + moments 111.8 MiB, exactly.)"""
+    arch = _qwen3_8b()
+    n = parameter_count(arch)
+    fsdp = Setup(method="full", engine="fsdp", zero="zero3", devices=8)
+    p = plan(arch, fsdp)
+    root = arch.vocab * arch.hidden * (1 if arch.tied else 2) + arch.hidden
+    assert p.part("weights") == 2 * n / 8 + 2 * (root + 2 * mp._layer_params(arch))
+    assert (p.part("gradients"), p.part("optimizer")) == (2 * n / 8, 4 * n / 8)
+    assert plan(arch, replace(fsdp, engine="deepspeed")).part("optimizer") == 12 * n / 8  # (what --fsdp planned)
+    fp32 = plan(arch, replace(fsdp, dtype="float32"))
+    assert (fp32.part("gradients"), fp32.part("optimizer")) == (4 * n / 8, 8 * n / 8)
+    r = lora_parameter_count(arch, 8)
+    lora = plan(arch, replace(fsdp, method="lora"))
+    assert (lora.part("gradients"), lora.part("optimizer")) == (4 * r / 8, 8 * r / 8)
+    # without reshard_after_forward every layer stays gathered from its forward to its backward
+    kept = plan(arch, replace(fsdp, reshard_after_forward=False))
+    assert kept.part("weights") == 2 * n / 8 + 2 * n
+    # accumulating, FSDP2 keeps every gradient unsharded in fp32 between micro-batches (no reduce-scatter)
+    accumulated = plan(arch, replace(fsdp, accumulation=4))
+    assert accumulated.phases["forward and loss"] == pytest.approx(p.phases["forward and loss"] + 4 * n)
+    # the optimizer step: RoundingAdamW on this rank's shards
+    assert p.phases["optimizer step"] == p.part("gradients") + 4 * 2 * min(n / 8, mp.ROUNDING_BUCKET)
+
+
+def test_offloaded_states_are_in_host_memory_not_on_the_device():
+    """--fsdp full_shard_offload (CPUOffloadPolicy) keeps the sharded weights, gradients and optimizer states in host
+    memory; DeepSpeed's offload_optimizer the fp32 master, moments and gradient partitions (ZeRO-3's offload_param
+    also the weight shards). The device keeps what is gathered and a gradient buffer; the rest is reported as host
+    memory per process."""
+    arch = _qwen3_8b()
+    n = parameter_count(arch)
+    fsdp = plan(arch, Setup(method="full", engine="fsdp", zero="zero3", devices=8))
+    off = plan(arch, replace(fsdp.setup, offload_optimizer=True, offload_params=True))
+    assert off.part("optimizer") == off.part("gradients") == 0
+    assert off.part("weights") == fsdp.part("weights") - 2 * n / 8  # the gathered ones only
+    assert off.host == pytest.approx((2 + 2 + 4) * n / 8)
+    assert "in host memory" in next(part.detail for part in off.parts if part.name == "optimizer")
+    assert off.peak <= fsdp.peak - 6 * n / 8 + 1  # its weight shards and moments (and gradients) left the device
+    zero2 = Setup(method="full", engine="deepspeed", zero="zero2", devices=8)
+    ds = plan(arch, replace(zero2, offload_optimizer=True))
+    assert ds.part("optimizer") == 0 and ds.host == pytest.approx((12 + 4) * n / 8)
+    assert ds.part("weights") == plan(arch, zero2).part("weights") == 2 * n  # ZeRO-2 does not shard weights
+    assert ds.part("gradients") == 2 * mp._largest_trainable(arch, ds.setup)  # the staging buffer
+    zero3 = plan(arch, Setup(method="full", engine="deepspeed", zero="zero3", devices=8, offload_optimizer=True,
+                             offload_params=True))
+    assert zero3.host == pytest.approx((2 + 12 + 4) * n / 8)
+    assert zero3.part("weights") == pytest.approx(  # the gathered layers only
+        plan(arch, replace(zero3.setup, offload_params=False)).part("weights") - 2 * n / 8)
+
+
+def test_dry_run_reads_the_engine_s_offload_and_resharding(capsys, tmp_path):
+    def plan_of(*argv):
+        code, out, err = _dry(capsys, ["sft", "--model", "Qwen/Qwen3-8B", "--full", "--dry_run",
+                                       "--nproc_per_node", "8", *argv])
+        assert code == 0, err
+        rows = {m.group(1): line for line in out.splitlines() if (m := re.match(r"  (\w[\w ]*?)\s{2,}", line))}
+        return rows, float(rows["peak"].split()[1].replace(",", ""))
+
+    rows, peak = plan_of("--fsdp", "full_shard")
+    assert "FSDP on 8 devices" in rows["training"] and "host memory" not in rows
+    assert "no fp32 master" in rows["optimizer states"]
+    rows, offloaded = plan_of("--fsdp", "full_shard_offload")
+    assert rows["optimizer states"].split()[2] == "0.00" and "in host memory" in rows["optimizer states"]
+    assert "per process" in rows["host memory"] and offloaded < peak
+    (tmp_path / "kept.json").write_text('{"reshard_after_forward": false}')
+    rows, kept = plan_of("--fsdp", str(tmp_path / "kept.json"))
+    assert "reshard_after_forward false" in rows["training"] and kept > peak
+    rows, _ = plan_of("--deepspeed", "zero2_offload")
+    assert rows["optimizer states"].split()[2] == "0.00" and "host memory" in rows
+    rows, _ = plan_of("--deepspeed", "zero3")
+    assert "host memory" not in rows and "12 bytes" in rows["optimizer states"]
 
 
 def test_lora_and_qlora_model_states():

@@ -85,7 +85,7 @@ def setup_for(cfg, task: str, arch, config=None) -> Setup:
     common = dict(task=task, method=cfg.train_type, dtype=dtype, batch=cfg.per_device_train_batch_size,
                   accumulation=cfg.gradient_accumulation_steps, gradient_checkpointing=cfg.gradient_checkpointing,
                   attn=attn, lora_rank=rank, lora_dropout=dropout, target_modules=targets, zero=cfg.plan_zero,
-                  devices=devices, reference_copy=reference)
+                  devices=devices, reference_copy=reference, **_engine_options(cfg))
     if task != "grpo":
         return Setup(seq_len=cfg.max_length, padding_free=cfg.padding_free, **common)
     sequences = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps
@@ -94,6 +94,26 @@ def setup_for(cfg, task: str, arch, config=None) -> Setup:
                  generation_sequences=0 if cfg.use_vllm else (cfg.generation_batch_size or sequences),
                  prompt_len=cfg.max_prompt_length, completion_len=cfg.max_completion_length,
                  vllm_fraction=cfg.vllm_gpu_memory_utilization if cfg.use_vllm and not server else 0.0, **common)
+
+
+def _engine_options(cfg) -> dict:
+    """The engine and what it keeps in host memory (train/engines.py reads the same presets and files): --fsdp is
+    FSDP2 (its cpu_offload puts the sharded weights, gradients and optimizer states on the host; without
+    reshard_after_forward every layer stays gathered until its backward), --deepspeed its offload_optimizer and
+    (ZeRO-3) offload_param; --plan_zero alone plans DeepSpeed's accounting."""
+    from ..train.engines import deepspeed_config, fsdp_config
+
+    if cfg.fsdp:
+        fsdp = fsdp_config(cfg.fsdp)
+        offload = bool(fsdp["cpu_offload"])
+        return dict(engine="fsdp", offload_optimizer=offload, offload_params=offload,
+                    reshard_after_forward=bool(fsdp["reshard_after_forward"]))
+    if not cfg.deepspeed:
+        return dict(engine="deepspeed" if cfg.plan_zero != "none" else "ddp")
+    zero = deepspeed_config(cfg.deepspeed).get("zero_optimization", {})
+    on_host = {key: (zero.get(key) or {}).get("device") == "cpu" for key in ("offload_optimizer", "offload_param")}
+    return dict(engine="deepspeed", offload_optimizer=on_host["offload_optimizer"] and cfg.plan_zero != "none",
+                offload_params=on_host["offload_param"] and cfg.plan_zero == "zero3")
 
 
 def _sharding_devices(cfg) -> int:
@@ -129,6 +149,12 @@ def _training_line(p: MemoryPlan) -> str:
     seqs = "pairs" if s.task in ("dpo", "rm") else "examples" if s.task == "kto" else \
         "completions" if s.task == "grpo" else "sequences"
     shard = "no ZeRO" if s.zero == "none" else s.zero.replace("zero", "ZeRO-")
+    if s.engine == "fsdp":
+        shard = "FSDP" + ("" if s.reshard_after_forward else " (reshard_after_forward false)")
+    on_host = [what for what, flag in (("weights", s.offload_params), ("optimizer states", s.offload_optimizer))
+               if flag]
+    if on_host:
+        shard += f" ({' and '.join(on_host)} offloaded to host memory)"
     return (f"{s.task}, {method}, {s.dtype}, batch {s.batch} {seqs} x {s.seq_len} tokens"
             + (f" x {s.accumulation} accumulated" if s.accumulation > 1 else "")
             + f", AdamW, {'gradient checkpointing' if s.gradient_checkpointing else 'no gradient checkpointing'}, "
@@ -152,6 +178,9 @@ def render(p: MemoryPlan) -> str:
     largest = max(p.phases, key=p.phases.get)
     lines.append(f"  {'peak':<18}{gib(p.peak):>13}   weights, optimizer states and workspace + the largest phase of "
                  f"a step: {largest} ({PHASES[largest]})")
+    if p.host:
+        lines.append(f"  {'host memory':<18}{gib(p.host):>13}   offloaded by the engine, per process (not on the "
+                     f"device; a node holds this for each of its processes)")
     if p.capacity is not None:
         usable = p.capacity * (1 - p.setup.vllm_fraction)
         card = f"{p.capacity / GiB:g} GiB" + (f" ({gib(usable)} of it beside colocated vLLM)"

@@ -7,9 +7,11 @@ against models built from configs), and `plan(arch, Setup(...))` adds up:
   weights      every parameter in its stored dtype (QLoRA: 4-bit NF4 linear layers, the rest upcast to fp32 as
                peft's prepare_model_for_kbit_training does), plus a full-parameter run's frozen reference
   gradients    one per trainable parameter, in its dtype (LoRA adapters are float32: peft upcasts them)
-  optimizer    torch AdamW's exp_avg and exp_avg_sq in the parameter's dtype (no master copy) without ZeRO; with a
-               ZeRO stage, DeepSpeed's mixed-precision accounting (fp32 master + moments: 12 bytes a parameter),
-               sharded as the stage shards it
+  optimizer    torch AdamW's exp_avg and exp_avg_sq in the parameter's dtype (no master copy) without ZeRO, and
+               under FSDP2 sharded (with the weights and gradients, in their own dtype); with a ZeRO stage,
+               DeepSpeed's mixed-precision accounting (fp32 master + moments: 12 bytes a parameter), sharded as the
+               stage shards it. What an engine offloads is reported as host memory (`MemoryPlan.host`), not on the
+               device
   activations  what autograd keeps for backward, per token and layer (`layer_bytes_per_token`), the attention
                masks (quadratic in the tokens of a row), LoRA's adapted fused-expert weights (per MoE layer:
                `adapted_experts_bytes`), the final norm, and the fused loss's own buffers
@@ -259,7 +261,11 @@ class Setup:
     lora_rank: int = 8
     lora_dropout: float = 0.05
     target_modules: tuple = ("all-linear",)
-    zero: str = "none"
+    zero: str = "none"                 # ZeRO stage (DeepSpeed's accounting; FSDP shards as zero3 does)
+    engine: str = "ddp"                # ddp (one process or DDP; with a ZeRO stage: DeepSpeed) | deepspeed | fsdp
+    offload_optimizer: bool = False    # optimizer states in host memory (DeepSpeed offload_optimizer, FSDP cpu_offload)
+    offload_params: bool = False       # sharded weights in host memory (ZeRO-3 offload_param, FSDP cpu_offload)
+    reshard_after_forward: bool = True  # FSDP: False keeps every layer's weights gathered from forward to backward
     devices: int = 1
     device: str = "cuda"               # cuda (what a card runs) or cpu (how the tests measure)
     reference_copy: bool = False       # a full-parameter run that keeps a frozen reference model
@@ -292,6 +298,7 @@ class MemoryPlan:
     capacity: float | None = None                # the card (--gpu_memory), bytes
     notes: list = field(default_factory=list)
     detail: dict = field(default_factory=dict)   # the activation terms, for tests and docs
+    host: float = 0.0                            # bytes an offloading engine keeps in host memory, per rank
 
     def part(self, name: str) -> float:
         return sum(p.bytes for p in self.parts if p.name == name)
@@ -310,7 +317,7 @@ class MemoryPlan:
     def as_dict(self) -> dict:
         return {"model": self.model, "params": self.params, "trainable": self.trainable,
                 "parts": {p.name: p.bytes for p in self.parts}, "peak": self.peak, "phases": dict(self.phases),
-                "capacity": self.capacity, "fits": self.fits, "notes": list(self.notes)}
+                "capacity": self.capacity, "fits": self.fits, "notes": list(self.notes), "host": self.host}
 
 
 def tokens_per_micro_batch(s: Setup) -> tuple[int, int, int]:
@@ -473,24 +480,69 @@ def plan(arch: Arch, s: Setup, model: str = "", capacity: float | None = None, p
     if not full:
         base += trainable * 4
         detail += f" + {fmt_params(trainable)} LoRA in float32"
-    zero3 = s.zero == "zero3"
-    weights = base / n_dev if zero3 else base
-    if zero3 and n_dev > 1:
+    fsdp = s.engine == "fsdp"
+    zero3 = s.zero == "zero3" or fsdp
+    sharded = base / n_dev if zero3 else base
+    host = {}  # what lives in host memory, per rank
+    if fsdp:
+        # FSDP2 (train/engines.py FSDPEngine): each decoder layer, and the root (embeddings, final norm, output
+        # layer), is sharded in the dtype it was loaded in and all-gathered in the compute dtype when it runs; the
+        # root stays gathered through forward and backward, a layer from its forward to its backward without
+        # reshard_after_forward (else two at a time: the one computing and the one prefetched)
+        root = arch.vocab * arch.hidden * (1 if arch.tied or reward else 2) + arch.hidden * (2 if reward else 1)
+        gathered = a * (n_params if not s.reshard_after_forward else root + 2 * _layer_params(arch))
+        if s.reference_copy:  # the reference's layers are sharded alike, its root is part of the objective's
+            gathered += a * (n_params if not s.reshard_after_forward else root)
+        weights = gathered + (0.0 if s.offload_params else sharded)
+        what = "every layer gathered from forward to backward (reshard_after_forward false)" \
+            if not s.reshard_after_forward else "the embeddings, output layer and 2 layers gathered"
+        detail += f", sharded over {n_dev} rank{'s' * (n_dev > 1)}"
+        if s.offload_params:
+            host["weights"] = sharded
+            detail += f" in host memory ({gib(sharded)} a rank); on the device {what}"
+        else:
+            detail += f" + {what}"
+    elif zero3 and n_dev > 1:
         # ZeRO-3 gathers one layer's full weights at a time, and prefetches the next
         largest = max(sum(l.params for l in arch.dense_linears), sum(l.params for l in arch.moe_linears),
                       arch.vocab * arch.hidden)
-        weights += 2 * largest * b
-        detail += f", sharded over {n_dev} ranks (+ 2 gathered layers)"
+        weights = 2 * largest * b + (0.0 if s.offload_params else sharded)
+        detail += f", sharded over {n_dev} ranks"
+        if s.offload_params:
+            host["weights"] = sharded
+            detail += f" in host memory ({gib(sharded)} a rank; offload_param)"
+        detail += " (+ 2 gathered layers)"
+    else:
+        weights = sharded
     p.parts.append(Part("weights", weights, detail))
     if s.reference_copy:
-        p.parts.append(Part("reference", n_params * b / (n_dev if zero3 else 1),
-                            "a frozen copy of the model: the reference of full-parameter DPO/KTO/GRPO"))
+        ref = n_params * b / (n_dev if zero3 else 1)
+        what = "a frozen copy of the model: the reference of full-parameter DPO/KTO/GRPO"
+        if s.offload_params and zero3:
+            host["reference"] = ref
+            what += f", sharded in host memory ({gib(ref)} a rank)"
+        p.parts.append(Part("reference", 0.0 if "reference" in host else ref, what))
 
     # gradients and optimizer states
-    if s.zero == "none":
+    dtype_name = "float32" if train_bytes == 4 else s.dtype
+    if fsdp:
+        # gradients reduce-scattered in fp32 and kept as shards in the parameters' dtype; the run's own AdamW steps
+        # the shards: bf16 moments (stochastic rounding) for bf16 weights, no fp32 master (train/optim.py)
+        grads = trainable * train_bytes / n_dev
+        states = 2 * trainable * train_bytes / n_dev
+        g_detail = f"{fmt_params(trainable)} trainable in {dtype_name}, sharded over {n_dev}"
+        s_detail = (f"AdamW exp_avg + exp_avg_sq in the parameters' dtype: {2 * train_bytes} bytes a trainable "
+                    f"parameter{' (bf16 with stochastic rounding, no fp32 master)' if train_bytes == 2 else ''}"
+                    f" / {n_dev} ranks")
+        if s.offload_optimizer:  # CPUOffloadPolicy: the sharded gradients and the step are on the host too
+            host["gradients"], host["optimizer"] = grads, states
+            g_detail += f", in host memory ({gib(grads)} a rank)"
+            s_detail += f", in host memory ({gib(states)} a rank; the step runs there)"
+            grads = states = 0.0
+    elif s.zero == "none":
         grads = trainable * train_bytes
         states = 2 * trainable * train_bytes
-        g_detail = f"{fmt_params(trainable)} trainable in {'float32' if train_bytes == 4 else s.dtype}"
+        g_detail = f"{fmt_params(trainable)} trainable in {dtype_name}"
         s_detail = "AdamW exp_avg + exp_avg_sq in the parameters' dtype"
         if n_dev > 1:
             grads *= 2
@@ -502,8 +554,16 @@ def plan(arch: Arch, s: Setup, model: str = "", capacity: float | None = None, p
         g_detail = f"{fmt_params(trainable)} trainable" + (f", sharded over {n_dev}" if s.zero != "zero1" else "")
         s_detail = f"ZeRO accounting: {k} bytes a trainable parameter" + \
             (" (fp32 master + AdamW moments)" if k == 12 else " (fp32 AdamW moments)") + f" / {n_dev} ranks"
+        if s.offload_optimizer:  # fp32 gradient partitions and the step (DeepSpeedCPUAdam) on the host
+            host["gradients"], host["optimizer"] = 4 * trainable / n_dev, states
+            grads = _largest_trainable(arch, s) * train_bytes
+            g_detail = (f"{fmt_params(trainable)} trainable, reduced into fp32 partitions in host memory "
+                        f"({gib(host['gradients'])} a rank); on the device a buffer of the largest parameter")
+            s_detail += f", in host memory ({gib(states)} a rank; the step runs there)"
+            states = 0.0
     p.parts.append(Part("gradients", grads, g_detail))
     p.parts.append(Part("optimizer", states, s_detail))
+    p.host = sum(host.values())
 
     # activations of one micro-batch
     tokens, rows, per_row = tokens_per_micro_batch(s)
@@ -579,19 +639,34 @@ def plan(arch: Arch, s: Setup, model: str = "", capacity: float | None = None, p
                 "logits": logits}
 
     # the phases of a step, above weights + optimizer states
-    persistent = grads if (s.accumulation > 1 or s.zero != "none") else 0.0
-    if n_dev > 1 and s.zero == "none" and s.accumulation == 1:
-        persistent = grads / 2  # DDP's buckets stay; the parameters' own gradients come and go
-    if s.zero != "none":
-        step_temp = 0.0
+    reduce_temp = root_reduce = 0.0
+    if fsdp:
+        # gradient accumulation (no reduce-scatter before the last micro-batch) keeps every trainable parameter's
+        # gradient unsharded, in fp32 (the reduce dtype), from the first micro-batch's backward to the last
+        persistent = 4.0 * trainable if s.accumulation > 1 else 0.0
+        # each layer's (and finally the root's) gradients leave backward unsharded in the compute dtype and are
+        # copied into an fp32 buffer for the reduce-scatter (the root's gathered weights are freed just before)
+        layer_trainable = _layer_params(arch) if full else \
+            lora_parameter_count(arch, s.lora_rank, s.target_modules) / max(1, arch.layers)
+        root = arch.vocab * arch.hidden * (1 if arch.tied else 2)
+        reduce_temp = (4 + a) * layer_trainable
+        root_reduce = 4 * root if full else 0.0
+    else:
+        persistent = grads if (s.accumulation > 1 or s.zero != "none") else 0.0
+        if n_dev > 1 and s.zero == "none" and s.accumulation == 1:
+            persistent = grads / 2  # DDP's buckets stay; the parameters' own gradients come and go
+    local = trainable / (n_dev if fsdp else 1)  # what this rank's AdamW steps
+    if (s.zero != "none" and not fsdp) or s.offload_optimizer:
+        step_temp = 0.0  # DeepSpeed's own step; offloaded states step on the host
     elif full and s.dtype == "bfloat16":  # RoundingAdamW: fused in place; small parameters copied into a bucket
-        step_temp = 4 * b * min(trainable, ROUNDING_BUCKET)
+        step_temp = 4 * b * min(local, ROUNDING_BUCKET)
     else:  # torch's AdamW: foreach on a GPU (a temporary of every gradient), one parameter at a time on the CPU
-        step_temp = (trainable if s.device != "cpu" else _largest_trainable(arch, s)) * train_bytes
+        step_temp = (local if s.device != "cpu" else _largest_trainable(arch, s)) * train_bytes
     tied_temp = a * vocab_h if (full and arch.tied) else 0.0
     p.phases = {"forward and loss": persistent + forward,
                 "recomputing a layer" if s.gradient_checkpointing else "start of backward": persistent + first,
-                "end of backward": max(grads, persistent) + one_layer + backward + tied_temp,
+                "end of backward": max(grads, persistent) + tied_temp
+                + max(one_layer + backward + reduce_temp + (head_grad if fsdp else 0.0), root_reduce),
                 "optimizer step": max(grads, persistent) + step_temp}
     if s.task == "grpo" and s.generation_sequences:
         gen = generation_bytes(arch, s)
@@ -606,6 +681,13 @@ def plan(arch: Arch, s: Setup, model: str = "", capacity: float | None = None, p
         if arch.experts:
             p.notes.append("QLoRA quantizes nn.Linear layers only: the fused experts stay unquantized, in float32")
     return p
+
+
+def _layer_params(arch: Arch) -> int:
+    """Parameters of the largest decoder layer (dense or mixture-of-experts), norms included."""
+    dense = sum(lin.params for lin in arch.dense_linears) if arch.dense_layers else 0
+    moe = sum(lin.params for lin in arch.moe_linears) if arch.moe_layers else 0
+    return max(dense, moe) + arch.layer_norm_params
 
 
 def _largest_trainable(arch: Arch, s: Setup) -> int:
