@@ -326,6 +326,32 @@ def test_gemma2_eager_attention_backward_masks_and_capped_logits():
         arch, flash.setup)
 
 
+@pytest.mark.parametrize("flags", [dict(), dict(freeze_llm=True, freeze_vit=False),
+                                   dict(freeze_vit=False, freeze_aligner=False), dict(freeze_aligner=False)])
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_vision_language_parts_train_as_the_freeze_flags_say(tmp_path, method, flags):
+    """A vision-language model trains what --freeze_vit / --freeze_aligner / --freeze_llm leave (by default the
+    language model only: the vision encoder and the merger stay frozen); gradients and optimizer states follow. The
+    plan counted every parameter as trainable under --full whatever the flags (Qwen2.5-VL-7B: 8.29B, where 7.62B
+    train), and LoRA on the language model only. Checked against the miniature set up as training sets it up."""
+    from types import SimpleNamespace
+
+    import swiftlike as wb
+    from swiftlike.models.loader import attach_lora, auto_class, freeze_vision_parts, miniature_config
+
+    model = "Qwen/Qwen2.5-VL-3B-Instruct"
+    p = wb.sft(model=model, miniature=True, dry_run=True, output_dir=str(tmp_path / "o"), **{method: True}, **flags)
+    cfg = SimpleNamespace(freeze_vit=True, freeze_aligner=True, freeze_llm=False, lora_rank=8, lora_alpha=32,
+                          lora_dropout=0.05, target_modules=["all-linear"], use_dora=False, use_rslora=False)
+    cfg.__dict__.update(flags)
+    config = miniature_config(model)
+    net = auto_class(config).from_config(config)
+    net = freeze_vision_parts(net.requires_grad_(True), cfg) if method == "full" else attach_lora(net, cfg)
+    assert p.trainable == sum(t.numel() for t in net.parameters() if t.requires_grad)
+    assert p.part("gradients") == p.trainable * (2 if method == "full" else 4)
+    assert p.vision and set(p.vision) == {"vit", "aligner", "llm"}
+
+
 def _dry(capsys, argv):
     code = main(argv)
     out = capsys.readouterr()

@@ -41,15 +41,15 @@ def dry_run(cfg, task: str) -> MemoryPlan:
         raise UserError(f"--dry_run needs the config of {cfg.model!r}, which is neither a registered model (`wb "
                         f"models` lists those that plan offline) nor a local directory; {e}") from None
     arch = architecture(config)
-    params = None
+    params = parts = None
     if arch.model_type not in FORMULA_TYPES or config.get_text_config() is not config:
-        params = _parameters_on_meta_device(config, cfg.model)
+        params, parts = _parameters_on_meta_device(config, cfg.model)
         arch = replace(arch, params_by="meta device",
                        notes=arch.notes + ("no formula for this architecture: parameters counted by building it on "
                                            "the meta device; activations as a Llama-style decoder of its widths",))
     setup = setup_for(cfg, task, arch, config)
     capacity = parse_size(cfg.gpu_memory) if cfg.gpu_memory else None
-    result = plan(arch, setup, cfg.model + (" miniature" if cfg.miniature else ""), capacity, params)
+    result = plan(arch, setup, cfg.model + (" miniature" if cfg.miniature else ""), capacity, params, parts)
     if arch.model_type not in MEASURED_TYPES:
         measured = ", ".join(MEASURED_TYPES)
         result.notes.append(f"the activation formula was checked against measured peaks for {measured} decoders; "
@@ -85,7 +85,9 @@ def setup_for(cfg, task: str, arch, config=None) -> Setup:
     common = dict(task=task, method=cfg.train_type, dtype=dtype, batch=cfg.per_device_train_batch_size,
                   accumulation=cfg.gradient_accumulation_steps, gradient_checkpointing=cfg.gradient_checkpointing,
                   attn=attn, lora_rank=rank, lora_dropout=dropout, target_modules=targets, zero=cfg.plan_zero,
-                  devices=devices, reference_copy=reference, **_engine_options(cfg))
+                  devices=devices, reference_copy=reference, **_engine_options(cfg),
+                  frozen=tuple(part for part, flag in (("vit", cfg.freeze_vit), ("aligner", cfg.freeze_aligner),
+                                                       ("llm", cfg.freeze_llm)) if flag))
     if task != "grpo":
         return Setup(seq_len=cfg.max_length, padding_free=cfg.padding_free, **common)
     sequences = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps
@@ -127,11 +129,14 @@ def _sharding_devices(cfg) -> int:
     return nproc if hybrid else nproc * nnodes
 
 
-def _parameters_on_meta_device(config, model: str) -> int:
-    """Exact parameter count of an architecture without a formula: built on the meta device (no memory)."""
+def _parameters_on_meta_device(config, model: str) -> tuple[int, dict | None]:
+    """Exact parameter count of an architecture without a formula, built on the meta device (no memory), and of a
+    vision-language model its parts as training tells them apart (models/loader.py's vision_part): "vit", "aligner",
+    "llm" -> (parameters, the sum of in + out features of its nn.Linear layers but the output layer: what LoRA
+    r x (in + out) adapts on all-linear); None for a text-only model."""
     import torch
 
-    from ..models.loader import auto_class
+    from ..models.loader import auto_class, vision_part, vision_parts
 
     try:
         with torch.device("meta"):
@@ -139,7 +144,16 @@ def _parameters_on_meta_device(config, model: str) -> int:
     except (ValueError, KeyError, ImportError, OSError) as e:
         raise UserError(f"cannot plan {model}: transformers cannot build its architecture "
                         f"({str(e).strip().splitlines()[0][:160]})") from None
-    return sum(p.numel() for p in net.parameters())
+    total = sum(p.numel() for p in net.parameters())
+    if not vision_parts(net):
+        return total, None
+    parts: dict[str, list[int]] = {}
+    for name, p in net.named_parameters():
+        parts.setdefault(vision_part(name), [0, 0])[0] += p.numel()
+    for name, module in net.named_modules():
+        if isinstance(module, torch.nn.Linear) and not name.endswith("lm_head"):
+            parts.setdefault(vision_part(f"{name}.weight"), [0, 0])[1] += module.in_features + module.out_features
+    return total, {part: tuple(parts[part]) for part in ("vit", "aligner", "llm") if part in parts}
 
 
 def _training_line(p: MemoryPlan) -> str:

@@ -48,6 +48,7 @@ ZERO_STAGES = ("none", "zero1", "zero2", "zero3")
 GEMMA_NORM = ("gemma", "gemma2", "gemma3", "gemma3_text")  # norms computed in fp32: (1 + w) * x.float()
 FORMULA_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3", "glm",
                  "internlm3", "qwen3_moe", "mixtral", "deepseek_v3")
+ALL_LINEAR = (None, "all-linear", ["all-linear"], ("all-linear",))  # peft's target_modules="all-linear"
 MEASURED_TYPES = ("llama", "mistral", "qwen2", "qwen3", "qwen3_moe", "gemma2")  # checked against measured peaks
 
 
@@ -223,7 +224,7 @@ def quantized_parameter_count(arch: Arch) -> int:
 
 
 def _adapted(lin: Linear, targets) -> bool:
-    if targets in (None, "all-linear", ["all-linear"], ("all-linear",)):
+    if targets in ALL_LINEAR:
         return lin.all_linear
     short = lin.name.rsplit(".", 1)[-1]
     return any(t == lin.name or t == short or (t.startswith("experts") and lin.name.startswith(t)) for t in targets)
@@ -269,6 +270,7 @@ class Setup:
     devices: int = 1
     device: str = "cuda"               # cuda (what a card runs) or cpu (how the tests measure)
     reference_copy: bool = False       # a full-parameter run that keeps a frozen reference model
+    frozen: tuple = ("vit", "aligner")  # vision-language parts that do not train (--freeze_vit/_aligner/_llm)
     # GRPO generation (the transformers backend)
     generation_sequences: int = 0      # sequences decoded together
     prompt_len: int = 0
@@ -299,6 +301,7 @@ class MemoryPlan:
     notes: list = field(default_factory=list)
     detail: dict = field(default_factory=dict)   # the activation terms, for tests and docs
     host: float = 0.0                            # bytes an offloading engine keeps in host memory, per rank
+    vision: dict | None = None                   # a vision-language model's parts (`plan`'s `parts`)
 
     def part(self, name: str) -> float:
         return sum(p.bytes for p in self.parts if p.name == name)
@@ -448,8 +451,15 @@ def mask_bytes(s: Setup, a: int, rows: int, per_row: int) -> tuple[float, float]
     return a * square, square
 
 
-def plan(arch: Arch, s: Setup, model: str = "", capacity: float | None = None, params: int | None = None) -> MemoryPlan:
-    """The per-device memory of training `arch` as `s` says."""
+PART_NAMES = {"vit": "vision encoder", "aligner": "merger", "llm": "language model"}
+
+
+def plan(arch: Arch, s: Setup, model: str = "", capacity: float | None = None, params: int | None = None,
+         parts: dict | None = None) -> MemoryPlan:
+    """The per-device memory of training `arch` as `s` says. `parts`: a vision-language model's parts (loader's
+    vision_part: "vit", "aligner", "llm") -> (parameters, the sum of in + out features of its nn.Linear layers but
+    the output layer): what trains of them follows `s.frozen`, as models/loader.py's freeze_vision_parts (full) and
+    vision_language_targets (LoRA on all-linear) decide."""
     if s.zero not in ZERO_STAGES:
         raise ValueError(f"unknown ZeRO stage {s.zero!r}")
     reward = s.task == "rm"
@@ -458,14 +468,25 @@ def plan(arch: Arch, s: Setup, model: str = "", capacity: float | None = None, p
     a = 4 if s.method == "qlora" else b
     n_dev = max(1, s.devices)
     full = s.method == "full"
+    trained = [part for part in (parts or {}) if part not in s.frozen]
     if full:
-        trainable, train_bytes = n_params, b
+        trainable, train_bytes = (sum(parts[part][0] for part in trained) if parts else n_params), b
     else:
-        trainable, train_bytes = lora_parameter_count(arch, s.lora_rank, s.target_modules), 4
+        if parts and s.target_modules in ALL_LINEAR:
+            trainable = s.lora_rank * sum(parts[part][1] for part in trained)
+        else:
+            trainable = lora_parameter_count(arch, s.lora_rank, s.target_modules)
+        train_bytes = 4
         if reward:
             trainable += arch.hidden  # the score layer trains beside the adapters (modules_to_save)
     p = MemoryPlan(model=model, arch=arch, setup=s, params=n_params, trainable=trainable, capacity=capacity,
-                   notes=list(arch.notes))
+                   notes=list(arch.notes), vision=parts)
+    if parts:
+        frozen = [f"{PART_NAMES[part]} {fmt_params(parts[part][0])}" for part in parts if part not in trained]
+        what = ("train" if full else "get adapters") if len(trained) > 1 else ("trains" if full else "gets adapters")
+        p.notes.append("vision-language model: " + ", ".join(f"{PART_NAMES[part]} {fmt_params(parts[part][0])}"
+                                                             for part in trained)
+                       + f" {what}" + (f"; frozen: {', '.join(frozen)}" if frozen else ""))
 
     # weights
     if s.method == "qlora":
@@ -734,5 +755,5 @@ def fmt_params(n: int) -> str:
 
 def with_setup(p: MemoryPlan, **changes) -> MemoryPlan:
     """The same model planned with other options (what a hint compares)."""
-    return plan(p.arch, replace(p.setup, **changes), p.model, p.capacity, p.params)
+    return plan(p.arch, replace(p.setup, **changes), p.model, p.capacity, p.params, p.vision)
 
