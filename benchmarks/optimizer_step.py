@@ -1,7 +1,8 @@
 """The optimizer step of bf16 full fine-tuning, alone: what `wb` uses (train/optim.RoundingAdamW: AdamW with stochastic
-rounding, one compiled call a bucket of small parameters or a large one) against torchao's AdamW with stochastic rounding (what `wb` used before: a
-torch.compile wrapper built for every parameter at every step) and torch's AdamW in plain bf16 (fused on CUDA, TRL's
-default there; foreach elsewhere), on the parameters of a real Qwen3 shape (random bf16 values and gradients).
+rounding, one compiled call a bucket of small parameters or a large one) against torchao's AdamW with stochastic
+rounding (what `wb` used before: a torch.compile wrapper built for every parameter at every step) and torch's AdamW
+in plain bf16 (fused on CUDA, TRL's default there; foreach elsewhere), on the parameters of a real Qwen3 shape
+(random bf16 values and gradients).
 
     python benchmarks/optimizer_step.py [--model_shape 0.6b|4b] [--steps 10] [--json out.json]
 

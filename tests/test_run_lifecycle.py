@@ -100,7 +100,8 @@ def test_sigterm_stops_as_ctrl_c_does(tmp_path, monkeypatch, capfd):
                output_dir=str(out))
     captured = capfd.readouterr()  # (the notice is written to the descriptor: a signal handler's write)
     assert "[wb] SIGTERM: finishing this step and saving a checkpoint" in captured.err
-    assert captured.out.splitlines()[-1] == f"[wb] stopped at step 2 of 4; --resume continues from {out / 'checkpoint-2'}"
+    last = captured.out.splitlines()[-1]
+    assert last == f"[wb] stopped at step 2 of 4; --resume continues from {out / 'checkpoint-2'}"
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # given back
 
 

@@ -218,8 +218,8 @@ def model_card(ref, args: dict, merged: bool, title: str, auto_class: str = "Aut
                   f"| quantized | {quant['perplexity_quantized']} |"]
     if gguf_file:
         lines += ["", f"`{gguf_file}` (its tokenizer and chat template inside) and an Ollama `Modelfile`:", "",
-                  "```bash", f"llama-cli -m {gguf_file} -cnv", f"ollama create {title} -f Modelfile && ollama run {title}",
-                  "```", ""]
+                  "```bash", f"llama-cli -m {gguf_file} -cnv",
+                  f"ollama create {title} -f Modelfile && ollama run {title}", "```", ""]
     else:
         lines += ["", "```python", f"from transformers import {auto_class}, AutoTokenizer",
                   "tokenizer = AutoTokenizer.from_pretrained(PATH)", f"model = {auto_class}.from_pretrained(PATH)",
