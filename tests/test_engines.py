@@ -449,9 +449,50 @@ def test_ctrl_c_and_sigterm_stop_every_process(tmp_path, sig):
     stopped = re.search(r"\[wb\] stopped at step (\d+) of 100000; --resume continues from (\S+)", out)
     assert stopped and Path(stopped[2]).name == f"checkpoint-{stopped[1]}", out[-2000:]
     assert (tmp_path / "run" / f"checkpoint-{stopped[1]}" / "adapter_model.safetensors").is_file()
-    said = "[wb] interrupt: finishing this step" if sig == "SIGINT" else "[wb] SIGTERM: finishing this step"
-    assert err.count(said) == 1  # (rank 0 says it)
+    assert err.count("[wb] interrupt: finishing this step") == 1  # (rank 0 says it; `wb` passes SIGTERM as SIGINT)
+    said = [line for line in err.splitlines() if line.startswith("wb: ")]
     if sig == "SIGINT":
-        assert proc.returncode == 130 and err.count("wb: interrupted") == 1, err[-2000:]
+        assert proc.returncode == 130 and said == ["wb: interrupted"], err[-2000:]
     else:
-        assert proc.returncode == 128 + signal.SIGTERM
+        assert proc.returncode == 128 + signal.SIGTERM and said == ["wb: stopped by SIGTERM"], err[-2000:]
+
+
+def test_a_second_signal_kills_torchrun_and_its_workers(tmp_path):
+    """Each worker leads a session of its own: killing torchrun alone left them running."""
+    import signal
+    import time
+
+    from swiftlike.cli.launch import _kill_all
+
+    pids = tmp_path / "pids"
+    code = ("import subprocess, sys, time; c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(300)'],"
+            f" start_new_session=True); open({str(pids)!r}, 'w').write(str(c.pid)); time.sleep(300)")
+    proc = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
+    while not pids.exists() or not pids.read_text():
+        time.sleep(0.1)
+    worker = int(pids.read_text())
+    _kill_all(proc)
+    proc.wait(timeout=10)
+    for _ in range(100):
+        try:
+            os.kill(worker, 0)
+        except ProcessLookupError:
+            break
+        if open(f"/proc/{worker}/stat").read().split()[2] == "Z":  # (dead, not yet reaped by init)
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(worker, signal.SIGKILL)
+        raise AssertionError("the worker outlived torchrun")
+
+
+def test_processes_that_cannot_meet_are_one_line(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        r = subprocess.run([sys.executable, "-m", "swiftlike.cli.launch", "--nproc_per_node=2",
+                            f"--master_port={port}", "-m", "swiftlike.cli.main", "env"], capture_output=True,
+                           text=True, timeout=300)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert r.stderr.strip().splitlines()[-1].startswith("wb: error: the processes could not meet (--master_addr")

@@ -324,6 +324,29 @@ def test_another_model_s_adapters_are_refused_before_the_streamed_merge(tmp_path
         stream_plan(str(adapter), str(tmp_path / "base"))
 
 
+def test_a_tied_base_that_stores_its_head_too_is_not_streamed(tmp_path):
+    """Some converted checkpoints store lm_head.weight beside a tied embedding: the streamed merge took the head's
+    LoRA and wrote it under a config that ties it away again; the in-memory merge unties it."""
+    from safetensors.torch import load_file, save_file
+
+    from swiftlike.export.stream import stream_plan
+    from swiftlike.models.loader import build_miniature
+
+    build_miniature("Qwen/Qwen3-0.6B").save_pretrained(tmp_path / "base")
+    weights = load_file(str(tmp_path / "base" / "model.safetensors"))
+    weights["lm_head.weight"] = weights["model.embed_tokens.weight"].clone()
+    save_file(weights, str(tmp_path / "base" / "model.safetensors"))
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"r": 2, "lora_alpha": 4}))
+    vocab, hidden = weights["lm_head.weight"].shape
+    save_file({"base_model.model.lm_head.lora_A.weight": torch.zeros(2, hidden),
+               "base_model.model.lm_head.lora_B.weight": torch.zeros(vocab, 2)},
+              str(adapter / "adapter_model.safetensors"))
+    assert stream_plan(str(adapter), str(tmp_path / "base")) == \
+        "a LoRA on the output layer of a model that ties it to the embedding"
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 MESSAGES = "WB_WORKER_MESSAGES"  # the directory the workers leave their messages in
@@ -53,35 +54,61 @@ def relaunch(argv: list[str], plan: dict) -> int | None:
         said = []
         for path in sorted(Path(messages).iterdir(), key=lambda p: int(p.name.split("-")[1])):
             said += [line for line in path.read_text(encoding="utf-8").splitlines() if line not in said]
-    if code == 130 and "wb: interrupted" not in said:
-        said.append("wb: interrupted")
+    stopped = {130: "wb: interrupted", 143: "wb: stopped by SIGTERM", 129: "wb: stopped: the terminal closed"}
+    if code in stopped and stopped[code] not in said:
+        said = [line for line in said if line != "wb: interrupted"] + [stopped[code]]
     for line in said:
         print(line, file=sys.stderr)
     return code
 
 
 def _wait(proc: subprocess.Popen) -> int:
-    """torchrun's exit status. It runs in a session of its own (as its workers do), so each Ctrl-C or SIGTERM
-    reaches it once, from here: it stops its workers (they save what they can) and ends."""
-    forward = lambda signum, _frame: proc.send_signal(signum)  # noqa: E731
-    try:
-        earlier = signal.signal(signal.SIGTERM, forward)
-    except ValueError:  # (not the main thread: a SIGTERM is the caller's to handle)
-        earlier = None
-    try:
-        try:
-            return proc.wait()
-        except KeyboardInterrupt:
+    """torchrun's exit status. It runs in a session of its own (as its workers do): a Ctrl-C, a SIGTERM (a
+    scheduler's) or a SIGHUP (a closed terminal) sent to `wb` reaches it once, as SIGINT, which it passes to the
+    workers: they finish their step, save it and stop. (torchrun itself sends SIGTERM to the others when a worker
+    fails: they do not take that for a stop.) A second signal kills torchrun and every worker at once."""
+    caught: list[int] = []
+
+    def stop(signum, _frame=None):
+        if caught:
+            _kill_all(proc)
+        else:
             proc.send_signal(signal.SIGINT)
+        caught.append(signum)
+
+    handlers = {}
+    if threading.current_thread() is threading.main_thread():  # (elsewhere these signals are the caller's)
+        handlers = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        while True:
             try:
-                return proc.wait()
-            except KeyboardInterrupt:  # a second Ctrl-C: stop now
-                proc.kill()
-                proc.wait()
-                raise
+                code = proc.wait()
+                break
+            except KeyboardInterrupt:
+                stop(signal.SIGINT)
     finally:
-        if earlier is not None:
-            signal.signal(signal.SIGTERM, earlier)
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    return 128 + caught[0] if caught and code != 0 else code
+
+
+def _kill_all(proc: subprocess.Popen) -> None:
+    """torchrun and its workers, each the leader of a session of its own (killing torchrun alone leaves them)."""
+    children = []
+    for task in Path(f"/proc/{proc.pid}/task").glob("*/children"):
+        try:
+            children += [int(pid) for pid in task.read_text().split()]
+        except OSError:
+            pass
+    for pid in children:
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except OSError:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+    proc.kill()
 
 
 class _NoFailureLine(logging.Filter):
@@ -91,9 +118,13 @@ class _NoFailureLine(logging.Filter):
 
 def torchrun(argv: list[str]) -> int:
     """torch.distributed.run, ending in the workers' exit status instead of its failure report."""
+    from torch.distributed import DistError
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.elastic.rendezvous.api import RendezvousError
     from torch.distributed.run import parse_args, run
+
+    from ..errors import one_line
 
     logging.getLogger("torch.distributed.elastic.multiprocessing.api").addFilter(_NoFailureLine())
     try:
@@ -104,6 +135,9 @@ def torchrun(argv: list[str]) -> int:
         return next((c for c in codes if c > 0), 128 - min(codes) if codes and min(codes) < 0 else 1)
     except SignalException as e:
         return 128 + int(e.sigval)
+    except (DistError, RendezvousError) as e:  # before any worker ran: the rendezvous (a port taken, a node away)
+        say(f"wb: error: the processes could not meet (--master_addr / --master_port): {one_line(e)}")
+        return 2
     return 0
 
 

@@ -63,6 +63,8 @@ def stream_plan(adapter_dir: str, base_dir: str) -> tuple[dict, list[Path]] | st
     missing = sorted(set(pairs) - set(shapes))
     if missing:
         return f"adapter weights for {missing[0]}, which the base checkpoint does not name"
+    if "lm_head.weight" in pairs and _tied(base_dir):  # (a base may store the tied head too: merge.py unties it)
+        return "a LoRA on the output layer of a model that ties it to the embedding"
     bad = next((n for n, (a, b, _, m) in pairs.items() if a is None or b is None or (dora and m is None)), None)
     if bad:
         raise UserError(f"--adapters {adapter_dir}: {bad} lacks part of its lora_A / lora_B"
@@ -195,6 +197,12 @@ def shards_of(base: Path) -> list[Path]:
         return [base / n for n in sorted(set(names))]
     single = base / "model.safetensors"
     return [single] if single.is_file() else []
+
+
+def _tied(base_dir: str) -> bool:
+    """Whether the base's config ties its output layer to the input embedding (transformers' default)."""
+    config = json.loads((Path(base_dir) / "config.json").read_text(encoding="utf-8"))
+    return bool(config.get("tie_word_embeddings", (config.get("text_config") or {}).get("tie_word_embeddings", True)))
 
 
 def _keys(path: Path) -> list[str]:

@@ -731,7 +731,7 @@ def generation_bytes(arch: Arch, s: Setup) -> float:
 
 
 # -- sizes --------------------------------------------------------------------------------------------------------
-# a card's memory as it is sold: an "80GB" H100 has 80 GiB (81,559 MiB usable), a "24GB" RTX 4090 24 GiB
+# a card's memory as it is sold: an "80GB" H100 has 80 GiB (79.6 GiB usable), a "24GB" RTX 4090 24 GiB
 _UNITS = {"": GiB, "b": 1, **{f"{p}{b}": 1 << 10 * i for i, p in enumerate("kmgt", 1) for b in ("", "b", "ib")}}
 
 

@@ -371,20 +371,23 @@ class Trainer:
     # -- Ctrl-C --------------------------------------------------------------------------------
     @contextmanager
     def _interruptible(self, bar):
-        """First Ctrl-C (or SIGTERM: a scheduler's preemption): finish the current step, save a checkpoint
-        (--save_on_interrupt) and stop, every process at the same step (under torchrun, which passes the signal on
-        and waits 30 s before it kills); a second one stops at once. Either way the last line says what `--resume`
-        continues from."""
+        """First Ctrl-C (or, in one process, SIGTERM: a scheduler's preemption): finish the current step, save a
+        checkpoint (--save_on_interrupt) and stop, every process at the same step; a second Ctrl-C stops at once.
+        Either way the last line says what `--resume` continues from. Under torchrun the stop comes as SIGINT (`wb`
+        passes its Ctrl-C, SIGTERM or SIGHUP on as one, cli/launch.py), which torchrun forwards, killing 30 s
+        later; torchrun's own SIGTERM, sent when another worker failed, ends the process as it always did."""
         import signal
         import threading
 
         handled = threading.current_thread() is threading.main_thread()
-        signals = (signal.SIGINT, signal.SIGTERM)
+        signals = (signal.SIGINT,) if "TORCHELASTIC_RUN_ID" in os.environ else (signal.SIGINT, signal.SIGTERM)
         previous = {sig: signal.getsignal(sig) for sig in signals} if handled else {}
 
         def request_stop(signum, frame):
             if self._stop_requested:
-                raise KeyboardInterrupt
+                if signum == signal.SIGINT:  # (a scheduler may send SIGTERM twice: still finishing the step)
+                    raise KeyboardInterrupt
+                return
             self._stop_requested = True
             if accel.is_main_process():  # os.write, not print: the signal may arrive amid a buffered write
                 what = "interrupt" if signum == signal.SIGINT else "SIGTERM"
