@@ -415,6 +415,9 @@ def test_every_node_s_processes_share_the_shards(capsys, monkeypatch):
     monkeypatch.setenv("NNODES", "4")
     monkeypatch.setenv("NPROC_PER_NODE", "8")
     assert _peak(capsys, ["--deepspeed", "zero3"]) == thirty_two
+    # a flag wins over the variable, as when the run is launched (the plan took the variable)
+    one = _peak(capsys, ["--deepspeed", "zero3", "--nproc_per_node", "1", "--nnodes", "1"])
+    assert one == _peak(capsys, ["--deepspeed", "zero3", "--plan_devices", "1"])
 
 
 def test_python_api_returns_the_plan(tmp_path):

@@ -190,8 +190,10 @@ def _run(argv: list[str]) -> int:
     if args.command in ("sft", "pt", "dpo", "kto", "rm", "grpo"):
         # (every process trains into the directory named here: a default one is stamped with the time)
         existed = Path(cfg.output_dir).exists()
-        code = None if cfg.dry_run else relaunch([*argv, "--output_dir", cfg.output_dir],
-                                                        launch_plan(cfg, set(merged)))  # (a plan needs none)
+        plan = launch_plan(cfg, set(merged))
+        if cfg.dry_run:  # planned for the processes a run would launch (flags, else torchrun's variables)
+            cfg.nproc_per_node, cfg.nnodes = plan["nproc_per_node"], plan["nnodes"]
+        code = None if cfg.dry_run else relaunch([*argv, "--output_dir", cfg.output_dir], plan)
         if code is not None:
             if code != 0 and not existed:  # as one process cleans up (pipelines/sft.cleans_up_on_failure), once
                 from ..pipelines.sft import remove_if_only_regenerable  # every process has stopped

@@ -6,7 +6,6 @@ output directory is created.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -119,14 +118,13 @@ def _engine_options(cfg) -> dict:
 
 
 def _sharding_devices(cfg) -> int:
-    """The processes weights and optimizer states are sharded over: every process of every node (torchrun's
-    environment variables where the flags are not given), those of one node under FSDP's hybrid sharding."""
+    """The processes weights and optimizer states are sharded over: every process of every node (`wb` has set
+    --nproc_per_node and --nnodes as it would launch them: the flags, else NPROC_PER_NODE and NNODES), those of one
+    node under FSDP's hybrid sharding."""
     from ..train.engines import fsdp_config
 
-    nproc = cfg.nproc_per_node if cfg.nproc_per_node > 1 else int(os.environ.get("NPROC_PER_NODE", "1"))
-    nnodes = cfg.nnodes if cfg.nnodes > 1 else int(os.environ.get("NNODES", "1"))
     hybrid = bool(cfg.fsdp) and fsdp_config(cfg.fsdp)["sharding"] == "hybrid_shard"
-    return nproc if hybrid else nproc * nnodes
+    return cfg.nproc_per_node if hybrid else cfg.nproc_per_node * cfg.nnodes
 
 
 def _parameters_on_meta_device(config, model: str) -> tuple[int, dict | None]:
