@@ -57,9 +57,7 @@ def stream_plan(adapter_dir: str, base_dir: str) -> tuple[dict, list[Path]] | st
             return f"adapter tensor {name}"
         module, _, part = name[len(ADAPTER_PREFIX):].rpartition(".lora_")
         pairs.setdefault(module + ".weight", [None, None, scale, None])[{"A": 0, "B": 1, "m": 3}[part[0]]] = tensor
-    for shard in shards:
-        _keys(shard)  # (a damaged shard is named here, before any work)
-    shapes = dict(tensor_shapes(shards))
+    shapes = dict(tensor_shapes(shards))  # (a damaged shard is named here, before any work)
     missing = sorted(set(pairs) - set(shapes))
     if missing:
         return f"adapter weights for {missing[0]}, which the base checkpoint does not name"
@@ -136,7 +134,7 @@ def tensor_shapes(shards: list[Path]) -> list[tuple[str, tuple]]:
 
     out = []
     for path in shards:
-        with safe_open(str(path), framework="pt") as f:
+        with intact(path), safe_open(str(path), framework="pt") as f:
             out += [(key, tuple(f.get_slice(key).get_shape())) for key in f.keys()]
     return out
 

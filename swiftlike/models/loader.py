@@ -203,11 +203,14 @@ def registered_config(meta: ModelMeta):
     return AutoConfig.for_model(cfg_dict.pop("model_type"), **_with_rope_factors(cfg_dict))
 
 
-def model_config(model: str, hub: str = "huggingface", trust_remote_code: bool = False):
+def model_config(model: str, hub: str = "huggingface", trust_remote_code: bool = False, miniature: bool = False):
     """The model's config without its weights: a registered id's from the registry (offline), a local directory's
-    or checkpoint's config.json, else the hub's config.json (one line when it cannot be fetched)."""
+    or checkpoint's config.json, else the hub's config.json (one line when it cannot be fetched); with `miniature`,
+    its miniature's."""
     from transformers import AutoConfig
 
+    if miniature:
+        return miniature_config(model, hub)
     meta = find_model(model)
     if meta is not None and meta.config and not is_local(model):
         return registered_config(meta)

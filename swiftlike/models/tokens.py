@@ -71,7 +71,7 @@ def refuse_rowless_tokens(tokenizer, rows: int, what: str, remedy: str) -> None:
     met one would fail with an index error, on a GPU a device-side assert)."""
     if len(tokenizer) <= rows:
         return
-    past = {t: i for t, i in sorted(tokenizer.get_vocab().items(), key=lambda item: item[1]) if i >= rows}
+    past = dict(sorted(((t, i) for t, i in tokenizer.get_vocab().items() if i >= rows), key=lambda item: item[1]))
     if past:
         raise UserError(f"{what}: the tokenizer has {len(past)} token{'s' if len(past) > 1 else ''} past the model's "
                         f"{rows} embedding rows ({listed(f'{t} (id {i})' for t, i in past.items())}); {remedy}")

@@ -13,7 +13,7 @@ from .. import accel
 from ..errors import UserError
 from ..models import attention
 from ..hub import is_local
-from ..models.loader import miniature_config, model_config, quiet_libraries
+from ..models.loader import model_config, quiet_libraries
 from ..registry import find_model
 from ..train.dpo import REFERENCE_FREE
 from ..train.memory_plan import (FORMULA_TYPES, MEASURED_TYPES, MemoryPlan, Setup, architecture,
@@ -32,8 +32,7 @@ def dry_run(cfg, task: str) -> MemoryPlan:
     """The memory plan of training `cfg` (a validated SFTConfig or subclass) as `task`, printed as a table."""
     quiet_libraries()
     try:
-        config = miniature_config(cfg.model, cfg.hub) if cfg.miniature else \
-            model_config(cfg.model, cfg.hub, cfg.trust_remote_code)
+        config = model_config(cfg.model, cfg.hub, cfg.trust_remote_code, miniature=cfg.miniature)
     except UserError as e:
         if find_model(cfg.model) is not None or is_local(cfg.model):
             raise

@@ -22,7 +22,7 @@ from ..data.stream import LazyCollate, RowStream
 from ..errors import UserError, intact
 from ..models import attach_lora, build_miniature, load_model, load_tokenizer
 from ..models.lora_compute import compute_in_stream_dtype
-from ..models.loader import freeze_vision_parts, miniature_config, model_config, prepare_4bit, quiet_libraries
+from ..models.loader import freeze_vision_parts, model_config, prepare_4bit, quiet_libraries
 from ..models.resolve import ModelRef, added_tokens, base_weights, read_args, resolve, template_name
 from ..models.tokens import (add_tokens, embedding_rows, listed, rebuild_rows, refuse_rowless_tokens,
                              trainable_rows)
@@ -443,9 +443,7 @@ def training_tokenizer(cfg: SFTConfig, resume_from: Path | None):
 
 def _base_rows(cfg: SFTConfig) -> int:
     """The base model's embedding rows, from its config."""
-    config = miniature_config(cfg.model, cfg.hub) if cfg.miniature else \
-        model_config(cfg.model, cfg.hub, cfg.trust_remote_code)
-    return config.get_text_config().vocab_size
+    return model_config(cfg.model, cfg.hub, cfg.trust_remote_code, miniature=cfg.miniature).get_text_config().vocab_size
 
 
 def build_trainable(cfg: SFTConfig, tokenizer, base_dir: str, resume_from: Path | None, dtype, reward: bool = False,

@@ -326,9 +326,8 @@ class CausalLMLoss(nn.Module):
 
     def hidden_states(self, input_ids, position_ids=None, attention_mask=None, seq_lens=None,
                       **images) -> torch.Tensor:
-        if not self.neftune_alpha:
-            return self._hidden_states(input_ids, position_ids, attention_mask, seq_lens, **images)
-        self._lengths = sequence_lengths(input_ids, attention_mask, seq_lens)
+        if self.neftune_alpha:  # (read by the embedding's hook, _neftune)
+            self._lengths = sequence_lengths(input_ids, attention_mask, seq_lens)
         try:
             return self._hidden_states(input_ids, position_ids, attention_mask, seq_lens, **images)
         finally:
