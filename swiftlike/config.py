@@ -150,6 +150,15 @@ class SFTConfig(ModelArgs, DataArgs):
     warmup_ratio: float = _f(0.0, "Fraction of steps spent warming up the learning rate.")
     warmup_steps: int = _f(0, "Warm-up steps (overrides --warmup_ratio when > 0).")
     weight_decay: float = _f(0.0, "AdamW weight decay.")
+    optim: str = _f("adamw", "Optimizer: adamw (torch's; bf16 weights round stochastically), adamw_8bit / adamw_4bit "
+                             "(torchao: the moments block-quantized to 2 / 1 bytes a parameter instead of 8; bf16 "
+                             "weights round stochastically), paged_adamw_8bit / paged_adamw_32bit (bitsandbytes: "
+                             "the moments in CUDA memory that pages to the host under pressure, as in QLoRA "
+                             "recipes; not for bf16 --full).", choices=("adamw", "adamw_8bit", "adamw_4bit",
+                                                                        "paged_adamw_8bit", "paged_adamw_32bit"))
+    adam_beta1: float = _f(0.9, "AdamW beta1 (the first moment's decay).")
+    adam_beta2: float = _f(0.999, "AdamW beta2 (the second moment's decay; 0.95 is common for large models).")
+    adam_epsilon: float = _f(1e-8, "AdamW epsilon.")
     max_grad_norm: float = _f(1.0, "Gradient clipping norm (0 disables).")
     gradient_checkpointing: bool = _f(False, "Recompute activations in backward to save memory.")
     use_liger_kernel: bool | None = _f(None, "Liger Kernel's fused RMSNorm, SwiGLU and RoPE (Triton, CUDA): on by "
@@ -230,10 +239,15 @@ class SFTConfig(ModelArgs, DataArgs):
                 raise UserError("--deepspeed needs DeepSpeed: pip install 'swiftlike[deepspeed]' (or use --fsdp, "
                                 "which needs nothing more than torch)")
         if self.deepspeed:
-            stage = engines.zero_stage(engines.deepspeed_config(self.deepspeed))
+            ds = engines.deepspeed_config(self.deepspeed)
+            stage = engines.zero_stage(ds)
             if self.qlora and stage == 3:
                 raise UserError("--qlora under ZeRO-3 is not supported: 4-bit weights cannot be partitioned by "
                                 "ZeRO-3 here; use --deepspeed zero2 (or zero1), or --lora")
+            if engines.offloads_optimizer(ds) and self.optim != "adamw":
+                raise UserError(f"--optim {self.optim} with --deepspeed {self.deepspeed}: offloaded optimizer states "
+                                "step with DeepSpeed's CPU Adam (fp32 moments in host memory); use --optim adamw, "
+                                "or a preset without offload")
             if self.torch_compile and stage == 3:
                 # its hooks gather each layer's weights inside the layer's call: torch.compile breaks the layer
                 # graph at each and, past its recompile limit (hit in the first step on a miniature), runs them eagerly
@@ -242,6 +256,11 @@ class SFTConfig(ModelArgs, DataArgs):
                                 "--deepspeed zero2")
         if self.fsdp:
             engines.fsdp_config(self.fsdp)
+            if self.optim != "adamw":  # (bitsandbytes steps no DTensor; torch's full optimizer state dict does
+                # not gather torchao's quantized moments into a checkpoint that loads back)
+                raise UserError(f"--optim {self.optim} under --fsdp is not supported yet: its states do not save "
+                                "into an FSDP checkpoint that resumes; use --optim adamw (FSDP shards its states "
+                                "over the processes already) or --deepspeed zero2 / zero3 with this --optim")
             if self.qlora:
                 raise UserError("--qlora under --fsdp is not supported yet (FSDP2 cannot shard bitsandbytes 4-bit "
                                 "weights here); use --deepspeed zero2, or --lora")
@@ -274,6 +293,9 @@ class SFTConfig(ModelArgs, DataArgs):
             ("warmup_ratio", 0 <= self.warmup_ratio <= 1, "must be in [0, 1]"),
             ("warmup_steps", self.warmup_steps >= 0, "must be >= 0"),
             ("weight_decay", self.weight_decay >= 0, "must be >= 0"),
+            ("adam_beta1", 0 <= self.adam_beta1 < 1, "must be in [0, 1)"),
+            ("adam_beta2", 0 <= self.adam_beta2 < 1, "must be in [0, 1)"),
+            ("adam_epsilon", self.adam_epsilon > 0, "must be positive"),
             ("max_grad_norm", self.max_grad_norm >= 0, "must be >= 0 (0 disables clipping)"),
             ("lora_alpha", self.lora_alpha > 0, "must be positive (0 scales the adapters to nothing)"),
             ("lora_dropout", 0 <= self.lora_dropout < 1, "must be in [0, 1)"),

@@ -103,6 +103,11 @@ def test_bad_engine_options_are_one_line_errors(tmp_path):
     assert "--qlora under ZeRO-3" in _bad(tmp_path, "--qlora", "--deepspeed", "zero3")
     assert "--qlora under --fsdp" in _bad(tmp_path, "--qlora", "--fsdp", "full_shard")
     assert "full_shard, hybrid_shard, full_shard_offload" in _bad(tmp_path, "--fsdp", "sharded")
+    assert "--optim adamw_8bit under --fsdp is not supported yet" in \
+        _bad(tmp_path, "--optim", "adamw_8bit", "--fsdp", "full_shard")
+    assert "offloaded optimizer states step with DeepSpeed's CPU Adam" in \
+        _bad(tmp_path, "--optim", "adamw_8bit", "--deepspeed", "zero2_offload")
+    assert "--adam_beta2 must be in [0, 1), got 1.0" in _bad(tmp_path, "--adam_beta2", "1")
     assert "unknown key 'mixed'" in _bad(tmp_path, "--fsdp", "fsdp.json")
     assert "--node_rank 2 is not below --nnodes 2" in _bad(tmp_path, "--nnodes", "2", "--node_rank", "2")
     (tmp_path / "stage_text.json").write_text(json.dumps({"zero_optimization": "3"}))  # (an AttributeError)
@@ -247,8 +252,12 @@ def test_bf16_lora_under_zero2_saves_the_fp32_master(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("engine", [["--deepspeed", "zero2"], ["--fsdp", "full_shard"]], ids=["zero2", "fsdp"])
+@pytest.mark.parametrize("engine", [["--deepspeed", "zero2"], ["--fsdp", "full_shard"],
+                                    ["--deepspeed", "zero3", "--full", "--optim", "adamw_8bit"]],
+                         ids=["zero2", "fsdp", "zero3-full-adamw_8bit"])
 def test_resume_equals_an_uninterrupted_run(tmp_path, engine):
+    """(ZeRO-3 with --optim adamw_8bit: torchao's quantized moments of the fp32 partitions, in DeepSpeed's own
+    optimizer checkpoint.)"""
     args = ["--dataset", IDENTITY, "--per_device_train_batch_size", "2", "--nproc_per_node", "2", "--save_steps",
             "2", *engine]
     straight = wb_cli("sft", *common("straight", *args, steps_=4), cwd=tmp_path)

@@ -1,6 +1,7 @@
 """bf16 full training keeps small updates: the optimizer is AdamW with stochastic rounding wherever trainable weights
-are bf16 (train/engines.adamw, train/optim.RoundingAdamW), where torch's AdamW rounds every update smaller than
+are bf16 (train/engines.make_optimizer, train/optim.RoundingAdamW; torchao's for --optim adamw_8bit/4bit), where torch's AdamW rounds every update smaller than
 half a bf16 step away and the weights never move."""
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -8,16 +9,17 @@ import torch
 from conftest import logged_steps, wb_cli
 
 import swiftlike as wb
-from swiftlike.train.engines import EngineSettings, adamw
+from swiftlike.errors import UserError
+from swiftlike.train.engines import EngineSettings, make_optimizer
 from swiftlike.train.optim import LOW_BITS, RoundingAdamW, adamw_update, random_bits
 
 REPO = Path(__file__).resolve().parents[1]
 SETTINGS = EngineSettings(learning_rate=1e-4, weight_decay=0.0, max_grad_norm=1.0, gradient_accumulation_steps=1)
 
 
-def _steps(optimizer_of, n=200):
+def _steps(optimizer_of, n=200, device="cpu"):
     torch.manual_seed(0)
-    p = torch.nn.Parameter(torch.ones(20000, dtype=torch.bfloat16))
+    p = torch.nn.Parameter(torch.ones(20480, dtype=torch.bfloat16, device=device))  # (whole blocks: torchao quantizes its moments)
     opt = optimizer_of([{"params": [p], "lr": 1e-4}])
     for _ in range(n):
         p.grad = torch.ones_like(p)
@@ -27,10 +29,45 @@ def _steps(optimizer_of, n=200):
 
 def test_stochastic_rounding_keeps_updates_that_plain_bf16_adamw_loses(capsys):
     assert _steps(lambda g: torch.optim.AdamW(g, lr=1e-4, weight_decay=0.0)) == 1.0  # 200 updates of 1e-4: lost
-    assert _steps(lambda g: adamw(g, SETTINGS)) == pytest.approx(0.98, abs=2e-3)  # kept in expectation
+    assert _steps(lambda g: make_optimizer(g, SETTINGS)) == pytest.approx(0.98, abs=2e-3)  # kept in expectation
     assert "bf16 stochastic rounding" in capsys.readouterr().out
     # fp32 weights (LoRA adapters, --torch_dtype float32) keep torch's AdamW
-    assert type(adamw([{"params": [torch.nn.Parameter(torch.ones(3))]}], SETTINGS)) is torch.optim.AdamW
+    assert type(make_optimizer([{"params": [torch.nn.Parameter(torch.ones(3))]}], SETTINGS)) is torch.optim.AdamW
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+@pytest.mark.parametrize("optim, state_bytes", [("adamw_8bit", 2), ("adamw_4bit", 1)])
+def test_quantized_adamw_keeps_small_bf16_updates_in_quantized_moments(optim, state_bytes, device, capsys):
+    """--optim adamw_8bit / adamw_4bit (torchao) on bf16 weights: the moments take 2 / 1 bytes a parameter (plus a
+    scale a block), and the weights still round stochastically (plain rounding would leave them at 1.0)."""
+    opts = []
+    settings = replace(SETTINGS, optim=optim, betas=(0.9, 0.95), eps=1e-6)
+    assert _steps(lambda g: opts.append(make_optimizer(g, settings)) or opts[0], device=device) == \
+        pytest.approx(0.98, abs=3e-3)
+    assert f"AdamW{optim[-4:].removeprefix('_')} with bf16 stochastic rounding" in capsys.readouterr().out
+    assert opts[0].param_groups[0]["betas"] == (0.9, 0.95) and opts[0].param_groups[0]["eps"] == 1e-6
+    state = next(iter(opts[0].state.values()))
+    moments = [state[k] for k in ("exp_avg", "exp_avg_sq")]
+    stored = sum(t.nbytes for m in moments for t in (getattr(m, n) for n in m.__tensor_flatten__()[0]))
+    assert state_bytes * 20480 <= stored <= state_bytes * 20480 * 1.07
+
+
+def test_every_optim_choice_has_an_optimizer():
+    from dataclasses import fields
+
+    from swiftlike.config import SFTConfig
+    from swiftlike.train.engines import OPTIMIZERS
+
+    choices = next(f.metadata["choices"] for f in fields(SFTConfig) if f.name == "optim")
+    assert set(choices) == set(OPTIMIZERS)
+
+
+def test_paged_optimizers_refuse_bf16_weights_they_would_round_to_nearest():
+    bf16 = [{"params": [torch.nn.Parameter(torch.ones(8, dtype=torch.bfloat16))]}]
+    with pytest.raises(UserError, match="paged_adamw_8bit rounds bf16 weights to nearest"):
+        make_optimizer(bf16, replace(SETTINGS, optim="paged_adamw_8bit"))
+    # DeepSpeed hands the optimizer its fp32 master partitions: nothing to round there
+    assert make_optimizer(bf16, replace(SETTINGS, optim="paged_adamw_8bit"), bf16_rounding=False)
 
 
 def _reference(p, g, m, v, step, lr, decay, betas=(0.9, 0.999), eps=1e-8):

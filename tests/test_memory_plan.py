@@ -159,6 +159,27 @@ def test_zero_accounting_shards_model_states_per_stage():
     assert (single.part("weights"), single.part("gradients"), single.part("optimizer")) == (2 * n, 2 * n, 4 * n)
 
 
+def test_quantized_optimizers_plan_their_block_quantized_moments():
+    """--optim adamw_8bit / adamw_4bit: both moments in 1 / 0.5 bytes a value plus an fp32 scale a block (256 / 128
+    values; tests/test_engines_bf16.py measures the stored bytes), in place of AdamW's 4 (bf16) or 8 (fp32); under
+    ZeRO they quantize the fp32 partitions beside DeepSpeed's fp32 master."""
+    arch = _qwen3_8b()
+    n = parameter_count(arch)
+    full = Setup(method="full", devices=1)
+    assert plan(arch, full).part("optimizer") == 4 * n
+    assert plan(arch, replace(full, optim="adamw_8bit")).part("optimizer") == pytest.approx((2 + 1 / 32) * n)
+    assert plan(arch, replace(full, optim="adamw_4bit")).part("optimizer") == pytest.approx((1 + 1 / 16) * n)
+    assert plan(arch, replace(full, optim="paged_adamw_32bit")).part("optimizer") == 8 * n
+    zero2 = plan(arch, replace(full, optim="adamw_8bit", zero="zero2", devices=8))
+    assert zero2.part("optimizer") == pytest.approx((4 + 2 + 1 / 32) * n / 8)
+    assert "(fp32 master + adamw_8bit's block-quantized moments of fp32)" in \
+        next(part.detail for part in zero2.parts if part.name == "optimizer")
+    fsdp = plan(arch, replace(full, optim="adamw_8bit", engine="fsdp", zero="zero3", devices=8))
+    assert fsdp.part("optimizer") == pytest.approx((2 + 1 / 32) * n / 8)
+    assert plan(arch, replace(full, optim="adamw_8bit", dtype="float32")).part("optimizer") == \
+        pytest.approx((2 + 1 / 32) * n)  # (the moments' size does not follow the weights')
+
+
 def test_fsdp_keeps_the_weights_dtype_and_its_own_adamw():
     """--fsdp is this project's FSDP2 engine, not DeepSpeed: shards in the dtype the model was loaded in, gradients
     kept as shards in that dtype (reduced in fp32), and the run's AdamW on the shards (bf16 moments with stochastic

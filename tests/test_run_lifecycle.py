@@ -2,8 +2,10 @@
 import json
 import os
 import signal
+from pathlib import Path
 
 import pytest
+import torch
 
 import swiftlike as wb
 from swiftlike.cli.main import main
@@ -251,6 +253,10 @@ def test_a_resumed_run_trains_at_the_learning_rate_it_is_given(tmp_path, capsys)
                   lr_scheduler_type="constant", warmup_ratio=0.0, output_dir=str(tmp_path / "run"))
     wb.sft(**common, max_steps=2, learning_rate=1e-3)
     capsys.readouterr()
-    result = wb.sft(**common, max_steps=4, learning_rate=2e-3, weight_decay=0.5, resume=True)
-    assert "--learning_rate 0.001 -> 0.002" in capsys.readouterr().out
+    result = wb.sft(**common, max_steps=4, learning_rate=2e-3, weight_decay=0.5, adam_beta2=0.95, adam_epsilon=1e-6,
+                    resume=True)
+    said = capsys.readouterr().out
+    assert "--learning_rate 0.001 -> 0.002" in said and "--adam_beta2 0.999 -> 0.95" in said
     assert [h["learning_rate"] for h in result.log_history if "loss" in h] == [1e-3, 1e-3, 2e-3, 2e-3]
+    group = torch.load(Path(result.checkpoint) / "trainer_state.pt", weights_only=True)["optimizer"]["param_groups"][0]
+    assert (group["weight_decay"], group["betas"], group["eps"]) == (0.5, (0.9, 0.95), 1e-6)

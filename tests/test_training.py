@@ -103,6 +103,32 @@ def test_resume_reaches_the_same_weights(tmp_path):
 
 
 @pytest.mark.slow
+def test_8bit_adamw_trains_saves_quantized_moments_and_resumes_exactly(tmp_path, capsys):
+    """--optim adamw_8bit (torchao): rank-64 adapters (4,096-value matrices: quantized), the moments saved as 8-bit
+    states with --adam_beta2 in their groups, a resume that reaches the uninterrupted run's weights exactly, and a
+    resume under another --optim refused (its state is not that optimizer's)."""
+    common = dict(BASE, lora=True, lora_rank=64, learning_rate=1e-2, max_steps=4, save_steps=2,
+                  per_device_train_batch_size=2, optim="adamw_8bit", adam_beta2=0.95)
+    out = tmp_path / "run"
+    first = wb.sft(**common, output_dir=str(out))
+    assert first.metrics["final_loss"] < first.metrics["first_loss"]
+    uninterrupted = _adapter(out / "checkpoint-4")
+    saved = torch.load(out / "checkpoint-2" / "trainer_state.pt", weights_only=True)
+    assert saved["optim"] == "adamw_8bit" and saved["optimizer"]["param_groups"][0]["betas"] == (0.9, 0.95)
+    kinds = [type(s["exp_avg_sq"]).__name__ for s in saved["optimizer"]["state"].values()]
+    assert kinds.count("OptimState8bit") >= len(kinds) / 2  # (matrices under 4,096 values keep fp32 moments)
+    assert json.loads((out / "args.json").read_text())["optim"] == "adamw_8bit"
+    shutil.rmtree(out / "checkpoint-4")
+    _assert_same(uninterrupted, _adapter(wb.sft(**common, output_dir=str(out), resume=True).checkpoint))
+    capsys.readouterr()
+    assert main(["sft", "--model", "Qwen/Qwen3-0.6B", "--miniature", "--dataset", DATA, "--lora_rank", "64",
+                 "--output_dir", str(out), "--resume_from_checkpoint", str(out / "checkpoint-2"),
+                 "--overwrite_output_dir", "--max_steps", "6"]) == 2
+    assert "was trained with --optim adamw_8bit, this run asks for --optim adamw" in capsys.readouterr().err
+    assert (out / "checkpoint-4").is_dir()  # the refusal loses nothing
+
+
+@pytest.mark.slow
 def test_killed_run_leaves_only_complete_checkpoints_and_resumes(tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "swiftlike.cli.main", "sft", "--model", "Qwen/Qwen3-0.6B", "--miniature",

@@ -82,7 +82,8 @@ def setup_for(cfg, task: str, arch, config=None) -> Setup:
     devices = cfg.plan_devices or _sharding_devices(cfg)
     common = dict(task=task, method=cfg.train_type, dtype=dtype, batch=cfg.per_device_train_batch_size,
                   accumulation=cfg.gradient_accumulation_steps, gradient_checkpointing=cfg.gradient_checkpointing,
-                  attn=attn, lora_rank=rank, lora_dropout=dropout, target_modules=targets, zero=cfg.plan_zero,
+                  attn=attn, lora_rank=rank, lora_dropout=dropout, target_modules=targets, optim=cfg.optim,
+                  zero=cfg.plan_zero,
                   devices=devices, reference_copy=reference, **_engine_options(cfg),
                   frozen=tuple(part for part, flag in (("vit", cfg.freeze_vit), ("aligner", cfg.freeze_aligner),
                                                        ("llm", cfg.freeze_llm)) if flag))
@@ -168,7 +169,7 @@ def _training_line(p: MemoryPlan) -> str:
         shard += f" ({' and '.join(on_host)} offloaded to host memory)"
     return (f"{s.task}, {method}, {s.dtype}, batch {s.batch} {seqs} x {s.seq_len} tokens"
             + (f" x {s.accumulation} accumulated" if s.accumulation > 1 else "")
-            + f", AdamW, {'gradient checkpointing' if s.gradient_checkpointing else 'no gradient checkpointing'}, "
+            + f", {'AdamW' if s.optim == 'adamw' else s.optim}, {'gradient checkpointing' if s.gradient_checkpointing else 'no gradient checkpointing'}, "
             f"{s.attn}{' padding-free' if s.padding_free and s.task != 'grpo' else ''}, {shard} on {s.devices} "
             f"device{'s' if s.devices > 1 else ''}")
 

@@ -363,13 +363,13 @@ def training_engine(cfg: SFTConfig, base_dir: str, dtype):
     config = engines.fill_deepspeed_config(
         engines.deepspeed_config(cfg.deepspeed), micro_batch=cfg.per_device_train_batch_size,
         accumulation=cfg.gradient_accumulation_steps, max_grad_norm=cfg.max_grad_norm, dtype=dtype,
-        hidden_size=text.hidden_size)
+        hidden_size=text.hidden_size, optim=cfg.optim)
     return partial(engines.build_engine, "deepspeed", deepspeed=config), engines.zero3_loading(config)
 
 
 # options that decide the rows, their order or the update: a resumed run that changes them is not the run it continues
 RESUMED_OPTIONS = ("dataset", "seed", "max_length", "truncation_strategy", "packing", "learning_rate",
-                   "lr_scheduler_type", "weight_decay",
+                   "lr_scheduler_type", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon",
                    "num_generations", "adapters",  # (a preference run's reference is the adapters it started from)
                    "loss_type", "beta", "label_smoothing", "rpo_alpha", "simpo_gamma", "precompute_ref_logps",
                    "desirable_weight", "undesirable_weight", "center_rewards_coefficient")

@@ -92,8 +92,13 @@ def zero_stage(config: dict | None) -> int:
     return int((config or {}).get("zero_optimization", {}).get("stage", 0))
 
 
+def offloads_optimizer(config: dict) -> bool:
+    """Whether a DeepSpeed config keeps the optimizer states in host memory (DeepSpeed's CPU Adam steps them)."""
+    return config.get("zero_optimization", {}).get("offload_optimizer", {}).get("device") == "cpu"
+
+
 def fill_deepspeed_config(config: dict, *, micro_batch: int, accumulation: int, max_grad_norm: float,
-                          dtype: torch.dtype, hidden_size: int) -> dict:
+                          dtype: torch.dtype, hidden_size: int, optim: str = "adamw") -> dict:
     """The config with every "auto" replaced by the run's value; an explicit value that contradicts the run's
     options is refused (DeepSpeed would otherwise train another batch size than the one asked for)."""
     config = json.loads(json.dumps(config))
@@ -119,8 +124,10 @@ def fill_deepspeed_config(config: dict, *, micro_batch: int, accumulation: int, 
     for key, value in sizes.items():
         if zero.get(key) == "auto":
             zero[key] = value
-    if zero.get("offload_optimizer", {}).get("device") == "cpu" and accel.device_type() == "cpu":
+    if offloads_optimizer(config) and accel.device_type() == "cpu":
         config["zero_force_ds_cpu_optimizer"] = False  # on a CPU host the states are already in CPU memory
+    if optim != "adamw":  # DeepSpeed names the optimizers its ZeRO was tested with; --optim's step fp32 partitions
+        config.setdefault("zero_allow_untested_optimizer", True)
     left = _autos(config)
     if left:
         raise UserError(f"--deepspeed: {left[0]} is \"auto\" but swiftlike has no value for it; give one")
@@ -177,6 +184,9 @@ class EngineSettings:
     part_lr: dict = field(default_factory=dict)  # a vision-language model's "vit" / "aligner" learning rates
     seed: int = 0  # the stochastic rounding's random bits (train/optim.py)
     lora_plus_ratio: float | None = None  # LoRA+: the B matrices' learning rate over their part's
+    optim: str = "adamw"  # --optim (OPTIMIZERS)
+    betas: tuple = (0.9, 0.999)
+    eps: float = 1e-8
 
 
 LORA_B = (".lora_B.", ".lora_embedding_B.")  # PEFT's names of the B matrices (LoRA+ raises their learning rate)
@@ -198,36 +208,68 @@ def param_groups(module: torch.nn.Module, s: EngineSettings) -> list[dict]:
     return [{"params": ps, "lr": lr} for lr, ps in groups.items() if ps]
 
 
-def adamw(groups: list[dict], s: EngineSettings, bf16_rounding: bool = True):
-    """torch's AdamW; for bf16 trainable parameters (full training in bf16) AdamW with stochastic rounding
-    (train/optim.py).
+# --optim: the optimizer's library and class. 8-bit and 4-bit AdamW keep the moments block-quantized (2 or 1 bytes a
+# parameter for both, where AdamW takes 8 in fp32); paged ones keep them in CUDA unified memory, paged to the host
+# under memory pressure (bitsandbytes; on a CPU they step as unpaged ones)
+# (config.py lists the same names as --optim's choices)
+OPTIMIZERS = {"adamw": ("torch", "AdamW"), "adamw_8bit": ("torchao", "AdamW8bit"),
+              "adamw_4bit": ("torchao", "AdamW4bit"), "paged_adamw_8bit": ("bitsandbytes", "PagedAdamW8bit"),
+              "paged_adamw_32bit": ("bitsandbytes", "PagedAdamW32bit")}
+
+
+def make_optimizer(groups: list[dict], s: EngineSettings, bf16_rounding: bool = True):
+    """The --optim optimizer over the parameter groups. For bf16 trainable parameters (full training in bf16) AdamW
+    rounds stochastically (train/optim.py), and so do torchao's 8-bit and 4-bit AdamW (their
+    bf16_stochastic_round); the paged optimizers would round to nearest, so they are refused there.
 
     A bf16 weight near 1 moves in steps of 2^-7: plain bf16 AdamW rounds every smaller update away, so small
     learning rates stall (200 steps of 1e-4 leave such a weight at exactly 1.0; tests/test_engines_bf16.py).
     Stochastic rounding keeps each update's expected value (the same 200 steps: 0.9806 for 0.98), with the moments
     in bf16 too — 8 bytes per parameter, where fp32 master weights would take 16. DeepSpeed keeps fp32 master
-    weights of its own (`bf16_rounding=False`); under FSDP2 each rank rounds its own shard."""
-    if bf16_rounding and any(p.dtype == torch.bfloat16 for g in groups for p in g["params"]):
-        from .optim import RoundingAdamW
+    weights of its own and hands the optimizer those (`bf16_rounding=False`); under FSDP2 each rank rounds its own
+    shard."""
+    import importlib
 
-        if accel.is_main_process():
-            print("[wb] optimizer: AdamW with bf16 stochastic rounding: updates smaller than a bf16 step are kept in "
-                  "expectation", flush=True)
-        return RoundingAdamW(groups, lr=s.learning_rate, weight_decay=s.weight_decay, seed=s.seed)
-    return torch.optim.AdamW(groups, lr=s.learning_rate, weight_decay=s.weight_decay)
+    library, name = OPTIMIZERS[s.optim]
+    rounding = bf16_rounding and any(p.dtype == torch.bfloat16 for g in groups for p in g["params"])
+    kwargs = dict(lr=s.learning_rate, betas=s.betas, eps=s.eps, weight_decay=s.weight_decay)
+    if library == "torch":
+        if rounding:
+            from .optim import RoundingAdamW
+
+            if accel.is_main_process():
+                print("[wb] optimizer: AdamW with bf16 stochastic rounding: updates smaller than a bf16 step are kept "
+                      "in expectation", flush=True)
+            return RoundingAdamW(groups, seed=s.seed, **kwargs)
+        return torch.optim.AdamW(groups, **kwargs)
+    if library == "bitsandbytes" and rounding:
+        raise UserError(f"--optim {s.optim} rounds bf16 weights to nearest, which loses every update smaller than a "
+                        "bf16 step (small learning rates stall); for full training in bf16 use --optim adamw or "
+                        "adamw_8bit (stochastic rounding), or --torch_dtype float32")
+    try:
+        module = importlib.import_module("torchao.optim" if library == "torchao" else "bitsandbytes.optim")
+    except ImportError:
+        extra = "quant" if library == "torchao" else "qlora"
+        raise UserError(f"--optim {s.optim} needs {library}: pip install 'swiftlike[{extra}]'") from None
+    if library == "torchao":
+        kwargs["bf16_stochastic_round"] = rounding
+    if accel.is_main_process():
+        print(f"[wb] optimizer: {library}'s {name}" + (" with bf16 stochastic rounding" if rounding else ""),
+              flush=True)
+    return getattr(module, name)(groups, **kwargs)
 
 
 class DDPEngine:
     """One process, or DistributedDataParallel over torchrun's processes."""
 
     name = "ddp"
-    bf16_rounding = True  # (see adamw)
+    bf16_rounding = True  # (see make_optimizer)
 
     def __init__(self, objective: torch.nn.Module, model: torch.nn.Module, s: EngineSettings):
         self.objective, self.model, self.s = objective, model, s
         self.distributed = accel.world_size() > 1
         self.module = self.wrap(objective)
-        self.optimizer = adamw(param_groups(self.module, s), s, self.bf16_rounding)
+        self.optimizer = make_optimizer(param_groups(self.module, s), s, self.bf16_rounding)
 
     def wrap(self, objective):
         if not self.distributed:
@@ -308,12 +350,12 @@ class DeepSpeedEngine(DDPEngine):
         super().__init__(objective, model, s)
         import deepspeed
 
-        offloaded = config.get("zero_optimization", {}).get("offload_optimizer", {}).get("device") == "cpu"
-        if offloaded and accel.device_type() != "cpu":  # offloaded states step on the CPU: DeepSpeed's fast Adam
+        if offloads_optimizer(config) and accel.device_type() != "cpu":  # offloaded states step on the CPU:
+            # DeepSpeed's fast Adam
             from deepspeed.ops.adam import DeepSpeedCPUAdam
 
-            self.optimizer = DeepSpeedCPUAdam(param_groups(objective, s), lr=s.learning_rate,
-                                              weight_decay=s.weight_decay, adamw_mode=True)
+            self.optimizer = DeepSpeedCPUAdam(param_groups(objective, s), lr=s.learning_rate, betas=s.betas,
+                                              eps=s.eps, weight_decay=s.weight_decay, adamw_mode=True)
         self.engine, self.wrapped, _, _ = deepspeed.initialize(model=objective, optimizer=self.optimizer,
                                                                config=config)
         self.module = self.engine

@@ -10,7 +10,7 @@ against models built from configs), and `plan(arch, Setup(...))` adds up:
   optimizer    torch AdamW's exp_avg and exp_avg_sq in the parameter's dtype (no master copy) without ZeRO, and
                under FSDP2 sharded (with the weights and gradients, in their own dtype); with a ZeRO stage,
                DeepSpeed's mixed-precision accounting (fp32 master + moments: 12 bytes a parameter), sharded as the
-               stage shards it. What an engine offloads is reported as host memory (`MemoryPlan.host`), not on the
+               stage shards it. --optim's 8-bit and 4-bit moments take `optimizer_state_bytes` instead. What an engine offloads is reported as host memory (`MemoryPlan.host`), not on the
                device
   activations  what autograd keeps for backward, per token and layer (`layer_bytes_per_token`), the attention
                masks (quadratic in the tokens of a row), LoRA's adapted fused-expert weights (per MoE layer:
@@ -262,6 +262,7 @@ class Setup:
     lora_rank: int = 8
     lora_dropout: float = 0.05
     target_modules: tuple = ("all-linear",)
+    optim: str = "adamw"               # --optim (train/engines.OPTIMIZERS)
     zero: str = "none"                 # ZeRO stage (DeepSpeed's accounting; FSDP shards as zero3 does)
     engine: str = "ddp"                # ddp (one process or DDP; with a ZeRO stage: DeepSpeed) | deepspeed | fsdp
     offload_optimizer: bool = False    # optimizer states in host memory (DeepSpeed offload_optimizer, FSDP cpu_offload)
@@ -276,6 +277,15 @@ class Setup:
     prompt_len: int = 0
     completion_len: int = 0
     vllm_fraction: float = 0.0         # colocated vLLM: the share of the card its engine takes
+
+
+def optimizer_state_bytes(optim: str, param_bytes: int) -> float:
+    """Bytes of optimizer state a trainable parameter of `param_bytes` bytes takes: AdamW's two moments in its
+    dtype; torchao's 8-bit (blocks of 256) and 4-bit (blocks of 128) moments with one fp32 scale a block each;
+    bitsandbytes' paged 8-bit (blocks of 256) and 32-bit moments. (The quantized ones leave parameters under 4,096
+    values in their dtype: a negligible share of a model's.)"""
+    return {"adamw_8bit": 2 + 8 / 256, "adamw_4bit": 1 + 8 / 128, "paged_adamw_8bit": 2 + 8 / 256,
+            "paged_adamw_32bit": 8}.get(optim, 2 * param_bytes)
 
 
 @dataclass
@@ -546,15 +556,18 @@ def plan(arch: Arch, s: Setup, model: str = "", capacity: float | None = None, p
 
     # gradients and optimizer states
     dtype_name = "float32" if train_bytes == 4 else s.dtype
+    state_bytes = optimizer_state_bytes(s.optim, train_bytes)
+    moments = {"adamw": "AdamW exp_avg + exp_avg_sq in the parameters' dtype",
+               "paged_adamw_32bit": "paged AdamW moments in fp32 (CUDA memory that pages to the host)"}.get(
+        s.optim, f"{s.optim}'s block-quantized moments")
     if fsdp:
         # gradients reduce-scattered in fp32 and kept as shards in the parameters' dtype; the run's own AdamW steps
         # the shards: bf16 moments (stochastic rounding) for bf16 weights, no fp32 master (train/optim.py)
         grads = trainable * train_bytes / n_dev
-        states = 2 * trainable * train_bytes / n_dev
+        states = trainable * state_bytes / n_dev
         g_detail = f"{fmt_params(trainable)} trainable in {dtype_name}, sharded over {n_dev}"
-        s_detail = (f"AdamW exp_avg + exp_avg_sq in the parameters' dtype: {2 * train_bytes} bytes a trainable "
-                    f"parameter{' (bf16 with stochastic rounding, no fp32 master)' if train_bytes == 2 else ''}"
-                    f" / {n_dev} ranks")
+        s_detail = (f"{moments}: {state_bytes:.3g} bytes a trainable parameter"
+                    f"{' (bf16 with stochastic rounding, no fp32 master)' if train_bytes == 2 else ''} / {n_dev} ranks")
         if s.offload_optimizer:  # CPUOffloadPolicy: the sharded gradients and the step are on the host too
             host["gradients"], host["optimizer"] = grads, states
             g_detail += f", in host memory ({gib(grads)} a rank)"
@@ -562,19 +575,21 @@ def plan(arch: Arch, s: Setup, model: str = "", capacity: float | None = None, p
             grads = states = 0.0
     elif s.zero == "none":
         grads = trainable * train_bytes
-        states = 2 * trainable * train_bytes
+        states = trainable * state_bytes
         g_detail = f"{fmt_params(trainable)} trainable in {dtype_name}"
-        s_detail = "AdamW exp_avg + exp_avg_sq in the parameters' dtype"
+        s_detail = moments
         if n_dev > 1:
             grads *= 2
             g_detail += ", twice: DistributedDataParallel's gradient buckets"
     else:
-        k = 12 if train_bytes < 4 else 8  # fp32 master copy + two fp32 moments (no copy when already fp32)
+        # fp32 master copy (none when already fp32) + the moments of the fp32 partitions the optimizer steps
+        master, fp32_states = (4 if train_bytes < 4 else 0), optimizer_state_bytes(s.optim, 4)
+        k = master + fp32_states
         grads = trainable * train_bytes / (n_dev if s.zero in ("zero2", "zero3") else 1)
         states = trainable * k / n_dev
         g_detail = f"{fmt_params(trainable)} trainable" + (f", sharded over {n_dev}" if s.zero != "zero1" else "")
-        s_detail = f"ZeRO accounting: {k} bytes a trainable parameter" + \
-            (" (fp32 master + AdamW moments)" if k == 12 else " (fp32 AdamW moments)") + f" / {n_dev} ranks"
+        what = "fp32 master + " if master else ""
+        s_detail = f"ZeRO accounting: {k:.3g} bytes a trainable parameter ({what}{moments} of fp32) / {n_dev} ranks"
         if s.offload_optimizer:  # fp32 gradient partitions and the step (DeepSpeedCPUAdam) on the host
             host["gradients"], host["optimizer"] = 4 * trainable / n_dev, states
             grads = _largest_trainable(arch, s) * train_bytes
@@ -679,6 +694,8 @@ def plan(arch: Arch, s: Setup, model: str = "", capacity: float | None = None, p
     local = trainable / (n_dev if fsdp else 1)  # what this rank's AdamW steps
     if (s.zero != "none" and not fsdp) or s.offload_optimizer:
         step_temp = 0.0  # DeepSpeed's own step; offloaded states step on the host
+    elif s.optim != "adamw":  # torchao's and bitsandbytes' step a parameter at a time (an fp32 temporary at most)
+        step_temp = 4.0 * _largest_trainable(arch, s)
     elif full and s.dtype == "bfloat16":  # RoundingAdamW: fused in place; small parameters copied into a bucket
         step_temp = 4 * b * min(local, ROUNDING_BUCKET)
     else:  # torch's AdamW: foreach on a GPU (a temporary of every gradient), one parameter at a time on the CPU

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from .. import accel
+from ..errors import UserError
 from .checkpoint import latest_checkpoint, load_training_state, prepare_checkpoint_dir, save_checkpoint
 from .engines import DDPEngine, EngineFactory, EngineSettings
 from .loss import CausalLMLoss
@@ -51,6 +52,10 @@ class LoopSettings:
     vit_lr: float | None = None      # vision-language models: the vision encoder's learning rate
     aligner_lr: float | None = None  # and the merger's
     lora_plus_ratio: float | None = None  # LoRA+: the B matrices' learning rate over the others'
+    optim: str = "adamw"  # the optimizer (train/engines.OPTIMIZERS) and its AdamW hyperparameters
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_epsilon: float = 1e-8
 
 
 @dataclass
@@ -124,7 +129,8 @@ class Trainer:
         parts = {"vit": settings.vit_lr, "aligner": settings.aligner_lr}
         es = EngineSettings(settings.learning_rate, settings.weight_decay, settings.max_grad_norm,
                             settings.gradient_accumulation_steps, {k: v for k, v in parts.items() if v}, settings.seed,
-                            settings.lora_plus_ratio)
+                            settings.lora_plus_ratio, settings.optim, (settings.adam_beta1, settings.adam_beta2),
+                            settings.adam_epsilon)
         # DDP (or one process), DeepSpeed or FSDP2: wraps the objective and owns the optimizer
         self.engine = (engine or DDPEngine)(self.objective, model, es)
         self.loss_module, self.optimizer = self.engine.module, self.engine.optimizer
@@ -441,7 +447,7 @@ class Trainer:
                      "first_loss": self.first_loss, "log_history": self.log_history}
             if dropped:  # counted over a resume
                 state["dropped_while_training"] = dict(dropped)
-            training_state = {"optimizer": optimizer, "scheduler": self.scheduler.state_dict(),
+            training_state = {"optimizer": optimizer, "optim": self.s.optim, "scheduler": self.scheduler.state_dict(),
                               "rng": accel.rng_state(), "step": self.step, "trained_tokens": self.trained_tokens}
             path = save_checkpoint(tmp, self.step, self.model, self.tokenizer, self.args_json, state,
                                    training_state, self.s.save_total_limit, weights)
@@ -455,15 +461,21 @@ class Trainer:
 
     def _restore(self, ckpt: Path) -> None:
         state = load_training_state(ckpt)
-        # this run's learning rates and weight decay (the optimizer's and scheduler's states hold the saved run's:
-        # a --learning_rate changed on resume was silently not applied), at the schedule's saved position
+        # this run's learning rates, weight decay, betas and epsilon (the optimizer's and scheduler's states hold the
+        # saved run's: a --learning_rate changed on resume was silently not applied), at the schedule's saved position
         asked = [(g.get("initial_lr", g["lr"]), g["weight_decay"]) for g in self.optimizer.param_groups]
+        hyper = [{k: g[k] for k in ("betas", "eps") if k in g} for g in self.optimizer.param_groups]
+        saved = state.get("optim", "adamw")  # (checkpoints from before --optim: AdamW)
+        if saved != self.s.optim:  # another optimizer's state: its moments are not these (or not there at all)
+            raise UserError(f"{ckpt} was trained with --optim {saved}, this run asks for --optim {self.s.optim}; "
+                            f"resume it with --optim {saved} (its optimizer state is that optimizer's)")
         self.engine.load_optimizer_state(state["optimizer"], ckpt)
         self.scheduler.load_state_dict(state["scheduler"])
         self.scheduler.base_lrs = [lr for lr, _ in asked]
         position = self.scheduler.last_epoch
-        for group, (lr, decay), factor in zip(self.optimizer.param_groups, asked, self.scheduler.lr_lambdas):
-            group.update(initial_lr=lr, lr=lr * factor(position), weight_decay=decay)
+        for group, (lr, decay), factor, more in zip(self.optimizer.param_groups, asked, self.scheduler.lr_lambdas,
+                                                    hyper):
+            group.update(initial_lr=lr, lr=lr * factor(position), weight_decay=decay, **more)
         self.scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]
         accel.set_rng_state(state["rng"])
         self.step, self.trained_tokens = state["step"], state["trained_tokens"]
