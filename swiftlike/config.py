@@ -25,6 +25,7 @@ def _f(default, help: str, **kw):
     return field(default=default, metadata={"help": help, **kw})
 
 
+LR_DECAY_RATIO = 0.1  # warmup_stable_decay's default decaying share of the steps
 TORCH_DTYPES = ("auto", "bfloat16", "bf16", "float16", "fp16", "float32", "fp32")  # (accel.resolve_dtype's names)
 
 
@@ -145,8 +146,16 @@ class SFTConfig(ModelArgs, DataArgs):
     max_steps: int = _f(-1, "Optimizer steps to run; overrides --num_train_epochs when > 0.")
     per_device_train_batch_size: int = _f(4, "Sequences per device per micro-batch.")
     gradient_accumulation_steps: int = _f(1, "Micro-batches per optimizer step.")
-    lr_scheduler_type: str = _f("cosine", "Learning-rate schedule: cosine, linear, constant, constant_with_warmup.",
-                                choices=("cosine", "linear", "constant", "constant_with_warmup"))
+    lr_scheduler_type: str = _f("cosine", "Learning-rate schedule after the warm-up: cosine (to 0), linear (to 0), "
+                                          "constant, constant_with_warmup, cosine_with_min_lr (cosine to "
+                                          "--min_lr_rate x the peak), warmup_stable_decay (the peak, then a cosine "
+                                          "to --min_lr_rate x the peak over the last --lr_decay_ratio of the steps).",
+                                choices=("cosine", "linear", "constant", "constant_with_warmup", "cosine_with_min_lr",
+                                         "warmup_stable_decay"))
+    min_lr_rate: float | None = _f(None, "cosine_with_min_lr and warmup_stable_decay: the last learning rate as a "
+                                         "fraction of --learning_rate (default 0.1 and 0).")
+    lr_decay_ratio: float = _f(LR_DECAY_RATIO, "warmup_stable_decay: the fraction of the steps, at the end, that "
+                                                "decay.")
     warmup_ratio: float = _f(0.0, "Fraction of steps spent warming up the learning rate.")
     warmup_steps: int = _f(0, "Warm-up steps (overrides --warmup_ratio when > 0).")
     weight_decay: float = _f(0.0, "AdamW weight decay.")
@@ -292,6 +301,8 @@ class SFTConfig(ModelArgs, DataArgs):
              "must be positive (or give --max_steps)"),
             ("warmup_ratio", 0 <= self.warmup_ratio <= 1, "must be in [0, 1]"),
             ("warmup_steps", self.warmup_steps >= 0, "must be >= 0"),
+            ("min_lr_rate", self.min_lr_rate is None or 0 <= self.min_lr_rate < 1, "must be in [0, 1)"),
+            ("lr_decay_ratio", 0 < self.lr_decay_ratio <= 1, "must be in (0, 1]"),
             ("weight_decay", self.weight_decay >= 0, "must be >= 0"),
             ("adam_beta1", 0 <= self.adam_beta1 < 1, "must be in [0, 1)"),
             ("adam_beta2", 0 <= self.adam_beta2 < 1, "must be in [0, 1)"),
@@ -350,6 +361,12 @@ class SFTConfig(ModelArgs, DataArgs):
         self._check_numbers()
         if self.max_pixels and self.min_pixels and self.min_pixels > self.max_pixels:
             raise UserError(f"--min_pixels {self.min_pixels} is above --max_pixels {self.max_pixels}")
+        if self.min_lr_rate is not None and self.lr_scheduler_type not in ("cosine_with_min_lr", "warmup_stable_decay"):
+            raise UserError(f"--min_lr_rate sets the floor of cosine_with_min_lr and warmup_stable_decay; "
+                            f"--lr_scheduler_type {self.lr_scheduler_type} has none (choose one of those)")
+        if self.lr_decay_ratio != LR_DECAY_RATIO and self.lr_scheduler_type != "warmup_stable_decay":
+            raise UserError(f"--lr_decay_ratio applies to --lr_scheduler_type warmup_stable_decay, not "
+                            f"{self.lr_scheduler_type}")
         if self.neftune_noise_alpha is not None and self.neftune_noise_alpha <= 0:
             raise UserError(f"--neftune_noise_alpha must be positive, got {self.neftune_noise_alpha}")
         if self.lora_plus_ratio is not None and (self.lora_plus_ratio <= 0 or self.full):

@@ -1,5 +1,6 @@
 """What a user meets around a run: resuming a finished run, Ctrl-C, failed runs, bad lines, log lines, defaults."""
 import json
+import math
 import os
 import signal
 from pathlib import Path
@@ -244,6 +245,33 @@ def test_a_miniature_of_another_model_is_rebuilt_not_trained(tmp_path):
     assert main(other + ["--max_steps", "1", "--output_dir", str(out), "--overwrite_output_dir"]) == 0
     assert json.loads((out / "base_model" / "config.json").read_text())["model_type"] == "llama"
     assert main(BASE + ["--max_steps", "2", "--output_dir", str(out), "--resume"]) == 2  # not Llama's weights
+
+
+def test_schedules_with_a_floor_follow_their_formulas(tmp_path, capsys):
+    """cosine_with_min_lr and warmup_stable_decay, 10 steps after 2 of warm-up, against their formulas (each
+    logged rate is the one the next step uses: position t + 1)."""
+    common = dict(model="Qwen/Qwen3-0.6B", miniature=True, dataset=[IDENTITY], lora=True, logging_steps=1,
+                  max_steps=10, learning_rate=1e-3, warmup_steps=2, per_device_train_batch_size=2)
+
+    def rates(**kw):
+        run = wb.sft(**common, **kw, output_dir=str(tmp_path / kw["lr_scheduler_type"]))
+        return [h["learning_rate"] for h in run.log_history if "loss" in h]
+
+    def cosine(progress, floor):
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    expected = [1e-3 * (t / 2 if t < 2 else cosine((t - 2) / 8, 0.1)) for t in range(1, 11)]  # (default floor 0.1)
+    assert rates(lr_scheduler_type="cosine_with_min_lr") == pytest.approx(expected, rel=1e-5)
+    # 2 warm-up, 5 stable, the last 3 (0.3 x 10) decaying to 0.2
+    expected = [1e-3 * (0.2 + 0.8 * t / 2 if t < 2 else 1.0 if t < 7 else cosine((t - 7) / 3, 0.2) if t < 10 else 0.2)
+                for t in range(1, 11)]
+    assert rates(lr_scheduler_type="warmup_stable_decay", lr_decay_ratio=0.3, min_lr_rate=0.2) == \
+        pytest.approx(expected, rel=1e-5)
+    capsys.readouterr()
+    assert main(BASE + ["--min_lr_rate", "0.1", "--output_dir", str(tmp_path / "bad")]) == 2
+    assert "--min_lr_rate sets the floor of cosine_with_min_lr and warmup_stable_decay" in capsys.readouterr().err
+    assert main(BASE + ["--lr_decay_ratio", "0.2", "--output_dir", str(tmp_path / "bad")]) == 2
+    assert "--lr_decay_ratio applies to --lr_scheduler_type warmup_stable_decay, not cosine" in capsys.readouterr().err
 
 
 def test_a_resumed_run_trains_at_the_learning_rate_it_is_given(tmp_path, capsys):

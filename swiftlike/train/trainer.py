@@ -56,6 +56,8 @@ class LoopSettings:
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
     adam_epsilon: float = 1e-8
+    min_lr_rate: float | None = None  # cosine_with_min_lr / warmup_stable_decay: the floor over the peak
+    lr_decay_ratio: float = 0.1       # warmup_stable_decay: the decaying share of the steps
 
 
 @dataclass
@@ -66,6 +68,17 @@ class TrainResult:
     log_history: list = field(default_factory=list)
     already_finished: bool = False  # resumed from a checkpoint that had run every planned step
     evaluation: dict = field(default_factory=dict)  # --eval_after_train: what was measured, as logged
+
+
+def schedule_options(s: LoopSettings, warmup: int, total: int) -> dict:
+    """transformers' keyword arguments of the schedules that take more than warm-up and length."""
+    if s.lr_scheduler_type == "cosine_with_min_lr":
+        return {"min_lr_rate": 0.1 if s.min_lr_rate is None else s.min_lr_rate}
+    if s.lr_scheduler_type == "warmup_stable_decay":  # (the decay fits in what the warm-up leaves)
+        decay = min(max(1, round(s.lr_decay_ratio * total)), max(0, total - warmup))
+        return {"num_decay_steps": decay, "num_stable_steps": max(0, total - warmup - decay),
+                "min_lr_ratio": s.min_lr_rate or 0.0}
+    return {}
 
 
 def batch_tokens(batch: dict) -> int:
@@ -140,7 +153,8 @@ class Trainer:
 
         warmup = settings.warmup_steps or int(settings.warmup_ratio * self.total_steps)
         self.scheduler = get_scheduler(settings.lr_scheduler_type, self.optimizer, num_warmup_steps=warmup,
-                                       num_training_steps=self.total_steps)
+                                       num_training_steps=self.total_steps,
+                                       scheduler_specific_kwargs=schedule_options(settings, warmup, self.total_steps))
         self.step, self.trained_tokens, self.log_history = 0, 0, []
         self.first_loss = self.final_loss = None  # of the whole run (a resumed run keeps its first session's)
         self._stop_requested = False
