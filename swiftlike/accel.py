@@ -189,6 +189,17 @@ def seed_everything(seed: int) -> None:
         pass
 
 
+@contextlib.contextmanager
+def seeded(seed: int):
+    """torch's generators (the CPU's and this process's device's) seeded with `seed` inside, and as they were
+    after: draws that must come out alike on every process whatever each drew before."""
+    kind = device_type()
+    devices = [torch.device(device()).index or 0] if kind in ("cuda", "npu", "xpu") else []
+    with torch.random.fork_rng(devices=devices, device_type=kind if devices else "cuda"):
+        torch.manual_seed(seed)
+        yield
+
+
 def rng_state() -> dict:
     state = {"python": random.getstate(), "torch": torch.get_rng_state()}
     kind = device_type()

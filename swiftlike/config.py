@@ -253,6 +253,9 @@ class SFTConfig(ModelArgs, DataArgs):
             if self.qlora and stage == 3:
                 raise UserError("--qlora under ZeRO-3 is not supported: 4-bit weights cannot be partitioned by "
                                 "ZeRO-3 here; use --deepspeed zero2 (or zero1), or --lora")
+            if self.optim == "adamw_4bit":  # (torchao's blocks; bitsandbytes has no 4-bit AdamW)
+                raise UserError("--optim adamw_4bit under --deepspeed is not supported: ZeRO's flat partitions are "
+                                "not whole blocks of its 4-bit moments; use --optim adamw_8bit (bitsandbytes' there)")
             if engines.offloads_optimizer(ds) and self.optim != "adamw":
                 raise UserError(f"--optim {self.optim} with --deepspeed {self.deepspeed}: offloaded optimizer states "
                                 "step with DeepSpeed's CPU Adam (fp32 moments in host memory); use --optim adamw, "
@@ -263,13 +266,20 @@ class SFTConfig(ModelArgs, DataArgs):
                 raise UserError("--torch_compile under ZeRO-3 is not supported: DeepSpeed's parameter hooks break "
                                 "each compiled layer apart; use --fsdp full_shard (which shards the same) or "
                                 "--deepspeed zero2")
+        if self.optim.startswith("paged_") and self.full and not self.deepspeed:  # (the dry run plans a card's bf16)
+            import torch
+
+            from . import accel
+
+            asked = "bfloat16" if self.dry_run and self.torch_dtype == "auto" else self.torch_dtype
+            if accel.resolve_dtype(asked) == torch.bfloat16:
+                raise engines.paged_bf16_error(self.optim)
         if self.fsdp:
             engines.fsdp_config(self.fsdp)
-            if self.optim != "adamw":  # (bitsandbytes steps no DTensor; torch's full optimizer state dict does
-                # not gather torchao's quantized moments into a checkpoint that loads back)
-                raise UserError(f"--optim {self.optim} under --fsdp is not supported yet: its states do not save "
-                                "into an FSDP checkpoint that resumes; use --optim adamw (FSDP shards its states "
-                                "over the processes already) or --deepspeed zero2 / zero3 with this --optim")
+            if self.optim.startswith("paged_"):
+                raise UserError(f"--optim {self.optim} under --fsdp is not supported: bitsandbytes' optimizers do "
+                                "not step FSDP2's sharded (DTensor) parameters; use --optim adamw_8bit (torchao), "
+                                "which does")
             if self.qlora:
                 raise UserError("--qlora under --fsdp is not supported yet (FSDP2 cannot shard bitsandbytes 4-bit "
                                 "weights here); use --deepspeed zero2, or --lora")

@@ -103,8 +103,8 @@ def test_bad_engine_options_are_one_line_errors(tmp_path):
     assert "--qlora under ZeRO-3" in _bad(tmp_path, "--qlora", "--deepspeed", "zero3")
     assert "--qlora under --fsdp" in _bad(tmp_path, "--qlora", "--fsdp", "full_shard")
     assert "full_shard, hybrid_shard, full_shard_offload" in _bad(tmp_path, "--fsdp", "sharded")
-    assert "--optim adamw_8bit under --fsdp is not supported yet" in \
-        _bad(tmp_path, "--optim", "adamw_8bit", "--fsdp", "full_shard")
+    assert "--optim paged_adamw_8bit under --fsdp is not supported" in \
+        _bad(tmp_path, "--optim", "paged_adamw_8bit", "--fsdp", "full_shard")
     assert "offloaded optimizer states step with DeepSpeed's CPU Adam" in \
         _bad(tmp_path, "--optim", "adamw_8bit", "--deepspeed", "zero2_offload")
     assert "--adam_beta2 must be in [0, 1), got 1.0" in _bad(tmp_path, "--adam_beta2", "1")
@@ -253,11 +253,12 @@ def test_bf16_lora_under_zero2_saves_the_fp32_master(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("engine", [["--deepspeed", "zero2"], ["--fsdp", "full_shard"],
-                                    ["--deepspeed", "zero3", "--full", "--optim", "adamw_8bit"]],
-                         ids=["zero2", "fsdp", "zero3-full-adamw_8bit"])
+                                    ["--deepspeed", "zero3", "--full", "--optim", "adamw_8bit"],
+                                    ["--fsdp", "full_shard", "--full", "--optim", "adamw_8bit"]],
+                         ids=["zero2", "fsdp", "zero3-full-adamw_8bit", "fsdp-full-adamw_8bit"])
 def test_resume_equals_an_uninterrupted_run(tmp_path, engine):
-    """(ZeRO-3 with --optim adamw_8bit: torchao's quantized moments of the fp32 partitions, in DeepSpeed's own
-    optimizer checkpoint.)"""
+    """(--optim adamw_8bit: torchao's quantized moments; under ZeRO-3 of the fp32 partitions, in DeepSpeed's own
+    optimizer checkpoint; under FSDP2 of each rank's shards, saved by each rank.)"""
     args = ["--dataset", IDENTITY, "--per_device_train_batch_size", "2", "--nproc_per_node", "2", "--save_steps",
             "2", *engine]
     straight = wb_cli("sft", *common("straight", *args, steps_=4), cwd=tmp_path)
@@ -269,6 +270,19 @@ def test_resume_equals_an_uninterrupted_run(tmp_path, engine):
     assert "resuming from" in resumed.stdout + resumed.stderr
     assert losses(resumed) == pytest.approx(losses(straight)[2:], rel=1e-6)
     assert_same_weights(tmp_path / "straight" / "checkpoint-4", tmp_path / "resumed" / "checkpoint-4", atol=1e-6)
+    if "adamw_8bit" in engine:  # the moments were quantized (not kept in fp32 for want of whole blocks)
+        states = sorted((tmp_path / "straight" / "checkpoint-2").glob("**/*.pt"))
+        assert any(_has_uint8(torch.load(f, weights_only=False, map_location="cpu")) for f in states
+                   if "optim" in str(f))
+
+
+def _has_uint8(state) -> bool:
+    """Whether an optimizer state (DeepSpeed's, or one FSDP rank's) holds quantized moments: bitsandbytes' uint8
+    states, or torchao's 8-bit subclass (its codes)."""
+    if torch.is_tensor(state):
+        return state.dtype == torch.uint8 or getattr(state, "codes", torch.empty(0)).dtype == torch.uint8
+    values = state.values() if isinstance(state, dict) else state if isinstance(state, (list, tuple)) else ()
+    return any(_has_uint8(v) for v in values)
 
 
 @pytest.fixture(scope="module")

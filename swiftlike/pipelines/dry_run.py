@@ -169,7 +169,8 @@ def _training_line(p: MemoryPlan) -> str:
         shard += f" ({' and '.join(on_host)} offloaded to host memory)"
     return (f"{s.task}, {method}, {s.dtype}, batch {s.batch} {seqs} x {s.seq_len} tokens"
             + (f" x {s.accumulation} accumulated" if s.accumulation > 1 else "")
-            + f", {'AdamW' if s.optim == 'adamw' else s.optim}, {'gradient checkpointing' if s.gradient_checkpointing else 'no gradient checkpointing'}, "
+            + f", {'AdamW' if s.optim == 'adamw' else s.optim}, "
+            f"{'gradient checkpointing' if s.gradient_checkpointing else 'no gradient checkpointing'}, "
             f"{s.attn}{' padding-free' if s.padding_free and s.task != 'grpo' else ''}, {shard} on {s.devices} "
             f"device{'s' if s.devices > 1 else ''}")
 

@@ -217,21 +217,30 @@ OPTIMIZERS = {"adamw": ("torch", "AdamW"), "adamw_8bit": ("torchao", "AdamW8bit"
               "paged_adamw_32bit": ("bitsandbytes", "PagedAdamW32bit")}
 
 
-def make_optimizer(groups: list[dict], s: EngineSettings, bf16_rounding: bool = True):
+def paged_bf16_error(optim: str) -> UserError:
+    return UserError(f"--optim {optim} rounds bf16 weights to nearest, which loses every update smaller than a bf16 "
+                     "step (small learning rates stall); for full training in bf16 use --optim adamw or adamw_8bit "
+                     "(stochastic rounding), --deepspeed (fp32 master weights), or --torch_dtype float32")
+
+
+def make_optimizer(groups: list[dict], s: EngineSettings, engine: str = "ddp"):
     """The --optim optimizer over the parameter groups. For bf16 trainable parameters (full training in bf16) AdamW
     rounds stochastically (train/optim.py), and so do torchao's 8-bit and 4-bit AdamW (their
-    bf16_stochastic_round); the paged optimizers would round to nearest, so they are refused there.
+    bf16_stochastic_round); the paged optimizers would round to nearest, so they are refused there. Under DeepSpeed
+    the optimizer steps ZeRO's flat fp32 partitions, whose lengths are rarely whole blocks of torchao's quantized
+    moments (it would keep those in fp32): adamw_8bit is bitsandbytes' AdamW8bit there, which has no such rule.
 
     A bf16 weight near 1 moves in steps of 2^-7: plain bf16 AdamW rounds every smaller update away, so small
     learning rates stall (200 steps of 1e-4 leave such a weight at exactly 1.0; tests/test_engines_bf16.py).
     Stochastic rounding keeps each update's expected value (the same 200 steps: 0.9806 for 0.98), with the moments
     in bf16 too — 8 bytes per parameter, where fp32 master weights would take 16. DeepSpeed keeps fp32 master
-    weights of its own and hands the optimizer those (`bf16_rounding=False`); under FSDP2 each rank rounds its own
-    shard."""
+    weights of its own and hands the optimizer those; under FSDP2 each rank rounds its own shard."""
     import importlib
 
     library, name = OPTIMIZERS[s.optim]
-    rounding = bf16_rounding and any(p.dtype == torch.bfloat16 for g in groups for p in g["params"])
+    if engine == "deepspeed" and s.optim == "adamw_8bit":
+        library, name = "bitsandbytes", "AdamW8bit"
+    rounding = engine != "deepspeed" and any(p.dtype == torch.bfloat16 for g in groups for p in g["params"])
     kwargs = dict(lr=s.learning_rate, betas=s.betas, eps=s.eps, weight_decay=s.weight_decay)
     if library == "torch":
         if rounding:
@@ -243,9 +252,7 @@ def make_optimizer(groups: list[dict], s: EngineSettings, bf16_rounding: bool = 
             return RoundingAdamW(groups, seed=s.seed, **kwargs)
         return torch.optim.AdamW(groups, **kwargs)
     if library == "bitsandbytes" and rounding:
-        raise UserError(f"--optim {s.optim} rounds bf16 weights to nearest, which loses every update smaller than a "
-                        "bf16 step (small learning rates stall); for full training in bf16 use --optim adamw or "
-                        "adamw_8bit (stochastic rounding), or --torch_dtype float32")
+        raise paged_bf16_error(s.optim)
     try:
         module = importlib.import_module("torchao.optim" if library == "torchao" else "bitsandbytes.optim")
     except ImportError:
@@ -254,8 +261,8 @@ def make_optimizer(groups: list[dict], s: EngineSettings, bf16_rounding: bool = 
     if library == "torchao":
         kwargs["bf16_stochastic_round"] = rounding
     if accel.is_main_process():
-        print(f"[wb] optimizer: {library}'s {name}" + (" with bf16 stochastic rounding" if rounding else ""),
-              flush=True)
+        owner = f"{library}'" if library.endswith("s") else f"{library}'s"
+        print(f"[wb] optimizer: {owner} {name}" + (" with bf16 stochastic rounding" if rounding else ""), flush=True)
     return getattr(module, name)(groups, **kwargs)
 
 
@@ -263,13 +270,12 @@ class DDPEngine:
     """One process, or DistributedDataParallel over torchrun's processes."""
 
     name = "ddp"
-    bf16_rounding = True  # (see make_optimizer)
 
     def __init__(self, objective: torch.nn.Module, model: torch.nn.Module, s: EngineSettings):
         self.objective, self.model, self.s = objective, model, s
         self.distributed = accel.world_size() > 1
         self.module = self.wrap(objective)
-        self.optimizer = make_optimizer(param_groups(self.module, s), s, self.bf16_rounding)
+        self.optimizer = make_optimizer(param_groups(self.module, s), s, self.name)
 
     def wrap(self, objective):
         if not self.distributed:
@@ -291,9 +297,21 @@ class DDPEngine:
         if self.s.max_grad_norm > 0:
             params = [p for g in self.optimizer.param_groups for p in g["params"]]
             norm = float(_full(torch.nn.utils.clip_grad_norm_(params, self.s.max_grad_norm)))
-        self.optimizer.step()
+        with self._rounding_bits():
+            self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return norm
+
+    def _rounding_bits(self):
+        """torchao's stochastic rounding draws from torch's global generator, which the processes do not draw from
+        alike (NEFTune's noise has each one's token count): its step runs with the generator seeded from the run's
+        seed and the step, so DDP replicas round alike and stay equal, and a resumed run rounds as the
+        uninterrupted one (FSDP2's ranks, each on its own shards, add their rank)."""
+        if not getattr(self.optimizer, "bf16_stochastic_round", False):
+            return nullcontext()
+        first = next(iter(self.optimizer.state.values()), {})
+        step = int(first.get("step", 0))
+        return accel.seeded((self.s.seed * 1_000_003 + step) * 1_009 + (accel.rank() if self.name == "fsdp" else 0))
 
     def model_state_dict(self) -> dict | None:
         """Full weights to save (collective), or None: the model's own parameters are complete on rank 0."""
@@ -342,7 +360,6 @@ class DeepSpeedEngine(DDPEngine):
     """DeepSpeed ZeRO-1/2/3 with our AdamW as its client optimizer (no JIT-built DeepSpeed optimizer)."""
 
     name = "deepspeed"
-    bf16_rounding = False
 
     def __init__(self, objective, model, s: EngineSettings, config: dict):
         self.config = config
@@ -492,18 +509,73 @@ class FSDPEngine(DDPEngine):
         state = get_model_state_dict(self.module, options=self._options(cpu_offload=True, ignore_frozen_params=peft))
         return _model_weights(state, self.objective, self.model) if accel.is_main_process() else None
 
+    @property
+    def _quantized(self) -> bool:
+        """torchao's 8-bit and 4-bit AdamW: their quantized moments do not gather into a full optimizer state
+        dict that loads back, so each rank saves its own shards (and a resume needs as many processes)."""
+        return OPTIMIZERS[self.s.optim][0] == "torchao"
+
+    def _shard_file(self, directory: Path) -> Path:
+        return Path(directory) / "fsdp_optimizer" / f"rank{accel.rank()}.pt"
+
     def optimizer_state(self):
         from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 
+        if self._quantized:
+            return {"sharded": accel.world_size()}
         return get_optimizer_state_dict(self.module, self.optimizer, options=self._options(cpu_offload=True))
+
+    def save_engine_state(self, directory: Path) -> None:
+        if not self._quantized:
+            return
+        from torch.distributed.tensor import DTensor
+
+        state = self.optimizer.state_dict()
+        local = {i: {k: v.to_local() if isinstance(v, DTensor) else v for k, v in entry.items()}
+                 for i, entry in state["state"].items()}
+        path = self._shard_file(directory)
+        path.parent.mkdir(exist_ok=True)
+        torch.save({"state": local, "param_groups": state["param_groups"]}, path)
+        if accel.world_size() > 1:  # every shard written before rank 0 renames the checkpoint into place
+            torch.distributed.barrier()
 
     def load_optimizer_state(self, state, ckpt: Path) -> None:
         from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
 
+        if self._quantized:
+            return self._load_shards(state, ckpt)
         if not state or "param_groups" not in state or not all(isinstance(k, str) for k in state.get("state", {})):
             raise UserError(f"{ckpt}: its optimizer state was not saved under --fsdp; resume it with the engine "
                             "it was trained with")
         set_optimizer_state_dict(self.module, self.optimizer, optim_state_dict=state, options=self._options())
+
+    def _load_shards(self, state, ckpt: Path) -> None:
+        """This rank's shards of a quantized optimizer's state (save_engine_state), wrapped as its parameters are."""
+        saved = (state or {}).get("sharded")
+        if saved is None:
+            raise UserError(f"{ckpt}: its optimizer state was not saved under --fsdp with --optim {self.s.optim}; "
+                            "resume it with the engine and --optim it was trained with")
+        if saved != accel.world_size():
+            raise UserError(f"{ckpt}: its --optim {self.s.optim} state is sharded over {saved} processes, this run "
+                            f"has {accel.world_size()}; resume it with {saved}")
+        from torch.distributed.tensor import DTensor
+
+        if not self._shard_file(ckpt).is_file():
+            raise UserError(f"{ckpt}: {self._shard_file(ckpt).relative_to(ckpt)} is missing (each process saves its "
+                            f"own --optim {self.s.optim} state there); resume from a whole checkpoint")
+        shards = torch.load(self._shard_file(ckpt), weights_only=True)
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        for i, entry in shards["state"].items():
+            p = params[i]
+            moments = [v for k, v in entry.items() if k != "step"]
+            if isinstance(p, DTensor):
+                if any(v.shape != p.to_local().shape for v in moments):
+                    raise UserError(f"{ckpt}: its --optim {self.s.optim} state was sharded otherwise; resume it with "
+                                    f"the --fsdp sharding it was trained with ({_engine_of(ckpt)})")
+                entry.update({k: DTensor.from_local(v, p.device_mesh, p.placements, run_check=False, shape=p.shape,
+                                                    stride=p.stride())
+                              for k, v in entry.items() if k != "step"})
+        self.optimizer.load_state_dict(shards)
 
 
 def _engine_of(ckpt: Path) -> str:

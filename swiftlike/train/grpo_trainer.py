@@ -254,7 +254,8 @@ class GRPOTrainer(Trainer):
     # -- metrics over processes -----------------------------------------------------------------
     def _global_mean(self, x: torch.Tensor) -> float:
         keep = ~torch.isnan(x)
-        return self._global_sum(float(x[keep].sum())) / max(self._global_sum(float(keep.sum())), 1.0)
+        total, count = self._global_sums(float(x[keep].sum()), float(keep.sum()))
+        return total / max(count, 1.0)
 
     def _global_max(self, x: torch.Tensor) -> float:
         value = torch.tensor([float(x.max()) if len(x) else 0.0])

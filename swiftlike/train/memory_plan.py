@@ -10,8 +10,8 @@ against models built from configs), and `plan(arch, Setup(...))` adds up:
   optimizer    torch AdamW's exp_avg and exp_avg_sq in the parameter's dtype (no master copy) without ZeRO, and
                under FSDP2 sharded (with the weights and gradients, in their own dtype); with a ZeRO stage,
                DeepSpeed's mixed-precision accounting (fp32 master + moments: 12 bytes a parameter), sharded as the
-               stage shards it. --optim's 8-bit and 4-bit moments take `optimizer_state_bytes` instead. What an engine offloads is reported as host memory (`MemoryPlan.host`), not on the
-               device
+               stage shards it. --optim's 8-bit and 4-bit moments take `optimizer_state_bytes` instead. What an
+               engine offloads is reported as host memory (`MemoryPlan.host`), not on the device
   activations  what autograd keeps for backward, per token and layer (`layer_bytes_per_token`), the attention
                masks (quadratic in the tokens of a row), LoRA's adapted fused-expert weights (per MoE layer:
                `adapted_experts_bytes`), the final norm, and the fused loss's own buffers

@@ -76,8 +76,7 @@ def schedule_options(s: LoopSettings, warmup: int, total: int) -> dict:
         return {"min_lr_rate": 0.1 if s.min_lr_rate is None else s.min_lr_rate}
     if s.lr_scheduler_type == "warmup_stable_decay":  # (the decay fits in what the warm-up leaves)
         decay = min(max(1, round(s.lr_decay_ratio * total)), max(0, total - warmup))
-        return {"num_decay_steps": decay, "num_stable_steps": max(0, total - warmup - decay),
-                "min_lr_ratio": s.min_lr_rate or 0.0}
+        return {"num_decay_steps": decay, "min_lr_ratio": s.min_lr_rate or 0.0}  # (stable: what is left)
     return {}
 
 
@@ -204,12 +203,13 @@ class Trainer:
     def train_step(self, micro_batches: list[dict]) -> tuple[float | None, float, int, dict]:
         """Normalised by the objective's weight (trained tokens for SFT, pairs for DPO) over every micro-batch
         and rank, so batch 8 x accum 1 == batch 1 x accum 8. The loss is None for a step with nothing to train."""
-        counts = torch.tensor([self.objective.weight(b) for b in micro_batches], dtype=torch.float64)
-        total = counts.sum()
-        if self.distributed:
-            import torch.distributed as dist
-
-            dist.all_reduce(total)
+        # one collective for the step's weight and its tokens (throughput: non-padding, and every position)
+        total, inputs, slots = self._global_sums(sum(self.objective.weight(b) for b in micro_batches),
+                                                 sum(batch_tokens(b) for b in micro_batches),
+                                                 sum(b["input_ids"].numel() for b in micro_batches))
+        self.input_tokens += int(inputs)
+        self.slot_tokens += int(slots)
+        total = torch.tensor(total, dtype=torch.float64)
         if float(total) == 0:  # every row of the step was dropped as it was encoded (--streaming, --lazy_tokenize):
             self.scheduler.step()  # no update at all (AdamW would still move the weights: momentum, decay)
             return None, 0.0, 0, {}
@@ -224,21 +224,26 @@ class Trainer:
                 extras[k] = extras.get(k, 0.0) + float(v)
         grad_norm = self.engine.step()
         self.scheduler.step()
-        loss_sum = self._global_sum(loss_sum)
-        means = {k: self._global_sum(v) / max(float(total), 1.0) for k, v in sorted(extras.items())}
+        names = sorted(extras)
+        loss_sum, *sums = self._global_sums(loss_sum, *(extras[k] for k in names))
+        means = {k: v / max(float(total), 1.0) for k, v in zip(names, sums)}
         finalize = getattr(self.objective, "finalize_metrics", None)
         if finalize is not None and means:
             means = finalize(means)
         return loss_sum / max(float(total), 1.0), grad_norm, int(total), means
 
     def _global_sum(self, value: float) -> float:
+        return self._global_sums(value)[0]
+
+    def _global_sums(self, *values: float) -> list[float]:
+        """Each value summed over the processes, in one collective (every process calls it alike)."""
         if not self.distributed:
-            return value
+            return [float(v) for v in values]
         import torch.distributed as dist
 
-        t = torch.tensor([float(value)], dtype=torch.float64)
+        t = torch.tensor([float(v) for v in values], dtype=torch.float64)
         dist.all_reduce(t)
-        return float(t)
+        return t.tolist()
 
     def _dropped(self) -> Counter | None:
         """Rows dropped as they were encoded (--streaming, --lazy_tokenize), over every process: each encodes only
@@ -273,12 +278,14 @@ class Trainer:
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
         self.loss_module.train()
-        count = max(self._global_sum(count), 1.0)
-        means = {k: self._global_sum(v) / count for k, v in sorted(sums.items())}
+        names = sorted(sums)
+        count, total, *summed = self._global_sums(count, total, *(sums[k] for k in names))
+        count = max(count, 1.0)
+        means = {k: v / count for k, v in zip(names, summed)}
         finalize = getattr(self.objective, "finalize_metrics", None)
         if finalize is not None and means:
             means = finalize(means)
-        return {"eval_loss": self._global_sum(total) / count, **{f"eval_{k}": v for k, v in means.items()}}
+        return {"eval_loss": total / count, **{f"eval_{k}": v for k, v in means.items()}}
 
     # -- the loop ----------------------------------------------------------------------------
     def train(self) -> TrainResult:
@@ -326,8 +333,6 @@ class Trainer:
             batches, batch_metrics = self.next_batches()
             loss, grad_norm, tokens, step_metrics = self.train_step(batches)
             step_metrics = {**batch_metrics, **step_metrics}
-            self.input_tokens += int(self._global_sum(sum(batch_tokens(b) for b in batches)))
-            self.slot_tokens += int(self._global_sum(sum(b["input_ids"].numel() for b in batches)))
             self.step += 1
             self.trained_tokens += tokens
             window_tokens += tokens
