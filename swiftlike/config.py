@@ -108,6 +108,12 @@ class SFTConfig(ModelArgs, DataArgs):
     lora: bool = _f(False, "Train LoRA adapters (the default mode).")
     qlora: bool = _f(False, "Train LoRA adapters on a 4-bit NF4 base (bitsandbytes).")
     full: bool = _f(False, "Train all parameters.")
+    trainable_parameters: list = _f([], "--full: only the parameters whose names match one of these regular "
+                                        "expressions (re.search) train, e.g. 'layers\\.(2[4-7])\\.' 'model\\.norm' "
+                                        "(the last 4 of 28 layers and the final norm); the --freeze_vit/aligner/llm "
+                                        "flags then do not apply.")
+    freeze_parameters: list = _f([], "--full: the parameters whose names match one of these regular expressions "
+                                     "do not train, e.g. 'embed_tokens' 'layers\\.[0-9]\\.' (the first 10 layers).")
     lora_rank: int = _f(8, "LoRA rank r.")
     lora_alpha: int = _f(32, "LoRA alpha (scaling = alpha / r, or alpha / sqrt(r) with --use_rslora).")
     lora_dropout: float = _f(0.05, "Dropout on the LoRA input.")
@@ -379,6 +385,14 @@ class SFTConfig(ModelArgs, DataArgs):
                             f"{self.lr_scheduler_type}")
         if self.neftune_noise_alpha is not None and self.neftune_noise_alpha <= 0:
             raise UserError(f"--neftune_noise_alpha must be positive, got {self.neftune_noise_alpha}")
+        for flag in ("trainable_parameters", "freeze_parameters"):
+            for pattern in getattr(self, flag):
+                if not self.full:
+                    raise UserError(f"--{flag} chooses what trains under --full; LoRA's are --target_modules")
+                try:
+                    re.compile(pattern)
+                except re.error as e:
+                    raise UserError(f"--{flag} {pattern!r} is not a regular expression ({e})") from None
         if self.lora_plus_ratio is not None and (self.lora_plus_ratio <= 0 or self.full):
             raise UserError(f"--lora_plus_ratio must be positive and needs LoRA adapters (--lora or --qlora), got "
                             f"--lora_plus_ratio {self.lora_plus_ratio}{' with --full' if self.full else ''}")

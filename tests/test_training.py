@@ -1,5 +1,6 @@
 """Training behaviour end to end on miniature Qwen3 models (CPU, seeded)."""
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -87,6 +88,36 @@ def test_every_trainable_parameter_changes_and_frozen_ones_do_not(tmp_path):
     for name, p in model.named_parameters():
         changed = not torch.equal(before[name], p.detach())
         assert changed == p.requires_grad, name
+
+
+@pytest.mark.slow
+def test_full_training_of_the_parameters_selected_by_name(tmp_path, capsys):
+    """--full --trainable_parameters / --freeze_parameters: exactly the weights of layer 1 outside its MLP, and the
+    final norm, change; every other weight is the base's. --dry_run plans that many trainable parameters; a
+    pattern that matches nothing, a pattern with LoRA, or one that is not a regular expression is one line."""
+    select = ["--trainable_parameters", r"layers\.1\.", r"model\.norm\.", "--freeze_parameters", "mlp"]
+    common = ["sft", "--model", "Qwen/Qwen3-0.6B", "--miniature", "--dataset", DATA, "--full", "--torch_dtype",
+              "float32"]
+    assert main(common + [*select, "--max_steps", "2", "--output_dir", str(tmp_path / "run")]) == 0
+    trained = int(re.search(r"trainable ([\d,]+) /", capsys.readouterr().out).group(1).replace(",", ""))
+    after = load_file(str(tmp_path / "run" / "checkpoint-2" / "model.safetensors"))
+    base = load_file(str(tmp_path / "run" / "base_model" / "model.safetensors"))
+    chosen = {n for n in after if (".layers.1." in n and ".mlp." not in n) or n.startswith("model.norm.")}
+    assert chosen and sum(after[n].numel() for n in chosen) == trained
+    for name in after:
+        assert torch.equal(after[name], base[name]) != (name in chosen), name
+    assert main(common + [*select, "--dry_run"]) == 0
+    assert f"; {trained:,} trainable" in capsys.readouterr().out
+    # another selection of as many values would load the saved moments into other parameters
+    other = [r"layers\.0\." if a == r"layers\.1\." else a for a in select]
+    assert main(common + [*other, "--max_steps", "4", "--output_dir", str(tmp_path / "run"), "--resume"]) == 2
+    assert "was trained with --trainable_parameters layers\\.1\\. model\\.norm\\.; resume it with the same" in \
+        capsys.readouterr().err
+    for args, said in ((["--trainable_parameters", r"layer\.1\."], r"--trainable_parameters 'layer\.1\.' matches no"),
+                       (["--lora", "--freeze_parameters", "mlp"], "--freeze_parameters chooses what trains under"),
+                       (["--freeze_parameters", "("], "--freeze_parameters '(' is not a regular expression")):
+        assert main([c for c in common if c != "--full" or "--lora" not in args] + args) == 2
+        assert said in capsys.readouterr().err
 
 
 @pytest.mark.slow

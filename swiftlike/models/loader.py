@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import pickle
+import re
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -491,6 +492,32 @@ def freeze_vision_parts(model, cfg):
     for name, p in model.named_parameters():
         if name in parts:
             p.requires_grad_(_trains(parts[name], cfg))
+    return model
+
+
+def select_trainable(model, cfg):
+    """Full training with --trainable_parameters (only what matches trains) and --freeze_parameters (what matches
+    does not): regular expressions searched in the parameter names. A tied weight (the output layer sharing the
+    embedding) goes by every name it has. A pattern that matches nothing, or a selection that leaves nothing to
+    train, is refused (a typo would otherwise train everything or nothing)."""
+    keep, drop = getattr(cfg, "trainable_parameters", []), getattr(cfg, "freeze_parameters", [])
+    if not (keep or drop):
+        return model
+    names: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        names.setdefault(id(p), []).append(name)
+    every = [n for ns in names.values() for n in ns]
+    for flag, patterns in (("trainable_parameters", keep), ("freeze_parameters", drop)):
+        for pattern in patterns:
+            if not any(re.search(pattern, n) for n in every):
+                raise UserError(f"--{flag} '{pattern}' matches no parameter of this model (its names look like "
+                                f"{every[0]!r} ... {every[-1]!r})")
+    for p in model.parameters():
+        its = names[id(p)]
+        trains = any(re.search(k, n) for k in keep for n in its) if keep else p.requires_grad
+        p.requires_grad_(trains and not any(re.search(d, n) for d in drop for n in its))
+    if not any(p.requires_grad for p in model.parameters()):
+        raise UserError("--trainable_parameters / --freeze_parameters leave no parameter to train")
     return model
 
 

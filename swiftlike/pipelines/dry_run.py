@@ -46,8 +46,13 @@ def dry_run(cfg, task: str) -> MemoryPlan:
                        notes=arch.notes + ("no formula for this architecture: parameters counted by building it on "
                                            "the meta device; activations as a Llama-style decoder of its widths",))
     setup = setup_for(cfg, task, arch, config)
+    if cfg.full and (cfg.trainable_parameters or cfg.freeze_parameters):
+        setup = replace(setup, trainable=_selected_on_meta_device(config, cfg))
     capacity = parse_size(cfg.gpu_memory) if cfg.gpu_memory else None
     result = plan(arch, setup, cfg.model + (" miniature" if cfg.miniature else ""), capacity, params, parts)
+    if setup.trainable is not None:
+        result.notes.append("--trainable_parameters / --freeze_parameters: gradients and optimizer states of the "
+                            "selected parameters; activations as for training every parameter (an upper bound)")
     if arch.model_type not in MEASURED_TYPES:
         measured = ", ".join(MEASURED_TYPES)
         result.notes.append(f"the activation formula was checked against measured peaks for {measured} decoders; "
@@ -127,6 +132,28 @@ def _sharding_devices(cfg) -> int:
     return cfg.nproc_per_node if hybrid else cfg.nproc_per_node * cfg.nnodes
 
 
+def _meta_model(config, model: str):
+    """The architecture built on the meta device (no memory)."""
+    import torch
+
+    from ..models.loader import auto_class
+
+    try:
+        with torch.device("meta"):
+            return auto_class(config).from_config(config)
+    except (ValueError, KeyError, ImportError, OSError) as e:
+        raise UserError(f"cannot plan {model}: transformers cannot build its architecture "
+                        f"({str(e).strip().splitlines()[0][:160]})") from None
+
+
+def _selected_on_meta_device(config, cfg) -> int:
+    """The parameters --trainable_parameters / --freeze_parameters leave to train (as the run selects them)."""
+    from ..models.loader import freeze_vision_parts, select_trainable
+
+    net = select_trainable(freeze_vision_parts(_meta_model(config, cfg.model).requires_grad_(True), cfg), cfg)
+    return sum(p.numel() for p in net.parameters() if p.requires_grad)
+
+
 def _parameters_on_meta_device(config, model: str) -> tuple[int, dict | None]:
     """Exact parameter count of an architecture without a formula, built on the meta device (no memory), and of a
     vision-language model its parts as training tells them apart (models/loader.py's vision_part): "vit", "aligner",
@@ -134,14 +161,9 @@ def _parameters_on_meta_device(config, model: str) -> tuple[int, dict | None]:
     r x (in + out) adapts on all-linear); None for a text-only model."""
     import torch
 
-    from ..models.loader import auto_class, vision_part, vision_parts
+    from ..models.loader import vision_part, vision_parts
 
-    try:
-        with torch.device("meta"):
-            net = auto_class(config).from_config(config)
-    except (ValueError, KeyError, ImportError, OSError) as e:
-        raise UserError(f"cannot plan {model}: transformers cannot build its architecture "
-                        f"({str(e).strip().splitlines()[0][:160]})") from None
+    net = _meta_model(config, model)
     total = sum(p.numel() for p in net.parameters())
     if not vision_parts(net):
         return total, None

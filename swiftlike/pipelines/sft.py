@@ -22,7 +22,7 @@ from ..data.stream import LazyCollate, RowStream
 from ..errors import UserError, intact
 from ..models import attach_lora, build_miniature, load_model, load_tokenizer
 from ..models.lora_compute import compute_in_stream_dtype
-from ..models.loader import freeze_vision_parts, model_config, prepare_4bit, quiet_libraries
+from ..models.loader import freeze_vision_parts, model_config, prepare_4bit, quiet_libraries, select_trainable
 from ..models.resolve import ModelRef, added_tokens, base_weights, read_args, resolve, template_name
 from ..models.tokens import (add_tokens, embedding_rows, listed, rebuild_rows, refuse_rowless_tokens,
                              trainable_rows)
@@ -369,8 +369,8 @@ def training_engine(cfg: SFTConfig, base_dir: str, dtype):
 
 # options that decide the rows, their order or the update: a resumed run that changes them is not the run it continues
 RESUMED_OPTIONS = ("dataset", "seed", "max_length", "truncation_strategy", "packing", "learning_rate",
-                   "lr_scheduler_type", "min_lr_rate", "lr_decay_ratio", "weight_decay", "adam_beta1", "adam_beta2",
-                   "adam_epsilon",
+                   "lr_scheduler_type", "min_lr_rate", "lr_decay_ratio",
+                   "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon",
                    "num_generations", "adapters",  # (a preference run's reference is the adapters it started from)
                    "loss_type", "beta", "label_smoothing", "rpo_alpha", "simpo_gamma", "precompute_ref_logps",
                    "desirable_weight", "undesirable_weight", "center_rewards_coefficient")
@@ -469,7 +469,9 @@ def build_trainable(cfg: SFTConfig, tokenizer, base_dir: str, resume_from: Path 
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
     if cfg.full:
-        return compiled_layers(cfg, freeze_vision_parts(model.requires_grad_(True), cfg))
+        if resume_from is not None:
+            _same_selection(cfg, resume_from)
+        return compiled_layers(cfg, select_trainable(freeze_vision_parts(model.requires_grad_(True), cfg), cfg))
     if cfg.adapters:
         model = _start_from_adapters(model, cfg, reference, reward)
     else:
@@ -480,6 +482,19 @@ def build_trainable(cfg: SFTConfig, tokenizer, base_dir: str, resume_from: Path 
     if resume_from is not None:
         _load_adapter(model, resume_from)
     return compiled_layers(cfg, model)
+
+
+def _same_selection(cfg: SFTConfig, ckpt: Path) -> None:
+    """The saved optimizer moments are those of the parameters the checkpoint's run trained, in order: a resume
+    that selects others (with as many values) would load them into the wrong parameters."""
+    try:
+        saved = read_args(str(ckpt))
+    except UserError:  # (no args.json: nothing to compare with)
+        return
+    for flag in ("trainable_parameters", "freeze_parameters"):
+        if list(saved.get(flag) or []) != list(getattr(cfg, flag)):
+            raise UserError(f"{ckpt} was trained with --{flag} {' '.join(saved.get(flag) or []) or '(none)'}; "
+                            f"resume it with the same (its optimizer state is those parameters')")
 
 
 def compiled_layers(cfg: SFTConfig, model):

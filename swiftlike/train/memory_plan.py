@@ -272,6 +272,7 @@ class Setup:
     device: str = "cuda"               # cuda (what a card runs) or cpu (how the tests measure)
     reference_copy: bool = False       # a full-parameter run that keeps a frozen reference model
     frozen: tuple = ("vit", "aligner")  # vision-language parts that do not train (--freeze_vit/_aligner/_llm)
+    trainable: int | None = None       # full training of a part (--trainable/--freeze_parameters): what trains
     # GRPO generation (the transformers backend)
     generation_sequences: int = 0      # sequences decoded together
     prompt_len: int = 0
@@ -481,6 +482,8 @@ def plan(arch: Arch, s: Setup, model: str = "", capacity: float | None = None, p
     trained = [part for part in (parts or {}) if part not in s.frozen]
     if full:
         trainable, train_bytes = (sum(parts[part][0] for part in trained) if parts else n_params), b
+        if s.trainable is not None:  # (activations stay planned as for every parameter: an upper bound)
+            trainable = s.trainable
     else:
         if parts and s.target_modules in ALL_LINEAR:
             trainable = s.lora_rank * sum(parts[part][1] for part in trained)
