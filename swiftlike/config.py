@@ -110,8 +110,8 @@ class SFTConfig(ModelArgs, DataArgs):
     full: bool = _f(False, "Train all parameters.")
     trainable_parameters: list = _f([], "--full: only the parameters whose names match one of these regular "
                                         "expressions (re.search) train, e.g. 'layers\\.(2[4-7])\\.' 'model\\.norm' "
-                                        "(the last 4 of 28 layers and the final norm); the --freeze_vit/aligner/llm "
-                                        "flags then do not apply.")
+                                        "(the last 4 of 28 layers and the final norm). Not for vision-language "
+                                        "models (their --freeze_* flags choose the parts).")
     freeze_parameters: list = _f([], "--full: the parameters whose names match one of these regular expressions "
                                      "do not train, e.g. 'embed_tokens' 'layers\\.[0-9]\\.' (the first 10 layers).")
     lora_rank: int = _f(8, "LoRA rank r.")

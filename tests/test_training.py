@@ -115,9 +115,23 @@ def test_full_training_of_the_parameters_selected_by_name(tmp_path, capsys):
         capsys.readouterr().err
     for args, said in ((["--trainable_parameters", r"layer\.1\."], r"--trainable_parameters 'layer\.1\.' matches no"),
                        (["--lora", "--freeze_parameters", "mlp"], "--freeze_parameters chooses what trains under"),
-                       (["--freeze_parameters", "("], "--freeze_parameters '(' is not a regular expression")):
+                       (["--freeze_parameters", "("], "--freeze_parameters '(' is not a regular expression"),
+                       # what the run says it trains may not be frozen: new tokens' rows, a new reward head
+                       (["--new_special_tokens", "<tool>", "--freeze_parameters", "embed_tokens"],
+                        "freeze the embedding rows of the new tokens (<tool>), which would never learn"),
+                       (["--trainable_parameters", "visual", "--model", "Qwen/Qwen2.5-VL-3B-Instruct", "--dry_run"],
+                        "--trainable_parameters is not supported on a vision-language model")):
         assert main([c for c in common if c != "--full" or "--lora" not in args] + args) == 2
         assert said in capsys.readouterr().err
+    rm = ["rm", *common[1:5], "swiftlike/assets/datasets/preference_demo.jsonl", "--full"]
+    assert main(rm + ["--trainable_parameters", r"layers\.1\.", "--output_dir", str(tmp_path / "rm")]) == 2
+    assert "freeze the reward model's score layer" in capsys.readouterr().err
+    assert main(rm + ["--trainable_parameters", r"layers\.1\.", "score", "--dry_run"]) == 0  # its score layer
+    planned = capsys.readouterr().out
+    assert main(rm + ["--trainable_parameters", r"layers\.1\.", "score", "--max_steps", "1", "--output_dir",
+                      str(tmp_path / "rm")]) == 0
+    ran = re.search(r"trainable ([\d,]+) /", capsys.readouterr().out).group(1)
+    assert f"; {ran} trainable" in planned
 
 
 @pytest.mark.slow

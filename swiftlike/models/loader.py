@@ -503,6 +503,9 @@ def select_trainable(model, cfg):
     keep, drop = getattr(cfg, "trainable_parameters", []), getattr(cfg, "freeze_parameters", [])
     if not (keep or drop):
         return model
+    if keep and vision_parts(model):  # (their learning rates, the dry run's parts and GRPO's checks read the flags)
+        raise UserError("--trainable_parameters is not supported on a vision-language model: choose its parts with "
+                        "--freeze_vit / --freeze_aligner / --freeze_llm and narrow them with --freeze_parameters")
     names: dict[int, list[str]] = {}
     for name, p in model.named_parameters(remove_duplicate=False):
         names.setdefault(id(p), []).append(name)

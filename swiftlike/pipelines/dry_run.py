@@ -47,7 +47,7 @@ def dry_run(cfg, task: str) -> MemoryPlan:
                                            "the meta device; activations as a Llama-style decoder of its widths",))
     setup = setup_for(cfg, task, arch, config)
     if cfg.full and (cfg.trainable_parameters or cfg.freeze_parameters):
-        setup = replace(setup, trainable=_selected_on_meta_device(config, cfg))
+        setup = replace(setup, trainable=_selected_on_meta_device(config, cfg, task == "rm"))
     capacity = parse_size(cfg.gpu_memory) if cfg.gpu_memory else None
     result = plan(arch, setup, cfg.model + (" miniature" if cfg.miniature else ""), capacity, params, parts)
     if setup.trainable is not None:
@@ -132,25 +132,39 @@ def _sharding_devices(cfg) -> int:
     return cfg.nproc_per_node if hybrid else cfg.nproc_per_node * cfg.nnodes
 
 
-def _meta_model(config, model: str):
-    """The architecture built on the meta device (no memory)."""
+def _meta_model(config, model: str, reward: bool = False):
+    """The architecture built on the meta device (no memory); a reward model's with its score layer."""
     import torch
+    from transformers import AutoModelForSequenceClassification
 
     from ..models.loader import auto_class
 
     try:
         with torch.device("meta"):
+            if reward:
+                return AutoModelForSequenceClassification.from_config(_config_with(config, num_labels=1))
             return auto_class(config).from_config(config)
     except (ValueError, KeyError, ImportError, OSError) as e:
         raise UserError(f"cannot plan {model}: transformers cannot build its architecture "
                         f"({str(e).strip().splitlines()[0][:160]})") from None
 
 
-def _selected_on_meta_device(config, cfg) -> int:
+def _config_with(config, **changes):
+    """A copy of a transformers config with some attributes changed."""
+    import copy
+
+    config = copy.deepcopy(config)
+    for key, value in changes.items():
+        setattr(config, key, value)
+    return config
+
+
+def _selected_on_meta_device(config, cfg, reward: bool) -> int:
     """The parameters --trainable_parameters / --freeze_parameters leave to train (as the run selects them)."""
     from ..models.loader import freeze_vision_parts, select_trainable
 
-    net = select_trainable(freeze_vision_parts(_meta_model(config, cfg.model).requires_grad_(True), cfg), cfg)
+    net = _meta_model(config, cfg.model, reward).requires_grad_(True)
+    net = select_trainable(freeze_vision_parts(net, cfg), cfg)
     return sum(p.numel() for p in net.parameters() if p.requires_grad)
 
 

@@ -471,7 +471,9 @@ def build_trainable(cfg: SFTConfig, tokenizer, base_dir: str, resume_from: Path 
     if cfg.full:
         if resume_from is not None:
             _same_selection(cfg, resume_from)
-        return compiled_layers(cfg, select_trainable(freeze_vision_parts(model.requires_grad_(True), cfg), cfg))
+        model = select_trainable(freeze_vision_parts(model.requires_grad_(True), cfg), cfg)
+        _selection_keeps_what_must_train(model, cfg, added, reward)
+        return compiled_layers(cfg, model)
     if cfg.adapters:
         model = _start_from_adapters(model, cfg, reference, reward)
     else:
@@ -482,6 +484,23 @@ def build_trainable(cfg: SFTConfig, tokenizer, base_dir: str, resume_from: Path 
     if resume_from is not None:
         _load_adapter(model, resume_from)
     return compiled_layers(cfg, model)
+
+
+def _selection_keeps_what_must_train(model, cfg: SFTConfig, added: dict | None, reward: bool) -> None:
+    """--trainable_parameters / --freeze_parameters may not freeze what the run announces it trains: new tokens'
+    rows (they would stay at their mean start), a reward model's score layer (a new one is random)."""
+    if not (cfg.trainable_parameters or cfg.freeze_parameters):
+        return
+    output = model.get_output_embeddings()
+    rows = [model.get_input_embeddings().weight] + ([output.weight] if output is not None else [])
+    if added and not all(w.requires_grad for w in rows):
+        raise UserError("--trainable_parameters / --freeze_parameters freeze the embedding rows of the new tokens "
+                        f"({', '.join(added)}), which would never learn; let the embedding"
+                        f"{' and the output layer' if len(rows) > 1 else ''} train")
+    head = [n for n, p in model.named_parameters() if n.split(".")[0] == "score" and not p.requires_grad]
+    if reward and head:
+        raise UserError("--trainable_parameters / --freeze_parameters freeze the reward model's score layer; let "
+                        "it train (add 'score' to --trainable_parameters)")
 
 
 def _same_selection(cfg: SFTConfig, ckpt: Path) -> None:
