@@ -111,8 +111,11 @@ def test_full_training_of_the_parameters_selected_by_name(tmp_path, capsys):
     # another selection of as many values would load the saved moments into other parameters
     other = [r"layers\.0\." if a == r"layers\.1\." else a for a in select]
     assert main(common + [*other, "--max_steps", "4", "--output_dir", str(tmp_path / "run"), "--resume"]) == 2
-    assert "was trained with --trainable_parameters layers\\.1\\. model\\.norm\\.; resume it with the same" in \
-        capsys.readouterr().err
+    assert "trained other parameters (--trainable_parameters layers\\.1\\. model\\.norm\\. --freeze_parameters mlp)" \
+        in capsys.readouterr().err
+    same = [r"model\.norm\.", r"layers\.1\.", "--freeze_parameters", "mlp"]  # (reordered: the same parameters)
+    assert main(common + ["--trainable_parameters", *same, "--max_steps", "3", "--output_dir",
+                          str(tmp_path / "run"), "--resume"]) == 0
     for args, said in ((["--trainable_parameters", r"layer\.1\."], r"--trainable_parameters 'layer\.1\.' matches no"),
                        (["--lora", "--freeze_parameters", "mlp"], "--freeze_parameters chooses what trains under"),
                        (["--freeze_parameters", "("], "--freeze_parameters '(' is not a regular expression"),

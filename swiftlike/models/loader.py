@@ -506,22 +506,32 @@ def select_trainable(model, cfg):
     if keep and vision_parts(model):  # (their learning rates, the dry run's parts and GRPO's checks read the flags)
         raise UserError("--trainable_parameters is not supported on a vision-language model: choose its parts with "
                         "--freeze_vit / --freeze_aligner / --freeze_llm and narrow them with --freeze_parameters")
-    names: dict[int, list[str]] = {}
-    for name, p in model.named_parameters(remove_duplicate=False):
-        names.setdefault(id(p), []).append(name)
-    every = [n for ns in names.values() for n in ns]
+    every = [n for n, _ in model.named_parameters(remove_duplicate=False)]
     for flag, patterns in (("trainable_parameters", keep), ("freeze_parameters", drop)):
         for pattern in patterns:
             if not any(re.search(pattern, n) for n in every):
                 raise UserError(f"--{flag} '{pattern}' matches no parameter of this model (its names look like "
                                 f"{every[0]!r} ... {every[-1]!r})")
+    chosen = trained_names(model, keep, drop)
+    for name, p in model.named_parameters():
+        p.requires_grad_(name in chosen)
+    if not chosen:
+        raise UserError("--trainable_parameters / --freeze_parameters leave no parameter to train")
+    return model
+
+
+def trained_names(model, keep: list, drop: list) -> set[str]:
+    """The parameters (by their first name) that train with these patterns, from what trains now."""
+    names: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        names.setdefault(id(p), []).append(name)
+    chosen = set()
     for p in model.parameters():
         its = names[id(p)]
         trains = any(re.search(k, n) for k in keep for n in its) if keep else p.requires_grad
-        p.requires_grad_(trains and not any(re.search(d, n) for d in drop for n in its))
-    if not any(p.requires_grad for p in model.parameters()):
-        raise UserError("--trainable_parameters / --freeze_parameters leave no parameter to train")
-    return model
+        if trains and not any(re.search(d, n) for d in drop for n in its):
+            chosen.add(its[0])
+    return chosen
 
 
 def _fused_experts(model) -> bool:

@@ -22,7 +22,8 @@ from ..data.stream import LazyCollate, RowStream
 from ..errors import UserError, intact
 from ..models import attach_lora, build_miniature, load_model, load_tokenizer
 from ..models.lora_compute import compute_in_stream_dtype
-from ..models.loader import freeze_vision_parts, model_config, prepare_4bit, quiet_libraries, select_trainable
+from ..models.loader import (freeze_vision_parts, model_config, prepare_4bit, quiet_libraries, select_trainable,
+                               trained_names)
 from ..models.resolve import ModelRef, added_tokens, base_weights, read_args, resolve, template_name
 from ..models.tokens import (add_tokens, embedding_rows, listed, rebuild_rows, refuse_rowless_tokens,
                              trainable_rows)
@@ -469,9 +470,10 @@ def build_trainable(cfg: SFTConfig, tokenizer, base_dir: str, resume_from: Path 
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
     if cfg.full:
+        model = freeze_vision_parts(model.requires_grad_(True), cfg)
         if resume_from is not None:
-            _same_selection(cfg, resume_from)
-        model = select_trainable(freeze_vision_parts(model.requires_grad_(True), cfg), cfg)
+            _same_selection(model, cfg, resume_from)
+        model = select_trainable(model, cfg)
         _selection_keeps_what_must_train(model, cfg, added, reward)
         return compiled_layers(cfg, model)
     if cfg.adapters:
@@ -503,17 +505,20 @@ def _selection_keeps_what_must_train(model, cfg: SFTConfig, added: dict | None, 
                         "it train (add 'score' to --trainable_parameters)")
 
 
-def _same_selection(cfg: SFTConfig, ckpt: Path) -> None:
+def _same_selection(model, cfg: SFTConfig, ckpt: Path) -> None:
     """The saved optimizer moments are those of the parameters the checkpoint's run trained, in order: a resume
-    that selects others (with as many values) would load them into the wrong parameters."""
+    that selects others (with as many values) would load them into the wrong parameters. Patterns that select the
+    same parameters (reordered, or naming a tied weight by its other name) resume."""
     try:
         saved = read_args(str(ckpt))
     except UserError:  # (no args.json: nothing to compare with)
         return
-    for flag in ("trainable_parameters", "freeze_parameters"):
-        if list(saved.get(flag) or []) != list(getattr(cfg, flag)):
-            raise UserError(f"{ckpt} was trained with --{flag} {' '.join(saved.get(flag) or []) or '(none)'}; "
-                            f"resume it with the same (its optimizer state is those parameters')")
+    then = [list(saved.get(flag) or []) for flag in ("trainable_parameters", "freeze_parameters")]
+    if trained_names(model, *then) != trained_names(model, cfg.trainable_parameters, cfg.freeze_parameters):
+        shown = " ".join(f"--{flag} {' '.join(p)}" for flag, p in zip(("trainable_parameters", "freeze_parameters"),
+                                                                        then) if p) or "every parameter"
+        raise UserError(f"{ckpt} trained other parameters ({shown}); resume it with a selection of the same "
+                        "parameters (its optimizer state is theirs)")
 
 
 def compiled_layers(cfg: SFTConfig, model):
