@@ -392,7 +392,7 @@ class SFTConfig(ModelArgs, DataArgs):
                 try:
                     re.compile(pattern)
                 except re.error as e:
-                    raise UserError(f"--{flag} {pattern!r} is not a regular expression ({e})") from None
+                    raise UserError(f"--{flag} '{pattern}' is not a regular expression ({e})") from None
         if self.lora_plus_ratio is not None and (self.lora_plus_ratio <= 0 or self.full):
             raise UserError(f"--lora_plus_ratio must be positive and needs LoRA adapters (--lora or --qlora), got "
                             f"--lora_plus_ratio {self.lora_plus_ratio}{' with --full' if self.full else ''}")

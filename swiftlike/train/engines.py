@@ -208,10 +208,9 @@ def param_groups(module: torch.nn.Module, s: EngineSettings) -> list[dict]:
     return [{"params": ps, "lr": lr} for lr, ps in groups.items() if ps]
 
 
-# --optim: the optimizer's library and class. 8-bit and 4-bit AdamW keep the moments block-quantized (2 or 1 bytes a
-# parameter for both, where AdamW takes 8 in fp32); paged ones keep them in CUDA unified memory, paged to the host
-# under memory pressure (bitsandbytes; on a CPU they step as unpaged ones)
-# (config.py lists the same names as --optim's choices)
+# --optim (config.py lists the same names as its choices): the optimizer's library and class. 8-bit and 4-bit AdamW
+# keep the moments block-quantized (2 or 1 bytes a parameter for both, where AdamW takes 8 in fp32); paged ones keep
+# them in CUDA unified memory, paged to the host under memory pressure (bitsandbytes; on a CPU they step unpaged)
 OPTIMIZERS = {"adamw": ("torch", "AdamW"), "adamw_8bit": ("torchao", "AdamW8bit"),
               "adamw_4bit": ("torchao", "AdamW4bit"), "paged_adamw_8bit": ("bitsandbytes", "PagedAdamW8bit"),
               "paged_adamw_32bit": ("bitsandbytes", "PagedAdamW32bit")}
