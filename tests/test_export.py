@@ -222,7 +222,7 @@ def test_full_checkpoint_exports_as_is(tmp_path):
     from safetensors.torch import load_file
 
     run = wb.sft(model="Qwen/Qwen3-0.6B", miniature=True, dataset=[IDENTITY], full=True, max_steps=2,
-                 torch_dtype="bfloat16", output_dir=str(tmp_path / "full"))
+                 torch_dtype="bfloat16", output_dir=str(tmp_path / "full"), freeze_parameters=["embed_tokens"])
     out = tmp_path / "exported"
     assert main(["export", "--model", run.checkpoint, "--output_dir", str(out)]) == 0
     a, b = (load_file(f"{d}/model.safetensors") for d in (run.checkpoint, out))
@@ -230,6 +230,8 @@ def test_full_checkpoint_exports_as_is(tmp_path):
     assert all(torch.equal(a[name], b[name]) for name in a)
     assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
     assert (out / "README.md").is_file() and json.loads((out / "args.json").read_text())["task"] == "sft"
+    card = (out / "README.md").read_text()  # how it trained: the optimizer and the selection, no LoRA rank
+    assert "| optim | adamw |" in card and "| freeze_parameters | `embed_tokens` |" in card and "lora_rank" not in card
     # --max_shard_size is read once, the same way on every path (a GiB size was transformers' traceback here)
     sharded = tmp_path / "sharded"
     assert main(["export", "--model", run.checkpoint, "--output_dir", str(sharded), "--max_shard_size", "4MiB"]) == 0

@@ -201,10 +201,15 @@ def model_card(ref, args: dict, merged: bool, title: str, auto_class: str = "Aut
         f"| template | `{args.get('template', '')}` |",
         f"| data | {', '.join(f'`{d}`' for d in args.get('dataset', [])) or 'unknown'} |",
     ]
-    for key in ("learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size",
-                "gradient_accumulation_steps", "lora_rank", "lora_alpha", "max_length", "seed"):
+    lora = args.get("train_type", "full") != "full"
+    for key in ("learning_rate", "lr_scheduler_type", "optim", "num_train_epochs", "max_steps",
+                "per_device_train_batch_size", "gradient_accumulation_steps", *(("lora_rank", "lora_alpha") if lora
+                                                                                else ()), "max_length", "seed"):
         if args.get(key) is not None:
             lines.append(f"| {key} | {args[key]} |")
+    for key in ("trainable_parameters", "freeze_parameters"):  # full training of a part
+        if args.get(key):
+            lines.append(f"| {key} | {' '.join(f'`{p}`' for p in args[key])} |")
     for key, value in metrics.items():
         lines.append(f"| {key} | {value} |")
     quant = (args.get("export") or {}).get("quantization")
