@@ -169,8 +169,12 @@ class SFTConfig(ModelArgs, DataArgs):
                              "(torchao: the moments block-quantized to 2 / 1 bytes a parameter instead of 8; bf16 "
                              "weights round stochastically), paged_adamw_8bit / paged_adamw_32bit (bitsandbytes: "
                              "the moments in CUDA memory that pages to the host under pressure, as in QLoRA "
-                             "recipes; not for bf16 --full).", choices=("adamw", "adamw_8bit", "adamw_4bit",
-                                                                        "paged_adamw_8bit", "paged_adamw_32bit"))
+                             "recipes; not for bf16 --full). transformers' names are read too: adamw_torch, "
+                             "adamw_torch_fused (adamw), adamw_bnb_8bit, adamw_torch_8bit (adamw_8bit), "
+                             "adamw_torch_4bit (adamw_4bit).",
+                    choices=("adamw", "adamw_8bit", "adamw_4bit", "paged_adamw_8bit", "paged_adamw_32bit"),
+                    aliases={"adamw_torch": "adamw", "adamw_torch_fused": "adamw", "adamw_bnb_8bit": "adamw_8bit",
+                             "adamw_torch_8bit": "adamw_8bit", "adamw_torch_4bit": "adamw_4bit"})
     adam_beta1: float = _f(0.9, "AdamW beta1 (the first moment's decay).")
     adam_beta2: float = _f(0.999, "AdamW beta2 (the second moment's decay; 0.95 is common for large models).")
     adam_epsilon: float = _f(1e-8, "AdamW epsilon.")
@@ -1087,6 +1091,10 @@ def build_config(cls, values: dict, where: str = "option"):
     for f in dataclasses.fields(cls):
         choices = f.metadata.get("choices")
         value = getattr(cfg, f.name)
+        if isinstance(value, str) and value in f.metadata.get("aliases", {}):  # (another library's name for a
+            # choice: recipes carry over)
+            value = f.metadata["aliases"][value]
+            setattr(cfg, f.name, value)
         if choices and value not in choices and not (value is None and f.default is None):
             raise UserError(f"{f.name}: {value!r} is not one of {', '.join(map(str, choices))}")
     if getattr(cfg, "template", None):

@@ -73,14 +73,19 @@ def test_torchao_rounding_bits_do_not_depend_on_other_draws():
     assert torch.equal(*replicas) and not torch.equal(replicas[0], start)
 
 
-def test_every_optim_choice_has_an_optimizer():
+def test_every_optim_choice_and_alias_has_an_optimizer():
     from dataclasses import fields
 
     from swiftlike.config import SFTConfig
     from swiftlike.train.engines import OPTIMIZERS
 
-    choices = next(f.metadata["choices"] for f in fields(SFTConfig) if f.name == "optim")
-    assert set(choices) == set(OPTIMIZERS)
+    optim = next(f for f in fields(SFTConfig) if f.name == "optim")
+    assert set(optim.metadata["choices"]) == set(OPTIMIZERS) >= set(optim.metadata["aliases"].values())
+    # transformers' names (a recipe's `optim: adamw_torch_fused`) are read as ours, recorded as ours
+    from swiftlike.config import build_config
+
+    cfg = build_config(SFTConfig, dict(model="Qwen/Qwen3-8B", full=True, dry_run=True, optim="adamw_torch_fused"))
+    assert cfg.optim == "adamw"
 
 
 def test_paged_optimizers_refuse_bf16_weights_they_would_round_to_nearest():

@@ -70,8 +70,9 @@ def _add_config_flags(parser: argparse.ArgumentParser, cls) -> None:
         elif "float" in typ:
             parser.add_argument(f"--{f.name}", type=float, metavar="X", **kw)
         else:
+            choices = f.metadata.get("choices")
             parser.add_argument(f"--{f.name}", metavar=f.metadata.get("metavar", "VALUE"),
-                                choices=f.metadata.get("choices"), **kw)
+                                choices=choices and (*choices, *f.metadata.get("aliases", {})), **kw)
 
 
 class _Parser(argparse.ArgumentParser):
