@@ -134,6 +134,8 @@ def _sharding_devices(cfg) -> int:
 
 def _meta_model(config, model: str, reward: bool = False):
     """The architecture built on the meta device (no memory); a reward model's with its score layer."""
+    import copy
+
     import torch
     from transformers import AutoModelForSequenceClassification
 
@@ -141,22 +143,14 @@ def _meta_model(config, model: str, reward: bool = False):
 
     try:
         with torch.device("meta"):
-            if reward:
-                return AutoModelForSequenceClassification.from_config(_config_with(config, num_labels=1))
+            if reward:  # (on a copy: the caller's config stays as it is)
+                config = copy.deepcopy(config)
+                config.num_labels = 1
+                return AutoModelForSequenceClassification.from_config(config)
             return auto_class(config).from_config(config)
     except (ValueError, KeyError, ImportError, OSError) as e:
         raise UserError(f"cannot plan {model}: transformers cannot build its architecture "
                         f"({str(e).strip().splitlines()[0][:160]})") from None
-
-
-def _config_with(config, **changes):
-    """A copy of a transformers config with some attributes changed."""
-    import copy
-
-    config = copy.deepcopy(config)
-    for key, value in changes.items():
-        setattr(config, key, value)
-    return config
 
 
 def _selected_on_meta_device(config, cfg, reward: bool) -> int:

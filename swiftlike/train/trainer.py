@@ -209,11 +209,11 @@ class Trainer:
                                                  sum(b["input_ids"].numel() for b in micro_batches))
         self.input_tokens += int(inputs)
         self.slot_tokens += int(slots)
-        total = torch.tensor(total, dtype=torch.float64)
-        if float(total) == 0:  # every row of the step was dropped as it was encoded (--streaming, --lazy_tokenize):
+        if total == 0:  # every row of the step was dropped as it was encoded (--streaming, --lazy_tokenize):
             self.scheduler.step()  # no update at all (AdamW would still move the weights: momentum, decay)
             return None, 0.0, 0, {}
-        scale = accel.world_size() / total.clamp(min=1.0)  # DDP averages gradients over ranks
+        # DDP averages gradients over ranks
+        scale = torch.tensor(accel.world_size() / max(total, 1.0), dtype=torch.float64)
         loss_sum, extras = 0.0, {}
         self.loss_module.train()
         for i, batch in enumerate(micro_batches):
@@ -226,11 +226,11 @@ class Trainer:
         self.scheduler.step()
         names = sorted(extras)
         loss_sum, *sums = self._global_sums(loss_sum, *(extras[k] for k in names))
-        means = {k: v / max(float(total), 1.0) for k, v in zip(names, sums)}
+        means = {k: v / max(total, 1.0) for k, v in zip(names, sums)}
         finalize = getattr(self.objective, "finalize_metrics", None)
         if finalize is not None and means:
             means = finalize(means)
-        return loss_sum / max(float(total), 1.0), grad_norm, int(total), means
+        return loss_sum / max(total, 1.0), grad_norm, int(total), means
 
     def _global_sum(self, value: float) -> float:
         return self._global_sums(value)[0]
@@ -482,19 +482,18 @@ class Trainer:
         state = load_training_state(ckpt)
         # this run's learning rates, weight decay, betas and epsilon (the optimizer's and scheduler's states hold the
         # saved run's: a --learning_rate changed on resume was silently not applied), at the schedule's saved position
-        asked = [(g.get("initial_lr", g["lr"]), g["weight_decay"]) for g in self.optimizer.param_groups]
-        hyper = [{k: g[k] for k in ("betas", "eps") if k in g} for g in self.optimizer.param_groups]
         saved = state.get("optim", "adamw")  # (checkpoints from before --optim: AdamW)
         if saved != self.s.optim:  # another optimizer's state: its moments are not these (or not there at all)
             raise UserError(f"{ckpt} was trained with --optim {saved}, this run asks for --optim {self.s.optim}; "
                             f"resume it with --optim {saved} (its optimizer state is that optimizer's)")
+        asked = [{"initial_lr": g.get("initial_lr", g["lr"]),
+                  **{k: g[k] for k in ("weight_decay", "betas", "eps") if k in g}} for g in self.optimizer.param_groups]
         self.engine.load_optimizer_state(state["optimizer"], ckpt)
         self.scheduler.load_state_dict(state["scheduler"])
-        self.scheduler.base_lrs = [lr for lr, _ in asked]
+        self.scheduler.base_lrs = [a["initial_lr"] for a in asked]
         position = self.scheduler.last_epoch
-        for group, (lr, decay), factor, more in zip(self.optimizer.param_groups, asked, self.scheduler.lr_lambdas,
-                                                    hyper):
-            group.update(initial_lr=lr, lr=lr * factor(position), weight_decay=decay, **more)
+        for group, a, factor in zip(self.optimizer.param_groups, asked, self.scheduler.lr_lambdas):
+            group.update(a, lr=a["initial_lr"] * factor(position))
         self.scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]
         accel.set_rng_state(state["rng"])
         self.step, self.trained_tokens = state["step"], state["trained_tokens"]
