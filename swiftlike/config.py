@@ -75,6 +75,11 @@ class SFTConfig(ModelArgs, DataArgs):
     truncation_strategy: str = _f("drop", "Rows longer than --max_length: drop (counted in the report), keep the "
                                           "left / right part, or split into consecutive pieces (the default of "
                                           "wb pt).", choices=("drop", "left", "right", "split"))
+    rope_scaling: str | None = _f(None, "Stretch the model's RoPE to train sequences longer than its positions: "
+                                        "linear or yarn (factor ceil(--max_length / the model's positions)), or a "
+                                        "JSON object such as '{\"rope_type\": \"yarn\", \"factor\": 4, "
+                                        "\"original_max_position_embeddings\": 32768}'. Kept with the run: infer, "
+                                        "deploy, eval and export rebuild it (docs/cli.md#long-sequences).")
     dataset_num_proc: int = _f(1, "Processes that encode the data in parallel.")
     dataset_cache: bool = _f(True, "Reuse encoded data from an earlier run with identical inputs (data bytes, "
                                    "template, tokenizer, encoding options); false re-encodes.")
@@ -233,6 +238,11 @@ class SFTConfig(ModelArgs, DataArgs):
     def train_type(self) -> str:
         return "qlora" if self.qlora else "full" if self.full else "lora"
 
+    @property
+    def sequence_length(self) -> int:
+        """The longest sequence the run trains on."""
+        return self.max_length
+
     def _check_plan_options(self) -> None:
         planning = [n for n in ("gpu_memory", "plan_devices") if getattr(self, n) is not None]
         planning += ["plan_zero"] if self.plan_zero != "none" else []
@@ -367,6 +377,11 @@ class SFTConfig(ModelArgs, DataArgs):
             if not (Path(self.adapters) / "adapter_config.json").is_file():
                 raise UserError(f"--adapters {self.adapters}: no adapter_config.json there (a LoRA checkpoint "
                                 "directory is expected)")
+        if self.rope_scaling is not None:
+            from .models.rope import parse
+
+            spec = parse(self.rope_scaling)
+            self.rope_scaling = spec if spec is None or isinstance(spec, str) else json.dumps(spec)
         if self.new_special_tokens:
             from .models.tokens import read_tokens
 
@@ -666,6 +681,10 @@ class GRPOConfig(SFTConfig):
             raise UserError(f"--beta must be >= 0, got {self.beta}")
         check_port(self.vllm_server_port, "--vllm_server_port")
         return self
+
+    @property
+    def sequence_length(self) -> int:
+        return self.max_prompt_length + self.max_completion_length
 
     @property
     def prompts_per_step(self) -> int:
@@ -1018,6 +1037,7 @@ def load_recipe(path: str) -> dict:
 
 # list options whose items are not text: functions (the Python API) or names, and numbers
 _NOT_TEXT_LISTS = ("reward_funcs", "reward_weights")
+_JSON_TEXT = ("rope_scaling",)  # text options that may be given as an object (a recipe's mapping): kept as JSON
 
 
 def _text(value: Any, name: str) -> str:
@@ -1059,7 +1079,7 @@ def coerce(value: Any, typ: Any, name: str) -> Any:
         items = list(value) if isinstance(value, (list, tuple)) else [value]
         return items if name in _NOT_TEXT_LISTS else [_text(item, name) for item in items]
     if typ is str or base.startswith("str"):
-        return _text(value, name)
+        return json.dumps(value) if isinstance(value, dict) and name in _JSON_TEXT else _text(value, name)
     if typ is bool or base.startswith("bool"):
         if isinstance(value, bool):
             return value

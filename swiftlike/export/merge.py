@@ -19,7 +19,7 @@ def merged_model(ref: ModelRef, dtype: torch.dtype, pad_token_id: int | None, tr
     """The model to export, on the CPU, in `dtype`, with no adapter layers left."""
     reward = ref.task == "rm"
     kw = dict(trust_remote_code=trust_remote_code, reward_head=reward, pad_token_id=pad_token_id,
-              device=torch.device("cpu"), announce_head=False)
+              device=torch.device("cpu"), announce_head=False, overrides=ref.overrides)
     base = base_weights(ref, trust_remote_code)
     if not ref.adapters:
         return load_model(base, dtype, **kw)

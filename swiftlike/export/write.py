@@ -147,13 +147,17 @@ def write_hf(model, tokenizer, template, directory: Path, max_shard_size: int) -
     tokenizer.save_pretrained(directory)  # carrying its chat template (with_chat_template)
 
 
-def write_config(base: str, dtype, tokenizer, template, directory: Path, trust_remote_code: bool = False) -> None:
+def write_config(base: str, dtype, tokenizer, template, directory: Path, trust_remote_code: bool = False,
+                 overrides: dict | None = None) -> None:
     """config.json and generation_config.json of weights written without a model object (export/stream.py):
-    the base's, in the export dtype, stopping at the template's stop tokens; and a remote-code model's Python
-    files (its config.json's auto_map names them), without which it does not load."""
+    the base's, with the run's `overrides` (models/rope.py), in the export dtype, stopping at the template's stop
+    tokens; and a remote-code model's Python files (its config.json's auto_map names them), without which it does
+    not load."""
     from transformers import AutoConfig, GenerationConfig
 
-    config = AutoConfig.from_pretrained(base, trust_remote_code=trust_remote_code)
+    from ..models.rope import apply
+
+    config = apply(AutoConfig.from_pretrained(base, trust_remote_code=trust_remote_code), overrides or {})
     if getattr(config, "auto_map", None):
         for code in Path(base).glob("*.py"):
             shutil.copyfile(code, directory / code.name)
@@ -210,6 +214,10 @@ def model_card(ref, args: dict, merged: bool, title: str, auto_class: str = "Aut
     for key in ("trainable_parameters", "freeze_parameters"):  # full training of a part
         if args.get(key):
             lines.append(f"| {key} | {' '.join(f'`{p}`' for p in args[key])} |")
+    if args.get("config_overrides"):
+        from ..models.rope import describe
+
+        lines.append(f"| rope_scaling | {describe(args['config_overrides'])} |")
     for key, value in metrics.items():
         lines.append(f"| {key} | {value} |")
     quant = (args.get("export") or {}).get("quantization")

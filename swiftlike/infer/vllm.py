@@ -85,7 +85,8 @@ class VLLMEngine(Engine):
     def __init__(self, model_dir: str, tokenizer, template, adapters: dict | None = None,
                  default_model: str | None = None, max_batch_size: int = 256, dtype: str = "auto",
                  gpu_memory_utilization: float = 0.9, max_model_len: int | None = None,
-                 tensor_parallel_size: int = 1, seed: int = 0, trust_remote_code: bool = False):
+                 tensor_parallel_size: int = 1, seed: int = 0, trust_remote_code: bool = False,
+                 hf_overrides: dict | None = None):
         vllm = require_vllm()
         self.tokenizer, self.template = tokenizer, template
         self.adapters = dict(adapters or {})
@@ -97,7 +98,8 @@ class VLLMEngine(Engine):
                                     gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
                                     tensor_parallel_size=tensor_parallel_size, max_num_seqs=max_batch_size,
                                     trust_remote_code=trust_remote_code, enable_lora=bool(self.adapters),
-                                    max_loras=max(1, len(self.adapters)), max_lora_rank=max_lora_rank(self.adapters))
+                                    max_loras=max(1, len(self.adapters)), max_lora_rank=max_lora_rank(self.adapters),
+                                    **({"hf_overrides": hf_overrides} if hf_overrides else {}))
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="wb-vllm", daemon=True)
         self._thread.start()

@@ -226,9 +226,13 @@ def model_config(model: str, hub: str = "huggingface", trust_remote_code: bool =
         raise UserError(f"cannot read the config of {model}: {str(e).strip().splitlines()[0][:200]}") from None
 
 
-def build_miniature(model: str, hub: str = "huggingface", seed: int = 42, dtype: torch.dtype = torch.float32):
-    """A randomly initialised, 2-layer, narrow model of the same architecture (seeded)."""
-    config = miniature_config(model, hub)
+def build_miniature(model: str, hub: str = "huggingface", seed: int = 42, dtype: torch.dtype = torch.float32,
+                    overrides: dict | None = None):
+    """A randomly initialised, 2-layer, narrow model of the same architecture (seeded); `overrides`: config
+    attributes a run changed (models/rope.py)."""
+    from .rope import apply
+
+    config = apply(miniature_config(model, hub), overrides or {})
     with torch.random.fork_rng(devices=[]):  # the caller's random state is the same whether or not one is built
         torch.manual_seed(seed)
         return auto_class(config).from_config(config, dtype=dtype)
@@ -309,14 +313,15 @@ def _fit_rope_factors(config) -> None:
 
 def load_model(path: str, dtype: torch.dtype, *, quantize_4bit: bool = False, attn_implementation: str | None = None,
                trust_remote_code: bool = False, device: torch.device | None = None, reward_head: bool = False,
-               pad_token_id: int | None = None, announce_head: bool = True):
+               pad_token_id: int | None = None, announce_head: bool = True, overrides: dict | None = None):
     """Weights from a local directory (already downloaded), optionally quantized to 4-bit NF4. With
     `reward_head` the model gets a one-output sequence-classification head (new, or the checkpoint's own), said
-    in one line unless `announce_head` is false (the caller loads the head from adapters and says so)."""
+    in one line unless `announce_head` is false (the caller loads the head from adapters and says so).
+    `overrides`: config attributes a run changed (--rope_scaling: models/rope.py), set as the model is built."""
     from transformers import AutoModelForSequenceClassification
 
     device = device or accel.device()
-    kwargs = dict(dtype=dtype, trust_remote_code=trust_remote_code)
+    kwargs = dict(dtype=dtype, trust_remote_code=trust_remote_code, **(overrides or {}))
     if attn_implementation:
         if attn_implementation == attention.VARLEN:
             attention.register()

@@ -47,6 +47,12 @@ class ModelRef:
         return sorted((self.args.get("added_tokens") or {}).values())
 
     @property
+    def overrides(self) -> dict:
+        """The config attributes its run changed on the base (--rope_scaling: models/rope.py), which every load of
+        the base for it applies; args.json's `config_overrides`."""
+        return dict(self.args.get("config_overrides") or {})
+
+    @property
     def checkpoint(self) -> str | None:
         """The directory written by swiftlike (adapters or full weights), whose tokenizer the run used."""
         if self.adapters:
@@ -190,6 +196,12 @@ def added_tokens(checkpoint: str) -> dict[str, int]:
     return dict(read_args(checkpoint).get("added_tokens") or {}) if (Path(checkpoint) / "args.json").is_file() else {}
 
 
+def config_overrides(checkpoint: str) -> dict:
+    """The config attributes a swiftlike checkpoint's run changed on its base ({} for other checkpoints)."""
+    return dict(read_args(checkpoint).get("config_overrides") or {}) if (Path(checkpoint) / "args.json").is_file() \
+        else {}
+
+
 def refuse_added_tokens(name: str, path: str, why: str) -> None:
     """Adapters whose run added tokens need their own tokenizer and rows, which `why` cannot give them."""
     tokens = added_tokens(path)
@@ -202,8 +214,10 @@ def refuse_added_tokens(name: str, path: str, why: str) -> None:
 
 def load_for_inference(model: str = "", adapters: str | None = None, miniature: bool = False,
                        torch_dtype: str = "auto", hub: str = "huggingface", template: str | None = None,
-                       trust_remote_code: bool = False, attn_implementation: str | None = None):
-    """(model, tokenizer, template), rebuilt from a checkpoint's args.json where there is one."""
+                       trust_remote_code: bool = False, attn_implementation: str | None = None,
+                       overrides: dict | None = None):
+    """(model, tokenizer, template), rebuilt from a checkpoint's args.json where there is one. `overrides`: config
+    attributes to build a plain base with (the adapters `wb deploy` serves on it were trained so)."""
     from ..templates import get_template
     from .loader import build_miniature, load_model, quiet_libraries
     from .tokens import embedding_rows, rebuild_rows, refuse_rowless_tokens
@@ -212,16 +226,16 @@ def load_for_inference(model: str = "", adapters: str | None = None, miniature: 
     dtype = accel.resolve_dtype(torch_dtype)
     ref = resolve(model, adapters, miniature, hub, template)
     tokenizer = load_reference_tokenizer(ref, trust_remote_code)
-    reward, weights = ref.task == "rm", None
+    reward, weights, overrides = ref.task == "rm", None, ref.overrides or overrides or {}
     if ref.miniature:
-        net = build_miniature(ref.model, ref.hub, dtype=dtype).to(accel.device())
+        net = build_miniature(ref.model, ref.hub, dtype=dtype, overrides=overrides).to(accel.device())
     else:
         weights = base_weights(ref, trust_remote_code)
         if torch_dtype == "auto" and _quantized(weights):  # its kernels compute in the dtype it was quantized in
             dtype = stored_dtype(weights)
         net = load_model(weights, dtype, attn_implementation=attn_implementation,
                          trust_remote_code=trust_remote_code, reward_head=reward, pad_token_id=tokenizer.pad_token_id,
-                         announce_head=not ref.adapters)
+                         announce_head=not ref.adapters, overrides=overrides)
     rebuild_rows(net, added_token_ids(ref))
     refuse_rowless_tokens(tokenizer, embedding_rows(net), ref.adapters or ref.model,
                           "train them with --new_special_tokens, or use the tokenizer the model came with")

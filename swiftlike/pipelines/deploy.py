@@ -16,7 +16,8 @@ from pathlib import Path
 from ..config import DeployConfig
 from ..errors import UserError
 from ..hub import is_local
-from ..models.resolve import read_args, refuse_added_tokens, resolve
+from ..models.resolve import config_overrides, read_args, refuse_added_tokens, resolve
+from ..models.rope import describe
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,8 @@ def served_base(cfg: DeployConfig, adapters: dict[str, str]) -> BaseModel:
     ref, base = resolve(adapters=first, hub=cfg.hub, template=cfg.template), adapter_base(first)
     # the weights it was trained on (a miniature run saved them), rendered with the template it was trained with
     return BaseModel(base.name, base.identities, base.miniature,
-                     dict(model=ref.base, template=ref.template, **{**options, "hub": ref.hub}))
+                     dict(model=ref.base, template=ref.template, overrides=ref.overrides,
+                          **{**options, "hub": ref.hub}))
 
 
 def check_adapters(base: BaseModel, adapters: dict[str, str]) -> None:
@@ -77,6 +79,11 @@ def check_adapters(base: BaseModel, adapters: dict[str, str]) -> None:
             raise UserError(f"adapter {name!r} ({path}) was trained with template {args['template']}, the server "
                             f"renders every request with {served}; serve it with its own `wb deploy` (or --template)")
         refuse_added_tokens(name, path, "the served base's tokenizer lacks")
+        served_rope, trained_rope = base.load.get("overrides") or {}, config_overrides(path)
+        if trained_rope != served_rope:
+            raise UserError(f"adapter {name!r} ({path}) was trained with {describe(trained_rope)}, the served base "
+                            f"runs {describe(served_rope)}; serve it with its own `wb deploy --adapters` (its base "
+                            "then loads as it was trained)")
         config = json.loads((Path(path) / "adapter_config.json").read_text(encoding="utf-8"))
         if config.get("use_dora"):
             raise UserError(f"adapter {name!r} ({path}) is a DoRA adapter, which PEFT cannot mix with other models "
@@ -114,6 +121,7 @@ def _vllm_engine(cfg: DeployConfig, base: BaseModel, adapters: dict[str, str]):
     load = base.load
     ref = resolve(load["model"], None, load.get("miniature", False), load["hub"], load["template"])
     return vllm_engine(ref, adapters, cfg.trust_remote_code, max_model_len=cfg.max_model_len, default_model="base",
+                       overrides=load.get("overrides"),
                        max_batch_size=cfg.max_batch_size, dtype=cfg.torch_dtype,
                        gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
                        tensor_parallel_size=cfg.vllm_tensor_parallel_size)

@@ -21,6 +21,7 @@ from ..export.quantize import (check_method, check_model, fitted_weights, fp8_we
                                reload)
 from ..models.loader import model_config, quiet_libraries
 from ..models.perplexity import perplexity
+from ..models.rope import apply
 from ..models.resolve import base_weights, load_reference_tokenizer, resolve, stored_dtype, template_name
 from ..templates import TEMPLATES, get_template
 
@@ -37,7 +38,8 @@ def run_export(cfg: ExportConfig) -> Path:
                          (ref.adapters, ref.base))
     shard_bytes = parse_size(cfg.max_shard_size)  # one reading for every writer, checked before any work
     base = base_weights(ref, cfg.trust_remote_code)
-    config = model_config(base, trust_remote_code=cfg.trust_remote_code)  # what cannot be written is refused
+    # what cannot be written is refused (as the run changed it: --rope_scaling)
+    config = apply(model_config(base, trust_remote_code=cfg.trust_remote_code), ref.overrides)
     if cfg.quant_method:
         if ref.task == "rm":
             raise UserError("--quant_method: a reward model exports merged, unquantized (its score head is not a "
@@ -156,7 +158,7 @@ def _write_streamed(plan, ref, cfg: ExportConfig, base: str, config, dtype, toke
             (tmp / "Modelfile").write_text(modelfile(name, template, tokenizer), encoding="utf-8")
             return
         stream_merge(pairs, shards, dtype, tmp, shard_bytes, bar, nf4)
-    write_config(base, dtype, tokenizer, template, tmp, cfg.trust_remote_code)
+    write_config(base, dtype, tokenizer, template, tmp, cfg.trust_remote_code, ref.overrides)
 
 
 def _calibration(dataset: list[str], template) -> tuple[str, list[dict]]:

@@ -421,13 +421,14 @@ def open_vllm_engine(cfg: InferConfig):
 
 
 def vllm_engine(ref, adapters: dict[str, str], trust_remote_code: bool, max_model_len: int | None = None,
-                **options):
-    """A vLLM engine for a resolved model reference (`wb infer` and `wb deploy`): the base weights from disk,
-    rendered with the reference's template, adapters as LoRARequests, the context pinned to --max_model_len or
-    the model's own."""
+                overrides: dict | None = None, **options):
+    """A vLLM engine for a resolved model reference (`wb infer` and `wb deploy`): the base weights from disk, with
+    the config attributes its run changed (`overrides`, --rope_scaling: vLLM's hf_overrides), rendered with the
+    reference's template, adapters as LoRARequests, the context pinned to --max_model_len or the model's own."""
     from ..infer import vllm as backend
     from ..models.loader import model_config
     from ..models.resolve import base_weights, load_reference_tokenizer, refuse_added_tokens, template_name
+    from ..models.rope import apply
     from ..templates import get_template
 
     for name, path in adapters.items():
@@ -441,10 +442,11 @@ def vllm_engine(ref, adapters: dict[str, str], trust_remote_code: bool, max_mode
                         "not vLLM")
     tokenizer = load_reference_tokenizer(ref, trust_remote_code)
     weights = base_weights(ref, trust_remote_code)
-    config = model_config(weights, trust_remote_code=trust_remote_code)
+    overrides = ref.overrides or overrides or {}
+    config = apply(model_config(weights, trust_remote_code=trust_remote_code), overrides)
     known = getattr(config.get_text_config(), "max_position_embeddings", None)
     if max_model_len and known and max_model_len > known:
         raise UserError(f"--max_model_len {max_model_len} is longer than the model's context ({known} tokens)")
     return backend.VLLMEngine(weights, tokenizer, get_template(template_name(ref, tokenizer), tokenizer),
                               adapters=adapters, max_model_len=max_model_len or known,
-                              trust_remote_code=trust_remote_code, **options)
+                              trust_remote_code=trust_remote_code, hf_overrides=overrides or None, **options)

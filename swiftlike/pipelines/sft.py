@@ -24,7 +24,8 @@ from ..models import attach_lora, build_miniature, load_model, load_tokenizer
 from ..models.lora_compute import compute_in_stream_dtype
 from ..models.loader import (freeze_vision_parts, model_config, prepare_4bit, quiet_libraries, select_trainable,
                                trained_names)
-from ..models.resolve import ModelRef, added_tokens, base_weights, read_args, resolve, template_name
+from ..models.resolve import (ModelRef, added_tokens, base_weights, config_overrides, read_args, resolve,
+                              template_name)
 from ..models.tokens import (add_tokens, embedding_rows, listed, rebuild_rows, refuse_rowless_tokens,
                              trainable_rows)
 from ..registry import find_model
@@ -267,6 +268,7 @@ def run_sft(cfg: SFTConfig) -> TrainResult:
     main, out, resume_from = start_run(cfg)
     evaluate_after = after_training(cfg)  # its datasets checked before any training
     method = METHODS[_task(cfg)]
+    run_overrides(cfg, resume_from, announce=True)
 
     tokenizer, added = training_tokenizer(cfg, resume_from)
     if method.rows == "pt":  # plain text; the chat template (if known) is kept for inference afterwards
@@ -443,6 +445,33 @@ def training_tokenizer(cfg: SFTConfig, resume_from: Path | None):
     return tokenizer, added
 
 
+def run_overrides(cfg: SFTConfig, resume_from: Path | None = None, announce: bool = False) -> dict:
+    """The config attributes this run changes on its base model (--rope_scaling: models/rope.py): every load of
+    the base applies them, args.json keeps them for later commands. Continued --adapters keep their run's; a resumed
+    run must ask for what it was started with. `announce`: say it (or that sequences run past the positions)."""
+    from ..models import rope
+
+    config = model_config(cfg.model, cfg.hub, cfg.trust_remote_code, miniature=cfg.miniature)
+    asked = rope.overrides(cfg.rope_scaling, config, cfg.sequence_length)
+    earlier = config_overrides(cfg.adapters) if cfg.adapters else {}
+    if cfg.adapters and cfg.rope_scaling and asked != earlier:
+        raise UserError(f"--adapters {cfg.adapters} was trained with {rope.describe(earlier)}, not "
+                        f"{rope.describe(asked)}; continue it without --rope_scaling (its own applies), or start new "
+                        "adapters")
+    chosen = earlier or asked
+    saved = config_overrides(str(resume_from)) if resume_from is not None else chosen
+    if saved != chosen:
+        raise UserError(f"{resume_from} was trained with {rope.describe(saved)}, this run asks for "
+                        f"{rope.describe(chosen)}; resume with the --rope_scaling it was started with")
+    if announce and accel.is_main_process():
+        if chosen:
+            inherited = f", as --adapters {cfg.adapters} trained" if earlier else ""
+            print(f"[wb] RoPE: {rope.describe(chosen)}{inherited}")
+        elif note := rope.past_positions(rope.apply(config, chosen), cfg.sequence_length):
+            print(f"[wb] note: {note}", file=sys.stderr)
+    return chosen
+
+
 def _base_rows(cfg: SFTConfig) -> int:
     """The base model's embedding rows, from its config."""
     return model_config(cfg.model, cfg.hub, cfg.trust_remote_code, miniature=cfg.miniature).get_text_config().vocab_size
@@ -457,7 +486,7 @@ def build_trainable(cfg: SFTConfig, tokenizer, base_dir: str, resume_from: Path 
     head_from = None if cfg.full else (resume_from or (cfg.adapters if _is_reward_checkpoint(cfg.adapters) else None))
     model = load_model(str(resume_from) if full_resume else base_dir, dtype, quantize_4bit=cfg.qlora,
                        attn_implementation=training_attention(cfg, base_dir, announce=True),
-                       trust_remote_code=cfg.trust_remote_code,
+                       trust_remote_code=cfg.trust_remote_code, overrides=run_overrides(cfg),
                        reward_head=reward, pad_token_id=tokenizer.pad_token_id, announce_head=head_from is None)
     if reward and head_from is not None and accel.is_main_process():
         print(f"[wb] reward head: loaded from {head_from}", file=sys.stderr)
@@ -610,9 +639,11 @@ def describe_model(cfg: SFTConfig, model, template_name: str, dtype) -> None:
 
 def run_args(cfg: SFTConfig, task: str, template_name: str, base_dir: str, added: dict | None = None) -> str:
     """args.json: every option plus what later commands (infer, export) need to rebuild the model (`added_tokens`:
-    the new tokens' ids, whose rows they rebuild before loading adapters)."""
+    the new tokens' ids, whose rows they rebuild before loading adapters; `config_overrides`: what the run changed
+    in the base's config)."""
     args = {**dataclasses.asdict(cfg), "task": task, "train_type": cfg.train_type, "template": template_name,
             "base_model_dir": str(Path(base_dir).resolve()), "added_tokens": added or {},
+            "config_overrides": run_overrides(cfg),
             "world_size": accel.world_size(),
             "swiftlike_version": __version__}
     for hidden in getattr(cfg, "NOT_OPTIONS", ()):
@@ -626,7 +657,7 @@ def frozen_reference(cfg: SFTConfig, base_dir: str, dtype, added: dict | None = 
     """A full-parameter run's reference: the base weights, frozen (the policy moves away from them), with the new
     tokens' starting rows."""
     reference = load_model(base_dir, dtype, attn_implementation=training_attention(cfg, base_dir),
-                           trust_remote_code=cfg.trust_remote_code)
+                           trust_remote_code=cfg.trust_remote_code, overrides=run_overrides(cfg))
     if added:
         rebuild_rows(reference, added.values())
     training_kernels(cfg, reference)
