@@ -25,6 +25,8 @@ def _f(default, help: str, **kw):
     return field(default=default, metadata={"help": help, **kw})
 
 
+USE_VLLM_ROPE = ("--rope_scaling with --use_vllm: vLLM would generate with the base's own RoPE; use the transformers "
+                 "backend (drop --use_vllm)")
 LR_DECAY_RATIO = 0.1  # warmup_stable_decay's default decaying share of the steps
 TORCH_DTYPES = ("auto", "bfloat16", "bf16", "float16", "fp16", "float32", "fp32")  # (accel.resolve_dtype's names)
 
@@ -76,7 +78,8 @@ class SFTConfig(ModelArgs, DataArgs):
                                           "left / right part, or split into consecutive pieces (the default of "
                                           "wb pt).", choices=("drop", "left", "right", "split"))
     rope_scaling: str | None = _f(None, "Stretch the model's RoPE to train sequences longer than its positions: "
-                                        "linear or yarn (factor ceil(--max_length / the model's positions)), or a "
+                                        "linear or yarn (factor ceil(the longest sequence / the model's positions); "
+                                        "wb grpo: prompt plus completion length), or a "
                                         "JSON object such as '{\"rope_type\": \"yarn\", \"factor\": 4, "
                                         "\"original_max_position_embeddings\": 32768}'. Kept with the run: infer, "
                                         "deploy, eval and export rebuild it (docs/cli.md#long-sequences).")
@@ -129,6 +132,11 @@ class SFTConfig(ModelArgs, DataArgs):
                                     "--lora_dropout applies); "
                                     "DPO, KTO and GRPO with --beta use it, frozen, as the reference.")
     use_rslora: bool = _f(False, "Rank-stabilised LoRA scaling.")
+    init_lora_weights: str = _f("default", "How new adapters start: default (A random, B zero), gaussian, pissa (the "
+                                           "weight's top singular vectors, taken out of the base), pissa_niter_N (by "
+                                           "a randomized SVD of N iterations: fast), or olora (QR). PiSSA/OLoRA "
+                                           "checkpoints are plain LoRA of twice the rank on the original base "
+                                           "(docs/cli.md#lora-initialisation).")
     lora_plus_ratio: float | None = _f(None, "LoRA+: each adapter's B matrix learns at this many times --learning_rate "
                                              "(16 in the LoRA+ paper), A and everything else at --learning_rate.")
     new_special_tokens: list = _f([], "Tokens to add to the tokenizer as special tokens (never split), or .txt files "
@@ -349,6 +357,34 @@ class SFTConfig(ModelArgs, DataArgs):
             if not ok:
                 raise UserError(f"--{name} {problem}, got {getattr(self, name)}")
 
+    def _check_lora_init(self) -> None:
+        from .models.lora_init import check, mutates_base
+        from .train import engines
+
+        kind = self.init_lora_weights
+        check(kind)
+        if kind == "default":
+            return
+        mutates = mutates_base(kind)
+        clash = "--full (it starts new LoRA adapters)" if self.full else \
+            f"--adapters {self.adapters} (they start as trained)" if self.adapters else \
+            "--use_dora (DoRA's magnitudes do not convert to plain LoRA)" if self.use_dora and mutates else \
+            "--qlora (its base is 4-bit; the residual would have to be quantized again)" if self.qlora and mutates \
+            else "ZeRO-3 (it partitions the weights PiSSA / OLoRA decompose)" if mutates and self.deepspeed and \
+            engines.zero_stage(engines.deepspeed_config(self.deepspeed)) == 3 else None
+        if clash:
+            raise UserError(f"--init_lora_weights {kind} does not combine with {clash}")
+
+    def refuse_mutated_reference(self, uses_reference: bool, way_out: str) -> None:
+        """PiSSA / OLoRA take the adapters' start out of the base weights: a reference computed as the model without
+        its adapters (DPO, KTO, GRPO with --beta) would lack it."""
+        from .models.lora_init import mutates_base
+
+        if uses_reference and mutates_base(self.init_lora_weights):
+            raise UserError(f"--init_lora_weights {self.init_lora_weights}: this run's reference is the model "
+                            "without its adapters, whose base lacks what PiSSA / OLoRA move into them; use "
+                            f"--init_lora_weights default or gaussian, or {way_out}")
+
     def refuse_new_tokens(self, what: str = "--new_special_tokens") -> None:
         """New tokens grow the embedding before training, which ZeRO-3's partitioned weights and vLLM's vocabulary
         cannot follow: refused for the flag here, and for tokens an --adapters run brings when the run starts."""
@@ -412,6 +448,7 @@ class SFTConfig(ModelArgs, DataArgs):
                     re.compile(pattern)
                 except re.error as e:
                     raise UserError(f"--{flag} '{pattern}' is not a regular expression ({e})") from None
+        self._check_lora_init()
         if self.lora_plus_ratio is not None and (self.lora_plus_ratio <= 0 or self.full):
             raise UserError(f"--lora_plus_ratio must be positive and needs LoRA adapters (--lora or --qlora), got "
                             f"--lora_plus_ratio {self.lora_plus_ratio}{' with --full' if self.full else ''}")
@@ -509,6 +546,10 @@ class DPOConfig(SFTConfig):
                             f"{self.loss_type}")
         if self.beta <= 0:
             raise UserError(f"--beta must be positive, got {self.beta}")
+        from .train.dpo import REFERENCE_FREE
+
+        self.refuse_mutated_reference(self.loss_type not in REFERENCE_FREE,
+                                      f"a reference-free --loss_type ({', '.join(REFERENCE_FREE)})")
         return self
 
 
@@ -530,6 +571,7 @@ class KTOConfig(SFTConfig):
         if self.per_device_train_batch_size < 2:
             raise UserError("wb kto needs --per_device_train_batch_size >= 2 (the KL estimate pairs prompts with "
                             "other rows' answers)")
+        self.refuse_mutated_reference(True, "wb dpo with a reference-free --loss_type")
         return self
 
 
@@ -638,6 +680,9 @@ class GRPOConfig(SFTConfig):
             if self.fsdp or zero_stage(deepspeed_config(self.deepspeed)) == 3:
                 raise UserError("--use_vllm with sharded weights (--fsdp, ZeRO-3) is not supported yet (they would "
                                 "have to be gathered for every sync); use --deepspeed zero2, or drop --use_vllm")
+        if self.use_vllm and self.rope_scaling:
+            raise UserError(USE_VLLM_ROPE)
+        self.refuse_mutated_reference(self.beta != 0.0, "--beta 0 (no reference)")
         n_rewards = len(self.reward_funcs) + (1 if self.reward_model else 0)
         if self.reward_weights and len(self.reward_weights) != n_rewards:
             raise UserError(f"--reward_weights has {len(self.reward_weights)} values for {n_rewards} reward "

@@ -35,6 +35,21 @@ def test_a_kind_takes_its_factor_from_the_sequence_length():
     assert given["rope_parameters"]["original_max_position_embeddings"] == 32768
     assert rope.overrides(None, config, 10) == {}
     assert config.rope_parameters["rope_type"] == "default"  # (the config read is not changed)
+    odd = rope.overrides('{"rope_type": "linear", "factor": 1.01}', config, 10)
+    assert rope.describe(odd) == "linear x1.01 (40,960 -> 41,370 positions)"
+    with pytest.raises(UserError, match="not combined with --trust_remote_code"):
+        rope.overrides("yarn", config, 100_000, trust_remote_code=True)
+
+
+def test_phi_configs_get_the_original_length_where_transformers_reads_it():
+    from transformers import AutoModelForCausalLM
+
+    config = model_config("microsoft/phi-4", miniature=True)  # (its config has a top-level original length)
+    changed = rope.overrides('{"rope_type": "yarn", "factor": 4, "original_max_position_embeddings": 8192}', config,
+                             10)
+    model = AutoModelForCausalLM.from_config(rope.apply(config, changed))
+    assert model.config.rope_parameters["original_max_position_embeddings"] == 8192
+    assert model.config.max_position_embeddings == 32768
 
 
 @pytest.mark.parametrize("spec, length, said", [
@@ -45,6 +60,10 @@ def test_a_kind_takes_its_factor_from_the_sequence_length():
     ('{"rope_type": "yarn", "factor": 1}', 10, "factor must be a number above 1"),
     ('{"rope_type": "yarn", "factor": 2, "original_max_position_embeddings": 1.5}', 10, "a whole number"),
     ("yarn", 40960, "sequences of 40,960 tokens fit the model's 40,960 positions; nothing to stretch"),
+    ('{"rope_type": "yarn", "factor": Infinity}', 10, "factor must be a number above 1"),
+    ('{"rope_type": "yarn", "factor": NaN}', 10, "factor must be a number above 1"),
+    ('{"rope_type": "yarn", "factor": 2, "attention_factor": "big"}', 10, "attention_factor must be a number"),
+    ('{"rope_type": "yarn", "factor": 2, "beta_fast": 1, "beta_slow": 2}', 10, "beta_fast \\(1\\) must be above"),
 ])
 def test_what_cannot_be_stretched_is_refused_in_one_line(spec, length, said):
     with pytest.raises(UserError, match=said):
@@ -76,6 +95,12 @@ def test_the_dry_run_checks_it_against_the_model(capsys):
     assert "note: --rope_scaling: yarn x2 (40,960 -> 81,920 positions)" in capsys.readouterr().out
     assert main(common) == 2
     assert "sequences of 2,048 tokens fit the model's 40,960 positions" in capsys.readouterr().err
+    assert main([*common[:-1], '{"rope_type": "yarn", "factor": 2}', "--max_length", "200000"]) == 0
+    assert "note: sequences up to 200,000 tokens run past the model's 81,920 positions (yarn x2)" in \
+        capsys.readouterr().out
+    assert main(["grpo", "--model", "Qwen/Qwen3-8B", "--dry_run", "--use_vllm", "--rope_scaling", "yarn",
+                 "--max_completion_length", "65536"]) == 2
+    assert "--rope_scaling with --use_vllm" in capsys.readouterr().err
 
 
 def test_sequences_past_the_positions_get_a_note_unless_stretched():
@@ -152,7 +177,8 @@ def test_resuming_or_continuing_with_another_rope_is_refused(lora_run, capsys):
                  "--overwrite_output_dir"]) == 2
     err = capsys.readouterr().err.strip()
     assert err == (f"wb: error: {ckpt} was trained with yarn x4 (40,960 -> 163,840 positions), this run asks for "
-                   "the model's own RoPE; resume with the --rope_scaling it was started with")
+                   "the model's own RoPE; resume with the --rope_scaling (and, for a factor it derives, the sequence "
+                   "length) it was started with")
     assert main(["sft", *common, "--adapters", ckpt, "--rope_scaling", "linear", "--max_length", "100000",
                  "--output_dir", str(root / "other")]) == 2
     assert "was trained with yarn x4 (40,960 -> 163,840 positions), not linear x3" in capsys.readouterr().err
@@ -188,6 +214,18 @@ def test_deploy_and_vllm_load_the_base_as_the_adapters_were_trained(lora_run, mo
     assert made["max_model_len"] == 163840  # the stretched context, not the base's 40,960
 
 
+def test_the_trained_model_and_a_full_run_s_reference_have_it(tmp_path):
+    import swiftlike as wb
+
+    common = dict(model=MODEL, miniature=True, dataset=[DATA], max_steps=1, logging_steps=1)
+    plain = wb.sft(**common, output_dir=str(tmp_path / "plain")).log_history[0]["loss"]
+    stretched = wb.sft(**common, rope_scaling=json.dumps(YARN), output_dir=str(tmp_path / "yarn"))
+    assert stretched.log_history[0]["loss"] != pytest.approx(plain, abs=1e-3)  # the trained model computes with it
+    dpo = wb.dpo(model=MODEL, miniature=True, full=True, dataset=["swiftlike/assets/datasets/preference_demo.jsonl"],
+                 max_steps=1, logging_steps=1, rope_scaling=json.dumps(YARN), output_dir=str(tmp_path / "dpo"))
+    assert dpo.log_history[0]["loss"] == pytest.approx(0.693147, abs=1e-5)  # its frozen reference equals the policy
+
+
 def test_a_full_run_writes_the_stretched_rope_into_its_config(tmp_path):
     assert main(["sft", "--model", MODEL, "--miniature", "--full", "--dataset", DATA, "--max_steps", "1",
                  "--rope_scaling", '{"rope_type": "linear", "factor": 2}', "--output_dir", str(tmp_path)]) == 0
@@ -197,7 +235,7 @@ def test_a_full_run_writes_the_stretched_rope_into_its_config(tmp_path):
     assert _rotary(model).rope_type == "linear"
 
 
-def test_what_cannot_apply_it_refuses(tmp_path, capsys):
+def test_grpo_with_vllm_refuses_before_anything_is_written(tmp_path, capsys):
     assert main(["grpo", "--model", MODEL, "--miniature", "--dataset", "examples/data/identity.jsonl",
                  "--reward_funcs", "format", "--use_vllm", "--rope_scaling", json.dumps(YARN),
                  "--output_dir", str(tmp_path / "g")]) == 2

@@ -214,6 +214,8 @@ def model_card(ref, args: dict, merged: bool, title: str, auto_class: str = "Aut
     for key in ("trainable_parameters", "freeze_parameters"):  # full training of a part
         if args.get(key):
             lines.append(f"| {key} | {' '.join(f'`{p}`' for p in args[key])} |")
+    if lora and args.get("init_lora_weights", "default") != "default":
+        lines.append(f"| init_lora_weights | {args['init_lora_weights']} |")
     if args.get("config_overrides"):
         from ..models.rope import describe
 

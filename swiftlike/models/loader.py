@@ -431,9 +431,12 @@ def prepare_4bit(model, gradient_checkpointing: bool):
 
 
 def attach_lora(model, cfg, gradient_checkpointing: bool = False, task_type: str = "CAUSAL_LM",
-                trainable_tokens: dict | None = None):
-    """New LoRA adapters (and `trainable_tokens`, PEFT's trainable_token_indices: new tokens' rows that train)."""
+                trainable_tokens: dict | None = None, init: str | None = None):
+    """New LoRA adapters (and `trainable_tokens`, PEFT's trainable_token_indices: new tokens' rows that train),
+    started as `init` asks (default: --init_lora_weights; models/lora_init.py)."""
     from peft import LoraConfig, get_peft_model
+
+    from .lora_init import peft_value
 
     model = prepare_4bit(model, gradient_checkpointing)
     targets = cfg.target_modules
@@ -449,7 +452,8 @@ def attach_lora(model, cfg, gradient_checkpointing: bool = False, task_type: str
     lora = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=dropout,
                       target_modules="all-linear" if all_linear else targets,
                       use_dora=cfg.use_dora, use_rslora=cfg.use_rslora, task_type=task_type,
-                      trainable_token_indices=trainable_tokens)
+                      trainable_token_indices=trainable_tokens,
+                      init_lora_weights=peft_value(init or getattr(cfg, "init_lora_weights", "default")))
     try:
         return get_peft_model(model, lora)
     except ValueError as e:

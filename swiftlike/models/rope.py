@@ -52,25 +52,35 @@ def parse(value) -> str | dict | None:
     unknown = sorted(set(spec) - _KEYS[kind])
     if unknown:
         raise UserError(f"{FLAG}: {kind} takes {', '.join(sorted(_KEYS[kind]))}, not {', '.join(unknown)}")
-    factor = spec.get("factor")
-    if factor is not None and (isinstance(factor, bool) or not isinstance(factor, (int, float)) or factor <= 1):
-        raise UserError(f"{FLAG}: factor must be a number above 1 (how many times the positions stretch), "
-                        f"got {factor!r}")
-    original = spec.get("original_max_position_embeddings")
-    if original is not None and (isinstance(original, bool) or not isinstance(original, int) or original < 1):
-        raise UserError(f"{FLAG}: original_max_position_embeddings must be a whole number of positions, "
-                        f"got {original!r}")
+    for key, low, what in (("factor", 1, "above 1 (how many times the positions stretch)"),
+                           ("attention_factor", 0, "above 0"), ("beta_fast", 0, "above 0"), ("beta_slow", 0, "above 0"),
+                           ("original_max_position_embeddings", 0, "a whole number of positions")):
+        value = spec.get(key)
+        whole = key != "original_max_position_embeddings" or isinstance(value, int)
+        if value is not None and (not _number(value) or value <= low or not whole):
+            raise UserError(f"{FLAG}: {key} must be a number {what}, got {value!r}")
+    if spec.get("beta_fast", 32) <= spec.get("beta_slow", 1):
+        raise UserError(f"{FLAG}: beta_fast ({spec.get('beta_fast', 32)}) must be above beta_slow "
+                        f"({spec.get('beta_slow', 1)})")
     return spec
 
 
-def overrides(spec, config, length: int) -> dict:
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def overrides(spec, config, length: int, trust_remote_code: bool = False) -> dict:
     """The config attributes that stretch this model's RoPE as `spec` asks, for sequences of `length` tokens:
     the factor (when not given) is ceil(length / the model's positions); the positions become that many times
     the original. Refused for vision-language models (their multimodal RoPE), for models whose RoPE is scaled
-    already, and where nothing needs stretching."""
+    already, for models that run their own code (which reads its own settings), and where nothing needs
+    stretching."""
     spec = parse(spec)
     if spec is None:
         return {}
+    if trust_remote_code:
+        raise UserError(f"{FLAG} sets transformers' RoPE parameters, which a model running its own code "
+                        "(--trust_remote_code) may not read; it is not combined with --trust_remote_code")
     if getattr(config, "vision_config", None) is not None:
         raise UserError(f"{FLAG}: vision-language models position their tokens with a multimodal RoPE, which "
                         "is not stretched here")
@@ -95,15 +105,18 @@ def overrides(spec, config, length: int) -> dict:
     stretched = {**rope, **spec, "factor": float(factor)}
     if stretched["rope_type"] == "yarn":
         stretched["original_max_position_embeddings"] = original
-    return {"rope_parameters": stretched, "max_position_embeddings": int(original * factor)}
+    changed = {"rope_parameters": stretched, "max_position_embeddings": math.ceil(original * factor)}
+    if hasattr(text, "original_max_position_embeddings"):  # (Phi-3's configs: transformers reads it from there)
+        changed["original_max_position_embeddings"] = original
+    return changed
 
 
 def describe(overrides: dict) -> str:
     if not overrides:
         return "the model's own RoPE"
     rope = overrides["rope_parameters"]
-    original = rope.get("original_max_position_embeddings") or round(overrides["max_position_embeddings"]
-                                                                     / rope["factor"])
+    original = rope.get("original_max_position_embeddings") or math.floor(overrides["max_position_embeddings"]
+                                                                          / rope["factor"])
     return (f"{rope['rope_type']} x{rope['factor']:g} ({original:,} -> {overrides['max_position_embeddings']:,} "
             "positions)")
 
@@ -117,11 +130,14 @@ def apply(config, overrides: dict):
 
 
 def past_positions(config, length: int) -> str | None:
-    """A note when sequences of `length` tokens run past the model's trained positions with no scaling asked."""
+    """A note when sequences of `length` tokens run past the model's positions (stretched or not)."""
     text = config.get_text_config()
     positions = getattr(text, "max_position_embeddings", None)
-    rope = getattr(text, "rope_parameters", None) or {}
-    if not positions or length <= positions or rope.get("rope_type", "default") != "default":
+    if not positions or length <= positions:
         return None
-    return (f"sequences up to {length:,} tokens run past the model's {positions:,} trained positions; add "
-            f"{FLAG} yarn (or linear) to stretch its RoPE over them")
+    rope = getattr(text, "rope_parameters", None) or {}
+    if rope.get("rope_type", "default") == "default":
+        return (f"sequences up to {length:,} tokens run past the model's {positions:,} trained positions; add "
+                f"{FLAG} yarn (or linear) to stretch its RoPE over them")
+    return (f"sequences up to {length:,} tokens run past the model's {positions:,} positions "
+            f"({rope.get('rope_type')} x{rope.get('factor', 1):g}); positions beyond are extrapolated")

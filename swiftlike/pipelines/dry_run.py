@@ -14,7 +14,7 @@ from ..errors import UserError
 from ..models import attention
 from ..hub import is_local
 from ..models.loader import model_config, quiet_libraries
-from ..models.rope import describe, overrides
+from ..models.rope import apply, describe, overrides, past_positions
 from ..registry import find_model
 from ..train.dpo import REFERENCE_FREE
 from ..train.memory_plan import (FORMULA_TYPES, MEASURED_TYPES, MemoryPlan, Setup, architecture,
@@ -54,8 +54,11 @@ def dry_run(cfg, task: str) -> MemoryPlan:
     if setup.trainable is not None:
         result.notes.append("--trainable_parameters / --freeze_parameters: gradients and optimizer states of the "
                             "selected parameters; activations as for training every parameter (an upper bound)")
-    if cfg.rope_scaling:  # (checked against the model, as the run would)
-        result.notes.append(f"--rope_scaling: {describe(overrides(cfg.rope_scaling, config, cfg.sequence_length))}")
+    changed = overrides(cfg.rope_scaling, config, cfg.sequence_length, cfg.trust_remote_code)  # (as the run would)
+    if changed:
+        result.notes.append(f"--rope_scaling: {describe(changed)}")
+    if note := past_positions(apply(config, changed), cfg.sequence_length):
+        result.notes.append(note)
     if arch.model_type not in MEASURED_TYPES:
         measured = ", ".join(MEASURED_TYPES)
         result.notes.append(f"the activation formula was checked against measured peaks for {measured} decoders; "

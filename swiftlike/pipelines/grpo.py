@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from .. import accel
-from ..config import GRPOConfig
+from ..config import USE_VLLM_ROPE, GRPOConfig
 from ..data.dataset import DataStats, hold_out, load_rows
 from ..data.images import ImageProcessing
 from ..errors import UserError
@@ -18,9 +18,9 @@ from ..train.grpo import GRPOObjective
 from ..train.grpo_trainer import GRPOTrainer, RolloutSettings
 from ..train.trainer import LoopSettings, TrainResult
 from .eval import after_training
-from .sft import (_base_weights, build_trainable, cleans_up_on_failure, describe_model, frozen_reference,
-                  resolve_template_name, resume_line, run_args, run_overrides, start_run, training_engine,
-                  training_tokenizer, zero3)
+from .sft import (_base_weights, build_trainable, cleans_up_on_failure, describe_model,
+                  frozen_reference, resolve_template_name, resume_line, run_args, run_overrides, start_run,
+                  training_engine, training_tokenizer, zero3)
 
 
 def encode_prompts(rows: list[dict], template, max_prompt_length: int, stats: DataStats,
@@ -120,9 +120,8 @@ def run_grpo(cfg: GRPOConfig) -> TrainResult:
         return dry_run(cfg, "grpo")
     main, out, resume_from = start_run(cfg)
     evaluate_after = after_training(cfg)  # its datasets checked before any training
-    if run_overrides(cfg, resume_from, announce=True) and cfg.use_vllm:
-        raise UserError("--rope_scaling with --use_vllm: vLLM would generate with the base's own RoPE; use the "
-                        "transformers backend (drop --use_vllm)")
+    if run_overrides(cfg, resume_from, announce=True) and cfg.use_vllm:  # (continued --adapters' own)
+        raise UserError(USE_VLLM_ROPE)
 
     tokenizer, added = training_tokenizer(cfg, resume_from)
     template_name = resolve_template_name(cfg, tokenizer)

@@ -21,6 +21,7 @@ from ..data.dataset import WHERE, DataStats, NoRowsLeft, encode_rows, hold_out, 
 from ..data.stream import LazyCollate, RowStream
 from ..errors import UserError, intact
 from ..models import attach_lora, build_miniature, load_model, load_tokenizer
+from ..models import lora_init
 from ..models.lora_compute import compute_in_stream_dtype
 from ..models.loader import (freeze_vision_parts, model_config, prepare_4bit, quiet_libraries, select_trainable,
                                trained_names)
@@ -452,7 +453,7 @@ def run_overrides(cfg: SFTConfig, resume_from: Path | None = None, announce: boo
     from ..models import rope
 
     config = model_config(cfg.model, cfg.hub, cfg.trust_remote_code, miniature=cfg.miniature)
-    asked = rope.overrides(cfg.rope_scaling, config, cfg.sequence_length)
+    asked = rope.overrides(cfg.rope_scaling, config, cfg.sequence_length, cfg.trust_remote_code)
     earlier = config_overrides(cfg.adapters) if cfg.adapters else {}
     if cfg.adapters and cfg.rope_scaling and asked != earlier:
         raise UserError(f"--adapters {cfg.adapters} was trained with {rope.describe(earlier)}, not "
@@ -462,12 +463,13 @@ def run_overrides(cfg: SFTConfig, resume_from: Path | None = None, announce: boo
     saved = config_overrides(str(resume_from)) if resume_from is not None else chosen
     if saved != chosen:
         raise UserError(f"{resume_from} was trained with {rope.describe(saved)}, this run asks for "
-                        f"{rope.describe(chosen)}; resume with the --rope_scaling it was started with")
+                        f"{rope.describe(chosen)}; resume with the --rope_scaling (and, for a factor it derives, the "
+                        "sequence length) it was started with")
     if announce and accel.is_main_process():
         if chosen:
             inherited = f", as --adapters {cfg.adapters} trained" if earlier else ""
             print(f"[wb] RoPE: {rope.describe(chosen)}{inherited}")
-        elif note := rope.past_positions(rope.apply(config, chosen), cfg.sequence_length):
+        if note := rope.past_positions(rope.apply(config, chosen), cfg.sequence_length):
             print(f"[wb] note: {note}", file=sys.stderr)
     return chosen
 
@@ -505,16 +507,50 @@ def build_trainable(cfg: SFTConfig, tokenizer, base_dir: str, resume_from: Path 
         model = select_trainable(model, cfg)
         _selection_keeps_what_must_train(model, cfg, added, reward)
         return compiled_layers(cfg, model)
+    mutated = lora_init.mutates_base(cfg.init_lora_weights)
+    if resume_from is not None:
+        _same_lora_options(cfg, resume_from)
+    if mutated:
+        lora_init.check_model(model, cfg)
     if cfg.adapters:
         model = _start_from_adapters(model, cfg, reference, reward)
-    else:
+    else:  # (a resumed PiSSA / OLoRA run is not decomposed again: its checkpoint holds the start)
         model = attach_lora(model, cfg, cfg.gradient_checkpointing, "SEQ_CLS" if reward else "CAUSAL_LM",
-                            trainable_rows(model, (added or {}).values()))
+                            trainable_rows(model, (added or {}).values()),
+                            init="default" if mutated and resume_from is not None else None)
+    if mutated and resume_from is None:
+        model.swiftlike_lora_init = lora_init.initial_adapters(model)  # (checkpoints convert with it)
+        if accel.is_main_process():
+            print(f"[wb] lora: {cfg.init_lora_weights} start: the adapters hold each weight's principal part, the "
+                  f"base the rest; checkpoints are plain LoRA of rank {2 * cfg.lora_rank} on the original base"
+                  + (f" (note: --lora_dropout {cfg.lora_dropout} drops part of that principal part while training; "
+                     "PiSSA trains with 0)" if cfg.lora_dropout else ""))
     if not zero3(cfg):  # (ZeRO-3 gathers an adapter's weights only when its own module runs: peft's forward)
         compute_in_stream_dtype(model)  # adapters in the stream's dtype, their weights in float32 (models/lora_compute)
-    if resume_from is not None:
+    if resume_from is not None and mutated:
+        model.swiftlike_lora_init = lora_init.resume(model, resume_from)
+    elif resume_from is not None:
         _load_adapter(model, resume_from)
     return compiled_layers(cfg, model)
+
+
+def _same_lora_options(cfg: SFTConfig, ckpt: Path) -> None:
+    """A resumed LoRA run keeps the adapters' shape, scale and start (another would load, or silently compute
+    another model); continued --adapters keep their own, whatever the flags say."""
+    saved = read_args(str(ckpt))
+    keys = ("init_lora_weights",) + (() if cfg.adapters else ("lora_rank", "lora_alpha", "use_rslora", "use_dora",
+                                                                "target_modules"))
+    defaults = {"init_lora_weights": "default"}  # (older checkpoints)
+    for key in keys:
+        was = saved.get(key, defaults.get(key))
+        if was is not None and was != getattr(cfg, key):
+            raise UserError(f"{ckpt} was started with --{key} {_flag_value(was)}, this run asks for "
+                            f"{_flag_value(getattr(cfg, key))}; resume with the LoRA options it was started with")
+
+
+def _flag_value(value) -> str:
+    return " ".join(map(str, value)) if isinstance(value, list) else str(value).lower() if isinstance(value, bool) \
+        else str(value)
 
 
 def _selection_keeps_what_must_train(model, cfg: SFTConfig, added: dict | None, reward: bool) -> None:
@@ -725,14 +761,13 @@ def _precompute_reference(trainer: Trainer, pairs: list[dict], batch_size: int, 
 
 
 def _load_adapter(model, ckpt: Path) -> None:
-    from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
     weights = ckpt / "adapter_model.safetensors"
     if not weights.is_file():
         raise UserError(f"{ckpt}: no adapter_model.safetensors to resume a LoRA run from")
     with intact(ckpt):
-        set_peft_model_state_dict(model, load_file(str(weights)))
+        lora_init.load_adapter_weights(model, load_file(str(weights)), ckpt)
 
 
 def _lm_objective(cfg, model, base_dir, dtype, added):  # noqa: ARG001 (the objectives' signature)

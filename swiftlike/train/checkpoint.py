@@ -73,6 +73,11 @@ def save_checkpoint(tmp: Path, step: int, model, tokenizer, args_json: str, stat
     if getattr(model, "peft_config", None):  # (a grown embedding is rebuilt from the base by every loader:
         kwargs["save_embedding_layers"] = False  # PEFT's "auto" saved it whole, 2 GB for Llama-3-8B)
     model.save_pretrained(tmp, **kwargs)
+    initial = getattr(model, "swiftlike_lora_init", None)
+    if initial is not None:  # PiSSA / OLoRA: plain LoRA on the original base (models/lora_init.py)
+        from ..models.lora_init import write_as_plain_lora
+
+        write_as_plain_lora(tmp, initial)
     tokenizer.save_pretrained(tmp)
     (tmp / "args.json").write_text(args_json, encoding="utf-8")
     (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
