@@ -103,6 +103,10 @@ class SFTConfig(ModelArgs, DataArgs):
     val_dataset: list = _f([], "Validation data (same forms as --dataset); its loss is logged as eval_loss.")
     split_ratio: float = _f(0.0, "Fraction of the training rows held out (seeded) for validation.")
     eval_steps: int | None = _f(None, "Evaluate every N optimizer steps (default: at every save and at the end).")
+    early_stopping_patience: int | None = _f(None, "Stop when the validation metric (eval_loss; wb grpo: "
+                                                   "eval_reward) has not improved for this many evaluations in a row "
+                                                   "(saving a checkpoint there); the best checkpoint is named at the "
+                                                   "end and kept by --save_total_limit either way.")
     eval_after_train: bool = _f(False, "After training, score the final checkpoint and the base model the same way "
                                        "on --eval_dataset (`wb eval`), print both with the difference, and write "
                                        "them to <output_dir>/eval and the tracker.")
@@ -350,6 +354,8 @@ class SFTConfig(ModelArgs, DataArgs):
             ("lora_dropout", 0 <= self.lora_dropout < 1, "must be in [0, 1)"),
             ("save_total_limit", self.save_total_limit is None or self.save_total_limit >= 1, "must be at least 1"),
             ("eval_steps", self.eval_steps is None or self.eval_steps >= 1, "must be at least 1"),
+            ("early_stopping_patience", self.early_stopping_patience is None or self.early_stopping_patience >= 1,
+             "must be at least 1"),
             ("dataset_num_proc", self.dataset_num_proc >= 1, "must be at least 1"),
             *((name, getattr(self, name) is None or getattr(self, name) > 0, "must be positive") for name in pixels),
         )
@@ -473,9 +479,9 @@ class SFTConfig(ModelArgs, DataArgs):
             raise UserError("--split_ratio needs the whole dataset; with --streaming give --val_dataset")
         if self.split_ratio and self.val_dataset:
             raise UserError("--split_ratio and --val_dataset are two sources of validation rows; choose one")
-        if self.eval_steps is not None and not (self.split_ratio or self.val_dataset):
-            raise UserError("--eval_steps sets how often the validation loss is measured: add --val_dataset or "
-                            "--split_ratio")
+        for flag in ("eval_steps", "early_stopping_patience"):
+            if getattr(self, flag) is not None and not (self.split_ratio or self.val_dataset):
+                raise UserError(f"--{flag} needs validation rows: add --val_dataset or --split_ratio")
         if self.packing and not self.padding_free:
             raise UserError("--packing needs padding-free batches (drop --padding_free false)")
         if self.eval_after_train and not self.eval_dataset:

@@ -45,7 +45,7 @@ def test_unknown_flags_get_a_suggestion_only_when_close(capsys, flag, message):
     ("sft", ["--split_ratio", "0.1", "--val_dataset", "v.jsonl"],                         # (the split was ignored)
      "--split_ratio and --val_dataset are two sources of validation rows; choose one"),
     ("sft", ["--eval_steps", "5"],                                                        # (was ignored)
-     "--eval_steps sets how often the validation loss is measured: add --val_dataset or --split_ratio"),
+     "--eval_steps needs validation rows: add --val_dataset or --split_ratio"),
     ("grpo", ["--reward_funcs", "format", "--top_p", "2"], "top_p must be in (0, 1], got 2.0"),
     ("grpo", ["--reward_funcs", "format", "--top_k", "-1"], "top_k must be >= 0 (0 is off), got -1"),
     ("grpo", ["--reward_funcs", "format", "--epsilon", "0"],

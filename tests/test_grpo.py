@@ -304,9 +304,11 @@ def test_tool_calling_prompts_and_reward(tmp_path):
 def test_validation_reward_is_logged(tmp_path):
     r = wb.grpo(model="Qwen/Qwen3-0.6B", miniature=True, dataset=["arithmetic#20"], reward_funcs=["length", "format"],
                 split_ratio=0.2, eval_steps=1, num_generations=2, per_device_train_batch_size=4,
-                max_completion_length=6, max_steps=2, output_dir=str(tmp_path / "v"))
+                max_completion_length=6, max_steps=2, save_steps=1, output_dir=str(tmp_path / "v"))
     evals = [h for h in r.log_history if "eval_reward" in h]
     assert [h["step"] for h in evals] == [1, 2]
+    best = 2 if evals[1]["eval_reward"] > evals[0]["eval_reward"] else 1  # the highest reward (ties: the first)
+    assert r.best_checkpoint == str(tmp_path / "v" / f"checkpoint-{best}")
     assert evals[-1]["eval_rewards/length/mean"] == -1.0            # greedy, full-length completions
     assert "eval_completions/mean_length" in evals[-1] and r.metrics["eval_reward"] == evals[-1]["eval_reward"]
 

@@ -54,7 +54,8 @@ def test_the_resume_line_tolerates_a_checkpoint_without_readable_args(tmp_path):
 
     ckpt = tmp_path / "checkpoint-1"
     ckpt.mkdir()
-    trainer, cfg = SimpleNamespace(step=1, total_steps=2, resumed_plan=None), SFTConfig(learning_rate=1e-3)
+    trainer = SimpleNamespace(step=1, total_steps=2, resumed_plan=None, stopped_early=False)
+    cfg = SFTConfig(learning_rate=1e-3)
     assert resume_line(ckpt, trainer, cfg) == f"[wb] resuming from {ckpt} (step 1 of 2)"
     (ckpt / "args.json").write_text("{oops")
     assert resume_line(ckpt, trainer, cfg) == f"[wb] resuming from {ckpt} (step 1 of 2)"

@@ -389,6 +389,10 @@ def _global_batch(args: dict) -> int | None:
 
 
 def resume_line(ckpt: Path, trainer, cfg: SFTConfig) -> str:
+    if trainer.stopped_early:
+        return (f"[wb] {ckpt} ended the run early at step {trainer.step} (--early_stopping_patience: "
+                f"{trainer.best_metric} had not improved for {trainer.stale_evals} evaluations): nothing to train; "
+                "resume with a larger --early_stopping_patience (or without it) to train further")
     if trainer.step >= trainer.total_steps:
         return (f"[wb] {ckpt} already ran all {trainer.total_steps} planned steps: nothing to train. To train further, "
                 f"resume with a higher --max_steps (e.g. --max_steps {2 * trainer.total_steps}) or "

@@ -62,9 +62,10 @@ def processes_of(args: dict) -> int:
 
 
 def save_checkpoint(tmp: Path, step: int, model, tokenizer, args_json: str, state: dict, training_state: dict,
-                    save_total_limit: int | None = None, weights: dict | None = None) -> Path:
+                    save_total_limit: int | None = None, weights: dict | None = None, keep: str | None = None) -> Path:
     """Complete the checkpoint built in `tmp` (prepare_checkpoint_dir) and rename it to checkpoint-<step>.
-    `weights`: the full state dict when the model's own parameters are sharded (DeepSpeed ZeRO-3, FSDP)."""
+    `weights`: the full state dict when the model's own parameters are sharded (DeepSpeed ZeRO-3, FSDP); `keep`:
+    the name of a checkpoint --save_total_limit does not delete (the best one)."""
     root = tmp.parent
     final = root / f"checkpoint-{step}"
     kwargs = {"safe_serialization": True} if weights is None else {"safe_serialization": True, "state_dict": weights}
@@ -98,9 +99,10 @@ def save_checkpoint(tmp: Path, step: int, model, tokenizer, args_json: str, stat
             shutil.rmtree(ckpt, ignore_errors=True)
         else:
             kept.append(ckpt)
-    if save_total_limit:  # the newest, this one among them
+    if save_total_limit:  # the newest, this one among them, and the best
         for ckpt in kept[:-save_total_limit]:
-            shutil.rmtree(ckpt, ignore_errors=True)
+            if ckpt.name != keep:
+                shutil.rmtree(ckpt, ignore_errors=True)
     return final
 
 

@@ -66,6 +66,7 @@ def collate_completions(samples: list[dict], pad_id: int = 0, image_pad_id: int 
 
 
 class GRPOTrainer(Trainer):
+    best_metric, greater_is_better = "eval_reward", True
     def __init__(self, model, tokenizer, prompts: list[dict], settings, args_json: str, resume_from=None, *,
                  objective, rollout, rewards: list, rs: RolloutSettings, eval_prompts: list[dict] | None = None,
                  engine=None, shown_tokens=()):

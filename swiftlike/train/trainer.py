@@ -48,6 +48,7 @@ class LoopSettings:
     save_total_limit: int | None
     report_to: str
     eval_steps: int | None = None
+    early_stopping_patience: int | None = None  # evaluations without improvement before the run stops
     save_on_interrupt: bool = True
     vit_lr: float | None = None      # vision-language models: the vision encoder's learning rate
     aligner_lr: float | None = None  # and the merger's
@@ -66,7 +67,8 @@ class TrainResult:
     checkpoint: str
     metrics: dict
     log_history: list = field(default_factory=list)
-    already_finished: bool = False  # resumed from a checkpoint that had run every planned step
+    already_finished: bool = False  # resumed from a checkpoint that had run every planned step (or stopped early)
+    best_checkpoint: str | None = None  # the checkpoint with the best validation metric (Trainer.best_metric)
     evaluation: dict = field(default_factory=dict)  # --eval_after_train: what was measured, as logged
 
 
@@ -126,6 +128,8 @@ def step_rows(step: int, n_rows: int, s: LoopSettings) -> list[list[int]]:
 
 
 class Trainer:
+    best_metric, greater_is_better = "eval_loss", False  # which checkpoint is best (GRPO: its eval reward)
+
     def __init__(self, model, tokenizer, rows: list, collate, settings: LoopSettings, args_json: str,
                  resume_from: Path | None = None, eval_rows: list | None = None, eval_collate=None,
                  objective=None, engine: EngineFactory | None = None):
@@ -161,6 +165,10 @@ class Trainer:
         self.slot_tokens = 0  # every position processed, padding included
         self.saved, self.saved_step, self.resumed_from = None, None, resume_from  # (this run's checkpoints)
         self.resumed_plan = None  # the total steps the resumed checkpoint's run had planned
+        # validation: the best value seen, evaluations since it improved, the best checkpoint (value, name), and
+        # whether --early_stopping_patience ended the run
+        self.best_seen, self.stale_evals, self.best_checkpoint, self.stopped_early = None, 0, None, False
+        self.last_eval = None  # (step, value) of the latest evaluation
         if resume_from is not None:
             self._restore(resume_from)
             self.saved_step = self.step
@@ -293,7 +301,7 @@ class Trainer:
 
         main = accel.is_main_process()
         unit = getattr(self.objective, "unit", "tokens")  # what the loss is averaged over: tokens or pairs
-        finished_before = self.step >= self.total_steps
+        finished_before = self.step >= self.total_steps or self.stopped_early
         report_to = self.s.report_to if main and not finished_before else "none"  # no empty tracker runs
         tracker = Tracker(report_to, self.s.output_dir, json.loads(self.args_json))
         import sys
@@ -320,13 +328,17 @@ class Trainer:
             tracker.close()
         result = self._result(checkpoint, seconds, finished_before, dropped)
         result.evaluation = evaluation
+        if self.best_checkpoint is not None:
+            value, result.best_checkpoint = self.best_checkpoint
+            if main:
+                print(f"[wb] best checkpoint: {result.best_checkpoint} ({self.best_metric} {short(value)})")
         return result
 
     def _loop(self, bar, tracker, unit: str) -> Path | None:
         main = accel.is_main_process()
         window_tokens, window_start = 0, time.perf_counter()
         checkpoint = None
-        while self.step < self.total_steps:
+        while self.step < self.total_steps and not self.stopped_early:
             # every process stops at the same step (one that stopped alone would leave the others in a collective)
             if self._global_sum(self._stop_requested) > 0:
                 self._stop(bar)
@@ -365,9 +377,39 @@ class Trainer:
                 tracker.log(scores, self.step)
                 if main:
                     bar.write(json.dumps(entry))
-            if self.step % self.s.save_steps == 0 or self.step == self.total_steps:
+                self._patience(scores)
+            if self.step % self.s.save_steps == 0 or self.step == self.total_steps or self.stopped_early:
                 checkpoint = self.save()
+        if self.stopped_early and main and checkpoint is not None:
+            bar.write(f"[wb] early stop at step {self.step} of {self.total_steps}: {self.best_metric} has not improved "
+                      f"for {self.stale_evals} evaluations (--early_stopping_patience)")
         return checkpoint
+
+    def _better(self, value: float, than: float | None) -> bool:
+        return than is None or (value > than if self.greater_is_better else value < than)
+
+    def _patience(self, scores: dict) -> None:
+        """Count the evaluations since the validation metric last improved; enough of them, before the last planned
+        step, end the run."""
+        value = scores.get(self.best_metric)
+        if value is None:
+            return
+        self.last_eval = (self.step, value)
+        if self._better(value, self.best_seen):
+            self.best_seen, self.stale_evals = value, 0
+        else:
+            self.stale_evals += 1
+        self.stopped_early = self._patience_spent() and self.step < self.total_steps
+
+    def _patience_spent(self) -> bool:
+        patience = self.s.early_stopping_patience
+        return patience is not None and self.stale_evals >= patience
+
+    def _best_after_saving(self, path: Path) -> None:
+        """The best checkpoint, counting this step's if it was evaluated (kept by --save_total_limit)."""
+        if self.last_eval is not None and self.last_eval[0] == self.step and \
+                self._better(self.last_eval[1], self.best_checkpoint and self.best_checkpoint[0]):
+            self.best_checkpoint = (self.last_eval[1], str(path))
 
     def _result(self, checkpoint: Path | None, seconds: float, finished_before: bool,
                 dropped: Counter | None) -> TrainResult:
@@ -459,17 +501,25 @@ class Trainer:
         dropped = self._dropped()
         self.engine.save_engine_state(tmp)
         path = None
+        self._best_after_saving(Path(self.s.output_dir) / f"checkpoint-{self.step}")
         if accel.is_main_process():
             for name, text in self.extra_files.items():
                 (tmp / name).write_text(text + "\n", encoding="utf-8")
             state = {"global_step": self.step, "total_steps": self.total_steps, "trained_tokens": self.trained_tokens,
-                     "first_loss": self.first_loss, "log_history": self.log_history}
+                     "first_loss": self.first_loss, "log_history": self.log_history,
+                     "best_seen": self.best_seen, "evals_without_improvement": self.stale_evals,
+                     "stopped_early": self.stopped_early}
+            if self.best_checkpoint is not None:  # (transformers' names)
+                state["best_metric"], state["best_model_checkpoint"] = self.best_checkpoint
             if dropped:  # counted over a resume
                 state["dropped_while_training"] = dict(dropped)
             training_state = {"optimizer": optimizer, "optim": self.s.optim, "scheduler": self.scheduler.state_dict(),
                               "rng": accel.rng_state(), "step": self.step, "trained_tokens": self.trained_tokens}
+            best = Path(self.best_checkpoint[1]) if self.best_checkpoint else None
+            keep = best.name if best is not None and best.parent.resolve() == Path(self.s.output_dir).resolve() \
+                else None  # (a resumed run's best may lie in the directory it was resumed from)
             path = save_checkpoint(tmp, self.step, self.model, self.tokenizer, self.args_json, state,
-                                   training_state, self.s.save_total_limit, weights)
+                                   training_state, self.s.save_total_limit, weights, keep=keep)
             self.saved = path
         self.saved_step = self.step
         if self.distributed:
@@ -499,6 +549,12 @@ class Trainer:
         self.step, self.trained_tokens = state["step"], state["trained_tokens"]
         history = json.loads((Path(ckpt) / "trainer_state.json").read_text())
         self.log_history, self.resumed_plan = history.get("log_history", []), history.get("total_steps")
+        self.best_seen, self.stale_evals = history.get("best_seen"), history.get("evals_without_improvement", 0)
+        # stopped early: and still so by this run's patience (a larger --early_stopping_patience, or none, goes on)
+        self.stopped_early = bool(history.get("stopped_early")) and self._patience_spent()
+        best = history.get("best_model_checkpoint")
+        if best and Path(best).is_dir():  # (not one --save_total_limit removed after the checkpoint resumed from)
+            self.best_checkpoint = (history["best_metric"], best)
         logged = [h["loss"] for h in self.log_history if h.get("loss") is not None]  # (checkpoints older than
         # "first_loss")
         self.first_loss = history.get("first_loss", logged[0] if logged else None)
