@@ -444,3 +444,20 @@ def test_vit_and_aligner_learning_rates_are_their_own_param_groups(tmp_path):
     r = wb_cli("sft", "--model", MODELS[1], "--miniature", "--dataset", "x.jsonl", "--vit_lr", "1e-5", cwd=tmp_path,
                check=False)
     assert r.returncode == 2 and "--vit_lr must be positive and needs --freeze_vit false" in r.stderr
+
+
+def test_a_resume_keeps_the_vision_parts_it_trained(images, tmp_path, capsys):
+    """--freeze_vit / --freeze_aligner / --freeze_llm decide which parts train (LoRA: which get adapters); a resume
+    with others would load the saved adapters or moments into other parameters."""
+    from swiftlike.cli.main import main
+
+    data = tmp_path / "d.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in _rows(images)) + "\n")
+    common = ["sft", "--model", MODELS[0], "--miniature", "--dataset", str(data), "--max_steps", "1",
+              "--output_dir", str(tmp_path / "run")]
+    assert main(common) == 0
+    capsys.readouterr()
+    assert main([*common, "--max_steps", "2", "--resume", "--freeze_vit", "false"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"wb: error: {tmp_path / 'run' / 'checkpoint-1'} was started with --freeze_vit true, this run asks for "
+        "false; resume with the LoRA options it was started with")

@@ -24,7 +24,7 @@ from ..models import attach_lora, build_miniature, load_model, load_tokenizer
 from ..models import lora_init
 from ..models.lora_compute import compute_in_stream_dtype
 from ..models.loader import (freeze_vision_parts, model_config, prepare_4bit, quiet_libraries, select_trainable,
-                               trained_names)
+                               trained_names, vision_parts)
 from ..models.resolve import (ModelRef, added_tokens, base_weights, config_overrides, read_args, resolve,
                               template_name)
 from ..models.tokens import (add_tokens, embedding_rows, listed, rebuild_rows, refuse_rowless_tokens,
@@ -507,13 +507,15 @@ def build_trainable(cfg: SFTConfig, tokenizer, base_dir: str, resume_from: Path 
     if cfg.full:
         model = freeze_vision_parts(model.requires_grad_(True), cfg)
         if resume_from is not None:
+            _same_options(cfg, resume_from, VISION_PARTS if vision_parts(model) else (), "--freeze_* flags")
             _same_selection(model, cfg, resume_from)
         model = select_trainable(model, cfg)
         _selection_keeps_what_must_train(model, cfg, added, reward)
         return compiled_layers(cfg, model)
     mutated = lora_init.mutates_base(cfg.init_lora_weights)
     if resume_from is not None:
-        _same_lora_options(cfg, resume_from)
+        _same_options(cfg, resume_from, _lora_options(cfg) + (VISION_PARTS if vision_parts(model) else ()),
+                      "LoRA options")
     if mutated:
         lora_init.check_model(model, cfg)
     if cfg.adapters:
@@ -538,18 +540,29 @@ def build_trainable(cfg: SFTConfig, tokenizer, base_dir: str, resume_from: Path 
     return compiled_layers(cfg, model)
 
 
-def _same_lora_options(cfg: SFTConfig, ckpt: Path) -> None:
-    """A resumed LoRA run keeps the adapters' shape, scale and start (another would load, or silently compute
-    another model); continued --adapters keep their own, whatever the flags say."""
-    saved = read_args(str(ckpt))
-    keys = ("init_lora_weights",) + (() if cfg.adapters else ("lora_rank", "lora_alpha", "use_rslora", "use_dora",
-                                                                "target_modules"))
+VISION_PARTS = ("freeze_vit", "freeze_aligner", "freeze_llm")
+
+
+def _same_options(cfg: SFTConfig, ckpt: Path, keys: tuple, what: str) -> None:
+    """A resume keeps the options that decide what trains and how (another would load into other parameters, or
+    silently compute another model)."""
+    try:
+        saved = read_args(str(ckpt))
+    except UserError:  # (no args.json: nothing to compare with)
+        return
     defaults = {"init_lora_weights": "default"}  # (older checkpoints)
     for key in keys:
         was = saved.get(key, defaults.get(key))
         if was is not None and was != getattr(cfg, key):
             raise UserError(f"{ckpt} was started with --{key} {_flag_value(was)}, this run asks for "
-                            f"{_flag_value(getattr(cfg, key))}; resume with the LoRA options it was started with")
+                            f"{_flag_value(getattr(cfg, key))}; resume with the {what} it was started with")
+
+
+def _lora_options(cfg: SFTConfig) -> tuple:
+    """What a LoRA resume keeps: the adapters' shape, scale and start (continued --adapters keep their own,
+    whatever the flags say)."""
+    return ("init_lora_weights",) + (() if cfg.adapters else ("lora_rank", "lora_alpha", "use_rslora", "use_dora",
+                                                               "target_modules"))
 
 
 def _flag_value(value) -> str:
