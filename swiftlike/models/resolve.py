@@ -191,15 +191,19 @@ def added_token_ids(ref: ModelRef) -> list[int]:
     return ref.added_ids if ref.adapters else []
 
 
+def _saved(checkpoint: str, key: str) -> dict:
+    """A mapping a swiftlike checkpoint's args.json records ({} for other checkpoints and older runs)."""
+    return dict(read_args(checkpoint).get(key) or {}) if (Path(checkpoint) / "args.json").is_file() else {}
+
+
 def added_tokens(checkpoint: str) -> dict[str, int]:
-    """{token: id} a swiftlike checkpoint's run added to the tokenizer ({} for other checkpoints and older runs)."""
-    return dict(read_args(checkpoint).get("added_tokens") or {}) if (Path(checkpoint) / "args.json").is_file() else {}
+    """{token: id} a swiftlike checkpoint's run added to the tokenizer."""
+    return _saved(checkpoint, "added_tokens")
 
 
 def config_overrides(checkpoint: str) -> dict:
-    """The config attributes a swiftlike checkpoint's run changed on its base ({} for other checkpoints)."""
-    return dict(read_args(checkpoint).get("config_overrides") or {}) if (Path(checkpoint) / "args.json").is_file() \
-        else {}
+    """The config attributes a swiftlike checkpoint's run changed on its base (--rope_scaling)."""
+    return _saved(checkpoint, "config_overrides")
 
 
 def refuse_added_tokens(name: str, path: str, why: str) -> None:

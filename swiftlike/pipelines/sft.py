@@ -456,7 +456,9 @@ def run_overrides(cfg: SFTConfig, resume_from: Path | None = None, announce: boo
     run must ask for what it was started with. `announce`: say it (or that sequences run past the positions)."""
     from ..models import rope
 
-    config = model_config(cfg.model, cfg.hub, cfg.trust_remote_code, miniature=cfg.miniature)
+    # (the model's config is read only where it is needed: every load of the base asks for the overrides)
+    config = model_config(cfg.model, cfg.hub, cfg.trust_remote_code, miniature=cfg.miniature) \
+        if cfg.rope_scaling or announce else None
     asked = rope.overrides(cfg.rope_scaling, config, cfg.sequence_length, cfg.trust_remote_code)
     earlier = config_overrides(cfg.adapters) if cfg.adapters else {}
     if cfg.adapters and cfg.rope_scaling and asked != earlier:
