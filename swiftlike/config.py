@@ -98,6 +98,10 @@ class SFTConfig(ModelArgs, DataArgs):
     neftune_noise_alpha: float | None = _f(None, "NEFTune: uniform noise on the input embeddings while training, "
                                                  "alpha / sqrt(L x hidden) for a sequence of L tokens (5 in the "
                                                  "paper); never at evaluation or inference.")
+    router_aux_loss_coef: float | None = _f(None, "Mixture-of-experts models: weight of the router's load-"
+                                                  "balancing loss added to the training loss (Qwen3's and Mixtral's "
+                                                  "configs say 0.001 and 0.02); default: what the model's config "
+                                                  "asks (none unless it sets output_router_logits); 0 turns it off.")
     packing: bool = _f(False, "Bin sequences into rows of up to --max_length tokens (best-fit decreasing); each "
                               "micro-batch takes --per_device_train_batch_size such rows.")
     val_dataset: list = _f([], "Validation data (same forms as --dataset); its loss is logged as eval_loss.")
@@ -446,6 +450,8 @@ class SFTConfig(ModelArgs, DataArgs):
                             f"{self.lr_scheduler_type}")
         if self.neftune_noise_alpha is not None and self.neftune_noise_alpha <= 0:
             raise UserError(f"--neftune_noise_alpha must be positive, got {self.neftune_noise_alpha}")
+        if self.router_aux_loss_coef is not None and not self.router_aux_loss_coef >= 0:
+            raise UserError(f"--router_aux_loss_coef must be 0 or more, got {self.router_aux_loss_coef}")
         for flag in ("trainable_parameters", "freeze_parameters"):
             for pattern in getattr(self, flag):
                 if not self.full:
@@ -585,7 +591,8 @@ class KTOConfig(SFTConfig):
 class RMConfig(SFTConfig):
     """`wb rm`: a reward model (sequence-classification head, Bradley-Terry loss) from preference pairs."""
 
-    NOT_OPTIONS = ("neftune_noise_alpha",)  # (NEFTune is for supervised fine-tuning: wb sft and wb pt)
+    # (NEFTune is for supervised fine-tuning; the score head's loss has no MoE load-balancing term, as in TRL)
+    NOT_OPTIONS = ("neftune_noise_alpha", "router_aux_loss_coef")
 
     center_rewards_coefficient: float | None = _f(None, "Adds c x (r_chosen + r_rejected)^2 to keep rewards "
                                                         "centred near zero (e.g. 0.01).")
@@ -609,7 +616,8 @@ class GRPOConfig(SFTConfig):
 
     # options of supervised training that do not apply: prompts are encoded as they are drawn
     NOT_OPTIONS = ("max_length", "truncation_strategy", "dataset_num_proc", "dataset_cache", "cache_dir",
-                   "lazy_tokenize", "streaming", "loss_scope", "padding_free", "packing", "neftune_noise_alpha")
+                   "lazy_tokenize", "streaming", "loss_scope", "padding_free", "packing", "neftune_noise_alpha",
+                   "router_aux_loss_coef")  # (the policy-gradient loss has no load-balancing term, as in TRL)
 
     per_device_train_batch_size: int = _f(8, "Completions per device per micro-batch; the completions of one "
                                              "optimizer step (x accumulation x processes) must be a multiple of "

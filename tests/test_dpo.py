@@ -24,7 +24,7 @@ def test_only_completion_tokens_are_scored(qwen3_tokenizer):
     model = build_miniature("Qwen/Qwen3-0.6B").eval()
     objective = PreferenceObjective(model, "simpo", beta=2.0)
     batch = collate_pairs(pairs)
-    sums, counts = objective._sequence_logps(objective.policy, batch["input_ids"], batch["targets"],
+    sums, counts, _ = objective._sequence_logps(objective.policy, batch["input_ids"], batch["targets"],
                                              batch["position_ids"], batch["seq_lens"])
     for k, enc in enumerate([p["chosen"] for p in pairs] + [p["rejected"] for p in pairs]):
         ids = torch.tensor([enc["input_ids"]])

@@ -73,7 +73,7 @@ def test_packed_pair_logps_equal_each_sequence_alone(model, pictures, qwen3_toke
     batch = collate(pairs)
     inputs = {k: v for k, v in batch.items() if k not in ("n_pairs",)}
     with torch.no_grad():
-        sums, counts = objective._sequence_logps(objective.policy, **inputs)
+        sums, counts, _ = objective._sequence_logps(objective.policy, **inputs)
         for i, seq in enumerate(pair_sequences(pairs)):
             ids = torch.tensor([seq["input_ids"]])
             pixels = template.image_processing.batch(seq["images"]) if seq.get("images") else {}
@@ -88,7 +88,7 @@ def test_packed_pair_logps_equal_each_sequence_alone(model, pictures, qwen3_toke
         assert "pixel_values" in text and len(text["seq_lens"]) == 3
         loss, n, metrics = objective(**text)
         assert int(n) == 1 and torch.isfinite(loss)
-        alone, _ = objective._sequence_logps(objective.policy, **{k: v for k, v in text.items() if k != "n_pairs"})
+        alone, _, _ = objective._sequence_logps(objective.policy, **{k: v for k, v in text.items() if k != "n_pairs"})
         assert float(alone[0]) == pytest.approx(float(sums[2]), rel=1e-4, abs=1e-3)
 
 
@@ -116,7 +116,7 @@ def test_kto_matched_and_mismatched_sequences_keep_their_prompts_images(model, p
     objective = KTOObjective(net, 0.1)
     inputs = {k: v for k, v in batch.items() if k not in ("n_pairs", "labels")}
     with torch.no_grad():
-        sums, _ = objective._sequence_logps(objective.policy, **inputs)
+        sums, _, _ = objective._sequence_logps(objective.policy, **inputs)
         starts = torch.cumsum(batch["seq_lens"], 0) - batch["seq_lens"]
         images = [r.get("images", []) for r in rows] * 2  # matched, then mismatched: prompt i keeps its images
         for i, (start, n) in enumerate(zip(starts.tolist(), batch["seq_lens"].tolist())):

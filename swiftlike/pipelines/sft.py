@@ -760,10 +760,11 @@ def _preference_objective(cfg, model, base_dir: str, dtype, added: dict):
     ref = None
     if cfg.full and _uses_reference(cfg) and not getattr(cfg, "precompute_ref_logps", False):
         ref = frozen_reference(cfg, base_dir, dtype, added)
+    balance = router_aux_coef(cfg, model)
     if loss_type == "kto":
-        return KTOObjective(model, cfg.beta, cfg.desirable_weight, cfg.undesirable_weight, ref)
+        return KTOObjective(model, cfg.beta, cfg.desirable_weight, cfg.undesirable_weight, ref, balance)
     return PreferenceObjective(model, cfg.loss_type, cfg.beta, cfg.label_smoothing, cfg.simpo_gamma, cfg.rpo_alpha,
-                               ref)
+                               ref, balance)
 
 
 def _precompute_reference(trainer: Trainer, pairs: list[dict], batch_size: int, main: bool) -> None:
@@ -792,7 +793,19 @@ def _load_adapter(model, ckpt: Path) -> None:
 def _lm_objective(cfg, model, base_dir, dtype, added):  # noqa: ARG001 (the objectives' signature)
     from ..train.loss import CausalLMLoss
 
-    return CausalLMLoss(model, neftune_alpha=cfg.neftune_noise_alpha)
+    return CausalLMLoss(model, neftune_alpha=cfg.neftune_noise_alpha, router_aux_coef=router_aux_coef(cfg, model))
+
+
+def router_aux_coef(cfg, model) -> float:
+    """The run's MoE load-balancing weight (train/moe_balance.py), said at start-up for an MoE model."""
+    from ..train import moe_balance
+
+    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    coefficient = moe_balance.router_aux_coefficient(cfg.router_aux_loss_coef, lm, cfg.model)
+    line = moe_balance.describe(coefficient, lm)
+    if line and accel.is_main_process():
+        print(f"[wb] {line}")
+    return coefficient
 
 
 METHODS = {

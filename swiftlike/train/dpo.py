@@ -138,11 +138,11 @@ class PreferenceObjective(FrozenReference, torch.nn.Module):
     from the same model with its adapter disabled (LoRA), a frozen copy (full), or nothing (reference-free)."""
 
     def __init__(self, model, loss_type: str, beta: float, label_smoothing: float = 0.0, simpo_gamma: float = 0.5,
-                 rpo_alpha: float | None = None, ref_model=None):
+                 rpo_alpha: float | None = None, ref_model=None, router_aux_coef: float = 0.0):
         super().__init__()
         from .loss import CausalLMLoss
 
-        self.policy = CausalLMLoss(model)
+        self.policy = CausalLMLoss(model, router_aux_coef=router_aux_coef)
         self.ref = CausalLMLoss(ref_model) if ref_model is not None else None
         self.loss_type, self.beta, self.label_smoothing, self.simpo_gamma = loss_type, beta, label_smoothing, simpo_gamma
         self.nll = nll_weight(loss_type, rpo_alpha)
@@ -153,18 +153,19 @@ class PreferenceObjective(FrozenReference, torch.nn.Module):
     def weight(batch: dict) -> float:
         return float(batch["n_pairs"])
 
-    def _sequence_logps(self, module, input_ids, targets, position_ids, seq_lens, **images
-                        ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Summed log-probs and scored-token counts of every sequence. `images`: a vision-language batch's
-        pixels (data/collate.py ImageCollate; a text-only batch's blank image is a last, unscored sequence)."""
-        hidden = module.hidden_states(input_ids, position_ids, None, seq_lens, **images)[0]
+    def _sequence_logps(self, module, input_ids, targets, position_ids, seq_lens, **images) -> tuple:
+        """Summed log-probs and scored-token counts of every sequence, and the forward's MoE load-balancing loss
+        (None unless weighted). `images`: a vision-language batch's pixels (data/collate.py ImageCollate; a
+        text-only batch's blank image is a last, unscored sequence)."""
+        hidden, aux = module.hidden_and_balance(input_ids, position_ids, None, seq_lens, **images)
+        hidden = hidden[0]
         keep = targets[0] != -100
         seq_of = torch.repeat_interleave(torch.arange(len(seq_lens), device=seq_lens.device), seq_lens)[keep]
         lp = token_logps(module.causal_lm.get_output_embeddings(), hidden[keep], targets[0][keep], module.chunk_size,
                          module.softcap)
         sums = torch.zeros(len(seq_lens), dtype=lp.dtype, device=lp.device).index_add(0, seq_of, lp)
         counts = torch.bincount(seq_of, minlength=len(seq_lens)).to(lp.dtype)
-        return sums, counts
+        return sums, counts, aux
 
     def _reference(self, input_ids, targets, position_ids, seq_lens, **images):
         with torch.no_grad():
@@ -182,7 +183,7 @@ class PreferenceObjective(FrozenReference, torch.nn.Module):
 
     def forward(self, input_ids, targets, position_ids, seq_lens, n_pairs, margin=None, ref_logps=None, **images):
         n = int(n_pairs)  # (a reward-model margin column in the data is not used by these losses)
-        sums, counts = self._sequence_logps(self.policy, input_ids, targets, position_ids, seq_lens, **images)
+        sums, counts, aux = self._sequence_logps(self.policy, input_ids, targets, position_ids, seq_lens, **images)
         p = PairLogps(sums[:n], sums[n:2 * n], counts[:n], counts[n:2 * n])
         if self.loss_type not in REFERENCE_FREE:
             ref = ref_logps if ref_logps is not None else \
@@ -198,7 +199,8 @@ class PreferenceObjective(FrozenReference, torch.nn.Module):
                    "rewards/margins": (chosen_r - rejected_r).sum(),
                    "rewards/accuracies": (chosen_r > rejected_r).float().sum(),
                    "logps/chosen": chosen_lp.sum(), "logps/rejected": rejected_lp.sum()}
-        return total, n_pairs, {k: v.item() for k, v in metrics.items()}
+        total, n_pairs, balance = self.policy.add_balance(total, aux, n_pairs)
+        return total, n_pairs, {**{k: v.item() for k, v in metrics.items()}, **balance}
 
 
 # -- KTO: unpaired preferences --------------------------------------------------------------------
@@ -219,8 +221,8 @@ class KTOObjective(PreferenceObjective):
     unit = "examples"
 
     def __init__(self, model, beta: float, desirable_weight: float = 1.0, undesirable_weight: float = 1.0,
-                 ref_model=None):
-        super().__init__(model, "sigmoid", beta, ref_model=ref_model)
+                 ref_model=None, router_aux_coef: float = 0.0):
+        super().__init__(model, "sigmoid", beta, ref_model=ref_model, router_aux_coef=router_aux_coef)
         self.desirable_weight, self.undesirable_weight = desirable_weight, undesirable_weight
 
     @staticmethod
@@ -229,7 +231,7 @@ class KTOObjective(PreferenceObjective):
 
     def forward(self, input_ids, targets, position_ids, seq_lens, n_pairs, labels, **images):
         n = int(n_pairs)
-        sums, _ = self._sequence_logps(self.policy, input_ids, targets, position_ids, seq_lens, **images)
+        sums, _, aux = self._sequence_logps(self.policy, input_ids, targets, position_ids, seq_lens, **images)
         ref = self._reference(input_ids, targets, position_ids, seq_lens, **images)
         kl = (sums[n:2 * n] - ref[n:2 * n]).detach().mean().clamp(min=0)  # (a blank image's sequence is last)
         losses = kto_loss(sums[:n], ref[:n], labels, kl, self.beta, self.desirable_weight, self.undesirable_weight)
@@ -237,16 +239,17 @@ class KTOObjective(PreferenceObjective):
         metrics = {"kl": float(kl) * n,
                    "rewards/desirable": float(reward[labels].sum()), "rewards/undesirable": float(reward[~labels].sum()),
                    "count/desirable": float(labels.sum()), "count/undesirable": float((~labels).sum())}
-        return losses.sum(), n_pairs, metrics
+        total, n_pairs, balance = self.policy.add_balance(losses.sum(), aux, n_pairs)
+        return total, n_pairs, {**metrics, **balance}
 
     @staticmethod
     def finalize_metrics(means: dict) -> dict:
         """Per-class reward means from the per-example averages the trainer computes."""
-        out = {"kl": means["kl"]}
+        out = {k: means[k] for k in ("kl", "aux_loss") if k in means}
         for side in ("desirable", "undesirable"):
             if means[f"count/{side}"] > 0:
                 out[f"rewards/{side}"] = means[f"rewards/{side}"] / means[f"count/{side}"]
-        if len(out) == 3:
+        if "rewards/desirable" in out and "rewards/undesirable" in out:
             out["rewards/margins"] = out["rewards/desirable"] - out["rewards/undesirable"]
         return out
 

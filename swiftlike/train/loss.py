@@ -277,9 +277,11 @@ class CausalLMLoss(nn.Module):
     Kept as a module so DistributedDataParallel hooks see the forward pass.
     """
 
-    def __init__(self, model: nn.Module, chunk_size: int | None = None, neftune_alpha: float | None = None):
+    def __init__(self, model: nn.Module, chunk_size: int | None = None, neftune_alpha: float | None = None,
+                 router_aux_coef: float = 0.0):
         super().__init__()
         self.model = model
+        self.router_aux_coef = router_aux_coef  # weight of an MoE model's load-balancing loss (train/moe_balance.py)
         weight = self.causal_lm.get_output_embeddings().weight
         vocab = getattr(weight, "ds_shape", weight.shape)[0]  # a ZeRO-3 partitioned weight is empty here
         self.chunk_size = chunk_size or max(16, LOGITS_PER_CHUNK // vocab)
@@ -313,11 +315,19 @@ class CausalLMLoss(nn.Module):
         image_grid_thw and mm_token_type_ids (data/collate.py ImageCollate)."""
         lm = self.causal_lm
         # flash-attention and wb_varlen take the sequence borders; sdpa/eager need the mask
-        hidden = self.hidden_states(input_ids, position_ids, attention_mask, seq_lens, **images)
+        hidden, aux = self.hidden_and_balance(input_ids, position_ids, attention_mask, seq_lens, **images)
         keep = targets != IGNORE_INDEX
         loss_sum = linear_cross_entropy(lm.get_output_embeddings(), hidden[keep], targets[keep], self.chunk_size,
                                         self.softcap)
-        return loss_sum, keep.sum(), {}
+        tokens = keep.sum()
+        return self.add_balance(loss_sum, aux, tokens)
+
+    def add_balance(self, loss_sum: torch.Tensor, aux: torch.Tensor | None, weight) -> tuple:
+        """(loss sum, weight, metric sums) with the load-balancing loss of the forward counted `weight` times, so
+        that the trainer's mean over the step's weight adds coefficient x aux_loss, as transformers does."""
+        if aux is None:
+            return loss_sum, weight, {}
+        return loss_sum + self.router_aux_coef * aux * weight, weight, {"aux_loss": float(aux.detach()) * float(weight)}
 
     @staticmethod
     def weight(batch: dict) -> float:
@@ -326,17 +336,30 @@ class CausalLMLoss(nn.Module):
 
     def hidden_states(self, input_ids, position_ids=None, attention_mask=None, seq_lens=None,
                       **images) -> torch.Tensor:
+        return self.hidden_and_balance(input_ids, position_ids, attention_mask, seq_lens, **images)[0]
+
+    def hidden_and_balance(self, input_ids, position_ids=None, attention_mask=None, seq_lens=None,
+                           **images) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The decoder's last hidden states, and the MoE load-balancing loss of this forward when the run weights
+        one and gradients are on (else None: evaluation and reference passes leave it out)."""
         if self.neftune_alpha:  # (read by the embedding's hook, _neftune)
             self._lengths = sequence_lengths(input_ids, attention_mask, seq_lens)
+        balance = bool(self.router_aux_coef) and torch.is_grad_enabled()
         try:
-            return self._hidden_states(input_ids, position_ids, attention_mask, seq_lens, **images)
+            out = self._decoder_output(input_ids, position_ids, attention_mask, seq_lens, balance, **images)
         finally:
             self._lengths = None
+        if not balance:
+            return out.last_hidden_state, None
+        from .moe_balance import balance_function, expert_counts
 
-    def _hidden_states(self, input_ids, position_ids=None, attention_mask=None, seq_lens=None,
-                       **images) -> torch.Tensor:
+        mask = attention_mask if seq_lens is None else None  # (packed rows hold no padding)
+        aux = balance_function(self.causal_lm)(out.router_logits, *expert_counts(self.decoder_config), mask)
+        return out.last_hidden_state, aux
+
+    def _decoder_output(self, input_ids, position_ids, attention_mask, seq_lens, balance: bool, **images):
         lm = self.causal_lm
-        borders = {}
+        borders, router = {}, ({"output_router_logits": True} if balance else {})
         if seq_lens is not None:
             attention_mask = packed_masks(self.decoder_config, seq_lens, lm.dtype)
             if attention_mask is None:  # a kernel that takes the borders
@@ -347,9 +370,9 @@ class CausalLMLoss(nn.Module):
             else:  # padded rows: the model's own M-RoPE positions, from mm_token_type_ids and the mask
                 position_ids = None
             return lm.model(input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask,
-                            use_cache=False, **borders, **images).last_hidden_state
+                            use_cache=False, **borders, **router, **images)
         return lm.get_decoder()(input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask,
-                                use_cache=False, **borders).last_hidden_state
+                                use_cache=False, **borders, **router)
 
 
 def sequence_lengths(input_ids: torch.Tensor, attention_mask=None, seq_lens=None) -> torch.Tensor:
