@@ -797,6 +797,9 @@ class InferConfig(ModelArgs):
     repetition_penalty: float = _f(1.0, "Penalty on tokens already in the prompt or answer (1: none).")
     stop: list = _f([], "Stop strings: an answer ends before the first of them it generates (not included).")
     num_return_sequences: int = _f(1, "Answers per prompt (--query and --dataset; chat gives one).")
+    json_schema: str | None = _f(None, "Constrain every answer to JSON of this schema: a .json file or inline JSON "
+                                       "('{\"type\": \"object\"}' is any JSON object); the whole answer is "
+                                       "that JSON, written compact (docs/infer.md#json-output).")
     enable_thinking: bool | None = _f(None, "Hybrid-thinking models: false pre-fills an empty think block.")
     seed: int = _f(42, "Seed for sampling: the same seed gives the same answers, whatever else is batched "
                        "alongside.")

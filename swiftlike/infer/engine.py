@@ -25,6 +25,7 @@ from ..data.images import cat_images
 from ..errors import UserError, intact
 from .batch import RunningBatch
 from .decode import ModelCall
+from .grammar import Grammars, follow
 from .params import Completion, Delta, SamplingParams
 from .request import Engine, Request
 from .sampling import draw, penalize_repeats, probabilities
@@ -45,6 +46,7 @@ class _Row:
     stream: TextStream
     ids: list = field(default_factory=list)
     logprobs: list | None = None
+    matcher: object | None = None  # the JSON schema's matcher (infer/grammar.py) of a constrained completion
 
     @property
     def params(self) -> SamplingParams:
@@ -85,6 +87,8 @@ class TransformersEngine(Engine):
         self._closed = False
         self._seeds = random.Random()
         self.refill = max(1, max_batch_size // 4)  # backlog: admit once this many slots are free (fewer prefills)
+        vocab = max(len(tokenizer), getattr(text_config, "vocab_size", 0) or 0)
+        self._grammars = Grammars(tokenizer, vocab, self.stop_token_ids)
 
     # -- models ------------------------------------------------------------------------------------
     @property
@@ -138,9 +142,11 @@ class TransformersEngine(Engine):
             raise UserError(f"the prompt has {len(prompt_ids)} tokens; the model's context is "
                             f"{self.max_model_len}")
         peft_name = self._peft_name(adapter)
+        matchers = self._grammars.matchers(params.json_schema, params.n) if params.json_schema is not None else \
+            [None] * params.n
         request = Request(prompt_ids, params, adapter, on_cancel=self._cancel, images=images)
         rows = [_Row(request, i, peft_name, self._generator(params, i), TextStream(self.tokenizer, params.stop),
-                     logprobs=[] if params.logprobs else None) for i in range(params.n)]
+                     logprobs=[] if params.logprobs else None, matcher=matchers[i]) for i in range(params.n)]
         with self._cond:
             if self._closed:
                 raise UserError("the engine is closed")
@@ -263,6 +269,9 @@ class TransformersEngine(Engine):
             if row.params.repetition_penalty != 1.0:
                 seen = torch.tensor([row.request.prompt_ids + row.ids], device=logits.device)
                 logits[i:i + 1] = penalize_repeats(logits[i:i + 1], seen, row.params.repetition_penalty)
+        constrained = [i for i, row in enumerate(rows) if row.matcher is not None]
+        if constrained:
+            self._grammars.constrain(logits, constrained, [rows[i].matcher for i in constrained])
         tokens = logits.argmax(dim=-1)
         groups: dict[tuple, list[int]] = {}
         for i, row in enumerate(rows):
@@ -299,8 +308,9 @@ class TransformersEngine(Engine):
             row.logprobs.append(entry)
         text = row.stream.push(token)
         full = self.max_model_len and len(row.request.prompt_ids) + len(row.ids) >= self.max_model_len
-        if row.stream.stopped or len(row.ids) >= row.params.max_new_tokens or full:
-            return (row, "stop" if row.stream.stopped else "length", [token], text,
+        complete = row.matcher is not None and follow(row.matcher, token)  # the JSON is whole: only a stop can follow
+        if row.stream.stopped or complete or len(row.ids) >= row.params.max_new_tokens or full:
+            return (row, "stop" if row.stream.stopped or complete else "length", [token], text,
                     [entry] if entry is not None else None)
         row.request.push(Delta(row.index, [token], text, [entry] if entry is not None else None))
         return None

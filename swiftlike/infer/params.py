@@ -4,11 +4,17 @@ No torch here: the CLI and the server validate requests before any model is load
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 from ..errors import UserError
 
 FINISH_REASONS = ("stop", "length", "abort")
+ANY_JSON_OBJECT = '{"type": "object"}'  # OpenAI's response_format json_object: any JSON object
+
+
+class SchemaError(UserError):
+    """A JSON schema (SamplingParams.json_schema) that cannot constrain the output."""
 
 
 @dataclass(frozen=True)
@@ -23,6 +29,7 @@ class SamplingParams:
     n: int = 1                        # completions per prompt
     logprobs: bool = False
     top_logprobs: int = 0
+    json_schema: str | None = None    # the output is JSON of this schema (a JSON object as text): infer/grammar.py
 
     def __post_init__(self):
         if isinstance(self.stop, str):  # a single string given where a tuple is expected
@@ -51,6 +58,13 @@ class SamplingParams:
         for ok, message in checks:
             if not ok:
                 raise UserError(message)
+        if self.json_schema is not None:
+            try:
+                schema = json.loads(self.json_schema)
+            except (TypeError, ValueError) as error:
+                raise SchemaError(f"the JSON schema is not valid JSON: {error}") from None
+            if not isinstance(schema, dict):
+                raise SchemaError(f"a JSON schema is a JSON object, got {type(schema).__name__}")
         return self
 
 

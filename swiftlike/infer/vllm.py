@@ -36,11 +36,23 @@ def vllm_sampling(params: SamplingParams, stop_token_ids: list[int]):
     from vllm import SamplingParams as VLLMSamplingParams
 
     logprobs = params.top_logprobs if params.logprobs else None  # vLLM returns the sampled token's too
+    constraint = _json_constraint(params.json_schema) if params.json_schema is not None else {}
     return VLLMSamplingParams(n=params.n, temperature=params.temperature, top_p=params.top_p,
                               top_k=params.top_k if params.top_k > 0 else -1,
                               repetition_penalty=params.repetition_penalty, max_tokens=params.max_new_tokens,
                               stop=list(params.stop), stop_token_ids=list(stop_token_ids), seed=params.seed,
-                              logprobs=logprobs, include_stop_str_in_output=False, skip_special_tokens=False)
+                              logprobs=logprobs, include_stop_str_in_output=False, skip_special_tokens=False,
+                              **constraint)
+
+
+def _json_constraint(schema: str) -> dict:
+    """vLLM's own structured decoding of a JSON schema, compact as ours (infer/grammar.py): `structured_outputs`
+    (vLLM 0.10.2 and later), `guided_decoding` before."""
+    import vllm.sampling_params as sp
+
+    if hasattr(sp, "StructuredOutputsParams"):
+        return {"structured_outputs": sp.StructuredOutputsParams(json=json.loads(schema), disable_any_whitespace=True)}
+    return {"guided_decoding": sp.GuidedDecodingParams(json=json.loads(schema), disable_any_whitespace=True)}
 
 
 def lora_requests(adapters: dict[str, str]) -> dict:

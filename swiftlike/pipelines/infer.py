@@ -88,6 +88,8 @@ def run_infer(cfg: InferConfig) -> str | None:
                                                         cfg.hub, cfg.template, cfg.trust_remote_code,
                                                         cfg.attn_implementation)
         if getattr(model, "swiftlike_task", "sft") == "rm":
+            if cfg.json_schema is not None:
+                raise UserError("--json_schema constrains generated answers; a reward model scores --response")
             return score_answer(model, template, cfg)
         _refuse_response(cfg)
         engine = TransformersEngine(model, tokenizer, template, max_batch_size=cfg.max_batch_size)
@@ -110,7 +112,23 @@ def sampling_params(cfg: InferConfig, seed: int | None = None):
 
     return SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
                           top_k=cfg.top_k, repetition_penalty=cfg.repetition_penalty, stop=tuple(cfg.stop),
-                          seed=cfg.seed if seed is None else seed, n=cfg.num_return_sequences).validate()
+                          seed=cfg.seed if seed is None else seed, n=cfg.num_return_sequences,
+                          json_schema=json_schema(cfg.json_schema)).validate()
+
+
+def json_schema(value: str | None) -> str | None:
+    """--json_schema: inline JSON, or the text of a .json file (checked to be JSON here, to name the file)."""
+    if value is None or value.lstrip().startswith("{"):
+        return value
+    path = Path(value)
+    if not path.is_file():
+        raise UserError(f"--json_schema {value}: neither inline JSON (an object) nor a file")
+    text = path.read_text(encoding="utf-8")
+    try:
+        json.loads(text)
+    except ValueError as error:
+        raise UserError(f"--json_schema {value}: not valid JSON ({error})") from None
+    return text
 
 
 def score_answer(model, template, cfg: InferConfig) -> str:

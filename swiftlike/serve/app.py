@@ -23,6 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ..data.fetch import public_only
 from ..errors import UserError
 from ..infer import vision
+from ..infer.params import SchemaError
 from .errors import ApiError, error_body
 from .guard import Guard
 from .protocol import (ChatRequest, CompletionRequest, GenerationRequest, chat_logprobs, chat_message,
@@ -227,9 +228,9 @@ class Service:
                                         **req.sampling).validate() for p in prompts]
             for prompt, sampling, pixels in zip(prompts, params, images or [None] * len(prompts)):
                 handles.append(self.engine.submit(prompt, sampling, adapter, images=pixels))
-        except UserError as e:   # what the engine refuses (it checks what it knows: context, adapters)
+        except UserError as e:   # what the engine refuses (it checks what it knows: context, adapters, schema)
             Generation(handles).cancel()
-            raise ApiError(400, str(e)) from None
+            raise ApiError(400, str(e), param="response_format" if isinstance(e, SchemaError) else None) from None
         except BaseException:    # anything else: the prompts already submitted generate for nobody otherwise
             Generation(handles).cancel()
             raise

@@ -11,6 +11,7 @@ import math
 import secrets
 from dataclasses import dataclass, field
 
+from ..infer.params import ANY_JSON_OBJECT
 from .errors import ApiError
 
 MAX_N = 64              # choices per request: a bound on what one request may ask of the batch
@@ -143,13 +144,30 @@ def parse_chat_request(body: dict) -> ChatRequest:
     elif choice != "auto":
         raise ApiError(400, "'tool_choice' may be \"auto\" or \"none\" (forced tool calls need constrained "
                             "decoding, which this server does not do)", param="tool_choice", code="unsupported")
-    fmt = _get(body, "response_format", (dict,), "an object", {"type": "text"})
-    if fmt.get("type", "text") != "text":
-        raise ApiError(400, f"response_format {fmt.get('type')!r} is not supported (only \"text\")",
-                       param="response_format", code="unsupported")
+    sampling["json_schema"] = _json_schema(body)
     kwargs = _get(body, "chat_template_kwargs", (dict,), "an object", {})
     return ChatRequest(model=model, sampling=sampling, max_tokens=max_tokens, stream=stream,
                        include_usage=include_usage, messages=messages, tools=tools or None, template_kwargs=kwargs)
+
+
+def _json_schema(body: dict) -> str | None:
+    """`response_format` -> the JSON schema the answer is constrained to (infer/grammar.py), None for free text:
+    json_object is any JSON object, json_schema its `schema` (any JSON value without one, as OpenAI allows)."""
+    fmt = _get(body, "response_format", (dict,), "an object", {"type": "text"})
+    kind = fmt.get("type", "text")
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return ANY_JSON_OBJECT
+    spec = fmt.get("json_schema")
+    if kind != "json_schema":
+        raise ApiError(400, f"response_format type {json.dumps(kind)[:40]} is not one of \"text\", \"json_object\", "
+                            "\"json_schema\"", param="response_format")
+    if not isinstance(spec, dict) or not isinstance(spec.get("name"), str) or \
+            not isinstance(spec.get("schema", {}), dict):
+        raise ApiError(400, "response_format json_schema must be {\"type\": \"json_schema\", \"json_schema\": "
+                            "{\"name\": ..., \"schema\": {...}}}", param="response_format")
+    return json.dumps(spec.get("schema", {}))
 
 
 MAX_COMPLETIONS_PER_REQUEST = 256

@@ -1,0 +1,61 @@
+"""JSON-schema-constrained decoding for the transformers engine (OpenAI's `response_format`), with llguidance.
+
+A constrained completion has a matcher that follows every token it is given. Before each pick the matcher's
+bitmask of the tokens that can continue valid JSON of the schema sets every other logit to -inf, so greedy and
+sampled picks alike only write such JSON, and the stop tokens are allowed only once the JSON is complete. The JSON
+is written compact (no free whitespace between tokens): a model cannot spend its budget on blank space. A schema
+is checked when the request arrives: one that llguidance cannot compile is the caller's error.
+"""
+from __future__ import annotations
+
+import torch
+
+from .params import SchemaError
+
+
+class Grammars:
+    """Matchers for one tokenizer and vocabulary (the model's output width, which may exceed the tokenizer's);
+    `stop_ids`: the tokens that end a completion, allowed once its JSON is complete."""
+
+    def __init__(self, tokenizer, vocab_size: int, stop_ids: list[int]):
+        self.hf_tokenizer, self.vocab_size, self.stop_ids = tokenizer, vocab_size, list(stop_ids)
+        self._tokenizer = None  # built on the first constrained request (~1 s for a 150k vocabulary)
+        self._bits = torch.arange(32, dtype=torch.int32)
+
+    def _llg_tokenizer(self):
+        if self._tokenizer is None:
+            import llguidance.hf
+
+            self._tokenizer = llguidance.hf.from_tokenizer(self.hf_tokenizer, n_vocab=self.vocab_size,
+                                                           eos_token=self.stop_ids)
+        return self._tokenizer
+
+    def matchers(self, schema: str, count: int) -> list:
+        """`count` fresh matchers of `schema` (a request's n completions: SamplingParams.json_schema, checked to be
+        a JSON object); SchemaError when llguidance cannot compile it."""
+        import llguidance
+
+        grammar = llguidance.LLMatcher.grammar_from_json_schema(schema,
+                                                                 defaults={"whitespace_flexible": False})
+        first = llguidance.LLMatcher(self._llg_tokenizer(), grammar)
+        if first.is_error():
+            raise SchemaError(f"the JSON schema cannot be enforced: {first.get_error().strip()}")
+        return [first] + [first.deep_copy() for _ in range(count - 1)]
+
+    def constrain(self, logits: torch.Tensor, rows: list[int], matchers: list) -> None:
+        """Set to -inf, in place, every logit of `rows` that its matcher does not allow next."""
+        import llguidance.torch
+
+        mask = llguidance.torch.allocate_token_bitmask(len(rows), self.vocab_size)
+        for j, matcher in enumerate(matchers):
+            llguidance.torch.fill_next_token_bitmask(matcher, mask, j)
+        allowed = ((mask.unsqueeze(-1) >> self._bits) & 1).bool().flatten(1)[:, :logits.shape[-1]]
+        index = torch.tensor(rows, device=logits.device)
+        logits[index] = logits[index].masked_fill(~allowed.to(logits.device), float("-inf"))
+
+
+def follow(matcher, token: int) -> bool:
+    """Advance `matcher` by the chosen token; True when the JSON is complete and nothing may follow it."""
+    if not matcher.consume_token(token):
+        raise RuntimeError(f"the JSON grammar refused token {token}: {matcher.get_error()}")
+    return matcher.is_stopped()
