@@ -142,8 +142,7 @@ class TransformersEngine(Engine):
             raise UserError(f"the prompt has {len(prompt_ids)} tokens; the model's context is "
                             f"{self.max_model_len}")
         peft_name = self._peft_name(adapter)
-        matchers = self._grammars.matchers(params.json_schema, params.n) if params.json_schema is not None else \
-            [None] * params.n
+        matchers = self._grammars.matchers(params, params.n) if params.constrained else [None] * params.n
         request = Request(prompt_ids, params, adapter, on_cancel=self._cancel, images=images)
         rows = [_Row(request, i, peft_name, self._generator(params, i), TextStream(self.tokenizer, params.stop),
                      logprobs=[] if params.logprobs else None, matcher=matchers[i]) for i in range(params.n)]
@@ -308,7 +307,7 @@ class TransformersEngine(Engine):
             row.logprobs.append(entry)
         text = row.stream.push(token)
         full = self.max_model_len and len(row.request.prompt_ids) + len(row.ids) >= self.max_model_len
-        complete = row.matcher is not None and follow(row.matcher, token)  # the JSON is whole: only a stop can follow
+        complete = row.matcher is not None and follow(row.matcher, token)  # whole: only a stop could follow
         if row.stream.stopped or complete or len(row.ids) >= row.params.max_new_tokens or full:
             return (row, "stop" if row.stream.stopped or complete else "length", [token], text,
                     [entry] if entry is not None else None)

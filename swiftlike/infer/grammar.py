@@ -30,16 +30,19 @@ class Grammars:
                                                            eos_token=self.stop_ids)
         return self._tokenizer
 
-    def matchers(self, schema: str, count: int) -> list:
-        """`count` fresh matchers of `schema` (a request's n completions: SamplingParams.json_schema, checked to be
-        a JSON object); SchemaError when llguidance cannot compile it."""
+    def matchers(self, params, count: int) -> list:
+        """`count` fresh matchers (a request's n completions) of its SamplingParams' json_schema (checked to be a
+        JSON object) or grammar; SchemaError when llguidance cannot compile it."""
         import llguidance
 
-        grammar = llguidance.LLMatcher.grammar_from_json_schema(schema,
-                                                                 defaults={"whitespace_flexible": False})
+        if params.json_schema is not None:
+            grammar, what = llguidance.LLMatcher.grammar_from_json_schema(
+                params.json_schema, defaults={"whitespace_flexible": False}), "JSON schema"
+        else:
+            grammar, what = llguidance.LLMatcher.grammar_from_lark(params.grammar), "grammar"
         first = llguidance.LLMatcher(self._llg_tokenizer(), grammar)
         if first.is_error():
-            raise SchemaError(f"the JSON schema cannot be enforced: {first.get_error().strip()}")
+            raise SchemaError(f"the {what} cannot be enforced: {first.get_error().strip()}")
         return [first] + [first.deep_copy() for _ in range(count - 1)]
 
     def constrain(self, logits: torch.Tensor, rows: list[int], matchers: list) -> None:
@@ -55,7 +58,7 @@ class Grammars:
 
 
 def follow(matcher, token: int) -> bool:
-    """Advance `matcher` by the chosen token; True when the JSON is complete and nothing may follow it."""
+    """Advance `matcher` by the chosen token; True when the output is complete and nothing may follow it."""
     if not matcher.consume_token(token):
-        raise RuntimeError(f"the JSON grammar refused token {token}: {matcher.get_error()}")
+        raise RuntimeError(f"the grammar refused token {token}: {matcher.get_error()}")
     return matcher.is_stopped()

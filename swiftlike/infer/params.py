@@ -30,12 +30,17 @@ class SamplingParams:
     logprobs: bool = False
     top_logprobs: int = 0
     json_schema: str | None = None    # the output is JSON of this schema (a JSON object as text): infer/grammar.py
+    grammar: str | None = None        # or matches this Lark grammar (llguidance's dialect): forced tool calls
 
     def __post_init__(self):
         if isinstance(self.stop, str):  # a single string given where a tuple is expected
             object.__setattr__(self, "stop", (self.stop,))
         elif not isinstance(self.stop, tuple):
             object.__setattr__(self, "stop", tuple(self.stop))
+
+    @property
+    def constrained(self) -> bool:
+        return self.json_schema is not None or self.grammar is not None
 
     @property
     def greedy(self) -> bool:
@@ -58,6 +63,9 @@ class SamplingParams:
         for ok, message in checks:
             if not ok:
                 raise UserError(message)
+        if self.json_schema is not None and self.grammar is not None:
+            raise SchemaError("an answer is constrained to a JSON schema or to a grammar (a forced tool call), "
+                              "not both")
         if self.json_schema is not None:
             try:
                 schema = json.loads(self.json_schema)

@@ -33,6 +33,9 @@ def require_vllm():
 def vllm_sampling(params: SamplingParams, stop_token_ids: list[int]):
     """Our SamplingParams as vLLM's: stop strings cut from the text, special tokens kept in it (tool-call
     markers), the stop tokens explicit."""
+    if params.grammar is not None:
+        raise UserError("a forced tool call (tool_choice \"required\" or a named function) needs the transformers "
+                        "backend; vLLM's structured outputs take JSON schemas here")
     from vllm import SamplingParams as VLLMSamplingParams
 
     logprobs = params.top_logprobs if params.logprobs else None  # vLLM returns the sampled token's too

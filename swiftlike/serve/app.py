@@ -24,6 +24,7 @@ from ..data.fetch import public_only
 from ..errors import UserError
 from ..infer import vision
 from ..infer.params import SchemaError
+from ..templates.call_grammar import forced_call_grammar
 from .errors import ApiError, error_body
 from .guard import Guard
 from .protocol import (ChatRequest, CompletionRequest, GenerationRequest, chat_logprobs, chat_message,
@@ -192,6 +193,13 @@ class Service:
             raise ApiError(400, f"the messages could not be rendered with the {self.template.name} template "
                                 f"({type(e).__name__}: {e})", param="messages", code="invalid_messages") from None
 
+    def forced_call(self, req: ChatRequest) -> str:
+        """The grammar of the tool calls tool_choice forces (templates/call_grammar.py)."""
+        try:
+            return forced_call_grammar(self.template, req.tools, req.function, req.parallel_tool_calls)
+        except UserError as e:  # a template without a tool-call format
+            raise ApiError(400, str(e), param="tool_choice") from None
+
     def completion_prompt(self, prompt) -> list[int]:
         if isinstance(prompt, str):
             ids = self.tokenizer(prompt, add_special_tokens=True)["input_ids"]
@@ -230,7 +238,8 @@ class Service:
                 handles.append(self.engine.submit(prompt, sampling, adapter, images=pixels))
         except UserError as e:   # what the engine refuses (it checks what it knows: context, adapters, schema)
             Generation(handles).cancel()
-            raise ApiError(400, str(e), param="response_format" if isinstance(e, SchemaError) else None) from None
+            constraint = "tool_choice" if req.sampling.get("grammar") else "response_format"
+            raise ApiError(400, str(e), param=constraint if isinstance(e, SchemaError) else None) from None
         except BaseException:    # anything else: the prompts already submitted generate for nobody otherwise
             Generation(handles).cancel()
             raise
@@ -241,6 +250,8 @@ class Service:
         req = parse_chat_request(body)
         self.adapter(req.model)
         prompt, images = await asyncio.to_thread(self.chat_prompt, req)
+        if req.force_call:
+            req.sampling["grammar"] = self.forced_call(req)
         parser = self.template if req.tools else self.plain
         in_think = prompt_opens_think(self.tokenizer, prompt)
         ident, n = new_id("chatcmpl"), req.sampling["n"]

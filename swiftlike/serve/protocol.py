@@ -37,6 +37,9 @@ class ChatRequest(GenerationRequest):
     messages: list = field(default_factory=list)
     tools: list | None = None        # rendered into the prompt and parsed out of the answer
     template_kwargs: dict = field(default_factory=dict)
+    force_call: bool = False         # tool_choice "required" or a named function: the answer is only tool calls
+    function: str | None = None      # the named function, when one is
+    parallel_tool_calls: bool = True
 
 
 @dataclass
@@ -141,13 +144,36 @@ def parse_chat_request(body: dict) -> ChatRequest:
     choice = body.get("tool_choice") or "auto"
     if choice == "none":
         tools = None                 # not offered to the model, so nothing is parsed as a call either
-    elif choice != "auto":
-        raise ApiError(400, "'tool_choice' may be \"auto\" or \"none\" (forced tool calls need constrained "
-                            "decoding, which this server does not do)", param="tool_choice", code="unsupported")
+    force, function = _forced_call(choice, tools)
     sampling["json_schema"] = _json_schema(body)
+    if force and sampling["json_schema"] is not None:
+        raise ApiError(400, "a forced tool call (tool_choice) and a JSON response_format cannot be combined: the "
+                            "answer is either tool calls or JSON", param="tool_choice")
     kwargs = _get(body, "chat_template_kwargs", (dict,), "an object", {})
     return ChatRequest(model=model, sampling=sampling, max_tokens=max_tokens, stream=stream,
-                       include_usage=include_usage, messages=messages, tools=tools or None, template_kwargs=kwargs)
+                       include_usage=include_usage, messages=messages, tools=tools or None, template_kwargs=kwargs,
+                       force_call=force, function=function,
+                       parallel_tool_calls=_get(body, "parallel_tool_calls", (bool,), "true or false", True))
+
+
+def _forced_call(choice, tools: list | None) -> tuple[bool, str | None]:
+    """tool_choice -> (whether the answer must be tool calls, the function it must call, if one is named)."""
+    if choice in ("auto", "none"):
+        return False, None
+    function = None
+    if isinstance(choice, dict):
+        function = (choice.get("function") or {}).get("name") if choice.get("type") == "function" else None
+        if not isinstance(function, str):
+            function = ""  # (refused below)
+    if choice != "required" and not function:
+        raise ApiError(400, "'tool_choice' may be \"auto\", \"none\", \"required\" or {\"type\": \"function\", "
+                            "\"function\": {\"name\": ...}}", param="tool_choice")
+    if not tools:
+        raise ApiError(400, "'tool_choice' asks for a tool call, but the request offers no tools", param="tool_choice")
+    if function and function not in {t["function"]["name"] for t in tools}:
+        raise ApiError(400, f"'tool_choice' names the function {json.dumps(function)[:80]}, which is not among the "
+                            "tools", param="tool_choice")
+    return True, function
 
 
 def _json_schema(body: dict) -> str | None:
