@@ -157,6 +157,7 @@ class FakeEngine:
         return text.upper() if adapter == "shout" else text
 
     def submit(self, prompt_ids, params: SamplingParams, adapter=None, images=None):
+        self.params = params
         return FakeRequest(self, prompt_ids, params, adapter)
 
     def close(self):
@@ -257,6 +258,10 @@ def test_sampling_fields_reach_the_engine(fake):
         assert [c.finish_reason for c in mine if c.finish_reason] == ["stop"]
     cut = _chat(client, "a long answer that will not fit", max_completion_tokens=3)
     assert cut.choices[0].finish_reason == "length" and cut.usage.completion_tokens == 3
+    engine, _, _ = fake
+    _chat(client, "penalised", presence_penalty=0.5, frequency_penalty=-1, logit_bias={"77": -100, "5": 2.5})
+    p = engine.params
+    assert (p.presence_penalty, p.frequency_penalty, p.logit_bias) == (0.5, -1.0, ((77, -100.0), (5, 2.5)))
 
 
 def test_completions_of_raw_prompts(fake):
@@ -293,8 +298,11 @@ def _error(response: Reply, status: int) -> dict:
     ({"model": "mini", "messages": [{"role": "user", "content": "x"}], "top_logprobs": 2}, "top_logprobs"),
     ({"model": "mini", "messages": [{"role": "user", "content": "x"}], "tool_choice": "required"}, "tool_choice"),
     ({"model": "mini", "messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function"}]}, "tools"),
-    ({"model": "mini", "messages": [{"role": "user", "content": "x"}], "presence_penalty": 0.5},
+    ({"model": "mini", "messages": [{"role": "user", "content": "x"}], "presence_penalty": 2.5},
      "presence_penalty"),
+    ({"model": "mini", "messages": [{"role": "user", "content": "x"}], "logit_bias": {"a": 1}}, "logit_bias"),
+    ({"model": "mini", "messages": [{"role": "user", "content": "x"}], "logit_bias": {"5": 101}}, "logit_bias"),
+    ({"model": "mini", "messages": [{"role": "user", "content": "x"}], "echo": True}, "echo"),
     ({"model": "mini", "messages": [{"role": "user", "content": "x " * 300}]}, "messages"),   # > the context
     ({"model": "mini", "messages": [{"role": "user", "content": "x " * 200}], "max_tokens": 60}, "max_tokens"),
     ({"model": "mini", "messages": [{"role": "user", "content": "x"}], "temperature": 10 ** 400}, "temperature"),

@@ -61,6 +61,40 @@ def test_repetition_penalty_equals_transformers(parts, engine):
     assert got.token_ids == _alone(model, PROMPTS[0], 10, engine.stop_token_ids, repetition_penalty=1.5)
 
 
+def _openai_penalized(model, prompt, steps, stops, presence, frequency, bias):
+    """Greedy decoding under OpenAI's formula, by hand: logit - frequency x count - presence x (count > 0) over
+    the tokens generated so far, + logit_bias."""
+    ids, out = list(prompt), []
+    for _ in range(steps):
+        with torch.no_grad():
+            logits = model(torch.tensor([ids])).logits[0, -1].float()
+        for t in set(out):
+            logits[t] -= frequency * out.count(t) + presence
+        for t, b in bias.items():
+            logits[t] += b
+        token = int(logits.argmax())
+        if token in stops:
+            break
+        out.append(token)
+        ids.append(token)
+    return out
+
+
+def test_presence_frequency_penalties_and_logit_bias_follow_openais_formula(parts, engine):
+    [[free]] = engine.generate([PROMPTS[3]], SamplingParams(max_new_tokens=12))
+    bias = {free.token_ids[0]: -100.0, 77: 1.5}
+    params = SamplingParams(max_new_tokens=12, presence_penalty=1.5, frequency_penalty=0.7, logit_bias=bias)
+    [[got], [also]] = engine.generate([PROMPTS[3], PROMPTS[1]], params)  # (a batch: each row its own counts)
+    stops = engine.stop_token_ids
+    assert got.token_ids == _openai_penalized(parts[0], PROMPTS[3], 12, stops, 1.5, 0.7, bias)
+    assert also.token_ids == _openai_penalized(parts[0], PROMPTS[1], 12, stops, 1.5, 0.7, bias)
+    assert got.token_ids != free.token_ids and free.token_ids[0] not in got.token_ids
+    with pytest.raises(UserError, match="logit_bias: token id 999999 is outside the vocabulary"):
+        engine.submit(PROMPTS[0], SamplingParams(logit_bias={999999: 1.0}))
+    with pytest.raises(UserError, match="presence_penalty must be in"):
+        SamplingParams(presence_penalty=3).validate()
+
+
 def test_stop_token_ends_the_completion_and_is_left_out(parts):
     from swiftlike.infer.engine import TransformersEngine
 
@@ -333,7 +367,8 @@ def test_vllm_request_translation_and_outputs(fake_vllm, tmp_path):
 
     s = vllm_sampling(SamplingParams(max_new_tokens=7, temperature=0.5, top_k=0, stop=("##",), seed=3, n=2,
                                      logprobs=True, top_logprobs=2), [2, 5])
-    assert s.kwargs == dict(n=2, temperature=0.5, top_p=1.0, top_k=-1, repetition_penalty=1.0, max_tokens=7,
+    assert s.kwargs == dict(n=2, temperature=0.5, top_p=1.0, top_k=-1, repetition_penalty=1.0, presence_penalty=0.0,
+                            frequency_penalty=0.0, logit_bias=None, max_tokens=7,
                             stop=["##"], stop_token_ids=[2, 5], seed=3, logprobs=2,
                             include_stop_str_in_output=False, skip_special_tokens=False)
     (tmp_path / "ad").mkdir()

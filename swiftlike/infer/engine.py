@@ -28,7 +28,7 @@ from .decode import ModelCall
 from .grammar import Grammars, follow
 from .params import Completion, Delta, SamplingParams
 from .request import Engine, Request
-from .sampling import draw, penalize_repeats, probabilities
+from .sampling import draw, openai_penalties, penalize_repeats, probabilities
 from .text import TextStream, token_piece
 
 BASE = "base"
@@ -87,8 +87,8 @@ class TransformersEngine(Engine):
         self._closed = False
         self._seeds = random.Random()
         self.refill = max(1, max_batch_size // 4)  # backlog: admit once this many slots are free (fewer prefills)
-        vocab = max(len(tokenizer), getattr(text_config, "vocab_size", 0) or 0)
-        self._grammars = Grammars(tokenizer, vocab, self.stop_token_ids)
+        self.vocab_size = getattr(text_config, "vocab_size", None) or len(tokenizer)  # the logits' width
+        self._grammars = Grammars(tokenizer, max(len(tokenizer), self.vocab_size), self.stop_token_ids)
 
     # -- models ------------------------------------------------------------------------------------
     @property
@@ -136,6 +136,9 @@ class TransformersEngine(Engine):
         params.validate()
         if not prompt_ids:
             raise UserError("the prompt is empty")
+        if params.logit_bias and max(t for t, _ in params.logit_bias) >= self.vocab_size:
+            raise UserError(f"logit_bias: token id {max(t for t, _ in params.logit_bias)} is outside the "
+                            f"vocabulary (size {self.vocab_size})")
         if images is not None and not self._batch.call.reads_images:
             raise UserError("this model reads no images; serve a vision-language model (e.g. Qwen2.5-VL, Qwen3-VL)")
         if self.max_model_len and len(prompt_ids) >= self.max_model_len:
@@ -268,6 +271,7 @@ class TransformersEngine(Engine):
             if row.params.repetition_penalty != 1.0:
                 seen = torch.tensor([row.request.prompt_ids + row.ids], device=logits.device)
                 logits[i:i + 1] = penalize_repeats(logits[i:i + 1], seen, row.params.repetition_penalty)
+            openai_penalties(logits[i:i + 1], row.ids, row.params)
         constrained = [i for i, row in enumerate(rows) if row.matcher is not None]
         if constrained:
             self._grammars.constrain(logits, constrained, [rows[i].matcher for i in constrained])

@@ -24,6 +24,9 @@ class SamplingParams:
     top_p: float = 1.0
     top_k: int = 0                    # 0: off
     repetition_penalty: float = 1.0
+    presence_penalty: float = 0.0     # OpenAI's: subtracted from the logit of every token already generated,
+    frequency_penalty: float = 0.0    # and this times its count (both in [-2, 2]; the prompt does not count)
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, added to its logit in [-100, 100]) pairs
     stop: tuple[str, ...] = ()        # stop strings (not included in the output)
     seed: int | None = None
     n: int = 1                        # completions per prompt
@@ -33,6 +36,8 @@ class SamplingParams:
     grammar: str | None = None        # or matches this Lark grammar (llguidance's dialect): forced tool calls
 
     def __post_init__(self):
+        if isinstance(self.logit_bias, dict):  # {token id: bias}, as the OpenAI API writes it
+            object.__setattr__(self, "logit_bias", tuple(self.logit_bias.items()))
         if isinstance(self.stop, str):  # a single string given where a tuple is expected
             object.__setattr__(self, "stop", (self.stop,))
         elif not isinstance(self.stop, tuple):
@@ -57,6 +62,10 @@ class SamplingParams:
                                           f"{self.repetition_penalty}"),
             (self.n >= 1, f"n (completions per prompt) must be at least 1, got {self.n}"),
             (0 <= self.top_logprobs <= 20, f"top_logprobs must be between 0 and 20, got {self.top_logprobs}"),
+            (-2 <= self.presence_penalty <= 2, f"presence_penalty must be in [-2, 2], got {self.presence_penalty}"),
+            (-2 <= self.frequency_penalty <= 2, f"frequency_penalty must be in [-2, 2], got {self.frequency_penalty}"),
+            (all(isinstance(t, int) and t >= 0 and -100 <= b <= 100 for t, b in self.logit_bias),
+             "logit_bias maps token ids (0 or more) to biases in [-100, 100]"),
             (all(isinstance(s, str) and s for s in self.stop), f"stop strings must be non-empty strings, got "
                                                                f"{list(self.stop)}"),
         ]

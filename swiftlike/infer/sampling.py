@@ -61,3 +61,15 @@ def penalize_repeats(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -
     picked = logits.gather(-1, seen)
     picked = torch.where(picked > 0, picked / penalty, picked * penalty)
     return logits.scatter(-1, seen, picked)
+
+
+def openai_penalties(logits: torch.Tensor, generated: list[int], params) -> torch.Tensor:
+    """OpenAI's presence and frequency penalties and logit_bias on one row of logits (1 x vocab), in place:
+    logit - frequency x count - presence x (count > 0) for each token generated so far, then + its bias."""
+    if generated and (params.presence_penalty or params.frequency_penalty):
+        ids, counts = torch.unique(torch.tensor(generated, device=logits.device), return_counts=True)
+        logits[0, ids] -= params.frequency_penalty * counts.to(logits.dtype) + params.presence_penalty
+    if params.logit_bias:
+        ids = torch.tensor([t for t, _ in params.logit_bias], device=logits.device)
+        logits[0, ids] += torch.tensor([b for _, b in params.logit_bias], device=logits.device, dtype=logits.dtype)
+    return logits

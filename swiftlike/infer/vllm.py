@@ -42,7 +42,9 @@ def vllm_sampling(params: SamplingParams, stop_token_ids: list[int]):
     constraint = _json_constraint(params.json_schema) if params.json_schema is not None else {}
     return VLLMSamplingParams(n=params.n, temperature=params.temperature, top_p=params.top_p,
                               top_k=params.top_k if params.top_k > 0 else -1,
-                              repetition_penalty=params.repetition_penalty, max_tokens=params.max_new_tokens,
+                              repetition_penalty=params.repetition_penalty, presence_penalty=params.presence_penalty,
+                              frequency_penalty=params.frequency_penalty,
+                              logit_bias=dict(params.logit_bias) or None, max_tokens=params.max_new_tokens,
                               stop=list(params.stop), stop_token_ids=list(stop_token_ids), seed=params.seed,
                               logprobs=logprobs, include_stop_str_in_output=False, skip_special_tokens=False,
                               **constraint)

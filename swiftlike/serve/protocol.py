@@ -16,9 +16,7 @@ from .errors import ApiError
 
 MAX_N = 64              # choices per request: a bound on what one request may ask of the batch
 MAX_TOP_LOGPROBS = 20   # as OpenAI
-UNSUPPORTED = {         # fields whose non-default values we cannot honour: refused rather than ignored
-    "frequency_penalty": 0, "presence_penalty": 0, "logit_bias": None, "suffix": None, "echo": False,
-}
+UNSUPPORTED = {"suffix": None, "echo": False}  # fields whose non-default values we cannot honour: refused
 
 
 @dataclass
@@ -87,6 +85,19 @@ def _number(body, key, default, lo=None, hi=None, lo_open=False, integer=False):
     return value
 
 
+def _logit_bias(body: dict) -> tuple:
+    """{"token id": bias in [-100, 100]} -> ((id, bias), ...)."""
+    bias = _get(body, "logit_bias", (dict,), "an object mapping token ids to numbers", {})
+    out = []
+    for key, value in bias.items():
+        if not (isinstance(key, str) and key.isdecimal()) or isinstance(value, bool) or \
+                not isinstance(value, (int, float)) or not -100 <= value <= 100:
+            raise ApiError(400, f"'logit_bias' maps token ids to numbers in [-100, 100], got "
+                                f"{json.dumps({key: value})[:80]}", param="logit_bias")
+        out.append((int(key), float(value)))
+    return tuple(out)
+
+
 def _common(body: dict, chat: bool) -> tuple[str, dict, int | None, bool, bool]:
     model = _get(body, "model", (str,), "a string")
     if not model:
@@ -107,6 +118,9 @@ def _common(body: dict, chat: bool) -> tuple[str, dict, int | None, bool, bool]:
         "top_p": float(_number(body, "top_p", 1.0, lo=0, hi=1, lo_open=True)),
         "top_k": max(top_k, 0),
         "repetition_penalty": float(_number(body, "repetition_penalty", 1.0, lo=0, lo_open=True)),
+        "presence_penalty": float(_number(body, "presence_penalty", 0.0, lo=-2, hi=2)),
+        "frequency_penalty": float(_number(body, "frequency_penalty", 0.0, lo=-2, hi=2)),
+        "logit_bias": _logit_bias(body),
         "stop": tuple(stop or ()),
         "seed": _number(body, "seed", None, lo=0, hi=2 ** 63 - 1 - MAX_N, integer=True),  # per-choice seeds follow
         "n": _number(body, "n", 1, lo=1, hi=MAX_N, integer=True),
