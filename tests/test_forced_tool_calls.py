@@ -3,10 +3,12 @@ family writes calls in its own format that the family's parser reads back, namin
 function with arguments valid under its parameters schema; through the server the official `openai` client gets
 them as tool_calls, streamed or not; requests that cannot be honoured are 400s naming tool_choice."""
 import json
+from typing import Literal
 
 import jsonschema
 import pytest
 from openai import OpenAI
+from pydantic import Field
 
 from swiftlike.errors import UserError
 from swiftlike.infer import SamplingParams
@@ -97,6 +99,19 @@ def test_the_openai_client_gets_the_forced_calls():
         for choice in r.choices:
             [call] = choice.message.tool_calls
             jsonschema.validate(json.loads(call.function.arguments), SCHEMAS[call.function.name])
+        for extra, error, param in (({"tool_choice": {}}, "may be", "tool_choice"),
+                                    ({"tool_choice": False}, "may be", "tool_choice"),
+                                    ({"tool_choice": {"type": "function", "function": "f"}}, "may be", "tool_choice"),
+                                    ({"tools": TOOLS + TOOLS[:1]}, "another tool is already named", "tools"),
+                                    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": [1]}}]},
+                                     "must be a JSON schema object", "tools"),
+                                    ({"tool_choice": "required", "tools": [{"type": "function", "function": {
+                                        "name": "two words"}}]}, "cannot be forced", "tool_choice")):
+            with pytest.raises(Exception) as caught:
+                client.chat.completions.create(model="mini", messages=messages, max_tokens=8,
+                                               **{"tools": TOOLS, **extra})
+            assert caught.value.status_code == 400 and error in caught.value.message, caught.value.message
+            assert caught.value.body["param"] == param and "\n" not in caught.value.message
         for extra, error in (({"tool_choice": "required", "tools": None}, "offers no tools"),
                              ({"tool_choice": {"type": "function", "function": {"name": "nope"}}}, "not among"),
                              ({"tool_choice": "always"}, "may be"),
@@ -110,11 +125,49 @@ def test_the_openai_client_gets_the_forced_calls():
             with pytest.raises(Exception) as caught:
                 client.chat.completions.create(model="mini", messages=messages, max_tokens=8, **kwargs)
             assert caught.value.status_code == 400 and error in caught.value.message, caught.value.message
-            assert caught.value.body["param"] == "tool_choice"
+            assert caught.value.body["param"] == ("tools" if "enforced" in error else "tool_choice")
+            assert "\n" not in caught.value.message and "<[" not in caught.value.message
 
 
-def test_vllm_backend_refuses_a_grammar():
-    from swiftlike.infer.vllm import vllm_sampling
+def test_parameters_with_definitions_and_references_are_forced_whole():
+    """pydantic (and openai.pydantic_function_tool) put nested models in $defs, referred to from the schema's
+    root: nested in a call's JSON object (hermes) or beside other tools in one array (Mistral) they still
+    resolve."""
+    import openai
+    from pydantic import BaseModel
 
-    with pytest.raises(UserError, match="needs the transformers backend"):
-        vllm_sampling(SamplingParams(grammar='start: "x"'), [2])
+    class City(BaseModel):
+        name: Literal["Paris", "Rome"]
+
+    class Trip(BaseModel):
+        start: City
+        stops: list[City] = Field(max_length=2)
+
+    tool = openai.pydantic_function_tool(Trip, name="plan_trip")
+    assert "$defs" in tool["function"]["parameters"]
+    for model_id in ("Qwen/Qwen3-0.6B", "mistralai/Mistral-7B-Instruct-v0.3"):
+        with _engine(model_id) as engine:
+            tpl = engine.template
+            prompt = tpl.encode_prompt([{"role": "user", "content": "Plan a trip."}], tools=[tool, *TOOLS])
+            grammar = forced_call_grammar(tpl, [tool, *TOOLS], "plan_trip")
+            [[c]] = engine.generate([prompt], SamplingParams(max_new_tokens=96, grammar=grammar))
+            [call] = tpl.parse_response(c.text)["tool_calls"]
+            Trip.model_validate(call["function"]["arguments"])
+
+
+def test_a_thinking_template_closes_its_think_block_before_the_constrained_answer():
+    """Qwen3-Thinking-2507's prompt opens <think>: a constrained answer closes it first, so the JSON and the
+    forced calls arrive as content and tool_calls, not as reasoning."""
+    with _engine("Qwen/Qwen3-4B-Thinking-2507") as engine, BackgroundServer(create_app(
+            engine, ServeSettings(model_name="m", max_model_len=512, max_tokens_limit=128,
+                                  max_request_bytes=16384))) as server:
+        client = OpenAI(base_url=server.url + "/v1", api_key="none", max_retries=0)
+        messages = [{"role": "user", "content": "What time is it?"}]
+        r = client.chat.completions.create(model="m", messages=messages, max_tokens=40, response_format={
+            "type": "json_schema", "json_schema": {"name": "time", "schema": TIME}})
+        jsonschema.validate(json.loads(r.choices[0].message.content), TIME)
+        r = client.chat.completions.create(model="m", messages=messages, max_tokens=60, tools=TOOLS,
+                                           tool_choice={"type": "function", "function": {"name": "get_time"}})
+        [call] = r.choices[0].message.tool_calls
+        assert call.function.name == "get_time" and not r.choices[0].message.content
+        jsonschema.validate(json.loads(call.function.arguments), TIME)

@@ -61,6 +61,31 @@ def test_a_budget_that_ends_first_leaves_a_prefix_of_the_json(engine):
     assert anything.text.startswith("{")
 
 
+def test_a_grammar_failure_fails_its_own_request_only(engine, monkeypatch):
+    import swiftlike.infer.engine as engine_module
+
+    def refuse(matcher, token):
+        raise RuntimeError(f"the grammar refused token {token}")
+
+    monkeypatch.setattr(engine_module, "follow", refuse)
+    constrained = engine.submit(PROMPTS[0], SamplingParams(max_new_tokens=8, json_schema=SCHEMA))
+    free = engine.submit(PROMPTS[1], SamplingParams(max_new_tokens=8))
+    with pytest.raises(RuntimeError, match="the grammar refused token"):
+        constrained.result(timeout=60)
+    [alone] = free.result(timeout=60)
+    assert alone.finish_reason == "length" and len(alone.token_ids) == 8
+
+
+def test_a_token_of_probability_zero_is_never_drawn():
+    import torch
+
+    from swiftlike.infer.sampling import draw
+
+    probs = torch.tensor([[0.0, 0.0, 0.5, 0.5], [0.0, 1.0, 0.0, 0.0]])
+    assert draw(probs, torch.zeros(2, 1)).tolist() == [2, 1]
+    assert draw(probs, torch.full((2, 1), 0.999999)).tolist() == [3, 1]
+
+
 @pytest.mark.parametrize("schema, message", [
     ('{"type": "bogus"}', "the JSON schema cannot be enforced: .*bogus"),
     ('{"type": ', "the JSON schema is not valid JSON"),
@@ -106,7 +131,8 @@ def test_wb_infer_json_schema_from_a_file_or_inline(tmp_path, capsys):
     assert main([*argv, "--json_schema", SCHEMA]) == 0
     Verdict.model_validate_json(capsys.readouterr().out.strip())
     for value, message in ((str(tmp_path / "missing.json"), "neither inline JSON (an object) nor a file"),
-                           ('{"type": "bogus"}', "the JSON schema cannot be enforced")):
+                           ('{"type": "bogus"}', "the JSON schema cannot be enforced"),
+                           ('{"type": "string", "pattern": "(("}', "regex parse error: error: unclosed group")):
         assert main([*argv, "--json_schema", value]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0], err
@@ -115,7 +141,7 @@ def test_wb_infer_json_schema_from_a_file_or_inline(tmp_path, capsys):
     assert f"--json_schema {path}: not valid JSON" in capsys.readouterr().err
 
 
-def test_vllm_gets_its_own_structured_outputs(monkeypatch):
+def test_vllm_gets_its_own_structured_outputs_and_a_bad_schema_is_refused_at_submit(monkeypatch):
     import sys
     import types
 
@@ -132,3 +158,12 @@ def test_vllm_gets_its_own_structured_outputs(monkeypatch):
     constraint = vllm_sampling(SamplingParams(json_schema=SCHEMA), [2]).kwargs["structured_outputs"]
     assert constraint.kwargs == {"json": json.loads(SCHEMA), "disable_any_whitespace": True}
     assert "structured_outputs" not in vllm_sampling(SamplingParams(), [2]).kwargs
+    with pytest.raises(SchemaError, match="needs --infer_backend transformers"):
+        vllm_sampling(SamplingParams(grammar='start: "x"'), [2])
+    from swiftlike.infer.vllm import VLLMEngine
+
+    engine = VLLMEngine.__new__(VLLMEngine)  # (its submit checks before anything reaches vLLM)
+    engine.default_model = "base"
+    monkeypatch.setattr(VLLMEngine, "model_names", ["base"])
+    with pytest.raises(SchemaError, match="the JSON schema cannot be enforced: Invalid type: bogus"):
+        engine.submit([1, 2], SamplingParams(json_schema='{"type": "bogus"}'))

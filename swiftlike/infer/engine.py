@@ -311,7 +311,11 @@ class TransformersEngine(Engine):
             row.logprobs.append(entry)
         text = row.stream.push(token)
         full = self.max_model_len and len(row.request.prompt_ids) + len(row.ids) >= self.max_model_len
-        complete = row.matcher is not None and follow(row.matcher, token)  # whole: only a stop could follow
+        try:
+            complete = row.matcher is not None and follow(row.matcher, token)  # whole: only a stop could follow
+        except RuntimeError as error:  # (never expected): this request fails, the batch runs on
+            row.request.fail(error)
+            return (row, "abort")
         if row.stream.stopped or complete or len(row.ids) >= row.params.max_new_tokens or full:
             return (row, "stop" if row.stream.stopped or complete else "length", [token], text,
                     [entry] if entry is not None else None)

@@ -8,6 +8,9 @@ is checked when the request arrives: one that llguidance cannot compile is the c
 """
 from __future__ import annotations
 
+import re
+import threading
+
 import torch
 
 from .params import SchemaError
@@ -21,14 +24,16 @@ class Grammars:
         self.hf_tokenizer, self.vocab_size, self.stop_ids = tokenizer, vocab_size, list(stop_ids)
         self._tokenizer = None  # built on the first constrained request (~1 s for a 150k vocabulary)
         self._bits = torch.arange(32, dtype=torch.int32)
+        self._lock = threading.Lock()
 
     def _llg_tokenizer(self):
-        if self._tokenizer is None:
-            import llguidance.hf
+        with self._lock:  # (requests arrive on several threads; one builds it)
+            if self._tokenizer is None:
+                import llguidance.hf
 
-            self._tokenizer = llguidance.hf.from_tokenizer(self.hf_tokenizer, n_vocab=self.vocab_size,
-                                                           eos_token=self.stop_ids)
-        return self._tokenizer
+                self._tokenizer = llguidance.hf.from_tokenizer(self.hf_tokenizer, n_vocab=self.vocab_size,
+                                                               eos_token=self.stop_ids)
+            return self._tokenizer
 
     def matchers(self, params, count: int) -> list:
         """`count` fresh matchers (a request's n completions) of its SamplingParams' json_schema (checked to be a
@@ -42,7 +47,7 @@ class Grammars:
             grammar, what = llguidance.LLMatcher.grammar_from_lark(params.grammar), "grammar"
         first = llguidance.LLMatcher(self._llg_tokenizer(), grammar)
         if first.is_error():
-            raise SchemaError(f"the {what} cannot be enforced: {first.get_error().strip()}")
+            raise SchemaError(f"the {what} cannot be enforced: {_reason(first.get_error())}")
         return [first] + [first.deep_copy() for _ in range(count - 1)]
 
     def constrain(self, logits: torch.Tensor, rows: list[int], matchers: list) -> None:
@@ -55,6 +60,27 @@ class Grammars:
         allowed = ((mask.unsqueeze(-1) >> self._bits) & 1).bool().flatten(1)[:, :logits.shape[-1]]
         index = torch.tensor(rows, device=logits.device)
         logits[index] = logits[index].masked_fill(~allowed.to(logits.device), float("-inf"))
+
+
+def check_json_schema(schema: str) -> None:
+    """SchemaError unless llguidance compiles `schema` (without a tokenizer: for the vLLM backend, which compiles
+    it in its own engine, where a failure would reach the caller only as a failed generation)."""
+    import llguidance
+
+    grammar = llguidance.LLMatcher.grammar_from_json_schema(schema, defaults={"whitespace_flexible": False})
+    error = llguidance.LLMatcher.validate_grammar(grammar)
+    if error:
+        raise SchemaError(f"the JSON schema cannot be enforced: {_reason(error)}")
+
+
+def _reason(error: str) -> str:
+    """llguidance's compile error in one line, without its position in the generated grammar (which callers never
+    see) or the grammar itself."""
+    lines = [line.strip() for line in error.strip().splitlines() if line.strip()]
+    first = re.sub(r"^at \d+\(\d+\): ", "", lines[0] if lines else "unknown error")
+    if first.rstrip().endswith(":") and len(lines) > 1:  # ("regex parse error:" then the pattern and the error)
+        first += " " + lines[-1]
+    return first[:300]
 
 
 def follow(matcher, token: int) -> bool:

@@ -38,10 +38,11 @@ def probabilities(logits: torch.Tensor, sampling) -> torch.Tensor:
 
 def draw(probs: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
     """Inverse-CDF sampling: one token per row from `probs` (rows need not sum to 1) given one uniform in
-    [0, 1) per row (`uniform` of shape (rows, 1))."""
+    [0, 1) per row (`uniform` of shape (rows, 1)). The first token whose cumulative mass exceeds the draw: a
+    token of probability 0 is never drawn, not even by a draw of exactly 0 (it could be one a grammar forbids)."""
     cdf = torch.cumsum(probs, dim=-1)
     u = uniform.to(device=cdf.device, dtype=cdf.dtype) * cdf[:, -1:]
-    return torch.searchsorted(cdf, u).squeeze(-1).clamp(max=probs.shape[-1] - 1)
+    return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp(max=probs.shape[-1] - 1)
 
 
 def sample_next(logits: torch.Tensor, sampling, generator: torch.Generator | None = None) -> torch.Tensor:

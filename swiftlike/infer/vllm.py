@@ -15,7 +15,8 @@ import threading
 from pathlib import Path
 
 from ..errors import UserError
-from .params import Completion, Delta, SamplingParams
+from .grammar import check_json_schema
+from .params import Completion, Delta, SamplingParams, SchemaError
 from .request import Engine, Request
 
 BASE = "base"
@@ -34,8 +35,9 @@ def vllm_sampling(params: SamplingParams, stop_token_ids: list[int]):
     """Our SamplingParams as vLLM's: stop strings cut from the text, special tokens kept in it (tool-call
     markers), the stop tokens explicit."""
     if params.grammar is not None:
-        raise UserError("a forced tool call (tool_choice \"required\" or a named function) needs the transformers "
-                        "backend; vLLM's structured outputs take JSON schemas here")
+        raise SchemaError("a forced tool call (tool_choice \"required\" or a named function), or JSON after a "
+                          "think block, needs --infer_backend transformers; vLLM's structured outputs take a JSON "
+                          "schema here")
     from vllm import SamplingParams as VLLMSamplingParams
 
     logprobs = params.top_logprobs if params.logprobs else None  # vLLM returns the sampled token's too
@@ -144,18 +146,21 @@ class VLLMEngine(Engine):
         name = self.default_model if adapter is None else adapter
         if name not in self.model_names:
             raise UserError(f"unknown model {name!r}; this engine serves {', '.join(self.model_names)}")
+        if params.json_schema is not None:
+            check_json_schema(params.json_schema)
+        sampling = vllm_sampling(params, self.stop_token_ids)  # (what vLLM cannot take is refused here)
         request = Request(prompt_ids, params, adapter, on_cancel=self._cancel)
         request_id = f"wb-{next(self._ids)}"
         self._running[request] = request_id
-        asyncio.run_coroutine_threadsafe(self._serve(request, request_id, self._loras.get(name)), self._loop)
+        asyncio.run_coroutine_threadsafe(self._serve(request, request_id, sampling, self._loras.get(name)),
+                                         self._loop)
         return request
 
-    async def _serve(self, request: Request, request_id: str, lora) -> None:
+    async def _serve(self, request: Request, request_id: str, sampling, lora) -> None:
         progress = [_Progress() for _ in range(request.params.n)]
         try:
             if request.cancelled:  # before vLLM ever saw it
                 raise asyncio.CancelledError
-            sampling = vllm_sampling(request.params, self.stop_token_ids)
             async for output in self._engine.generate({"prompt_token_ids": request.prompt_ids}, sampling,
                                                       request_id, lora_request=lora):
                 for choice in output.outputs:

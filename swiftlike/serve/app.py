@@ -24,7 +24,7 @@ from ..data.fetch import public_only
 from ..errors import UserError
 from ..infer import vision
 from ..infer.params import SchemaError
-from ..templates.call_grammar import forced_call_grammar
+from ..templates.call_grammar import forced_call_grammar, json_grammar
 from .errors import ApiError, error_body
 from .guard import Guard
 from .protocol import (ChatRequest, CompletionRequest, GenerationRequest, chat_logprobs, chat_message,
@@ -193,11 +193,16 @@ class Service:
             raise ApiError(400, f"the messages could not be rendered with the {self.template.name} template "
                                 f"({type(e).__name__}: {e})", param="messages", code="invalid_messages") from None
 
-    def forced_call(self, req: ChatRequest) -> str:
-        """The grammar of the tool calls tool_choice forces (templates/call_grammar.py)."""
+    def constrain(self, req: ChatRequest, in_think: bool) -> None:
+        """The grammar of the tool calls tool_choice forces (templates/call_grammar.py), or of the JSON
+        response_format asks for after the think block the prompt opened (the answer closes it first)."""
         try:
-            return forced_call_grammar(self.template, req.tools, req.function, req.parallel_tool_calls)
-        except UserError as e:  # a template without a tool-call format
+            if req.force_call:
+                req.sampling["grammar"] = forced_call_grammar(self.template, req.tools, req.function,
+                                                              req.parallel_tool_calls, in_think)
+            elif in_think:
+                req.sampling["grammar"] = json_grammar(self.template, req.sampling.pop("json_schema"), True)
+        except UserError as e:  # a template without a tool-call format, a function name no format can hold
             raise ApiError(400, str(e), param="tool_choice") from None
 
     def completion_prompt(self, prompt) -> list[int]:
@@ -238,7 +243,7 @@ class Service:
                 handles.append(self.engine.submit(prompt, sampling, adapter, images=pixels))
         except UserError as e:   # what the engine refuses (it checks what it knows: context, adapters, schema)
             Generation(handles).cancel()
-            constraint = "tool_choice" if req.sampling.get("grammar") else "response_format"
+            constraint = "tools" if getattr(req, "force_call", False) else "response_format"
             raise ApiError(400, str(e), param=constraint if isinstance(e, SchemaError) else None) from None
         except BaseException:    # anything else: the prompts already submitted generate for nobody otherwise
             Generation(handles).cancel()
@@ -250,12 +255,14 @@ class Service:
         req = parse_chat_request(body)
         self.adapter(req.model)
         prompt, images = await asyncio.to_thread(self.chat_prompt, req)
-        if req.force_call:
-            req.sampling["grammar"] = self.forced_call(req)
         parser = self.template if req.tools else self.plain
         in_think = prompt_opens_think(self.tokenizer, prompt)
+        if req.force_call or req.sampling["json_schema"] is not None:
+            self.constrain(req, in_think)
         ident, n = new_id("chatcmpl"), req.sampling["n"]
-        gen = self.submit([prompt], req, "messages", [images])  # from here on, unanswered requests are cancelled
+        # (in a thread: a first constrained request builds llguidance's tokenizer, seconds the loop must not wait)
+        gen = await asyncio.to_thread(self.submit, [prompt], req, "messages", [images])
+        # from here on, unanswered requests are cancelled
         if req.stream:
             streams = [ChoiceStream(parser, self.tool_format if req.tools else None, in_think) for _ in range(n)]
             return EventStream(self._chat_events(gen, req, ident, len(prompt), streams), gen.cancel)

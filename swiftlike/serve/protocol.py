@@ -150,12 +150,19 @@ def parse_chat_request(body: dict) -> ChatRequest:
     messages = [{**m, "role": "system"} if isinstance(m, dict) and m.get("role") == "developer" else m
                 for m in messages]
     tools = _get(body, "tools", (list,), "a list", None)
+    names = set()
     for i, tool in enumerate(tools or []):
         fn = tool.get("function") if isinstance(tool, dict) else None
         if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or tool.get("type") != "function":
             raise ApiError(400, f"tools[{i}] must be {{\"type\": \"function\", \"function\": {{\"name\": ...}}}}",
                            param="tools")
-    choice = body.get("tool_choice") or "auto"
+        if not isinstance(fn.get("parameters", {}), (dict, type(None))):
+            raise ApiError(400, f"tools[{i}].function.parameters must be a JSON schema object", param="tools")
+        if fn["name"] in names:
+            raise ApiError(400, f"tools[{i}]: another tool is already named {json.dumps(fn['name'])[:80]}",
+                           param="tools")
+        names.add(fn["name"])
+    choice = "auto" if body.get("tool_choice") is None else body["tool_choice"]  # ({}, false, "": refused)
     if choice == "none":
         tools = None                 # not offered to the model, so nothing is parsed as a call either
     force, function = _forced_call(choice, tools)
@@ -176,9 +183,9 @@ def _forced_call(choice, tools: list | None) -> tuple[bool, str | None]:
         return False, None
     function = None
     if isinstance(choice, dict):
-        function = (choice.get("function") or {}).get("name") if choice.get("type") == "function" else None
-        if not isinstance(function, str):
-            function = ""  # (refused below)
+        fn = choice.get("function")
+        function = fn.get("name") if isinstance(fn, dict) and choice.get("type") == "function" else None
+        function = function if isinstance(function, str) else ""  # ("": refused below)
     if choice != "required" and not function:
         raise ApiError(400, "'tool_choice' may be \"auto\", \"none\", \"required\" or {\"type\": \"function\", "
                             "\"function\": {\"name\": ...}}", param="tool_choice")

@@ -39,10 +39,42 @@ def _schema(schema: dict) -> str:
     return "%json " + json.dumps({**schema, "x-guidance": JSON_STYLE}, ensure_ascii=False)
 
 
-def _object(name: str, key: str, parameters: dict, extra: dict | None = None) -> dict:
-    """{"name": name, key: arguments}: the JSON object a call is in hermes, Llama 3 and Mistral."""
-    return {"type": "object", "properties": {"name": {"const": name}, key: parameters, **(extra or {})},
-            "required": ["name", key], "additionalProperties": False}
+def _object(name: str, key: str, parameters: dict, extra: dict | None = None, defs: dict | None = None) -> dict:
+    """{"name": name, key: arguments}: the JSON object a call is in hermes, Llama 3 and Mistral. The parameters'
+    definitions go to `defs` (the document's root; by default this object's own)."""
+    own = {} if defs is None else defs
+    args = _lift(parameters, f"{name}.", own)
+    out = {"type": "object", "properties": {"name": {"const": name}, key: args, **(extra or {})},
+           "required": ["name", key], "additionalProperties": False}
+    return {**out, "$defs": own} if defs is None and own else out
+
+
+def _lift(schema: dict, prefix: str, defs: dict) -> dict:
+    """`schema` nested in another document: its definitions move to that document's `defs` (named with `prefix`),
+    and its references, which point from its own root ("#", "#/$defs/X", "#/definitions/X", as pydantic and the
+    openai client write them), are rewritten to match."""
+    def rewrite(node, root=False):
+        if isinstance(node, list):
+            return [rewrite(v) for v in node]
+        if not isinstance(node, dict):
+            return node
+        out = {k: rewrite(v) for k, v in node.items() if not (root and k in ("$defs", "definitions"))}
+        ref = node.get("$ref")
+        if ref == "#":
+            out["$ref"] = f"#/$defs/{prefix}"
+        elif isinstance(ref, str):
+            for base in ("#/$defs/", "#/definitions/"):
+                if ref.startswith(base):
+                    out["$ref"] = f"#/$defs/{prefix}{ref[len(base):]}"
+        return out
+
+    for section in ("definitions", "$defs"):
+        for name, definition in (schema.get(section) or {}).items():
+            defs[prefix + name] = rewrite(definition)
+    lifted = rewrite(schema, root=True)
+    if '"$ref": "#"' in json.dumps(schema):  # (a recursive schema refers to its root)
+        defs[prefix] = lifted
+    return lifted
 
 
 def _text(text: str) -> str:
@@ -73,28 +105,51 @@ SYNTAX = {
 }
 
 
-def forced_call_grammar(template, tools: list[dict], choice: str | None, parallel: bool = True) -> str:
+def forced_call_grammar(template, tools: list[dict], choice: str | None, parallel: bool = True,
+                        in_think: bool = False) -> str:
     """The grammar of an answer that is only tool calls in `template`'s format: of the function named `choice`
-    (one call), or of any offered tool (`choice` None: "required"; several unless `parallel` is false)."""
+    (one call), or of any offered tool (`choice` None: "required"; several unless `parallel` is false).
+    `in_think`: the prompt opened a think block, which the answer closes first (with nothing in it)."""
     fmt = template.spec.options.get("tool_format")
     if fmt is None:
         raise TemplateError(f"the {template.name} template has no tool-call format: a tool call cannot be forced")
     functions = {t["function"]["name"]: t["function"].get("parameters") or {"type": "object"} for t in tools}
+    spaced = [name for name in functions if not name or any(c.isspace() for c in name)]
+    if spaced:
+        raise TemplateError(f"the function name {json.dumps(spaced[0])} (empty or with white space) cannot be "
+                            "forced: the tool-call formats end a name there")
     if choice is not None:
         functions = {choice: functions[choice]}
     syntax, mark = SYNTAX[fmt], _marker(template.tokenizer)
+    opening = _think_closed(mark) if in_think else []
     many = syntax.many and parallel and choice is None
     if syntax.array:
-        sep = template.spec.options.get("sep", "")
-        items = {"anyOf": [_object(n, "arguments", p, MISTRAL_ID) for n, p in functions.items()]}
-        array = {"type": "array", "items": items, "minItems": 1, **({} if many else {"maxItems": 1})}
-        return " ".join(["start:", mark("[TOOL_CALLS]"), *([_text(sep)] if sep else []), _schema(array)]) + "\n"
+        sep, defs = template.spec.options.get("sep", ""), {}
+        items = {"anyOf": [_object(n, "arguments", p, MISTRAL_ID, defs) for n, p in functions.items()]}
+        array = {"type": "array", "items": items, "minItems": 1, **({} if many else {"maxItems": 1}),
+                 **({"$defs": defs} if defs else {})}
+        return " ".join(["start:", *opening, mark("[TOOL_CALLS]"), *([_text(sep)] if sep else []),
+                         _schema(array)]) + "\n"
     rules = [f"call: {' | '.join(f'call{i}' for i in range(len(functions)))}"]
     rules += [f"call{i}: {syntax.call(name, params, mark)}" for i, (name, params) in enumerate(functions.items())]
     between = " ".join(mark(m) for m in syntax.between)
     calls = f"call ({between} call)*" if many else "call"
-    start = " ".join([*(mark(m) for m in syntax.opening), calls, *(mark(m) for m in syntax.closing)])
+    start = " ".join([*opening, *(mark(m) for m in syntax.opening), calls, *(mark(m) for m in syntax.closing)])
     return "\n".join([f"start: {start}", *rules]) + "\n"
+
+
+def json_grammar(template, schema: str, in_think: bool) -> str:
+    """The grammar of an answer that is JSON of `schema` (compact, as infer/grammar.py writes it); `in_think`: after
+    closing the think block the prompt opened."""
+    parsed = {**json.loads(schema), "x-guidance": {"whitespace_flexible": False}}
+    opening = _think_closed(_marker(template.tokenizer)) if in_think else []
+    return " ".join(["start:", *opening, "%json", json.dumps(parsed, ensure_ascii=False)]) + "\n"
+
+
+def _think_closed(mark) -> list[str]:
+    """An empty rest of a think block the prompt opened: the answer proper starts after it, as the thinking
+    templates render an answer (reasoning, "</think>", a blank line)."""
+    return [mark("</think>"), _text("\n\n")]
 
 
 def _marker(tokenizer) -> Callable[[str], str]:
