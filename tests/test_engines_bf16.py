@@ -31,8 +31,26 @@ def test_stochastic_rounding_keeps_updates_that_plain_bf16_adamw_loses(capsys):
     assert _steps(lambda g: torch.optim.AdamW(g, lr=1e-4, weight_decay=0.0)) == 1.0  # 200 updates of 1e-4: lost
     assert _steps(lambda g: make_optimizer(g, SETTINGS)) == pytest.approx(0.98, abs=2e-3)  # kept in expectation
     assert "bf16 stochastic rounding" in capsys.readouterr().out
-    # fp32 weights (LoRA adapters, --torch_dtype float32) keep torch's AdamW
-    assert type(make_optimizer([{"params": [torch.nn.Parameter(torch.ones(3))]}], SETTINGS)) is torch.optim.AdamW
+    # fp32 weights (LoRA adapters, --torch_dtype float32) keep torch's AdamW, its fused kernel where the device has one
+    fp32 = make_optimizer([{"params": [torch.nn.Parameter(torch.ones(3))]}], SETTINGS)
+    assert type(fp32) is torch.optim.AdamW and fp32.defaults["fused"]
+
+
+def test_the_fused_adamw_step_equals_the_multi_tensor_one():
+    def run(make):
+        g = torch.Generator().manual_seed(0)
+        params = [torch.nn.Parameter(torch.randn(64, 32, generator=g)) for _ in range(3)]
+        opt = make([{"params": params, "weight_decay": 0.1}])
+        for _ in range(20):
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=g)
+            opt.step()
+        return torch.cat([p.detach().flatten() for p in params])
+
+    fused = run(lambda groups: make_optimizer(groups, SETTINGS))
+    foreach = run(lambda groups: torch.optim.AdamW(groups, lr=SETTINGS.learning_rate, betas=SETTINGS.betas,
+                                                   eps=SETTINGS.eps, foreach=True))
+    torch.testing.assert_close(fused, foreach, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])

@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict
+from peft import LoraConfig, PeftModel, get_peft_model
 
 from swiftlike.cli.main import main
 from swiftlike.config import DPOConfig, GRPOConfig, KTOConfig, SFTConfig, build_config

@@ -88,7 +88,7 @@ class TransformersEngine(Engine):
         self._seeds = random.Random()
         self.refill = max(1, max_batch_size // 4)  # backlog: admit once this many slots are free (fewer prefills)
         self.vocab_size = getattr(text_config, "vocab_size", None) or len(tokenizer)  # the logits' width
-        self._grammars = Grammars(tokenizer, max(len(tokenizer), self.vocab_size), self.stop_token_ids)
+        self._grammars = Grammars(tokenizer, self.vocab_size, self.stop_token_ids)
 
     # -- models ------------------------------------------------------------------------------------
     @property

@@ -17,8 +17,8 @@ from .params import SchemaError
 
 
 class Grammars:
-    """Matchers for one tokenizer and vocabulary (the model's output width, which may exceed the tokenizer's);
-    `stop_ids`: the tokens that end a completion, allowed once its JSON is complete."""
+    """Matchers for one tokenizer and the model's output width (`vocab_size`, which may differ from the
+    tokenizer's); `stop_ids`: the tokens that end a completion, allowed once its output is complete."""
 
     def __init__(self, tokenizer, vocab_size: int, stop_ids: list[int]):
         self.hf_tokenizer, self.vocab_size, self.stop_ids = tokenizer, vocab_size, list(stop_ids)
@@ -31,7 +31,8 @@ class Grammars:
             if self._tokenizer is None:
                 import llguidance.hf
 
-                self._tokenizer = llguidance.hf.from_tokenizer(self.hf_tokenizer, n_vocab=self.vocab_size,
+                width = max(len(self.hf_tokenizer), self.vocab_size)  # (every id either side may name)
+                self._tokenizer = llguidance.hf.from_tokenizer(self.hf_tokenizer, n_vocab=width,
                                                                eos_token=self.stop_ids)
             return self._tokenizer
 
@@ -54,7 +55,7 @@ class Grammars:
         """Set to -inf, in place, every logit of `rows` that its matcher does not allow next."""
         import llguidance.torch
 
-        mask = llguidance.torch.allocate_token_bitmask(len(rows), self.vocab_size)
+        mask = llguidance.torch.allocate_token_bitmask(len(rows), self._llg_tokenizer().vocab_size)
         for j, matcher in enumerate(matchers):
             llguidance.torch.fill_next_token_bitmask(matcher, mask, j)
         allowed = ((mask.unsqueeze(-1) >> self._bits) & 1).bool().flatten(1)[:, :logits.shape[-1]]

