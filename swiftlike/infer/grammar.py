@@ -58,9 +58,13 @@ class Grammars:
         mask = llguidance.torch.allocate_token_bitmask(len(rows), self._llg_tokenizer().vocab_size)
         for j, matcher in enumerate(matchers):
             llguidance.torch.fill_next_token_bitmask(matcher, mask, j)
-        allowed = ((mask.unsqueeze(-1) >> self._bits) & 1).bool().flatten(1)[:, :logits.shape[-1]]
-        index = torch.tensor(rows, device=logits.device)
-        logits[index] = logits[index].masked_fill(~allowed.to(logits.device), float("-inf"))
+        mask, bits = mask.to(logits.device), self._bits.to(logits.device)  # (unpacked where the logits are)
+        forbidden = ((mask.unsqueeze(-1) >> bits) & 1).flatten(1)[:, :logits.shape[-1]] == 0
+        if len(rows) == len(logits):
+            logits.masked_fill_(forbidden, float("-inf"))
+        else:
+            index = torch.tensor(rows, device=logits.device)
+            logits[index] = logits[index].masked_fill(forbidden, float("-inf"))
 
 
 def check_json_schema(schema: str) -> None:

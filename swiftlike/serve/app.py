@@ -250,6 +250,16 @@ class Service:
             raise
         return Generation(handles)
 
+    async def submit_off_loop(self, *args) -> Generation:
+        """`submit` in a thread (a first constrained request builds llguidance's tokenizer: seconds the event loop
+        must not wait); a caller that goes away meanwhile still has its requests cancelled once they are in."""
+        future = asyncio.get_running_loop().run_in_executor(None, self.submit, *args)
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            future.add_done_callback(lambda f: f.cancelled() or f.exception() or f.result().cancel())
+            raise
+
     # -- chat ---------------------------------------------------------------------------------------
     async def chat(self, body: dict, receive):
         req = parse_chat_request(body)
@@ -260,8 +270,7 @@ class Service:
         if req.force_call or req.sampling["json_schema"] is not None:
             self.constrain(req, in_think)
         ident, n = new_id("chatcmpl"), req.sampling["n"]
-        # (in a thread: a first constrained request builds llguidance's tokenizer, seconds the loop must not wait)
-        gen = await asyncio.to_thread(self.submit, [prompt], req, "messages", [images])
+        gen = await self.submit_off_loop([prompt], req, "messages", [images])
         # from here on, unanswered requests are cancelled
         if req.stream:
             streams = [ChoiceStream(parser, self.tool_format if req.tools else None, in_think) for _ in range(n)]
