@@ -302,6 +302,8 @@ def _error(response: Reply, status: int) -> dict:
      "presence_penalty"),
     ({"model": "mini", "messages": [{"role": "user", "content": "x"}], "logit_bias": {"a": 1}}, "logit_bias"),
     ({"model": "mini", "messages": [{"role": "user", "content": "x"}], "logit_bias": {"5": 101}}, "logit_bias"),
+    ({"model": "mini", "messages": [{"role": "user", "content": "x"}], "logit_bias": {"5": 1, "05": 2}}, "logit_bias"),
+    ({"model": "mini", "messages": [{"role": "user", "content": "x"}], "logit_bias": {"9" * 5000: 1}}, "logit_bias"),
     ({"model": "mini", "messages": [{"role": "user", "content": "x"}], "echo": True}, "echo"),
     ({"model": "mini", "messages": [{"role": "user", "content": "x " * 300}]}, "messages"),   # > the context
     ({"model": "mini", "messages": [{"role": "user", "content": "x " * 200}], "max_tokens": 60}, "max_tokens"),

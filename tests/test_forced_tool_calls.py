@@ -43,6 +43,47 @@ def _calls(template, text: str) -> list[dict]:
     return calls
 
 
+FAMILIES = [
+    ("Qwen/Qwen3-0.6B", None),                                  # hermes
+    ("meta-llama/Llama-3.1-8B-Instruct", None),                 # llama3_json
+    ("mistralai/Mistral-7B-Instruct-v0.3", None),               # mistral, "[TOOL_CALLS] [...]"
+    ("mistralai/Mistral-Nemo-Instruct-2407", None),             # mistral, "[TOOL_CALLS][...]"
+    ("Qwen/Qwen3-0.6B", "mistral_small"),                       # (no Mistral-Small miniature: its format, spelled out)
+    ("deepseek-ai/DeepSeek-V3", None),                          # deepseek
+    ("deepseek-ai/DeepSeek-V3.1", None),                        # deepseek_v3_1
+    ("THUDM/glm-4-9b-chat", None),                              # glm4
+]
+
+
+@pytest.mark.parametrize("model_id, template", FAMILIES)
+def test_the_grammar_accepts_the_templates_own_rendering_of_calls(model_id, template):
+    """What the family's template renders for an assistant turn of two calls (the way the model was trained to
+    write them; Qwen3's empty think block included) is, token by token, an answer the grammar allows."""
+    from swiftlike.infer.grammar import Grammars
+    from swiftlike.models import load_tokenizer
+    from swiftlike.registry import MODELS
+
+    tokenizer = load_tokenizer(model_id, miniature=True)
+    tpl = get_template(template or MODELS[model_id.lower()].template, tokenizer)
+    calls = [{"id": f"call{i}abcd", "type": "function", "function": {"name": name, "arguments": args}}
+             for i, (name, args) in enumerate((("get_time", {"zone": "CET"}), ("get_weather", {"city": "Rome",
+                                                                                               "days": 3})))]
+    many = tpl.spec.options["tool_format"] != "llama3_json"  # (Llama 3 writes one call a turn)
+    user = [{"role": "user", "content": "Time and weather?"}]
+    turn = user + [{"role": "assistant", "content": "", "tool_calls": calls if many else calls[:1]}]
+    prompt = tokenizer.decode(tpl.encode_prompt(user, tools=TOOLS), skip_special_tokens=False)
+    whole = tokenizer.decode(tpl.encode({"messages": turn, "tools": TOOLS})["input_ids"], skip_special_tokens=False)
+    assert whole.startswith(prompt)
+    answer = whole[len(prompt):]
+    for stop in tpl.stop_token_ids:  # the end of turn is the stop token, not part of the constrained answer
+        answer = answer.removesuffix(tokenizer.decode([stop], skip_special_tokens=False)).rstrip("\n")
+    [matcher] = Grammars(tokenizer, len(tokenizer), tpl.stop_token_ids).matchers(
+        SamplingParams(grammar=forced_call_grammar(tpl, TOOLS, None)), 1)
+    for token in tokenizer(answer, add_special_tokens=False)["input_ids"]:
+        assert matcher.consume_token(token), (answer, matcher.get_error()[:300])
+    assert matcher.is_accepting(), answer
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("model_id, template", [
     ("Qwen/Qwen3-0.6B", None),                                  # hermes
@@ -145,14 +186,24 @@ def test_parameters_with_definitions_and_references_are_forced_whole():
 
     tool = openai.pydantic_function_tool(Trip, name="plan_trip")
     assert "$defs" in tool["function"]["parameters"]
+    # an $id of its own, and a reference into its properties: both resolve in the parameters' own document
+    alias = {"$id": "urn:alias", "type": "object", "properties": {
+        "zone": {"enum": ["UTC", "CET"]}, "same": {"$ref": "#/properties/zone"}},
+        "required": ["zone", "same"], "additionalProperties": False}
+    tools = [tool, {"type": "function", "function": {"name": "ns/alias", "parameters": alias}}, *TOOLS]
     for model_id in ("Qwen/Qwen3-0.6B", "mistralai/Mistral-7B-Instruct-v0.3"):
         with _engine(model_id) as engine:
             tpl = engine.template
-            prompt = tpl.encode_prompt([{"role": "user", "content": "Plan a trip."}], tools=[tool, *TOOLS])
-            grammar = forced_call_grammar(tpl, [tool, *TOOLS], "plan_trip")
-            [[c]] = engine.generate([prompt], SamplingParams(max_new_tokens=96, grammar=grammar))
-            [call] = tpl.parse_response(c.text)["tool_calls"]
-            Trip.model_validate(call["function"]["arguments"])
+            prompt = tpl.encode_prompt([{"role": "user", "content": "Plan a trip."}], tools=tools)
+            for name in ("plan_trip", "ns/alias"):
+                grammar = forced_call_grammar(tpl, tools, name)
+                [[c]] = engine.generate([prompt], SamplingParams(max_new_tokens=96, grammar=grammar))
+                [call] = tpl.parse_response(c.text)["tool_calls"]
+                assert call["function"]["name"] == name
+                if name == "plan_trip":
+                    Trip.model_validate(call["function"]["arguments"])
+                else:
+                    jsonschema.validate(call["function"]["arguments"], {k: v for k, v in alias.items() if k != "$id"})
 
 
 def test_a_thinking_template_closes_its_think_block_before_the_constrained_answer():

@@ -53,13 +53,13 @@ def vllm_sampling(params: SamplingParams, stop_token_ids: list[int]):
 
 
 def _json_constraint(schema: str) -> dict:
-    """vLLM's own structured decoding of a JSON schema, compact as ours (infer/grammar.py): `structured_outputs`
-    (vLLM 0.10.2 and later), `guided_decoding` before."""
+    """vLLM's own structured decoding of a JSON schema: `structured_outputs` (vLLM 0.10.2 and later),
+    `guided_decoding` before. (Its whitespace rules are the engine's: a request cannot ask for compact JSON.)"""
     import vllm.sampling_params as sp
 
     if hasattr(sp, "StructuredOutputsParams"):
-        return {"structured_outputs": sp.StructuredOutputsParams(json=json.loads(schema), disable_any_whitespace=True)}
-    return {"guided_decoding": sp.GuidedDecodingParams(json=json.loads(schema), disable_any_whitespace=True)}
+        return {"structured_outputs": sp.StructuredOutputsParams(json=json.loads(schema))}
+    return {"guided_decoding": sp.GuidedDecodingParams(json=json.loads(schema))}
 
 
 def lora_requests(adapters: dict[str, str]) -> dict:

@@ -24,7 +24,7 @@ from ..data.fetch import public_only
 from ..errors import UserError
 from ..infer import vision
 from ..infer.params import SchemaError
-from ..templates.call_grammar import forced_call_grammar, json_grammar
+from ..templates.call_grammar import forced_call_grammar, json_grammar, takes_empty_think
 from .errors import ApiError, error_body
 from .guard import Guard
 from .protocol import (ChatRequest, CompletionRequest, GenerationRequest, chat_logprobs, chat_message,
@@ -195,13 +195,14 @@ class Service:
 
     def constrain(self, req: ChatRequest, in_think: bool) -> None:
         """The grammar of the tool calls tool_choice forces (templates/call_grammar.py), or of the JSON
-        response_format asks for after the think block the prompt opened (the answer closes it first)."""
+        response_format asks for after the think block the prompt opened (the answer closes it first) or the
+        empty one a hybrid-thinking template renders (vLLM takes the plain JSON schema)."""
         try:
             if req.force_call:
                 req.sampling["grammar"] = forced_call_grammar(self.template, req.tools, req.function,
                                                               req.parallel_tool_calls, in_think)
-            elif in_think:
-                req.sampling["grammar"] = json_grammar(self.template, req.sampling.pop("json_schema"), True)
+            elif in_think or takes_empty_think(self.template) and self.engine.name != "vllm":
+                req.sampling["grammar"] = json_grammar(self.template, req.sampling.pop("json_schema"), in_think)
         except UserError as e:  # a template without a tool-call format, a function name no format can hold
             raise ApiError(400, str(e), param="tool_choice") from None
 

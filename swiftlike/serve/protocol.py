@@ -88,14 +88,14 @@ def _number(body, key, default, lo=None, hi=None, lo_open=False, integer=False):
 def _logit_bias(body: dict) -> tuple:
     """{"token id": bias in [-100, 100]} -> ((id, bias), ...)."""
     bias = _get(body, "logit_bias", (dict,), "an object mapping token ids to numbers", {})
-    out = []
+    out = {}
     for key, value in bias.items():
-        if not (isinstance(key, str) and key.isdecimal()) or isinstance(value, bool) or \
-                not isinstance(value, (int, float)) or not -100 <= value <= 100:
-            raise ApiError(400, f"'logit_bias' maps token ids to numbers in [-100, 100], got "
+        if not (isinstance(key, str) and key.isdecimal() and len(key) <= 12) or isinstance(value, bool) or \
+                not isinstance(value, (int, float)) or not -100 <= value <= 100 or int(key) in out:
+            raise ApiError(400, f"'logit_bias' maps token ids, each once, to numbers in [-100, 100], got "
                                 f"{json.dumps({key: value})[:80]}", param="logit_bias")
-        out.append((int(key), float(value)))
-    return tuple(out)
+        out[int(key)] = float(value)
+    return tuple(out.items())
 
 
 def _common(body: dict, chat: bool) -> tuple[str, dict, int | None, bool, bool]:
