@@ -85,16 +85,7 @@ def test_the_grammar_accepts_the_templates_own_rendering_of_calls(model_id, temp
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model_id, template", [
-    ("Qwen/Qwen3-0.6B", None),                                  # hermes
-    ("meta-llama/Llama-3.1-8B-Instruct", None),                 # llama3_json
-    ("mistralai/Mistral-7B-Instruct-v0.3", None),               # mistral, "[TOOL_CALLS] [...]"
-    ("mistralai/Mistral-Nemo-Instruct-2407", None),             # mistral, "[TOOL_CALLS][...]"
-    ("Qwen/Qwen3-0.6B", "mistral_small"),                       # (no Mistral-Small miniature: its format, spelled out)
-    ("deepseek-ai/DeepSeek-V3", None),                          # deepseek
-    ("deepseek-ai/DeepSeek-V3.1", None),                        # deepseek_v3_1
-    ("THUDM/glm-4-9b-chat", None),                              # glm4
-])
+@pytest.mark.parametrize("model_id, template", FAMILIES)
 def test_each_format_writes_calls_its_parser_reads(model_id, template):
     with _engine(model_id, template) as engine:
         tpl = engine.template
