@@ -136,9 +136,9 @@ class TransformersEngine(Engine):
         params.validate()
         if not prompt_ids:
             raise UserError("the prompt is empty")
-        if params.logit_bias and max(t for t, _ in params.logit_bias) >= self.vocab_size:
-            raise UserError(f"logit_bias: token id {max(t for t, _ in params.logit_bias)} is outside the "
-                            f"vocabulary (size {self.vocab_size})")
+        biased = max((t for t, _ in params.logit_bias), default=-1)
+        if biased >= self.vocab_size:
+            raise UserError(f"logit_bias: token id {biased} is outside the vocabulary (size {self.vocab_size})")
         if images is not None and not self._batch.call.reads_images:
             raise UserError("this model reads no images; serve a vision-language model (e.g. Qwen2.5-VL, Qwen3-VL)")
         if self.max_model_len and len(prompt_ids) >= self.max_model_len:

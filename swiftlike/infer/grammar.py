@@ -42,8 +42,7 @@ class Grammars:
         import llguidance
 
         if params.json_schema is not None:
-            grammar, what = llguidance.LLMatcher.grammar_from_json_schema(
-                params.json_schema, defaults={"whitespace_flexible": False}), "JSON schema"
+            grammar, what = _compact_json(params.json_schema), "JSON schema"
         else:
             grammar, what = llguidance.LLMatcher.grammar_from_lark(params.grammar), "grammar"
         first = llguidance.LLMatcher(self._llg_tokenizer(), grammar)
@@ -72,10 +71,17 @@ def check_json_schema(schema: str) -> None:
     it in its own engine, where a failure would reach the caller only as a failed generation)."""
     import llguidance
 
-    grammar = llguidance.LLMatcher.grammar_from_json_schema(schema, defaults={"whitespace_flexible": False})
-    error = llguidance.LLMatcher.validate_grammar(grammar)
+    error = llguidance.LLMatcher.validate_grammar(_compact_json(schema))
     if error:
         raise SchemaError(f"the JSON schema cannot be enforced: {_reason(error)}")
+
+
+def _compact_json(schema: str) -> str:
+    """llguidance's grammar of JSON of `schema`, without free whitespace (unless the schema's own x-guidance
+    options say otherwise)."""
+    import llguidance
+
+    return llguidance.LLMatcher.grammar_from_json_schema(schema, defaults={"whitespace_flexible": False})
 
 
 def _reason(error: str) -> str:

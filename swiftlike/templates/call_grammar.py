@@ -120,7 +120,7 @@ def _before_answer(template, mark, in_think: bool) -> list[str]:
     optional empty think block, which its template renders before every final answer without reasoning."""
     if in_think:
         return [mark("</think>"), _text("\n\n")]
-    if template.spec.options.get("hybrid_thinking"):
+    if takes_empty_think(template):
         return [f'({mark("<think>")} {_text(chr(10) * 2)} {mark("</think>")} {_text(chr(10) * 2)})?']
     return []
 
