@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import atexit
+import functools
 import json
 import math
+import os
 import random
 import resource
 import shutil
@@ -227,23 +229,96 @@ def peer_lora():
     return LoraConfig(r=8, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM")
 
 
+def msswift_lora() -> list[str]:
+    """`peer_lora`'s settings as ms-swift's flags."""
+    return ["--lora_rank", "8", "--lora_alpha", "32", "--lora_dropout", "0.05", "--target_modules", "all-linear"]
+
+
 def add_child_args(parser) -> None:
-    """The hidden flags a benchmark passes to its own child processes (one per side)."""
+    """The hidden flags a benchmark passes to its own child processes (one per side), and --msswift_python."""
     import argparse
 
-    parser.add_argument("--child", choices=("ours", "trl"), help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=("ours", "trl", "msswift"), help=argparse.SUPPRESS)
+    parser.add_argument("--msswift_python", default=os.environ.get("WB_MSSWIFT_PYTHON"),
+                        help="the Python of an environment with ms-swift installed, for its side (ms-swift pins its own "
+                             "transformers, peft and trl: give it a virtual environment); default $WB_MSSWIFT_PYTHON, "
+                             "else this Python when it has ms-swift, else that side is left out")
     parser.add_argument("--model-dir", help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
 
 
-def run_sides(script: str, sides: list[str], repeats: int, child_args, note=None) -> dict[str, list]:
+def msswift_python(given: str | None) -> str | None:
+    """The interpreter that runs ms-swift's side: `given` (checked), else this one when it has ms-swift, else None."""
+    import subprocess
+    import sys
+
+    python = given or sys.executable
+    check = "import importlib.util, sys; sys.exit(importlib.util.find_spec('swift.pipelines') is None)"
+    try:
+        found = subprocess.run([python, "-c", check], capture_output=True).returncode == 0
+    except OSError:
+        found = False
+    if given and not found:
+        sys.exit(f"--msswift_python {given}: that Python cannot import ms-swift (pip install ms-swift there)")
+    return python if found else None
+
+
+def with_msswift(sides: list[str], given: str | None) -> tuple[list[str], str | None]:
+    """`sides` with ms-swift's added when an interpreter with it is found (said either way)."""
+    python = msswift_python(given)
+    if python is None:
+        print("ms-swift: not installed here, its side left out (python -m venv --system-site-packages ENV && "
+              "ENV/bin/pip install ms-swift; then --msswift_python ENV/bin/python)", flush=True)
+        return sides, None
+    import subprocess
+
+    versions = subprocess.run([python, "-c", "import swift, transformers; print(swift.__version__, "
+                               "transformers.__version__)"], capture_output=True, text=True).stdout.split()[-2:]
+    print(f"ms-swift {versions[0]} (transformers {versions[1]}) from {python}", flush=True)
+    return [*sides, "msswift"], python
+
+
+def msswift_train(entry: str, argv: list[str]) -> dict:
+    """Run ms-swift's `entry` pipeline ("sft_main", "rlhf_main") on `argv` (its command-line flags) in this process.
+    Returns the trainer, the seconds spent in its train(), the steps' end times (after the GPU's work) and the
+    non-padding input tokens it counted."""
+    import swift
+    import transformers
+
+    runs: list[dict] = []
+    init, train = transformers.Trainer.__init__, transformers.Trainer.train
+
+    @functools.wraps(init)  # (ms-swift reads the signature)
+    def recording_init(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        self.args.include_num_input_tokens_seen = "non_padding"  # (its command line takes only true/false)
+        runs.append({"trainer": self, "ends": trl_step_ends(self)})
+
+    @functools.wraps(train)
+    def timed_train(self, *args, **kwargs):
+        start = time.perf_counter()
+        out = train(self, *args, **kwargs)
+        runs[-1]["train_seconds"] = time.perf_counter() - start
+        return out
+
+    transformers.Trainer.__init__, transformers.Trainer.train = recording_init, timed_train
+    try:
+        getattr(swift, entry)(argv)
+    finally:
+        transformers.Trainer.__init__, transformers.Trainer.train = init, train
+    run = runs[-1]
+    return {**run, "tokens": int(run["trainer"].state.num_input_tokens_seen)}
+
+
+def run_sides(script: str, sides: list[str], repeats: int, child_args, note=None,
+              python: dict | None = None) -> dict[str, list]:
     """Run each side's child (`child_args(side)`: its arguments) `repeats` times, the sides alternating (drift in
     the machine hits both), printing each run; `note(result)` may add fields to a result and returns the text that
     ends its line."""
     results: dict[str, list] = {s: [] for s in sides}
     for r in range(repeats):
         for side in sides:
-            res = run_child(script, ["--child", side, *child_args(side)])
+            res = run_child(script, ["--child", side, *child_args(side)], (python or {}).get(side))
             extra = note(res) if note else ""
             results[side].append(res)
             print(f"[{side} #{r + 1}] {res['tokens_per_second']:.1f} tok/s, peak RSS {res['peak_rss_mb']:.0f} MB, "
@@ -251,13 +326,14 @@ def run_sides(script: str, sides: list[str], repeats: int, child_args, note=None
     return results
 
 
-def run_child(script: str, args: list[str]) -> dict:
-    """Run `script --child ...` in its own process (its peak RSS is its own) and return its RESULT line. The child's
-    output passes through as it comes (a run stopped by a time limit still shows how far it got)."""
+def run_child(script: str, args: list[str], python: str | None = None) -> dict:
+    """Run `script --child ...` in its own process (its peak RSS is its own), with `python` (default: this one), and
+    return its RESULT line. The child's output passes through as it comes (a run stopped by a time limit still shows
+    how far it got)."""
     import subprocess
     import sys
 
-    with subprocess.Popen([sys.executable, script, *args], stdout=subprocess.PIPE, text=True) as proc:
+    with subprocess.Popen([python or sys.executable, script, *args], stdout=subprocess.PIPE, text=True) as proc:
         line = None
         for text in proc.stdout:
             if text.startswith("RESULT "):

@@ -2,6 +2,7 @@
 
     python benchmarks/dpo_throughput.py [--steps 20] [--batch 4] [--rows 2000]
     python benchmarks/dpo_throughput.py --model_shape 0.6b --dtype bfloat16   # on a GPU: Qwen3-0.6B's real shape
+    python benchmarks/dpo_throughput.py --msswift_python ENV/bin/python      # and ms-swift's `swift rlhf` beside
 
 Each side in its own process (peak RSS is its own); reported: trained pairs per second in the training loop,
 peak RSS, and the ratios. Both: LoRA r=8/alpha 32/dropout 0.05 on all linear layers, sigmoid DPO, beta 0.1,
@@ -20,8 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (add_child_args, build_config_model_dir, build_model_dir, gpu_peak_gib,  # noqa: E402
-                    ours_step_ends, peak_rss_mb, peer_lora, preference_rows, qwen3_shape_config, run_child,
-                    scratch_dir, steady, trl_step_ends, write_jsonl)
+                    msswift_lora, msswift_train, ours_step_ends, peak_rss_mb, peer_lora, preference_rows,
+                    qwen3_shape_config, run_child, scratch_dir, steady, trl_step_ends, with_msswift, write_jsonl)
 
 
 def run_ours(model_dir: str, data: str, steps: int, batch: int, out: str, dtype: str = "float32") -> dict:
@@ -53,6 +54,25 @@ def run_trl(model_dir: str, data: str, steps: int, batch: int, out: str, dtype: 
     return {"pairs": steps * batch, "train_seconds": time.perf_counter() - t, "steady_step_seconds": steady(ends)}
 
 
+def run_msswift(model_dir: str, data: str, steps: int, batch: int, out: str, dtype: str = "float32") -> dict:
+    """ms-swift's `swift rlhf --rlhf_type dpo`, the same pairs in its own format (messages + rejected_response)."""
+    import torch
+
+    pairs = Path(out) / "pairs.jsonl"
+    rows = [json.loads(line) for line in Path(data).read_text().splitlines()]
+    write_jsonl([{"messages": r["prompt"] + r["chosen"], "rejected_response": r["rejected"][-1]["content"]}
+                 for r in rows], pairs)
+    run = msswift_train("rlhf_main", [
+        "--rlhf_type", "dpo", "--beta", "0.1", "--loss_type", "sigmoid", "--model", model_dir, "--model_type", "qwen3",
+        "--template", "qwen3", "--dataset", str(pairs), "--tuner_type", "lora", *msswift_lora(),
+        "--max_steps", str(steps), "--per_device_train_batch_size", str(batch), "--gradient_accumulation_steps", "1",
+        "--learning_rate", "5e-5", "--max_length", "1024", "--torch_dtype", dtype, "--output_dir", str(Path(out) / "run"),
+        "--save_strategy", "no", "--report_to", "none", "--logging_steps", str(steps), "--seed", "42",
+        "--gradient_checkpointing", "false", "--dataloader_num_workers", "0",
+        "--use_cpu", str(not torch.cuda.is_available()).lower()])
+    return {"pairs": steps * batch, "train_seconds": run["train_seconds"], "steady_step_seconds": steady(run["ends"])}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=20)
@@ -65,7 +85,8 @@ def main() -> None:
     a = ap.parse_args()
     if a.child:
         with tempfile.TemporaryDirectory() as out:
-            res = (run_ours if a.child == "ours" else run_trl)(a.model_dir, a.data, a.steps, a.batch, out, a.dtype)
+            run = {"ours": run_ours, "trl": run_trl, "msswift": run_msswift}[a.child]
+            res = run(a.model_dir, a.data, a.steps, a.batch, out, a.dtype)
         res["pairs_per_second"] = res["pairs"] / res["train_seconds"]
         # after the first step (one-time kernel compilation and autotuning: most of a short GPU run)
         res["steady_pairs_per_second"] = a.batch / res["steady_step_seconds"] if res["steady_step_seconds"] else None
@@ -78,21 +99,27 @@ def main() -> None:
                     build_config_model_dir(work / "model", qwen3_shape_config(a.model_shape), a.dtype))
     data = str(write_jsonl(preference_rows(a.rows), work / "pairs.jsonl"))
     res = {}
-    for side in ("ours", "trl"):
+    sides, msswift = with_msswift(["ours", "trl"], a.msswift_python)
+    for side in sides:
         res[side] = run_child(__file__, ["--child", side, "--model-dir", model_dir, "--data", data,
-                                         "--steps", str(a.steps), "--batch", str(a.batch), "--dtype", a.dtype])
+                                         "--steps", str(a.steps), "--batch", str(a.batch), "--dtype", a.dtype],
+                              msswift if side == "msswift" else None)
         gpu = f", peak GPU {res[side]['peak_allocated_gib']:.2f} GiB" if "peak_allocated_gib" in res[side] else ""
         after = res[side]["steady_pairs_per_second"]
         print(f"[{side}] {res[side]['pairs_per_second']:.2f} pairs/s"
               + (f" ({after:.2f} after the first step)" if after else "")
               + f", peak RSS {res[side]['peak_rss_mb']:.0f} MB{gpu}, train {res[side]['train_seconds']:.1f}s",
               flush=True)
-    o, t = res["ours"]["steady_pairs_per_second"], res["trl"]["steady_pairs_per_second"]
-    print(f"ratio ours/TRL: throughput {res['ours']['pairs_per_second'] / res['trl']['pairs_per_second']:.2f}x"
-          + (f" ({o / t:.2f}x after the first step)" if o and t else "") + ", "
-          f"peak RSS {res['ours']['peak_rss_mb'] / res['trl']['peak_rss_mb']:.2f}x"
-          + (f", peak GPU memory {res['ours']['peak_allocated_gib'] / res['trl']['peak_allocated_gib']:.2f}x"
-             if "peak_allocated_gib" in res["trl"] else ""))
+    for peer, name in (("trl", "TRL"), ("msswift", "ms-swift")):
+        if peer not in res:
+            continue
+        ours, theirs = res["ours"], res[peer]
+        o, t = ours["steady_pairs_per_second"], theirs["steady_pairs_per_second"]
+        print(f"ratio ours/{name}: throughput {ours['pairs_per_second'] / theirs['pairs_per_second']:.2f}x"
+              + (f" ({o / t:.2f}x after the first step)" if o and t else "") + ", "
+              f"peak RSS {ours['peak_rss_mb'] / theirs['peak_rss_mb']:.2f}x"
+              + (f", peak GPU memory {ours['peak_allocated_gib'] / theirs['peak_allocated_gib']:.2f}x"
+                 if "peak_allocated_gib" in theirs else ""))
 
 
 if __name__ == "__main__":

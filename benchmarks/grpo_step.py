@@ -15,7 +15,8 @@ captured once as a CUDA graph and replayed, on CUDA; a growing one elsewhere); -
 CUDA graphs through torch.compile instead of the default capture (`graph`): its "cudagraphs" backend, or inductor's
 mode="reduce-overhead" (fused kernels, a much longer first step); --sides ours,trl: which sides run. Reported with
 ours: the static cache's captures, replays and eager steps, and torch.compile's counts (graphs, breaks, skipped
-recordings, and the inputs its CUDA graphs copy at every replay).
+recordings, and the inputs its CUDA graphs copy at every replay). --sides ours,trl,msswift with --msswift_python
+ENV/bin/python (an environment with ms-swift): ms-swift's GRPO beside.
 Needs `pip install -e ".[bench]"`.
 """
 from __future__ import annotations
@@ -29,8 +30,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (add_child_args, build_config_model_dir, build_model_dir, clock_calls, gpu_peak_gib,  # noqa: E402
-                    ours_step_ends, peak_rss_mb, peer_lora, qwen3_shape_config, run_child, scratch_dir, steady,
-                    trl_step_ends, write_jsonl)
+                    msswift_lora, msswift_python, msswift_train, ours_step_ends, peak_rss_mb, peer_lora,
+                    qwen3_shape_config, run_child, scratch_dir, steady, trl_step_ends, write_jsonl)
 
 
 def _text(completion) -> str:
@@ -115,6 +116,37 @@ def run_trl(model_dir, data, steps, prompts, gens, new_tokens, out, dtype="float
     return dict(timings(time.perf_counter() - t, generations, ends), mean_length=lengths[-1])
 
 
+def run_msswift(model_dir, data, steps, prompts, gens, new_tokens, out, dtype="float32", static_cache=None,
+                decode=None) -> dict:
+    """ms-swift's `swift rlhf --rlhf_type grpo`: the same reward (registered as one of its ORMs), settings and
+    prompts; generation with its transformers engine (vLLM is not used on either side)."""
+    import torch
+    from swift.rewards import ORM, orms
+    from swift.rlhf_trainers.grpo_trainer import GRPOTrainer
+
+    class RewardLen(ORM):
+        def __call__(self, completions, **kwargs):
+            return reward_len(completions)
+
+    orms["wb_len"] = RewardLen
+    messages = Path(out) / "prompts.jsonl"  # its own format: the prompt as `messages`
+    write_jsonl([{"messages": json.loads(line)["prompt"]} for line in Path(data).read_text().splitlines()], messages)
+    generations = clock_calls(GRPOTrainer, "_generate_completions")
+    run = msswift_train("rlhf_main", [
+        "--rlhf_type", "grpo", "--model", model_dir, "--model_type", "qwen3", "--template", "qwen3",
+        "--dataset", str(messages), "--tuner_type", "lora", *msswift_lora(), "--reward_funcs", "wb_len",
+        "--num_generations", str(gens), "--per_device_train_batch_size", str(prompts * gens),
+        "--gradient_accumulation_steps", "1", "--max_completion_length", str(new_tokens), "--max_steps", str(steps),
+        "--learning_rate", "1e-5", "--beta", "0", "--loss_type", "grpo", "--temperature", "1.0",
+        "--torch_dtype", dtype, "--output_dir", str(Path(out) / "run"), "--save_strategy", "no", "--report_to", "none",
+        "--logging_steps", str(steps), "--seed", "42", "--log_completions", "false", "--use_vllm", "false",
+        "--gradient_checkpointing", "false", "--dataloader_num_workers", "0",
+        "--use_cpu", str(not torch.cuda.is_available()).lower()])
+    history = run["trainer"].state.log_history
+    lengths = [h[k] for h in history for k in ("completions/mean_length", "completions/mean_len") if k in h]
+    return dict(timings(run["train_seconds"], generations, run["ends"]), mean_length=lengths[-1] if lengths else 0.0)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=6)
@@ -132,10 +164,9 @@ def main() -> None:
     shape = [str(a.steps), str(a.prompts), str(a.generations), str(a.new_tokens)]
     if a.child:
         with tempfile.TemporaryDirectory() as out:
-            res = (run_ours if a.child == "ours" else run_trl)(a.model_dir, a.data, a.steps, a.prompts,
-                                                                a.generations, a.new_tokens, out, a.dtype,
-                                                                {"true": True, "false": False}.get(a.static_cache),
-                                                                a.decode)
+            run = {"ours": run_ours, "trl": run_trl, "msswift": run_msswift}[a.child]
+            res = run(a.model_dir, a.data, a.steps, a.prompts, a.generations, a.new_tokens, out, a.dtype,
+                      {"true": True, "false": False}.get(a.static_cache), a.decode)
         res["peak_rss_mb"] = peak_rss_mb()
         res.update(gpu_peak_gib())
         print("RESULT " + json.dumps(res))
@@ -145,11 +176,15 @@ def main() -> None:
                     build_config_model_dir(work / "model", qwen3_shape_config(a.model_shape), a.dtype))
     data = str(write_jsonl(prompt_rows(max(64, a.prompts * a.steps)), work / "prompts.jsonl"))
     res = {}
-    for side in a.sides.split(","):
+    sides = a.sides.split(",")
+    msswift = msswift_python(a.msswift_python) if "msswift" in sides else None
+    if "msswift" in sides and msswift is None:
+        sys.exit("--sides msswift: this Python has no ms-swift; give --msswift_python ENV/bin/python")
+    for side in sides:
         r = run_child(__file__, ["--child", side, "--model-dir", model_dir, "--data", data, "--steps", shape[0],
                                  "--prompts", shape[1], "--generations", shape[2], "--new-tokens", shape[3],
                                  "--dtype", a.dtype, "--static_cache", a.static_cache,
-                                 "--decode", a.decode])
+                                 "--decode", a.decode], msswift if side == "msswift" else None)
         r["per_step"] = r["seconds"] / a.steps
         r["generate_per_step"] = r["generate_seconds"] / a.steps
         r["rest_per_step"] = r["per_step"] - r["generate_per_step"]
@@ -163,16 +198,17 @@ def main() -> None:
               + f", completions of {r['mean_length']:.0f} tokens, peak RSS {r['peak_rss_mb']:.0f} MB"
               + (f", peak GPU {r['peak_allocated_gib']:.2f} GiB" if "peak_allocated_gib" in r else "")
               + (f"; decode steps: {r['compiled']}" if r.get("compiled") else ""), flush=True)
-    if set(res) != {"ours", "trl"}:
-        return
-    o, t = res["ours"], res["trl"]
-    print(f"speed-up ours vs TRL: step {t['per_step'] / o['per_step']:.2f}x, generation "
-          f"{t['generate_per_step'] / o['generate_per_step']:.2f}x, scoring + training "
-          f"{t['rest_per_step'] / o['rest_per_step']:.2f}x; peak RSS {o['peak_rss_mb'] / t['peak_rss_mb']:.2f}x")
-    if "steady_rest_seconds" in o and "steady_rest_seconds" in t:
-        print(f"after the first step: step {t['steady_step_seconds'] / o['steady_step_seconds']:.2f}x, generation "
-              f"{t['steady_generate_seconds'] / o['steady_generate_seconds']:.2f}x, scoring + training "
-              f"{t['steady_rest_seconds'] / o['steady_rest_seconds']:.2f}x")
+    for peer, name in (("trl", "TRL"), ("msswift", "ms-swift")):
+        if "ours" not in res or peer not in res:
+            continue
+        o, t = res["ours"], res[peer]
+        print(f"speed-up ours vs {name}: step {t['per_step'] / o['per_step']:.2f}x, generation "
+              f"{t['generate_per_step'] / o['generate_per_step']:.2f}x, scoring + training "
+              f"{t['rest_per_step'] / o['rest_per_step']:.2f}x; peak RSS {o['peak_rss_mb'] / t['peak_rss_mb']:.2f}x")
+        if "steady_rest_seconds" in o and "steady_rest_seconds" in t:
+            print(f"  after the first step: step {t['steady_step_seconds'] / o['steady_step_seconds']:.2f}x, "
+                  f"generation {t['steady_generate_seconds'] / o['steady_generate_seconds']:.2f}x, scoring + training "
+                  f"{t['steady_rest_seconds'] / o['steady_rest_seconds']:.2f}x")
 
 
 if __name__ == "__main__":

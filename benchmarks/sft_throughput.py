@@ -1,8 +1,9 @@
 """SFT throughput: `wb sft` vs TRL's SFTTrainer on the same miniature Qwen3, data and LoRA settings.
 
-    python benchmarks/sft_throughput.py [--steps 30] [--rows 2000] [--repeats 1]
+    python benchmarks/sft_throughput.py [--steps 30] [--rows 2000] [--repeats 1] [--msswift_python ENV/bin/python]
 
-Each run is a separate process (so peak RSS is its own); runs alternate ours/TRL. Reported per run:
+Each run is a separate process (so peak RSS is its own); runs alternate ours/TRL (/ms-swift, when an environment with
+it is given or found: `--msswift_python`). Reported per run:
 non-padding tokens processed per second in the training loop, peak RSS, wall time; then the ratios
 and model FLOPs utilisation against this machine's fp32 matmul rate measured in the same run.
 Needs `pip install -e ".[bench]"`.
@@ -17,8 +18,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (add_child_args, build_model_dir, chat_rows, matmul_flops, peak_rss_mb, peer_lora,  # noqa: E402
-                    run_sides, scratch_dir, write_jsonl)
+from common import (add_child_args, build_model_dir, chat_rows, matmul_flops, msswift_lora, msswift_train,  # noqa: E402
+                    peak_rss_mb, peer_lora, run_sides, scratch_dir, with_msswift, write_jsonl)
 
 
 def run_ours(model_dir: str, data: str, steps: int, batch: int, out: str) -> dict:
@@ -61,9 +62,22 @@ def run_trl(model_dir: str, data: str, steps: int, batch: int, out: str) -> dict
     return {"tokens": tokens, "train_seconds": train_seconds, "wall_seconds": time.perf_counter() - t}
 
 
+def run_msswift(model_dir: str, data: str, steps: int, batch: int, out: str) -> dict:
+    """ms-swift's `swift sft` with the same model, data and settings (its Qwen3 template trains the assistant turns,
+    as ours; padded batches: its padding-free mode needs flash-attn)."""
+    t = time.perf_counter()
+    run = msswift_train("sft_main", [
+        "--model", model_dir, "--model_type", "qwen3", "--template", "qwen3", "--dataset", data, "--tuner_type", "lora",
+        *msswift_lora(), "--max_steps", str(steps), "--per_device_train_batch_size", str(batch),
+        "--gradient_accumulation_steps", "1", "--learning_rate", "1e-4", "--max_length", "1024", "--torch_dtype", "float32", "--output_dir", out,
+        "--save_strategy", "no", "--report_to", "none", "--logging_steps", str(steps), "--seed", "42",
+        "--gradient_checkpointing", "false", "--dataloader_num_workers", "0", "--use_cpu", str(not _cuda()).lower()])
+    return {"tokens": run["tokens"], "train_seconds": run["train_seconds"], "wall_seconds": time.perf_counter() - t}
+
+
 def child(which: str, model_dir: str, data: str, steps: int, batch: int) -> None:
     with tempfile.TemporaryDirectory() as out:
-        res = (run_ours if which == "ours" else run_trl)(model_dir, data, steps, batch, out)
+        res = {"ours": run_ours, "trl": run_trl, "msswift": run_msswift}[which](model_dir, data, steps, batch, out)
     res["tokens_per_second"] = res["tokens"] / res["train_seconds"]
     res["peak_rss_mb"] = peak_rss_mb()
     print("RESULT " + json.dumps(res))
@@ -97,7 +111,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--rows", type=int, default=2000)
     ap.add_argument("--repeats", type=int, default=1)
-    ap.add_argument("--only", choices=("ours", "trl"), help="run one side only")
+    ap.add_argument("--only", choices=("ours", "trl", "msswift"), help="run one side only")
     add_child_args(ap)
     a = ap.parse_args()
     if a.child:
@@ -109,23 +123,26 @@ def main() -> None:
     rate = matmul_flops()
     trained = trained_fraction(model_dir, data)
     fpt = flops_per_token(model_dir, trained)
-    sides = [a.only] if a.only else ["ours", "trl"]
+    sides, msswift = with_msswift(["ours", "trl"], a.msswift_python)
+    sides = [a.only] if a.only else sides
 
     def mfu(res: dict) -> str:
         res["mfu"] = fpt * res["tokens_per_second"] / rate
         return f", MFU {100 * res['mfu']:.1f}%"
 
     args = ["--model-dir", model_dir, "--data", data, "--steps", str(a.steps), "--batch", str(a.batch)]
-    results = run_sides(__file__, sides, a.repeats, lambda side: args, mfu)
+    results = run_sides(__file__, sides, a.repeats, lambda side: args, mfu, {"msswift": msswift})
     print(f"\nmachine fp32 matmul rate: {rate / 1e9:.1f} GFLOP/s; model FLOPs per token {fpt / 1e6:.1f} MFLOP "
           f"({100 * trained:.1f}% of the tokens trained: the output layer's share; ceiling {rate / fpt:.0f} tok/s)")
     best = {s: max(results[s], key=lambda x: x["tokens_per_second"]) for s in sides}
     for s in sides:
         print(f"{s:5s} best: {best[s]['tokens_per_second']:.1f} tok/s, peak RSS {best[s]['peak_rss_mb']:.0f} MB, "
               f"MFU {100 * best[s]['mfu']:.1f}%")
-    if len(sides) == 2:
-        print(f"ratio ours/TRL: throughput {best['ours']['tokens_per_second'] / best['trl']['tokens_per_second']:.2f}x, "
-              f"peak RSS {best['ours']['peak_rss_mb'] / best['trl']['peak_rss_mb']:.2f}x")
+    for peer, name in (("trl", "TRL"), ("msswift", "ms-swift")):
+        if "ours" in best and peer in best:
+            print(f"ratio ours/{name}: throughput "
+                  f"{best['ours']['tokens_per_second'] / best[peer]['tokens_per_second']:.2f}x, "
+                  f"peak RSS {best['ours']['peak_rss_mb'] / best[peer]['peak_rss_mb']:.2f}x")
 
 
 if __name__ == "__main__":
