@@ -455,16 +455,19 @@ def test_logprob_bytes_rebuild_the_text_when_a_token_holds_part_of_a_character(q
     assert completion_logprobs(entries)["token_logprobs"][:2] == [-9999.0, -9999.0]
 
 
-@pytest.mark.parametrize("template_name, opens", [("qwq", True), ("qwen3", False)])
-def test_a_think_tag_in_the_users_text_does_not_open_the_answers_reasoning(qwen3_tokenizer, template_name, opens):
+@pytest.mark.parametrize("template_name, kwargs, think", [("qwq", {}, "open"), ("qwen3", {}, None),
+                                                          ("qwen3", {"enable_thinking": False}, "closed")])
+def test_a_think_tag_in_the_users_text_does_not_open_the_answers_reasoning(qwen3_tokenizer, template_name, kwargs,
+                                                                           think):
     """Only a template that pre-fills <think> at the end of the generation prompt starts the answer in reasoning
-    (a user asking about the tag once made the whole answer reasoning_content, content empty)."""
-    from swiftlike.serve.stream import prompt_opens_think
+    (a user asking about the tag once made the whole answer reasoning_content, content empty), and only one that
+    pre-fills a closed think block (Qwen3 with thinking off) has an answer without reasoning."""
+    from swiftlike.templates.call_grammar import prompt_think
 
     template = get_template(template_name, qwen3_tokenizer)
-    for text in ("hi", "What does the tag <think> do?", "ends with <think>"):
-        prompt = template.encode_prompt([{"role": "user", "content": text}])
-        assert prompt_opens_think(qwen3_tokenizer, prompt) is opens, text
+    for text in ("hi", "What does the tag <think> do?", "ends with <think>", "ends with </think>"):
+        prompt = template.encode_prompt([{"role": "user", "content": text}], **kwargs)
+        assert prompt_think(qwen3_tokenizer, prompt) == think, text
 
 
 # -- `wb deploy` end to end: the real engine, LoRA checkpoints, the CLI ----------------------------------

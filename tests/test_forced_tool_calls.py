@@ -84,13 +84,28 @@ def test_the_grammar_accepts_the_templates_own_rendering_of_calls(model_id, temp
     assert matcher.is_accepting(), answer
 
 
+NO_THINKING = {"enable_thinking": False}  # (a random model would reason past any budget: it rarely writes </think>)
+OFF = {"chat_template_kwargs": NO_THINKING}  # (the same through the server)
+
+
+def _answer_prompt(tpl, content: str, tools: list) -> tuple[list[int], str | None]:
+    """A prompt that asks for an answer without reasoning (Qwen3's thinking off), and what it did with a think
+    block (the grammar follows it)."""
+    from swiftlike.templates.call_grammar import prompt_think
+
+    hybrid = tpl.spec.options.get("hybrid_thinking")
+    prompt = tpl.encode_prompt([{"role": "user", "content": content}], tools=tools, **(NO_THINKING if hybrid else {}))
+    return prompt, prompt_think(tpl.tokenizer, prompt)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("model_id, template", FAMILIES)
 def test_each_format_writes_calls_its_parser_reads(model_id, template):
     with _engine(model_id, template) as engine:
         tpl = engine.template
-        prompt = tpl.encode_prompt([{"role": "user", "content": "What is the weather in Paris?"}], tools=TOOLS)
-        named, one, several = (SamplingParams(max_new_tokens=96, grammar=forced_call_grammar(tpl, TOOLS, choice, par))
+        prompt, think = _answer_prompt(tpl, "What is the weather in Paris?", TOOLS)
+        named, one, several = (SamplingParams(max_new_tokens=96,
+                                              grammar=forced_call_grammar(tpl, TOOLS, choice, par, think))
                                for choice, par in (("get_time", True), (None, False), (None, True)))
         [[a], [b], [c]] = [engine.generate([prompt], params)[0] for params in (named, one, several)]
         assert a.finish_reason == b.finish_reason == "stop", (a.text, b.text)
@@ -118,16 +133,18 @@ def test_the_openai_client_gets_the_forced_calls():
         messages = [{"role": "user", "content": "Weather in Rome for three days?"}]
         named = {"type": "function", "function": {"name": "get_weather"}}
         r = client.chat.completions.create(model="mini", messages=messages, tools=TOOLS, tool_choice=named,
-                                           max_tokens=96, temperature=0)
+                                           max_tokens=96, temperature=0, extra_body=OFF)
         [call] = r.choices[0].message.tool_calls
         assert call.function.name == "get_weather" and r.choices[0].finish_reason == "tool_calls"
         jsonschema.validate(json.loads(call.function.arguments), WEATHER)
         chunks = list(client.chat.completions.create(model="mini", messages=messages, tools=TOOLS, tool_choice=named,
-                                                     max_tokens=96, temperature=0, stream=True))
+                                                     max_tokens=96, temperature=0, stream=True,
+                                                     extra_body=OFF))
         [streamed] = [d for c in chunks for d in (c.choices[0].delta.tool_calls or [])]
         assert (streamed.function.name, streamed.function.arguments) == (call.function.name, call.function.arguments)
         r = client.chat.completions.create(model="mini", messages=messages, tools=TOOLS, tool_choice="required",
-                                           parallel_tool_calls=False, max_tokens=96, temperature=0.8, seed=1, n=3)
+                                           parallel_tool_calls=False, max_tokens=96, temperature=0.8, seed=1, n=3,
+                                           extra_body=OFF)
         for choice in r.choices:
             [call] = choice.message.tool_calls
             jsonschema.validate(json.loads(call.function.arguments), SCHEMAS[call.function.name])
@@ -185,9 +202,9 @@ def test_parameters_with_definitions_and_references_are_forced_whole():
     for model_id in ("Qwen/Qwen3-0.6B", "mistralai/Mistral-7B-Instruct-v0.3"):
         with _engine(model_id) as engine:
             tpl = engine.template
-            prompt = tpl.encode_prompt([{"role": "user", "content": "Plan a trip."}], tools=tools)
+            prompt, think = _answer_prompt(tpl, "Plan a trip.", tools)
             for name in ("plan_trip", "ns/alias"):
-                grammar = forced_call_grammar(tpl, tools, name)
+                grammar = forced_call_grammar(tpl, tools, name, think=think)
                 [[c]] = engine.generate([prompt], SamplingParams(max_new_tokens=96, grammar=grammar))
                 [call] = tpl.parse_response(c.text)["tool_calls"]
                 assert call["function"]["name"] == name
@@ -197,18 +214,56 @@ def test_parameters_with_definitions_and_references_are_forced_whole():
                     jsonschema.validate(call["function"]["arguments"], {k: v for k, v in alias.items() if k != "$id"})
 
 
-def test_a_thinking_template_closes_its_think_block_before_the_constrained_answer():
-    """Qwen3-Thinking-2507's prompt opens <think>: a constrained answer closes it first, so the JSON and the
-    forced calls arrive as content and tool_calls, not as reasoning."""
+QWEN3, LLAMA3 = "Qwen/Qwen3-0.6B", "meta-llama/Llama-3.1-8B-Instruct"
+REASONED = ['Rome is in CET, so...\n</think>\n\n{"zone":"CET"}', '</think>\n\n{"zone":"CET"}']
+
+
+@pytest.mark.parametrize("tokenizer_id, template_name, kwargs, answers, refused", [
+    (QWEN3, "qwen3_thinking_2507", {}, REASONED, ['{"zone":"CET"}']),  # (the JSON is reasoning until </think>)
+    (LLAMA3, "qwen3_thinking_2507", {}, REASONED, ['{"zone":"CET"}']),  # ("</think>" is text there, not a token)
+    (QWEN3, "qwen3", {}, ['<think>\nCET, I think.\n</think>\n\n{"zone":"CET"}', '<think>\n\n</think>\n\n{"zone":"CET"}',
+                          '{"zone":"CET"}'], ['<think>\nCET']),       # (an open think block is no answer)
+    (QWEN3, "qwen3", {"enable_thinking": False}, ['{"zone":"CET"}'], ['<think>\n\n</think>\n\n{"zone":"CET"}']),
+])
+def test_a_thinking_model_reasons_before_its_constrained_answer(tokenizer_id, template_name, kwargs, answers, refused):
+    """JSON output after the reasoning the prompt allows: a prompt that opened a think block (Qwen3-Thinking-2507)
+    is followed by free reasoning, "</think>", a blank line, then the JSON; Qwen3 with thinking on may first write
+    a think block of free reasoning (or none, as its template renders answers both ways); with thinking off (its
+    prompt holds the closed, empty block) the answer is the JSON alone."""
+    from swiftlike.infer.grammar import Grammars
+    from swiftlike.models import load_tokenizer
+    from swiftlike.templates.call_grammar import json_grammar, needs_grammar, prompt_think
+
+    tokenizer = load_tokenizer(tokenizer_id, miniature=True)
+    template = get_template(template_name, tokenizer)
+    think = prompt_think(tokenizer, template.encode_prompt([{"role": "user", "content": "Zone?"}], **kwargs))
+    params = (SamplingParams(grammar=json_grammar(template, json.dumps(TIME), think)) if needs_grammar(template, think)
+              else SamplingParams(json_schema=json.dumps(TIME)))
+    grammars = Grammars(tokenizer, len(tokenizer), template.stop_token_ids)
+    for text, allowed in [(a, True) for a in answers] + [(r, False) for r in refused]:
+        [matcher] = grammars.matchers(params, 1)
+        took = all(matcher.consume_token(t) for t in tokenizer(text, add_special_tokens=False)["input_ids"])
+        assert (took and matcher.is_accepting()) is allowed, (text, matcher.get_error()[:200])
+
+
+def test_a_thinking_template_reasons_then_answers_as_content():
+    """Qwen3-Thinking-2507's prompt opens <think>: a constrained answer is free reasoning, then the JSON or the
+    forced calls as content and tool_calls (the random model is nudged to close its reasoning soon: logit_bias)."""
     with _engine("Qwen/Qwen3-4B-Thinking-2507") as engine, BackgroundServer(create_app(
             engine, ServeSettings(model_name="m", max_model_len=512, max_tokens_limit=128,
                                   max_request_bytes=16384))) as server:
         client = OpenAI(base_url=server.url + "/v1", api_key="none", max_retries=0)
         messages = [{"role": "user", "content": "What time is it?"}]
-        r = client.chat.completions.create(model="m", messages=messages, max_tokens=40, response_format={
-            "type": "json_schema", "json_schema": {"name": "time", "schema": TIME}})
-        jsonschema.validate(json.loads(r.choices[0].message.content), TIME)
-        r = client.chat.completions.create(model="m", messages=messages, max_tokens=60, tools=TOOLS,
+        close = {str(engine.tokenizer.convert_tokens_to_ids("</think>")): 12}
+        r = client.chat.completions.create(model="m", messages=messages, max_tokens=60, n=4, seed=3, logit_bias=close,
+                                           response_format={"type": "json_schema",
+                                                            "json_schema": {"name": "time", "schema": TIME}})
+        for choice in r.choices:
+            assert choice.finish_reason == "stop", choice
+            jsonschema.validate(json.loads(choice.message.content), TIME)
+        assert any(getattr(c.message, "reasoning_content", None) for c in r.choices)  # (reasoned before answering)
+        r = client.chat.completions.create(model="m", messages=messages, max_tokens=80, tools=TOOLS, seed=3,
+                                           logit_bias=close,
                                            tool_choice={"type": "function", "function": {"name": "get_time"}})
         [call] = r.choices[0].message.tool_calls
         assert call.function.name == "get_time" and not r.choices[0].message.content

@@ -102,14 +102,15 @@ def test_the_openai_client_parses_the_answer_into_its_model(engine):
     with BackgroundServer(create_app(engine, settings)) as server:
         client = OpenAI(base_url=server.url + "/v1", api_key="none", max_retries=0)
         messages = [{"role": "user", "content": "Judge this."}]
+        off = {"chat_template_kwargs": {"enable_thinking": False}}  # (a random model would reason past any budget)
         parsed = client.chat.completions.parse(model="mini", messages=messages, response_format=Verdict,
-                                               max_tokens=48, temperature=0)
+                                               max_tokens=48, temperature=0, extra_body=off)
         assert isinstance(parsed.choices[0].message.parsed, Verdict)
         chunks = list(client.chat.completions.create(
-            model="mini", messages=messages, max_tokens=48, temperature=0, stream=True,
+            model="mini", messages=messages, max_tokens=48, temperature=0, stream=True, extra_body=off,
             response_format={"type": "json_schema", "json_schema": {"name": "verdict", "schema": json.loads(SCHEMA)}}))
         assert "".join(c.choices[0].delta.content or "" for c in chunks) == parsed.choices[0].message.content
-        obj = client.chat.completions.create(model="mini", messages=messages, max_tokens=8,
+        obj = client.chat.completions.create(model="mini", messages=messages, max_tokens=8, extra_body=off,
                                              response_format={"type": "json_object"})
         assert obj.choices[0].message.content.startswith("{")
         for fmt, error in (({"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "bogus"}}},
@@ -125,7 +126,8 @@ def test_the_openai_client_parses_the_answer_into_its_model(engine):
 def test_wb_infer_json_schema_from_a_file_or_inline(tmp_path, capsys):
     path = tmp_path / "verdict.json"
     path.write_text(SCHEMA, encoding="utf-8")
-    argv = ["infer", "--model", MODEL, "--miniature", "--query", "Judge this.", "--max_new_tokens", "48"]
+    argv = ["infer", "--model", MODEL, "--miniature", "--query", "Judge this.", "--max_new_tokens", "48",
+            "--enable_thinking", "false"]  # (a random model would reason past any budget)
     assert main([*argv, "--json_schema", str(path)]) == 0
     Verdict.model_validate_json(capsys.readouterr().out.strip())
     assert main([*argv, "--json_schema", SCHEMA]) == 0
@@ -167,3 +169,28 @@ def test_vllm_gets_its_own_structured_outputs_and_a_bad_schema_is_refused_at_sub
     monkeypatch.setattr(VLLMEngine, "model_names", ["base"])
     with pytest.raises(SchemaError, match="the JSON schema cannot be enforced: Invalid type: bogus"):
         engine.submit([1, 2], SamplingParams(json_schema='{"type": "bogus"}'))
+
+
+def test_wb_infer_json_schema_follows_the_reasoning_its_prompts_allow():
+    """`wb infer --json_schema`: a thinking template's JSON comes after its reasoning (the grammar of
+    templates/call_grammar.py, also for Qwen3 with thinking on), the plain schema where the prompt closed the think
+    block; vLLM gets the plain schema, and a prompt that opens a think block is refused there in one line."""
+    from swiftlike.errors import UserError
+    from swiftlike.infer.params import SchemaError
+    from swiftlike.models import load_tokenizer
+    from swiftlike.pipelines.infer import after_reasoning
+    from swiftlike.templates import get_template
+
+    tokenizer = load_tokenizer(MODEL, miniature=True)
+    close = f"<[{tokenizer.convert_tokens_to_ids('</think>')}]>"
+    params = SamplingParams(json_schema=SCHEMA)
+    thinking, hybrid = get_template("qwen3_thinking_2507", tokenizer), get_template("qwen3", tokenizer)
+    for template, enable in ((thinking, None), (hybrid, None), (hybrid, True)):
+        out = after_reasoning(params, template, enable)
+        assert out.json_schema is None and close in out.grammar and out.validate() == out
+    assert after_reasoning(params, hybrid, False) is params
+    assert after_reasoning(params, hybrid, None, vllm=True) is params
+    with pytest.raises(UserError, match="prompt opens a think block.*use --infer_backend transformers"):
+        after_reasoning(params, thinking, None, vllm=True)
+    with pytest.raises(SchemaError, match="the JSON schema cannot be enforced"):
+        after_reasoning(SamplingParams(json_schema='{"type": "bogus"}'), thinking, None)

@@ -94,6 +94,7 @@ def run_infer(cfg: InferConfig) -> str | None:
         _refuse_response(cfg)
         engine = TransformersEngine(model, tokenizer, template, max_batch_size=cfg.max_batch_size)
     with engine:
+        params = after_reasoning(params, engine.template, cfg.enable_thinking, vllm=cfg.infer_backend == "vllm")
         if cfg.dataset:
             return infer_dataset(engine, cfg, params)
         if cfg.query is not None:
@@ -114,6 +115,28 @@ def sampling_params(cfg: InferConfig, seed: int | None = None):
                           top_k=cfg.top_k, repetition_penalty=cfg.repetition_penalty, stop=tuple(cfg.stop),
                           seed=cfg.seed if seed is None else seed, n=cfg.num_return_sequences,
                           json_schema=json_schema(cfg.json_schema)).validate()
+
+
+def after_reasoning(params, template, enable_thinking: bool | None, vllm: bool = False):
+    """--json_schema for a thinking model: the JSON follows the reasoning its prompts allow (every prompt of a run
+    ends in the same generation prompt; templates/call_grammar.py). vLLM takes the plain schema: a prompt that opens
+    a think block, which the answer must close before its JSON, is refused there."""
+    from dataclasses import replace
+
+    from ..infer.grammar import check_json_schema
+    from ..templates.call_grammar import json_grammar, needs_grammar, prompt_think
+
+    if params.json_schema is None:
+        return params
+    check_json_schema(params.json_schema)  # (its errors name the schema, not the grammar around it)
+    think = prompt_think(template.tokenizer, template.encode_prompt([{"role": "user", "content": "?"}],
+                                                                    **_thinking(enable_thinking)))
+    if vllm and think == "open":
+        raise UserError(f"--json_schema: the {template.name} template's prompt opens a think block, which the answer "
+                        "must close before its JSON; vLLM is not given that grammar: use --infer_backend transformers")
+    if vllm or not needs_grammar(template, think):
+        return params
+    return replace(params, json_schema=None, grammar=json_grammar(template, params.json_schema, think))
 
 
 def json_schema(value: str | None) -> str | None:

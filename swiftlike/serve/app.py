@@ -23,14 +23,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ..data.fetch import public_only
 from ..errors import UserError
 from ..infer import vision
+from ..infer.grammar import check_json_schema
 from ..infer.params import SchemaError
-from ..templates.call_grammar import forced_call_grammar, json_grammar, takes_empty_think
+from ..templates.call_grammar import forced_call_grammar, json_grammar, needs_grammar, prompt_think
 from .errors import ApiError, error_body
 from .guard import Guard
 from .protocol import (ChatRequest, CompletionRequest, GenerationRequest, chat_logprobs, chat_message,
                        completion_logprobs, new_id, openai_tool_calls, parse_chat_request, parse_completion_request,
                        parse_json, usage)
-from .stream import ChoiceStream, parse_answer, prompt_opens_think, without_tool_parser
+from .stream import ChoiceStream, parse_answer, without_tool_parser
 
 BASE = "base"  # the engine's name for the model without adapters
 
@@ -193,16 +194,20 @@ class Service:
             raise ApiError(400, f"the messages could not be rendered with the {self.template.name} template "
                                 f"({type(e).__name__}: {e})", param="messages", code="invalid_messages") from None
 
-    def constrain(self, req: ChatRequest, in_think: bool) -> None:
+    def constrain(self, req: ChatRequest, think: str | None) -> None:
         """The grammar of the tool calls tool_choice forces (templates/call_grammar.py), or of the JSON
-        response_format asks for after the think block the prompt opened (the answer closes it first) or the
-        empty one a hybrid-thinking template renders (vLLM takes the plain JSON schema)."""
+        response_format asks for after the reasoning the prompt's think block allows (`think`: prompt_think; vLLM
+        takes the plain JSON schema where reasoning is only optional)."""
         try:
             if req.force_call:
                 req.sampling["grammar"] = forced_call_grammar(self.template, req.tools, req.function,
-                                                              req.parallel_tool_calls, in_think)
-            elif in_think or takes_empty_think(self.template) and self.engine.name != "vllm":
-                req.sampling["grammar"] = json_grammar(self.template, req.sampling.pop("json_schema"), in_think)
+                                                              req.parallel_tool_calls, think)
+            elif needs_grammar(self.template, think) and (think == "open" or self.engine.name != "vllm"):
+                schema = req.sampling.pop("json_schema")
+                check_json_schema(schema)  # (its errors name the schema, not the grammar around it)
+                req.sampling["grammar"] = json_grammar(self.template, schema, think)
+        except SchemaError as e:
+            raise ApiError(400, str(e), param="response_format") from None
         except UserError as e:  # a template without a tool-call format, a function name no format can hold
             raise ApiError(400, str(e), param="tool_choice") from None
 
@@ -267,9 +272,10 @@ class Service:
         self.adapter(req.model)
         prompt, images = await asyncio.to_thread(self.chat_prompt, req)
         parser = self.template if req.tools else self.plain
-        in_think = prompt_opens_think(self.tokenizer, prompt)
+        think = prompt_think(self.tokenizer, prompt)
+        in_think = think == "open"
         if req.force_call or req.sampling["json_schema"] is not None:
-            self.constrain(req, in_think)
+            self.constrain(req, think)
         ident, n = new_id("chatcmpl"), req.sampling["n"]
         gen = await self.submit_off_loop([prompt], req, "messages", [images])
         # from here on, unanswered requests are cancelled

@@ -7,7 +7,7 @@ call — so that what was sent is a prefix of the final reasoning and content.
 """
 from __future__ import annotations
 
-THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+from ..templates.call_grammar import THINK_CLOSE, THINK_OPEN
 
 # Where a tool call may begin in each family's format; None: the whole answer may be a call (JSON-only formats).
 TOOL_CALL_STARTS = {"hermes": "<tool_call>", "mistral": "[TOOL_CALLS]", "mistral_small": "[TOOL_CALLS]",
@@ -21,13 +21,6 @@ def _partial_suffix(text: str, marker: str) -> int:
         if marker.startswith(text[-k:]):
             return k
     return 0
-
-
-def prompt_opens_think(tokenizer, prompt_ids: list[int]) -> bool:
-    """Whether the prompt ends inside a think block: the template pre-filled `<think>` as the last thing of the
-    generation prompt (a `<think>` in the user's own text, before the assistant header, is not one)."""
-    tail = tokenizer.decode(prompt_ids[-16:], skip_special_tokens=False)
-    return tail.rstrip().endswith(THINK_OPEN)
 
 
 def without_tool_parser(template):

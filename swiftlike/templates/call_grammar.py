@@ -21,6 +21,7 @@ from typing import Callable
 from .errors import TemplateError
 
 JSON_STYLE = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 
 
 @dataclass(frozen=True)
@@ -77,10 +78,10 @@ SYNTAX = {
 
 
 def forced_call_grammar(template, tools: list[dict], choice: str | None, parallel: bool = True,
-                        in_think: bool = False) -> str:
+                        think: str | None = None) -> str:
     """The grammar of an answer that is only tool calls in `template`'s format: of the function named `choice`
     (one call), or of any offered tool (`choice` None: "required"; several unless `parallel` is false).
-    `in_think`: the prompt opened a think block, which the answer closes first (with nothing in it)."""
+    `think`: what the prompt did with a think block (`prompt_think`); the calls follow the reasoning."""
     fmt = template.spec.options.get("tool_format")
     if fmt is None:
         raise TemplateError(f"the {template.name} template has no tool-call format: a tool call cannot be forced")
@@ -92,12 +93,12 @@ def forced_call_grammar(template, tools: list[dict], choice: str | None, paralle
     if choice is not None:
         functions = {choice: functions[choice]}
     syntax, mark = SYNTAX[fmt], _marker(template.tokenizer)
-    opening = _before_answer(template, mark, in_think)
+    opening, rules = _before_answer(template, mark, think)
     if fmt == "mistral":  # the calls are one JSON array after the marker: [call, call]
         sep = template.spec.options.get("sep", "")
         opening += [mark("[TOOL_CALLS]"), *([_text(sep)] if sep else []), _text("[")]
     closing = [_text("]")] if fmt == "mistral" else []
-    rules = [f"call: {' | '.join(f'call{i}' for i in range(len(functions)))}"]
+    rules += [f"call: {' | '.join(f'call{i}' for i in range(len(functions)))}"]
     rules += [f"call{i}: {syntax.call(name, _schema(params), mark)}"
               for i, (name, params) in enumerate(functions.items())]
     between = " ".join(mark(m) for m in syntax.between)
@@ -107,28 +108,50 @@ def forced_call_grammar(template, tools: list[dict], choice: str | None, paralle
     return "\n".join([f"start: {start}", *rules]) + "\n"
 
 
-def json_grammar(template, schema: str, in_think: bool) -> str:
-    """The grammar of an answer that is JSON of `schema` (compact, as infer/grammar.py writes it); `in_think`: after
-    closing the think block the prompt opened."""
-    opening = _before_answer(template, _marker(template.tokenizer), in_think)
-    return " ".join(["start:", *opening, _schema(json.loads(schema), {"whitespace_flexible": False})]) + "\n"
+def json_grammar(template, schema: str, think: str | None) -> str:
+    """The grammar of an answer that is JSON of `schema` (compact, as infer/grammar.py writes it), after the
+    reasoning `think` allows (`prompt_think`)."""
+    opening, rules = _before_answer(template, _marker(template.tokenizer), think)
+    start = " ".join(["start:", *opening, _schema(json.loads(schema), {"whitespace_flexible": False})])
+    return "\n".join([start, *rules]) + "\n"
 
 
-def _before_answer(template, mark, in_think: bool) -> list[str]:
-    """What a constrained answer starts with: the close of a think block the prompt opened, empty (as the thinking
-    templates render an answer: reasoning, "</think>", a blank line); for a hybrid-thinking template (Qwen3) an
-    optional empty think block, which its template renders before every final answer without reasoning."""
-    if in_think:
-        return [mark("</think>"), _text("\n\n")]
-    if takes_empty_think(template):
-        return [f'({mark("<think>")} {_text(chr(10) * 2)} {mark("</think>")} {_text(chr(10) * 2)})?']
-    return []
+def needs_grammar(template, think: str | None) -> bool:
+    """Whether a JSON answer of `template` after a prompt that did `think` needs json_grammar (reasoning may come
+    first), or a plain JSON schema constrains the whole answer."""
+    return think == "open" or think is None and bool(template.spec.options.get("hybrid_thinking"))
 
 
-def takes_empty_think(template) -> bool:
-    """Whether a constrained answer of `template` may start with an empty think block (a grammar, not a plain JSON
-    schema, says so: _before_answer)."""
-    return bool(template.spec.options.get("hybrid_thinking"))
+def prompt_think(tokenizer, prompt_ids: list[int]) -> str | None:
+    """What the generation prompt did with a think block: "open" (it ends in `<think>`: the answer reasons, then
+    closes it), "closed" (it ends in a closed one: Qwen3's `enable_thinking=False`; the answer is all answer), None
+    (neither). A `<think>` in the user's own text, before the assistant header, is not one."""
+    tail = tokenizer.decode(prompt_ids[-16:], skip_special_tokens=False).rstrip()
+    return "open" if tail.endswith(THINK_OPEN) else "closed" if tail.endswith(THINK_CLOSE) else None
+
+
+def _before_answer(template, mark, think: str | None) -> tuple[list[str], list[str]]:
+    """What comes before a constrained answer, as grammar items and the rules they use: after a prompt that opened
+    a think block, free reasoning and its close ("</think>" and a blank line, as the thinking templates render an
+    answer); for a hybrid-thinking template (Qwen3) whose prompt left thinking on, an optional think block of free
+    reasoning (the model decides, as its template renders answers with and without one); else nothing."""
+    reasoning, rules = _reasoning(mark)
+    close = [*reasoning, _text("\n\n")]
+    if think == "open":
+        return close, rules
+    if needs_grammar(template, think):
+        return [f"({mark(THINK_OPEN)} {' '.join(close)})?"], rules
+    return [], []
+
+
+def _reasoning(mark) -> tuple[list[str], list[str]]:
+    """Free text up to and including the think block's close (items and rules): any text, then the `</think>`
+    token where the tokenizer holds one (the lexer cannot read a special token inside text); else the shortest text
+    that ends in "</think>"."""
+    close = mark(THINK_CLOSE)
+    if close.startswith("<["):
+        return ["/(?s:.*)/", close], []
+    return ["reasoning"], ["reasoning[lazy]: /(?s:.*)<\\/think>/"]
 
 
 def _marker(tokenizer) -> Callable[[str], str]:
