@@ -21,7 +21,7 @@ from openai import AsyncOpenAI, OpenAI
 from swiftlike.errors import UserError
 from swiftlike.infer import Delta, SamplingParams
 from swiftlike.serve import BackgroundServer, ServeSettings, create_app
-from swiftlike.serve.stream import ChoiceStream, parse_answer, without_tool_parser
+from swiftlike.serve.stream import ChoiceStream, without_tool_parser
 from swiftlike.templates import get_template
 
 QWEN3_TOKENIZER = Path(__file__).parents[1] / "swiftlike" / "assets" / "tokenizers" / "qwen3"
@@ -420,7 +420,7 @@ def test_concurrent_requests_are_all_answered(fake):
 def test_streamed_pieces_add_up_to_the_parsed_answer(qwen3_tokenizer, text, in_think, tools):
     template = get_template("qwen3", qwen3_tokenizer)
     parser = template if tools else without_tool_parser(template)      # calls are parsed when tools were offered
-    expected = parse_answer(parser, text, in_think)
+    expected = parser.parse_response(text, in_think)
     for step in (1, 3, 7):
         stream = ChoiceStream(parser, "hermes" if tools else None, in_think)
         reasoning = content = ""
@@ -627,7 +627,7 @@ def test_deploy_serves_the_base_and_each_adapter_by_name(deployed, checkpoints):
         for model, adapter in (("Qwen/Qwen3-0.6B", "base"), ("a", "a"), ("b", "b")):
             r = client.chat.completions.create(model=model, messages=messages, max_tokens=12, temperature=0)
             (local,) = engine.generate([prompt], SamplingParams(max_new_tokens=12), adapter=adapter)[0]
-            assert r.choices[0].message.content == parse_answer(plain, local.text, False)["content"]
+            assert r.choices[0].message.content == plain.parse_response(local.text)["content"]
             assert r.usage.prompt_tokens == len(prompt) and r.usage.completion_tokens == len(local.token_ids)
             answers[model] = r.choices[0].message.content
         assert len(set(answers.values())) == 3                                 # three different models

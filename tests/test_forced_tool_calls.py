@@ -224,6 +224,8 @@ REASONED = ['Rome is in CET, so...\n</think>\n\n{"zone":"CET"}', '</think>\n\n{"
     (QWEN3, "qwen3", {}, ['<think>\nCET, I think.\n</think>\n\n{"zone":"CET"}', '<think>\n\n</think>\n\n{"zone":"CET"}',
                           '{"zone":"CET"}'], ['<think>\nCET']),       # (an open think block is no answer)
     (QWEN3, "qwen3", {"enable_thinking": False}, ['{"zone":"CET"}'], ['<think>\n\n</think>\n\n{"zone":"CET"}']),
+    ("deepseek-ai/DeepSeek-V3.1", "deepseek_v3_1", {"thinking": True}, ['Zone: CET.</think>{"zone":"CET"}'],
+     ['Zone: CET.</think>\n\n{"zone":"CET"}']),                      # (its template writes no blank line there)
 ])
 def test_a_thinking_model_reasons_before_its_constrained_answer(tokenizer_id, template_name, kwargs, answers, refused):
     """JSON output after the reasoning the prompt allows: a prompt that opened a think block (Qwen3-Thinking-2507)

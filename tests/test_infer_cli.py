@@ -66,11 +66,11 @@ def test_batch_is_resumable_and_keeps_what_ctrl_c_interrupted(tmp_path, capsys, 
     assert main([*argv, "--output", str(whole)]) == 0
     original, calls = infer._answer_fields, []
 
-    def interrupted(template, completion):  # Ctrl-C while the third row is written
+    def interrupted(template, completion, in_think):  # Ctrl-C while the third row is written
         calls.append(1)
         if len(calls) == 3:
             raise KeyboardInterrupt
-        return original(template, completion)
+        return original(template, completion, in_think)
 
     monkeypatch.setattr(infer, "_answer_fields", interrupted)
     assert main([*argv, "--output", str(parts)]) == 130
@@ -183,10 +183,30 @@ def test_tool_calls_are_parsed_into_openai_style():
     template = get_template("qwen3", load_tokenizer("Qwen/Qwen3-0.6B", miniature=True))
     text = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
     completion = SimpleNamespace(text=text, token_ids=[1, 2, 3], finish_reason="stop")
-    line = result_line(template, PromptRow("d.jsonl:1", [{"role": "user", "content": "Weather?"}]), [completion], 9)
+    messages = [{"role": "user", "content": "Weather?"}]
+    line = result_line(template, PromptRow("d.jsonl:1", messages), [completion], template.encode_prompt(messages))
     assert line["tool_calls"] == [{"type": "function",
                                    "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]
     assert line["response"] == "" and line["finish_reason"] == "stop"
+
+
+@pytest.mark.parametrize("text, reasoning, response", [
+    ("The user asks about Paris, so", "The user asks about Paris, so", ""),        # cut by the budget while thinking
+    ("Paris is sunny.\n</think>\n\nSunny.", "Paris is sunny.", "Sunny."),
+])
+def test_a_thinking_prompts_answer_is_reasoning_until_the_block_closes(text, reasoning, response):
+    """A template whose prompt opens <think> (Qwen3-Thinking-2507): the answer is reasoning until </think>, also
+    when the budget ends first (it used to come back as the response)."""
+    from swiftlike.infer.prompts import PromptRow
+    from swiftlike.models import load_tokenizer
+    from swiftlike.pipelines.infer import result_line
+    from swiftlike.templates import get_template
+
+    template = get_template("qwen3_thinking_2507", load_tokenizer("Qwen/Qwen3-0.6B", miniature=True))
+    messages = [{"role": "user", "content": "Weather?"}]
+    completion = SimpleNamespace(text=text, token_ids=[1, 2], finish_reason="length")
+    line = result_line(template, PromptRow("d.jsonl:1", messages), [completion], template.encode_prompt(messages))
+    assert (line.get("reasoning"), line["response"]) == (reasoning, response)
 
 
 @pytest.mark.parametrize("flags, message", [

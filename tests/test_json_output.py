@@ -116,6 +116,8 @@ def test_the_openai_client_parses_the_answer_into_its_model(engine):
         for fmt, error in (({"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "bogus"}}},
                             "cannot be enforced"),
                            ({"type": "json_schema", "json_schema": {"schema": {}}}, "must be"),
+                           ({"type": "json_schema", "json_schema": {"name": "x", "schema": {"x-guidance": 5}}},
+                            "x-guidance must be an object"),              # (in the grammar after the reasoning)
                            ({"type": "yaml"}, "is not one of")):
             with pytest.raises(Exception) as caught:
                 client.chat.completions.create(model="mini", messages=messages, response_format=fmt)

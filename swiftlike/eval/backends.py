@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Iterator
 
 from ..errors import UserError
+from ..templates.call_grammar import prompt_think
 
 
 @dataclass
@@ -44,8 +45,9 @@ class LocalBackend:
         encoded = [vision.encode_prompt(template, messages, tools, **opts) for messages, tools in prompts]
         requests = [self.engine.submit(ids, params, images=vision.pixels(template, sources))
                     for ids, sources in encoded]
-        for request in requests:
-            yield template.parse_response(request.result()[0].text)["content"]
+        for request, (ids, _) in zip(requests, encoded):
+            in_think = prompt_think(template.tokenizer, ids) == "open"  # (an answer cut inside it has no content)
+            yield template.parse_response(request.result()[0].text, in_think)["content"]
 
 
 RETRIES = 4           # a busy endpoint (429, 5xx) or a dropped connection is asked again, after 1, 2, 4, 8 s

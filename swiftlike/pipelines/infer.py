@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -57,7 +58,7 @@ def generate(model, tokenizer, template, messages: list[dict], max_new_tokens: i
     finally:
         model.train(was_training)
     # special tokens stay: tool-call markers such as [TOOL_CALLS] are special in some vocabularies
-    replies = texts if raw else [template.parse_response(text) for text in texts]
+    replies = texts if raw else [template.parse_response(text, opens_think(template, ids)) for text in texts]
     return replies if params.n > 1 else replies[0]
 
 
@@ -80,7 +81,8 @@ def run_infer(cfg: InferConfig) -> str | None:
     params = sampling_params(cfg)  # bad values fail before any model is loaded
     if cfg.infer_backend == "vllm":
         _refuse_response(cfg)
-        engine = open_vllm_engine(cfg)
+        # (--json_schema after a prompt that opens a think block is refused before vLLM loads the model)
+        engine = open_vllm_engine(cfg, lambda template: after_reasoning(params, template, cfg.enable_thinking, True))
     else:
         from ..infer.engine import TransformersEngine
 
@@ -93,8 +95,8 @@ def run_infer(cfg: InferConfig) -> str | None:
             return score_answer(model, template, cfg)
         _refuse_response(cfg)
         engine = TransformersEngine(model, tokenizer, template, max_batch_size=cfg.max_batch_size)
+        params = after_reasoning(params, template, cfg.enable_thinking)
     with engine:
-        params = after_reasoning(params, engine.template, cfg.enable_thinking, vllm=cfg.infer_backend == "vllm")
         if cfg.dataset:
             return infer_dataset(engine, cfg, params)
         if cfg.query is not None:
@@ -115,6 +117,13 @@ def sampling_params(cfg: InferConfig, seed: int | None = None):
                           top_k=cfg.top_k, repetition_penalty=cfg.repetition_penalty, stop=tuple(cfg.stop),
                           seed=cfg.seed if seed is None else seed, n=cfg.num_return_sequences,
                           json_schema=json_schema(cfg.json_schema)).validate()
+
+
+def opens_think(template, prompt_ids: list[int]) -> bool:
+    """Whether the prompt ends inside a think block, so that the answer starts as reasoning."""
+    from ..templates.call_grammar import prompt_think
+
+    return prompt_think(template.tokenizer, prompt_ids) == "open"
 
 
 def after_reasoning(params, template, enable_thinking: bool | None, vllm: bool = False):
@@ -198,7 +207,8 @@ def _prompt(engine, messages: list[dict], cfg: InferConfig) -> tuple[list[int], 
 def answer_query(engine, cfg: InferConfig, params) -> str:
     """Print the answer(s) to --query; return the first one's content."""
     ids, images = _prompt(engine, _system(cfg.system) + [_user(cfg.query, cfg.image, cfg.video)], cfg)
-    answers = [engine.template.parse_response(c.text) for c in engine.generate([ids], params, images=[images])[0]]
+    answers = [engine.template.parse_response(c.text, opens_think(engine.template, ids))
+               for c in engine.generate([ids], params, images=[images])[0]]
     for i, answer in enumerate(answers):
         print((f"[{i + 1}/{len(answers)}] " if len(answers) > 1 else "") + show(answer))
     return answers[0]["content"]
@@ -275,7 +285,7 @@ def _stream_answer(engine, ids: list[int], params, images: dict | None = None) -
         print("\n[wb] stopped")
         return None
     print()
-    answer = engine.template.parse_response(request.result()[0].text)
+    answer = engine.template.parse_response(request.result()[0].text, opens_think(engine.template, ids))
     for call in answer.get("tool_calls", []):
         print(f"[tool call] {json.dumps(call['function'], ensure_ascii=False)}")
     return answer
@@ -391,7 +401,7 @@ def _answer_rows(engine, params, rows: list, prompts: list[list[int]], images: l
                 request = finished.get()
                 row = pending.pop(request)
                 completions = request.result()
-                f.write(json.dumps(result_line(engine.template, row, completions, len(request.prompt_ids)),
+                f.write(json.dumps(result_line(engine.template, row, completions, request.prompt_ids),
                                    ensure_ascii=False) + "\n")
                 f.flush()
                 written += 1
@@ -412,7 +422,7 @@ def _answer_rows(engine, params, rows: list, prompts: list[list[int]], images: l
           f"{tokens / seconds:.1f} tokens/s", file=sys.stderr)
 
 
-def result_line(template, row, completions: list, prompt_tokens: int) -> dict:
+def result_line(template, row, completions: list, prompt_ids: list[int]) -> dict:
     """One output line: the row's key and prompt, the answer(s), the reference and the row's other columns."""
     line = {"row": row.key, "messages": row.messages}
     if row.images:  # as the row names them, in the order of the <image> markers in messages
@@ -421,7 +431,8 @@ def result_line(template, row, completions: list, prompt_tokens: int) -> dict:
         line["videos"] = row.videos
     if row.tools:
         line["tools"] = row.tools
-    answers = [_answer_fields(template, c) for c in completions]
+    in_think = opens_think(template, prompt_ids)
+    answers = [_answer_fields(template, c, in_think) for c in completions]
     if len(answers) == 1:
         line.update(answers[0])
     else:
@@ -430,15 +441,15 @@ def result_line(template, row, completions: list, prompt_tokens: int) -> dict:
         line["reference"] = row.reference.get("content", "")
         if row.reference.get("tool_calls"):
             line["reference_tool_calls"] = row.reference["tool_calls"]
-    line["usage"] = {"prompt_tokens": prompt_tokens,
+    line["usage"] = {"prompt_tokens": len(prompt_ids),
                      "completion_tokens": sum(len(c.token_ids) for c in completions)}
     for key, value in row.extra.items():
         line.setdefault(key, value)
     return line
 
 
-def _answer_fields(template, completion) -> dict:
-    message = template.parse_response(completion.text)
+def _answer_fields(template, completion, in_think: bool) -> dict:
+    message = template.parse_response(completion.text, in_think)
     fields = {"response": message["content"]}
     for key in ("reasoning", "tool_calls"):
         if message.get(key):
@@ -447,8 +458,9 @@ def _answer_fields(template, completion) -> dict:
     return fields
 
 
-def open_vllm_engine(cfg: InferConfig):
-    """The vLLM engine for --infer_backend vllm: base weights from disk, a LoRA checkpoint as a LoRARequest."""
+def open_vllm_engine(cfg: InferConfig, check: Callable | None = None):
+    """The vLLM engine for --infer_backend vllm: base weights from disk, a LoRA checkpoint as a LoRARequest;
+    `check(template)` before the model is loaded."""
     from ..models.loader import quiet_libraries
     from ..models.resolve import resolve
 
@@ -458,11 +470,11 @@ def open_vllm_engine(cfg: InferConfig):
     return vllm_engine(ref, adapters, cfg.trust_remote_code, max_batch_size=cfg.max_batch_size,
                        dtype=cfg.torch_dtype, gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
                        max_model_len=cfg.vllm_max_model_len, tensor_parallel_size=cfg.vllm_tensor_parallel_size,
-                       seed=cfg.seed)
+                       seed=cfg.seed, check=check)
 
 
 def vllm_engine(ref, adapters: dict[str, str], trust_remote_code: bool, max_model_len: int | None = None,
-                overrides: dict | None = None, **options):
+                overrides: dict | None = None, check: Callable | None = None, **options):
     """A vLLM engine for a resolved model reference (`wb infer` and `wb deploy`): the base weights from disk, with
     the config attributes its run changed (`overrides`, --rope_scaling: vLLM's hf_overrides), rendered with the
     reference's template, adapters as LoRARequests, the context pinned to --max_model_len or the model's own."""
@@ -488,6 +500,8 @@ def vllm_engine(ref, adapters: dict[str, str], trust_remote_code: bool, max_mode
     known = getattr(config.get_text_config(), "max_position_embeddings", None)
     if max_model_len and known and max_model_len > known:
         raise UserError(f"--max_model_len {max_model_len} is longer than the model's context ({known} tokens)")
-    return backend.VLLMEngine(weights, tokenizer, get_template(template_name(ref, tokenizer), tokenizer),
-                              adapters=adapters, max_model_len=max_model_len or known,
+    template = get_template(template_name(ref, tokenizer), tokenizer)
+    if check is not None:
+        check(template)
+    return backend.VLLMEngine(weights, tokenizer, template, adapters=adapters, max_model_len=max_model_len or known,
                               trust_remote_code=trust_remote_code, hf_overrides=overrides or None, **options)

@@ -31,7 +31,7 @@ from .guard import Guard
 from .protocol import (ChatRequest, CompletionRequest, GenerationRequest, chat_logprobs, chat_message,
                        completion_logprobs, new_id, openai_tool_calls, parse_chat_request, parse_completion_request,
                        parse_json, usage)
-from .stream import ChoiceStream, parse_answer, without_tool_parser
+from .stream import ChoiceStream, without_tool_parser
 
 BASE = "base"  # the engine's name for the model without adapters
 
@@ -206,10 +206,8 @@ class Service:
                 schema = req.sampling.pop("json_schema")
                 check_json_schema(schema)  # (its errors name the schema, not the grammar around it)
                 req.sampling["grammar"] = json_grammar(self.template, schema, think)
-        except SchemaError as e:
-            raise ApiError(400, str(e), param="response_format") from None
-        except UserError as e:  # a template without a tool-call format, a function name no format can hold
-            raise ApiError(400, str(e), param="tool_choice") from None
+        except UserError as e:  # a template without a tool-call format, a function name no format can hold, a schema
+            raise ApiError(400, str(e), param="tool_choice" if req.force_call else "response_format") from None
 
     def completion_prompt(self, prompt) -> list[int]:
         if isinstance(prompt, str):
@@ -285,7 +283,7 @@ class Service:
         texts, ids, logprobs, finish = await self._collect(gen, n, receive)
         choices = []
         for i in range(n):
-            message = chat_message(parse_answer(parser, texts[i], in_think))
+            message = chat_message(parser.parse_response(texts[i], in_think))
             choices.append({"index": i, "message": message,
                             "logprobs": chat_logprobs(logprobs[i]) if req.sampling["logprobs"] else None,
                             "finish_reason": "tool_calls" if message.get("tool_calls") else finish[i]})

@@ -1,7 +1,7 @@
 """One streamed choice: generated text as it arrives -> reasoning and content deltas, tool calls at the end.
 
 The whole text is what counts: when the choice finishes it is read exactly as a non-streamed answer is
-(`parse_answer`, the template's parser). While it streams, text that may still turn out to be something else is
+(the template's `parse_response`). While it streams, text that may still turn out to be something else is
 held back — the beginning of a `</think>` or of a tool-call marker, the whitespace the parsers strip before a
 call — so that what was sent is a prefix of the final reasoning and content.
 """
@@ -33,16 +33,6 @@ def without_tool_parser(template):
     return Template(dataclasses.replace(spec, options={**spec.options, "tool_format": None}), template.tokenizer)
 
 
-def parse_answer(parser, text: str, in_think: bool) -> dict:
-    """The assistant message in generated text: `parser.parse_response`, except that an answer cut short inside
-    its think block (no `</think>` yet) is all reasoning, as it was streamed."""
-    head = text.lstrip()
-    if THINK_CLOSE not in text and (in_think or head.startswith(THINK_OPEN)):
-        body = head[len(THINK_OPEN):] if head.startswith(THINK_OPEN) else text
-        return {"role": "assistant", "content": "", "reasoning": body.lstrip("\n")}
-    return parser.parse_response(text)
-
-
 class ChoiceStream:
     def __init__(self, parser, tool_format: str | None, in_think: bool):
         """`parser`: a Template whose parse_response reads the whole text (with or without tool calls);
@@ -62,7 +52,7 @@ class ChoiceStream:
 
     def finish(self) -> tuple[str, str, list[dict]]:
         """The rest of the reasoning and content, and the tool calls, read from the whole text."""
-        parsed = parse_answer(self.parser, self.text, self.in_think)
+        parsed = self.parser.parse_response(self.text, self.in_think)
         reasoning, content = self._advance(parsed.get("reasoning", ""), parsed["content"])
         return reasoning, content, parsed.get("tool_calls", [])
 

@@ -144,11 +144,17 @@ class Template:
             out.append({"input_ids": ids, "labels": labels, "length": len(ids)})
         return out
 
-    def parse_response(self, text: str) -> dict:
-        """Generated text -> an assistant message: reasoning split off, tool calls parsed (OpenAI style)."""
+    def parse_response(self, text: str, in_think: bool = False) -> dict:
+        """Generated text -> an assistant message: reasoning split off, tool calls parsed (OpenAI style). `in_think`:
+        the prompt opened a think block (call_grammar.prompt_think); an answer cut short inside one (no `</think>`
+        yet) is all reasoning."""
         from .chatml import split_reasoning
         from .toolcalls import parse_tool_calls
 
+        head = text.lstrip()
+        if "</think>" not in text and (in_think or head.startswith("<think>")):
+            body = head[len("<think>"):] if head.startswith("<think>") else text
+            return {"role": "assistant", "content": "", "reasoning": body.lstrip("\n")}
         reasoning, content = split_reasoning({"content": text}, strict=True)
         if "<think>" not in text and "</think>" not in text:
             reasoning, content = "", text
