@@ -66,11 +66,11 @@ def test_batch_is_resumable_and_keeps_what_ctrl_c_interrupted(tmp_path, capsys, 
     assert main([*argv, "--output", str(whole)]) == 0
     original, calls = infer._answer_fields, []
 
-    def interrupted(template, completion, in_think):  # Ctrl-C while the third row is written
+    def interrupted(template, prompt_ids, completion):  # Ctrl-C while the third row is written
         calls.append(1)
         if len(calls) == 3:
             raise KeyboardInterrupt
-        return original(template, completion, in_think)
+        return original(template, prompt_ids, completion)
 
     monkeypatch.setattr(infer, "_answer_fields", interrupted)
     assert main([*argv, "--output", str(parts)]) == 130
@@ -190,11 +190,12 @@ def test_tool_calls_are_parsed_into_openai_style():
     assert line["response"] == "" and line["finish_reason"] == "stop"
 
 
-@pytest.mark.parametrize("text, reasoning, response", [
-    ("The user asks about Paris, so", "The user asks about Paris, so", ""),        # cut by the budget while thinking
-    ("Paris is sunny.\n</think>\n\nSunny.", "Paris is sunny.", "Sunny."),
+@pytest.mark.parametrize("text, finish, reasoning, response", [
+    ("The user asks about Paris, so", "length", "The user asks about Paris, so", ""),  # cut by the budget thinking
+    ("Paris is sunny.\n</think>\n\nSunny.", "length", "Paris is sunny.", "Sunny."),
+    ("Sunny.", "stop", None, "Sunny."),                 # finished without a think block: an answer, as trained
 ])
-def test_a_thinking_prompts_answer_is_reasoning_until_the_block_closes(text, reasoning, response):
+def test_a_thinking_prompts_answer_is_reasoning_until_the_block_closes(text, finish, reasoning, response):
     """A template whose prompt opens <think> (Qwen3-Thinking-2507): the answer is reasoning until </think>, also
     when the budget ends first (it used to come back as the response)."""
     from swiftlike.infer.prompts import PromptRow
@@ -204,7 +205,7 @@ def test_a_thinking_prompts_answer_is_reasoning_until_the_block_closes(text, rea
 
     template = get_template("qwen3_thinking_2507", load_tokenizer("Qwen/Qwen3-0.6B", miniature=True))
     messages = [{"role": "user", "content": "Weather?"}]
-    completion = SimpleNamespace(text=text, token_ids=[1, 2], finish_reason="length")
+    completion = SimpleNamespace(text=text, token_ids=[1, 2], finish_reason=finish)
     line = result_line(template, PromptRow("d.jsonl:1", messages), [completion], template.encode_prompt(messages))
     assert (line.get("reasoning"), line["response"]) == (reasoning, response)
 

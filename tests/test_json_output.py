@@ -196,3 +196,7 @@ def test_wb_infer_json_schema_follows_the_reasoning_its_prompts_allow():
         after_reasoning(params, thinking, None, vllm=True)
     with pytest.raises(SchemaError, match="the JSON schema cannot be enforced"):
         after_reasoning(SamplingParams(json_schema='{"type": "bogus"}'), thinking, None)
+    for schema in ('{"x-guidance": 5}', '{"x-guidance": []}'):  # (refused alike with or without the reasoning)
+        with pytest.raises(SchemaError, match="x-guidance must be an object"):
+            SamplingParams(json_schema=schema).validate()
+    assert after_reasoning(SamplingParams(json_schema='{"x-guidance": null}'), thinking, None).grammar

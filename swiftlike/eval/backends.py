@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from typing import Iterator
 
 from ..errors import UserError
-from ..templates.call_grammar import prompt_think
 
 
 @dataclass
@@ -46,8 +45,8 @@ class LocalBackend:
         requests = [self.engine.submit(ids, params, images=vision.pixels(template, sources))
                     for ids, sources in encoded]
         for request, (ids, _) in zip(requests, encoded):
-            in_think = prompt_think(template.tokenizer, ids) == "open"  # (an answer cut inside it has no content)
-            yield template.parse_response(request.result()[0].text, in_think)["content"]
+            done = request.result()[0]
+            yield template.read_answer(ids, done.text, done.finish_reason)["content"]
 
 
 RETRIES = 4           # a busy endpoint (429, 5xx) or a dropped connection is asked again, after 1, 2, 4, 8 s

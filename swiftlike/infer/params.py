@@ -82,6 +82,8 @@ class SamplingParams:
                 raise SchemaError(f"the JSON schema is not valid JSON: {error}") from None
             if not isinstance(schema, dict):
                 raise SchemaError(f"a JSON schema is a JSON object, got {type(schema).__name__}")
+            if not isinstance(schema.get("x-guidance", {}), (dict, type(None))):
+                raise SchemaError("a JSON schema's x-guidance must be an object of llguidance options")
         return self
 
 

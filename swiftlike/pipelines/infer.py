@@ -54,11 +54,11 @@ def generate(model, tokenizer, template, messages: list[dict], max_new_tokens: i
     was_training = model.training
     try:
         with TransformersEngine(model, tokenizer, template, max_batch_size=max(params.n, 1)) as engine:
-            texts = [c.text for c in engine.generate([ids], params)[0]]
+            completions = engine.generate([ids], params)[0]
     finally:
         model.train(was_training)
     # special tokens stay: tool-call markers such as [TOOL_CALLS] are special in some vocabularies
-    replies = texts if raw else [template.parse_response(text, opens_think(template, ids)) for text in texts]
+    replies = [c.text if raw else template.read_answer(ids, c.text, c.finish_reason) for c in completions]
     return replies if params.n > 1 else replies[0]
 
 
@@ -117,13 +117,6 @@ def sampling_params(cfg: InferConfig, seed: int | None = None):
                           top_k=cfg.top_k, repetition_penalty=cfg.repetition_penalty, stop=tuple(cfg.stop),
                           seed=cfg.seed if seed is None else seed, n=cfg.num_return_sequences,
                           json_schema=json_schema(cfg.json_schema)).validate()
-
-
-def opens_think(template, prompt_ids: list[int]) -> bool:
-    """Whether the prompt ends inside a think block, so that the answer starts as reasoning."""
-    from ..templates.call_grammar import prompt_think
-
-    return prompt_think(template.tokenizer, prompt_ids) == "open"
 
 
 def after_reasoning(params, template, enable_thinking: bool | None, vllm: bool = False):
@@ -207,7 +200,7 @@ def _prompt(engine, messages: list[dict], cfg: InferConfig) -> tuple[list[int], 
 def answer_query(engine, cfg: InferConfig, params) -> str:
     """Print the answer(s) to --query; return the first one's content."""
     ids, images = _prompt(engine, _system(cfg.system) + [_user(cfg.query, cfg.image, cfg.video)], cfg)
-    answers = [engine.template.parse_response(c.text, opens_think(engine.template, ids))
+    answers = [engine.template.read_answer(ids, c.text, c.finish_reason)
                for c in engine.generate([ids], params, images=[images])[0]]
     for i, answer in enumerate(answers):
         print((f"[{i + 1}/{len(answers)}] " if len(answers) > 1 else "") + show(answer))
@@ -285,7 +278,8 @@ def _stream_answer(engine, ids: list[int], params, images: dict | None = None) -
         print("\n[wb] stopped")
         return None
     print()
-    answer = engine.template.parse_response(request.result()[0].text, opens_think(engine.template, ids))
+    done = request.result()[0]
+    answer = engine.template.read_answer(ids, done.text, done.finish_reason)
     for call in answer.get("tool_calls", []):
         print(f"[tool call] {json.dumps(call['function'], ensure_ascii=False)}")
     return answer
@@ -431,8 +425,7 @@ def result_line(template, row, completions: list, prompt_ids: list[int]) -> dict
         line["videos"] = row.videos
     if row.tools:
         line["tools"] = row.tools
-    in_think = opens_think(template, prompt_ids)
-    answers = [_answer_fields(template, c, in_think) for c in completions]
+    answers = [_answer_fields(template, prompt_ids, c) for c in completions]
     if len(answers) == 1:
         line.update(answers[0])
     else:
@@ -448,8 +441,8 @@ def result_line(template, row, completions: list, prompt_ids: list[int]) -> dict
     return line
 
 
-def _answer_fields(template, completion, in_think: bool) -> dict:
-    message = template.parse_response(completion.text, in_think)
+def _answer_fields(template, prompt_ids: list[int], completion) -> dict:
+    message = template.read_answer(prompt_ids, completion.text, completion.finish_reason)
     fields = {"response": message["content"]}
     for key in ("reasoning", "tool_calls"):
         if message.get(key):
@@ -494,14 +487,14 @@ def vllm_engine(ref, adapters: dict[str, str], trust_remote_code: bool, max_mode
         raise UserError(f"{ref.model} is a reward model (`wb rm`): it scores answers with the transformers backend, "
                         "not vLLM")
     tokenizer = load_reference_tokenizer(ref, trust_remote_code)
+    template = get_template(template_name(ref, tokenizer), tokenizer)
+    if check is not None:  # (before the weights are downloaded)
+        check(template)
     weights = base_weights(ref, trust_remote_code)
     overrides = ref.overrides or overrides or {}
     config = apply(model_config(weights, trust_remote_code=trust_remote_code), overrides)
     known = getattr(config.get_text_config(), "max_position_embeddings", None)
     if max_model_len and known and max_model_len > known:
         raise UserError(f"--max_model_len {max_model_len} is longer than the model's context ({known} tokens)")
-    template = get_template(template_name(ref, tokenizer), tokenizer)
-    if check is not None:
-        check(template)
     return backend.VLLMEngine(weights, tokenizer, template, adapters=adapters, max_model_len=max_model_len or known,
                               trust_remote_code=trust_remote_code, hf_overrides=overrides or None, **options)

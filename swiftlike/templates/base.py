@@ -166,6 +166,14 @@ class Template:
             message["tool_calls"] = calls
         return message
 
+    def read_answer(self, prompt_ids: list[int], text: str, finish_reason: str) -> dict:
+        """A completion of `prompt_ids` as an assistant message (parse_response): an answer cut by its budget inside
+        the think block its prompt opened is all reasoning; one that finished without closing it is an answer."""
+        from .call_grammar import prompt_think
+
+        cut = finish_reason == "length" and prompt_think(self.tokenizer, prompt_ids) == "open"
+        return self.parse_response(text, cut)
+
     def encode_prompt(self, messages: Sequence[dict], tools: list | None = None, **opts) -> list[int]:
         """Ids of a conversation followed by the generation prompt (for inference)."""
         return self._tokenize([self.render_text(messages, tools, True, **opts)])[0][0]

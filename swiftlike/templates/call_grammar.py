@@ -40,7 +40,8 @@ class CallSyntax:
 def _schema(schema: dict, style: dict = JSON_STYLE) -> str:
     """JSON of `schema`, a document of its own (its `$ref`s and `$defs` resolve as written), in `style` unless the
     schema sets its own llguidance options."""
-    options = schema.get("x-guidance", {})
+    options = schema.get("x-guidance")
+    options = {} if options is None else options
     if not isinstance(options, dict):
         raise TemplateError(f"a JSON schema's x-guidance must be an object of llguidance options, not "
                             f"{json.dumps(options)[:40]}")
@@ -136,30 +137,32 @@ def prompt_think(tokenizer, prompt_ids: list[int]) -> str | None:
 def _before_answer(template, mark, think: str | None) -> tuple[list[str], list[str]]:
     """What comes before a constrained answer, as grammar items and the rules they use: after a prompt that opened
     a think block, free reasoning and its close ("</think>" and what the template writes before an answer: a blank
-    line, or nothing for DeepSeek-V3.1); for a hybrid-thinking template (Qwen3) whose prompt left thinking on, an optional think block of free
-    reasoning (the model decides, as its template renders answers with and without one); else nothing."""
+    line, or nothing for DeepSeek-V3.1); for a hybrid-thinking template (Qwen3) whose prompt left thinking on, an
+    optional think block of free reasoning (the model decides, as its template renders answers with and without
+    one); else nothing."""
+    if not needs_grammar(template, think):
+        return [], []
     reasoning, rules = _reasoning(mark)
     after = _after_close(template)
     close = [*reasoning, *([_text(after)] if after else [])]
     if think == "open":
         return close, rules
-    if needs_grammar(template, think):
-        return [f"({mark(THINK_OPEN)} {' '.join(close)})?"], rules
-    return [], []
+    return [f"({mark(THINK_OPEN)} {' '.join(close)})?"], rules
 
 
 def _after_close(template) -> str:
     """What the template writes between a think block's close and the answer: a blank line (Qwen3, QwQ,
     DeepSeek-R1-Distill), nothing (DeepSeek-V3.1), read from its rendering of a turn with reasoning."""
-    answer = "ANSWER"
-    turn = [{"role": "user", "content": "Q"}, {"role": "assistant", "content": answer, "reasoning_content": "R"}]
+    reasoning, answer = "REASONING_7f3", "ANSWER_7f3"
+    turn = [{"role": "user", "content": "Q"},
+            {"role": "assistant", "content": answer, "reasoning_content": reasoning}]
     try:
         text = template.render_text(turn, None, False, thinking=True)
     except (TemplateError, KeyError, TypeError, ValueError):  # (a template that cannot hold such a turn)
         return "\n\n"
-    start = text.rfind(THINK_CLOSE) + len(THINK_CLOSE)
-    end = text.find(answer, start)
-    return text[start:end] if start >= len(THINK_CLOSE) and end >= 0 else "\n\n"
+    close = text.find(THINK_CLOSE, max(text.find(reasoning), 0))  # (the close of this turn's reasoning)
+    end = text.find(answer, close)
+    return text[close + len(THINK_CLOSE):end] if text.find(reasoning) >= 0 and 0 <= close < end else "\n\n"
 
 
 def _reasoning(mark) -> tuple[list[str], list[str]]:
