@@ -229,9 +229,18 @@ def peer_lora():
     return LoraConfig(r=8, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM")
 
 
-def msswift_lora() -> list[str]:
-    """`peer_lora`'s settings as ms-swift's flags."""
-    return ["--lora_rank", "8", "--lora_alpha", "32", "--lora_dropout", "0.05", "--target_modules", "all-linear"]
+def msswift_flags(model_dir: str, steps: int, out: str) -> list[str]:
+    """The ms-swift flags every side's run shares: the miniature Qwen3 with its template, `peer_lora`'s LoRA, one
+    micro-batch a step (its default accumulates to a global batch of 16), no checkpoints, checkpointing or loader
+    workers, the CPU unless there is a GPU."""
+    import torch
+
+    return ["--model", model_dir, "--model_type", "qwen3", "--template", "qwen3", "--tuner_type", "lora",
+            "--lora_rank", "8", "--lora_alpha", "32", "--lora_dropout", "0.05", "--target_modules", "all-linear",
+            "--max_steps", str(steps), "--gradient_accumulation_steps", "1", "--output_dir", out,
+            "--save_strategy", "no", "--report_to", "none", "--logging_steps", str(steps), "--seed", "42",
+            "--gradient_checkpointing", "false", "--dataloader_num_workers", "0",
+            "--use_cpu", str(not torch.cuda.is_available()).lower()]
 
 
 def add_child_args(parser) -> None:
@@ -240,9 +249,9 @@ def add_child_args(parser) -> None:
 
     parser.add_argument("--child", choices=("ours", "trl", "msswift"), help=argparse.SUPPRESS)
     parser.add_argument("--msswift_python", default=os.environ.get("WB_MSSWIFT_PYTHON"),
-                        help="the Python of an environment with ms-swift installed, for its side (ms-swift pins its own "
-                             "transformers, peft and trl: give it a virtual environment); default $WB_MSSWIFT_PYTHON, "
-                             "else this Python when it has ms-swift, else that side is left out")
+                        help="the Python of an environment with ms-swift installed, for its side (ms-swift pins its "
+                             "own transformers, peft and trl: give it a virtual environment); default "
+                             "$WB_MSSWIFT_PYTHON, else this Python when it has ms-swift, else that side is left out")
     parser.add_argument("--model-dir", help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (add_child_args, build_config_model_dir, build_model_dir, gpu_peak_gib,  # noqa: E402
-                    msswift_lora, msswift_train, ours_step_ends, peak_rss_mb, peer_lora, preference_rows,
+                    msswift_flags, msswift_train, ours_step_ends, peak_rss_mb, peer_lora, preference_rows,
                     qwen3_shape_config, run_child, scratch_dir, steady, trl_step_ends, with_msswift, write_jsonl)
 
 
@@ -56,20 +56,14 @@ def run_trl(model_dir: str, data: str, steps: int, batch: int, out: str, dtype: 
 
 def run_msswift(model_dir: str, data: str, steps: int, batch: int, out: str, dtype: str = "float32") -> dict:
     """ms-swift's `swift rlhf --rlhf_type dpo`, the same pairs in its own format (messages + rejected_response)."""
-    import torch
-
     pairs = Path(out) / "pairs.jsonl"
     rows = [json.loads(line) for line in Path(data).read_text().splitlines()]
     write_jsonl([{"messages": r["prompt"] + r["chosen"], "rejected_response": r["rejected"][-1]["content"]}
                  for r in rows], pairs)
     run = msswift_train("rlhf_main", [
-        "--rlhf_type", "dpo", "--beta", "0.1", "--loss_type", "sigmoid", "--model", model_dir, "--model_type", "qwen3",
-        "--template", "qwen3", "--dataset", str(pairs), "--tuner_type", "lora", *msswift_lora(),
-        "--max_steps", str(steps), "--per_device_train_batch_size", str(batch), "--gradient_accumulation_steps", "1",
-        "--learning_rate", "5e-5", "--max_length", "1024", "--torch_dtype", dtype, "--output_dir", str(Path(out) / "run"),
-        "--save_strategy", "no", "--report_to", "none", "--logging_steps", str(steps), "--seed", "42",
-        "--gradient_checkpointing", "false", "--dataloader_num_workers", "0",
-        "--use_cpu", str(not torch.cuda.is_available()).lower()])
+        *msswift_flags(model_dir, steps, str(Path(out) / "run")), "--rlhf_type", "dpo", "--beta", "0.1",
+        "--loss_type", "sigmoid", "--dataset", str(pairs), "--per_device_train_batch_size", str(batch),
+        "--learning_rate", "5e-5", "--max_length", "1024", "--torch_dtype", dtype])
     return {"pairs": steps * batch, "train_seconds": run["train_seconds"], "steady_step_seconds": steady(run["ends"])}
 
 

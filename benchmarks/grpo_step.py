@@ -30,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (add_child_args, build_config_model_dir, build_model_dir, clock_calls, gpu_peak_gib,  # noqa: E402
-                    msswift_lora, msswift_python, msswift_train, ours_step_ends, peak_rss_mb, peer_lora,
+                    msswift_flags, msswift_python, msswift_train, ours_step_ends, peak_rss_mb, peer_lora,
                     qwen3_shape_config, run_child, scratch_dir, steady, trl_step_ends, write_jsonl)
 
 
@@ -120,7 +120,6 @@ def run_msswift(model_dir, data, steps, prompts, gens, new_tokens, out, dtype="f
                 decode=None) -> dict:
     """ms-swift's `swift rlhf --rlhf_type grpo`: the same reward (registered as one of its ORMs), settings and
     prompts; generation with its transformers engine (vLLM is not used on either side)."""
-    import torch
     from swift.rewards import ORM, orms
     from swift.rlhf_trainers.grpo_trainer import GRPOTrainer
 
@@ -133,15 +132,10 @@ def run_msswift(model_dir, data, steps, prompts, gens, new_tokens, out, dtype="f
     write_jsonl([{"messages": json.loads(line)["prompt"]} for line in Path(data).read_text().splitlines()], messages)
     generations = clock_calls(GRPOTrainer, "_generate_completions")
     run = msswift_train("rlhf_main", [
-        "--rlhf_type", "grpo", "--model", model_dir, "--model_type", "qwen3", "--template", "qwen3",
-        "--dataset", str(messages), "--tuner_type", "lora", *msswift_lora(), "--reward_funcs", "wb_len",
-        "--num_generations", str(gens), "--per_device_train_batch_size", str(prompts * gens),
-        "--gradient_accumulation_steps", "1", "--max_completion_length", str(new_tokens), "--max_steps", str(steps),
-        "--learning_rate", "1e-5", "--beta", "0", "--loss_type", "grpo", "--temperature", "1.0",
-        "--torch_dtype", dtype, "--output_dir", str(Path(out) / "run"), "--save_strategy", "no", "--report_to", "none",
-        "--logging_steps", str(steps), "--seed", "42", "--log_completions", "false", "--use_vllm", "false",
-        "--gradient_checkpointing", "false", "--dataloader_num_workers", "0",
-        "--use_cpu", str(not torch.cuda.is_available()).lower()])
+        *msswift_flags(model_dir, steps, str(Path(out) / "run")), "--rlhf_type", "grpo", "--dataset", str(messages),
+        "--reward_funcs", "wb_len", "--num_generations", str(gens), "--per_device_train_batch_size", str(prompts * gens),
+        "--max_completion_length", str(new_tokens), "--learning_rate", "1e-5", "--beta", "0", "--loss_type", "grpo",
+        "--temperature", "1.0", "--torch_dtype", dtype, "--log_completions", "false", "--use_vllm", "false"])
     history = run["trainer"].state.log_history
     lengths = [h[k] for h in history for k in ("completions/mean_length", "completions/mean_len") if k in h]
     return dict(timings(run["train_seconds"], generations, run["ends"]), mean_length=lengths[-1] if lengths else 0.0)

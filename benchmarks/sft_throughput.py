@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (add_child_args, build_model_dir, chat_rows, matmul_flops, msswift_lora, msswift_train,  # noqa: E402
+from common import (add_child_args, build_model_dir, chat_rows, matmul_flops, msswift_flags, msswift_train,  # noqa: E402
                     peak_rss_mb, peer_lora, run_sides, scratch_dir, with_msswift, write_jsonl)
 
 
@@ -67,11 +67,8 @@ def run_msswift(model_dir: str, data: str, steps: int, batch: int, out: str) -> 
     as ours; padded batches: its padding-free mode needs flash-attn)."""
     t = time.perf_counter()
     run = msswift_train("sft_main", [
-        "--model", model_dir, "--model_type", "qwen3", "--template", "qwen3", "--dataset", data, "--tuner_type", "lora",
-        *msswift_lora(), "--max_steps", str(steps), "--per_device_train_batch_size", str(batch),
-        "--gradient_accumulation_steps", "1", "--learning_rate", "1e-4", "--max_length", "1024", "--torch_dtype", "float32", "--output_dir", out,
-        "--save_strategy", "no", "--report_to", "none", "--logging_steps", str(steps), "--seed", "42",
-        "--gradient_checkpointing", "false", "--dataloader_num_workers", "0", "--use_cpu", str(not _cuda()).lower()])
+        *msswift_flags(model_dir, steps, out), "--dataset", data, "--per_device_train_batch_size", str(batch),
+        "--learning_rate", "1e-4", "--max_length", "1024", "--torch_dtype", "float32"])
     return {"tokens": run["tokens"], "train_seconds": run["train_seconds"], "wall_seconds": time.perf_counter() - t}
 
 

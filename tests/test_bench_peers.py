@@ -31,7 +31,8 @@ def test_an_interpreter_without_ms_swift_is_refused_in_one_line(common, tmp_path
     python = _interpreter(tmp_path / "python", flags="-S")  # no site-packages: no ms-swift there
     with pytest.raises(SystemExit) as exit_:
         common.msswift_python(python)
-    assert str(exit_.value) == f"--msswift_python {python}: that Python cannot import ms-swift (pip install ms-swift there)"
+    assert str(exit_.value) == (f"--msswift_python {python}: that Python cannot import ms-swift "
+                                "(pip install ms-swift there)")
     with pytest.raises(SystemExit, match="cannot import ms-swift"):
         common.msswift_python(str(tmp_path / "missing"))
 
@@ -55,7 +56,8 @@ def test_msswift_train_counts_what_the_trainer_trains(common, tmp_path, monkeypa
         import torch
         from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainingArguments
 
-        ROWS = [[5, 6, 7, 8, 9, 0, 0, 0], [5, 6, 0, 0, 0, 0, 0, 0], [5, 6, 7, 8, 9, 10, 11, 12], [5, 6, 7, 0, 0, 0, 0, 0]]
+        ROWS = [[5, 6, 7, 8, 9, 0, 0, 0], [5, 6, 0, 0, 0, 0, 0, 0], [5, 6, 7, 8, 9, 10, 11, 12],
+                [5, 6, 7, 0, 0, 0, 0, 0]]
 
 
         def sft_main(argv):

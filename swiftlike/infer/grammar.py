@@ -76,6 +76,16 @@ def check_json_schema(schema: str) -> None:
         raise SchemaError(f"the JSON schema cannot be enforced: {_reason(error)}")
 
 
+def json_after_reasoning(template, schema: str, think: str | None) -> str:
+    """The grammar of a JSON answer of `schema` after the reasoning a prompt that did `think` allows
+    (templates/call_grammar.json_grammar), the schema checked first so that its errors name it, not the grammar
+    around it."""
+    from ..templates.call_grammar import json_grammar
+
+    check_json_schema(schema)
+    return json_grammar(template, schema, think)
+
+
 def _compact_json(schema: str) -> str:
     """llguidance's grammar of JSON of `schema`, without free whitespace (unless the schema's own x-guidance
     options say otherwise)."""

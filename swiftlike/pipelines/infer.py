@@ -125,20 +125,23 @@ def after_reasoning(params, template, enable_thinking: bool | None, vllm: bool =
     a think block, which the answer must close before its JSON, is refused there."""
     from dataclasses import replace
 
-    from ..infer.grammar import check_json_schema
-    from ..templates.call_grammar import json_grammar, needs_grammar, prompt_think
+    from ..infer.grammar import check_json_schema, json_after_reasoning
+    from ..templates.call_grammar import needs_grammar, prompt_think
 
     if params.json_schema is None:
         return params
-    check_json_schema(params.json_schema)  # (its errors name the schema, not the grammar around it)
     think = prompt_think(template.tokenizer, template.encode_prompt([{"role": "user", "content": "?"}],
                                                                     **_thinking(enable_thinking)))
-    if vllm and think == "open":
-        raise UserError(f"--json_schema: the {template.name} template's prompt opens a think block, which the answer "
-                        "must close before its JSON; vLLM is not given that grammar: use --infer_backend transformers")
-    if vllm or not needs_grammar(template, think):
+    if vllm:
+        check_json_schema(params.json_schema)  # (before the model loads; the engine would check it at submit)
+        if think == "open":
+            raise UserError(f"--json_schema: the {template.name} template's prompt opens a think block, which the "
+                            "answer must close before its JSON; vLLM is not given that grammar: use --infer_backend "
+                            "transformers")
         return params
-    return replace(params, json_schema=None, grammar=json_grammar(template, params.json_schema, think))
+    if not needs_grammar(template, think):
+        return params  # (the engine checks the plain schema at submit)
+    return replace(params, json_schema=None, grammar=json_after_reasoning(template, params.json_schema, think))
 
 
 def json_schema(value: str | None) -> str | None:

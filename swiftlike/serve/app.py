@@ -23,9 +23,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ..data.fetch import public_only
 from ..errors import UserError
 from ..infer import vision
-from ..infer.grammar import check_json_schema
+from ..infer.grammar import json_after_reasoning
 from ..infer.params import SchemaError
-from ..templates.call_grammar import forced_call_grammar, json_grammar, needs_grammar, prompt_think
+from ..templates.call_grammar import forced_call_grammar, needs_grammar, prompt_think
 from .errors import ApiError, error_body
 from .guard import Guard
 from .protocol import (ChatRequest, CompletionRequest, GenerationRequest, chat_logprobs, chat_message,
@@ -203,9 +203,7 @@ class Service:
                 req.sampling["grammar"] = forced_call_grammar(self.template, req.tools, req.function,
                                                               req.parallel_tool_calls, think)
             elif needs_grammar(self.template, think) and (think == "open" or self.engine.name != "vllm"):
-                schema = req.sampling.pop("json_schema")
-                check_json_schema(schema)  # (its errors name the schema, not the grammar around it)
-                req.sampling["grammar"] = json_grammar(self.template, schema, think)
+                req.sampling["grammar"] = json_after_reasoning(self.template, req.sampling.pop("json_schema"), think)
         except UserError as e:  # a template without a tool-call format, a function name no format can hold, a schema
             raise ApiError(400, str(e), param="tool_choice" if req.force_call else "response_format") from None
 
